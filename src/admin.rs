@@ -1,0 +1,159 @@
+//! Admin: read incidents and deliveries, and replay dead deliveries (Bearer `admin_token`).
+//!
+//! Without an `admin_token` in the config the admin API is off and answers 401 to everyone;
+//! a source's API key never opens it.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::App;
+use crate::ingress::bearer;
+use crate::problem::Problem;
+use crate::store::{DeliveryFilter, ReplayOutcome};
+
+fn require_admin(app: &App, headers: &HeaderMap) -> Result<(), Problem> {
+    let (Some(expected), Some(presented)) =
+        (app.config.server.admin_token.as_deref(), bearer(headers))
+    else {
+        return Err(Problem::unauthorized());
+    };
+    let a = Sha256::digest(expected.as_bytes());
+    let b = Sha256::digest(presented.as_bytes());
+    if bool::from(a.as_slice().ct_eq(b.as_slice())) {
+        Ok(())
+    } else {
+        Err(Problem::unauthorized())
+    }
+}
+
+fn store_failed(e: crate::store::StoreError) -> Problem {
+    tracing::error!(error = %e, "admin: store error");
+    Problem::unavailable("the store could not answer; try again")
+}
+
+pub async fn get_incident(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(incident_id): Path<String>,
+) -> Response {
+    let result = async {
+        require_admin(&app, &headers)?;
+        app.store
+            .incident(incident_id.clone())
+            .await
+            .map_err(store_failed)?
+            .ok_or_else(|| Problem::not_found(format!("no incident {incident_id:?}")))
+    }
+    .await;
+    match result {
+        Ok(view) => Json(view).into_response(),
+        Err(p) => p.into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct DeliveryQuery {
+    status: Option<String>,
+    connector: Option<String>,
+    limit: Option<usize>,
+}
+
+pub async fn list_deliveries(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Query(q): Query<DeliveryQuery>,
+) -> Response {
+    let result = async {
+        require_admin(&app, &headers)?;
+        if let Some(s) = &q.status {
+            if !matches!(s.as_str(), "pending" | "delivered" | "dead") {
+                return Err(Problem::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad-query",
+                    "Bad query",
+                    format!("status {s:?}: expected pending, delivered or dead"),
+                ));
+            }
+        }
+        app.store
+            .deliveries(DeliveryFilter {
+                status: q.status,
+                connector: q.connector,
+                limit: q.limit.unwrap_or(100),
+            })
+            .await
+            .map_err(store_failed)
+    }
+    .await;
+    match result {
+        Ok(list) => Json(serde_json::json!({ "deliveries": list })).into_response(),
+        Err(p) => p.into_response(),
+    }
+}
+
+pub async fn get_delivery(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(delivery_id): Path<String>,
+) -> Response {
+    let result = async {
+        require_admin(&app, &headers)?;
+        app.store
+            .delivery(delivery_id.clone())
+            .await
+            .map_err(store_failed)?
+            .ok_or_else(|| Problem::not_found(format!("no delivery {delivery_id:?}")))
+    }
+    .await;
+    match result {
+        Ok(view) => Json(view).into_response(),
+        Err(p) => p.into_response(),
+    }
+}
+
+pub async fn replay_delivery(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(delivery_id): Path<String>,
+) -> Response {
+    let result = async {
+        require_admin(&app, &headers)?;
+        match app
+            .store
+            .replay(delivery_id.clone())
+            .await
+            .map_err(store_failed)?
+        {
+            ReplayOutcome::Replayed => {
+                app.wake.notify_one();
+                tracing::info!(delivery = %delivery_id, "delivery replayed");
+                Ok(())
+            }
+            ReplayOutcome::NotFound => {
+                Err(Problem::not_found(format!("no delivery {delivery_id:?}")))
+            }
+            ReplayOutcome::NotDead(status) => Err(Problem::new(
+                StatusCode::CONFLICT,
+                "not-dead",
+                "Delivery is not dead",
+                format!("only dead deliveries can be replayed; this one is {status}"),
+            )),
+        }
+    }
+    .await;
+    match result {
+        Ok(()) => (
+            StatusCode::ACCEPTED,
+            Json(serde_json::json!({ "id": delivery_id, "status": "pending" })),
+        )
+            .into_response(),
+        Err(p) => p.into_response(),
+    }
+}

@@ -1,0 +1,198 @@
+//! The offline commands behind `incident-gateway check` and `render`: test a configuration
+//! and its templates before they go live, without sending anything.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use crate::config::{Config, ConnectorConfig};
+use crate::deliver;
+use crate::render::{self, DeliveryFacts, Escape, Event, RenderedRequest, Renderer};
+use crate::schema::IncidentSchema;
+
+/// The delivery id `check` and `render` use: never sent.
+pub const PREVIEW_DELIVERY_ID: &str = "msg_preview";
+
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Gateway(#[from] crate::Error),
+    #[error("{file}: {message}")]
+    Input { file: PathBuf, message: String },
+    #[error("no connector named {0:?} in the config")]
+    UnknownConnector(String),
+}
+
+/// What `check` found: problems (each a line naming file, line and reason) and what it did.
+#[derive(Debug, Default)]
+pub struct CheckReport {
+    pub errors: Vec<String>,
+    pub renders: usize,
+    pub incidents: usize,
+}
+
+fn read_incident(file: &Path) -> Result<Value, CliError> {
+    let text = std::fs::read_to_string(file).map_err(|e| CliError::Input {
+        file: file.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    serde_json::from_str(&text).map_err(|e| CliError::Input {
+        file: file.to_path_buf(),
+        message: format!("not valid JSON: {e}"),
+    })
+}
+
+/// The example incidents `check` renders: every `*.json` in `dir`, sorted.
+pub fn example_incidents(dir: &Path) -> Result<Vec<PathBuf>, CliError> {
+    let entries = std::fs::read_dir(dir).map_err(|e| CliError::Input {
+        file: dir.to_path_buf(),
+        message: format!("cannot list example incidents: {e}"),
+    })?;
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+fn preview_context(incident: &Value, connector: &ConnectorConfig, event: Event) -> Value {
+    let received_at = crate::store::rfc3339(crate::store::now_ms());
+    render::context(
+        incident,
+        &DeliveryFacts {
+            event,
+            delivery_id: PREVIEW_DELIVERY_ID,
+            attempt: 1,
+            connector: &connector.name,
+            received_at: &received_at,
+        },
+    )
+}
+
+/// Loads the config, compiles every template, and renders every connector for every event
+/// against each example incident. A configuration error stops at once (`Err`); template
+/// problems are collected in the report.
+pub fn check(config_file: &Path, incidents_dir: Option<&Path>) -> Result<CheckReport, CliError> {
+    let config = Config::load(config_file).map_err(crate::Error::from)?;
+    let mut report = CheckReport::default();
+    let renderer = match Renderer::new(&config) {
+        Ok(r) => r,
+        Err(e) => {
+            report.errors.push(e.to_string());
+            return Ok(report);
+        }
+    };
+    let schema = IncidentSchema::shipped().map_err(crate::Error::from)?;
+    let dir = incidents_dir
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| config.base_dir.join("incidents"));
+    for file in example_incidents(&dir)? {
+        let incident = match read_incident(&file) {
+            Ok(i) => i,
+            Err(e) => {
+                report.errors.push(e.to_string());
+                continue;
+            }
+        };
+        report.incidents += 1;
+        for v in schema.violations(&incident, "") {
+            report.errors.push(format!(
+                "{}: schema: #{}: {}",
+                file.display(),
+                v.pointer,
+                v.detail
+            ));
+        }
+        for connector in &config.connectors {
+            for event in [Event::Created, Event::Updated, Event::Completed] {
+                report.renders += 1;
+                let context = preview_context(&incident, connector, event);
+                match renderer.render(connector, &context) {
+                    Err(e) => report.errors.push(format!(
+                        "{e} (connector {}, event {}, incident {})",
+                        connector.name,
+                        event.as_str(),
+                        file.display()
+                    )),
+                    Ok(request) => {
+                        if Escape::for_file(&connector.template.as_written) == Escape::Json {
+                            if let Err(e) = serde_json::from_str::<Value>(&request.body) {
+                                report.errors.push(format!(
+                                    "{}: renders invalid JSON (output line {}, column {}: {e}) (connector {}, event {}, incident {})",
+                                    connector.template.as_written,
+                                    e.line(),
+                                    e.column(),
+                                    connector.name,
+                                    event.as_str(),
+                                    file.display()
+                                ));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// Renders the exact request `connector` would send for `incident_file`, secrets masked.
+pub fn render(
+    config_file: &Path,
+    connector_name: &str,
+    incident_file: &Path,
+    event: Event,
+) -> Result<String, CliError> {
+    let config = Config::load(config_file).map_err(crate::Error::from)?;
+    let renderer = Renderer::new(&config).map_err(crate::Error::from)?;
+    let connector = config
+        .connector(connector_name)
+        .ok_or_else(|| CliError::UnknownConnector(connector_name.to_string()))?;
+    let incident = read_incident(incident_file)?;
+    let context = preview_context(&incident, connector, event);
+    let request = renderer
+        .render(connector, &context)
+        .map_err(crate::Error::from)?;
+    let request = deliver::stamp(request, PREVIEW_DELIVERY_ID, crate::store::now_ms() / 1000);
+    Ok(format_request(&request, &config))
+}
+
+/// The request as text: request line, headers, blank line, body. Known secrets are masked,
+/// and so is every value of a header that carries credentials.
+pub fn format_request(request: &RenderedRequest, config: &Config) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{} {}",
+        request.method,
+        config.secrets.mask(&request.url)
+    );
+    for (name, value) in &request.headers {
+        let shown = if is_credential_header(name) {
+            "********".to_string()
+        } else {
+            config.secrets.mask(value)
+        };
+        let _ = writeln!(out, "{name}: {shown}");
+    }
+    out.push('\n');
+    out.push_str(&config.secrets.mask(&request.body));
+    if !request.body.ends_with('\n') {
+        out.push('\n');
+    }
+    out
+}
+
+fn is_credential_header(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    n == "authorization"
+        || n == "proxy-authorization"
+        || n == "cookie"
+        || n.contains("token")
+        || n.contains("secret")
+        || n.contains("api-key")
+        || n.contains("apikey")
+        || n.contains("password")
+}

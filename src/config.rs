@@ -1,0 +1,771 @@
+//! Configuration: the TOML file admins write, `${VAR}` expansion, and validation at load.
+//!
+//! Everything is checked once here (paths resolved, regexes compiled, templates present,
+//! names unique) so the rest of the gateway can trust a [`Config`] without re-checking it.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+use crate::route::{Matcher, ThreatRating};
+
+/// Why a configuration could not be loaded. Every variant names the file, and where it can,
+/// the line or the field.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        file: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{file}: {message}")]
+    Parse { file: PathBuf, message: String },
+    #[error("{file}: {field}: {message}")]
+    Invalid {
+        file: PathBuf,
+        field: String,
+        message: String,
+    },
+}
+
+/// The whole gateway configuration, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this was loaded from (for messages) and the folder relative paths start in.
+    pub file: PathBuf,
+    pub base_dir: PathBuf,
+    pub server: ServerConfig,
+    pub storage: StorageConfig,
+    pub delivery: DeliveryConfig,
+    pub sources: Vec<SourceConfig>,
+    pub connectors: Vec<ConnectorConfig>,
+    /// Every value that came from an environment variable: masked wherever text leaves the
+    /// gateway (render output, logs of errors, attempt records).
+    pub secrets: Secrets,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: String,
+    pub admin_token: Option<String>,
+    pub max_body_bytes: usize,
+    pub max_batch: usize,
+    /// How long shutdown waits for in-flight sends before giving up on them (they are retried
+    /// after restart: the lease is released).
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub enum StorageConfig {
+    Sqlite { path: PathBuf },
+}
+
+#[derive(Debug, Clone)]
+pub struct DeliveryConfig {
+    /// Deliveries sent at once across all connectors.
+    pub concurrency: usize,
+    /// How long a worker holds a delivery before another may take it.
+    pub lease: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct SourceConfig {
+    pub name: String,
+    pub api_key: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectorKind {
+    Http,
+}
+
+#[derive(Debug, Clone)]
+pub struct ConnectorConfig {
+    pub name: String,
+    pub kind: ConnectorKind,
+    pub method: reqwest::Method,
+    /// A Handlebars template; interpolated values are percent-encoded.
+    pub url: String,
+    /// Body template, as given (for messages) and resolved against the config folder.
+    pub template: TemplatePath,
+    /// Header name → value template.
+    pub headers: BTreeMap<String, String>,
+    pub timeout: Duration,
+    pub retry: RetryPolicy,
+    pub matchers: Vec<Matcher>,
+    pub min_threat_rating: Option<ThreatRating>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TemplatePath {
+    pub as_written: String,
+    pub resolved: PathBuf,
+}
+
+/// When to try a failed delivery again, and when to give up.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryPolicy {
+    pub max_attempts: u32,
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+    /// A delivery older than this (since it was queued or last replayed) goes dead.
+    pub max_age: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 10,
+            initial_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(300),
+            max_age: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// Strings that must never leave the process in clear.
+#[derive(Debug, Clone, Default)]
+pub struct Secrets {
+    values: Vec<String>,
+}
+
+impl Secrets {
+    pub fn new(values: impl IntoIterator<Item = String>) -> Self {
+        let mut values: Vec<String> = values.into_iter().filter(|v| v.len() >= 4).collect();
+        // Longest first, so a secret containing another is masked whole.
+        values.sort_by_key(|v| std::cmp::Reverse(v.len()));
+        values.dedup();
+        Secrets { values }
+    }
+
+    /// Replaces every known secret in `text` with `********`.
+    pub fn mask(&self, text: &str) -> String {
+        let mut out = text.to_string();
+        for secret in &self.values {
+            if out.contains(secret.as_str()) {
+                out = out.replace(secret.as_str(), "********");
+            }
+        }
+        out
+    }
+
+    pub fn contains_any(&self, text: &str) -> bool {
+        self.values.iter().any(|s| text.contains(s.as_str()))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The file as written. Strings that may hold `${VAR}` are `EnvString`s: they expand while the
+// file is parsed, so an unset variable is reported with the line it is on.
+
+thread_local! {
+    /// Values expanded from the environment during the current load (collected as secrets).
+    static EXPANDED: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
+    /// The environment lookup for the current load (tests pass their own).
+    static ENV_LOOKUP: RefCell<Option<Box<dyn Fn(&str) -> Option<String>>>> = const { RefCell::new(None) };
+}
+
+#[derive(Debug, Clone)]
+struct EnvString(String);
+
+impl<'de> Deserialize<'de> for EnvString {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(d)?;
+        expand_env(&raw)
+            .map(EnvString)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// Expands `${VAR}` and `${VAR:-default}`; `$$` is a literal `$`.
+fn expand_env(raw: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(raw.len());
+    let mut rest = raw;
+    while let Some(pos) = rest.find('$') {
+        out.push_str(&rest[..pos]);
+        let after = &rest[pos + 1..];
+        if let Some(stripped) = after.strip_prefix('$') {
+            out.push('$');
+            rest = stripped;
+        } else if let Some(body) = after.strip_prefix('{') {
+            let end = body
+                .find('}')
+                .ok_or_else(|| format!("unclosed `${{` in {raw:?}"))?;
+            let spec = &body[..end];
+            let (name, default) = match spec.split_once(":-") {
+                Some((n, d)) => (n, Some(d)),
+                None => (spec, None),
+            };
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(format!("`${{{spec}}}` is not a valid variable name"));
+            }
+            let value = ENV_LOOKUP.with(|lookup| match &*lookup.borrow() {
+                Some(f) => f(name),
+                None => std::env::var(name).ok(),
+            });
+            let value = match (value, default) {
+                (Some(v), _) if !v.is_empty() => v,
+                (_, Some(d)) => d.to_string(),
+                (Some(v), None) => v,
+                (None, None) => {
+                    return Err(format!("environment variable {name} is not set"));
+                }
+            };
+            EXPANDED.with(|e| e.borrow_mut().push(value.clone()));
+            out.push_str(&value);
+            rest = &body[end + 1..];
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    server: RawServer,
+    storage: RawStorage,
+    #[serde(default)]
+    delivery: RawDelivery,
+    #[serde(default)]
+    sources: Vec<RawSource>,
+    #[serde(default)]
+    connectors: Vec<RawConnector>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    #[serde(default = "default_listen")]
+    listen: EnvString,
+    admin_token: Option<EnvString>,
+    #[serde(default = "default_max_body")]
+    max_body_bytes: usize,
+    #[serde(default = "default_max_batch")]
+    max_batch: usize,
+    #[serde(default = "default_grace", with = "humantime_serde")]
+    shutdown_grace: Duration,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        RawServer {
+            listen: default_listen(),
+            admin_token: None,
+            max_body_bytes: default_max_body(),
+            max_batch: default_max_batch(),
+            shutdown_grace: default_grace(),
+        }
+    }
+}
+
+fn default_listen() -> EnvString {
+    EnvString("127.0.0.1:8080".into())
+}
+fn default_max_body() -> usize {
+    1024 * 1024
+}
+fn default_max_batch() -> usize {
+    100
+}
+fn default_grace() -> Duration {
+    Duration::from_secs(10)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStorage {
+    url: EnvString,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDelivery {
+    #[serde(default = "default_concurrency")]
+    concurrency: usize,
+    #[serde(default = "default_lease", with = "humantime_serde")]
+    lease: Duration,
+}
+
+impl Default for RawDelivery {
+    fn default() -> Self {
+        RawDelivery {
+            concurrency: default_concurrency(),
+            lease: default_lease(),
+        }
+    }
+}
+
+fn default_concurrency() -> usize {
+    32
+}
+fn default_lease() -> Duration {
+    Duration::from_secs(120)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSource {
+    name: String,
+    api_key: EnvString,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConnector {
+    name: String,
+    kind: String,
+    url: EnvString,
+    #[serde(default = "default_method")]
+    method: String,
+    template: String,
+    #[serde(default)]
+    headers: BTreeMap<String, EnvString>,
+    #[serde(default = "default_timeout", with = "humantime_serde")]
+    timeout: Duration,
+    #[serde(default)]
+    retry: RawRetry,
+    #[serde(default)]
+    matchers: Vec<RawMatcher>,
+    min_threat_rating: Option<String>,
+}
+
+fn default_method() -> String {
+    "POST".into()
+}
+fn default_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRetry {
+    max_attempts: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    initial_backoff: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    max_backoff: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    max_age: Option<Duration>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMatcher {
+    /// JSON pointer into the incident, e.g. `/incident/threatRating`.
+    field: String,
+    equals: Option<String>,
+    not_equals: Option<String>,
+    one_of: Option<Vec<String>>,
+    not_one_of: Option<Vec<String>>,
+    regex: Option<String>,
+    not_regex: Option<String>,
+}
+
+// ---------------------------------------------------------------------------------------------
+
+impl Config {
+    /// Reads, expands and validates a configuration file.
+    pub fn load(file: &Path) -> Result<Config, ConfigError> {
+        Self::load_with_env(file, |name| std::env::var(name).ok())
+    }
+
+    /// As [`Config::load`], with an explicit environment (for tests and `check`).
+    pub fn load_with_env(
+        file: &Path,
+        env: impl Fn(&str) -> Option<String> + 'static,
+    ) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
+            file: file.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml(&text, file, env)
+    }
+
+    /// Parses configuration text as if it had been read from `file`.
+    pub fn from_toml(
+        text: &str,
+        file: &Path,
+        env: impl Fn(&str) -> Option<String> + 'static,
+    ) -> Result<Config, ConfigError> {
+        ENV_LOOKUP.with(|l| *l.borrow_mut() = Some(Box::new(env)));
+        EXPANDED.with(|e| e.borrow_mut().clear());
+        let parsed: Result<RawConfig, toml::de::Error> = toml::from_str(text);
+        ENV_LOOKUP.with(|l| *l.borrow_mut() = None);
+        let expanded = EXPANDED.with(|e| std::mem::take(&mut *e.borrow_mut()));
+        let raw = parsed.map_err(|e| ConfigError::Parse {
+            file: file.to_path_buf(),
+            message: describe_toml_error(&e, text),
+        })?;
+        let base_dir = file
+            .parent()
+            .map(|p| {
+                if p.as_os_str().is_empty() {
+                    PathBuf::from(".")
+                } else {
+                    p.to_path_buf()
+                }
+            })
+            .unwrap_or_else(|| PathBuf::from("."));
+        Validator {
+            file: file.to_path_buf(),
+            base_dir,
+        }
+        .validate(raw, Secrets::new(expanded))
+    }
+
+    pub fn connector(&self, name: &str) -> Option<&ConnectorConfig> {
+        self.connectors.iter().find(|c| c.name == name)
+    }
+}
+
+fn describe_toml_error(e: &toml::de::Error, text: &str) -> String {
+    let message = e.message().trim().to_string();
+    match e.span() {
+        Some(span) => {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            let col = text[..span.start.min(text.len())]
+                .rsplit('\n')
+                .next()
+                .map(|l| l.chars().count() + 1)
+                .unwrap_or(1);
+            format!("line {line}, column {col}: {message}")
+        }
+        None => message,
+    }
+}
+
+struct Validator {
+    file: PathBuf,
+    base_dir: PathBuf,
+}
+
+impl Validator {
+    fn invalid(&self, field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            file: self.file.clone(),
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    fn resolve(&self, path: &str) -> PathBuf {
+        let p = Path::new(path);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base_dir.join(p)
+        }
+    }
+
+    fn validate(&self, raw: RawConfig, secrets: Secrets) -> Result<Config, ConfigError> {
+        let server = ServerConfig {
+            listen: raw.server.listen.0,
+            admin_token: raw.server.admin_token.map(|t| t.0),
+            max_body_bytes: raw.server.max_body_bytes,
+            max_batch: raw.server.max_batch,
+            shutdown_grace: raw.server.shutdown_grace,
+        };
+        if server.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(self.invalid(
+                "server.listen",
+                format!("{:?} is not an address like 127.0.0.1:8080", server.listen),
+            ));
+        }
+        if matches!(&server.admin_token, Some(t) if t.len() < 16) {
+            return Err(self.invalid(
+                "server.admin_token",
+                "must be at least 16 characters (or left out to disable the admin API)",
+            ));
+        }
+        if server.max_body_bytes < 1024 {
+            return Err(self.invalid("server.max_body_bytes", "must be at least 1024"));
+        }
+        if server.max_batch == 0 {
+            return Err(self.invalid("server.max_batch", "must be at least 1"));
+        }
+
+        let storage = self.storage(&raw.storage.url.0)?;
+
+        if raw.delivery.concurrency == 0 {
+            return Err(self.invalid("delivery.concurrency", "must be at least 1"));
+        }
+        let delivery = DeliveryConfig {
+            concurrency: raw.delivery.concurrency,
+            lease: raw.delivery.lease,
+        };
+
+        let mut names = HashSet::new();
+        let mut keys = HashSet::new();
+        let mut sources = Vec::new();
+        for (i, s) in raw.sources.into_iter().enumerate() {
+            let field = format!("sources[{i}]");
+            if s.name.trim().is_empty() || !names.insert(s.name.clone()) {
+                return Err(self.invalid(
+                    format!("{field}.name"),
+                    format!("{:?} is empty or used twice", s.name),
+                ));
+            }
+            if s.api_key.0.len() < 16 {
+                return Err(
+                    self.invalid(format!("{field}.api_key"), "must be at least 16 characters")
+                );
+            }
+            if !keys.insert(s.api_key.0.clone()) {
+                return Err(self.invalid(
+                    format!("{field}.api_key"),
+                    "is the same as another source's key",
+                ));
+            }
+            if server.admin_token.as_deref() == Some(s.api_key.0.as_str()) {
+                return Err(self.invalid(
+                    format!("{field}.api_key"),
+                    "must differ from server.admin_token",
+                ));
+            }
+            sources.push(SourceConfig {
+                name: s.name,
+                api_key: s.api_key.0,
+            });
+        }
+
+        let mut connector_names = HashSet::new();
+        let mut connectors = Vec::new();
+        for (i, c) in raw.connectors.into_iter().enumerate() {
+            let field = format!("connectors[{i}]");
+            if c.name.trim().is_empty()
+                || !c
+                    .name
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch))
+            {
+                return Err(self.invalid(
+                    format!("{field}.name"),
+                    format!("{:?}: use letters, digits, '-', '_' or '.'", c.name),
+                ));
+            }
+            if !connector_names.insert(c.name.clone()) {
+                return Err(self.invalid(
+                    format!("{field}.name"),
+                    format!("{:?} is used by another connector", c.name),
+                ));
+            }
+            connectors.push(self.connector(&field, c)?);
+        }
+
+        Ok(Config {
+            file: self.file.clone(),
+            base_dir: self.base_dir.clone(),
+            server,
+            storage,
+            delivery,
+            sources,
+            connectors,
+            secrets,
+        })
+    }
+
+    fn storage(&self, url: &str) -> Result<StorageConfig, ConfigError> {
+        match url.strip_prefix("sqlite://") {
+            Some(path) if !path.is_empty() => Ok(StorageConfig::Sqlite {
+                path: self.resolve(path),
+            }),
+            _ => Err(self.invalid(
+                "storage.url",
+                format!("{url:?}: expected sqlite://PATH (relative to the config file's folder)"),
+            )),
+        }
+    }
+
+    fn connector(&self, field: &str, c: RawConnector) -> Result<ConnectorConfig, ConfigError> {
+        let kind = match c.kind.as_str() {
+            "http" => ConnectorKind::Http,
+            other => {
+                return Err(self.invalid(
+                    format!("{field}.kind"),
+                    format!("{other:?} is not a connector kind (expected \"http\")"),
+                ));
+            }
+        };
+        let method = reqwest::Method::from_bytes(c.method.to_ascii_uppercase().as_bytes())
+            .map_err(|_| {
+                self.invalid(
+                    format!("{field}.method"),
+                    format!("{:?} is not an HTTP method", c.method),
+                )
+            })?;
+        if c.url.0.trim().is_empty() {
+            return Err(self.invalid(format!("{field}.url"), "is empty"));
+        }
+        // A URL without template markup must parse now; a templated one is checked when rendered.
+        if !c.url.0.contains("{{") {
+            let parsed = reqwest::Url::parse(&c.url.0)
+                .map_err(|e| self.invalid(format!("{field}.url"), e.to_string()))?;
+            if !matches!(parsed.scheme(), "http" | "https") {
+                return Err(self.invalid(format!("{field}.url"), "scheme must be http or https"));
+            }
+        }
+        let resolved = self.resolve(&c.template);
+        if !resolved.is_file() {
+            return Err(self.invalid(
+                format!("{field}.template"),
+                format!(
+                    "template file {} does not exist (paths are relative to the config file's folder)",
+                    resolved.display()
+                ),
+            ));
+        }
+        let mut headers = BTreeMap::new();
+        for (name, value) in c.headers {
+            if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                return Err(self.invalid(
+                    format!("{field}.headers"),
+                    format!("{name:?} is not a valid header name"),
+                ));
+            }
+            headers.insert(name.to_ascii_lowercase(), value.0);
+        }
+        if c.timeout.is_zero() {
+            return Err(self.invalid(format!("{field}.timeout"), "must be more than 0"));
+        }
+        let defaults = RetryPolicy::default();
+        let retry = RetryPolicy {
+            max_attempts: c.retry.max_attempts.unwrap_or(defaults.max_attempts),
+            initial_backoff: c.retry.initial_backoff.unwrap_or(defaults.initial_backoff),
+            max_backoff: c.retry.max_backoff.unwrap_or(defaults.max_backoff),
+            max_age: c.retry.max_age.unwrap_or(defaults.max_age),
+        };
+        if retry.max_attempts == 0 {
+            return Err(self.invalid(format!("{field}.retry.max_attempts"), "must be at least 1"));
+        }
+        if retry.initial_backoff > retry.max_backoff {
+            return Err(self.invalid(
+                format!("{field}.retry.initial_backoff"),
+                "is longer than retry.max_backoff",
+            ));
+        }
+        let mut matchers = Vec::new();
+        for (j, m) in c.matchers.into_iter().enumerate() {
+            matchers.push(self.matcher(&format!("{field}.matchers[{j}]"), m)?);
+        }
+        let min_threat_rating = match c.min_threat_rating {
+            None => None,
+            Some(r) => Some(ThreatRating::parse(&r).ok_or_else(|| {
+                self.invalid(
+                    format!("{field}.min_threat_rating"),
+                    format!("{r:?}: expected one of info, low, medium, high, critical"),
+                )
+            })?),
+        };
+        Ok(ConnectorConfig {
+            name: c.name,
+            kind,
+            method,
+            url: c.url.0,
+            template: TemplatePath {
+                as_written: c.template,
+                resolved,
+            },
+            headers,
+            timeout: c.timeout,
+            retry,
+            matchers,
+            min_threat_rating,
+        })
+    }
+
+    fn matcher(&self, field: &str, m: RawMatcher) -> Result<Matcher, ConfigError> {
+        use crate::route::Condition;
+        if !(m.field.is_empty() || m.field.starts_with('/')) {
+            return Err(self.invalid(
+                format!("{field}.field"),
+                format!("{:?} is not a JSON pointer (it starts with '/')", m.field),
+            ));
+        }
+        let compile = |re: &str, key: &str| {
+            regex::Regex::new(&format!("^(?:{re})$"))
+                .map_err(|e| self.invalid(format!("{field}.{key}"), e.to_string()))
+        };
+        let mut conditions = Vec::new();
+        if let Some(v) = m.equals {
+            conditions.push(Condition::Equals(v));
+        }
+        if let Some(v) = m.not_equals {
+            conditions.push(Condition::NotEquals(v));
+        }
+        if let Some(v) = m.one_of {
+            conditions.push(Condition::OneOf(v));
+        }
+        if let Some(v) = m.not_one_of {
+            conditions.push(Condition::NotOneOf(v));
+        }
+        if let Some(v) = m.regex {
+            conditions.push(Condition::Regex(compile(&v, "regex")?));
+        }
+        if let Some(v) = m.not_regex {
+            conditions.push(Condition::NotRegex(compile(&v, "not_regex")?));
+        }
+        match conditions.len() {
+            1 => Ok(Matcher {
+                field: m.field,
+                condition: conditions.remove(0),
+            }),
+            0 => Err(self.invalid(
+                field,
+                "needs one of equals, not_equals, one_of, not_one_of, regex, not_regex",
+            )),
+            _ => Err(self.invalid(
+                field,
+                "has more than one condition; write one matcher per condition",
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+        move |name| {
+            pairs
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+
+    #[test]
+    fn expands_variables_and_defaults() {
+        ENV_LOOKUP.with(|l| *l.borrow_mut() = Some(Box::new(env(&[("A", "alpha")]))));
+        assert_eq!(expand_env("x-${A}-y").as_deref(), Ok("x-alpha-y"));
+        assert_eq!(expand_env("${B:-dflt}").as_deref(), Ok("dflt"));
+        assert_eq!(expand_env("$$A $5").as_deref(), Ok("$A $5"));
+        assert!(expand_env("${B}").unwrap_err().contains("B is not set"));
+        assert!(expand_env("${A").is_err());
+        ENV_LOOKUP.with(|l| *l.borrow_mut() = None);
+    }
+
+    #[test]
+    fn unset_variable_names_line_and_variable() {
+        let text = "[server]\nlisten = \"127.0.0.1:1\"\nadmin_token = \"${NOPE_TOKEN}\"\n[storage]\nurl = \"sqlite://x.db\"\n";
+        let err = Config::from_toml(text, Path::new("gw.toml"), env(&[])).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("gw.toml"), "{msg}");
+        assert!(msg.contains("line 3"), "{msg}");
+        assert!(msg.contains("NOPE_TOKEN is not set"), "{msg}");
+    }
+
+    #[test]
+    fn masks_secrets_longest_first() {
+        let s = Secrets::new(["abcd".to_string(), "abcdefgh".to_string(), "x".to_string()]);
+        assert_eq!(s.mask("k=abcdefgh, j=abcd, x"), "k=********, j=********, x");
+    }
+}

@@ -1,0 +1,190 @@
+//! Send: one HTTP request with a timeout, and what came back, classified.
+
+use std::time::{Duration, Instant};
+
+use crate::render::RenderedRequest;
+
+use super::retry::parse_retry_after;
+
+/// How much of a response body an attempt record keeps.
+pub const RESPONSE_PREFIX_BYTES: usize = 2048;
+
+/// What one send produced.
+#[derive(Debug, Clone)]
+pub struct SendResult {
+    pub status: Option<u16>,
+    pub retry_after: Option<Duration>,
+    pub response_prefix: Option<String>,
+    /// A network error, timeout included, described without the URL.
+    pub error: Option<String>,
+    pub latency: Duration,
+}
+
+/// What a send means for the delivery.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    Delivered,
+    Retry { retry_after: Option<Duration> },
+    Dead { reason: String },
+}
+
+/// The client every connector shares. Redirects are not followed: a ticketing API that
+/// redirects a POST is misconfigured, and following one could send the payload elsewhere.
+pub fn client() -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("incident-gateway/", env!("CARGO_PKG_VERSION")))
+        .pool_idle_timeout(Duration::from_secs(60))
+        .build()
+}
+
+/// Sends `request`, reading at most [`RESPONSE_PREFIX_BYTES`] of the answer.
+pub async fn send(
+    client: &reqwest::Client,
+    request: &RenderedRequest,
+    timeout: Duration,
+) -> SendResult {
+    let started = Instant::now();
+    let mut builder = client
+        .request(request.method.clone(), &request.url)
+        .timeout(timeout)
+        .body(request.body.clone());
+    for (name, value) in &request.headers {
+        builder = builder.header(name, value);
+    }
+    match builder.send().await {
+        Err(e) => SendResult {
+            status: None,
+            retry_after: None,
+            response_prefix: None,
+            error: Some(describe(&e)),
+            latency: started.elapsed(),
+        },
+        Ok(mut response) => {
+            let status = response.status().as_u16();
+            let retry_after = response
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()));
+            let mut prefix = Vec::new();
+            let mut error = None;
+            while prefix.len() < RESPONSE_PREFIX_BYTES {
+                match response.chunk().await {
+                    Ok(Some(chunk)) => prefix.extend_from_slice(&chunk),
+                    Ok(None) => break,
+                    Err(e) => {
+                        // The status already arrived; a body cut short does not change it.
+                        error = Some(format!("reading response body: {}", describe(&e)));
+                        break;
+                    }
+                }
+            }
+            SendResult {
+                status: Some(status),
+                retry_after,
+                response_prefix: Some(utf8_prefix(&prefix, RESPONSE_PREFIX_BYTES)),
+                error,
+                latency: started.elapsed(),
+            }
+        }
+    }
+}
+
+/// The error and its causes, without the URL (which may carry a token).
+fn describe(e: &reqwest::Error) -> String {
+    let mut text = if e.is_timeout() {
+        "timed out".to_string()
+    } else if e.is_connect() {
+        "connection failed".to_string()
+    } else {
+        "request failed".to_string()
+    };
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        let part = cause.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+fn utf8_prefix(bytes: &[u8], max: usize) -> String {
+    let cut = &bytes[..bytes.len().min(max)];
+    match std::str::from_utf8(cut) {
+        Ok(text) => text.to_string(),
+        // Cut inside a character: drop the partial character.
+        Err(e) if e.error_len().is_none() => {
+            String::from_utf8_lossy(&cut[..e.valid_up_to()]).into_owned()
+        }
+        Err(_) => String::from_utf8_lossy(cut).into_owned(),
+    }
+}
+
+/// 2xx delivered; network errors, 408, 425, 429 and 5xx may get better; any other status
+/// will not.
+pub fn classify(result: &SendResult) -> Verdict {
+    match result.status {
+        None => Verdict::Retry { retry_after: None },
+        Some(s) if (200..300).contains(&s) => Verdict::Delivered,
+        Some(s) if s == 408 || s == 425 || s == 429 || (500..600).contains(&s) => Verdict::Retry {
+            retry_after: result.retry_after,
+        },
+        Some(s) => Verdict::Dead {
+            reason: format!(
+                "HTTP {s}: the receiver refused the request; it will not succeed on retry"
+            ),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(status: Option<u16>) -> SendResult {
+        SendResult {
+            status,
+            retry_after: Some(Duration::from_secs(3)),
+            response_prefix: None,
+            error: None,
+            latency: Duration::ZERO,
+        }
+    }
+
+    #[test]
+    fn classification() {
+        assert_eq!(classify(&result(Some(200))), Verdict::Delivered);
+        assert_eq!(classify(&result(Some(204))), Verdict::Delivered);
+        for s in [408, 425, 429, 500, 503, 599] {
+            assert_eq!(
+                classify(&result(Some(s))),
+                Verdict::Retry {
+                    retry_after: Some(Duration::from_secs(3))
+                },
+                "{s}"
+            );
+        }
+        assert_eq!(
+            classify(&result(None)),
+            Verdict::Retry { retry_after: None }
+        );
+        for s in [301, 400, 401, 404, 409, 422] {
+            assert!(
+                matches!(classify(&result(Some(s))), Verdict::Dead { .. }),
+                "{s}"
+            );
+        }
+    }
+
+    #[test]
+    fn prefix_never_splits_a_character() {
+        let text = "é".repeat(2000);
+        let p = utf8_prefix(text.as_bytes(), 2047);
+        assert_eq!(p.len(), 2046);
+        assert!(p.starts_with("éé"));
+    }
+}

@@ -1,0 +1,273 @@
+//! Deliver: workers take due deliveries and move each through small steps —
+//! render → stamp → send → classify → schedule → record — each testable alone.
+//!
+//! Delivery is at least once: a crash between a send and its record sends again, with the
+//! same `webhook-id`, so receivers can drop the repeat.
+
+pub mod http;
+pub mod retry;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Config, ConnectorConfig};
+use crate::render::{self, DeliveryFacts, RenderError, RenderedRequest, Renderer};
+use crate::store::{self, AttemptRecord, LeasedDelivery, NextStep, Store};
+
+use self::http::{SendResult, Verdict};
+
+/// Render: the request this delivery sends, from the incident version it carries.
+pub fn prepare(
+    renderer: &Renderer,
+    connector: &ConnectorConfig,
+    delivery: &LeasedDelivery,
+) -> Result<RenderedRequest, RenderError> {
+    let incident: serde_json::Value =
+        serde_json::from_str(&delivery.incident_body).map_err(|e| RenderError {
+            template: connector.template.as_written.clone(),
+            line: None,
+            column: None,
+            reason: format!("stored incident is not JSON: {e}"),
+        })?;
+    let received_at = store::rfc3339(delivery.received_at_ms);
+    let facts = DeliveryFacts {
+        event: delivery.event,
+        delivery_id: &delivery.id,
+        attempt: delivery.attempts + 1,
+        connector: &connector.name,
+        received_at: &received_at,
+    };
+    renderer.render(connector, &render::context(&incident, &facts))
+}
+
+/// Stamp: the headers every delivery carries. `webhook-id` is the delivery id, the same on
+/// every retry, so a receiver can tell a repeat from a new delivery (Standard Webhooks).
+pub fn stamp(
+    mut request: RenderedRequest,
+    delivery_id: &str,
+    unix_seconds: i64,
+) -> RenderedRequest {
+    request
+        .headers
+        .insert("webhook-id".into(), delivery_id.to_string());
+    request
+        .headers
+        .insert("webhook-timestamp".into(), unix_seconds.to_string());
+    request
+}
+
+/// Schedule: the delivery's next step after an attempt that ended in `verdict`.
+pub fn schedule(
+    connector: &ConnectorConfig,
+    delivery: &LeasedDelivery,
+    verdict: Verdict,
+    now_ms: i64,
+    random: f64,
+) -> NextStep {
+    match verdict {
+        Verdict::Delivered => NextStep::Delivered,
+        Verdict::Dead { reason } => NextStep::Dead { reason },
+        Verdict::Retry { retry_after } => {
+            let attempts_in_budget =
+                delivery.attempts + 1 - delivery.budget_attempts.min(delivery.attempts);
+            match retry::next_attempt_ms(
+                &connector.retry,
+                attempts_in_budget,
+                delivery.budget_since_ms,
+                now_ms,
+                retry_after,
+                random,
+            ) {
+                Some(at_ms) => NextStep::RetryAt { at_ms },
+                None => NextStep::Dead {
+                    reason: format!(
+                        "gave up after {} attempts (retry.max_attempts = {}, retry.max_age = {})",
+                        delivery.attempts + 1,
+                        connector.retry.max_attempts,
+                        humantime::format_duration(connector.retry.max_age)
+                    ),
+                },
+            }
+        }
+    }
+}
+
+/// The workers' shared parts.
+#[derive(Clone)]
+pub struct Deliverer {
+    pub config: Arc<Config>,
+    pub renderer: Arc<Renderer>,
+    pub store: Store,
+    pub client: reqwest::Client,
+    /// Rung by ingress and replay so new work starts without waiting for the next poll.
+    pub wake: Arc<Notify>,
+}
+
+/// How long an idle worker sleeps before it looks again (a wake comes sooner).
+const IDLE_POLL: Duration = Duration::from_millis(1000);
+
+impl Deliverer {
+    /// Takes and sends deliveries until `shutdown`, then waits up to the configured grace
+    /// for sends under way.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let permits = Arc::new(Semaphore::new(self.config.delivery.concurrency));
+        let tracker = TaskTracker::new();
+        let lease_ms = self.config.delivery.lease.as_millis() as i64;
+        while !shutdown.is_cancelled() {
+            let free = permits.available_permits();
+            if free == 0 {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    permit = permits.clone().acquire_owned() => drop(permit),
+                }
+                continue;
+            }
+            let leased = match self.store.lease_due(free, lease_ms).await {
+                Ok(leased) => leased,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot lease deliveries");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(IDLE_POLL) => continue,
+                    }
+                }
+            };
+            let took = leased.len();
+            for delivery in leased {
+                let Ok(permit) = permits.clone().acquire_owned().await else {
+                    break;
+                };
+                let me = self.clone();
+                tracker.spawn(async move {
+                    me.deliver(delivery).await;
+                    drop(permit);
+                });
+            }
+            if took < free {
+                let wait = match self.store.next_due_ms().await {
+                    Ok(Some(due)) => Duration::from_millis(
+                        (due - store::now_ms()).clamp(0, IDLE_POLL.as_millis() as i64) as u64,
+                    ),
+                    _ => IDLE_POLL,
+                };
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = self.wake.notified() => {}
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            }
+        }
+        tracker.close();
+        if tokio::time::timeout(self.config.server.shutdown_grace, tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "shutdown grace ran out with sends under way; they will be retried after restart"
+            );
+        }
+    }
+
+    /// One attempt of one delivery, start to record.
+    pub async fn deliver(&self, delivery: LeasedDelivery) {
+        let attempt = delivery.attempts + 1;
+        let started_at_ms = store::now_ms();
+        let (verdict, sent) = match self.config.connector(&delivery.connector) {
+            None => (
+                Verdict::Dead {
+                    reason: format!("connector {:?} is no longer configured", delivery.connector),
+                },
+                None,
+            ),
+            Some(connector) => match prepare(&self.renderer, connector, &delivery) {
+                Err(e) => (
+                    Verdict::Dead {
+                        reason: format!("render failed: {e}"),
+                    },
+                    None,
+                ),
+                Ok(request) => {
+                    let request = stamp(request, &delivery.id, started_at_ms / 1000);
+                    let sent = http::send(&self.client, &request, connector.timeout).await;
+                    (http::classify(&sent), Some(sent))
+                }
+            },
+        };
+        let now = store::now_ms();
+        let next = match self.config.connector(&delivery.connector) {
+            Some(connector) => schedule(connector, &delivery, verdict, now, rand::random::<f64>()),
+            None => match verdict {
+                Verdict::Dead { reason } => NextStep::Dead { reason },
+                _ => NextStep::Dead {
+                    reason: "connector is no longer configured".into(),
+                },
+            },
+        };
+        let record = self.attempt_record(attempt, started_at_ms, now, sent.as_ref(), &next);
+        log_attempt(&delivery, &record, &next);
+        if let Err(e) = self
+            .store
+            .record_attempt(delivery.id.clone(), record, next)
+            .await
+        {
+            // The lease runs out and the delivery is tried again: at least once.
+            tracing::error!(delivery = %delivery.id, error = %e, "cannot record attempt");
+        }
+    }
+
+    fn attempt_record(
+        &self,
+        attempt: u32,
+        started_at_ms: i64,
+        now_ms: i64,
+        sent: Option<&SendResult>,
+        next: &NextStep,
+    ) -> AttemptRecord {
+        let secrets = &self.config.secrets;
+        let (outcome, dead_reason) = match next {
+            NextStep::Delivered => ("delivered", None),
+            NextStep::RetryAt { .. } => ("retry", None),
+            NextStep::Dead { reason } => ("dead", Some(reason.clone())),
+        };
+        let error =
+            sent.and_then(|s| s.error.clone())
+                .or(if sent.is_none() { dead_reason } else { None });
+        AttemptRecord {
+            attempt,
+            started_at_ms,
+            latency_ms: sent
+                .map(|s| s.latency.as_millis() as i64)
+                .unwrap_or(now_ms - started_at_ms),
+            status_code: sent.and_then(|s| s.status),
+            error: error.map(|e| secrets.mask(&e)),
+            response_body: sent
+                .and_then(|s| s.response_prefix.as_deref())
+                .map(|b| secrets.mask(b)),
+            outcome: outcome.to_string(),
+        }
+    }
+}
+
+fn log_attempt(delivery: &LeasedDelivery, record: &AttemptRecord, next: &NextStep) {
+    match next {
+        NextStep::Delivered => tracing::info!(
+            delivery = %delivery.id, incident = %delivery.incident_id, connector = %delivery.connector,
+            attempt = record.attempt, status = ?record.status_code, latency_ms = record.latency_ms,
+            "delivered"
+        ),
+        NextStep::RetryAt { at_ms } => tracing::warn!(
+            delivery = %delivery.id, incident = %delivery.incident_id, connector = %delivery.connector,
+            attempt = record.attempt, status = ?record.status_code, error = ?record.error,
+            retry_at = %store::rfc3339(*at_ms), "attempt failed; will retry"
+        ),
+        NextStep::Dead { reason } => tracing::error!(
+            delivery = %delivery.id, incident = %delivery.incident_id, connector = %delivery.connector,
+            attempt = record.attempt, status = ?record.status_code, reason = %reason,
+            "delivery is dead"
+        ),
+    }
+}

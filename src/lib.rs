@@ -1,0 +1,162 @@
+//! incident-gateway: takes incidents from a detection platform and delivers them to the
+//! systems where people work them (ticketing, chat, paging).
+//!
+//! The flow, in the order a request meets it:
+//!
+//! 1. [`config`] — the admin's TOML file, expanded and validated once at load.
+//! 2. [`ingress`] — `POST /v1/incidents`: authenticate, bound, parse.
+//! 3. [`schema`] — validate each incident against `schemas/incident.schema.json`.
+//! 4. [`route`] — pick the connectors whose matchers the incident meets.
+//! 5. [`store`] — commit the incident and one delivery per connector, then answer 202.
+//! 6. [`deliver`] — workers lease due deliveries: render → stamp → send → classify →
+//!    schedule → record.
+//! 7. [`render`] — Handlebars templates, escaped by content type, strict about variables.
+//! 8. [`admin`] — inspect incidents and deliveries, replay dead ones.
+//!
+//! [`Gateway::start`] wires these together; `main.rs` only parses the command line.
+
+pub mod admin;
+pub mod cli;
+pub mod config;
+pub mod deliver;
+pub mod ingress;
+pub mod problem;
+pub mod render;
+pub mod route;
+pub mod schema;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::{get, post};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, StorageConfig};
+use crate::deliver::Deliverer;
+use crate::render::Renderer;
+use crate::schema::IncidentSchema;
+use crate::store::Store;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error("template {0}")]
+    Render(#[from] render::RenderError),
+    #[error(transparent)]
+    Schema(#[from] schema::SchemaError),
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("HTTP client: {0}")]
+    Client(#[from] reqwest::Error),
+    #[error("server: {0}")]
+    Serve(std::io::Error),
+}
+
+/// What the HTTP handlers share.
+pub struct App {
+    pub config: Arc<Config>,
+    pub schema: IncidentSchema,
+    pub store: Store,
+    /// Rung when new deliveries are due now.
+    pub wake: Arc<Notify>,
+}
+
+/// A running gateway: its address, and the handle to stop it.
+pub struct Gateway {
+    pub addr: SocketAddr,
+    pub store: Store,
+    shutdown: CancellationToken,
+    server: tokio::task::JoinHandle<Result<(), Error>>,
+    workers: tokio::task::JoinHandle<()>,
+}
+
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/v1/incidents", post(ingress::post_incidents))
+        .route("/v1/incidents/{incident_id}", get(admin::get_incident))
+        .route("/v1/deliveries", get(admin::list_deliveries))
+        .route("/v1/deliveries/{delivery_id}", get(admin::get_delivery))
+        .route(
+            "/v1/deliveries/{delivery_id}/replay",
+            post(admin::replay_delivery),
+        )
+        .fallback(|| async { problem::Problem::not_found("no such endpoint") })
+        .with_state(app)
+}
+
+pub fn open_store(config: &Config) -> Result<Store, Error> {
+    match &config.storage {
+        StorageConfig::Sqlite { path } => Ok(Store::open_sqlite(path)?),
+    }
+}
+
+impl Gateway {
+    /// Opens the store, compiles templates, binds the listener and starts the workers.
+    pub async fn start(config: Config) -> Result<Gateway, Error> {
+        let config = Arc::new(config);
+        let renderer = Arc::new(Renderer::new(&config)?);
+        let schema = IncidentSchema::shipped()?;
+        let store = open_store(&config)?;
+        let wake = Arc::new(Notify::new());
+        let listener = tokio::net::TcpListener::bind(&config.server.listen)
+            .await
+            .map_err(|source| Error::Bind {
+                addr: config.server.listen.clone(),
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(Error::Serve)?;
+        let shutdown = CancellationToken::new();
+
+        let deliverer = Deliverer {
+            config: config.clone(),
+            renderer,
+            store: store.clone(),
+            client: deliver::http::client()?,
+            wake: wake.clone(),
+        };
+        let workers = tokio::spawn(deliverer.run(shutdown.clone()));
+
+        let app = Arc::new(App {
+            config,
+            schema,
+            store: store.clone(),
+            wake,
+        });
+        let stop = shutdown.clone();
+        let server = tokio::spawn(async move {
+            axum::serve(listener, router(app))
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await
+                .map_err(Error::Serve)
+        });
+        tracing::info!(%addr, "listening");
+        Ok(Gateway {
+            addr,
+            store,
+            shutdown,
+            server,
+            workers,
+        })
+    }
+
+    /// Stops accepting, lets sends under way finish (bounded by `server.shutdown_grace`).
+    pub async fn stop(self) -> Result<(), Error> {
+        self.shutdown.cancel();
+        let served = self.server.await;
+        let _ = self.workers.await;
+        match served {
+            Ok(result) => result,
+            Err(e) => Err(Error::Serve(std::io::Error::other(e.to_string()))),
+        }
+    }
+}

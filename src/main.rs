@@ -1,0 +1,152 @@
+//! The command line: parses arguments and calls the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use incident_gateway::config::Config;
+use incident_gateway::render::Event;
+use incident_gateway::{Gateway, cli};
+
+#[derive(Parser)]
+#[command(
+    name = "incident-gateway",
+    version,
+    about = "Delivers security incidents to ticketing, chat and paging systems"
+)]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve {
+        #[arg(long, short, env = "IGW_CONFIG")]
+        config: PathBuf,
+    },
+    /// Load the config, compile every template, and render every connector against each
+    /// example incident. Exits non-zero naming file, line and reason on any problem.
+    Check {
+        #[arg(long, short, env = "IGW_CONFIG")]
+        config: PathBuf,
+        /// Example incidents to render (default: `incidents/` beside the config file).
+        #[arg(long)]
+        incidents: Option<PathBuf>,
+    },
+    /// Print the exact request a connector would send for an incident, without sending it.
+    Render {
+        #[arg(long, short, env = "IGW_CONFIG")]
+        config: PathBuf,
+        #[arg(long)]
+        connector: String,
+        #[arg(long)]
+        incident: PathBuf,
+        #[arg(long, value_enum, default_value = "created")]
+        event: EventArg,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum EventArg {
+    Created,
+    Updated,
+    Completed,
+}
+
+impl From<EventArg> for Event {
+    fn from(e: EventArg) -> Event {
+        match e {
+            EventArg::Created => Event::Created,
+            EventArg::Updated => Event::Updated,
+            EventArg::Completed => Event::Completed,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("IGW_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match args.command {
+        Command::Serve { config } => serve(config),
+        Command::Check { config, incidents } => check(config, incidents),
+        Command::Render {
+            config,
+            connector,
+            incident,
+            event,
+        } => cli::render(&config, &connector, &incident, event.into())
+            .map(|text| print!("{text}"))
+            .map(|()| ExitCode::SUCCESS)
+            .map_err(anyhow::Error::from),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check(config: PathBuf, incidents: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let report = cli::check(&config, incidents.as_deref())?;
+    for e in &report.errors {
+        eprintln!("error: {e}");
+    }
+    if report.errors.is_empty() {
+        println!(
+            "ok: {} renders ({} example incidents × connectors × events) passed",
+            report.renders, report.incidents
+        );
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("{} problem(s) found", report.errors.len());
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+fn serve(config_file: PathBuf) -> anyhow::Result<ExitCode> {
+    let config = Config::load(&config_file)?;
+    let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+    runtime.block_on(async {
+        let gateway = Gateway::start(config).await?;
+        // Printed on stdout so scripts and tests can find an ephemeral port.
+        println!("listening on http://{}", gateway.addr);
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        gateway.stop().await?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

@@ -1,0 +1,419 @@
+//! Render: turns an incident into the exact request a connector sends.
+//!
+//! Templates are Handlebars in strict mode (a missing variable is an error that names the
+//! template, line and variable). How interpolated text is escaped follows the template's file
+//! name: `*.json.hbs` escapes for a JSON string, `*.html.hbs` for HTML, anything else not at all.
+//! URL templates percent-encode what they interpolate, so incident text cannot change the
+//! path or query. Handlebars has one escape function per registry, hence one registry per kind.
+
+use std::collections::BTreeMap;
+
+use handlebars::{
+    Context, Handlebars, Helper, HelperResult, Output, RenderContext, RenderErrorReason,
+};
+use serde_json::{Map, Value};
+
+use crate::config::{Config, ConnectorConfig};
+
+/// A template that does not compile or does not render, located in its file.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{template}{}: {reason}", location(*.line, *.column))]
+pub struct RenderError {
+    /// The template file as the config names it, or `connector NAME url` / `… header X`.
+    pub template: String,
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+    pub reason: String,
+}
+
+fn location(line: Option<usize>, column: Option<usize>) -> String {
+    match (line, column) {
+        (Some(l), Some(c)) => format!(":{l}:{c}"),
+        (Some(l), None) => format!(":{l}"),
+        _ => String::new(),
+    }
+}
+
+/// How interpolated values are escaped, chosen by the template's file name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Escape {
+    Json,
+    Html,
+    None,
+    Url,
+}
+
+impl Escape {
+    pub fn for_file(name: &str) -> Escape {
+        if name.ends_with(".json.hbs") {
+            Escape::Json
+        } else if name.ends_with(".html.hbs") {
+            Escape::Html
+        } else {
+            Escape::None
+        }
+    }
+
+    fn content_type(self) -> Option<&'static str> {
+        match self {
+            Escape::Json => Some("application/json"),
+            Escape::Html => Some("text/html; charset=utf-8"),
+            Escape::None | Escape::Url => None,
+        }
+    }
+}
+
+/// Escapes text for the inside of a JSON string literal. Every control character is escaped,
+/// so the result is valid JSON whatever the incident carries.
+pub fn escape_json_string(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 8);
+    for ch in text.chars() {
+        match ch {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 || c == '\u{7f}' || c == '\u{2028}' || c == '\u{2029}' => {
+                out.push_str(&format!("\\u{:04x}", c as u32))
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn escape_url_component(text: &str) -> String {
+    percent_encoding::utf8_percent_encode(text, URL_COMPONENT).to_string()
+}
+
+/// Everything but RFC 3986 unreserved characters is encoded.
+const URL_COMPONENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// `{{json value}}`: the value as JSON, unescaped (it is already valid JSON).
+fn json_helper(
+    h: &Helper,
+    _: &Handlebars,
+    _: &Context,
+    _: &mut RenderContext,
+    out: &mut dyn Output,
+) -> HelperResult {
+    let param = h
+        .param(0)
+        .ok_or(RenderErrorReason::ParamNotFoundForIndex("json", 0))?;
+    if param.is_value_missing() {
+        return Err(RenderErrorReason::MissingVariable(param.relative_path().cloned()).into());
+    }
+    let text = serde_json::to_string(param.value())
+        .map_err(|e| RenderErrorReason::Other(e.to_string()))?;
+    out.write(&text)?;
+    Ok(())
+}
+
+fn registry(escape: Escape) -> Handlebars<'static> {
+    let mut hb = Handlebars::new();
+    hb.set_strict_mode(true);
+    hb.set_prevent_indent(true);
+    match escape {
+        Escape::Json => hb.register_escape_fn(escape_json_string),
+        Escape::Html => hb.register_escape_fn(handlebars::html_escape),
+        Escape::None => hb.register_escape_fn(handlebars::no_escape),
+        Escape::Url => hb.register_escape_fn(escape_url_component),
+    }
+    hb.register_helper("json", Box::new(json_helper));
+    hb
+}
+
+/// The request a connector sends for one delivery, before signing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RenderedRequest {
+    pub method: reqwest::Method,
+    pub url: String,
+    /// Lower-case names, in a stable order.
+    pub headers: BTreeMap<String, String>,
+    pub body: String,
+}
+
+/// Compiled templates of every connector.
+pub struct Renderer {
+    json: Handlebars<'static>,
+    html: Handlebars<'static>,
+    plain: Handlebars<'static>,
+    url: Handlebars<'static>,
+}
+
+/// The event a delivery reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Event {
+    Created,
+    Updated,
+    Completed,
+}
+
+impl Event {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Event::Created => "created",
+            Event::Updated => "updated",
+            Event::Completed => "completed",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Event> {
+        match text {
+            "created" => Some(Event::Created),
+            "updated" => Some(Event::Updated),
+            "completed" => Some(Event::Completed),
+            _ => None,
+        }
+    }
+}
+
+/// What the gateway adds to the template context beside the incident's own fields.
+#[derive(Debug, Clone)]
+pub struct DeliveryFacts<'a> {
+    pub event: Event,
+    pub delivery_id: &'a str,
+    pub attempt: u32,
+    pub connector: &'a str,
+    /// RFC 3339 time the gateway accepted this version of the incident.
+    pub received_at: &'a str,
+}
+
+/// The context a template sees: the incident's fields at the top level, plus `event`,
+/// `delivery` (`id`, `attempt`, `connector`), `received_at` and `payload` (the incident as
+/// received, for templates that forward it whole). These names are not used by the schema.
+pub fn context(incident: &Value, facts: &DeliveryFacts) -> Value {
+    let mut map = match incident {
+        Value::Object(m) => m.clone(),
+        _ => Map::new(),
+    };
+    map.insert("event".into(), Value::String(facts.event.as_str().into()));
+    map.insert(
+        "delivery".into(),
+        serde_json::json!({
+            "id": facts.delivery_id,
+            "attempt": facts.attempt,
+            "connector": facts.connector,
+        }),
+    );
+    map.insert(
+        "received_at".into(),
+        Value::String(facts.received_at.into()),
+    );
+    map.insert("payload".into(), incident.clone());
+    Value::Object(map)
+}
+
+fn url_name(connector: &str) -> String {
+    format!("connector {connector} url")
+}
+
+fn header_name(connector: &str, header: &str) -> String {
+    format!("connector {connector} header {header}")
+}
+
+fn from_template_error(name: &str, e: handlebars::TemplateError) -> RenderError {
+    let (line, column) = match e.pos() {
+        Some((l, c)) => (Some(l), Some(c)),
+        None => (None, None),
+    };
+    RenderError {
+        template: name.to_string(),
+        line,
+        column,
+        reason: e.reason().to_string(),
+    }
+}
+
+fn from_render_error(name: &str, e: handlebars::RenderError) -> RenderError {
+    let reason = match e.reason() {
+        RenderErrorReason::MissingVariable(Some(path)) => {
+            format!("variable `{path}` is not in the incident (strict mode)")
+        }
+        RenderErrorReason::MissingVariable(None) => {
+            "a variable is not in the incident (strict mode)".to_string()
+        }
+        other => other.to_string(),
+    };
+    RenderError {
+        template: e.template_name.clone().unwrap_or_else(|| name.to_string()),
+        line: e.line_no,
+        column: e.column_no,
+        reason,
+    }
+}
+
+impl Renderer {
+    /// Reads and compiles every connector's templates; the first error is returned.
+    pub fn new(config: &Config) -> Result<Renderer, RenderError> {
+        let mut r = Renderer {
+            json: registry(Escape::Json),
+            html: registry(Escape::Html),
+            plain: registry(Escape::None),
+            url: registry(Escape::Url),
+        };
+        for c in &config.connectors {
+            r.add_connector(c)?;
+        }
+        Ok(r)
+    }
+
+    fn add_connector(&mut self, c: &ConnectorConfig) -> Result<(), RenderError> {
+        let name = &c.template.as_written;
+        let text = std::fs::read_to_string(&c.template.resolved).map_err(|e| RenderError {
+            template: name.clone(),
+            line: None,
+            column: None,
+            reason: format!("cannot read {}: {e}", c.template.resolved.display()),
+        })?;
+        self.body_registry_mut(name)
+            .register_template_string(name, text)
+            .map_err(|e| from_template_error(name, e))?;
+        let url = url_name(&c.name);
+        self.url
+            .register_template_string(&url, &c.url)
+            .map_err(|e| from_template_error(&url, e))?;
+        for (header, value) in &c.headers {
+            let hn = header_name(&c.name, header);
+            self.plain
+                .register_template_string(&hn, value)
+                .map_err(|e| from_template_error(&hn, e))?;
+        }
+        Ok(())
+    }
+
+    fn body_registry_mut(&mut self, name: &str) -> &mut Handlebars<'static> {
+        match Escape::for_file(name) {
+            Escape::Json => &mut self.json,
+            Escape::Html => &mut self.html,
+            Escape::None | Escape::Url => &mut self.plain,
+        }
+    }
+
+    fn body_registry(&self, name: &str) -> &Handlebars<'static> {
+        match Escape::for_file(name) {
+            Escape::Json => &self.json,
+            Escape::Html => &self.html,
+            Escape::None | Escape::Url => &self.plain,
+        }
+    }
+
+    /// Renders the request `connector` sends for `context` (see [`context`]).
+    pub fn render(
+        &self,
+        connector: &ConnectorConfig,
+        context: &Value,
+    ) -> Result<RenderedRequest, RenderError> {
+        let ctx = Context::wraps(context).map_err(|e| RenderError {
+            template: connector.template.as_written.clone(),
+            line: None,
+            column: None,
+            reason: e.to_string(),
+        })?;
+        let body_name = &connector.template.as_written;
+        let body = self
+            .body_registry(body_name)
+            .render_with_context(body_name, &ctx)
+            .map_err(|e| from_render_error(body_name, e))?;
+        let url_template = url_name(&connector.name);
+        let url = self
+            .url
+            .render_with_context(&url_template, &ctx)
+            .map_err(|e| from_render_error(&url_template, e))?;
+        let parsed = reqwest::Url::parse(url.trim()).map_err(|e| RenderError {
+            template: url_template.clone(),
+            line: None,
+            column: None,
+            reason: format!("rendered URL is not valid: {e}"),
+        })?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(RenderError {
+                template: url_template,
+                line: None,
+                column: None,
+                reason: "rendered URL is not http or https".into(),
+            });
+        }
+        let mut headers = BTreeMap::new();
+        if let Some(ct) = Escape::for_file(body_name).content_type() {
+            headers.insert("content-type".to_string(), ct.to_string());
+        }
+        for header in connector.headers.keys() {
+            let hn = header_name(&connector.name, header);
+            let value = self
+                .plain
+                .render_with_context(&hn, &ctx)
+                .map_err(|e| from_render_error(&hn, e))?;
+            // Incident text must never add a header line.
+            if value.contains(['\r', '\n', '\0']) {
+                return Err(RenderError {
+                    template: hn,
+                    line: None,
+                    column: None,
+                    reason: "rendered header value contains a line break or NUL".into(),
+                });
+            }
+            headers.insert(header.clone(), value);
+        }
+        Ok(RenderedRequest {
+            method: connector.method.clone(),
+            url: parsed.to_string(),
+            headers,
+            body,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn json_escaping_survives_hostile_text() {
+        let hostile = "q\"uote \\ back\nnew\r\t\u{1}\u{1f} {{x}} </script> é 漢字 🚨 \u{2028}";
+        let escaped = escape_json_string(hostile);
+        let doc = format!("{{\"s\": \"{escaped}\"}}");
+        let parsed: Value = serde_json::from_str(&doc).unwrap();
+        assert_eq!(parsed["s"], hostile);
+    }
+
+    #[test]
+    fn url_escape_keeps_text_inside_one_component() {
+        assert_eq!(escape_url_component("a/b?c=d#e f"), "a%2Fb%3Fc%3Dd%23e%20f");
+    }
+
+    #[test]
+    fn strict_mode_names_missing_variable_and_line() {
+        let mut hb = registry(Escape::Json);
+        hb.register_template_string("t.json.hbs", "{\n\"a\": \"{{nope.deeper}}\"\n}")
+            .unwrap();
+        let err = hb.render("t.json.hbs", &json!({"x": 1})).unwrap_err();
+        let err = from_render_error("t.json.hbs", err);
+        assert_eq!(err.line, Some(2));
+        assert!(err.reason.contains("nope.deeper"), "{err}");
+    }
+
+    #[test]
+    fn if_on_missing_optional_field_is_allowed() {
+        let mut hb = registry(Escape::None);
+        hb.register_template_string("t", "{{#if incident_type}}T{{else}}none{{/if}}")
+            .unwrap();
+        assert_eq!(hb.render("t", &json!({})).unwrap(), "none");
+    }
+
+    #[test]
+    fn json_helper_emits_values_verbatim() {
+        let mut hb = registry(Escape::Json);
+        hb.register_template_string("t", "{{json this}}").unwrap();
+        let v = json!({"a": "x\"y", "n": 1.5, "l": [null, true]});
+        let out = hb.render("t", &v).unwrap();
+        assert_eq!(serde_json::from_str::<Value>(&out).unwrap(), v);
+    }
+}

@@ -1,0 +1,770 @@
+//! Store: incidents, their versions, deliveries and attempts, durably, in SQLite.
+//!
+//! All writes go through one writer thread that gathers whatever writes are waiting and
+//! commits them in one transaction (group commit), each inside its own savepoint so one
+//! failing write does not undo the others. A caller hears back only after the commit, which
+//! is what lets ingress answer 202 only for what survives `kill -9`. Reads use their own
+//! connection (WAL lets them run beside the writer).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+use tokio::sync::oneshot;
+
+use crate::render::Event;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store: {0}")]
+    Sqlite(String),
+    #[error("store: cannot open {path}: {reason}")]
+    Open { path: PathBuf, reason: String },
+    #[error("store: the writer has stopped")]
+    Closed,
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Sqlite(e.to_string())
+    }
+}
+
+/// An incident ready to store: validated, serialized, routed.
+#[derive(Debug, Clone)]
+pub struct NewIncident {
+    pub incident_id: String,
+    pub update_time: Option<f64>,
+    /// The incident as JSON text.
+    pub body: String,
+    /// SHA-256 of `body`, to tell a repeat from a change when `updateTime` is absent.
+    pub body_hash: String,
+    /// Connectors the incident was routed to.
+    pub connectors: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IngestStatus {
+    Accepted,
+    Duplicate,
+    Updated,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct IngestOutcome {
+    #[serde(rename = "incidentId")]
+    pub incident_id: String,
+    pub status: IngestStatus,
+    pub deliveries: Vec<DeliveryRef>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DeliveryRef {
+    pub id: String,
+    pub connector: String,
+    pub event: Event,
+}
+
+/// A delivery a worker holds until its lease ends.
+#[derive(Debug, Clone)]
+pub struct LeasedDelivery {
+    pub id: String,
+    pub incident_id: String,
+    pub connector: String,
+    pub event: Event,
+    /// Attempts made before this one.
+    pub attempts: u32,
+    /// Attempts and time counted toward the retry budget start here (queueing or replay).
+    pub budget_attempts: u32,
+    pub budget_since_ms: i64,
+    /// The incident version this delivery carries.
+    pub incident_body: String,
+    pub received_at_ms: i64,
+}
+
+/// What one attempt did, as recorded.
+#[derive(Debug, Clone, Serialize)]
+pub struct AttemptRecord {
+    pub attempt: u32,
+    pub started_at_ms: i64,
+    pub latency_ms: i64,
+    pub status_code: Option<u16>,
+    pub error: Option<String>,
+    /// The first 2 KiB of the response body.
+    pub response_body: Option<String>,
+    pub outcome: String,
+}
+
+/// Where a delivery goes after an attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NextStep {
+    Delivered,
+    RetryAt { at_ms: i64 },
+    Dead { reason: String },
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DeliveryView {
+    pub id: String,
+    #[serde(rename = "incidentId")]
+    pub incident_id: String,
+    pub connector: String,
+    pub event: String,
+    pub status: String,
+    pub attempt_count: u32,
+    pub created_at: String,
+    pub updated_at: String,
+    pub next_attempt_at: Option<String>,
+    pub last_error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<Vec<AttemptView>>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AttemptView {
+    pub attempt: u32,
+    pub started_at: String,
+    pub latency_ms: i64,
+    pub status_code: Option<u16>,
+    pub error: Option<String>,
+    pub response_body: Option<String>,
+    pub outcome: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct IncidentView {
+    #[serde(rename = "incidentId")]
+    pub incident_id: String,
+    pub source: String,
+    pub status: String,
+    pub status_change_time: String,
+    pub received_at: String,
+    pub updated_at: String,
+    pub versions: u32,
+    pub incident: serde_json::Value,
+    /// Connector name → its deliveries, oldest first, each with its attempts.
+    pub connectors: std::collections::BTreeMap<String, Vec<DeliveryView>>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ReplayOutcome {
+    Replayed,
+    NotFound,
+    NotDead(String),
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct DeliveryFilter {
+    pub status: Option<String>,
+    pub connector: Option<String>,
+    pub limit: usize,
+}
+
+type Finish = Box<dyn FnOnce(Option<StoreError>) + Send>;
+type Job = Box<dyn FnOnce(&Connection) -> (bool, Finish) + Send>;
+
+/// Writes gathered into one commit at most.
+const MAX_GROUP: usize = 512;
+
+#[derive(Clone)]
+pub struct Store {
+    jobs: std::sync::mpsc::Sender<Job>,
+    reader: Arc<Mutex<Connection>>,
+    /// Held for the store's life: one process per SQLite file.
+    _lock: Arc<std::fs::File>,
+}
+
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+pub fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS incidents (
+    incident_id        TEXT PRIMARY KEY,
+    source             TEXT NOT NULL,
+    update_time        REAL,
+    body_hash          TEXT NOT NULL,
+    version_id         INTEGER NOT NULL,
+    versions           INTEGER NOT NULL,
+    status             TEXT NOT NULL DEFAULT 'open',
+    status_change_ms   INTEGER NOT NULL,
+    received_ms        INTEGER NOT NULL,
+    updated_ms         INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS incident_versions (
+    version_id   INTEGER PRIMARY KEY AUTOINCREMENT,
+    incident_id  TEXT NOT NULL,
+    body         TEXT NOT NULL,
+    received_ms  INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS deliveries (
+    seq              INTEGER PRIMARY KEY AUTOINCREMENT,
+    delivery_id      TEXT NOT NULL UNIQUE,
+    incident_id      TEXT NOT NULL,
+    version_id       INTEGER NOT NULL,
+    connector        TEXT NOT NULL,
+    event            TEXT NOT NULL,
+    status           TEXT NOT NULL,
+    attempts         INTEGER NOT NULL DEFAULT 0,
+    budget_attempts  INTEGER NOT NULL DEFAULT 0,
+    budget_since_ms  INTEGER NOT NULL,
+    next_attempt_ms  INTEGER NOT NULL,
+    lease_until_ms   INTEGER NOT NULL DEFAULT 0,
+    created_ms       INTEGER NOT NULL,
+    updated_ms       INTEGER NOT NULL,
+    last_error       TEXT
+);
+CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (status, next_attempt_ms);
+CREATE INDEX IF NOT EXISTS deliveries_incident ON deliveries (incident_id);
+CREATE INDEX IF NOT EXISTS deliveries_connector ON deliveries (connector, status);
+CREATE TABLE IF NOT EXISTS attempts (
+    delivery_id    TEXT NOT NULL,
+    attempt        INTEGER NOT NULL,
+    started_ms     INTEGER NOT NULL,
+    latency_ms     INTEGER NOT NULL,
+    status_code    INTEGER,
+    error          TEXT,
+    response_body  TEXT,
+    outcome        TEXT NOT NULL,
+    PRIMARY KEY (delivery_id, attempt)
+);
+"#;
+
+fn open_connection(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path).map_err(|e| StoreError::Open {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    // FULL: a commit is on disk before the caller hears of it (power loss included).
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000;",
+    )?;
+    Ok(conn)
+}
+
+impl Store {
+    /// Opens (creating if needed) the SQLite store at `path`.
+    pub fn open_sqlite(path: &Path) -> Result<Store, StoreError> {
+        if let Some(dir) = path.parent() {
+            if !dir.as_os_str().is_empty() {
+                std::fs::create_dir_all(dir).map_err(|e| StoreError::Open {
+                    path: path.to_path_buf(),
+                    reason: e.to_string(),
+                })?;
+            }
+        }
+        let lock_path = PathBuf::from(format!("{}.lock", path.display()));
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| StoreError::Open {
+                path: lock_path.clone(),
+                reason: e.to_string(),
+            })?;
+        lock.try_lock().map_err(|_| StoreError::Open {
+            path: path.to_path_buf(),
+            reason:
+                "another gateway process is using this SQLite file (use PostgreSQL to run several)"
+                    .into(),
+        })?;
+
+        let writer = open_connection(path)?;
+        writer.execute_batch(SCHEMA)?;
+        // Leases belong to processes; holding the lock file we are the only process, so any
+        // lease left behind is from one that died.
+        writer.execute(
+            "UPDATE deliveries SET lease_until_ms = 0 WHERE status = 'pending' AND lease_until_ms > 0",
+            [],
+        )?;
+        let reader = open_connection(path)?;
+
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || writer_loop(writer, rx))
+            .map_err(|e| StoreError::Open {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })?;
+        Ok(Store {
+            jobs: tx,
+            reader: Arc::new(Mutex::new(reader)),
+            _lock: Arc::new(lock),
+        })
+    }
+
+    /// Runs `f` in the writer's next transaction; resolves after that transaction commits.
+    async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |conn| {
+            let result = f(conn);
+            let ok = result.is_ok();
+            let finish: Finish = Box::new(move |commit_error| {
+                let _ = tx.send(match commit_error {
+                    Some(e) => Err(e),
+                    None => result,
+                });
+            });
+            (ok, finish)
+        });
+        self.jobs.send(job).map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let reader = self.reader.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = reader.lock().map_err(|_| StoreError::Closed)?;
+            f(&conn)
+        })
+        .await
+        .map_err(|_| StoreError::Closed)?
+    }
+
+    /// Stores a batch of incidents and their deliveries, all or nothing.
+    pub async fn ingest(
+        &self,
+        source: String,
+        batch: Vec<NewIncident>,
+    ) -> Result<Vec<IngestOutcome>, StoreError> {
+        self.write(move |conn| {
+            let now = now_ms();
+            batch
+                .into_iter()
+                .map(|inc| ingest_one(conn, &source, inc, now))
+                .collect()
+        })
+        .await
+    }
+
+    /// Takes up to `limit` due deliveries for `lease_ms`, oldest due first.
+    pub async fn lease_due(
+        &self,
+        limit: usize,
+        lease_ms: i64,
+    ) -> Result<Vec<LeasedDelivery>, StoreError> {
+        self.write(move |conn| {
+            let now = now_ms();
+            let mut stmt = conn.prepare_cached(
+                "UPDATE deliveries SET lease_until_ms = ?1
+                 WHERE seq IN (SELECT seq FROM deliveries
+                               WHERE status = 'pending' AND next_attempt_ms <= ?2 AND lease_until_ms <= ?2
+                               ORDER BY next_attempt_ms, seq LIMIT ?3)
+                 RETURNING delivery_id, incident_id, version_id, connector, event, attempts,
+                           budget_attempts, budget_since_ms",
+            )?;
+            let rows = stmt
+                .query_map(params![now + lease_ms, now, limit as i64], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, i64>(2)?,
+                        r.get::<_, String>(3)?,
+                        r.get::<_, String>(4)?,
+                        r.get::<_, u32>(5)?,
+                        r.get::<_, u32>(6)?,
+                        r.get::<_, i64>(7)?,
+                    ))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut version = conn.prepare_cached(
+                "SELECT body, received_ms FROM incident_versions WHERE version_id = ?1",
+            )?;
+            let mut leased = Vec::with_capacity(rows.len());
+            for (id, incident_id, version_id, connector, event, attempts, budget_attempts, budget_since_ms) in rows {
+                let (incident_body, received_at_ms) = version
+                    .query_row([version_id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+                leased.push(LeasedDelivery {
+                    id,
+                    incident_id,
+                    connector,
+                    event: Event::parse(&event).unwrap_or(Event::Created),
+                    attempts,
+                    budget_attempts,
+                    budget_since_ms,
+                    incident_body,
+                    received_at_ms,
+                });
+            }
+            leased.sort_by_key(|d| d.id.clone());
+            Ok(leased)
+        })
+        .await
+    }
+
+    /// Records one attempt and moves the delivery on, in one transaction.
+    pub async fn record_attempt(
+        &self,
+        delivery_id: String,
+        record: AttemptRecord,
+        next: NextStep,
+    ) -> Result<(), StoreError> {
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "INSERT OR REPLACE INTO attempts (delivery_id, attempt, started_ms, latency_ms, status_code, error, response_body, outcome)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?
+            .execute(params![
+                delivery_id,
+                record.attempt,
+                record.started_at_ms,
+                record.latency_ms,
+                record.status_code,
+                record.error,
+                record.response_body,
+                record.outcome,
+            ])?;
+            let now = now_ms();
+            let (status, next_ms, error) = match &next {
+                NextStep::Delivered => ("delivered", 0, None),
+                NextStep::RetryAt { at_ms } => ("pending", *at_ms, record.error.clone().or_else(|| record.status_code.map(|c| format!("HTTP {c}")))),
+                NextStep::Dead { reason } => ("dead", 0, Some(reason.clone())),
+            };
+            conn.prepare_cached(
+                "UPDATE deliveries SET status = ?2, attempts = ?3, next_attempt_ms = ?4, lease_until_ms = 0,
+                        updated_ms = ?5, last_error = ?6
+                 WHERE delivery_id = ?1",
+            )?
+            .execute(params![delivery_id, status, record.attempt, next_ms, now, error])?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Gives leases back (on shutdown), so the deliveries are due again at once.
+    pub async fn release(&self, ids: Vec<String>) -> Result<(), StoreError> {
+        self.write(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "UPDATE deliveries SET lease_until_ms = 0 WHERE delivery_id = ?1 AND status = 'pending'",
+            )?;
+            for id in ids {
+                stmt.execute([id])?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// When the earliest pending delivery falls due (ms), if any.
+    pub async fn next_due_ms(&self) -> Result<Option<i64>, StoreError> {
+        self.read(|conn| {
+            Ok(conn
+                .query_row(
+                    "SELECT MIN(MAX(next_attempt_ms, lease_until_ms)) FROM deliveries WHERE status = 'pending'",
+                    [],
+                    |r| r.get::<_, Option<i64>>(0),
+                )
+                .optional()?
+                .flatten())
+        })
+        .await
+    }
+
+    /// A dead delivery goes back to the queue, due now, its attempts kept; the retry budget
+    /// starts again from here.
+    pub async fn replay(&self, delivery_id: String) -> Result<ReplayOutcome, StoreError> {
+        self.write(move |conn| {
+            let status: Option<String> = conn
+                .query_row(
+                    "SELECT status FROM deliveries WHERE delivery_id = ?1",
+                    [&delivery_id],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            match status.as_deref() {
+                None => Ok(ReplayOutcome::NotFound),
+                Some("dead") => {
+                    let now = now_ms();
+                    conn.execute(
+                        "UPDATE deliveries SET status = 'pending', next_attempt_ms = ?2, lease_until_ms = 0,
+                                budget_attempts = attempts, budget_since_ms = ?2, updated_ms = ?2
+                         WHERE delivery_id = ?1",
+                        params![delivery_id, now],
+                    )?;
+                    Ok(ReplayOutcome::Replayed)
+                }
+                Some(other) => Ok(ReplayOutcome::NotDead(other.to_string())),
+            }
+        })
+        .await
+    }
+
+    pub async fn incident(&self, incident_id: String) -> Result<Option<IncidentView>, StoreError> {
+        self.read(move |conn| {
+            let row = conn
+                .query_row(
+                    "SELECT i.incident_id, i.source, i.status, i.status_change_ms, i.received_ms, i.updated_ms,
+                            i.versions, v.body
+                     FROM incidents i JOIN incident_versions v ON v.version_id = i.version_id
+                     WHERE i.incident_id = ?1",
+                    [&incident_id],
+                    |r| {
+                        Ok((
+                            r.get::<_, String>(0)?,
+                            r.get::<_, String>(1)?,
+                            r.get::<_, String>(2)?,
+                            r.get::<_, i64>(3)?,
+                            r.get::<_, i64>(4)?,
+                            r.get::<_, i64>(5)?,
+                            r.get::<_, u32>(6)?,
+                            r.get::<_, String>(7)?,
+                        ))
+                    },
+                )
+                .optional()?;
+            let Some((id, source, status, changed, received, updated, versions, body)) = row else {
+                return Ok(None);
+            };
+            let deliveries = query_deliveries(
+                conn,
+                "WHERE incident_id = ?1 ORDER BY seq",
+                &[&id as &dyn rusqlite::ToSql],
+                true,
+            )?;
+            let mut connectors = std::collections::BTreeMap::<String, Vec<DeliveryView>>::new();
+            for d in deliveries {
+                connectors.entry(d.connector.clone()).or_default().push(d);
+            }
+            Ok(Some(IncidentView {
+                incident_id: id,
+                source,
+                status,
+                status_change_time: rfc3339(changed),
+                received_at: rfc3339(received),
+                updated_at: rfc3339(updated),
+                versions,
+                incident: serde_json::from_str(&body).unwrap_or(serde_json::Value::Null),
+                connectors,
+            }))
+        })
+        .await
+    }
+
+    pub async fn deliveries(
+        &self,
+        filter: DeliveryFilter,
+    ) -> Result<Vec<DeliveryView>, StoreError> {
+        self.read(move |conn| {
+            let limit = filter.limit.clamp(1, 1000) as i64;
+            query_deliveries(
+                conn,
+                "WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR connector = ?2) ORDER BY seq LIMIT ?3",
+                &[&filter.status, &filter.connector, &limit],
+                false,
+            )
+        })
+        .await
+    }
+
+    pub async fn delivery(&self, delivery_id: String) -> Result<Option<DeliveryView>, StoreError> {
+        self.read(move |conn| {
+            Ok(
+                query_deliveries(conn, "WHERE delivery_id = ?1", &[&delivery_id], true)?
+                    .into_iter()
+                    .next(),
+            )
+        })
+        .await
+    }
+}
+
+fn query_deliveries(
+    conn: &Connection,
+    clause: &str,
+    args: &[&dyn rusqlite::ToSql],
+    with_attempts: bool,
+) -> Result<Vec<DeliveryView>, StoreError> {
+    let sql = format!(
+        "SELECT delivery_id, incident_id, connector, event, status, attempts, created_ms, updated_ms,
+                next_attempt_ms, last_error FROM deliveries {clause}"
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut out = stmt
+        .query_map(args, |r| {
+            let status: String = r.get(4)?;
+            let next: i64 = r.get(8)?;
+            Ok(DeliveryView {
+                id: r.get(0)?,
+                incident_id: r.get(1)?,
+                connector: r.get(2)?,
+                event: r.get(3)?,
+                next_attempt_at: (status == "pending").then(|| rfc3339(next)),
+                status,
+                attempt_count: r.get(5)?,
+                created_at: rfc3339(r.get(6)?),
+                updated_at: rfc3339(r.get(7)?),
+                last_error: r.get(9)?,
+                attempts: None,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    if with_attempts {
+        let mut stmt = conn.prepare_cached(
+            "SELECT attempt, started_ms, latency_ms, status_code, error, response_body, outcome
+             FROM attempts WHERE delivery_id = ?1 ORDER BY attempt",
+        )?;
+        for d in &mut out {
+            let attempts = stmt
+                .query_map([&d.id], |r| {
+                    Ok(AttemptView {
+                        attempt: r.get(0)?,
+                        started_at: rfc3339(r.get(1)?),
+                        latency_ms: r.get(2)?,
+                        status_code: r.get(3)?,
+                        error: r.get(4)?,
+                        response_body: r.get(5)?,
+                        outcome: r.get(6)?,
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            d.attempts = Some(attempts);
+        }
+    }
+    Ok(out)
+}
+
+fn ingest_one(
+    conn: &Connection,
+    source: &str,
+    inc: NewIncident,
+    now: i64,
+) -> Result<IngestOutcome, StoreError> {
+    let existing: Option<(Option<f64>, String)> = conn
+        .prepare_cached("SELECT update_time, body_hash FROM incidents WHERE incident_id = ?1")?
+        .query_row([&inc.incident_id], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    let status = match &existing {
+        None => IngestStatus::Accepted,
+        Some((old_time, old_hash)) => match (old_time, inc.update_time) {
+            (Some(old), Some(new)) if new > *old => IngestStatus::Updated,
+            (Some(_), Some(_)) => IngestStatus::Duplicate,
+            // Without updateTime on both sides, only a change of content is an update.
+            _ if *old_hash == inc.body_hash => IngestStatus::Duplicate,
+            _ => IngestStatus::Updated,
+        },
+    };
+    if status == IngestStatus::Duplicate {
+        return Ok(IngestOutcome {
+            incident_id: inc.incident_id,
+            status,
+            deliveries: vec![],
+        });
+    }
+    conn.prepare_cached(
+        "INSERT INTO incident_versions (incident_id, body, received_ms) VALUES (?1, ?2, ?3)",
+    )?
+    .execute(params![inc.incident_id, inc.body, now])?;
+    let version_id = conn.last_insert_rowid();
+    if existing.is_none() {
+        conn.prepare_cached(
+            "INSERT INTO incidents (incident_id, source, update_time, body_hash, version_id, versions,
+                                    status, status_change_ms, received_ms, updated_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, 1, 'open', ?6, ?6, ?6)",
+        )?
+        .execute(params![inc.incident_id, source, inc.update_time, inc.body_hash, version_id, now])?;
+    } else {
+        conn.prepare_cached(
+            "UPDATE incidents SET update_time = ?2, body_hash = ?3, version_id = ?4,
+                    versions = versions + 1, updated_ms = ?5
+             WHERE incident_id = ?1",
+        )?
+        .execute(params![
+            inc.incident_id,
+            inc.update_time,
+            inc.body_hash,
+            version_id,
+            now
+        ])?;
+    }
+    let event = if status == IngestStatus::Accepted {
+        Event::Created
+    } else {
+        Event::Updated
+    };
+    let mut insert = conn.prepare_cached(
+        "INSERT INTO deliveries (delivery_id, incident_id, version_id, connector, event, status,
+                                 budget_since_ms, next_attempt_ms, created_ms, updated_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6, ?6, ?6, ?6)",
+    )?;
+    let mut deliveries = Vec::with_capacity(inc.connectors.len());
+    for connector in inc.connectors {
+        let id = format!("msg_{}", uuid::Uuid::now_v7().simple());
+        insert.execute(params![
+            id,
+            inc.incident_id,
+            version_id,
+            connector,
+            event.as_str(),
+            now
+        ])?;
+        deliveries.push(DeliveryRef {
+            id,
+            connector,
+            event,
+        });
+    }
+    Ok(IngestOutcome {
+        incident_id: inc.incident_id,
+        status,
+        deliveries,
+    })
+}
+
+fn writer_loop(conn: Connection, jobs: std::sync::mpsc::Receiver<Job>) {
+    while let Ok(first) = jobs.recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match jobs.try_recv() {
+                Ok(job) => group.push(job),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+            tracing::error!(error = %e, "store: cannot begin a transaction");
+            // Dropping the jobs tells their callers the write did not happen.
+            continue;
+        }
+        let mut finishes = Vec::with_capacity(group.len());
+        for job in group {
+            if let Err(e) = conn.execute_batch("SAVEPOINT job") {
+                tracing::error!(error = %e, "store: cannot open a savepoint");
+                continue;
+            }
+            let (ok, finish) = job(&conn);
+            let end = if ok {
+                "RELEASE job"
+            } else {
+                "ROLLBACK TO job; RELEASE job"
+            };
+            if let Err(e) = conn.execute_batch(end) {
+                tracing::error!(error = %e, "store: cannot close a savepoint");
+            }
+            finishes.push(finish);
+        }
+        match conn.execute_batch("COMMIT") {
+            Ok(()) => finishes.into_iter().for_each(|f| f(None)),
+            Err(e) => {
+                let _ = conn.execute_batch("ROLLBACK");
+                for f in finishes {
+                    f(Some(StoreError::Sqlite(format!("commit failed: {e}"))));
+                }
+            }
+        }
+    }
+}
