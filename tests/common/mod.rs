@@ -1,0 +1,373 @@
+//! Test support: a real HTTP receiver, a gateway with its own config and SQLite file (in
+//! process or as the real binary), and small helpers.
+#![allow(dead_code)]
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use serde_json::Value;
+
+pub const SOURCE_KEY: &str = "test-source-key-0123456789";
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn sample() -> Value {
+    let text = std::fs::read_to_string(repo().join("examples/incidents/sample.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// A sample incident with its own id.
+pub fn incident(id: &str) -> Value {
+    let mut v = sample();
+    v["incidentId"] = Value::String(id.to_string());
+    v
+}
+
+/// One request as the receiver saw it.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub method: String,
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub at: Instant,
+}
+
+impl Received {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).expect("receiver got valid JSON")
+    }
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_string())
+    }
+}
+
+/// A scripted answer: status, headers, body.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+    pub delay: Duration,
+}
+
+impl Reply {
+    pub fn status(status: u16) -> Reply {
+        Reply {
+            status,
+            headers: vec![],
+            body: String::new(),
+            delay: Duration::ZERO,
+        }
+    }
+    pub fn header(mut self, name: &str, value: &str) -> Reply {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+    pub fn body(mut self, body: &str) -> Reply {
+        self.body = body.into();
+        self
+    }
+}
+
+#[derive(Default)]
+struct ReceiverState {
+    received: Mutex<Vec<Received>>,
+    script: Mutex<VecDeque<Reply>>,
+}
+
+/// A real HTTP server in the test: records every request, answers from a script (then 200).
+pub struct Receiver {
+    pub addr: SocketAddr,
+    state: Arc<ReceiverState>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+async fn receive(
+    State(state): State<Arc<ReceiverState>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    state.received.lock().unwrap().push(Received {
+        method: method.to_string(),
+        path: uri.path().to_string(),
+        headers,
+        body,
+        at: Instant::now(),
+    });
+    let reply = state
+        .script
+        .lock()
+        .unwrap()
+        .pop_front()
+        .unwrap_or_else(|| Reply::status(200).body("{\"ok\":true}"));
+    if !reply.delay.is_zero() {
+        tokio::time::sleep(reply.delay).await;
+    }
+    let mut response = (StatusCode::from_u16(reply.status).unwrap(), reply.body).into_response();
+    for (k, v) in reply.headers {
+        response.headers_mut().insert(
+            axum::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
+    }
+    response
+}
+
+impl Receiver {
+    pub async fn start() -> Receiver {
+        Self::start_on("127.0.0.1:0".parse().unwrap()).await
+    }
+
+    pub async fn start_on(addr: SocketAddr) -> Receiver {
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(ReceiverState::default());
+        let app = axum::Router::new()
+            .fallback(receive)
+            .with_state(state.clone());
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        Receiver { addr, state, task }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn script(&self, replies: impl IntoIterator<Item = Reply>) {
+        self.state.script.lock().unwrap().extend(replies);
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.state.received.lock().unwrap().clone()
+    }
+
+    /// Waits until at least `n` requests arrived (bounded, so a bug fails instead of hanging).
+    pub async fn wait_for(&self, n: usize, within: Duration) -> Vec<Received> {
+        let deadline = Instant::now() + within;
+        loop {
+            let got = self.received();
+            if got.len() >= n || Instant::now() > deadline {
+                return got;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A free port on loopback (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A folder with a config file, its SQLite file, and the repository's templates.
+pub struct Workspace {
+    pub dir: tempfile::TempDir,
+}
+
+impl Workspace {
+    pub fn new() -> Workspace {
+        Workspace {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn db(&self) -> PathBuf {
+        self.path().join("gateway.db")
+    }
+
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.path().join(name);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent).unwrap();
+        }
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    /// Writes `gateway.toml`: the given connector blocks after a standard head.
+    pub fn config(&self, listen: &str, connectors: &str) -> PathBuf {
+        let templates = repo().join("templates");
+        let text = format!(
+            r#"
+[server]
+listen = "{listen}"
+admin_token = "{ADMIN_TOKEN}"
+shutdown_grace = "5s"
+
+[storage]
+url = "sqlite://gateway.db"
+
+[[sources]]
+name = "detector"
+api_key = "{SOURCE_KEY}"
+
+{connectors}
+"#
+        )
+        .replace("TEMPLATES", &templates.display().to_string());
+        self.write("gateway.toml", &text)
+    }
+
+    /// Counts rows in the store's tables (a fresh read-only connection).
+    pub fn counts(&self) -> (i64, i64, i64, i64) {
+        let conn = rusqlite::Connection::open_with_flags(
+            self.db(),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .unwrap();
+        let count = |t: &str| -> i64 {
+            conn.query_row(&format!("SELECT COUNT(*) FROM {t}"), [], |r| r.get(0))
+                .unwrap()
+        };
+        (
+            count("incidents"),
+            count("incident_versions"),
+            count("deliveries"),
+            count("attempts"),
+        )
+    }
+
+    pub fn statuses(&self) -> Vec<(String, String)> {
+        let conn = rusqlite::Connection::open_with_flags(
+            self.db(),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .unwrap();
+        let mut stmt = conn
+            .prepare("SELECT delivery_id, status FROM deliveries ORDER BY seq")
+            .unwrap();
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+}
+
+/// An http connector block posting the generic envelope to `url`.
+pub fn http_connector(name: &str, url: &str, extra: &str) -> String {
+    format!(
+        r#"
+[[connectors]]
+name = "{name}"
+kind = "http"
+url = "{url}"
+template = "TEMPLATES/generic/incident.json.hbs"
+timeout = "5s"
+{extra}
+"#
+    )
+}
+
+pub fn fast_retry() -> &'static str {
+    r#"
+[connectors.retry]
+max_attempts = 50
+initial_backoff = "100ms"
+max_backoff = "500ms"
+max_age = "1h"
+"#
+}
+
+/// The gateway started in this process, on an ephemeral port.
+pub async fn start_in_process(config: &Path) -> incident_gateway::Gateway {
+    let config = incident_gateway::config::Config::load(config).expect("config loads");
+    incident_gateway::Gateway::start(config)
+        .await
+        .expect("gateway starts")
+}
+
+/// The real binary, serving `config`; returns the child and its base URL.
+pub fn spawn_binary(config: &Path) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_incident-gateway"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .env("IGW_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("binary starts");
+    let stdout = child.stdout.take().unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line).unwrap();
+    let url = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
+        .to_string();
+    (child, url)
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::new()
+}
+
+pub async fn post_incident(base: &str, body: &Value) -> reqwest::Response {
+    client()
+        .post(format!("{base}/v1/incidents"))
+        .bearer_auth(SOURCE_KEY)
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+pub async fn admin_get(base: &str, path: &str) -> (u16, Value) {
+    let r = client()
+        .get(format!("{base}{path}"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+/// Polls `f` until it returns Some, for at most `within`.
+pub async fn eventually<T, F, Fut>(within: Duration, mut f: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = f().await {
+            return Some(v);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

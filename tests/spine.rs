@@ -1,0 +1,637 @@
+//! End to end through the real server, a real SQLite file and a real HTTP receiver.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::{Value, json};
+
+#[tokio::test]
+async fn sample_is_delivered_with_every_field_verbatim() {
+    let receiver = Receiver::start().await;
+    let ws = Workspace::new();
+    let config = ws.config(
+        "127.0.0.1:0",
+        &http_connector("ticketing", &receiver.url("/hook"), ""),
+    );
+    let gw = start_in_process(&config).await;
+    let base = format!("http://{}", gw.addr);
+
+    let health = client()
+        .get(format!("{base}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+
+    // The fixture exactly as shipped, posted as its own bytes.
+    let bytes = std::fs::read(repo().join("examples/incidents/sample.json")).unwrap();
+    let response = client()
+        .post(format!("{base}/v1/incidents"))
+        .bearer_auth(SOURCE_KEY)
+        .header("content-type", "application/json")
+        .body(bytes)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let accepted: Value = response.json().await.unwrap();
+    assert_eq!(accepted["status"], "accepted");
+    assert_eq!(
+        accepted["incidentId"],
+        "5F04D7E3-000A-8420-0002-757900000000"
+    );
+    let delivery_id = accepted["deliveries"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let got = receiver.wait_for(1, Duration::from_secs(10)).await;
+    assert_eq!(got.len(), 1);
+    let req = &got[0];
+    assert_eq!(req.method, "POST");
+    assert_eq!(req.path, "/hook");
+    assert_eq!(
+        req.header("content-type").as_deref(),
+        Some("application/json")
+    );
+    assert_eq!(req.header("webhook-id"), Some(delivery_id.clone()));
+    let body = req.json();
+    assert_eq!(body["event"], "created");
+    assert_eq!(body["delivery"]["id"], delivery_id.as_str());
+    assert_eq!(body["delivery"]["attempt"], 1);
+    assert_eq!(body["incident"], sample(), "every field arrives as sent");
+    assert_eq!(
+        body["incident"]["createTime"].as_f64(),
+        Some(1594153092.2202642),
+        "fractional createTime keeps its precision"
+    );
+    gw.stop().await.unwrap();
+}
+
+/// Text that breaks naive JSON templating, carried through a template that interpolates it
+/// into JSON strings (not only through `{{json}}`).
+#[tokio::test]
+async fn hostile_text_arrives_as_valid_json_byte_for_byte() {
+    let receiver = Receiver::start().await;
+    let ws = Workspace::new();
+    ws.write(
+        "fields.json.hbs",
+        r#"{"id": "{{incidentId}}", "summary": "{{incident.summary}}", "description": "{{incident.description}}", "report": "{{extra.investigation_report}}", "whole": {{json incident}}}"#,
+    );
+    let config = ws.config(
+        "127.0.0.1:0",
+        &http_connector("t", &receiver.url("/t"), "")
+            .replace("TEMPLATES/generic/incident.json.hbs", "fields.json.hbs"),
+    );
+    let gw = start_in_process(&config).await;
+    let base = format!("http://{}", gw.addr);
+
+    let hostile = [
+        "quote \" backslash \\ slash / end",
+        "line1\nline2\r\nline3\ttab \u{0001}\u{001f}\u{007f}",
+        "{{incidentId}} {{{raw}}} {{#each x}}",
+        "</script><script>alert('x')</script> <b>bold</b> &amp; &lt;",
+        "Ünïcödé 漢字 عربى 🚨👩‍💻 e\u{301} \u{2028}\u{2029} \u{feff}",
+        "\\u0000 not an escape, \\\" neither",
+    ];
+    for (i, text) in hostile.iter().enumerate() {
+        let mut inc = incident(&format!("HOSTILE-{i}"));
+        inc["incident"]["summary"] = json!(text);
+        inc["incident"]["description"] = json!(format!("{text}\n\n**more** {text}"));
+        inc["extra"]["investigation_report"] = json!(format!("<p>{text}</p>"));
+        let r = post_incident(&base, &inc).await;
+        assert_eq!(r.status(), 202, "{text:?}");
+    }
+    let got = receiver
+        .wait_for(hostile.len(), Duration::from_secs(10))
+        .await;
+    assert_eq!(got.len(), hostile.len());
+    for req in got {
+        let body = req.json();
+        let id = body["id"].as_str().unwrap();
+        let i: usize = id.strip_prefix("HOSTILE-").unwrap().parse().unwrap();
+        let text = hostile[i];
+        assert_eq!(body["summary"], text);
+        assert_eq!(body["description"], format!("{text}\n\n**more** {text}"));
+        assert_eq!(body["report"], format!("<p>{text}</p>"));
+        assert_eq!(body["whole"]["summary"], text);
+    }
+    gw.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn every_error_class_answers_problem_json_and_stores_nothing() {
+    let receiver = Receiver::start().await;
+    let ws = Workspace::new();
+    let config = ws.config(
+        "127.0.0.1:0",
+        &http_connector("ticketing", &receiver.url("/hook"), ""),
+    );
+    let gw = start_in_process(&config).await;
+    let base = format!("http://{}", gw.addr);
+    // One incident stored first, so "unchanged" is not just "empty".
+    assert_eq!(
+        post_incident(&base, &incident("BASELINE")).await.status(),
+        202
+    );
+    receiver.wait_for(1, Duration::from_secs(10)).await;
+    let before = ws.counts();
+    let url = format!("{base}/v1/incidents");
+    let c = client();
+
+    let expect_problem = |status: u16, r: reqwest::Response| async move {
+        assert_eq!(r.status().as_u16(), status);
+        assert_eq!(
+            r.headers().get("content-type").unwrap(),
+            "application/problem+json"
+        );
+        let p: Value = r.json().await.unwrap();
+        assert_eq!(p["status"], status);
+        assert!(p["type"].as_str().unwrap().starts_with("https://"));
+        assert!(!p["title"].as_str().unwrap().is_empty());
+        p
+    };
+
+    // 400 malformed JSON.
+    let r = c
+        .post(&url)
+        .bearer_auth(SOURCE_KEY)
+        .header("content-type", "application/json")
+        .body("{\"incidentId\": \"x\",")
+        .send()
+        .await
+        .unwrap();
+    let p = expect_problem(400, r).await;
+    assert!(p["detail"].as_str().unwrap().contains("line 1"), "{p}");
+
+    // 401 missing and wrong key; the admin token is not a source key either.
+    let r = c.post(&url).json(&incident("A1")).send().await.unwrap();
+    expect_problem(401, r).await;
+    let r = c
+        .post(&url)
+        .bearer_auth("wrong-key-0123456789")
+        .json(&incident("A2"))
+        .send()
+        .await
+        .unwrap();
+    expect_problem(401, r).await;
+    let r = c
+        .post(&url)
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&incident("A3"))
+        .send()
+        .await
+        .unwrap();
+    expect_problem(401, r).await;
+
+    // 413 over max_body_bytes (default 1 MiB), declared and streamed.
+    let mut big = incident("BIG");
+    big["incident"]["description"] = json!("x".repeat(1024 * 1024));
+    let r = c
+        .post(&url)
+        .bearer_auth(SOURCE_KEY)
+        .json(&big)
+        .send()
+        .await
+        .unwrap();
+    expect_problem(413, r).await;
+    let chunks =
+        futures_util::stream::iter((0..200).map(|_| Ok::<_, std::io::Error>(vec![b' '; 8192])));
+    let r = c
+        .post(&url)
+        .bearer_auth(SOURCE_KEY)
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .unwrap();
+    expect_problem(413, r).await;
+
+    // 415 not JSON.
+    let r = c
+        .post(&url)
+        .bearer_auth(SOURCE_KEY)
+        .header("content-type", "text/plain")
+        .body(incident("T").to_string())
+        .send()
+        .await
+        .unwrap();
+    expect_problem(415, r).await;
+    let r = c
+        .post(&url)
+        .bearer_auth(SOURCE_KEY)
+        .body(incident("T").to_string())
+        .send()
+        .await
+        .unwrap();
+    expect_problem(415, r).await;
+
+    // 422: every violation, with its pointer.
+    let mut bad = sample();
+    bad.as_object_mut().unwrap().remove("incidentId");
+    bad["attacker"]["port"] = json!("abc");
+    bad["incident_threat_rating"] = json!("Severe");
+    let r = c
+        .post(&url)
+        .bearer_auth(SOURCE_KEY)
+        .json(&bad)
+        .send()
+        .await
+        .unwrap();
+    let p = expect_problem(422, r).await;
+    let pointers: Vec<&str> = p["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["pointer"].as_str().unwrap())
+        .collect();
+    assert!(pointers.contains(&"#"), "{p}");
+    assert!(pointers.contains(&"#/attacker/port"), "{p}");
+    assert!(pointers.contains(&"#/incident_threat_rating"), "{p}");
+
+    // 422 in a batch: the index is in the pointer, and the valid ones are not stored either.
+    let mut wrong = incident("BATCH-1");
+    wrong["sources"] = json!("LOG");
+    let batch = json!([incident("BATCH-0"), wrong, incident("BATCH-2")]);
+    let r = c
+        .post(&url)
+        .bearer_auth(SOURCE_KEY)
+        .json(&batch)
+        .send()
+        .await
+        .unwrap();
+    let p = expect_problem(422, r).await;
+    assert_eq!(p["errors"][0]["pointer"], "#/1/sources", "{p}");
+
+    // A top-level value that is not an incident, an empty batch, an oversized batch.
+    let r = c
+        .post(&url)
+        .bearer_auth(SOURCE_KEY)
+        .json(&json!("just a string"))
+        .send()
+        .await
+        .unwrap();
+    expect_problem(422, r).await;
+    let r = c
+        .post(&url)
+        .bearer_auth(SOURCE_KEY)
+        .json(&json!([]))
+        .send()
+        .await
+        .unwrap();
+    expect_problem(422, r).await;
+    let many: Vec<Value> = (0..101)
+        .map(|i| json!({"incidentId": format!("M{i}")}))
+        .collect();
+    let r = c
+        .post(&url)
+        .bearer_auth(SOURCE_KEY)
+        .json(&many)
+        .send()
+        .await
+        .unwrap();
+    expect_problem(422, r).await;
+
+    assert_eq!(ws.counts(), before, "no error stored anything");
+    let (status, _) = admin_get(&base, "/v1/incidents/BATCH-0").await;
+    assert_eq!(status, 404);
+    gw.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn repeats_are_duplicates_and_newer_versions_are_updates() {
+    let receiver = Receiver::start().await;
+    let ws = Workspace::new();
+    let config = ws.config(
+        "127.0.0.1:0",
+        &http_connector("ticketing", &receiver.url("/hook"), ""),
+    );
+    let gw = start_in_process(&config).await;
+    let base = format!("http://{}", gw.addr);
+
+    let first = incident("IDEM-1");
+    let r: Value = post_incident(&base, &first).await.json().await.unwrap();
+    assert_eq!(r["status"], "accepted");
+    assert_eq!(r["deliveries"].as_array().unwrap().len(), 1);
+
+    let r: Value = post_incident(&base, &first).await.json().await.unwrap();
+    assert_eq!(r["status"], "duplicate");
+    assert_eq!(r["deliveries"], json!([]));
+
+    let mut newer = first.clone();
+    newer["updateTime"] = json!(1594153999);
+    newer["incident"]["summary"] = json!("escalated");
+    let r: Value = post_incident(&base, &newer).await.json().await.unwrap();
+    assert_eq!(r["status"], "updated");
+    assert_eq!(r["deliveries"][0]["event"], "updated");
+
+    // An older version after a newer one changes nothing.
+    let r: Value = post_incident(&base, &first).await.json().await.unwrap();
+    assert_eq!(r["status"], "duplicate");
+
+    // In a batch, each incident gets its own answer, in order.
+    let batch = json!([incident("IDEM-2"), newer, incident("IDEM-3")]);
+    let r: Value = post_incident(&base, &batch).await.json().await.unwrap();
+    let statuses: Vec<&str> = r
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["accepted", "duplicate", "accepted"]);
+
+    let got = receiver.wait_for(4, Duration::from_secs(10)).await;
+    let mut events: Vec<(String, String)> = got
+        .iter()
+        .map(|r| {
+            let b = r.json();
+            (
+                b["incidentId"].as_str().unwrap().to_string(),
+                b["event"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    events.sort();
+    assert_eq!(
+        events,
+        [
+            ("IDEM-1".to_string(), "created".to_string()),
+            ("IDEM-1".to_string(), "updated".to_string()),
+            ("IDEM-2".to_string(), "created".to_string()),
+            ("IDEM-3".to_string(), "created".to_string()),
+        ]
+    );
+    let updated = got.iter().find(|r| r.json()["event"] == "updated").unwrap();
+    assert_eq!(
+        updated.json()["incident"]["incident"]["summary"],
+        "escalated"
+    );
+    gw.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn retry_after_is_honoured_then_delivered_and_4xx_dies_until_replayed() {
+    let receiver = Receiver::start().await;
+    receiver.script([
+        Reply::status(503).header("Retry-After", "1").body("busy"),
+        Reply::status(503).header("Retry-After", "1").body("busy"),
+        Reply::status(200).body("{\"ticket\": 1}"),
+        Reply::status(400).body("{\"error\": \"bad field\"}"),
+    ]);
+    let ws = Workspace::new();
+    let config = ws.config(
+        "127.0.0.1:0",
+        &http_connector("ticketing", &receiver.url("/hook"), ""),
+    );
+    let gw = start_in_process(&config).await;
+    let base = format!("http://{}", gw.addr);
+
+    let r: Value = post_incident(&base, &incident("RETRY-1"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = r["deliveries"][0]["id"].as_str().unwrap().to_string();
+    let got = receiver.wait_for(3, Duration::from_secs(15)).await;
+    assert_eq!(got.len(), 3);
+    // Each retry waited for Retry-After (1 s), and kept the same webhook-id.
+    assert!(
+        got[1].at - got[0].at >= Duration::from_millis(950),
+        "{:?}",
+        got[1].at - got[0].at
+    );
+    assert!(got[2].at - got[1].at >= Duration::from_millis(950));
+    assert!(
+        got.iter()
+            .all(|r| r.header("webhook-id") == Some(id.clone()))
+    );
+
+    let view = eventually(Duration::from_secs(5), || async {
+        let (_, v) = admin_get(&base, "/v1/incidents/RETRY-1").await;
+        (v["connectors"]["ticketing"][0]["status"] == "delivered").then_some(v)
+    })
+    .await
+    .expect("delivered");
+    let attempts = view["connectors"]["ticketing"][0]["attempts"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(attempts.len(), 3);
+    assert_eq!(attempts[0]["status_code"], 503);
+    assert_eq!(attempts[0]["response_body"], "busy");
+    assert_eq!(attempts[0]["outcome"], "retry");
+    assert_eq!(attempts[2]["status_code"], 200);
+    assert_eq!(attempts[2]["outcome"], "delivered");
+    assert!(attempts[0]["latency_ms"].as_i64().is_some());
+
+    // A 400 is dead at once.
+    let r: Value = post_incident(&base, &incident("DEAD-1"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let dead_id = r["deliveries"][0]["id"].as_str().unwrap().to_string();
+    let dead = eventually(Duration::from_secs(10), || async {
+        let (_, v) = admin_get(&base, "/v1/deliveries?status=dead&connector=ticketing").await;
+        let list = v["deliveries"].as_array().cloned().unwrap_or_default();
+        (!list.is_empty()).then_some(list)
+    })
+    .await
+    .expect("dead delivery listed");
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0]["id"], dead_id.as_str());
+    assert_eq!(dead[0]["attempt_count"], 1);
+    assert!(dead[0]["last_error"].as_str().unwrap().contains("400"));
+    assert_eq!(receiver.received().len(), 4);
+
+    // Replay: back in the queue, attempts kept, delivered (the receiver now answers 200).
+    let r = client()
+        .post(format!("{base}/v1/deliveries/{dead_id}/replay"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let delivered = eventually(Duration::from_secs(10), || async {
+        let (_, v) = admin_get(&base, &format!("/v1/deliveries/{dead_id}")).await;
+        (v["status"] == "delivered").then_some(v)
+    })
+    .await
+    .expect("replayed delivery delivered");
+    assert_eq!(delivered["attempt_count"], 2);
+    assert_eq!(delivered["attempts"].as_array().unwrap().len(), 2);
+    let last = receiver.received().pop().unwrap();
+    assert_eq!(last.header("webhook-id"), Some(dead_id.clone()));
+    assert_eq!(last.json()["delivery"]["attempt"], 2);
+
+    // Replaying what is not dead is a conflict; unknown ids are 404; the source key is no admin.
+    let r = client()
+        .post(format!("{base}/v1/deliveries/{dead_id}/replay"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409);
+    let r = client()
+        .post(format!("{base}/v1/deliveries/msg_nope/replay"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let r = client()
+        .get(format!("{base}/v1/incidents/DEAD-1"))
+        .bearer_auth(SOURCE_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = client()
+        .get(format!("{base}/v1/deliveries?status=bogus"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    gw.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn network_errors_retry_and_attempts_give_up_as_configured() {
+    // Nothing listens on this port: every attempt is a connection error.
+    let port = free_port();
+    let ws = Workspace::new();
+    let retry = r#"
+[connectors.retry]
+max_attempts = 3
+initial_backoff = "50ms"
+max_backoff = "100ms"
+"#;
+    let config = ws.config(
+        "127.0.0.1:0",
+        &http_connector("down", &format!("http://127.0.0.1:{port}/x"), retry),
+    );
+    let gw = start_in_process(&config).await;
+    let base = format!("http://{}", gw.addr);
+    let r: Value = post_incident(&base, &incident("DOWN-1"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = r["deliveries"][0]["id"].as_str().unwrap().to_string();
+    let view = eventually(Duration::from_secs(10), || async {
+        let (_, v) = admin_get(&base, &format!("/v1/deliveries/{id}")).await;
+        (v["status"] == "dead").then_some(v)
+    })
+    .await
+    .expect("dead after 3 attempts");
+    let attempts = view["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 3);
+    assert!(attempts.iter().all(|a| a["status_code"].is_null()));
+    assert!(
+        attempts[0]["error"].as_str().unwrap().contains("connect"),
+        "{view}"
+    );
+    assert!(
+        view["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("gave up after 3 attempts")
+    );
+    gw.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn matchers_route_incidents_to_connectors() {
+    let receiver = Receiver::start().await;
+    let ws = Workspace::new();
+    let connectors = [
+        http_connector("all", &receiver.url("/all"), ""),
+        http_connector(
+            "high-auth",
+            &receiver.url("/high"),
+            r#"
+min_threat_rating = "high"
+[[connectors.matchers]]
+field = "/incident_class"
+regex = "authentication:.*"
+"#,
+        ),
+        http_connector(
+            "not-aws",
+            &receiver.url("/notaws"),
+            r#"
+[[connectors.matchers]]
+field = "/asset_deployment_type"
+not_one_of = ["aws", "azure"]
+"#,
+        ),
+    ]
+    .concat();
+    let config = ws.config("127.0.0.1:0", &connectors);
+    let gw = start_in_process(&config).await;
+    let base = format!("http://{}", gw.addr);
+
+    // The sample: Medium, authentication, aws → only "all".
+    let r: Value = post_incident(&base, &incident("ROUTE-MEDIUM"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let names: Vec<&str> = r["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["connector"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["all"]);
+
+    let mut high = incident("ROUTE-HIGH");
+    high["incident"]["threatRating"] = json!("HIGH");
+    high["asset_deployment_type"] = json!("datacenter");
+    let r: Value = post_incident(&base, &high).await.json().await.unwrap();
+    let names: Vec<&str> = r["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["connector"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["all", "high-auth", "not-aws"]);
+
+    let got = receiver.wait_for(4, Duration::from_secs(10)).await;
+    let mut paths: Vec<String> = got.iter().map(|r| r.path.clone()).collect();
+    paths.sort();
+    assert_eq!(paths, ["/all", "/all", "/high", "/notaws"]);
+    gw.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn templated_url_and_headers_are_rendered_and_url_values_encoded() {
+    let receiver = Receiver::start().await;
+    let ws = Workspace::new();
+    let extra = r#"
+[connectors.headers]
+"X-Incident" = "{{humanFriendlyId}}"
+"Authorization" = "Bearer ${IGW_TEST_TARGET_TOKEN:-target-secret-123}"
+"#;
+    let url = format!(
+        "{}/{{{{incident_class}}}}/{{{{incidentId}}}}",
+        receiver.url("/api")
+    );
+    let config = ws.config("127.0.0.1:0", &http_connector("t", &url, extra));
+    let gw = start_in_process(&config).await;
+    let base = format!("http://{}", gw.addr);
+    let mut inc = incident("A/B?C");
+    inc["humanFriendlyId"] = json!("ww1k39");
+    assert_eq!(post_incident(&base, &inc).await.status(), 202);
+    let got = receiver.wait_for(1, Duration::from_secs(10)).await;
+    assert_eq!(got[0].path, "/api/authentication%3Aactivity/A%2FB%3FC");
+    assert_eq!(got[0].header("x-incident").as_deref(), Some("ww1k39"));
+    assert_eq!(
+        got[0].header("authorization").as_deref(),
+        Some("Bearer target-secret-123")
+    );
+    gw.stop().await.unwrap();
+}
