@@ -72,15 +72,15 @@ pub async fn list_deliveries(
 ) -> Response {
     let result = async {
         require_admin(&app, &headers)?;
-        if let Some(s) = &q.status {
-            if !matches!(s.as_str(), "pending" | "delivered" | "dead") {
-                return Err(Problem::new(
-                    StatusCode::BAD_REQUEST,
-                    "bad-query",
-                    "Bad query",
-                    format!("status {s:?}: expected pending, delivered or dead"),
-                ));
-            }
+        if let Some(s) = &q.status
+            && !matches!(s.as_str(), "pending" | "delivered" | "dead")
+        {
+            return Err(Problem::new(
+                StatusCode::BAD_REQUEST,
+                "bad-query",
+                "Bad query",
+                format!("status {s:?}: expected pending, delivered or dead"),
+            ));
         }
         app.store
             .deliveries(DeliveryFilter {

@@ -117,9 +117,10 @@ pub fn check(config_file: &Path, incidents_dir: Option<&Path>) -> Result<CheckRe
                         file.display()
                     )),
                     Ok(request) => {
-                        if Escape::for_file(&connector.template.as_written) == Escape::Json {
-                            if let Err(e) = serde_json::from_str::<Value>(&request.body) {
-                                report.errors.push(format!(
+                        if Escape::for_file(&connector.template.as_written) == Escape::Json
+                            && let Err(e) = serde_json::from_str::<Value>(&request.body)
+                        {
+                            report.errors.push(format!(
                                     "{}: renders invalid JSON (output line {}, column {}: {e}) (connector {}, event {}, incident {})",
                                     connector.template.as_written,
                                     e.line(),
@@ -128,7 +129,6 @@ pub fn check(config_file: &Path, incidents_dir: Option<&Path>) -> Result<CheckRe
                                     event.as_str(),
                                     file.display()
                                 ));
-                            }
                         }
                     }
                 }

@@ -161,11 +161,14 @@ impl Secrets {
 // The file as written. Strings that may hold `${VAR}` are `EnvString`s: they expand while the
 // file is parsed, so an unset variable is reported with the line it is on.
 
+/// Looks a variable up in the environment of the current load.
+type EnvLookup = Box<dyn Fn(&str) -> Option<String>>;
+
 thread_local! {
     /// Values expanded from the environment during the current load (collected as secrets).
     static EXPANDED: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
     /// The environment lookup for the current load (tests pass their own).
-    static ENV_LOOKUP: RefCell<Option<Box<dyn Fn(&str) -> Option<String>>>> = const { RefCell::new(None) };
+    static ENV_LOOKUP: RefCell<Option<EnvLookup>> = const { RefCell::new(None) };
 }
 
 #[derive(Debug, Clone)]
@@ -428,18 +431,44 @@ impl Config {
 
 fn describe_toml_error(e: &toml::de::Error, text: &str) -> String {
     let message = e.message().trim().to_string();
-    match e.span() {
-        Some(span) => {
-            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
-            let col = text[..span.start.min(text.len())]
-                .rsplit('\n')
-                .next()
-                .map(|l| l.chars().count() + 1)
-                .unwrap_or(1);
-            format!("line {line}, column {col}: {message}")
-        }
-        None => message,
+    let Some(span) = e.span() else {
+        return message;
+    };
+    let before = &text[..span.start.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before
+        .rsplit('\n')
+        .next()
+        .map(|l| l.chars().count() + 1)
+        .unwrap_or(1);
+    match field_at(text, line) {
+        Some(field) => format!("line {line}, column {column}: {field}: {message}"),
+        None => format!("line {line}, column {column}: {message}"),
     }
+}
+
+/// The dotted name of the key written on `line` (1-based), from the table header above it
+/// and the key before `=`: `server.max_body_bytes`. Values are never quoted back, so a
+/// secret written in the file does not end up in the message.
+fn field_at(text: &str, line: usize) -> Option<String> {
+    let lines: Vec<&str> = text.lines().collect();
+    let current = lines.get(line.checked_sub(1)?)?;
+    let key = current
+        .split_once('=')
+        .map(|(k, _)| k.trim().trim_matches('"'))?;
+    let table = lines[..line - 1].iter().rev().find_map(|l| {
+        let l = l.trim();
+        l.starts_with('[').then(|| {
+            l.trim_start_matches('[')
+                .trim_end_matches(']')
+                .trim()
+                .to_string()
+        })
+    });
+    Some(match table {
+        Some(t) => format!("{t}.{key}"),
+        None => key.to_string(),
+    })
 }
 
 struct Validator {

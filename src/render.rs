@@ -249,6 +249,32 @@ fn from_render_error(name: &str, e: handlebars::RenderError) -> RenderError {
     }
 }
 
+/// The innermost block helper (`{{#name …}}`) left open at the end of `text`, with its line
+/// and column.
+fn unclosed_block(text: &str) -> Option<(String, usize, usize)> {
+    let tag = regex::Regex::new(r"\{\{~?\s*([#/])\s*([A-Za-z_][\w-]*)").ok()?;
+    let mut open: Vec<(String, usize)> = Vec::new();
+    for m in tag.captures_iter(text) {
+        let (Some(whole), Some(kind), Some(name)) = (m.get(0), m.get(1), m.get(2)) else {
+            continue;
+        };
+        if kind.as_str() == "#" {
+            open.push((name.as_str().to_string(), whole.start()));
+        } else if let Some(pos) = open.iter().rposition(|(n, _)| n == name.as_str()) {
+            open.truncate(pos);
+        }
+    }
+    let (name, offset) = open.pop()?;
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let column = before
+        .rsplit('\n')
+        .next()
+        .map(|l| l.chars().count() + 1)
+        .unwrap_or(1);
+    Some((name, line, column))
+}
+
 impl Renderer {
     /// Reads and compiles every connector's templates; the first error is returned.
     pub fn new(config: &Config) -> Result<Renderer, RenderError> {
@@ -272,9 +298,19 @@ impl Renderer {
             column: None,
             reason: format!("cannot read {}: {e}", c.template.resolved.display()),
         })?;
-        self.body_registry_mut(name)
-            .register_template_string(name, text)
-            .map_err(|e| from_template_error(name, e))?;
+        if let Err(e) = self
+            .body_registry_mut(name)
+            .register_template_string(name, &text)
+        {
+            let mut err = from_template_error(name, e);
+            // Handlebars reports an unclosed block where the file ends; name the opener.
+            if let Some((block, line, column)) = unclosed_block(&text) {
+                err.line = Some(line);
+                err.column = Some(column);
+                err.reason = format!("block `{{{{#{block}}}}}` is never closed ({})", err.reason);
+            }
+            return Err(err);
+        }
         let url = url_name(&c.name);
         self.url
             .register_template_string(&url, &c.url)

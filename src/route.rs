@@ -39,8 +39,8 @@ impl Matcher {
         match &self.condition {
             Condition::Equals(v) => text == *v,
             Condition::NotEquals(v) => text != *v,
-            Condition::OneOf(vs) => vs.iter().any(|v| *v == text),
-            Condition::NotOneOf(vs) => !vs.iter().any(|v| *v == text),
+            Condition::OneOf(vs) => vs.contains(&text),
+            Condition::NotOneOf(vs) => !vs.contains(&text),
             Condition::Regex(re) => re.is_match(&text),
             Condition::NotRegex(re) => !re.is_match(&text),
         }

@@ -253,13 +253,13 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
 impl Store {
     /// Opens (creating if needed) the SQLite store at `path`.
     pub fn open_sqlite(path: &Path) -> Result<Store, StoreError> {
-        if let Some(dir) = path.parent() {
-            if !dir.as_os_str().is_empty() {
-                std::fs::create_dir_all(dir).map_err(|e| StoreError::Open {
-                    path: path.to_path_buf(),
-                    reason: e.to_string(),
-                })?;
-            }
+        if let Some(dir) = path.parent()
+            && !dir.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::Open {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })?;
         }
         let lock_path = PathBuf::from(format!("{}.lock", path.display()));
         let lock = std::fs::OpenOptions::new()

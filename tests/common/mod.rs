@@ -313,7 +313,7 @@ pub fn spawn_binary(config: &Path) -> (Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_incident-gateway"))
         .args(["serve", "--config"])
         .arg(config)
-        .env("IGW_LOG", "warn")
+        .env("IGW_LOG", "error")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()

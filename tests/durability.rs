@@ -1,0 +1,141 @@
+//! The real binary: a 202 survives `kill -9`, and SIGTERM shuts down cleanly.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accepted_incidents_survive_sigkill_and_are_all_delivered() {
+    const N: usize = 1000;
+    // The receiver's port is chosen now but nothing listens there yet: it is "down".
+    let receiver_port = free_port();
+    let receiver_url = format!("http://127.0.0.1:{receiver_port}/hook");
+    let ws = Workspace::new();
+    let config = ws.config(
+        "127.0.0.1:0",
+        &http_connector("ticketing", &receiver_url, fast_retry()),
+    );
+    let (mut child, base) = spawn_binary(&config);
+
+    // 1,000 single-incident POSTs, 16 at a time, each answered 202.
+    let client = client();
+    let mut ids = Vec::with_capacity(N);
+    let mut accepted_delivery_ids = HashSet::new();
+    for chunk in (0..N).collect::<Vec<_>>().chunks(16) {
+        let mut tasks = Vec::new();
+        for &i in chunk {
+            let client = client.clone();
+            let base = base.clone();
+            let id = format!("KILL-{i:04}");
+            ids.push(id.clone());
+            tasks.push(tokio::spawn(async move {
+                let r = client
+                    .post(format!("{base}/v1/incidents"))
+                    .bearer_auth(SOURCE_KEY)
+                    .json(&incident(&id))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 202);
+                let v: Value = r.json().await.unwrap();
+                v["deliveries"][0]["id"].as_str().unwrap().to_string()
+            }));
+        }
+        for t in tasks {
+            accepted_delivery_ids.insert(t.await.unwrap());
+        }
+    }
+    assert_eq!(accepted_delivery_ids.len(), N);
+
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+
+    let (incidents, _, deliveries, _) = ws.counts();
+    assert_eq!(incidents as usize, N, "every accepted incident is on disk");
+    assert_eq!(deliveries as usize, N);
+
+    // Restart, then bring the receiver up.
+    let (mut child, _base) = spawn_binary(&config);
+    let receiver = Receiver::start_on(format!("127.0.0.1:{receiver_port}").parse().unwrap()).await;
+    let done = eventually(Duration::from_secs(120), || async {
+        let ids: HashSet<String> = receiver
+            .received()
+            .iter()
+            .filter_map(|r| r.header("webhook-id"))
+            .collect();
+        (ids.len() >= N).then_some(ids)
+    })
+    .await;
+    let seen = done.unwrap_or_else(|| {
+        receiver
+            .received()
+            .iter()
+            .filter_map(|r| r.header("webhook-id"))
+            .collect()
+    });
+    assert_eq!(
+        seen.len(),
+        N,
+        "every accepted delivery reached the receiver after the crash"
+    );
+    assert_eq!(
+        seen, accepted_delivery_ids,
+        "each under the id the 202 named"
+    );
+    let received: HashSet<String> = receiver
+        .received()
+        .iter()
+        .map(|r| r.json()["incidentId"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(received, ids.into_iter().collect::<HashSet<_>>());
+    let delivered = eventually(Duration::from_secs(10), || async {
+        let s = ws.statuses();
+        s.iter().all(|(_, st)| st == "delivered").then_some(s.len())
+    })
+    .await;
+    assert_eq!(delivered, Some(N));
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[tokio::test]
+async fn sigterm_lets_a_slow_send_finish_and_exits_zero() {
+    let receiver = Receiver::start().await;
+    receiver.script([Reply {
+        delay: Duration::from_millis(1500),
+        ..Reply::status(200)
+    }]);
+    let ws = Workspace::new();
+    let config = ws.config(
+        "127.0.0.1:0",
+        &http_connector("ticketing", &receiver.url("/hook"), ""),
+    );
+    let (mut child, base) = spawn_binary(&config);
+    assert_eq!(
+        post_incident(&base, &incident("TERM-1")).await.status(),
+        202
+    );
+    // The send is under way (the receiver holds it for 1.5 s) when SIGTERM arrives.
+    receiver.wait_for(1, Duration::from_secs(10)).await;
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(exit.success(), "{exit:?}");
+    assert_eq!(
+        ws.statuses()
+            .into_iter()
+            .map(|(_, s)| s)
+            .collect::<Vec<_>>(),
+        ["delivered"],
+        "the in-flight send finished and was recorded before exit"
+    );
+}
