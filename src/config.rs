@@ -586,7 +586,19 @@ impl Validator {
                     format!("{:?} is used by another connector", c.name),
                 ));
             }
-            connectors.push(self.connector(&field, c)?);
+            let connector = self.connector(&field, c)?;
+            // A send must end before its lease does, or another worker could send it twice.
+            if connector.timeout >= delivery.lease {
+                return Err(self.invalid(
+                    format!("{field}.timeout"),
+                    format!(
+                        "{} is not shorter than delivery.lease ({})",
+                        humantime::format_duration(connector.timeout),
+                        humantime::format_duration(delivery.lease)
+                    ),
+                ));
+            }
+            connectors.push(connector);
         }
 
         Ok(Config {

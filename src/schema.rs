@@ -42,12 +42,60 @@ impl IncidentSchema {
         self.validator
             .iter_errors(incident)
             .take(MAX_VIOLATIONS)
-            .map(|e| Violation {
-                pointer: format!("{prefix}{}", e.instance_path().as_str()),
-                detail: truncate_chars(&e.to_string(), MAX_DETAIL_CHARS),
+            .map(|e| {
+                let detail = match e.kind() {
+                    jsonschema::error::ValidationErrorKind::Pattern { pattern } => {
+                        match case_insensitive_choices(pattern) {
+                            Some(choices) => format!(
+                                "{} is not one of {} (any case)",
+                                truncate_chars(&e.instance().to_string(), 80),
+                                choices.join(", ")
+                            ),
+                            None => e.to_string(),
+                        }
+                    }
+                    _ => e.to_string(),
+                };
+                Violation {
+                    pointer: format!("{prefix}{}", e.instance_path().as_str()),
+                    detail: truncate_chars(&detail, MAX_DETAIL_CHARS),
+                }
             })
             .collect()
     }
+}
+
+/// The schema writes case-insensitive enums portably, as `^([Hh][Ii][Gg][Hh]|[Ll][Oo][Ww])$`;
+/// this reads such a pattern back as its choices (`high`, `low`) for a message people can read.
+fn case_insensitive_choices(pattern: &str) -> Option<Vec<String>> {
+    let inner = pattern.strip_prefix("^(")?.strip_suffix(")$")?;
+    inner
+        .split('|')
+        .map(|alt| {
+            let mut out = String::new();
+            let mut rest = alt;
+            while !rest.is_empty() {
+                if let Some(r) = rest.strip_prefix('[') {
+                    let mut chars = r.chars();
+                    let (upper, lower) = (chars.next()?, chars.next()?);
+                    if chars.next()? != ']' || upper.to_ascii_lowercase() != lower {
+                        return None;
+                    }
+                    out.push(lower);
+                    rest = chars.as_str();
+                } else {
+                    let ch = rest.chars().next()?;
+                    if ch.is_ascii_alphanumeric() || " _-:".contains(ch) {
+                        out.push(ch);
+                        rest = &rest[ch.len_utf8()..];
+                    } else {
+                        return None;
+                    }
+                }
+            }
+            Some(out)
+        })
+        .collect()
 }
 
 pub fn truncate_chars(text: &str, max: usize) -> String {
@@ -94,6 +142,24 @@ mod tests {
         assert!(pointers.contains(&"/2"), "{v:?}");
         assert!(pointers.contains(&"/2/attacker/port"), "{v:?}");
         assert!(pointers.contains(&"/2/incident_threat_rating"), "{v:?}");
+    }
+
+    #[test]
+    fn case_insensitive_enums_are_explained_by_their_choices() {
+        let s = IncidentSchema::shipped().unwrap();
+        let v = s.violations(
+            &json!({"incidentId": "x", "incident_threat_rating": "Severe"}),
+            "",
+        );
+        assert_eq!(
+            v[0].detail,
+            "\"Severe\" is not one of critical, high, medium, low, info (any case)"
+        );
+        assert_eq!(
+            case_insensitive_choices("^([Ll][Oo][Gg] [Mm]gmt)$"),
+            Some(vec!["log mgmt".into()])
+        );
+        assert_eq!(case_insensitive_choices("^[a-z]+$"), None);
     }
 
     #[test]

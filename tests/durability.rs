@@ -23,6 +23,7 @@ async fn accepted_incidents_survive_sigkill_and_are_all_delivered() {
 
     // 1,000 single-incident POSTs, 16 at a time, each answered 202.
     let client = client();
+    let started = std::time::Instant::now();
     let mut ids = Vec::with_capacity(N);
     let mut accepted_delivery_ids = HashSet::new();
     for chunk in (0..N).collect::<Vec<_>>().chunks(16) {
@@ -50,6 +51,10 @@ async fn accepted_incidents_survive_sigkill_and_are_all_delivered() {
         }
     }
     assert_eq!(accepted_delivery_ids.len(), N);
+    eprintln!(
+        "accepted {N} incidents (16 concurrent POSTs) in {:?}",
+        started.elapsed()
+    );
 
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
@@ -61,6 +66,7 @@ async fn accepted_incidents_survive_sigkill_and_are_all_delivered() {
     // Restart, then bring the receiver up.
     let (mut child, _base) = spawn_binary(&config);
     let receiver = Receiver::start_on(format!("127.0.0.1:{receiver_port}").parse().unwrap()).await;
+    let restarted = std::time::Instant::now();
     let done = eventually(Duration::from_secs(120), || async {
         let ids: HashSet<String> = receiver
             .received()
@@ -77,6 +83,12 @@ async fn accepted_incidents_survive_sigkill_and_are_all_delivered() {
             .filter_map(|r| r.header("webhook-id"))
             .collect()
     });
+    eprintln!(
+        "after restart: {} distinct webhook-ids in {:?} ({} requests in all)",
+        seen.len(),
+        restarted.elapsed(),
+        receiver.received().len()
+    );
     assert_eq!(
         seen.len(),
         N,
