@@ -28,6 +28,9 @@ pub enum CliError {
 #[derive(Debug, Default)]
 pub struct CheckReport {
     pub errors: Vec<String>,
+    /// Problems that do not stop a deployment, e.g. a connector whose requests never carry
+    /// the incident's id (its tickets could not be traced back).
+    pub warnings: Vec<String>,
     pub renders: usize,
     pub incidents: usize,
 }
@@ -65,7 +68,7 @@ fn preview_context(incident: &Value, connector: &ConnectorConfig, event: Event) 
             event,
             delivery_id: PREVIEW_DELIVERY_ID,
             attempt: 1,
-            connector: &connector.name,
+            connector,
             received_at: &received_at,
         },
     )
@@ -88,6 +91,11 @@ pub fn check(config_file: &Path, incidents_dir: Option<&Path>) -> Result<CheckRe
     let dir = incidents_dir
         .map(Path::to_path_buf)
         .unwrap_or_else(|| config.base_dir.join("incidents"));
+    let mut traceable: std::collections::BTreeMap<&str, bool> = config
+        .connectors
+        .iter()
+        .map(|c| (c.name.as_str(), false))
+        .collect();
     for file in example_incidents(&dir)? {
         let incident = match read_incident(&file) {
             Ok(i) => i,
@@ -117,6 +125,9 @@ pub fn check(config_file: &Path, incidents_dir: Option<&Path>) -> Result<CheckRe
                         file.display()
                     )),
                     Ok(request) => {
+                        if carries_incident_id(&request, &incident) {
+                            traceable.insert(connector.name.as_str(), true);
+                        }
                         if Escape::for_file(&connector.template.as_written) == Escape::Json
                             && let Err(e) = serde_json::from_str::<Value>(&request.body)
                         {
@@ -135,7 +146,41 @@ pub fn check(config_file: &Path, incidents_dir: Option<&Path>) -> Result<CheckRe
             }
         }
     }
+    if report.incidents > 0 {
+        for (name, seen) in traceable {
+            if !seen {
+                let template = config
+                    .connector(name)
+                    .map(|c| c.template.as_written.clone())
+                    .unwrap_or_default();
+                report.warnings.push(format!(
+                    "{template}: connector {name}'s requests never carry the incident's id (incidentId); its tickets cannot be traced back"
+                ));
+            }
+        }
+    }
     Ok(report)
+}
+
+/// Whether the request names the incident: its id in the URL, a header or the body, as
+/// written or as the URL or JSON escaping writes it.
+fn carries_incident_id(request: &RenderedRequest, incident: &Value) -> bool {
+    let Some(id) = incident.get("incidentId").and_then(Value::as_str) else {
+        return true;
+    };
+    if id.is_empty() {
+        return true;
+    }
+    let forms = [
+        id.to_string(),
+        render::escape_json_string(id),
+        percent_encoding::utf8_percent_encode(id, percent_encoding::NON_ALPHANUMERIC).to_string(),
+    ];
+    forms.iter().any(|f| {
+        request.url.contains(f.as_str())
+            || request.body.contains(f.as_str())
+            || request.headers.values().any(|v| v.contains(f.as_str()))
+    })
 }
 
 /// Renders the exact request `connector` would send for `incident_file`, secrets masked.

@@ -42,6 +42,8 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     pub sources: Vec<SourceConfig>,
     pub connectors: Vec<ConnectorConfig>,
+    /// Folder of partial templates shared by every connector.
+    pub partials_dir: Option<PathBuf>,
     /// Every value that came from an environment variable: masked wherever text leaves the
     /// gateway (render output, logs of errors, attempt records).
     pub secrets: Secrets,
@@ -97,6 +99,9 @@ pub struct ConnectorConfig {
     pub retry: RetryPolicy,
     pub matchers: Vec<Matcher>,
     pub min_threat_rating: Option<ThreatRating>,
+    /// Threat rating (`critical` … `info`, or `default`) → the target's priority, for the
+    /// `priority` helper.
+    pub priorities: BTreeMap<String, serde_json::Value>,
 }
 
 #[derive(Debug, Clone)]
@@ -241,6 +246,15 @@ struct RawConfig {
     sources: Vec<RawSource>,
     #[serde(default)]
     connectors: Vec<RawConnector>,
+    #[serde(default)]
+    templates: RawTemplates,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawTemplates {
+    /// Partials folder; default `templates/partials` beside the config file, when it exists.
+    partials: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -338,6 +352,8 @@ struct RawConnector {
     #[serde(default)]
     matchers: Vec<RawMatcher>,
     min_threat_rating: Option<String>,
+    #[serde(default)]
+    priorities: BTreeMap<String, serde_json::Value>,
 }
 
 fn default_method() -> String {
@@ -601,8 +617,23 @@ impl Validator {
             connectors.push(connector);
         }
 
+        let partials_dir = match raw.templates.partials {
+            Some(dir) => {
+                let resolved = self.resolve(&dir);
+                if !resolved.is_dir() {
+                    return Err(self.invalid(
+                        "templates.partials",
+                        format!("{} is not a folder", resolved.display()),
+                    ));
+                }
+                Some(resolved)
+            }
+            None => Some(self.resolve("templates/partials")).filter(|d| d.is_dir()),
+        };
+
         Ok(Config {
             file: self.file.clone(),
+            partials_dir,
             base_dir: self.base_dir.clone(),
             server,
             storage,
@@ -705,7 +736,26 @@ impl Validator {
                 )
             })?),
         };
+        for (rating, value) in &c.priorities {
+            if rating != "default" && ThreatRating::parse(rating).is_none() {
+                return Err(self.invalid(
+                    format!("{field}.priorities"),
+                    format!("{rating:?}: keys are info, low, medium, high, critical or default"),
+                ));
+            }
+            if !(value.is_string() || value.is_number()) {
+                return Err(self.invalid(
+                    format!("{field}.priorities.{rating}"),
+                    "must be a string or a number",
+                ));
+            }
+        }
         Ok(ConnectorConfig {
+            priorities: c
+                .priorities
+                .into_iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), v))
+                .collect(),
             name: c.name,
             kind,
             method,

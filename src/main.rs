@@ -99,6 +99,9 @@ fn main() -> ExitCode {
 
 fn check(config: PathBuf, incidents: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let report = cli::check(&config, incidents.as_deref())?;
+    for w in &report.warnings {
+        eprintln!("warning: {w}");
+    }
     for e in &report.errors {
         eprintln!("error: {e}");
     }

@@ -69,6 +69,16 @@ impl ThreatRating {
         }
     }
 
+    pub fn name(self) -> &'static str {
+        match self {
+            ThreatRating::Info => "info",
+            ThreatRating::Low => "low",
+            ThreatRating::Medium => "medium",
+            ThreatRating::High => "high",
+            ThreatRating::Critical => "critical",
+        }
+    }
+
     /// The incident's rating after analysis, falling back to the flattened field and then to
     /// the initial rating.
     pub fn of_incident(incident: &Value) -> Option<ThreatRating> {

@@ -218,3 +218,30 @@ fn render_prints_the_exact_request_with_secrets_masked() {
     assert!(!out.status.success());
     assert!(text(&out).contains("no connector named \"nope\""));
 }
+
+#[test]
+fn check_warns_about_a_connector_that_never_sends_the_incident_id() {
+    let ws = workspace_with_template("anon.json.hbs", "{\"summary\": \"{{incident.summary}}\"}\n");
+    let config = ws.path().join("gateway.toml");
+    let out = run(&["check", "--config", config.to_str().unwrap()], &[]);
+    let t = text(&out);
+    assert!(out.status.success(), "a warning does not fail check: {t}");
+    assert!(
+        t.contains(
+            "warning: anon.json.hbs: connector ticketing's requests never carry the incident's id"
+        ),
+        "{t}"
+    );
+
+    let ws = workspace_with_template("traced.json.hbs", "{\"id\": \"{{incidentId}}\"}\n");
+    let out = run(
+        &[
+            "check",
+            "--config",
+            ws.path().join("gateway.toml").to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(out.status.success());
+    assert!(!text(&out).contains("warning"), "{}", text(&out));
+}

@@ -38,7 +38,7 @@ pub fn prepare(
         event: delivery.event,
         delivery_id: &delivery.id,
         attempt: delivery.attempts + 1,
-        connector: &connector.name,
+        connector,
         received_at: &received_at,
     };
     renderer.render(connector, &render::context(&incident, &facts))

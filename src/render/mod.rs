@@ -8,9 +8,10 @@
 
 use std::collections::BTreeMap;
 
-use handlebars::{
-    Context, Handlebars, Helper, HelperResult, Output, RenderContext, RenderErrorReason,
-};
+pub mod derive;
+pub mod helpers;
+
+use handlebars::{Context, Handlebars, RenderErrorReason};
 use serde_json::{Map, Value};
 
 use crate::config::{Config, ConnectorConfig};
@@ -94,26 +95,6 @@ const URL_COMPONENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHAN
     .remove(b'_')
     .remove(b'~');
 
-/// `{{json value}}`: the value as JSON, unescaped (it is already valid JSON).
-fn json_helper(
-    h: &Helper,
-    _: &Handlebars,
-    _: &Context,
-    _: &mut RenderContext,
-    out: &mut dyn Output,
-) -> HelperResult {
-    let param = h
-        .param(0)
-        .ok_or(RenderErrorReason::ParamNotFoundForIndex("json", 0))?;
-    if param.is_value_missing() {
-        return Err(RenderErrorReason::MissingVariable(param.relative_path().cloned()).into());
-    }
-    let text = serde_json::to_string(param.value())
-        .map_err(|e| RenderErrorReason::Other(e.to_string()))?;
-    out.write(&text)?;
-    Ok(())
-}
-
 fn registry(escape: Escape) -> Handlebars<'static> {
     let mut hb = Handlebars::new();
     hb.set_strict_mode(true);
@@ -124,7 +105,7 @@ fn registry(escape: Escape) -> Handlebars<'static> {
         Escape::None => hb.register_escape_fn(handlebars::no_escape),
         Escape::Url => hb.register_escape_fn(escape_url_component),
     }
-    hb.register_helper("json", Box::new(json_helper));
+    helpers::register(&mut hb);
     hb
 }
 
@@ -180,26 +161,35 @@ pub struct DeliveryFacts<'a> {
     pub event: Event,
     pub delivery_id: &'a str,
     pub attempt: u32,
-    pub connector: &'a str,
+    pub connector: &'a ConnectorConfig,
     /// RFC 3339 time the gateway accepted this version of the incident.
     pub received_at: &'a str,
 }
 
-/// The context a template sees: the incident's fields at the top level, plus `event`,
-/// `delivery` (`id`, `attempt`, `connector`), `received_at` and `payload` (the incident as
-/// received, for templates that forward it whole). These names are not used by the schema.
+/// The context a template sees: the incident's fields at the top level, then the gateway's
+/// own under names the incident schema does not use: `event`, `delivery` (`id`, `attempt`,
+/// `connector`), `connector` (`name`, `priorities`), `received_at`, `payload` (the incident as
+/// received, for templates that forward it whole) and the derived fields of [`derive`].
 pub fn context(incident: &Value, facts: &DeliveryFacts) -> Value {
     let mut map = match incident {
         Value::Object(m) => m.clone(),
         _ => Map::new(),
     };
+    map.extend(derive::derived(incident));
     map.insert("event".into(), Value::String(facts.event.as_str().into()));
     map.insert(
         "delivery".into(),
         serde_json::json!({
             "id": facts.delivery_id,
             "attempt": facts.attempt,
-            "connector": facts.connector,
+            "connector": facts.connector.name,
+        }),
+    );
+    map.insert(
+        "connector".into(),
+        serde_json::json!({
+            "name": facts.connector.name,
+            "priorities": facts.connector.priorities,
         }),
     );
     map.insert(
@@ -284,10 +274,46 @@ impl Renderer {
             plain: registry(Escape::None),
             url: registry(Escape::Url),
         };
+        if let Some(dir) = &config.partials_dir {
+            r.add_partials(dir)?;
+        }
         for c in &config.connectors {
             r.add_connector(c)?;
         }
         Ok(r)
+    }
+
+    /// Every `*.hbs` in `dir` becomes a partial named by its file name up to the first dot
+    /// (`summary.txt.hbs` → `{{> summary}}`), usable from every template. A partial takes the
+    /// escaping of the template that includes it.
+    fn add_partials(&mut self, dir: &std::path::Path) -> Result<(), RenderError> {
+        let unreadable = |reason: String| RenderError {
+            template: dir.display().to_string(),
+            line: None,
+            column: None,
+            reason,
+        };
+        let entries =
+            std::fs::read_dir(dir).map_err(|e| unreadable(format!("cannot list partials: {e}")))?;
+        let mut files: Vec<std::path::PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "hbs"))
+            .collect();
+        files.sort();
+        for file in files {
+            let Some(file_name) = file.file_name().and_then(|n| n.to_str()) else {
+                continue;
+            };
+            let name = file_name.split('.').next().unwrap_or(file_name).to_string();
+            let shown = file.display().to_string();
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| unreadable(format!("cannot read {shown}: {e}")))?;
+            for hb in [&mut self.json, &mut self.html, &mut self.plain] {
+                hb.register_partial(&name, &text)
+                    .map_err(|e| from_template_error(&shown, e))?;
+            }
+        }
+        Ok(())
     }
 
     fn add_connector(&mut self, c: &ConnectorConfig) -> Result<(), RenderError> {

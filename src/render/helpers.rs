@@ -1,0 +1,531 @@
+//! Template helpers. Each returns a value (so it works as `{{helper x}}`, escaped for the
+//! template's content type, and as a subexpression `(helper x)`), except `json`, which writes
+//! JSON as is.
+//!
+//! Handlebars' built-ins `eq`, `ne`, `gt`, `gte`, `lt`, `lte`, `and`, `or`, `not`, `if`,
+//! `unless`, `each`, `with` and `lookup` are available too.
+
+use handlebars::{
+    Context, Handlebars, Helper, HelperDef, HelperResult, Output, RenderContext, RenderError,
+    RenderErrorReason, ScopedJson,
+};
+use serde_json::Value;
+
+use crate::route::ThreatRating;
+
+type Compute = fn(&Helper, &Context) -> Result<Value, String>;
+
+/// A helper computed from its parameters (and, for some, the root context).
+struct ValueHelper {
+    name: &'static str,
+    compute: Compute,
+}
+
+impl HelperDef for ValueHelper {
+    fn call_inner<'reg: 'rc, 'rc>(
+        &self,
+        h: &Helper<'rc>,
+        _: &'reg Handlebars<'reg>,
+        ctx: &'rc Context,
+        _: &mut RenderContext<'reg, 'rc>,
+    ) -> Result<ScopedJson<'rc>, RenderError> {
+        (self.compute)(h, ctx)
+            .map(ScopedJson::Derived)
+            .map_err(|reason| RenderErrorReason::Other(format!("{}: {reason}", self.name)).into())
+    }
+}
+
+/// `{{json value}}`: the value as JSON, unescaped (it is already valid JSON).
+fn json_helper(
+    h: &Helper,
+    _: &Handlebars,
+    _: &Context,
+    _: &mut RenderContext,
+    out: &mut dyn Output,
+) -> HelperResult {
+    let param = h
+        .param(0)
+        .ok_or(RenderErrorReason::ParamNotFoundForIndex("json", 0))?;
+    if param.is_value_missing() {
+        return Err(RenderErrorReason::MissingVariable(param.relative_path().cloned()).into());
+    }
+    let text = serde_json::to_string(param.value())
+        .map_err(|e| RenderErrorReason::Other(e.to_string()))?;
+    out.write(&text)?;
+    Ok(())
+}
+
+pub fn register(hb: &mut Handlebars) {
+    hb.register_helper("json", Box::new(json_helper));
+    let helpers: [(&'static str, Compute); 17] = [
+        ("default", default),
+        ("upper", |h, _| {
+            Ok(Value::String(text(arg(h, 0)?).to_uppercase()))
+        }),
+        ("lower", |h, _| {
+            Ok(Value::String(text(arg(h, 0)?).to_lowercase()))
+        }),
+        ("truncate", truncate),
+        ("join", join),
+        ("first", first),
+        ("len", len),
+        ("replace", replace),
+        ("date", date),
+        ("strip_html", |h, _| {
+            Ok(Value::String(strip_html(&text(arg(h, 0)?))))
+        }),
+        ("html_to_text", |h, _| {
+            Ok(Value::String(html_to_text(&text(arg(h, 0)?))))
+        }),
+        ("markdown_to_text", |h, _| {
+            Ok(Value::String(markdown_to_text(&text(arg(h, 0)?))))
+        }),
+        ("contains", contains),
+        ("pointer", pointer),
+        ("priority", priority),
+        ("concat", |h, _| {
+            Ok(Value::String(
+                h.params().iter().map(|p| text(p.value())).collect(),
+            ))
+        }),
+        ("trim", |h, _| {
+            Ok(Value::String(text(arg(h, 0)?).trim().to_string()))
+        }),
+    ];
+    for (name, compute) in helpers {
+        hb.register_helper(name, Box::new(ValueHelper { name, compute }));
+    }
+}
+
+fn arg<'a>(h: &'a Helper, index: usize) -> Result<&'a Value, String> {
+    h.param(index)
+        .map(|p| p.value())
+        .ok_or_else(|| format!("needs a parameter at position {}", index + 1))
+}
+
+/// A value as text: strings as they are, null and missing as "", the rest as JSON.
+pub fn text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+fn is_blank(v: &Value) -> bool {
+    match v {
+        Value::Null => true,
+        Value::String(s) => s.trim().is_empty(),
+        _ => false,
+    }
+}
+
+/// `{{default value "fallback"}}`: the value, or the fallback when it is missing, null or blank.
+fn default(h: &Helper, _: &Context) -> Result<Value, String> {
+    let fallback = arg(h, 1)?.clone();
+    match h.param(0) {
+        Some(p) if !p.is_value_missing() && !is_blank(p.value()) => Ok(p.value().clone()),
+        _ => Ok(fallback),
+    }
+}
+
+/// `{{truncate text 100}}`: at most 100 characters, the last one `…` when cut. Counts
+/// characters, never splitting one. `suffix="..."` changes the marker.
+fn truncate(h: &Helper, _: &Context) -> Result<Value, String> {
+    let s = text(arg(h, 0)?);
+    let max = arg(h, 1)?
+        .as_u64()
+        .ok_or("the length must be a whole number")? as usize;
+    let suffix = h
+        .hash_get("suffix")
+        .map(|v| text(v.value()))
+        .unwrap_or_else(|| "…".to_string());
+    Ok(Value::String(truncate_chars(&s, max, &suffix)))
+}
+
+pub fn truncate_chars(s: &str, max: usize, suffix: &str) -> String {
+    if s.chars().count() <= max {
+        return s.to_string();
+    }
+    let keep = max.saturating_sub(suffix.chars().count());
+    let mut out: String = s.chars().take(keep).collect();
+    out.push_str(suffix);
+    if out.chars().count() > max {
+        // A suffix longer than the limit: cut it too.
+        out = out.chars().take(max).collect();
+    }
+    out
+}
+
+/// `{{join list ", "}}`: the items as text, separated.
+fn join(h: &Helper, _: &Context) -> Result<Value, String> {
+    let sep = h
+        .param(1)
+        .map(|p| text(p.value()))
+        .unwrap_or_else(|| ", ".into());
+    Ok(Value::String(match arg(h, 0)? {
+        Value::Array(items) => items.iter().map(text).collect::<Vec<_>>().join(&sep),
+        other => text(other),
+    }))
+}
+
+/// `{{first list}}`: the first item, or null.
+fn first(h: &Helper, _: &Context) -> Result<Value, String> {
+    Ok(match h.param(0).map(|p| p.value()) {
+        Some(Value::Array(items)) => items.first().cloned().unwrap_or(Value::Null),
+        Some(other) => other.clone(),
+        None => Value::Null,
+    })
+}
+
+/// `{{len x}}`: characters of a string, items of a list, keys of an object; 0 for null.
+fn len(h: &Helper, _: &Context) -> Result<Value, String> {
+    let n = match h.param(0).map(|p| p.value()) {
+        Some(Value::String(s)) => s.chars().count(),
+        Some(Value::Array(a)) => a.len(),
+        Some(Value::Object(o)) => o.len(),
+        Some(Value::Null) | None => 0,
+        Some(other) => other.to_string().chars().count(),
+    };
+    Ok(Value::from(n))
+}
+
+/// `{{replace text "from" "to"}}`: every occurrence.
+fn replace(h: &Helper, _: &Context) -> Result<Value, String> {
+    let s = text(arg(h, 0)?);
+    let from = text(arg(h, 1)?);
+    let to = text(arg(h, 2)?);
+    if from.is_empty() {
+        return Ok(Value::String(s));
+    }
+    Ok(Value::String(s.replace(&from, &to)))
+}
+
+/// `{{date value "%Y-%m-%d %H:%M %Z" "Europe/Paris"}}`: formats epoch seconds (fractional
+/// too, number or numeric string) or an ISO 8601 / RFC 3339 time with a strftime pattern
+/// (default RFC 3339) in a time zone (default UTC). A value that is no time is passed through
+/// as it is, so an odd date never stops a ticket.
+fn date(h: &Helper, _: &Context) -> Result<Value, String> {
+    let value = h.param(0).map(|p| p.value().clone()).unwrap_or(Value::Null);
+    let pattern = h.param(1).map(|p| text(p.value()));
+    let zone = match h.param(2).map(|p| text(p.value())) {
+        None => chrono_tz::UTC,
+        Some(name) => name
+            .parse::<chrono_tz::Tz>()
+            .map_err(|_| format!("{name:?} is not a time zone name (e.g. Europe/Paris)"))?,
+    };
+    let Some(instant) = parse_time(&value) else {
+        return Ok(Value::String(text(&value)));
+    };
+    let local = instant.with_timezone(&zone);
+    Ok(Value::String(match pattern {
+        None => local.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+        Some(p) => {
+            let items: Vec<chrono::format::Item> = chrono::format::StrftimeItems::new(&p).collect();
+            if items.contains(&chrono::format::Item::Error) {
+                return Err(format!("{p:?} is not a valid strftime pattern"));
+            }
+            local.format_with_items(items.into_iter()).to_string()
+        }
+    }))
+}
+
+pub fn parse_time(v: &Value) -> Option<chrono::DateTime<chrono::Utc>> {
+    let from_epoch = |secs: f64| {
+        if !secs.is_finite() {
+            return None;
+        }
+        let whole = secs.floor();
+        let nanos = ((secs - whole) * 1e9).round().min(999_999_999.0) as u32;
+        chrono::DateTime::from_timestamp(whole as i64, nanos)
+    };
+    match v {
+        Value::Number(n) => from_epoch(n.as_f64()?),
+        Value::String(s) => {
+            let s = s.trim();
+            if let Ok(secs) = s.parse::<f64>() {
+                return from_epoch(secs);
+            }
+            if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+                return Some(t.with_timezone(&chrono::Utc));
+            }
+            for pattern in ["%Y-%m-%dT%H:%M:%S%.f%z", "%Y-%m-%d %H:%M:%S%.f%z"] {
+                if let Ok(t) = chrono::DateTime::parse_from_str(s, pattern) {
+                    return Some(t.with_timezone(&chrono::Utc));
+                }
+            }
+            // No offset written (the seed's `reactivates_at`): UTC, as the seed's times are.
+            for pattern in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"] {
+                if let Ok(t) = chrono::NaiveDateTime::parse_from_str(s, pattern) {
+                    return Some(t.and_utc());
+                }
+            }
+            None
+        }
+        _ => None,
+    }
+}
+
+/// Tags removed, entities decoded, white space folded: one line of text.
+pub fn strip_html(html: &str) -> String {
+    let text = html2text::config::with_decorator(html2text::render::TrivialDecorator::new())
+        .string_from_read(html.as_bytes(), usize::MAX / 4)
+        .unwrap_or_else(|_| html.to_string());
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// HTML as readable text: paragraphs and line breaks kept, lists as bullets, links as
+/// footnotes.
+pub fn html_to_text(html: &str) -> String {
+    let text = html2text::config::plain_no_decorate()
+        .string_from_read(html.as_bytes(), usize::MAX / 4)
+        .unwrap_or_else(|_| html.to_string());
+    tidy_lines(&text)
+}
+
+/// Markdown as plain text: emphasis and headings dropped, paragraphs and list items kept.
+pub fn markdown_to_text(markdown: &str) -> String {
+    use pulldown_cmark::{Event, Parser, Tag, TagEnd};
+    let mut out = String::new();
+    let mut link_targets: Vec<String> = Vec::new();
+    for event in Parser::new(markdown) {
+        match event {
+            Event::Text(t) | Event::Code(t) | Event::InlineHtml(t) | Event::Html(t) => {
+                out.push_str(&t)
+            }
+            Event::SoftBreak | Event::HardBreak => out.push('\n'),
+            Event::Start(Tag::Item) => out.push_str("- "),
+            Event::Start(Tag::Link { dest_url, .. }) => link_targets.push(dest_url.to_string()),
+            Event::End(TagEnd::Link) => {
+                if let Some(url) = link_targets.pop()
+                    && !url.is_empty()
+                    && !out.ends_with(url.as_str())
+                {
+                    out.push_str(&format!(" ({url})"));
+                }
+            }
+            Event::End(
+                TagEnd::Paragraph | TagEnd::Heading(_) | TagEnd::CodeBlock | TagEnd::BlockQuote(_),
+            ) => out.push_str("\n\n"),
+            Event::End(TagEnd::Item) | Event::End(TagEnd::List(_)) => out.push('\n'),
+            Event::Rule => out.push_str("\n---\n"),
+            _ => {}
+        }
+    }
+    tidy_lines(&out)
+}
+
+/// Trailing spaces dropped, runs of blank lines folded to one, ends trimmed.
+fn tidy_lines(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut blank_run = 0;
+    for line in text.lines().map(str::trim_end) {
+        if line.is_empty() {
+            blank_run += 1;
+            if blank_run > 1 {
+                continue;
+            }
+        } else {
+            blank_run = 0;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out.trim().to_string()
+}
+
+/// `{{#if (contains haystack needle)}}`: a substring of a string, an item of a list, or a
+/// key of an object.
+fn contains(h: &Helper, _: &Context) -> Result<Value, String> {
+    let needle = arg(h, 1)?;
+    let found = match h.param(0).map(|p| p.value()) {
+        Some(Value::String(s)) => s.contains(&text(needle)),
+        Some(Value::Array(items)) => items.iter().any(|i| i == needle || text(i) == text(needle)),
+        Some(Value::Object(map)) => map.contains_key(&text(needle)),
+        _ => false,
+    };
+    Ok(Value::Bool(found))
+}
+
+/// `{{pointer value "/a/0/b"}}`, or `{{pointer "/a/0/b"}}` from the incident: the value at a
+/// JSON pointer, or null. Reaches keys no Handlebars path can, such as `"deployment,"`.
+fn pointer(h: &Helper, ctx: &Context) -> Result<Value, String> {
+    let (base, ptr) = match (h.param(0), h.param(1)) {
+        (Some(v), Some(p)) => (v.value(), text(p.value())),
+        (Some(p), None) => (ctx.data(), text(p.value())),
+        _ => return Err("needs a JSON pointer".into()),
+    };
+    if !(ptr.is_empty() || ptr.starts_with('/')) {
+        return Err(format!(
+            "{ptr:?} is not a JSON pointer (it starts with '/')"
+        ));
+    }
+    Ok(base.pointer(&ptr).cloned().unwrap_or(Value::Null))
+}
+
+/// `{{priority}}`: the incident's threat rating mapped through the connector's `priorities`
+/// (e.g. critical → "1"); `{{priority "high"}}` maps a rating given. A rating the map does not
+/// name takes its `default` entry.
+fn priority(h: &Helper, ctx: &Context) -> Result<Value, String> {
+    let root = ctx.data();
+    let rating = match h.param(0) {
+        Some(p) => ThreatRating::parse(&text(p.value())),
+        None => ThreatRating::of_incident(root),
+    };
+    let map = root
+        .pointer("/connector/priorities")
+        .and_then(Value::as_object)
+        .ok_or("the connector has no `priorities` map in its config")?;
+    let key = rating.map(ThreatRating::name);
+    key.and_then(|k| map.get(k))
+        .or_else(|| map.get("default"))
+        .cloned()
+        .ok_or_else(|| {
+            format!(
+                "no priority for rating {} and no `default` in the connector's priorities",
+                key.unwrap_or("(none)")
+            )
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn render(template: &str, data: &Value) -> Result<String, String> {
+        let mut hb = Handlebars::new();
+        hb.set_strict_mode(true);
+        hb.register_escape_fn(handlebars::no_escape);
+        register(&mut hb);
+        hb.render_template(template, data)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn text_helpers() {
+        let d = json!({"s": "Hello Wörld", "n": null, "list": ["a", 1, true], "empty": ""});
+        assert_eq!(
+            render("{{upper s}}|{{lower s}}", &d).unwrap(),
+            "HELLO WÖRLD|hello wörld"
+        );
+        assert_eq!(
+            render(
+                "{{default n \"x\"}}|{{default empty \"y\"}}|{{default s \"z\"}}",
+                &d
+            )
+            .unwrap(),
+            "x|y|Hello Wörld"
+        );
+        assert_eq!(render("{{default missing \"m\"}}", &d).unwrap(), "m");
+        assert_eq!(
+            render(
+                "{{join list \" / \"}}|{{first list}}|{{len s}}|{{len list}}|{{len n}}",
+                &d
+            )
+            .unwrap(),
+            "a / 1 / true|a|11|3|0"
+        );
+        assert_eq!(
+            render("{{replace s \"o\" \"0\"}}", &d).unwrap(),
+            "Hell0 Wörld"
+        );
+        assert_eq!(
+            render("{{trim \"  x \"}}{{concat \"a\" 1 \"b\"}}", &d).unwrap(),
+            "xa1b"
+        );
+    }
+
+    #[test]
+    fn truncate_counts_characters_and_keeps_within_the_limit() {
+        assert_eq!(truncate_chars("héllo wörld", 5, "…"), "héll…");
+        assert_eq!(truncate_chars("héllo", 5, "…"), "héllo");
+        assert_eq!(truncate_chars("🚨🚨🚨🚨", 3, "…"), "🚨🚨…");
+        assert_eq!(truncate_chars("abcdef", 2, "[cut]"), "[c");
+        let d = json!({"s": "ÄÖÜäöü"});
+        assert_eq!(render("{{truncate s 4}}", &d).unwrap(), "ÄÖÜ…");
+        assert_eq!(render("{{truncate s 4 suffix=\"\"}}", &d).unwrap(), "ÄÖÜä");
+    }
+
+    #[test]
+    fn dates_from_epoch_and_iso_in_zones() {
+        let d = json!({"e": 1594153092.2202642, "iso": "2020-08-10T11:24:27.765796+00:00", "naive": "2020-08-18 08:00:11.136183", "bad": "15th Mar 2020"});
+        assert_eq!(
+            render("{{date e \"%Y-%m-%d %H:%M:%S\"}}", &d).unwrap(),
+            "2020-07-07 20:18:12"
+        );
+        assert_eq!(
+            render("{{date e \"%H:%M %Z\" \"Europe/Paris\"}}", &d).unwrap(),
+            "22:18 CEST"
+        );
+        assert_eq!(
+            render("{{date iso \"%d/%m/%Y %H:%M\"}}", &d).unwrap(),
+            "10/08/2020 11:24"
+        );
+        assert_eq!(
+            render("{{date naive \"%H:%M:%S\"}}", &d).unwrap(),
+            "08:00:11"
+        );
+        assert_eq!(
+            render("{{date \"1597058547\"}}", &d).unwrap(),
+            "2020-08-10T11:22:27Z"
+        );
+        assert_eq!(render("{{date bad \"%Y\"}}", &d).unwrap(), "15th Mar 2020");
+        assert!(
+            render("{{date e \"%Y\" \"Mars/Olympus\"}}", &d)
+                .unwrap_err()
+                .contains("time zone")
+        );
+    }
+
+    #[test]
+    fn html_and_markdown_to_text() {
+        let html = "<p><strong>Attack Detail</strong>:<br>Attacker: 1.2.3.4 &amp; friends</p><ul><li>one</li><li>two</li></ul>";
+        assert_eq!(
+            strip_html(html),
+            "Attack Detail: Attacker: 1.2.3.4 & friends one two"
+        );
+        let text = html_to_text(html);
+        assert!(
+            text.starts_with("Attack Detail:\nAttacker: 1.2.3.4 & friends"),
+            "{text}"
+        );
+        assert!(text.contains("* one\n* two"), "{text}");
+        let md = "**Attack Detail**:  \n**Attacker:** 172.31.37.117 \n\n- a\n- [b](https://x.test/)\n\n# Head";
+        assert_eq!(
+            markdown_to_text(md),
+            "Attack Detail:\nAttacker: 172.31.37.117\n\n- a\n- b (https://x.test/)\n\nHead"
+        );
+    }
+
+    #[test]
+    fn logic_pointer_contains() {
+        let d = json!({"deployment,": "AWS", "sources": ["LOG"], "s": "brute force", "n": 3});
+        assert_eq!(render("{{pointer \"/deployment,\"}}", &d).unwrap(), "AWS");
+        assert_eq!(
+            render(
+                "{{#if (contains sources \"LOG\")}}y{{/if}}{{#if (contains s \"force\")}}z{{/if}}",
+                &d
+            )
+            .unwrap(),
+            "yz"
+        );
+        assert_eq!(
+            render("{{#if (and (gt n 2) (not (eq s \"x\")))}}ok{{/if}}", &d).unwrap(),
+            "ok"
+        );
+    }
+
+    #[test]
+    fn priority_maps_the_rating() {
+        let d = json!({"incident": {"threatRating": "High"}, "connector": {"priorities": {"high": "2", "default": "4"}}});
+        assert_eq!(render("{{priority}}", &d).unwrap(), "2");
+        assert_eq!(render("{{priority \"info\"}}", &d).unwrap(), "4");
+        let none = json!({"connector": {"name": "x"}});
+        assert!(
+            render("{{priority}}", &none)
+                .unwrap_err()
+                .contains("priorities")
+        );
+    }
+}
