@@ -55,6 +55,41 @@ fn json_helper(
     Ok(())
 }
 
+/// `{{include "name"}}`: the partial `name` rendered as plain text, returned as a value so the
+/// including template escapes it for its content type (a JSON string, HTML).
+pub struct Include {
+    text: std::sync::Arc<Handlebars<'static>>,
+}
+
+impl Include {
+    pub fn new(text: std::sync::Arc<Handlebars<'static>>) -> Include {
+        Include { text }
+    }
+}
+
+impl HelperDef for Include {
+    fn call_inner<'reg: 'rc, 'rc>(
+        &self,
+        h: &Helper<'rc>,
+        _: &'reg Handlebars<'reg>,
+        ctx: &'rc Context,
+        _: &mut RenderContext<'reg, 'rc>,
+    ) -> Result<ScopedJson<'rc>, RenderError> {
+        let name = h
+            .param(0)
+            .map(|p| text(p.value()))
+            .ok_or(RenderErrorReason::ParamNotFoundForIndex("include", 0))?;
+        if !self.text.has_template(&name) {
+            return Err(RenderErrorReason::Other(format!(
+                "include: no partial named {name:?} in the partials folder"
+            ))
+            .into());
+        }
+        let rendered = self.text.render_with_context(&name, ctx)?;
+        Ok(ScopedJson::Derived(Value::String(rendered)))
+    }
+}
+
 pub fn register(hb: &mut Handlebars) {
     hb.register_helper("json", Box::new(json_helper));
     let helpers: [(&'static str, Compute); 17] = [

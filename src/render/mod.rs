@@ -265,55 +265,81 @@ fn unclosed_block(text: &str) -> Option<(String, usize, usize)> {
     Some((name, line, column))
 }
 
+struct Partial {
+    name: String,
+    shown: String,
+    text: String,
+}
+
+/// Every `*.hbs` in `dir` is a partial named by its file name up to the first dot
+/// (`summary.txt.hbs` → `{{> summary}}` and `{{include "summary"}}`), usable from every
+/// template. `{{> name}}` takes the escaping of the template that includes it.
+fn read_partials(dir: &std::path::Path) -> Result<Vec<Partial>, RenderError> {
+    let unreadable = |reason: String| RenderError {
+        template: dir.display().to_string(),
+        line: None,
+        column: None,
+        reason,
+    };
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| unreadable(format!("cannot list partials: {e}")))?;
+    let mut files: Vec<std::path::PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "hbs"))
+        .collect();
+    files.sort();
+    let mut partials = Vec::new();
+    for file in files {
+        let Some(file_name) = file.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        let shown = file.display().to_string();
+        let text = std::fs::read_to_string(&file)
+            .map_err(|e| unreadable(format!("cannot read {shown}: {e}")))?;
+        partials.push(Partial {
+            name: file_name.split('.').next().unwrap_or(file_name).to_string(),
+            shown,
+            text,
+        });
+    }
+    Ok(partials)
+}
+
 impl Renderer {
     /// Reads and compiles every connector's templates; the first error is returned.
     pub fn new(config: &Config) -> Result<Renderer, RenderError> {
+        let partials = match &config.partials_dir {
+            Some(dir) => read_partials(dir)?,
+            None => vec![],
+        };
+        // `{{include "name"}}` renders a partial as plain text into a value, which the
+        // including template then escapes for its own content type. So a multi-line partial
+        // can fill a JSON string, which `{{> name}}` (raw text) cannot.
+        let mut text = registry(Escape::None);
+        for p in &partials {
+            text.register_partial(&p.name, &p.text)
+                .map_err(|e| from_template_error(&p.shown, e))?;
+            text.register_template_string(&p.name, &p.text)
+                .map_err(|e| from_template_error(&p.shown, e))?;
+        }
+        let text = std::sync::Arc::new(text);
         let mut r = Renderer {
             json: registry(Escape::Json),
             html: registry(Escape::Html),
             plain: registry(Escape::None),
             url: registry(Escape::Url),
         };
-        if let Some(dir) = &config.partials_dir {
-            r.add_partials(dir)?;
+        for hb in [&mut r.json, &mut r.html, &mut r.plain] {
+            hb.register_helper("include", Box::new(helpers::Include::new(text.clone())));
+            for p in &partials {
+                hb.register_partial(&p.name, &p.text)
+                    .map_err(|e| from_template_error(&p.shown, e))?;
+            }
         }
         for c in &config.connectors {
             r.add_connector(c)?;
         }
         Ok(r)
-    }
-
-    /// Every `*.hbs` in `dir` becomes a partial named by its file name up to the first dot
-    /// (`summary.txt.hbs` → `{{> summary}}`), usable from every template. A partial takes the
-    /// escaping of the template that includes it.
-    fn add_partials(&mut self, dir: &std::path::Path) -> Result<(), RenderError> {
-        let unreadable = |reason: String| RenderError {
-            template: dir.display().to_string(),
-            line: None,
-            column: None,
-            reason,
-        };
-        let entries =
-            std::fs::read_dir(dir).map_err(|e| unreadable(format!("cannot list partials: {e}")))?;
-        let mut files: Vec<std::path::PathBuf> = entries
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "hbs"))
-            .collect();
-        files.sort();
-        for file in files {
-            let Some(file_name) = file.file_name().and_then(|n| n.to_str()) else {
-                continue;
-            };
-            let name = file_name.split('.').next().unwrap_or(file_name).to_string();
-            let shown = file.display().to_string();
-            let text = std::fs::read_to_string(&file)
-                .map_err(|e| unreadable(format!("cannot read {shown}: {e}")))?;
-            for hb in [&mut self.json, &mut self.html, &mut self.plain] {
-                hb.register_partial(&name, &text)
-                    .map_err(|e| from_template_error(&shown, e))?;
-            }
-        }
-        Ok(())
     }
 
     fn add_connector(&mut self, c: &ConnectorConfig) -> Result<(), RenderError> {
