@@ -102,6 +102,9 @@ pub struct ConnectorConfig {
     /// Threat rating (`critical` … `info`, or `default`) → the target's priority, for the
     /// `priority` helper.
     pub priorities: BTreeMap<String, serde_json::Value>,
+    /// Connector-specific values templates read as `connector.vars.NAME` (a PagerDuty
+    /// routing key, a Jira project key). `${ENV}` values are secrets: masked in `render`.
+    pub vars: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone)]
@@ -354,6 +357,8 @@ struct RawConnector {
     min_threat_rating: Option<String>,
     #[serde(default)]
     priorities: BTreeMap<String, serde_json::Value>,
+    #[serde(default)]
+    vars: BTreeMap<String, EnvString>,
 }
 
 fn default_method() -> String {
@@ -751,6 +756,7 @@ impl Validator {
             }
         }
         Ok(ConnectorConfig {
+            vars: c.vars.into_iter().map(|(k, v)| (k, v.0)).collect(),
             priorities: c
                 .priorities
                 .into_iter()

@@ -168,7 +168,7 @@ pub struct DeliveryFacts<'a> {
 
 /// The context a template sees: the incident's fields at the top level, then the gateway's
 /// own under names the incident schema does not use: `event`, `delivery` (`id`, `attempt`,
-/// `connector`), `connector` (`name`, `priorities`), `received_at`, `payload` (the incident as
+/// `connector`), `connector` (`name`, `priorities`, `vars`), `received_at`, `payload` (the incident as
 /// received, for templates that forward it whole) and the derived fields of [`derive`].
 pub fn context(incident: &Value, facts: &DeliveryFacts) -> Value {
     let mut map = match incident {
@@ -190,6 +190,7 @@ pub fn context(incident: &Value, facts: &DeliveryFacts) -> Value {
         serde_json::json!({
             "name": facts.connector.name,
             "priorities": facts.connector.priorities,
+            "vars": facts.connector.vars,
         }),
     );
     map.insert(
