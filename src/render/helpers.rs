@@ -85,10 +85,55 @@ impl HelperDef for Include {
             ))
             .into());
         }
-        let rendered = self.text.render_with_context(&name, ctx)?;
+        let mut rendered = self.text.render_with_context(&name, ctx)?;
+        // Files end with a line break; a value spliced into a string should not.
+        if rendered.ends_with('\n') {
+            rendered.pop();
+            if rendered.ends_with('\r') {
+                rendered.pop();
+            }
+        }
         Ok(ScopedJson::Derived(Value::String(rendered)))
     }
 }
+
+/// Every helper a template can call (the gateway's and Handlebars' built-ins), as documented
+/// in templates/README.md.
+pub const HELPER_NAMES: &[&str] = &[
+    "json",
+    "default",
+    "upper",
+    "lower",
+    "truncate",
+    "join",
+    "first",
+    "len",
+    "replace",
+    "date",
+    "strip_html",
+    "html_to_text",
+    "markdown_to_text",
+    "contains",
+    "pointer",
+    "priority",
+    "concat",
+    "trim",
+    "include",
+    "eq",
+    "ne",
+    "gt",
+    "gte",
+    "lt",
+    "lte",
+    "and",
+    "or",
+    "not",
+    "if",
+    "unless",
+    "each",
+    "with",
+    "lookup",
+];
 
 pub fn register(hb: &mut Handlebars) {
     hb.register_helper("json", Box::new(json_helper));
@@ -271,7 +316,10 @@ pub fn parse_time(v: &Value) -> Option<chrono::DateTime<chrono::Utc>> {
             return None;
         }
         let whole = secs.floor();
-        let nanos = ((secs - whole) * 1e9).round().min(999_999_999.0) as u32;
+        // Microseconds: the precision the platform writes (`createtime_str`); finer digits of
+        // an f64 epoch are float noise.
+        let micros = ((secs - whole) * 1e6).round().min(999_999.0) as u32;
+        let nanos = micros * 1000;
         chrono::DateTime::from_timestamp(whole as i64, nanos)
     };
     match v {

@@ -393,6 +393,30 @@ impl Renderer {
         }
     }
 
+    /// Renders a template given as text with every helper and partial (for documentation
+    /// examples and experiments), escaped as `escape` says.
+    pub fn render_inline(
+        &self,
+        escape: Escape,
+        template: &str,
+        context: &Value,
+    ) -> Result<String, RenderError> {
+        let hb = match escape {
+            Escape::Json => &self.json,
+            Escape::Html => &self.html,
+            Escape::None => &self.plain,
+            Escape::Url => &self.url,
+        };
+        let ctx = Context::wraps(context).map_err(|e| RenderError {
+            template: "(inline)".into(),
+            line: None,
+            column: None,
+            reason: e.to_string(),
+        })?;
+        hb.render_template_with_context(template, &ctx)
+            .map_err(|e| from_render_error("(inline)", e))
+    }
+
     /// Renders the request `connector` sends for `context` (see [`context`]).
     pub fn render(
         &self,
