@@ -1,0 +1,607 @@
+//! The shipped connectors (examples/connectors.toml and templates/<target>/): every one renders,
+//! for every event, against the example incidents and against hostile variants of the sample,
+//! a body its target accepts (schemas/targets/) within the target's size limits; golden
+//! snapshots of what each sends; and `check` / `render` as an admin runs them.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::*;
+use incident_gateway::config::Config;
+use incident_gateway::render::{self, DeliveryFacts, Event, RenderedRequest, Renderer};
+use serde_json::{Value, json};
+
+const ADMIN_TOKEN_ENV: &str = "example-admin-token-123";
+const SOURCE_KEY_ENV: &str = "example-source-key-123";
+const EVENTS: [Event; 3] = [Event::Created, Event::Updated, Event::Completed];
+
+/// Every shipped connector and the schema its body must satisfy.
+const SHIPPED: &[(&str, &str)] = &[
+    ("servicenow", "servicenow-incident"),
+    ("generic", "generic-envelope"),
+];
+
+/// Teams refuses messages over 28 KB.
+const TEAMS_MAX_BYTES: usize = 28 * 1024;
+/// PagerDuty refuses events over 512 KB.
+const PAGERDUTY_MAX_BYTES: usize = 512 * 1024;
+/// Opsgenie keeps at most 8000 characters of `details` (keys and values).
+const OPSGENIE_DETAILS_MAX_CHARS: usize = 8000;
+
+fn example_config_path() -> PathBuf {
+    repo().join("examples/connectors.toml")
+}
+
+/// The example config with only the two variables it requires set: every other `${…}` takes
+/// its default.
+fn example_config() -> Config {
+    Config::load_with_env(&example_config_path(), |name| match name {
+        "IGW_ADMIN_TOKEN" => Some(ADMIN_TOKEN_ENV.to_string()),
+        "IGW_SOURCE_KEY" => Some(SOURCE_KEY_ENV.to_string()),
+        _ => None,
+    })
+    .expect("examples/connectors.toml loads")
+}
+
+fn target_schema(name: &str) -> jsonschema::Validator {
+    let path = repo().join(format!("schemas/targets/{name}.schema.json"));
+    let schema: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    jsonschema::draft202012::new(&schema)
+        .unwrap_or_else(|e| panic!("{} does not compile: {e}", path.display()))
+}
+
+fn schema_errors(validator: &jsonschema::Validator, body: &Value) -> Vec<String> {
+    validator
+        .iter_errors(body)
+        .map(|e| {
+            let mut shown = e.to_string();
+            if shown.len() > 300 {
+                let mut cut = 300;
+                while !shown.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                shown.truncate(cut);
+                shown.push('…');
+            }
+            format!("{}: {shown}", e.instance_path())
+        })
+        .collect()
+}
+
+/// Fixed delivery facts, so renders (and snapshots) do not depend on the clock.
+fn render_with(
+    renderer: &Renderer,
+    config: &Config,
+    connector: &str,
+    incident: &Value,
+    event: Event,
+) -> RenderedRequest {
+    let connector = config
+        .connector(connector)
+        .unwrap_or_else(|| panic!("no connector {connector} in examples/connectors.toml"));
+    let facts = DeliveryFacts {
+        event,
+        delivery_id: "msg_golden",
+        attempt: 1,
+        connector,
+        received_at: "2026-01-01T00:00:00.000Z",
+    };
+    renderer
+        .render(connector, &render::context(incident, &facts))
+        .unwrap_or_else(|e| panic!("{} does not render: {e}", connector.name))
+}
+
+fn read_json(path: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn example_incidents() -> Vec<(String, Value)> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(repo().join("examples/incidents"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    files.sort();
+    files
+        .into_iter()
+        .map(|p| {
+            let name = p.file_stem().unwrap().to_string_lossy().into_owned();
+            (name, read_json(&p))
+        })
+        .collect()
+}
+
+/// Text that breaks naive templates: quotes, backslashes, every kind of line break, tabs,
+/// control characters, template and shell syntax, HTML and Slack/Markdown markup.
+const NASTY: &str = "He said \"stop\" \\ C:\\Windows\\ \\\"esc\\\" \\n-literal\nline two\r\nCRLF\rCR\ttab \u{0}\u{1}\u{8}\u{b}\u{c}\u{1b}[31m\u{1f}\u{7f} \u{85}NEL \u{2028}LS \u{2029}PS {{incidentId}} {{{x}}} ${HOME} %s %n </script><script>alert(1)</script> <!channel> <@U123> <https://evil.test|click> & &amp; *bold* _it_ ~st~ `code` [link](https://evil.test) {noformat} {code} | pipe";
+
+/// Scripts the UI may mix: emoji (with ZWJ and flags), CJK, right-to-left, combining marks.
+const UNICODE: &str = "🚨🔥 👩‍💻 🇧🇷 事件报告 インシデント 사고 حادث أمني خطير ‏(مهاجم)‏ שלום é ñ Z̤ͤ͑̓ \u{200d}\u{feff}\u{202e}reversed\u{202c} 𝔘𝔫𝔦𝔠𝔬𝔡𝔢";
+
+/// About `bytes` bytes of `unit` repeated.
+fn repeat_to(unit: &str, bytes: usize) -> String {
+    unit.repeat(bytes / unit.len() + 1)
+}
+
+/// Hostile variants of the sample incident, each a valid incident (checked by a test).
+fn hostile_variants() -> Vec<(&'static str, Value)> {
+    let sample = sample();
+    let mut out: Vec<(&'static str, Value)> = Vec::new();
+    let mut with = |name: &'static str, f: &dyn Fn(&mut Value)| {
+        let mut v = sample.clone();
+        f(&mut v);
+        out.push((name, v));
+    };
+    with("nasty_text", &|v| {
+        v["incident"]["summary"] = json!(format!("Brute force {NASTY}"));
+        v["incident"]["description"] = json!(format!("**Attack** {NASTY}\n\n- item {NASTY}"));
+        v["incident"]["recommendations"] = json!(NASTY);
+        v["customer"] = json!(NASTY);
+        v["asset_host_name"] = json!(NASTY);
+        v["humanFriendlyId"] = json!(NASTY);
+        v["incident_class"] = json!(NASTY);
+        v["deployment,"] = json!(NASTY);
+        v["attacker"]["value"] = json!(NASTY);
+    });
+    with("html_report", &|v| {
+        let html = format!(
+            "<p>Report</p></script><script>alert('x')</script><style>p{{}}</style><!-- c --><img src=x onerror=alert(1)><a href=\"javascript:alert(1)\">link</a><table><tr><td>{NASTY}</td></tr></table><pre>{NASTY}</pre><ul><li>one</li></ul>&lt;b&gt; &amp;amp; &#x1F6A8; <b>unclosed"
+        );
+        v["extra"]["investigation_report"] = json!(html);
+        v["extra"]["recommendations"] = json!(html);
+        v["recommendations"] = json!(html);
+        v["extra"]["incidentUrl"] =
+            json!("https://console.example.test/incident?id=1&x=<b>\"q\"|>&y=</script>");
+    });
+    with("unicode", &|v| {
+        v["incident"]["summary"] = json!(UNICODE.repeat(3));
+        v["incident"]["description"] = json!(UNICODE.repeat(20));
+        v["extra"]["investigation_report"] = json!(format!("<p>{}</p>", UNICODE.repeat(20)));
+        v["customer"] = json!(UNICODE);
+        v["asset_host_name"] = json!("서버-01.例え.テスト");
+    });
+    with("huge_description", &|v| {
+        let text = repeat_to(&format!("{NASTY} {UNICODE} "), 100 * 1024);
+        v["incident"]["description"] = json!(text);
+        v["extra"]["investigation_report"] = json!(format!("<p>{text}</p>"));
+        v["extra"]["recommendations"] = json!(format!("<p>{text}</p>"));
+    });
+    with("huge_summary", &|v| {
+        v["incident"]["summary"] = json!(repeat_to(&format!("{NASTY} {UNICODE} "), 100 * 1024));
+    });
+    // The most bytes per character once JSON-escaped: control characters become `\u0001`.
+    with("worst_escaping", &|v| {
+        let text = "\u{1}".repeat(100 * 1024);
+        v["incident"]["summary"] = json!(text);
+        v["incident"]["description"] = json!(text);
+        v["extra"]["investigation_report"] = json!(text);
+        v["extra"]["recommendations"] = json!(text);
+        v["incident"]["recommendations"] = json!(text);
+        v["customer"] = json!(text);
+        v["asset_host_name"] = json!(text);
+        v["humanFriendlyId"] = json!(text);
+        v["incident_class"] = json!(text);
+        v["deployment,"] = json!(text);
+        v["extra"]["incidentUrl"] = json!(format!("https://x.test/{text}"));
+        v["attacker_lset"] = json!(
+            (0..500)
+                .map(|i| json!({"value": format!("{i}{}", "\u{1}".repeat(200))}))
+                .collect::<Vec<_>>()
+        );
+    });
+    with("long_id", &|v| {
+        // The longest id the incident schema allows, in characters that need escaping.
+        v["incidentId"] = json!(format!("{}\"\\/\n?#&", "Ä".repeat(249)));
+    });
+    with("many_parties_and_events", &|v| {
+        v["attacker_lset"] = json!(
+            (0..1000)
+                .map(|i| json!({"ip": format!("10.{}.{}.{}", i / 65536, (i / 256) % 256, i % 256)}))
+                .collect::<Vec<_>>()
+        );
+        v["victim_lset"] = json!(
+            (0..1000)
+                .map(|i| json!({"value": format!("user-{i}-{UNICODE}")}))
+                .collect::<Vec<_>>()
+        );
+        v["events"] = json!(
+            (0..500)
+                .map(|i| json!({
+                    "event_id": i,
+                    "host": format!("host-{}.example.net", i % 50),
+                    "signature_name": format!("Signature {i} {NASTY}"),
+                    "response_code": format!("{}", 200 + i % 7),
+                }))
+                .collect::<Vec<_>>()
+        );
+    });
+    with("all_null", &|v| {
+        let keys: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+        for k in keys {
+            if k != "incidentId" {
+                v[&k] = Value::Null;
+            }
+        }
+    });
+    with("empty_strings", &|v| {
+        v["incident"]["summary"] = json!("");
+        v["incident"]["description"] = json!("");
+        v["extra"]["investigation_report"] = json!("");
+        v["humanFriendlyId"] = json!("");
+        v["customer"] = json!("   ");
+        v["asset_host_name"] = json!("\n");
+    });
+    with("whitespace_summary", &|v| {
+        v["incident"]["summary"] = json!(" \r\n\t\u{2028} ");
+    });
+    with("rated_critical", &|v| {
+        v["incident"]["threatRating"] = json!("CRITICAL");
+    });
+    with("rated_low", &|v| {
+        v["incident"]["threatRating"] = json!("low");
+    });
+    with("rated_info", &|v| {
+        v["incident"]["threatRating"] = json!("Info");
+    });
+    with("rated_high", &|v| {
+        v["incident"]["threatRating"] = json!("high");
+    });
+    with("unrated", &|v| {
+        v["incident"]["threatRating"] = Value::Null;
+        v["incident_threat_rating"] = Value::Null;
+        v["defaultThreatRating"] = Value::Null;
+    });
+    out
+}
+
+/// Every incident the connectors are tested with: the examples and the hostile variants.
+fn all_incidents() -> Vec<(String, Value)> {
+    let mut all = example_incidents();
+    all.extend(
+        hostile_variants()
+            .into_iter()
+            .map(|(n, v)| (format!("hostile:{n}"), v)),
+    );
+    all
+}
+
+#[test]
+fn hostile_variants_are_valid_incidents() {
+    let schema = incident_gateway::schema::IncidentSchema::shipped().unwrap();
+    for (name, incident) in hostile_variants() {
+        let violations = schema.violations(&incident, "");
+        assert!(violations.is_empty(), "{name}: {violations:?}");
+    }
+}
+
+#[test]
+fn every_shipped_connector_is_in_the_example_config() {
+    let config = example_config();
+    let configured: Vec<&str> = config.connectors.iter().map(|c| c.name.as_str()).collect();
+    let shipped: Vec<&str> = SHIPPED.iter().map(|(n, _)| *n).collect();
+    assert_eq!(configured, shipped);
+}
+
+/// Checks beyond the schema: byte and total limits JSON Schema cannot express, and the
+/// incident's id somewhere in the request.
+fn target_limits(connector: &str, request: &RenderedRequest, body: &Value) -> Vec<String> {
+    let mut problems = Vec::new();
+    let bytes = request.body.len();
+    match connector {
+        "teams" if bytes > TEAMS_MAX_BYTES => {
+            problems.push(format!("{bytes} bytes > Teams' {TEAMS_MAX_BYTES}"))
+        }
+        "pagerduty" if bytes > PAGERDUTY_MAX_BYTES => {
+            problems.push(format!("{bytes} bytes > PagerDuty's {PAGERDUTY_MAX_BYTES}"))
+        }
+        "opsgenie" => {
+            let total: usize = body["details"]
+                .as_object()
+                .map(|d| {
+                    d.iter()
+                        .map(|(k, v)| k.chars().count() + v.as_str().unwrap_or("").chars().count())
+                        .sum()
+                })
+                .unwrap_or(0);
+            if total > OPSGENIE_DETAILS_MAX_CHARS {
+                problems.push(format!(
+                    "details total {total} characters > {OPSGENIE_DETAILS_MAX_CHARS}"
+                ));
+            }
+        }
+        _ => {}
+    }
+    problems
+}
+
+/// Each shipped connector, every event, every incident: the body parses as JSON, satisfies
+/// the target's schema and limits. Prints the largest body per connector.
+#[test]
+fn every_connector_renders_a_valid_body_for_every_incident_and_event() {
+    let config = example_config();
+    let renderer = Renderer::new(&config).expect("the shipped templates compile");
+    let incidents = all_incidents();
+    let mut failures = Vec::new();
+    let mut largest: BTreeMap<&str, (usize, String)> = BTreeMap::new();
+    for (connector, schema_name) in SHIPPED {
+        let schema = target_schema(schema_name);
+        for (incident_name, incident) in &incidents {
+            for event in EVENTS {
+                let at = format!("{connector} × {incident_name} × {}", event.as_str());
+                let request = render_with(&renderer, &config, connector, incident, event);
+                let body: Value = match serde_json::from_str(&request.body) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        failures.push(format!("{at}: not JSON: {e}"));
+                        continue;
+                    }
+                };
+                for e in schema_errors(&schema, &body) {
+                    failures.push(format!("{at}: {schema_name}: {e}"));
+                }
+                for p in target_limits(connector, &request, &body) {
+                    failures.push(format!("{at}: {p}"));
+                }
+                let entry = largest.entry(connector).or_default();
+                if request.body.len() > entry.0 {
+                    *entry = (
+                        request.body.len(),
+                        format!("{incident_name} × {}", event.as_str()),
+                    );
+                }
+            }
+        }
+    }
+    for (connector, (bytes, at)) in &largest {
+        eprintln!("largest {connector} body: {bytes} bytes ({at})");
+    }
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+/// The request as `render` prints it (secrets and credential headers masked), without the
+/// `webhook-*` stamp, which holds the clock.
+fn shown(config: &Config, request: &RenderedRequest) -> String {
+    incident_gateway::cli::format_request(request, config)
+}
+
+/// Golden files: what each connector sends for the sample, the shipped hostile example and the
+/// minimal incident (review changes with `cargo insta review`, or `INSTA_UPDATE=always` and
+/// `git diff tests/snapshots`).
+#[test]
+fn golden_requests() {
+    let config = example_config();
+    let renderer = Renderer::new(&config).unwrap();
+    let incidents: BTreeMap<String, Value> = example_incidents().into_iter().collect();
+    for (connector, _) in SHIPPED {
+        for incident in ["sample", "hostile-text", "minimal"] {
+            let request = render_with(
+                &renderer,
+                &config,
+                connector,
+                &incidents[incident],
+                Event::Created,
+            );
+            insta::assert_snapshot!(format!("{connector}__{incident}"), shown(&config, &request));
+        }
+    }
+}
+
+/// The real binary with only `env` in its environment (so the example's `${…:-default}`s are
+/// what a fresh machine sees).
+fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_incident-gateway"));
+    cmd.env_clear().args(args).env("IGW_LOG", "error");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+const EXAMPLE_ENV: &[(&str, &str)] = &[
+    ("IGW_ADMIN_TOKEN", ADMIN_TOKEN_ENV),
+    ("IGW_SOURCE_KEY", SOURCE_KEY_ENV),
+];
+
+fn output_text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn check_passes_on_the_example_connectors_without_warnings() {
+    let config = example_config_path();
+    let out = run(
+        &["check", "--config", config.to_str().unwrap()],
+        EXAMPLE_ENV,
+    );
+    let text = output_text(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("ok:"), "{text}");
+    assert!(!text.to_lowercase().contains("warning"), "{text}");
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// A copy of examples/ (config and incidents) and templates/ in a temporary folder.
+fn example_copy() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    copy_tree(&repo().join("templates"), &dir.path().join("templates"));
+    std::fs::create_dir_all(dir.path().join("examples")).unwrap();
+    std::fs::copy(
+        example_config_path(),
+        dir.path().join("examples/connectors.toml"),
+    )
+    .unwrap();
+    copy_tree(
+        &repo().join("examples/incidents"),
+        &dir.path().join("examples/incidents"),
+    );
+    dir
+}
+
+/// Inserts `line` after the first line of `file` that is exactly `after`; returns the
+/// inserted line's number.
+fn insert_line(file: &Path, after: &str, line: &str) -> usize {
+    let text = std::fs::read_to_string(file).unwrap();
+    let mut lines: Vec<&str> = text.lines().collect();
+    let at = lines
+        .iter()
+        .position(|l| *l == after)
+        .unwrap_or_else(|| panic!("{} has no line {after:?}", file.display()))
+        + 1;
+    lines.insert(at, line);
+    std::fs::write(file, lines.join("\n") + "\n").unwrap();
+    at + 1
+}
+
+fn check_copy(dir: &Path) -> (bool, String) {
+    let config = dir.join("examples/connectors.toml");
+    let out = run(
+        &["check", "--config", config.to_str().unwrap()],
+        EXAMPLE_ENV,
+    );
+    (out.status.success(), output_text(&out))
+}
+
+#[test]
+fn breaking_any_shipped_template_fails_check_naming_file_and_line() {
+    let config = example_config();
+    let copy = example_copy();
+    let (ok, text) = check_copy(copy.path());
+    assert!(ok, "the unbroken copy passes: {text}");
+    for (i, (connector, _)) in SHIPPED.iter().enumerate() {
+        let written = config
+            .connector(connector)
+            .unwrap()
+            .template
+            .as_written
+            .clone();
+        // Two kinds of breakage: a block never closed, and a tag never finished.
+        let broken = if i % 2 == 0 {
+            "  \"broken\": \"{{#if incidentId}}\","
+        } else {
+            "  \"broken\": \"{{incidentId}\","
+        };
+        let copy = example_copy();
+        let file = copy.path().join("examples").join(&written);
+        let line = insert_line(&file, "{", broken);
+        let (ok, text) = check_copy(copy.path());
+        assert!(
+            !ok,
+            "{connector}: check passed with {written} broken: {text}"
+        );
+        assert!(
+            text.contains(&format!("{written}:{line}:")),
+            "{connector}: the error names {written}:{line}: {text}"
+        );
+    }
+
+    // A variable the incident never has: found when rendering, named with its line.
+    let copy = example_copy();
+    let written = &config.connector(SHIPPED[0].0).unwrap().template.as_written;
+    let file = copy.path().join("examples").join(written);
+    let line = insert_line(&file, "{", "  \"x\": \"{{incident.no_such_field}}\",");
+    let (ok, text) = check_copy(copy.path());
+    assert!(!ok, "{text}");
+    assert!(text.contains(&format!("{written}:{line}")), "{text}");
+    assert!(text.contains("incident.no_such_field"), "{text}");
+
+    // A shared partial: every connector that uses it is affected; the partial is named.
+    // (A block left open in a partial is reported where the file ends, not where it opens:
+    // the engine names the opener only for connector templates. So the tag is unfinished.)
+    let copy = example_copy();
+    let partial = copy.path().join("templates/partials/facts.txt.hbs");
+    let line = insert_line(
+        &partial,
+        "Incident ID:   {{incidentId}}",
+        "Seen:   {{customer}",
+    );
+    let (ok, text) = check_copy(copy.path());
+    assert!(!ok, "{text}");
+    assert!(text.contains(&format!("facts.txt.hbs:{line}:")), "{text}");
+}
+
+/// `render` as an admin runs it: for each connector and event, the printed body (after the
+/// blank line) satisfies the target's schema.
+#[test]
+fn render_prints_a_valid_body_for_every_shipped_connector() {
+    let config = example_config_path();
+    let sample = repo().join("examples/incidents/sample.json");
+    for (connector, schema_name) in SHIPPED {
+        let schema = target_schema(schema_name);
+        for event in EVENTS {
+            let out = run(
+                &[
+                    "render",
+                    "--config",
+                    config.to_str().unwrap(),
+                    "--connector",
+                    connector,
+                    "--incident",
+                    sample.to_str().unwrap(),
+                    "--event",
+                    event.as_str(),
+                ],
+                EXAMPLE_ENV,
+            );
+            let text = output_text(&out);
+            assert!(
+                out.status.success(),
+                "{connector} {}: {text}",
+                event.as_str()
+            );
+            let stdout = String::from_utf8(out.stdout).unwrap();
+            let (head, body) = stdout
+                .split_once("\n\n")
+                .expect("a blank line before the body");
+            // Webhook URLs that hold a secret come from the environment and are masked.
+            assert!(
+                head.starts_with("POST https://") || head.starts_with("POST ********\n"),
+                "{connector}: {head}"
+            );
+            assert!(
+                head.contains("webhook-id: msg_preview"),
+                "{connector}: {head}"
+            );
+            let mut body: Value = serde_json::from_str(body)
+                .unwrap_or_else(|e| panic!("{connector}: body is not JSON ({e}): {body}"));
+            if *connector == "pagerduty" {
+                // The routing key comes from ${PAGERDUTY_ROUTING_KEY}: a secret, masked.
+                assert_eq!(body["routing_key"], "********", "{connector}");
+                body["routing_key"] = json!("0".repeat(32));
+            }
+            let errors = schema_errors(&schema, &body);
+            assert!(
+                errors.is_empty(),
+                "{connector} {}: {errors:#?}\n{body:#}",
+                event.as_str()
+            );
+            assert!(
+                stdout.contains("5F04D7E3-000A-8420-0002-757900000000"),
+                "{connector}: the request carries the incident id"
+            );
+        }
+    }
+}
