@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use axum::Json;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -33,6 +34,24 @@ fn require_admin(app: &App, headers: &HeaderMap) -> Result<(), Problem> {
     }
 }
 
+fn bad_path(e: PathRejection) -> Problem {
+    Problem::new(
+        StatusCode::BAD_REQUEST,
+        "bad-path",
+        "Bad path",
+        e.body_text(),
+    )
+}
+
+fn bad_query(e: QueryRejection) -> Problem {
+    Problem::new(
+        StatusCode::BAD_REQUEST,
+        "bad-query",
+        "Bad query",
+        e.body_text(),
+    )
+}
+
 fn store_failed(e: crate::store::StoreError) -> Problem {
     tracing::error!(error = %e, "admin: store error");
     Problem::unavailable("the store could not answer; try again")
@@ -41,10 +60,11 @@ fn store_failed(e: crate::store::StoreError) -> Problem {
 pub async fn get_incident(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
-    Path(incident_id): Path<String>,
+    incident_id: Result<Path<String>, PathRejection>,
 ) -> Response {
     let result = async {
         require_admin(&app, &headers)?;
+        let Path(incident_id) = incident_id.map_err(bad_path)?;
         app.store
             .incident(incident_id.clone())
             .await
@@ -68,10 +88,11 @@ pub struct DeliveryQuery {
 pub async fn list_deliveries(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
-    Query(q): Query<DeliveryQuery>,
+    query: Result<Query<DeliveryQuery>, QueryRejection>,
 ) -> Response {
     let result = async {
         require_admin(&app, &headers)?;
+        let Query(q) = query.map_err(bad_query)?;
         if let Some(s) = &q.status
             && !matches!(s.as_str(), "pending" | "delivered" | "dead")
         {
@@ -101,10 +122,11 @@ pub async fn list_deliveries(
 pub async fn get_delivery(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
-    Path(delivery_id): Path<String>,
+    delivery_id: Result<Path<String>, PathRejection>,
 ) -> Response {
     let result = async {
         require_admin(&app, &headers)?;
+        let Path(delivery_id) = delivery_id.map_err(bad_path)?;
         app.store
             .delivery(delivery_id.clone())
             .await
@@ -121,10 +143,11 @@ pub async fn get_delivery(
 pub async fn replay_delivery(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
-    Path(delivery_id): Path<String>,
+    delivery_id: Result<Path<String>, PathRejection>,
 ) -> Response {
     let result = async {
         require_admin(&app, &headers)?;
+        let Path(delivery_id) = delivery_id.map_err(bad_path)?;
         match app
             .store
             .replay(delivery_id.clone())
@@ -133,8 +156,8 @@ pub async fn replay_delivery(
         {
             ReplayOutcome::Replayed => {
                 app.wake.notify_one();
-                tracing::info!(delivery = %delivery_id, "delivery replayed");
-                Ok(())
+                tracing::info!(delivery = ?delivery_id, "delivery replayed");
+                Ok(delivery_id)
             }
             ReplayOutcome::NotFound => {
                 Err(Problem::not_found(format!("no delivery {delivery_id:?}")))
@@ -149,9 +172,9 @@ pub async fn replay_delivery(
     }
     .await;
     match result {
-        Ok(()) => (
+        Ok(id) => (
             StatusCode::ACCEPTED,
-            Json(serde_json::json!({ "id": delivery_id, "status": "pending" })),
+            Json(serde_json::json!({ "id": id, "status": "pending" })),
         )
             .into_response(),
         Err(p) => p.into_response(),

@@ -215,7 +215,7 @@ pub fn format_request(request: &RenderedRequest, config: &Config) -> String {
         config.secrets.mask(&request.url)
     );
     for (name, value) in &request.headers {
-        let shown = if is_credential_header(name) {
+        let shown = if crate::config::is_credential_header(name) {
             "********".to_string()
         } else {
             config.secrets.mask(value)
@@ -228,16 +228,4 @@ pub fn format_request(request: &RenderedRequest, config: &Config) -> String {
         out.push('\n');
     }
     out
-}
-
-fn is_credential_header(name: &str) -> bool {
-    let n = name.to_ascii_lowercase();
-    n == "authorization"
-        || n == "proxy-authorization"
-        || n == "cookie"
-        || n.contains("token")
-        || n.contains("secret")
-        || n.contains("api-key")
-        || n.contains("apikey")
-        || n.contains("password")
 }

@@ -23,9 +23,11 @@ pub enum ConfigError {
     },
     #[error("{file}: {message}")]
     Parse { file: PathBuf, message: String },
-    #[error("{file}: {field}: {message}")]
+    #[error("{file}: {}{field}: {message}", line.map(|l| format!("line {l}: ")).unwrap_or_default())]
     Invalid {
         file: PathBuf,
+        /// Where the field is written, when it is written at all.
+        line: Option<usize>,
         field: String,
         message: String,
     },
@@ -49,7 +51,7 @@ pub struct Config {
     pub secrets: Secrets,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ServerConfig {
     pub listen: String,
     pub admin_token: Option<String>,
@@ -58,6 +60,26 @@ pub struct ServerConfig {
     /// How long shutdown waits for in-flight sends before giving up on them (they are retried
     /// after restart: the lease is released).
     pub shutdown_grace: Duration,
+    /// Connections held at once; more are closed on accept.
+    pub max_connections: usize,
+    /// How long a client may take to send its request headers.
+    pub header_read_timeout: Duration,
+    /// How long a client may take to send its request body (408 after).
+    pub body_read_timeout: Duration,
+}
+
+impl std::fmt::Debug for ServerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerConfig")
+            .field("listen", &self.listen)
+            .field(
+                "admin_token",
+                &self.admin_token.as_ref().map(|_| "********"),
+            )
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("max_batch", &self.max_batch)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -73,10 +95,19 @@ pub struct DeliveryConfig {
     pub lease: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SourceConfig {
     pub name: String,
     pub api_key: String,
+}
+
+impl std::fmt::Debug for SourceConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SourceConfig")
+            .field("name", &self.name)
+            .field("api_key", &"********")
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,6 +127,8 @@ pub struct ConnectorConfig {
     /// Header name → value template.
     pub headers: BTreeMap<String, String>,
     pub timeout: Duration,
+    /// Sends to this connector at once (at most `delivery.concurrency`).
+    pub concurrency: usize,
     pub retry: RetryPolicy,
     pub matchers: Vec<Matcher>,
     pub min_threat_rating: Option<ThreatRating>,
@@ -135,9 +168,15 @@ impl Default for RetryPolicy {
 }
 
 /// Strings that must never leave the process in clear.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct Secrets {
     values: Vec<String>,
+}
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Secrets({} masked)", self.values.len())
+    }
 }
 
 impl Secrets {
@@ -165,6 +204,19 @@ impl Secrets {
     }
 }
 
+/// Header names that carry credentials: their values are masked wherever they are shown.
+pub fn is_credential_header(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    n == "authorization"
+        || n == "proxy-authorization"
+        || n == "cookie"
+        || n.contains("token")
+        || n.contains("secret")
+        || n.contains("api-key")
+        || n.contains("apikey")
+        || n.contains("password")
+}
+
 // ---------------------------------------------------------------------------------------------
 // The file as written. Strings that may hold `${VAR}` are `EnvString`s: they expand while the
 // file is parsed, so an unset variable is reported with the line it is on.
@@ -188,6 +240,24 @@ impl<'de> Deserialize<'de> for EnvString {
         expand_env(&raw)
             .map(EnvString)
             .map_err(serde::de::Error::custom)
+    }
+}
+
+/// A string that is then compiled as a template (URLs, header values, vars): a value from the
+/// environment must not smuggle template code into it.
+#[derive(Debug, Clone)]
+struct EnvTemplate(String);
+
+impl<'de> Deserialize<'de> for EnvTemplate {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(d)?;
+        let expanded = expand_env(&raw).map_err(serde::de::Error::custom)?;
+        if expanded.matches("{{").count() > raw.matches("{{").count() {
+            return Err(serde::de::Error::custom(
+                "a value from the environment contains `{{`, which would be read as template code",
+            ));
+        }
+        Ok(EnvTemplate(expanded))
     }
 }
 
@@ -218,14 +288,18 @@ fn expand_env(raw: &str) -> Result<String, String> {
                 None => std::env::var(name).ok(),
             });
             let value = match (value, default) {
-                (Some(v), _) if !v.is_empty() => v,
+                (Some(v), _) if !v.is_empty() => {
+                    // Values from the environment are secrets; defaults written in the file
+                    // are not (they are on view in the file anyway).
+                    EXPANDED.with(|e| e.borrow_mut().push(v.clone()));
+                    v
+                }
                 (_, Some(d)) => d.to_string(),
                 (Some(v), None) => v,
                 (None, None) => {
                     return Err(format!("environment variable {name} is not set"));
                 }
             };
-            EXPANDED.with(|e| e.borrow_mut().push(value.clone()));
             out.push_str(&value);
             rest = &body[end + 1..];
         } else {
@@ -272,6 +346,12 @@ struct RawServer {
     max_batch: usize,
     #[serde(default = "default_grace", with = "humantime_serde")]
     shutdown_grace: Duration,
+    #[serde(default = "default_max_connections")]
+    max_connections: usize,
+    #[serde(default = "default_read_timeout", with = "humantime_serde")]
+    header_read_timeout: Duration,
+    #[serde(default = "default_read_timeout", with = "humantime_serde")]
+    body_read_timeout: Duration,
 }
 
 impl Default for RawServer {
@@ -282,8 +362,18 @@ impl Default for RawServer {
             max_body_bytes: default_max_body(),
             max_batch: default_max_batch(),
             shutdown_grace: default_grace(),
+            max_connections: default_max_connections(),
+            header_read_timeout: default_read_timeout(),
+            body_read_timeout: default_read_timeout(),
         }
     }
+}
+
+fn default_max_connections() -> usize {
+    1024
+}
+fn default_read_timeout() -> Duration {
+    Duration::from_secs(10)
 }
 
 fn default_listen() -> EnvString {
@@ -342,14 +432,15 @@ struct RawSource {
 struct RawConnector {
     name: String,
     kind: String,
-    url: EnvString,
+    url: EnvTemplate,
     #[serde(default = "default_method")]
     method: String,
     template: String,
     #[serde(default)]
-    headers: BTreeMap<String, EnvString>,
+    headers: BTreeMap<String, EnvTemplate>,
     #[serde(default = "default_timeout", with = "humantime_serde")]
     timeout: Duration,
+    concurrency: Option<usize>,
     #[serde(default)]
     retry: RawRetry,
     #[serde(default)]
@@ -358,8 +449,14 @@ struct RawConnector {
     #[serde(default)]
     priorities: BTreeMap<String, serde_json::Value>,
     #[serde(default)]
-    vars: BTreeMap<String, EnvString>,
+    vars: BTreeMap<String, EnvTemplate>,
 }
+
+/// What a lease must outlast a connector's timeout by (rendering, recording, clock steps).
+const LEASE_MARGIN: Duration = Duration::from_secs(30);
+
+/// Sends to one connector at once, unless its config says otherwise.
+const DEFAULT_CONNECTOR_CONCURRENCY: usize = 16;
 
 fn default_method() -> String {
     "POST".into()
@@ -441,8 +538,9 @@ impl Config {
         Validator {
             file: file.to_path_buf(),
             base_dir,
+            text: text.to_string(),
         }
-        .validate(raw, Secrets::new(expanded))
+        .validate(raw, expanded)
     }
 
     pub fn connector(&self, name: &str) -> Option<&ConnectorConfig> {
@@ -495,13 +593,88 @@ fn field_at(text: &str, line: usize) -> Option<String> {
 struct Validator {
     file: PathBuf,
     base_dir: PathBuf,
+    text: String,
+}
+
+/// The line (1-based) where a field such as `connectors[1].matchers[0].regex` is written:
+/// the key's line inside the right `[[table]]`, or the table's header when the key is not
+/// written there (a default, or an inline value).
+fn locate(text: &str, field: &str) -> Option<usize> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut parts: Vec<&str> = field.split('.').collect();
+    let key = parts.pop()?;
+    let (mut from, mut to) = (0usize, lines.len());
+    let mut table = String::new();
+    let mut found_table = false;
+    for part in parts.iter().chain(std::iter::once(&key)) {
+        let (name, index) = match part.split_once('[') {
+            Some((n, rest)) => (n, rest.trim_end_matches(']').parse::<usize>().ok()),
+            None => (*part, None),
+        };
+        let path = if table.is_empty() {
+            name.to_string()
+        } else {
+            format!("{table}.{name}")
+        };
+        let header_line = |l: &str| {
+            let t = l.trim();
+            match index {
+                Some(_) => {
+                    t.starts_with("[[")
+                        && t.trim_start_matches("[[").trim_end_matches("]]").trim() == path
+                }
+                None => {
+                    !t.starts_with("[[")
+                        && t.starts_with('[')
+                        && t.trim_start_matches('[').trim_end_matches(']').trim() == path
+                }
+            }
+        };
+        let headers: Vec<usize> = (from..to).filter(|&i| header_line(lines[i])).collect();
+        let chosen = match index {
+            Some(i) => headers.get(i).copied(),
+            None => headers.first().copied(),
+        };
+        match chosen {
+            Some(h) => {
+                from = h;
+                // The table runs until the next header that is not one of its sub-tables.
+                to = (h + 1..to)
+                    .find(|&i| {
+                        let t = lines[i].trim();
+                        t.starts_with('[')
+                            && !t.trim_start_matches('[').starts_with(&format!("{path}."))
+                    })
+                    .unwrap_or(to);
+                table = path;
+                found_table = true;
+            }
+            None if std::ptr::eq(part, &key) || *part == key => {
+                // The last part is a key, not a table: find `key =` in the current table.
+                let own =
+                    (from..to).take_while(|&i| i == from || !lines[i].trim().starts_with('['));
+                for i in own {
+                    let t = lines[i].trim();
+                    let k = t.split('=').next().unwrap_or("").trim().trim_matches('"');
+                    if t.contains('=') && k == name {
+                        return Some(i + 1);
+                    }
+                }
+                return found_table.then_some(from + 1);
+            }
+            None => return found_table.then_some(from + 1),
+        }
+    }
+    found_table.then_some(from + 1)
 }
 
 impl Validator {
     fn invalid(&self, field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        let field = field.into();
         ConfigError::Invalid {
+            line: locate(&self.text, &field),
             file: self.file.clone(),
-            field: field.into(),
+            field,
             message: message.into(),
         }
     }
@@ -515,14 +688,26 @@ impl Validator {
         }
     }
 
-    fn validate(&self, raw: RawConfig, secrets: Secrets) -> Result<Config, ConfigError> {
+    fn validate(&self, raw: RawConfig, expanded: Vec<String>) -> Result<Config, ConfigError> {
         let server = ServerConfig {
             listen: raw.server.listen.0,
             admin_token: raw.server.admin_token.map(|t| t.0),
             max_body_bytes: raw.server.max_body_bytes,
             max_batch: raw.server.max_batch,
             shutdown_grace: raw.server.shutdown_grace,
+            max_connections: raw.server.max_connections,
+            header_read_timeout: raw.server.header_read_timeout,
+            body_read_timeout: raw.server.body_read_timeout,
         };
+        if server.max_connections == 0 {
+            return Err(self.invalid("server.max_connections", "must be at least 1"));
+        }
+        if server.header_read_timeout.is_zero() || server.body_read_timeout.is_zero() {
+            return Err(self.invalid(
+                "server.header_read_timeout",
+                "read timeouts must be more than 0",
+            ));
+        }
         if server.listen.parse::<std::net::SocketAddr>().is_err() {
             return Err(self.invalid(
                 "server.listen",
@@ -608,13 +793,17 @@ impl Validator {
                 ));
             }
             let connector = self.connector(&field, c)?;
-            // A send must end before its lease does, or another worker could send it twice.
-            if connector.timeout >= delivery.lease {
+            if connector.concurrency == 0 {
+                return Err(self.invalid(format!("{field}.concurrency"), "must be at least 1"));
+            }
+            // A send must end well before its lease does, or another worker could send it twice.
+            if connector.timeout + LEASE_MARGIN > delivery.lease {
                 return Err(self.invalid(
                     format!("{field}.timeout"),
                     format!(
-                        "{} is not shorter than delivery.lease ({})",
+                        "{} plus a {} margin is longer than delivery.lease ({})",
                         humantime::format_duration(connector.timeout),
+                        humantime::format_duration(LEASE_MARGIN),
                         humantime::format_duration(delivery.lease)
                     ),
                 ));
@@ -635,6 +824,23 @@ impl Validator {
             }
             None => Some(self.resolve("templates/partials")).filter(|d| d.is_dir()),
         };
+
+        // Credentials are secrets even when written in the file itself.
+        let mut secret_values = expanded;
+        secret_values.extend(server.admin_token.iter().cloned());
+        secret_values.extend(sources.iter().map(|s| s.api_key.clone()));
+        for c in &connectors {
+            for (name, value) in &c.headers {
+                if is_credential_header(name) && !value.contains("{{") {
+                    secret_values.push(value.clone());
+                    // "Bearer abc": the credential part alone, too.
+                    if let Some((_, token)) = value.split_once(' ') {
+                        secret_values.push(token.trim().to_string());
+                    }
+                }
+            }
+        }
+        let secrets = Secrets::new(secret_values);
 
         Ok(Config {
             file: self.file.clone(),
@@ -772,6 +978,7 @@ impl Validator {
             },
             headers,
             timeout: c.timeout,
+            concurrency: c.concurrency.unwrap_or(DEFAULT_CONNECTOR_CONCURRENCY),
             retry,
             matchers,
             min_threat_rating,
@@ -858,6 +1065,18 @@ mod tests {
         assert!(msg.contains("gw.toml"), "{msg}");
         assert!(msg.contains("line 3"), "{msg}");
         assert!(msg.contains("NOPE_TOKEN is not set"), "{msg}");
+    }
+
+    #[test]
+    fn locates_fields_in_the_text() {
+        let text = "[server]\nlisten = \"x\"\n[[connectors]]\nname = \"a\"\n[[connectors]]\nname = \"b\"\ntemplate = \"t\"\n[connectors.retry]\nmax_attempts = 0\n[[connectors.matchers]]\nfield = \"/x\"\nregex = \"(\"\n";
+        assert_eq!(locate(text, "server.listen"), Some(2));
+        assert_eq!(locate(text, "connectors[1].template"), Some(7));
+        assert_eq!(locate(text, "connectors[1].retry.max_attempts"), Some(9));
+        assert_eq!(locate(text, "connectors[1].matchers[0].regex"), Some(12));
+        // Not written in the first connector: its header.
+        assert_eq!(locate(text, "connectors[0].template"), Some(3));
+        assert_eq!(locate(text, "storage.url"), None);
     }
 
     #[test]

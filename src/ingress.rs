@@ -102,22 +102,36 @@ async fn accept(app: &App, headers: &HeaderMap, body: Body) -> Result<Response, 
     if declared.is_some_and(|n| n > limits.max_body_bytes as u64) {
         return Err(too_large());
     }
-    let bytes = axum::body::to_bytes(body, limits.max_body_bytes)
-        .await
-        .map_err(|e| {
-            let over_limit = std::error::Error::source(&e)
-                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-            if over_limit {
-                too_large()
-            } else {
-                Problem::new(
-                    StatusCode::BAD_REQUEST,
-                    "bad-body",
-                    "Bad request body",
-                    "the request body could not be read",
-                )
-            }
-        })?;
+    let read = tokio::time::timeout(
+        limits.body_read_timeout,
+        axum::body::to_bytes(body, limits.max_body_bytes),
+    )
+    .await
+    .map_err(|_| {
+        Problem::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body-timeout",
+            "Request body too slow",
+            format!(
+                "the body did not arrive within server.body_read_timeout ({})",
+                humantime::format_duration(limits.body_read_timeout)
+            ),
+        )
+    })?;
+    let bytes = read.map_err(|e| {
+        let over_limit = std::error::Error::source(&e)
+            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+        if over_limit {
+            too_large()
+        } else {
+            Problem::new(
+                StatusCode::BAD_REQUEST,
+                "bad-body",
+                "Bad request body",
+                "the request body could not be read",
+            )
+        }
+    })?;
     let document: Value = serde_json::from_slice(&bytes).map_err(|e| {
         Problem::new(
             StatusCode::BAD_REQUEST,
@@ -172,7 +186,7 @@ async fn accept(app: &App, headers: &HeaderMap, body: Body) -> Result<Response, 
         app.wake.notify_one();
     }
     for o in &outcomes {
-        tracing::info!(incident = %o.incident_id, source = %source.name, status = ?o.status,
+        tracing::info!(incident = ?o.incident_id, source = %source.name, status = ?o.status,
             deliveries = o.deliveries.len(), "incident received");
     }
     let body = if is_batch {
@@ -186,11 +200,18 @@ async fn accept(app: &App, headers: &HeaderMap, body: Body) -> Result<Response, 
 
 fn unprocessable(violations: Vec<Violation>) -> Problem {
     let count = violations.len();
+    let detail = if count >= crate::schema::MAX_VIOLATIONS {
+        format!(
+            "at least {count} schema violations (the first {count} are listed); nothing was stored"
+        )
+    } else {
+        format!("{count} schema violation(s); nothing was stored")
+    };
     Problem::new(
         StatusCode::UNPROCESSABLE_ENTITY,
         "invalid-incident",
         "Invalid incident",
-        format!("{count} schema violation(s); nothing was stored"),
+        detail,
     )
     .with_violations(violations)
 }

@@ -24,6 +24,7 @@ pub mod problem;
 pub mod render;
 pub mod route;
 pub mod schema;
+pub mod server;
 pub mod store;
 
 use std::net::SocketAddr;
@@ -75,7 +76,7 @@ pub struct Gateway {
     pub addr: SocketAddr,
     pub store: Store,
     shutdown: CancellationToken,
-    server: tokio::task::JoinHandle<Result<(), Error>>,
+    server: tokio::task::JoinHandle<()>,
     workers: tokio::task::JoinHandle<()>,
 }
 
@@ -91,6 +92,14 @@ pub fn router(app: Arc<App>) -> Router {
             post(admin::replay_delivery),
         )
         .fallback(|| async { problem::Problem::not_found("no such endpoint") })
+        .method_not_allowed_fallback(|| async {
+            problem::Problem::new(
+                axum::http::StatusCode::METHOD_NOT_ALLOWED,
+                "method-not-allowed",
+                "Method not allowed",
+                "this endpoint does not take that method",
+            )
+        })
         .with_state(app)
 }
 
@@ -132,13 +141,17 @@ impl Gateway {
             store: store.clone(),
             wake,
         });
-        let stop = shutdown.clone();
-        let server = tokio::spawn(async move {
-            axum::serve(listener, router(app))
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await
-                .map_err(Error::Serve)
-        });
+        let limits = server::ConnectionLimits {
+            max_connections: app.config.server.max_connections,
+            header_read_timeout: app.config.server.header_read_timeout,
+            shutdown_grace: app.config.server.shutdown_grace,
+        };
+        let server = tokio::spawn(server::serve(
+            listener,
+            router(app),
+            limits,
+            shutdown.clone(),
+        ));
         tracing::info!(%addr, "listening");
         Ok(Gateway {
             addr,
@@ -149,14 +162,12 @@ impl Gateway {
         })
     }
 
-    /// Stops accepting, lets sends under way finish (bounded by `server.shutdown_grace`).
+    /// Stops accepting, lets requests and sends under way finish, each bounded by
+    /// `server.shutdown_grace`.
     pub async fn stop(self) -> Result<(), Error> {
         self.shutdown.cancel();
         let served = self.server.await;
         let _ = self.workers.await;
-        match served {
-            Ok(result) => result,
-            Err(e) => Err(Error::Serve(std::io::Error::other(e.to_string()))),
-        }
+        served.map_err(|e| Error::Serve(std::io::Error::other(e.to_string())))
     }
 }

@@ -7,6 +7,24 @@ use serde::Serialize;
 
 use crate::schema::Violation;
 
+/// What a URI fragment cannot hold as is (RFC 3986 §3.5), so a JSON pointer to a key such as
+/// `"deployment,"` or `"a b"` is written as RFC 6901 §6 says.
+const FRAGMENT: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'#')
+    .add(b'%')
+    .add(b'<')
+    .add(b'>')
+    .add(b'[')
+    .add(b'\\')
+    .add(b']')
+    .add(b'^')
+    .add(b'`')
+    .add(b'{')
+    .add(b'|')
+    .add(b'}');
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Problem {
     #[serde(rename = "type")]
@@ -43,7 +61,10 @@ impl Problem {
         self.errors = violations
             .into_iter()
             .map(|v| PointedError {
-                pointer: format!("#{}", v.pointer),
+                pointer: format!(
+                    "#{}",
+                    percent_encoding::utf8_percent_encode(&v.pointer, FRAGMENT)
+                ),
                 detail: v.detail,
             })
             .collect();

@@ -71,6 +71,8 @@ pub struct DeliveryRef {
 #[derive(Debug, Clone)]
 pub struct LeasedDelivery {
     pub id: String,
+    /// Proves this worker still holds the lease when it records the attempt.
+    pub lease_token: String,
     pub incident_id: String,
     pub connector: String,
     pub event: Event,
@@ -218,6 +220,8 @@ CREATE TABLE IF NOT EXISTS deliveries (
     budget_since_ms  INTEGER NOT NULL,
     next_attempt_ms  INTEGER NOT NULL,
     lease_until_ms   INTEGER NOT NULL DEFAULT 0,
+    lease_token      TEXT,
+    order_key        TEXT NOT NULL,
     created_ms       INTEGER NOT NULL,
     updated_ms       INTEGER NOT NULL,
     last_error       TEXT
@@ -225,6 +229,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (status, next_attempt_ms);
 CREATE INDEX IF NOT EXISTS deliveries_incident ON deliveries (incident_id);
 CREATE INDEX IF NOT EXISTS deliveries_connector ON deliveries (connector, status);
+CREATE INDEX IF NOT EXISTS deliveries_order ON deliveries (connector, order_key, seq);
 CREATE TABLE IF NOT EXISTS attempts (
     delivery_id    TEXT NOT NULL,
     attempt        INTEGER NOT NULL,
@@ -353,48 +358,73 @@ impl Store {
         .await
     }
 
-    /// Takes up to `limit` due deliveries for `lease_ms`, oldest due first.
+    /// Takes up to `limit` due deliveries for `lease_ms`, oldest due first, skipping
+    /// connectors in `busy`. A delivery waits while an earlier one for the same connector and
+    /// order key (the incident) is still pending, so a ticket sees its events in order.
     pub async fn lease_due(
         &self,
         limit: usize,
         lease_ms: i64,
+        busy: Vec<String>,
     ) -> Result<Vec<LeasedDelivery>, StoreError> {
         self.write(move |conn| {
             let now = now_ms();
-            let mut stmt = conn.prepare_cached(
-                "UPDATE deliveries SET lease_until_ms = ?1
-                 WHERE seq IN (SELECT seq FROM deliveries
-                               WHERE status = 'pending' AND next_attempt_ms <= ?2 AND lease_until_ms <= ?2
-                               ORDER BY next_attempt_ms, seq LIMIT ?3)
-                 RETURNING delivery_id, incident_id, version_id, connector, event, attempts,
-                           budget_attempts, budget_since_ms",
-            )?;
-            let rows = stmt
-                .query_map(params![now + lease_ms, now, limit as i64], |r| {
+            let busy = serde_json::to_string(&busy).unwrap_or_else(|_| "[]".into());
+            let candidates = conn
+                .prepare_cached(
+                    "SELECT d.seq, d.delivery_id, d.incident_id, d.version_id, d.connector, d.event,
+                            d.attempts, d.budget_attempts, d.budget_since_ms
+                     FROM deliveries d
+                     WHERE d.status = 'pending' AND d.next_attempt_ms <= ?1 AND d.lease_until_ms <= ?1
+                       AND d.connector NOT IN (SELECT value FROM json_each(?2))
+                       AND NOT EXISTS (SELECT 1 FROM deliveries e
+                                       WHERE e.connector = d.connector AND e.order_key = d.order_key
+                                         AND e.seq < d.seq AND e.status = 'pending')
+                     ORDER BY d.next_attempt_ms, d.seq LIMIT ?3",
+                )?
+                .query_map(params![now, busy, limit as i64], |r| {
                     Ok((
-                        r.get::<_, String>(0)?,
+                        r.get::<_, i64>(0)?,
                         r.get::<_, String>(1)?,
-                        r.get::<_, i64>(2)?,
-                        r.get::<_, String>(3)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, i64>(3)?,
                         r.get::<_, String>(4)?,
-                        r.get::<_, u32>(5)?,
+                        r.get::<_, String>(5)?,
                         r.get::<_, u32>(6)?,
-                        r.get::<_, i64>(7)?,
+                        r.get::<_, u32>(7)?,
+                        r.get::<_, i64>(8)?,
                     ))
                 })?
                 .collect::<Result<Vec<_>, _>>()?;
+            let mut take = conn.prepare_cached(
+                "UPDATE deliveries SET lease_until_ms = ?2, lease_token = ?3 WHERE seq = ?1",
+            )?;
             let mut version = conn.prepare_cached(
                 "SELECT body, received_ms FROM incident_versions WHERE version_id = ?1",
             )?;
-            let mut leased = Vec::with_capacity(rows.len());
-            for (id, incident_id, version_id, connector, event, attempts, budget_attempts, budget_since_ms) in rows {
-                let (incident_body, received_at_ms) = version
-                    .query_row([version_id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+            let mut leased = Vec::with_capacity(candidates.len());
+            for (seq, id, incident_id, version_id, connector, event, attempts, budget_attempts, budget_since_ms) in candidates {
+                let body = version
+                    .query_row([version_id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+                    .optional()?;
+                let (Some((incident_body, received_at_ms)), Some(event)) = (body, Event::parse(&event)) else {
+                    // A row this version cannot read must not stop every other delivery.
+                    conn.execute(
+                        "UPDATE deliveries SET status = 'dead', updated_ms = ?2,
+                                last_error = 'stored delivery is unreadable (missing incident version or unknown event)'
+                         WHERE seq = ?1",
+                        params![seq, now],
+                    )?;
+                    continue;
+                };
+                let lease_token = uuid::Uuid::now_v7().simple().to_string();
+                take.execute(params![seq, now.saturating_add(lease_ms), lease_token])?;
                 leased.push(LeasedDelivery {
                     id,
+                    lease_token,
                     incident_id,
                     connector,
-                    event: Event::parse(&event).unwrap_or(Event::Created),
+                    event,
                     attempts,
                     budget_attempts,
                     budget_since_ms,
@@ -402,22 +432,47 @@ impl Store {
                     received_at_ms,
                 });
             }
-            leased.sort_by_key(|d| d.id.clone());
             Ok(leased)
         })
         .await
     }
 
-    /// Records one attempt and moves the delivery on, in one transaction.
+    /// Records one attempt and moves the delivery on, in one transaction — if this worker
+    /// still holds the lease (`false` when it lost it: another worker owns the delivery now,
+    /// and this attempt's outcome is discarded).
     pub async fn record_attempt(
         &self,
         delivery_id: String,
+        lease_token: String,
         record: AttemptRecord,
         next: NextStep,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         self.write(move |conn| {
+            let now = now_ms();
+            let (status, next_ms, error) = match &next {
+                NextStep::Delivered => ("delivered", 0, None),
+                NextStep::RetryAt { at_ms } => (
+                    "pending",
+                    *at_ms,
+                    record
+                        .error
+                        .clone()
+                        .or_else(|| record.status_code.map(|c| format!("HTTP {c}"))),
+                ),
+                NextStep::Dead { reason } => ("dead", 0, Some(reason.clone())),
+            };
+            let changed = conn
+                .prepare_cached(
+                    "UPDATE deliveries SET status = ?3, attempts = ?4, next_attempt_ms = ?5, lease_until_ms = 0,
+                            lease_token = NULL, updated_ms = ?6, last_error = ?7
+                     WHERE delivery_id = ?1 AND lease_token = ?2 AND status = 'pending'",
+                )?
+                .execute(params![delivery_id, lease_token, status, record.attempt, next_ms, now, error])?;
+            if changed == 0 {
+                return Ok(false);
+            }
             conn.prepare_cached(
-                "INSERT OR REPLACE INTO attempts (delivery_id, attempt, started_ms, latency_ms, status_code, error, response_body, outcome)
+                "INSERT INTO attempts (delivery_id, attempt, started_ms, latency_ms, status_code, error, response_body, outcome)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )?
             .execute(params![
@@ -430,48 +485,43 @@ impl Store {
                 record.response_body,
                 record.outcome,
             ])?;
-            let now = now_ms();
-            let (status, next_ms, error) = match &next {
-                NextStep::Delivered => ("delivered", 0, None),
-                NextStep::RetryAt { at_ms } => ("pending", *at_ms, record.error.clone().or_else(|| record.status_code.map(|c| format!("HTTP {c}")))),
-                NextStep::Dead { reason } => ("dead", 0, Some(reason.clone())),
-            };
-            conn.prepare_cached(
-                "UPDATE deliveries SET status = ?2, attempts = ?3, next_attempt_ms = ?4, lease_until_ms = 0,
-                        updated_ms = ?5, last_error = ?6
-                 WHERE delivery_id = ?1",
-            )?
-            .execute(params![delivery_id, status, record.attempt, next_ms, now, error])?;
-            Ok(())
+            Ok(true)
         })
         .await
     }
 
-    /// Gives leases back (on shutdown), so the deliveries are due again at once.
-    pub async fn release(&self, ids: Vec<String>) -> Result<(), StoreError> {
-        self.write(move |conn| {
-            let mut stmt = conn.prepare_cached(
-                "UPDATE deliveries SET lease_until_ms = 0 WHERE delivery_id = ?1 AND status = 'pending'",
-            )?;
-            for id in ids {
-                stmt.execute([id])?;
-            }
-            Ok(())
-        })
-        .await
-    }
-
-    /// When the earliest pending delivery falls due (ms), if any.
-    pub async fn next_due_ms(&self) -> Result<Option<i64>, StoreError> {
-        self.read(|conn| {
+    /// When the next delivery a worker could take falls due (ms): the earliest at the head of
+    /// its (connector, order key) line, outside `busy` connectors, not leased.
+    pub async fn next_due_ms(&self, busy: Vec<String>) -> Result<Option<i64>, StoreError> {
+        self.read(move |conn| {
+            let busy = serde_json::to_string(&busy).unwrap_or_else(|_| "[]".into());
             Ok(conn
-                .query_row(
-                    "SELECT MIN(MAX(next_attempt_ms, lease_until_ms)) FROM deliveries WHERE status = 'pending'",
-                    [],
-                    |r| r.get::<_, Option<i64>>(0),
-                )
+                .prepare_cached(
+                    "SELECT MIN(MAX(d.next_attempt_ms, d.lease_until_ms)) FROM deliveries d
+                     WHERE d.status = 'pending'
+                       AND d.connector NOT IN (SELECT value FROM json_each(?1))
+                       AND NOT EXISTS (SELECT 1 FROM deliveries e
+                                       WHERE e.connector = d.connector AND e.order_key = d.order_key
+                                         AND e.seq < d.seq AND e.status = 'pending')",
+                )?
+                .query_row([busy], |r| r.get::<_, Option<i64>>(0))
                 .optional()?
                 .flatten())
+        })
+        .await
+    }
+
+    /// Gives leases back unused, so the deliveries are due again at once.
+    pub async fn release(&self, leases: Vec<(String, String)>) -> Result<(), StoreError> {
+        self.write(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "UPDATE deliveries SET lease_until_ms = 0, lease_token = NULL
+                 WHERE delivery_id = ?1 AND lease_token = ?2 AND status = 'pending'",
+            )?;
+            for (id, token) in leases {
+                stmt.execute([id, token])?;
+            }
+            Ok(())
         })
         .await
     }
@@ -680,7 +730,10 @@ fn ingest_one(
         .execute(params![inc.incident_id, source, inc.update_time, inc.body_hash, version_id, now])?;
     } else {
         conn.prepare_cached(
-            "UPDATE incidents SET update_time = ?2, body_hash = ?3, version_id = ?4,
+            "UPDATE incidents SET update_time = CASE WHEN ?2 IS NULL THEN update_time
+                                                     WHEN update_time IS NULL THEN ?2
+                                                     ELSE MAX(update_time, ?2) END,
+                    body_hash = ?3, version_id = ?4,
                     versions = versions + 1, updated_ms = ?5
              WHERE incident_id = ?1",
         )?
@@ -699,8 +752,8 @@ fn ingest_one(
     };
     let mut insert = conn.prepare_cached(
         "INSERT INTO deliveries (delivery_id, incident_id, version_id, connector, event, status,
-                                 budget_since_ms, next_attempt_ms, created_ms, updated_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6, ?6, ?6, ?6)",
+                                 order_key, budget_since_ms, next_attempt_ms, created_ms, updated_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?2, ?6, ?6, ?6, ?6)",
     )?;
     let mut deliveries = Vec::with_capacity(inc.connectors.len());
     for connector in inc.connectors {
@@ -741,12 +794,35 @@ fn writer_loop(conn: Connection, jobs: std::sync::mpsc::Receiver<Job>) {
             continue;
         }
         let mut finishes = Vec::with_capacity(group.len());
+        let mut aborted = None;
         for job in group {
-            if let Err(e) = conn.execute_batch("SAVEPOINT job") {
-                tracing::error!(error = %e, "store: cannot open a savepoint");
+            if aborted.is_some() {
+                // Dropping a job tells its caller the write did not happen.
                 continue;
             }
-            let (ok, finish) = job(&conn);
+            if let Err(e) = conn.execute_batch("SAVEPOINT job") {
+                tracing::error!(error = %e, "store: cannot open a savepoint");
+                aborted = Some(e.to_string());
+                continue;
+            }
+            let (ok, finish) =
+                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&conn))) {
+                    Ok(done) => done,
+                    Err(_) => {
+                        // The job's caller hears nothing (its channel is gone) and sees the
+                        // write fail; the writer lives on for everyone else.
+                        tracing::error!("store: a write panicked; it was rolled back");
+                        let _ = conn.execute_batch("ROLLBACK TO job; RELEASE job");
+                        continue;
+                    }
+                };
+            finishes.push(finish);
+            if conn.is_autocommit() {
+                // SQLite rolled the whole transaction back (disk full, I/O error): nothing in
+                // this group was written, whatever the jobs returned.
+                aborted = Some("the transaction was rolled back by SQLite".into());
+                continue;
+            }
             let end = if ok {
                 "RELEASE job"
             } else {
@@ -754,8 +830,19 @@ fn writer_loop(conn: Connection, jobs: std::sync::mpsc::Receiver<Job>) {
             };
             if let Err(e) = conn.execute_batch(end) {
                 tracing::error!(error = %e, "store: cannot close a savepoint");
+                aborted = Some(e.to_string());
             }
-            finishes.push(finish);
+        }
+        if let Some(reason) = aborted {
+            if !conn.is_autocommit() {
+                let _ = conn.execute_batch("ROLLBACK");
+            }
+            for f in finishes {
+                f(Some(StoreError::Sqlite(format!(
+                    "transaction aborted: {reason}"
+                ))));
+            }
+            continue;
         }
         match conn.execute_batch("COMMIT") {
             Ok(()) => finishes.into_iter().for_each(|f| f(None)),

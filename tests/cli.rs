@@ -120,6 +120,16 @@ fn check_names_a_missing_template_file() {
     assert!(t.contains("gateway.toml"), "{t}");
     assert!(t.contains("connectors[0].template"), "{t}");
     assert!(t.contains("missing.json.hbs"), "{t}");
+    let line = std::fs::read_to_string(&config)
+        .unwrap()
+        .lines()
+        .position(|l| l.starts_with("template ="))
+        .unwrap()
+        + 1;
+    assert!(
+        t.contains(&format!("line {line}: connectors[0].template")),
+        "{t}"
+    );
 }
 
 #[test]

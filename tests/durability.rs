@@ -151,3 +151,81 @@ async fn sigterm_lets_a_slow_send_finish_and_exits_zero() {
         "the in-flight send finished and was recorded before exit"
     );
 }
+
+#[tokio::test]
+async fn slow_clients_are_cut_off_and_cannot_hold_shutdown() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ws = Workspace::new();
+    let config = ws.write(
+        "gateway.toml",
+        &format!(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+header_read_timeout = "1s"
+body_read_timeout = "1s"
+shutdown_grace = "2s"
+[storage]
+url = "sqlite://gateway.db"
+[[sources]]
+name = "detector"
+api_key = "{SOURCE_KEY}"
+"#
+        ),
+    );
+    let (mut child, base) = spawn_binary(&config);
+    let addr = base.trim_start_matches("http://").to_string();
+
+    // Headers that never end: the server closes the connection.
+    let mut slow_headers = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    slow_headers
+        .write_all(b"POST /v1/incidents HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let read =
+        tokio::time::timeout(Duration::from_secs(10), slow_headers.read_to_end(&mut buf)).await;
+    assert!(
+        read.is_ok(),
+        "the server closed a connection whose headers never ended"
+    );
+
+    // A body that never arrives: 408 problem+json.
+    let mut slow_body = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "POST /v1/incidents HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {SOURCE_KEY}\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{\"incidentId\":"
+    );
+    slow_body.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), slow_body.read(&mut answer))
+        .await
+        .expect("answered")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]).to_string();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("application/problem+json"), "{answer}");
+
+    // A client stalled mid-body while SIGTERM arrives does not keep the process alive.
+    let mut stalled = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    stalled.write_all(head.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let term_at = std::time::Instant::now();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let exit = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    eprintln!(
+        "exited {:?} after SIGTERM with a stalled client",
+        term_at.elapsed()
+    );
+    assert!(exit.success(), "{exit:?}");
+    let (incidents, ..) = ws.counts();
+    assert_eq!(incidents, 0, "nothing half-sent was stored");
+    drop(stalled);
+}

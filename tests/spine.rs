@@ -381,9 +381,11 @@ async fn retry_after_is_honoured_then_delivered_and_4xx_dies_until_replayed() {
         Reply::status(400).body("{\"error\": \"bad field\"}"),
     ]);
     let ws = Workspace::new();
+    // Backoff alone would retry after 25–100 ms: only Retry-After explains a 1 s gap.
+    let retry = "[connectors.retry]\ninitial_backoff = \"50ms\"\nmax_backoff = \"100ms\"\n";
     let config = ws.config(
         "127.0.0.1:0",
-        &http_connector("ticketing", &receiver.url("/hook"), ""),
+        &http_connector("ticketing", &receiver.url("/hook"), retry),
     );
     let gw = start_in_process(&config).await;
     let base = format!("http://{}", gw.addr);
@@ -634,4 +636,194 @@ async fn templated_url_and_headers_are_rendered_and_url_values_encoded() {
         Some("Bearer target-secret-123")
     );
     gw.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_update_never_overtakes_its_created_delivery() {
+    let receiver = Receiver::start().await;
+    // The created delivery fails once and must be retried before the update goes.
+    receiver.script([Reply::status(503).header("Retry-After", "1")]);
+    let ws = Workspace::new();
+    let config = ws.config(
+        "127.0.0.1:0",
+        &http_connector("t", &receiver.url("/t"), fast_retry()),
+    );
+    let gw = start_in_process(&config).await;
+    let base = format!("http://{}", gw.addr);
+    let first = incident("ORDER-1");
+    assert_eq!(post_incident(&base, &first).await.status(), 202);
+    let mut newer = first.clone();
+    newer["updateTime"] = json!(1594159999);
+    assert_eq!(post_incident(&base, &newer).await.status(), 202);
+    let got = receiver.wait_for(3, Duration::from_secs(10)).await;
+    let events: Vec<String> = got
+        .iter()
+        .map(|r| r.json()["event"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(events, ["created", "created", "updated"]);
+    gw.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn unsendable_requests_die_at_once_with_the_reason() {
+    let receiver = Receiver::start().await;
+    let ws = Workspace::new();
+    let extra = "[connectors.headers]\n\"X-Summary\" = \"{{incident.summary}}\"\n";
+    let url = format!(
+        "{}/tickets/{{{{incidentId}}}}/comments",
+        receiver.url("/api")
+    );
+    let config = ws.config("127.0.0.1:0", &http_connector("t", &url, extra));
+    let gw = start_in_process(&config).await;
+    let base = format!("http://{}", gw.addr);
+
+    // A bell character cannot go in a header; ".." would climb out of the URL's path.
+    let mut bell = incident("BELL-1");
+    bell["incident"]["summary"] = json!("ring \u{7} ring");
+    let dots = incident("..");
+    for inc in [&bell, &dots] {
+        assert_eq!(post_incident(&base, inc).await.status(), 202);
+    }
+    let dead = eventually(Duration::from_secs(10), || async {
+        let (_, v) = admin_get(&base, "/v1/deliveries?status=dead").await;
+        let list = v["deliveries"].as_array().cloned().unwrap_or_default();
+        (list.len() == 2).then_some(list)
+    })
+    .await
+    .expect("both dead");
+    for d in &dead {
+        assert_eq!(d["attempt_count"], 1, "{d}");
+    }
+    let reasons: Vec<&str> = dead
+        .iter()
+        .map(|d| d["last_error"].as_str().unwrap())
+        .collect();
+    assert!(
+        reasons.iter().any(|r| r.contains("header value")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.contains("change the URL's path")),
+        "{reasons:?}"
+    );
+    assert!(receiver.received().is_empty());
+    gw.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn incidents_travel_with_big_numbers_and_key_order_intact() {
+    let receiver = Receiver::start().await;
+    let ws = Workspace::new();
+    let config = ws.config("127.0.0.1:0", &http_connector("t", &receiver.url("/t"), ""));
+    let gw = start_in_process(&config).await;
+    let base = format!("http://{}", gw.addr);
+    let raw = r#"{"zeta": 1, "incidentId": "BIG-1", "bigId": 123456789012345678901234567, "alpha": 0.1000000000000000055511151231257827, "createTime": 1594153092.2202642}"#;
+    let r = client()
+        .post(format!("{base}/v1/incidents"))
+        .bearer_auth(SOURCE_KEY)
+        .header("content-type", "application/json")
+        .body(raw)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let got = receiver.wait_for(1, Duration::from_secs(10)).await;
+    let body = String::from_utf8(got[0].body.to_vec()).unwrap();
+    let compact: String = raw
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join("")
+        .replace("\":", "\":");
+    assert!(body.contains(&compact.replace(",\"", ",\"")), "{body}");
+    assert!(
+        body.contains("\"bigId\":123456789012345678901234567"),
+        "{body}"
+    );
+    gw.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_update_without_update_time_never_lets_an_older_version_back_in() {
+    let receiver = Receiver::start().await;
+    let ws = Workspace::new();
+    let config = ws.config("127.0.0.1:0", &http_connector("t", &receiver.url("/t"), ""));
+    let gw = start_in_process(&config).await;
+    let base = format!("http://{}", gw.addr);
+    let base = &base;
+    let status = |v: Value| async move {
+        let r: Value = post_incident(base, &v).await.json().await.unwrap();
+        r["status"].as_str().unwrap().to_string()
+    };
+    let at = |t: Value, summary: &str| {
+        let mut v = incident("TIME-1");
+        v["updateTime"] = t;
+        v["incident"]["summary"] = json!(summary);
+        v
+    };
+    assert_eq!(status(at(json!(2000), "v2000")).await, "accepted");
+    assert_eq!(status(at(Value::Null, "no time")).await, "updated");
+    assert_eq!(status(at(json!(1000), "v1000")).await, "duplicate");
+    let (_, view) = admin_get(&format!("http://{}", gw.addr), "/v1/incidents/TIME-1").await;
+    assert_eq!(view["incident"]["incident"]["summary"], "no time");
+    gw.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn secrets_never_reach_attempt_records_and_api_errors_are_problem_json() {
+    const TOKEN: &str = "target-token-that-must-not-leak-123";
+    let receiver = Receiver::start().await;
+    // The receiver echoes the credential back in its error body.
+    receiver.script([Reply::status(400).body(&format!("{{\"error\": \"bad token {TOKEN}\"}}"))]);
+    let ws = Workspace::new();
+    let extra = format!("[connectors.headers]\n\"Authorization\" = \"Bearer {TOKEN}\"\n");
+    let config = ws.config(
+        "127.0.0.1:0",
+        &http_connector("t", &receiver.url("/t"), &extra),
+    );
+    let gw = start_in_process(&config).await;
+    let base = format!("http://{}", gw.addr);
+    let r: Value = post_incident(&base, &incident("SECRET-1"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = r["deliveries"][0]["id"].as_str().unwrap().to_string();
+    let view = eventually(Duration::from_secs(10), || async {
+        let (_, v) = admin_get(&base, &format!("/v1/deliveries/{id}")).await;
+        (v["status"] == "dead").then_some(v)
+    })
+    .await
+    .expect("dead");
+    let text = view.to_string();
+    assert!(text.contains("bad token ********"), "{text}");
+    assert!(!text.contains(TOKEN), "{text}");
+    let received = receiver.received();
+    assert_eq!(
+        received[0].header("authorization"),
+        Some(format!("Bearer {TOKEN}"))
+    );
+
+    for (method, path, status) in [
+        ("GET", "/v1/deliveries?limit=abc", 400),
+        ("GET", "/v1/incidents", 405),
+        ("DELETE", "/v1/deliveries/x", 405),
+        ("GET", "/nowhere", 404),
+    ] {
+        let r = client()
+            .request(method.parse().unwrap(), format!("{base}{path}"))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), status, "{method} {path}");
+        assert_eq!(
+            r.headers()["content-type"],
+            "application/problem+json",
+            "{method} {path}"
+        );
+    }
+    gw.stop().await.unwrap();
+    let db = std::fs::read(ws.db()).unwrap();
+    let db_text = String::from_utf8_lossy(&db);
+    assert!(!db_text.contains(TOKEN), "the store holds no secret");
 }

@@ -17,6 +17,8 @@ pub struct SendResult {
     pub response_prefix: Option<String>,
     /// A network error, timeout included, described without the URL.
     pub error: Option<String>,
+    /// The request could not even be built (a header value HTTP forbids): no retry helps.
+    pub unsendable: bool,
     pub latency: Duration,
 }
 
@@ -58,6 +60,7 @@ pub async fn send(
             retry_after: None,
             response_prefix: None,
             error: Some(describe(&e)),
+            unsendable: e.is_builder(),
             latency: started.elapsed(),
         },
         Ok(mut response) => {
@@ -69,7 +72,8 @@ pub async fn send(
                 .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()));
             let mut prefix = Vec::new();
             let mut error = None;
-            while prefix.len() < RESPONSE_PREFIX_BYTES {
+            // Read past the recorded 2 KiB so a secret straddling the cut is masked whole first.
+            while prefix.len() < RESPONSE_PREFIX_BYTES * 2 {
                 match response.chunk().await {
                     Ok(Some(chunk)) => prefix.extend_from_slice(&chunk),
                     Ok(None) => break,
@@ -83,8 +87,9 @@ pub async fn send(
             SendResult {
                 status: Some(status),
                 retry_after,
-                response_prefix: Some(utf8_prefix(&prefix, RESPONSE_PREFIX_BYTES)),
+                response_prefix: Some(String::from_utf8_lossy(&prefix).into_owned()),
                 error,
+                unsendable: false,
                 latency: started.elapsed(),
             }
         }
@@ -112,22 +117,28 @@ fn describe(e: &reqwest::Error) -> String {
     text
 }
 
-fn utf8_prefix(bytes: &[u8], max: usize) -> String {
-    let cut = &bytes[..bytes.len().min(max)];
-    match std::str::from_utf8(cut) {
-        Ok(text) => text.to_string(),
-        // Cut inside a character: drop the partial character.
-        Err(e) if e.error_len().is_none() => {
-            String::from_utf8_lossy(&cut[..e.valid_up_to()]).into_owned()
-        }
-        Err(_) => String::from_utf8_lossy(cut).into_owned(),
+/// At most `max` bytes of `text`, never splitting a character.
+pub fn utf8_prefix(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
     }
+    let mut cut = max;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    text[..cut].to_string()
 }
 
 /// 2xx delivered; network errors, 408, 425, 429 and 5xx may get better; any other status
 /// will not.
 pub fn classify(result: &SendResult) -> Verdict {
     match result.status {
+        None if result.unsendable => Verdict::Dead {
+            reason: format!(
+                "the request cannot be sent: {}",
+                result.error.as_deref().unwrap_or("invalid request")
+            ),
+        },
         None => Verdict::Retry { retry_after: None },
         Some(s) if (200..300).contains(&s) => Verdict::Delivered,
         Some(s) if s == 408 || s == 425 || s == 429 || (500..600).contains(&s) => Verdict::Retry {
@@ -151,6 +162,7 @@ mod tests {
             retry_after: Some(Duration::from_secs(3)),
             response_prefix: None,
             error: None,
+            unsendable: false,
             latency: Duration::ZERO,
         }
     }
@@ -183,7 +195,7 @@ mod tests {
     #[test]
     fn prefix_never_splits_a_character() {
         let text = "é".repeat(2000);
-        let p = utf8_prefix(text.as_bytes(), 2047);
+        let p = utf8_prefix(&text, 2047);
         assert_eq!(p.len(), 2046);
         assert!(p.starts_with("éé"));
     }

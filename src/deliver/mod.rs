@@ -7,7 +7,8 @@
 pub mod http;
 pub mod retry;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{Notify, Semaphore};
@@ -83,11 +84,17 @@ pub fn schedule(
                 random,
             ) {
                 Some(at_ms) => NextStep::RetryAt { at_ms },
+                None if attempts_in_budget >= connector.retry.max_attempts => NextStep::Dead {
+                    reason: format!(
+                        "gave up after {} attempts (retry.max_attempts = {})",
+                        delivery.attempts + 1,
+                        connector.retry.max_attempts
+                    ),
+                },
                 None => NextStep::Dead {
                     reason: format!(
-                        "gave up after {} attempts (retry.max_attempts = {}, retry.max_age = {})",
+                        "gave up after {} attempts: the next would come after retry.max_age ({}) since the delivery was queued or replayed",
                         delivery.attempts + 1,
-                        connector.retry.max_attempts,
                         humantime::format_duration(connector.retry.max_age)
                     ),
                 },
@@ -112,11 +119,13 @@ const IDLE_POLL: Duration = Duration::from_millis(1000);
 
 impl Deliverer {
     /// Takes and sends deliveries until `shutdown`, then waits up to the configured grace
-    /// for sends under way.
+    /// for sends under way. At most `delivery.concurrency` sends run at once, and at most each
+    /// connector's own `concurrency` for it, so one slow receiver cannot hold every worker.
     pub async fn run(self, shutdown: CancellationToken) {
         let permits = Arc::new(Semaphore::new(self.config.delivery.concurrency));
+        let in_flight: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
         let tracker = TaskTracker::new();
-        let lease_ms = self.config.delivery.lease.as_millis() as i64;
+        let lease_ms = self.config.delivery.lease.as_millis().min(i64::MAX as u128) as i64;
         while !shutdown.is_cancelled() {
             let free = permits.available_permits();
             if free == 0 {
@@ -126,7 +135,8 @@ impl Deliverer {
                 }
                 continue;
             }
-            let leased = match self.store.lease_due(free, lease_ms).await {
+            let busy = self.busy_connectors(&in_flight);
+            let leased = match self.store.lease_due(free, lease_ms, busy.clone()).await {
                 Ok(leased) => leased,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot lease deliveries");
@@ -137,18 +147,46 @@ impl Deliverer {
                 }
             };
             let took = leased.len();
+            let mut give_back = Vec::new();
             for delivery in leased {
+                let cap = self.connector_cap(&delivery.connector);
+                {
+                    let Ok(mut counts) = in_flight.lock() else {
+                        break;
+                    };
+                    let n = counts.entry(delivery.connector.clone()).or_default();
+                    if *n >= cap {
+                        give_back.push((delivery.id, delivery.lease_token));
+                        continue;
+                    }
+                    *n += 1;
+                }
                 let Ok(permit) = permits.clone().acquire_owned().await else {
                     break;
                 };
                 let me = self.clone();
+                let in_flight = in_flight.clone();
                 tracker.spawn(async move {
+                    let connector = delivery.connector.clone();
                     me.deliver(delivery).await;
+                    if let Ok(mut counts) = in_flight.lock()
+                        && let Some(n) = counts.get_mut(&connector)
+                    {
+                        *n = n.saturating_sub(1);
+                    }
                     drop(permit);
+                    // A retry may now be due soon, or a follower unblocked: look again.
+                    me.wake.notify_one();
                 });
             }
+            if !give_back.is_empty()
+                && let Err(e) = self.store.release(give_back).await
+            {
+                tracing::warn!(error = %e, "cannot give leases back; they expire by themselves");
+            }
             if took < free {
-                let wait = match self.store.next_due_ms().await {
+                let busy = self.busy_connectors(&in_flight);
+                let wait = match self.store.next_due_ms(busy).await {
                     Ok(Some(due)) => Duration::from_millis(
                         (due - store::now_ms()).clamp(0, IDLE_POLL.as_millis() as i64) as u64,
                     ),
@@ -170,6 +208,24 @@ impl Deliverer {
                 "shutdown grace ran out with sends under way; they will be retried after restart"
             );
         }
+    }
+
+    fn connector_cap(&self, name: &str) -> usize {
+        self.config
+            .connector(name)
+            .map(|c| c.concurrency)
+            .unwrap_or(1)
+    }
+
+    fn busy_connectors(&self, in_flight: &Mutex<HashMap<String, usize>>) -> Vec<String> {
+        let Ok(counts) = in_flight.lock() else {
+            return vec![];
+        };
+        counts
+            .iter()
+            .filter(|(name, n)| **n >= self.connector_cap(name))
+            .map(|(name, _)| name.clone())
+            .collect()
     }
 
     /// One attempt of one delivery, start to record.
@@ -209,13 +265,23 @@ impl Deliverer {
         };
         let record = self.attempt_record(attempt, started_at_ms, now, sent.as_ref(), &next);
         log_attempt(&delivery, &record, &next);
-        if let Err(e) = self
+        match self
             .store
-            .record_attempt(delivery.id.clone(), record, next)
+            .record_attempt(
+                delivery.id.clone(),
+                delivery.lease_token.clone(),
+                record,
+                next,
+            )
             .await
         {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(
+                delivery = %delivery.id,
+                "lease was lost before the attempt was recorded; another worker owns the delivery"
+            ),
             // The lease runs out and the delivery is tried again: at least once.
-            tracing::error!(delivery = %delivery.id, error = %e, "cannot record attempt");
+            Err(e) => tracing::error!(delivery = %delivery.id, error = %e, "cannot record attempt"),
         }
     }
 
@@ -246,7 +312,7 @@ impl Deliverer {
             error: error.map(|e| secrets.mask(&e)),
             response_body: sent
                 .and_then(|s| s.response_prefix.as_deref())
-                .map(|b| secrets.mask(b)),
+                .map(|b| http::utf8_prefix(&secrets.mask(b), http::RESPONSE_PREFIX_BYTES)),
             outcome: outcome.to_string(),
         }
     }

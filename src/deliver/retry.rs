@@ -22,7 +22,7 @@ pub fn backoff(policy: &RetryPolicy, attempts_in_budget: u32, random: f64) -> Du
 /// The time (ms) of the next attempt, or `None` when the delivery has used its budget.
 ///
 /// A `Retry-After` from the receiver replaces the computed delay (it knows when it will be
-/// ready), but never extends a delivery past its maximum age.
+/// ready; at least `initial_backoff`), but never extends a delivery past its maximum age.
 pub fn next_attempt_ms(
     policy: &RetryPolicy,
     attempts_in_budget: u32,
@@ -34,7 +34,10 @@ pub fn next_attempt_ms(
     if attempts_in_budget >= policy.max_attempts {
         return None;
     }
-    let delay = retry_after.unwrap_or_else(|| backoff(policy, attempts_in_budget, random));
+    // A Retry-After of 0 would spend every attempt at once: never sooner than the first step.
+    let delay = retry_after
+        .map(|d| d.max(policy.initial_backoff))
+        .unwrap_or_else(|| backoff(policy, attempts_in_budget, random));
     let at = now_ms.saturating_add(delay.as_millis().min(i64::MAX as u128) as i64);
     let deadline =
         budget_since_ms.saturating_add(policy.max_age.as_millis().min(i64::MAX as u128) as i64);
@@ -98,6 +101,11 @@ mod tests {
         assert_eq!(
             next_attempt_ms(&p, 1, 0, 1_000, Some(Duration::from_secs(7200)), 1.0),
             None
+        );
+        // Retry-After: 0 waits the first backoff step (2 s) rather than none.
+        assert_eq!(
+            next_attempt_ms(&p, 1, 0, 1_000, Some(Duration::ZERO), 1.0),
+            Some(3_000)
         );
     }
 

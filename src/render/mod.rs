@@ -46,6 +46,7 @@ pub enum Escape {
 
 impl Escape {
     pub fn for_file(name: &str) -> Escape {
+        let name = name.to_ascii_lowercase();
         if name.ends_with(".json.hbs") {
             Escape::Json
         } else if name.ends_with(".html.hbs") {
@@ -85,8 +86,15 @@ pub fn escape_json_string(text: &str) -> String {
 }
 
 fn escape_url_component(text: &str) -> String {
+    if text == "." || text == ".." {
+        // A URL parser resolves these (encoded or not) as path steps: refused after rendering.
+        return DOT_SEGMENT_MARKER.to_string();
+    }
     percent_encoding::utf8_percent_encode(text, URL_COMPONENT).to_string()
 }
+
+/// Stands in for an interpolated `.` or `..`; a URL containing it is refused.
+const DOT_SEGMENT_MARKER: &str = "\u{fffe}dot-segment\u{fffe}";
 
 /// Everything but RFC 3986 unreserved characters is encoded.
 const URL_COMPONENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
@@ -439,6 +447,16 @@ impl Renderer {
             .url
             .render_with_context(&url_template, &ctx)
             .map_err(|e| from_render_error(&url_template, e))?;
+        if url.contains(DOT_SEGMENT_MARKER) {
+            return Err(RenderError {
+                template: url_template,
+                line: None,
+                column: None,
+                reason:
+                    "an interpolated value is \".\" or \"..\", which would change the URL's path"
+                        .into(),
+            });
+        }
         let parsed = reqwest::Url::parse(url.trim()).map_err(|e| RenderError {
             template: url_template.clone(),
             line: None,
@@ -463,13 +481,15 @@ impl Renderer {
                 .plain
                 .render_with_context(&hn, &ctx)
                 .map_err(|e| from_render_error(&hn, e))?;
-            // Incident text must never add a header line.
-            if value.contains(['\r', '\n', '\0']) {
+            // Incident text must never add a header line, nor carry what HTTP forbids there.
+            if reqwest::header::HeaderValue::from_str(&value).is_err() {
                 return Err(RenderError {
                     template: hn,
                     line: None,
                     column: None,
-                    reason: "rendered header value contains a line break or NUL".into(),
+                    reason:
+                        "rendered header value contains a line break or another control character"
+                            .into(),
                 });
             }
             headers.insert(header.clone(), value);
@@ -500,6 +520,8 @@ mod tests {
     #[test]
     fn url_escape_keeps_text_inside_one_component() {
         assert_eq!(escape_url_component("a/b?c=d#e f"), "a%2Fb%3Fc%3Dd%23e%20f");
+        assert_eq!(escape_url_component("..."), "...");
+        assert_eq!(escape_url_component(".."), DOT_SEGMENT_MARKER);
     }
 
     #[test]
