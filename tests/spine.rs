@@ -729,12 +729,8 @@ async fn incidents_travel_with_big_numbers_and_key_order_intact() {
     assert_eq!(r.status(), 202);
     let got = receiver.wait_for(1, Duration::from_secs(10)).await;
     let body = String::from_utf8(got[0].body.to_vec()).unwrap();
-    let compact: String = raw
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join("")
-        .replace("\":", "\":");
-    assert!(body.contains(&compact.replace(",\"", ",\"")), "{body}");
+    let compact: String = raw.split_whitespace().collect::<Vec<_>>().join("");
+    assert!(body.contains(&compact), "{body}");
     assert!(
         body.contains("\"bigId\":123456789012345678901234567"),
         "{body}"
