@@ -21,6 +21,12 @@ const EVENTS: [Event; 3] = [Event::Created, Event::Updated, Event::Completed];
 /// Every shipped connector and the schema its body must satisfy.
 const SHIPPED: &[(&str, &str)] = &[
     ("servicenow", "servicenow-incident"),
+    ("jira", "jira-issue"),
+    ("pagerduty", "pagerduty-event"),
+    ("opsgenie", "opsgenie-alert"),
+    ("slack", "slack-webhook"),
+    ("teams", "teams-adaptive-card"),
+    ("redmine", "redmine-issue"),
     ("generic", "generic-envelope"),
 ];
 
@@ -312,6 +318,39 @@ fn target_limits(connector: &str, request: &RenderedRequest, body: &Value) -> Ve
                 ));
             }
         }
+        "jira" => {
+            // Jira counts UTF-16 code units, not the code points the schema counts.
+            let units = |v: &Value| v.as_str().unwrap_or("").encode_utf16().count();
+            let summary = units(&body["fields"]["summary"]);
+            let description = units(&body["fields"]["description"]);
+            if summary > 255 {
+                problems.push(format!("summary is {summary} UTF-16 units > 255"));
+            }
+            if description > 32767 {
+                problems.push(format!("description is {description} UTF-16 units > 32767"));
+            }
+        }
+        "slack" => {
+            // Incident text is escaped: no `<` or `>` reaches Slack, so no <!channel>, <@U…>
+            // or <url|disguised link> (the template itself writes none).
+            // (plain_text, as in the header, is shown as written: Slack parses no markup there.)
+            let mut texts = vec![&body["text"]];
+            for block in body["blocks"].as_array().into_iter().flatten() {
+                let objects = std::iter::once(&block["text"])
+                    .chain(block["fields"].as_array().into_iter().flatten())
+                    .chain(block["elements"].as_array().into_iter().flatten());
+                texts.extend(
+                    objects
+                        .filter(|o| o["type"] == "mrkdwn")
+                        .map(|o| &o["text"]),
+                );
+            }
+            for t in texts.into_iter().filter_map(Value::as_str) {
+                if t.contains(['<', '>']) {
+                    problems.push(format!("unescaped < or > in Slack text {t:.80?}"));
+                }
+            }
+        }
         _ => {}
     }
     problems
@@ -372,25 +411,74 @@ fn shown(config: &Config, request: &RenderedRequest) -> String {
     incident_gateway::cli::format_request(request, config)
 }
 
-/// Golden files: what each connector sends for the sample, the shipped hostile example and the
-/// minimal incident (review changes with `cargo insta review`, or `INSTA_UPDATE=always` and
-/// `git diff tests/snapshots`).
+/// Every `${…}` of the example config, as a deployment gives them.
+const DEPLOYED_ENV: &[(&str, &str)] = &[
+    ("IGW_ADMIN_TOKEN", ADMIN_TOKEN_ENV),
+    ("IGW_SOURCE_KEY", SOURCE_KEY_ENV),
+    ("SERVICENOW_BASIC_AUTH", "c25vdzpzZWNyZXQ="),
+    ("JIRA_BASIC_AUTH", "amlyYTpzZWNyZXQ="),
+    ("PAGERDUTY_ROUTING_KEY", "R0UT1NGKEY0123456789abcdefABCDEF"),
+    ("OPSGENIE_API_KEY", "0a0b0c0d-1111-2222-3333-444455556666"),
+    (
+        "SLACK_WEBHOOK_URL",
+        "https://hooks.slack.com/services/TSECRET/BSECRET/slacksecret",
+    ),
+    (
+        "TEAMS_WEBHOOK_URL",
+        "https://acme.webhook.office.com/webhookb2/g1@t1/IncomingWebhook/teamssecret/o1",
+    ),
+    ("REDMINE_API_KEY", "redmine-secret-key"),
+    ("GENERIC_WEBHOOK_TOKEN", "generic-secret-token"),
+];
+
+/// The example config as deployed: every `${…}` given, so each is a secret and masked in
+/// what `render` shows, whatever the defaults.
+fn deployed_config() -> Config {
+    Config::load_with_env(&example_config_path(), |name| {
+        DEPLOYED_ENV
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.to_string())
+    })
+    .expect("examples/connectors.toml loads")
+}
+
+/// Golden files: what each connector sends for the sample, the shipped hostile example, the
+/// `nasty_text` variant and the minimal incident (review changes with `cargo insta review`, or
+/// `INSTA_UPDATE=always` and `git diff tests/snapshots`).
 #[test]
 fn golden_requests() {
-    let config = example_config();
+    let config = deployed_config();
     let renderer = Renderer::new(&config).unwrap();
-    let incidents: BTreeMap<String, Value> = example_incidents().into_iter().collect();
+    let mut incidents: BTreeMap<String, Value> = example_incidents().into_iter().collect();
+    let nasty = hostile_variants()
+        .into_iter()
+        .find(|(n, _)| *n == "nasty_text")
+        .unwrap()
+        .1;
+    incidents.insert("nasty_text".into(), nasty);
+    let mut cases: Vec<(&str, &str, Event)> = Vec::new();
     for (connector, _) in SHIPPED {
-        for incident in ["sample", "hostile-text", "minimal"] {
-            let request = render_with(
-                &renderer,
-                &config,
-                connector,
-                &incidents[incident],
-                Event::Created,
-            );
-            insta::assert_snapshot!(format!("{connector}__{incident}"), shown(&config, &request));
+        for incident in ["sample", "hostile-text", "nasty_text", "minimal"] {
+            cases.push((connector, incident, Event::Created));
         }
+    }
+    // PagerDuty resolves the alert on `completed`: a different request.
+    cases.push(("pagerduty", "sample", Event::Completed));
+    for (connector, incident, event) in cases {
+        let request = render_with(&renderer, &config, connector, &incidents[incident], event);
+        let shown = shown(&config, &request);
+        for (_, secret) in DEPLOYED_ENV {
+            assert!(
+                !shown.contains(secret),
+                "{connector} shows {secret}: {shown}"
+            );
+        }
+        let name = match event {
+            Event::Created => format!("{connector}__{incident}"),
+            other => format!("{connector}__{incident}__{}", other.as_str()),
+        };
+        insta::assert_snapshot!(name, shown);
     }
 }
 
@@ -535,7 +623,7 @@ fn breaking_any_shipped_template_fails_check_naming_file_and_line() {
     let partial = copy.path().join("templates/partials/facts.txt.hbs");
     let line = insert_line(
         &partial,
-        "Incident ID:   {{incidentId}}",
+        "Incident ID:   {{> oneline value=incidentId}}",
         "Seen:   {{customer}",
     );
     let (ok, text) = check_copy(copy.path());
@@ -549,6 +637,9 @@ fn breaking_any_shipped_template_fails_check_naming_file_and_line() {
 fn render_prints_a_valid_body_for_every_shipped_connector() {
     let config = example_config_path();
     let sample = repo().join("examples/incidents/sample.json");
+    let routing_key = "R0UT1NGKEY0123456789abcdefABCDEF";
+    let mut env = EXAMPLE_ENV.to_vec();
+    env.push(("PAGERDUTY_ROUTING_KEY", routing_key));
     for (connector, schema_name) in SHIPPED {
         let schema = target_schema(schema_name);
         for event in EVENTS {
@@ -564,13 +655,17 @@ fn render_prints_a_valid_body_for_every_shipped_connector() {
                     "--event",
                     event.as_str(),
                 ],
-                EXAMPLE_ENV,
+                &env,
             );
             let text = output_text(&out);
             assert!(
                 out.status.success(),
                 "{connector} {}: {text}",
                 event.as_str()
+            );
+            assert!(
+                !text.contains(routing_key),
+                "{connector}: a secret shown: {text}"
             );
             let stdout = String::from_utf8(out.stdout).unwrap();
             let (head, body) = stdout
@@ -590,7 +685,7 @@ fn render_prints_a_valid_body_for_every_shipped_connector() {
             if *connector == "pagerduty" {
                 // The routing key comes from ${PAGERDUTY_ROUTING_KEY}: a secret, masked.
                 assert_eq!(body["routing_key"], "********", "{connector}");
-                body["routing_key"] = json!("0".repeat(32));
+                body["routing_key"] = json!(routing_key);
             }
             let errors = schema_errors(&schema, &body);
             assert!(
@@ -602,6 +697,31 @@ fn render_prints_a_valid_body_for_every_shipped_connector() {
                 stdout.contains("5F04D7E3-000A-8420-0002-757900000000"),
                 "{connector}: the request carries the incident id"
             );
+        }
+    }
+}
+
+/// For reviewing by eye: writes every connector's body for every incident (hostile variants
+/// too) and event to target/connector-renders/. Run with
+/// `cargo test --test connectors -- --ignored write_renders_for_review`.
+#[test]
+#[ignore]
+fn write_renders_for_review() {
+    let config = example_config();
+    let renderer = Renderer::new(&config).unwrap();
+    let dir = repo().join("target/connector-renders");
+    std::fs::create_dir_all(&dir).unwrap();
+    for (connector, _) in SHIPPED {
+        for (incident_name, incident) in all_incidents() {
+            for event in EVENTS {
+                let request = render_with(&renderer, &config, connector, &incident, event);
+                let file = dir.join(format!(
+                    "{connector}__{}__{}.txt",
+                    incident_name.replace(':', "-"),
+                    event.as_str()
+                ));
+                std::fs::write(file, shown(&config, &request)).unwrap();
+            }
         }
     }
 }
