@@ -499,7 +499,13 @@ fn golden_requests() {
     incidents.insert("nasty_text".into(), nasty);
     let mut cases: Vec<(&str, &str, Event)> = Vec::new();
     for (connector, _) in SHIPPED {
-        for incident in ["sample", "hostile-text", "nasty_text", "minimal"] {
+        for incident in [
+            "sample",
+            "hostile-text",
+            "hostile-markup",
+            "nasty_text",
+            "minimal",
+        ] {
             cases.push((connector, incident, Event::Created));
         }
     }
