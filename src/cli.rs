@@ -1,6 +1,7 @@
 //! The offline commands behind `incident-gateway check` and `render`: test a configuration
 //! and its templates before they go live, without sending anything.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -91,11 +92,15 @@ pub fn check(config_file: &Path, incidents_dir: Option<&Path>) -> Result<CheckRe
     let dir = incidents_dir
         .map(Path::to_path_buf)
         .unwrap_or_else(|| config.base_dir.join("incidents"));
-    let mut traceable: std::collections::BTreeMap<&str, bool> = config
+    let mut traceable: BTreeMap<&str, bool> = config
         .connectors
         .iter()
         .map(|c| (c.name.as_str(), false))
         .collect();
+    let mut failed: BTreeSet<&str> = BTreeSet::new();
+    // The same problem found for many incidents and events is reported once, with a count.
+    let mut problems: BTreeMap<String, (String, usize)> = BTreeMap::new();
+    let target_schemas = compile_target_schemas(&config, &mut report);
     for file in example_incidents(&dir)? {
         let incident = match read_incident(&file) {
             Ok(i) => i,
@@ -116,39 +121,71 @@ pub fn check(config_file: &Path, incidents_dir: Option<&Path>) -> Result<CheckRe
         for connector in &config.connectors {
             for event in [Event::Created, Event::Updated, Event::Completed] {
                 report.renders += 1;
+                let seen_in = format!(
+                    "connector {}, event {}, incident {}",
+                    connector.name,
+                    event.as_str(),
+                    file.display()
+                );
+                let mut problem = |message: String| {
+                    failed.insert(connector.name.as_str());
+                    problems
+                        .entry(message)
+                        .and_modify(|(_, n)| *n += 1)
+                        .or_insert((seen_in.clone(), 1));
+                };
                 let context = preview_context(&incident, connector, event);
-                match renderer.render(connector, &context) {
-                    Err(e) => report.errors.push(format!(
-                        "{e} (connector {}, event {}, incident {})",
-                        connector.name,
-                        event.as_str(),
-                        file.display()
-                    )),
-                    Ok(request) => {
-                        if carries_incident_id(&request, &incident) {
-                            traceable.insert(connector.name.as_str(), true);
-                        }
-                        if Escape::for_file(&connector.template.as_written) == Escape::Json
-                            && let Err(e) = serde_json::from_str::<Value>(&request.body)
-                        {
-                            report.errors.push(format!(
-                                    "{}: renders invalid JSON (output line {}, column {}: {e}) (connector {}, event {}, incident {})",
-                                    connector.template.as_written,
-                                    e.line(),
-                                    e.column(),
-                                    connector.name,
-                                    event.as_str(),
-                                    file.display()
-                                ));
-                        }
+                let request = match renderer.render(connector, &context) {
+                    Ok(request) => request,
+                    Err(e) => {
+                        problem(e.to_string());
+                        continue;
+                    }
+                };
+                if carries_incident_id(&request, &incident) {
+                    traceable.insert(connector.name.as_str(), true);
+                }
+                if Escape::for_file(&connector.template.as_written) != Escape::Json {
+                    continue;
+                }
+                let body = match serde_json::from_str::<Value>(&request.body) {
+                    Ok(body) => body,
+                    Err(e) => {
+                        problem(format!(
+                            "{}: renders invalid JSON (output line {}, column {}: {e})",
+                            connector.template.as_written,
+                            e.line(),
+                            e.column()
+                        ));
+                        continue;
+                    }
+                };
+                if let Some((schema_file, validator)) = target_schemas.get(connector.name.as_str())
+                {
+                    for error in validator.iter_errors(&body).take(5) {
+                        problem(format!(
+                            "{}: output does not satisfy {}: #{}: {}",
+                            connector.template.as_written,
+                            schema_file,
+                            error.instance_path().as_str(),
+                            crate::schema::truncate_chars(&error.to_string(), 200)
+                        ));
                     }
                 }
             }
         }
     }
+    for (message, (first, count)) in problems {
+        let more = if count > 1 {
+            format!("; {} renders in all", count)
+        } else {
+            String::new()
+        };
+        report.errors.push(format!("{message} ({first}{more})"));
+    }
     if report.incidents > 0 {
         for (name, seen) in traceable {
-            if !seen {
+            if !seen && !failed.contains(name) {
                 let template = config
                     .connector(name)
                     .map(|c| c.template.as_written.clone())
@@ -160,6 +197,33 @@ pub fn check(config_file: &Path, incidents_dir: Option<&Path>) -> Result<CheckRe
         }
     }
     Ok(report)
+}
+
+/// Each connector's `target_schema`, compiled; a schema that does not compile is an error.
+fn compile_target_schemas<'a>(
+    config: &'a Config,
+    report: &mut CheckReport,
+) -> BTreeMap<&'a str, (String, jsonschema::Validator)> {
+    let mut out = BTreeMap::new();
+    for c in &config.connectors {
+        let Some(path) = &c.target_schema else {
+            continue;
+        };
+        let shown = path.display().to_string();
+        let compiled = std::fs::read_to_string(path)
+            .map_err(|e| e.to_string())
+            .and_then(|text| serde_json::from_str::<Value>(&text).map_err(|e| e.to_string()))
+            .and_then(|schema| jsonschema::validator_for(&schema).map_err(|e| e.to_string()));
+        match compiled {
+            Ok(v) => {
+                out.insert(c.name.as_str(), (shown, v));
+            }
+            Err(e) => report
+                .errors
+                .push(format!("{shown}: target schema does not compile: {e}")),
+        }
+    }
+    out
 }
 
 /// Whether the request names the incident: its id in the URL, a header or the body, as

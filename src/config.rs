@@ -138,6 +138,8 @@ pub struct ConnectorConfig {
     /// Connector-specific values templates read as `connector.vars.NAME` (a PagerDuty
     /// routing key, a Jira project key). `${ENV}` values are secrets: masked in `render`.
     pub vars: BTreeMap<String, String>,
+    /// A JSON Schema of the target's request body; `check` validates every render against it.
+    pub target_schema: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -450,6 +452,7 @@ struct RawConnector {
     priorities: BTreeMap<String, serde_json::Value>,
     #[serde(default)]
     vars: BTreeMap<String, EnvTemplate>,
+    target_schema: Option<String>,
 }
 
 /// What a lease must outlast a connector's timeout by (rendering, recording, clock steps).
@@ -961,7 +964,21 @@ impl Validator {
                 ));
             }
         }
+        let target_schema = match c.target_schema {
+            None => None,
+            Some(p) => {
+                let resolved = self.resolve(&p);
+                if !resolved.is_file() {
+                    return Err(self.invalid(
+                        format!("{field}.target_schema"),
+                        format!("{} does not exist", resolved.display()),
+                    ));
+                }
+                Some(resolved)
+            }
+        };
         Ok(ConnectorConfig {
+            target_schema,
             vars: c.vars.into_iter().map(|(k, v)| (k, v.0)).collect(),
             priorities: c
                 .priorities

@@ -255,3 +255,65 @@ fn check_warns_about_a_connector_that_never_sends_the_incident_id() {
     assert!(out.status.success());
     assert!(!text(&out).contains("warning"), "{}", text(&out));
 }
+
+#[test]
+fn check_validates_against_a_connectors_target_schema_and_reports_each_problem_once() {
+    let ws = workspace_with_template(
+        "t.json.hbs",
+        "{\"id\": \"{{incidentId}}\", \"n\": \"{{incident.summary}}\"}\n",
+    );
+    ws.write(
+        "target.schema.json",
+        r#"{"type": "object", "required": ["id", "title"], "properties": {"n": {"maxLength": 10}}}"#,
+    );
+    ws.write(
+        "incidents/second.json",
+        "{\"incidentId\": \"x-2\", \"incident\": {\"summary\": \"a summary longer than ten\"}}",
+    );
+    let config = ws.path().join("gateway.toml");
+    let edited = std::fs::read_to_string(&config).unwrap().replace(
+        "timeout = \"5s\"",
+        "timeout = \"5s\"\ntarget_schema = \"target.schema.json\"",
+    );
+    std::fs::write(&config, edited).unwrap();
+    let out = run(&["check", "--config", config.to_str().unwrap()], &[]);
+    let t = text(&out);
+    assert!(!out.status.success(), "{t}");
+    // "title" is missing in every render (2 incidents × 3 events): one line, counted.
+    let missing: Vec<&str> = t
+        .lines()
+        .filter(|l| l.contains("\"title\" is a required property"))
+        .collect();
+    assert_eq!(missing.len(), 1, "{t}");
+    assert!(missing[0].contains("6 renders in all"), "{t}");
+    assert!(t.contains("#/n:"), "{t}");
+}
+
+#[test]
+fn an_error_inside_a_partial_names_the_partials_file() {
+    let ws = workspace_with_template(
+        "t.json.hbs",
+        "{\"id\": \"{{incidentId}}\", \"x\": \"{{include \"part\"}}\"}\n",
+    );
+    ws.write(
+        "templates/partials/part.txt.hbs",
+        "line one\n{{incident.nope}}\n",
+    );
+    let config = ws.path().join("gateway.toml");
+    let out = run(&["check", "--config", config.to_str().unwrap()], &[]);
+    let t = text(&out);
+    assert!(!out.status.success(), "{t}");
+    assert!(t.contains("part.txt.hbs:2:"), "{t}");
+    assert!(t.contains("incident.nope"), "{t}");
+
+    ws.write(
+        "templates/partials/part.txt.hbs",
+        "line one\n{{#each attackers}}\n{{this}}\n",
+    );
+    let out = run(&["check", "--config", config.to_str().unwrap()], &[]);
+    let t = text(&out);
+    assert!(
+        t.contains("part.txt.hbs:2:1: block `{{#each}}` is never closed"),
+        "{t}"
+    );
+}

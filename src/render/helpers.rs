@@ -58,12 +58,18 @@ fn json_helper(
 /// `{{include "name"}}`: the partial `name` rendered as plain text, returned as a value so the
 /// including template escapes it for its content type (a JSON string, HTML).
 pub struct Include {
-    text: std::sync::Arc<Handlebars<'static>>,
+    /// The plain-text registry holding the partials; `None` inside that registry itself.
+    text: Option<std::sync::Arc<Handlebars<'static>>>,
 }
 
 impl Include {
     pub fn new(text: std::sync::Arc<Handlebars<'static>>) -> Include {
-        Include { text }
+        Include { text: Some(text) }
+    }
+
+    /// For the plain-text registry itself, so a partial can include another.
+    pub fn within() -> Include {
+        Include { text: None }
     }
 }
 
@@ -71,21 +77,25 @@ impl HelperDef for Include {
     fn call_inner<'reg: 'rc, 'rc>(
         &self,
         h: &Helper<'rc>,
-        _: &'reg Handlebars<'reg>,
+        current: &'reg Handlebars<'reg>,
         ctx: &'rc Context,
         _: &mut RenderContext<'reg, 'rc>,
     ) -> Result<ScopedJson<'rc>, RenderError> {
+        let registry: &Handlebars = match &self.text {
+            Some(text) => text,
+            None => current,
+        };
         let name = h
             .param(0)
             .map(|p| text(p.value()))
             .ok_or(RenderErrorReason::ParamNotFoundForIndex("include", 0))?;
-        if !self.text.has_template(&name) {
+        if !registry.has_template(&name) {
             return Err(RenderErrorReason::Other(format!(
                 "include: no partial named {name:?} in the partials folder"
             ))
             .into());
         }
-        let mut rendered = self.text.render_with_context(&name, ctx)?;
+        let mut rendered = registry.render_with_context(&name, ctx)?;
         // Files end with a line break; a value spliced into a string should not.
         if rendered.ends_with('\n') {
             rendered.pop();
@@ -105,6 +115,11 @@ pub const HELPER_NAMES: &[&str] = &[
     "upper",
     "lower",
     "truncate",
+    "truncate_bytes",
+    "truncate_utf16",
+    "oneline",
+    "strip_control",
+    "slack_escape",
     "join",
     "first",
     "len",
@@ -137,7 +152,18 @@ pub const HELPER_NAMES: &[&str] = &[
 
 pub fn register(hb: &mut Handlebars) {
     hb.register_helper("json", Box::new(json_helper));
-    let helpers: [(&'static str, Compute); 17] = [
+    let helpers: [(&'static str, Compute); 22] = [
+        ("oneline", |h, _| {
+            Ok(Value::String(oneline(&text(arg(h, 0)?))))
+        }),
+        ("strip_control", |h, _| {
+            Ok(Value::String(strip_control(&text(arg(h, 0)?))))
+        }),
+        ("slack_escape", |h, _| {
+            Ok(Value::String(slack_escape(&text(arg(h, 0)?))))
+        }),
+        ("truncate_bytes", truncate_bytes),
+        ("truncate_utf16", truncate_utf16),
         ("default", default),
         ("upper", |h, _| {
             Ok(Value::String(text(arg(h, 0)?).to_uppercase()))
@@ -177,10 +203,27 @@ pub fn register(hb: &mut Handlebars) {
     }
 }
 
+/// A parameter's value. Strict, as the rest of the template is: a parameter naming a
+/// variable the context does not have is an error naming it (only `default` forgives).
 fn arg<'a>(h: &'a Helper, index: usize) -> Result<&'a Value, String> {
-    h.param(index)
-        .map(|p| p.value())
-        .ok_or_else(|| format!("needs a parameter at position {}", index + 1))
+    let p = h
+        .param(index)
+        .ok_or_else(|| format!("needs a parameter at position {}", index + 1))?;
+    if p.is_value_missing() {
+        return Err(match p.relative_path() {
+            Some(path) => format!("variable `{path}` is not in the context (strict mode)"),
+            None => "a parameter is missing (strict mode)".to_string(),
+        });
+    }
+    Ok(p.value())
+}
+
+/// The parameter at `index` if given (strictly checked), else `None`.
+fn opt_arg<'a>(h: &'a Helper, index: usize) -> Result<Option<&'a Value>, String> {
+    if h.param(index).is_none() {
+        return Ok(None);
+    }
+    arg(h, index).map(Some)
 }
 
 /// A value as text: strings as they are, null and missing as "", the rest as JSON.
@@ -237,6 +280,89 @@ pub fn truncate_chars(s: &str, max: usize, suffix: &str) -> String {
     out
 }
 
+/// Text on one line: every run of white space (line breaks, tabs, U+2028/2029 included)
+/// becomes one space, other control characters go, the ends are trimmed.
+pub fn oneline(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut space = false;
+    for ch in s.chars() {
+        if ch.is_whitespace() {
+            space = true;
+        } else if !ch.is_control() {
+            if space && !out.is_empty() {
+                out.push(' ');
+            }
+            space = false;
+            out.push(ch);
+        }
+    }
+    out
+}
+
+/// Control characters removed, except line breaks and tabs (NUL and friends break many
+/// ticketing databases).
+pub fn strip_control(s: &str) -> String {
+    s.chars()
+        .filter(|c| !c.is_control() || matches!(c, '\n' | '\t' | '\r'))
+        .collect()
+}
+
+/// Slack's mrkdwn escaping: `&`, `<`, `>` as entities, so incident text can neither mention
+/// `<!channel>` nor disguise a link.
+pub fn slack_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// `{{truncate_bytes text 1000}}`: at most 1000 bytes of UTF-8, never splitting a character,
+/// `…` (3 bytes) marking a cut; for limits counted in bytes.
+fn truncate_bytes(h: &Helper, _: &Context) -> Result<Value, String> {
+    let s = text(arg(h, 0)?);
+    let max = arg(h, 1)?
+        .as_u64()
+        .ok_or("the length must be a whole number")? as usize;
+    if s.len() <= max {
+        return Ok(Value::String(s));
+    }
+    let marker = "…";
+    let mut cut = max.saturating_sub(marker.len());
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let mut out = s[..cut].to_string();
+    if max >= marker.len() {
+        out.push_str(marker);
+    }
+    Ok(Value::String(out))
+}
+
+/// `{{truncate_utf16 text 255}}`: at most 255 UTF-16 code units (as Jira and JavaScript count
+/// length), never splitting a character, `…` marking a cut.
+fn truncate_utf16(h: &Helper, _: &Context) -> Result<Value, String> {
+    let s = text(arg(h, 0)?);
+    let max = arg(h, 1)?
+        .as_u64()
+        .ok_or("the length must be a whole number")? as usize;
+    if s.encode_utf16().count() <= max {
+        return Ok(Value::String(s));
+    }
+    let budget = max.saturating_sub(1);
+    let mut used = 0;
+    let mut out = String::new();
+    for ch in s.chars() {
+        if used + ch.len_utf16() > budget {
+            break;
+        }
+        used += ch.len_utf16();
+        out.push(ch);
+    }
+    if max >= 1 {
+        out.push('…');
+    }
+    Ok(Value::String(out))
+}
+
 /// `{{join list ", "}}`: the items as text, separated.
 fn join(h: &Helper, _: &Context) -> Result<Value, String> {
     let sep = h
@@ -251,21 +377,20 @@ fn join(h: &Helper, _: &Context) -> Result<Value, String> {
 
 /// `{{first list}}`: the first item, or null.
 fn first(h: &Helper, _: &Context) -> Result<Value, String> {
-    Ok(match h.param(0).map(|p| p.value()) {
-        Some(Value::Array(items)) => items.first().cloned().unwrap_or(Value::Null),
-        Some(other) => other.clone(),
-        None => Value::Null,
+    Ok(match arg(h, 0)? {
+        Value::Array(items) => items.first().cloned().unwrap_or(Value::Null),
+        other => other.clone(),
     })
 }
 
 /// `{{len x}}`: characters of a string, items of a list, keys of an object; 0 for null.
 fn len(h: &Helper, _: &Context) -> Result<Value, String> {
-    let n = match h.param(0).map(|p| p.value()) {
-        Some(Value::String(s)) => s.chars().count(),
-        Some(Value::Array(a)) => a.len(),
-        Some(Value::Object(o)) => o.len(),
-        Some(Value::Null) | None => 0,
-        Some(other) => other.to_string().chars().count(),
+    let n = match arg(h, 0)? {
+        Value::String(s) => s.chars().count(),
+        Value::Array(a) => a.len(),
+        Value::Object(o) => o.len(),
+        Value::Null => 0,
+        other => other.to_string().chars().count(),
     };
     Ok(Value::from(n))
 }
@@ -286,9 +411,9 @@ fn replace(h: &Helper, _: &Context) -> Result<Value, String> {
 /// (default RFC 3339) in a time zone (default UTC). A value that is no time is passed through
 /// as it is, so an odd date never stops a ticket.
 fn date(h: &Helper, _: &Context) -> Result<Value, String> {
-    let value = h.param(0).map(|p| p.value().clone()).unwrap_or(Value::Null);
-    let pattern = h.param(1).map(|p| text(p.value()));
-    let zone = match h.param(2).map(|p| text(p.value())) {
+    let value = arg(h, 0)?.clone();
+    let pattern = opt_arg(h, 1)?.map(text);
+    let zone = match opt_arg(h, 2)?.map(text) {
         None => chrono_tz::UTC,
         Some(name) => name
             .parse::<chrono_tz::Tz>()
@@ -421,10 +546,10 @@ fn tidy_lines(text: &str) -> String {
 /// key of an object.
 fn contains(h: &Helper, _: &Context) -> Result<Value, String> {
     let needle = arg(h, 1)?;
-    let found = match h.param(0).map(|p| p.value()) {
-        Some(Value::String(s)) => s.contains(&text(needle)),
-        Some(Value::Array(items)) => items.iter().any(|i| i == needle || text(i) == text(needle)),
-        Some(Value::Object(map)) => map.contains_key(&text(needle)),
+    let found = match arg(h, 0)? {
+        Value::String(s) => s.contains(&text(needle)),
+        Value::Array(items) => items.iter().any(|i| i == needle || text(i) == text(needle)),
+        Value::Object(map) => map.contains_key(&text(needle)),
         _ => false,
     };
     Ok(Value::Bool(found))
@@ -433,9 +558,9 @@ fn contains(h: &Helper, _: &Context) -> Result<Value, String> {
 /// `{{pointer value "/a/0/b"}}`, or `{{pointer "/a/0/b"}}` from the incident: the value at a
 /// JSON pointer, or null. Reaches keys no Handlebars path can, such as `"deployment,"`.
 fn pointer(h: &Helper, ctx: &Context) -> Result<Value, String> {
-    let (base, ptr) = match (h.param(0), h.param(1)) {
-        (Some(v), Some(p)) => (v.value(), text(p.value())),
-        (Some(p), None) => (ctx.data(), text(p.value())),
+    let (base, ptr) = match (opt_arg(h, 0)?, opt_arg(h, 1)?) {
+        (Some(v), Some(p)) => (v, text(p)),
+        (Some(p), None) => (ctx.data(), text(p)),
         _ => return Err("needs a JSON pointer".into()),
     };
     if !(ptr.is_empty() || ptr.starts_with('/')) {
@@ -451,8 +576,8 @@ fn pointer(h: &Helper, ctx: &Context) -> Result<Value, String> {
 /// name takes its `default` entry.
 fn priority(h: &Helper, ctx: &Context) -> Result<Value, String> {
     let root = ctx.data();
-    let rating = match h.param(0) {
-        Some(p) => ThreatRating::parse(&text(p.value())),
+    let rating = match opt_arg(h, 0)? {
+        Some(v) => ThreatRating::parse(&text(v)),
         None => ThreatRating::of_incident(root),
     };
     let map = root
@@ -516,6 +641,30 @@ mod tests {
         assert_eq!(
             render("{{trim \"  x \"}}{{concat \"a\" 1 \"b\"}}", &d).unwrap(),
             "xa1b"
+        );
+    }
+
+    #[test]
+    fn control_and_line_helpers() {
+        assert_eq!(oneline("a\u{0}b\r\n\tc\u{2028}d\u{7}  "), "ab c d");
+        assert_eq!(strip_control("a\u{0}b\nc\td\u{1b}[0m"), "ab\nc\td[0m");
+        assert_eq!(
+            slack_escape("<@U1> & <!here>"),
+            "&lt;@U1&gt; &amp; &lt;!here&gt;"
+        );
+        let d = json!({"s": "😀😀😀", "e": "ééé"});
+        assert_eq!(render("{{truncate_utf16 s 4}}", &d).unwrap(), "😀…");
+        assert_eq!(render("{{truncate_bytes e 5}}", &d).unwrap(), "é…");
+    }
+
+    #[test]
+    fn helper_parameters_are_strict_too() {
+        let d = json!({"incident": {"summary": "x"}});
+        let err = render("{{truncate incident.summry 10}}", &d).unwrap_err();
+        assert!(err.contains("incident.summry"), "{err}");
+        assert_eq!(
+            render("{{default incident.summry \"y\"}}", &d).unwrap(),
+            "y"
         );
     }
 

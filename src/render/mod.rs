@@ -129,6 +129,8 @@ pub struct RenderedRequest {
 
 /// Compiled templates of every connector.
 pub struct Renderer {
+    /// Partial name → its file, so an error inside a partial names the file.
+    partial_files: BTreeMap<String, String>,
     json: Handlebars<'static>,
     html: Handlebars<'static>,
     plain: Handlebars<'static>,
@@ -230,8 +232,26 @@ fn from_template_error(name: &str, e: handlebars::TemplateError) -> RenderError 
     }
 }
 
+/// A compile error, located: Handlebars reports an unclosed block where the file ends, so
+/// name the block's opening line instead.
+fn compile_error(name: &str, text: &str, e: handlebars::TemplateError) -> RenderError {
+    let mut err = from_template_error(name, e);
+    if let Some((block, line, column)) = unclosed_block(text) {
+        err.line = Some(line);
+        err.column = Some(column);
+        err.reason = format!("block `{{{{#{block}}}}}` is never closed ({})", err.reason);
+    }
+    err
+}
+
 fn from_render_error(name: &str, e: handlebars::RenderError) -> RenderError {
     let reason = match e.reason() {
+        RenderErrorReason::MissingVariable(Some(path)) if path.starts_with("connector.vars.") => {
+            format!(
+                "`{path}` is not set: add `{}` to the connector's vars",
+                path.trim_start_matches("connector.vars.")
+            )
+        }
         RenderErrorReason::MissingVariable(Some(path)) => {
             format!("variable `{path}` is not in the incident (strict mode)")
         }
@@ -325,14 +345,19 @@ impl Renderer {
         // including template then escapes for its own content type. So a multi-line partial
         // can fill a JSON string, which `{{> name}}` (raw text) cannot.
         let mut text = registry(Escape::None);
+        text.register_helper("include", Box::new(helpers::Include::within()));
         for p in &partials {
             text.register_partial(&p.name, &p.text)
-                .map_err(|e| from_template_error(&p.shown, e))?;
+                .map_err(|e| compile_error(&p.shown, &p.text, e))?;
             text.register_template_string(&p.name, &p.text)
-                .map_err(|e| from_template_error(&p.shown, e))?;
+                .map_err(|e| compile_error(&p.shown, &p.text, e))?;
         }
         let text = std::sync::Arc::new(text);
         let mut r = Renderer {
+            partial_files: partials
+                .iter()
+                .map(|p| (p.name.clone(), p.shown.clone()))
+                .collect(),
             json: registry(Escape::Json),
             html: registry(Escape::Html),
             plain: registry(Escape::None),
@@ -342,7 +367,7 @@ impl Renderer {
             hb.register_helper("include", Box::new(helpers::Include::new(text.clone())));
             for p in &partials {
                 hb.register_partial(&p.name, &p.text)
-                    .map_err(|e| from_template_error(&p.shown, e))?;
+                    .map_err(|e| compile_error(&p.shown, &p.text, e))?;
             }
         }
         for c in &config.connectors {
@@ -359,19 +384,9 @@ impl Renderer {
             column: None,
             reason: format!("cannot read {}: {e}", c.template.resolved.display()),
         })?;
-        if let Err(e) = self
-            .body_registry_mut(name)
+        self.body_registry_mut(name)
             .register_template_string(name, &text)
-        {
-            let mut err = from_template_error(name, e);
-            // Handlebars reports an unclosed block where the file ends; name the opener.
-            if let Some((block, line, column)) = unclosed_block(&text) {
-                err.line = Some(line);
-                err.column = Some(column);
-                err.reason = format!("block `{{{{#{block}}}}}` is never closed ({})", err.reason);
-            }
-            return Err(err);
-        }
+            .map_err(|e| compile_error(name, &text, e))?;
         let url = url_name(&c.name);
         self.url
             .register_template_string(&url, &c.url)
@@ -401,6 +416,14 @@ impl Renderer {
         }
     }
 
+    /// An error raised inside a partial names the partial's file.
+    fn locate_partial(&self, mut e: RenderError) -> RenderError {
+        if let Some(file) = self.partial_files.get(&e.template) {
+            e.template = file.clone();
+        }
+        e
+    }
+
     /// Renders a template given as text with every helper and partial (for documentation
     /// examples and experiments), escaped as `escape` says.
     pub fn render_inline(
@@ -422,7 +445,7 @@ impl Renderer {
             reason: e.to_string(),
         })?;
         hb.render_template_with_context(template, &ctx)
-            .map_err(|e| from_render_error("(inline)", e))
+            .map_err(|e| self.locate_partial(from_render_error("(inline)", e)))
     }
 
     /// Renders the request `connector` sends for `context` (see [`context`]).
@@ -441,7 +464,7 @@ impl Renderer {
         let body = self
             .body_registry(body_name)
             .render_with_context(body_name, &ctx)
-            .map_err(|e| from_render_error(body_name, e))?;
+            .map_err(|e| self.locate_partial(from_render_error(body_name, e)))?;
         let url_template = url_name(&connector.name);
         let url = self
             .url
@@ -480,7 +503,7 @@ impl Renderer {
             let value = self
                 .plain
                 .render_with_context(&hn, &ctx)
-                .map_err(|e| from_render_error(&hn, e))?;
+                .map_err(|e| self.locate_partial(from_render_error(&hn, e)))?;
             // Incident text must never add a header line, nor carry what HTTP forbids there.
             if reqwest::header::HeaderValue::from_str(&value).is_err() {
                 return Err(RenderError {
