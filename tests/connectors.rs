@@ -578,10 +578,11 @@ fn copy_tree(from: &Path, to: &Path) {
     }
 }
 
-/// A copy of examples/ (config and incidents) and templates/ in a temporary folder.
+/// A copy of examples/ (config and incidents), templates/ and schemas/ in a temporary folder.
 fn example_copy() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     copy_tree(&repo().join("templates"), &dir.path().join("templates"));
+    copy_tree(&repo().join("schemas"), &dir.path().join("schemas"));
     std::fs::create_dir_all(dir.path().join("examples")).unwrap();
     std::fs::copy(
         example_config_path(),
