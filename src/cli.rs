@@ -9,7 +9,9 @@ use serde_json::Value;
 
 use crate::config::{Config, ConnectorConfig};
 use crate::deliver;
-use crate::render::{self, DeliveryFacts, Escape, Event, RenderedRequest, Renderer};
+use crate::render::{
+    self, Completion, DeliveryFacts, Escape, Event, RenderedRequest, Renderer, TicketFacts,
+};
 use crate::schema::IncidentSchema;
 
 /// The delivery id `check` and `render` use: never sent.
@@ -61,8 +63,36 @@ pub fn example_incidents(dir: &Path) -> Result<Vec<PathBuf>, CliError> {
     Ok(files)
 }
 
-fn preview_context(incident: &Value, connector: &ConnectorConfig, event: Event) -> Value {
-    let received_at = crate::store::rfc3339(crate::store::now_ms());
+/// The ticket id `check` and `render` show once a ticket exists.
+pub const PREVIEW_TICKET_ID: &str = "TICKET-PREVIEW-1";
+
+/// The context a real delivery of `event` would see: after `created`, the ticket has an id;
+/// `completed` carries a completion.
+pub fn preview_context(
+    renderer: &Renderer,
+    incident: &Value,
+    connector: &ConnectorConfig,
+    event: Event,
+) -> Value {
+    let now = crate::store::rfc3339(crate::store::now_ms());
+    let key = crate::ticket::route_for(renderer, connector, incident).key;
+    let ticket = match event {
+        Event::Created => TicketFacts {
+            key,
+            id: None,
+            url: None,
+        },
+        Event::Updated | Event::Completed => TicketFacts {
+            key,
+            id: Some(PREVIEW_TICKET_ID.into()),
+            url: Some(format!("https://tickets.example.com/{PREVIEW_TICKET_ID}")),
+        },
+    };
+    let completion = (event == Event::Completed).then(|| Completion {
+        reason_code: "threat_not_valid".into(),
+        notes: Some("Closed from the ticketing system (preview)".into()),
+        status_change_time: now.clone(),
+    });
     render::context(
         incident,
         &DeliveryFacts {
@@ -70,7 +100,9 @@ fn preview_context(incident: &Value, connector: &ConnectorConfig, event: Event) 
             delivery_id: PREVIEW_DELIVERY_ID,
             attempt: 1,
             connector,
-            received_at: &received_at,
+            received_at: &now,
+            ticket,
+            completion,
         },
     )
 }
@@ -120,6 +152,9 @@ pub fn check(config_file: &Path, incidents_dir: Option<&Path>) -> Result<CheckRe
         }
         for connector in &config.connectors {
             for event in [Event::Created, Event::Updated, Event::Completed] {
+                let Some(request_config) = connector.request(event) else {
+                    continue;
+                };
                 report.renders += 1;
                 let seen_in = format!(
                     "connector {}, event {}, incident {}",
@@ -134,8 +169,8 @@ pub fn check(config_file: &Path, incidents_dir: Option<&Path>) -> Result<CheckRe
                         .and_modify(|(_, n)| *n += 1)
                         .or_insert((seen_in.clone(), 1));
                 };
-                let context = preview_context(&incident, connector, event);
-                let request = match renderer.render(connector, &context) {
+                let context = preview_context(&renderer, &incident, connector, event);
+                let request = match renderer.render(connector, event, &context) {
                     Ok(request) => request,
                     Err(e) => {
                         problem(e.to_string());
@@ -145,7 +180,8 @@ pub fn check(config_file: &Path, incidents_dir: Option<&Path>) -> Result<CheckRe
                 if carries_incident_id(&request, &incident) {
                     traceable.insert(connector.name.as_str(), true);
                 }
-                if Escape::for_file(&connector.template.as_written) != Escape::Json {
+                let template = &request_config.template.as_written;
+                if Escape::for_file(template) != Escape::Json {
                     continue;
                 }
                 let body = match serde_json::from_str::<Value>(&request.body) {
@@ -153,7 +189,7 @@ pub fn check(config_file: &Path, incidents_dir: Option<&Path>) -> Result<CheckRe
                     Err(e) => {
                         problem(format!(
                             "{}: renders invalid JSON (output line {}, column {}: {e})",
-                            connector.template.as_written,
+                            template,
                             e.line(),
                             e.column()
                         ));
@@ -165,7 +201,7 @@ pub fn check(config_file: &Path, incidents_dir: Option<&Path>) -> Result<CheckRe
                     for error in validator.iter_errors(&body).take(5) {
                         problem(format!(
                             "{}: output does not satisfy {}: #{}: {}",
-                            connector.template.as_written,
+                            template,
                             schema_file,
                             error.instance_path().as_str(),
                             crate::schema::truncate_chars(&error.to_string(), 200)
@@ -260,9 +296,9 @@ pub fn render(
         .connector(connector_name)
         .ok_or_else(|| CliError::UnknownConnector(connector_name.to_string()))?;
     let incident = read_incident(incident_file)?;
-    let context = preview_context(&incident, connector, event);
+    let context = preview_context(&renderer, &incident, connector, event);
     let request = renderer
-        .render(connector, &context)
+        .render(connector, event, &context)
         .map_err(crate::Error::from)?;
     let request = deliver::stamp(request, PREVIEW_DELIVERY_ID, crate::store::now_ms() / 1000);
     Ok(format_request(&request, &config))

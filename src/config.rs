@@ -99,6 +99,8 @@ pub struct DeliveryConfig {
 pub struct SourceConfig {
     pub name: String,
     pub api_key: String,
+    /// Bearer token for `POST /v1/incidents/{id}/complete` on this source's incidents.
+    pub callback_token: Option<String>,
 }
 
 impl std::fmt::Debug for SourceConfig {
@@ -140,6 +142,52 @@ pub struct ConnectorConfig {
     pub vars: BTreeMap<String, String>,
     /// A JSON Schema of the target's request body; `check` validates every render against it.
     pub target_schema: Option<PathBuf>,
+    /// The request each event sends, `None` where the connector skips that event. The
+    /// connector's own `method`/`url`/`template`/`headers` above are the default request.
+    pub requests: EventRequests,
+    /// Template of the key that groups incidents into one ticket (default `{{incidentId}}`).
+    pub correlation_key: String,
+    /// How long a ticket takes further incidents with its key; `None`: until it is completed.
+    pub aggregate_for: Option<Duration>,
+    /// JSON pointers into the `created` response: the ticket's id (and link).
+    pub ticket_id: Option<String>,
+    pub ticket_url: Option<String>,
+    /// Bearer token the target uses to call `POST /v1/incidents/{id}/complete`.
+    pub callback_token: Option<String>,
+    /// The detection platform's own API: gets only `completed`, for every incident completed
+    /// through the gateway.
+    pub upstream: bool,
+}
+
+/// One request per event: created, updated, completed.
+#[derive(Debug, Clone)]
+pub struct EventRequests {
+    pub created: Option<RequestConfig>,
+    pub updated: Option<RequestConfig>,
+    pub completed: Option<RequestConfig>,
+}
+
+/// A request a connector sends for one event.
+#[derive(Debug, Clone)]
+pub struct RequestConfig {
+    pub method: reqwest::Method,
+    /// A Handlebars template; interpolated values are percent-encoded.
+    pub url: String,
+    pub template: TemplatePath,
+    /// The connector's headers, then the request's own (which win).
+    pub headers: BTreeMap<String, String>,
+}
+
+impl ConnectorConfig {
+    /// The request this connector sends for `event`, or `None` when it skips the event.
+    pub fn request(&self, event: crate::render::Event) -> Option<&RequestConfig> {
+        use crate::render::Event;
+        match event {
+            Event::Created => self.requests.created.as_ref(),
+            Event::Updated => self.requests.updated.as_ref(),
+            Event::Completed => self.requests.completed.as_ref(),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -427,6 +475,7 @@ fn default_lease() -> Duration {
 struct RawSource {
     name: String,
     api_key: EnvString,
+    callback_token: Option<EnvString>,
 }
 
 #[derive(Deserialize)]
@@ -453,6 +502,30 @@ struct RawConnector {
     #[serde(default)]
     vars: BTreeMap<String, EnvTemplate>,
     target_schema: Option<String>,
+    #[serde(default)]
+    requests: BTreeMap<String, RawRequest>,
+    correlation_key: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    aggregate_for: Option<Duration>,
+    ticket_id: Option<String>,
+    ticket_url: Option<String>,
+    callback_token: Option<EnvString>,
+    #[serde(default)]
+    upstream: bool,
+}
+
+/// A per-event request; what it leaves out comes from the connector.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRequest {
+    method: Option<String>,
+    url: Option<EnvTemplate>,
+    template: Option<String>,
+    #[serde(default)]
+    headers: BTreeMap<String, EnvTemplate>,
+    /// Send nothing for this event.
+    #[serde(default)]
+    skip: bool,
 }
 
 /// What a lease must outlast a connector's timeout by (rendering, recording, clock steps).
@@ -768,9 +841,14 @@ impl Validator {
                     "must differ from server.admin_token",
                 ));
             }
+            let callback_token = s.callback_token.map(|t| t.0);
+            if let Some(t) = &callback_token {
+                self.check_token(&format!("{field}.callback_token"), t)?;
+            }
             sources.push(SourceConfig {
                 name: s.name,
                 api_key: s.api_key.0,
+                callback_token,
             });
         }
 
@@ -832,8 +910,18 @@ impl Validator {
         let mut secret_values = expanded;
         secret_values.extend(server.admin_token.iter().cloned());
         secret_values.extend(sources.iter().map(|s| s.api_key.clone()));
+        secret_values.extend(sources.iter().filter_map(|s| s.callback_token.clone()));
+        secret_values.extend(connectors.iter().filter_map(|c| c.callback_token.clone()));
         for c in &connectors {
-            for (name, value) in &c.headers {
+            let request_headers = [
+                &c.requests.created,
+                &c.requests.updated,
+                &c.requests.completed,
+            ]
+            .into_iter()
+            .flatten()
+            .flat_map(|r| r.headers.iter());
+            for (name, value) in c.headers.iter().chain(request_headers) {
                 if is_credential_header(name) && !value.contains("{{") {
                     secret_values.push(value.clone());
                     // "Bearer abc": the credential part alone, too.
@@ -880,43 +968,95 @@ impl Validator {
                 ));
             }
         };
-        let method = reqwest::Method::from_bytes(c.method.to_ascii_uppercase().as_bytes())
-            .map_err(|_| {
-                self.invalid(
-                    format!("{field}.method"),
-                    format!("{:?} is not an HTTP method", c.method),
-                )
-            })?;
-        if c.url.0.trim().is_empty() {
-            return Err(self.invalid(format!("{field}.url"), "is empty"));
-        }
-        // A URL without template markup must parse now; a templated one is checked when rendered.
-        if !c.url.0.contains("{{") {
-            let parsed = reqwest::Url::parse(&c.url.0)
-                .map_err(|e| self.invalid(format!("{field}.url"), e.to_string()))?;
-            if !matches!(parsed.scheme(), "http" | "https") {
-                return Err(self.invalid(format!("{field}.url"), "scheme must be http or https"));
+        let method = self.method(&format!("{field}.method"), &c.method)?;
+        self.check_url(&format!("{field}.url"), &c.url.0)?;
+        let template = self.template_path(&format!("{field}.template"), &c.template)?;
+        let headers = self.headers(&format!("{field}.headers"), c.headers)?;
+        let default_request = RequestConfig {
+            method: method.clone(),
+            url: c.url.0.clone(),
+            template: template.clone(),
+            headers: headers.clone(),
+        };
+        let mut requests = EventRequests {
+            created: Some(default_request.clone()),
+            updated: Some(default_request.clone()),
+            completed: Some(default_request),
+        };
+        for (event, raw) in c.requests {
+            let at = format!("{field}.requests.{event}");
+            let slot = match event.as_str() {
+                "created" => &mut requests.created,
+                "updated" => &mut requests.updated,
+                "completed" => &mut requests.completed,
+                other => {
+                    return Err(self.invalid(
+                        at,
+                        format!("{other:?} is not an event (created, updated, completed)"),
+                    ));
+                }
+            };
+            if raw.skip {
+                *slot = None;
+                continue;
             }
+            let mut merged = headers.clone();
+            merged.extend(self.headers(&format!("{at}.headers"), raw.headers)?);
+            let url = match raw.url {
+                Some(u) => {
+                    self.check_url(&format!("{at}.url"), &u.0)?;
+                    u.0
+                }
+                None => c.url.0.clone(),
+            };
+            *slot = Some(RequestConfig {
+                method: match raw.method {
+                    Some(m) => self.method(&format!("{at}.method"), &m)?,
+                    None => method.clone(),
+                },
+                url,
+                template: match raw.template {
+                    Some(t) => self.template_path(&format!("{at}.template"), &t)?,
+                    None => template.clone(),
+                },
+                headers: merged,
+            });
         }
-        let resolved = self.resolve(&c.template);
-        if !resolved.is_file() {
-            return Err(self.invalid(
-                format!("{field}.template"),
-                format!(
-                    "template file {} does not exist (paths are relative to the config file's folder)",
-                    resolved.display()
-                ),
-            ));
-        }
-        let mut headers = BTreeMap::new();
-        for (name, value) in c.headers {
-            if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+        if c.upstream {
+            // The platform's own API hears only of completions.
+            requests.created = None;
+            requests.updated = None;
+            if requests.completed.is_none() {
                 return Err(self.invalid(
-                    format!("{field}.headers"),
-                    format!("{name:?} is not a valid header name"),
+                    format!("{field}.requests.completed"),
+                    "an upstream connector exists to send `completed`; it cannot skip it",
                 ));
             }
-            headers.insert(name.to_ascii_lowercase(), value.0);
+        } else if requests.created.is_none() {
+            return Err(self.invalid(
+                format!("{field}.requests.created"),
+                "cannot be skipped: updates and completions follow the ticket it opens",
+            ));
+        }
+        for (key, pointer) in [("ticket_id", &c.ticket_id), ("ticket_url", &c.ticket_url)] {
+            if let Some(p) = pointer
+                && !p.starts_with('/')
+            {
+                return Err(self.invalid(
+                    format!("{field}.{key}"),
+                    format!("{p:?} is not a JSON pointer (e.g. \"/result/sys_id\")"),
+                ));
+            }
+        }
+        if c.ticket_url.is_some() && c.ticket_id.is_none() {
+            return Err(self.invalid(format!("{field}.ticket_url"), "needs ticket_id too"));
+        }
+        let callback_token = c.callback_token.map(|t| t.0);
+        if let Some(t) = &callback_token {
+            self.check_token(&format!("{field}.callback_token"), t)?;
+        }
+        if matches!(c.aggregate_for, Some(d) if d.is_zero()) {
+            return Err(self.invalid(format!("{field}.aggregate_for"), "must be more than 0"));
         }
         if c.timeout.is_zero() {
             return Err(self.invalid(format!("{field}.timeout"), "must be more than 0"));
@@ -989,17 +1129,82 @@ impl Validator {
             kind,
             method,
             url: c.url.0,
-            template: TemplatePath {
-                as_written: c.template,
-                resolved,
-            },
+            template,
             headers,
+            requests,
+            correlation_key: c
+                .correlation_key
+                .unwrap_or_else(|| "{{incidentId}}".to_string()),
+            aggregate_for: c.aggregate_for,
+            ticket_id: c.ticket_id,
+            ticket_url: c.ticket_url,
+            callback_token,
+            upstream: c.upstream,
             timeout: c.timeout,
             concurrency: c.concurrency.unwrap_or(DEFAULT_CONNECTOR_CONCURRENCY),
             retry,
             matchers,
             min_threat_rating,
         })
+    }
+
+    fn method(&self, field: &str, method: &str) -> Result<reqwest::Method, ConfigError> {
+        reqwest::Method::from_bytes(method.to_ascii_uppercase().as_bytes())
+            .map_err(|_| self.invalid(field, format!("{method:?} is not an HTTP method")))
+    }
+
+    fn check_url(&self, field: &str, url: &str) -> Result<(), ConfigError> {
+        if url.trim().is_empty() {
+            return Err(self.invalid(field, "is empty"));
+        }
+        // A URL without template markup must parse now; a templated one is checked when rendered.
+        if !url.contains("{{") {
+            let parsed =
+                reqwest::Url::parse(url).map_err(|e| self.invalid(field, e.to_string()))?;
+            if !matches!(parsed.scheme(), "http" | "https") {
+                return Err(self.invalid(field, "scheme must be http or https"));
+            }
+        }
+        Ok(())
+    }
+
+    fn template_path(&self, field: &str, path: &str) -> Result<TemplatePath, ConfigError> {
+        let resolved = self.resolve(path);
+        if !resolved.is_file() {
+            return Err(self.invalid(
+                field,
+                format!(
+                    "template file {} does not exist (paths are relative to the config file's folder)",
+                    resolved.display()
+                ),
+            ));
+        }
+        Ok(TemplatePath {
+            as_written: path.to_string(),
+            resolved,
+        })
+    }
+
+    fn headers(
+        &self,
+        field: &str,
+        raw: BTreeMap<String, EnvTemplate>,
+    ) -> Result<BTreeMap<String, String>, ConfigError> {
+        let mut headers = BTreeMap::new();
+        for (name, value) in raw {
+            if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                return Err(self.invalid(field, format!("{name:?} is not a valid header name")));
+            }
+            headers.insert(name.to_ascii_lowercase(), value.0);
+        }
+        Ok(headers)
+    }
+
+    fn check_token(&self, field: &str, token: &str) -> Result<(), ConfigError> {
+        if token.len() < 16 {
+            return Err(self.invalid(field, "must be at least 16 characters"));
+        }
+        Ok(())
     }
 
     fn matcher(&self, field: &str, m: RawMatcher) -> Result<Matcher, ConfigError> {

@@ -170,7 +170,7 @@ async fn accept(app: &App, headers: &HeaderMap, body: Body) -> Result<Response, 
 
     let batch: Vec<NewIncident> = incidents
         .iter()
-        .map(|incident| prepare(&app.config.connectors, incident))
+        .map(|incident| prepare(&app.config.connectors, &app.renderer, incident))
         .collect();
     let outcomes = app
         .store
@@ -217,7 +217,11 @@ fn unprocessable(violations: Vec<Violation>) -> Problem {
 }
 
 /// Serializes and routes a validated incident.
-fn prepare(connectors: &[crate::config::ConnectorConfig], incident: &Value) -> NewIncident {
+fn prepare(
+    connectors: &[crate::config::ConnectorConfig],
+    renderer: &crate::render::Renderer,
+    incident: &Value,
+) -> NewIncident {
     let body = incident.to_string();
     let body_hash: String = Sha256::digest(body.as_bytes())
         .iter()
@@ -232,9 +236,9 @@ fn prepare(connectors: &[crate::config::ConnectorConfig], incident: &Value) -> N
         update_time: incident.get("updateTime").and_then(Value::as_f64),
         body,
         body_hash,
-        connectors: route::route(connectors, incident)
+        routes: route::route(connectors, incident)
             .into_iter()
-            .map(|c| c.name.clone())
+            .map(|c| crate::ticket::route_for(renderer, c, incident))
             .collect(),
     }
 }

@@ -11,7 +11,9 @@
 //! 6. [`deliver`] — workers lease due deliveries: render → stamp → send → classify →
 //!    schedule → record.
 //! 7. [`render`] — Handlebars templates, escaped by content type, strict about variables.
-//! 8. [`admin`] — inspect incidents and deliveries, replay dead ones.
+//! 8. [`ticket`] — correlation keys, ticket ids from responses, and the way back
+//!    (`POST /v1/incidents/{id}/complete`).
+//! 9. [`admin`] — inspect incidents and deliveries, replay dead ones.
 //!
 //! [`Gateway::start`] wires these together; `main.rs` only parses the command line.
 
@@ -26,6 +28,7 @@ pub mod route;
 pub mod schema;
 pub mod server;
 pub mod store;
+pub mod ticket;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -65,6 +68,7 @@ pub enum Error {
 /// What the HTTP handlers share.
 pub struct App {
     pub config: Arc<Config>,
+    pub renderer: Arc<Renderer>,
     pub schema: IncidentSchema,
     pub store: Store,
     /// Rung when new deliveries are due now.
@@ -85,6 +89,10 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/v1/incidents", post(ingress::post_incidents))
         .route("/v1/incidents/{incident_id}", get(admin::get_incident))
+        .route(
+            "/v1/incidents/{incident_id}/complete",
+            post(ticket::complete),
+        )
         .route("/v1/deliveries", get(admin::list_deliveries))
         .route("/v1/deliveries/{delivery_id}", get(admin::get_delivery))
         .route(
@@ -128,7 +136,7 @@ impl Gateway {
 
         let deliverer = Deliverer {
             config: config.clone(),
-            renderer,
+            renderer: renderer.clone(),
             store: store.clone(),
             client: deliver::http::client()?,
             wake: wake.clone(),
@@ -137,6 +145,7 @@ impl Gateway {
 
         let app = Arc::new(App {
             config,
+            renderer,
             schema,
             store: store.clone(),
             wake,

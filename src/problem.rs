@@ -28,14 +28,18 @@ const FRAGMENT: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
 #[derive(Debug, Clone, Serialize)]
 pub struct Problem {
     #[serde(rename = "type")]
-    pub type_uri: String,
-    pub title: String,
+    #[serde(serialize_with = "type_uri")]
+    pub slug: &'static str,
+    pub title: &'static str,
     pub status: u16,
     pub detail: String,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<PointedError>,
     #[serde(skip)]
     pub retry_after: Option<u64>,
+    /// Extension members (RFC 9457 §3.2), e.g. `status_change_time` on a 409.
+    #[serde(flatten, skip_serializing_if = "no_extra")]
+    pub extra: Box<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// One violation, located as RFC 9457's example does: a JSON pointer as a URI fragment.
@@ -45,15 +49,30 @@ pub struct PointedError {
     pub detail: String,
 }
 
+/// The problem type: a URI naming the kind of problem (RFC 9457 §3.1.1).
+fn type_uri<S: serde::Serializer>(slug: &&'static str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format!("https://incident-gateway.dev/problems/{slug}"))
+}
+
+fn no_extra(extra: &serde_json::Map<String, serde_json::Value>) -> bool {
+    extra.is_empty()
+}
+
 impl Problem {
-    pub fn new(status: StatusCode, slug: &str, title: &str, detail: impl Into<String>) -> Problem {
+    pub fn new(
+        status: StatusCode,
+        slug: &'static str,
+        title: &'static str,
+        detail: impl Into<String>,
+    ) -> Problem {
         Problem {
-            type_uri: format!("https://incident-gateway.dev/problems/{slug}"),
-            title: title.to_string(),
+            slug,
+            title,
             status: status.as_u16(),
             detail: detail.into(),
             errors: vec![],
             retry_after: None,
+            extra: Box::default(),
         }
     }
 

@@ -97,8 +97,12 @@ impl ThreatRating {
     }
 }
 
-/// Whether `connector` takes `incident`.
+/// Whether `connector` takes `incident`. Upstream connectors (the platform's own API) take
+/// none: they hear only of completions.
 pub fn accepts(connector: &ConnectorConfig, incident: &Value) -> bool {
+    if connector.upstream {
+        return false;
+    }
     if let Some(min) = connector.min_threat_rating {
         match ThreatRating::of_incident(incident) {
             Some(rating) if rating >= min => {}

@@ -40,8 +40,20 @@ pub struct NewIncident {
     pub body: String,
     /// SHA-256 of `body`, to tell a repeat from a change when `updateTime` is absent.
     pub body_hash: String,
-    /// Connectors the incident was routed to.
-    pub connectors: Vec<String>,
+    /// Connectors the incident was routed to, each with the ticket key it falls under.
+    pub routes: Vec<Route>,
+}
+
+/// One connector an incident goes to.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub connector: String,
+    /// The correlation key: incidents with the same key share a ticket.
+    pub key: String,
+    /// How long a ticket takes more incidents (ms); `None`: until completed.
+    pub aggregate_for_ms: Option<i64>,
+    /// Whether the connector sends `updated` (a later incident joins the ticket either way).
+    pub sends_updated: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -84,6 +96,10 @@ pub struct LeasedDelivery {
     /// The incident version this delivery carries.
     pub incident_body: String,
     pub received_at_ms: i64,
+    /// The ticket it belongs to (none for an upstream completion).
+    pub ticket_seq: Option<i64>,
+    pub ticket: crate::render::TicketFacts,
+    pub completion: Option<crate::render::Completion>,
 }
 
 /// What one attempt did, as recorded.
@@ -97,6 +113,14 @@ pub struct AttemptRecord {
     /// The first 2 KiB of the response body.
     pub response_body: Option<String>,
     pub outcome: String,
+}
+
+/// The ticket id and link a `created` response carried.
+#[derive(Debug, Clone)]
+pub struct TicketUpdate {
+    pub ticket_seq: i64,
+    pub id: String,
+    pub url: Option<String>,
 }
 
 /// Where a delivery goes after an attempt.
@@ -150,6 +174,20 @@ pub struct IncidentView {
     pub connectors: std::collections::BTreeMap<String, Vec<DeliveryView>>,
 }
 
+/// What a completion through the back channel did.
+#[derive(Debug, Clone)]
+pub enum CompleteOutcome {
+    NotFound,
+    AlreadyCompleted {
+        since: String,
+    },
+    Completed {
+        old: serde_json::Value,
+        new: serde_json::Value,
+        deliveries: Vec<DeliveryRef>,
+    },
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum ReplayOutcome {
     Replayed,
@@ -198,6 +236,8 @@ CREATE TABLE IF NOT EXISTS incidents (
     versions           INTEGER NOT NULL,
     status             TEXT NOT NULL DEFAULT 'open',
     status_change_ms   INTEGER NOT NULL,
+    reason_code        TEXT,
+    notes              TEXT,
     received_ms        INTEGER NOT NULL,
     updated_ms         INTEGER NOT NULL
 );
@@ -222,6 +262,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
     lease_until_ms   INTEGER NOT NULL DEFAULT 0,
     lease_token      TEXT,
     order_key        TEXT NOT NULL,
+    ticket_seq       INTEGER,
     created_ms       INTEGER NOT NULL,
     updated_ms       INTEGER NOT NULL,
     last_error       TEXT
@@ -230,6 +271,24 @@ CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (status, next_attempt_ms
 CREATE INDEX IF NOT EXISTS deliveries_incident ON deliveries (incident_id);
 CREATE INDEX IF NOT EXISTS deliveries_connector ON deliveries (connector, status);
 CREATE INDEX IF NOT EXISTS deliveries_order ON deliveries (connector, order_key, seq);
+CREATE TABLE IF NOT EXISTS tickets (
+    ticket_seq       INTEGER PRIMARY KEY AUTOINCREMENT,
+    connector        TEXT NOT NULL,
+    correlation_key  TEXT NOT NULL,
+    status           TEXT NOT NULL,
+    opened_ms        INTEGER NOT NULL,
+    window_until_ms  INTEGER,
+    ticket_id        TEXT,
+    ticket_url       TEXT,
+    updated_ms       INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS tickets_key ON tickets (connector, correlation_key, status);
+CREATE TABLE IF NOT EXISTS ticket_incidents (
+    ticket_seq   INTEGER NOT NULL,
+    incident_id  TEXT NOT NULL,
+    PRIMARY KEY (ticket_seq, incident_id)
+);
+CREATE INDEX IF NOT EXISTS ticket_incidents_incident ON ticket_incidents (incident_id);
 CREATE TABLE IF NOT EXISTS attempts (
     delivery_id    TEXT NOT NULL,
     attempt        INTEGER NOT NULL,
@@ -373,13 +432,14 @@ impl Store {
             let candidates = conn
                 .prepare_cached(
                     "SELECT d.seq, d.delivery_id, d.incident_id, d.version_id, d.connector, d.event,
-                            d.attempts, d.budget_attempts, d.budget_since_ms
+                            d.attempts, d.budget_attempts, d.budget_since_ms, d.ticket_seq
                      FROM deliveries d
                      WHERE d.status = 'pending' AND d.next_attempt_ms <= ?1 AND d.lease_until_ms <= ?1
                        AND d.connector NOT IN (SELECT value FROM json_each(?2))
                        AND NOT EXISTS (SELECT 1 FROM deliveries e
                                        WHERE e.connector = d.connector AND e.order_key = d.order_key
-                                         AND e.seq < d.seq AND e.status = 'pending')
+                                         AND e.seq < d.seq
+                                         AND (e.status = 'pending' OR (e.status = 'dead' AND e.event = 'created')))
                      ORDER BY d.next_attempt_ms, d.seq LIMIT ?3",
                 )?
                 .query_map(params![now, busy, limit as i64], |r| {
@@ -393,9 +453,17 @@ impl Store {
                         r.get::<_, u32>(6)?,
                         r.get::<_, u32>(7)?,
                         r.get::<_, i64>(8)?,
+                        r.get::<_, Option<i64>>(9)?,
                     ))
                 })?
                 .collect::<Result<Vec<_>, _>>()?;
+            let mut ticket_of = conn.prepare_cached(
+                "SELECT correlation_key, ticket_id, ticket_url FROM tickets WHERE ticket_seq = ?1",
+            )?;
+            let mut completion_of = conn.prepare_cached(
+                "SELECT reason_code, notes, status_change_ms FROM incidents
+                 WHERE incident_id = ?1 AND status = 'completed'",
+            )?;
             let mut take = conn.prepare_cached(
                 "UPDATE deliveries SET lease_until_ms = ?2, lease_token = ?3 WHERE seq = ?1",
             )?;
@@ -403,7 +471,7 @@ impl Store {
                 "SELECT body, received_ms FROM incident_versions WHERE version_id = ?1",
             )?;
             let mut leased = Vec::with_capacity(candidates.len());
-            for (seq, id, incident_id, version_id, connector, event, attempts, budget_attempts, budget_since_ms) in candidates {
+            for (seq, id, incident_id, version_id, connector, event, attempts, budget_attempts, budget_since_ms, ticket_seq) in candidates {
                 let body = version
                     .query_row([version_id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
                     .optional()?;
@@ -417,9 +485,34 @@ impl Store {
                     )?;
                     continue;
                 };
+                let ticket = match ticket_seq {
+                    Some(t) => ticket_of
+                        .query_row([t], |r| {
+                            Ok(crate::render::TicketFacts {
+                                key: r.get(0)?,
+                                id: r.get(1)?,
+                                url: r.get(2)?,
+                            })
+                        })
+                        .optional()?
+                        .unwrap_or_default(),
+                    None => crate::render::TicketFacts::default(),
+                };
+                let completion = completion_of
+                    .query_row([&incident_id], |r| {
+                        Ok(crate::render::Completion {
+                            reason_code: r.get::<_, Option<String>>(0)?.unwrap_or_default(),
+                            notes: r.get(1)?,
+                            status_change_time: rfc3339(r.get(2)?),
+                        })
+                    })
+                    .optional()?;
                 let lease_token = uuid::Uuid::now_v7().simple().to_string();
                 take.execute(params![seq, now.saturating_add(lease_ms), lease_token])?;
                 leased.push(LeasedDelivery {
+                    ticket_seq,
+                    ticket,
+                    completion,
                     id,
                     lease_token,
                     incident_id,
@@ -446,6 +539,7 @@ impl Store {
         lease_token: String,
         record: AttemptRecord,
         next: NextStep,
+        ticket: Option<TicketUpdate>,
     ) -> Result<bool, StoreError> {
         self.write(move |conn| {
             let now = now_ms();
@@ -470,6 +564,12 @@ impl Store {
                 .execute(params![delivery_id, lease_token, status, record.attempt, next_ms, now, error])?;
             if changed == 0 {
                 return Ok(false);
+            }
+            if let Some(t) = &ticket {
+                conn.prepare_cached(
+                    "UPDATE tickets SET ticket_id = ?2, ticket_url = ?3, updated_ms = ?4 WHERE ticket_seq = ?1",
+                )?
+                .execute(params![t.ticket_seq, t.id, t.url, now])?;
             }
             conn.prepare_cached(
                 "INSERT INTO attempts (delivery_id, attempt, started_ms, latency_ms, status_code, error, response_body, outcome)
@@ -502,7 +602,8 @@ impl Store {
                        AND d.connector NOT IN (SELECT value FROM json_each(?1))
                        AND NOT EXISTS (SELECT 1 FROM deliveries e
                                        WHERE e.connector = d.connector AND e.order_key = d.order_key
-                                         AND e.seq < d.seq AND e.status = 'pending')",
+                                         AND e.seq < d.seq
+                                         AND (e.status = 'pending' OR (e.status = 'dead' AND e.event = 'created')))",
                 )?
                 .query_row([busy], |r| r.get::<_, Option<i64>>(0))
                 .optional()?
@@ -551,6 +652,84 @@ impl Store {
                 }
                 Some(other) => Ok(ReplayOutcome::NotDead(other.to_string())),
             }
+        })
+        .await
+    }
+
+    /// Completes an incident: records the status, closes its open tickets (a new incident
+    /// with their key opens a new ticket), and queues `completed` for each ticket's connector
+    /// (but those in `skipping`) and for each `upstream` connector. One transaction.
+    pub async fn complete(
+        &self,
+        incident_id: String,
+        reason_code: String,
+        notes: Option<String>,
+        skipping: Vec<String>,
+        upstream: Vec<String>,
+    ) -> Result<CompleteOutcome, StoreError> {
+        self.write(move |conn| {
+            let row: Option<(String, i64, i64)> = conn
+                .query_row(
+                    "SELECT status, status_change_ms, version_id FROM incidents WHERE incident_id = ?1",
+                    [&incident_id],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()?;
+            let Some((status, changed_ms, version_id)) = row else {
+                return Ok(CompleteOutcome::NotFound);
+            };
+            if status == "completed" {
+                return Ok(CompleteOutcome::AlreadyCompleted {
+                    since: rfc3339(changed_ms),
+                });
+            }
+            let now = now_ms();
+            conn.execute(
+                "UPDATE incidents SET status = 'completed', reason_code = ?2, notes = ?3,
+                        status_change_ms = ?4, updated_ms = ?4
+                 WHERE incident_id = ?1",
+                params![incident_id, reason_code, notes, now],
+            )?;
+            let tickets: Vec<(i64, String)> = conn
+                .prepare_cached(
+                    "SELECT t.ticket_seq, t.connector FROM tickets t
+                     JOIN ticket_incidents ti ON ti.ticket_seq = t.ticket_seq
+                     WHERE ti.incident_id = ?1 AND t.status = 'open' ORDER BY t.ticket_seq",
+                )?
+                .query_map([&incident_id], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()?;
+            let mut deliveries = Vec::new();
+            for (ticket_seq, connector) in tickets {
+                conn.execute(
+                    "UPDATE tickets SET status = 'completed', updated_ms = ?2 WHERE ticket_seq = ?1",
+                    params![ticket_seq, now],
+                )?;
+                if skipping.contains(&connector) {
+                    continue;
+                }
+                let id = insert_delivery(conn, &incident_id, version_id, &connector, Event::Completed, Some(ticket_seq), now)?;
+                deliveries.push(DeliveryRef { id, connector, event: Event::Completed });
+            }
+            for connector in upstream {
+                if skipping.contains(&connector) {
+                    continue;
+                }
+                let id = insert_delivery(conn, &incident_id, version_id, &connector, Event::Completed, None, now)?;
+                deliveries.push(DeliveryRef { id, connector, event: Event::Completed });
+            }
+            Ok(CompleteOutcome::Completed {
+                old: serde_json::json!({
+                    "status": "open",
+                    "status_change_time": rfc3339(changed_ms),
+                }),
+                new: serde_json::json!({
+                    "notes": notes,
+                    "reason_code": reason_code,
+                    "status": "completed",
+                    "status_change_time": rfc3339(now),
+                }),
+                deliveries,
+            })
         })
         .await
     }
@@ -745,30 +924,24 @@ fn ingest_one(
             now
         ])?;
     }
-    let event = if status == IngestStatus::Accepted {
-        Event::Created
-    } else {
-        Event::Updated
-    };
-    let mut insert = conn.prepare_cached(
-        "INSERT INTO deliveries (delivery_id, incident_id, version_id, connector, event, status,
-                                 order_key, budget_since_ms, next_attempt_ms, created_ms, updated_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?2, ?6, ?6, ?6, ?6)",
-    )?;
-    let mut deliveries = Vec::with_capacity(inc.connectors.len());
-    for connector in inc.connectors {
-        let id = format!("msg_{}", uuid::Uuid::now_v7().simple());
-        insert.execute(params![
-            id,
-            inc.incident_id,
+    let mut deliveries = Vec::with_capacity(inc.routes.len());
+    for route in inc.routes {
+        let (ticket_seq, event) = attach_to_ticket(conn, &inc.incident_id, &route, now)?;
+        if event == Event::Updated && !route.sends_updated {
+            continue;
+        }
+        let id = insert_delivery(
+            conn,
+            &inc.incident_id,
             version_id,
-            connector,
-            event.as_str(),
-            now
-        ])?;
+            &route.connector,
+            event,
+            Some(ticket_seq),
+            now,
+        )?;
         deliveries.push(DeliveryRef {
             id,
-            connector,
+            connector: route.connector,
             event,
         });
     }
@@ -777,6 +950,72 @@ fn ingest_one(
         status,
         deliveries,
     })
+}
+
+/// The ticket an incident joins for one connector: the open one with its key (within its
+/// aggregation window), or a new one. The first delivery of a ticket is `created`, every
+/// later one `updated`.
+fn attach_to_ticket(
+    conn: &Connection,
+    incident_id: &str,
+    route: &Route,
+    now: i64,
+) -> Result<(i64, Event), StoreError> {
+    let open: Option<i64> = conn
+        .prepare_cached(
+            "SELECT ticket_seq FROM tickets
+             WHERE connector = ?1 AND correlation_key = ?2 AND status = 'open'
+               AND (window_until_ms IS NULL OR window_until_ms > ?3)
+             ORDER BY ticket_seq DESC LIMIT 1",
+        )?
+        .query_row(params![route.connector, route.key, now], |r| r.get(0))
+        .optional()?;
+    let (ticket_seq, event) = match open {
+        Some(seq) => (seq, Event::Updated),
+        None => {
+            conn.prepare_cached(
+                "INSERT INTO tickets (connector, correlation_key, status, opened_ms, window_until_ms, updated_ms)
+                 VALUES (?1, ?2, 'open', ?3, ?4, ?3)",
+            )?
+            .execute(params![
+                route.connector,
+                route.key,
+                now,
+                route.aggregate_for_ms.map(|ms| now.saturating_add(ms))
+            ])?;
+            (conn.last_insert_rowid(), Event::Created)
+        }
+    };
+    conn.prepare_cached(
+        "INSERT OR IGNORE INTO ticket_incidents (ticket_seq, incident_id) VALUES (?1, ?2)",
+    )?
+    .execute(params![ticket_seq, incident_id])?;
+    Ok((ticket_seq, event))
+}
+
+/// Queues one delivery. Deliveries of one ticket share an order key and go one at a time, in
+/// the order they were queued; without a ticket, the incident orders them.
+fn insert_delivery(
+    conn: &Connection,
+    incident_id: &str,
+    version_id: i64,
+    connector: &str,
+    event: Event,
+    ticket_seq: Option<i64>,
+    now: i64,
+) -> Result<String, StoreError> {
+    let id = format!("msg_{}", uuid::Uuid::now_v7().simple());
+    let order_key = match ticket_seq {
+        Some(seq) => format!("ticket:{seq}"),
+        None => format!("incident:{incident_id}"),
+    };
+    conn.prepare_cached(
+        "INSERT INTO deliveries (delivery_id, incident_id, version_id, connector, event, status,
+                                 order_key, ticket_seq, budget_since_ms, next_attempt_ms, created_ms, updated_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6, ?7, ?8, ?8, ?8, ?8)",
+    )?
+    .execute(params![id, incident_id, version_id, connector, event.as_str(), order_key, ticket_seq, now])?;
+    Ok(id)
 }
 
 fn writer_loop(conn: Connection, jobs: std::sync::mpsc::Receiver<Job>) {

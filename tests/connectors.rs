@@ -11,7 +11,9 @@ use std::process::{Command, Output};
 
 use common::*;
 use incident_gateway::config::Config;
-use incident_gateway::render::{self, DeliveryFacts, Event, RenderedRequest, Renderer};
+use incident_gateway::render::{
+    self, Completion, DeliveryFacts, Event, RenderedRequest, Renderer, TicketFacts,
+};
 use serde_json::{Value, json};
 
 const ADMIN_TOKEN_ENV: &str = "example-admin-token-123";
@@ -88,15 +90,40 @@ fn render_with(
     let connector = config
         .connector(connector)
         .unwrap_or_else(|| panic!("no connector {connector} in examples/connectors.toml"));
+    let key = incident
+        .get("incidentId")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    // After `created`, the target has named the ticket; `completed` carries a completion.
+    let ticket = match event {
+        Event::Created => TicketFacts {
+            key,
+            id: None,
+            url: None,
+        },
+        _ => TicketFacts {
+            key,
+            id: Some("TICKET-GOLDEN-1".into()),
+            url: Some("https://tickets.example.com/TICKET-GOLDEN-1".into()),
+        },
+    };
+    let completion = (event == Event::Completed).then(|| Completion {
+        reason_code: "threat_not_valid".into(),
+        notes: Some("Closed in the ticketing system: expected scanner traffic".into()),
+        status_change_time: "2026-01-02T09:30:00.000Z".into(),
+    });
     let facts = DeliveryFacts {
         event,
         delivery_id: "msg_golden",
         attempt: 1,
         connector,
         received_at: "2026-01-01T00:00:00.000Z",
+        ticket,
+        completion,
     };
     renderer
-        .render(connector, &render::context(incident, &facts))
+        .render(connector, event, &render::context(incident, &facts))
         .unwrap_or_else(|e| panic!("{} does not render: {e}", connector.name))
 }
 

@@ -8,7 +8,7 @@ use std::path::Path;
 use common::*;
 use incident_gateway::config::Config;
 use incident_gateway::render::{
-    self, DeliveryFacts, Escape, Event, Renderer, helpers::HELPER_NAMES,
+    self, Completion, DeliveryFacts, Escape, Event, Renderer, TicketFacts, helpers::HELPER_NAMES,
 };
 use serde_json::{Value, json};
 
@@ -53,6 +53,16 @@ fn facts_context(config: &Config, incident: &Value, event: Event) -> Value {
             attempt: 1,
             connector,
             received_at: "2026-01-01T00:00:00.000Z",
+            ticket: TicketFacts {
+                key: "5F04D7E3-000A-8420-0002-757900000000".into(),
+                id: Some("INC0012345".into()),
+                url: Some("https://tickets.example.com/INC0012345".into()),
+            },
+            completion: Some(Completion {
+                reason_code: "threat_not_valid".into(),
+                notes: Some("Expected scanner traffic".into()),
+                status_change_time: "2026-01-02T09:30:00.000Z".into(),
+            }),
         },
     )
 }
@@ -62,7 +72,11 @@ fn render_body(file_name: &str, template: &str, incident: &Value) -> String {
     let renderer = Renderer::new(&config).expect("templates compile");
     let connector = config.connector("example").unwrap();
     renderer
-        .render(connector, &facts_context(&config, incident, Event::Created))
+        .render(
+            connector,
+            Event::Created,
+            &facts_context(&config, incident, Event::Created),
+        )
         .expect("renders")
         .body
 }
@@ -142,6 +156,7 @@ fn priority_without_a_rating_or_default_is_a_clear_render_error() {
     let err = renderer
         .render(
             config.connector("example").unwrap(),
+            Event::Created,
             &facts_context(&config, &json!({"incidentId": "x"}), Event::Created),
         )
         .unwrap_err();

@@ -9,6 +9,9 @@ use super::retry::parse_retry_after;
 /// How much of a response body an attempt record keeps.
 pub const RESPONSE_PREFIX_BYTES: usize = 2048;
 
+/// How much of a `created` response is read to find the ticket id in it.
+pub const TICKET_RESPONSE_BYTES: usize = 1024 * 1024;
+
 /// What one send produced.
 #[derive(Debug, Clone)]
 pub struct SendResult {
@@ -45,6 +48,7 @@ pub async fn send(
     client: &reqwest::Client,
     request: &RenderedRequest,
     timeout: Duration,
+    keep_bytes: usize,
 ) -> SendResult {
     let started = Instant::now();
     let mut builder = client
@@ -73,7 +77,7 @@ pub async fn send(
             let mut prefix = Vec::new();
             let mut error = None;
             // Read past the recorded 2 KiB so a secret straddling the cut is masked whole first.
-            while prefix.len() < RESPONSE_PREFIX_BYTES * 2 {
+            while prefix.len() < keep_bytes {
                 match response.chunk().await {
                     Ok(Some(chunk)) => prefix.extend_from_slice(&chunk),
                     Ok(None) => break,

@@ -16,8 +16,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, ConnectorConfig};
+use crate::render::Event;
 use crate::render::{self, DeliveryFacts, RenderError, RenderedRequest, Renderer};
-use crate::store::{self, AttemptRecord, LeasedDelivery, NextStep, Store};
+use crate::store::{self, AttemptRecord, LeasedDelivery, NextStep, Store, TicketUpdate};
+use crate::ticket;
 
 use self::http::{SendResult, Verdict};
 
@@ -41,8 +43,43 @@ pub fn prepare(
         attempt: delivery.attempts + 1,
         connector,
         received_at: &received_at,
+        ticket: delivery.ticket.clone(),
+        completion: delivery.completion.clone(),
     };
-    renderer.render(connector, &render::context(&incident, &facts))
+    renderer.render(
+        connector,
+        delivery.event,
+        &render::context(&incident, &facts),
+    )
+}
+
+/// Read the ticket: after a successful `created`, the id the target gave the ticket. A 2xx
+/// without it is dead (retrying could open a second ticket).
+fn read_ticket(
+    connector: &ConnectorConfig,
+    delivery: &LeasedDelivery,
+    verdict: Verdict,
+    sent: &SendResult,
+) -> (Verdict, Option<TicketUpdate>) {
+    if verdict != Verdict::Delivered || delivery.event != Event::Created {
+        return (verdict, None);
+    }
+    let (Some(ticket_seq), Some(status)) = (delivery.ticket_seq, sent.status) else {
+        return (verdict, None);
+    };
+    let body = sent.response_prefix.as_deref().unwrap_or("");
+    match ticket::ticket_from_response(connector, status, body) {
+        Ok(None) => (verdict, None),
+        Ok(Some((id, url))) => (
+            verdict,
+            Some(TicketUpdate {
+                ticket_seq,
+                id,
+                url,
+            }),
+        ),
+        Err(reason) => (Verdict::Dead { reason }, None),
+    }
 }
 
 /// Stamp: the headers every delivery carries. `webhook-id` is the delivery id, the same on
@@ -232,6 +269,7 @@ impl Deliverer {
     pub async fn deliver(&self, delivery: LeasedDelivery) {
         let attempt = delivery.attempts + 1;
         let started_at_ms = store::now_ms();
+        let mut ticket = None;
         let (verdict, sent) = match self.config.connector(&delivery.connector) {
             None => (
                 Verdict::Dead {
@@ -248,8 +286,18 @@ impl Deliverer {
                 ),
                 Ok(request) => {
                     let request = stamp(request, &delivery.id, started_at_ms / 1000);
-                    let sent = http::send(&self.client, &request, connector.timeout).await;
-                    (http::classify(&sent), Some(sent))
+                    // A created response names the ticket: keep enough of it to find the id.
+                    let keep = if delivery.event == Event::Created && connector.ticket_id.is_some()
+                    {
+                        http::TICKET_RESPONSE_BYTES
+                    } else {
+                        http::RESPONSE_PREFIX_BYTES * 2
+                    };
+                    let sent = http::send(&self.client, &request, connector.timeout, keep).await;
+                    let verdict = http::classify(&sent);
+                    let (verdict, found) = read_ticket(connector, &delivery, verdict, &sent);
+                    ticket = found;
+                    (verdict, Some(sent))
                 }
             },
         };
@@ -272,6 +320,7 @@ impl Deliverer {
                 delivery.lease_token.clone(),
                 record,
                 next,
+                ticket,
             )
             .await
         {

@@ -174,12 +174,35 @@ pub struct DeliveryFacts<'a> {
     pub connector: &'a ConnectorConfig,
     /// RFC 3339 time the gateway accepted this version of the incident.
     pub received_at: &'a str,
+    /// The ticket this delivery belongs to, as far as it is known.
+    pub ticket: TicketFacts,
+    /// How the incident was completed, for `completed` deliveries.
+    pub completion: Option<Completion>,
+}
+
+/// What the gateway knows of a ticket: its correlation key, and once the `created` request
+/// succeeded, the id (and link) the target gave it.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct TicketFacts {
+    pub key: String,
+    pub id: Option<String>,
+    pub url: Option<String>,
+}
+
+/// The back channel's record of a completion (seed 000's `new` status object).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Completion {
+    pub reason_code: String,
+    pub notes: Option<String>,
+    pub status_change_time: String,
 }
 
 /// The context a template sees: the incident's fields at the top level, then the gateway's
 /// own under names the incident schema does not use: `event`, `delivery` (`id`, `attempt`,
-/// `connector`), `connector` (`name`, `priorities`, `vars`), `received_at`, `payload` (the incident as
-/// received, for templates that forward it whole) and the derived fields of [`derive`].
+/// `connector`), `connector` (`name`, `priorities`, `vars`), `ticket` (`key`, `id`, `url`),
+/// `completion` (`reason_code`, `notes`, `status_change_time`, or null), `received_at`,
+/// `payload` (the incident as received, for templates that forward it whole) and the derived
+/// fields of [`derive`].
 pub fn context(incident: &Value, facts: &DeliveryFacts) -> Value {
     let mut map = match incident {
         Value::Object(m) => m.clone(),
@@ -207,16 +230,28 @@ pub fn context(incident: &Value, facts: &DeliveryFacts) -> Value {
         "received_at".into(),
         Value::String(facts.received_at.into()),
     );
+    map.insert(
+        "ticket".into(),
+        serde_json::to_value(&facts.ticket).unwrap_or(Value::Null),
+    );
+    map.insert(
+        "completion".into(),
+        serde_json::to_value(&facts.completion).unwrap_or(Value::Null),
+    );
     map.insert("payload".into(), incident.clone());
     Value::Object(map)
 }
 
-fn url_name(connector: &str) -> String {
-    format!("connector {connector} url")
+fn url_name(connector: &str, event: Event) -> String {
+    format!("connector {connector} {} url", event.as_str())
 }
 
-fn header_name(connector: &str, header: &str) -> String {
-    format!("connector {connector} header {header}")
+fn header_name(connector: &str, event: Event, header: &str) -> String {
+    format!("connector {connector} {} header {header}", event.as_str())
+}
+
+fn key_name(connector: &str) -> String {
+    format!("connector {connector} correlation_key")
 }
 
 fn from_template_error(name: &str, e: handlebars::TemplateError) -> RenderError {
@@ -377,27 +412,61 @@ impl Renderer {
     }
 
     fn add_connector(&mut self, c: &ConnectorConfig) -> Result<(), RenderError> {
-        let name = &c.template.as_written;
-        let text = std::fs::read_to_string(&c.template.resolved).map_err(|e| RenderError {
+        let key = key_name(&c.name);
+        self.plain
+            .register_template_string(&key, &c.correlation_key)
+            .map_err(|e| from_template_error(&key, e))?;
+        for event in [Event::Created, Event::Updated, Event::Completed] {
+            let Some(request) = c.request(event) else {
+                continue;
+            };
+            let name = &request.template.as_written;
+            if !self.body_registry(name).has_template(name) {
+                let text = std::fs::read_to_string(&request.template.resolved).map_err(|e| {
+                    RenderError {
+                        template: name.clone(),
+                        line: None,
+                        column: None,
+                        reason: format!("cannot read {}: {e}", request.template.resolved.display()),
+                    }
+                })?;
+                self.body_registry_mut(name)
+                    .register_template_string(name, &text)
+                    .map_err(|e| compile_error(name, &text, e))?;
+            }
+            let url = url_name(&c.name, event);
+            self.url
+                .register_template_string(&url, &request.url)
+                .map_err(|e| from_template_error(&url, e))?;
+            for (header, value) in &request.headers {
+                let hn = header_name(&c.name, event, header);
+                self.plain
+                    .register_template_string(&hn, value)
+                    .map_err(|e| from_template_error(&hn, e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The connector's correlation key for an incident (see [`context`]). Blank renders fall
+    /// back to the incident id, so an odd key never merges unrelated incidents into "".
+    pub fn correlation_key(
+        &self,
+        connector: &ConnectorConfig,
+        context: &Value,
+    ) -> Result<String, RenderError> {
+        let name = key_name(&connector.name);
+        let ctx = Context::wraps(context).map_err(|e| RenderError {
             template: name.clone(),
             line: None,
             column: None,
-            reason: format!("cannot read {}: {e}", c.template.resolved.display()),
+            reason: e.to_string(),
         })?;
-        self.body_registry_mut(name)
-            .register_template_string(name, &text)
-            .map_err(|e| compile_error(name, &text, e))?;
-        let url = url_name(&c.name);
-        self.url
-            .register_template_string(&url, &c.url)
-            .map_err(|e| from_template_error(&url, e))?;
-        for (header, value) in &c.headers {
-            let hn = header_name(&c.name, header);
-            self.plain
-                .register_template_string(&hn, value)
-                .map_err(|e| from_template_error(&hn, e))?;
-        }
-        Ok(())
+        let key = self
+            .plain
+            .render_with_context(&name, &ctx)
+            .map_err(|e| self.locate_partial(from_render_error(&name, e)))?;
+        Ok(key.trim().to_string())
     }
 
     fn body_registry_mut(&mut self, name: &str) -> &mut Handlebars<'static> {
@@ -452,20 +521,27 @@ impl Renderer {
     pub fn render(
         &self,
         connector: &ConnectorConfig,
+        event: Event,
         context: &Value,
     ) -> Result<RenderedRequest, RenderError> {
+        let request = connector.request(event).ok_or_else(|| RenderError {
+            template: format!("connector {}", connector.name),
+            line: None,
+            column: None,
+            reason: format!("the connector skips `{}`", event.as_str()),
+        })?;
         let ctx = Context::wraps(context).map_err(|e| RenderError {
-            template: connector.template.as_written.clone(),
+            template: request.template.as_written.clone(),
             line: None,
             column: None,
             reason: e.to_string(),
         })?;
-        let body_name = &connector.template.as_written;
+        let body_name = &request.template.as_written;
         let body = self
             .body_registry(body_name)
             .render_with_context(body_name, &ctx)
             .map_err(|e| self.locate_partial(from_render_error(body_name, e)))?;
-        let url_template = url_name(&connector.name);
+        let url_template = url_name(&connector.name, event);
         let url = self
             .url
             .render_with_context(&url_template, &ctx)
@@ -498,8 +574,8 @@ impl Renderer {
         if let Some(ct) = Escape::for_file(body_name).content_type() {
             headers.insert("content-type".to_string(), ct.to_string());
         }
-        for header in connector.headers.keys() {
-            let hn = header_name(&connector.name, header);
+        for header in request.headers.keys() {
+            let hn = header_name(&connector.name, event, header);
             let value = self
                 .plain
                 .render_with_context(&hn, &ctx)
@@ -518,7 +594,7 @@ impl Renderer {
             headers.insert(header.clone(), value);
         }
         Ok(RenderedRequest {
-            method: connector.method.clone(),
+            method: request.method.clone(),
             url: parsed.to_string(),
             headers,
             body,
