@@ -143,6 +143,10 @@ pub struct DeliveryView {
     pub created_at: String,
     pub updated_at: String,
     pub next_attempt_at: Option<String>,
+    /// A pending delivery waits for this earlier one of its ticket (pending, or a dead
+    /// `created` that needs a replay).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waiting_for: Option<String>,
     pub last_error: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub attempts: Option<Vec<AttemptView>>,
@@ -169,9 +173,34 @@ pub struct IncidentView {
     pub received_at: String,
     pub updated_at: String,
     pub versions: u32,
+    /// How the incident was completed (seed 000's `new` object), once it is.
+    pub completion: Option<crate::render::Completion>,
     pub incident: serde_json::Value,
-    /// Connector name → its deliveries, oldest first, each with its attempts.
-    pub connectors: std::collections::BTreeMap<String, Vec<DeliveryView>>,
+    /// Connector name → its tickets for this incident and its deliveries (oldest first,
+    /// each with its attempts).
+    pub connectors: std::collections::BTreeMap<String, ConnectorView>,
+}
+
+/// One connector's side of an incident, as seed 004's `info` action shows an issue.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ConnectorView {
+    pub tickets: Vec<TicketView>,
+    pub deliveries: Vec<DeliveryView>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TicketView {
+    pub correlation_key: String,
+    /// What the target called the ticket (null until its `created` succeeded).
+    pub ticket_id: Option<String>,
+    pub ticket_url: Option<String>,
+    /// `open`, or `completed`.
+    pub status: String,
+    pub opened_at: String,
+    /// Until when later incidents with the key join this ticket (null: until completed).
+    pub aggregates_until: Option<String>,
+    /// Incidents on this ticket.
+    pub incidents: u32,
 }
 
 /// What a completion through the back channel did.
@@ -766,10 +795,49 @@ impl Store {
                 &[&id as &dyn rusqlite::ToSql],
                 true,
             )?;
-            let mut connectors = std::collections::BTreeMap::<String, Vec<DeliveryView>>::new();
-            for d in deliveries {
-                connectors.entry(d.connector.clone()).or_default().push(d);
+            let mut connectors = std::collections::BTreeMap::<String, ConnectorView>::new();
+            let mut tickets = conn.prepare_cached(
+                "SELECT t.connector, t.correlation_key, t.ticket_id, t.ticket_url, t.status, t.opened_ms,
+                        t.window_until_ms,
+                        (SELECT COUNT(*) FROM ticket_incidents x WHERE x.ticket_seq = t.ticket_seq)
+                 FROM tickets t JOIN ticket_incidents ti ON ti.ticket_seq = t.ticket_seq
+                 WHERE ti.incident_id = ?1 ORDER BY t.ticket_seq",
+            )?;
+            let rows = tickets.query_map([&id], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    TicketView {
+                        correlation_key: r.get(1)?,
+                        ticket_id: r.get(2)?,
+                        ticket_url: r.get(3)?,
+                        status: r.get(4)?,
+                        opened_at: rfc3339(r.get(5)?),
+                        aggregates_until: r.get::<_, Option<i64>>(6)?.map(rfc3339),
+                        incidents: r.get(7)?,
+                    },
+                ))
+            })?;
+            for row in rows {
+                let (connector, ticket) = row?;
+                connectors.entry(connector).or_default().tickets.push(ticket);
             }
+            for d in deliveries {
+                connectors.entry(d.connector.clone()).or_default().deliveries.push(d);
+            }
+            let completion = conn
+                .query_row(
+                    "SELECT reason_code, notes, status_change_ms FROM incidents
+                     WHERE incident_id = ?1 AND status = 'completed'",
+                    [&id],
+                    |r| {
+                        Ok(crate::render::Completion {
+                            reason_code: r.get::<_, Option<String>>(0)?.unwrap_or_default(),
+                            notes: r.get(1)?,
+                            status_change_time: rfc3339(r.get(2)?),
+                        })
+                    },
+                )
+                .optional()?;
             Ok(Some(IncidentView {
                 incident_id: id,
                 source,
@@ -778,6 +846,7 @@ impl Store {
                 received_at: rfc3339(received),
                 updated_at: rfc3339(updated),
                 versions,
+                completion,
                 incident: serde_json::from_str(&body).unwrap_or(serde_json::Value::Null),
                 connectors,
             }))
@@ -820,8 +889,15 @@ fn query_deliveries(
     with_attempts: bool,
 ) -> Result<Vec<DeliveryView>, StoreError> {
     let sql = format!(
-        "SELECT delivery_id, incident_id, connector, event, status, attempts, created_ms, updated_ms,
-                next_attempt_ms, last_error FROM deliveries {clause}"
+        "SELECT d.delivery_id, d.incident_id, d.connector, d.event, d.status, d.attempts, d.created_ms,
+                d.updated_ms, d.next_attempt_ms, d.last_error,
+                CASE WHEN d.status = 'pending' THEN
+                    (SELECT e.delivery_id FROM deliveries e
+                     WHERE e.connector = d.connector AND e.order_key = d.order_key AND e.seq < d.seq
+                       AND (e.status = 'pending' OR (e.status = 'dead' AND e.event = 'created'))
+                     ORDER BY e.seq LIMIT 1)
+                END
+         FROM deliveries d {clause}"
     );
     let mut stmt = conn.prepare_cached(&sql)?;
     let mut out = stmt
@@ -839,6 +915,7 @@ fn query_deliveries(
                 created_at: rfc3339(r.get(6)?),
                 updated_at: rfc3339(r.get(7)?),
                 last_error: r.get(9)?,
+                waiting_for: r.get(10)?,
                 attempts: None,
             })
         })?

@@ -412,11 +412,11 @@ async fn retry_after_is_honoured_then_delivered_and_4xx_dies_until_replayed() {
 
     let view = eventually(Duration::from_secs(5), || async {
         let (_, v) = admin_get(&base, "/v1/incidents/RETRY-1").await;
-        (v["connectors"]["ticketing"][0]["status"] == "delivered").then_some(v)
+        (v["connectors"]["ticketing"]["deliveries"][0]["status"] == "delivered").then_some(v)
     })
     .await
     .expect("delivered");
-    let attempts = view["connectors"]["ticketing"][0]["attempts"]
+    let attempts = view["connectors"]["ticketing"]["deliveries"][0]["attempts"]
         .as_array()
         .unwrap()
         .clone();

@@ -1,0 +1,643 @@
+//! Ticket lifecycle against an in-test ticketing system that behaves like one: it opens
+//! tickets and returns their ids, updates only tickets it knows (404 otherwise), and takes
+//! its time.
+
+mod common;
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{patch, post};
+use common::*;
+use serde_json::{Value, json};
+
+/// One request the ticketing system received.
+#[derive(Debug, Clone)]
+struct Call {
+    method: String,
+    path: String,
+    webhook_id: String,
+    body: Value,
+    status: u16,
+}
+
+#[derive(Default)]
+struct Tickets {
+    calls: Vec<Call>,
+    known: HashSet<String>,
+    /// Statuses to answer the next creates with, before answering 201.
+    create_failures: VecDeque<u16>,
+    /// Answer creates with 201 but no sys_id.
+    omit_id: bool,
+    delay: Duration,
+}
+
+type Shared = Arc<Mutex<Tickets>>;
+
+async fn create(State(t): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
+    let delay = t.lock().unwrap().delay;
+    tokio::time::sleep(delay).await;
+    let mut t = t.lock().unwrap();
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let webhook_id = header(&headers, "webhook-id");
+    let failure = t.create_failures.pop_front();
+    let (status, reply) = match failure {
+        Some(code) => (code, json!({"error": {"message": "try later"}})),
+        None if t.omit_id => (201, json!({"result": {"number": "INC0000000"}})),
+        None => {
+            let sys_id = format!("sys{:04}", t.known.len() + 1);
+            t.known.insert(sys_id.clone());
+            (
+                201,
+                json!({"result": {"sys_id": sys_id, "number": format!("INC{:07}", t.known.len())}}),
+            )
+        }
+    };
+    t.calls.push(Call {
+        method: "POST".into(),
+        path: "/api/now/table/incident".into(),
+        webhook_id,
+        body,
+        status,
+    });
+    (StatusCode::from_u16(status).unwrap(), axum::Json(reply)).into_response()
+}
+
+async fn update(
+    State(t): State<Shared>,
+    Path(sys_id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let delay = t.lock().unwrap().delay;
+    tokio::time::sleep(delay).await;
+    let mut t = t.lock().unwrap();
+    let status = if t.known.contains(&sys_id) { 200 } else { 404 };
+    t.calls.push(Call {
+        method: "PATCH".into(),
+        path: format!("/api/now/table/incident/{sys_id}"),
+        webhook_id: header(&headers, "webhook-id"),
+        body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+        status,
+    });
+    let reply = if status == 200 {
+        json!({"result": {"sys_id": sys_id}})
+    } else {
+        json!({"error": {"message": "No Record found"}})
+    };
+    (StatusCode::from_u16(status).unwrap(), axum::Json(reply)).into_response()
+}
+
+/// A small upstream "detection platform" API: records completions.
+async fn upstream(State(t): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
+    t.lock().unwrap().calls.push(Call {
+        method: "POST".into(),
+        path: "/upstream".into(),
+        webhook_id: header(&headers, "webhook-id"),
+        body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+        status: 200,
+    });
+    StatusCode::OK.into_response()
+}
+
+fn header(headers: &HeaderMap, name: &str) -> String {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string()
+}
+
+struct TicketSystem {
+    base: String,
+    state: Shared,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TicketSystem {
+    async fn start_on(port: u16) -> TicketSystem {
+        let state: Shared = Arc::default();
+        let app = axum::Router::new()
+            .route("/api/now/table/incident", post(create))
+            .route("/api/now/table/incident/{sys_id}", patch(update))
+            .route("/upstream", post(upstream))
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        TicketSystem { base, state, task }
+    }
+
+    async fn start() -> TicketSystem {
+        Self::start_on(0).await
+    }
+
+    fn calls(&self) -> Vec<Call> {
+        self.state.lock().unwrap().calls.clone()
+    }
+
+    async fn wait_for(&self, n: usize, within: Duration) -> Vec<Call> {
+        eventually(within, || async {
+            let calls = self.calls();
+            (calls.len() >= n).then_some(calls)
+        })
+        .await
+        .unwrap_or_else(|| self.calls())
+    }
+}
+
+impl Drop for TicketSystem {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Writes ServiceNow-like templates and a config whose `servicenow` connector opens a ticket
+/// per correlation key, updates it with work notes and resolves it on completion.
+fn ticket_config(ws: &Workspace, base: &str, extra: &str) -> PathBuf {
+    ws.write(
+        "created.json.hbs",
+        r#"{"short_description": "{{incident.summary}}", "correlation_id": "{{incidentId}}"}"#,
+    );
+    ws.write(
+        "updated.json.hbs",
+        r#"{"work_notes": "{{incidentId}}", "ticket": "{{ticket.id}}", "key": "{{ticket.key}}"}"#,
+    );
+    ws.write(
+        "completed.json.hbs",
+        r#"{"state": "6", "ticket": "{{ticket.id}}", "close_code": "{{completion.reason_code}}", "close_notes": "{{completion.notes}}"}"#,
+    );
+    let connector = format!(
+        r#"
+[[connectors]]
+name = "servicenow"
+kind = "http"
+url = "{base}/api/now/table/incident"
+template = "created.json.hbs"
+ticket_id = "/result/sys_id"
+callback_token = "servicenow-callback-token-123"
+{extra}
+[connectors.retry]
+max_attempts = 20
+initial_backoff = "50ms"
+max_backoff = "200ms"
+[connectors.requests.updated]
+method = "PATCH"
+url = "{base}/api/now/table/incident/{{{{ticket.id}}}}"
+template = "updated.json.hbs"
+[connectors.requests.completed]
+method = "PATCH"
+url = "{base}/api/now/table/incident/{{{{ticket.id}}}}"
+template = "completed.json.hbs"
+
+[[connectors]]
+name = "platform"
+kind = "http"
+upstream = true
+url = "{base}/upstream"
+template = "completed.json.hbs"
+[connectors.requests.completed]
+template = "upstream.json.hbs"
+"#
+    );
+    ws.write(
+        "upstream.json.hbs",
+        r#"{"incident_id": "{{incidentId}}", "reason_code": "{{completion.reason_code}}", "notes": "{{completion.notes}}"}"#,
+    );
+    let config = ws.config("127.0.0.1:0", &connector);
+    // Sources may complete incidents too.
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        &format!("api_key = \"{SOURCE_KEY}\""),
+        &format!("api_key = \"{SOURCE_KEY}\"\ncallback_token = \"{SOURCE_CALLBACK}\""),
+    );
+    std::fs::write(&config, text).unwrap();
+    config
+}
+
+const SOURCE_CALLBACK: &str = "source-callback-token-0123";
+const SHARED_KEY: &str = "correlation_key = \"{{incident_class}}/{{asset_host_name}}\"";
+
+async fn post_json(base: &str, body: &Value) -> Value {
+    let r = post_incident(base, body).await;
+    assert_eq!(r.status(), 202);
+    r.json().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_incidents_on_one_key_open_one_ticket_and_update_it_in_order() {
+    let target = TicketSystem::start().await;
+    target.state.lock().unwrap().delay = Duration::from_millis(200);
+    let ws = Workspace::new();
+    let config = ticket_config(&ws, &target.base, SHARED_KEY);
+    let gw = start_in_process(&config).await;
+    let base = format!("http://{}", gw.addr);
+
+    let mut events = Vec::new();
+    for i in 0..50 {
+        let r = post_json(&base, &incident(&format!("BURST-{i:02}"))).await;
+        events.push(r["deliveries"][0]["event"].as_str().unwrap().to_string());
+    }
+    assert_eq!(events[0], "created");
+    assert!(events[1..].iter().all(|e| e == "updated"));
+
+    let calls = target.wait_for(50, Duration::from_secs(60)).await;
+    assert_eq!(calls.len(), 50);
+    let creates: Vec<&Call> = calls.iter().filter(|c| c.method == "POST").collect();
+    assert_eq!(creates.len(), 1, "exactly one ticket opened");
+    assert_eq!(calls[0].method, "POST", "the create went first");
+    assert_eq!(calls[0].body["correlation_id"], "BURST-00");
+    let updates: Vec<String> = calls[1..]
+        .iter()
+        .map(|c| {
+            assert_eq!(c.method, "PATCH");
+            assert_eq!(
+                c.status, 200,
+                "every update named a ticket the system knows"
+            );
+            assert_eq!(c.path, "/api/now/table/incident/sys0001");
+            assert_eq!(c.body["ticket"], "sys0001");
+            assert_eq!(c.body["key"], "authentication:activity/10.1.2.3");
+            c.body["work_notes"].as_str().unwrap().to_string()
+        })
+        .collect();
+    let expected: Vec<String> = (1..50).map(|i| format!("BURST-{i:02}")).collect();
+    assert_eq!(updates, expected, "updates arrive in acceptance order");
+
+    let (_, view) = admin_get(&base, "/v1/incidents/BURST-07").await;
+    let ticket = &view["connectors"]["servicenow"]["tickets"][0];
+    assert_eq!(ticket["ticket_id"], "sys0001");
+    assert_eq!(
+        ticket["correlation_key"],
+        "authentication:activity/10.1.2.3"
+    );
+    assert_eq!(ticket["status"], "open");
+    assert_eq!(ticket["incidents"], 50);
+    gw.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_in_the_middle_of_a_burst_still_opens_one_ticket() {
+    let port = free_port();
+    let target = TicketSystem::start_on(port).await;
+    target.state.lock().unwrap().delay = Duration::from_millis(200);
+    let ws = Workspace::new();
+    let config = ticket_config(&ws, &target.base, SHARED_KEY);
+    let (mut child, base) = spawn_binary(&config);
+    for i in 0..50 {
+        post_json(&base, &incident(&format!("KILL-{i:02}"))).await;
+    }
+    // Kill once the ticket exists and updates are flowing.
+    target.wait_for(5, Duration::from_secs(30)).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let before_restart = target.calls().len();
+
+    let (mut child, _) = spawn_binary(&config);
+    let done = eventually(Duration::from_secs(60), || async {
+        let ids: HashSet<String> = target
+            .calls()
+            .iter()
+            .map(|c| c.webhook_id.clone())
+            .collect();
+        (ids.len() >= 50).then_some(())
+    })
+    .await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(done.is_some(), "every delivery arrived after the restart");
+    let calls = target.calls();
+    eprintln!(
+        "killed after {before_restart} requests; {} requests in all for 50 deliveries",
+        calls.len()
+    );
+    assert_eq!(
+        calls.iter().filter(|c| c.method == "POST").count(),
+        1,
+        "still exactly one created"
+    );
+    assert!(calls.iter().all(|c| c.status == 200 || c.status == 201));
+    // Updates kept their order across the restart (a repeat of the one in flight is allowed).
+    let mut seen = Vec::new();
+    for c in calls.iter().filter(|c| c.method == "PATCH") {
+        let id = c.body["work_notes"].as_str().unwrap().to_string();
+        if seen.last() != Some(&id) {
+            seen.push(id);
+        }
+    }
+    let expected: Vec<String> = (1..50).map(|i| format!("KILL-{i:02}")).collect();
+    assert_eq!(seen, expected);
+}
+
+#[tokio::test]
+async fn no_update_goes_before_its_create_succeeds() {
+    let target = TicketSystem::start().await;
+    target.state.lock().unwrap().create_failures = VecDeque::from([500, 500, 500]);
+    let ws = Workspace::new();
+    let config = ticket_config(&ws, &target.base, SHARED_KEY);
+    let gw = start_in_process(&config).await;
+    let base = format!("http://{}", gw.addr);
+    let created = post_json(&base, &incident("FIRST")).await;
+    let created_id = created["deliveries"][0]["id"].as_str().unwrap().to_string();
+    let updated = post_json(&base, &incident("SECOND")).await;
+    assert_eq!(updated["deliveries"][0]["event"], "updated");
+
+    // While the create is failing, the update waits for it, visibly.
+    let waiting = eventually(Duration::from_secs(5), || async {
+        let (_, v) = admin_get(&base, "/v1/incidents/SECOND").await;
+        let d = &v["connectors"]["servicenow"]["deliveries"][0];
+        (d["status"] == "pending" && d["waiting_for"] == created_id.as_str()).then_some(())
+    })
+    .await;
+    assert!(waiting.is_some(), "the update shows what it waits for");
+
+    let calls = target.wait_for(5, Duration::from_secs(15)).await;
+    let shape: Vec<(String, u16)> = calls.iter().map(|c| (c.method.clone(), c.status)).collect();
+    assert_eq!(
+        shape,
+        [
+            ("POST".to_string(), 500),
+            ("POST".to_string(), 500),
+            ("POST".to_string(), 500),
+            ("POST".to_string(), 201),
+            ("PATCH".to_string(), 200),
+        ]
+    );
+    gw.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_dead_create_holds_its_updates_until_it_is_replayed() {
+    let target = TicketSystem::start().await;
+    target.state.lock().unwrap().create_failures = VecDeque::from([400]);
+    let ws = Workspace::new();
+    let config = ticket_config(&ws, &target.base, SHARED_KEY);
+    let gw = start_in_process(&config).await;
+    let base = format!("http://{}", gw.addr);
+    let created = post_json(&base, &incident("DEAD-FIRST")).await;
+    let created_id = created["deliveries"][0]["id"].as_str().unwrap().to_string();
+    post_json(&base, &incident("DEAD-SECOND")).await;
+    let dead = eventually(Duration::from_secs(10), || async {
+        let (_, v) = admin_get(&base, &format!("/v1/deliveries/{created_id}")).await;
+        (v["status"] == "dead").then_some(v)
+    })
+    .await;
+    assert!(dead.is_some());
+    // The update waits behind the dead create rather than patching a ticket that is not there.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (_, v) = admin_get(&base, "/v1/incidents/DEAD-SECOND").await;
+    let follower = &v["connectors"]["servicenow"]["deliveries"][0];
+    assert_eq!(follower["status"], "pending");
+    assert_eq!(follower["waiting_for"], created_id.as_str());
+    assert_eq!(target.calls().len(), 1);
+
+    let r = client()
+        .post(format!("{base}/v1/deliveries/{created_id}/replay"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let calls = target.wait_for(3, Duration::from_secs(10)).await;
+    let shape: Vec<(String, u16)> = calls.iter().map(|c| (c.method.clone(), c.status)).collect();
+    assert_eq!(
+        shape,
+        [
+            ("POST".to_string(), 400),
+            ("POST".to_string(), 201),
+            ("PATCH".to_string(), 200)
+        ]
+    );
+    assert_eq!(calls[2].body["work_notes"], "DEAD-SECOND");
+    gw.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_created_response_without_the_ticket_id_is_a_dead_delivery_with_the_reason() {
+    let target = TicketSystem::start().await;
+    target.state.lock().unwrap().omit_id = true;
+    let ws = Workspace::new();
+    let config = ticket_config(&ws, &target.base, "");
+    let gw = start_in_process(&config).await;
+    let base = format!("http://{}", gw.addr);
+    let r = post_json(&base, &incident("NO-ID")).await;
+    let id = r["deliveries"][0]["id"].as_str().unwrap().to_string();
+    let dead = eventually(Duration::from_secs(10), || async {
+        let (_, v) = admin_get(&base, &format!("/v1/deliveries/{id}")).await;
+        (v["status"] == "dead").then_some(v)
+    })
+    .await
+    .expect("dead");
+    let reason = dead["last_error"].as_str().unwrap();
+    assert!(
+        reason.contains("no ticket id at /result/sys_id"),
+        "{reason}"
+    );
+    assert_eq!(
+        dead["attempt_count"], 1,
+        "not retried: a retry could open a second ticket"
+    );
+    gw.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_aggregation_window_closes_and_a_new_ticket_opens() {
+    let target = TicketSystem::start().await;
+    let ws = Workspace::new();
+    let config = ticket_config(
+        &ws,
+        &target.base,
+        &format!("{SHARED_KEY}\naggregate_for = \"1s\""),
+    );
+    let gw = start_in_process(&config).await;
+    let base = format!("http://{}", gw.addr);
+    let event = |v: Value| v["deliveries"][0]["event"].as_str().unwrap().to_string();
+    assert_eq!(event(post_json(&base, &incident("WIN-1")).await), "created");
+    assert_eq!(event(post_json(&base, &incident("WIN-2")).await), "updated");
+    let mut other = incident("WIN-OTHER");
+    other["asset_host_name"] = json!("10.9.9.9");
+    assert_eq!(
+        event(post_json(&base, &other).await),
+        "created",
+        "another key, another ticket"
+    );
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(event(post_json(&base, &incident("WIN-3")).await), "created");
+    let (_, v) = admin_get(&base, "/v1/incidents/WIN-3").await;
+    assert_eq!(v["connectors"]["servicenow"]["tickets"][0]["incidents"], 1);
+    gw.stop().await.unwrap();
+}
+
+async fn complete(
+    base: &str,
+    incident: &str,
+    token: Option<&str>,
+    body: &str,
+) -> reqwest::Response {
+    let mut r = client()
+        .post(format!("{base}/v1/incidents/{incident}/complete"))
+        .header("content-type", "application/json")
+        .body(body.to_string());
+    if let Some(t) = token {
+        r = r.bearer_auth(t);
+    }
+    r.send().await.unwrap()
+}
+
+#[tokio::test]
+async fn the_back_channel_completes_an_incident_and_closes_its_tickets() {
+    let target = TicketSystem::start().await;
+    let ws = Workspace::new();
+    let config = ticket_config(&ws, &target.base, "");
+    let gw = start_in_process(&config).await;
+    let base = format!("http://{}", gw.addr);
+    post_json(&base, &incident("DONE-1")).await;
+    target.wait_for(1, Duration::from_secs(10)).await;
+    let ok_body = r#"{"reason_code": "threat_not_valid", "notes": "User forgot their password"}"#;
+
+    // Each error first.
+    let problem = |r: reqwest::Response, status: u16| async move {
+        assert_eq!(r.status().as_u16(), status);
+        assert_eq!(r.headers()["content-type"], "application/problem+json");
+        r.json::<Value>().await.unwrap()
+    };
+    problem(complete(&base, "DONE-1", None, ok_body).await, 401).await;
+    problem(
+        complete(&base, "DONE-1", Some(SOURCE_KEY), ok_body).await,
+        401,
+    )
+    .await;
+    problem(
+        complete(&base, "DONE-1", Some(ADMIN_TOKEN), ok_body).await,
+        401,
+    )
+    .await;
+    problem(
+        complete(&base, "NOPE", Some(SOURCE_CALLBACK), ok_body).await,
+        404,
+    )
+    .await;
+    let p = problem(
+        complete(
+            &base,
+            "DONE-1",
+            Some(SOURCE_CALLBACK),
+            r#"{"reason_code": "because", "notes": "x"}"#,
+        )
+        .await,
+        422,
+    )
+    .await;
+    assert_eq!(p["errors"][0]["pointer"], "#/reason_code");
+    problem(
+        complete(&base, "DONE-1", Some(SOURCE_CALLBACK), "{").await,
+        400,
+    )
+    .await;
+    let (_, v) = admin_get(&base, "/v1/incidents/DONE-1").await;
+    assert_eq!(v["status"], "open", "no error changed anything");
+
+    // Success: seed 000's old/new objects.
+    let r = complete(&base, "DONE-1", Some(SOURCE_CALLBACK), ok_body).await;
+    assert_eq!(r.status(), 200);
+    let done: Value = r.json().await.unwrap();
+    assert_eq!(done["old"]["status"], "open");
+    assert!(done["old"]["status_change_time"].is_string());
+    assert_eq!(done["new"]["status"], "completed");
+    assert_eq!(done["new"]["reason_code"], "threat_not_valid");
+    assert_eq!(done["new"]["notes"], "User forgot their password");
+    let since = done["new"]["status_change_time"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // The ticket is resolved, by its id; the platform hears of it too.
+    let calls = target.wait_for(3, Duration::from_secs(10)).await;
+    let resolve = calls
+        .iter()
+        .find(|c| c.method == "PATCH")
+        .expect("resolve sent");
+    assert_eq!(resolve.path, "/api/now/table/incident/sys0001");
+    assert_eq!(resolve.status, 200);
+    assert_eq!(resolve.body["state"], "6");
+    assert_eq!(resolve.body["close_code"], "threat_not_valid");
+    assert_eq!(resolve.body["close_notes"], "User forgot their password");
+    let up = calls
+        .iter()
+        .find(|c| c.path == "/upstream")
+        .expect("upstream told");
+    assert_eq!(up.body["incident_id"], "DONE-1");
+    assert_eq!(up.body["reason_code"], "threat_not_valid");
+
+    // Twice is a conflict that says since when.
+    let p = problem(
+        complete(&base, "DONE-1", Some(SOURCE_CALLBACK), ok_body).await,
+        409,
+    )
+    .await;
+    assert_eq!(p["status_change_time"], since.as_str());
+    assert!(p["detail"].as_str().unwrap().contains(&since));
+
+    let (_, v) = admin_get(&base, "/v1/incidents/DONE-1").await;
+    assert_eq!(v["status"], "completed");
+    assert_eq!(v["completion"]["reason_code"], "threat_not_valid");
+    assert_eq!(
+        v["connectors"]["servicenow"]["tickets"][0]["status"],
+        "completed"
+    );
+
+    // The same incident key again opens a new ticket: the old one is closed.
+    let mut again = incident("DONE-2");
+    again["incidentId"] = json!("DONE-1-REOPENED");
+    let r = post_json(&base, &again).await;
+    assert_eq!(r["deliveries"][0]["event"], "created");
+    gw.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_target_closing_its_own_ticket_is_not_asked_to_close_it_again() {
+    let target = TicketSystem::start().await;
+    let ws = Workspace::new();
+    let config = ticket_config(&ws, &target.base, "");
+    let gw = start_in_process(&config).await;
+    let base = format!("http://{}", gw.addr);
+    post_json(&base, &incident("SELF-1")).await;
+    target.wait_for(1, Duration::from_secs(10)).await;
+    let r = complete(
+        &base,
+        "SELF-1",
+        Some("servicenow-callback-token-123"),
+        r#"{"reason_code": "other", "notes": "Closed in ServiceNow"}"#,
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    let connectors: Vec<&str> = body["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["connector"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        connectors,
+        ["platform"],
+        "only the platform is told; ServiceNow closed it itself"
+    );
+    let calls = target.wait_for(2, Duration::from_secs(10)).await;
+    let paths: HashMap<&str, usize> = calls.iter().fold(HashMap::new(), |mut m, c| {
+        *m.entry(c.path.as_str()).or_default() += 1;
+        m
+    });
+    assert_eq!(paths.get("/upstream"), Some(&1));
+    assert!(calls.iter().all(|c| c.method != "PATCH"));
+    gw.stop().await.unwrap();
+}
