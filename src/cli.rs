@@ -170,6 +170,22 @@ pub fn check(config_file: &Path, incidents_dir: Option<&Path>) -> Result<CheckRe
                         .or_insert((seen_in.clone(), 1));
                 };
                 let context = preview_context(&renderer, &incident, connector, event);
+                if connector.smtp.is_some() {
+                    match preview_message(&renderer, connector, event, &context) {
+                        Ok(message) => {
+                            if String::from_utf8_lossy(&message.formatted()).contains(
+                                incident
+                                    .get("incidentId")
+                                    .and_then(Value::as_str)
+                                    .unwrap_or_default(),
+                            ) {
+                                traceable.insert(connector.name.as_str(), true);
+                            }
+                        }
+                        Err(e) => problem(e),
+                    }
+                    continue;
+                }
                 let request = match renderer.render(connector, event, &context) {
                     Ok(request) => request,
                     Err(e) => {
@@ -297,11 +313,52 @@ pub fn render(
         .ok_or_else(|| CliError::UnknownConnector(connector_name.to_string()))?;
     let incident = read_incident(incident_file)?;
     let context = preview_context(&renderer, &incident, connector, event);
+    if let Some(smtp) = &connector.smtp {
+        let message =
+            preview_message(&renderer, connector, event, &context).map_err(|message| {
+                CliError::Input {
+                    file: incident_file.to_path_buf(),
+                    message,
+                }
+            })?;
+        let text = String::from_utf8_lossy(&message.formatted()).into_owned();
+        return Ok(format!(
+            "SMTP {}:{} (MAIL FROM {})\n{}",
+            smtp.host,
+            smtp.port,
+            smtp.from,
+            config.secrets.mask(&text)
+        ));
+    }
     let request = renderer
         .render(connector, event, &context)
         .map_err(crate::Error::from)?;
     let request = deliver::stamp(request, PREVIEW_DELIVERY_ID, crate::store::now_ms() / 1000);
     Ok(format_request(&request, &config))
+}
+
+/// The email an SMTP connector would send, as a MIME message, threaded as a real delivery
+/// would be (`updated` and `completed` reply to the preview ticket's root).
+fn preview_message(
+    renderer: &Renderer,
+    connector: &ConnectorConfig,
+    event: Event,
+    context: &Value,
+) -> Result<lettre::Message, String> {
+    let Some(smtp) = &connector.smtp else {
+        return Err(format!(
+            "connector {} is not an smtp connector",
+            connector.name
+        ));
+    };
+    let email = renderer
+        .render_email(connector, event, context)
+        .map_err(|e| e.to_string())?;
+    let id = deliver::smtp::message_id(smtp, PREVIEW_DELIVERY_ID);
+    let root =
+        (event != Event::Created).then(|| deliver::smtp::message_id(smtp, "msg_preview_root"));
+    deliver::smtp::build_message(smtp, &email, &id, root.as_deref())
+        .map_err(|e| format!("connector {} ({}): {e}", connector.name, event.as_str()))
 }
 
 /// The request as text: request line, headers, blank line, body. Known secrets are masked,

@@ -115,6 +115,7 @@ impl std::fmt::Debug for SourceConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConnectorKind {
     Http,
+    Smtp,
 }
 
 #[derive(Debug, Clone)]
@@ -157,6 +158,52 @@ pub struct ConnectorConfig {
     /// The detection platform's own API: gets only `completed`, for every incident completed
     /// through the gateway.
     pub upstream: bool,
+    /// Set for `kind = "smtp"`.
+    pub smtp: Option<SmtpConfig>,
+}
+
+/// How an SMTP connector reaches its server and whom it writes to.
+#[derive(Clone)]
+pub struct SmtpConfig {
+    pub security: SmtpSecurity,
+    pub host: String,
+    pub port: u16,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// The sender, a mailbox (`Name <addr>`); its domain names Message-IDs.
+    pub from: String,
+    /// Recipient templates (each renders to one mailbox).
+    pub to: Vec<String>,
+    pub cc: Vec<String>,
+    /// Template of a tag every subject keeps (e.g. `[{{humanFriendlyId}}]`), so bridges that
+    /// thread by subject find the ticket.
+    pub subject_tag: Option<String>,
+    /// Extra CA certificate (PEM) to trust for TLS.
+    pub tls_ca_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for SmtpConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SmtpConfig")
+            .field("security", &self.security)
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "********"))
+            .field("from", &self.from)
+            .field("to", &self.to)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SmtpSecurity {
+    /// `smtp://`: no TLS (a relay on a trusted network, or tests).
+    Plain,
+    /// `smtp+starttls://`: STARTTLS required.
+    StartTls,
+    /// `smtps://`: TLS from the first byte.
+    Tls,
 }
 
 /// One request per event: created, updated, completed.
@@ -176,6 +223,9 @@ pub struct RequestConfig {
     pub template: TemplatePath,
     /// The connector's headers, then the request's own (which win).
     pub headers: BTreeMap<String, String>,
+    /// SMTP: the subject template, and an optional HTML body beside `template` (the text).
+    pub subject: String,
+    pub html_template: Option<TemplatePath>,
 }
 
 impl ConnectorConfig {
@@ -483,10 +533,24 @@ struct RawSource {
 struct RawConnector {
     name: String,
     kind: String,
-    url: EnvTemplate,
+    url: Option<EnvTemplate>,
     #[serde(default = "default_method")]
     method: String,
     template: String,
+    // SMTP
+    smtp_url: Option<EnvString>,
+    username: Option<EnvString>,
+    password: Option<EnvString>,
+    password_file: Option<String>,
+    from: Option<String>,
+    #[serde(default)]
+    to: Vec<String>,
+    #[serde(default)]
+    cc: Vec<String>,
+    subject: Option<String>,
+    subject_tag: Option<String>,
+    html_template: Option<String>,
+    tls_ca_file: Option<String>,
     #[serde(default)]
     headers: BTreeMap<String, EnvTemplate>,
     #[serde(default = "default_timeout", with = "humantime_serde")]
@@ -521,6 +585,8 @@ struct RawRequest {
     method: Option<String>,
     url: Option<EnvTemplate>,
     template: Option<String>,
+    subject: Option<String>,
+    html_template: Option<String>,
     #[serde(default)]
     headers: BTreeMap<String, EnvTemplate>,
     /// Send nothing for this event.
@@ -912,6 +978,11 @@ impl Validator {
         secret_values.extend(sources.iter().map(|s| s.api_key.clone()));
         secret_values.extend(sources.iter().filter_map(|s| s.callback_token.clone()));
         secret_values.extend(connectors.iter().filter_map(|c| c.callback_token.clone()));
+        secret_values.extend(
+            connectors
+                .iter()
+                .filter_map(|c| c.smtp.as_ref().and_then(|s| s.password.clone())),
+        );
         for c in &connectors {
             let request_headers = [
                 &c.requests.created,
@@ -961,22 +1032,76 @@ impl Validator {
     fn connector(&self, field: &str, c: RawConnector) -> Result<ConnectorConfig, ConfigError> {
         let kind = match c.kind.as_str() {
             "http" => ConnectorKind::Http,
+            "smtp" => ConnectorKind::Smtp,
             other => {
                 return Err(self.invalid(
                     format!("{field}.kind"),
-                    format!("{other:?} is not a connector kind (expected \"http\")"),
+                    format!("{other:?} is not a connector kind (expected \"http\" or \"smtp\")"),
                 ));
             }
         };
         let method = self.method(&format!("{field}.method"), &c.method)?;
-        self.check_url(&format!("{field}.url"), &c.url.0)?;
+        let smtp = match kind {
+            ConnectorKind::Http => {
+                for (key, set) in [
+                    ("smtp_url", c.smtp_url.is_some()),
+                    ("from", c.from.is_some()),
+                    ("to", !c.to.is_empty()),
+                    ("subject", c.subject.is_some()),
+                    ("html_template", c.html_template.is_some()),
+                ] {
+                    if set {
+                        return Err(self.invalid(
+                            format!("{field}.{key}"),
+                            "is for kind = \"smtp\" connectors",
+                        ));
+                    }
+                }
+                None
+            }
+            ConnectorKind::Smtp => Some(self.smtp(field, &c)?),
+        };
+        let url = match (&c.url, &smtp) {
+            (Some(u), None) => {
+                self.check_url(&format!("{field}.url"), &u.0)?;
+                u.0.clone()
+            }
+            (None, None) => {
+                return Err(
+                    self.invalid(format!("{field}.url"), "is required for an http connector")
+                );
+            }
+            (Some(_), Some(_)) => {
+                return Err(self.invalid(
+                    format!("{field}.url"),
+                    "an smtp connector takes smtp_url, not url",
+                ));
+            }
+            (None, Some(_)) => c.smtp_url.as_ref().map(|u| u.0.clone()).unwrap_or_default(),
+        };
         let template = self.template_path(&format!("{field}.template"), &c.template)?;
-        let headers = self.headers(&format!("{field}.headers"), c.headers)?;
+        let headers = self.headers(&format!("{field}.headers"), c.headers.clone())?;
+        let subject = match (&smtp, &c.subject) {
+            (Some(_), Some(s)) => s.clone(),
+            (Some(_), None) => {
+                return Err(self.invalid(
+                    format!("{field}.subject"),
+                    "is required for an smtp connector",
+                ));
+            }
+            (None, _) => String::new(),
+        };
+        let html_template = match &c.html_template {
+            Some(t) => Some(self.template_path(&format!("{field}.html_template"), t)?),
+            None => None,
+        };
         let default_request = RequestConfig {
             method: method.clone(),
-            url: c.url.0.clone(),
+            url: url.clone(),
             template: template.clone(),
             headers: headers.clone(),
+            subject: subject.clone(),
+            html_template: html_template.clone(),
         };
         let mut requests = EventRequests {
             created: Some(default_request.clone()),
@@ -1003,12 +1128,21 @@ impl Validator {
             let mut merged = headers.clone();
             merged.extend(self.headers(&format!("{at}.headers"), raw.headers)?);
             let url = match raw.url {
+                Some(_) if smtp.is_some() => {
+                    return Err(self.invalid(
+                        format!("{at}.url"),
+                        "an smtp connector has no per-event url",
+                    ));
+                }
                 Some(u) => {
                     self.check_url(&format!("{at}.url"), &u.0)?;
                     u.0
                 }
-                None => c.url.0.clone(),
+                None => url.clone(),
             };
+            if smtp.is_none() && (raw.subject.is_some() || raw.html_template.is_some()) {
+                return Err(self.invalid(at, "subject and html_template are for smtp connectors"));
+            }
             *slot = Some(RequestConfig {
                 method: match raw.method {
                     Some(m) => self.method(&format!("{at}.method"), &m)?,
@@ -1020,6 +1154,11 @@ impl Validator {
                     None => template.clone(),
                 },
                 headers: merged,
+                subject: raw.subject.unwrap_or_else(|| subject.clone()),
+                html_template: match raw.html_template {
+                    Some(t) => Some(self.template_path(&format!("{at}.html_template"), &t)?),
+                    None => html_template.clone(),
+                },
             });
         }
         if c.upstream {
@@ -1128,10 +1267,11 @@ impl Validator {
             name: c.name,
             kind,
             method,
-            url: c.url.0,
+            url,
             template,
             headers,
             requests,
+            smtp,
             correlation_key: c
                 .correlation_key
                 .unwrap_or_else(|| "{{incidentId}}".to_string()),
@@ -1145,6 +1285,114 @@ impl Validator {
             retry,
             matchers,
             min_threat_rating,
+        })
+    }
+
+    fn smtp(&self, field: &str, c: &RawConnector) -> Result<SmtpConfig, ConfigError> {
+        let at = format!("{field}.smtp_url");
+        let raw_url = c
+            .smtp_url
+            .as_ref()
+            .ok_or_else(|| self.invalid(&at, "is required for an smtp connector"))?;
+        let parsed =
+            reqwest::Url::parse(&raw_url.0).map_err(|e| self.invalid(&at, e.to_string()))?;
+        let (security, default_port) = match parsed.scheme() {
+            "smtp" => (SmtpSecurity::Plain, 25),
+            "smtp+starttls" => (SmtpSecurity::StartTls, 587),
+            "smtps" => (SmtpSecurity::Tls, 465),
+            other => {
+                return Err(self.invalid(
+                    &at,
+                    format!("{other:?}: expected smtp://, smtp+starttls:// or smtps://"),
+                ));
+            }
+        };
+        let host = parsed
+            .host_str()
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| self.invalid(&at, "names no host"))?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let password = match (&c.password, &c.password_file) {
+            (Some(_), Some(_)) => {
+                return Err(self.invalid(
+                    format!("{field}.password_file"),
+                    "give password or password_file, not both",
+                ));
+            }
+            (Some(p), None) => Some(p.0.clone()),
+            (None, Some(file)) => {
+                let path = self.resolve(file);
+                let text = std::fs::read_to_string(&path).map_err(|e| {
+                    self.invalid(
+                        format!("{field}.password_file"),
+                        format!("cannot read {}: {e}", path.display()),
+                    )
+                })?;
+                Some(text.trim_end_matches(['\r', '\n']).to_string())
+            }
+            (None, None) => None,
+        };
+        let username = c.username.as_ref().map(|u| u.0.clone());
+        if password.is_some() != username.is_some() {
+            return Err(self.invalid(
+                format!("{field}.username"),
+                "username and password go together",
+            ));
+        }
+        let from = c.from.clone().ok_or_else(|| {
+            self.invalid(format!("{field}.from"), "is required for an smtp connector")
+        })?;
+        let mailbox = |key: String, value: &str| -> Result<(), ConfigError> {
+            if value.contains("{{") {
+                return Ok(());
+            }
+            value
+                .parse::<lettre::message::Mailbox>()
+                .map(|_| ())
+                .map_err(|e| self.invalid(key, format!("{value:?} is not an address: {e}")))
+        };
+        mailbox(format!("{field}.from"), &from)?;
+        if from.contains("{{") {
+            return Err(self.invalid(
+                format!("{field}.from"),
+                "must be a fixed address, not a template",
+            ));
+        }
+        if c.to.is_empty() {
+            return Err(self.invalid(format!("{field}.to"), "needs at least one recipient"));
+        }
+        for (i, to) in c.to.iter().enumerate() {
+            mailbox(format!("{field}.to[{i}]"), to)?;
+        }
+        for (i, cc) in c.cc.iter().enumerate() {
+            mailbox(format!("{field}.cc[{i}]"), cc)?;
+        }
+        let tls_ca_file = match &c.tls_ca_file {
+            Some(f) => {
+                let path = self.resolve(f);
+                if !path.is_file() {
+                    return Err(self.invalid(
+                        format!("{field}.tls_ca_file"),
+                        format!("{} does not exist", path.display()),
+                    ));
+                }
+                Some(path)
+            }
+            None => None,
+        };
+        Ok(SmtpConfig {
+            security,
+            host,
+            port: parsed.port().unwrap_or(default_port),
+            username,
+            password,
+            from,
+            to: c.to.clone(),
+            cc: c.cc.clone(),
+            subject_tag: c.subject_tag.clone(),
+            tls_ca_file,
         })
     }
 

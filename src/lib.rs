@@ -63,6 +63,8 @@ pub enum Error {
     Client(#[from] reqwest::Error),
     #[error("server: {0}")]
     Serve(std::io::Error),
+    #[error("SMTP: {0}")]
+    Smtp(String),
 }
 
 /// What the HTTP handlers share.
@@ -140,6 +142,7 @@ impl Gateway {
             store: store.clone(),
             client: deliver::http::client()?,
             wake: wake.clone(),
+            mailers: Arc::new(deliver::mailers(&config).map_err(Error::Smtp)?),
         };
         let workers = tokio::spawn(deliverer.run(shutdown.clone()));
 

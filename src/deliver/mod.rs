@@ -6,6 +6,7 @@
 
 pub mod http;
 pub mod retry;
+pub mod smtp;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -23,12 +24,12 @@ use crate::ticket;
 
 use self::http::{SendResult, Verdict};
 
-/// Render: the request this delivery sends, from the incident version it carries.
-pub fn prepare(
-    renderer: &Renderer,
+/// The template context of a delivery: the incident version it carries, with its ticket
+/// and completion.
+pub fn delivery_context(
     connector: &ConnectorConfig,
     delivery: &LeasedDelivery,
-) -> Result<RenderedRequest, RenderError> {
+) -> Result<serde_json::Value, RenderError> {
     let incident: serde_json::Value =
         serde_json::from_str(&delivery.incident_body).map_err(|e| RenderError {
             template: connector.template.as_written.clone(),
@@ -46,11 +47,17 @@ pub fn prepare(
         ticket: delivery.ticket.clone(),
         completion: delivery.completion.clone(),
     };
-    renderer.render(
-        connector,
-        delivery.event,
-        &render::context(&incident, &facts),
-    )
+    Ok(render::context(&incident, &facts))
+}
+
+/// Render: the request this delivery sends, from the incident version it carries.
+pub fn prepare(
+    renderer: &Renderer,
+    connector: &ConnectorConfig,
+    delivery: &LeasedDelivery,
+) -> Result<RenderedRequest, RenderError> {
+    let context = delivery_context(connector, delivery)?;
+    renderer.render(connector, delivery.event, &context)
 }
 
 /// Read the ticket: after a successful `created`, the id the target gave the ticket. A 2xx
@@ -149,6 +156,20 @@ pub struct Deliverer {
     pub client: reqwest::Client,
     /// Rung by ingress and replay so new work starts without waiting for the next poll.
     pub wake: Arc<Notify>,
+    /// One pooled SMTP transport per SMTP connector.
+    pub mailers: Arc<HashMap<String, smtp::Transport>>,
+}
+
+/// A pooled transport for every SMTP connector.
+pub fn mailers(config: &Config) -> Result<HashMap<String, smtp::Transport>, String> {
+    let mut out = HashMap::new();
+    for c in &config.connectors {
+        if let Some(s) = &c.smtp {
+            let t = smtp::transport(c, s).map_err(|e| format!("connector {}: {e}", c.name))?;
+            out.insert(c.name.clone(), t);
+        }
+    }
+    Ok(out)
 }
 
 /// How long an idle worker sleeps before it looks again (a wake comes sooner).
@@ -247,6 +268,46 @@ impl Deliverer {
         }
     }
 
+    /// The SMTP path: render → build the message (threaded) → send over the pool.
+    async fn mail(
+        &self,
+        connector: &ConnectorConfig,
+        delivery: &LeasedDelivery,
+    ) -> (Verdict, Option<SendResult>, Option<TicketUpdate>) {
+        let dead = |reason: String| (Verdict::Dead { reason }, None, None);
+        let (Some(settings), Some(transport)) =
+            (&connector.smtp, self.mailers.get(&connector.name))
+        else {
+            return dead("no SMTP transport for this connector".into());
+        };
+        let email = match delivery_context(connector, delivery)
+            .and_then(|ctx| self.renderer.render_email(connector, delivery.event, &ctx))
+        {
+            Ok(email) => email,
+            Err(e) => return dead(format!("render failed: {e}")),
+        };
+        let id = smtp::message_id(settings, &delivery.id);
+        let root = match delivery.event {
+            Event::Created => None,
+            _ => delivery.ticket.id.as_deref(),
+        };
+        let message = match smtp::build_message(settings, &email, &id, root) {
+            Ok(m) => m,
+            Err(reason) => return dead(reason),
+        };
+        let (sent, verdict) = smtp::send(transport, message).await;
+        // The created mail is the thread root: its Message-ID is the ticket's id.
+        let found = match (&verdict, delivery.event, delivery.ticket_seq) {
+            (Verdict::Delivered, Event::Created, Some(ticket_seq)) => Some(TicketUpdate {
+                ticket_seq,
+                id,
+                url: None,
+            }),
+            _ => None,
+        };
+        (verdict, Some(sent), found)
+    }
+
     fn connector_cap(&self, name: &str) -> usize {
         self.config
             .connector(name)
@@ -277,6 +338,11 @@ impl Deliverer {
                 },
                 None,
             ),
+            Some(connector) if connector.smtp.is_some() => {
+                let (verdict, sent, found) = self.mail(connector, &delivery).await;
+                ticket = found;
+                (verdict, sent)
+            }
             Some(connector) => match prepare(&self.renderer, connector, &delivery) {
                 Err(e) => (
                     Verdict::Dead {

@@ -127,6 +127,17 @@ pub struct RenderedRequest {
     pub body: String,
 }
 
+/// An email an SMTP connector sends for one delivery, before it becomes a MIME message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RenderedEmail {
+    /// On one line: line breaks and control characters in incident text become spaces.
+    pub subject: String,
+    pub to: Vec<String>,
+    pub cc: Vec<String>,
+    pub text: String,
+    pub html: Option<String>,
+}
+
 /// Compiled templates of every connector.
 pub struct Renderer {
     /// Partial name → its file, so an error inside a partial names the file.
@@ -248,6 +259,10 @@ fn url_name(connector: &str, event: Event) -> String {
 
 fn header_name(connector: &str, event: Event, header: &str) -> String {
     format!("connector {connector} {} header {header}", event.as_str())
+}
+
+fn mail_name(connector: &str, event: Event, part: &str) -> String {
+    format!("connector {connector} {} {part}", event.as_str())
 }
 
 fn key_name(connector: &str) -> String {
@@ -434,6 +449,10 @@ impl Renderer {
                     .register_template_string(name, &text)
                     .map_err(|e| compile_error(name, &text, e))?;
             }
+            if c.smtp.is_some() {
+                self.add_mail_parts(c, event, request)?;
+                continue;
+            }
             let url = url_name(&c.name, event);
             self.url
                 .register_template_string(&url, &request.url)
@@ -446,6 +465,120 @@ impl Renderer {
             }
         }
         Ok(())
+    }
+
+    fn add_template_file(&mut self, path: &crate::config::TemplatePath) -> Result<(), RenderError> {
+        let name = &path.as_written;
+        if self.body_registry(name).has_template(name) {
+            return Ok(());
+        }
+        let text = std::fs::read_to_string(&path.resolved).map_err(|e| RenderError {
+            template: name.clone(),
+            line: None,
+            column: None,
+            reason: format!("cannot read {}: {e}", path.resolved.display()),
+        })?;
+        self.body_registry_mut(name)
+            .register_template_string(name, &text)
+            .map_err(|e| compile_error(name, &text, e))
+    }
+
+    fn add_mail_parts(
+        &mut self,
+        c: &ConnectorConfig,
+        event: Event,
+        request: &crate::config::RequestConfig,
+    ) -> Result<(), RenderError> {
+        let Some(smtp) = &c.smtp else { return Ok(()) };
+        if let Some(html) = &request.html_template {
+            self.add_template_file(html)?;
+        }
+        let mut parts: Vec<(String, &str)> =
+            vec![(mail_name(&c.name, event, "subject"), &request.subject)];
+        if let Some(tag) = &smtp.subject_tag {
+            parts.push((mail_name(&c.name, event, "subject_tag"), tag));
+        }
+        for (i, to) in smtp.to.iter().enumerate() {
+            parts.push((mail_name(&c.name, event, &format!("to {i}")), to));
+        }
+        for (i, cc) in smtp.cc.iter().enumerate() {
+            parts.push((mail_name(&c.name, event, &format!("cc {i}")), cc));
+        }
+        for (name, text) in parts {
+            self.plain
+                .register_template_string(&name, text)
+                .map_err(|e| from_template_error(&name, e))?;
+        }
+        Ok(())
+    }
+
+    fn render_plain(&self, name: &str, ctx: &Context) -> Result<String, RenderError> {
+        self.plain
+            .render_with_context(name, ctx)
+            .map_err(|e| self.locate_partial(from_render_error(name, e)))
+    }
+
+    /// Renders the email an SMTP `connector` sends for `event`.
+    pub fn render_email(
+        &self,
+        connector: &ConnectorConfig,
+        event: Event,
+        context: &Value,
+    ) -> Result<RenderedEmail, RenderError> {
+        let (Some(smtp), Some(request)) = (&connector.smtp, connector.request(event)) else {
+            return Err(RenderError {
+                template: format!("connector {}", connector.name),
+                line: None,
+                column: None,
+                reason: format!("the connector sends no email for `{}`", event.as_str()),
+            });
+        };
+        let ctx = Context::wraps(context).map_err(|e| RenderError {
+            template: request.template.as_written.clone(),
+            line: None,
+            column: None,
+            reason: e.to_string(),
+        })?;
+        let body = |path: &crate::config::TemplatePath| {
+            self.body_registry(&path.as_written)
+                .render_with_context(&path.as_written, &ctx)
+                .map_err(|e| self.locate_partial(from_render_error(&path.as_written, e)))
+        };
+        let text = body(&request.template)?;
+        let html = match &request.html_template {
+            Some(h) => Some(body(h)?),
+            None => None,
+        };
+        let mut subject = helpers::oneline(
+            &self.render_plain(&mail_name(&connector.name, event, "subject"), &ctx)?,
+        );
+        if smtp.subject_tag.is_some() {
+            let tag = helpers::oneline(
+                &self.render_plain(&mail_name(&connector.name, event, "subject_tag"), &ctx)?,
+            );
+            if !tag.is_empty() && !subject.contains(&tag) {
+                subject = format!("{tag} {subject}");
+            }
+        }
+        let list = |prefix: &str, n: usize| -> Result<Vec<String>, RenderError> {
+            (0..n)
+                .map(|i| {
+                    self.render_plain(
+                        &mail_name(&connector.name, event, &format!("{prefix} {i}")),
+                        &ctx,
+                    )
+                    .map(|a| a.trim().to_string())
+                })
+                .filter(|a| !matches!(a, Ok(a) if a.is_empty()))
+                .collect()
+        };
+        Ok(RenderedEmail {
+            subject,
+            to: list("to", smtp.to.len())?,
+            cc: list("cc", smtp.cc.len())?,
+            text,
+            html,
+        })
     }
 
     /// The connector's correlation key for an incident (see [`context`]). Blank renders fall

@@ -1,0 +1,458 @@
+//! Email-to-ticket bridges: SMTP connectors against a real SMTP server (Python's aiosmtpd,
+//! installed by .ci/run), reading the stored messages back.
+
+mod common;
+
+use std::collections::HashSet;
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use mail_parser::{HeaderValue, MessageParser};
+use serde_json::{Value, json};
+
+/// The SMTP server process and the folder it stores messages in.
+struct SmtpServer {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl SmtpServer {
+    fn start(port: u16, dir: &Path, reject: Option<&str>) -> SmtpServer {
+        let script = repo().join("tests/support/smtp_server.py");
+        let mut cmd = Command::new("python3");
+        cmd.arg(script)
+            .args(["--port", &port.to_string(), "--dir"])
+            .arg(dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if let Some(r) = reject {
+            cmd.args(["--reject", r]);
+        }
+        let mut child = cmd.spawn().expect("python3 runs");
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .unwrap();
+        if line.trim() != "ready" {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut e, &mut err);
+            }
+            panic!(
+                "the SMTP server did not start (is aiosmtpd installed? pip install aiosmtpd): {err}"
+            );
+        }
+        SmtpServer {
+            child,
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    /// Every stored message, in arrival order: (envelope, raw message).
+    fn messages(&self) -> Vec<(Value, String)> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&self.dir)
+            .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default();
+        files.retain(|p| {
+            p.extension().is_some_and(|x| x == "json")
+                && !p.file_name().unwrap().to_string_lossy().starts_with('.')
+        });
+        files.sort();
+        files
+            .into_iter()
+            .map(|p| {
+                let v: Value = serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
+                let data = v["data"].as_str().unwrap().to_string();
+                (v, data)
+            })
+            .collect()
+    }
+
+    fn connections(&self) -> usize {
+        std::fs::read_to_string(self.dir.join("connections.log"))
+            .map(|t| t.lines().count())
+            .unwrap_or(0)
+    }
+
+    async fn wait_for(&self, n: usize, within: Duration) -> Vec<(Value, String)> {
+        eventually(within, || async {
+            let m = self.messages();
+            (m.len() >= n).then_some(m)
+        })
+        .await
+        .unwrap_or_else(|| self.messages())
+    }
+}
+
+impl Drop for SmtpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn mail_config(ws: &Workspace, port: u16, extra: &str) -> PathBuf {
+    ws.write(
+        "body.txt.hbs",
+        "Incident {{incidentId}} ({{event}})\n\n{{markdown_to_text (default incident.description \"\")}}\n",
+    );
+    ws.write(
+        "body.html.hbs",
+        "<h1>{{incident.summary}}</h1><p>Incident {{incidentId}}</p>",
+    );
+    ws.config(
+        "127.0.0.1:0",
+        &format!(
+            r#"
+[[connectors]]
+name = "rt"
+kind = "smtp"
+smtp_url = "smtp://127.0.0.1:{port}"
+from = "SOC Gateway <soc@example.com>"
+to = ["rt@example.com"]
+cc = ["audit@example.com"]
+subject = "{{{{incident.summary}}}}"
+subject_tag = "[{{{{humanFriendlyId}}}}]"
+template = "body.txt.hbs"
+html_template = "body.html.hbs"
+timeout = "5s"
+concurrency = 4
+{extra}
+[connectors.retry]
+max_attempts = 100
+initial_backoff = "100ms"
+max_backoff = "300ms"
+"#
+        ),
+    )
+}
+
+fn header_text(message: &mail_parser::Message, name: &str) -> Option<String> {
+    message.header(name).map(|h| match h {
+        HeaderValue::Text(t) => t.to_string(),
+        HeaderValue::TextList(l) => l.join(" "),
+        other => format!("{other:?}"),
+    })
+}
+
+#[tokio::test]
+async fn mails_carry_both_parts_a_tagged_encoded_subject_and_thread_on_the_ticket() {
+    let port = free_port();
+    let ws = Workspace::new();
+    let server = SmtpServer::start(port, &ws.path().join("mails"), None);
+    let config = mail_config(&ws, port, "correlation_key = \"{{incident_class}}\"");
+    let gw = start_in_process(&config).await;
+    let base = format!("http://{}", gw.addr);
+
+    let mut first = incident("MAIL-1");
+    first["incident"]["summary"] = json!("Brute force — Überprüfung 漢字 🚨");
+    let r: Value = post_incident(&base, &first).await.json().await.unwrap();
+    let first_id = r["deliveries"][0]["id"].as_str().unwrap().to_string();
+    server.wait_for(1, Duration::from_secs(10)).await;
+    let r: Value = post_incident(&base, &incident("MAIL-2"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["deliveries"][0]["event"], "updated");
+    let second_id = r["deliveries"][0]["id"].as_str().unwrap().to_string();
+    let mails = server.wait_for(2, Duration::from_secs(10)).await;
+    assert_eq!(mails.len(), 2);
+
+    let (envelope, raw) = &mails[0];
+    assert_eq!(envelope["mail_from"], "soc@example.com");
+    assert_eq!(
+        envelope["rcpt_tos"],
+        json!(["rt@example.com", "audit@example.com"])
+    );
+    assert!(
+        raw.contains("Subject: [ww1k39] Brute force =?utf-8?b?"),
+        "non-ASCII subject is RFC 2047 encoded:\n{raw}"
+    );
+    let parsed = MessageParser::default().parse(raw.as_bytes()).unwrap();
+    assert_eq!(
+        parsed.subject(),
+        Some("[ww1k39] Brute force — Überprüfung 漢字 🚨")
+    );
+    assert_eq!(
+        parsed.message_id(),
+        Some(format!("{first_id}@example.com").as_str())
+    );
+    assert!(raw.contains("Content-Type: multipart/alternative"), "{raw}");
+    assert!(
+        parsed
+            .body_text(0)
+            .unwrap()
+            .contains("Incident MAIL-1 (created)")
+    );
+    assert!(
+        parsed.body_text(0).unwrap().contains("Attack Detail:"),
+        "markdown rendered as text"
+    );
+    assert!(
+        parsed
+            .body_html(0)
+            .unwrap()
+            .contains("<h1>Brute force — Überprüfung 漢字 🚨</h1>")
+    );
+
+    let reply = MessageParser::default()
+        .parse(mails[1].1.as_bytes())
+        .unwrap();
+    let root = format!("<{first_id}@example.com>");
+    assert_eq!(
+        reply.message_id(),
+        Some(format!("{second_id}@example.com").as_str())
+    );
+    assert_eq!(
+        header_text(&reply, "In-Reply-To").map(|v| format!("<{v}>")),
+        Some(root.clone())
+    );
+    assert!(
+        mails[1].1.contains(&format!("References: {root}")),
+        "{}",
+        mails[1].1
+    );
+    assert!(reply.subject().unwrap().starts_with("[ww1k39] "));
+    assert!(
+        reply
+            .body_text(0)
+            .unwrap()
+            .contains("Incident MAIL-2 (updated)")
+    );
+
+    // The admin view shows the thread root as the ticket id.
+    let (_, view) = admin_get(&base, "/v1/incidents/MAIL-2").await;
+    assert_eq!(
+        view["connectors"]["rt"]["tickets"][0]["ticket_id"],
+        root.as_str()
+    );
+    gw.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_subject_cannot_inject_a_header_or_a_recipient() {
+    let port = free_port();
+    let ws = Workspace::new();
+    let server = SmtpServer::start(port, &ws.path().join("mails"), None);
+    let config = mail_config(&ws, port, "");
+    let gw = start_in_process(&config).await;
+    let base = format!("http://{}", gw.addr);
+    let mut evil = incident("EVIL-1");
+    evil["incident"]["summary"] = json!("x\r\nBcc: attacker@example.com");
+    evil["humanFriendlyId"] = json!("id\r\nCc: attacker2@example.com");
+    assert_eq!(post_incident(&base, &evil).await.status(), 202);
+    let mails = server.wait_for(1, Duration::from_secs(10)).await;
+    assert_eq!(mails.len(), 1);
+    let (envelope, raw) = &mails[0];
+    assert_eq!(
+        envelope["rcpt_tos"],
+        json!(["rt@example.com", "audit@example.com"])
+    );
+    let headers = raw.split("\r\n\r\n").next().unwrap();
+    assert!(
+        !headers.to_ascii_lowercase().contains("\nbcc:"),
+        "{headers}"
+    );
+    assert!(
+        !headers
+            .to_ascii_lowercase()
+            .contains("attacker2@example.com\r\n"),
+        "{headers}"
+    );
+    let parsed = MessageParser::default().parse(raw.as_bytes()).unwrap();
+    assert_eq!(
+        parsed.subject(),
+        Some("[id Cc: attacker2@example.com] x Bcc: attacker@example.com")
+    );
+    assert_eq!(parsed.bcc(), None);
+    assert_eq!(
+        parsed.cc().unwrap().first().unwrap().address(),
+        Some("audit@example.com")
+    );
+    gw.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mails_queue_while_the_server_is_down_and_each_arrives_once() {
+    const N: usize = 20;
+    let port = free_port();
+    let ws = Workspace::new();
+    let config = mail_config(&ws, port, "");
+    let gw = start_in_process(&config).await;
+    let base = format!("http://{}", gw.addr);
+    let mut ids = HashSet::new();
+    for i in 0..N {
+        let r: Value = post_incident(&base, &incident(&format!("DOWN-{i}")))
+            .await
+            .json()
+            .await
+            .unwrap();
+        ids.insert(format!(
+            "{}@example.com",
+            r["deliveries"][0]["id"].as_str().unwrap()
+        ));
+    }
+    // Wait until every mail has failed at least once against the closed port.
+    let retried = eventually(Duration::from_secs(20), || async {
+        let (_, v) = admin_get(&base, "/v1/deliveries?status=pending&limit=100").await;
+        let list = v["deliveries"].as_array().cloned().unwrap_or_default();
+        (list.len() == N && list.iter().all(|d| d["attempt_count"].as_u64() >= Some(1)))
+            .then_some(list)
+    })
+    .await
+    .expect("all queued and retrying");
+    assert!(retried[0]["last_error"].as_str().unwrap().len() > 3);
+
+    let server = SmtpServer::start(port, &ws.path().join("mails"), None);
+    let mails = server.wait_for(N, Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mails = if mails.len() == N {
+        server.messages()
+    } else {
+        mails
+    };
+    let got: Vec<String> = mails
+        .iter()
+        .map(|(_, raw)| {
+            MessageParser::default()
+                .parse(raw.as_bytes())
+                .unwrap()
+                .message_id()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let unique: HashSet<String> = got.iter().cloned().collect();
+    assert_eq!(got.len(), N, "each delivery arrived exactly once");
+    assert_eq!(unique, ids, "under the Message-ID of its delivery");
+    gw.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_5xx_reply_is_final_and_recorded_with_the_servers_words() {
+    let port = free_port();
+    let ws = Workspace::new();
+    let _server = SmtpServer::start(
+        port,
+        &ws.path().join("mails"),
+        Some("554 5.7.1 Rejected by policy"),
+    );
+    let config = mail_config(&ws, port, "");
+    let gw = start_in_process(&config).await;
+    let base = format!("http://{}", gw.addr);
+    let r: Value = post_incident(&base, &incident("REJECT-1"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = r["deliveries"][0]["id"].as_str().unwrap().to_string();
+    let dead = eventually(Duration::from_secs(10), || async {
+        let (_, v) = admin_get(&base, &format!("/v1/deliveries/{id}")).await;
+        (v["status"] == "dead").then_some(v)
+    })
+    .await
+    .expect("dead at once");
+    assert_eq!(dead["attempt_count"], 1);
+    let attempt = &dead["attempts"][0];
+    assert_eq!(attempt["status_code"], 554);
+    assert!(
+        attempt["error"]
+            .as_str()
+            .unwrap()
+            .contains("Rejected by policy"),
+        "{attempt}"
+    );
+    gw.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_a_thousand_mails_reuses_a_few_connections() {
+    const N: usize = 1000;
+    let port = free_port();
+    let ws = Workspace::new();
+    let server = SmtpServer::start(port, &ws.path().join("mails"), None);
+    let config = mail_config(&ws, port, "");
+    let gw = start_in_process(&config).await;
+    let base = format!("http://{}", gw.addr);
+    for chunk in 0..N / 100 {
+        let batch: Vec<Value> = (0..100)
+            .map(|i| incident(&format!("POOL-{chunk}-{i}")))
+            .collect();
+        assert_eq!(post_incident(&base, &json!(batch)).await.status(), 202);
+    }
+    let mails = server.wait_for(N, Duration::from_secs(120)).await;
+    assert_eq!(mails.len(), N);
+    let connections = server.connections();
+    eprintln!("{N} mails over {connections} SMTP connections (connector concurrency 4)");
+    assert!(connections <= 8, "{connections} connections for {N} mails");
+    gw.stop().await.unwrap();
+}
+
+#[test]
+fn render_shows_the_whole_message_and_check_parses_addresses() {
+    let ws = Workspace::new();
+    let config = mail_config(&ws, 2525, "");
+    ws.write(
+        "incidents/sample.json",
+        &std::fs::read_to_string(repo().join("examples/incidents/sample.json")).unwrap(),
+    );
+    let bin = env!("CARGO_BIN_EXE_incident-gateway");
+    let out = Command::new(bin)
+        .args(["render", "--config"])
+        .arg(&config)
+        .args(["--connector", "rt", "--event", "updated", "--incident"])
+        .arg(repo().join("examples/incidents/sample.json"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.starts_with("SMTP 127.0.0.1:2525"), "{text}");
+    for needle in [
+        "From: \"SOC Gateway\" <soc@example.com>",
+        "To: rt@example.com",
+        "Subject: [ww1k39] Brute force attempt from 1.2.3.4",
+        "Message-ID: <msg_preview@example.com>",
+        "In-Reply-To: <msg_preview_root@example.com>",
+        "Content-Type: multipart/alternative",
+        "Content-Type: text/plain",
+        "Content-Type: text/html",
+    ] {
+        assert!(text.contains(needle), "{needle} in:\n{text}");
+    }
+    let out = Command::new(bin)
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A bad address is caught at load, with its field.
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("rt@example.com", "not an address");
+    std::fs::write(&config, text).unwrap();
+    let out = Command::new(bin)
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("connectors[0].to[0]") && err.contains("not an address"),
+        "{err}"
+    );
+}
