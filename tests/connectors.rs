@@ -1,7 +1,9 @@
 //! The shipped connectors (examples/connectors.toml and templates/<target>/): every one renders,
 //! for every event, against the example incidents and against hostile variants of the sample,
-//! a body its target accepts (schemas/targets/) within the target's size limits; golden
-//! snapshots of what each sends; and `check` / `render` as an admin runs them.
+//! the request its target documents for that event (method, URL with the ticket in it, a body
+//! the event's own schema in schemas/targets/ accepts, within the target's size limits), also
+//! with hostile completion notes and ticket ids; golden snapshots of what each sends; and
+//! `check` / `render` as an admin runs them.
 
 mod common;
 
@@ -20,17 +22,115 @@ const ADMIN_TOKEN_ENV: &str = "example-admin-token-123";
 const SOURCE_KEY_ENV: &str = "example-source-key-123";
 const EVENTS: [Event; 3] = [Event::Created, Event::Updated, Event::Completed];
 
-/// Every shipped connector and the schema its body must satisfy.
+/// Every shipped connector and its `target_schema`: the schema `check` applies to the body of
+/// every event (for the ticketing connectors, one that accepts each of their request shapes).
 const SHIPPED: &[(&str, &str)] = &[
-    ("servicenow", "servicenow-incident"),
-    ("jira", "jira-issue"),
+    ("servicenow", "servicenow"),
+    ("jira", "jira"),
     ("pagerduty", "pagerduty-event"),
-    ("opsgenie", "opsgenie-alert"),
+    ("opsgenie", "opsgenie"),
     ("slack", "slack-webhook"),
     ("teams", "teams-adaptive-card"),
-    ("redmine", "redmine-issue"),
+    ("redmine", "redmine"),
     ("generic", "generic-envelope"),
 ];
+
+/// The connectors that keep a ticket (or alert) open across events: `updated` and `completed`
+/// address it, so they send other requests than `created`.
+const TICKETING: [&str; 5] = ["servicenow", "jira", "pagerduty", "opsgenie", "redmine"];
+
+/// The ticket id `render_with` gives `updated` and `completed`, as the created response would.
+const GOLDEN_TICKET_ID: &str = "TICKET-GOLDEN-1";
+
+/// The schema of the one request `connector` sends for `event`: stricter than the connector's
+/// `target_schema`, which cannot tell the events apart.
+fn request_schema(connector: &str, event: Event) -> &'static str {
+    match (connector, event) {
+        ("servicenow", Event::Created) => "servicenow-incident",
+        ("servicenow", _) => "servicenow-incident-update",
+        ("jira", Event::Created) => "jira-issue",
+        ("jira", Event::Updated) => "jira-comment",
+        ("jira", Event::Completed) => "jira-transition",
+        ("pagerduty", _) => "pagerduty-event",
+        ("opsgenie", Event::Created) => "opsgenie-alert",
+        ("opsgenie", Event::Updated) => "opsgenie-note",
+        ("opsgenie", Event::Completed) => "opsgenie-close",
+        ("redmine", Event::Created) => "redmine-issue",
+        ("redmine", _) => "redmine-issue-update",
+        ("slack", _) => "slack-webhook",
+        ("teams", _) => "teams-adaptive-card",
+        ("generic", _) => "generic-envelope",
+        (other, _) => panic!("{other} is not a shipped connector"),
+    }
+}
+
+/// The method and URL each event sends, `{id}` standing for the ticket id and `{key}` for the
+/// correlation key (each as the URL template writes it: percent-encoded).
+fn expected_request(connector: &str, event: Event) -> (&'static str, &'static str) {
+    use Event::*;
+    match (connector, event) {
+        ("servicenow", Created) => (
+            "POST",
+            "https://example.service-now.com/api/now/table/incident?sysparm_fields=sys_id,number",
+        ),
+        ("servicenow", _) => (
+            "PATCH",
+            "https://example.service-now.com/api/now/table/incident/{id}?sysparm_fields=sys_id,number",
+        ),
+        ("jira", Created) => ("POST", "https://example.atlassian.net/rest/api/2/issue"),
+        ("jira", Updated) => (
+            "POST",
+            "https://example.atlassian.net/rest/api/2/issue/{id}/comment",
+        ),
+        ("jira", Completed) => (
+            "POST",
+            "https://example.atlassian.net/rest/api/2/issue/{id}/transitions",
+        ),
+        ("pagerduty", _) => ("POST", "https://events.pagerduty.com/v2/enqueue"),
+        ("opsgenie", Created) => ("POST", "https://api.opsgenie.com/v2/alerts"),
+        ("opsgenie", Updated) => (
+            "POST",
+            "https://api.opsgenie.com/v2/alerts/{key}/notes?identifierType=alias",
+        ),
+        ("opsgenie", Completed) => (
+            "POST",
+            "https://api.opsgenie.com/v2/alerts/{key}/close?identifierType=alias",
+        ),
+        ("redmine", Created) => ("POST", "https://redmine.example.com/issues.json"),
+        ("redmine", _) => ("PUT", "https://redmine.example.com/issues/{id}.json"),
+        ("slack", _) => (
+            "POST",
+            "https://hooks.slack.com/services/T00000000/B00000000/XXXXXXXXXXXXXXXXXXXXXXXX",
+        ),
+        ("teams", _) => (
+            "POST",
+            "https://example.webhook.office.com/webhookb2/team-id@tenant-id/IncomingWebhook/connector-id/owner-id",
+        ),
+        ("generic", _) => ("POST", "https://soar.example.com/hooks/incident-gateway"),
+        (other, _) => panic!("{other} is not a shipped connector"),
+    }
+}
+
+/// A value as the URL template writes it: everything but RFC 3986's unreserved characters
+/// percent-encoded.
+fn url_component(value: &str) -> String {
+    const COMPONENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'~');
+    percent_encoding::utf8_percent_encode(value, COMPONENT).to_string()
+}
+
+/// The URL `connector` sends `event` to, for this ticket.
+fn expected_url(connector: &str, event: Event, ticket: &TicketFacts) -> String {
+    let (_, url) = expected_request(connector, event);
+    let mut url = url.replace("{key}", &url_component(&ticket.key));
+    if let Some(id) = &ticket.id {
+        url = url.replace("{id}", &url_component(id));
+    }
+    url
+}
 
 /// Teams refuses messages over 28 KB.
 const TEAMS_MAX_BYTES: usize = 28 * 1024;
@@ -79,6 +179,36 @@ fn schema_errors(validator: &jsonschema::Validator, body: &Value) -> Vec<String>
         .collect()
 }
 
+/// The ticket a delivery of `event` sees: after `created`, the target has named it.
+fn golden_ticket(incident: &Value, event: Event) -> TicketFacts {
+    let key = incident
+        .get("incidentId")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    match event {
+        Event::Created => TicketFacts {
+            key,
+            id: None,
+            url: None,
+        },
+        _ => TicketFacts {
+            key,
+            id: Some(GOLDEN_TICKET_ID.into()),
+            url: Some(format!("https://tickets.example.com/{GOLDEN_TICKET_ID}")),
+        },
+    }
+}
+
+/// The completion a `completed` delivery carries.
+fn golden_completion(event: Event) -> Option<Completion> {
+    (event == Event::Completed).then(|| Completion {
+        reason_code: "threat_not_valid".into(),
+        notes: Some("Closed in the ticketing system: expected scanner traffic".into()),
+        status_change_time: "2026-01-02T09:30:00.000Z".into(),
+    })
+}
+
 /// Fixed delivery facts, so renders (and snapshots) do not depend on the clock.
 fn render_with(
     renderer: &Renderer,
@@ -87,32 +217,31 @@ fn render_with(
     incident: &Value,
     event: Event,
 ) -> RenderedRequest {
+    try_render(
+        renderer,
+        config,
+        connector,
+        incident,
+        event,
+        golden_ticket(incident, event),
+        golden_completion(event),
+    )
+    .unwrap_or_else(|e| panic!("{connector} does not render: {e}"))
+}
+
+/// As `render_with`, with the ticket and completion given.
+fn try_render(
+    renderer: &Renderer,
+    config: &Config,
+    connector: &str,
+    incident: &Value,
+    event: Event,
+    ticket: TicketFacts,
+    completion: Option<Completion>,
+) -> Result<RenderedRequest, render::RenderError> {
     let connector = config
         .connector(connector)
         .unwrap_or_else(|| panic!("no connector {connector} in examples/connectors.toml"));
-    let key = incident
-        .get("incidentId")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_string();
-    // After `created`, the target has named the ticket; `completed` carries a completion.
-    let ticket = match event {
-        Event::Created => TicketFacts {
-            key,
-            id: None,
-            url: None,
-        },
-        _ => TicketFacts {
-            key,
-            id: Some("TICKET-GOLDEN-1".into()),
-            url: Some("https://tickets.example.com/TICKET-GOLDEN-1".into()),
-        },
-    };
-    let completion = (event == Event::Completed).then(|| Completion {
-        reason_code: "threat_not_valid".into(),
-        notes: Some("Closed in the ticketing system: expected scanner traffic".into()),
-        status_change_time: "2026-01-02T09:30:00.000Z".into(),
-    });
     let facts = DeliveryFacts {
         event,
         delivery_id: "msg_golden",
@@ -122,9 +251,7 @@ fn render_with(
         ticket,
         completion,
     };
-    renderer
-        .render(connector, event, &render::context(incident, &facts))
-        .unwrap_or_else(|e| panic!("{} does not render: {e}", connector.name))
+    renderer.render(connector, event, &render::context(incident, &facts))
 }
 
 fn read_json(path: &Path) -> Value {
@@ -346,6 +473,12 @@ fn target_limits(connector: &str, request: &RenderedRequest, body: &Value) -> Ve
                     "details total {total} characters > {OPSGENIE_DETAILS_MAX_CHARS}"
                 ));
             }
+            // A note (the `updated` note, the `completed` close note): Opsgenie (Java) may
+            // count UTF-16 code units, and it stays within 25 000 of those too.
+            let note = body["note"].as_str().unwrap_or("").encode_utf16().count();
+            if note > 25000 {
+                problems.push(format!("note is {note} UTF-16 units > 25000"));
+            }
         }
         "jira" => {
             // Jira counts UTF-16 code units, not the code points the schema counts.
@@ -358,7 +491,22 @@ fn target_limits(connector: &str, request: &RenderedRequest, body: &Value) -> Ve
             if description > 32767 {
                 problems.push(format!("description is {description} UTF-16 units > 32767"));
             }
+            // Comments: the `updated` comment, and the one the `completed` transition adds.
+            let comments = std::iter::once(&body["body"]).chain(
+                body["update"]["comment"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|c| &c["add"]["body"]),
+            );
+            for comment in comments {
+                let n = units(comment);
+                if n > 32767 {
+                    problems.push(format!("comment is {n} UTF-16 units > 32767"));
+                }
+            }
         }
+
         "slack" => {
             // Incident text is escaped: no `<` or `>` reaches Slack, so no <!channel>, <@U…>
             // or <url|disguised link> (the template itself writes none).
@@ -385,8 +533,101 @@ fn target_limits(connector: &str, request: &RenderedRequest, body: &Value) -> Ve
     problems
 }
 
+/// Checks of one event's request beyond its body's schema: the method and URL the target
+/// documents for the event (the ticket in the URL), that the request names the incident, and
+/// what each target needs to act on the event (resolve, close, transition).
+fn request_problems(
+    connector: &str,
+    event: Event,
+    request: &RenderedRequest,
+    body: &Value,
+    incident: &Value,
+    ticket: &TicketFacts,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    let (method, _) = expected_request(connector, event);
+    if request.method.as_str() != method {
+        problems.push(format!("method {} (expected {method})", request.method));
+    }
+    let url = expected_url(connector, event, ticket);
+    if request.url != url {
+        problems.push(format!("URL {} (expected {url})", request.url));
+    }
+    // The incident id, as written, JSON-escaped, or percent-encoded; at least its first line
+    // (text put on one line turns a line break into a space) and its first 255 characters
+    // (as a dedup key cuts it).
+    let id = incident["incidentId"].as_str().unwrap_or_default();
+    let head: String = id
+        .chars()
+        .take_while(|c| !c.is_control())
+        .take(255)
+        .collect();
+    let named = [
+        head.clone(),
+        render::escape_json_string(&head),
+        url_component(&head),
+    ]
+    .iter()
+    .any(|f| request.body.contains(f.as_str()) || request.url.contains(f.as_str()));
+    if !named {
+        problems.push("the request does not name the incident".into());
+    }
+    let key255: String = ticket.key.chars().take(255).collect();
+    let key512: String = ticket.key.chars().take(512).collect();
+    let mut expect = |what: &str, found: &Value, wanted: Value| {
+        if *found != wanted {
+            problems.push(format!("{what} is {found} (expected {wanted})"));
+        }
+    };
+    match (connector, event) {
+        ("servicenow", Event::Updated) => {
+            expect("state", &body["state"], Value::Null);
+        }
+        ("servicenow", Event::Completed) => {
+            expect("state", &body["state"], json!("6"));
+            expect(
+                "close_code",
+                &body["close_code"],
+                json!("Resolved by caller"),
+            );
+        }
+        ("jira", Event::Completed) => {
+            expect("transition", &body["transition"], json!({"id": "31"}));
+        }
+        ("pagerduty", Event::Completed) => {
+            expect("event_action", &body["event_action"], json!("resolve"));
+            expect("dedup_key", &body["dedup_key"], json!(key255));
+        }
+        ("pagerduty", _) => {
+            expect("event_action", &body["event_action"], json!("trigger"));
+            expect("dedup_key", &body["dedup_key"], json!(key255));
+        }
+        ("opsgenie", Event::Created) => {
+            expect("alias", &body["alias"], json!(key512));
+        }
+        ("redmine", Event::Completed) => {
+            expect("status_id", &body["issue"]["status_id"], json!(5));
+        }
+        ("redmine", Event::Updated) => {
+            expect("status_id", &body["issue"]["status_id"], Value::Null);
+        }
+        _ => {}
+    }
+    // What the completion says reaches the target (its reason, and its notes when short).
+    if event == Event::Completed
+        && TICKETING.contains(&connector)
+        && connector != "pagerduty"
+        && !request.body.contains("threat_not_valid")
+    {
+        problems.push("the completion's reason code is not in the request".into());
+    }
+    problems
+}
+
 /// One shipped connector, every event, every incident: the body parses as JSON, satisfies the
-/// target's schema and limits. Prints the largest body (`--nocapture` to see it).
+/// connector's `target_schema` (as `check` applies it) and the event's own request schema, and
+/// the target's limits; the method and URL are the event's. Prints the largest body
+/// (`--nocapture` to see it).
 fn renders_valid_bodies(connector: &str) {
     let schema_name = SHIPPED
         .iter()
@@ -396,10 +637,17 @@ fn renders_valid_bodies(connector: &str) {
     let config = example_config();
     let renderer = Renderer::new(&config).expect("the shipped templates compile");
     let schema = target_schema(schema_name);
+    let event_schemas: Vec<(&str, jsonschema::Validator)> = EVENTS
+        .iter()
+        .map(|e| {
+            let name = request_schema(connector, *e);
+            (name, target_schema(name))
+        })
+        .collect();
     let mut failures = Vec::new();
     let mut largest = (0, String::new());
     for (incident_name, incident) in &all_incidents() {
-        for event in EVENTS {
+        for (i, event) in EVENTS.into_iter().enumerate() {
             let at = format!("{connector} × {incident_name} × {}", event.as_str());
             let request = render_with(&renderer, &config, connector, incident, event);
             let body: Value = match serde_json::from_str(&request.body) {
@@ -412,7 +660,15 @@ fn renders_valid_bodies(connector: &str) {
             for e in schema_errors(&schema, &body) {
                 failures.push(format!("{at}: {schema_name}: {e}"));
             }
+            let (event_schema_name, event_schema) = &event_schemas[i];
+            for e in schema_errors(event_schema, &body) {
+                failures.push(format!("{at}: {event_schema_name}: {e}"));
+            }
             for p in target_limits(connector, &request, &body) {
+                failures.push(format!("{at}: {p}"));
+            }
+            let ticket = golden_ticket(incident, event);
+            for p in request_problems(connector, event, &request, &body, incident, &ticket) {
                 failures.push(format!("{at}: {p}"));
             }
             if request.body.len() > largest.0 {
@@ -470,6 +726,246 @@ fn redmine_renders_valid_bodies() {
 #[test]
 fn generic_renders_valid_bodies() {
     renders_valid_bodies("generic");
+}
+
+/// Each connector's `target_schema` in the example config is the one SHIPPED names.
+#[test]
+fn shipped_connectors_name_their_target_schema() {
+    let config = example_config();
+    for (connector, schema) in SHIPPED {
+        let path = config.connector(connector).unwrap().target_schema.clone();
+        assert_eq!(
+            path.as_deref().and_then(Path::file_name),
+            Some(std::ffi::OsStr::new(&format!("{schema}.schema.json"))),
+            "{connector}"
+        );
+    }
+}
+
+/// A connector-level schema bundles the request schemas it dispatches to under `$defs`,
+/// keyed by file name: each must stay identical to its file (edit the file, then copy it
+/// there).
+#[test]
+fn bundled_target_schemas_match_their_files() {
+    let dir = repo().join("schemas/targets");
+    let mut bundles = 0;
+    for (_, schema) in SHIPPED {
+        let bundle = read_json(&dir.join(format!("{schema}.schema.json")));
+        let Some(defs) = bundle["$defs"].as_object() else {
+            continue;
+        };
+        for (file, embedded) in defs {
+            if !file.ends_with(".schema.json") {
+                continue; // a definition of the schema's own, not a bundled file
+            }
+            bundles += 1;
+            assert_eq!(
+                embedded,
+                &read_json(&dir.join(file)),
+                "{schema}.schema.json's $defs[{file:?}] differs from {file}"
+            );
+        }
+    }
+    assert_eq!(
+        bundles, 10,
+        "servicenow 2 + jira 3 + opsgenie 3 + redmine 2"
+    );
+}
+
+/// Completions as the back channel may carry them: no notes, blank notes, the longest notes it
+/// accepts (10 000 characters) in hostile text, control characters only, and a reason code
+/// the templates do not know.
+fn hostile_completions() -> Vec<(&'static str, Completion)> {
+    let completion = |reason: &str, notes: Option<String>| Completion {
+        reason_code: reason.into(),
+        notes,
+        status_change_time: "2026-01-02T09:30:00.000Z".into(),
+    };
+    let chars = |unit: &str, n: usize| unit.chars().cycle().take(n).collect::<String>();
+    let mut out = vec![
+        ("no_notes", completion("acceptable_risk", None)),
+        ("blank_notes", completion("other", Some(" \n\t ".into()))),
+        (
+            "nasty_notes",
+            completion(
+                "further_action",
+                Some(chars(&format!("{NASTY} {UNICODE} "), 10_000)),
+            ),
+        ),
+        (
+            "control_notes",
+            completion("compensating_control", Some("\u{1}".repeat(10_000))),
+        ),
+        (
+            "emoji_notes",
+            completion("not_concluded", Some("🚨".repeat(10_000))),
+        ),
+        (
+            "unknown_reason",
+            completion("reason \"from\" {{elsewhere}}\n", Some("n".into())),
+        ),
+    ];
+    for reason in incident_gateway::ticket::REASON_CODES {
+        out.push(("each_reason", completion(reason, Some("notes".into()))));
+    }
+    out
+}
+
+/// `completed` with every hostile completion, for the sample and the worst incidents: valid
+/// bodies within limits, carrying the reason.
+#[test]
+fn completed_renders_valid_bodies_for_hostile_completions() {
+    let config = example_config();
+    let renderer = Renderer::new(&config).unwrap();
+    let incidents: Vec<(String, Value)> = all_incidents()
+        .into_iter()
+        .filter(|(n, _)| {
+            [
+                "sample",
+                "minimal",
+                "hostile:nasty_text",
+                "hostile:worst_escaping",
+                "hostile:long_id",
+                "hostile:all_null",
+            ]
+            .contains(&n.as_str())
+        })
+        .collect();
+    assert_eq!(incidents.len(), 6);
+    let mut failures = Vec::new();
+    for (connector, schema_name) in SHIPPED {
+        let schema = target_schema(schema_name);
+        let event_schema = target_schema(request_schema(connector, Event::Completed));
+        for (incident_name, incident) in &incidents {
+            for (completion_name, completion) in hostile_completions() {
+                let at = format!("{connector} × {incident_name} × {completion_name}");
+                let ticket = golden_ticket(incident, Event::Completed);
+                let request = match try_render(
+                    &renderer,
+                    &config,
+                    connector,
+                    incident,
+                    Event::Completed,
+                    ticket.clone(),
+                    Some(completion.clone()),
+                ) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        failures.push(format!("{at}: does not render: {e}"));
+                        continue;
+                    }
+                };
+                let body: Value = match serde_json::from_str(&request.body) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        failures.push(format!("{at}: not JSON: {e}"));
+                        continue;
+                    }
+                };
+                for e in schema_errors(&schema, &body)
+                    .into_iter()
+                    .chain(schema_errors(&event_schema, &body))
+                    .chain(target_limits(connector, &request, &body))
+                {
+                    failures.push(format!("{at}: {e}"));
+                }
+                let reason =
+                    render::escape_json_string(completion.reason_code.lines().next().unwrap_or(""));
+                if TICKETING.contains(connector)
+                    && *connector != "pagerduty"
+                    && !request.body.contains(reason.trim())
+                {
+                    failures.push(format!("{at}: the reason code is not in the request"));
+                }
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+/// Ticket ids come from the target's response and correlation keys from a template: whatever
+/// they hold, they fill one path segment of the URL (or the render fails, for `.` and `..`,
+/// which the engine refuses), and never add a segment or a query.
+#[test]
+fn hostile_ticket_ids_and_keys_stay_in_their_path_segment() {
+    let config = example_config();
+    let renderer = Renderer::new(&config).unwrap();
+    let incident = sample();
+    let hostile = [
+        "1/../../admin",
+        "a?b=c#d",
+        "SEC-1 %2F%2e%2e",
+        "x\r\nHost: evil.test",
+        "Ä🚨/\\",
+        "{{incidentId}}",
+        "0123456789abcdef0123456789abcdef",
+        &"k".repeat(600),
+    ];
+    let mut failures = Vec::new();
+    for connector in TICKETING {
+        for event in [Event::Updated, Event::Completed] {
+            for value in hostile.iter().copied().chain([".", ".."]) {
+                let ticket = TicketFacts {
+                    key: value.to_string(),
+                    id: Some(value.to_string()),
+                    url: None,
+                };
+                let at = format!("{connector} × {} × {value:.40?}", event.as_str());
+                let result = try_render(
+                    &renderer,
+                    &config,
+                    connector,
+                    &incident,
+                    event,
+                    ticket.clone(),
+                    golden_completion(event),
+                );
+                let addressed = expected_request(connector, event).1.contains('{');
+                match result {
+                    Err(e) if addressed && (value == "." || value == "..") => {
+                        if !e.to_string().contains("\".\" or \"..\"") {
+                            failures.push(format!("{at}: refused, but not as a dot segment: {e}"));
+                        }
+                    }
+                    Err(e) => failures.push(format!("{at}: does not render: {e}")),
+                    Ok(_) if addressed && (value == "." || value == "..") => {
+                        failures.push(format!("{at}: a dot segment was sent"));
+                    }
+                    Ok(request) => {
+                        let mut ticket = ticket;
+                        // Opsgenie addresses the alert by its alias, cut as the create cuts it.
+                        if connector == "opsgenie" {
+                            ticket.key = ticket.key.chars().take(512).collect();
+                        }
+                        let url = expected_url(connector, event, &ticket);
+                        if request.url != url {
+                            failures.push(format!("{at}: URL {} (expected {url})", request.url));
+                        }
+                        let parsed = reqwest::Url::parse(&request.url).unwrap();
+                        let template = expected_request(connector, event).1;
+                        let segments = template.split('?').next().unwrap().matches('/').count();
+                        if parsed.path().matches('/').count() + 2 != segments {
+                            failures.push(format!("{at}: path {}", parsed.path()));
+                        }
+                        if parsed.fragment().is_some() {
+                            failures.push(format!("{at}: a fragment in {}", request.url));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 /// The request as `render` prints it (secrets and credential headers masked), without the
@@ -536,8 +1032,11 @@ fn golden_requests() {
             cases.push((connector, incident, Event::Created));
         }
     }
-    // PagerDuty resolves the alert on `completed`: a different request.
-    cases.push(("pagerduty", "sample", Event::Completed));
+    // The ticketing connectors send other requests for `updated` and `completed`.
+    for connector in TICKETING {
+        cases.push((connector, "sample", Event::Updated));
+        cases.push((connector, "sample", Event::Completed));
+    }
     for (connector, incident, event) in cases {
         let request = render_with(&renderer, &config, connector, &incidents[incident], event);
         let shown = shown(&config, &request);
@@ -653,13 +1152,21 @@ fn breaking_any_shipped_template_fails_check_naming_file_and_line() {
     let copy = example_copy();
     let (ok, text) = check_copy(copy.path());
     assert!(ok, "the unbroken copy passes: {text}");
-    for (i, (connector, _)) in SHIPPED.iter().enumerate() {
-        let written = config
-            .connector(connector)
-            .unwrap()
-            .template
-            .as_written
-            .clone();
+    // Every body template of every event (a template two events share, once).
+    let mut templates: Vec<(&str, String)> = Vec::new();
+    for (connector, _) in SHIPPED {
+        for event in EVENTS {
+            let Some(request) = config.connector(connector).unwrap().request(event) else {
+                continue;
+            };
+            let written = request.template.as_written.clone();
+            if !templates.iter().any(|(_, t)| *t == written) {
+                templates.push((connector, written));
+            }
+        }
+    }
+    assert_eq!(templates.len(), 17, "{templates:?}");
+    for (i, (connector, written)) in templates.into_iter().enumerate() {
         // Two kinds of breakage: a block never closed, and a tag never finished.
         let broken = if i % 2 == 0 {
             "  \"broken\": \"{{#if incidentId}}\","
@@ -680,15 +1187,28 @@ fn breaking_any_shipped_template_fails_check_naming_file_and_line() {
         );
     }
 
-    // A variable the incident never has: found when rendering, named with its line.
-    let copy = example_copy();
-    let written = &config.connector(SHIPPED[0].0).unwrap().template.as_written;
-    let file = copy.path().join("examples").join(written);
-    let line = insert_line(&file, "{", "  \"x\": \"{{incident.no_such_field}}\",");
-    let (ok, text) = check_copy(copy.path());
-    assert!(!ok, "{text}");
-    assert!(text.contains(&format!("{written}:{line}")), "{text}");
-    assert!(text.contains("incident.no_such_field"), "{text}");
+    // A variable the incident never has: found when rendering, named with its line, in a
+    // `created` template and in the templates only `updated` and `completed` render.
+    for (connector, event) in [
+        ("servicenow", Event::Created),
+        ("servicenow", Event::Updated),
+        ("jira", Event::Completed),
+    ] {
+        let copy = example_copy();
+        let written = &config
+            .connector(connector)
+            .unwrap()
+            .request(event)
+            .unwrap()
+            .template
+            .as_written;
+        let file = copy.path().join("examples").join(written);
+        let line = insert_line(&file, "{", "  \"x\": \"{{incident.no_such_field}}\",");
+        let (ok, text) = check_copy(copy.path());
+        assert!(!ok, "{text}");
+        assert!(text.contains(&format!("{written}:{line}")), "{text}");
+        assert!(text.contains("incident.no_such_field"), "{text}");
+    }
 
     // A shared partial: every connector that uses it is affected; the partial is named.
     // (A block left open in a partial is reported where the file ends, not where it opens:
@@ -746,9 +1266,18 @@ fn render_prints_a_valid_body_for_every_shipped_connector() {
                 .split_once("\n\n")
                 .expect("a blank line before the body");
             // Webhook URLs that hold a secret come from the environment and are masked.
+            let (method, _) = expected_request(connector, event);
+            let ticket = TicketFacts {
+                key: "5F04D7E3-000A-8420-0002-757900000000".into(),
+                id: Some(incident_gateway::cli::PREVIEW_TICKET_ID.into()),
+                url: None,
+            };
+            let url = expected_url(connector, event, &ticket);
             assert!(
-                head.starts_with("POST https://") || head.starts_with("POST ********\n"),
-                "{connector}: {head}"
+                head.starts_with(&format!("{method} {url}\n"))
+                    || head.starts_with(&format!("{method} ********\n")),
+                "{connector} {}: {head}",
+                event.as_str()
             );
             assert!(
                 head.contains("webhook-id: msg_preview"),
@@ -761,7 +1290,11 @@ fn render_prints_a_valid_body_for_every_shipped_connector() {
                 assert_eq!(body["routing_key"], "********", "{connector}");
                 body["routing_key"] = json!(routing_key);
             }
-            let errors = schema_errors(&schema, &body);
+            let mut errors = schema_errors(&schema, &body);
+            errors.extend(schema_errors(
+                &target_schema(request_schema(connector, event)),
+                &body,
+            ));
             assert!(
                 errors.is_empty(),
                 "{connector} {}: {errors:#?}\n{body:#}",
