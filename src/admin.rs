@@ -180,3 +180,18 @@ pub async fn replay_delivery(
         Err(p) => p.into_response(),
     }
 }
+
+/// `GET /metrics`: Prometheus text format (Bearer `admin_token`, as Prometheus can send).
+pub async fn metrics(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    match require_admin(&app, &headers) {
+        Ok(()) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "text/plain; version=0.0.4",
+            )],
+            app.metrics.render(),
+        )
+            .into_response(),
+        Err(p) => p.into_response(),
+    }
+}

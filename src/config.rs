@@ -66,6 +66,20 @@ pub struct ServerConfig {
     pub header_read_timeout: Duration,
     /// How long a client may take to send its request body (408 after).
     pub body_read_timeout: Duration,
+    /// Deepest nesting of arrays and objects an incident may have.
+    pub max_json_depth: usize,
+    /// Longest string (in characters) any field may hold.
+    pub max_string_chars: usize,
+    /// Serve the admin API here, apart from the ingress (e.g. loopback only).
+    pub admin_listen: Option<String>,
+    /// TLS for the ingress listener.
+    pub tls: Option<TlsFiles>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -98,9 +112,20 @@ pub struct DeliveryConfig {
 #[derive(Clone)]
 pub struct SourceConfig {
     pub name: String,
-    pub api_key: String,
+    /// Bearer key; a source with a signing secret may do without one.
+    pub api_key: Option<String>,
     /// Bearer token for `POST /v1/incidents/{id}/complete` on this source's incidents.
     pub callback_token: Option<String>,
+    /// When set, every request must carry a valid Standard Webhooks signature by it.
+    pub signing_secret: Option<crate::deliver::sign::WebhookSecret>,
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// A token bucket: `per_second` on average, bursts of up to `burst`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimit {
+    pub per_second: f64,
+    pub burst: u32,
 }
 
 impl std::fmt::Debug for SourceConfig {
@@ -160,6 +185,25 @@ pub struct ConnectorConfig {
     pub upstream: bool,
     /// Set for `kind = "smtp"`.
     pub smtp: Option<SmtpConfig>,
+    /// How requests are signed for the receiver.
+    pub signing: crate::deliver::sign::Signing,
+    /// Where requests may go (see [`Egress`]).
+    pub egress: Egress,
+}
+
+/// Where an HTTP connector may send, checked after the URL is rendered and again on the
+/// addresses actually connected to.
+#[derive(Debug, Clone)]
+pub struct Egress {
+    /// Host names (exact, or `*.example.com` for subdomains); empty = any.
+    pub allow_hosts: Vec<String>,
+    /// Loopback and private ranges (ticketing systems often live there). Link-local and cloud
+    /// metadata addresses are refused whatever this says.
+    pub allow_private: bool,
+    /// Redirects followed (0: none).
+    pub follow_redirects: usize,
+    /// Extra CA certificate (PEM) to trust.
+    pub tls_ca_file: Option<PathBuf>,
 }
 
 /// How an SMTP connector reaches its server and whom it writes to.
@@ -376,6 +420,18 @@ fn expand_env(raw: &str) -> Result<String, String> {
                 .find('}')
                 .ok_or_else(|| format!("unclosed `${{` in {raw:?}"))?;
             let spec = &body[..end];
+            if let Some(path) = spec.strip_prefix("file:") {
+                // A secret kept in a file (Docker/Kubernetes secrets): its content, without the
+                // final line break.
+                let text = std::fs::read_to_string(path.trim()).map_err(|e| {
+                    format!("cannot read the file named by `${{file:{path}}}`: {e}")
+                })?;
+                let value = text.trim_end_matches(['\r', '\n']).to_string();
+                EXPANDED.with(|e| e.borrow_mut().push(value.clone()));
+                out.push_str(&value);
+                rest = &body[end + 1..];
+                continue;
+            }
             let (name, default) = match spec.split_once(":-") {
                 Some((n, d)) => (n, Some(d)),
                 None => (spec, None),
@@ -452,6 +508,27 @@ struct RawServer {
     header_read_timeout: Duration,
     #[serde(default = "default_read_timeout", with = "humantime_serde")]
     body_read_timeout: Duration,
+    #[serde(default = "default_json_depth")]
+    max_json_depth: usize,
+    #[serde(default = "default_string_chars")]
+    max_string_chars: usize,
+    admin_listen: Option<EnvString>,
+    admin_token_file: Option<String>,
+    tls: Option<RawTls>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: String,
+    key: String,
+}
+
+fn default_json_depth() -> usize {
+    64
+}
+fn default_string_chars() -> usize {
+    256 * 1024
 }
 
 impl Default for RawServer {
@@ -465,6 +542,11 @@ impl Default for RawServer {
             max_connections: default_max_connections(),
             header_read_timeout: default_read_timeout(),
             body_read_timeout: default_read_timeout(),
+            max_json_depth: default_json_depth(),
+            max_string_chars: default_string_chars(),
+            admin_listen: None,
+            admin_token_file: None,
+            tls: None,
         }
     }
 }
@@ -524,8 +606,19 @@ fn default_lease() -> Duration {
 #[serde(deny_unknown_fields)]
 struct RawSource {
     name: String,
-    api_key: EnvString,
+    api_key: Option<EnvString>,
+    api_key_file: Option<String>,
     callback_token: Option<EnvString>,
+    /// Standard Webhooks secret (`whsec_…`): requests must carry a valid signature.
+    signing_secret: Option<EnvString>,
+    rate_limit: Option<RawRateLimit>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRateLimit {
+    per_second: f64,
+    burst: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -576,6 +669,27 @@ struct RawConnector {
     callback_token: Option<EnvString>,
     #[serde(default)]
     upstream: bool,
+    signing: Option<RawSigning>,
+    #[serde(default)]
+    allow_hosts: Vec<String>,
+    #[serde(default = "default_true")]
+    allow_private: bool,
+    #[serde(default)]
+    follow_redirects: usize,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSigning {
+    /// Standard Webhooks secrets (`whsec_…`); several sign at once during a rotation.
+    #[serde(default)]
+    standard_webhooks: Vec<EnvString>,
+    /// A GitHub-style `X-Hub-Signature-256` secret.
+    github_secret: Option<EnvString>,
 }
 
 /// A per-event request; what it leaves out comes from the connector.
@@ -840,7 +954,46 @@ impl Validator {
             max_connections: raw.server.max_connections,
             header_read_timeout: raw.server.header_read_timeout,
             body_read_timeout: raw.server.body_read_timeout,
+            max_json_depth: raw.server.max_json_depth,
+            max_string_chars: raw.server.max_string_chars,
+            admin_listen: raw.server.admin_listen.map(|a| a.0),
+            tls: match raw.server.tls {
+                None => None,
+                Some(t) => {
+                    let cert = self.resolve(&t.cert);
+                    let key = self.resolve(&t.key);
+                    for (field, path) in [("server.tls.cert", &cert), ("server.tls.key", &key)] {
+                        if !path.is_file() {
+                            return Err(
+                                self.invalid(field, format!("{} does not exist", path.display()))
+                            );
+                        }
+                    }
+                    Some(TlsFiles { cert, key })
+                }
+            },
         };
+        let mut server = server;
+        if let Some(file) = &raw.server.admin_token_file {
+            if server.admin_token.is_some() {
+                return Err(self.invalid(
+                    "server.admin_token_file",
+                    "give admin_token or admin_token_file, not both",
+                ));
+            }
+            server.admin_token = Some(self.read_secret_file("server.admin_token_file", file)?);
+        }
+        if let Some(a) = &server.admin_listen
+            && a.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err(self.invalid(
+                "server.admin_listen",
+                format!("{a:?} is not an address like 127.0.0.1:9091"),
+            ));
+        }
+        if server.max_json_depth < 4 {
+            return Err(self.invalid("server.max_json_depth", "must be at least 4"));
+        }
         if server.max_connections == 0 {
             return Err(self.invalid("server.max_connections", "must be at least 1"));
         }
@@ -881,6 +1034,23 @@ impl Validator {
 
         let mut names = HashSet::new();
         let mut keys = HashSet::new();
+        // Signing secrets as written, to mask them wherever they could show.
+        let raw_signing_secrets: Vec<String> = raw
+            .sources
+            .iter()
+            .filter_map(|s| s.signing_secret.as_ref().map(|x| x.0.clone()))
+            .chain(raw.connectors.iter().flat_map(|c| {
+                c.signing
+                    .iter()
+                    .flat_map(|g| {
+                        g.standard_webhooks
+                            .iter()
+                            .map(|x| x.0.clone())
+                            .chain(g.github_secret.iter().map(|x| x.0.clone()))
+                    })
+                    .collect::<Vec<_>>()
+            }))
+            .collect();
         let mut sources = Vec::new();
         for (i, s) in raw.sources.into_iter().enumerate() {
             let field = format!("sources[{i}]");
@@ -890,31 +1060,76 @@ impl Validator {
                     format!("{:?} is empty or used twice", s.name),
                 ));
             }
-            if s.api_key.0.len() < 16 {
-                return Err(
-                    self.invalid(format!("{field}.api_key"), "must be at least 16 characters")
-                );
-            }
-            if !keys.insert(s.api_key.0.clone()) {
+            let api_key = match (s.api_key, &s.api_key_file) {
+                (Some(_), Some(_)) => {
+                    return Err(self.invalid(
+                        format!("{field}.api_key_file"),
+                        "give api_key or api_key_file, not both",
+                    ));
+                }
+                (Some(k), None) => Some(k.0),
+                (None, Some(file)) => {
+                    Some(self.read_secret_file(&format!("{field}.api_key_file"), file)?)
+                }
+                (None, None) => None,
+            };
+            let signing_secret = match &s.signing_secret {
+                Some(secret) => Some(
+                    crate::deliver::sign::WebhookSecret::parse(&secret.0)
+                        .map_err(|e| self.invalid(format!("{field}.signing_secret"), e))?,
+                ),
+                None => None,
+            };
+            if api_key.is_none() && signing_secret.is_none() {
                 return Err(self.invalid(
                     format!("{field}.api_key"),
-                    "is the same as another source's key",
+                    "a source needs an api_key, a signing_secret, or both",
                 ));
             }
-            if server.admin_token.as_deref() == Some(s.api_key.0.as_str()) {
-                return Err(self.invalid(
-                    format!("{field}.api_key"),
-                    "must differ from server.admin_token",
-                ));
+            if let Some(key) = &api_key {
+                if key.len() < 16 {
+                    return Err(
+                        self.invalid(format!("{field}.api_key"), "must be at least 16 characters")
+                    );
+                }
+                if !keys.insert(key.clone()) {
+                    return Err(self.invalid(
+                        format!("{field}.api_key"),
+                        "is the same as another source's key",
+                    ));
+                }
+                if server.admin_token.as_deref() == Some(key.as_str()) {
+                    return Err(self.invalid(
+                        format!("{field}.api_key"),
+                        "must differ from server.admin_token",
+                    ));
+                }
             }
+            let rate_limit = match &s.rate_limit {
+                None => None,
+                Some(r) if r.per_second > 0.0 && r.per_second.is_finite() => Some(RateLimit {
+                    per_second: r.per_second,
+                    burst: r
+                        .burst
+                        .unwrap_or_else(|| (r.per_second.ceil() as u32).max(1)),
+                }),
+                Some(_) => {
+                    return Err(self.invalid(
+                        format!("{field}.rate_limit.per_second"),
+                        "must be more than 0",
+                    ));
+                }
+            };
             let callback_token = s.callback_token.map(|t| t.0);
             if let Some(t) = &callback_token {
                 self.check_token(&format!("{field}.callback_token"), t)?;
             }
             sources.push(SourceConfig {
                 name: s.name,
-                api_key: s.api_key.0,
+                api_key,
                 callback_token,
+                signing_secret,
+                rate_limit,
             });
         }
 
@@ -975,7 +1190,10 @@ impl Validator {
         // Credentials are secrets even when written in the file itself.
         let mut secret_values = expanded;
         secret_values.extend(server.admin_token.iter().cloned());
-        secret_values.extend(sources.iter().map(|s| s.api_key.clone()));
+        secret_values.extend(sources.iter().filter_map(|s| s.api_key.clone()));
+        for s in &raw_signing_secrets {
+            secret_values.push(s.clone());
+        }
         secret_values.extend(sources.iter().filter_map(|s| s.callback_token.clone()));
         secret_values.extend(connectors.iter().filter_map(|c| c.callback_token.clone()));
         secret_values.extend(
@@ -1256,7 +1474,59 @@ impl Validator {
                 Some(resolved)
             }
         };
+        let mut signing = crate::deliver::sign::Signing::default();
+        if let Some(raw) = &c.signing {
+            for (i, secret) in raw.standard_webhooks.iter().enumerate() {
+                signing.standard.push(
+                    crate::deliver::sign::WebhookSecret::parse(&secret.0).map_err(|e| {
+                        self.invalid(format!("{field}.signing.standard_webhooks[{i}]"), e)
+                    })?,
+                );
+            }
+            if let Some(g) = &raw.github_secret {
+                if g.0.len() < 16 {
+                    return Err(self.invalid(
+                        format!("{field}.signing.github_secret"),
+                        "must be at least 16 characters",
+                    ));
+                }
+                signing.github = Some(g.0.as_bytes().to_vec());
+            }
+        }
+        for (i, host) in c.allow_hosts.iter().enumerate() {
+            let bare = host.strip_prefix("*.").unwrap_or(host);
+            if bare.is_empty() || bare.contains(['/', ':', '*', ' ']) {
+                return Err(self.invalid(
+                    format!("{field}.allow_hosts[{i}]"),
+                    format!("{host:?}: write a host name, or *.domain for its subdomains"),
+                ));
+            }
+        }
+        let egress = Egress {
+            allow_hosts: c
+                .allow_hosts
+                .iter()
+                .map(|h| h.to_ascii_lowercase())
+                .collect(),
+            allow_private: c.allow_private,
+            follow_redirects: c.follow_redirects,
+            tls_ca_file: match (&c.tls_ca_file, &smtp) {
+                (Some(f), None) => {
+                    let path = self.resolve(f);
+                    if !path.is_file() {
+                        return Err(self.invalid(
+                            format!("{field}.tls_ca_file"),
+                            format!("{} does not exist", path.display()),
+                        ));
+                    }
+                    Some(path)
+                }
+                _ => None,
+            },
+        };
         Ok(ConnectorConfig {
+            signing,
+            egress,
             target_schema,
             vars: c.vars.into_iter().map(|(k, v)| (k, v.0)).collect(),
             priorities: c
@@ -1394,6 +1664,13 @@ impl Validator {
             subject_tag: c.subject_tag.clone(),
             tls_ca_file,
         })
+    }
+
+    fn read_secret_file(&self, field: &str, file: &str) -> Result<String, ConfigError> {
+        let path = self.resolve(file);
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| self.invalid(field, format!("cannot read {}: {e}", path.display())))?;
+        Ok(text.trim_end_matches(['\r', '\n']).to_string())
     }
 
     fn method(&self, field: &str, method: &str) -> Result<reqwest::Method, ConfigError> {

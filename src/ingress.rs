@@ -3,8 +3,15 @@
 //!
 //! A batch is all or nothing: one invalid incident refuses the whole request, and nothing
 //! is stored for any error.
+//!
+//! A source is known by its bearer API key, its Standard Webhooks signature, or both (a
+//! source with a signing secret must sign every request: timestamp within 5 minutes, a
+//! `webhook-id` never seen before in that window). Every authentication failure is the same
+//! 401, counted in the `igw_auth_failures_total` metric.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::State;
@@ -31,12 +38,187 @@ pub fn authenticate<'a>(
     let presented = Sha256::digest(token.as_bytes());
     let mut found = None;
     for source in sources {
-        let expected = Sha256::digest(source.api_key.as_bytes());
+        let Some(key) = &source.api_key else { continue };
+        let expected = Sha256::digest(key.as_bytes());
         if bool::from(presented.as_slice().ct_eq(expected.as_slice())) {
             found = Some(source);
         }
     }
     found
+}
+
+/// How far a signed request's timestamp may be from now (the Standard Webhooks default).
+pub const SIGNATURE_TOLERANCE: Duration = Duration::from_secs(300);
+
+/// What ingress remembers between requests: recent `webhook-id`s (to refuse replays) and each
+/// source's token bucket.
+#[derive(Default)]
+pub struct Guard {
+    seen: Mutex<HashMap<(String, String), Instant>>,
+    buckets: Mutex<HashMap<String, (f64, Instant)>>,
+}
+
+impl Guard {
+    /// Whether `id` was already accepted from `source` within the tolerance window.
+    fn replayed(&self, source: &str, id: &str) -> bool {
+        let Ok(seen) = self.seen.lock() else {
+            return true;
+        };
+        seen.get(&(source.to_string(), id.to_string()))
+            .is_some_and(|at| at.elapsed() < SIGNATURE_TOLERANCE * 2)
+    }
+
+    fn remember(&self, source: &str, id: &str) {
+        if let Ok(mut seen) = self.seen.lock() {
+            // Forget what no replay check can match any more (the timestamp check refuses it).
+            if seen.len() > 10_000 {
+                seen.retain(|_, at| at.elapsed() < SIGNATURE_TOLERANCE * 2);
+            }
+            seen.insert((source.to_string(), id.to_string()), Instant::now());
+        }
+    }
+
+    /// Takes a token from the source's bucket; `Err(seconds)` says when one will be there.
+    fn take(&self, source: &SourceConfig) -> Result<(), u64> {
+        let Some(limit) = source.rate_limit else {
+            return Ok(());
+        };
+        let Ok(mut buckets) = self.buckets.lock() else {
+            return Ok(());
+        };
+        let now = Instant::now();
+        let (tokens, last) = buckets
+            .entry(source.name.clone())
+            .or_insert((f64::from(limit.burst), now));
+        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * limit.per_second)
+            .min(f64::from(limit.burst));
+        *last = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(((1.0 - *tokens) / limit.per_second).ceil().max(1.0) as u64)
+        }
+    }
+}
+
+/// The Standard Webhooks headers of a signed request, if all three are there.
+fn signature_headers(headers: &HeaderMap) -> Option<(&str, &str, &str)> {
+    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    Some((
+        get("webhook-id")?,
+        get("webhook-timestamp")?,
+        get("webhook-signature")?,
+    ))
+}
+
+/// Whether the request is signed by `source`'s secret, fresh, and not a replay.
+fn signature_holds(app: &App, source: &SourceConfig, headers: &HeaderMap, body: &[u8]) -> bool {
+    let Some(secret) = &source.signing_secret else {
+        return true;
+    };
+    let Some((id, timestamp, signature)) = signature_headers(headers) else {
+        return false;
+    };
+    let Ok(sent_at) = timestamp.trim().parse::<i64>() else {
+        return false;
+    };
+    let now = chrono::Utc::now().timestamp();
+    if (now - sent_at).unsigned_abs() > SIGNATURE_TOLERANCE.as_secs() {
+        return false;
+    }
+    secret.verifies(id, timestamp, body, signature) && !app.guard.replayed(&source.name, id)
+}
+
+fn unauthorized(app: &App) -> Problem {
+    crate::metrics::Metrics::inc(&app.metrics.auth_failures);
+    Problem::unauthorized()
+}
+
+fn rate_limited(app: &App, source: &SourceConfig, retry_after: u64) -> Problem {
+    crate::metrics::Metrics::inc(&app.metrics.rate_limited);
+    let mut p = Problem::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate-limited",
+        "Too many requests",
+        format!(
+            "source {} is over its rate limit; retry after {retry_after} s",
+            source.name
+        ),
+    );
+    p.retry_after = Some(retry_after);
+    p
+}
+
+/// The nesting depth of JSON text, without parsing it (so a hostile document is refused
+/// before it costs a parse).
+pub fn json_depth(bytes: &[u8]) -> usize {
+    let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for &b in bytes {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
+/// Every string (value or key) longer than `max` characters, located.
+fn long_strings(value: &Value, max: usize, pointer: &mut String, out: &mut Vec<Violation>) {
+    if out.len() >= crate::schema::MAX_VIOLATIONS {
+        return;
+    }
+    let escape = |key: &str| key.replace('~', "~0").replace('/', "~1");
+    match value {
+        Value::String(s) if s.len() > max && s.chars().count() > max => out.push(Violation {
+            pointer: pointer.clone(),
+            detail: format!(
+                "a string of {} characters; at most {max} are accepted",
+                s.chars().count()
+            ),
+        }),
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                let len = pointer.len();
+                pointer.push_str(&format!("/{i}"));
+                long_strings(item, max, pointer, out);
+                pointer.truncate(len);
+            }
+        }
+        Value::Object(map) => {
+            for (key, item) in map {
+                let len = pointer.len();
+                pointer.push('/');
+                pointer.push_str(&escape(key));
+                if key.chars().count() > max {
+                    out.push(Violation {
+                        pointer: pointer.clone(),
+                        detail: format!(
+                            "a key of {} characters; at most {max} are accepted",
+                            key.chars().count()
+                        ),
+                    });
+                }
+                long_strings(item, max, pointer, out);
+                pointer.truncate(len);
+            }
+        }
+        _ => {}
+    }
 }
 
 pub fn bearer(headers: &HeaderMap) -> Option<&str> {
@@ -69,13 +251,37 @@ pub async fn post_incidents(
 ) -> Response {
     match accept(&app, &headers, body).await {
         Ok(response) => response,
-        Err(problem) => problem.into_response(),
+        Err(problem) => {
+            if !matches!(problem.status, 401 | 429) && problem.status < 500 {
+                crate::metrics::Metrics::inc(&app.metrics.rejected_4xx);
+            }
+            problem.into_response()
+        }
     }
 }
 
 async fn accept(app: &App, headers: &HeaderMap, body: Body) -> Result<Response, Problem> {
     let limits = &app.config.server;
-    let source = authenticate(&app.config.sources, headers).ok_or_else(Problem::unauthorized)?;
+    // A bearer key names the source now; a signature-only source is found once the body is in.
+    let keyed = match bearer(headers) {
+        Some(_) => {
+            Some(authenticate(&app.config.sources, headers).ok_or_else(|| unauthorized(app))?)
+        }
+        None if app
+            .config
+            .sources
+            .iter()
+            .any(|s| s.signing_secret.is_some()) =>
+        {
+            None
+        }
+        None => return Err(unauthorized(app)),
+    };
+    if let Some(source) = keyed {
+        app.guard
+            .take(source)
+            .map_err(|secs| rate_limited(app, source, secs))?;
+    }
     if !is_json(headers) {
         return Err(Problem::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -132,6 +338,32 @@ async fn accept(app: &App, headers: &HeaderMap, body: Body) -> Result<Response, 
             )
         }
     })?;
+    let source = match keyed {
+        Some(source) if signature_holds(app, source, headers, &bytes) => source,
+        Some(_) => return Err(unauthorized(app)),
+        None => {
+            let signed = app
+                .config
+                .sources
+                .iter()
+                .filter(|s| s.signing_secret.is_some())
+                .find(|s| signature_holds(app, s, headers, &bytes))
+                .ok_or_else(|| unauthorized(app))?;
+            app.guard
+                .take(signed)
+                .map_err(|secs| rate_limited(app, signed, secs))?;
+            signed
+        }
+    };
+    if json_depth(&bytes) > limits.max_json_depth {
+        return Err(unprocessable(vec![Violation {
+            pointer: String::new(),
+            detail: format!(
+                "arrays and objects nest deeper than server.max_json_depth ({})",
+                limits.max_json_depth
+            ),
+        }]));
+    }
     let document: Value = serde_json::from_slice(&bytes).map_err(|e| {
         Problem::new(
             StatusCode::BAD_REQUEST,
@@ -156,6 +388,19 @@ async fn accept(app: &App, headers: &HeaderMap, body: Body) -> Result<Response, 
         }]));
     }
     let mut violations = Vec::new();
+    for (i, incident) in incidents.iter().enumerate() {
+        let mut pointer = if is_batch {
+            format!("/{i}")
+        } else {
+            String::new()
+        };
+        long_strings(
+            incident,
+            limits.max_string_chars,
+            &mut pointer,
+            &mut violations,
+        );
+    }
     for (i, incident) in incidents.iter().enumerate() {
         let prefix = if is_batch {
             format!("/{i}")
@@ -184,6 +429,18 @@ async fn accept(app: &App, headers: &HeaderMap, body: Body) -> Result<Response, 
         })?;
     if outcomes.iter().any(|o| !o.deliveries.is_empty()) {
         app.wake.notify_one();
+    }
+    if let Some((id, ..)) = signature_headers(headers)
+        && source.signing_secret.is_some()
+    {
+        app.guard.remember(&source.name, id);
+    }
+    for o in &outcomes {
+        crate::metrics::Metrics::inc(match o.status {
+            crate::store::IngestStatus::Accepted => &app.metrics.incidents_accepted,
+            crate::store::IngestStatus::Duplicate => &app.metrics.incidents_duplicate,
+            crate::store::IngestStatus::Updated => &app.metrics.incidents_updated,
+        });
     }
     for o in &outcomes {
         tracing::info!(incident = ?o.incident_id, source = %source.name, status = ?o.status,

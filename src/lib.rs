@@ -22,6 +22,7 @@ pub mod cli;
 pub mod config;
 pub mod deliver;
 pub mod ingress;
+pub mod metrics;
 pub mod problem;
 pub mod render;
 pub mod route;
@@ -63,14 +64,19 @@ pub enum Error {
     Client(#[from] reqwest::Error),
     #[error("server: {0}")]
     Serve(std::io::Error),
-    #[error("SMTP: {0}")]
+    #[error("connector setup: {0}")]
     Smtp(String),
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 /// What the HTTP handlers share.
 pub struct App {
     pub config: Arc<Config>,
     pub renderer: Arc<Renderer>,
+    pub metrics: Arc<metrics::Metrics>,
+    /// Replay cache and rate limits of the ingress.
+    pub guard: ingress::Guard,
     pub schema: IncidentSchema,
     pub store: Store,
     /// Rung when new deliveries are due now.
@@ -80,27 +86,70 @@ pub struct App {
 /// A running gateway: its address, and the handle to stop it.
 pub struct Gateway {
     pub addr: SocketAddr,
+    /// Where the admin API listens when it has its own address.
+    pub admin_addr: Option<SocketAddr>,
+    admin_server: Option<tokio::task::JoinHandle<()>>,
     pub store: Store,
     shutdown: CancellationToken,
     server: tokio::task::JoinHandle<()>,
     workers: tokio::task::JoinHandle<()>,
 }
 
+/// What the detection platform and ticketing systems call: ingest, the back channel, health.
+pub fn ingress_router(app: Arc<App>) -> Router {
+    finish(
+        Router::new()
+            .route("/healthz", get(|| async { "ok" }))
+            .route("/v1/incidents", post(ingress::post_incidents))
+            .route(
+                "/v1/incidents/{incident_id}/complete",
+                post(ticket::complete),
+            ),
+        app,
+    )
+}
+
+/// What admins call (Bearer `admin_token`): inspect, replay, metrics.
+pub fn admin_router(app: Arc<App>) -> Router {
+    finish(
+        Router::new()
+            .route("/healthz", get(|| async { "ok" }))
+            .route("/metrics", get(admin::metrics))
+            .route("/v1/incidents/{incident_id}", get(admin::get_incident))
+            .route("/v1/deliveries", get(admin::list_deliveries))
+            .route("/v1/deliveries/{delivery_id}", get(admin::get_delivery))
+            .route(
+                "/v1/deliveries/{delivery_id}/replay",
+                post(admin::replay_delivery),
+            ),
+        app,
+    )
+}
+
+/// Both on one listener (when `server.admin_listen` is not set).
 pub fn router(app: Arc<App>) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/v1/incidents", post(ingress::post_incidents))
-        .route("/v1/incidents/{incident_id}", get(admin::get_incident))
-        .route(
-            "/v1/incidents/{incident_id}/complete",
-            post(ticket::complete),
-        )
-        .route("/v1/deliveries", get(admin::list_deliveries))
-        .route("/v1/deliveries/{delivery_id}", get(admin::get_delivery))
-        .route(
-            "/v1/deliveries/{delivery_id}/replay",
-            post(admin::replay_delivery),
-        )
+    finish(
+        Router::new()
+            .route("/healthz", get(|| async { "ok" }))
+            .route("/metrics", get(admin::metrics))
+            .route("/v1/incidents", post(ingress::post_incidents))
+            .route("/v1/incidents/{incident_id}", get(admin::get_incident))
+            .route(
+                "/v1/incidents/{incident_id}/complete",
+                post(ticket::complete),
+            )
+            .route("/v1/deliveries", get(admin::list_deliveries))
+            .route("/v1/deliveries/{delivery_id}", get(admin::get_delivery))
+            .route(
+                "/v1/deliveries/{delivery_id}/replay",
+                post(admin::replay_delivery),
+            ),
+        app,
+    )
+}
+
+fn finish(router: Router<Arc<App>>, app: Arc<App>) -> Router {
+    router
         .fallback(|| async { problem::Problem::not_found("no such endpoint") })
         .method_not_allowed_fallback(|| async {
             problem::Problem::new(
@@ -127,6 +176,7 @@ impl Gateway {
         let schema = IncidentSchema::shipped()?;
         let store = open_store(&config)?;
         let wake = Arc::new(Notify::new());
+        let metrics = Arc::new(metrics::Metrics::default());
         let listener = tokio::net::TcpListener::bind(&config.server.listen)
             .await
             .map_err(|source| Error::Bind {
@@ -140,7 +190,8 @@ impl Gateway {
             config: config.clone(),
             renderer: renderer.clone(),
             store: store.clone(),
-            client: deliver::http::client()?,
+            clients: Arc::new(deliver::clients(&config).map_err(Error::Smtp)?),
+            metrics: metrics.clone(),
             wake: wake.clone(),
             mailers: Arc::new(deliver::mailers(&config).map_err(Error::Smtp)?),
         };
@@ -149,6 +200,8 @@ impl Gateway {
         let app = Arc::new(App {
             config,
             renderer,
+            metrics,
+            guard: ingress::Guard::default(),
             schema,
             store: store.clone(),
             wake,
@@ -158,14 +211,47 @@ impl Gateway {
             header_read_timeout: app.config.server.header_read_timeout,
             shutdown_grace: app.config.server.shutdown_grace,
         };
+        let tls = match &app.config.server.tls {
+            Some(files) => Some(server::tls_acceptor(files).map_err(Error::Tls)?),
+            None => None,
+        };
+        let (main_router, admin) = match &app.config.server.admin_listen {
+            Some(admin_addr) => {
+                let admin_listener =
+                    tokio::net::TcpListener::bind(admin_addr)
+                        .await
+                        .map_err(|source| Error::Bind {
+                            addr: admin_addr.clone(),
+                            source,
+                        })?;
+                let bound = admin_listener.local_addr().map_err(Error::Serve)?;
+                let task = tokio::spawn(server::serve(
+                    admin_listener,
+                    admin_router(app.clone()),
+                    limits,
+                    None,
+                    shutdown.clone(),
+                ));
+                tracing::info!(addr = %bound, "admin API listening");
+                (ingress_router(app), Some((bound, task)))
+            }
+            None => (router(app), None),
+        };
         let server = tokio::spawn(server::serve(
             listener,
-            router(app),
+            main_router,
             limits,
+            tls,
             shutdown.clone(),
         ));
         tracing::info!(%addr, "listening");
+        let (admin_addr, admin_server) = match admin {
+            Some((a, t)) => (Some(a), Some(t)),
+            None => (None, None),
+        };
         Ok(Gateway {
+            admin_addr,
+            admin_server,
             addr,
             store,
             shutdown,
@@ -179,6 +265,9 @@ impl Gateway {
     pub async fn stop(self) -> Result<(), Error> {
         self.shutdown.cancel();
         let served = self.server.await;
+        if let Some(admin) = self.admin_server {
+            let _ = admin.await;
+        }
         let _ = self.workers.await;
         served.map_err(|e| Error::Serve(std::io::Error::other(e.to_string())))
     }

@@ -33,6 +33,24 @@ pub enum Verdict {
     Dead { reason: String },
 }
 
+impl SendResult {
+    /// A request not sent: where it would go is refused, or it cannot be built.
+    pub fn refused(reason: String) -> SendResult {
+        SendResult {
+            status: None,
+            retry_after: None,
+            response_prefix: None,
+            error: Some(if reason.starts_with("refused:") {
+                reason
+            } else {
+                format!("refused: {reason}")
+            }),
+            unsendable: true,
+            latency: Duration::ZERO,
+        }
+    }
+}
+
 /// The client every connector shares. Redirects are not followed: a ticketing API that
 /// redirects a POST is misconfigured, and following one could send the payload elsewhere.
 pub fn client() -> Result<reqwest::Client, reqwest::Error> {
@@ -59,13 +77,20 @@ pub async fn send(
         builder = builder.header(name, value);
     }
     match builder.send().await {
-        Err(e) => SendResult {
-            status: None,
-            retry_after: None,
-            response_prefix: None,
-            error: Some(describe(&e)),
-            unsendable: e.is_builder(),
-            latency: started.elapsed(),
+        Err(e) => match super::egress::refusal(&e) {
+            // The connector's resolver refused every address the name resolved to.
+            Some(refused) => SendResult {
+                latency: started.elapsed(),
+                ..SendResult::refused(refused.to_string())
+            },
+            None => SendResult {
+                status: None,
+                retry_after: None,
+                response_prefix: None,
+                error: Some(describe(&e)),
+                unsendable: e.is_builder(),
+                latency: started.elapsed(),
+            },
         },
         Ok(mut response) => {
             let status = response.status().as_u16();
@@ -138,10 +163,13 @@ pub fn utf8_prefix(text: &str, max: usize) -> String {
 pub fn classify(result: &SendResult) -> Verdict {
     match result.status {
         None if result.unsendable => Verdict::Dead {
-            reason: format!(
-                "the request cannot be sent: {}",
-                result.error.as_deref().unwrap_or("invalid request")
-            ),
+            reason: match result.error.as_deref() {
+                Some(e) if e.starts_with("refused:") => format!("not sent: {e}"),
+                other => format!(
+                    "the request cannot be sent: {}",
+                    other.unwrap_or("invalid request")
+                ),
+            },
         },
         None => Verdict::Retry { retry_after: None },
         Some(s) if (200..300).contains(&s) => Verdict::Delivered,

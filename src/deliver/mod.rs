@@ -4,8 +4,10 @@
 //! Delivery is at least once: a crash between a send and its record sends again, with the
 //! same `webhook-id`, so receivers can drop the repeat.
 
+pub mod egress;
 pub mod http;
 pub mod retry;
+pub mod sign;
 pub mod smtp;
 
 use std::collections::HashMap;
@@ -153,11 +155,25 @@ pub struct Deliverer {
     pub config: Arc<Config>,
     pub renderer: Arc<Renderer>,
     pub store: Store,
-    pub client: reqwest::Client,
+    /// One HTTP client per HTTP connector: its own resolver (egress checks), redirects, CAs.
+    pub clients: Arc<HashMap<String, reqwest::Client>>,
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// Rung by ingress and replay so new work starts without waiting for the next poll.
     pub wake: Arc<Notify>,
     /// One pooled SMTP transport per SMTP connector.
     pub mailers: Arc<HashMap<String, smtp::Transport>>,
+}
+
+/// An HTTP client for every HTTP connector.
+pub fn clients(config: &Config) -> Result<HashMap<String, reqwest::Client>, String> {
+    let mut out = HashMap::new();
+    for c in &config.connectors {
+        if c.smtp.is_none() {
+            let client = egress::client(c).map_err(|e| format!("connector {}: {e}", c.name))?;
+            out.insert(c.name.clone(), client);
+        }
+    }
+    Ok(out)
 }
 
 /// A pooled transport for every SMTP connector.
@@ -352,6 +368,7 @@ impl Deliverer {
                 ),
                 Ok(request) => {
                     let request = stamp(request, &delivery.id, started_at_ms / 1000);
+                    let request = sign::sign(request, &connector.signing);
                     // A created response names the ticket: keep enough of it to find the id.
                     let keep = if delivery.event == Event::Created && connector.ticket_id.is_some()
                     {
@@ -359,7 +376,19 @@ impl Deliverer {
                     } else {
                         http::RESPONSE_PREFIX_BYTES * 2
                     };
-                    let sent = http::send(&self.client, &request, connector.timeout, keep).await;
+                    let refused = reqwest::Url::parse(&request.url)
+                        .map_err(|e| egress::Refused(e.to_string()))
+                        .and_then(|url| egress::check_url(&connector.egress, &url));
+                    let client = self.clients.get(&connector.name);
+                    let sent = match (refused, client) {
+                        (Err(refused), _) => http::SendResult::refused(refused.to_string()),
+                        (Ok(()), None) => {
+                            http::SendResult::refused("no HTTP client for this connector".into())
+                        }
+                        (Ok(()), Some(client)) => {
+                            http::send(client, &request, connector.timeout, keep).await
+                        }
+                    };
                     let verdict = http::classify(&sent);
                     let (verdict, found) = read_ticket(connector, &delivery, verdict, &sent);
                     ticket = found;
@@ -377,6 +406,19 @@ impl Deliverer {
                 },
             },
         };
+        crate::metrics::Metrics::inc(match &next {
+            NextStep::Delivered => &self.metrics.deliveries_delivered,
+            NextStep::RetryAt { .. } => &self.metrics.deliveries_retried,
+            NextStep::Dead { .. } => &self.metrics.deliveries_dead,
+        });
+        if sent.as_ref().is_some_and(|s| {
+            s.unsendable
+                && s.error
+                    .as_deref()
+                    .is_some_and(|e| e.starts_with("refused:"))
+        }) {
+            crate::metrics::Metrics::inc(&self.metrics.egress_refused);
+        }
         let record = self.attempt_record(attempt, started_at_ms, now, sent.as_ref(), &next);
         log_attempt(&delivery, &record, &next);
         match self
