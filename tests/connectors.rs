@@ -770,6 +770,84 @@ fn bundled_target_schemas_match_their_files() {
         bundles, 10,
         "servicenow 2 + jira 3 + opsgenie 3 + redmine 2"
     );
+
+    // Each bundle dispatches to the request schema of the body's shape.
+    let long = |n: usize| "x".repeat(n);
+    let cases: &[(&str, Value, bool)] = &[
+        (
+            "servicenow",
+            json!({"short_description": "s", "work_notes": "n"}),
+            true,
+        ),
+        ("servicenow", json!({"short_description": long(161)}), false),
+        ("servicenow", json!({"work_notes": "n"}), true),
+        (
+            "servicenow",
+            json!({"state": "6", "close_code": "c", "close_notes": "n"}),
+            true,
+        ),
+        (
+            "servicenow",
+            json!({"state": "6", "close_notes": "n"}),
+            false,
+        ),
+        (
+            "servicenow",
+            json!({"state": "6", "close_code": "c", "close_notes": " "}),
+            false,
+        ),
+        ("servicenow", json!({}), false),
+        (
+            "jira",
+            json!({"fields": {"project": {"key": "P"}, "summary": "s", "issuetype": {"name": "Task"}}}),
+            true,
+        ),
+        (
+            "jira",
+            json!({"fields": {"project": {"key": "P"}, "summary": "a\nb", "issuetype": {"name": "Task"}}}),
+            false,
+        ),
+        ("jira", json!({"body": "c"}), true),
+        ("jira", json!({"body": " "}), false),
+        (
+            "jira",
+            json!({"transition": {"id": "31"}, "update": {"comment": [{"add": {"body": "c"}}]}}),
+            true,
+        ),
+        ("jira", json!({"transition": {"id": "Done"}}), false),
+        (
+            "jira",
+            json!({"transition": {"id": "31"}, "update": {"comment": [{"add": {"body": long(32768)}}]}}),
+            false,
+        ),
+        ("opsgenie", json!({"message": "m", "alias": "a"}), true),
+        ("opsgenie", json!({"message": long(131)}), false),
+        (
+            "opsgenie",
+            json!({"note": "n", "user": "u", "source": "s"}),
+            true,
+        ),
+        ("opsgenie", json!({"note": long(25001)}), false),
+        ("opsgenie", json!({"source": long(101)}), false),
+        (
+            "redmine",
+            json!({"issue": {"project_id": "p", "subject": "s"}}),
+            true,
+        ),
+        ("redmine", json!({"issue": {"project_id": "p"}}), false),
+        ("redmine", json!({"issue": {"notes": "n"}}), true),
+        (
+            "redmine",
+            json!({"issue": {"status_id": 5, "notes": "n"}}),
+            true,
+        ),
+        ("redmine", json!({"issue": {"status_id": "closed"}}), false),
+        ("redmine", json!({"issue": {}}), false),
+    ];
+    for (schema, body, valid) in cases {
+        let errors = schema_errors(&target_schema(schema), body);
+        assert_eq!(errors.is_empty(), *valid, "{schema} {body}: {errors:?}");
+    }
 }
 
 /// Completions as the back channel may carry them: no notes, blank notes, the longest notes it
