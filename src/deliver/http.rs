@@ -51,17 +51,7 @@ impl SendResult {
     }
 }
 
-/// The client every connector shares. Redirects are not followed: a ticketing API that
-/// redirects a POST is misconfigured, and following one could send the payload elsewhere.
-pub fn client() -> Result<reqwest::Client, reqwest::Error> {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("incident-gateway/", env!("CARGO_PKG_VERSION")))
-        .pool_idle_timeout(Duration::from_secs(60))
-        .build()
-}
-
-/// Sends `request`, reading at most [`RESPONSE_PREFIX_BYTES`] of the answer.
+/// Sends `request` with the connector's client, keeping at most `keep_bytes` of the answer.
 pub async fn send(
     client: &reqwest::Client,
     request: &RenderedRequest,
