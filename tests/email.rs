@@ -21,16 +21,21 @@ struct SmtpServer {
 
 impl SmtpServer {
     fn start(port: u16, dir: &Path, reject: Option<&str>) -> SmtpServer {
+        match reject {
+            Some(r) => Self::start_with(port, dir, &["--reject", r]),
+            None => Self::start_with(port, dir, &[]),
+        }
+    }
+
+    fn start_with(port: u16, dir: &Path, args: &[&str]) -> SmtpServer {
         let script = repo().join("tests/support/smtp_server.py");
         let mut cmd = Command::new("python3");
         cmd.arg(script)
             .args(["--port", &port.to_string(), "--dir"])
             .arg(dir)
+            .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        if let Some(r) = reject {
-            cmd.args(["--reject", r]);
-        }
         let mut child = cmd.spawn().expect("python3 runs");
         let stdout = child.stdout.take().unwrap();
         let mut line = String::new();
@@ -455,4 +460,91 @@ fn render_shows_the_whole_message_and_check_parses_addresses() {
         err.contains("connectors[0].to[0]") && err.contains("not an address"),
         "{err}"
     );
+}
+
+#[tokio::test]
+async fn starttls_and_implicit_tls_with_a_private_ca() {
+    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    for (scheme, extra) in [("smtp+starttls", vec![]), ("smtps", vec!["--implicit-tls"])] {
+        let port = free_port();
+        let ws = Workspace::new();
+        let cert_file = ws.write("cert.pem", &cert.cert.pem());
+        let key_file = ws.write("key.pem", &cert.signing_key.serialize_pem());
+        let mut args = vec![
+            "--tls-cert",
+            cert_file.to_str().unwrap(),
+            "--tls-key",
+            key_file.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        let server = SmtpServer::start_with(port, &ws.path().join("mails"), &args);
+        let config = mail_config(&ws, port, "tls_ca_file = \"cert.pem\"");
+        let text = std::fs::read_to_string(&config).unwrap().replace(
+            &format!("smtp://127.0.0.1:{port}"),
+            &format!("{scheme}://127.0.0.1:{port}"),
+        );
+        std::fs::write(&config, text).unwrap();
+        let gw = start_in_process(&config).await;
+        let base = format!("http://{}", gw.addr);
+        assert_eq!(
+            post_incident(&base, &incident(&format!("TLS-{scheme}")))
+                .await
+                .status(),
+            202
+        );
+        let mails = server.wait_for(1, Duration::from_secs(15)).await;
+        assert_eq!(mails.len(), 1, "{scheme}: delivered over TLS");
+        gw.stop().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn an_untrusted_certificate_is_refused() {
+    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let port = free_port();
+    let ws = Workspace::new();
+    let cert_file = ws.write("cert.pem", &cert.cert.pem());
+    let key_file = ws.write("key.pem", &cert.signing_key.serialize_pem());
+    let server = SmtpServer::start_with(
+        port,
+        &ws.path().join("mails"),
+        &[
+            "--tls-cert",
+            cert_file.to_str().unwrap(),
+            "--tls-key",
+            key_file.to_str().unwrap(),
+        ],
+    );
+    // No tls_ca_file: the self-signed certificate is not trusted.
+    let config = mail_config(&ws, port, "");
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        &format!("smtp://127.0.0.1:{port}"),
+        &format!("smtp+starttls://127.0.0.1:{port}"),
+    );
+    std::fs::write(&config, text).unwrap();
+    let gw = start_in_process(&config).await;
+    let base = format!("http://{}", gw.addr);
+    let r: Value = post_incident(&base, &incident("UNTRUSTED"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = r["deliveries"][0]["id"].as_str().unwrap().to_string();
+    let failed = eventually(Duration::from_secs(10), || async {
+        let (_, v) = admin_get(&base, &format!("/v1/deliveries/{id}")).await;
+        (v["attempt_count"].as_u64() >= Some(1)).then_some(v)
+    })
+    .await
+    .expect("an attempt was made");
+    assert_ne!(failed["status"], "delivered");
+    let error = failed["attempts"][0]["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_lowercase();
+    assert!(
+        error.contains("certificate") || error.contains("tls"),
+        "{error}"
+    );
+    assert!(server.messages().is_empty());
+    gw.stop().await.unwrap();
 }

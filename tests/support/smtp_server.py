@@ -54,14 +54,29 @@ def main():
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--dir", required=True)
     parser.add_argument("--reject", default=None)
+    parser.add_argument("--tls-cert", default=None, help="PEM certificate: offer STARTTLS (required)")
+    parser.add_argument("--tls-key", default=None)
+    parser.add_argument("--implicit-tls", action="store_true", help="TLS from the first byte (smtps)")
     args = parser.parse_args()
     os.makedirs(args.dir, exist_ok=True)
     handler = Store(args.dir, args.reject)
+    server_kwargs = {"data_size_limit": 50 * 1024 * 1024}
+    ssl_context = None
+    if args.tls_cert:
+        import ssl
+
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(args.tls_cert, args.tls_key)
+        if args.implicit_tls:
+            ssl_context = context
+        else:
+            server_kwargs.update(tls_context=context, require_starttls=True)
     controller = Controller(
         handler,
         hostname="127.0.0.1",
         port=args.port,
-        server_kwargs={"data_size_limit": 50 * 1024 * 1024},
+        ssl_context=ssl_context,
+        server_kwargs=server_kwargs,
     )
     controller.start()
     print("ready", flush=True)
