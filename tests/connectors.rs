@@ -850,6 +850,43 @@ fn bundled_target_schemas_match_their_files() {
     }
 }
 
+/// Every connector block carries a `callback_token` example, commented out; uncommented, with
+/// its variable set, each loads as that connector's token.
+#[test]
+fn every_connector_has_a_callback_token_example() {
+    let text = std::fs::read_to_string(example_config_path()).unwrap();
+    let prefix = "# callback_token = \"${";
+    let uncommented: String = text
+        .lines()
+        .map(|l| {
+            l.strip_prefix("# ")
+                .filter(|_| l.starts_with(prefix))
+                .unwrap_or(l)
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let copy = example_copy();
+    let file = copy.path().join("examples/connectors.toml");
+    std::fs::write(&file, uncommented).unwrap();
+    let token = |name: &str| format!("{}-callback-token", name.to_lowercase());
+    let config = Config::load_with_env(&file, move |name| match name {
+        "IGW_ADMIN_TOKEN" => Some(ADMIN_TOKEN_ENV.to_string()),
+        "IGW_SOURCE_KEY" => Some(SOURCE_KEY_ENV.to_string()),
+        n if n.ends_with("_CALLBACK_TOKEN") => Some(token(n)),
+        _ => None,
+    })
+    .unwrap_or_else(|e| panic!("the example with its callback tokens does not load: {e}"));
+    for (connector, _) in SHIPPED {
+        let c = config.connector(connector).unwrap();
+        assert!(
+            c.callback_token
+                .as_deref()
+                .is_some_and(|t| t.ends_with("_callback_token-callback-token")),
+            "{connector} has no callback_token example"
+        );
+    }
+}
+
 /// Completions as the back channel may carry them: no notes, blank notes, the longest notes it
 /// accepts (10 000 characters) in hostile text, control characters only, and a reason code
 /// the templates do not know.
