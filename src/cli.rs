@@ -212,7 +212,12 @@ pub fn check(config_file: &Path, incidents_dir: Option<&Path>) -> Result<CheckRe
                         continue;
                     }
                 };
-                if let Some((schema_file, validator)) = target_schemas.get(connector.name.as_str())
+                let schema_path = request_config
+                    .target_schema
+                    .as_ref()
+                    .or(connector.target_schema.as_ref());
+                if let Some((schema_file, validator)) = schema_path
+                    .and_then(|p| target_schemas.get(p).map(|v| (p.display().to_string(), v)))
                 {
                     for error in validator.iter_errors(&body).take(5) {
                         problem(format!(
@@ -251,28 +256,46 @@ pub fn check(config_file: &Path, incidents_dir: Option<&Path>) -> Result<CheckRe
     Ok(report)
 }
 
-/// Each connector's `target_schema`, compiled; a schema that does not compile is an error.
-fn compile_target_schemas<'a>(
-    config: &'a Config,
+/// Every `target_schema` (connectors' and per-event requests'), compiled, by path; a schema
+/// that does not compile is an error.
+fn compile_target_schemas(
+    config: &Config,
     report: &mut CheckReport,
-) -> BTreeMap<&'a str, (String, jsonschema::Validator)> {
+) -> BTreeMap<PathBuf, jsonschema::Validator> {
     let mut out = BTreeMap::new();
-    for c in &config.connectors {
-        let Some(path) = &c.target_schema else {
+    let paths = config.connectors.iter().flat_map(|c| {
+        let requests = [
+            &c.requests.created,
+            &c.requests.updated,
+            &c.requests.completed,
+        ];
+        c.target_schema
+            .iter()
+            .chain(
+                requests
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|r| r.target_schema.as_ref()),
+            )
+            .cloned()
+            .collect::<Vec<_>>()
+    });
+    for path in paths {
+        if out.contains_key(&path) {
             continue;
-        };
-        let shown = path.display().to_string();
-        let compiled = std::fs::read_to_string(path)
+        }
+        let compiled = std::fs::read_to_string(&path)
             .map_err(|e| e.to_string())
             .and_then(|text| serde_json::from_str::<Value>(&text).map_err(|e| e.to_string()))
             .and_then(|schema| jsonschema::validator_for(&schema).map_err(|e| e.to_string()));
         match compiled {
             Ok(v) => {
-                out.insert(c.name.as_str(), (shown, v));
+                out.insert(path, v);
             }
-            Err(e) => report
-                .errors
-                .push(format!("{shown}: target schema does not compile: {e}")),
+            Err(e) => report.errors.push(format!(
+                "{}: target schema does not compile: {e}",
+                path.display()
+            )),
         }
     }
     out

@@ -270,6 +270,8 @@ pub struct RequestConfig {
     /// SMTP: the subject template, and an optional HTML body beside `template` (the text).
     pub subject: String,
     pub html_template: Option<TemplatePath>,
+    /// The target's schema of this request's body, when it differs from the connector's.
+    pub target_schema: Option<PathBuf>,
 }
 
 impl ConnectorConfig {
@@ -701,6 +703,7 @@ struct RawRequest {
     template: Option<String>,
     subject: Option<String>,
     html_template: Option<String>,
+    target_schema: Option<String>,
     #[serde(default)]
     headers: BTreeMap<String, EnvTemplate>,
     /// Send nothing for this event.
@@ -1320,6 +1323,7 @@ impl Validator {
             headers: headers.clone(),
             subject: subject.clone(),
             html_template: html_template.clone(),
+            target_schema: None,
         };
         let mut requests = EventRequests {
             created: Some(default_request.clone()),
@@ -1376,6 +1380,19 @@ impl Validator {
                 html_template: match raw.html_template {
                     Some(t) => Some(self.template_path(&format!("{at}.html_template"), &t)?),
                     None => html_template.clone(),
+                },
+                target_schema: match raw.target_schema {
+                    Some(p) => {
+                        let resolved = self.resolve(&p);
+                        if !resolved.is_file() {
+                            return Err(self.invalid(
+                                format!("{at}.target_schema"),
+                                format!("{} does not exist", resolved.display()),
+                            ));
+                        }
+                        Some(resolved)
+                    }
+                    None => None,
                 },
             });
         }

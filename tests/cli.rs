@@ -317,3 +317,26 @@ fn an_error_inside_a_partial_names_the_partials_file() {
         "{t}"
     );
 }
+
+#[test]
+fn a_per_event_target_schema_checks_that_events_requests() {
+    let ws = workspace_with_template("t.json.hbs", "{\"id\": \"{{incidentId}}\"}\n");
+    ws.write(
+        "updated.schema.json",
+        r#"{"type": "object", "required": ["work_notes"]}"#,
+    );
+    let config = ws.path().join("gateway.toml");
+    let mut edited = std::fs::read_to_string(&config).unwrap();
+    edited.push_str("[connectors.requests.updated]\nmethod = \"PATCH\"\ntarget_schema = \"updated.schema.json\"\n");
+    std::fs::write(&config, edited).unwrap();
+    let out = run(&["check", "--config", config.to_str().unwrap()], &[]);
+    let t = text(&out);
+    assert!(!out.status.success(), "{t}");
+    let lines: Vec<&str> = t.lines().filter(|l| l.contains("work_notes")).collect();
+    assert_eq!(lines.len(), 1, "{t}");
+    assert!(lines[0].contains("event updated"), "{t}");
+    assert!(
+        !t.contains("event created") && !t.contains("event completed"),
+        "{t}"
+    );
+}
