@@ -195,3 +195,74 @@ pub async fn metrics(State(app): State<Arc<App>>, headers: HeaderMap) -> Respons
         Err(p) => p.into_response(),
     }
 }
+
+/// `POST /v1/deliveries/{id}/resolve` with `{"ticket_id": …, "ticket_url": …}`: a dead
+/// `created` whose ticket does exist in the target (an interrupted send, a response without the
+/// id) becomes delivered with that id; the ticket's waiting deliveries go on.
+pub async fn resolve_delivery(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    delivery_id: Result<Path<String>, PathRejection>,
+    body: axum::body::Bytes,
+) -> Response {
+    let result = async {
+        require_admin(&app, &headers)?;
+        let Path(delivery_id) = delivery_id.map_err(bad_path)?;
+        let value: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
+            Problem::new(
+                StatusCode::BAD_REQUEST,
+                "malformed-json",
+                "Malformed JSON",
+                format!("the body is not valid JSON: {e}"),
+            )
+        })?;
+        let text = |key: &str| {
+            value
+                .get(key)
+                .and_then(|v| v.as_str())
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .map(str::to_string)
+        };
+        let ticket_id = text("ticket_id")
+            .filter(|t| t.len() <= 1024)
+            .ok_or_else(|| {
+                Problem::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid-resolve",
+                    "Invalid resolve",
+                    "ticket_id is required: the id the target gave the ticket",
+                )
+                .with_violations(vec![crate::schema::Violation {
+                    pointer: "/ticket_id".into(),
+                    detail: "a non-empty string of at most 1024 characters".into(),
+                }])
+            })?;
+        match app
+            .store
+            .resolve(delivery_id.clone(), ticket_id, text("ticket_url"))
+            .await
+            .map_err(store_failed)?
+        {
+            crate::store::ResolveOutcome::Resolved => {
+                app.wake.notify_one();
+                tracing::info!(delivery = ?delivery_id, "created delivery resolved by an admin");
+                Ok(delivery_id)
+            }
+            crate::store::ResolveOutcome::NotFound => {
+                Err(Problem::not_found(format!("no delivery {delivery_id:?}")))
+            }
+            crate::store::ResolveOutcome::NotApplicable(reason) => Err(Problem::new(
+                StatusCode::CONFLICT,
+                "not-resolvable",
+                "Delivery cannot be resolved",
+                reason,
+            )),
+        }
+    }
+    .await;
+    match result {
+        Ok(id) => Json(serde_json::json!({ "id": id, "status": "delivered" })).into_response(),
+        Err(p) => p.into_response(),
+    }
+}

@@ -143,7 +143,18 @@ pub enum ConnectorKind {
     Smtp,
 }
 
-#[derive(Debug, Clone)]
+/// Debug shows what identifies a connector, never its headers, vars, tokens or secrets.
+impl std::fmt::Debug for ConnectorConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectorConfig")
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .field("template", &self.template.as_written)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Clone)]
 pub struct ConnectorConfig {
     pub name: String,
     pub kind: ConnectorKind,
@@ -258,8 +269,17 @@ pub struct EventRequests {
     pub completed: Option<RequestConfig>,
 }
 
+impl std::fmt::Debug for RequestConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestConfig")
+            .field("method", &self.method)
+            .field("template", &self.template.as_written)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A request a connector sends for one event.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RequestConfig {
     pub method: reqwest::Method,
     /// A Handlebars template; interpolated values are percent-encoded.
@@ -377,8 +397,14 @@ thread_local! {
     static ENV_LOOKUP: RefCell<Option<EnvLookup>> = const { RefCell::new(None) };
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 struct EnvString(String);
+
+impl std::fmt::Debug for EnvString {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EnvString(********)")
+    }
+}
 
 impl<'de> Deserialize<'de> for EnvString {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -391,8 +417,14 @@ impl<'de> Deserialize<'de> for EnvString {
 
 /// A string that is then compiled as a template (URLs, header values, vars): a value from the
 /// environment must not smuggle template code into it.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 struct EnvTemplate(String);
+
+impl std::fmt::Debug for EnvTemplate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EnvTemplate(********)")
+    }
+}
 
 impl<'de> Deserialize<'de> for EnvTemplate {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -994,8 +1026,9 @@ impl Validator {
                 format!("{a:?} is not an address like 127.0.0.1:9091"),
             ));
         }
-        if server.max_json_depth < 4 {
-            return Err(self.invalid("server.max_json_depth", "must be at least 4"));
+        if !(4..=128).contains(&server.max_json_depth) {
+            // 128 is the JSON parser's own limit.
+            return Err(self.invalid("server.max_json_depth", "must be from 4 to 128"));
         }
         if server.max_connections == 0 {
             return Err(self.invalid("server.max_connections", "must be at least 1"));
@@ -1190,6 +1223,32 @@ impl Validator {
             None => Some(self.resolve("templates/partials")).filter(|d| d.is_dir()),
         };
 
+        // A callback token is a credential of its own: it may not open ingest or the admin API.
+        let keys_and_admin: Vec<&str> = sources
+            .iter()
+            .filter_map(|s| s.api_key.as_deref())
+            .chain(server.admin_token.as_deref())
+            .collect();
+        let callback_tokens = sources
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| {
+                s.callback_token
+                    .as_deref()
+                    .map(|t| (format!("sources[{i}].callback_token"), t))
+            })
+            .chain(connectors.iter().enumerate().filter_map(|(i, c)| {
+                c.callback_token
+                    .as_deref()
+                    .map(|t| (format!("connectors[{i}].callback_token"), t))
+            }));
+        for (field, token) in callback_tokens {
+            if keys_and_admin.contains(&token) {
+                return Err(
+                    self.invalid(field, "must differ from every api_key and the admin_token")
+                );
+            }
+        }
         // Credentials are secrets even when written in the file itself.
         let mut secret_values = expanded;
         secret_values.extend(server.admin_token.iter().cloned());
@@ -1841,6 +1900,28 @@ mod tests {
         // Not written in the first connector: its header.
         assert_eq!(locate(text, "connectors[0].template"), Some(3));
         assert_eq!(locate(text, "storage.url"), None);
+    }
+
+    #[test]
+    fn debug_output_never_shows_credentials() {
+        let dir = std::env::temp_dir().join(format!("igw-debug-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("t.json.hbs"), "{}").unwrap();
+        let text = "[server]\nadmin_token = \"admin-secret-0123456789\"\n[storage]\nurl = \"sqlite://x.db\"\n[[sources]]\nname = \"s\"\napi_key = \"source-secret-0123456789\"\ncallback_token = \"callback-secret-0123456\"\n[[connectors]]\nname = \"c\"\nkind = \"http\"\nurl = \"https://x.example.com/\"\ntemplate = \"t.json.hbs\"\ncallback_token = \"conn-callback-secret-123\"\nvars = { key = \"var-secret-0123456789\" }\n[connectors.headers]\nAuthorization = \"Bearer header-secret-0123456789\"\n[connectors.signing]\ngithub_secret = \"github-secret-0123456789\"\n";
+        let config = Config::from_toml(text, &dir.join("gw.toml"), |_| None).unwrap();
+        let shown = format!("{config:?}");
+        for secret in [
+            "admin-secret",
+            "source-secret",
+            "callback-secret",
+            "conn-callback",
+            "var-secret",
+            "header-secret",
+            "github-secret",
+        ] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

@@ -47,6 +47,11 @@ pub fn authenticate<'a>(
     found
 }
 
+/// Replay cache size above which expired entries are swept.
+const REPLAY_CACHE_SWEEP: usize = 10_000;
+/// Longest `webhook-id` accepted.
+const MAX_WEBHOOK_ID: usize = 256;
+
 /// How far a signed request's timestamp may be from now (the Standard Webhooks default).
 pub const SIGNATURE_TOLERANCE: Duration = Duration::from_secs(300);
 
@@ -59,22 +64,31 @@ pub struct Guard {
 }
 
 impl Guard {
-    /// Whether `id` was already accepted from `source` within the tolerance window.
-    fn replayed(&self, source: &str, id: &str) -> bool {
-        let Ok(seen) = self.seen.lock() else {
-            return true;
+    /// Claims `id` for `source`: `false` when it was already claimed within the window (a
+    /// replay, or a concurrent copy). Check and claim are one step under one lock.
+    fn claim(&self, source: &str, id: &str) -> bool {
+        let Ok(mut seen) = self.seen.lock() else {
+            return false;
         };
-        seen.get(&(source.to_string(), id.to_string()))
-            .is_some_and(|at| at.elapsed() < SIGNATURE_TOLERANCE * 2)
+        let window = SIGNATURE_TOLERANCE * 2;
+        if seen.len() >= REPLAY_CACHE_SWEEP {
+            // Forget what no replay check can match any more (the timestamp check refuses it).
+            seen.retain(|_, at| at.elapsed() < window);
+        }
+        let key = (source.to_string(), id.to_string());
+        match seen.get(&key) {
+            Some(at) if at.elapsed() < window => false,
+            _ => {
+                seen.insert(key, Instant::now());
+                true
+            }
+        }
     }
 
-    fn remember(&self, source: &str, id: &str) {
+    /// Gives a claim back (the request failed after all, so the sender may retry it).
+    fn release(&self, source: &str, id: &str) {
         if let Ok(mut seen) = self.seen.lock() {
-            // Forget what no replay check can match any more (the timestamp check refuses it).
-            if seen.len() > 10_000 {
-                seen.retain(|_, at| at.elapsed() < SIGNATURE_TOLERANCE * 2);
-            }
-            seen.insert((source.to_string(), id.to_string()), Instant::now());
+            seen.remove(&(source.to_string(), id.to_string()));
         }
     }
 
@@ -112,22 +126,31 @@ fn signature_headers(headers: &HeaderMap) -> Option<(&str, &str, &str)> {
     ))
 }
 
-/// Whether the request is signed by `source`'s secret, fresh, and not a replay.
-fn signature_holds(app: &App, source: &SourceConfig, headers: &HeaderMap, body: &[u8]) -> bool {
+/// Whether the request is signed by `source`'s secret and fresh. (A replay is refused when
+/// its id is claimed, after this.)
+fn signature_holds(source: &SourceConfig, headers: &HeaderMap, body: &[u8]) -> bool {
     let Some(secret) = &source.signing_secret else {
         return true;
     };
     let Some((id, timestamp, signature)) = signature_headers(headers) else {
         return false;
     };
+    if id.is_empty() || id.len() > MAX_WEBHOOK_ID {
+        return false;
+    }
     let Ok(sent_at) = timestamp.trim().parse::<i64>() else {
         return false;
     };
     let now = chrono::Utc::now().timestamp();
-    if (now - sent_at).unsigned_abs() > SIGNATURE_TOLERANCE.as_secs() {
+    if now.abs_diff(sent_at) > SIGNATURE_TOLERANCE.as_secs() {
         return false;
     }
-    secret.verifies(id, timestamp, body, signature) && !app.guard.replayed(&source.name, id)
+    secret.verifies(id, timestamp, body, signature)
+}
+
+/// Sources that sign without a key. A source with both a key and a secret must present both.
+fn signature_only(source: &&SourceConfig) -> bool {
+    source.signing_secret.is_some() && source.api_key.is_none()
 }
 
 fn unauthorized(app: &App) -> Problem {
@@ -267,16 +290,16 @@ async fn accept(app: &App, headers: &HeaderMap, body: Body) -> Result<Response, 
         Some(_) => {
             Some(authenticate(&app.config.sources, headers).ok_or_else(|| unauthorized(app))?)
         }
-        None if app
-            .config
-            .sources
-            .iter()
-            .any(|s| s.signing_secret.is_some()) =>
-        {
-            None
-        }
+        None if app.config.sources.iter().any(|s| signature_only(&s)) => None,
         None => return Err(unauthorized(app)),
     };
+    // A signature header too large to be honest is refused before the body is read.
+    if headers
+        .get("webhook-signature")
+        .is_some_and(|v| v.len() > crate::deliver::sign::MAX_SIGNATURE_HEADER)
+    {
+        return Err(unauthorized(app));
+    }
     if let Some(source) = keyed {
         app.guard
             .take(source)
@@ -339,15 +362,15 @@ async fn accept(app: &App, headers: &HeaderMap, body: Body) -> Result<Response, 
         }
     })?;
     let source = match keyed {
-        Some(source) if signature_holds(app, source, headers, &bytes) => source,
+        Some(source) if signature_holds(source, headers, &bytes) => source,
         Some(_) => return Err(unauthorized(app)),
         None => {
             let signed = app
                 .config
                 .sources
                 .iter()
-                .filter(|s| s.signing_secret.is_some())
-                .find(|s| signature_holds(app, s, headers, &bytes))
+                .filter(signature_only)
+                .find(|s| signature_holds(s, headers, &bytes))
                 .ok_or_else(|| unauthorized(app))?;
             app.guard
                 .take(signed)
@@ -355,7 +378,32 @@ async fn accept(app: &App, headers: &HeaderMap, body: Body) -> Result<Response, 
             signed
         }
     };
-    if json_depth(&bytes) > limits.max_json_depth {
+    // A signed request's id is claimed now, atomically: a replay, or a concurrent copy, is
+    // refused. The claim is given back if the request fails after all.
+    let claimed = match (&source.signing_secret, signature_headers(headers)) {
+        (Some(_), Some((id, ..))) => {
+            if !app.guard.claim(&source.name, id) {
+                return Err(unauthorized(app));
+            }
+            Some(id.to_string())
+        }
+        _ => None,
+    };
+    let result = accept_document(app, source, &bytes).await;
+    if let (Err(_), Some(id)) = (&result, &claimed) {
+        app.guard.release(&source.name, id);
+    }
+    result
+}
+
+/// Limits, parse, validate, route and store an authenticated request's body.
+async fn accept_document(
+    app: &App,
+    source: &SourceConfig,
+    bytes: &[u8],
+) -> Result<Response, Problem> {
+    let limits = &app.config.server;
+    if json_depth(bytes) > limits.max_json_depth {
         return Err(unprocessable(vec![Violation {
             pointer: String::new(),
             detail: format!(
@@ -364,7 +412,7 @@ async fn accept(app: &App, headers: &HeaderMap, body: Body) -> Result<Response, 
             ),
         }]));
     }
-    let document: Value = serde_json::from_slice(&bytes).map_err(|e| {
+    let document: Value = serde_json::from_slice(bytes).map_err(|e| {
         Problem::new(
             StatusCode::BAD_REQUEST,
             "malformed-json",
@@ -430,11 +478,7 @@ async fn accept(app: &App, headers: &HeaderMap, body: Body) -> Result<Response, 
     if outcomes.iter().any(|o| !o.deliveries.is_empty()) {
         app.wake.notify_one();
     }
-    if let Some((id, ..)) = signature_headers(headers)
-        && source.signing_secret.is_some()
-    {
-        app.guard.remember(&source.name, id);
-    }
+
     for o in &outcomes {
         crate::metrics::Metrics::inc(match o.status {
             crate::store::IngestStatus::Accepted => &app.metrics.incidents_accepted,

@@ -175,6 +175,19 @@ impl Gateway {
         let renderer = Arc::new(Renderer::new(&config)?);
         let schema = IncidentSchema::shipped()?;
         let store = open_store(&config)?;
+        let tracked: Vec<String> = config
+            .connectors
+            .iter()
+            .filter(|c| c.ticket_id.is_some())
+            .map(|c| c.name.clone())
+            .collect();
+        let parked = store.recover(tracked).await?;
+        if parked > 0 {
+            tracing::warn!(
+                parked,
+                "created requests interrupted by a crash were set aside; see the dead deliveries"
+            );
+        }
         let wake = Arc::new(Notify::new());
         let metrics = Arc::new(metrics::Metrics::default());
         let listener = tokio::net::TcpListener::bind(&config.server.listen)

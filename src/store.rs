@@ -203,6 +203,14 @@ pub struct TicketView {
     pub incidents: u32,
 }
 
+/// Who calls the back channel: a source (for its own incidents) or a connector's target (for
+/// incidents it has a ticket for).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    Source(String),
+    Connector(String),
+}
+
 /// What a completion through the back channel did.
 #[derive(Debug, Clone)]
 pub enum CompleteOutcome {
@@ -215,6 +223,13 @@ pub enum CompleteOutcome {
         new: serde_json::Value,
         deliveries: Vec<DeliveryRef>,
     },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ResolveOutcome {
+    Resolved,
+    NotFound,
+    NotApplicable(String),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -373,12 +388,7 @@ impl Store {
 
         let writer = open_connection(path)?;
         writer.execute_batch(SCHEMA)?;
-        // Leases belong to processes; holding the lock file we are the only process, so any
-        // lease left behind is from one that died.
-        writer.execute(
-            "UPDATE deliveries SET lease_until_ms = 0 WHERE status = 'pending' AND lease_until_ms > 0",
-            [],
-        )?;
+
         let reader = open_connection(path)?;
 
         let (tx, rx) = std::sync::mpsc::channel::<Job>();
@@ -394,6 +404,72 @@ impl Store {
             reader: Arc::new(Mutex::new(reader)),
             _lock: Arc::new(lock),
         })
+    }
+
+    /// After a crash: leases belong to processes, and holding the lock file this is the only
+    /// process, so every lease left is from one that died. Its deliveries are due again —
+    /// except a `created` of a connector that tracks ticket ids (`tracked`): it may have opened
+    /// the ticket before the crash, and sending it again could open a second one. Such a
+    /// delivery goes dead with that reason; an admin checks the target, then resolves it with
+    /// the ticket's id or replays it. Returns how many were set aside so.
+    pub async fn recover(&self, tracked: Vec<String>) -> Result<usize, StoreError> {
+        self.write(move |conn| {
+            let tracked = serde_json::to_string(&tracked).unwrap_or_else(|_| "[]".into());
+            let parked = conn.execute(
+                "UPDATE deliveries SET status = 'dead', lease_until_ms = 0, lease_token = NULL, updated_ms = ?2,
+                        last_error = 'interrupted: the gateway stopped while this created request was being sent, so the target may already have opened the ticket. Look there, then POST /v1/deliveries/{id}/resolve with its ticket_id, or replay to send it again'
+                 WHERE status = 'pending' AND lease_until_ms > 0 AND event = 'created'
+                   AND connector IN (SELECT value FROM json_each(?1))",
+                params![tracked, now_ms()],
+            )?;
+            conn.execute(
+                "UPDATE deliveries SET lease_until_ms = 0, lease_token = NULL
+                 WHERE status = 'pending' AND lease_until_ms > 0",
+                [],
+            )?;
+            Ok(parked)
+        })
+        .await
+    }
+
+    /// An admin says a dead `created` did open its ticket (seen in the target): it becomes
+    /// delivered with that id, and the ticket's other deliveries go on.
+    pub async fn resolve(
+        &self,
+        delivery_id: String,
+        ticket_id: String,
+        ticket_url: Option<String>,
+    ) -> Result<ResolveOutcome, StoreError> {
+        self.write(move |conn| {
+            let row: Option<(String, String, Option<i64>)> = conn
+                .query_row(
+                    "SELECT status, event, ticket_seq FROM deliveries WHERE delivery_id = ?1",
+                    [&delivery_id],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()?;
+            let Some((status, event, ticket_seq)) = row else {
+                return Ok(ResolveOutcome::NotFound);
+            };
+            let Some(ticket_seq) = ticket_seq.filter(|_| status == "dead" && event == "created") else {
+                return Ok(ResolveOutcome::NotApplicable(format!(
+                    "only a dead created delivery can be resolved; this one is a {status} {event}"
+                )));
+            };
+            let now = now_ms();
+            conn.execute(
+                "UPDATE deliveries SET status = 'delivered', updated_ms = ?2,
+                        last_error = 'resolved by an admin: the ticket exists in the target'
+                 WHERE delivery_id = ?1",
+                params![delivery_id, now],
+            )?;
+            conn.execute(
+                "UPDATE tickets SET ticket_id = ?2, ticket_url = ?3, updated_ms = ?4 WHERE ticket_seq = ?1",
+                params![ticket_seq, ticket_id, ticket_url, now],
+            )?;
+            Ok(ResolveOutcome::Resolved)
+        })
+        .await
     }
 
     /// Runs `f` in the writer's next transaction; resolves after that transaction commits.
@@ -691,22 +767,40 @@ impl Store {
     pub async fn complete(
         &self,
         incident_id: String,
+        caller: Caller,
         reason_code: String,
         notes: Option<String>,
         skipping: Vec<String>,
         upstream: Vec<String>,
     ) -> Result<CompleteOutcome, StoreError> {
         self.write(move |conn| {
-            let row: Option<(String, i64, i64)> = conn
+            let row: Option<(String, i64, i64, String)> = conn
                 .query_row(
-                    "SELECT status, status_change_ms, version_id FROM incidents WHERE incident_id = ?1",
+                    "SELECT status, status_change_ms, version_id, source FROM incidents WHERE incident_id = ?1",
                     [&incident_id],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
                 )
                 .optional()?;
-            let Some((status, changed_ms, version_id)) = row else {
+            let Some((status, changed_ms, version_id, source)) = row else {
                 return Ok(CompleteOutcome::NotFound);
             };
+            // A token completes only what its holder has: an incident the caller does not know
+            // is, for it, not there.
+            let entitled = match &caller {
+                Caller::Source(name) => *name == source,
+                Caller::Connector(name) => conn
+                    .query_row(
+                        "SELECT 1 FROM tickets t JOIN ticket_incidents ti ON ti.ticket_seq = t.ticket_seq
+                         WHERE ti.incident_id = ?1 AND t.connector = ?2 LIMIT 1",
+                        params![incident_id, name],
+                        |_| Ok(()),
+                    )
+                    .optional()?
+                    .is_some(),
+            };
+            if !entitled {
+                return Ok(CompleteOutcome::NotFound);
+            }
             if status == "completed" {
                 return Ok(CompleteOutcome::AlreadyCompleted {
                     since: rfc3339(changed_ms),
@@ -951,13 +1045,18 @@ fn ingest_one(
     inc: NewIncident,
     now: i64,
 ) -> Result<IngestOutcome, StoreError> {
-    let existing: Option<(Option<f64>, String)> = conn
-        .prepare_cached("SELECT update_time, body_hash FROM incidents WHERE incident_id = ?1")?
-        .query_row([&inc.incident_id], |r| Ok((r.get(0)?, r.get(1)?)))
+    let existing: Option<(Option<f64>, String, String)> = conn
+        .prepare_cached(
+            "SELECT update_time, body_hash, status FROM incidents WHERE incident_id = ?1",
+        )?
+        .query_row([&inc.incident_id], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
         .optional()?;
+    let completed = matches!(&existing, Some((_, _, status)) if status == "completed");
     let status = match &existing {
         None => IngestStatus::Accepted,
-        Some((old_time, old_hash)) => match (old_time, inc.update_time) {
+        Some((old_time, old_hash, _)) => match (old_time, inc.update_time) {
             (Some(old), Some(new)) if new > *old => IngestStatus::Updated,
             (Some(_), Some(_)) => IngestStatus::Duplicate,
             // Without updateTime on both sides, only a change of content is an update.
@@ -1002,7 +1101,10 @@ fn ingest_one(
         ])?;
     }
     let mut deliveries = Vec::with_capacity(inc.routes.len());
-    for route in inc.routes {
+    // Completion through the back channel is final: a later version is kept (the admin API
+    // shows it) but opens and updates no ticket.
+    let routes = if completed { Vec::new() } else { inc.routes };
+    for route in routes {
         let (ticket_seq, event) = attach_to_ticket(conn, &inc.incident_id, &route, now)?;
         if event == Event::Updated && !route.sends_updated {
             continue;
@@ -1038,15 +1140,29 @@ fn attach_to_ticket(
     route: &Route,
     now: i64,
 ) -> Result<(i64, Event), StoreError> {
-    let open: Option<i64> = conn
+    // A new version of an incident stays on the ticket it is already on (whatever its key
+    // renders to now, and however long ago the ticket opened); the window only limits other
+    // incidents joining.
+    let own: Option<i64> = conn
         .prepare_cached(
-            "SELECT ticket_seq FROM tickets
-             WHERE connector = ?1 AND correlation_key = ?2 AND status = 'open'
-               AND (window_until_ms IS NULL OR window_until_ms > ?3)
-             ORDER BY ticket_seq DESC LIMIT 1",
+            "SELECT t.ticket_seq FROM tickets t JOIN ticket_incidents ti ON ti.ticket_seq = t.ticket_seq
+             WHERE ti.incident_id = ?1 AND t.connector = ?2 AND t.status = 'open'
+             ORDER BY t.ticket_seq DESC LIMIT 1",
         )?
-        .query_row(params![route.connector, route.key, now], |r| r.get(0))
+        .query_row(params![incident_id, route.connector], |r| r.get(0))
         .optional()?;
+    let open: Option<i64> = match own {
+        Some(seq) => Some(seq),
+        None => conn
+            .prepare_cached(
+                "SELECT ticket_seq FROM tickets
+                 WHERE connector = ?1 AND correlation_key = ?2 AND status = 'open'
+                   AND (window_until_ms IS NULL OR window_until_ms > ?3)
+                 ORDER BY ticket_seq DESC LIMIT 1",
+            )?
+            .query_row(params![route.connector, route.key, now], |r| r.get(0))
+            .optional()?,
+    };
     let (ticket_seq, event) = match open {
         Some(seq) => (seq, Event::Updated),
         None => {

@@ -27,7 +27,7 @@ use crate::ingress::bearer;
 use crate::problem::Problem;
 use crate::render::{self, DeliveryFacts, Event, Renderer, TicketFacts};
 use crate::schema::Violation;
-use crate::store::{CompleteOutcome, Route};
+use crate::store::{Caller, CompleteOutcome, Route};
 
 /// The reason codes seed 000 lists for completing an incident.
 pub const REASON_CODES: &[&str] = &[
@@ -95,7 +95,8 @@ pub fn ticket_from_response(
     let missing = |what: &str| {
         format!(
             "the created response (HTTP {status}) has no ticket id at {id_pointer}{what}; \
-             the ticket may exist in the target, so it is not retried (check ticket_id, then replay)"
+             the ticket may exist in the target, so it is not retried: read the id in this attempt's response and \
+             POST /v1/deliveries/{{id}}/resolve with it (or fix ticket_id and replay)"
         )
     };
     let json: Value = serde_json::from_str(body).map_err(|_| missing(": the body is not JSON"))?;
@@ -116,10 +117,8 @@ pub fn ticket_from_response(
     Ok(Some((id, url)))
 }
 
-/// Whose bearer token this is: `Some(Some(connector))` for a connector's callback token,
-/// `Some(None)` for a source's, `None` for neither. Compared as SHA-256 digests in constant
-/// time.
-fn caller(config: &Config, headers: &HeaderMap) -> Option<Option<String>> {
+/// Whose bearer token this is. Compared as SHA-256 digests in constant time.
+fn caller(config: &Config, headers: &HeaderMap) -> Option<Caller> {
     let presented = Sha256::digest(bearer(headers)?.as_bytes());
     let matches = |token: &str| {
         bool::from(
@@ -131,12 +130,12 @@ fn caller(config: &Config, headers: &HeaderMap) -> Option<Option<String>> {
     let mut found = None;
     for c in &config.connectors {
         if c.callback_token.as_deref().is_some_and(matches) {
-            found = Some(Some(c.name.clone()));
+            found = Some(Caller::Connector(c.name.clone()));
         }
     }
     for s in &config.sources {
         if s.callback_token.as_deref().is_some_and(matches) {
-            found = found.or(Some(None));
+            found = found.or(Some(Caller::Source(s.name.clone())));
         }
     }
     found
@@ -225,7 +224,10 @@ pub async fn complete(
     body: Bytes,
 ) -> Response {
     let result = async {
-        let caller = caller(&app.config, &headers).ok_or_else(Problem::unauthorized)?;
+        let caller = caller(&app.config, &headers).ok_or_else(|| {
+            crate::metrics::Metrics::inc(&app.metrics.auth_failures);
+            Problem::unauthorized()
+        })?;
         let Path(incident_id) = incident_id.map_err(|e| {
             Problem::new(
                 StatusCode::BAD_REQUEST,
@@ -235,25 +237,34 @@ pub async fn complete(
             )
         })?;
         let request = parse_complete(&body)?;
-        let upstream: Vec<String> = app
-            .config
-            .connectors
-            .iter()
-            .filter(|c| c.upstream)
-            .map(|c| c.name.clone())
-            .collect();
+        // The platform completing its own incident needs no word back; a target closing its
+        // own ticket needs no request to close it.
+        let upstream: Vec<String> = match &caller {
+            Caller::Source(_) => Vec::new(),
+            Caller::Connector(_) => app
+                .config
+                .connectors
+                .iter()
+                .filter(|c| c.upstream)
+                .map(|c| c.name.clone())
+                .collect(),
+        };
         let skipping: Vec<String> = app
             .config
             .connectors
             .iter()
             .filter(|c| c.request(Event::Completed).is_none())
             .map(|c| c.name.clone())
-            .chain(caller.clone())
+            .chain(match &caller {
+                Caller::Connector(name) => Some(name.clone()),
+                Caller::Source(_) => None,
+            })
             .collect();
         let outcome = app
             .store
             .complete(
                 incident_id.clone(),
+                caller.clone(),
                 request.reason_code,
                 request.notes,
                 skipping,

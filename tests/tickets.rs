@@ -41,11 +41,17 @@ struct Tickets {
 type Shared = Arc<Mutex<Tickets>>;
 
 async fn create(State(t): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
-    let delay = t.lock().unwrap().delay;
+    // Like a real system: the ticket is committed first, the answer may be slow to come back.
+    let (status, reply, delay) = open_ticket(&t, &headers, &body);
     tokio::time::sleep(delay).await;
+    (StatusCode::from_u16(status).unwrap(), axum::Json(reply)).into_response()
+}
+
+fn open_ticket(t: &Shared, headers: &HeaderMap, body: &Bytes) -> (u16, Value, Duration) {
     let mut t = t.lock().unwrap();
-    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    let webhook_id = header(&headers, "webhook-id");
+    let delay = t.delay;
+    let body: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let webhook_id = header(headers, "webhook-id");
     let failure = t.create_failures.pop_front();
     let (status, reply) = match failure {
         Some(code) => (code, json!({"error": {"message": "try later"}})),
@@ -66,7 +72,7 @@ async fn create(State(t): State<Shared>, headers: HeaderMap, body: Bytes) -> Res
         body,
         status,
     });
-    (StatusCode::from_u16(status).unwrap(), axum::Json(reply)).into_response()
+    (status, reply, delay)
 }
 
 async fn update(
@@ -571,12 +577,8 @@ async fn the_back_channel_completes_an_incident_and_closes_its_tickets() {
     assert_eq!(resolve.body["state"], "6");
     assert_eq!(resolve.body["close_code"], "threat_not_valid");
     assert_eq!(resolve.body["close_notes"], "User forgot their password");
-    let up = calls
-        .iter()
-        .find(|c| c.path == "/upstream")
-        .expect("upstream told");
-    assert_eq!(up.body["incident_id"], "DONE-1");
-    assert_eq!(up.body["reason_code"], "threat_not_valid");
+    // The source (the platform's side) completed it: the platform is not told what it did.
+    assert!(calls.iter().all(|c| c.path != "/upstream"));
 
     // Twice is a conflict that says since when.
     let p = problem(
@@ -633,6 +635,12 @@ async fn a_target_closing_its_own_ticket_is_not_asked_to_close_it_again() {
         "only the platform is told; ServiceNow closed it itself"
     );
     let calls = target.wait_for(2, Duration::from_secs(10)).await;
+    let up = calls
+        .iter()
+        .find(|c| c.path == "/upstream")
+        .expect("upstream told");
+    assert_eq!(up.body["incident_id"], "SELF-1");
+    assert_eq!(up.body["reason_code"], "other");
     let paths: HashMap<&str, usize> = calls.iter().fold(HashMap::new(), |mut m, c| {
         *m.entry(c.path.as_str()).or_default() += 1;
         m
@@ -640,4 +648,150 @@ async fn a_target_closing_its_own_ticket_is_not_asked_to_close_it_again() {
     assert_eq!(paths.get("/upstream"), Some(&1));
     assert!(calls.iter().all(|c| c.method != "PATCH"));
     gw.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_newer_version_stays_on_its_ticket_after_the_window_and_after_completion_opens_none() {
+    let target = TicketSystem::start().await;
+    let ws = Workspace::new();
+    let config = ticket_config(
+        &ws,
+        &target.base,
+        &format!("{SHARED_KEY}\naggregate_for = \"1s\""),
+    );
+    let gw = start_in_process(&config).await;
+    let base = format!("http://{}", gw.addr);
+    let event = |v: &Value| {
+        v["deliveries"][0]["event"]
+            .as_str()
+            .unwrap_or("none")
+            .to_string()
+    };
+    let first = incident("SAME-1");
+    assert_eq!(event(&post_json(&base, &first).await), "created");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // The window closed, but this is the same incident: it stays on its ticket.
+    let mut newer = first.clone();
+    newer["updateTime"] = json!(1594159999);
+    let r = post_json(&base, &newer).await;
+    assert_eq!(r["status"], "updated");
+    assert_eq!(event(&r), "updated");
+    let (_, v) = admin_get(&base, "/v1/incidents/SAME-1").await;
+    assert_eq!(
+        v["connectors"]["servicenow"]["tickets"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // Completed: a later version is kept but opens no ticket and sends nothing.
+    target.wait_for(2, Duration::from_secs(10)).await;
+    let done = complete(
+        &base,
+        "SAME-1",
+        Some(SOURCE_CALLBACK),
+        r#"{"reason_code": "other"}"#,
+    )
+    .await;
+    assert_eq!(done.status(), 200);
+    let mut later = newer.clone();
+    later["updateTime"] = json!(1594169999);
+    let r = post_json(&base, &later).await;
+    assert_eq!(r["status"], "updated");
+    assert_eq!(r["deliveries"], json!([]));
+    let (_, v) = admin_get(&base, "/v1/incidents/SAME-1").await;
+    assert_eq!(v["versions"], 3);
+    let tickets = v["connectors"]["servicenow"]["tickets"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(tickets.len(), 1);
+    assert_eq!(tickets[0]["status"], "completed");
+    gw.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_callback_token_completes_only_its_holders_incidents() {
+    let target = TicketSystem::start().await;
+    let ws = Workspace::new();
+    let config = ticket_config(&ws, &target.base, "");
+    // A second source with its own key and callback token, and no ticket anywhere.
+    let text = std::fs::read_to_string(&config).unwrap().replacen(
+        "[[connectors]]",
+        "[[sources]]\nname = \"other\"\napi_key = \"other-source-key-0123456\"\ncallback_token = \"other-callback-token-0123\"\n\n[[connectors]]",
+        1,
+    );
+    std::fs::write(&config, &text).unwrap();
+    let gw = start_in_process(&config).await;
+    let base = format!("http://{}", gw.addr);
+    post_json(&base, &incident("MINE-1")).await;
+    target.wait_for(1, Duration::from_secs(10)).await;
+    let body = r#"{"reason_code": "other"}"#;
+    // Another source's token: for it, the incident is not there.
+    let r = complete(&base, "MINE-1", Some("other-callback-token-0123"), body).await;
+    assert_eq!(r.status(), 404);
+    // The other source's own incident goes to ServiceNow too; ServiceNow's token may close
+    // it, but not an incident it holds no ticket for (none here: "unknown" was never routed).
+    let r = complete(
+        &base,
+        "UNKNOWN",
+        Some("servicenow-callback-token-123"),
+        body,
+    )
+    .await;
+    assert_eq!(r.status(), 404);
+    let r = complete(&base, "MINE-1", Some(SOURCE_CALLBACK), body).await;
+    assert_eq!(r.status(), 200, "the owning source may");
+    gw.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_interrupted_by_sigkill_is_set_aside_then_resolved_without_a_second_ticket() {
+    let port = free_port();
+    let target = TicketSystem::start_on(port).await;
+    target.state.lock().unwrap().delay = Duration::from_secs(3);
+    let ws = Workspace::new();
+    let config = ticket_config(&ws, &target.base, SHARED_KEY);
+    let (mut child, base) = spawn_binary(&config);
+    let created = post_json(&base, &incident("CUT-1")).await;
+    let created_id = created["deliveries"][0]["id"].as_str().unwrap().to_string();
+    post_json(&base, &incident("CUT-2")).await;
+    // Kill while the create is in flight (the target takes 3 s to answer).
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    target.state.lock().unwrap().delay = Duration::ZERO;
+    let (mut child, base) = spawn_binary(&config);
+    let (_, d) = admin_get(&base, &format!("/v1/deliveries/{created_id}")).await;
+    assert_eq!(d["status"], "dead");
+    assert!(
+        d["last_error"].as_str().unwrap().starts_with("interrupted"),
+        "{d}"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The target did open the ticket before the crash; nothing was sent again.
+    let calls = target.calls();
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    // The admin sees sys0001 in ServiceNow and resolves the delivery with it.
+    let r = client()
+        .post(format!("{base}/v1/deliveries/{created_id}/resolve"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({"ticket_id": "sys0001"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let calls = target.wait_for(2, Duration::from_secs(10)).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(
+        calls.iter().filter(|c| c.method == "POST").count(),
+        1,
+        "one ticket"
+    );
+    assert_eq!(calls[1].method, "PATCH");
+    assert_eq!(calls[1].path, "/api/now/table/incident/sys0001");
+    assert_eq!(calls[1].status, 200);
 }

@@ -18,10 +18,7 @@ pub struct Refused(pub String);
 /// Why `ip` may not be connected to, if it may not.
 pub fn forbidden(ip: IpAddr, allow_private: bool) -> Option<&'static str> {
     let ip = match ip {
-        IpAddr::V6(v6) => v6
-            .to_ipv4_mapped()
-            .map(IpAddr::V4)
-            .unwrap_or(IpAddr::V6(v6)),
+        IpAddr::V6(v6) => embedded_ipv4(v6).map(IpAddr::V4).unwrap_or(IpAddr::V6(v6)),
         v4 => v4,
     };
     match ip {
@@ -29,6 +26,9 @@ pub fn forbidden(ip: IpAddr, allow_private: bool) -> Option<&'static str> {
             let o = v4.octets();
             if o[0] == 169 && o[1] == 254 {
                 return Some("a link-local address (cloud metadata lives at 169.254.169.254)");
+            }
+            if o == [100, 100, 100, 200] {
+                return Some("a cloud metadata address");
             }
             if v4.is_unspecified() || v4.is_broadcast() || v4.is_multicast() || o[0] == 0 {
                 return Some("not a unicast address");
@@ -63,12 +63,39 @@ pub fn forbidden(ip: IpAddr, allow_private: bool) -> Option<&'static str> {
             if v6.is_loopback() {
                 return Some("a loopback address (allow_private = false)");
             }
-            if (s[0] & 0xfe00) == 0xfc00 {
+            if (s[0] & 0xfe00) == 0xfc00 || (s[0] & 0xffc0) == 0xfec0 {
                 return Some("a private address (allow_private = false)");
             }
             None
         }
     }
+}
+
+/// The IPv4 address an IPv6 address carries, in the forms that route to it: IPv4-mapped
+/// (`::ffff:a.b.c.d`), IPv4-compatible (`::a.b.c.d`), NAT64 (`64:ff9b::a.b.c.d`) and 6to4
+/// (`2002:AABB:CCDD::`).
+fn embedded_ipv4(v6: Ipv6Addr) -> Option<std::net::Ipv4Addr> {
+    if let Some(v4) = v6.to_ipv4_mapped() {
+        return Some(v4);
+    }
+    let s = v6.segments();
+    let tail =
+        std::net::Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
+    if s[..6] == [0, 0, 0, 0, 0, 0] && !v6.is_loopback() && !v6.is_unspecified() {
+        return Some(tail);
+    }
+    if s[0] == 0x64 && s[1] == 0xff9b && s[2..6] == [0, 0, 0, 0] {
+        return Some(tail);
+    }
+    if s[0] == 0x2002 {
+        return Some(std::net::Ipv4Addr::new(
+            (s[1] >> 8) as u8,
+            s[1] as u8,
+            (s[2] >> 8) as u8,
+            s[2] as u8,
+        ));
+    }
+    None
 }
 
 fn host_allowed(host: &str, allow_hosts: &[String]) -> bool {
@@ -149,7 +176,10 @@ pub fn client(connector: &ConnectorConfig) -> Result<reqwest::Client, String> {
             Err(refused) => attempt.error(refused),
         }
     });
+    // No proxy from the environment: a proxy would resolve names itself, out of the reach of
+    // the resolver's checks.
     let mut builder = reqwest::Client::builder()
+        .no_proxy()
         .redirect(redirects)
         .user_agent(concat!("incident-gateway/", env!("CARGO_PKG_VERSION")))
         .pool_idle_timeout(std::time::Duration::from_secs(60))
@@ -191,6 +221,10 @@ mod tests {
             "fd00:ec2::254",
             "fe80::1",
             "0.0.0.0",
+            "::a9fe:a9fe",
+            "64:ff9b::a9fe:a9fe",
+            "2002:a9fe:a9fe::",
+            "100.100.100.200",
         ] {
             assert!(forbidden(ip.parse().unwrap(), true).is_some(), "{ip}");
         }
@@ -206,6 +240,8 @@ mod tests {
             "100.64.0.1",
             "::1",
             "fd12::1",
+            "fec0::1",
+            "64:ff9b::a00:1",
         ] {
             assert!(forbidden(ip.parse().unwrap(), true).is_none(), "{ip}");
             assert!(forbidden(ip.parse().unwrap(), false).is_some(), "{ip}");

@@ -406,6 +406,13 @@ impl Deliverer {
                 },
             },
         };
+        // A dead reason can quote a receiver's or server's words, which can echo a secret.
+        let next = match next {
+            NextStep::Dead { reason } => NextStep::Dead {
+                reason: self.config.secrets.mask(&reason),
+            },
+            other => other,
+        };
         crate::metrics::Metrics::inc(match &next {
             NextStep::Delivered => &self.metrics.deliveries_delivered,
             NextStep::RetryAt { .. } => &self.metrics.deliveries_retried,
