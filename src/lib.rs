@@ -121,6 +121,10 @@ pub fn admin_router(app: Arc<App>) -> Router {
             .route(
                 "/v1/deliveries/{delivery_id}/replay",
                 post(admin::replay_delivery),
+            )
+            .route(
+                "/v1/deliveries/{delivery_id}/resolve",
+                post(admin::resolve_delivery),
             ),
         app,
     )
@@ -143,6 +147,10 @@ pub fn router(app: Arc<App>) -> Router {
             .route(
                 "/v1/deliveries/{delivery_id}/replay",
                 post(admin::replay_delivery),
+            )
+            .route(
+                "/v1/deliveries/{delivery_id}/resolve",
+                post(admin::resolve_delivery),
             ),
         app,
     )

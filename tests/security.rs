@@ -1043,3 +1043,99 @@ max_backoff = "100ms"
         secrets.len()
     );
 }
+
+#[tokio::test]
+async fn concurrent_copies_huge_signature_headers_and_absurd_timestamps_are_refused() {
+    let ws = Workspace::new();
+    let config = signed_source_config(&ws, "");
+    let gw = start_in_process(&config).await;
+    let base = format!("http://{}", gw.addr);
+    let body = incident("COPY-1").to_string();
+    let now = chrono::Utc::now().timestamp();
+    let sig = sign(INBOUND_SECRET, "evt_copy", now, &body);
+    // Eight copies of one signed request at once: exactly one gets in.
+    let copies: Vec<_> = (0..8)
+        .map(|_| {
+            let (base, body, sig) = (base.clone(), body.clone(), sig.clone());
+            tokio::spawn(async move {
+                post_signed(&base, &body, "evt_copy", now, &sig)
+                    .await
+                    .status()
+                    .as_u16()
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for c in copies {
+        statuses.push(c.await.unwrap());
+    }
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 202).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 401).count(),
+        7,
+        "{statuses:?}"
+    );
+    // Thousands of signatures in one header: refused unread.
+    let many = vec![sig.as_str(); 2000].join(" ");
+    let r = post_signed(&base, &body, "evt_many", now, &many).await;
+    assert_eq!(r.status(), 401);
+    // A timestamp at the edge of i64 neither panics nor passes.
+    let r = post_signed(&base, &body, "evt_min", i64::MIN, &sig).await;
+    assert_eq!(r.status(), 401);
+    assert_eq!(
+        client()
+            .get(format!("{base}/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    gw.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_source_with_a_key_and_a_secret_must_present_both() {
+    let ws = Workspace::new();
+    let config = ws.write(
+        "gateway.toml",
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[storage]\nurl = \"sqlite://gateway.db\"\n[[sources]]\nname = \"both\"\napi_key = \"{SOURCE_KEY}\"\nsigning_secret = \"{INBOUND_SECRET}\"\n"
+        ),
+    );
+    let gw = start_in_process(&config).await;
+    let base = format!("http://{}", gw.addr);
+    let body = incident("BOTH-1").to_string();
+    let now = chrono::Utc::now().timestamp();
+    let sig = sign(INBOUND_SECRET, "evt_both", now, &body);
+    // Signature alone: refused.
+    assert_eq!(
+        post_signed(&base, &body, "evt_both", now, &sig)
+            .await
+            .status(),
+        401
+    );
+    // Key alone: refused.
+    assert_eq!(
+        post_incident(&base, &incident("BOTH-1")).await.status(),
+        401
+    );
+    // Both: accepted.
+    let r = client()
+        .post(format!("{base}/v1/incidents"))
+        .bearer_auth(SOURCE_KEY)
+        .header("content-type", "application/json")
+        .header("webhook-id", "evt_both")
+        .header("webhook-timestamp", now.to_string())
+        .header("webhook-signature", sig)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    gw.stop().await.unwrap();
+}
