@@ -208,14 +208,8 @@ pub async fn resolve_delivery(
     let result = async {
         require_admin(&app, &headers)?;
         let Path(delivery_id) = delivery_id.map_err(bad_path)?;
-        let value: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
-            Problem::new(
-                StatusCode::BAD_REQUEST,
-                "malformed-json",
-                "Malformed JSON",
-                format!("the body is not valid JSON: {e}"),
-            )
-        })?;
+        let value: serde_json::Value =
+            serde_json::from_slice(&body).map_err(Problem::malformed_json)?;
         let text = |key: &str| {
             value
                 .get(key)

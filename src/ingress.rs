@@ -412,14 +412,7 @@ async fn accept_document(
             ),
         }]));
     }
-    let document: Value = serde_json::from_slice(bytes).map_err(|e| {
-        Problem::new(
-            StatusCode::BAD_REQUEST,
-            "malformed-json",
-            "Malformed JSON",
-            format!("the body is not valid JSON: {e}"),
-        )
-    })?;
+    let document: Value = serde_json::from_slice(bytes).map_err(Problem::malformed_json)?;
 
     let (incidents, is_batch) = match document {
         Value::Array(items) => (items, true),

@@ -90,6 +90,16 @@ impl Problem {
         self
     }
 
+    /// A body that is not JSON: 400, saying where the parser stopped.
+    pub fn malformed_json(e: serde_json::Error) -> Problem {
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            "malformed-json",
+            "Malformed JSON",
+            format!("the body is not valid JSON: {e}"),
+        )
+    }
+
     pub fn unauthorized() -> Problem {
         Problem::new(
             StatusCode::UNAUTHORIZED,

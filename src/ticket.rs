@@ -148,14 +148,7 @@ struct CompleteRequest {
 }
 
 fn parse_complete(body: &[u8]) -> Result<CompleteRequest, Problem> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| {
-        Problem::new(
-            StatusCode::BAD_REQUEST,
-            "malformed-json",
-            "Malformed JSON",
-            format!("the body is not valid JSON: {e}"),
-        )
-    })?;
+    let value: Value = serde_json::from_slice(body).map_err(Problem::malformed_json)?;
     let mut violations = Vec::new();
     let reason_code = match value.get("reason_code") {
         Some(Value::String(code)) if REASON_CODES.contains(&code.as_str()) => Some(code.clone()),
