@@ -995,15 +995,8 @@ impl Validator {
             tls: match raw.server.tls {
                 None => None,
                 Some(t) => {
-                    let cert = self.resolve(&t.cert);
-                    let key = self.resolve(&t.key);
-                    for (field, path) in [("server.tls.cert", &cert), ("server.tls.key", &key)] {
-                        if !path.is_file() {
-                            return Err(
-                                self.invalid(field, format!("{} does not exist", path.display()))
-                            );
-                        }
-                    }
+                    let cert = self.existing_file("server.tls.cert", &t.cert)?;
+                    let key = self.existing_file("server.tls.key", &t.key)?;
                     Some(TlsFiles { cert, key })
                 }
             },
@@ -1441,16 +1434,7 @@ impl Validator {
                     None => html_template.clone(),
                 },
                 target_schema: match raw.target_schema {
-                    Some(p) => {
-                        let resolved = self.resolve(&p);
-                        if !resolved.is_file() {
-                            return Err(self.invalid(
-                                format!("{at}.target_schema"),
-                                format!("{} does not exist", resolved.display()),
-                            ));
-                        }
-                        Some(resolved)
-                    }
+                    Some(p) => Some(self.existing_file(&format!("{at}.target_schema"), &p)?),
                     None => None,
                 },
             });
@@ -1539,16 +1523,7 @@ impl Validator {
         }
         let target_schema = match c.target_schema {
             None => None,
-            Some(p) => {
-                let resolved = self.resolve(&p);
-                if !resolved.is_file() {
-                    return Err(self.invalid(
-                        format!("{field}.target_schema"),
-                        format!("{} does not exist", resolved.display()),
-                    ));
-                }
-                Some(resolved)
-            }
+            Some(p) => Some(self.existing_file(&format!("{field}.target_schema"), &p)?),
         };
         let mut signing = crate::deliver::sign::Signing::default();
         if let Some(raw) = &c.signing {
@@ -1587,16 +1562,7 @@ impl Validator {
             allow_private: c.allow_private,
             follow_redirects: c.follow_redirects,
             tls_ca_file: match (&c.tls_ca_file, &smtp) {
-                (Some(f), None) => {
-                    let path = self.resolve(f);
-                    if !path.is_file() {
-                        return Err(self.invalid(
-                            format!("{field}.tls_ca_file"),
-                            format!("{} does not exist", path.display()),
-                        ));
-                    }
-                    Some(path)
-                }
+                (Some(f), None) => Some(self.existing_file(&format!("{field}.tls_ca_file"), f)?),
                 _ => None,
             },
         };
@@ -1716,16 +1682,7 @@ impl Validator {
             mailbox(format!("{field}.cc[{i}]"), cc)?;
         }
         let tls_ca_file = match &c.tls_ca_file {
-            Some(f) => {
-                let path = self.resolve(f);
-                if !path.is_file() {
-                    return Err(self.invalid(
-                        format!("{field}.tls_ca_file"),
-                        format!("{} does not exist", path.display()),
-                    ));
-                }
-                Some(path)
-            }
+            Some(f) => Some(self.existing_file(&format!("{field}.tls_ca_file"), f)?),
             None => None,
         };
         Ok(SmtpConfig {
@@ -1740,6 +1697,15 @@ impl Validator {
             subject_tag: c.subject_tag.clone(),
             tls_ca_file,
         })
+    }
+
+    /// A path from the config, resolved, that must name a file.
+    fn existing_file(&self, field: &str, path: &str) -> Result<PathBuf, ConfigError> {
+        let resolved = self.resolve(path);
+        if !resolved.is_file() {
+            return Err(self.invalid(field, format!("{} does not exist", resolved.display())));
+        }
+        Ok(resolved)
     }
 
     fn read_secret_file(&self, field: &str, file: &str) -> Result<String, ConfigError> {

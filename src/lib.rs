@@ -95,69 +95,52 @@ pub struct Gateway {
     workers: tokio::task::JoinHandle<()>,
 }
 
-/// What the detection platform and ticketing systems call: ingest, the back channel, health.
-pub fn ingress_router(app: Arc<App>) -> Router {
-    finish(
-        Router::new()
-            .route("/healthz", get(|| async { "ok" }))
-            .route("/v1/incidents", post(ingress::post_incidents))
-            .route(
-                "/v1/incidents/{incident_id}/complete",
-                post(ticket::complete),
-            ),
-        app,
-    )
+/// What the detection platform and ticketing systems call: ingest and the back channel.
+fn ingress_routes() -> Router<Arc<App>> {
+    Router::new()
+        .route("/v1/incidents", post(ingress::post_incidents))
+        .route(
+            "/v1/incidents/{incident_id}/complete",
+            post(ticket::complete),
+        )
 }
 
-/// What admins call (Bearer `admin_token`): inspect, replay, metrics.
+/// What admins call (Bearer `admin_token`): inspect, replay, resolve, metrics.
+fn admin_routes() -> Router<Arc<App>> {
+    Router::new()
+        .route("/metrics", get(admin::metrics))
+        .route("/v1/incidents/{incident_id}", get(admin::get_incident))
+        .route("/v1/deliveries", get(admin::list_deliveries))
+        .route("/v1/deliveries/{delivery_id}", get(admin::get_delivery))
+        .route(
+            "/v1/deliveries/{delivery_id}/replay",
+            post(admin::replay_delivery),
+        )
+        .route(
+            "/v1/deliveries/{delivery_id}/resolve",
+            post(admin::resolve_delivery),
+        )
+}
+
+/// The ingress listener when the admin API has its own address.
+pub fn ingress_router(app: Arc<App>) -> Router {
+    finish(ingress_routes(), app)
+}
+
+/// The admin listener (`server.admin_listen`).
 pub fn admin_router(app: Arc<App>) -> Router {
-    finish(
-        Router::new()
-            .route("/healthz", get(|| async { "ok" }))
-            .route("/metrics", get(admin::metrics))
-            .route("/v1/incidents/{incident_id}", get(admin::get_incident))
-            .route("/v1/deliveries", get(admin::list_deliveries))
-            .route("/v1/deliveries/{delivery_id}", get(admin::get_delivery))
-            .route(
-                "/v1/deliveries/{delivery_id}/replay",
-                post(admin::replay_delivery),
-            )
-            .route(
-                "/v1/deliveries/{delivery_id}/resolve",
-                post(admin::resolve_delivery),
-            ),
-        app,
-    )
+    finish(admin_routes(), app)
 }
 
 /// Both on one listener (when `server.admin_listen` is not set).
 pub fn router(app: Arc<App>) -> Router {
-    finish(
-        Router::new()
-            .route("/healthz", get(|| async { "ok" }))
-            .route("/metrics", get(admin::metrics))
-            .route("/v1/incidents", post(ingress::post_incidents))
-            .route("/v1/incidents/{incident_id}", get(admin::get_incident))
-            .route(
-                "/v1/incidents/{incident_id}/complete",
-                post(ticket::complete),
-            )
-            .route("/v1/deliveries", get(admin::list_deliveries))
-            .route("/v1/deliveries/{delivery_id}", get(admin::get_delivery))
-            .route(
-                "/v1/deliveries/{delivery_id}/replay",
-                post(admin::replay_delivery),
-            )
-            .route(
-                "/v1/deliveries/{delivery_id}/resolve",
-                post(admin::resolve_delivery),
-            ),
-        app,
-    )
+    finish(ingress_routes().merge(admin_routes()), app)
 }
 
+/// Every listener answers `/healthz`, and problem+json for unknown paths and methods.
 fn finish(router: Router<Arc<App>>, app: Arc<App>) -> Router {
     router
+        .route("/healthz", get(|| async { "ok" }))
         .fallback(|| async { problem::Problem::not_found("no such endpoint") })
         .method_not_allowed_fallback(|| async {
             problem::Problem::new(

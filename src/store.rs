@@ -246,6 +246,17 @@ pub struct DeliveryFilter {
     pub limit: usize,
 }
 
+/// The ordering rule, in one place: delivery `d` waits behind an earlier delivery `e` of the
+/// same connector and order key (the ticket) that is pending, or is a dead `created` (its
+/// ticket does not exist yet). Used to lease, to find the next due time, and to show
+/// `waiting_for`.
+macro_rules! waits_behind {
+    () => {
+        "e.connector = d.connector AND e.order_key = d.order_key AND e.seq < d.seq \
+         AND (e.status = 'pending' OR (e.status = 'dead' AND e.event = 'created'))"
+    };
+}
+
 type Finish = Box<dyn FnOnce(Option<StoreError>) + Send>;
 type Job = Box<dyn FnOnce(&Connection) -> (bool, Finish) + Send>;
 
@@ -535,17 +546,14 @@ impl Store {
             let now = now_ms();
             let busy = serde_json::to_string(&busy).unwrap_or_else(|_| "[]".into());
             let candidates = conn
-                .prepare_cached(
+                .prepare_cached(concat!(
                     "SELECT d.seq, d.delivery_id, d.incident_id, d.version_id, d.connector, d.event,
                             d.attempts, d.budget_attempts, d.budget_since_ms, d.ticket_seq
                      FROM deliveries d
                      WHERE d.status = 'pending' AND d.next_attempt_ms <= ?1 AND d.lease_until_ms <= ?1
                        AND d.connector NOT IN (SELECT value FROM json_each(?2))
-                       AND NOT EXISTS (SELECT 1 FROM deliveries e
-                                       WHERE e.connector = d.connector AND e.order_key = d.order_key
-                                         AND e.seq < d.seq
-                                         AND (e.status = 'pending' OR (e.status = 'dead' AND e.event = 'created')))
-                     ORDER BY d.next_attempt_ms, d.seq LIMIT ?3",
+                       AND NOT EXISTS (SELECT 1 FROM deliveries e WHERE ", waits_behind!(), ")
+                     ORDER BY d.next_attempt_ms, d.seq LIMIT ?3"),
                 )?
                 .query_map(params![now, busy, limit as i64], |r| {
                     Ok((
@@ -701,15 +709,14 @@ impl Store {
         self.read(move |conn| {
             let busy = serde_json::to_string(&busy).unwrap_or_else(|_| "[]".into());
             Ok(conn
-                .prepare_cached(
+                .prepare_cached(concat!(
                     "SELECT MIN(MAX(d.next_attempt_ms, d.lease_until_ms)) FROM deliveries d
                      WHERE d.status = 'pending'
                        AND d.connector NOT IN (SELECT value FROM json_each(?1))
-                       AND NOT EXISTS (SELECT 1 FROM deliveries e
-                                       WHERE e.connector = d.connector AND e.order_key = d.order_key
-                                         AND e.seq < d.seq
-                                         AND (e.status = 'pending' OR (e.status = 'dead' AND e.event = 'created')))",
-                )?
+                       AND NOT EXISTS (SELECT 1 FROM deliveries e WHERE ",
+                    waits_behind!(),
+                    ")"
+                ))?
                 .query_row([busy], |r| r.get::<_, Option<i64>>(0))
                 .optional()?
                 .flatten())
@@ -986,12 +993,10 @@ fn query_deliveries(
         "SELECT d.delivery_id, d.incident_id, d.connector, d.event, d.status, d.attempts, d.created_ms,
                 d.updated_ms, d.next_attempt_ms, d.last_error,
                 CASE WHEN d.status = 'pending' THEN
-                    (SELECT e.delivery_id FROM deliveries e
-                     WHERE e.connector = d.connector AND e.order_key = d.order_key AND e.seq < d.seq
-                       AND (e.status = 'pending' OR (e.status = 'dead' AND e.event = 'created'))
-                     ORDER BY e.seq LIMIT 1)
+                    (SELECT e.delivery_id FROM deliveries e WHERE {waits} ORDER BY e.seq LIMIT 1)
                 END
-         FROM deliveries d {clause}"
+         FROM deliveries d {clause}",
+        waits = waits_behind!()
     );
     let mut stmt = conn.prepare_cached(&sql)?;
     let mut out = stmt
