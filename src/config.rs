@@ -105,8 +105,15 @@ pub enum StorageConfig {
 pub struct DeliveryConfig {
     /// Deliveries sent at once across all connectors.
     pub concurrency: usize,
-    /// How long a worker holds a delivery before another may take it.
+    /// How long a worker holds a delivery before another may take it. The worker renews it
+    /// every third of this while the attempt runs, so only a dead or stalled process loses it.
     pub lease: Duration,
+    /// How long one delivery's render may take (templates and helpers); past it the delivery
+    /// is dead with that reason (the same input would cost the same again).
+    pub render_budget: Duration,
+    /// Renders run on this many blocking threads at most, off the async runtime, so the
+    /// listener and `/healthz` keep answering however costly a render is.
+    pub render_threads: usize,
 }
 
 #[derive(Clone)]
@@ -313,23 +320,55 @@ pub struct TemplatePath {
 }
 
 /// When to try a failed delivery again, and when to give up.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RetryPolicy {
-    pub max_attempts: u32,
-    pub initial_backoff: Duration,
-    pub max_backoff: Duration,
+    /// The wait after each failed attempt: `schedule[0]` after the first, and so on. A delivery
+    /// is tried at most `schedule.len() + 1` times.
+    pub schedule: Vec<Duration>,
     /// A delivery older than this (since it was queued or last replayed) goes dead.
     pub max_age: Duration,
 }
 
+/// The default retry schedule: it spans a day, so a target down for a maintenance window (or
+/// a night) gets its deliveries when it is back, as Svix's schedule does. README.md shows it
+/// as a table (a test compares the two).
+pub const DEFAULT_RETRY_SCHEDULE: [Duration; 12] = [
+    Duration::from_secs(5),
+    Duration::from_secs(30),
+    Duration::from_secs(2 * 60),
+    Duration::from_secs(5 * 60),
+    Duration::from_secs(15 * 60),
+    Duration::from_secs(30 * 60),
+    Duration::from_secs(3600),
+    Duration::from_secs(2 * 3600),
+    Duration::from_secs(3 * 3600),
+    Duration::from_secs(4 * 3600),
+    Duration::from_secs(6 * 3600),
+    Duration::from_secs(7 * 3600),
+];
+
 impl Default for RetryPolicy {
     fn default() -> Self {
         RetryPolicy {
-            max_attempts: 10,
-            initial_backoff: Duration::from_secs(1),
-            max_backoff: Duration::from_secs(300),
+            schedule: DEFAULT_RETRY_SCHEDULE.to_vec(),
             max_age: Duration::from_secs(24 * 3600),
         }
+    }
+}
+
+impl RetryPolicy {
+    /// The most attempts a delivery gets.
+    pub fn max_attempts(&self) -> u32 {
+        u32::try_from(self.schedule.len())
+            .unwrap_or(u32::MAX)
+            .saturating_add(1)
+    }
+
+    /// `initial` doubling up to `max`, for `max_attempts` attempts in all.
+    pub fn exponential(initial: Duration, max: Duration, max_attempts: u32) -> Vec<Duration> {
+        (0..max_attempts.saturating_sub(1))
+            .map(|n| initial.saturating_mul(1u32 << n.min(30)).min(max))
+            .collect()
     }
 }
 
@@ -618,6 +657,9 @@ struct RawDelivery {
     concurrency: usize,
     #[serde(default = "default_lease", with = "humantime_serde")]
     lease: Duration,
+    #[serde(default = "default_render_budget", with = "humantime_serde")]
+    render_budget: Duration,
+    render_threads: Option<usize>,
 }
 
 impl Default for RawDelivery {
@@ -625,8 +667,19 @@ impl Default for RawDelivery {
         RawDelivery {
             concurrency: default_concurrency(),
             lease: default_lease(),
+            render_budget: default_render_budget(),
+            render_threads: None,
         }
     }
+}
+
+fn default_render_budget() -> Duration {
+    Duration::from_secs(5)
+}
+
+/// Half the cores (at least one): renders never take every core from the listener.
+fn default_render_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
 }
 
 fn default_concurrency() -> usize {
@@ -743,8 +796,11 @@ struct RawRequest {
     skip: bool,
 }
 
-/// What a lease must outlast a connector's timeout by (rendering, recording, clock steps).
-const LEASE_MARGIN: Duration = Duration::from_secs(30);
+/// The shortest lease: renewed every third of it, a renewal must have time to commit.
+const MIN_LEASE: Duration = Duration::from_secs(3);
+
+/// The most attempts a retry policy may give one delivery.
+const MAX_RETRY_ATTEMPTS: u32 = 1000;
 
 /// Sends to one connector at once, unless its config says otherwise.
 const DEFAULT_CONNECTOR_CONCURRENCY: usize = 16;
@@ -759,6 +815,9 @@ fn default_timeout() -> Duration {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawRetry {
+    /// Durations as written ("5s", "2h"): the wait after each failed attempt.
+    #[serde(default)]
+    schedule: Option<Vec<humantime_serde::Serde<Duration>>>,
     max_attempts: Option<u32>,
     #[serde(default, with = "humantime_serde")]
     initial_backoff: Option<Duration>,
@@ -1056,9 +1115,26 @@ impl Validator {
         if raw.delivery.concurrency == 0 {
             return Err(self.invalid("delivery.concurrency", "must be at least 1"));
         }
+        if raw.delivery.lease < MIN_LEASE {
+            return Err(self.invalid(
+                "delivery.lease",
+                format!("must be at least {}", humantime::format_duration(MIN_LEASE)),
+            ));
+        }
+        if raw.delivery.render_budget.is_zero() {
+            return Err(self.invalid("delivery.render_budget", "must be more than 0"));
+        }
+        if raw.delivery.render_threads == Some(0) {
+            return Err(self.invalid("delivery.render_threads", "must be at least 1"));
+        }
         let delivery = DeliveryConfig {
             concurrency: raw.delivery.concurrency,
             lease: raw.delivery.lease,
+            render_budget: raw.delivery.render_budget,
+            render_threads: raw
+                .delivery
+                .render_threads
+                .unwrap_or_else(default_render_threads),
         };
 
         let mut names = HashSet::new();
@@ -1186,18 +1262,6 @@ impl Validator {
             let connector = self.connector(&field, c)?;
             if connector.concurrency == 0 {
                 return Err(self.invalid(format!("{field}.concurrency"), "must be at least 1"));
-            }
-            // A send must end well before its lease does, or another worker could send it twice.
-            if connector.timeout + LEASE_MARGIN > delivery.lease {
-                return Err(self.invalid(
-                    format!("{field}.timeout"),
-                    format!(
-                        "{} plus a {} margin is longer than delivery.lease ({})",
-                        humantime::format_duration(connector.timeout),
-                        humantime::format_duration(LEASE_MARGIN),
-                        humantime::format_duration(delivery.lease)
-                    ),
-                ));
             }
             connectors.push(connector);
         }
@@ -1478,22 +1542,7 @@ impl Validator {
         if c.timeout.is_zero() {
             return Err(self.invalid(format!("{field}.timeout"), "must be more than 0"));
         }
-        let defaults = RetryPolicy::default();
-        let retry = RetryPolicy {
-            max_attempts: c.retry.max_attempts.unwrap_or(defaults.max_attempts),
-            initial_backoff: c.retry.initial_backoff.unwrap_or(defaults.initial_backoff),
-            max_backoff: c.retry.max_backoff.unwrap_or(defaults.max_backoff),
-            max_age: c.retry.max_age.unwrap_or(defaults.max_age),
-        };
-        if retry.max_attempts == 0 {
-            return Err(self.invalid(format!("{field}.retry.max_attempts"), "must be at least 1"));
-        }
-        if retry.initial_backoff > retry.max_backoff {
-            return Err(self.invalid(
-                format!("{field}.retry.initial_backoff"),
-                "is longer than retry.max_backoff",
-            ));
-        }
+        let retry = self.retry(field, c.retry)?;
         let mut matchers = Vec::new();
         for (j, m) in c.matchers.into_iter().enumerate() {
             matchers.push(self.matcher(&format!("{field}.matchers[{j}]"), m)?);
@@ -1772,6 +1821,59 @@ impl Validator {
             return Err(self.invalid(field, "must be at least 16 characters"));
         }
         Ok(())
+    }
+
+    /// A connector's retry policy: its own `schedule`, or the exponential form
+    /// (`initial_backoff` doubling to `max_backoff`), or the default schedule; `max_attempts`
+    /// cuts a schedule short or repeats its last step.
+    fn retry(&self, field: &str, raw: RawRetry) -> Result<RetryPolicy, ConfigError> {
+        let defaults = RetryPolicy::default();
+        let exponential = raw.initial_backoff.is_some() || raw.max_backoff.is_some();
+        let mut schedule = match raw.schedule {
+            Some(_) if exponential => {
+                return Err(self.invalid(
+                    format!("{field}.retry.schedule"),
+                    "give either a schedule or initial_backoff/max_backoff, not both",
+                ));
+            }
+            Some(steps) => steps.into_iter().map(|d| *d).collect(),
+            None if exponential => {
+                let initial = raw.initial_backoff.unwrap_or(Duration::from_secs(1));
+                let max = raw.max_backoff.unwrap_or(Duration::from_secs(300));
+                if initial > max {
+                    return Err(self.invalid(
+                        format!("{field}.retry.initial_backoff"),
+                        "is longer than retry.max_backoff",
+                    ));
+                }
+                RetryPolicy::exponential(initial, max, raw.max_attempts.unwrap_or(10))
+            }
+            None => defaults.schedule,
+        };
+        if schedule.iter().any(Duration::is_zero) {
+            return Err(self.invalid(
+                format!("{field}.retry.schedule"),
+                "every step must be longer than 0",
+            ));
+        }
+        if let Some(max_attempts) = raw.max_attempts {
+            if max_attempts == 0 || max_attempts > MAX_RETRY_ATTEMPTS {
+                return Err(self.invalid(
+                    format!("{field}.retry.max_attempts"),
+                    format!("must be 1 to {MAX_RETRY_ATTEMPTS}"),
+                ));
+            }
+            let retries = max_attempts as usize - 1;
+            let last = schedule
+                .last()
+                .copied()
+                .unwrap_or(DEFAULT_RETRY_SCHEDULE[0]);
+            schedule.resize(retries, last);
+        }
+        Ok(RetryPolicy {
+            schedule,
+            max_age: raw.max_age.unwrap_or(defaults.max_age),
+        })
     }
 
     fn matcher(&self, field: &str, m: RawMatcher) -> Result<Matcher, ConfigError> {

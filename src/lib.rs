@@ -198,6 +198,7 @@ impl Gateway {
             metrics: metrics.clone(),
             wake: wake.clone(),
             mailers: Arc::new(deliver::mailers(&config).map_err(Error::Smtp)?),
+            renders: Arc::new(tokio::sync::Semaphore::new(config.delivery.render_threads)),
         };
         let workers = tokio::spawn(deliverer.run(shutdown.clone()));
 

@@ -357,6 +357,42 @@ CREATE TABLE IF NOT EXISTS attempts (
 );
 "#;
 
+fn private_options() -> std::fs::OpenOptions {
+    let mut options = std::fs::OpenOptions::new();
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options
+}
+
+/// Creates `path` (and tightens it and its -wal/-shm files if they exist) as owner-only.
+fn private_file(path: &Path) -> Result<(), StoreError> {
+    let failed = |p: &Path, e: std::io::Error| StoreError::Open {
+        path: p.to_path_buf(),
+        reason: e.to_string(),
+    };
+    private_options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(|e| failed(path, e))?;
+    #[cfg(unix)]
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        use std::os::unix::fs::PermissionsExt;
+        let file = PathBuf::from(format!("{}{suffix}", path.display()));
+        match std::fs::metadata(&file) {
+            Ok(meta) if meta.permissions().mode() & 0o077 != 0 => {
+                std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
+                    .map_err(|e| failed(&file, e))?;
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(failed(&file, e)),
+        }
+    }
+    Ok(())
+}
+
 fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open(path).map_err(|e| StoreError::Open {
         path: path.to_path_buf(),
@@ -381,7 +417,7 @@ impl Store {
             })?;
         }
         let lock_path = PathBuf::from(format!("{}.lock", path.display()));
-        let lock = std::fs::OpenOptions::new()
+        let lock = private_options()
             .create(true)
             .truncate(false)
             .write(true)
@@ -397,6 +433,9 @@ impl Store {
                     .into(),
         })?;
 
+        // The store holds incidents and response bodies: readable by the owner alone.
+        // SQLite gives its -wal and -shm files the database file's mode.
+        private_file(path)?;
         let writer = open_connection(path)?;
         writer.execute_batch(SCHEMA)?;
 
@@ -735,6 +774,30 @@ impl Store {
                 stmt.execute([id, token])?;
             }
             Ok(())
+        })
+        .await
+    }
+
+    /// Pushes a held lease's end to `now + lease_ms` while its attempt runs; `false` when the
+    /// lease is no longer this worker's.
+    pub async fn extend_lease(
+        &self,
+        delivery_id: String,
+        lease_token: String,
+        lease_ms: i64,
+    ) -> Result<bool, StoreError> {
+        self.write(move |conn| {
+            let changed = conn
+                .prepare_cached(
+                    "UPDATE deliveries SET lease_until_ms = ?3
+                     WHERE delivery_id = ?1 AND lease_token = ?2 AND status = 'pending'",
+                )?
+                .execute(params![
+                    delivery_id,
+                    lease_token,
+                    now_ms().saturating_add(lease_ms)
+                ])?;
+            Ok(changed == 1)
         })
         .await
     }

@@ -12,6 +12,10 @@ pub const RESPONSE_PREFIX_BYTES: usize = 2048;
 /// How much of a `created` response is read to find the ticket id in it.
 pub const TICKET_RESPONSE_BYTES: usize = 1024 * 1024;
 
+/// How long past the connector's timeout an attempt may take before it is cut off whatever
+/// it is doing.
+const SEND_TIMEOUT_GRACE: Duration = Duration::from_millis(250);
+
 /// What one send produced.
 #[derive(Debug, Clone)]
 pub struct SendResult {
@@ -52,7 +56,35 @@ impl SendResult {
 }
 
 /// Sends `request` with the connector's client, keeping at most `keep_bytes` of the answer.
+/// `timeout` bounds the whole attempt — resolve, connect, TLS, request, and the response
+/// body as far as it is read — so the attempt always ends well inside its lease.
 pub async fn send(
+    client: &reqwest::Client,
+    request: &RenderedRequest,
+    timeout: Duration,
+    keep_bytes: usize,
+) -> SendResult {
+    let started = Instant::now();
+    // reqwest's own timeout covers the same span and keeps a status that arrived before a body
+    // cut short; this one is the guarantee, a moment later, whatever happens inside.
+    let bound = timeout + SEND_TIMEOUT_GRACE;
+    match tokio::time::timeout(bound, exchange(client, request, timeout, keep_bytes)).await {
+        Ok(result) => result,
+        Err(_) => SendResult {
+            status: None,
+            retry_after: None,
+            response_prefix: None,
+            error: Some(format!(
+                "timed out: the attempt took longer than the connector's timeout ({})",
+                humantime::format_duration(timeout)
+            )),
+            unsendable: false,
+            latency: started.elapsed(),
+        },
+    }
+}
+
+async fn exchange(
     client: &reqwest::Client,
     request: &RenderedRequest,
     timeout: Duration,

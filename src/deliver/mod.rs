@@ -130,11 +130,10 @@ pub fn schedule(
                 random,
             ) {
                 Some(at_ms) => NextStep::RetryAt { at_ms },
-                None if attempts_in_budget >= connector.retry.max_attempts => NextStep::Dead {
+                None if attempts_in_budget >= connector.retry.max_attempts() => NextStep::Dead {
                     reason: format!(
-                        "gave up after {} attempts (retry.max_attempts = {})",
+                        "gave up after {} attempts: the retry schedule is used up",
                         delivery.attempts + 1,
-                        connector.retry.max_attempts
                     ),
                 },
                 None => NextStep::Dead {
@@ -162,6 +161,8 @@ pub struct Deliverer {
     pub wake: Arc<Notify>,
     /// One pooled SMTP transport per SMTP connector.
     pub mailers: Arc<HashMap<String, smtp::Transport>>,
+    /// Permits for renders on blocking threads: `delivery.render_threads` at once.
+    pub renders: Arc<Semaphore>,
 }
 
 /// An HTTP client for every HTTP connector.
@@ -187,6 +188,9 @@ pub fn mailers(config: &Config) -> Result<HashMap<String, smtp::Transport>, Stri
     }
     Ok(out)
 }
+
+/// How long past its budget a render may run between helper calls before it is abandoned.
+const RENDER_BUDGET_GRACE: Duration = Duration::from_secs(1);
 
 /// How long an idle worker sleeps before it looks again (a wake comes sooner).
 const IDLE_POLL: Duration = Duration::from_millis(1000);
@@ -284,7 +288,90 @@ impl Deliverer {
         }
     }
 
-    /// The SMTP path: render → build the message (threaded) → send over the pool.
+    /// Runs `render` on a blocking thread of the render pool within `delivery.render_budget`:
+    /// template work never holds an async worker thread, and a costly render ends at its
+    /// budget, dead with that reason (the same input would cost the same again).
+    async fn render_off_runtime<T, F>(
+        &self,
+        delivery: &LeasedDelivery,
+        render: F,
+    ) -> Result<T, String>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Renderer, &ConnectorConfig, &LeasedDelivery) -> Result<T, String>
+            + Send
+            + 'static,
+    {
+        let budget = self.config.delivery.render_budget;
+        let over_budget = || {
+            format!(
+                "render failed: it took longer than delivery.render_budget ({})",
+                humantime::format_duration(budget)
+            )
+        };
+        let Ok(permit) = self.renders.clone().acquire_owned().await else {
+            return Err("render failed: the render pool is closed".into());
+        };
+        let (renderer, config, delivery) =
+            (self.renderer.clone(), self.config.clone(), delivery.clone());
+        let task = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let connector = config.connector(&delivery.connector).ok_or_else(|| {
+                format!("connector {:?} is no longer configured", delivery.connector)
+            })?;
+            render::bounds::with_budget(budget, || render(&renderer, connector, &delivery))
+        });
+        // Helpers stop at the budget; this bounds whatever runs between helper calls too.
+        match tokio::time::timeout(budget + RENDER_BUDGET_GRACE, task).await {
+            Err(_) => Err(over_budget()),
+            Ok(Err(panicked)) => Err(format!("render failed: {panicked}")),
+            Ok(Ok(Err(e))) if e.contains(render::bounds::BUDGET_SPENT) => Err(over_budget()),
+            Ok(Ok(result)) => result,
+        }
+    }
+
+    /// The HTTP path: render → stamp → sign (off the runtime) → egress check → send →
+    /// classify → read the ticket id.
+    async fn post(
+        &self,
+        connector: &ConnectorConfig,
+        delivery: &LeasedDelivery,
+        started_at_ms: i64,
+    ) -> (Verdict, Option<SendResult>, Option<TicketUpdate>) {
+        let request = self
+            .render_off_runtime(delivery, move |renderer, connector, delivery| {
+                let request = prepare(renderer, connector, delivery)
+                    .map_err(|e| format!("render failed: {e}"))?;
+                let request = stamp(request, &delivery.id, started_at_ms / 1000);
+                Ok(sign::sign(request, &connector.signing))
+            })
+            .await;
+        let request = match request {
+            Ok(request) => request,
+            Err(reason) => return (Verdict::Dead { reason }, None, None),
+        };
+        // A created response names the ticket: keep enough of it to find the id.
+        let keep = if delivery.event == Event::Created && connector.ticket_id.is_some() {
+            http::TICKET_RESPONSE_BYTES
+        } else {
+            http::RESPONSE_PREFIX_BYTES * 2
+        };
+        let refused = reqwest::Url::parse(&request.url)
+            .map_err(|e| egress::Refused(e.to_string()))
+            .and_then(|url| egress::check_url(&connector.egress, &url));
+        let client = self.clients.get(&connector.name);
+        let sent = match (refused, client) {
+            (Err(refused), _) => http::SendResult::refused(refused.to_string()),
+            (Ok(()), None) => http::SendResult::refused("no HTTP client for this connector".into()),
+            (Ok(()), Some(client)) => http::send(client, &request, connector.timeout, keep).await,
+        };
+        let verdict = http::classify(&sent);
+        let (verdict, found) = read_ticket(connector, delivery, verdict, &sent);
+        (verdict, Some(sent), found)
+    }
+
+    /// The SMTP path: render → build the message, threaded (off the runtime) → send over
+    /// the pool.
     async fn mail(
         &self,
         connector: &ConnectorConfig,
@@ -296,18 +383,26 @@ impl Deliverer {
         else {
             return dead("no SMTP transport for this connector".into());
         };
-        let email = match delivery_context(connector, delivery)
-            .and_then(|ctx| self.renderer.render_email(connector, delivery.event, &ctx))
-        {
-            Ok(email) => email,
-            Err(e) => return dead(format!("render failed: {e}")),
-        };
         let id = smtp::message_id(settings, &delivery.id);
-        let root = match delivery.event {
-            Event::Created => None,
-            _ => delivery.ticket.id.as_deref(),
+        let message = {
+            let id = id.clone();
+            self.render_off_runtime(delivery, move |renderer, connector, delivery| {
+                let settings = connector
+                    .smtp
+                    .as_ref()
+                    .ok_or("the connector is no longer an SMTP connector")?;
+                let email = delivery_context(connector, delivery)
+                    .and_then(|ctx| renderer.render_email(connector, delivery.event, &ctx))
+                    .map_err(|e| format!("render failed: {e}"))?;
+                let root = match delivery.event {
+                    Event::Created => None,
+                    _ => delivery.ticket.id.as_deref(),
+                };
+                smtp::build_message(settings, &email, &id, root)
+            })
+            .await
         };
-        let message = match smtp::build_message(settings, &email, &id, root) {
+        let message = match message {
             Ok(m) => m,
             Err(reason) => return dead(reason),
         };
@@ -322,6 +417,46 @@ impl Deliverer {
             _ => None,
         };
         (verdict, Some(sent), found)
+    }
+
+    /// Renews the delivery's lease every third of its length while its attempt runs, so no
+    /// other worker takes it however long the attempt waits for a render thread or a
+    /// receiver. Returns only when the lease is lost.
+    async fn keep_lease(&self, delivery: &LeasedDelivery) {
+        let lease = self.config.delivery.lease;
+        let lease_ms = lease.as_millis().min(i64::MAX as u128) as i64;
+        loop {
+            tokio::time::sleep(lease / 3).await;
+            match self
+                .store
+                .extend_lease(delivery.id.clone(), delivery.lease_token.clone(), lease_ms)
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) => return,
+                // Tried again at the next third; two more misses and the lease runs out.
+                Err(e) => tracing::warn!(delivery = %delivery.id, error = %e, "cannot renew lease"),
+            }
+        }
+    }
+
+    /// One attempt's work, up to what came back: by connector kind.
+    async fn attempt(
+        &self,
+        delivery: &LeasedDelivery,
+        started_at_ms: i64,
+    ) -> (Verdict, Option<SendResult>, Option<TicketUpdate>) {
+        match self.config.connector(&delivery.connector) {
+            None => (
+                Verdict::Dead {
+                    reason: format!("connector {:?} is no longer configured", delivery.connector),
+                },
+                None,
+                None,
+            ),
+            Some(connector) if connector.smtp.is_some() => self.mail(connector, delivery).await,
+            Some(connector) => self.post(connector, delivery, started_at_ms).await,
+        }
     }
 
     fn connector_cap(&self, name: &str) -> usize {
@@ -346,55 +481,16 @@ impl Deliverer {
     pub async fn deliver(&self, delivery: LeasedDelivery) {
         let attempt = delivery.attempts + 1;
         let started_at_ms = store::now_ms();
-        let mut ticket = None;
-        let (verdict, sent) = match self.config.connector(&delivery.connector) {
-            None => (
-                Verdict::Dead {
-                    reason: format!("connector {:?} is no longer configured", delivery.connector),
-                },
-                None,
-            ),
-            Some(connector) if connector.smtp.is_some() => {
-                let (verdict, sent, found) = self.mail(connector, &delivery).await;
-                ticket = found;
-                (verdict, sent)
-            }
-            Some(connector) => match prepare(&self.renderer, connector, &delivery) {
-                Err(e) => (
-                    Verdict::Dead {
-                        reason: format!("render failed: {e}"),
-                    },
-                    None,
-                ),
-                Ok(request) => {
-                    let request = stamp(request, &delivery.id, started_at_ms / 1000);
-                    let request = sign::sign(request, &connector.signing);
-                    // A created response names the ticket: keep enough of it to find the id.
-                    let keep = if delivery.event == Event::Created && connector.ticket_id.is_some()
-                    {
-                        http::TICKET_RESPONSE_BYTES
-                    } else {
-                        http::RESPONSE_PREFIX_BYTES * 2
-                    };
-                    let refused = reqwest::Url::parse(&request.url)
-                        .map_err(|e| egress::Refused(e.to_string()))
-                        .and_then(|url| egress::check_url(&connector.egress, &url));
-                    let client = self.clients.get(&connector.name);
-                    let sent = match (refused, client) {
-                        (Err(refused), _) => http::SendResult::refused(refused.to_string()),
-                        (Ok(()), None) => {
-                            http::SendResult::refused("no HTTP client for this connector".into())
-                        }
-                        (Ok(()), Some(client)) => {
-                            http::send(client, &request, connector.timeout, keep).await
-                        }
-                    };
-                    let verdict = http::classify(&sent);
-                    let (verdict, found) = read_ticket(connector, &delivery, verdict, &sent);
-                    ticket = found;
-                    (verdict, Some(sent))
-                }
-            },
+        let outcome = tokio::select! {
+            outcome = self.attempt(&delivery, started_at_ms) => Some(outcome),
+            () = self.keep_lease(&delivery) => None,
+        };
+        let Some((verdict, sent, ticket)) = outcome else {
+            tracing::warn!(
+                delivery = %delivery.id,
+                "lease was lost during the attempt; another worker owns the delivery"
+            );
+            return;
         };
         let now = store::now_ms();
         let next = match self.config.connector(&delivery.connector) {

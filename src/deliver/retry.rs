@@ -4,25 +4,22 @@ use std::time::Duration;
 
 use crate::config::RetryPolicy;
 
-/// Exponential backoff with "equal jitter": half the delay is fixed, half random, so retries
-/// of many deliveries spread out yet none comes back sooner than half its step.
-///
-/// `attempts_in_budget` counts attempts made since the delivery was queued or last replayed
-/// (1 after the first failure). `random` is in `[0, 1)`.
-pub fn backoff(policy: &RetryPolicy, attempts_in_budget: u32, random: f64) -> Duration {
-    let exponent = attempts_in_budget.saturating_sub(1).min(30);
-    let step = policy
-        .initial_backoff
-        .saturating_mul(1u32 << exponent)
-        .min(policy.max_backoff);
-    let half = step / 2;
-    half + half.mul_f64(random.clamp(0.0, 1.0))
+/// The wait after the `attempts_in_budget`-th failed attempt (1 after the first failure), or
+/// `None` once the schedule is used up. Each step is shortened by up to a fifth at random
+/// ("jitter"), so the retries of many deliveries that failed together spread out, yet none
+/// comes back much sooner than its step. `random` is in `[0, 1)`.
+pub fn backoff(policy: &RetryPolicy, attempts_in_budget: u32, random: f64) -> Option<Duration> {
+    let step = *policy
+        .schedule
+        .get(attempts_in_budget.checked_sub(1)? as usize)?;
+    Some(step.mul_f64(1.0 - 0.2 * random.clamp(0.0, 1.0)))
 }
 
 /// The time (ms) of the next attempt, or `None` when the delivery has used its budget.
 ///
 /// A `Retry-After` from the receiver replaces the computed delay (it knows when it will be
-/// ready; at least `initial_backoff`), but never extends a delivery past its maximum age.
+/// ready; at least the schedule's first step), but never extends a delivery past its maximum
+/// age.
 pub fn next_attempt_ms(
     policy: &RetryPolicy,
     attempts_in_budget: u32,
@@ -31,13 +28,10 @@ pub fn next_attempt_ms(
     retry_after: Option<Duration>,
     random: f64,
 ) -> Option<i64> {
-    if attempts_in_budget >= policy.max_attempts {
-        return None;
-    }
+    let step = backoff(policy, attempts_in_budget, random)?;
     // A Retry-After of 0 would spend every attempt at once: never sooner than the first step.
-    let delay = retry_after
-        .map(|d| d.max(policy.initial_backoff))
-        .unwrap_or_else(|| backoff(policy, attempts_in_budget, random));
+    let floor = policy.schedule.first().copied().unwrap_or_default();
+    let delay = retry_after.map(|d| d.max(floor)).unwrap_or(step);
     let at = now_ms.saturating_add(delay.as_millis().min(i64::MAX as u128) as i64);
     let deadline =
         budget_since_ms.saturating_add(policy.max_age.as_millis().min(i64::MAX as u128) as i64);
@@ -60,39 +54,41 @@ mod tests {
 
     fn policy() -> RetryPolicy {
         RetryPolicy {
-            max_attempts: 5,
-            initial_backoff: Duration::from_secs(2),
-            max_backoff: Duration::from_secs(30),
+            schedule: RetryPolicy::exponential(Duration::from_secs(2), Duration::from_secs(30), 5),
             max_age: Duration::from_secs(3600),
         }
     }
 
     #[test]
-    fn doubles_with_jitter_and_caps() {
+    fn follows_the_schedule_with_jitter() {
         let p = policy();
-        assert_eq!(backoff(&p, 1, 0.0), Duration::from_secs(1));
-        assert_eq!(backoff(&p, 1, 1.0), Duration::from_secs(2));
-        assert_eq!(backoff(&p, 2, 1.0), Duration::from_secs(4));
-        assert_eq!(backoff(&p, 3, 0.5), Duration::from_secs(6));
-        assert_eq!(backoff(&p, 10, 1.0), Duration::from_secs(30));
-        assert_eq!(backoff(&p, 200, 1.0), Duration::from_secs(30));
+        assert_eq!(p.schedule.len(), 4);
+        assert_eq!(p.max_attempts(), 5);
+        assert_eq!(backoff(&p, 1, 0.0), Some(Duration::from_secs(2)));
+        assert_eq!(backoff(&p, 1, 1.0), Some(Duration::from_millis(1600)));
+        assert_eq!(backoff(&p, 2, 0.0), Some(Duration::from_secs(4)));
+        assert_eq!(backoff(&p, 4, 0.5), Some(Duration::from_millis(14_400)));
+        assert_eq!(backoff(&p, 5, 0.0), None);
+        assert_eq!(backoff(&p, 0, 0.0), None);
+        let capped = RetryPolicy::exponential(Duration::from_secs(1), Duration::from_secs(30), 40);
+        assert_eq!(capped.last(), Some(&Duration::from_secs(30)));
     }
 
     #[test]
-    fn gives_up_after_max_attempts_or_max_age() {
+    fn gives_up_after_the_schedule_or_max_age() {
         let p = policy();
-        assert_eq!(next_attempt_ms(&p, 1, 0, 1_000, None, 1.0), Some(3_000));
-        assert_eq!(next_attempt_ms(&p, 5, 0, 1_000, None, 1.0), None);
+        assert_eq!(next_attempt_ms(&p, 1, 0, 1_000, None, 0.0), Some(3_000));
+        assert_eq!(next_attempt_ms(&p, 5, 0, 1_000, None, 0.0), None);
         // Due after the max age (3600 s) → dead.
-        assert_eq!(next_attempt_ms(&p, 4, 0, 3_590_000, None, 1.0), None);
+        assert_eq!(next_attempt_ms(&p, 4, 0, 3_590_000, None, 0.0), None);
         assert_eq!(
             next_attempt_ms(&p, 4, 0, 3_500_000, None, 0.0),
-            Some(3_508_000)
+            Some(3_516_000)
         );
     }
 
     #[test]
-    fn retry_after_replaces_backoff() {
+    fn retry_after_replaces_the_step() {
         let p = policy();
         assert_eq!(
             next_attempt_ms(&p, 1, 0, 1_000, Some(Duration::from_secs(7)), 1.0),
@@ -102,10 +98,34 @@ mod tests {
             next_attempt_ms(&p, 1, 0, 1_000, Some(Duration::from_secs(7200)), 1.0),
             None
         );
-        // Retry-After: 0 waits the first backoff step (2 s) rather than none.
+        // Retry-After: 0 waits the first step (2 s) rather than none.
         assert_eq!(
             next_attempt_ms(&p, 1, 0, 1_000, Some(Duration::ZERO), 1.0),
             Some(3_000)
+        );
+    }
+
+    /// The default schedule outlasts a maintenance window: with the target down for two
+    /// hours, every attempt in the window fails and is scheduled again, and the first one
+    /// after it is delivered, well inside `max_age`.
+    #[test]
+    fn the_default_schedule_outlasts_a_two_hour_outage() {
+        let p = RetryPolicy::default();
+        let outage_ms = 2 * 3600 * 1000;
+        for random in [0.0, 0.5, 0.999] {
+            let (mut now, mut attempts) = (0i64, 0u32);
+            while now < outage_ms {
+                attempts += 1;
+                now = next_attempt_ms(&p, attempts, 0, now, None, random)
+                    .unwrap_or_else(|| panic!("dead after {attempts} attempts at {now} ms"));
+            }
+            assert!(attempts < p.max_attempts(), "{attempts}");
+        }
+        // The last step still falls inside the day.
+        let total: Duration = p.schedule.iter().sum();
+        assert!(
+            total <= p.max_age && total > p.max_age * 9 / 10,
+            "{total:?}"
         );
     }
 

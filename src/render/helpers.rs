@@ -11,6 +11,7 @@ use handlebars::{
 };
 use serde_json::Value;
 
+use super::bounds;
 use crate::route::ThreatRating;
 
 type Compute = fn(&Helper, &Context) -> Result<Value, String>;
@@ -29,9 +30,15 @@ impl HelperDef for ValueHelper {
         ctx: &'rc Context,
         _: &mut RenderContext<'reg, 'rc>,
     ) -> Result<ScopedJson<'rc>, RenderError> {
-        (self.compute)(h, ctx)
-            .map(ScopedJson::Derived)
-            .map_err(|reason| RenderErrorReason::Other(format!("{}: {reason}", self.name)).into())
+        let fail = |reason: String| -> RenderError {
+            RenderErrorReason::Other(format!("{}: {reason}", self.name)).into()
+        };
+        bounds::check_budget().map_err(fail)?;
+        let value = (self.compute)(h, ctx).map_err(fail)?;
+        if let Value::String(s) = &value {
+            bounds::check_output(s).map_err(fail)?;
+        }
+        Ok(ScopedJson::Derived(value))
     }
 }
 
@@ -43,6 +50,7 @@ fn json_helper(
     _: &mut RenderContext,
     out: &mut dyn Output,
 ) -> HelperResult {
+    bounds::check_budget().map_err(|reason| RenderErrorReason::Other(format!("json: {reason}")))?;
     let param = h
         .param(0)
         .ok_or(RenderErrorReason::ParamNotFoundForIndex("json", 0))?;
@@ -81,6 +89,8 @@ impl HelperDef for Include {
         ctx: &'rc Context,
         _: &mut RenderContext<'reg, 'rc>,
     ) -> Result<ScopedJson<'rc>, RenderError> {
+        bounds::check_budget()
+            .map_err(|reason| RenderErrorReason::Other(format!("include: {reason}")))?;
         let registry: &Handlebars = match &self.text {
             Some(text) => text,
             None => current,
@@ -403,6 +413,13 @@ fn replace(h: &Helper, _: &Context) -> Result<Value, String> {
     if from.is_empty() {
         return Ok(Value::String(s));
     }
+    // Refuse before building a result that many short matches would blow up.
+    if to.len() > from.len() {
+        let grows_by = s.matches(from.as_str()).count() * (to.len() - from.len());
+        if s.len().saturating_add(grows_by) > bounds::MAX_HELPER_OUTPUT_BYTES {
+            return Err(bounds::output_too_large());
+        }
+    }
     Ok(Value::String(s.replace(&from, &to)))
 }
 
@@ -474,29 +491,38 @@ pub fn parse_time(v: &Value) -> Option<chrono::DateTime<chrono::Utc>> {
     }
 }
 
-/// Tags removed, entities decoded, white space folded: one line of text.
+/// Tags removed, entities decoded, white space folded: one line of text. Reads at most
+/// [`bounds::MAX_CONVERT_BYTES`] and [`bounds::MAX_HTML_DEPTH`] levels, saying so when it cuts.
 pub fn strip_html(html: &str) -> String {
+    let input = bounds::bound_html(html);
     let text = html2text::config::with_decorator(html2text::render::TrivialDecorator::new())
-        .string_from_read(html.as_bytes(), usize::MAX / 4)
-        .unwrap_or_else(|_| html.to_string());
-    text.split_whitespace().collect::<Vec<_>>().join(" ")
+        .string_from_read(input.text.as_bytes(), usize::MAX / 4)
+        .unwrap_or_else(|_| input.text.to_string());
+    let line = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    match &input.note {
+        Some(note) => format!("{line} {note}").trim_start().to_string(),
+        None => line,
+    }
 }
 
 /// HTML as readable text: paragraphs and line breaks kept, lists as bullets, links as
-/// footnotes.
+/// footnotes. Bounded as [`strip_html`] is.
 pub fn html_to_text(html: &str) -> String {
+    let input = bounds::bound_html(html);
     let text = html2text::config::plain_no_decorate()
-        .string_from_read(html.as_bytes(), usize::MAX / 4)
-        .unwrap_or_else(|_| html.to_string());
-    tidy_lines(&text)
+        .string_from_read(input.text.as_bytes(), usize::MAX / 4)
+        .unwrap_or_else(|_| input.text.to_string());
+    input.finish(tidy_lines(&text))
 }
 
 /// Markdown as plain text: emphasis and headings dropped, paragraphs and list items kept.
+/// Reads at most [`bounds::MAX_CONVERT_BYTES`] and [`bounds::MAX_MARKDOWN_DEPTH`] levels.
 pub fn markdown_to_text(markdown: &str) -> String {
     use pulldown_cmark::{Event, Parser, Tag, TagEnd};
+    let input = bounds::bound_markdown(markdown);
     let mut out = String::new();
     let mut link_targets: Vec<String> = Vec::new();
-    for event in Parser::new(markdown) {
+    for event in Parser::new(&input.text) {
         match event {
             Event::Text(t) | Event::Code(t) | Event::InlineHtml(t) | Event::Html(t) => {
                 out.push_str(&t)
@@ -520,7 +546,7 @@ pub fn markdown_to_text(markdown: &str) -> String {
             _ => {}
         }
     }
-    tidy_lines(&out)
+    input.finish(tidy_lines(&out))
 }
 
 /// Trailing spaces dropped, runs of blank lines folded to one, ends trimmed.

@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 
+pub mod bounds;
 pub mod derive;
 pub mod helpers;
 
