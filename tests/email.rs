@@ -779,6 +779,7 @@ async fn a_stalled_reply_ends_the_attempt_at_the_connectors_timeout() {
             "{attempt}"
         );
         let latency = attempt["latency_ms"].as_i64().unwrap();
+        eprintln!("attempt {} took {latency} ms: {error}", attempt["attempt"]);
         assert!(
             (900..4000).contains(&latency),
             "ended at the timeout: {attempt}"
