@@ -242,6 +242,9 @@ pub struct SmtpConfig {
     pub subject_tag: Option<String>,
     /// Extra CA certificate (PEM) to trust for TLS.
     pub tls_ca_file: Option<PathBuf>,
+    /// `smtp://` (no TLS) with a username sends the password in clear: refused at load
+    /// unless this is set.
+    pub allow_plaintext_auth: bool,
 }
 
 impl std::fmt::Debug for SmtpConfig {
@@ -254,6 +257,7 @@ impl std::fmt::Debug for SmtpConfig {
             .field("password", &self.password.as_ref().map(|_| "********"))
             .field("from", &self.from)
             .field("to", &self.to)
+            .field("allow_plaintext_auth", &self.allow_plaintext_auth)
             .finish_non_exhaustive()
     }
 }
@@ -731,6 +735,8 @@ struct RawConnector {
     subject_tag: Option<String>,
     html_template: Option<String>,
     tls_ca_file: Option<String>,
+    #[serde(default)]
+    allow_plaintext_auth: bool,
     #[serde(default)]
     headers: BTreeMap<String, EnvTemplate>,
     #[serde(default = "default_timeout", with = "humantime_serde")]
@@ -1386,6 +1392,7 @@ impl Validator {
                     ("to", !c.to.is_empty()),
                     ("subject", c.subject.is_some()),
                     ("html_template", c.html_template.is_some()),
+                    ("allow_plaintext_auth", c.allow_plaintext_auth),
                 ] {
                     if set {
                         return Err(self.invalid(
@@ -1702,6 +1709,16 @@ impl Validator {
                 "username and password go together",
             ));
         }
+        // lettre sends AUTH PLAIN over any connection that offers it: without TLS the password
+        // crosses the network in clear (base64 is no protection).
+        if username.is_some() && security == SmtpSecurity::Plain && !c.allow_plaintext_auth {
+            return Err(self.invalid(
+                format!("{field}.username"),
+                "smtp:// has no TLS, so the password would be sent in clear: use \
+                 smtp+starttls:// or smtps://, or set allow_plaintext_auth = true (a relay on a \
+                 trusted network)",
+            ));
+        }
         let from = c.from.clone().ok_or_else(|| {
             self.invalid(format!("{field}.from"), "is required for an smtp connector")
         })?;
@@ -1745,6 +1762,7 @@ impl Validator {
             cc: c.cc.clone(),
             subject_tag: c.subject_tag.clone(),
             tls_ca_file,
+            allow_plaintext_auth: c.allow_plaintext_auth,
         })
     }
 

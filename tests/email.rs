@@ -28,7 +28,17 @@ impl SmtpServer {
     }
 
     fn start_with(port: u16, dir: &Path, args: &[&str]) -> SmtpServer {
-        let script = repo().join("tests/support/smtp_server.py");
+        Self::run("smtp_server.py", port, dir, args)
+    }
+
+    /// The raw-socket sink (tests/support/smtp_sink.py): lenient about line ends the way a
+    /// smuggling attack needs, and able to stall.
+    fn sink(port: u16, dir: &Path, args: &[&str]) -> SmtpServer {
+        Self::run("smtp_sink.py", port, dir, args)
+    }
+
+    fn run(script: &str, port: u16, dir: &Path, args: &[&str]) -> SmtpServer {
+        let script = repo().join("tests/support").join(script);
         let mut cmd = Command::new("python3");
         cmd.arg(script)
             .args(["--port", &port.to_string(), "--dir"])
@@ -546,5 +556,346 @@ async fn an_untrusted_certificate_is_refused() {
         "{error}"
     );
     assert!(server.messages().is_empty());
+    gw.stop().await.unwrap();
+}
+
+/// The sequences that end DATA early on one MTA or another (SMTP smuggling), each followed by
+/// the commands an attacker would have the server read in the gateway's session.
+const SMUGGLING: [(&str, &str); 5] = [
+    ("CR.CRLF", "\r.\r\n"),
+    ("LF.LF", "\n.\n"),
+    ("CRLF.CR", "\r\n.\r"),
+    ("LF.CRLF", "\n.\r\n"),
+    ("CRLF.CRLF", "\r\n.\r\n"),
+];
+
+/// A connector whose text and HTML parts carry `incident.description` as it came (a text
+/// template escapes nothing), so every byte an incident sends reaches the MIME layer.
+fn raw_text_config(ws: &Workspace, port: u16) -> PathBuf {
+    ws.write(
+        "raw.txt.hbs",
+        "Incident {{incidentId}}\n{{incident.description}}\n",
+    );
+    ws.write("raw.html.hbs", "<pre>{{incident.description}}</pre>");
+    ws.config(
+        "127.0.0.1:0",
+        &format!(
+            r#"
+[[connectors]]
+name = "rt"
+kind = "smtp"
+smtp_url = "smtp://127.0.0.1:{port}"
+from = "SOC Gateway <soc@example.com>"
+to = ["rt@example.com"]
+subject = "{{{{incident.summary}}}}"
+template = "raw.txt.hbs"
+html_template = "raw.html.hbs"
+timeout = "5s"
+[connectors.retry]
+max_attempts = 100
+initial_backoff = "100ms"
+max_backoff = "300ms"
+"#
+        ),
+    )
+}
+
+/// Posts one incident per smuggling sequence and returns the ids of the deliveries, by label.
+async fn post_smuggling_incidents(base: &str) -> Vec<(String, String)> {
+    let mut ids = Vec::new();
+    for (i, (label, seq)) in SMUGGLING.iter().enumerate() {
+        let mut evil = incident(&format!("SMUGGLE-{i}"));
+        evil["incident"]["summary"] = json!(format!("smuggle {label}{seq}RCPT TO:<a@evil>"));
+        evil["incident"]["description"] = json!(format!(
+            "before-{label}{seq}MAIL FROM:<x@evil>\r\nRCPT TO:<attacker@example.com>\r\nDATA\r\n\
+             after-{label} smuggled\r\nnul\u{0}byte\r\n"
+        ));
+        let r = post_incident(base, &evil).await;
+        assert_eq!(r.status(), 202, "{label}");
+        let r: Value = r.json().await.unwrap();
+        ids.push((
+            label.to_string(),
+            r["deliveries"][0]["id"].as_str().unwrap().to_string(),
+        ));
+    }
+    ids
+}
+
+/// Each delivery arrived as exactly one message, to the configured recipient only, with the
+/// text after the sequence inside its decoded body (not read as commands).
+async fn assert_whole_and_alone(server: &SmtpServer, ids: &[(String, String)]) {
+    let mails = server.wait_for(ids.len(), Duration::from_secs(15)).await;
+    // Anything smuggled would arrive as a further message: give it a moment to show.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mails = if mails.len() == ids.len() {
+        server.messages()
+    } else {
+        mails
+    };
+    let summary: Vec<String> = mails
+        .iter()
+        .map(|(envelope, raw)| {
+            format!(
+                "{} -> {}: {:.300?}",
+                envelope["mail_from"], envelope["rcpt_tos"], raw
+            )
+        })
+        .collect();
+    assert_eq!(
+        mails.len(),
+        ids.len(),
+        "one message per delivery:\n{summary:#?}"
+    );
+    for (label, id) in ids {
+        let found: Vec<_> = mails
+            .iter()
+            .filter(|(_, raw)| raw.contains(&format!("Message-ID: <{id}@example.com>")))
+            .collect();
+        assert_eq!(found.len(), 1, "{label}: one message:\n{summary:#?}");
+        let (envelope, raw) = found[0];
+        assert_eq!(envelope["mail_from"], "soc@example.com", "{label}");
+        assert_eq!(envelope["rcpt_tos"], json!(["rt@example.com"]), "{label}");
+        let parsed = MessageParser::default().parse(raw.as_bytes()).unwrap();
+        let text = parsed.body_text(0).unwrap();
+        // The HTML part escapes < and >: read it back as text.
+        let html = parsed
+            .body_html(0)
+            .unwrap()
+            .replace("&lt;", "<")
+            .replace("&gt;", ">");
+        for body in [text.to_string(), html] {
+            for needle in [
+                format!("before-{label}"),
+                "MAIL FROM:<x@evil>".to_string(),
+                "RCPT TO:<attacker@example.com>".to_string(),
+                format!("after-{label} smuggled"),
+                "nulbyte".to_string(),
+            ] {
+                assert!(
+                    body.contains(&needle),
+                    "{label}: {needle:?} in the body:\n{body:?}"
+                );
+            }
+        }
+        assert!(
+            parsed
+                .subject()
+                .unwrap()
+                .starts_with(&format!("smuggle {label}")),
+            "{label}: {:?}",
+            parsed.subject()
+        );
+    }
+}
+
+#[tokio::test]
+async fn smuggling_sequences_arrive_whole_and_alone_at_a_strict_server() {
+    let port = free_port();
+    let ws = Workspace::new();
+    let server = SmtpServer::start(port, &ws.path().join("mails"), None);
+    let gw = start_in_process(&raw_text_config(&ws, port)).await;
+    let ids = post_smuggling_incidents(&format!("http://{}", gw.addr)).await;
+    assert_whole_and_alone(&server, &ids).await;
+    gw.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn smuggling_sequences_arrive_whole_and_alone_at_a_lenient_server() {
+    let port = free_port();
+    let ws = Workspace::new();
+    let server = SmtpServer::sink(port, &ws.path().join("mails"), &[]);
+    let gw = start_in_process(&raw_text_config(&ws, port)).await;
+    let ids = post_smuggling_incidents(&format!("http://{}", gw.addr)).await;
+    assert_whole_and_alone(&server, &ids).await;
+    // What went on the wire: no line end but CRLF, no NUL, nothing 8-bit.
+    for entry in std::fs::read_dir(ws.path().join("mails")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|x| x == "raw") {
+            let bytes = std::fs::read(&path).unwrap();
+            for (i, &b) in bytes.iter().enumerate() {
+                let at = || {
+                    String::from_utf8_lossy(&bytes[i.saturating_sub(40)..(i + 40).min(bytes.len())])
+                        .to_string()
+                };
+                assert!(
+                    b != 0 && b < 0x80,
+                    "{}: byte {b:#x} at {i}: {:?}",
+                    path.display(),
+                    at()
+                );
+                if b == b'\r' {
+                    assert_eq!(bytes.get(i + 1), Some(&b'\n'), "bare CR at {i}: {:?}", at());
+                }
+                if b == b'\n' {
+                    assert_eq!(bytes[i - 1], b'\r', "bare LF at {i}: {:?}", at());
+                }
+            }
+        }
+    }
+    gw.stop().await.unwrap();
+}
+
+/// Item 9: the connector's `timeout` bounds the whole SMTP send. The server takes the message
+/// and then holds its reply far beyond the timeout and the lease; each attempt must end at
+/// the timeout as a retry with the reason, the connection closed, so no two sends of the
+/// message overlap.
+#[tokio::test]
+async fn a_stalled_reply_ends_the_attempt_at_the_connectors_timeout() {
+    let port = free_port();
+    let ws = Workspace::new();
+    let server = SmtpServer::sink(port, &ws.path().join("mails"), &["--stall-data", "60"]);
+    let config = mail_config(&ws, port, "");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("timeout = \"5s\"", "timeout = \"1s\"")
+        .replace(
+            "[[connectors]]",
+            "[delivery]\nlease = \"31s\"\n\n[[connectors]]",
+        );
+    std::fs::write(&config, text).unwrap();
+    let gw = start_in_process(&config).await;
+    let base = format!("http://{}", gw.addr);
+    let started = std::time::Instant::now();
+    let r: Value = post_incident(&base, &incident("STALL-1"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = r["deliveries"][0]["id"].as_str().unwrap().to_string();
+    // The server held the reply for 60 s; the bug let the attempt wait all of it.
+    let view = eventually(Duration::from_secs(10), || async {
+        let (_, v) = admin_get(&base, &format!("/v1/deliveries/{id}")).await;
+        (v["attempt_count"].as_u64() >= Some(2)).then_some(v)
+    })
+    .await
+    .expect("two attempts recorded well inside the 60 s the server held its reply");
+    let took = started.elapsed();
+    eprintln!("two attempts recorded {took:?} after the post (timeout 1s, reply held 60s)");
+    assert_eq!(view["status"], "pending", "a timeout is retried: {view}");
+    for attempt in view["attempts"].as_array().unwrap().iter().take(2) {
+        let error = attempt["error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains("the SMTP send took longer than the connector's timeout (1s)"),
+            "{attempt}"
+        );
+        let latency = attempt["latency_ms"].as_i64().unwrap();
+        eprintln!("attempt {} took {latency} ms: {error}", attempt["attempt"]);
+        assert!(
+            (900..4000).contains(&latency),
+            "ended at the timeout: {attempt}"
+        );
+    }
+    // The message reached the server on each attempt (at least once), but the sessions that
+    // carried it never overlapped: each was closed before the next began.
+    let events: Vec<Value> = std::fs::read_to_string(ws.path().join("mails/events.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let mut spans: Vec<(f64, f64)> = Vec::new();
+    for e in events.iter().filter(|e| e["event"] == "data") {
+        let session = &e["session"];
+        let start = e["t"].as_f64().unwrap();
+        let end = events
+            .iter()
+            .find(|c| c["event"] == "close" && &c["session"] == session)
+            .and_then(|c| c["t"].as_f64())
+            .unwrap_or(f64::INFINITY);
+        spans.push((start, end));
+    }
+    assert!(spans.len() >= 2, "{events:?}");
+    spans.sort_by(|a, b| a.0.total_cmp(&b.0));
+    for pair in spans.windows(2) {
+        assert!(pair[0].1 <= pair[1].0, "two sends overlapped: {spans:?}");
+    }
+    assert!(server.messages().len() >= 2);
+    gw.stop().await.unwrap();
+}
+
+#[test]
+fn smtp_auth_in_clear_is_refused_at_load_unless_allowed() {
+    let ws = Workspace::new();
+    let config = mail_config(
+        &ws,
+        2525,
+        "username = \"gateway\"\npassword = \"s3cret-pw\"",
+    );
+    ws.write(
+        "incidents/sample.json",
+        &std::fs::read_to_string(repo().join("examples/incidents/sample.json")).unwrap(),
+    );
+    let bin = env!("CARGO_BIN_EXE_incident-gateway");
+    let check = || {
+        Command::new(bin)
+            .args(["check", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap()
+    };
+    let out = check();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "smtp:// with a username passed check"
+    );
+    let line = std::fs::read_to_string(&config)
+        .unwrap()
+        .lines()
+        .position(|l| l.starts_with("username"))
+        .unwrap()
+        + 1;
+    assert!(
+        err.contains(&format!(
+            "gateway.toml: line {line}: connectors[0].username"
+        )) && err.contains("allow_plaintext_auth"),
+        "{err}"
+    );
+    assert!(!err.contains("s3cret-pw"), "{err}");
+
+    // The same over TLS needs no flag.
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("smtp://", "smtp+starttls://")).unwrap();
+    let out = check();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // And in clear with the flag.
+    std::fs::write(
+        &config,
+        text.replace("username =", "allow_plaintext_auth = true\nusername ="),
+    )
+    .unwrap();
+    let out = check();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// With the flag, AUTH does go out in clear (lettre itself has no rule against it: the
+/// config check is the only guard).
+#[tokio::test]
+async fn allowed_plaintext_auth_authenticates() {
+    let port = free_port();
+    let ws = Workspace::new();
+    let server = SmtpServer::sink(port, &ws.path().join("mails"), &["--auth"]);
+    let config = mail_config(
+        &ws,
+        port,
+        "allow_plaintext_auth = true\nusername = \"gateway\"\npassword = \"s3cret-pw\"",
+    );
+    let gw = start_in_process(&config).await;
+    let base = format!("http://{}", gw.addr);
+    assert_eq!(
+        post_incident(&base, &incident("AUTH-1")).await.status(),
+        202
+    );
+    assert_eq!(server.wait_for(1, Duration::from_secs(10)).await.len(), 1);
+    let auth = std::fs::read_to_string(ws.path().join("mails/auth.log")).unwrap();
+    assert!(auth.starts_with("AUTH PLAIN "), "{auth}");
     gw.stop().await.unwrap();
 }

@@ -1,30 +1,71 @@
 //! Send by email: an SMTP connector's rendered email becomes a MIME message with threading
-//! headers, sent over a pooled connection (lettre).
+//! headers, sent over a pooled connection (lettre's SMTP client).
 //!
 //! Every message's Message-ID is made from its delivery id, so a retry sends the same id and a
 //! bridge can drop the repeat. The `created` mail of a ticket is the thread root; `updated` and
 //! `completed` mails carry `In-Reply-To` and `References` to it.
+//!
+//! Nothing an incident carries can end DATA early or reach the SMTP dialogue (SMTP smuggling):
+//! every body part is normalised (CRLF line ends only, control characters removed) and goes out
+//! 7bit only when it is plain short-line ASCII, quoted-printable or base64 otherwise; header
+//! text is put on one line without control characters.
+//!
+//! The connector's `timeout` bounds a whole send (connect, TLS, AUTH, the dialogue and DATA).
+//! lettre's own timeout covers only the TCP connect, and its pool would put a connection cut
+//! off mid-dialogue back into use, so the pool here is our own: a connection is reused only
+//! after a send that finished, and one cut off by the timeout is dropped (closed) at once.
 
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use lettre::message::header::ContentType;
-use lettre::message::{Mailbox, Message, MultiPart, SinglePart};
-use lettre::transport::smtp::PoolConfig;
-use lettre::transport::smtp::authentication::Credentials;
-use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
-use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
+use lettre::message::header::{ContentTransferEncoding, ContentType};
+use lettre::message::{Body, Mailbox, Message, MultiPart, SinglePart};
+use lettre::transport::smtp::authentication::{Credentials, Mechanism};
+use lettre::transport::smtp::client::{AsyncSmtpConnection, Certificate, Tls, TlsParameters};
+use lettre::transport::smtp::extension::ClientId;
+use lettre::transport::smtp::response::Response;
 
 use crate::config::{ConnectorConfig, SmtpConfig, SmtpSecurity};
 use crate::render::RenderedEmail;
 
 use super::http::{SendResult, Verdict};
 
-pub type Transport = AsyncSmtpTransport<Tokio1Executor>;
+/// How long an idle pooled connection is kept (servers drop idle clients after a few minutes).
+const IDLE_FOR: Duration = Duration::from_secs(60);
 
-/// A pooled transport for one connector: at most `concurrency` connections, reused.
+/// The longest line a part may have and still go out as 7bit. lettre refuses 7bit from 74
+/// characters on (RFC 2045 allows 998; short lines also keep every relay happy).
+const MAX_7BIT_LINE: usize = 72;
+
+/// One connector's SMTP client: how to connect, and its idle connections (at most
+/// `concurrency`), reused across sends.
+pub struct Transport {
+    host: String,
+    port: u16,
+    tls: Tls,
+    credentials: Option<Credentials>,
+    allow_plaintext_auth: bool,
+    hello: ClientId,
+    /// Bounds each send end to end.
+    timeout: Duration,
+    max_idle: usize,
+    idle: Mutex<Vec<(AsyncSmtpConnection, Instant)>>,
+}
+
+/// Why a send failed before the server could answer it.
+#[derive(Debug, thiserror::Error)]
+enum SendError {
+    #[error(transparent)]
+    Smtp(#[from] lettre::transport::smtp::Error),
+    /// The gateway refused to go on (final: no retry changes it).
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// The transport for one connector.
 pub fn transport(connector: &ConnectorConfig, smtp: &SmtpConfig) -> Result<Transport, String> {
-    let mut builder = match smtp.security {
-        SmtpSecurity::Plain => Transport::builder_dangerous(smtp.host.as_str()),
+    let tls = match smtp.security {
+        SmtpSecurity::Plain => Tls::None,
         SmtpSecurity::StartTls | SmtpSecurity::Tls => {
             let mut params = TlsParameters::builder(smtp.host.clone());
             if let Some(ca) = &smtp.tls_ca_file {
@@ -35,26 +76,104 @@ pub fn transport(connector: &ConnectorConfig, smtp: &SmtpConfig) -> Result<Trans
                 params = params.add_root_certificate(cert);
             }
             let params = params.build().map_err(|e| e.to_string())?;
-            let tls = if smtp.security == SmtpSecurity::Tls {
+            if smtp.security == SmtpSecurity::Tls {
                 Tls::Wrapper(params)
             } else {
                 Tls::Required(params)
-            };
-            Transport::builder_dangerous(smtp.host.as_str()).tls(tls)
+            }
         }
     };
-    builder = builder
-        .port(smtp.port)
-        .timeout(Some(connector.timeout))
-        .pool_config(
-            PoolConfig::new()
-                .max_size(connector.concurrency as u32)
-                .idle_timeout(Duration::from_secs(60)),
-        );
-    if let (Some(user), Some(password)) = (&smtp.username, &smtp.password) {
-        builder = builder.credentials(Credentials::new(user.clone(), password.clone()));
+    let credentials = match (&smtp.username, &smtp.password) {
+        (Some(user), Some(password)) => Some(Credentials::new(user.clone(), password.clone())),
+        _ => None,
+    };
+    Ok(Transport {
+        host: smtp.host.clone(),
+        port: smtp.port,
+        tls,
+        credentials,
+        allow_plaintext_auth: smtp.allow_plaintext_auth,
+        hello: ClientId::default(),
+        timeout: connector.timeout,
+        max_idle: connector.concurrency,
+        idle: Mutex::new(Vec::new()),
+    })
+}
+
+impl Transport {
+    /// A new connection: TCP (and TLS), EHLO, STARTTLS when required, AUTH when configured.
+    async fn connect(&self) -> Result<AsyncSmtpConnection, SendError> {
+        let wrapper = match &self.tls {
+            Tls::Wrapper(params) => Some(params.clone()),
+            _ => None,
+        };
+        let mut conn = AsyncSmtpConnection::connect_tokio1(
+            (self.host.as_str(), self.port),
+            Some(self.timeout),
+            &self.hello,
+            wrapper,
+            None,
+        )
+        .await?;
+        if let Tls::Required(params) = &self.tls {
+            conn.starttls(params.clone(), &self.hello).await?;
+        }
+        if let Some(credentials) = &self.credentials {
+            // lettre itself would send AUTH PLAIN over a clear connection; config load refuses
+            // that unless allowed, and this keeps it so whatever built the transport.
+            if !conn.is_encrypted() && !self.allow_plaintext_auth {
+                return Err(SendError::Refused(
+                    "refusing to send the SMTP password over a connection without TLS \
+                     (set allow_plaintext_auth = true to allow it)"
+                        .into(),
+                ));
+            }
+            conn.auth(&[Mechanism::Plain, Mechanism::Login], credentials)
+                .await?;
+        }
+        Ok(conn)
     }
-    Ok(builder.build())
+
+    /// An idle connection that still answers, or a new one.
+    async fn connection(&self) -> Result<AsyncSmtpConnection, SendError> {
+        loop {
+            let parked = match self.idle.lock() {
+                Ok(mut idle) => idle.pop(),
+                Err(_) => None,
+            };
+            match parked {
+                None => return self.connect().await,
+                Some((_, since)) if since.elapsed() > IDLE_FOR => continue,
+                Some((mut conn, _)) => {
+                    if conn.test_connected().await {
+                        return Ok(conn);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Back to the pool after a send that finished; broken ones (lettre marks a connection
+    /// broken on any error) and the surplus are dropped.
+    fn park(&self, conn: AsyncSmtpConnection) {
+        if conn.has_broken() {
+            return;
+        }
+        if let Ok(mut idle) = self.idle.lock()
+            && idle.len() < self.max_idle
+        {
+            idle.push((conn, Instant::now()));
+        }
+    }
+
+    /// One send on one connection. Cancelling this future (the timeout) drops the connection,
+    /// which closes it: it is never reused in an unknown state of the dialogue.
+    async fn send_once(&self, message: &Message) -> Result<Response, SendError> {
+        let mut conn = self.connection().await?;
+        let result = conn.send(message.envelope(), &message.formatted()).await;
+        self.park(conn);
+        Ok(result?)
+    }
 }
 
 /// The Message-ID of a delivery: the same on every retry.
@@ -67,9 +186,77 @@ pub fn message_id(smtp: &SmtpConfig, delivery_id: &str) -> String {
     format!("<{delivery_id}@{domain}>")
 }
 
+/// Header text on one line: every control character (CR, LF, NUL, tab, escape, …) becomes a
+/// space, runs of white space one space. lettre encodes CR/LF/NUL (RFC 2047) but passes other
+/// controls raw, and a decoded line break still confuses some readers.
+fn header_text(text: &str) -> String {
+    text.split(|c: char| c.is_control() || c.is_whitespace())
+        .filter(|w| !w.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A Message-ID as a header may carry it: `<left@right>`, visible ASCII only.
+fn is_msg_id(id: &str) -> bool {
+    id.strip_prefix('<')
+        .and_then(|rest| rest.strip_suffix('>'))
+        .is_some_and(|inner| {
+            inner.contains('@')
+                && inner
+                    .bytes()
+                    .all(|b| b.is_ascii_graphic() && b != b'<' && b != b'>')
+        })
+}
+
+/// Body text as it may go on the wire: every line break (CRLF, a bare CR, a bare LF) becomes
+/// CRLF, and control characters other than tab are removed — NUL, the rest of C0, DEL and C1
+/// have no place in mail text (NUL and bare CR are what SMTP smuggling and broken relays need).
+pub fn normalise_body(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + text.len() / 16);
+    let mut chars = text.chars().peekable();
+    while let Some(ch) = chars.next() {
+        match ch {
+            '\r' => {
+                chars.next_if_eq(&'\n');
+                out.push_str("\r\n");
+            }
+            '\n' => out.push_str("\r\n"),
+            '\t' => out.push('\t'),
+            c if c.is_control() => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// The transfer encoding of a normalised part: 7bit only for plain ASCII with short lines;
+/// base64 when most of it is not ASCII (smaller), quoted-printable otherwise (readable).
+fn transfer_encoding(text: &str) -> ContentTransferEncoding {
+    if text.is_ascii() && text.split("\r\n").all(|line| line.len() <= MAX_7BIT_LINE) {
+        return ContentTransferEncoding::SevenBit;
+    }
+    let eight_bit = text.bytes().filter(|b| !b.is_ascii()).count();
+    if eight_bit * 3 > text.len() {
+        ContentTransferEncoding::Base64
+    } else {
+        ContentTransferEncoding::QuotedPrintable
+    }
+}
+
+/// One text part, normalised, with its transfer encoding set explicitly (lettre's default
+/// choice sends ASCII with bare CRs and NULs as 7bit, verbatim).
+fn text_part(content_type: ContentType, text: &str) -> Result<SinglePart, String> {
+    let text = normalise_body(text);
+    let encoding = transfer_encoding(&text);
+    let body = Body::new_with_encoding(text.clone(), encoding)
+        .or_else(|_| Body::new_with_encoding(text, ContentTransferEncoding::QuotedPrintable))
+        .map_err(|_| "cannot encode the message body".to_string())?;
+    Ok(SinglePart::builder().header(content_type).body(body))
+}
+
 /// Builds the MIME message. Addresses are parsed one mailbox each, so text that renders to a
-/// second address or a header line is refused; the subject is encoded (RFC 2047) and folded
-/// by lettre.
+/// second address or a header line is refused; the subject is put on one line, encoded
+/// (RFC 2047) and folded by lettre; every body part is normalised and encoded (see the module).
 pub fn build_message(
     smtp: &SmtpConfig,
     email: &RenderedEmail,
@@ -77,15 +264,27 @@ pub fn build_message(
     thread_root: Option<&str>,
 ) -> Result<Message, String> {
     let mailbox = |role: &str, text: &str| {
-        if text.contains([',', ';', '\r', '\n']) && !text.contains('"') {
+        if text.contains(|c: char| c.is_control())
+            || (text.contains([',', ';']) && !text.contains('"'))
+        {
             return Err(format!("{role} {text:?} is not one address"));
         }
         text.parse::<Mailbox>()
             .map_err(|e| format!("{role} {text:?} is not an address: {e}"))
     };
+    for (role, id) in [
+        ("Message-ID", Some(message_id)),
+        ("thread root", thread_root),
+    ] {
+        if let Some(id) = id.filter(|id| !is_msg_id(id)) {
+            return Err(format!(
+                "the {role} {id:?} is not a Message-ID (<id@domain>)"
+            ));
+        }
+    }
     let mut builder = Message::builder()
         .from(mailbox("from", &smtp.from)?)
-        .subject(email.subject.clone())
+        .subject(header_text(&email.subject))
         .message_id(Some(message_id.to_string()))
         .user_agent(concat!("incident-gateway/", env!("CARGO_PKG_VERSION")).to_string());
     if email.to.is_empty() {
@@ -102,26 +301,40 @@ pub fn build_message(
             .in_reply_to(root.to_string())
             .references(root.to_string());
     }
+    let plain = text_part(ContentType::TEXT_PLAIN, &email.text)?;
     let message = match &email.html {
-        Some(html) => builder.multipart(MultiPart::alternative_plain_html(
-            email.text.clone(),
-            html.clone(),
-        )),
-        None => builder.singlepart(
-            SinglePart::builder()
-                .header(ContentType::TEXT_PLAIN)
-                .body(email.text.clone()),
+        Some(html) => builder.multipart(
+            MultiPart::alternative()
+                .singlepart(plain)
+                .singlepart(text_part(ContentType::TEXT_HTML, html)?),
         ),
+        None => builder.singlepart(plain),
     };
     message.map_err(|e| format!("cannot build the message: {e}"))
 }
 
-/// Sends, and says what it means: 2xx delivered; a 5xx reply is final (dead, with the
-/// server's words); a 4xx reply or a connection problem may pass (retry).
+/// Sends, bounded by the connector's timeout end to end, and says what it means: 2xx
+/// delivered; a 5xx reply is final (dead, with the server's words); a 4xx reply, a connection
+/// problem or the timeout may pass (retry). A send cut off by the timeout may still have been
+/// delivered: the retry carries the same Message-ID (at least once).
 pub async fn send(transport: &Transport, message: Message) -> (SendResult, Verdict) {
     let started = Instant::now();
-    match transport.send(message).await {
-        Ok(response) => {
+    let outcome = tokio::time::timeout(transport.timeout, transport.send_once(&message)).await;
+    let failed = |error: String, status: Option<u16>, verdict: Verdict| {
+        (
+            SendResult {
+                status,
+                retry_after: None,
+                response_prefix: None,
+                error: Some(error),
+                unsendable: false,
+                latency: started.elapsed(),
+            },
+            verdict,
+        )
+    };
+    match outcome {
+        Ok(Ok(response)) => {
             let text = response.message().collect::<Vec<_>>().join(" ");
             let code: u16 = response.code().to_string().parse().unwrap_or(250);
             (
@@ -136,7 +349,7 @@ pub async fn send(transport: &Transport, message: Message) -> (SendResult, Verdi
                 Verdict::Delivered,
             )
         }
-        Err(e) => {
+        Ok(Err(SendError::Smtp(e))) => {
             let code = e.status().and_then(|c| c.to_string().parse::<u16>().ok());
             let text = e.to_string();
             let verdict = if e.is_permanent() {
@@ -146,18 +359,19 @@ pub async fn send(transport: &Transport, message: Message) -> (SendResult, Verdi
             } else {
                 Verdict::Retry { retry_after: None }
             };
-            (
-                SendResult {
-                    status: code,
-                    retry_after: None,
-                    response_prefix: None,
-                    error: Some(text),
-                    unsendable: false,
-                    latency: started.elapsed(),
-                },
-                verdict,
-            )
+            failed(text, code, verdict)
         }
+        Ok(Err(SendError::Refused(reason))) => {
+            failed(reason.clone(), None, Verdict::Dead { reason })
+        }
+        Err(_elapsed) => failed(
+            format!(
+                "the SMTP send took longer than the connector's timeout ({})",
+                humantime::format_duration(transport.timeout)
+            ),
+            None,
+            Verdict::Retry { retry_after: None },
+        ),
     }
 }
 
@@ -177,6 +391,7 @@ mod tests {
             cc: vec![],
             subject_tag: None,
             tls_ca_file: None,
+            allow_plaintext_auth: false,
         }
     }
 
@@ -214,6 +429,149 @@ mod tests {
             "rt@example.com, attacker@example.com",
             "rt@example.com\r\nBcc: attacker@example.com",
             "rt@example.com;attacker@example.com",
+        ] {
+            assert!(
+                build_message(&smtp(), &email("s", bad), "<x@y>", None).is_err(),
+                "{bad:?}"
+            );
+        }
+    }
+
+    /// Checks the bytes lettre hands the SMTP client: line ends are CRLF only, no NUL, no
+    /// `\r.\r`, nothing 8-bit; every text part declares an encoding, 7bit only for pure
+    /// short-line ASCII; and the hostile text survives decoding.
+    fn assert_wire_safe(label: &str, bytes: &[u8]) -> mail_parser::Message<'static> {
+        use mail_parser::MimeHeaders;
+        let show = |i: usize| {
+            String::from_utf8_lossy(&bytes[i.saturating_sub(30)..(i + 30).min(bytes.len())])
+                .to_string()
+        };
+        for (i, &b) in bytes.iter().enumerate() {
+            assert!(
+                b != 0 && b < 0x80,
+                "{label}: byte {b:#x} at {i}: {:?}",
+                show(i)
+            );
+            if b == b'\r' {
+                assert_eq!(
+                    bytes.get(i + 1),
+                    Some(&b'\n'),
+                    "{label}: bare CR: {:?}",
+                    show(i)
+                );
+            }
+            if b == b'\n' {
+                assert_eq!(bytes[i - 1], b'\r', "{label}: bare LF: {:?}", show(i));
+            }
+        }
+        assert!(!bytes.windows(3).any(|w| w == b"\r.\r"), "{label}");
+        let parsed = mail_parser::MessageParser::default()
+            .parse(bytes)
+            .unwrap()
+            .into_owned();
+        let mut text_parts = 0;
+        for part in parsed.parts.iter().filter(|p| p.is_text()) {
+            text_parts += 1;
+            let encoding = part.content_transfer_encoding().unwrap_or("none");
+            let decoded = part.text_contents().unwrap();
+            let plain = decoded.is_ascii()
+                && decoded.split("\r\n").all(|l| l.len() <= 76)
+                && !decoded
+                    .chars()
+                    .any(|c| c.is_control() && c != '\r' && c != '\n' && c != '\t');
+            assert!(
+                ["7bit", "quoted-printable", "base64"].contains(&encoding),
+                "{label}: {encoding}"
+            );
+            assert!(
+                encoding != "7bit" || plain,
+                "{label}: 7bit for text that is not plain short-line ASCII: {decoded:?}"
+            );
+        }
+        assert!(text_parts >= 1, "{label}");
+        parsed
+    }
+
+    #[test]
+    fn hostile_text_is_normalised_and_encoded_on_the_wire() {
+        let sequences = [
+            "\r.\r\n",
+            "\n.\n",
+            "\r\n.\r",
+            "\n.\r\n",
+            "\r\n.\r\n",
+            "\r\r\n.\n\r",
+            "\r.\r",
+        ];
+        // Pure ASCII is what lettre would send as 7bit, verbatim; 8-bit text it encodes.
+        for (seq, tail) in sequences
+            .iter()
+            .flat_map(|s| [(s, " end"), (s, " caf\u{e9}\u{85} end")])
+        {
+            let hostile = format!(
+                "before{seq}MAIL FROM:<x@evil>\r\nRCPT TO:<attacker@example.com>\r\nDATA\r\n\
+                 after nul\0byte\x0b\x1b[31m{tail}"
+            );
+            let kept = format!("after nulbyte[31m{}", tail.replace('\u{85}', ""));
+            for html in [false, true] {
+                let label = format!("{seq:?}{tail:?} html={html}");
+                let mut e = email("s", "rt@example.com");
+                e.text = hostile.clone();
+                e.html = html.then(|| format!("<pre>{hostile}</pre>"));
+                let m = build_message(&smtp(), &e, "<x@example.com>", None).unwrap();
+                let parsed = assert_wire_safe(&label, &m.formatted());
+                let text = parsed.body_text(0).unwrap();
+                for needle in [
+                    "before",
+                    "\r\nMAIL FROM:<x@evil>\r\nRCPT TO:<attacker@example.com>\r\nDATA\r\n",
+                    &kept,
+                ] {
+                    assert!(text.contains(needle), "{label}: {needle:?} in {text:?}");
+                }
+            }
+        }
+        // Plain short ASCII stays readable as 7bit; a long ASCII line or any 8-bit text does not.
+        for (text, expect) in [
+            ("all quiet\nhere".to_string(), "7bit"),
+            ("x".repeat(200), "quoted-printable"),
+            ("Überprüfung of a host".to_string(), "quoted-printable"),
+            ("漢字漢字漢字漢字".to_string(), "base64"),
+        ] {
+            let mut e = email("s", "rt@example.com");
+            e.text = text.clone();
+            e.html = None;
+            let bytes = build_message(&smtp(), &e, "<x@example.com>", None)
+                .unwrap()
+                .formatted();
+            let raw = String::from_utf8_lossy(&bytes).to_string();
+            assert!(
+                raw.contains(&format!("Content-Transfer-Encoding: {expect}")),
+                "{text:?}: {raw}"
+            );
+            assert_wire_safe(&text, &bytes);
+        }
+    }
+
+    #[test]
+    fn headers_carry_no_line_break_nul_or_control() {
+        let mut e = email("a\r\nBcc: x@evil\0\x1b[0m\r.\r\nb", "rt@example.com");
+        e.cc = vec![];
+        let m = build_message(&smtp(), &e, "<x@example.com>", Some("<root@example.com>")).unwrap();
+        let raw = String::from_utf8(m.formatted()).unwrap();
+        let headers = raw.split("\r\n\r\n").next().unwrap();
+        assert!(
+            headers.contains("Subject: a Bcc: x@evil [0m . b\r\n"),
+            "{headers}"
+        );
+        assert!(!headers.contains(['\0', '\x1b']), "{headers}");
+        // A thread root (an admin can set a ticket id by hand) or a rendered address cannot
+        // carry a line break into a header either.
+        assert!(
+            build_message(&smtp(), &e, "<x@example.com>", Some("<r@x>\r\nBcc: y@evil")).is_err()
+        );
+        for bad in [
+            "\"rt\r\nBcc: y@evil\" <rt@example.com>",
+            "\"rt\0\" <rt@example.com>",
         ] {
             assert!(
                 build_message(&smtp(), &email("s", bad), "<x@y>", None).is_err(),
