@@ -56,6 +56,8 @@ pub struct ServerConfig {
     pub listen: String,
     pub admin_token: Option<String>,
     pub max_body_bytes: usize,
+    /// Request bodies held at once across all connections, in bytes (503 beyond it).
+    pub max_body_bytes_in_flight: usize,
     pub max_batch: usize,
     /// How long shutdown waits for in-flight sends before giving up on them (they are retried
     /// after restart: the lease is released).
@@ -532,6 +534,8 @@ struct RawServer {
     admin_token: Option<EnvString>,
     #[serde(default = "default_max_body")]
     max_body_bytes: usize,
+    /// Default: 64 × `max_body_bytes`.
+    max_body_bytes_in_flight: Option<usize>,
     #[serde(default = "default_max_batch")]
     max_batch: usize,
     #[serde(default = "default_grace", with = "humantime_serde")]
@@ -571,6 +575,7 @@ impl Default for RawServer {
             listen: default_listen(),
             admin_token: None,
             max_body_bytes: default_max_body(),
+            max_body_bytes_in_flight: None,
             max_batch: default_max_batch(),
             shutdown_grace: default_grace(),
             max_connections: default_max_connections(),
@@ -984,6 +989,10 @@ impl Validator {
             listen: raw.server.listen.0,
             admin_token: raw.server.admin_token.map(|t| t.0),
             max_body_bytes: raw.server.max_body_bytes,
+            max_body_bytes_in_flight: raw
+                .server
+                .max_body_bytes_in_flight
+                .unwrap_or(raw.server.max_body_bytes.saturating_mul(64)),
             max_batch: raw.server.max_batch,
             shutdown_grace: raw.server.shutdown_grace,
             max_connections: raw.server.max_connections,
@@ -1046,6 +1055,12 @@ impl Validator {
         }
         if server.max_body_bytes < 1024 {
             return Err(self.invalid("server.max_body_bytes", "must be at least 1024"));
+        }
+        if server.max_body_bytes_in_flight < server.max_body_bytes {
+            return Err(self.invalid(
+                "server.max_body_bytes_in_flight",
+                "must be at least server.max_body_bytes (or no body that size could be read)",
+            ));
         }
         if server.max_batch == 0 {
             return Err(self.invalid("server.max_batch", "must be at least 1"));
