@@ -1906,6 +1906,25 @@ mod tests {
     }
 
     #[test]
+    fn the_body_budget_defaults_to_64_bodies_and_holds_at_least_one() {
+        let load = |server: &str| {
+            let text = format!("[server]\n{server}\n[storage]\nurl = \"sqlite://x.db\"\n");
+            Config::from_toml(&text, Path::new("gw.toml"), |_| None)
+        };
+        let config = load("max_body_bytes = 2048").unwrap();
+        assert_eq!(config.server.max_body_bytes_in_flight, 64 * 2048);
+        let config = load("max_body_bytes = 2048\nmax_body_bytes_in_flight = 4096").unwrap();
+        assert_eq!(config.server.max_body_bytes_in_flight, 4096);
+        let msg = load("max_body_bytes = 8192\nmax_body_bytes_in_flight = 4096")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("line 3: server.max_body_bytes_in_flight"),
+            "{msg}"
+        );
+    }
+
+    #[test]
     fn masks_secrets_longest_first() {
         let s = Secrets::new(["abcd".to_string(), "abcdefgh".to_string(), "x".to_string()]);
         assert_eq!(s.mask("k=abcdefgh, j=abcd, x"), "k=********, j=********, x");

@@ -481,8 +481,9 @@ api_key = "{SOURCE_KEY}"
     for i in 0..3 {
         let mut body = incident(&format!("SLOW-{i}")).to_string().into_bytes();
         body.resize(16384, b' ');
+        // The pause lets the server take each one's reservation before the probes below.
         let (status, stream) =
-            post_partially(gw.addr, &bearer, &body, 8192, Duration::from_millis(50)).await;
+            post_partially(gw.addr, &bearer, &body, 8192, Duration::from_millis(300)).await;
         assert_eq!(status, None, "a slow body is waited for");
         slow.push((stream, body));
     }
