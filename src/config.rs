@@ -56,6 +56,8 @@ pub struct ServerConfig {
     pub listen: String,
     pub admin_token: Option<String>,
     pub max_body_bytes: usize,
+    /// Request bodies held at once across all connections, in bytes (503 beyond it).
+    pub max_body_bytes_in_flight: usize,
     pub max_batch: usize,
     /// How long shutdown waits for in-flight sends before giving up on them (they are retried
     /// after restart: the lease is released).
@@ -575,6 +577,8 @@ struct RawServer {
     admin_token: Option<EnvString>,
     #[serde(default = "default_max_body")]
     max_body_bytes: usize,
+    /// Default: 64 × `max_body_bytes`.
+    max_body_bytes_in_flight: Option<usize>,
     #[serde(default = "default_max_batch")]
     max_batch: usize,
     #[serde(default = "default_grace", with = "humantime_serde")]
@@ -614,6 +618,7 @@ impl Default for RawServer {
             listen: default_listen(),
             admin_token: None,
             max_body_bytes: default_max_body(),
+            max_body_bytes_in_flight: None,
             max_batch: default_max_batch(),
             shutdown_grace: default_grace(),
             max_connections: default_max_connections(),
@@ -1049,6 +1054,10 @@ impl Validator {
             listen: raw.server.listen.0,
             admin_token: raw.server.admin_token.map(|t| t.0),
             max_body_bytes: raw.server.max_body_bytes,
+            max_body_bytes_in_flight: raw
+                .server
+                .max_body_bytes_in_flight
+                .unwrap_or(raw.server.max_body_bytes.saturating_mul(64)),
             max_batch: raw.server.max_batch,
             shutdown_grace: raw.server.shutdown_grace,
             max_connections: raw.server.max_connections,
@@ -1111,6 +1120,12 @@ impl Validator {
         }
         if server.max_body_bytes < 1024 {
             return Err(self.invalid("server.max_body_bytes", "must be at least 1024"));
+        }
+        if server.max_body_bytes_in_flight < server.max_body_bytes {
+            return Err(self.invalid(
+                "server.max_body_bytes_in_flight",
+                "must be at least server.max_body_bytes (or no body that size could be read)",
+            ));
         }
         if server.max_batch == 0 {
             return Err(self.invalid("server.max_batch", "must be at least 1"));
@@ -2008,6 +2023,25 @@ mod tests {
             assert!(!shown.contains(secret), "{secret} in {shown}");
         }
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn the_body_budget_defaults_to_64_bodies_and_holds_at_least_one() {
+        let load = |server: &str| {
+            let text = format!("[server]\n{server}\n[storage]\nurl = \"sqlite://x.db\"\n");
+            Config::from_toml(&text, Path::new("gw.toml"), |_| None)
+        };
+        let config = load("max_body_bytes = 2048").unwrap();
+        assert_eq!(config.server.max_body_bytes_in_flight, 64 * 2048);
+        let config = load("max_body_bytes = 2048\nmax_body_bytes_in_flight = 4096").unwrap();
+        assert_eq!(config.server.max_body_bytes_in_flight, 4096);
+        let msg = load("max_body_bytes = 8192\nmax_body_bytes_in_flight = 4096")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("line 3: server.max_body_bytes_in_flight"),
+            "{msg}"
+        );
     }
 
     #[test]

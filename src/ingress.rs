@@ -8,10 +8,21 @@
 //! source with a signing secret must sign every request: timestamp within 5 minutes, a
 //! `webhook-id` never seen before in that window). Every authentication failure is the same
 //! 401, counted in the `igw_auth_failures_total` metric.
+//!
+//! Whatever the headers alone can refuse (no credential that could match, a stale timestamp,
+//! a malformed signature, an id already used) is refused before the body is read, and bodies
+//! being read share one byte budget (`server.max_body_bytes_in_flight`, 503 beyond it), so
+//! unauthenticated senders cannot make the gateway buffer their bodies.
+//!
+//! A `webhook-id` is claimed durably, in the transaction that stores the request's incidents
+//! ([`crate::store::Store::ingest`]); the in-memory claims here only refuse copies early.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use axum::body::Body;
 use axum::extract::State;
@@ -55,15 +66,45 @@ const MAX_WEBHOOK_ID: usize = 256;
 /// How far a signed request's timestamp may be from now (the Standard Webhooks default).
 pub const SIGNATURE_TOLERANCE: Duration = Duration::from_secs(300);
 
-/// What ingress remembers between requests: recent `webhook-id`s (to refuse replays) and each
-/// source's token bucket.
-#[derive(Default)]
+/// What ingress remembers between requests: recent `webhook-id`s (a fast path: the store's
+/// claim is the truth), each source's token bucket, and the budget of body bytes in flight.
 pub struct Guard {
     seen: Mutex<HashMap<(String, String), Instant>>,
     buckets: Mutex<HashMap<String, (f64, Instant)>>,
+    /// One permit per byte of request body being read or held, across all connections.
+    body_budget: Arc<Semaphore>,
 }
 
 impl Guard {
+    pub fn new(server: &crate::config::ServerConfig) -> Guard {
+        Guard {
+            seen: Mutex::default(),
+            buckets: Mutex::default(),
+            body_budget: Arc::new(Semaphore::new(
+                server.max_body_bytes_in_flight.min(Semaphore::MAX_PERMITS),
+            )),
+        }
+    }
+
+    /// Reserves `bytes` of the body budget until the permit is dropped (the request done, or
+    /// its connection gone); `None` when the budget cannot hold them now.
+    fn reserve_body(&self, bytes: usize) -> Option<OwnedSemaphorePermit> {
+        let permits = u32::try_from(bytes).unwrap_or(u32::MAX);
+        self.body_budget
+            .clone()
+            .try_acquire_many_owned(permits)
+            .ok()
+    }
+
+    /// Whether `source` claimed `id` within the window (without claiming it).
+    fn seen(&self, source: &str, id: &str) -> bool {
+        let Ok(seen) = self.seen.lock() else {
+            return false;
+        };
+        seen.get(&(source.to_string(), id.to_string()))
+            .is_some_and(|at| at.elapsed() < SIGNATURE_TOLERANCE * 2)
+    }
+
     /// Claims `id` for `source`: `false` when it was already claimed within the window (a
     /// replay, or a concurrent copy). Check and claim are one step under one lock.
     fn claim(&self, source: &str, id: &str) -> bool {
@@ -124,6 +165,36 @@ fn signature_headers(headers: &HeaderMap) -> Option<(&str, &str, &str)> {
         get("webhook-timestamp")?,
         get("webhook-signature")?,
     ))
+}
+
+/// The signature headers, when they could belong to a valid request: an id of sane length, a
+/// timestamp within the tolerance, and a `webhook-signature` of at most
+/// [`MAX_SIGNATURES`](crate::deliver::sign::MAX_SIGNATURES) entries with at least one `v1,`
+/// signature of the right length. Checked before the body is read: what fails here could
+/// never verify.
+fn plausible_signature(headers: &HeaderMap) -> Option<(&str, &str, &str)> {
+    use crate::deliver::sign::{MAX_SIGNATURE_HEADER, MAX_SIGNATURES};
+    let (id, timestamp, signature) = signature_headers(headers)?;
+    if id.is_empty() || id.len() > MAX_WEBHOOK_ID {
+        return None;
+    }
+    let sent_at = timestamp.trim().parse::<i64>().ok()?;
+    if chrono::Utc::now().timestamp().abs_diff(sent_at) > SIGNATURE_TOLERANCE.as_secs() {
+        return None;
+    }
+    if signature.len() > MAX_SIGNATURE_HEADER
+        || signature.split_whitespace().count() > MAX_SIGNATURES
+    {
+        return None;
+    }
+    let well_formed = signature.split_whitespace().any(|part| {
+        part.strip_prefix("v1,").is_some_and(|encoded| {
+            base64::engine::general_purpose::STANDARD
+                .decode(encoded)
+                .is_ok_and(|mac| mac.len() == 32)
+        })
+    });
+    well_formed.then_some((id, timestamp, signature))
 }
 
 /// Whether the request is signed by `source`'s secret and fresh. (A replay is refused when
@@ -290,15 +361,35 @@ async fn accept(app: &App, headers: &HeaderMap, body: Body) -> Result<Response, 
         Some(_) => {
             Some(authenticate(&app.config.sources, headers).ok_or_else(|| unauthorized(app))?)
         }
-        None if app.config.sources.iter().any(|s| signature_only(&s)) => None,
-        None => return Err(unauthorized(app)),
+        None => None,
     };
-    // A signature header too large to be honest is refused before the body is read.
-    if headers
-        .get("webhook-signature")
-        .is_some_and(|v| v.len() > crate::deliver::sign::MAX_SIGNATURE_HEADER)
-    {
+    // The sources this request could still authenticate as, from its headers alone.
+    let candidates: Vec<&SourceConfig> = match keyed {
+        Some(source) => vec![source],
+        None => app.config.sources.iter().filter(signature_only).collect(),
+    };
+    if candidates.is_empty() {
         return Err(unauthorized(app));
+    }
+    if candidates.iter().all(|s| s.signing_secret.is_some()) {
+        let (id, ..) = plausible_signature(headers).ok_or_else(|| unauthorized(app))?;
+        // An id every candidate has used can only be a replay. The store is asked too, so a
+        // replay after a restart is refused unread as well.
+        let in_memory = candidates.iter().all(|s| app.guard.seen(&s.name, id));
+        let stored = in_memory
+            || app
+                .store
+                .webhook_id_seen(
+                    candidates.iter().map(|s| s.name.clone()).collect(),
+                    id.to_string(),
+                )
+                .await
+                // The claim at commit still decides; an unreadable store only loses the
+                // early refusal.
+                .unwrap_or(false);
+        if stored {
+            return Err(unauthorized(app));
+        }
     }
     if let Some(source) = keyed {
         app.guard
@@ -331,6 +422,15 @@ async fn accept(app: &App, headers: &HeaderMap, body: Body) -> Result<Response, 
     if declared.is_some_and(|n| n > limits.max_body_bytes as u64) {
         return Err(too_large());
     }
+    // The body's bytes are reserved before it is read (all that may come without a length)
+    // and given back when this request ends, however it ends.
+    let reserve = declared.map_or(limits.max_body_bytes, |n| n as usize);
+    let _budget = app.guard.reserve_body(reserve).ok_or_else(|| {
+        Problem::unavailable(format!(
+            "too many request bodies are being received at once (server.max_body_bytes_in_flight, {} bytes); try again",
+            limits.max_body_bytes_in_flight
+        ))
+    })?;
     let read = tokio::time::timeout(
         limits.body_read_timeout,
         axum::body::to_bytes(body, limits.max_body_bytes),
@@ -389,9 +489,12 @@ async fn accept(app: &App, headers: &HeaderMap, body: Body) -> Result<Response, 
         }
         _ => None,
     };
-    let result = accept_document(app, source, &bytes).await;
-    if let (Err(_), Some(id)) = (&result, &claimed) {
-        app.guard.release(&source.name, id);
+    let result = accept_document(app, source, claimed.clone(), &bytes).await;
+    match (&result, &claimed) {
+        // The store refused the id (a replay from before a restart): it stays claimed here.
+        (Err(p), _) if p.status == 401 => {}
+        (Err(_), Some(id)) => app.guard.release(&source.name, id),
+        _ => {}
     }
     result
 }
@@ -400,6 +503,7 @@ async fn accept(app: &App, headers: &HeaderMap, body: Body) -> Result<Response, 
 async fn accept_document(
     app: &App,
     source: &SourceConfig,
+    webhook_id: Option<String>,
     bytes: &[u8],
 ) -> Result<Response, Problem> {
     let limits = &app.config.server;
@@ -458,9 +562,9 @@ async fn accept_document(
         .iter()
         .map(|incident| prepare(&app.config.connectors, &app.renderer, incident))
         .collect();
-    let outcomes = app
+    let ingested = app
         .store
-        .ingest(source.name.clone(), batch)
+        .ingest(source.name.clone(), webhook_id, batch)
         .await
         .map_err(|e| {
             tracing::error!(error = %e, "cannot store incidents");
@@ -468,6 +572,10 @@ async fn accept_document(
                 "the incident could not be stored; nothing was accepted; try again",
             )
         })?;
+    let outcomes = match ingested {
+        crate::store::Ingested::Stored(outcomes) => outcomes,
+        crate::store::Ingested::Replay => return Err(unauthorized(app)),
+    };
     if outcomes.iter().any(|o| !o.deliveries.is_empty()) {
         app.wake.notify_one();
     }

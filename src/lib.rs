@@ -75,7 +75,7 @@ pub struct App {
     pub config: Arc<Config>,
     pub renderer: Arc<Renderer>,
     pub metrics: Arc<metrics::Metrics>,
-    /// Replay cache and rate limits of the ingress.
+    /// Replay fast path, rate limits and body budget of the ingress.
     pub guard: ingress::Guard,
     pub schema: IncidentSchema,
     pub store: Store,
@@ -203,10 +203,10 @@ impl Gateway {
         let workers = tokio::spawn(deliverer.run(shutdown.clone()));
 
         let app = Arc::new(App {
+            guard: ingress::Guard::new(&config.server),
             config,
             renderer,
             metrics,
-            guard: ingress::Guard::default(),
             schema,
             store: store.clone(),
             wake,

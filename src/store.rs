@@ -344,6 +344,17 @@ CREATE TABLE IF NOT EXISTS ticket_incidents (
     PRIMARY KEY (ticket_seq, incident_id)
 );
 CREATE INDEX IF NOT EXISTS ticket_incidents_incident ON ticket_incidents (incident_id);
+-- Signed requests' webhook-ids, written in the transaction that stores their incidents: the
+-- uniqueness holds across restarts and for every process on the database (PostgreSQL: the
+-- same table, primary key and INSERT … ON CONFLICT). Rows older than the replay window are
+-- pruned a few at a time through the seen_ms index.
+CREATE TABLE IF NOT EXISTS seen_webhooks (
+    source      TEXT NOT NULL,
+    webhook_id  TEXT NOT NULL,
+    seen_ms     INTEGER NOT NULL,
+    PRIMARY KEY (source, webhook_id)
+);
+CREATE INDEX IF NOT EXISTS seen_webhooks_seen ON seen_webhooks (seen_ms);
 CREATE TABLE IF NOT EXISTS attempts (
     delivery_id    TEXT NOT NULL,
     attempt        INTEGER NOT NULL,
@@ -556,18 +567,50 @@ impl Store {
         .map_err(|_| StoreError::Closed)?
     }
 
-    /// Stores a batch of incidents and their deliveries, all or nothing.
+    /// Stores a batch of incidents and their deliveries, all or nothing. A signed request's
+    /// `webhook_id` is claimed in the same transaction: when `source` already used it within
+    /// [`REPLAY_WINDOW`], nothing is stored and the answer is [`Ingested::Replay`].
     pub async fn ingest(
         &self,
         source: String,
+        webhook_id: Option<String>,
         batch: Vec<NewIncident>,
-    ) -> Result<Vec<IngestOutcome>, StoreError> {
+    ) -> Result<Ingested, StoreError> {
         self.write(move |conn| {
             let now = now_ms();
+            if let Some(id) = &webhook_id
+                && !claim_webhook_id(conn, &source, id, now)?
+            {
+                return Ok(Ingested::Replay);
+            }
             batch
                 .into_iter()
                 .map(|inc| ingest_one(conn, &source, inc, now))
-                .collect()
+                .collect::<Result<Vec<_>, _>>()
+                .map(Ingested::Stored)
+        })
+        .await
+    }
+
+    /// Whether every one of `sources` used `webhook_id` within [`REPLAY_WINDOW`]: such a
+    /// request can only be a replay, refused before its body is read. (A read: the claim in
+    /// [`Store::ingest`] is what decides.)
+    pub async fn webhook_id_seen(
+        &self,
+        sources: Vec<String>,
+        webhook_id: String,
+    ) -> Result<bool, StoreError> {
+        self.read(move |conn| {
+            let since = now_ms().saturating_sub(replay_window_ms());
+            let mut stmt = conn.prepare_cached(
+                "SELECT 1 FROM seen_webhooks WHERE source = ?1 AND webhook_id = ?2 AND seen_ms >= ?3",
+            )?;
+            for source in &sources {
+                if !stmt.exists(params![source, webhook_id, since])? {
+                    return Ok(false);
+                }
+            }
+            Ok(!sources.is_empty())
         })
         .await
     }
@@ -1107,6 +1150,53 @@ fn query_deliveries(
     Ok(out)
 }
 
+/// How long a `webhook-id` stays claimed: twice the signature tolerance, so no request with
+/// that id can still pass the timestamp check once it is forgotten.
+pub const REPLAY_WINDOW: std::time::Duration =
+    crate::ingress::SIGNATURE_TOLERANCE.saturating_mul(2);
+
+/// Expired ids deleted per claim: each claim adds one row and may delete this many, so the
+/// table stays about the size of one window's traffic at a bounded cost per request.
+const PRUNE_PER_CLAIM: i64 = 64;
+
+fn replay_window_ms() -> i64 {
+    i64::try_from(REPLAY_WINDOW.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// What [`Store::ingest`] did.
+#[derive(Debug, Clone)]
+pub enum Ingested {
+    Stored(Vec<IngestOutcome>),
+    /// The request's `webhook-id` was already used by its source: nothing was stored.
+    Replay,
+}
+
+/// Claims (`source`, `id`): `false` when it is held and not expired. The primary key decides
+/// (one statement, inside the writer's transaction), so concurrent copies, restarts and other
+/// processes on the same database all see one claim; an expired row is taken over in place.
+fn claim_webhook_id(
+    conn: &Connection,
+    source: &str,
+    id: &str,
+    now: i64,
+) -> Result<bool, StoreError> {
+    let expired_before = now.saturating_sub(replay_window_ms());
+    // Bounded, and through the index: the cost does not grow with the table.
+    conn.prepare_cached(
+        "DELETE FROM seen_webhooks WHERE rowid IN
+            (SELECT rowid FROM seen_webhooks WHERE seen_ms < ?1 ORDER BY seen_ms LIMIT ?2)",
+    )?
+    .execute(params![expired_before, PRUNE_PER_CLAIM])?;
+    let claimed = conn
+        .prepare_cached(
+            "INSERT INTO seen_webhooks (source, webhook_id, seen_ms) VALUES (?1, ?2, ?3)
+             ON CONFLICT (source, webhook_id) DO UPDATE SET seen_ms = excluded.seen_ms
+             WHERE seen_webhooks.seen_ms < ?4",
+        )?
+        .execute(params![source, id, now, expired_before])?;
+    Ok(claimed == 1)
+}
+
 fn ingest_one(
     conn: &Connection,
     source: &str,
@@ -1125,11 +1215,17 @@ fn ingest_one(
     let status = match &existing {
         None => IngestStatus::Accepted,
         Some((old_time, old_hash, _)) => match (old_time, inc.update_time) {
+            // A version replaces the stored one only when it says it is newer.
             (Some(old), Some(new)) if new > *old => IngestStatus::Updated,
             (Some(_), Some(_)) => IngestStatus::Duplicate,
-            // Without updateTime on both sides, only a change of content is an update.
-            _ if *old_hash == inc.body_hash => IngestStatus::Duplicate,
-            _ => IngestStatus::Updated,
+            // Without a time it cannot show it is newer than one with a time: never applied,
+            // so a captured or delayed old version cannot roll the incident back.
+            (Some(_), None) => IngestStatus::Duplicate,
+            // The first time given is newer than none.
+            (None, Some(_)) => IngestStatus::Updated,
+            // Without updateTime on both sides, arrival order decides: a change is an update.
+            (None, None) if *old_hash == inc.body_hash => IngestStatus::Duplicate,
+            (None, None) => IngestStatus::Updated,
         },
     };
     if status == IngestStatus::Duplicate {
@@ -1153,10 +1249,7 @@ fn ingest_one(
         .execute(params![inc.incident_id, source, inc.update_time, inc.body_hash, version_id, now])?;
     } else {
         conn.prepare_cached(
-            "UPDATE incidents SET update_time = CASE WHEN ?2 IS NULL THEN update_time
-                                                     WHEN update_time IS NULL THEN ?2
-                                                     ELSE MAX(update_time, ?2) END,
-                    body_hash = ?3, version_id = ?4,
+            "UPDATE incidents SET update_time = ?2, body_hash = ?3, version_id = ?4,
                     versions = versions + 1, updated_ms = ?5
              WHERE incident_id = ?1",
         )?
@@ -1353,5 +1446,114 @@ fn writer_loop(conn: Connection, jobs: std::sync::mpsc::Receiver<Job>) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn incident(id: &str) -> NewIncident {
+        NewIncident {
+            incident_id: id.into(),
+            update_time: None,
+            body: format!("{{\"incidentId\":\"{id}\"}}"),
+            body_hash: id.into(),
+            routes: vec![],
+        }
+    }
+
+    fn seen_rows(path: &Path) -> i64 {
+        let conn = Connection::open(path).unwrap();
+        conn.query_row("SELECT COUNT(*) FROM seen_webhooks", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_webhook_id_is_claimed_once_in_the_store_and_expired_ids_are_pruned() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gateway.db");
+        let store = Store::open_sqlite(&path).unwrap();
+        // Concurrent copies straight to the store (no in-memory cache in front): one claim.
+        let copies: Vec<_> = (0..8)
+            .map(|_| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    store
+                        .ingest("src".into(), Some("evt".into()), vec![incident("A")])
+                        .await
+                        .unwrap()
+                })
+            })
+            .collect();
+        let mut stored = 0;
+        for c in copies {
+            if matches!(c.await.unwrap(), Ingested::Stored(_)) {
+                stored += 1;
+            }
+        }
+        assert_eq!(stored, 1);
+        // Ids are per source.
+        let other = store
+            .ingest("other".into(), Some("evt".into()), vec![incident("B")])
+            .await
+            .unwrap();
+        assert!(matches!(other, Ingested::Stored(_)));
+        let seen = |sources: &[&str]| {
+            store.webhook_id_seen(
+                sources.iter().map(|s| s.to_string()).collect(),
+                "evt".into(),
+            )
+        };
+        assert!(seen(&["src"]).await.unwrap());
+        assert!(seen(&["src", "other"]).await.unwrap());
+        assert!(!seen(&["src", "nobody"]).await.unwrap());
+        assert!(!seen(&[]).await.unwrap());
+        // A replay stores nothing, a version with a new id does.
+        let replay = store
+            .ingest("src".into(), Some("evt".into()), vec![incident("C")])
+            .await
+            .unwrap();
+        assert!(matches!(replay, Ingested::Replay));
+
+        // Age every row past the window, and add 100 older ones.
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.busy_timeout(std::time::Duration::from_secs(5))
+                .unwrap();
+            conn.execute(
+                "UPDATE seen_webhooks SET seen_ms = seen_ms - ?1 - 1000",
+                [replay_window_ms()],
+            )
+            .unwrap();
+            for i in 0..100 {
+                conn.execute(
+                    "INSERT INTO seen_webhooks (source, webhook_id, seen_ms) VALUES ('src', ?1, ?2)",
+                    params![format!("old_{i}"), i],
+                )
+                .unwrap();
+            }
+        }
+        assert!(!seen(&["src"]).await.unwrap(), "an expired id is not seen");
+        let again = store
+            .ingest("src".into(), Some("evt".into()), vec![incident("C")])
+            .await
+            .unwrap();
+        assert!(
+            matches!(again, Ingested::Stored(_)),
+            "an expired id is free"
+        );
+        // One claim pruned the 64 oldest expired rows, no more: 36 old ones, `other`'s
+        // expired row and the fresh claim are left.
+        assert_eq!(seen_rows(&path), 38);
+        let exists: i64 = Connection::open(&path)
+            .unwrap()
+            .query_row(
+                "SELECT COUNT(*) FROM incidents WHERE incident_id = 'C'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(exists, 1);
     }
 }

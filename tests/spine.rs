@@ -755,10 +755,11 @@ async fn an_update_without_update_time_never_lets_an_older_version_back_in() {
         v
     };
     assert_eq!(status(at(json!(2000), "v2000")).await, "accepted");
-    assert_eq!(status(at(Value::Null, "no time")).await, "updated");
+    // Without a time it cannot show it is newer: not applied (issue 10, item 3).
+    assert_eq!(status(at(Value::Null, "no time")).await, "duplicate");
     assert_eq!(status(at(json!(1000), "v1000")).await, "duplicate");
     let (_, view) = admin_get(&format!("http://{}", gw.addr), "/v1/incidents/TIME-1").await;
-    assert_eq!(view["incident"]["incident"]["summary"], "no time");
+    assert_eq!(view["incident"]["incident"]["summary"], "v2000");
     gw.stop().await.unwrap();
 }
 

@@ -1,0 +1,546 @@
+//! Ingress hardening: a captured signed request stays refused after a restart, an older
+//! version never replaces a newer one, what the headers alone can refuse is refused before
+//! the body is read, and bodies in flight share one byte budget.
+
+mod common;
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use common::*;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const INBOUND_SECRET: &str = "whsec_aW5ib3VuZC1zb3VyY2Utc2VjcmV0LTEyMzQ1Njc4";
+
+fn sign(id: &str, timestamp: i64, body: &str) -> String {
+    use hmac::{KeyInit, Mac};
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(INBOUND_SECRET.trim_start_matches("whsec_"))
+        .unwrap();
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
+    mac.update(format!("{id}.{timestamp}.{body}").as_bytes());
+    format!(
+        "v1,{}",
+        base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+    )
+}
+
+/// A signed request as a capturing attacker holds it: replayable byte for byte.
+#[derive(Clone)]
+struct Captured {
+    id: String,
+    timestamp: i64,
+    signature: String,
+    body: String,
+}
+
+impl Captured {
+    fn new(id: &str, body: &Value) -> Captured {
+        let body = body.to_string();
+        let timestamp = chrono::Utc::now().timestamp();
+        Captured {
+            id: id.into(),
+            timestamp,
+            signature: sign(id, timestamp, &body),
+            body,
+        }
+    }
+
+    async fn post(&self, base: &str) -> u16 {
+        client()
+            .post(format!("{base}/v1/incidents"))
+            .header("content-type", "application/json")
+            .header("webhook-id", &self.id)
+            .header("webhook-timestamp", self.timestamp.to_string())
+            .header("webhook-signature", &self.signature)
+            .body(self.body.clone())
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
+    fn headers(&self) -> Vec<(String, String)> {
+        vec![
+            ("webhook-id".into(), self.id.clone()),
+            ("webhook-timestamp".into(), self.timestamp.to_string()),
+            ("webhook-signature".into(), self.signature.clone()),
+        ]
+    }
+}
+
+/// A gateway with a signature-only source and one HTTP connector (which sends `updated`).
+fn signed_config(ws: &Workspace, receiver: &Receiver, extra_server: &str) -> std::path::PathBuf {
+    let connector = http_connector("ticketing", &receiver.url("/hook"), "");
+    let templates = repo().join("templates");
+    ws.write(
+        "gateway.toml",
+        &format!(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+admin_token = "{ADMIN_TOKEN}"
+shutdown_grace = "2s"
+{extra_server}
+[storage]
+url = "sqlite://gateway.db"
+[[sources]]
+name = "signed"
+signing_secret = "{INBOUND_SECRET}"
+{connector}
+"#
+        )
+        .replace("TEMPLATES", &templates.display().to_string()),
+    )
+}
+
+fn with_update_time(id: &str, update_time: Option<i64>, summary: &str) -> Value {
+    let mut v = incident(id);
+    match update_time {
+        Some(t) => v["updateTime"] = json!(t),
+        None => {
+            v.as_object_mut().unwrap().remove("updateTime");
+        }
+    }
+    v["incident"]["summary"] = json!(summary);
+    v
+}
+
+/// (event, status) of every delivery, oldest first.
+fn deliveries(ws: &Workspace) -> Vec<String> {
+    let conn =
+        rusqlite::Connection::open_with_flags(ws.db(), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
+    let mut stmt = conn
+        .prepare("SELECT incident_id || ':' || event FROM deliveries ORDER BY seq")
+        .unwrap();
+    stmt.query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+async fn stored_incident(base: &str, id: &str) -> Value {
+    let (status, view) = admin_get(base, &format!("/v1/incidents/{id}")).await;
+    assert_eq!(status, 200, "{view}");
+    view["incident"].clone()
+}
+
+/// Writes the request head and the first `sent` bytes of a body of `length` bytes in one
+/// write, sends nothing more, and returns the status line the server answers within
+/// `within` (`None`: no answer in time, i.e. the server waits for the body).
+async fn post_partially(
+    addr: std::net::SocketAddr,
+    headers: &[(String, String)],
+    body: &[u8],
+    sent: usize,
+    within: Duration,
+) -> (Option<String>, TcpStream) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let mut head = format!(
+        "POST /v1/incidents HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    let mut first = head.into_bytes();
+    first.extend_from_slice(&body[..sent]);
+    stream.write_all(&first).await.unwrap();
+    let status = tokio::time::timeout(within, read_status(&mut stream))
+        .await
+        .ok()
+        .flatten();
+    (status, stream)
+}
+
+/// Reads a response head and returns its status line (and, for a caller that wants them,
+/// the head is consumed).
+async fn read_status(stream: &mut TcpStream) -> Option<String> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&got).to_string();
+    text.lines()
+        .next()
+        .filter(|l| l.starts_with("HTTP/"))
+        .map(str::to_string)
+}
+
+#[tokio::test]
+async fn a_captured_signed_request_is_refused_after_a_restart() {
+    let receiver = Receiver::start().await;
+    let ws = Workspace::new();
+    let config = signed_config(&ws, &receiver, "");
+    let gw = start_in_process(&config).await;
+    let base = format!("http://{}", gw.addr);
+    let v1 = Captured::new("evt_v1", &with_update_time("RE-1", Some(100), "first"));
+    let v2 = Captured::new("evt_v2", &with_update_time("RE-1", Some(200), "second"));
+    assert_eq!(v1.post(&base).await, 202);
+    assert_eq!(v2.post(&base).await, 202);
+    assert_eq!(deliveries(&ws), ["RE-1:created", "RE-1:updated"]);
+    let before = ws.counts();
+    gw.stop().await.unwrap();
+
+    // A new process on the same file and config: nothing in memory, still no replay.
+    let gw = start_in_process(&config).await;
+    let base = format!("http://{}", gw.addr);
+    assert_eq!(v1.post(&base).await, 401, "the older version replayed");
+    assert_eq!(v2.post(&base).await, 401, "the newer version replayed");
+    // Refused from its headers: the server answers with most of the body never sent.
+    let body = v1.body.as_bytes();
+    let (status, _held) =
+        post_partially(gw.addr, &v1.headers(), body, 16, Duration::from_secs(2)).await;
+    assert_eq!(
+        status.as_deref(),
+        Some("HTTP/1.1 401 Unauthorized"),
+        "a replay is refused before its body is read"
+    );
+
+    let (incidents, versions, delivery_rows, _) = ws.counts();
+    assert_eq!(
+        (incidents, versions, delivery_rows),
+        (before.0, before.1, before.2),
+        "nothing new stored"
+    );
+    assert_eq!(
+        deliveries(&ws),
+        ["RE-1:created", "RE-1:updated"],
+        "no updated queued"
+    );
+    let stored = stored_incident(&base, "RE-1").await;
+    assert_eq!(stored["updateTime"], 200);
+    assert_eq!(stored["incident"]["summary"], "second");
+    // A new request from the same source still gets in.
+    let v3 = Captured::new("evt_v3", &with_update_time("RE-1", Some(300), "third"));
+    assert_eq!(v3.post(&base).await, 202);
+    gw.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_older_version_never_replaces_a_newer_one() {
+    let receiver = Receiver::start().await;
+    let ws = Workspace::new();
+    let config = ws.config(
+        "127.0.0.1:0",
+        &http_connector("ticketing", &receiver.url("/hook"), ""),
+    );
+    let gw = start_in_process(&config).await;
+    let base = format!("http://{}", gw.addr);
+    let post = |body: Value| {
+        let base = base.clone();
+        async move {
+            let r = post_incident(&base, &body).await;
+            assert_eq!(r.status(), 202);
+            let v: Value = r.json().await.unwrap();
+            (
+                v["status"].as_str().unwrap().to_string(),
+                v["deliveries"].as_array().unwrap().len(),
+            )
+        }
+    };
+
+    // With times: only a greater one replaces; an older one, or one without, is not applied.
+    assert_eq!(
+        post(with_update_time("ORD-1", Some(200), "v2")).await,
+        ("accepted".into(), 1)
+    );
+    assert_eq!(
+        post(with_update_time("ORD-1", Some(100), "v1")).await,
+        ("duplicate".into(), 0)
+    );
+    assert_eq!(
+        post(with_update_time("ORD-1", None, "untimed")).await,
+        ("duplicate".into(), 0),
+        "a version without updateTime after one with it"
+    );
+    let stored = stored_incident(&base, "ORD-1").await;
+    assert_eq!(stored["updateTime"], 200);
+    assert_eq!(stored["incident"]["summary"], "v2");
+    assert_eq!(
+        post(with_update_time("ORD-1", Some(201), "v3")).await,
+        ("updated".into(), 1)
+    );
+
+    // Without times: arrival order; the first time given is newer than none.
+    assert_eq!(
+        post(with_update_time("ORD-2", None, "a")).await,
+        ("accepted".into(), 1)
+    );
+    assert_eq!(
+        post(with_update_time("ORD-2", None, "a")).await,
+        ("duplicate".into(), 0)
+    );
+    assert_eq!(
+        post(with_update_time("ORD-2", None, "b")).await,
+        ("updated".into(), 1)
+    );
+    assert_eq!(
+        post(with_update_time("ORD-2", Some(50), "c")).await,
+        ("updated".into(), 1)
+    );
+    assert_eq!(
+        post(with_update_time("ORD-2", None, "d")).await,
+        ("duplicate".into(), 0)
+    );
+    assert_eq!(
+        stored_incident(&base, "ORD-2").await["incident"]["summary"],
+        "c"
+    );
+
+    assert_eq!(
+        deliveries(&ws),
+        [
+            "ORD-1:created",
+            "ORD-1:updated",
+            "ORD-2:created",
+            "ORD-2:updated",
+            "ORD-2:updated"
+        ]
+    );
+    gw.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_copies_after_a_restart_get_one_202() {
+    let receiver = Receiver::start().await;
+    let ws = Workspace::new();
+    let config = signed_config(&ws, &receiver, "");
+    let gw = start_in_process(&config).await;
+    let base = format!("http://{}", gw.addr);
+    let old = Captured::new("evt_old", &with_update_time("CC-1", Some(100), "old"));
+    assert_eq!(old.post(&base).await, 202);
+    gw.stop().await.unwrap();
+
+    let gw = start_in_process(&config).await;
+    let base = format!("http://{}", gw.addr);
+    let fresh = Captured::new("evt_fresh", &with_update_time("CC-2", Some(100), "fresh"));
+    let copies: Vec<_> = (0..16)
+        .map(|i| {
+            let (base, request) = (
+                base.clone(),
+                if i % 2 == 0 {
+                    old.clone()
+                } else {
+                    fresh.clone()
+                },
+            );
+            tokio::spawn(async move { (request.id.clone(), request.post(&base).await) })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for c in copies {
+        statuses.push(c.await.unwrap());
+    }
+    let accepted = |id: &str| {
+        statuses
+            .iter()
+            .filter(|(i, s)| i == id && *s == 202)
+            .count()
+    };
+    assert_eq!(accepted("evt_old"), 0, "{statuses:?}");
+    assert_eq!(accepted("evt_fresh"), 1, "{statuses:?}");
+    assert_eq!(
+        statuses.iter().filter(|(_, s)| *s == 401).count(),
+        15,
+        "{statuses:?}"
+    );
+    assert_eq!(deliveries(&ws), ["CC-1:created", "CC-2:created"]);
+    gw.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_bodies_are_refused_before_they_are_read() {
+    let receiver = Receiver::start().await;
+    let ws = Workspace::new();
+    // A body slower than this would be a 408; the refusals must come long before.
+    let config = signed_config(&ws, &receiver, "body_read_timeout = \"30s\"\n");
+    let gw = start_in_process(&config).await;
+    let base = format!("http://{}", gw.addr);
+    let used = Captured::new("evt_used", &incident("UN-1"));
+    assert_eq!(used.post(&base).await, 202);
+
+    let body = vec![b' '; 1_000_000];
+    let now = chrono::Utc::now().timestamp();
+    let good_sig = sign("evt_x", now, "{}");
+    let h = |pairs: &[(&str, String)]| -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect()
+    };
+    let kinds: Vec<(&str, Vec<(String, String)>)> = vec![
+        ("no credential", vec![]),
+        (
+            "a wrong bearer key",
+            h(&[("authorization", "Bearer not-a-key-0123456789".into())]),
+        ),
+        (
+            "a stale timestamp",
+            h(&[
+                ("webhook-id", "evt_stale".into()),
+                ("webhook-timestamp", (now - 400).to_string()),
+                ("webhook-signature", good_sig.clone()),
+            ]),
+        ),
+        (
+            "a timestamp that is no number",
+            h(&[
+                ("webhook-id", "evt_nan".into()),
+                ("webhook-timestamp", "soon".into()),
+                ("webhook-signature", good_sig.clone()),
+            ]),
+        ),
+        (
+            "a malformed signature",
+            h(&[
+                ("webhook-id", "evt_bad".into()),
+                ("webhook-timestamp", now.to_string()),
+                ("webhook-signature", "v1,bm90LWEtbWFj".into()),
+            ]),
+        ),
+        (
+            "no webhook-id",
+            h(&[
+                ("webhook-timestamp", now.to_string()),
+                ("webhook-signature", good_sig.clone()),
+            ]),
+        ),
+        ("an id already used", used.headers()),
+    ];
+    // Many at once, each with 1 KB of its 1 MB body sent: every one is answered 401 without
+    // the server waiting for the rest.
+    let mut tasks = Vec::new();
+    for i in 0..140 {
+        let (what, headers) = kinds[i % kinds.len()].clone();
+        let body = body.clone();
+        let addr = gw.addr;
+        tasks.push(tokio::spawn(async move {
+            let (status, _stream) =
+                post_partially(addr, &headers, &body, 1024, Duration::from_secs(5)).await;
+            (what, status)
+        }));
+    }
+    for t in tasks {
+        let (what, status) = t.await.unwrap();
+        assert_eq!(
+            status.as_deref(),
+            Some("HTTP/1.1 401 Unauthorized"),
+            "{what}: refused before the body"
+        );
+    }
+    let (incidents, ..) = ws.counts();
+    assert_eq!(incidents, 1);
+    // A correct request is still read and accepted.
+    let ok = Captured::new("evt_ok", &incident("UN-2"));
+    assert_eq!(ok.post(&base).await, 202);
+    gw.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_in_flight_share_one_budget() {
+    let receiver = Receiver::start().await;
+    let ws = Workspace::new();
+    let connector = http_connector("ticketing", &receiver.url("/hook"), "");
+    let templates = repo().join("templates");
+    let config = ws.write(
+        "gateway.toml",
+        &format!(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+admin_token = "{ADMIN_TOKEN}"
+max_body_bytes = 16384
+max_body_bytes_in_flight = 49152
+body_read_timeout = "30s"
+[storage]
+url = "sqlite://gateway.db"
+[[sources]]
+name = "detector"
+api_key = "{SOURCE_KEY}"
+{connector}
+"#
+        )
+        .replace("TEMPLATES", &templates.display().to_string()),
+    );
+    let gw = start_in_process(&config).await;
+    let base = format!("http://{}", gw.addr);
+    let bearer = vec![("authorization".to_string(), format!("Bearer {SOURCE_KEY}"))];
+
+    // Three slow senders, each with a body of max_body_bytes half sent: the whole budget.
+    let mut slow = Vec::new();
+    for i in 0..3 {
+        let mut body = incident(&format!("SLOW-{i}")).to_string().into_bytes();
+        body.resize(16384, b' ');
+        // The pause lets the server take each one's reservation before the probes below.
+        let (status, stream) =
+            post_partially(gw.addr, &bearer, &body, 8192, Duration::from_millis(300)).await;
+        assert_eq!(status, None, "a slow body is waited for");
+        slow.push((stream, body));
+    }
+    // Once the server holds them, any further body is refused at once.
+    let probe = |i: usize| {
+        let base = base.clone();
+        async move {
+            let r = post_incident(&base, &incident(&format!("PROBE-{i}"))).await;
+            let status = r.status().as_u16();
+            let retry_after = r
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().to_string());
+            let content_type = r
+                .headers()
+                .get("content-type")
+                .map(|v| v.to_str().unwrap().to_string());
+            (status, retry_after, content_type)
+        }
+    };
+    let mut n = 0;
+    let full = eventually(Duration::from_secs(5), || {
+        n += 1;
+        let p = probe(n);
+        async move { Some(p.await).filter(|(s, ..)| *s == 503) }
+    })
+    .await;
+    let (_, retry_after, content_type) = full.expect("a body beyond the budget gets 503");
+    assert_eq!(retry_after.as_deref(), Some("1"));
+    assert_eq!(content_type.as_deref(), Some("application/problem+json"));
+    let more: Vec<_> = (0..4).map(|i| tokio::spawn(probe(100 + i))).collect();
+    for m in more {
+        assert_eq!(m.await.unwrap().0, 503);
+    }
+
+    // The slow ones, within the budget, finish and are accepted.
+    for (stream, body) in &mut slow {
+        stream.write_all(&body[8192..]).await.unwrap();
+    }
+    for (stream, _) in &mut slow {
+        let status = tokio::time::timeout(Duration::from_secs(10), read_status(stream))
+            .await
+            .unwrap();
+        assert_eq!(status.as_deref(), Some("HTTP/1.1 202 Accepted"));
+    }
+    // And the budget is whole again.
+    assert_eq!(probe(1000).await.0, 202);
+    let conn =
+        rusqlite::Connection::open_with_flags(ws.db(), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
+    let slow_stored: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM incidents WHERE incident_id LIKE 'SLOW-%'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(slow_stored, 3);
+    gw.stop().await.unwrap();
+}
