@@ -409,3 +409,19 @@ pub fn format_request(request: &RenderedRequest, config: &Config) -> String {
     }
     out
 }
+
+/// The log filter from `IGW_LOG` (default `info`). Handlebars logs helper arguments and the
+/// values it renders at `debug`, which can hold secret vars and whole incidents, so it is held
+/// at `warn` unless `IGW_LOG` asks for `handlebars=trace` by name.
+pub fn log_filter(spec: Option<&str>) -> tracing_subscriber::EnvFilter {
+    let spec = spec.unwrap_or("info");
+    let filter = tracing_subscriber::EnvFilter::try_new(spec)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    if spec.split(',').any(|d| d.trim() == "handlebars=trace") {
+        return filter;
+    }
+    match "handlebars=warn".parse() {
+        Ok(directive) => filter.add_directive(directive),
+        Err(_) => filter,
+    }
+}

@@ -378,42 +378,7 @@ impl RetryPolicy {
     }
 }
 
-/// Strings that must never leave the process in clear.
-#[derive(Clone, Default)]
-pub struct Secrets {
-    values: Vec<String>,
-}
-
-impl std::fmt::Debug for Secrets {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Secrets({} masked)", self.values.len())
-    }
-}
-
-impl Secrets {
-    pub fn new(values: impl IntoIterator<Item = String>) -> Self {
-        let mut values: Vec<String> = values.into_iter().filter(|v| v.len() >= 4).collect();
-        // Longest first, so a secret containing another is masked whole.
-        values.sort_by_key(|v| std::cmp::Reverse(v.len()));
-        values.dedup();
-        Secrets { values }
-    }
-
-    /// Replaces every known secret in `text` with `********`.
-    pub fn mask(&self, text: &str) -> String {
-        let mut out = text.to_string();
-        for secret in &self.values {
-            if out.contains(secret.as_str()) {
-                out = out.replace(secret.as_str(), "********");
-            }
-        }
-        out
-    }
-
-    pub fn contains_any(&self, text: &str) -> bool {
-        self.values.iter().any(|s| text.contains(s.as_str()))
-    }
-}
+pub use crate::secrets::Secrets;
 
 /// Header names that carry credentials: their values are masked wherever they are shown.
 pub fn is_credential_header(name: &str) -> bool {
@@ -2042,11 +2007,5 @@ mod tests {
             msg.contains("line 3: server.max_body_bytes_in_flight"),
             "{msg}"
         );
-    }
-
-    #[test]
-    fn masks_secrets_longest_first() {
-        let s = Secrets::new(["abcd".to_string(), "abcdefgh".to_string(), "x".to_string()]);
-        assert_eq!(s.mask("k=abcdefgh, j=abcd, x"), "k=********, j=********, x");
     }
 }

@@ -27,6 +27,7 @@ pub mod problem;
 pub mod render;
 pub mod route;
 pub mod schema;
+pub mod secrets;
 pub mod server;
 pub mod store;
 pub mod ticket;

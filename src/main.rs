@@ -69,10 +69,9 @@ impl From<EventArg> for Event {
 fn main() -> ExitCode {
     let args = Args::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("IGW_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
+        .with_env_filter(incident_gateway::cli::log_filter(
+            std::env::var("IGW_LOG").ok().as_deref(),
+        ))
         .with_writer(std::io::stderr)
         .init();
     let result = match args.command {
