@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -354,7 +354,7 @@ pub async fn post_incidents(
     }
 }
 
-async fn accept(app: &App, headers: &HeaderMap, body: Body) -> Result<Response, Problem> {
+async fn accept(app: &Arc<App>, headers: &HeaderMap, body: Body) -> Result<Response, Problem> {
     let limits = &app.config.server;
     // A bearer key names the source now; a signature-only source is found once the body is in.
     let keyed = match bearer(headers) {
@@ -489,7 +489,7 @@ async fn accept(app: &App, headers: &HeaderMap, body: Body) -> Result<Response, 
         }
         _ => None,
     };
-    let result = accept_document(app, source, claimed.clone(), &bytes).await;
+    let result = accept_document(app, source, claimed.clone(), bytes).await;
     match (&result, &claimed) {
         // The store refused the id (a replay from before a restart): it stays claimed here.
         (Err(p), _) if p.status == 401 => {}
@@ -499,13 +499,10 @@ async fn accept(app: &App, headers: &HeaderMap, body: Body) -> Result<Response, 
     result
 }
 
-/// Limits, parse, validate, route and store an authenticated request's body.
-async fn accept_document(
-    app: &App,
-    source: &SourceConfig,
-    webhook_id: Option<String>,
-    bytes: &[u8],
-) -> Result<Response, Problem> {
+/// Limits, parse, validate and route a body: the CPU part of ingest, run on a blocking
+/// thread (see [`accept_document`]). Returns the incidents to store and whether the body was
+/// a batch.
+fn check_document(app: &App, bytes: &[u8]) -> Result<(Vec<NewIncident>, bool), Problem> {
     let limits = &app.config.server;
     if json_depth(bytes) > limits.max_json_depth {
         return Err(unprocessable(vec![Violation {
@@ -557,11 +554,33 @@ async fn accept_document(
     if !violations.is_empty() {
         return Err(unprocessable(violations));
     }
-
-    let batch: Vec<NewIncident> = incidents
+    let batch = incidents
         .iter()
         .map(|incident| prepare(&app.config.connectors, &app.renderer, incident))
         .collect();
+    Ok((batch, is_batch))
+}
+
+/// Checks an authenticated request's body off the async runtime (parsing, schema validation
+/// and correlation-key templates cost CPU in proportion to the body: on a runtime thread
+/// they would hold up every other connection), then stores it.
+async fn accept_document(
+    app: &Arc<App>,
+    source: &SourceConfig,
+    webhook_id: Option<String>,
+    bytes: Bytes,
+) -> Result<Response, Problem> {
+    let checked = {
+        let Ok(_permit) = app.checks.acquire().await else {
+            return Err(Problem::unavailable("the gateway is shutting down"));
+        };
+        let app = app.clone();
+        tokio::task::spawn_blocking(move || check_document(&app, &bytes)).await
+    };
+    let (batch, is_batch) = checked.map_err(|e| {
+        tracing::error!(error = %e, "checking an incident failed");
+        Problem::unavailable("the incident could not be checked; nothing was accepted; try again")
+    })??;
     let ingested = app
         .store
         .ingest(source.name.clone(), webhook_id, batch)

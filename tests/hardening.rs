@@ -346,7 +346,11 @@ async fn an_http_attempt_ends_at_the_connectors_timeout() {
         println!("{}: {latency} ms, {}", d["connector"], attempt["error"]);
         assert!((900..2_500).contains(&latency), "{seen}");
         // A status that arrived before the body was cut short stands; no status is a retry.
-        let expected = if d["connector"] == "hold" { "pending" } else { "delivered" };
+        let expected = if d["connector"] == "hold" {
+            "pending"
+        } else {
+            "delivered"
+        };
         assert_eq!(seen["status"], expected, "{seen}");
         assert!(
             attempt["error"]
