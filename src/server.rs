@@ -26,8 +26,8 @@
 //! leaves the rest of the body in flight; closing at once makes the kernel answer it with a
 //! reset, and a client still writing (Python's urllib and requests) sees a broken pipe instead
 //! of the answer. So such a connection is half-closed and the rest of the body read and
-//! discarded, up to `linger_bytes` and [`LINGER_TIME`], before it is closed (nginx's lingering
-//! close).
+//! discarded, up to `linger_bytes` and [`LINGER_TIME`] (or until the client pauses for
+//! [`LINGER_PAUSE`]), before it is closed (nginx's lingering close).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -59,6 +59,9 @@ use crate::problem::Problem;
 /// sends. Long enough for a client on a slow link to finish writing a few MiB and read the
 /// answer; short enough that lingering connections do not pile up.
 pub const LINGER_TIME: Duration = Duration::from_secs(5);
+
+/// A lingering client that sends nothing for this long has stopped writing: close.
+pub const LINGER_PAUSE: Duration = Duration::from_secs(2);
 
 /// The shortest wait a connection is allowed when the slots are full.
 const IDLE_FLOOR: Duration = Duration::from_secs(1);
@@ -245,17 +248,17 @@ where
     }
 }
 
-/// Half-closes, then reads and discards what the client still sends, until it closes, or
-/// `max_bytes` or [`LINGER_TIME`] run out.
+/// Half-closes, then reads and discards what the client still sends, until it closes, pauses
+/// for [`LINGER_PAUSE`], or `max_bytes` or [`LINGER_TIME`] run out.
 async fn linger_close<IO: AsyncRead + AsyncWrite + Unpin>(io: &mut IO, max_bytes: usize) {
     let _ = tokio::time::timeout(LINGER_TIME, async {
         let _ = io.shutdown().await;
         let mut buf = vec![0u8; 16 * 1024];
         let mut discarded = 0usize;
         while discarded < max_bytes {
-            match io.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => discarded += n,
+            match tokio::time::timeout(LINGER_PAUSE, io.read(&mut buf)).await {
+                Ok(Ok(n)) if n > 0 => discarded += n,
+                _ => break,
             }
         }
     })
