@@ -233,7 +233,12 @@ impl Gateway {
             header_read_timeout: app.config.server.header_read_timeout,
             shutdown_grace: app.config.server.shutdown_grace,
             // Enough for a client to finish writing a body a few times over the limit.
-            linger_bytes: (app.config.server.max_body_bytes * 4).max(4 * 1024 * 1024),
+            linger_bytes: app
+                .config
+                .server
+                .max_body_bytes
+                .saturating_mul(4)
+                .max(4 * 1024 * 1024),
         };
         let tls = match &app.config.server.tls {
             Some(files) => Some(server::tls_acceptor(files).map_err(Error::Tls)?),

@@ -208,9 +208,14 @@ where
         let mut b = hyper::server::conn::http1::Builder::new();
         // Waiting and header time are enforced by the slot sweep (they shrink under
         // pressure); hyper's own timer, which runs from the start of each wait, is only a
-        // backstop.
+        // backstop (capped: hyper adds it to an Instant, which must not overflow).
+        let backstop = ctx
+            .limits
+            .idle_timeout
+            .saturating_add(ctx.limits.header_read_timeout)
+            .min(Duration::from_secs(24 * 3600));
         b.timer(TokioTimer::new())
-            .header_read_timeout(ctx.limits.idle_timeout + ctx.limits.header_read_timeout)
+            .header_read_timeout(backstop)
             .keep_alive(true);
         b
     };
@@ -367,7 +372,7 @@ impl Conn {
                 first_byte: Some(first),
             } => {
                 now.duration_since(first) > header_limit.min(idle_limit)
-                    || now.duration_since(since) > idle_limit + header_limit
+                    || now.duration_since(since) > idle_limit.saturating_add(header_limit)
             }
             Phase::Busy { .. } => false,
         }
