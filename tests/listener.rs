@@ -22,17 +22,19 @@ fn config_with(ws: &Workspace, server: &str) -> std::path::PathBuf {
     config
 }
 
-/// Python's urllib posts `mib` MiB `times` times; prints a JSON count of the outcomes.
+/// Python's urllib posts `mib` MiB `times` times (over TLS trusting the CA file in the fifth
+/// argument, if given); prints a JSON count of the outcomes.
 const URLLIB_POST: &str = r#"
-import json, sys, urllib.request, urllib.error
+import json, ssl, sys, urllib.request, urllib.error
 url, key, mib, times = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+ctx = ssl.create_default_context(cafile=sys.argv[5]) if len(sys.argv) > 5 else None
 body = b'{"incidentId":"BIG","pad":"' + b"x" * (mib * 1024 * 1024) + b'"}'
 outcomes = {}
 for _ in range(times):
     req = urllib.request.Request(url, data=body, method="POST", headers={
         "Authorization": "Bearer " + key, "Content-Type": "application/json"})
     try:
-        with urllib.request.urlopen(req, timeout=30) as r:
+        with urllib.request.urlopen(req, timeout=30, context=ctx) as r:
             k = "answered %d" % r.status
     except urllib.error.HTTPError as e:
         doc = json.loads(e.read())
@@ -43,11 +45,17 @@ for _ in range(times):
 print(json.dumps(outcomes, sort_keys=True))
 "#;
 
-async fn urllib_posts(url: &str, mib: usize, times: usize) -> serde_json::Value {
+async fn urllib_posts(
+    url: &str,
+    mib: usize,
+    times: usize,
+    ca_file: Option<&std::path::Path>,
+) -> serde_json::Value {
     let out = tokio::process::Command::new("python3")
         .args(["-c", URLLIB_POST, url, SOURCE_KEY])
         .arg(mib.to_string())
         .arg(times.to_string())
+        .args(ca_file)
         .output()
         .await
         .unwrap();
@@ -66,7 +74,7 @@ async fn a_413_sent_before_the_body_is_read_reaches_urllib_every_time() {
     let gw = start_in_process(&config).await;
     let url = format!("http://{}/v1/incidents", gw.addr);
     let started = Instant::now();
-    let outcomes = urllib_posts(&url, 3, 50).await;
+    let outcomes = urllib_posts(&url, 3, 50, None).await;
     let took = started.elapsed();
     assert_eq!(
         outcomes,
@@ -474,6 +482,13 @@ async fn the_admin_listener_serves_tls_with_the_ingress_certificate_or_its_own()
         .await
         .unwrap();
     assert_eq!(r.status(), 202);
+    // An early answer reaches the client over TLS too (the drain follows close_notify).
+    let ca_file = ws.write("ca.pem", &ca.pem);
+    let url = format!("https://localhost:{}/v1/incidents", gw.addr.port());
+    assert_eq!(
+        urllib_posts(&url, 3, 10, Some(&ca_file)).await,
+        serde_json::json!({"answered 413 application/problem+json 413": 10}),
+    );
     gw.stop().await.unwrap();
 
     // Or its own certificate, here with a plain ingress.
