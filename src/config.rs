@@ -62,8 +62,16 @@ pub struct ServerConfig {
     /// How long shutdown waits for in-flight sends before giving up on them (they are retried
     /// after restart: the lease is released).
     pub shutdown_grace: Duration,
-    /// Connections held at once; more are closed on accept.
+    /// Connections held at once; more are closed on accept (after shedding the connection
+    /// that has waited longest for a request, if any is waiting).
     pub max_connections: usize,
+    /// Connections one client address (an IPv6 client by its /64) may hold at once.
+    pub max_connections_per_client: usize,
+    /// Slots, out of `max_connections`, kept for the admin API when it shares the listener.
+    pub admin_reserved_connections: usize,
+    /// How long a keep-alive connection may wait for its next request while the listener is
+    /// at most half full (shrinks to 1 s as its slots fill).
+    pub idle_timeout: Duration,
     /// How long a client may take to send its request headers.
     pub header_read_timeout: Duration,
     /// How long a client may take to send its request body (408 after).
@@ -76,6 +84,9 @@ pub struct ServerConfig {
     pub admin_listen: Option<String>,
     /// TLS for the ingress listener.
     pub tls: Option<TlsFiles>,
+    /// TLS for the admin listener (`admin_listen`): its own files, else those of `tls`;
+    /// `None` serves it as plain HTTP.
+    pub admin_tls: Option<TlsFiles>,
 }
 
 #[derive(Debug, Clone)]
@@ -550,6 +561,12 @@ struct RawServer {
     shutdown_grace: Duration,
     #[serde(default = "default_max_connections")]
     max_connections: usize,
+    #[serde(default = "default_max_connections_per_client")]
+    max_connections_per_client: usize,
+    /// Default: 16, or an eighth of `max_connections` when that is less.
+    admin_reserved_connections: Option<usize>,
+    #[serde(default = "default_idle_timeout", with = "humantime_serde")]
+    idle_timeout: Duration,
     #[serde(default = "default_read_timeout", with = "humantime_serde")]
     header_read_timeout: Duration,
     #[serde(default = "default_read_timeout", with = "humantime_serde")]
@@ -561,6 +578,16 @@ struct RawServer {
     admin_listen: Option<EnvString>,
     admin_token_file: Option<String>,
     tls: Option<RawTls>,
+    admin_tls: Option<RawAdminTls>,
+}
+
+/// `admin_tls = { cert, key }`, or `false` for plain HTTP (`true`: the `tls` files, the
+/// default when `tls` is set).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawAdminTls {
+    Enabled(bool),
+    Files(RawTls),
 }
 
 #[derive(Deserialize)]
@@ -587,6 +614,9 @@ impl Default for RawServer {
             max_batch: default_max_batch(),
             shutdown_grace: default_grace(),
             max_connections: default_max_connections(),
+            max_connections_per_client: default_max_connections_per_client(),
+            admin_reserved_connections: None,
+            idle_timeout: default_idle_timeout(),
             header_read_timeout: default_read_timeout(),
             body_read_timeout: default_read_timeout(),
             max_json_depth: default_json_depth(),
@@ -594,12 +624,19 @@ impl Default for RawServer {
             admin_listen: None,
             admin_token_file: None,
             tls: None,
+            admin_tls: None,
         }
     }
 }
 
 fn default_max_connections() -> usize {
     1024
+}
+fn default_max_connections_per_client() -> usize {
+    64
+}
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(60)
 }
 fn default_read_timeout() -> Duration {
     Duration::from_secs(10)
@@ -1005,6 +1042,56 @@ impl Validator {
         }
     }
 
+    /// The admin listener's TLS: its own files, else those of `[server.tls]`, unless
+    /// `admin_tls = false` (plain HTTP, allowed only on a loopback address).
+    fn admin_tls(
+        &self,
+        raw: Option<RawAdminTls>,
+        tls: Option<&TlsFiles>,
+        admin_listen: Option<&str>,
+    ) -> Result<Option<TlsFiles>, ConfigError> {
+        const FIELD: &str = "server.admin_tls";
+        let Some(listen) = admin_listen else {
+            return match raw {
+                None => Ok(None),
+                Some(_) => Err(self.invalid(
+                    FIELD,
+                    "needs admin_listen; on the shared listener the admin API uses [server.tls]",
+                )),
+            };
+        };
+        match raw {
+            None => Ok(tls.cloned()),
+            Some(RawAdminTls::Enabled(true)) => match tls {
+                Some(files) => Ok(Some(files.clone())),
+                None => Err(self.invalid(
+                    FIELD,
+                    "true reuses [server.tls], which is not set; give { cert, key }",
+                )),
+            },
+            Some(RawAdminTls::Enabled(false)) => {
+                // An address that does not parse is reported under admin_listen.
+                let loopback = listen
+                    .parse::<std::net::SocketAddr>()
+                    .ok()
+                    .is_none_or(|a| a.ip().is_loopback());
+                if loopback {
+                    Ok(None)
+                } else {
+                    Err(self.invalid(
+                        FIELD,
+                        "false (plain HTTP) is allowed only when admin_listen is a loopback address: the admin token would cross the network in clear",
+                    ))
+                }
+            }
+            Some(RawAdminTls::Files(t)) => {
+                let cert = self.existing_file("server.admin_tls.cert", &t.cert)?;
+                let key = self.existing_file("server.admin_tls.key", &t.key)?;
+                Ok(Some(TlsFiles { cert, key }))
+            }
+        }
+    }
+
     fn resolve(&self, path: &str) -> PathBuf {
         let p = Path::new(path);
         if p.is_absolute() {
@@ -1015,6 +1102,30 @@ impl Validator {
     }
 
     fn validate(&self, raw: RawConfig, expanded: Vec<String>) -> Result<Config, ConfigError> {
+        let tls = match raw.server.tls {
+            None => None,
+            Some(t) => {
+                let cert = self.existing_file("server.tls.cert", &t.cert)?;
+                let key = self.existing_file("server.tls.key", &t.key)?;
+                Some(TlsFiles { cert, key })
+            }
+        };
+        let admin_tls = self.admin_tls(
+            raw.server.admin_tls,
+            tls.as_ref(),
+            raw.server.admin_listen.as_ref().map(|a| a.0.as_str()),
+        )?;
+        let max_connections = raw.server.max_connections;
+        let admin_reserved_connections = match raw.server.admin_reserved_connections {
+            Some(n) if n >= max_connections => {
+                return Err(self.invalid(
+                    "server.admin_reserved_connections",
+                    "must be less than max_connections",
+                ));
+            }
+            Some(n) => n,
+            None => 16.min(max_connections / 8),
+        };
         let server = ServerConfig {
             listen: raw.server.listen.0,
             admin_token: raw.server.admin_token.map(|t| t.0),
@@ -1025,20 +1136,17 @@ impl Validator {
                 .unwrap_or(raw.server.max_body_bytes.saturating_mul(64)),
             max_batch: raw.server.max_batch,
             shutdown_grace: raw.server.shutdown_grace,
-            max_connections: raw.server.max_connections,
+            max_connections,
+            max_connections_per_client: raw.server.max_connections_per_client,
+            admin_reserved_connections,
+            idle_timeout: raw.server.idle_timeout,
             header_read_timeout: raw.server.header_read_timeout,
             body_read_timeout: raw.server.body_read_timeout,
             max_json_depth: raw.server.max_json_depth,
             max_string_chars: raw.server.max_string_chars,
             admin_listen: raw.server.admin_listen.map(|a| a.0),
-            tls: match raw.server.tls {
-                None => None,
-                Some(t) => {
-                    let cert = self.existing_file("server.tls.cert", &t.cert)?;
-                    let key = self.existing_file("server.tls.key", &t.key)?;
-                    Some(TlsFiles { cert, key })
-                }
-            },
+            tls,
+            admin_tls,
         };
         let mut server = server;
         if let Some(file) = &raw.server.admin_token_file {
@@ -1064,6 +1172,12 @@ impl Validator {
         }
         if server.max_connections == 0 {
             return Err(self.invalid("server.max_connections", "must be at least 1"));
+        }
+        if server.max_connections_per_client == 0 {
+            return Err(self.invalid("server.max_connections_per_client", "must be at least 1"));
+        }
+        if server.idle_timeout.is_zero() {
+            return Err(self.invalid("server.idle_timeout", "must be more than 0"));
         }
         if server.header_read_timeout.is_zero() || server.body_read_timeout.is_zero() {
             return Err(self.invalid(

@@ -141,6 +141,20 @@ pub fn router(app: Arc<App>) -> Router {
     finish(ingress_routes().merge(admin_routes()), app)
 }
 
+/// What a reserved slot of the shared listener serves: the admin routes alone; anything else
+/// is 503, as the slot is held for admins (the server checks the admin token first).
+fn reserve_router(app: Arc<App>) -> Router {
+    let held = || async {
+        problem::Problem::unavailable(
+            "every connection slot is taken; this one is held for the admin API",
+        )
+    };
+    admin_routes()
+        .fallback(held)
+        .method_not_allowed_fallback(held)
+        .with_state(app)
+}
+
 /// Every listener answers `/healthz`, and problem+json for unknown paths and methods.
 fn finish(router: Router<Arc<App>>, app: Arc<App>) -> Router {
     router
@@ -220,14 +234,27 @@ impl Gateway {
         });
         let limits = server::ConnectionLimits {
             max_connections: app.config.server.max_connections,
+            max_connections_per_client: app.config.server.max_connections_per_client,
+            idle_timeout: app.config.server.idle_timeout,
             header_read_timeout: app.config.server.header_read_timeout,
             shutdown_grace: app.config.server.shutdown_grace,
+            // Enough for a client to finish writing a body a few times over the limit.
+            linger_bytes: app
+                .config
+                .server
+                .max_body_bytes
+                .saturating_mul(4)
+                .max(4 * 1024 * 1024),
         };
         let tls = match &app.config.server.tls {
             Some(files) => Some(server::tls_acceptor(files).map_err(Error::Tls)?),
             None => None,
         };
-        let (main_router, admin) = match &app.config.server.admin_listen {
+        let admin_tls = match &app.config.server.admin_tls {
+            Some(files) => Some(server::tls_acceptor(files).map_err(Error::Tls)?),
+            None => None,
+        };
+        let (main_router, reserve, admin) = match &app.config.server.admin_listen {
             Some(admin_addr) => {
                 let admin_listener =
                     tokio::net::TcpListener::bind(admin_addr)
@@ -237,22 +264,36 @@ impl Gateway {
                             source,
                         })?;
                 let bound = admin_listener.local_addr().map_err(Error::Serve)?;
+                let tls_on = admin_tls.is_some();
                 let task = tokio::spawn(server::serve(
                     admin_listener,
                     admin_router(app.clone()),
                     limits,
                     None,
+                    admin_tls,
                     shutdown.clone(),
                 ));
-                tracing::info!(addr = %bound, "admin API listening");
-                (ingress_router(app), Some((bound, task)))
+                tracing::info!(addr = %bound, tls = tls_on, "admin API listening");
+                (ingress_router(app), None, Some((bound, task)))
             }
-            None => (router(app), None),
+            None => {
+                // The admin API shares this listener: keep its reserve (when it is on at all).
+                let reserve = app.config.server.admin_token.clone().and_then(|token| {
+                    let slots = app.config.server.admin_reserved_connections;
+                    (slots > 0).then(|| server::AdminReserve {
+                        slots,
+                        router: reserve_router(app.clone()),
+                        admin_token: token,
+                    })
+                });
+                (router(app), reserve, None)
+            }
         };
         let server = tokio::spawn(server::serve(
             listener,
             main_router,
             limits,
+            reserve,
             tls,
             shutdown.clone(),
         ));

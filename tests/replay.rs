@@ -362,8 +362,13 @@ async fn concurrent_copies_after_a_restart_get_one_202() {
 async fn unauthenticated_bodies_are_refused_before_they_are_read() {
     let receiver = Receiver::start().await;
     let ws = Workspace::new();
-    // A body slower than this would be a 408; the refusals must come long before.
-    let config = signed_config(&ws, &receiver, "body_read_timeout = \"30s\"\n");
+    // A body slower than this would be a 408; the refusals must come long before. The 140
+    // senders below all come from 127.0.0.1: lift the per-client connection limit (64).
+    let config = signed_config(
+        &ws,
+        &receiver,
+        "body_read_timeout = \"30s\"\nmax_connections_per_client = 1024\n",
+    );
     let gw = start_in_process(&config).await;
     let base = format!("http://{}", gw.addr);
     let used = Captured::new("evt_used", &incident("UN-1"));
