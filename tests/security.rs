@@ -945,6 +945,7 @@ kind = "smtp"
 smtp_url = "smtp://127.0.0.1:{smtp_port}"
 username = "gateway"
 password_file = "smtp-password"
+allow_plaintext_auth = true  # the test server has no TLS; the password must still never show
 from = "soc@example.com"
 to = ["rt@example.com"]
 subject = "{{{{incidentId}}}}"

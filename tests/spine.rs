@@ -137,6 +137,13 @@ async fn every_error_class_answers_problem_json_and_stores_nothing() {
         202
     );
     receiver.wait_for(1, Duration::from_secs(10)).await;
+    // The attempt is recorded just after the receiver has it: wait for that, then count.
+    eventually(Duration::from_secs(10), || async {
+        let (.., attempts) = ws.counts();
+        (attempts == 1).then_some(())
+    })
+    .await
+    .expect("the baseline attempt is recorded");
     let before = ws.counts();
     let url = format!("{base}/v1/incidents");
     let c = client();
