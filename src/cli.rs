@@ -74,7 +74,7 @@ pub fn preview_context(
     connector: &ConnectorConfig,
     event: Event,
 ) -> Value {
-    let now = crate::store::rfc3339(crate::store::now_ms());
+    let now = crate::model::rfc3339(crate::model::now_ms());
     let key = crate::ticket::route_for(renderer, connector, incident).key;
     let ticket = match event {
         Event::Created => TicketFacts {
@@ -356,7 +356,7 @@ pub fn render(
     let request = renderer
         .render(connector, event, &context)
         .map_err(crate::Error::from)?;
-    let request = deliver::stamp(request, PREVIEW_DELIVERY_ID, crate::store::now_ms() / 1000);
+    let request = deliver::stamp(request, PREVIEW_DELIVERY_ID, crate::model::now_ms() / 1000);
     Ok(format_request(&request, &config))
 }
 

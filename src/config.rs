@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
-use crate::route::{Matcher, ThreatRating};
+use crate::model::{Event, ThreatRating};
+use crate::route::Matcher;
 
 /// Why a configuration could not be loaded. Every variant names the file, and where it can,
 /// the line or the field.
@@ -320,8 +321,7 @@ pub struct RequestConfig {
 
 impl ConnectorConfig {
     /// The request this connector sends for `event`, or `None` when it skips the event.
-    pub fn request(&self, event: crate::render::Event) -> Option<&RequestConfig> {
-        use crate::render::Event;
+    pub fn request(&self, event: Event) -> Option<&RequestConfig> {
         match event {
             Event::Created => self.requests.created.as_ref(),
             Event::Updated => self.requests.updated.as_ref(),

@@ -1,50 +1,59 @@
 //! incident-gateway: takes incidents from a detection platform and delivers them to the
 //! systems where people work them (ticketing, chat, paging).
 //!
-//! The flow, in the order a request meets it:
+//! The modules, in the order an incident meets them:
 //!
-//! 1. [`config`] — the admin's TOML file, expanded and validated once at load.
-//! 2. [`ingress`] — `POST /v1/incidents`: authenticate, bound, parse.
-//! 3. [`schema`] — validate each incident against `schemas/incident.schema.json`.
-//! 4. [`route`] — pick the connectors whose matchers the incident meets.
-//! 5. [`store`] — commit the incident and one delivery per connector, then answer 202.
-//! 6. [`deliver`] — workers lease due deliveries: render → stamp → send → classify →
-//!    schedule → record.
-//! 7. [`render`] — Handlebars templates, escaped by content type, strict about variables.
-//! 8. [`ticket`] — correlation keys, ticket ids from responses, and the way back
+//! 1. [`model`] — the vocabulary every stage speaks (events, ticket facts, completion, threat
+//!    ratings, delivery states, the clock); it imports nothing from the crate.
+//! 2. [`config`] — the admin's TOML file, expanded and validated once at load; [`secrets`]
+//!    masks what it marks secret wherever text leaves the process.
+//! 3. [`gateway`] — wiring: shared state, routers, start and stop; [`server`] — the
+//!    listeners (connection limits, idle shedding, lingering close, TLS).
+//! 4. [`ingress`] — `POST /v1/incidents`: authenticate, bound, parse; answers are
+//!    [`problem`] details (RFC 9457).
+//! 5. [`schema`] — validate each incident against `schemas/incident.schema.json`.
+//! 6. [`route`] — pick the connectors whose matchers the incident meets.
+//! 7. [`ticket`] — correlation keys, ticket ids from responses, and the way back
 //!    (`POST /v1/incidents/{id}/complete`).
-//! 9. [`admin`] — inspect incidents and deliveries, replay dead ones.
-//!
-//! [`Gateway::start`] wires these together; `main.rs` only parses the command line.
+//! 8. [`store`] — commit the incident and one delivery per connector, then answer 202.
+//! 9. [`deliver`] — workers lease due deliveries: render → stamp → sign → send → classify →
+//!    schedule → record.
+//! 10. [`render`] — Handlebars templates, escaped by content type, strict about variables,
+//!     each render bounded in time and by its helpers' input caps.
+//! 11. [`admin`] — inspect incidents and deliveries, replay dead ones; [`metrics`] for
+//!     Prometheus.
+//! 12. [`cli`] — `check` and `render`, the admin's offline tools; `main.rs` only parses the
+//!     command line.
 
-pub mod admin;
-pub mod cli;
+pub mod model;
+
 pub mod config;
-pub mod deliver;
-pub mod ingress;
-pub mod metrics;
-pub mod problem;
-pub mod render;
-pub mod route;
-pub mod schema;
 pub mod secrets;
+
+pub mod gateway;
 pub mod server;
-pub mod store;
+
+pub mod ingress;
+pub mod problem;
+
+pub mod schema;
+
+pub mod route;
+
 pub mod ticket;
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+pub mod store;
 
-use axum::Router;
-use axum::routing::{get, post};
-use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
+pub mod deliver;
 
-use crate::config::{Config, StorageConfig};
-use crate::deliver::Deliverer;
-use crate::render::Renderer;
-use crate::schema::IncidentSchema;
-use crate::store::Store;
+pub mod render;
+
+pub mod admin;
+pub mod metrics;
+
+pub mod cli;
+
+pub use gateway::{App, Gateway, admin_router, ingress_router, open_store, router};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -69,259 +78,4 @@ pub enum Error {
     Smtp(String),
     #[error("TLS: {0}")]
     Tls(String),
-}
-
-/// What the HTTP handlers share.
-pub struct App {
-    pub config: Arc<Config>,
-    pub renderer: Arc<Renderer>,
-    pub metrics: Arc<metrics::Metrics>,
-    /// Replay fast path, rate limits and body budget of the ingress.
-    pub guard: ingress::Guard,
-    pub schema: IncidentSchema,
-    pub store: Store,
-    /// Rung when new deliveries are due now.
-    pub wake: Arc<Notify>,
-    /// Permits for ingest's CPU work (parse, validate, route) on blocking threads, one per
-    /// core: a burst of large bodies waits its turn instead of spawning a thread each.
-    pub checks: tokio::sync::Semaphore,
-}
-
-/// A running gateway: its address, and the handle to stop it.
-pub struct Gateway {
-    pub addr: SocketAddr,
-    /// Where the admin API listens when it has its own address.
-    pub admin_addr: Option<SocketAddr>,
-    admin_server: Option<tokio::task::JoinHandle<()>>,
-    pub store: Store,
-    shutdown: CancellationToken,
-    server: tokio::task::JoinHandle<()>,
-    workers: tokio::task::JoinHandle<()>,
-}
-
-/// What the detection platform and ticketing systems call: ingest and the back channel.
-fn ingress_routes() -> Router<Arc<App>> {
-    Router::new()
-        .route("/v1/incidents", post(ingress::post_incidents))
-        .route(
-            "/v1/incidents/{incident_id}/complete",
-            post(ticket::complete),
-        )
-}
-
-/// What admins call (Bearer `admin_token`): inspect, replay, resolve, metrics.
-fn admin_routes() -> Router<Arc<App>> {
-    Router::new()
-        .route("/metrics", get(admin::metrics))
-        .route("/v1/incidents/{incident_id}", get(admin::get_incident))
-        .route("/v1/deliveries", get(admin::list_deliveries))
-        .route("/v1/deliveries/{delivery_id}", get(admin::get_delivery))
-        .route(
-            "/v1/deliveries/{delivery_id}/replay",
-            post(admin::replay_delivery),
-        )
-        .route(
-            "/v1/deliveries/{delivery_id}/resolve",
-            post(admin::resolve_delivery),
-        )
-}
-
-/// The ingress listener when the admin API has its own address.
-pub fn ingress_router(app: Arc<App>) -> Router {
-    finish(ingress_routes(), app)
-}
-
-/// The admin listener (`server.admin_listen`).
-pub fn admin_router(app: Arc<App>) -> Router {
-    finish(admin_routes(), app)
-}
-
-/// Both on one listener (when `server.admin_listen` is not set).
-pub fn router(app: Arc<App>) -> Router {
-    finish(ingress_routes().merge(admin_routes()), app)
-}
-
-/// What a reserved slot of the shared listener serves: the admin routes alone; anything else
-/// is 503, as the slot is held for admins (the server checks the admin token first).
-fn reserve_router(app: Arc<App>) -> Router {
-    let held = || async {
-        problem::Problem::unavailable(
-            "every connection slot is taken; this one is held for the admin API",
-        )
-    };
-    admin_routes()
-        .fallback(held)
-        .method_not_allowed_fallback(held)
-        .with_state(app)
-}
-
-/// Every listener answers `/healthz`, and problem+json for unknown paths and methods.
-fn finish(router: Router<Arc<App>>, app: Arc<App>) -> Router {
-    router
-        .route("/healthz", get(|| async { "ok" }))
-        .fallback(|| async { problem::Problem::not_found("no such endpoint") })
-        .method_not_allowed_fallback(|| async {
-            problem::Problem::new(
-                axum::http::StatusCode::METHOD_NOT_ALLOWED,
-                "method-not-allowed",
-                "Method not allowed",
-                "this endpoint does not take that method",
-            )
-        })
-        .with_state(app)
-}
-
-pub fn open_store(config: &Config) -> Result<Store, Error> {
-    match &config.storage {
-        StorageConfig::Sqlite { path } => Ok(Store::open_sqlite(path)?),
-    }
-}
-
-impl Gateway {
-    /// Opens the store, compiles templates, binds the listener and starts the workers.
-    pub async fn start(config: Config) -> Result<Gateway, Error> {
-        let config = Arc::new(config);
-        let renderer = Arc::new(Renderer::new(&config)?);
-        let schema = IncidentSchema::shipped()?;
-        let store = open_store(&config)?;
-        let tracked: Vec<String> = config
-            .connectors
-            .iter()
-            .filter(|c| c.ticket_id.is_some())
-            .map(|c| c.name.clone())
-            .collect();
-        let parked = store.recover(tracked).await?;
-        if parked > 0 {
-            tracing::warn!(
-                parked,
-                "created requests interrupted by a crash were set aside; see the dead deliveries"
-            );
-        }
-        let wake = Arc::new(Notify::new());
-        let metrics = Arc::new(metrics::Metrics::default());
-        let listener = tokio::net::TcpListener::bind(&config.server.listen)
-            .await
-            .map_err(|source| Error::Bind {
-                addr: config.server.listen.clone(),
-                source,
-            })?;
-        let addr = listener.local_addr().map_err(Error::Serve)?;
-        let shutdown = CancellationToken::new();
-
-        let deliverer = Deliverer {
-            config: config.clone(),
-            renderer: renderer.clone(),
-            store: store.clone(),
-            clients: Arc::new(deliver::clients(&config).map_err(Error::Smtp)?),
-            metrics: metrics.clone(),
-            wake: wake.clone(),
-            mailers: Arc::new(deliver::mailers(&config).map_err(Error::Smtp)?),
-            renders: Arc::new(tokio::sync::Semaphore::new(config.delivery.render_threads)),
-        };
-        let workers = tokio::spawn(deliverer.run(shutdown.clone()));
-
-        let app = Arc::new(App {
-            guard: ingress::Guard::new(&config.server),
-            config,
-            renderer,
-            metrics,
-            schema,
-            store: store.clone(),
-            wake,
-            checks: tokio::sync::Semaphore::new(
-                std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
-            ),
-        });
-        let limits = server::ConnectionLimits {
-            max_connections: app.config.server.max_connections,
-            max_connections_per_client: app.config.server.max_connections_per_client,
-            idle_timeout: app.config.server.idle_timeout,
-            header_read_timeout: app.config.server.header_read_timeout,
-            shutdown_grace: app.config.server.shutdown_grace,
-            // Enough for a client to finish writing a body a few times over the limit.
-            linger_bytes: app
-                .config
-                .server
-                .max_body_bytes
-                .saturating_mul(4)
-                .max(4 * 1024 * 1024),
-        };
-        let tls = match &app.config.server.tls {
-            Some(files) => Some(server::tls_acceptor(files).map_err(Error::Tls)?),
-            None => None,
-        };
-        let admin_tls = match &app.config.server.admin_tls {
-            Some(files) => Some(server::tls_acceptor(files).map_err(Error::Tls)?),
-            None => None,
-        };
-        let (main_router, reserve, admin) = match &app.config.server.admin_listen {
-            Some(admin_addr) => {
-                let admin_listener =
-                    tokio::net::TcpListener::bind(admin_addr)
-                        .await
-                        .map_err(|source| Error::Bind {
-                            addr: admin_addr.clone(),
-                            source,
-                        })?;
-                let bound = admin_listener.local_addr().map_err(Error::Serve)?;
-                let tls_on = admin_tls.is_some();
-                let task = tokio::spawn(server::serve(
-                    admin_listener,
-                    admin_router(app.clone()),
-                    limits,
-                    None,
-                    admin_tls,
-                    shutdown.clone(),
-                ));
-                tracing::info!(addr = %bound, tls = tls_on, "admin API listening");
-                (ingress_router(app), None, Some((bound, task)))
-            }
-            None => {
-                // The admin API shares this listener: keep its reserve (when it is on at all).
-                let reserve = app.config.server.admin_token.clone().and_then(|token| {
-                    let slots = app.config.server.admin_reserved_connections;
-                    (slots > 0).then(|| server::AdminReserve {
-                        slots,
-                        router: reserve_router(app.clone()),
-                        admin_token: token,
-                    })
-                });
-                (router(app), reserve, None)
-            }
-        };
-        let server = tokio::spawn(server::serve(
-            listener,
-            main_router,
-            limits,
-            reserve,
-            tls,
-            shutdown.clone(),
-        ));
-        tracing::info!(%addr, "listening");
-        let (admin_addr, admin_server) = match admin {
-            Some((a, t)) => (Some(a), Some(t)),
-            None => (None, None),
-        };
-        Ok(Gateway {
-            admin_addr,
-            admin_server,
-            addr,
-            store,
-            shutdown,
-            server,
-            workers,
-        })
-    }
-
-    /// Stops accepting, lets requests and sends under way finish, each bounded by
-    /// `server.shutdown_grace`.
-    pub async fn stop(self) -> Result<(), Error> {
-        self.shutdown.cancel();
-        let served = self.server.await;
-        if let Some(admin) = self.admin_server {
-            let _ = admin.await;
-        }
-        let _ = self.workers.await;
-        served.map_err(|e| Error::Serve(std::io::Error::other(e.to_string())))
-    }
 }

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use incident_gateway::config::Config;
-use incident_gateway::render::Event;
+use incident_gateway::model::Event;
 use incident_gateway::{Gateway, cli};
 
 #[derive(Parser)]

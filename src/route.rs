@@ -8,6 +8,8 @@
 use serde_json::Value;
 
 use crate::config::ConnectorConfig;
+// Until every caller names `model` directly.
+pub use crate::model::ThreatRating;
 
 #[derive(Debug, Clone)]
 pub struct Matcher {
@@ -44,56 +46,6 @@ impl Matcher {
             Condition::Regex(re) => re.is_match(&text),
             Condition::NotRegex(re) => !re.is_match(&text),
         }
-    }
-}
-
-/// Threat ratings in order, as the seed lists them (case differs between fields).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum ThreatRating {
-    Info = 0,
-    Low = 1,
-    Medium = 2,
-    High = 3,
-    Critical = 4,
-}
-
-impl ThreatRating {
-    pub fn parse(text: &str) -> Option<ThreatRating> {
-        match text.trim().to_ascii_lowercase().as_str() {
-            "info" => Some(ThreatRating::Info),
-            "low" => Some(ThreatRating::Low),
-            "medium" => Some(ThreatRating::Medium),
-            "high" => Some(ThreatRating::High),
-            "critical" => Some(ThreatRating::Critical),
-            _ => None,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            ThreatRating::Info => "info",
-            ThreatRating::Low => "low",
-            ThreatRating::Medium => "medium",
-            ThreatRating::High => "high",
-            ThreatRating::Critical => "critical",
-        }
-    }
-
-    /// The incident's rating after analysis, falling back to the flattened field and then to
-    /// the initial rating.
-    pub fn of_incident(incident: &Value) -> Option<ThreatRating> {
-        [
-            "/incident/threatRating",
-            "/incident_threat_rating",
-            "/defaultThreatRating",
-        ]
-        .iter()
-        .find_map(|p| {
-            incident
-                .pointer(p)
-                .and_then(Value::as_str)
-                .and_then(Self::parse)
-        })
     }
 }
 

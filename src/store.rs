@@ -13,7 +13,9 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 use tokio::sync::oneshot;
 
-use crate::render::Event;
+use crate::model::{AttemptOutcome, Completion, DeliveryStatus, Event, TicketFacts};
+// Until every caller names `model` directly.
+pub use crate::model::{now_ms, rfc3339};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -98,8 +100,8 @@ pub struct LeasedDelivery {
     pub received_at_ms: i64,
     /// The ticket it belongs to (none for an upstream completion).
     pub ticket_seq: Option<i64>,
-    pub ticket: crate::render::TicketFacts,
-    pub completion: Option<crate::render::Completion>,
+    pub ticket: TicketFacts,
+    pub completion: Option<Completion>,
 }
 
 /// What one attempt did, as recorded.
@@ -112,7 +114,7 @@ pub struct AttemptRecord {
     pub error: Option<String>,
     /// The first 2 KiB of the response body.
     pub response_body: Option<String>,
-    pub outcome: String,
+    pub outcome: AttemptOutcome,
 }
 
 /// The ticket id and link a `created` response carried.
@@ -174,7 +176,7 @@ pub struct IncidentView {
     pub updated_at: String,
     pub versions: u32,
     /// How the incident was completed (seed 000's `new` object), once it is.
-    pub completion: Option<crate::render::Completion>,
+    pub completion: Option<Completion>,
     pub incident: serde_json::Value,
     /// Connector name → its tickets for this incident and its deliveries (oldest first,
     /// each with its attempts).
@@ -269,16 +271,6 @@ pub struct Store {
     reader: Arc<Mutex<Connection>>,
     /// Held for the store's life: one process per SQLite file.
     _lock: Arc<std::fs::File>,
-}
-
-pub fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
-}
-
-pub fn rfc3339(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .unwrap_or_default()
-        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 const SCHEMA: &str = r#"
@@ -683,7 +675,7 @@ impl Store {
                 let ticket = match ticket_seq {
                     Some(t) => ticket_of
                         .query_row([t], |r| {
-                            Ok(crate::render::TicketFacts {
+                            Ok(TicketFacts {
                                 key: r.get(0)?,
                                 id: r.get(1)?,
                                 url: r.get(2)?,
@@ -691,11 +683,11 @@ impl Store {
                         })
                         .optional()?
                         .unwrap_or_default(),
-                    None => crate::render::TicketFacts::default(),
+                    None => TicketFacts::default(),
                 };
                 let completion = completion_of
                     .query_row([&incident_id], |r| {
-                        Ok(crate::render::Completion {
+                        Ok(Completion {
                             reason_code: r.get::<_, Option<String>>(0)?.unwrap_or_default(),
                             notes: r.get(1)?,
                             status_change_time: rfc3339(r.get(2)?),
@@ -739,16 +731,16 @@ impl Store {
         self.write(move |conn| {
             let now = now_ms();
             let (status, next_ms, error) = match &next {
-                NextStep::Delivered => ("delivered", 0, None),
+                NextStep::Delivered => (DeliveryStatus::Delivered.as_str(), 0, None),
                 NextStep::RetryAt { at_ms } => (
-                    "pending",
+                    DeliveryStatus::Pending.as_str(),
                     *at_ms,
                     record
                         .error
                         .clone()
                         .or_else(|| record.status_code.map(|c| format!("HTTP {c}"))),
                 ),
-                NextStep::Dead { reason } => ("dead", 0, Some(reason.clone())),
+                NextStep::Dead { reason } => (DeliveryStatus::Dead.as_str(), 0, Some(reason.clone())),
             };
             let changed = conn
                 .prepare_cached(
@@ -778,7 +770,7 @@ impl Store {
                 record.status_code,
                 record.error,
                 record.response_body,
-                record.outcome,
+                record.outcome.as_str(),
             ])?;
             Ok(true)
         })
@@ -1037,7 +1029,7 @@ impl Store {
                      WHERE incident_id = ?1 AND status = 'completed'",
                     [&id],
                     |r| {
-                        Ok(crate::render::Completion {
+                        Ok(Completion {
                             reason_code: r.get::<_, Option<String>>(0)?.unwrap_or_default(),
                             notes: r.get(1)?,
                             status_change_time: rfc3339(r.get(2)?),

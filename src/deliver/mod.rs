@@ -19,9 +19,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, ConnectorConfig};
-use crate::render::Event;
+use crate::model::{self, AttemptOutcome, Event};
 use crate::render::{self, DeliveryFacts, RenderError, RenderedRequest, Renderer};
-use crate::store::{self, AttemptRecord, LeasedDelivery, NextStep, Store, TicketUpdate};
+use crate::store::{AttemptRecord, LeasedDelivery, NextStep, Store, TicketUpdate};
 use crate::ticket;
 
 use self::http::{SendResult, Verdict};
@@ -39,7 +39,7 @@ pub fn delivery_context(
             column: None,
             reason: format!("stored incident is not JSON: {e}"),
         })?;
-    let received_at = store::rfc3339(delivery.received_at_ms);
+    let received_at = model::rfc3339(delivery.received_at_ms);
     let facts = DeliveryFacts {
         event: delivery.event,
         delivery_id: &delivery.id,
@@ -266,7 +266,7 @@ impl Deliverer {
                 let busy = self.busy_connectors(&in_flight);
                 let wait = match self.store.next_due_ms(busy).await {
                     Ok(Some(due)) => Duration::from_millis(
-                        (due - store::now_ms()).clamp(0, IDLE_POLL.as_millis() as i64) as u64,
+                        (due - model::now_ms()).clamp(0, IDLE_POLL.as_millis() as i64) as u64,
                     ),
                     _ => IDLE_POLL,
                 };
@@ -480,7 +480,7 @@ impl Deliverer {
     /// One attempt of one delivery, start to record.
     pub async fn deliver(&self, delivery: LeasedDelivery) {
         let attempt = delivery.attempts + 1;
-        let started_at_ms = store::now_ms();
+        let started_at_ms = model::now_ms();
         let outcome = tokio::select! {
             outcome = self.attempt(&delivery, started_at_ms) => Some(outcome),
             () = self.keep_lease(&delivery) => None,
@@ -492,7 +492,7 @@ impl Deliverer {
             );
             return;
         };
-        let now = store::now_ms();
+        let now = model::now_ms();
         let next = match self.config.connector(&delivery.connector) {
             Some(connector) => schedule(connector, &delivery, verdict, now, rand::random::<f64>()),
             None => match verdict {
@@ -555,9 +555,9 @@ impl Deliverer {
     ) -> AttemptRecord {
         let secrets = &self.config.secrets;
         let (outcome, dead_reason) = match next {
-            NextStep::Delivered => ("delivered", None),
-            NextStep::RetryAt { .. } => ("retry", None),
-            NextStep::Dead { reason } => ("dead", Some(reason.clone())),
+            NextStep::Delivered => (AttemptOutcome::Delivered, None),
+            NextStep::RetryAt { .. } => (AttemptOutcome::Retry, None),
+            NextStep::Dead { reason } => (AttemptOutcome::Dead, Some(reason.clone())),
         };
         let error =
             sent.and_then(|s| s.error.clone())
@@ -573,7 +573,7 @@ impl Deliverer {
             response_body: sent
                 .and_then(|s| s.response_prefix.as_deref())
                 .map(|b| http::utf8_prefix(&secrets.mask(b), http::RESPONSE_PREFIX_BYTES)),
-            outcome: outcome.to_string(),
+            outcome,
         }
     }
 }
@@ -588,7 +588,7 @@ fn log_attempt(delivery: &LeasedDelivery, record: &AttemptRecord, next: &NextSte
         NextStep::RetryAt { at_ms } => tracing::warn!(
             delivery = %delivery.id, incident = %delivery.incident_id, connector = %delivery.connector,
             attempt = record.attempt, status = ?record.status_code, error = ?record.error,
-            retry_at = %store::rfc3339(*at_ms), "attempt failed; will retry"
+            retry_at = %model::rfc3339(*at_ms), "attempt failed; will retry"
         ),
         NextStep::Dead { reason } => tracing::error!(
             delivery = %delivery.id, incident = %delivery.incident_id, connector = %delivery.connector,

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 
-use crate::route::ThreatRating;
+use crate::model::ThreatRating;
 
 /// The derived fields, by the names templates use.
 pub fn derived(incident: &Value) -> Map<String, Value> {

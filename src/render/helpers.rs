@@ -12,7 +12,7 @@ use handlebars::{
 use serde_json::Value;
 
 use super::bounds;
-use crate::route::ThreatRating;
+use crate::model::ThreatRating;
 
 type Compute = fn(&Helper, &Context) -> Result<Value, String>;
 

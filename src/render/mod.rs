@@ -12,6 +12,9 @@ pub mod bounds;
 pub mod derive;
 pub mod helpers;
 
+// Until every caller names `model` directly.
+pub use crate::model::{Completion, Event, TicketFacts};
+
 use handlebars::{Context, Handlebars, RenderErrorReason};
 use serde_json::{Map, Value};
 
@@ -149,34 +152,6 @@ pub struct Renderer {
     url: Handlebars<'static>,
 }
 
-/// The event a delivery reports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Event {
-    Created,
-    Updated,
-    Completed,
-}
-
-impl Event {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Event::Created => "created",
-            Event::Updated => "updated",
-            Event::Completed => "completed",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<Event> {
-        match text {
-            "created" => Some(Event::Created),
-            "updated" => Some(Event::Updated),
-            "completed" => Some(Event::Completed),
-            _ => None,
-        }
-    }
-}
-
 /// What the gateway adds to the template context beside the incident's own fields.
 #[derive(Debug, Clone)]
 pub struct DeliveryFacts<'a> {
@@ -190,23 +165,6 @@ pub struct DeliveryFacts<'a> {
     pub ticket: TicketFacts,
     /// How the incident was completed, for `completed` deliveries.
     pub completion: Option<Completion>,
-}
-
-/// What the gateway knows of a ticket: its correlation key, and once the `created` request
-/// succeeded, the id (and link) the target gave it.
-#[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct TicketFacts {
-    pub key: String,
-    pub id: Option<String>,
-    pub url: Option<String>,
-}
-
-/// The back channel's record of a completion (seed 000's `new` status object).
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct Completion {
-    pub reason_code: String,
-    pub notes: Option<String>,
-    pub status_change_time: String,
 }
 
 /// The context a template sees: the incident's fields at the top level, then the gateway's

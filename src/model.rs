@@ -1,0 +1,185 @@
+//! The vocabulary every stage speaks: the events a delivery reports, what is known of a
+//! ticket and of a completion, threat ratings, the states of a delivery and the outcomes of an
+//! attempt, and the clock. It imports nothing from the crate, so any module may use it
+//! without tying itself to another stage.
+
+use serde_json::Value;
+
+/// The event a delivery reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Event {
+    Created,
+    Updated,
+    Completed,
+}
+
+impl Event {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Event::Created => "created",
+            Event::Updated => "updated",
+            Event::Completed => "completed",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Event> {
+        match text {
+            "created" => Some(Event::Created),
+            "updated" => Some(Event::Updated),
+            "completed" => Some(Event::Completed),
+            _ => None,
+        }
+    }
+}
+
+/// What the gateway knows of a ticket: its correlation key, and once the `created` request
+/// succeeded, the id (and link) the target gave it.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct TicketFacts {
+    pub key: String,
+    pub id: Option<String>,
+    pub url: Option<String>,
+}
+
+/// The back channel's record of a completion (seed 000's `new` status object).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Completion {
+    pub reason_code: String,
+    pub notes: Option<String>,
+    pub status_change_time: String,
+}
+
+/// Threat ratings in order, as the seed lists them (case differs between fields).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ThreatRating {
+    Info = 0,
+    Low = 1,
+    Medium = 2,
+    High = 3,
+    Critical = 4,
+}
+
+impl ThreatRating {
+    pub fn parse(text: &str) -> Option<ThreatRating> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "info" => Some(ThreatRating::Info),
+            "low" => Some(ThreatRating::Low),
+            "medium" => Some(ThreatRating::Medium),
+            "high" => Some(ThreatRating::High),
+            "critical" => Some(ThreatRating::Critical),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ThreatRating::Info => "info",
+            ThreatRating::Low => "low",
+            ThreatRating::Medium => "medium",
+            ThreatRating::High => "high",
+            ThreatRating::Critical => "critical",
+        }
+    }
+
+    /// The incident's rating after analysis, falling back to the flattened field and then to
+    /// the initial rating.
+    pub fn of_incident(incident: &Value) -> Option<ThreatRating> {
+        [
+            "/incident/threatRating",
+            "/incident_threat_rating",
+            "/defaultThreatRating",
+        ]
+        .iter()
+        .find_map(|p| {
+            incident
+                .pointer(p)
+                .and_then(Value::as_str)
+                .and_then(Self::parse)
+        })
+    }
+}
+
+/// Where a delivery stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryStatus {
+    /// Due now or later, or held by a worker's lease.
+    Pending,
+    Delivered,
+    /// Given up on: waits for a replay (or a resolve).
+    Dead,
+}
+
+impl DeliveryStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryStatus::Pending => "pending",
+            DeliveryStatus::Delivered => "delivered",
+            DeliveryStatus::Dead => "dead",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<DeliveryStatus> {
+        match text {
+            "pending" => Some(DeliveryStatus::Pending),
+            "delivered" => Some(DeliveryStatus::Delivered),
+            "dead" => Some(DeliveryStatus::Dead),
+            _ => None,
+        }
+    }
+}
+
+/// What one attempt ended in, as its record says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttemptOutcome {
+    Delivered,
+    /// Failed; another attempt is scheduled.
+    Retry,
+    Dead,
+}
+
+impl AttemptOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptOutcome::Delivered => "delivered",
+            AttemptOutcome::Retry => "retry",
+            AttemptOutcome::Dead => "dead",
+        }
+    }
+}
+
+/// The clock: milliseconds since the Unix epoch, as the store keeps times.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+pub fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for e in [Event::Created, Event::Updated, Event::Completed] {
+            assert_eq!(Event::parse(e.as_str()), Some(e));
+        }
+        for s in [
+            DeliveryStatus::Pending,
+            DeliveryStatus::Delivered,
+            DeliveryStatus::Dead,
+        ] {
+            assert_eq!(DeliveryStatus::parse(s.as_str()), Some(s));
+            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+        }
+        assert_eq!(ThreatRating::parse(" HIGH "), Some(ThreatRating::High));
+        assert!(ThreatRating::Critical > ThreatRating::Info);
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+    }
+}
