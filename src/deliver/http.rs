@@ -22,11 +22,33 @@ pub struct SendResult {
     pub status: Option<u16>,
     pub retry_after: Option<Duration>,
     pub response_prefix: Option<String>,
-    /// A network error, timeout included, described without the URL.
-    pub error: Option<String>,
-    /// The request could not even be built (a header value HTTP forbids): no retry helps.
-    pub unsendable: bool,
+    /// What went wrong, if anything, described without the URL.
+    pub failure: Option<SendFailure>,
     pub latency: Duration,
+}
+
+/// Why a send did not simply succeed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SendFailure {
+    /// Where it would go is refused (egress policy): not sent, and no retry helps.
+    Refused(String),
+    /// The request cannot even be built (a header value HTTP forbids): no retry helps.
+    Unsendable(String),
+    /// A network error or timeout, or an SMTP server's refusal.
+    Network(String),
+    /// The status arrived, then reading the body failed: the status stands.
+    BodyCut(String),
+}
+
+impl std::fmt::Display for SendFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SendFailure::Refused(why) => write!(f, "refused: {why}"),
+            SendFailure::Unsendable(why) => write!(f, "cannot be sent: {why}"),
+            SendFailure::Network(why) => f.write_str(why),
+            SendFailure::BodyCut(why) => write!(f, "reading response body: {why}"),
+        }
+    }
 }
 
 /// What a send means for the delivery.
@@ -38,20 +60,20 @@ pub enum Verdict {
 }
 
 impl SendResult {
-    /// A request not sent: where it would go is refused, or it cannot be built.
-    pub fn refused(reason: String) -> SendResult {
+    /// A send that ended in `failure` before any answer came.
+    pub fn failed(failure: SendFailure, latency: Duration) -> SendResult {
         SendResult {
             status: None,
             retry_after: None,
             response_prefix: None,
-            error: Some(if reason.starts_with("refused:") {
-                reason
-            } else {
-                format!("refused: {reason}")
-            }),
-            unsendable: true,
-            latency: Duration::ZERO,
+            failure: Some(failure),
+            latency,
         }
+    }
+
+    /// Whether egress policy refused the request.
+    pub fn was_refused(&self) -> bool {
+        matches!(self.failure, Some(SendFailure::Refused(_)))
     }
 }
 
@@ -70,17 +92,13 @@ pub async fn send(
     let bound = timeout + SEND_TIMEOUT_GRACE;
     match tokio::time::timeout(bound, exchange(client, request, timeout, keep_bytes)).await {
         Ok(result) => result,
-        Err(_) => SendResult {
-            status: None,
-            retry_after: None,
-            response_prefix: None,
-            error: Some(format!(
+        Err(_) => SendResult::failed(
+            SendFailure::Network(format!(
                 "timed out: the attempt took longer than the connector's timeout ({})",
                 humantime::format_duration(timeout)
             )),
-            unsendable: false,
-            latency: started.elapsed(),
-        },
+            started.elapsed(),
+        ),
     }
 }
 
@@ -101,18 +119,13 @@ async fn exchange(
     match builder.send().await {
         Err(e) => match super::egress::refusal(&e) {
             // The connector's resolver refused every address the name resolved to.
-            Some(refused) => SendResult {
-                latency: started.elapsed(),
-                ..SendResult::refused(refused.to_string())
-            },
-            None => SendResult {
-                status: None,
-                retry_after: None,
-                response_prefix: None,
-                error: Some(describe(&e)),
-                unsendable: e.is_builder(),
-                latency: started.elapsed(),
-            },
+            Some(refused) => {
+                SendResult::failed(SendFailure::Refused(refused.0.clone()), started.elapsed())
+            }
+            None if e.is_builder() => {
+                SendResult::failed(SendFailure::Unsendable(describe(&e)), started.elapsed())
+            }
+            None => SendResult::failed(SendFailure::Network(describe(&e)), started.elapsed()),
         },
         Ok(mut response) => {
             let status = response.status().as_u16();
@@ -122,7 +135,7 @@ async fn exchange(
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()));
             let mut prefix = Vec::new();
-            let mut error = None;
+            let mut failure = None;
             // Read past the recorded 2 KiB so a secret straddling the cut is masked whole first.
             while prefix.len() < keep_bytes {
                 match response.chunk().await {
@@ -130,7 +143,7 @@ async fn exchange(
                     Ok(None) => break,
                     Err(e) => {
                         // The status already arrived; a body cut short does not change it.
-                        error = Some(format!("reading response body: {}", describe(&e)));
+                        failure = Some(SendFailure::BodyCut(describe(&e)));
                         break;
                     }
                 }
@@ -139,8 +152,7 @@ async fn exchange(
                 status: Some(status),
                 retry_after,
                 response_prefix: Some(String::from_utf8_lossy(&prefix).into_owned()),
-                error,
-                unsendable: false,
+                failure,
                 latency: started.elapsed(),
             }
         }
@@ -184,16 +196,15 @@ pub fn utf8_prefix(text: &str, max: usize) -> String {
 /// will not.
 pub fn classify(result: &SendResult) -> Verdict {
     match result.status {
-        None if result.unsendable => Verdict::Dead {
-            reason: match result.error.as_deref() {
-                Some(e) if e.starts_with("refused:") => format!("not sent: {e}"),
-                other => format!(
-                    "the request cannot be sent: {}",
-                    other.unwrap_or("invalid request")
-                ),
+        None => match &result.failure {
+            Some(refused @ SendFailure::Refused(_)) => Verdict::Dead {
+                reason: format!("not sent: {refused}"),
             },
+            Some(SendFailure::Unsendable(why)) => Verdict::Dead {
+                reason: format!("the request cannot be sent: {why}"),
+            },
+            _ => Verdict::Retry { retry_after: None },
         },
-        None => Verdict::Retry { retry_after: None },
         Some(s) if (200..300).contains(&s) => Verdict::Delivered,
         Some(s) if s == 408 || s == 425 || s == 429 || (500..600).contains(&s) => Verdict::Retry {
             retry_after: result.retry_after,
@@ -215,8 +226,7 @@ mod tests {
             status,
             retry_after: Some(Duration::from_secs(3)),
             response_prefix: None,
-            error: None,
-            unsendable: false,
+            failure: None,
             latency: Duration::ZERO,
         }
     }

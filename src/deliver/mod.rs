@@ -360,9 +360,12 @@ impl Deliverer {
             .map_err(|e| egress::Refused(e.to_string()))
             .and_then(|url| egress::check_url(&connector.egress, &url));
         let client = self.clients.get(&connector.name);
+        let not_sent = |failure| http::SendResult::failed(failure, Duration::ZERO);
         let sent = match (refused, client) {
-            (Err(refused), _) => http::SendResult::refused(refused.to_string()),
-            (Ok(()), None) => http::SendResult::refused("no HTTP client for this connector".into()),
+            (Err(refused), _) => not_sent(http::SendFailure::Refused(refused.0)),
+            (Ok(()), None) => not_sent(http::SendFailure::Unsendable(
+                "no HTTP client for this connector".into(),
+            )),
             (Ok(()), Some(client)) => http::send(client, &request, connector.timeout, keep).await,
         };
         let verdict = http::classify(&sent);
@@ -514,12 +517,7 @@ impl Deliverer {
             NextStep::RetryAt { .. } => &self.metrics.deliveries_retried,
             NextStep::Dead { .. } => &self.metrics.deliveries_dead,
         });
-        if sent.as_ref().is_some_and(|s| {
-            s.unsendable
-                && s.error
-                    .as_deref()
-                    .is_some_and(|e| e.starts_with("refused:"))
-        }) {
+        if sent.as_ref().is_some_and(http::SendResult::was_refused) {
             crate::metrics::Metrics::inc(&self.metrics.egress_refused);
         }
         let record = self.attempt_record(attempt, started_at_ms, now, sent.as_ref(), &next);
@@ -559,9 +557,9 @@ impl Deliverer {
             NextStep::RetryAt { .. } => (AttemptOutcome::Retry, None),
             NextStep::Dead { reason } => (AttemptOutcome::Dead, Some(reason.clone())),
         };
-        let error =
-            sent.and_then(|s| s.error.clone())
-                .or(if sent.is_none() { dead_reason } else { None });
+        let error = sent
+            .and_then(|s| s.failure.as_ref().map(ToString::to_string))
+            .or(if sent.is_none() { dead_reason } else { None });
         AttemptRecord {
             attempt,
             started_at_ms,

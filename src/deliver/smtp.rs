@@ -28,7 +28,7 @@ use lettre::transport::smtp::response::Response;
 use crate::config::{ConnectorConfig, SmtpConfig, SmtpSecurity};
 use crate::render::RenderedEmail;
 
-use super::http::{SendResult, Verdict};
+use super::http::{SendFailure, SendResult, Verdict};
 
 /// How long an idle pooled connection is kept (servers drop idle clients after a few minutes).
 const IDLE_FOR: Duration = Duration::from_secs(60);
@@ -326,8 +326,7 @@ pub async fn send(transport: &Transport, message: Message) -> (SendResult, Verdi
                 status,
                 retry_after: None,
                 response_prefix: None,
-                error: Some(error),
-                unsendable: false,
+                failure: Some(SendFailure::Network(error)),
                 latency: started.elapsed(),
             },
             verdict,
@@ -342,8 +341,7 @@ pub async fn send(transport: &Transport, message: Message) -> (SendResult, Verdi
                     status: Some(code),
                     retry_after: None,
                     response_prefix: Some(text),
-                    error: None,
-                    unsendable: false,
+                    failure: None,
                     latency: started.elapsed(),
                 },
                 Verdict::Delivered,
