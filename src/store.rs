@@ -20,17 +20,14 @@ pub use crate::model::{now_ms, rfc3339};
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("store: {0}")]
-    Sqlite(String),
+    Sqlite(#[from] rusqlite::Error),
+    /// A group commit failed: every job in it hears why (one error, many listeners).
+    #[error("store: transaction aborted: {0}")]
+    Aborted(String),
     #[error("store: cannot open {path}: {reason}")]
     Open { path: PathBuf, reason: String },
     #[error("store: the writer has stopped")]
     Closed,
-}
-
-impl From<rusqlite::Error> for StoreError {
-    fn from(e: rusqlite::Error) -> Self {
-        StoreError::Sqlite(e.to_string())
-    }
 }
 
 /// An incident ready to store: validated, serialized, routed.
@@ -1423,9 +1420,7 @@ fn writer_loop(conn: Connection, jobs: std::sync::mpsc::Receiver<Job>) {
                 let _ = conn.execute_batch("ROLLBACK");
             }
             for f in finishes {
-                f(Some(StoreError::Sqlite(format!(
-                    "transaction aborted: {reason}"
-                ))));
+                f(Some(StoreError::Aborted(reason.clone())));
             }
             continue;
         }
@@ -1434,7 +1429,7 @@ fn writer_loop(conn: Connection, jobs: std::sync::mpsc::Receiver<Job>) {
             Err(e) => {
                 let _ = conn.execute_batch("ROLLBACK");
                 for f in finishes {
-                    f(Some(StoreError::Sqlite(format!("commit failed: {e}"))));
+                    f(Some(StoreError::Aborted(format!("commit failed: {e}"))));
                 }
             }
         }
