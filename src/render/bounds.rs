@@ -67,6 +67,13 @@ const SELF_CLOSING_SIBLINGS: &[&str] = &[
     "p", "li", "dt", "dd", "tr", "td", "th", "option", "optgroup", "thead", "tbody", "tfoot",
     "colgroup", "rb", "rt", "rp", "rtc",
 ];
+/// Elements whose content html2text indents line by line (a list marker, `> `, a definition
+/// indent): each line inside carries one prefix per such element around it.
+const INDENTING: &[&str] = &["ul", "ol", "blockquote", "dl", "dd", "menu", "dir"];
+/// What one indenting element may add to a line: list markers reach 21 columns
+/// (`<ol start=1000000000000000000>`), plus the space after.
+const INDENT_BYTES: usize = 24;
+
 /// Elements whose content is text up to their end tag.
 const RAW_TEXT: &[&str] = &[
     "script", "style", "textarea", "title", "xmp", "iframe", "noembed", "noframes", "noscript",
@@ -110,8 +117,11 @@ fn tag_name(bytes: &[u8], from: usize) -> (String, usize) {
     )
 }
 
-/// Cuts HTML at [`MAX_CONVERT_BYTES`] and before the first element that would open deeper
-/// than [`MAX_HTML_DEPTH`]. One linear pass over a stack of open elements that over-counts
+/// Cuts HTML at [`MAX_CONVERT_BYTES`], before the first element that would open deeper than
+/// [`MAX_HTML_DEPTH`], and where the text it converts to would pass
+/// [`MAX_HELPER_OUTPUT_BYTES`]: every line of output carries a prefix per indenting element
+/// around it, so many short lines deep in lists would otherwise come out hundreds of times
+/// larger than they went in. One linear pass over a stack of open elements that over-counts
 /// rather than under-counts what a browser would nest (end tags close only what they name),
 /// so the parser behind it never sees a deeper tree.
 pub fn bound_html(html: &str) -> Bounded<'_> {
@@ -120,9 +130,25 @@ pub fn bound_html(html: &str) -> Bounded<'_> {
     let bytes = capped.as_bytes();
     let mut open: Vec<String> = Vec::new();
     let mut foreign = 0usize; // open <svg>/<math>: inside them every element nests.
+    let mut indent = 0usize; // bytes of prefix each output line gets here
+    let mut estimate = 0usize; // output bytes so far, over-estimated
     let mut i = 0;
     while i < bytes.len() {
+        // A line break (kept inside <pre>) or a tag (which may start a line) may cost a line.
+        if bytes[i] == b'\n' || bytes[i] == b'<' {
+            estimate += indent + 1;
+        }
+        if estimate > MAX_HELPER_OUTPUT_BYTES {
+            return Bounded {
+                text: Cow::Borrowed(&capped[..i]),
+                note: Some(format!(
+                    "[… truncated: the text would be longer than {} MiB]",
+                    MAX_HELPER_OUTPUT_BYTES / (1024 * 1024)
+                )),
+            };
+        }
         if bytes[i] != b'<' {
+            estimate += 1;
             i += 1;
             continue;
         }
@@ -138,6 +164,9 @@ pub fn bound_html(html: &str) -> Bounded<'_> {
                 for closed in open.drain(at..) {
                     if closed == "svg" || closed == "math" {
                         foreign = foreign.saturating_sub(1);
+                    }
+                    if INDENTING.contains(&closed.as_str()) {
+                        indent = indent.saturating_sub(INDENT_BYTES);
                     }
                 }
             }
@@ -171,6 +200,9 @@ pub fn bound_html(html: &str) -> Bounded<'_> {
             }
             if name == "svg" || name == "math" {
                 foreign += 1;
+            }
+            if INDENTING.contains(&name.as_str()) {
+                indent += INDENT_BYTES;
             }
             open.push(name);
             continue;
@@ -318,6 +350,19 @@ mod tests {
         // A mismatched end tag closes nothing.
         let mismatched = "<b a=1></i>".repeat(100);
         assert!(bound_html(&mismatched).note.is_some());
+    }
+
+    #[test]
+    fn html_is_cut_where_its_text_would_pass_the_output_cap() {
+        // Line breaks deep inside lists: each output line carries every level's prefix.
+        let deep = "<ol start=1000000000000000000><li>".repeat(60);
+        let doc = format!("{deep}<pre>{}</pre>", "\n".repeat(200_000));
+        let b = bound_html(&doc);
+        assert!(b.text.len() < doc.len());
+        assert!(b.note.as_deref().is_some_and(|n| n.contains("4 MiB")), "{:?}", b.note);
+        // The same lines without the lists are kept whole.
+        let flat = format!("<pre>{}</pre>", "\n".repeat(200_000));
+        assert!(bound_html(&flat).note.is_none());
     }
 
     #[test]

@@ -496,6 +496,7 @@ pub fn parse_time(v: &Value) -> Option<chrono::DateTime<chrono::Utc>> {
 pub fn strip_html(html: &str) -> String {
     let input = bounds::bound_html(html);
     let text = html2text::config::with_decorator(html2text::render::TrivialDecorator::new())
+        .raw_mode(true)
         .string_from_read(input.text.as_bytes(), usize::MAX / 4)
         .unwrap_or_else(|_| input.text.to_string());
     let line = text.split_whitespace().collect::<Vec<_>>().join(" ");
@@ -509,7 +510,11 @@ pub fn strip_html(html: &str) -> String {
 /// footnotes. Bounded as [`strip_html`] is.
 pub fn html_to_text(html: &str) -> String {
     let input = bounds::bound_html(html);
+    // Tables are read cell by cell (raw mode): laid out in columns, every row is padded to
+    // the widest cell, so a table of many rows and one wide cell comes out thousands of times
+    // larger than it went in.
     let text = html2text::config::plain_no_decorate()
+        .raw_mode(true)
         .string_from_read(input.text.as_bytes(), usize::MAX / 4)
         .unwrap_or_else(|_| input.text.to_string());
     input.finish(tidy_lines(&text))
