@@ -30,7 +30,7 @@ pub struct App {
     pub wake: Arc<Notify>,
     /// Permits for ingest's CPU work (parse, validate, route) on blocking threads, one per
     /// core: a burst of large bodies waits its turn instead of spawning a thread each.
-    pub checks: tokio::sync::Semaphore,
+    pub checks: Arc<tokio::sync::Semaphore>,
 }
 
 /// A running gateway: its address, and the handle to stop it.
@@ -174,9 +174,9 @@ impl Gateway {
             schema,
             store: store.clone(),
             wake,
-            checks: tokio::sync::Semaphore::new(
+            checks: Arc::new(tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
-            ),
+            )),
         });
         let limits = server::ConnectionLimits {
             max_connections: app.config.server.max_connections,

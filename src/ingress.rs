@@ -19,7 +19,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use base64::Engine as _;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -63,8 +63,7 @@ const REPLAY_CACHE_SWEEP: usize = 10_000;
 /// Longest `webhook-id` accepted.
 const MAX_WEBHOOK_ID: usize = 256;
 
-/// How far a signed request's timestamp may be from now (the Standard Webhooks default).
-pub const SIGNATURE_TOLERANCE: Duration = Duration::from_secs(300);
+pub use crate::model::{REPLAY_WINDOW, SIGNATURE_TOLERANCE};
 
 /// What ingress remembers between requests: recent `webhook-id`s (a fast path: the store's
 /// claim is the truth), each source's token bucket, and the budget of body bytes in flight.
@@ -102,7 +101,7 @@ impl Guard {
             return false;
         };
         seen.get(&(source.to_string(), id.to_string()))
-            .is_some_and(|at| at.elapsed() < SIGNATURE_TOLERANCE * 2)
+            .is_some_and(|at| at.elapsed() < REPLAY_WINDOW)
     }
 
     /// Claims `id` for `source`: `false` when it was already claimed within the window (a
@@ -111,7 +110,7 @@ impl Guard {
         let Ok(mut seen) = self.seen.lock() else {
             return false;
         };
-        let window = SIGNATURE_TOLERANCE * 2;
+        let window = REPLAY_WINDOW;
         if seen.len() >= REPLAY_CACHE_SWEEP {
             // Forget what no replay check can match any more (the timestamp check refuses it).
             seen.retain(|_, at| at.elapsed() < window);
@@ -425,7 +424,7 @@ async fn accept(app: &Arc<App>, headers: &HeaderMap, body: Body) -> Result<Respo
     // The body's bytes are reserved before it is read (all that may come without a length)
     // and given back when this request ends, however it ends.
     let reserve = declared.map_or(limits.max_body_bytes, |n| n as usize);
-    let _budget = app.guard.reserve_body(reserve).ok_or_else(|| {
+    let budget = app.guard.reserve_body(reserve).ok_or_else(|| {
         Problem::unavailable(format!(
             "too many request bodies are being received at once (server.max_body_bytes_in_flight, {} bytes); try again",
             limits.max_body_bytes_in_flight
@@ -489,7 +488,7 @@ async fn accept(app: &Arc<App>, headers: &HeaderMap, body: Body) -> Result<Respo
         }
         _ => None,
     };
-    let result = accept_document(app, source, claimed.clone(), bytes).await;
+    let result = accept_document(app, source, claimed.clone(), bytes, budget).await;
     match (&result, &claimed) {
         // The store refused the id (a replay from before a restart): it stays claimed here.
         (Err(p), _) if p.status == 401 => {}
@@ -554,10 +553,14 @@ fn check_document(app: &App, bytes: &[u8]) -> Result<(Vec<NewIncident>, bool), P
     if !violations.is_empty() {
         return Err(unprocessable(violations));
     }
-    let batch = incidents
-        .iter()
-        .map(|incident| prepare(&app.config.connectors, &app.renderer, incident))
-        .collect();
+    // Correlation keys are templates: they get a delivery's render budget (one that runs
+    // over falls back to the incident id, as any key that fails to render does).
+    let batch = crate::render::bounds::with_budget(app.config.delivery.render_budget, || {
+        incidents
+            .iter()
+            .map(|incident| prepare(&app.config.connectors, &app.renderer, incident))
+            .collect()
+    });
     Ok((batch, is_batch))
 }
 
@@ -569,15 +572,22 @@ async fn accept_document(
     source: &SourceConfig,
     webhook_id: Option<String>,
     bytes: Bytes,
+    budget: OwnedSemaphorePermit,
 ) -> Result<Response, Problem> {
-    let checked = {
-        let Ok(_permit) = app.checks.acquire().await else {
-            return Err(Problem::unavailable("the gateway is shutting down"));
-        };
-        let app = app.clone();
-        tokio::task::spawn_blocking(move || check_document(&app, &bytes)).await
+    let Ok(permit) = app.checks.clone().acquire_owned().await else {
+        return Err(Problem::unavailable("the gateway is shutting down"));
     };
-    let (batch, is_batch) = checked.map_err(|e| {
+    // The permits go with the work: a client that hangs up mid-check frees neither its core
+    // nor its share of the body budget before the check is done with the bytes.
+    let checked = {
+        let app = app.clone();
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            check_document(&app, &bytes).map(|checked| (checked, budget))
+        })
+        .await
+    };
+    let ((batch, is_batch), _budget) = checked.map_err(|e| {
         tracing::error!(error = %e, "checking an incident failed");
         Problem::unavailable("the incident could not be checked; nothing was accepted; try again")
     })??;

@@ -150,6 +150,13 @@ impl AttemptOutcome {
     }
 }
 
+/// How far a signed request's timestamp may be from now (the Standard Webhooks default).
+pub const SIGNATURE_TOLERANCE: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// How long a `webhook-id` stays claimed: twice the tolerance (a timestamp that far ahead of
+/// the clock stays acceptable that long), and 2 s more, since timestamps are whole seconds.
+pub const REPLAY_WINDOW: std::time::Duration = std::time::Duration::from_secs(2 * 300 + 2);
+
 /// The clock: milliseconds since the Unix epoch, as the store keeps times.
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
@@ -181,5 +188,6 @@ mod tests {
         assert_eq!(ThreatRating::parse(" HIGH "), Some(ThreatRating::High));
         assert!(ThreatRating::Critical > ThreatRating::Info);
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert!(REPLAY_WINDOW > SIGNATURE_TOLERANCE * 2);
     }
 }

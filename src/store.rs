@@ -311,6 +311,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
     updated_ms       INTEGER NOT NULL,
     last_error       TEXT
 );
+CREATE INDEX IF NOT EXISTS incident_versions_incident ON incident_versions (incident_id);
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (status, next_attempt_ms);
 CREATE INDEX IF NOT EXISTS deliveries_incident ON deliveries (incident_id);
 CREATE INDEX IF NOT EXISTS deliveries_connector ON deliveries (connector, status);
@@ -583,13 +584,19 @@ impl Store {
 
     /// Whether every one of `sources` used `webhook_id` within [`REPLAY_WINDOW`]: such a
     /// request can only be a replay, refused before its body is read. (A read: the claim in
-    /// [`Store::ingest`] is what decides.)
+    /// [`Store::ingest`] is what decides.) Asked before the sender is authenticated, so it
+    /// never waits for the reader: when the reader is busy the answer is `false`.
     pub async fn webhook_id_seen(
         &self,
         sources: Vec<String>,
         webhook_id: String,
     ) -> Result<bool, StoreError> {
-        self.read(move |conn| {
+        let reader = self.reader.clone();
+        let seen = tokio::task::spawn_blocking(move || {
+            let Ok(conn) = reader.try_lock() else {
+                return Ok(false);
+            };
+            let conn = &*conn;
             let since = now_ms().saturating_sub(replay_window_ms());
             let mut stmt = conn.prepare_cached(
                 "SELECT 1 FROM seen_webhooks WHERE source = ?1 AND webhook_id = ?2 AND seen_ms >= ?3",
@@ -601,7 +608,8 @@ impl Store {
             }
             Ok(!sources.is_empty())
         })
-        .await
+        .await;
+        seen.map_err(|_| StoreError::Closed)?
     }
 
     /// Takes up to `limit` due deliveries for `lease_ms`, oldest due first, skipping
@@ -1139,10 +1147,7 @@ fn query_deliveries(
     Ok(out)
 }
 
-/// How long a `webhook-id` stays claimed: twice the signature tolerance, so no request with
-/// that id can still pass the timestamp check once it is forgotten.
-pub const REPLAY_WINDOW: std::time::Duration =
-    crate::ingress::SIGNATURE_TOLERANCE.saturating_mul(2);
+pub use crate::model::REPLAY_WINDOW;
 
 /// Expired ids deleted per claim: each claim adds one row and may delete this many, so the
 /// table stays about the size of one window's traffic at a bounded cost per request.
@@ -1186,6 +1191,13 @@ fn claim_webhook_id(
     Ok(claimed == 1)
 }
 
+/// Whether `inc`'s body is one of its incident's earlier versions.
+fn seen_before(conn: &Connection, inc: &NewIncident) -> Result<bool, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT 1 FROM incident_versions WHERE incident_id = ?1 AND body = ?2")?
+        .exists(params![inc.incident_id, inc.body])?)
+}
+
 fn ingest_one(
     conn: &Connection,
     source: &str,
@@ -1212,8 +1224,10 @@ fn ingest_one(
             (Some(_), None) => IngestStatus::Duplicate,
             // The first time given is newer than none.
             (None, Some(_)) => IngestStatus::Updated,
-            // Without updateTime on both sides, arrival order decides: a change is an update.
+            // Without updateTime on both sides, arrival order decides: a change is an update,
+            // unless it is a version seen before (a late retry of an older one).
             (None, None) if *old_hash == inc.body_hash => IngestStatus::Duplicate,
+            (None, None) if seen_before(conn, &inc)? => IngestStatus::Duplicate,
             (None, None) => IngestStatus::Updated,
         },
     };

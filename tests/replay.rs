@@ -297,6 +297,16 @@ async fn an_older_version_never_replaces_a_newer_one() {
         "c"
     );
 
+    // Without times, a version seen before is an older one coming late: not applied.
+    for (summary, expected) in [("a", "accepted"), ("b", "updated"), ("a", "duplicate")] {
+        let (status, _) = post(with_update_time("ORD-3", None, summary)).await;
+        assert_eq!(status, expected, "ORD-3 {summary}");
+    }
+    assert_eq!(
+        stored_incident(&base, "ORD-3").await["incident"]["summary"],
+        "b"
+    );
+
     assert_eq!(
         deliveries(&ws),
         [
@@ -304,7 +314,9 @@ async fn an_older_version_never_replaces_a_newer_one() {
             "ORD-1:updated",
             "ORD-2:created",
             "ORD-2:updated",
-            "ORD-2:updated"
+            "ORD-2:updated",
+            "ORD-3:created",
+            "ORD-3:updated"
         ]
     );
     gw.stop().await.unwrap();

@@ -89,7 +89,7 @@ pub async fn send(
     let started = Instant::now();
     // reqwest's own timeout covers the same span and keeps a status that arrived before a body
     // cut short; this one is the guarantee, a moment later, whatever happens inside.
-    let bound = timeout + SEND_TIMEOUT_GRACE;
+    let bound = timeout.saturating_add(SEND_TIMEOUT_GRACE);
     match tokio::time::timeout(bound, exchange(client, request, timeout, keep_bytes)).await {
         Ok(result) => result,
         Err(_) => SendResult::failed(

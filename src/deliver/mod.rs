@@ -322,7 +322,7 @@ impl Deliverer {
             render::bounds::with_budget(budget, || render(&renderer, connector, &delivery))
         });
         // Helpers stop at the budget; this bounds whatever runs between helper calls too.
-        match tokio::time::timeout(budget + RENDER_BUDGET_GRACE, task).await {
+        match tokio::time::timeout(budget.saturating_add(RENDER_BUDGET_GRACE), task).await {
             Err(_) => Err(over_budget()),
             Ok(Err(panicked)) => Err(format!("render failed: {panicked}")),
             Ok(Ok(Err(e))) if e.contains(render::bounds::BUDGET_SPENT) => Err(over_budget()),
@@ -424,21 +424,31 @@ impl Deliverer {
 
     /// Renews the delivery's lease every third of its length while its attempt runs, so no
     /// other worker takes it however long the attempt waits for a render thread or a
-    /// receiver. Returns only when the lease is lost.
+    /// receiver. Returns when the lease is lost, or may be about to be: when renewals have
+    /// failed (or hung) until a third of the lease is left, the attempt is given up before
+    /// another worker could take the delivery and send it a second time.
     async fn keep_lease(&self, delivery: &LeasedDelivery) {
         let lease = self.config.delivery.lease;
         let lease_ms = lease.as_millis().min(i64::MAX as u128) as i64;
+        let mut held_until = tokio::time::Instant::now() + lease;
         loop {
             tokio::time::sleep(lease / 3).await;
-            match self
-                .store
-                .extend_lease(delivery.id.clone(), delivery.lease_token.clone(), lease_ms)
-                .await
-            {
-                Ok(true) => {}
-                Ok(false) => return,
-                // Tried again at the next third; two more misses and the lease runs out.
-                Err(e) => tracing::warn!(delivery = %delivery.id, error = %e, "cannot renew lease"),
+            let renewal = self.store.extend_lease(
+                delivery.id.clone(),
+                delivery.lease_token.clone(),
+                lease_ms,
+            );
+            let asked_at = tokio::time::Instant::now();
+            match tokio::time::timeout(lease / 3, renewal).await {
+                Ok(Ok(true)) => held_until = asked_at + lease,
+                Ok(Ok(false)) => return,
+                Ok(Err(e)) => {
+                    tracing::warn!(delivery = %delivery.id, error = %e, "cannot renew lease")
+                }
+                Err(_) => tracing::warn!(delivery = %delivery.id, "renewing the lease hung"),
+            }
+            if tokio::time::Instant::now() + lease / 3 >= held_until {
+                return;
             }
         }
     }

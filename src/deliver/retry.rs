@@ -17,9 +17,9 @@ pub fn backoff(policy: &RetryPolicy, attempts_in_budget: u32, random: f64) -> Op
 
 /// The time (ms) of the next attempt, or `None` when the delivery has used its budget.
 ///
-/// A `Retry-After` from the receiver replaces the computed delay (it knows when it will be
-/// ready; at least the schedule's first step), but never extends a delivery past its maximum
-/// age.
+/// A `Retry-After` from the receiver can only lengthen the wait: the schedule still spans
+/// its day when a receiver in maintenance asks for a minute each time. Nothing extends a
+/// delivery past its maximum age.
 pub fn next_attempt_ms(
     policy: &RetryPolicy,
     attempts_in_budget: u32,
@@ -29,9 +29,7 @@ pub fn next_attempt_ms(
     random: f64,
 ) -> Option<i64> {
     let step = backoff(policy, attempts_in_budget, random)?;
-    // A Retry-After of 0 would spend every attempt at once: never sooner than the first step.
-    let floor = policy.schedule.first().copied().unwrap_or_default();
-    let delay = retry_after.map(|d| d.max(floor)).unwrap_or(step);
+    let delay = retry_after.map_or(step, |asked| asked.max(step));
     let at = now_ms.saturating_add(delay.as_millis().min(i64::MAX as u128) as i64);
     let deadline =
         budget_since_ms.saturating_add(policy.max_age.as_millis().min(i64::MAX as u128) as i64);
@@ -88,21 +86,36 @@ mod tests {
     }
 
     #[test]
-    fn retry_after_replaces_the_step() {
+    fn retry_after_only_lengthens_the_step() {
         let p = policy();
         assert_eq!(
-            next_attempt_ms(&p, 1, 0, 1_000, Some(Duration::from_secs(7)), 1.0),
+            next_attempt_ms(&p, 1, 0, 1_000, Some(Duration::from_secs(7)), 0.0),
             Some(8_000)
         );
         assert_eq!(
-            next_attempt_ms(&p, 1, 0, 1_000, Some(Duration::from_secs(7200)), 1.0),
+            next_attempt_ms(&p, 1, 0, 1_000, Some(Duration::from_secs(7200)), 0.0),
             None
         );
-        // Retry-After: 0 waits the first step (2 s) rather than none.
+        // Retry-After: 0 waits the step (2 s) rather than none.
         assert_eq!(
-            next_attempt_ms(&p, 1, 0, 1_000, Some(Duration::ZERO), 1.0),
+            next_attempt_ms(&p, 1, 0, 1_000, Some(Duration::ZERO), 0.0),
             Some(3_000)
         );
+        // A receiver in maintenance asking for a minute each time still gets the whole day.
+        let day = RetryPolicy::default();
+        let (mut now, mut attempts) = (0i64, 0u32);
+        while let Some(next) = next_attempt_ms(
+            &day,
+            attempts + 1,
+            0,
+            now,
+            Some(Duration::from_secs(60)),
+            0.0,
+        ) {
+            attempts += 1;
+            now = next;
+        }
+        assert!(now > 20 * 3600 * 1000, "last attempt at {now} ms");
     }
 
     /// The default schedule outlasts a maintenance window: with the target down for two

@@ -15,6 +15,10 @@ use std::time::{Duration, Instant};
 pub const MAX_CONVERT_BYTES: usize = 256 * 1024;
 /// The deepest HTML element nesting a conversion keeps; what is inside deeper is cut.
 pub const MAX_HTML_DEPTH: usize = 64;
+/// The most start tags (`<` and a letter, wherever it stands) a conversion reads. The parser's
+/// cost grows with tags × depth, and depth can never exceed the tags, so this bounds it
+/// whatever the nesting scan below makes of odd markup.
+pub const MAX_HTML_TAGS: usize = 8192;
 /// The deepest Markdown container nesting (block quotes, list items) a conversion keeps.
 pub const MAX_MARKDOWN_DEPTH: usize = 32;
 /// The most text one helper call may produce (`replace` can multiply its input).
@@ -125,8 +129,21 @@ fn tag_name(bytes: &[u8], from: usize) -> (String, usize) {
 /// rather than under-counts what a browser would nest (end tags close only what they name),
 /// so the parser behind it never sees a deeper tree.
 pub fn bound_html(html: &str) -> Bounded<'_> {
-    let capped = prefix(html, MAX_CONVERT_BYTES);
+    let mut capped = prefix(html, MAX_CONVERT_BYTES);
     let mut note = (capped.len() < html.len()).then(size_note);
+    // Counted on the raw bytes, so no reading of comments, quotes or raw text can hide a tag.
+    if let Some((at, _)) = capped
+        .as_bytes()
+        .windows(2)
+        .enumerate()
+        .filter(|(_, w)| w[0] == b'<' && w[1].is_ascii_alphabetic())
+        .nth(MAX_HTML_TAGS)
+    {
+        capped = &capped[..at];
+        note = Some(format!(
+            "[… truncated: the HTML has more than {MAX_HTML_TAGS} tags]"
+        ));
+    }
     let bytes = capped.as_bytes();
     let mut open: Vec<String> = Vec::new();
     let mut foreign = 0usize; // open <svg>/<math>: inside them every element nests.
@@ -327,7 +344,7 @@ mod tests {
         assert_eq!(b.text.len(), MAX_HTML_DEPTH * 5);
         assert!(b.note.as_deref().is_some_and(|n| n.contains("64 levels")));
         // Closed siblings never deepen it.
-        let flat = "<div>a</div>".repeat(10_000);
+        let flat = "<div>a</div>".repeat(8_000);
         let b = bound_html(&flat);
         assert_eq!(b.text.len(), flat.len());
         assert!(b.note.is_none());
@@ -352,6 +369,35 @@ mod tests {
         assert!(bound_html(&mismatched).note.is_some());
     }
 
+    /// Markup the nesting scan reads differently from a browser: the tag cap bounds it all.
+    #[test]
+    fn odd_markup_cannot_slip_a_deep_tree_past_the_caps() {
+        let hostile = [
+            "<rt>".repeat(60_000),
+            "<optgroup>".repeat(25_000),
+            "<p_>".repeat(60_000),
+            "<i x'>".to_string() + &"<div>".repeat(50_000),
+            "<!-->".to_string() + &"<div>".repeat(50_000),
+            "<svg><title>".to_string() + &"<g>".repeat(60_000),
+            ("<b>".to_string() + &"<div>".repeat(60) + "</b>").repeat(800),
+        ];
+        for doc in hostile {
+            let b = bound_html(&doc);
+            let tags = b
+                .text
+                .as_bytes()
+                .windows(2)
+                .filter(|w| w[0] == b'<' && w[1].is_ascii_alphabetic())
+                .count();
+            assert!(
+                tags <= MAX_HTML_TAGS + 1,
+                "{tags} tags kept of {}",
+                &doc[..12]
+            );
+            assert!(b.note.is_some(), "{}", &doc[..12]);
+        }
+    }
+
     #[test]
     fn html_is_cut_where_its_text_would_pass_the_output_cap() {
         // Line breaks deep inside lists: each output line carries every level's prefix.
@@ -359,7 +405,11 @@ mod tests {
         let doc = format!("{deep}<pre>{}</pre>", "\n".repeat(200_000));
         let b = bound_html(&doc);
         assert!(b.text.len() < doc.len());
-        assert!(b.note.as_deref().is_some_and(|n| n.contains("4 MiB")), "{:?}", b.note);
+        assert!(
+            b.note.as_deref().is_some_and(|n| n.contains("4 MiB")),
+            "{:?}",
+            b.note
+        );
         // The same lines without the lists are kept whole.
         let flat = format!("<pre>{}</pre>", "\n".repeat(200_000));
         assert!(bound_html(&flat).note.is_none());
