@@ -282,6 +282,8 @@ enum Phase {
     Busy { requests: usize },
     /// Discarding what the client still sends after an early answer.
     Lingering { since: Instant },
+    /// Shed: no request may start on it any more.
+    Closing,
 }
 
 /// One connection's state, shared by its task, its service, its IO and the slot table.
@@ -320,15 +322,30 @@ impl Conn {
         }
     }
 
-    fn begin_request(self: &Arc<Self>) -> RequestGuard {
+    /// Marks a request under way; `None` when the connection was shed first (the request
+    /// must not start: the connection is about to be dropped).
+    fn begin_request(self: &Arc<Self>) -> Option<RequestGuard> {
         let mut phase = self.phase();
         *phase = match *phase {
+            Phase::Closing => return None,
             Phase::Busy { requests } => Phase::Busy {
                 requests: requests + 1,
             },
             _ => Phase::Busy { requests: 1 },
         };
-        RequestGuard { conn: self.clone() }
+        Some(RequestGuard { conn: self.clone() })
+    }
+
+    /// Sheds the connection if no request is under way (checked and done under one lock, so
+    /// a request cannot start in between and be cut short); `false` when one is.
+    fn shed_unless_busy(&self, also_if: impl FnOnce(&Phase) -> bool) -> bool {
+        let mut phase = self.phase();
+        if matches!(*phase, Phase::Busy { .. }) || !also_if(&phase) {
+            return false;
+        }
+        *phase = Phase::Closing;
+        self.close.cancel();
+        true
     }
 
     fn end_request(&self) {
@@ -348,20 +365,23 @@ impl Conn {
     }
 
     fn lingering(&self, now: Instant) {
-        *self.phase() = Phase::Lingering { since: now };
+        let mut phase = self.phase();
+        if !matches!(*phase, Phase::Closing) {
+            *phase = Phase::Lingering { since: now };
+        }
     }
 
     /// Since when the connection has been waiting (or lingering), if it is.
     fn waiting_since(&self) -> Option<Instant> {
         match *self.phase() {
             Phase::Waiting { since, .. } | Phase::Lingering { since } => Some(since),
-            Phase::Busy { .. } => None,
+            Phase::Busy { .. } | Phase::Closing => None,
         }
     }
 
-    /// Whether the connection has waited past what the current pressure allows.
-    fn expired(&self, now: Instant, idle_limit: Duration, header_limit: Duration) -> bool {
-        match *self.phase() {
+    /// Whether a connection in `phase` has waited past what the current pressure allows.
+    fn expired(phase: &Phase, now: Instant, idle_limit: Duration, header_limit: Duration) -> bool {
+        match *phase {
             Phase::Waiting {
                 since,
                 first_byte: None,
@@ -374,7 +394,7 @@ impl Conn {
                 now.duration_since(first) > header_limit.min(idle_limit)
                     || now.duration_since(since) > idle_limit.saturating_add(header_limit)
             }
-            Phase::Busy { .. } => false,
+            Phase::Busy { .. } | Phase::Closing => false,
         }
     }
 }
@@ -446,14 +466,21 @@ impl Table {
             .filter(|(_, e)| e.reserve == reserve)
             .filter_map(|(id, e)| e.conn.waiting_since().map(|since| (since, *id)))
             .min();
-        match victim.and_then(|(_, id)| self.remove(id)) {
-            Some(entry) => {
-                tracing::debug!(client = %entry.client, "slots full: closed the connection that waited longest");
-                entry.conn.close.cancel();
-                true
-            }
-            None => false,
+        let Some((_, id)) = victim else {
+            return false;
+        };
+        // It may have begun a request since it was picked: then it stays.
+        if !self
+            .entries
+            .get(&id)
+            .is_some_and(|e| e.conn.shed_unless_busy(|_| true))
+        {
+            return false;
         }
+        if let Some(entry) = self.remove(id) {
+            tracing::debug!(client = %entry.client, "slots full: closed the connection that waited longest");
+        }
+        true
     }
 }
 
@@ -529,7 +556,8 @@ impl Slots {
         let mut table = self.table();
         let general_limit = idle_limit(self.idle_timeout, table.general_used, self.general);
         let reserve_limit = idle_limit(self.idle_timeout, table.reserve_used, self.reserved);
-        let expired: Vec<u64> = table
+        let header_limit = self.header_read_timeout;
+        let shed: Vec<u64> = table
             .entries
             .iter()
             .filter(|(_, e)| {
@@ -538,14 +566,13 @@ impl Slots {
                 } else {
                     general_limit
                 };
-                e.conn.expired(now, limit, self.header_read_timeout)
+                e.conn
+                    .shed_unless_busy(|phase| Conn::expired(phase, now, limit, header_limit))
             })
             .map(|(id, _)| *id)
             .collect();
-        for id in expired {
-            if let Some(entry) = table.remove(id) {
-                entry.conn.close.cancel();
-            }
+        for id in shed {
+            table.remove(id);
         }
     }
 }
@@ -647,7 +674,16 @@ impl hyper::service::Service<Request<Incoming>> for Gate {
     type Future = GateFuture;
 
     fn call(&self, req: Request<Incoming>) -> GateFuture {
-        let guard = self.conn.begin_request();
+        let Some(guard) = self.conn.begin_request() else {
+            // Shed a moment ago: the connection is being dropped, this request never starts.
+            let mut response =
+                Problem::unavailable("the connection is closing; send the request again")
+                    .into_response();
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return Box::pin(std::future::ready(Ok(response)));
+        };
         self.conn
             .unread_body
             .store(!req.body().is_end_stream(), Ordering::Release);
