@@ -160,21 +160,16 @@ async fn mails_carry_both_parts_a_tagged_encoded_subject_and_thread_on_the_ticke
     let ws = Workspace::new();
     let server = SmtpServer::start(port, &ws.path().join("mails"), None);
     let config = mail_config(&ws, port, "correlation_key = \"{{incident_class}}\"");
-    let gw = start_in_process(&config).await;
-    let base = format!("http://{}", gw.addr);
+    let (gw, base) = start_gateway(&config).await;
 
     let mut first = incident("MAIL-1");
     first["incident"]["summary"] = json!("Brute force — Überprüfung 漢字 🚨");
-    let r: Value = post_incident(&base, &first).await.json().await.unwrap();
-    let first_id = r["deliveries"][0]["id"].as_str().unwrap().to_string();
+    let r = post_json(&base, &first).await;
+    let first_id = first_delivery(&r);
     server.wait_for(1, Duration::from_secs(10)).await;
-    let r: Value = post_incident(&base, &incident("MAIL-2"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let r = post_json(&base, &incident("MAIL-2")).await;
     assert_eq!(r["deliveries"][0]["event"], "updated");
-    let second_id = r["deliveries"][0]["id"].as_str().unwrap().to_string();
+    let second_id = first_delivery(&r);
     let mails = server.wait_for(2, Duration::from_secs(10)).await;
     assert_eq!(mails.len(), 2);
 
@@ -255,8 +250,7 @@ async fn a_subject_cannot_inject_a_header_or_a_recipient() {
     let ws = Workspace::new();
     let server = SmtpServer::start(port, &ws.path().join("mails"), None);
     let config = mail_config(&ws, port, "");
-    let gw = start_in_process(&config).await;
-    let base = format!("http://{}", gw.addr);
+    let (gw, base) = start_gateway(&config).await;
     let mut evil = incident("EVIL-1");
     evil["incident"]["summary"] = json!("x\r\nBcc: attacker@example.com");
     evil["humanFriendlyId"] = json!("id\r\nCc: attacker2@example.com");
@@ -298,15 +292,10 @@ async fn mails_queue_while_the_server_is_down_and_each_arrives_once() {
     let port = free_port();
     let ws = Workspace::new();
     let config = mail_config(&ws, port, "");
-    let gw = start_in_process(&config).await;
-    let base = format!("http://{}", gw.addr);
+    let (gw, base) = start_gateway(&config).await;
     let mut ids = HashSet::new();
     for i in 0..N {
-        let r: Value = post_incident(&base, &incident(&format!("DOWN-{i}")))
-            .await
-            .json()
-            .await
-            .unwrap();
+        let r = post_json(&base, &incident(&format!("DOWN-{i}"))).await;
         ids.insert(format!(
             "{}@example.com",
             r["deliveries"][0]["id"].as_str().unwrap()
@@ -358,17 +347,11 @@ async fn a_5xx_reply_is_final_and_recorded_with_the_servers_words() {
         Some("554 5.7.1 Rejected by policy"),
     );
     let config = mail_config(&ws, port, "");
-    let gw = start_in_process(&config).await;
-    let base = format!("http://{}", gw.addr);
-    let r: Value = post_incident(&base, &incident("REJECT-1"))
-        .await
-        .json()
-        .await
-        .unwrap();
-    let id = r["deliveries"][0]["id"].as_str().unwrap().to_string();
-    let dead = eventually(Duration::from_secs(10), || async {
-        let (_, v) = admin_get(&base, &format!("/v1/deliveries/{id}")).await;
-        (v["status"] == "dead").then_some(v)
+    let (gw, base) = start_gateway(&config).await;
+    let r = post_json(&base, &incident("REJECT-1")).await;
+    let id = first_delivery(&r);
+    let dead = delivery_when(&base, &id, Duration::from_secs(10), |v| {
+        v["status"] == "dead"
     })
     .await
     .expect("dead at once");
@@ -392,8 +375,7 @@ async fn a_burst_of_a_thousand_mails_reuses_a_few_connections() {
     let ws = Workspace::new();
     let server = SmtpServer::start(port, &ws.path().join("mails"), None);
     let config = mail_config(&ws, port, "");
-    let gw = start_in_process(&config).await;
-    let base = format!("http://{}", gw.addr);
+    let (gw, base) = start_gateway(&config).await;
     for chunk in 0..N / 100 {
         let batch: Vec<Value> = (0..100)
             .map(|i| incident(&format!("POOL-{chunk}-{i}")))
@@ -494,8 +476,7 @@ async fn starttls_and_implicit_tls_with_a_private_ca() {
             &format!("{scheme}://127.0.0.1:{port}"),
         );
         std::fs::write(&config, text).unwrap();
-        let gw = start_in_process(&config).await;
-        let base = format!("http://{}", gw.addr);
+        let (gw, base) = start_gateway(&config).await;
         assert_eq!(
             post_incident(&base, &incident(&format!("TLS-{scheme}")))
                 .await
@@ -532,17 +513,11 @@ async fn an_untrusted_certificate_is_refused() {
         &format!("smtp+starttls://127.0.0.1:{port}"),
     );
     std::fs::write(&config, text).unwrap();
-    let gw = start_in_process(&config).await;
-    let base = format!("http://{}", gw.addr);
-    let r: Value = post_incident(&base, &incident("UNTRUSTED"))
-        .await
-        .json()
-        .await
-        .unwrap();
-    let id = r["deliveries"][0]["id"].as_str().unwrap().to_string();
-    let failed = eventually(Duration::from_secs(10), || async {
-        let (_, v) = admin_get(&base, &format!("/v1/deliveries/{id}")).await;
-        (v["attempt_count"].as_u64() >= Some(1)).then_some(v)
+    let (gw, base) = start_gateway(&config).await;
+    let r = post_json(&base, &incident("UNTRUSTED")).await;
+    let id = first_delivery(&r);
+    let failed = delivery_when(&base, &id, Duration::from_secs(10), |v| {
+        v["attempt_count"].as_u64() >= Some(1)
     })
     .await
     .expect("an attempt was made");
@@ -613,10 +588,7 @@ async fn post_smuggling_incidents(base: &str) -> Vec<(String, String)> {
         let r = post_incident(base, &evil).await;
         assert_eq!(r.status(), 202, "{label}");
         let r: Value = r.json().await.unwrap();
-        ids.push((
-            label.to_string(),
-            r["deliveries"][0]["id"].as_str().unwrap().to_string(),
-        ));
+        ids.push((label.to_string(), first_delivery(&r)));
     }
     ids
 }
@@ -753,19 +725,13 @@ async fn a_stalled_reply_ends_the_attempt_at_the_connectors_timeout() {
             "[delivery]\nlease = \"31s\"\n\n[[connectors]]",
         );
     std::fs::write(&config, text).unwrap();
-    let gw = start_in_process(&config).await;
-    let base = format!("http://{}", gw.addr);
+    let (gw, base) = start_gateway(&config).await;
     let started = std::time::Instant::now();
-    let r: Value = post_incident(&base, &incident("STALL-1"))
-        .await
-        .json()
-        .await
-        .unwrap();
-    let id = r["deliveries"][0]["id"].as_str().unwrap().to_string();
+    let r = post_json(&base, &incident("STALL-1")).await;
+    let id = first_delivery(&r);
     // The server held the reply for 60 s; the bug let the attempt wait all of it.
-    let view = eventually(Duration::from_secs(10), || async {
-        let (_, v) = admin_get(&base, &format!("/v1/deliveries/{id}")).await;
-        (v["attempt_count"].as_u64() >= Some(2)).then_some(v)
+    let view = delivery_when(&base, &id, Duration::from_secs(10), |v| {
+        v["attempt_count"].as_u64() >= Some(2)
     })
     .await
     .expect("two attempts recorded well inside the 60 s the server held its reply");
@@ -888,8 +854,7 @@ async fn allowed_plaintext_auth_authenticates() {
         port,
         "allow_plaintext_auth = true\nusername = \"gateway\"\npassword = \"s3cret-pw\"",
     );
-    let gw = start_in_process(&config).await;
-    let base = format!("http://{}", gw.addr);
+    let (gw, base) = start_gateway(&config).await;
     assert_eq!(
         post_incident(&base, &incident("AUTH-1")).await.status(),
         202

@@ -181,8 +181,7 @@ async fn a_captured_signed_request_is_refused_after_a_restart() {
     let receiver = Receiver::start().await;
     let ws = Workspace::new();
     let config = signed_config(&ws, &receiver, "");
-    let gw = start_in_process(&config).await;
-    let base = format!("http://{}", gw.addr);
+    let (gw, base) = start_gateway(&config).await;
     let v1 = Captured::new("evt_v1", &with_update_time("RE-1", Some(100), "first"));
     let v2 = Captured::new("evt_v2", &with_update_time("RE-1", Some(200), "second"));
     assert_eq!(v1.post(&base).await, 202);
@@ -192,8 +191,7 @@ async fn a_captured_signed_request_is_refused_after_a_restart() {
     gw.stop().await.unwrap();
 
     // A new process on the same file and config: nothing in memory, still no replay.
-    let gw = start_in_process(&config).await;
-    let base = format!("http://{}", gw.addr);
+    let (gw, base) = start_gateway(&config).await;
     assert_eq!(v1.post(&base).await, 401, "the older version replayed");
     assert_eq!(v2.post(&base).await, 401, "the newer version replayed");
     // Refused from its headers: the server answers with most of the body never sent.
@@ -234,8 +232,7 @@ async fn an_older_version_never_replaces_a_newer_one() {
         "127.0.0.1:0",
         &http_connector("ticketing", &receiver.url("/hook"), ""),
     );
-    let gw = start_in_process(&config).await;
-    let base = format!("http://{}", gw.addr);
+    let (gw, base) = start_gateway(&config).await;
     let post = |body: Value| {
         let base = base.clone();
         async move {
@@ -315,14 +312,12 @@ async fn concurrent_copies_after_a_restart_get_one_202() {
     let receiver = Receiver::start().await;
     let ws = Workspace::new();
     let config = signed_config(&ws, &receiver, "");
-    let gw = start_in_process(&config).await;
-    let base = format!("http://{}", gw.addr);
+    let (gw, base) = start_gateway(&config).await;
     let old = Captured::new("evt_old", &with_update_time("CC-1", Some(100), "old"));
     assert_eq!(old.post(&base).await, 202);
     gw.stop().await.unwrap();
 
-    let gw = start_in_process(&config).await;
-    let base = format!("http://{}", gw.addr);
+    let (gw, base) = start_gateway(&config).await;
     let fresh = Captured::new("evt_fresh", &with_update_time("CC-2", Some(100), "fresh"));
     let copies: Vec<_> = (0..16)
         .map(|i| {
@@ -369,8 +364,7 @@ async fn unauthenticated_bodies_are_refused_before_they_are_read() {
         &receiver,
         "body_read_timeout = \"30s\"\nmax_connections_per_client = 1024\n",
     );
-    let gw = start_in_process(&config).await;
-    let base = format!("http://{}", gw.addr);
+    let (gw, base) = start_gateway(&config).await;
     let used = Captured::new("evt_used", &incident("UN-1"));
     assert_eq!(used.post(&base).await, 202);
 
@@ -477,8 +471,7 @@ api_key = "{SOURCE_KEY}"
         )
         .replace("TEMPLATES", &templates.display().to_string()),
     );
-    let gw = start_in_process(&config).await;
-    let base = format!("http://{}", gw.addr);
+    let (gw, base) = start_gateway(&config).await;
     let bearer = vec![("authorization".to_string(), format!("Bearer {SOURCE_KEY}"))];
 
     // Three slow senders, each with a body of max_body_bytes half sent: the whole budget.

@@ -65,8 +65,7 @@ async fn signatures_verify_with_the_reference_implementation_during_a_rotation()
         "127.0.0.1:0",
         &http_connector("t", &receiver.url("/t"), &extra),
     );
-    let gw = start_in_process(&config).await;
-    let base = format!("http://{}", gw.addr);
+    let (gw, base) = start_gateway(&config).await;
     let mut hostile = incident("SIGNED-2");
     hostile["incident"]["summary"] = json!("quotes \" and \\ and ünïcødé 🚨 and\nnewlines");
     for inc in [incident("SIGNED-1"), hostile] {
@@ -158,8 +157,7 @@ async fn post_signed(
 async fn inbound_signatures_timestamps_replays_and_rate_limits() {
     let ws = Workspace::new();
     let config = signed_source_config(&ws, "");
-    let gw = start_in_process(&config).await;
-    let base = format!("http://{}", gw.addr);
+    let (gw, base) = start_gateway(&config).await;
     let body = incident("IN-1").to_string();
     let now = chrono::Utc::now().timestamp();
 
@@ -237,12 +235,7 @@ async fn inbound_signatures_timestamps_replays_and_rate_limits() {
     assert!(statuses[2..].contains(&429), "{statuses:?}");
     assert_eq!(retry_after.as_deref(), Some("1"));
 
-    let metrics = client()
-        .get(format!("{base}/metrics"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let metrics = admin(reqwest::Method::GET, &base, "/metrics").await;
     let text = metrics.text().await.unwrap();
     assert!(text.contains("igw_auth_failures_total 6"), "{text}");
     assert!(text.contains("igw_rate_limited_total"), "{text}");
@@ -720,12 +713,11 @@ async fn requests_to_metadata_addresses_or_hosts_off_the_list_are_refused() {
     .concat()
     .replace("PORT", &port.to_string());
     let config = ws.config("127.0.0.1:0", &connectors);
-    let gw = start_in_process(&config).await;
-    let base = format!("http://{}", gw.addr);
+    let (gw, base) = start_gateway(&config).await;
     let mut inc = incident("SSRF-1");
     inc["customer"] = json!("169.254.169.254");
     inc["asset_host_name"] = json!("127.0.0.1");
-    let r: Value = post_incident(&base, &inc).await.json().await.unwrap();
+    let r = post_json(&base, &inc).await;
     assert_eq!(r["deliveries"].as_array().unwrap().len(), 4);
     let dead = eventually(Duration::from_secs(10), || async {
         let (_, v) = admin_get(&base, "/v1/deliveries?status=dead").await;
@@ -762,12 +754,8 @@ async fn requests_to_metadata_addresses_or_hosts_off_the_list_are_refused() {
         got.iter().map(|r| r.path.as_str()).collect::<Vec<_>>(),
         ["/ok"]
     );
-    let metrics = client()
-        .get(format!("{base}/metrics"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
+    let metrics = admin(reqwest::Method::GET, &base, "/metrics")
         .await
-        .unwrap()
         .text()
         .await
         .unwrap();
@@ -786,17 +774,11 @@ async fn a_name_that_resolves_to_a_forbidden_address_is_refused_at_connect() {
         "127.0.0.1:0",
         &http_connector("t", &url, "allow_private = false\n"),
     );
-    let gw = start_in_process(&config).await;
-    let base = format!("http://{}", gw.addr);
-    let r: Value = post_incident(&base, &incident("DNS-1"))
-        .await
-        .json()
-        .await
-        .unwrap();
-    let id = r["deliveries"][0]["id"].as_str().unwrap().to_string();
-    let dead = eventually(Duration::from_secs(10), || async {
-        let (_, v) = admin_get(&base, &format!("/v1/deliveries/{id}")).await;
-        (v["status"] == "dead").then_some(v)
+    let (gw, base) = start_gateway(&config).await;
+    let r = post_json(&base, &incident("DNS-1")).await;
+    let id = first_delivery(&r);
+    let dead = delivery_when(&base, &id, Duration::from_secs(10), |v| {
+        v["status"] == "dead"
     })
     .await
     .expect("refused");
@@ -1075,8 +1057,7 @@ max_backoff = "100ms"
 async fn concurrent_copies_huge_signature_headers_and_absurd_timestamps_are_refused() {
     let ws = Workspace::new();
     let config = signed_source_config(&ws, "");
-    let gw = start_in_process(&config).await;
-    let base = format!("http://{}", gw.addr);
+    let (gw, base) = start_gateway(&config).await;
     let body = incident("COPY-1").to_string();
     let now = chrono::Utc::now().timestamp();
     let sig = sign(INBOUND_SECRET, "evt_copy", now, &body);
@@ -1134,8 +1115,7 @@ async fn a_source_with_a_key_and_a_secret_must_present_both() {
             "[server]\nlisten = \"127.0.0.1:0\"\n[storage]\nurl = \"sqlite://gateway.db\"\n[[sources]]\nname = \"both\"\napi_key = \"{SOURCE_KEY}\"\nsigning_secret = \"{INBOUND_SECRET}\"\n"
         ),
     );
-    let gw = start_in_process(&config).await;
-    let base = format!("http://{}", gw.addr);
+    let (gw, base) = start_gateway(&config).await;
     let body = incident("BOTH-1").to_string();
     let now = chrono::Utc::now().timestamp();
     let sig = sign(INBOUND_SECRET, "evt_both", now, &body);
