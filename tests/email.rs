@@ -4,111 +4,14 @@
 mod common;
 
 use std::collections::HashSet;
-use std::io::BufRead;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::Command;
 use std::time::Duration;
 
+use common::smtp::SmtpServer;
 use common::*;
 use mail_parser::{HeaderValue, MessageParser};
 use serde_json::{Value, json};
-
-/// The SMTP server process and the folder it stores messages in.
-struct SmtpServer {
-    child: Child,
-    dir: PathBuf,
-}
-
-impl SmtpServer {
-    fn start(port: u16, dir: &Path, reject: Option<&str>) -> SmtpServer {
-        match reject {
-            Some(r) => Self::start_with(port, dir, &["--reject", r]),
-            None => Self::start_with(port, dir, &[]),
-        }
-    }
-
-    fn start_with(port: u16, dir: &Path, args: &[&str]) -> SmtpServer {
-        Self::run("smtp_server.py", port, dir, args)
-    }
-
-    /// The raw-socket sink (tests/support/smtp_sink.py): lenient about line ends the way a
-    /// smuggling attack needs, and able to stall.
-    fn sink(port: u16, dir: &Path, args: &[&str]) -> SmtpServer {
-        Self::run("smtp_sink.py", port, dir, args)
-    }
-
-    fn run(script: &str, port: u16, dir: &Path, args: &[&str]) -> SmtpServer {
-        let script = repo().join("tests/support").join(script);
-        let mut cmd = Command::new("python3");
-        cmd.arg(script)
-            .args(["--port", &port.to_string(), "--dir"])
-            .arg(dir)
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("python3 runs");
-        let stdout = child.stdout.take().unwrap();
-        let mut line = String::new();
-        std::io::BufReader::new(stdout)
-            .read_line(&mut line)
-            .unwrap();
-        if line.trim() != "ready" {
-            let mut err = String::new();
-            if let Some(mut e) = child.stderr.take() {
-                let _ = std::io::Read::read_to_string(&mut e, &mut err);
-            }
-            panic!(
-                "the SMTP server did not start (is aiosmtpd installed? pip install aiosmtpd): {err}"
-            );
-        }
-        SmtpServer {
-            child,
-            dir: dir.to_path_buf(),
-        }
-    }
-
-    /// Every stored message, in arrival order: (envelope, raw message).
-    fn messages(&self) -> Vec<(Value, String)> {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(&self.dir)
-            .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
-            .unwrap_or_default();
-        files.retain(|p| {
-            p.extension().is_some_and(|x| x == "json")
-                && !p.file_name().unwrap().to_string_lossy().starts_with('.')
-        });
-        files.sort();
-        files
-            .into_iter()
-            .map(|p| {
-                let v: Value = serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
-                let data = v["data"].as_str().unwrap().to_string();
-                (v, data)
-            })
-            .collect()
-    }
-
-    fn connections(&self) -> usize {
-        std::fs::read_to_string(self.dir.join("connections.log"))
-            .map(|t| t.lines().count())
-            .unwrap_or(0)
-    }
-
-    async fn wait_for(&self, n: usize, within: Duration) -> Vec<(Value, String)> {
-        eventually(within, || async {
-            let m = self.messages();
-            (m.len() >= n).then_some(m)
-        })
-        .await
-        .unwrap_or_else(|| self.messages())
-    }
-}
-
-impl Drop for SmtpServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn mail_config(ws: &Workspace, port: u16, extra: &str) -> PathBuf {
     ws.write(
@@ -437,10 +340,9 @@ fn render_shows_the_whole_message_and_check_parses_addresses() {
     );
 
     // A bad address is caught at load, with its field.
-    let text = std::fs::read_to_string(&config)
-        .unwrap()
-        .replace("rt@example.com", "not an address");
-    std::fs::write(&config, text).unwrap();
+    edit(&config, |text| {
+        text.replace("rt@example.com", "not an address")
+    });
     let out = Command::new(bin)
         .args(["check", "--config"])
         .arg(&config)
@@ -471,11 +373,12 @@ async fn starttls_and_implicit_tls_with_a_private_ca() {
         args.extend(extra);
         let server = SmtpServer::start_with(port, &ws.path().join("mails"), &args);
         let config = mail_config(&ws, port, "tls_ca_file = \"cert.pem\"");
-        let text = std::fs::read_to_string(&config).unwrap().replace(
-            &format!("smtp://127.0.0.1:{port}"),
-            &format!("{scheme}://127.0.0.1:{port}"),
-        );
-        std::fs::write(&config, text).unwrap();
+        edit(&config, |text| {
+            text.replace(
+                &format!("smtp://127.0.0.1:{port}"),
+                &format!("{scheme}://127.0.0.1:{port}"),
+            )
+        });
         let (gw, base) = start_gateway(&config).await;
         assert_eq!(
             post_incident(&base, &incident(&format!("TLS-{scheme}")))
@@ -508,11 +411,12 @@ async fn an_untrusted_certificate_is_refused() {
     );
     // No tls_ca_file: the self-signed certificate is not trusted.
     let config = mail_config(&ws, port, "");
-    let text = std::fs::read_to_string(&config).unwrap().replace(
-        &format!("smtp://127.0.0.1:{port}"),
-        &format!("smtp+starttls://127.0.0.1:{port}"),
-    );
-    std::fs::write(&config, text).unwrap();
+    edit(&config, |text| {
+        text.replace(
+            &format!("smtp://127.0.0.1:{port}"),
+            &format!("smtp+starttls://127.0.0.1:{port}"),
+        )
+    });
     let (gw, base) = start_gateway(&config).await;
     let r = post_json(&base, &incident("UNTRUSTED")).await;
     let id = first_delivery(&r);
@@ -717,14 +621,10 @@ async fn a_stalled_reply_ends_the_attempt_at_the_connectors_timeout() {
     let ws = Workspace::new();
     let server = SmtpServer::sink(port, &ws.path().join("mails"), &["--stall-data", "60"]);
     let config = mail_config(&ws, port, "");
-    let text = std::fs::read_to_string(&config)
-        .unwrap()
-        .replace("timeout = \"5s\"", "timeout = \"1s\"")
-        .replace(
-            "[[connectors]]",
-            "[delivery]\nlease = \"31s\"\n\n[[connectors]]",
-        );
-    std::fs::write(&config, text).unwrap();
+    edit(&config, |text| {
+        text.replace("timeout = \"5s\"", "timeout = \"1s\"")
+    });
+    with_delivery(&config, "lease = \"31s\"");
     let (gw, base) = start_gateway(&config).await;
     let started = std::time::Instant::now();
     let r = post_json(&base, &incident("STALL-1")).await;

@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -21,17 +20,9 @@ fn connector_with_template(
     extra: &str,
 ) -> String {
     let file = ws.write(&format!("{name}.json.hbs"), template);
-    format!(
-        r#"
-[[connectors]]
-name = "{name}"
-kind = "http"
-url = "{url}"
-template = "{}"
-timeout = "5s"
-{extra}
-"#,
-        file.display()
+    http_connector(name, url, extra).replace(
+        "TEMPLATES/generic/incident.json.hbs",
+        &file.display().to_string(),
     )
 }
 
@@ -444,24 +435,12 @@ async fn secrets_echoed_in_any_encoding_stay_masked() {
     );
     let config = ws.config("127.0.0.1:0", &connectors);
     let log_path = ws.path().join("gateway.log");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_incident-gateway"))
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env("IGW_LOG", "debug")
-        .env("ECHO_TOKEN", token)
-        .env("ECHO_VAR", var)
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log_path).unwrap())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line).unwrap();
-    let base = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap()
-        .to_string();
+    let (mut child, base) = spawn_binary_logged(
+        &config,
+        "debug",
+        &[("ECHO_TOKEN", token), ("ECHO_VAR", var)],
+        &log_path,
+    );
 
     let r = post_incident(&base, &incident("echo-1")).await;
     assert_eq!(r.status(), 202);

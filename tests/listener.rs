@@ -14,11 +14,7 @@ use tokio::net::TcpStream;
 /// Writes `gateway.toml` with extra `[server]` lines.
 fn config_with(ws: &Workspace, server: &str) -> std::path::PathBuf {
     let config = ws.config("127.0.0.1:0", "");
-    let text = std::fs::read_to_string(&config).unwrap().replace(
-        "shutdown_grace = \"5s\"",
-        &format!("shutdown_grace = \"5s\"\n{server}"),
-    );
-    std::fs::write(&config, text).unwrap();
+    with_server(&config, server);
     config
 }
 

@@ -6,26 +6,10 @@ mod common;
 
 use std::time::Duration;
 
-use base64::Engine as _;
 use common::*;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-const INBOUND_SECRET: &str = "whsec_aW5ib3VuZC1zb3VyY2Utc2VjcmV0LTEyMzQ1Njc4";
-
-fn sign(id: &str, timestamp: i64, body: &str) -> String {
-    use hmac::{KeyInit, Mac};
-    let key = base64::engine::general_purpose::STANDARD
-        .decode(INBOUND_SECRET.trim_start_matches("whsec_"))
-        .unwrap();
-    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
-    mac.update(format!("{id}.{timestamp}.{body}").as_bytes());
-    format!(
-        "v1,{}",
-        base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
-    )
-}
 
 /// A signed request as a capturing attacker holds it: replayable byte for byte.
 #[derive(Clone)]
@@ -43,7 +27,7 @@ impl Captured {
         Captured {
             id: id.into(),
             timestamp,
-            signature: sign(id, timestamp, &body),
+            signature: sign(INBOUND_SECRET, id, timestamp, &body),
             body,
         }
     }
@@ -226,13 +210,12 @@ async fn a_captured_signed_request_is_refused_after_a_restart() {
 
 #[tokio::test]
 async fn an_older_version_never_replaces_a_newer_one() {
-    let receiver = Receiver::start().await;
-    let ws = Workspace::new();
-    let config = ws.config(
-        "127.0.0.1:0",
-        &http_connector("ticketing", &receiver.url("/hook"), ""),
-    );
-    let (gw, base) = start_gateway(&config).await;
+    let Scene {
+        receiver: _receiver,
+        ws,
+        gw,
+        base,
+    } = Scene::http("ticketing", "/hook", "").await;
     let post = |body: Value| {
         let base = base.clone();
         async move {
@@ -370,7 +353,7 @@ async fn unauthenticated_bodies_are_refused_before_they_are_read() {
 
     let body = vec![b' '; 1_000_000];
     let now = chrono::Utc::now().timestamp();
-    let good_sig = sign("evt_x", now, "{}");
+    let good_sig = sign(INBOUND_SECRET, "evt_x", now, "{}");
     let h = |pairs: &[(&str, String)]| -> Vec<(String, String)> {
         pairs
             .iter()

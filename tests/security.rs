@@ -7,13 +7,11 @@ use std::io::Write as _;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use base64::Engine as _;
 use common::*;
 use serde_json::{Value, json};
 
 const SECRET_A: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const SECRET_B: &str = "whsec_c2Vjb25kLXNlY3JldC1mb3Itcm90YXRpb24tMTIz";
-const INBOUND_SECRET: &str = "whsec_aW5ib3VuZC1zb3VyY2Utc2VjcmV0LTEyMzQ1Njc4";
 
 /// Runs the reference verifier on the received requests; returns its output and success.
 fn verify_with_reference(secret: &str, received: &[Received]) -> (bool, String) {
@@ -96,19 +94,6 @@ async fn signatures_verify_with_the_reference_implementation_during_a_rotation()
     let (ok, out) = verify_with_reference("whsec_b3RoZXItc2VjcmV0LW5vdC11c2VkLTEyMzQ1", &got);
     assert!(!ok, "{out}");
     gw.stop().await.unwrap();
-}
-
-fn sign(secret: &str, id: &str, timestamp: i64, body: &str) -> String {
-    use hmac::{KeyInit, Mac};
-    let key = base64::engine::general_purpose::STANDARD
-        .decode(secret.trim_start_matches("whsec_"))
-        .unwrap();
-    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
-    mac.update(format!("{id}.{timestamp}.{body}").as_bytes());
-    format!(
-        "v1,{}",
-        base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
-    )
 }
 
 fn signed_source_config(ws: &Workspace, extra_server: &str) -> std::path::PathBuf {
@@ -619,10 +604,9 @@ async fn a_corpus_of_hostile_requests_gets_its_4xx_and_leaves_nothing_behind() {
     let ws = Workspace::new();
     let config = signed_source_config(&ws, "");
     // A second source, by key, so both ways in are attacked.
-    let text = std::fs::read_to_string(&config)
-        .unwrap()
-        .replace("rate_limit = { per_second = 1, burst = 2 }\n", "");
-    std::fs::write(&config, text).unwrap();
+    edit(&config, |text| {
+        text.replace("rate_limit = { per_second = 1, burst = 2 }\n", "")
+    });
     let (mut child, base) = spawn_binary(&config);
     let pid = child.id();
     let corpus = hostile_corpus();
@@ -800,11 +784,10 @@ async fn tls_ingress_and_an_admin_api_on_its_own_address() {
     ws.write("cert.pem", &cert.cert.pem());
     ws.write("key.pem", &cert.signing_key.serialize_pem());
     let config = ws.config("127.0.0.1:0", "");
-    let text = std::fs::read_to_string(&config).unwrap().replace(
-        "shutdown_grace = \"5s\"",
-        "shutdown_grace = \"5s\"\nadmin_listen = \"127.0.0.1:0\"\ntls = { cert = \"cert.pem\", key = \"key.pem\" }",
+    with_server(
+        &config,
+        "admin_listen = \"127.0.0.1:0\"\ntls = { cert = \"cert.pem\", key = \"key.pem\" }",
     );
-    std::fs::write(&config, text).unwrap();
     let gw = start_in_process(&config).await;
     let admin_addr = gw.admin_addr.expect("admin listener");
     // The admin listener uses the ingress certificate too (no admin_tls given).
@@ -941,25 +924,16 @@ max_backoff = "100ms"
     );
     let config = ws.config("127.0.0.1:0", &connectors);
     let log_path = ws.path().join("gateway.log");
-    let log = std::fs::File::create(&log_path).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_incident-gateway"))
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env("IGW_LOG", "debug")
-        .env("IGW_TEST_TARGET_TOKEN", TARGET_TOKEN)
-        .env("IGW_TEST_CALLBACK", CALLBACK)
-        .env("IGW_TEST_WHSEC", SECRET_A)
-        .stdout(Stdio::piped())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    let base = line.trim().trim_start_matches("listening on ").to_string();
+    let (mut child, base) = spawn_binary_logged(
+        &config,
+        "debug",
+        &[
+            ("IGW_TEST_TARGET_TOKEN", TARGET_TOKEN),
+            ("IGW_TEST_CALLBACK", CALLBACK),
+            ("IGW_TEST_WHSEC", SECRET_A),
+        ],
+        &log_path,
+    );
 
     assert_eq!(
         post_incident(&base, &incident("SECRET-LOG-1"))

@@ -222,11 +222,12 @@ template = "upstream.json.hbs"
     );
     let config = ws.config("127.0.0.1:0", &connector);
     // Sources may complete incidents too.
-    let text = std::fs::read_to_string(&config).unwrap().replace(
-        &format!("api_key = \"{SOURCE_KEY}\""),
-        &format!("api_key = \"{SOURCE_KEY}\"\ncallback_token = \"{SOURCE_CALLBACK}\""),
-    );
-    std::fs::write(&config, text).unwrap();
+    edit(&config, |text| {
+        text.replace(
+            &format!("api_key = \"{SOURCE_KEY}\""),
+            &format!("api_key = \"{SOURCE_KEY}\"\ncallback_token = \"{SOURCE_CALLBACK}\""),
+        )
+    });
     config
 }
 
@@ -696,12 +697,13 @@ async fn a_callback_token_completes_only_its_holders_incidents() {
     let ws = Workspace::new();
     let config = ticket_config(&ws, &target.base, "");
     // A second source with its own key and callback token, and no ticket anywhere.
-    let text = std::fs::read_to_string(&config).unwrap().replacen(
+    edit(&config, |text| {
+        text.replacen(
         "[[connectors]]",
         "[[sources]]\nname = \"other\"\napi_key = \"other-source-key-0123456\"\ncallback_token = \"other-callback-token-0123\"\n\n[[connectors]]",
         1,
-    );
-    std::fs::write(&config, &text).unwrap();
+    )
+    });
     let (gw, base) = start_gateway(&config).await;
     accepted(&base, &incident("MINE-1")).await;
     target.wait_for(1, Duration::from_secs(10)).await;

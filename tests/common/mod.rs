@@ -2,6 +2,8 @@
 //! process or as the real binary), and small helpers.
 #![allow(dead_code)]
 
+pub mod smtp;
+
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -17,6 +19,8 @@ use serde_json::Value;
 
 pub const SOURCE_KEY: &str = "test-source-key-0123456789";
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+/// The signing secret of the signature-only source in the ingress tests.
+pub const INBOUND_SECRET: &str = "whsec_aW5ib3VuZC1zb3VyY2Utc2VjcmV0LTEyMzQ1Njc4";
 
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -286,6 +290,16 @@ pub fn with_delivery(config: &Path, delivery: &str) {
     });
 }
 
+/// Adds `lines` to the config file's `[server]` section.
+pub fn with_server(config: &Path, lines: &str) {
+    edit(config, |text| {
+        text.replace(
+            "shutdown_grace = \"5s\"",
+            &format!("shutdown_grace = \"5s\"\n{lines}"),
+        )
+    });
+}
+
 /// Rewrites a file through `change`.
 pub fn edit(file: &Path, change: impl FnOnce(String) -> String) {
     let text = std::fs::read_to_string(file).unwrap();
@@ -315,6 +329,47 @@ initial_backoff = "100ms"
 max_backoff = "500ms"
 max_age = "1h"
 "#
+}
+
+/// A Standard Webhooks signature (`v1,<base64 HMAC-SHA256>`) of `id.timestamp.body`.
+pub fn sign(secret: &str, id: &str, timestamp: i64, body: &str) -> String {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
+    use hmac::{KeyInit, Mac};
+    let key = STANDARD
+        .decode(secret.trim_start_matches("whsec_"))
+        .unwrap();
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
+    mac.update(format!("{id}.{timestamp}.{body}").as_bytes());
+    format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()))
+}
+
+/// The usual scene: a receiver, and a gateway in process whose one http connector posts to it.
+pub struct Scene {
+    pub receiver: Receiver,
+    pub ws: Workspace,
+    pub gw: incident_gateway::Gateway,
+    pub base: String,
+}
+
+impl Scene {
+    /// Connector `name` posts the generic envelope to `path` on the receiver; `extra` is added
+    /// to its block.
+    pub async fn http(name: &str, path: &str, extra: &str) -> Scene {
+        let receiver = Receiver::start().await;
+        let ws = Workspace::new();
+        let config = ws.config(
+            "127.0.0.1:0",
+            &http_connector(name, &receiver.url(path), extra),
+        );
+        let (gw, base) = start_gateway(&config).await;
+        Scene {
+            receiver,
+            ws,
+            gw,
+            base,
+        }
+    }
 }
 
 /// The gateway started in this process, on an ephemeral port.
