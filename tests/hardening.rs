@@ -293,7 +293,7 @@ async fn an_http_attempt_ends_at_the_connectors_timeout() {
     let accepted: Value = r.json().await.unwrap();
     for d in accepted["deliveries"].as_array().unwrap() {
         let id = d["id"].as_str().unwrap();
-        let seen = delivery_when(&base, &id, Duration::from_secs(10), |d| {
+        let seen = delivery_when(&base, id, Duration::from_secs(10), |d| {
             d["attempt_count"].as_u64() >= Some(1)
         })
         .await

@@ -210,12 +210,7 @@ async fn a_captured_signed_request_is_refused_after_a_restart() {
 
 #[tokio::test]
 async fn an_older_version_never_replaces_a_newer_one() {
-    let Scene {
-        receiver: _receiver,
-        ws,
-        gw,
-        base,
-    } = Scene::http("ticketing", "/hook", "").await;
+    let (_receiver, ws, gw, base) = receiver_and_gateway("ticketing", "/hook", "").await;
     let post = |body: Value| {
         let base = base.clone();
         async move {

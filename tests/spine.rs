@@ -9,12 +9,7 @@ use serde_json::{Value, json};
 
 #[tokio::test]
 async fn sample_is_delivered_with_every_field_verbatim() {
-    let Scene {
-        receiver,
-        ws: _ws,
-        gw,
-        base,
-    } = Scene::http("ticketing", "/hook", "").await;
+    let (receiver, _ws, gw, base) = receiver_and_gateway("ticketing", "/hook", "").await;
 
     let health = client()
         .get(format!("{base}/healthz"))
@@ -117,12 +112,7 @@ async fn hostile_text_arrives_as_valid_json_byte_for_byte() {
 
 #[tokio::test]
 async fn every_error_class_answers_problem_json_and_stores_nothing() {
-    let Scene {
-        receiver,
-        ws,
-        gw,
-        base,
-    } = Scene::http("ticketing", "/hook", "").await;
+    let (receiver, ws, gw, base) = receiver_and_gateway("ticketing", "/hook", "").await;
     // One incident stored first, so "unchanged" is not just "empty".
     assert_eq!(
         post_incident(&base, &incident("BASELINE")).await.status(),
@@ -303,12 +293,7 @@ async fn every_error_class_answers_problem_json_and_stores_nothing() {
 
 #[tokio::test]
 async fn repeats_are_duplicates_and_newer_versions_are_updates() {
-    let Scene {
-        receiver,
-        ws: _ws,
-        gw,
-        base,
-    } = Scene::http("ticketing", "/hook", "").await;
+    let (receiver, _ws, gw, base) = receiver_and_gateway("ticketing", "/hook", "").await;
 
     let first = incident("IDEM-1");
     let r = post_json(&base, &first).await;
@@ -667,12 +652,7 @@ async fn unsendable_requests_die_at_once_with_the_reason() {
 
 #[tokio::test]
 async fn incidents_travel_with_big_numbers_and_key_order_intact() {
-    let Scene {
-        receiver,
-        ws: _ws,
-        gw,
-        base,
-    } = Scene::http("t", "/t", "").await;
+    let (receiver, _ws, gw, base) = receiver_and_gateway("t", "/t", "").await;
     let raw = r#"{"zeta": 1, "incidentId": "BIG-1", "bigId": 123456789012345678901234567, "alpha": 0.1000000000000000055511151231257827, "createTime": 1594153092.2202642}"#;
     let r = client()
         .post(format!("{base}/v1/incidents"))
@@ -696,12 +676,7 @@ async fn incidents_travel_with_big_numbers_and_key_order_intact() {
 
 #[tokio::test]
 async fn an_update_without_update_time_never_lets_an_older_version_back_in() {
-    let Scene {
-        receiver: _receiver,
-        ws: _ws,
-        gw,
-        base,
-    } = Scene::http("t", "/t", "").await;
+    let (_receiver, _ws, gw, base) = receiver_and_gateway("t", "/t", "").await;
     let base = &base;
     let status = |v: Value| async move {
         let r = post_json(base, &v).await;

@@ -344,32 +344,22 @@ pub fn sign(secret: &str, id: &str, timestamp: i64, body: &str) -> String {
     format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()))
 }
 
-/// The usual scene: a receiver, and a gateway in process whose one http connector posts to it.
-pub struct Scene {
-    pub receiver: Receiver,
-    pub ws: Workspace,
-    pub gw: incident_gateway::Gateway,
-    pub base: String,
-}
-
-impl Scene {
-    /// Connector `name` posts the generic envelope to `path` on the receiver; `extra` is added
-    /// to its block.
-    pub async fn http(name: &str, path: &str, extra: &str) -> Scene {
-        let receiver = Receiver::start().await;
-        let ws = Workspace::new();
-        let config = ws.config(
-            "127.0.0.1:0",
-            &http_connector(name, &receiver.url(path), extra),
-        );
-        let (gw, base) = start_gateway(&config).await;
-        Scene {
-            receiver,
-            ws,
-            gw,
-            base,
-        }
-    }
+/// The usual scene: a receiver, and a gateway in process (with its workspace and base URL)
+/// whose one http connector `name` posts the generic envelope to `path` on the receiver;
+/// `extra` is added to the connector's block.
+pub async fn receiver_and_gateway(
+    name: &str,
+    path: &str,
+    extra: &str,
+) -> (Receiver, Workspace, incident_gateway::Gateway, String) {
+    let receiver = Receiver::start().await;
+    let ws = Workspace::new();
+    let config = ws.config(
+        "127.0.0.1:0",
+        &http_connector(name, &receiver.url(path), extra),
+    );
+    let (gw, base) = start_gateway(&config).await;
+    (receiver, ws, gw, base)
 }
 
 /// The gateway started in this process, on an ephemeral port.
