@@ -699,10 +699,10 @@ async fn a_callback_token_completes_only_its_holders_incidents() {
     // A second source with its own key and callback token, and no ticket anywhere.
     edit(&config, |text| {
         text.replacen(
-        "[[connectors]]",
-        "[[sources]]\nname = \"other\"\napi_key = \"other-source-key-0123456\"\ncallback_token = \"other-callback-token-0123\"\n\n[[connectors]]",
-        1,
-    )
+            "[[connectors]]",
+            "[[sources]]\nname = \"other\"\napi_key = \"other-source-key-0123456\"\ncallback_token = \"other-callback-token-0123\"\n\n[[connectors]]",
+            1,
+        )
     });
     let (gw, base) = start_gateway(&config).await;
     accepted(&base, &incident("MINE-1")).await;
