@@ -43,7 +43,7 @@ async fn accepted_incidents_survive_sigkill_and_are_all_delivered() {
                     .unwrap();
                 assert_eq!(r.status(), 202);
                 let v: Value = r.json().await.unwrap();
-                v["deliveries"][0]["id"].as_str().unwrap().to_string()
+                first_delivery(&v)
             }));
         }
         for t in tasks {

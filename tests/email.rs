@@ -4,111 +4,14 @@
 mod common;
 
 use std::collections::HashSet;
-use std::io::BufRead;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::Command;
 use std::time::Duration;
 
+use common::smtp::SmtpServer;
 use common::*;
 use mail_parser::{HeaderValue, MessageParser};
 use serde_json::{Value, json};
-
-/// The SMTP server process and the folder it stores messages in.
-struct SmtpServer {
-    child: Child,
-    dir: PathBuf,
-}
-
-impl SmtpServer {
-    fn start(port: u16, dir: &Path, reject: Option<&str>) -> SmtpServer {
-        match reject {
-            Some(r) => Self::start_with(port, dir, &["--reject", r]),
-            None => Self::start_with(port, dir, &[]),
-        }
-    }
-
-    fn start_with(port: u16, dir: &Path, args: &[&str]) -> SmtpServer {
-        Self::run("smtp_server.py", port, dir, args)
-    }
-
-    /// The raw-socket sink (tests/support/smtp_sink.py): lenient about line ends the way a
-    /// smuggling attack needs, and able to stall.
-    fn sink(port: u16, dir: &Path, args: &[&str]) -> SmtpServer {
-        Self::run("smtp_sink.py", port, dir, args)
-    }
-
-    fn run(script: &str, port: u16, dir: &Path, args: &[&str]) -> SmtpServer {
-        let script = repo().join("tests/support").join(script);
-        let mut cmd = Command::new("python3");
-        cmd.arg(script)
-            .args(["--port", &port.to_string(), "--dir"])
-            .arg(dir)
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("python3 runs");
-        let stdout = child.stdout.take().unwrap();
-        let mut line = String::new();
-        std::io::BufReader::new(stdout)
-            .read_line(&mut line)
-            .unwrap();
-        if line.trim() != "ready" {
-            let mut err = String::new();
-            if let Some(mut e) = child.stderr.take() {
-                let _ = std::io::Read::read_to_string(&mut e, &mut err);
-            }
-            panic!(
-                "the SMTP server did not start (is aiosmtpd installed? pip install aiosmtpd): {err}"
-            );
-        }
-        SmtpServer {
-            child,
-            dir: dir.to_path_buf(),
-        }
-    }
-
-    /// Every stored message, in arrival order: (envelope, raw message).
-    fn messages(&self) -> Vec<(Value, String)> {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(&self.dir)
-            .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
-            .unwrap_or_default();
-        files.retain(|p| {
-            p.extension().is_some_and(|x| x == "json")
-                && !p.file_name().unwrap().to_string_lossy().starts_with('.')
-        });
-        files.sort();
-        files
-            .into_iter()
-            .map(|p| {
-                let v: Value = serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
-                let data = v["data"].as_str().unwrap().to_string();
-                (v, data)
-            })
-            .collect()
-    }
-
-    fn connections(&self) -> usize {
-        std::fs::read_to_string(self.dir.join("connections.log"))
-            .map(|t| t.lines().count())
-            .unwrap_or(0)
-    }
-
-    async fn wait_for(&self, n: usize, within: Duration) -> Vec<(Value, String)> {
-        eventually(within, || async {
-            let m = self.messages();
-            (m.len() >= n).then_some(m)
-        })
-        .await
-        .unwrap_or_else(|| self.messages())
-    }
-}
-
-impl Drop for SmtpServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn mail_config(ws: &Workspace, port: u16, extra: &str) -> PathBuf {
     ws.write(
@@ -160,21 +63,16 @@ async fn mails_carry_both_parts_a_tagged_encoded_subject_and_thread_on_the_ticke
     let ws = Workspace::new();
     let server = SmtpServer::start(port, &ws.path().join("mails"), None);
     let config = mail_config(&ws, port, "correlation_key = \"{{incident_class}}\"");
-    let gw = start_in_process(&config).await;
-    let base = format!("http://{}", gw.addr);
+    let (gw, base) = start_gateway(&config).await;
 
     let mut first = incident("MAIL-1");
     first["incident"]["summary"] = json!("Brute force — Überprüfung 漢字 🚨");
-    let r: Value = post_incident(&base, &first).await.json().await.unwrap();
-    let first_id = r["deliveries"][0]["id"].as_str().unwrap().to_string();
+    let r = post_json(&base, &first).await;
+    let first_id = first_delivery(&r);
     server.wait_for(1, Duration::from_secs(10)).await;
-    let r: Value = post_incident(&base, &incident("MAIL-2"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let r = post_json(&base, &incident("MAIL-2")).await;
     assert_eq!(r["deliveries"][0]["event"], "updated");
-    let second_id = r["deliveries"][0]["id"].as_str().unwrap().to_string();
+    let second_id = first_delivery(&r);
     let mails = server.wait_for(2, Duration::from_secs(10)).await;
     assert_eq!(mails.len(), 2);
 
@@ -255,8 +153,7 @@ async fn a_subject_cannot_inject_a_header_or_a_recipient() {
     let ws = Workspace::new();
     let server = SmtpServer::start(port, &ws.path().join("mails"), None);
     let config = mail_config(&ws, port, "");
-    let gw = start_in_process(&config).await;
-    let base = format!("http://{}", gw.addr);
+    let (gw, base) = start_gateway(&config).await;
     let mut evil = incident("EVIL-1");
     evil["incident"]["summary"] = json!("x\r\nBcc: attacker@example.com");
     evil["humanFriendlyId"] = json!("id\r\nCc: attacker2@example.com");
@@ -298,15 +195,10 @@ async fn mails_queue_while_the_server_is_down_and_each_arrives_once() {
     let port = free_port();
     let ws = Workspace::new();
     let config = mail_config(&ws, port, "");
-    let gw = start_in_process(&config).await;
-    let base = format!("http://{}", gw.addr);
+    let (gw, base) = start_gateway(&config).await;
     let mut ids = HashSet::new();
     for i in 0..N {
-        let r: Value = post_incident(&base, &incident(&format!("DOWN-{i}")))
-            .await
-            .json()
-            .await
-            .unwrap();
+        let r = post_json(&base, &incident(&format!("DOWN-{i}"))).await;
         ids.insert(format!(
             "{}@example.com",
             r["deliveries"][0]["id"].as_str().unwrap()
@@ -358,17 +250,11 @@ async fn a_5xx_reply_is_final_and_recorded_with_the_servers_words() {
         Some("554 5.7.1 Rejected by policy"),
     );
     let config = mail_config(&ws, port, "");
-    let gw = start_in_process(&config).await;
-    let base = format!("http://{}", gw.addr);
-    let r: Value = post_incident(&base, &incident("REJECT-1"))
-        .await
-        .json()
-        .await
-        .unwrap();
-    let id = r["deliveries"][0]["id"].as_str().unwrap().to_string();
-    let dead = eventually(Duration::from_secs(10), || async {
-        let (_, v) = admin_get(&base, &format!("/v1/deliveries/{id}")).await;
-        (v["status"] == "dead").then_some(v)
+    let (gw, base) = start_gateway(&config).await;
+    let r = post_json(&base, &incident("REJECT-1")).await;
+    let id = first_delivery(&r);
+    let dead = delivery_when(&base, &id, Duration::from_secs(10), |v| {
+        v["status"] == "dead"
     })
     .await
     .expect("dead at once");
@@ -392,8 +278,7 @@ async fn a_burst_of_a_thousand_mails_reuses_a_few_connections() {
     let ws = Workspace::new();
     let server = SmtpServer::start(port, &ws.path().join("mails"), None);
     let config = mail_config(&ws, port, "");
-    let gw = start_in_process(&config).await;
-    let base = format!("http://{}", gw.addr);
+    let (gw, base) = start_gateway(&config).await;
     for chunk in 0..N / 100 {
         let batch: Vec<Value> = (0..100)
             .map(|i| incident(&format!("POOL-{chunk}-{i}")))
@@ -455,10 +340,9 @@ fn render_shows_the_whole_message_and_check_parses_addresses() {
     );
 
     // A bad address is caught at load, with its field.
-    let text = std::fs::read_to_string(&config)
-        .unwrap()
-        .replace("rt@example.com", "not an address");
-    std::fs::write(&config, text).unwrap();
+    edit(&config, |text| {
+        text.replace("rt@example.com", "not an address")
+    });
     let out = Command::new(bin)
         .args(["check", "--config"])
         .arg(&config)
@@ -489,13 +373,13 @@ async fn starttls_and_implicit_tls_with_a_private_ca() {
         args.extend(extra);
         let server = SmtpServer::start_with(port, &ws.path().join("mails"), &args);
         let config = mail_config(&ws, port, "tls_ca_file = \"cert.pem\"");
-        let text = std::fs::read_to_string(&config).unwrap().replace(
-            &format!("smtp://127.0.0.1:{port}"),
-            &format!("{scheme}://127.0.0.1:{port}"),
-        );
-        std::fs::write(&config, text).unwrap();
-        let gw = start_in_process(&config).await;
-        let base = format!("http://{}", gw.addr);
+        edit(&config, |text| {
+            text.replace(
+                &format!("smtp://127.0.0.1:{port}"),
+                &format!("{scheme}://127.0.0.1:{port}"),
+            )
+        });
+        let (gw, base) = start_gateway(&config).await;
         assert_eq!(
             post_incident(&base, &incident(&format!("TLS-{scheme}")))
                 .await
@@ -527,22 +411,17 @@ async fn an_untrusted_certificate_is_refused() {
     );
     // No tls_ca_file: the self-signed certificate is not trusted.
     let config = mail_config(&ws, port, "");
-    let text = std::fs::read_to_string(&config).unwrap().replace(
-        &format!("smtp://127.0.0.1:{port}"),
-        &format!("smtp+starttls://127.0.0.1:{port}"),
-    );
-    std::fs::write(&config, text).unwrap();
-    let gw = start_in_process(&config).await;
-    let base = format!("http://{}", gw.addr);
-    let r: Value = post_incident(&base, &incident("UNTRUSTED"))
-        .await
-        .json()
-        .await
-        .unwrap();
-    let id = r["deliveries"][0]["id"].as_str().unwrap().to_string();
-    let failed = eventually(Duration::from_secs(10), || async {
-        let (_, v) = admin_get(&base, &format!("/v1/deliveries/{id}")).await;
-        (v["attempt_count"].as_u64() >= Some(1)).then_some(v)
+    edit(&config, |text| {
+        text.replace(
+            &format!("smtp://127.0.0.1:{port}"),
+            &format!("smtp+starttls://127.0.0.1:{port}"),
+        )
+    });
+    let (gw, base) = start_gateway(&config).await;
+    let r = post_json(&base, &incident("UNTRUSTED")).await;
+    let id = first_delivery(&r);
+    let failed = delivery_when(&base, &id, Duration::from_secs(10), |v| {
+        v["attempt_count"].as_u64() >= Some(1)
     })
     .await
     .expect("an attempt was made");
@@ -613,10 +492,7 @@ async fn post_smuggling_incidents(base: &str) -> Vec<(String, String)> {
         let r = post_incident(base, &evil).await;
         assert_eq!(r.status(), 202, "{label}");
         let r: Value = r.json().await.unwrap();
-        ids.push((
-            label.to_string(),
-            r["deliveries"][0]["id"].as_str().unwrap().to_string(),
-        ));
+        ids.push((label.to_string(), first_delivery(&r)));
     }
     ids
 }
@@ -745,27 +621,17 @@ async fn a_stalled_reply_ends_the_attempt_at_the_connectors_timeout() {
     let ws = Workspace::new();
     let server = SmtpServer::sink(port, &ws.path().join("mails"), &["--stall-data", "60"]);
     let config = mail_config(&ws, port, "");
-    let text = std::fs::read_to_string(&config)
-        .unwrap()
-        .replace("timeout = \"5s\"", "timeout = \"1s\"")
-        .replace(
-            "[[connectors]]",
-            "[delivery]\nlease = \"31s\"\n\n[[connectors]]",
-        );
-    std::fs::write(&config, text).unwrap();
-    let gw = start_in_process(&config).await;
-    let base = format!("http://{}", gw.addr);
+    edit(&config, |text| {
+        text.replace("timeout = \"5s\"", "timeout = \"1s\"")
+    });
+    with_delivery(&config, "lease = \"31s\"");
+    let (gw, base) = start_gateway(&config).await;
     let started = std::time::Instant::now();
-    let r: Value = post_incident(&base, &incident("STALL-1"))
-        .await
-        .json()
-        .await
-        .unwrap();
-    let id = r["deliveries"][0]["id"].as_str().unwrap().to_string();
+    let r = post_json(&base, &incident("STALL-1")).await;
+    let id = first_delivery(&r);
     // The server held the reply for 60 s; the bug let the attempt wait all of it.
-    let view = eventually(Duration::from_secs(10), || async {
-        let (_, v) = admin_get(&base, &format!("/v1/deliveries/{id}")).await;
-        (v["attempt_count"].as_u64() >= Some(2)).then_some(v)
+    let view = delivery_when(&base, &id, Duration::from_secs(10), |v| {
+        v["attempt_count"].as_u64() >= Some(2)
     })
     .await
     .expect("two attempts recorded well inside the 60 s the server held its reply");
@@ -888,8 +754,7 @@ async fn allowed_plaintext_auth_authenticates() {
         port,
         "allow_plaintext_auth = true\nusername = \"gateway\"\npassword = \"s3cret-pw\"",
     );
-    let gw = start_in_process(&config).await;
-    let base = format!("http://{}", gw.addr);
+    let (gw, base) = start_gateway(&config).await;
     assert_eq!(
         post_incident(&base, &incident("AUTH-1")).await.status(),
         202

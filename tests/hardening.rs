@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -21,47 +20,10 @@ fn connector_with_template(
     extra: &str,
 ) -> String {
     let file = ws.write(&format!("{name}.json.hbs"), template);
-    format!(
-        r#"
-[[connectors]]
-name = "{name}"
-kind = "http"
-url = "{url}"
-template = "{}"
-timeout = "5s"
-{extra}
-"#,
-        file.display()
+    http_connector(name, url, extra).replace(
+        "TEMPLATES/generic/incident.json.hbs",
+        &file.display().to_string(),
     )
-}
-
-fn with_delivery(config: &std::path::Path, delivery: &str) {
-    let text = std::fs::read_to_string(config).unwrap();
-    let text = text.replacen(
-        "[storage]",
-        &format!("[delivery]\n{delivery}\n\n[storage]"),
-        1,
-    );
-    std::fs::write(config, text).unwrap();
-}
-
-fn first_delivery(accepted: &Value) -> String {
-    accepted["deliveries"][0]["id"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no delivery in {accepted}"))
-        .to_string()
-}
-
-/// The delivery once its status is one of `states`.
-async fn settled(base: &str, id: &str, states: &[&str], within: Duration) -> Value {
-    eventually(within, || async {
-        let (_, d) = admin_get(base, &format!("/v1/deliveries/{id}")).await;
-        states
-            .contains(&d["status"].as_str().unwrap_or(""))
-            .then_some(d)
-    })
-    .await
-    .unwrap_or_else(|| panic!("delivery {id} did not reach {states:?} within {within:?}"))
 }
 
 async fn timed<T>(f: impl std::future::Future<Output = T>) -> (T, Duration) {
@@ -110,8 +72,7 @@ async fn hostile_documents_never_stall_the_gateway() {
     // Generous, so every hostile render finishes here however slow a debug build is; the
     // budget has its own test.
     with_delivery(&config, "render_budget = \"120s\"");
-    let gateway = start_in_process(&config).await;
-    let base = format!("http://{}", gateway.addr);
+    let (gateway, base) = start_gateway(&config).await;
 
     let docs = hostile_documents();
     for (i, (what, html, md)) in docs.iter().enumerate() {
@@ -164,8 +125,7 @@ async fn a_render_over_its_budget_is_dead_with_the_reason() {
     let connectors = connector_with_template(&ws, "slow", &receiver.url("/slow"), template, "");
     let config = ws.config("127.0.0.1:0", &connectors);
     with_delivery(&config, "render_budget = \"300ms\"");
-    let gateway = start_in_process(&config).await;
-    let base = format!("http://{}", gateway.addr);
+    let (gateway, base) = start_gateway(&config).await;
 
     let mut incident = incident("over-budget");
     incident["extra"]["items"] = json!(vec![1; 2_000]);
@@ -259,8 +219,7 @@ async fn a_receiver_down_for_two_hours_of_schedule_loses_nothing() {
     let mut connectors = http_connector("down", &format!("http://{addr}/hook"), &retry);
     connectors = connectors.replace("timeout = \"5s\"", "timeout = \"1s\"");
     let config = ws.config("127.0.0.1:0", &connectors);
-    let gateway = start_in_process(&config).await;
-    let base = format!("http://{}", gateway.addr);
+    let (gateway, base) = start_gateway(&config).await;
     let mut ids = Vec::new();
     for i in 0..3 {
         let r = post_incident(&base, &incident(&format!("outage-{i}"))).await;
@@ -328,16 +287,14 @@ async fn an_http_attempt_ends_at_the_connectors_timeout() {
     .concat()
     .replace("timeout = \"5s\"", "timeout = \"1s\"");
     let config = ws.config("127.0.0.1:0", &connectors);
-    let gateway = start_in_process(&config).await;
-    let base = format!("http://{}", gateway.addr);
+    let (gateway, base) = start_gateway(&config).await;
     let r = post_incident(&base, &incident("slow-receivers")).await;
     assert_eq!(r.status(), 202);
     let accepted: Value = r.json().await.unwrap();
     for d in accepted["deliveries"].as_array().unwrap() {
         let id = d["id"].as_str().unwrap();
-        let seen = eventually(Duration::from_secs(10), || async {
-            let (_, d) = admin_get(&base, &format!("/v1/deliveries/{id}")).await;
-            (d["attempt_count"].as_u64() >= Some(1)).then_some(d)
+        let seen = delivery_when(&base, id, Duration::from_secs(10), |d| {
+            d["attempt_count"].as_u64() >= Some(1)
         })
         .await
         .unwrap_or_else(|| panic!("{}: no attempt recorded within 10 s", d["connector"]));
@@ -376,8 +333,7 @@ async fn no_lease_runs_out_under_a_running_attempt() {
         .replace("timeout = \"5s\"", "timeout = \"15s\"");
     let config = ws.config("127.0.0.1:0", &connectors);
     with_delivery(&config, "lease = \"3s\"");
-    let gateway = start_in_process(&config).await;
-    let base = format!("http://{}", gateway.addr);
+    let (gateway, base) = start_gateway(&config).await;
     let r = post_incident(&base, &incident("long-attempt")).await;
     let id = first_delivery(&r.json().await.unwrap());
     let d = settled(&base, &id, &["delivered", "dead"], Duration::from_secs(20)).await;
@@ -401,8 +357,7 @@ async fn the_store_is_readable_by_its_owner_only() {
     // A file left world-readable by an older version is tightened too.
     std::fs::write(ws.db(), b"").unwrap();
     std::fs::set_permissions(ws.db(), std::fs::Permissions::from_mode(0o644)).unwrap();
-    let gateway = start_in_process(&config).await;
-    let base = format!("http://{}", gateway.addr);
+    let (gateway, base) = start_gateway(&config).await;
     assert_eq!(
         post_incident(&base, &incident("private")).await.status(),
         202
@@ -480,35 +435,19 @@ async fn secrets_echoed_in_any_encoding_stay_masked() {
     );
     let config = ws.config("127.0.0.1:0", &connectors);
     let log_path = ws.path().join("gateway.log");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_incident-gateway"))
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env("IGW_LOG", "debug")
-        .env("ECHO_TOKEN", token)
-        .env("ECHO_VAR", var)
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log_path).unwrap())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line).unwrap();
-    let base = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap()
-        .to_string();
+    let (mut child, base) = spawn_binary_logged(
+        &config,
+        "debug",
+        &[("ECHO_TOKEN", token), ("ECHO_VAR", var)],
+        &log_path,
+    );
 
     let r = post_incident(&base, &incident("echo-1")).await;
     assert_eq!(r.status(), 202);
     let id = first_delivery(&r.json().await.unwrap());
     let d = settled(&base, &id, &["dead"], Duration::from_secs(20)).await;
-    let admin = client()
-        .get(format!("{base}/v1/deliveries/{id}"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
+    let admin = admin(reqwest::Method::GET, &base, &format!("/v1/deliveries/{id}"))
         .await
-        .unwrap()
         .text()
         .await
         .unwrap();

@@ -14,11 +14,7 @@ use tokio::net::TcpStream;
 /// Writes `gateway.toml` with extra `[server]` lines.
 fn config_with(ws: &Workspace, server: &str) -> std::path::PathBuf {
     let config = ws.config("127.0.0.1:0", "");
-    let text = std::fs::read_to_string(&config).unwrap().replace(
-        "shutdown_grace = \"5s\"",
-        &format!("shutdown_grace = \"5s\"\n{server}"),
-    );
-    std::fs::write(&config, text).unwrap();
+    with_server(&config, server);
     config
 }
 
@@ -292,8 +288,7 @@ async fn the_admin_api_answers_from_its_reserve_when_every_general_slot_is_busy(
         &ws,
         "max_connections = 8\nmax_connections_per_client = 8\nadmin_reserved_connections = 2\nbody_read_timeout = \"30s\"",
     );
-    let gw = start_in_process(&config).await;
-    let base = format!("http://{}", gw.addr);
+    let (gw, base) = start_gateway(&config).await;
     // Six slow uploads hold every general slot; they are busy, so nothing may shed them.
     let mut bodies = Vec::new();
     let mut busy = Vec::new();

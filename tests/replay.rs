@@ -6,26 +6,10 @@ mod common;
 
 use std::time::Duration;
 
-use base64::Engine as _;
 use common::*;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-const INBOUND_SECRET: &str = "whsec_aW5ib3VuZC1zb3VyY2Utc2VjcmV0LTEyMzQ1Njc4";
-
-fn sign(id: &str, timestamp: i64, body: &str) -> String {
-    use hmac::{KeyInit, Mac};
-    let key = base64::engine::general_purpose::STANDARD
-        .decode(INBOUND_SECRET.trim_start_matches("whsec_"))
-        .unwrap();
-    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
-    mac.update(format!("{id}.{timestamp}.{body}").as_bytes());
-    format!(
-        "v1,{}",
-        base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
-    )
-}
 
 /// A signed request as a capturing attacker holds it: replayable byte for byte.
 #[derive(Clone)]
@@ -43,7 +27,7 @@ impl Captured {
         Captured {
             id: id.into(),
             timestamp,
-            signature: sign(id, timestamp, &body),
+            signature: sign(INBOUND_SECRET, id, timestamp, &body),
             body,
         }
     }
@@ -181,8 +165,7 @@ async fn a_captured_signed_request_is_refused_after_a_restart() {
     let receiver = Receiver::start().await;
     let ws = Workspace::new();
     let config = signed_config(&ws, &receiver, "");
-    let gw = start_in_process(&config).await;
-    let base = format!("http://{}", gw.addr);
+    let (gw, base) = start_gateway(&config).await;
     let v1 = Captured::new("evt_v1", &with_update_time("RE-1", Some(100), "first"));
     let v2 = Captured::new("evt_v2", &with_update_time("RE-1", Some(200), "second"));
     assert_eq!(v1.post(&base).await, 202);
@@ -192,8 +175,7 @@ async fn a_captured_signed_request_is_refused_after_a_restart() {
     gw.stop().await.unwrap();
 
     // A new process on the same file and config: nothing in memory, still no replay.
-    let gw = start_in_process(&config).await;
-    let base = format!("http://{}", gw.addr);
+    let (gw, base) = start_gateway(&config).await;
     assert_eq!(v1.post(&base).await, 401, "the older version replayed");
     assert_eq!(v2.post(&base).await, 401, "the newer version replayed");
     // Refused from its headers: the server answers with most of the body never sent.
@@ -228,14 +210,7 @@ async fn a_captured_signed_request_is_refused_after_a_restart() {
 
 #[tokio::test]
 async fn an_older_version_never_replaces_a_newer_one() {
-    let receiver = Receiver::start().await;
-    let ws = Workspace::new();
-    let config = ws.config(
-        "127.0.0.1:0",
-        &http_connector("ticketing", &receiver.url("/hook"), ""),
-    );
-    let gw = start_in_process(&config).await;
-    let base = format!("http://{}", gw.addr);
+    let (_receiver, ws, gw, base) = receiver_and_gateway("ticketing", "/hook", "").await;
     let post = |body: Value| {
         let base = base.clone();
         async move {
@@ -327,14 +302,12 @@ async fn concurrent_copies_after_a_restart_get_one_202() {
     let receiver = Receiver::start().await;
     let ws = Workspace::new();
     let config = signed_config(&ws, &receiver, "");
-    let gw = start_in_process(&config).await;
-    let base = format!("http://{}", gw.addr);
+    let (gw, base) = start_gateway(&config).await;
     let old = Captured::new("evt_old", &with_update_time("CC-1", Some(100), "old"));
     assert_eq!(old.post(&base).await, 202);
     gw.stop().await.unwrap();
 
-    let gw = start_in_process(&config).await;
-    let base = format!("http://{}", gw.addr);
+    let (gw, base) = start_gateway(&config).await;
     let fresh = Captured::new("evt_fresh", &with_update_time("CC-2", Some(100), "fresh"));
     let copies: Vec<_> = (0..16)
         .map(|i| {
@@ -381,14 +354,13 @@ async fn unauthenticated_bodies_are_refused_before_they_are_read() {
         &receiver,
         "body_read_timeout = \"30s\"\nmax_connections_per_client = 1024\n",
     );
-    let gw = start_in_process(&config).await;
-    let base = format!("http://{}", gw.addr);
+    let (gw, base) = start_gateway(&config).await;
     let used = Captured::new("evt_used", &incident("UN-1"));
     assert_eq!(used.post(&base).await, 202);
 
     let body = vec![b' '; 1_000_000];
     let now = chrono::Utc::now().timestamp();
-    let good_sig = sign("evt_x", now, "{}");
+    let good_sig = sign(INBOUND_SECRET, "evt_x", now, "{}");
     let h = |pairs: &[(&str, String)]| -> Vec<(String, String)> {
         pairs
             .iter()
@@ -489,8 +461,7 @@ api_key = "{SOURCE_KEY}"
         )
         .replace("TEMPLATES", &templates.display().to_string()),
     );
-    let gw = start_in_process(&config).await;
-    let base = format!("http://{}", gw.addr);
+    let (gw, base) = start_gateway(&config).await;
     let bearer = vec![("authorization".to_string(), format!("Bearer {SOURCE_KEY}"))];
 
     // Three slow senders, each with a body of max_body_bytes half sent: the whole budget.

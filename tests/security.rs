@@ -7,13 +7,11 @@ use std::io::Write as _;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use base64::Engine as _;
 use common::*;
 use serde_json::{Value, json};
 
 const SECRET_A: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const SECRET_B: &str = "whsec_c2Vjb25kLXNlY3JldC1mb3Itcm90YXRpb24tMTIz";
-const INBOUND_SECRET: &str = "whsec_aW5ib3VuZC1zb3VyY2Utc2VjcmV0LTEyMzQ1Njc4";
 
 /// Runs the reference verifier on the received requests; returns its output and success.
 fn verify_with_reference(secret: &str, received: &[Received]) -> (bool, String) {
@@ -65,8 +63,7 @@ async fn signatures_verify_with_the_reference_implementation_during_a_rotation()
         "127.0.0.1:0",
         &http_connector("t", &receiver.url("/t"), &extra),
     );
-    let gw = start_in_process(&config).await;
-    let base = format!("http://{}", gw.addr);
+    let (gw, base) = start_gateway(&config).await;
     let mut hostile = incident("SIGNED-2");
     hostile["incident"]["summary"] = json!("quotes \" and \\ and ünïcødé 🚨 and\nnewlines");
     for inc in [incident("SIGNED-1"), hostile] {
@@ -97,19 +94,6 @@ async fn signatures_verify_with_the_reference_implementation_during_a_rotation()
     let (ok, out) = verify_with_reference("whsec_b3RoZXItc2VjcmV0LW5vdC11c2VkLTEyMzQ1", &got);
     assert!(!ok, "{out}");
     gw.stop().await.unwrap();
-}
-
-fn sign(secret: &str, id: &str, timestamp: i64, body: &str) -> String {
-    use hmac::{KeyInit, Mac};
-    let key = base64::engine::general_purpose::STANDARD
-        .decode(secret.trim_start_matches("whsec_"))
-        .unwrap();
-    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
-    mac.update(format!("{id}.{timestamp}.{body}").as_bytes());
-    format!(
-        "v1,{}",
-        base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
-    )
 }
 
 fn signed_source_config(ws: &Workspace, extra_server: &str) -> std::path::PathBuf {
@@ -158,8 +142,7 @@ async fn post_signed(
 async fn inbound_signatures_timestamps_replays_and_rate_limits() {
     let ws = Workspace::new();
     let config = signed_source_config(&ws, "");
-    let gw = start_in_process(&config).await;
-    let base = format!("http://{}", gw.addr);
+    let (gw, base) = start_gateway(&config).await;
     let body = incident("IN-1").to_string();
     let now = chrono::Utc::now().timestamp();
 
@@ -237,12 +220,7 @@ async fn inbound_signatures_timestamps_replays_and_rate_limits() {
     assert!(statuses[2..].contains(&429), "{statuses:?}");
     assert_eq!(retry_after.as_deref(), Some("1"));
 
-    let metrics = client()
-        .get(format!("{base}/metrics"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let metrics = admin(reqwest::Method::GET, &base, "/metrics").await;
     let text = metrics.text().await.unwrap();
     assert!(text.contains("igw_auth_failures_total 6"), "{text}");
     assert!(text.contains("igw_rate_limited_total"), "{text}");
@@ -626,10 +604,9 @@ async fn a_corpus_of_hostile_requests_gets_its_4xx_and_leaves_nothing_behind() {
     let ws = Workspace::new();
     let config = signed_source_config(&ws, "");
     // A second source, by key, so both ways in are attacked.
-    let text = std::fs::read_to_string(&config)
-        .unwrap()
-        .replace("rate_limit = { per_second = 1, burst = 2 }\n", "");
-    std::fs::write(&config, text).unwrap();
+    edit(&config, |text| {
+        text.replace("rate_limit = { per_second = 1, burst = 2 }\n", "")
+    });
     let (mut child, base) = spawn_binary(&config);
     let pid = child.id();
     let corpus = hostile_corpus();
@@ -720,12 +697,11 @@ async fn requests_to_metadata_addresses_or_hosts_off_the_list_are_refused() {
     .concat()
     .replace("PORT", &port.to_string());
     let config = ws.config("127.0.0.1:0", &connectors);
-    let gw = start_in_process(&config).await;
-    let base = format!("http://{}", gw.addr);
+    let (gw, base) = start_gateway(&config).await;
     let mut inc = incident("SSRF-1");
     inc["customer"] = json!("169.254.169.254");
     inc["asset_host_name"] = json!("127.0.0.1");
-    let r: Value = post_incident(&base, &inc).await.json().await.unwrap();
+    let r = post_json(&base, &inc).await;
     assert_eq!(r["deliveries"].as_array().unwrap().len(), 4);
     let dead = eventually(Duration::from_secs(10), || async {
         let (_, v) = admin_get(&base, "/v1/deliveries?status=dead").await;
@@ -762,12 +738,8 @@ async fn requests_to_metadata_addresses_or_hosts_off_the_list_are_refused() {
         got.iter().map(|r| r.path.as_str()).collect::<Vec<_>>(),
         ["/ok"]
     );
-    let metrics = client()
-        .get(format!("{base}/metrics"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
+    let metrics = admin(reqwest::Method::GET, &base, "/metrics")
         .await
-        .unwrap()
         .text()
         .await
         .unwrap();
@@ -786,17 +758,11 @@ async fn a_name_that_resolves_to_a_forbidden_address_is_refused_at_connect() {
         "127.0.0.1:0",
         &http_connector("t", &url, "allow_private = false\n"),
     );
-    let gw = start_in_process(&config).await;
-    let base = format!("http://{}", gw.addr);
-    let r: Value = post_incident(&base, &incident("DNS-1"))
-        .await
-        .json()
-        .await
-        .unwrap();
-    let id = r["deliveries"][0]["id"].as_str().unwrap().to_string();
-    let dead = eventually(Duration::from_secs(10), || async {
-        let (_, v) = admin_get(&base, &format!("/v1/deliveries/{id}")).await;
-        (v["status"] == "dead").then_some(v)
+    let (gw, base) = start_gateway(&config).await;
+    let r = post_json(&base, &incident("DNS-1")).await;
+    let id = first_delivery(&r);
+    let dead = delivery_when(&base, &id, Duration::from_secs(10), |v| {
+        v["status"] == "dead"
     })
     .await
     .expect("refused");
@@ -818,11 +784,10 @@ async fn tls_ingress_and_an_admin_api_on_its_own_address() {
     ws.write("cert.pem", &cert.cert.pem());
     ws.write("key.pem", &cert.signing_key.serialize_pem());
     let config = ws.config("127.0.0.1:0", "");
-    let text = std::fs::read_to_string(&config).unwrap().replace(
-        "shutdown_grace = \"5s\"",
-        "shutdown_grace = \"5s\"\nadmin_listen = \"127.0.0.1:0\"\ntls = { cert = \"cert.pem\", key = \"key.pem\" }",
+    with_server(
+        &config,
+        "admin_listen = \"127.0.0.1:0\"\ntls = { cert = \"cert.pem\", key = \"key.pem\" }",
     );
-    std::fs::write(&config, text).unwrap();
     let gw = start_in_process(&config).await;
     let admin_addr = gw.admin_addr.expect("admin listener");
     // The admin listener uses the ingress certificate too (no admin_tls given).
@@ -959,25 +924,16 @@ max_backoff = "100ms"
     );
     let config = ws.config("127.0.0.1:0", &connectors);
     let log_path = ws.path().join("gateway.log");
-    let log = std::fs::File::create(&log_path).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_incident-gateway"))
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env("IGW_LOG", "debug")
-        .env("IGW_TEST_TARGET_TOKEN", TARGET_TOKEN)
-        .env("IGW_TEST_CALLBACK", CALLBACK)
-        .env("IGW_TEST_WHSEC", SECRET_A)
-        .stdout(Stdio::piped())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    let base = line.trim().trim_start_matches("listening on ").to_string();
+    let (mut child, base) = spawn_binary_logged(
+        &config,
+        "debug",
+        &[
+            ("IGW_TEST_TARGET_TOKEN", TARGET_TOKEN),
+            ("IGW_TEST_CALLBACK", CALLBACK),
+            ("IGW_TEST_WHSEC", SECRET_A),
+        ],
+        &log_path,
+    );
 
     assert_eq!(
         post_incident(&base, &incident("SECRET-LOG-1"))
@@ -1075,8 +1031,7 @@ max_backoff = "100ms"
 async fn concurrent_copies_huge_signature_headers_and_absurd_timestamps_are_refused() {
     let ws = Workspace::new();
     let config = signed_source_config(&ws, "");
-    let gw = start_in_process(&config).await;
-    let base = format!("http://{}", gw.addr);
+    let (gw, base) = start_gateway(&config).await;
     let body = incident("COPY-1").to_string();
     let now = chrono::Utc::now().timestamp();
     let sig = sign(INBOUND_SECRET, "evt_copy", now, &body);
@@ -1134,8 +1089,7 @@ async fn a_source_with_a_key_and_a_secret_must_present_both() {
             "[server]\nlisten = \"127.0.0.1:0\"\n[storage]\nurl = \"sqlite://gateway.db\"\n[[sources]]\nname = \"both\"\napi_key = \"{SOURCE_KEY}\"\nsigning_secret = \"{INBOUND_SECRET}\"\n"
         ),
     );
-    let gw = start_in_process(&config).await;
-    let base = format!("http://{}", gw.addr);
+    let (gw, base) = start_gateway(&config).await;
     let body = incident("BOTH-1").to_string();
     let now = chrono::Utc::now().timestamp();
     let sig = sign(INBOUND_SECRET, "evt_both", now, &body);

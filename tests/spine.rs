@@ -9,14 +9,7 @@ use serde_json::{Value, json};
 
 #[tokio::test]
 async fn sample_is_delivered_with_every_field_verbatim() {
-    let receiver = Receiver::start().await;
-    let ws = Workspace::new();
-    let config = ws.config(
-        "127.0.0.1:0",
-        &http_connector("ticketing", &receiver.url("/hook"), ""),
-    );
-    let gw = start_in_process(&config).await;
-    let base = format!("http://{}", gw.addr);
+    let (receiver, _ws, gw, base) = receiver_and_gateway("ticketing", "/hook", "").await;
 
     let health = client()
         .get(format!("{base}/healthz"))
@@ -42,10 +35,7 @@ async fn sample_is_delivered_with_every_field_verbatim() {
         accepted["incidentId"],
         "5F04D7E3-000A-8420-0002-757900000000"
     );
-    let delivery_id = accepted["deliveries"][0]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let delivery_id = first_delivery(&accepted);
 
     let got = receiver.wait_for(1, Duration::from_secs(10)).await;
     assert_eq!(got.len(), 1);
@@ -85,8 +75,7 @@ async fn hostile_text_arrives_as_valid_json_byte_for_byte() {
         &http_connector("t", &receiver.url("/t"), "")
             .replace("TEMPLATES/generic/incident.json.hbs", "fields.json.hbs"),
     );
-    let gw = start_in_process(&config).await;
-    let base = format!("http://{}", gw.addr);
+    let (gw, base) = start_gateway(&config).await;
 
     let hostile = [
         "quote \" backslash \\ slash / end",
@@ -123,14 +112,7 @@ async fn hostile_text_arrives_as_valid_json_byte_for_byte() {
 
 #[tokio::test]
 async fn every_error_class_answers_problem_json_and_stores_nothing() {
-    let receiver = Receiver::start().await;
-    let ws = Workspace::new();
-    let config = ws.config(
-        "127.0.0.1:0",
-        &http_connector("ticketing", &receiver.url("/hook"), ""),
-    );
-    let gw = start_in_process(&config).await;
-    let base = format!("http://{}", gw.addr);
+    let (receiver, ws, gw, base) = receiver_and_gateway("ticketing", "/hook", "").await;
     // One incident stored first, so "unchanged" is not just "empty".
     assert_eq!(
         post_incident(&base, &incident("BASELINE")).await.status(),
@@ -311,38 +293,31 @@ async fn every_error_class_answers_problem_json_and_stores_nothing() {
 
 #[tokio::test]
 async fn repeats_are_duplicates_and_newer_versions_are_updates() {
-    let receiver = Receiver::start().await;
-    let ws = Workspace::new();
-    let config = ws.config(
-        "127.0.0.1:0",
-        &http_connector("ticketing", &receiver.url("/hook"), ""),
-    );
-    let gw = start_in_process(&config).await;
-    let base = format!("http://{}", gw.addr);
+    let (receiver, _ws, gw, base) = receiver_and_gateway("ticketing", "/hook", "").await;
 
     let first = incident("IDEM-1");
-    let r: Value = post_incident(&base, &first).await.json().await.unwrap();
+    let r = post_json(&base, &first).await;
     assert_eq!(r["status"], "accepted");
     assert_eq!(r["deliveries"].as_array().unwrap().len(), 1);
 
-    let r: Value = post_incident(&base, &first).await.json().await.unwrap();
+    let r = post_json(&base, &first).await;
     assert_eq!(r["status"], "duplicate");
     assert_eq!(r["deliveries"], json!([]));
 
     let mut newer = first.clone();
     newer["updateTime"] = json!(1594153999);
     newer["incident"]["summary"] = json!("escalated");
-    let r: Value = post_incident(&base, &newer).await.json().await.unwrap();
+    let r = post_json(&base, &newer).await;
     assert_eq!(r["status"], "updated");
     assert_eq!(r["deliveries"][0]["event"], "updated");
 
     // An older version after a newer one changes nothing.
-    let r: Value = post_incident(&base, &first).await.json().await.unwrap();
+    let r = post_json(&base, &first).await;
     assert_eq!(r["status"], "duplicate");
 
     // In a batch, each incident gets its own answer, in order.
     let batch = json!([incident("IDEM-2"), newer, incident("IDEM-3")]);
-    let r: Value = post_incident(&base, &batch).await.json().await.unwrap();
+    let r = post_json(&base, &batch).await;
     let statuses: Vec<&str> = r
         .as_array()
         .unwrap()
@@ -396,15 +371,10 @@ async fn retry_after_is_honoured_then_delivered_and_4xx_dies_until_replayed() {
         "127.0.0.1:0",
         &http_connector("ticketing", &receiver.url("/hook"), retry),
     );
-    let gw = start_in_process(&config).await;
-    let base = format!("http://{}", gw.addr);
+    let (gw, base) = start_gateway(&config).await;
 
-    let r: Value = post_incident(&base, &incident("RETRY-1"))
-        .await
-        .json()
-        .await
-        .unwrap();
-    let id = r["deliveries"][0]["id"].as_str().unwrap().to_string();
+    let r = post_json(&base, &incident("RETRY-1")).await;
+    let id = first_delivery(&r);
     let got = receiver.wait_for(3, Duration::from_secs(15)).await;
     assert_eq!(got.len(), 3);
     // Each retry waited for Retry-After (1 s), and kept the same webhook-id.
@@ -438,12 +408,8 @@ async fn retry_after_is_honoured_then_delivered_and_4xx_dies_until_replayed() {
     assert!(attempts[0]["latency_ms"].as_i64().is_some());
 
     // A 400 is dead at once.
-    let r: Value = post_incident(&base, &incident("DEAD-1"))
-        .await
-        .json()
-        .await
-        .unwrap();
-    let dead_id = r["deliveries"][0]["id"].as_str().unwrap().to_string();
+    let r = post_json(&base, &incident("DEAD-1")).await;
+    let dead_id = first_delivery(&r);
     let dead = eventually(Duration::from_secs(10), || async {
         let (_, v) = admin_get(&base, "/v1/deliveries?status=dead&connector=ticketing").await;
         let list = v["deliveries"].as_array().cloned().unwrap_or_default();
@@ -458,16 +424,10 @@ async fn retry_after_is_honoured_then_delivered_and_4xx_dies_until_replayed() {
     assert_eq!(receiver.received().len(), 4);
 
     // Replay: back in the queue, attempts kept, delivered (the receiver now answers 200).
-    let r = client()
-        .post(format!("{base}/v1/deliveries/{dead_id}/replay"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let r = admin_post(&base, &format!("/v1/deliveries/{dead_id}/replay")).await;
     assert_eq!(r.status(), 202);
-    let delivered = eventually(Duration::from_secs(10), || async {
-        let (_, v) = admin_get(&base, &format!("/v1/deliveries/{dead_id}")).await;
-        (v["status"] == "delivered").then_some(v)
+    let delivered = delivery_when(&base, &dead_id, Duration::from_secs(10), |v| {
+        v["status"] == "delivered"
     })
     .await
     .expect("replayed delivery delivered");
@@ -478,19 +438,9 @@ async fn retry_after_is_honoured_then_delivered_and_4xx_dies_until_replayed() {
     assert_eq!(last.json()["delivery"]["attempt"], 2);
 
     // Replaying what is not dead is a conflict; unknown ids are 404; the source key is no admin.
-    let r = client()
-        .post(format!("{base}/v1/deliveries/{dead_id}/replay"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let r = admin_post(&base, &format!("/v1/deliveries/{dead_id}/replay")).await;
     assert_eq!(r.status(), 409);
-    let r = client()
-        .post(format!("{base}/v1/deliveries/msg_nope/replay"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let r = admin_post(&base, "/v1/deliveries/msg_nope/replay").await;
     assert_eq!(r.status(), 404);
     let r = client()
         .get(format!("{base}/v1/incidents/DEAD-1"))
@@ -499,12 +449,7 @@ async fn retry_after_is_honoured_then_delivered_and_4xx_dies_until_replayed() {
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
-    let r = client()
-        .get(format!("{base}/v1/deliveries?status=bogus"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let r = admin(reqwest::Method::GET, &base, "/v1/deliveries?status=bogus").await;
     assert_eq!(r.status(), 400);
     gw.stop().await.unwrap();
 }
@@ -524,17 +469,11 @@ max_backoff = "100ms"
         "127.0.0.1:0",
         &http_connector("down", &format!("http://127.0.0.1:{port}/x"), retry),
     );
-    let gw = start_in_process(&config).await;
-    let base = format!("http://{}", gw.addr);
-    let r: Value = post_incident(&base, &incident("DOWN-1"))
-        .await
-        .json()
-        .await
-        .unwrap();
-    let id = r["deliveries"][0]["id"].as_str().unwrap().to_string();
-    let view = eventually(Duration::from_secs(10), || async {
-        let (_, v) = admin_get(&base, &format!("/v1/deliveries/{id}")).await;
-        (v["status"] == "dead").then_some(v)
+    let (gw, base) = start_gateway(&config).await;
+    let r = post_json(&base, &incident("DOWN-1")).await;
+    let id = first_delivery(&r);
+    let view = delivery_when(&base, &id, Duration::from_secs(10), |v| {
+        v["status"] == "dead"
     })
     .await
     .expect("dead after 3 attempts");
@@ -582,15 +521,10 @@ not_one_of = ["aws", "azure"]
     ]
     .concat();
     let config = ws.config("127.0.0.1:0", &connectors);
-    let gw = start_in_process(&config).await;
-    let base = format!("http://{}", gw.addr);
+    let (gw, base) = start_gateway(&config).await;
 
     // The sample: Medium, authentication, aws → only "all".
-    let r: Value = post_incident(&base, &incident("ROUTE-MEDIUM"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let r = post_json(&base, &incident("ROUTE-MEDIUM")).await;
     let names: Vec<&str> = r["deliveries"]
         .as_array()
         .unwrap()
@@ -602,7 +536,7 @@ not_one_of = ["aws", "azure"]
     let mut high = incident("ROUTE-HIGH");
     high["incident"]["threatRating"] = json!("HIGH");
     high["asset_deployment_type"] = json!("datacenter");
-    let r: Value = post_incident(&base, &high).await.json().await.unwrap();
+    let r = post_json(&base, &high).await;
     let names: Vec<&str> = r["deliveries"]
         .as_array()
         .unwrap()
@@ -632,8 +566,7 @@ async fn templated_url_and_headers_are_rendered_and_url_values_encoded() {
         receiver.url("/api")
     );
     let config = ws.config("127.0.0.1:0", &http_connector("t", &url, extra));
-    let gw = start_in_process(&config).await;
-    let base = format!("http://{}", gw.addr);
+    let (gw, base) = start_gateway(&config).await;
     let mut inc = incident("A/B?C");
     inc["humanFriendlyId"] = json!("ww1k39");
     assert_eq!(post_incident(&base, &inc).await.status(), 202);
@@ -657,8 +590,7 @@ async fn an_update_never_overtakes_its_created_delivery() {
         "127.0.0.1:0",
         &http_connector("t", &receiver.url("/t"), fast_retry()),
     );
-    let gw = start_in_process(&config).await;
-    let base = format!("http://{}", gw.addr);
+    let (gw, base) = start_gateway(&config).await;
     let first = incident("ORDER-1");
     assert_eq!(post_incident(&base, &first).await.status(), 202);
     let mut newer = first.clone();
@@ -683,8 +615,7 @@ async fn unsendable_requests_die_at_once_with_the_reason() {
         receiver.url("/api")
     );
     let config = ws.config("127.0.0.1:0", &http_connector("t", &url, extra));
-    let gw = start_in_process(&config).await;
-    let base = format!("http://{}", gw.addr);
+    let (gw, base) = start_gateway(&config).await;
 
     // A bell character cannot go in a header; ".." would climb out of the URL's path.
     let mut bell = incident("BELL-1");
@@ -721,11 +652,7 @@ async fn unsendable_requests_die_at_once_with_the_reason() {
 
 #[tokio::test]
 async fn incidents_travel_with_big_numbers_and_key_order_intact() {
-    let receiver = Receiver::start().await;
-    let ws = Workspace::new();
-    let config = ws.config("127.0.0.1:0", &http_connector("t", &receiver.url("/t"), ""));
-    let gw = start_in_process(&config).await;
-    let base = format!("http://{}", gw.addr);
+    let (receiver, _ws, gw, base) = receiver_and_gateway("t", "/t", "").await;
     let raw = r#"{"zeta": 1, "incidentId": "BIG-1", "bigId": 123456789012345678901234567, "alpha": 0.1000000000000000055511151231257827, "createTime": 1594153092.2202642}"#;
     let r = client()
         .post(format!("{base}/v1/incidents"))
@@ -749,14 +676,10 @@ async fn incidents_travel_with_big_numbers_and_key_order_intact() {
 
 #[tokio::test]
 async fn an_update_without_update_time_never_lets_an_older_version_back_in() {
-    let receiver = Receiver::start().await;
-    let ws = Workspace::new();
-    let config = ws.config("127.0.0.1:0", &http_connector("t", &receiver.url("/t"), ""));
-    let gw = start_in_process(&config).await;
-    let base = format!("http://{}", gw.addr);
+    let (_receiver, _ws, gw, base) = receiver_and_gateway("t", "/t", "").await;
     let base = &base;
     let status = |v: Value| async move {
-        let r: Value = post_incident(base, &v).await.json().await.unwrap();
+        let r = post_json(base, &v).await;
         r["status"].as_str().unwrap().to_string()
     };
     let at = |t: Value, summary: &str| {
@@ -786,17 +709,11 @@ async fn secrets_never_reach_attempt_records_and_api_errors_are_problem_json() {
         "127.0.0.1:0",
         &http_connector("t", &receiver.url("/t"), &extra),
     );
-    let gw = start_in_process(&config).await;
-    let base = format!("http://{}", gw.addr);
-    let r: Value = post_incident(&base, &incident("SECRET-1"))
-        .await
-        .json()
-        .await
-        .unwrap();
-    let id = r["deliveries"][0]["id"].as_str().unwrap().to_string();
-    let view = eventually(Duration::from_secs(10), || async {
-        let (_, v) = admin_get(&base, &format!("/v1/deliveries/{id}")).await;
-        (v["status"] == "dead").then_some(v)
+    let (gw, base) = start_gateway(&config).await;
+    let r = post_json(&base, &incident("SECRET-1")).await;
+    let id = first_delivery(&r);
+    let view = delivery_when(&base, &id, Duration::from_secs(10), |v| {
+        v["status"] == "dead"
     })
     .await
     .expect("dead");

@@ -222,22 +222,17 @@ template = "upstream.json.hbs"
     );
     let config = ws.config("127.0.0.1:0", &connector);
     // Sources may complete incidents too.
-    let text = std::fs::read_to_string(&config).unwrap().replace(
-        &format!("api_key = \"{SOURCE_KEY}\""),
-        &format!("api_key = \"{SOURCE_KEY}\"\ncallback_token = \"{SOURCE_CALLBACK}\""),
-    );
-    std::fs::write(&config, text).unwrap();
+    edit(&config, |text| {
+        text.replace(
+            &format!("api_key = \"{SOURCE_KEY}\""),
+            &format!("api_key = \"{SOURCE_KEY}\"\ncallback_token = \"{SOURCE_CALLBACK}\""),
+        )
+    });
     config
 }
 
 const SOURCE_CALLBACK: &str = "source-callback-token-0123";
 const SHARED_KEY: &str = "correlation_key = \"{{incident_class}}/{{asset_host_name}}\"";
-
-async fn post_json(base: &str, body: &Value) -> Value {
-    let r = post_incident(base, body).await;
-    assert_eq!(r.status(), 202);
-    r.json().await.unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_incidents_on_one_key_open_one_ticket_and_update_it_in_order() {
@@ -245,12 +240,11 @@ async fn fifty_incidents_on_one_key_open_one_ticket_and_update_it_in_order() {
     target.state.lock().unwrap().delay = Duration::from_millis(200);
     let ws = Workspace::new();
     let config = ticket_config(&ws, &target.base, SHARED_KEY);
-    let gw = start_in_process(&config).await;
-    let base = format!("http://{}", gw.addr);
+    let (gw, base) = start_gateway(&config).await;
 
     let mut events = Vec::new();
     for i in 0..50 {
-        let r = post_json(&base, &incident(&format!("BURST-{i:02}"))).await;
+        let r = accepted(&base, &incident(&format!("BURST-{i:02}"))).await;
         events.push(r["deliveries"][0]["event"].as_str().unwrap().to_string());
     }
     assert_eq!(events[0], "created");
@@ -300,7 +294,7 @@ async fn sigkill_in_the_middle_of_a_burst_still_opens_one_ticket() {
     let config = ticket_config(&ws, &target.base, SHARED_KEY);
     let (mut child, base) = spawn_binary(&config);
     for i in 0..50 {
-        post_json(&base, &incident(&format!("KILL-{i:02}"))).await;
+        accepted(&base, &incident(&format!("KILL-{i:02}"))).await;
     }
     // Kill once the ticket exists and updates are flowing.
     target.wait_for(5, Duration::from_secs(30)).await;
@@ -350,11 +344,10 @@ async fn no_update_goes_before_its_create_succeeds() {
     target.state.lock().unwrap().create_failures = VecDeque::from([500, 500, 500]);
     let ws = Workspace::new();
     let config = ticket_config(&ws, &target.base, SHARED_KEY);
-    let gw = start_in_process(&config).await;
-    let base = format!("http://{}", gw.addr);
-    let created = post_json(&base, &incident("FIRST")).await;
-    let created_id = created["deliveries"][0]["id"].as_str().unwrap().to_string();
-    let updated = post_json(&base, &incident("SECOND")).await;
+    let (gw, base) = start_gateway(&config).await;
+    let created = accepted(&base, &incident("FIRST")).await;
+    let created_id = first_delivery(&created);
+    let updated = accepted(&base, &incident("SECOND")).await;
     assert_eq!(updated["deliveries"][0]["event"], "updated");
 
     // While the create is failing, the update waits for it, visibly.
@@ -387,14 +380,12 @@ async fn a_dead_create_holds_its_updates_until_it_is_replayed() {
     target.state.lock().unwrap().create_failures = VecDeque::from([400]);
     let ws = Workspace::new();
     let config = ticket_config(&ws, &target.base, SHARED_KEY);
-    let gw = start_in_process(&config).await;
-    let base = format!("http://{}", gw.addr);
-    let created = post_json(&base, &incident("DEAD-FIRST")).await;
-    let created_id = created["deliveries"][0]["id"].as_str().unwrap().to_string();
-    post_json(&base, &incident("DEAD-SECOND")).await;
-    let dead = eventually(Duration::from_secs(10), || async {
-        let (_, v) = admin_get(&base, &format!("/v1/deliveries/{created_id}")).await;
-        (v["status"] == "dead").then_some(v)
+    let (gw, base) = start_gateway(&config).await;
+    let created = accepted(&base, &incident("DEAD-FIRST")).await;
+    let created_id = first_delivery(&created);
+    accepted(&base, &incident("DEAD-SECOND")).await;
+    let dead = delivery_when(&base, &created_id, Duration::from_secs(10), |v| {
+        v["status"] == "dead"
     })
     .await;
     assert!(dead.is_some());
@@ -406,12 +397,7 @@ async fn a_dead_create_holds_its_updates_until_it_is_replayed() {
     assert_eq!(follower["waiting_for"], created_id.as_str());
     assert_eq!(target.calls().len(), 1);
 
-    let r = client()
-        .post(format!("{base}/v1/deliveries/{created_id}/replay"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let r = admin_post(&base, &format!("/v1/deliveries/{created_id}/replay")).await;
     assert_eq!(r.status(), 202);
     let calls = target.wait_for(3, Duration::from_secs(10)).await;
     let shape: Vec<(String, u16)> = calls.iter().map(|c| (c.method.clone(), c.status)).collect();
@@ -433,13 +419,11 @@ async fn a_created_response_without_the_ticket_id_is_a_dead_delivery_with_the_re
     target.state.lock().unwrap().omit_id = true;
     let ws = Workspace::new();
     let config = ticket_config(&ws, &target.base, "");
-    let gw = start_in_process(&config).await;
-    let base = format!("http://{}", gw.addr);
-    let r = post_json(&base, &incident("NO-ID")).await;
-    let id = r["deliveries"][0]["id"].as_str().unwrap().to_string();
-    let dead = eventually(Duration::from_secs(10), || async {
-        let (_, v) = admin_get(&base, &format!("/v1/deliveries/{id}")).await;
-        (v["status"] == "dead").then_some(v)
+    let (gw, base) = start_gateway(&config).await;
+    let r = accepted(&base, &incident("NO-ID")).await;
+    let id = first_delivery(&r);
+    let dead = delivery_when(&base, &id, Duration::from_secs(10), |v| {
+        v["status"] == "dead"
     })
     .await
     .expect("dead");
@@ -464,20 +448,19 @@ async fn the_aggregation_window_closes_and_a_new_ticket_opens() {
         &target.base,
         &format!("{SHARED_KEY}\naggregate_for = \"1s\""),
     );
-    let gw = start_in_process(&config).await;
-    let base = format!("http://{}", gw.addr);
+    let (gw, base) = start_gateway(&config).await;
     let event = |v: Value| v["deliveries"][0]["event"].as_str().unwrap().to_string();
-    assert_eq!(event(post_json(&base, &incident("WIN-1")).await), "created");
-    assert_eq!(event(post_json(&base, &incident("WIN-2")).await), "updated");
+    assert_eq!(event(accepted(&base, &incident("WIN-1")).await), "created");
+    assert_eq!(event(accepted(&base, &incident("WIN-2")).await), "updated");
     let mut other = incident("WIN-OTHER");
     other["asset_host_name"] = json!("10.9.9.9");
     assert_eq!(
-        event(post_json(&base, &other).await),
+        event(accepted(&base, &other).await),
         "created",
         "another key, another ticket"
     );
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    assert_eq!(event(post_json(&base, &incident("WIN-3")).await), "created");
+    assert_eq!(event(accepted(&base, &incident("WIN-3")).await), "created");
     let (_, v) = admin_get(&base, "/v1/incidents/WIN-3").await;
     assert_eq!(v["connectors"]["servicenow"]["tickets"][0]["incidents"], 1);
     gw.stop().await.unwrap();
@@ -504,9 +487,8 @@ async fn the_back_channel_completes_an_incident_and_closes_its_tickets() {
     let target = TicketSystem::start().await;
     let ws = Workspace::new();
     let config = ticket_config(&ws, &target.base, "");
-    let gw = start_in_process(&config).await;
-    let base = format!("http://{}", gw.addr);
-    post_json(&base, &incident("DONE-1")).await;
+    let (gw, base) = start_gateway(&config).await;
+    accepted(&base, &incident("DONE-1")).await;
     target.wait_for(1, Duration::from_secs(10)).await;
     let ok_body = r#"{"reason_code": "threat_not_valid", "notes": "User forgot their password"}"#;
 
@@ -600,7 +582,7 @@ async fn the_back_channel_completes_an_incident_and_closes_its_tickets() {
     // The same incident key again opens a new ticket: the old one is closed.
     let mut again = incident("DONE-2");
     again["incidentId"] = json!("DONE-1-REOPENED");
-    let r = post_json(&base, &again).await;
+    let r = accepted(&base, &again).await;
     assert_eq!(r["deliveries"][0]["event"], "created");
     gw.stop().await.unwrap();
 }
@@ -610,9 +592,8 @@ async fn a_target_closing_its_own_ticket_is_not_asked_to_close_it_again() {
     let target = TicketSystem::start().await;
     let ws = Workspace::new();
     let config = ticket_config(&ws, &target.base, "");
-    let gw = start_in_process(&config).await;
-    let base = format!("http://{}", gw.addr);
-    post_json(&base, &incident("SELF-1")).await;
+    let (gw, base) = start_gateway(&config).await;
+    accepted(&base, &incident("SELF-1")).await;
     target.wait_for(1, Duration::from_secs(10)).await;
     let r = complete(
         &base,
@@ -659,8 +640,7 @@ async fn a_newer_version_stays_on_its_ticket_after_the_window_and_after_completi
         &target.base,
         &format!("{SHARED_KEY}\naggregate_for = \"1s\""),
     );
-    let gw = start_in_process(&config).await;
-    let base = format!("http://{}", gw.addr);
+    let (gw, base) = start_gateway(&config).await;
     let event = |v: &Value| {
         v["deliveries"][0]["event"]
             .as_str()
@@ -668,12 +648,12 @@ async fn a_newer_version_stays_on_its_ticket_after_the_window_and_after_completi
             .to_string()
     };
     let first = incident("SAME-1");
-    assert_eq!(event(&post_json(&base, &first).await), "created");
+    assert_eq!(event(&accepted(&base, &first).await), "created");
     tokio::time::sleep(Duration::from_millis(1200)).await;
     // The window closed, but this is the same incident: it stays on its ticket.
     let mut newer = first.clone();
     newer["updateTime"] = json!(1594159999);
-    let r = post_json(&base, &newer).await;
+    let r = accepted(&base, &newer).await;
     assert_eq!(r["status"], "updated");
     assert_eq!(event(&r), "updated");
     let (_, v) = admin_get(&base, "/v1/incidents/SAME-1").await;
@@ -697,7 +677,7 @@ async fn a_newer_version_stays_on_its_ticket_after_the_window_and_after_completi
     assert_eq!(done.status(), 200);
     let mut later = newer.clone();
     later["updateTime"] = json!(1594169999);
-    let r = post_json(&base, &later).await;
+    let r = accepted(&base, &later).await;
     assert_eq!(r["status"], "updated");
     assert_eq!(r["deliveries"], json!([]));
     let (_, v) = admin_get(&base, "/v1/incidents/SAME-1").await;
@@ -717,15 +697,15 @@ async fn a_callback_token_completes_only_its_holders_incidents() {
     let ws = Workspace::new();
     let config = ticket_config(&ws, &target.base, "");
     // A second source with its own key and callback token, and no ticket anywhere.
-    let text = std::fs::read_to_string(&config).unwrap().replacen(
-        "[[connectors]]",
-        "[[sources]]\nname = \"other\"\napi_key = \"other-source-key-0123456\"\ncallback_token = \"other-callback-token-0123\"\n\n[[connectors]]",
-        1,
-    );
-    std::fs::write(&config, &text).unwrap();
-    let gw = start_in_process(&config).await;
-    let base = format!("http://{}", gw.addr);
-    post_json(&base, &incident("MINE-1")).await;
+    edit(&config, |text| {
+        text.replacen(
+            "[[connectors]]",
+            "[[sources]]\nname = \"other\"\napi_key = \"other-source-key-0123456\"\ncallback_token = \"other-callback-token-0123\"\n\n[[connectors]]",
+            1,
+        )
+    });
+    let (gw, base) = start_gateway(&config).await;
+    accepted(&base, &incident("MINE-1")).await;
     target.wait_for(1, Duration::from_secs(10)).await;
     let body = r#"{"reason_code": "other"}"#;
     // Another source's token: for it, the incident is not there.
@@ -754,9 +734,9 @@ async fn a_create_interrupted_by_sigkill_is_set_aside_then_resolved_without_a_se
     let ws = Workspace::new();
     let config = ticket_config(&ws, &target.base, SHARED_KEY);
     let (mut child, base) = spawn_binary(&config);
-    let created = post_json(&base, &incident("CUT-1")).await;
-    let created_id = created["deliveries"][0]["id"].as_str().unwrap().to_string();
-    post_json(&base, &incident("CUT-2")).await;
+    let created = accepted(&base, &incident("CUT-1")).await;
+    let created_id = first_delivery(&created);
+    accepted(&base, &incident("CUT-2")).await;
     // Kill while the create is in flight (the target takes 3 s to answer).
     tokio::time::sleep(Duration::from_millis(1000)).await;
     child.kill().unwrap();

@@ -2,6 +2,8 @@
 //! process or as the real binary), and small helpers.
 #![allow(dead_code)]
 
+pub mod smtp;
+
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -17,6 +19,8 @@ use serde_json::Value;
 
 pub const SOURCE_KEY: &str = "test-source-key-0123456789";
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+/// The signing secret of the signature-only source in the ingress tests.
+pub const INBOUND_SECRET: &str = "whsec_aW5ib3VuZC1zb3VyY2Utc2VjcmV0LTEyMzQ1Njc4";
 
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -275,6 +279,33 @@ api_key = "{SOURCE_KEY}"
     }
 }
 
+/// Puts a `[delivery]` section with `delivery` into the config file.
+pub fn with_delivery(config: &Path, delivery: &str) {
+    edit(config, |text| {
+        text.replacen(
+            "[storage]",
+            &format!("[delivery]\n{delivery}\n\n[storage]"),
+            1,
+        )
+    });
+}
+
+/// Adds `lines` to the config file's `[server]` section.
+pub fn with_server(config: &Path, lines: &str) {
+    edit(config, |text| {
+        text.replace(
+            "shutdown_grace = \"5s\"",
+            &format!("shutdown_grace = \"5s\"\n{lines}"),
+        )
+    });
+}
+
+/// Rewrites a file through `change`.
+pub fn edit(file: &Path, change: impl FnOnce(String) -> String) {
+    let text = std::fs::read_to_string(file).unwrap();
+    std::fs::write(file, change(text)).unwrap();
+}
+
 /// An http connector block posting the generic envelope to `url`.
 pub fn http_connector(name: &str, url: &str, extra: &str) -> String {
     format!(
@@ -300,6 +331,37 @@ max_age = "1h"
 "#
 }
 
+/// A Standard Webhooks signature (`v1,<base64 HMAC-SHA256>`) of `id.timestamp.body`.
+pub fn sign(secret: &str, id: &str, timestamp: i64, body: &str) -> String {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
+    use hmac::{KeyInit, Mac};
+    let key = STANDARD
+        .decode(secret.trim_start_matches("whsec_"))
+        .unwrap();
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
+    mac.update(format!("{id}.{timestamp}.{body}").as_bytes());
+    format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()))
+}
+
+/// The usual scene: a receiver, and a gateway in process (with its workspace and base URL)
+/// whose one http connector `name` posts the generic envelope to `path` on the receiver;
+/// `extra` is added to the connector's block.
+pub async fn receiver_and_gateway(
+    name: &str,
+    path: &str,
+    extra: &str,
+) -> (Receiver, Workspace, incident_gateway::Gateway, String) {
+    let receiver = Receiver::start().await;
+    let ws = Workspace::new();
+    let config = ws.config(
+        "127.0.0.1:0",
+        &http_connector(name, &receiver.url(path), extra),
+    );
+    let (gw, base) = start_gateway(&config).await;
+    (receiver, ws, gw, base)
+}
+
 /// The gateway started in this process, on an ephemeral port.
 pub async fn start_in_process(config: &Path) -> incident_gateway::Gateway {
     let config = incident_gateway::config::Config::load(config).expect("config loads");
@@ -308,14 +370,43 @@ pub async fn start_in_process(config: &Path) -> incident_gateway::Gateway {
         .expect("gateway starts")
 }
 
+/// The gateway started in this process, and its base URL.
+pub async fn start_gateway(config: &Path) -> (incident_gateway::Gateway, String) {
+    let gw = start_in_process(config).await;
+    let base = format!("http://{}", gw.addr);
+    (gw, base)
+}
+
 /// The real binary, serving `config`; returns the child and its base URL.
 pub fn spawn_binary(config: &Path) -> (Child, String) {
+    spawn_binary_with(config, "error", &[], Stdio::inherit())
+}
+
+/// The real binary at log level `log`, with extra environment, its log written to `log_file`
+/// (so a test can read back what it logged).
+pub fn spawn_binary_logged(
+    config: &Path,
+    log: &str,
+    env: &[(&str, &str)],
+    log_file: &Path,
+) -> (Child, String) {
+    let file = std::fs::File::create(log_file).unwrap();
+    spawn_binary_with(config, log, env, Stdio::from(file))
+}
+
+fn spawn_binary_with(
+    config: &Path,
+    log: &str,
+    env: &[(&str, &str)],
+    stderr: Stdio,
+) -> (Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_incident-gateway"))
         .args(["serve", "--config"])
         .arg(config)
-        .env("IGW_LOG", "error")
+        .env("IGW_LOG", log)
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(stderr)
         .spawn()
         .expect("binary starts");
     let stdout = child.stdout.take().unwrap();
@@ -343,15 +434,67 @@ pub async fn post_incident(base: &str, body: &Value) -> reqwest::Response {
         .unwrap()
 }
 
-pub async fn admin_get(base: &str, path: &str) -> (u16, Value) {
-    let r = client()
-        .get(format!("{base}{path}"))
+/// Posts an incident and reads the answer as JSON (whatever its status).
+pub async fn post_json(base: &str, body: &Value) -> Value {
+    post_incident(base, body).await.json().await.unwrap()
+}
+
+/// Posts an incident, checks it was accepted (202), and reads the answer.
+pub async fn accepted(base: &str, body: &Value) -> Value {
+    let r = post_incident(base, body).await;
+    assert_eq!(r.status(), 202);
+    r.json().await.unwrap()
+}
+
+/// The id of the first delivery in an ingest answer.
+pub fn first_delivery(accepted: &Value) -> String {
+    accepted["deliveries"][0]["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no delivery in {accepted}"))
+        .to_string()
+}
+
+/// An admin request (with the admin token) to `path`.
+pub async fn admin(method: reqwest::Method, base: &str, path: &str) -> reqwest::Response {
+    client()
+        .request(method, format!("{base}{path}"))
         .bearer_auth(ADMIN_TOKEN)
         .send()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+pub async fn admin_post(base: &str, path: &str) -> reqwest::Response {
+    admin(reqwest::Method::POST, base, path).await
+}
+
+pub async fn admin_get(base: &str, path: &str) -> (u16, Value) {
+    let r = admin(reqwest::Method::GET, base, path).await;
     let status = r.status().as_u16();
     (status, r.json().await.unwrap_or(Value::Null))
+}
+
+/// The delivery's admin view, once `done` holds for it (None after `within`).
+pub async fn delivery_when(
+    base: &str,
+    id: &str,
+    within: Duration,
+    done: impl Fn(&Value) -> bool,
+) -> Option<Value> {
+    eventually(within, || async {
+        let (_, v) = admin_get(base, &format!("/v1/deliveries/{id}")).await;
+        done(&v).then_some(v)
+    })
+    .await
+}
+
+/// The delivery once its status is one of `states`.
+pub async fn settled(base: &str, id: &str, states: &[&str], within: Duration) -> Value {
+    delivery_when(base, id, within, |d| {
+        states.contains(&d["status"].as_str().unwrap_or(""))
+    })
+    .await
+    .unwrap_or_else(|| panic!("delivery {id} did not reach {states:?} within {within:?}"))
 }
 
 /// Polls `f` until it returns Some, for at most `within`.
