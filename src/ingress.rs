@@ -18,6 +18,7 @@
 //! ([`crate::store::Store::ingest`]); the in-memory claims here only refuse copies early.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -72,6 +73,36 @@ pub struct Guard {
     buckets: Mutex<HashMap<String, (f64, Instant)>>,
     /// One permit per byte of request body being read or held, across all connections.
     body_budget: Arc<Semaphore>,
+    /// Bytes of the budget each client holds, and the most one may hold: a quarter, so one
+    /// address cannot take the whole budget with slow bodies.
+    body_shares: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    body_share_limit: usize,
+}
+
+/// A request body's part of the budget (and of its client's share), given back when dropped.
+pub struct BodyReservation {
+    _permit: OwnedSemaphorePermit,
+    _share: Option<ClientShare>,
+}
+
+/// Bytes one client holds of the budget, given back when dropped.
+struct ClientShare {
+    shares: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    client: IpAddr,
+    bytes: usize,
+}
+
+impl Drop for ClientShare {
+    fn drop(&mut self) {
+        if let Ok(mut shares) = self.shares.lock()
+            && let Some(held) = shares.get_mut(&self.client)
+        {
+            *held = held.saturating_sub(self.bytes);
+            if *held == 0 {
+                shares.remove(&self.client);
+            }
+        }
+    }
 }
 
 impl Guard {
@@ -82,17 +113,42 @@ impl Guard {
             body_budget: Arc::new(Semaphore::new(
                 server.max_body_bytes_in_flight.min(Semaphore::MAX_PERMITS),
             )),
+            body_shares: Arc::default(),
+            body_share_limit: (server.max_body_bytes_in_flight / 4).max(server.max_body_bytes),
         }
     }
 
-    /// Reserves `bytes` of the body budget until the permit is dropped (the request done, or
-    /// its connection gone); `None` when the budget cannot hold them now.
-    fn reserve_body(&self, bytes: usize) -> Option<OwnedSemaphorePermit> {
+    /// Reserves `bytes` of the body budget until the reservation is dropped (the request
+    /// done, or its connection gone); `None` when the budget, or `client`'s share of it,
+    /// cannot hold them now.
+    fn reserve_body(&self, client: Option<IpAddr>, bytes: usize) -> Option<BodyReservation> {
         let permits = u32::try_from(bytes).unwrap_or(u32::MAX);
-        self.body_budget
+        let share = match client {
+            None => None,
+            Some(client) => {
+                let mut shares = self.body_shares.lock().ok()?;
+                let held = shares.entry(client).or_default();
+                if held.saturating_add(bytes) > self.body_share_limit {
+                    return None;
+                }
+                *held += bytes;
+                Some(ClientShare {
+                    shares: self.body_shares.clone(),
+                    client,
+                    bytes,
+                })
+            }
+        };
+        // When the budget cannot hold the bytes, the share is given back as it drops here.
+        let permit = self
+            .body_budget
             .clone()
             .try_acquire_many_owned(permits)
-            .ok()
+            .ok()?;
+        Some(BodyReservation {
+            _permit: permit,
+            _share: share,
+        })
     }
 
     /// Whether `source` claimed `id` within the window (without claiming it).
@@ -339,10 +395,12 @@ fn is_json(headers: &HeaderMap) -> bool {
 
 pub async fn post_incidents(
     State(app): State<Arc<App>>,
+    client: Option<axum::Extension<crate::server::ClientAddr>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    match accept(&app, &headers, body).await {
+    let client = client.map(|axum::Extension(c)| c.0);
+    match accept(&app, client, &headers, body).await {
         Ok(response) => response,
         Err(problem) => {
             if !matches!(problem.status, 401 | 429) && problem.status < 500 {
@@ -353,7 +411,12 @@ pub async fn post_incidents(
     }
 }
 
-async fn accept(app: &Arc<App>, headers: &HeaderMap, body: Body) -> Result<Response, Problem> {
+async fn accept(
+    app: &Arc<App>,
+    client: Option<IpAddr>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, Problem> {
     let limits = &app.config.server;
     // A bearer key names the source now; a signature-only source is found once the body is in.
     let keyed = match bearer(headers) {
@@ -424,7 +487,7 @@ async fn accept(app: &Arc<App>, headers: &HeaderMap, body: Body) -> Result<Respo
     // The body's bytes are reserved before it is read (all that may come without a length)
     // and given back when this request ends, however it ends.
     let reserve = declared.map_or(limits.max_body_bytes, |n| n as usize);
-    let budget = app.guard.reserve_body(reserve).ok_or_else(|| {
+    let budget = app.guard.reserve_body(client, reserve).ok_or_else(|| {
         Problem::unavailable(format!(
             "too many request bodies are being received at once (server.max_body_bytes_in_flight, {} bytes); try again",
             limits.max_body_bytes_in_flight
@@ -572,7 +635,7 @@ async fn accept_document(
     source: &SourceConfig,
     webhook_id: Option<String>,
     bytes: Bytes,
-    budget: OwnedSemaphorePermit,
+    budget: BodyReservation,
 ) -> Result<Response, Problem> {
     let Ok(permit) = app.checks.clone().acquire_owned().await else {
         return Err(Problem::unavailable("the gateway is shutting down"));

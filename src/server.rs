@@ -148,6 +148,7 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let service = Gate {
+            client: ClientAddr(client_key(peer.ip())),
             router: router.clone(),
             reserve: if held.reserve { reserve.clone() } else { None },
             conn: held.conn.clone(),
@@ -410,9 +411,14 @@ impl Drop for RequestGuard {
     }
 }
 
+/// The client a request came from, as per-client limits count it (see [`client_key`]): set
+/// on every request the listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ClientAddr(pub IpAddr);
+
 /// The address a per-client limit counts by: IPv4 as is, IPv6 by its /64 (one host usually
 /// holds a whole /64, so counting single addresses would limit nothing).
-fn client_key(ip: IpAddr) -> IpAddr {
+pub fn client_key(ip: IpAddr) -> IpAddr {
     match ip.to_canonical() {
         IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & (u128::MAX << 64))),
         v4 => v4,
@@ -661,6 +667,7 @@ impl ReserveGate {
 /// read to its end, and holds a reserved slot to admin requests.
 #[derive(Clone)]
 struct Gate {
+    client: ClientAddr,
     router: Router,
     reserve: Option<Arc<ReserveGate>>,
     conn: Arc<Conn>,
@@ -673,7 +680,8 @@ impl hyper::service::Service<Request<Incoming>> for Gate {
     type Error = Infallible;
     type Future = GateFuture;
 
-    fn call(&self, req: Request<Incoming>) -> GateFuture {
+    fn call(&self, mut req: Request<Incoming>) -> GateFuture {
+        req.extensions_mut().insert(self.client);
         let Some(guard) = self.conn.begin_request() else {
             // Shed a moment ago: the connection is being dropped, this request never starts.
             let mut response =

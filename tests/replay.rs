@@ -118,12 +118,15 @@ async fn stored_incident(base: &str, id: &str) -> Value {
 /// `within` (`None`: no answer in time, i.e. the server waits for the body).
 async fn post_partially(
     addr: std::net::SocketAddr,
+    from: &str,
     headers: &[(String, String)],
     body: &[u8],
     sent: usize,
     within: Duration,
 ) -> (Option<String>, TcpStream) {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    let mut stream = socket.connect(addr).await.unwrap();
     let mut head = format!(
         "POST /v1/incidents HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
         body.len()
@@ -180,8 +183,15 @@ async fn a_captured_signed_request_is_refused_after_a_restart() {
     assert_eq!(v2.post(&base).await, 401, "the newer version replayed");
     // Refused from its headers: the server answers with most of the body never sent.
     let body = v1.body.as_bytes();
-    let (status, _held) =
-        post_partially(gw.addr, &v1.headers(), body, 16, Duration::from_secs(2)).await;
+    let (status, _held) = post_partially(
+        gw.addr,
+        "127.0.0.1",
+        &v1.headers(),
+        body,
+        16,
+        Duration::from_secs(2),
+    )
+    .await;
     assert_eq!(
         status.as_deref(),
         Some("HTTP/1.1 401 Unauthorized"),
@@ -414,8 +424,15 @@ async fn unauthenticated_bodies_are_refused_before_they_are_read() {
         let body = body.clone();
         let addr = gw.addr;
         tasks.push(tokio::spawn(async move {
-            let (status, _stream) =
-                post_partially(addr, &headers, &body, 1024, Duration::from_secs(5)).await;
+            let (status, _stream) = post_partially(
+                addr,
+                "127.0.0.1",
+                &headers,
+                &body,
+                1024,
+                Duration::from_secs(5),
+            )
+            .await;
             (what, status)
         }));
     }
@@ -464,14 +481,27 @@ api_key = "{SOURCE_KEY}"
     let (gw, base) = start_gateway(&config).await;
     let bearer = vec![("authorization".to_string(), format!("Bearer {SOURCE_KEY}"))];
 
-    // Three slow senders, each with a body of max_body_bytes half sent: the whole budget.
+    // Three slow senders, from three addresses (one may hold a quarter of the budget, or one
+    // body), each with a body of max_body_bytes half sent: the whole budget.
+    let slow_body = |id: &str| {
+        let mut body = incident(id).to_string().into_bytes();
+        body.resize(16384, b' ');
+        body
+    };
     let mut slow = Vec::new();
     for i in 0..3 {
-        let mut body = incident(&format!("SLOW-{i}")).to_string().into_bytes();
-        body.resize(16384, b' ');
+        let body = slow_body(&format!("SLOW-{i}"));
         // The pause lets the server take each one's reservation before the probes below.
-        let (status, stream) =
-            post_partially(gw.addr, &bearer, &body, 8192, Duration::from_millis(300)).await;
+        let from = format!("127.0.0.{}", 2 + i);
+        let (status, stream) = post_partially(
+            gw.addr,
+            &from,
+            &bearer,
+            &body,
+            8192,
+            Duration::from_millis(300),
+        )
+        .await;
         assert_eq!(status, None, "a slow body is waited for");
         slow.push((stream, body));
     }
@@ -519,6 +549,40 @@ api_key = "{SOURCE_KEY}"
     }
     // And the budget is whole again.
     assert_eq!(probe(1000).await.0, 202);
+    // One address cannot hold more than its share, though the budget has room.
+    let (status, _held) = post_partially(
+        gw.addr,
+        "127.0.0.5",
+        &bearer,
+        &slow_body("SHARE-1"),
+        8192,
+        Duration::from_millis(300),
+    )
+    .await;
+    assert_eq!(
+        status, None,
+        "the first slow body of an address is waited for"
+    );
+    let (status, _) = post_partially(
+        gw.addr,
+        "127.0.0.5",
+        &bearer,
+        &slow_body("SHARE-2"),
+        8192,
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(status.as_deref(), Some("HTTP/1.1 503 Service Unavailable"));
+    let (status, _other) = post_partially(
+        gw.addr,
+        "127.0.0.6",
+        &bearer,
+        &slow_body("SHARE-3"),
+        8192,
+        Duration::from_millis(300),
+    )
+    .await;
+    assert_eq!(status, None, "another address still gets its share");
     let conn =
         rusqlite::Connection::open_with_flags(ws.db(), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
             .unwrap();
