@@ -13,8 +13,7 @@ use axum::http::{HeaderMap, header};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::config::{Config, SourceConfig};
-use crate::store::Caller;
+use crate::config::{Config, ConnectorConfig, SourceConfig};
 
 /// The SHA-256 digest of a token, compared in constant time.
 #[derive(Clone)]
@@ -75,20 +74,27 @@ pub fn source<'a>(sources: &'a [SourceConfig], headers: &HeaderMap) -> Option<&'
     found
 }
 
+/// Who holds a callback token.
+#[derive(Debug, Clone, Copy)]
+pub enum CallbackHolder<'a> {
+    Connector(&'a ConnectorConfig),
+    Source(&'a SourceConfig),
+}
+
 /// Whose callback token the request's bearer token is: a connector's before a source's.
-pub fn callback(config: &Config, headers: &HeaderMap) -> Option<Caller> {
+pub fn callback<'a>(config: &'a Config, headers: &HeaderMap) -> Option<CallbackHolder<'a>> {
     let presented = TokenDigest::new(bearer(headers)?);
     let matches = |token: &str| TokenDigest::new(token).matches_digest(&presented);
     let mut found = None;
     // No early exit: every token is compared, whichever matches.
     for c in &config.connectors {
         if c.callback_token.as_deref().is_some_and(matches) {
-            found = Some(Caller::Connector(c.name.clone()));
+            found = Some(CallbackHolder::Connector(c));
         }
     }
     for s in &config.sources {
         if s.callback_token.as_deref().is_some_and(matches) {
-            found = found.or(Some(Caller::Source(s.name.clone())));
+            found = found.or(Some(CallbackHolder::Source(s)));
         }
     }
     found

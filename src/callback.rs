@@ -90,6 +90,14 @@ fn parse_complete(body: &[u8]) -> Result<CompleteRequest, Problem> {
     }
 }
 
+/// The store's name for who completes: the holder of the callback token.
+fn caller(holder: auth::CallbackHolder<'_>) -> Caller {
+    match holder {
+        auth::CallbackHolder::Connector(c) => Caller::Connector(c.name.clone()),
+        auth::CallbackHolder::Source(s) => Caller::Source(s.name.clone()),
+    }
+}
+
 /// `POST /v1/incidents/{incidentId}/complete`: `{"reason_code": …, "notes": …}` →
 /// 200 with seed 000's `{"old": {…}, "new": {…}}`.
 pub async fn complete(
@@ -99,10 +107,12 @@ pub async fn complete(
     body: Bytes,
 ) -> Response {
     let result = async {
-        let caller = auth::callback(&app.config, &headers).ok_or_else(|| {
-            crate::metrics::Metrics::inc(&app.metrics.auth_failures);
-            Problem::unauthorized()
-        })?;
+        let caller = auth::callback(&app.config, &headers)
+            .map(caller)
+            .ok_or_else(|| {
+                crate::metrics::Metrics::inc(&app.metrics.auth_failures);
+                Problem::unauthorized()
+            })?;
         let Path(incident_id) = incident_id.map_err(|e| {
             Problem::new(
                 StatusCode::BAD_REQUEST,
