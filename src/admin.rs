@@ -11,23 +11,14 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 
 use crate::App;
-use crate::ingress::bearer;
+use crate::auth;
 use crate::problem::Problem;
 use crate::store::{DeliveryFilter, ReplayOutcome};
 
 fn require_admin(app: &App, headers: &HeaderMap) -> Result<(), Problem> {
-    let (Some(expected), Some(presented)) =
-        (app.config.server.admin_token.as_deref(), bearer(headers))
-    else {
-        return Err(Problem::unauthorized());
-    };
-    let a = Sha256::digest(expected.as_bytes());
-    let b = Sha256::digest(presented.as_bytes());
-    if bool::from(a.as_slice().ct_eq(b.as_slice())) {
+    if auth::admin(app.config.server.admin_token.as_deref(), headers) {
         Ok(())
     } else {
         Err(Problem::unauthorized())

@@ -15,7 +15,7 @@ use crate::deliver::{self, Deliverer};
 use crate::render::Renderer;
 use crate::schema::IncidentSchema;
 use crate::store::Store;
-use crate::{Error, admin, ingress, metrics, problem, server, ticket};
+use crate::{Error, admin, callback, ingress, metrics, problem, server};
 
 /// What the HTTP handlers share.
 pub struct App {
@@ -51,7 +51,7 @@ fn ingress_routes() -> Router<Arc<App>> {
         .route("/v1/incidents", post(ingress::post_incidents))
         .route(
             "/v1/incidents/{incident_id}/complete",
-            post(ticket::complete),
+            post(callback::complete),
         )
 }
 

@@ -31,33 +31,14 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 
 use crate::App;
+use crate::auth;
 use crate::config::SourceConfig;
 use crate::problem::Problem;
 use crate::route;
 use crate::schema::Violation;
 use crate::store::NewIncident;
-
-/// The source whose API key is the request's bearer token. Keys are compared as SHA-256
-/// digests in constant time, so neither content nor length leaks through timing.
-pub fn authenticate<'a>(
-    sources: &'a [SourceConfig],
-    headers: &HeaderMap,
-) -> Option<&'a SourceConfig> {
-    let token = bearer(headers)?;
-    let presented = Sha256::digest(token.as_bytes());
-    let mut found = None;
-    for source in sources {
-        let Some(key) = &source.api_key else { continue };
-        let expected = Sha256::digest(key.as_bytes());
-        if bool::from(presented.as_slice().ct_eq(expected.as_slice())) {
-            found = Some(source);
-        }
-    }
-    found
-}
 
 /// Replay cache size above which expired entries are swept.
 const REPLAY_CACHE_SWEEP: usize = 10_000;
@@ -370,12 +351,6 @@ fn long_strings(value: &Value, max: usize, pointer: &mut String, out: &mut Vec<V
     }
 }
 
-pub fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-}
-
 fn is_json(headers: &HeaderMap) -> bool {
     let Some(ct) = headers
         .get(header::CONTENT_TYPE)
@@ -419,9 +394,9 @@ async fn accept(
 ) -> Result<Response, Problem> {
     let limits = &app.config.server;
     // A bearer key names the source now; a signature-only source is found once the body is in.
-    let keyed = match bearer(headers) {
+    let keyed = match auth::bearer(headers) {
         Some(_) => {
-            Some(authenticate(&app.config.sources, headers).ok_or_else(|| unauthorized(app))?)
+            Some(auth::source(&app.config.sources, headers).ok_or_else(|| unauthorized(app))?)
         }
         None => None,
     };

@@ -10,11 +10,12 @@
 //! 3. [`gateway`] — wiring: shared state, routers, start and stop; [`server`] — the
 //!    listeners (connection limits, idle shedding, lingering close, TLS).
 //! 4. [`ingress`] — `POST /v1/incidents`: authenticate, bound, parse; answers are
-//!    [`problem`] details (RFC 9457).
+//!    [`problem`] details (RFC 9457); [`auth`] — who is calling (admin, source, callback),
+//!    one constant-time token check.
 //! 5. [`schema`] — validate each incident against `schemas/incident.schema.json`.
 //! 6. [`route`] — pick the connectors whose matchers the incident meets.
-//! 7. [`ticket`] — correlation keys, ticket ids from responses, and the way back
-//!    (`POST /v1/incidents/{id}/complete`).
+//! 7. [`ticket`] — correlation keys, ticket ids from responses; [`callback`] — the way
+//!    back (`POST /v1/incidents/{id}/complete`).
 //! 8. [`store`] — commit the incident and one delivery per connector, then answer 202.
 //! 9. [`deliver`] — workers lease due deliveries: render → stamp → sign → send → classify →
 //!    schedule → record.
@@ -33,6 +34,7 @@ pub mod secrets;
 pub mod gateway;
 pub mod server;
 
+pub mod auth;
 pub mod ingress;
 pub mod problem;
 
@@ -40,6 +42,7 @@ pub mod schema;
 
 pub mod route;
 
+pub mod callback;
 pub mod ticket;
 
 pub mod store;

@@ -46,13 +46,12 @@ use axum::response::IntoResponse;
 use bytes::Bytes;
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::{self, TokenDigest};
 use crate::problem::Problem;
 
 /// How long a connection may linger after an early answer, reading what the client still
@@ -106,7 +105,7 @@ pub async fn serve(
     let reserve = reserve.map(|r| {
         Arc::new(ReserveGate {
             router: r.router,
-            token_digest: Sha256::digest(r.admin_token.as_bytes()).to_vec(),
+            admin_token: TokenDigest::new(&r.admin_token),
         })
     });
     let tracker = TaskTracker::new();
@@ -649,17 +648,14 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Tracked<IO> {
 /// What a reserved slot admits.
 struct ReserveGate {
     router: Router,
-    token_digest: Vec<u8>,
+    admin_token: TokenDigest,
 }
 
 impl ReserveGate {
-    /// Whether the request carries the admin bearer token (compared as SHA-256 digests in
-    /// constant time, like the admin API itself).
+    /// Whether the request carries the admin bearer token (the same check as the admin API,
+    /// with the configured token's digest taken once per listener).
     fn admits<B>(&self, req: &Request<B>) -> bool {
-        crate::ingress::bearer(req.headers()).is_some_and(|token| {
-            let presented = Sha256::digest(token.as_bytes());
-            bool::from(presented.as_slice().ct_eq(&self.token_digest))
-        })
+        auth::bearer(req.headers()).is_some_and(|token| self.admin_token.matches(token))
     }
 }
 

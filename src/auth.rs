@@ -1,0 +1,198 @@
+//! Authentication: who is calling, from the request's bearer token. One constant-time token
+//! check ([`TokenDigest`]) serves every caller the gateway knows:
+//!
+//! - [`admin`] — the admin API and the admin reserve of a shared listener (`admin_token`);
+//! - [`source`] — a source sending incidents (its `api_key`);
+//! - [`callback`] — a source or connector completing an incident (its `callback_token`).
+//!
+//! Tokens are compared as SHA-256 digests, so neither their content nor their length leaks
+//! through timing; where several configured tokens could match, every one is compared, so
+//! timing does not reveal which one did.
+
+use axum::http::{HeaderMap, header};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::config::{Config, ConnectorConfig, SourceConfig};
+
+/// The SHA-256 digest of a token, compared in constant time.
+#[derive(Clone)]
+pub struct TokenDigest([u8; 32]);
+
+impl TokenDigest {
+    pub fn new(token: &str) -> TokenDigest {
+        TokenDigest(Sha256::digest(token.as_bytes()).into())
+    }
+
+    /// Whether `presented` is this token.
+    pub fn matches(&self, presented: &str) -> bool {
+        self.matches_digest(&TokenDigest::new(presented))
+    }
+
+    fn matches_digest(&self, presented: &TokenDigest) -> bool {
+        bool::from(self.0.ct_eq(&presented.0))
+    }
+}
+
+/// A digest is derived from a secret: never printed.
+impl std::fmt::Debug for TokenDigest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenDigest(********)")
+    }
+}
+
+/// The token of an `Authorization: Bearer <token>` header (the scheme in any case).
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// Whether the request carries the admin token. Always false without one configured: the
+/// admin API is then off.
+pub fn admin(admin_token: Option<&str>, headers: &HeaderMap) -> bool {
+    match (admin_token, bearer(headers)) {
+        (Some(expected), Some(presented)) => TokenDigest::new(expected).matches(presented),
+        _ => false,
+    }
+}
+
+/// The source whose API key is the request's bearer token.
+pub fn source<'a>(sources: &'a [SourceConfig], headers: &HeaderMap) -> Option<&'a SourceConfig> {
+    let presented = TokenDigest::new(bearer(headers)?);
+    let mut found = None;
+    // No early exit: every key is compared, whichever matches.
+    for source in sources {
+        if source
+            .api_key
+            .as_deref()
+            .is_some_and(|key| TokenDigest::new(key).matches_digest(&presented))
+        {
+            found = Some(source);
+        }
+    }
+    found
+}
+
+/// Who holds a callback token.
+#[derive(Debug, Clone, Copy)]
+pub enum CallbackHolder<'a> {
+    Connector(&'a ConnectorConfig),
+    Source(&'a SourceConfig),
+}
+
+/// Whose callback token the request's bearer token is: a connector's before a source's.
+pub fn callback<'a>(config: &'a Config, headers: &HeaderMap) -> Option<CallbackHolder<'a>> {
+    let presented = TokenDigest::new(bearer(headers)?);
+    let matches = |token: &str| TokenDigest::new(token).matches_digest(&presented);
+    let mut found = None;
+    // No early exit: every token is compared, whichever matches.
+    for c in &config.connectors {
+        if c.callback_token.as_deref().is_some_and(matches) {
+            found = Some(CallbackHolder::Connector(c));
+        }
+    }
+    for s in &config.sources {
+        if s.callback_token.as_deref().is_some_and(matches) {
+            found = found.or(Some(CallbackHolder::Source(s)));
+        }
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn headers(authorization: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_str(authorization).unwrap(),
+        );
+        h
+    }
+
+    #[test]
+    fn a_token_matches_itself_only() {
+        let digest = TokenDigest::new("s3cret-token");
+        assert!(digest.matches("s3cret-token"));
+        assert!(!digest.matches("s3cret-tokem"));
+        assert!(!digest.matches("S3CRET-TOKEN"));
+    }
+
+    #[test]
+    fn tokens_of_other_lengths_do_not_match() {
+        let digest = TokenDigest::new("s3cret-token");
+        assert!(!digest.matches("s3cret-token-and-more"));
+        assert!(!digest.matches("s3cret"));
+        assert!(!digest.matches(""));
+    }
+
+    #[test]
+    fn the_empty_token_matches_only_the_empty_token() {
+        let digest = TokenDigest::new("");
+        assert!(digest.matches(""));
+        assert!(!digest.matches(" "));
+        assert!(!digest.matches("x"));
+    }
+
+    #[test]
+    fn bearer_reads_the_token_of_a_bearer_header() {
+        assert_eq!(bearer(&headers("Bearer abc")), Some("abc"));
+        assert_eq!(bearer(&headers("Bearer  abc ")), Some("abc"));
+        assert_eq!(bearer(&headers("Basic abc")), None);
+        assert_eq!(bearer(&headers("Bearerabc")), None);
+        assert_eq!(bearer(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn the_scheme_is_case_insensitive() {
+        for scheme in ["bearer", "BEARER", "BeArEr"] {
+            assert_eq!(bearer(&headers(&format!("{scheme} abc"))), Some("abc"));
+        }
+    }
+
+    #[test]
+    fn admin_needs_a_configured_token_and_the_header() {
+        assert!(admin(Some("adm"), &headers("Bearer adm")));
+        assert!(!admin(Some("adm"), &headers("Bearer adn")));
+        assert!(!admin(Some("adm"), &HeaderMap::new()));
+        // No admin token configured: the admin API is off, even for an empty bearer.
+        assert!(!admin(None, &headers("Bearer adm")));
+        assert!(!admin(None, &headers("Bearer ")));
+    }
+
+    fn source_config(name: &str, api_key: Option<&str>) -> SourceConfig {
+        SourceConfig {
+            name: name.into(),
+            api_key: api_key.map(Into::into),
+            callback_token: None,
+            signing_secret: None,
+            rate_limit: None,
+        }
+    }
+
+    #[test]
+    fn a_source_is_found_by_its_key_among_all_sources() {
+        let sources = [
+            source_config("a", Some("key-a")),
+            source_config("signed", None),
+            source_config("b", Some("key-b")),
+        ];
+        let found = |h: &HeaderMap| source(&sources, h).map(|s| s.name.as_str());
+        assert_eq!(found(&headers("Bearer key-a")), Some("a"));
+        assert_eq!(found(&headers("bearer key-b")), Some("b"));
+        assert_eq!(found(&headers("Bearer key-c")), None);
+        assert_eq!(found(&headers("Bearer ")), None);
+        assert_eq!(found(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn the_debug_form_hides_the_digest() {
+        let shown = format!("{:?}", TokenDigest::new("s3cret"));
+        assert_eq!(shown, "TokenDigest(********)");
+        assert!(!shown.contains("s3cret"));
+    }
+}
