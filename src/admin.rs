@@ -190,15 +190,23 @@ pub async fn metrics(State(app): State<Arc<App>>, headers: HeaderMap) -> Respons
 /// `POST /v1/deliveries/{id}/resolve` with `{"ticket_id": …, "ticket_url": …}`: a dead
 /// `created` whose ticket does exist in the target (an interrupted send, a response without the
 /// id) becomes delivered with that id; the ticket's waiting deliveries go on.
+/// The largest resolve body read (a ticket id of at most 1024 characters, and a URL).
+const MAX_RESOLVE_BYTES: usize = 16 * 1024;
+
 pub async fn resolve_delivery(
     State(app): State<Arc<App>>,
+    client: Option<axum::Extension<crate::server::ClientAddr>>,
     headers: HeaderMap,
     delivery_id: Result<Path<String>, PathRejection>,
-    body: axum::body::Bytes,
+    body: axum::body::Body,
 ) -> Response {
     let result = async {
         require_admin(&app, &headers)?;
         let Path(delivery_id) = delivery_id.map_err(bad_path)?;
+        // Read only once the caller is known, and bounded as every body is.
+        let client = client.map(|axum::Extension(c)| c.0);
+        let (body, _budget) =
+            crate::ingress::read_body(&app, client, &headers, body, MAX_RESOLVE_BYTES).await?;
         let value: serde_json::Value =
             serde_json::from_slice(&body).map_err(Problem::malformed_json)?;
         let text = |key: &str| {

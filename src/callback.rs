@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -100,11 +100,15 @@ fn caller(holder: auth::CallbackHolder<'_>) -> Caller {
 
 /// `POST /v1/incidents/{incidentId}/complete`: `{"reason_code": …, "notes": …}` →
 /// 200 with seed 000's `{"old": {…}, "new": {…}}`.
+/// The largest completion body read: notes of 10,000 characters fit several times over.
+const MAX_COMPLETE_BYTES: usize = 64 * 1024;
+
 pub async fn complete(
     State(app): State<Arc<App>>,
+    client: Option<axum::Extension<crate::server::ClientAddr>>,
     headers: HeaderMap,
     incident_id: Result<Path<String>, PathRejection>,
-    body: Bytes,
+    body: Body,
 ) -> Response {
     let result = async {
         let caller = auth::callback(&app.config, &headers)
@@ -121,6 +125,10 @@ pub async fn complete(
                 e.body_text(),
             )
         })?;
+        // Read only once the caller is known, and bounded as every body is.
+        let client = client.map(|axum::Extension(c)| c.0);
+        let (body, _budget) =
+            crate::ingress::read_body(&app, client, &headers, body, MAX_COMPLETE_BYTES).await?;
         let request = parse_complete(&body)?;
         // The platform completing its own incident needs no word back; a target closing its
         // own ticket needs no request to close it.

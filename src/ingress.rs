@@ -368,6 +368,80 @@ fn is_json(headers: &HeaderMap) -> bool {
         || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
+/// Reads a request body, bounded: at most `max_bytes` (413 beyond, from `Content-Length`
+/// before a byte is read), within `server.body_read_timeout` (408), and only while the body
+/// budget — and this client's share of it — can hold it (503). Every endpoint that takes a
+/// body reads it so, after it has authenticated the caller from the headers. The reservation
+/// is held as long as the caller keeps what it read.
+pub async fn read_body(
+    app: &App,
+    client: Option<IpAddr>,
+    headers: &HeaderMap,
+    body: Body,
+    max_bytes: usize,
+) -> Result<(Bytes, BodyReservation), Problem> {
+    let limits = &app.config.server;
+    let too_large = || {
+        Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload-too-large",
+            "Payload too large",
+            if max_bytes == limits.max_body_bytes {
+                format!("the body exceeds server.max_body_bytes ({max_bytes} bytes)")
+            } else {
+                format!("the body exceeds {max_bytes} bytes")
+            },
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max_bytes as u64) {
+        return Err(too_large());
+    }
+    // The body's bytes are reserved before it is read (all that may come without a length)
+    // and given back when the reservation is dropped, however the request ends.
+    let reserve = declared.map_or(max_bytes, |n| n as usize);
+    let budget = app.guard.reserve_body(client, reserve).ok_or_else(|| {
+        Problem::unavailable(format!(
+            "too many request bodies are being received at once (server.max_body_bytes_in_flight, {} bytes); try again",
+            limits.max_body_bytes_in_flight
+        ))
+    })?;
+    let read = tokio::time::timeout(
+        limits.body_read_timeout,
+        axum::body::to_bytes(body, max_bytes),
+    )
+    .await
+    .map_err(|_| {
+        Problem::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body-timeout",
+            "Request body too slow",
+            format!(
+                "the body did not arrive within server.body_read_timeout ({})",
+                humantime::format_duration(limits.body_read_timeout)
+            ),
+        )
+    })?;
+    let bytes = read.map_err(|e| {
+        let over_limit = std::error::Error::source(&e)
+            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+        if over_limit {
+            too_large()
+        } else {
+            Problem::new(
+                StatusCode::BAD_REQUEST,
+                "bad-body",
+                "Bad request body",
+                "the request body could not be read",
+            )
+        }
+    })?;
+    Ok((bytes, budget))
+}
+
 pub async fn post_incidents(
     State(app): State<Arc<App>>,
     client: Option<axum::Extension<crate::server::ClientAddr>>,
@@ -441,63 +515,7 @@ async fn accept(
             "send the incident as application/json",
         ));
     }
-    let too_large = || {
-        Problem::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload-too-large",
-            "Payload too large",
-            format!(
-                "the body exceeds server.max_body_bytes ({} bytes)",
-                limits.max_body_bytes
-            ),
-        )
-    };
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limits.max_body_bytes as u64) {
-        return Err(too_large());
-    }
-    // The body's bytes are reserved before it is read (all that may come without a length)
-    // and given back when this request ends, however it ends.
-    let reserve = declared.map_or(limits.max_body_bytes, |n| n as usize);
-    let budget = app.guard.reserve_body(client, reserve).ok_or_else(|| {
-        Problem::unavailable(format!(
-            "too many request bodies are being received at once (server.max_body_bytes_in_flight, {} bytes); try again",
-            limits.max_body_bytes_in_flight
-        ))
-    })?;
-    let read = tokio::time::timeout(
-        limits.body_read_timeout,
-        axum::body::to_bytes(body, limits.max_body_bytes),
-    )
-    .await
-    .map_err(|_| {
-        Problem::new(
-            StatusCode::REQUEST_TIMEOUT,
-            "body-timeout",
-            "Request body too slow",
-            format!(
-                "the body did not arrive within server.body_read_timeout ({})",
-                humantime::format_duration(limits.body_read_timeout)
-            ),
-        )
-    })?;
-    let bytes = read.map_err(|e| {
-        let over_limit = std::error::Error::source(&e)
-            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-        if over_limit {
-            too_large()
-        } else {
-            Problem::new(
-                StatusCode::BAD_REQUEST,
-                "bad-body",
-                "Bad request body",
-                "the request body could not be read",
-            )
-        }
-    })?;
+    let (bytes, budget) = read_body(app, client, headers, body, limits.max_body_bytes).await?;
     let source = match keyed {
         Some(source) if signature_holds(source, headers, &bytes) => source,
         Some(_) => return Err(unauthorized(app)),

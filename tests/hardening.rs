@@ -478,3 +478,58 @@ async fn secrets_echoed_in_any_encoding_stay_masked() {
         }
     }
 }
+
+/// Sends headers declaring `declared` bytes and 1 KiB of body, then waits for the status.
+async fn early_status(
+    addr: std::net::SocketAddr,
+    path: &str,
+    auth: &str,
+    declared: usize,
+) -> Option<String> {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {declared}\r\n{auth}\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&[b' '; 1024]).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(3), stream.read(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
+    let text = String::from_utf8_lossy(&buf[..n]).to_string();
+    text.lines().next().map(str::to_string)
+}
+
+/// The back channel and the admin resolve read a body only after the caller is known, and
+/// only as much as the endpoint needs: a caller without credentials, or a body too large,
+/// is answered from the headers instead of holding a connection and memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_of_every_endpoint_are_read_only_after_authentication() {
+    let receiver = Receiver::start().await;
+    let ws = Workspace::new();
+    let config = ws.config(
+        "127.0.0.1:0",
+        &http_connector(
+            "t",
+            &receiver.url("/t"),
+            "callback_token = \"connector-callback-token-1\"",
+        ),
+    );
+    let (gw, _base) = start_gateway(&config).await;
+    let no_auth = "";
+    let callback = "authorization: Bearer connector-callback-token-1\r\n";
+    let admin = format!("authorization: Bearer {ADMIN_TOKEN}\r\n");
+    let cases = [
+        ("/v1/incidents/x/complete", no_auth, 2_000_000, "401"),
+        ("/v1/deliveries/x/resolve", no_auth, 2_000_000, "401"),
+        ("/v1/incidents/x/complete", callback, 2_000_000, "413"),
+        ("/v1/deliveries/x/resolve", admin.as_str(), 2_000_000, "413"),
+    ];
+    for (path, auth, declared, expected) in cases {
+        let status = early_status(gw.addr, path, auth, declared).await;
+        let status = status.unwrap_or_else(|| panic!("{path}: no answer while the body is unsent"));
+        assert!(status.contains(expected), "{path}: {status}");
+    }
+    gw.stop().await.unwrap();
+}
