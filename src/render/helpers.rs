@@ -491,13 +491,17 @@ pub fn parse_time(v: &Value) -> Option<chrono::DateTime<chrono::Utc>> {
     }
 }
 
+/// The width html2text lays text out in: lines are not wrapped below it. Bounded, because
+/// its column arithmetic adds widths (an unbounded one overflowed on a table of four cells).
+const TEXT_WIDTH: usize = 1 << 20;
+
 /// Tags removed, entities decoded, white space folded: one line of text. Reads at most
 /// [`bounds::MAX_CONVERT_BYTES`] and [`bounds::MAX_HTML_DEPTH`] levels, saying so when it cuts.
 pub fn strip_html(html: &str) -> String {
     let input = bounds::bound_html(html);
     let text = html2text::config::with_decorator(html2text::render::TrivialDecorator::new())
         .raw_mode(true)
-        .string_from_read(input.text.as_bytes(), usize::MAX / 4)
+        .string_from_read(input.text.as_bytes(), TEXT_WIDTH)
         .unwrap_or_else(|_| input.text.to_string());
     let line = text.split_whitespace().collect::<Vec<_>>().join(" ");
     match &input.note {
@@ -515,7 +519,7 @@ pub fn html_to_text(html: &str) -> String {
     // larger than it went in.
     let text = html2text::config::plain_no_decorate()
         .raw_mode(true)
-        .string_from_read(input.text.as_bytes(), usize::MAX / 4)
+        .string_from_read(input.text.as_bytes(), TEXT_WIDTH)
         .unwrap_or_else(|_| input.text.to_string());
     input.finish(tidy_lines(&text))
 }
@@ -759,6 +763,33 @@ mod tests {
             markdown_to_text(md),
             "Attack Detail:\nAttacker: 172.31.37.117\n\n- a\n- b (https://x.test/)\n\nHead"
         );
+    }
+
+    /// Found by the convert fuzz target: laid out in columns, a table of many rows and one
+    /// wide cell came out thousands of times larger than it went in; read cell by cell with
+    /// an unbounded width, four cells overflowed html2text's column arithmetic.
+    #[test]
+    fn tables_come_out_cell_by_cell_and_small() {
+        let four = "<table><tr><td>a<td>a<td>a<td>a</table>";
+        assert_eq!(
+            html_to_text(four).split_whitespace().collect::<Vec<_>>(),
+            ["a"; 4]
+        );
+        assert_eq!(strip_html(four), "a a a a");
+        let wide = "x".repeat(3_000);
+        let rows = format!(
+            "<table>{}</table>",
+            format!("<tr><td>{wide}<td>y").repeat(40)
+        );
+        let out = html_to_text(&rows);
+        assert!(
+            out.len() < rows.len() * 2,
+            "{} bytes out of {}",
+            out.len(),
+            rows.len()
+        );
+        let many = format!("<table><tr>{}</table>", "<td>c".repeat(1_000));
+        assert_eq!(strip_html(&many).split(' ').count(), 1_000);
     }
 
     #[test]
