@@ -187,12 +187,12 @@ pub async fn metrics(State(app): State<Arc<App>>, headers: HeaderMap) -> Respons
     }
 }
 
-/// `POST /v1/deliveries/{id}/resolve` with `{"ticket_id": …, "ticket_url": …}`: a dead
-/// `created` whose ticket does exist in the target (an interrupted send, a response without the
-/// id) becomes delivered with that id; the ticket's waiting deliveries go on.
 /// The largest resolve body read (a ticket id of at most 1024 characters, and a URL).
 const MAX_RESOLVE_BYTES: usize = 16 * 1024;
 
+/// `POST /v1/deliveries/{id}/resolve` with `{"ticket_id": …, "ticket_url": …}`: a dead
+/// `created` whose ticket does exist in the target (an interrupted send, a response without the
+/// id) becomes delivered with that id; the ticket's waiting deliveries go on.
 pub async fn resolve_delivery(
     State(app): State<Arc<App>>,
     client: Option<axum::Extension<crate::server::ClientAddr>>,

@@ -98,11 +98,11 @@ fn caller(holder: auth::CallbackHolder<'_>) -> Caller {
     }
 }
 
-/// `POST /v1/incidents/{incidentId}/complete`: `{"reason_code": …, "notes": …}` →
-/// 200 with seed 000's `{"old": {…}, "new": {…}}`.
 /// The largest completion body read: notes of 10,000 characters fit several times over.
 const MAX_COMPLETE_BYTES: usize = 64 * 1024;
 
+/// `POST /v1/incidents/{incidentId}/complete`: `{"reason_code": …, "notes": …}` →
+/// 200 with seed 000's `{"old": {…}, "new": {…}}`.
 pub async fn complete(
     State(app): State<Arc<App>>,
     client: Option<axum::Extension<crate::server::ClientAddr>>,
