@@ -138,7 +138,7 @@ pub struct SourceConfig {
     /// Bearer token for `POST /v1/incidents/{id}/complete` on this source's incidents.
     pub callback_token: Option<String>,
     /// When set, every request must carry a valid Standard Webhooks signature by it.
-    pub signing_secret: Option<crate::deliver::sign::WebhookSecret>,
+    pub signing_secret: Option<crate::signature::WebhookSecret>,
     pub rate_limit: Option<RateLimit>,
 }
 
@@ -218,7 +218,7 @@ pub struct ConnectorConfig {
     /// Set for `kind = "smtp"`.
     pub smtp: Option<SmtpConfig>,
     /// How requests are signed for the receiver.
-    pub signing: crate::deliver::sign::Signing,
+    pub signing: crate::signature::Signing,
     /// Where requests may go (see [`Egress`]).
     pub egress: Egress,
 }
@@ -317,6 +317,18 @@ pub struct RequestConfig {
     pub html_template: Option<TemplatePath>,
     /// The target's schema of this request's body, when it differs from the connector's.
     pub target_schema: Option<PathBuf>,
+}
+
+impl crate::route::Routed for ConnectorConfig {
+    fn upstream(&self) -> bool {
+        self.upstream
+    }
+    fn min_threat_rating(&self) -> Option<ThreatRating> {
+        self.min_threat_rating
+    }
+    fn matchers(&self) -> &[Matcher] {
+        &self.matchers
+    }
 }
 
 impl ConnectorConfig {
@@ -1280,7 +1292,7 @@ impl Validator {
             };
             let signing_secret = match &s.signing_secret {
                 Some(secret) => Some(
-                    crate::deliver::sign::WebhookSecret::parse(&secret.0)
+                    crate::signature::WebhookSecret::parse(&secret.0)
                         .map_err(|e| self.invalid(format!("{field}.signing_secret"), e))?,
                 ),
                 None => None,
@@ -1675,14 +1687,16 @@ impl Validator {
             None => None,
             Some(p) => Some(self.existing_file(&format!("{field}.target_schema"), &p)?),
         };
-        let mut signing = crate::deliver::sign::Signing::default();
+        let mut signing = crate::signature::Signing::default();
         if let Some(raw) = &c.signing {
             for (i, secret) in raw.standard_webhooks.iter().enumerate() {
-                signing.standard.push(
-                    crate::deliver::sign::WebhookSecret::parse(&secret.0).map_err(|e| {
-                        self.invalid(format!("{field}.signing.standard_webhooks[{i}]"), e)
-                    })?,
-                );
+                signing
+                    .standard
+                    .push(
+                        crate::signature::WebhookSecret::parse(&secret.0).map_err(|e| {
+                            self.invalid(format!("{field}.signing.standard_webhooks[{i}]"), e)
+                        })?,
+                    );
             }
             if let Some(g) = &raw.github_secret {
                 if g.0.len() < 16 {

@@ -205,11 +205,11 @@ fn signature_headers(headers: &HeaderMap) -> Option<(&str, &str, &str)> {
 
 /// The signature headers, when they could belong to a valid request: an id of sane length, a
 /// timestamp within the tolerance, and a `webhook-signature` of at most
-/// [`MAX_SIGNATURES`](crate::deliver::sign::MAX_SIGNATURES) entries with at least one `v1,`
+/// [`MAX_SIGNATURES`](crate::signature::MAX_SIGNATURES) entries with at least one `v1,`
 /// signature of the right length. Checked before the body is read: what fails here could
 /// never verify.
 fn plausible_signature(headers: &HeaderMap) -> Option<(&str, &str, &str)> {
-    use crate::deliver::sign::{MAX_SIGNATURE_HEADER, MAX_SIGNATURES};
+    use crate::signature::{MAX_SIGNATURE_HEADER, MAX_SIGNATURES};
     let (id, timestamp, signature) = signature_headers(headers)?;
     if id.is_empty() || id.len() > MAX_WEBHOOK_ID {
         return None;

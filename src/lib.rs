@@ -6,7 +6,8 @@
 //! 1. [`model`] — the vocabulary every stage speaks (events, ticket facts, completion, threat
 //!    ratings, delivery states, the clock); it imports nothing from the crate.
 //! 2. [`config`] — the admin's TOML file, expanded and validated once at load; [`secrets`]
-//!    masks what it marks secret wherever text leaves the process.
+//!    masks what it marks secret wherever text leaves the process; [`signature`] signs and
+//!    verifies (Standard Webhooks, GitHub style) with the secrets it holds.
 //! 3. [`gateway`] — wiring: shared state, routers, start and stop; [`server`] — the
 //!    listeners (connection limits, idle shedding, lingering close, TLS).
 //! 4. [`ingress`] — `POST /v1/incidents`: authenticate, bound, parse; answers are
@@ -30,6 +31,7 @@ pub mod model;
 
 pub mod config;
 pub mod secrets;
+pub mod signature;
 
 pub mod gateway;
 pub mod server;

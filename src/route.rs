@@ -7,7 +7,6 @@
 
 use serde_json::Value;
 
-use crate::config::ConnectorConfig;
 // Until every caller names `model` directly.
 pub use crate::model::ThreatRating;
 
@@ -49,24 +48,36 @@ impl Matcher {
     }
 }
 
-/// Whether `connector` takes `incident`. Upstream connectors (the platform's own API) take
-/// none: they hear only of completions.
-pub fn accepts(connector: &ConnectorConfig, incident: &Value) -> bool {
-    if connector.upstream {
+/// What routing reads of a connector. The configuration implements it, so routing needs
+/// nothing else of the configuration.
+pub trait Routed {
+    /// An upstream connector (the platform's own API) hears only of completions.
+    fn upstream(&self) -> bool;
+    fn min_threat_rating(&self) -> Option<ThreatRating>;
+    fn matchers(&self) -> &[Matcher];
+}
+
+/// Whether `connector` takes `incident`. Upstream connectors take none: they hear only of
+/// completions.
+pub fn accepts(connector: &impl Routed, incident: &Value) -> bool {
+    if connector.upstream() {
         return false;
     }
-    if let Some(min) = connector.min_threat_rating {
+    if let Some(min) = connector.min_threat_rating() {
         match ThreatRating::of_incident(incident) {
             Some(rating) if rating >= min => {}
             _ => return false,
         }
     }
-    connector.matchers.iter().all(|m| m.matches(incident))
+    connector.matchers().iter().all(|m| m.matches(incident))
 }
 
 /// The connectors an incident goes to, in configuration order.
-pub fn route<'a>(connectors: &'a [ConnectorConfig], incident: &Value) -> Vec<&'a ConnectorConfig> {
-    connectors.iter().filter(|c| accepts(c, incident)).collect()
+pub fn route<'a, C: Routed>(connectors: &'a [C], incident: &Value) -> Vec<&'a C> {
+    connectors
+        .iter()
+        .filter(|c| accepts(*c, incident))
+        .collect()
 }
 
 #[cfg(test)]

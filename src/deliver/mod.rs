@@ -7,7 +7,6 @@
 pub mod egress;
 pub mod http;
 pub mod retry;
-pub mod sign;
 pub mod smtp;
 
 use std::collections::HashMap;
@@ -21,6 +20,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::{Config, ConnectorConfig};
 use crate::model::{self, AttemptOutcome, Event};
 use crate::render::{self, DeliveryFacts, RenderError, RenderedRequest, Renderer};
+use crate::signature;
 use crate::store::{AttemptRecord, LeasedDelivery, NextStep, Store, TicketUpdate};
 use crate::ticket;
 
@@ -343,7 +343,13 @@ impl Deliverer {
                 let request = prepare(renderer, connector, delivery)
                     .map_err(|e| format!("render failed: {e}"))?;
                 let request = stamp(request, &delivery.id, started_at_ms / 1000);
-                Ok(sign::sign(request, &connector.signing))
+                let mut request = request;
+                signature::sign(
+                    &mut request.headers,
+                    request.body.as_bytes(),
+                    &connector.signing,
+                );
+                Ok(request)
             })
             .await;
         let request = match request {

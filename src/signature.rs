@@ -1,15 +1,17 @@
-//! Sign: what a receiver checks to know a request came from this gateway, unchanged.
+//! Signatures: what a receiver checks to know a request came from this gateway, unchanged,
+//! and what the gateway checks of a signed request coming in. It imports nothing from the
+//! crate: configuration holds its secrets, delivery signs with them, ingress verifies.
 //!
 //! Standard Webhooks: `webhook-signature: v1,<base64 HMAC-SHA256 of "id.timestamp.body">`,
 //! one signature per secret (space-separated) so a receiver can rotate its secret without a
 //! gap. GitHub style: `X-Hub-Signature-256: sha256=<hex HMAC-SHA256 of the body>`.
 //! The same code verifies inbound Standard Webhooks signatures at ingress.
 
+use std::collections::BTreeMap;
+
 use base64::Engine as _;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
-
-use crate::render::RenderedRequest;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -120,18 +122,12 @@ impl Signing {
     }
 }
 
-/// Adds the signature headers for the stamped request (it must carry `webhook-id` and
-/// `webhook-timestamp`, which `stamp` sets).
-pub fn sign(mut request: RenderedRequest, signing: &Signing) -> RenderedRequest {
-    let body = request.body.as_bytes();
+/// Adds the signature headers of a stamped request with `body` (its `headers` must carry
+/// `webhook-id` and `webhook-timestamp`, which the deliverer's stamp sets).
+pub fn sign(headers: &mut BTreeMap<String, String>, body: &[u8], signing: &Signing) {
     if !signing.standard.is_empty() {
-        let id = request
-            .headers
-            .get("webhook-id")
-            .cloned()
-            .unwrap_or_default();
-        let timestamp = request
-            .headers
+        let id = headers.get("webhook-id").cloned().unwrap_or_default();
+        let timestamp = headers
             .get("webhook-timestamp")
             .cloned()
             .unwrap_or_default();
@@ -140,9 +136,7 @@ pub fn sign(mut request: RenderedRequest, signing: &Signing) -> RenderedRequest 
             .iter()
             .map(|s| s.sign(&id, &timestamp, body))
             .collect();
-        request
-            .headers
-            .insert("webhook-signature".into(), signatures.join(" "));
+        headers.insert("webhook-signature".into(), signatures.join(" "));
     }
     if let Some(secret) = &signing.github {
         let mut mac = hmac(secret);
@@ -153,11 +147,8 @@ pub fn sign(mut request: RenderedRequest, signing: &Signing) -> RenderedRequest 
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect();
-        request
-            .headers
-            .insert("x-hub-signature-256".into(), format!("sha256={hex}"));
+        headers.insert("x-hub-signature-256".into(), format!("sha256={hex}"));
     }
-    request
 }
 
 #[cfg(test)]
@@ -203,21 +194,17 @@ mod tests {
     #[test]
     fn github_style_signature() {
         // GitHub's documented example: secret "It's a Secret to Everybody", body "Hello, World!".
-        let request = RenderedRequest {
-            method: reqwest::Method::POST,
-            url: "https://x".into(),
-            headers: Default::default(),
-            body: "Hello, World!".into(),
-        };
-        let signed = sign(
-            request,
+        let mut headers = BTreeMap::new();
+        sign(
+            &mut headers,
+            b"Hello, World!",
             &Signing {
                 standard: vec![],
                 github: Some(b"It's a Secret to Everybody".to_vec()),
             },
         );
         assert_eq!(
-            signed.headers["x-hub-signature-256"],
+            headers["x-hub-signature-256"],
             "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17"
         );
     }
