@@ -205,8 +205,15 @@ pub async fn resolve_delivery(
         let Path(delivery_id) = delivery_id.map_err(bad_path)?;
         // Read only once the caller is known, and bounded as every body is.
         let client = client.map(|axum::Extension(c)| c.0);
-        let (body, _budget) =
-            crate::ingress::read_body(&app, client, &headers, body, MAX_RESOLVE_BYTES).await?;
+        let (body, _budget) = crate::admission::read_body(
+            &app.guard,
+            &app.config.server,
+            client,
+            &headers,
+            body,
+            MAX_RESOLVE_BYTES,
+        )
+        .await?;
         let value: serde_json::Value =
             serde_json::from_slice(&body).map_err(Problem::malformed_json)?;
         let text = |key: &str| {

@@ -127,8 +127,15 @@ pub async fn complete(
         })?;
         // Read only once the caller is known, and bounded as every body is.
         let client = client.map(|axum::Extension(c)| c.0);
-        let (body, _budget) =
-            crate::ingress::read_body(&app, client, &headers, body, MAX_COMPLETE_BYTES).await?;
+        let (body, _budget) = crate::admission::read_body(
+            &app.guard,
+            &app.config.server,
+            client,
+            &headers,
+            body,
+            MAX_COMPLETE_BYTES,
+        )
+        .await?;
         let request = parse_complete(&body)?;
         // The platform completing its own incident needs no word back; a target closing its
         // own ticket needs no request to close it.

@@ -10,28 +10,13 @@ use axum::routing::{get, post};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::app::App;
 use crate::config::{Config, StorageConfig};
 use crate::deliver::{self, Deliverer};
 use crate::render::Renderer;
 use crate::schema::IncidentSchema;
 use crate::store::Store;
 use crate::{Error, admin, callback, ingress, metrics, problem, server};
-
-/// What the HTTP handlers share.
-pub struct App {
-    pub config: Arc<Config>,
-    pub renderer: Arc<Renderer>,
-    pub metrics: Arc<metrics::Metrics>,
-    /// Replay fast path, rate limits and body budget of the ingress.
-    pub guard: ingress::Guard,
-    pub schema: IncidentSchema,
-    pub store: Store,
-    /// Rung when new deliveries are due now.
-    pub wake: Arc<Notify>,
-    /// Permits for ingest's CPU work (parse, validate, route) on blocking threads, one per
-    /// core: a burst of large bodies waits its turn instead of spawning a thread each.
-    pub checks: Arc<tokio::sync::Semaphore>,
-}
 
 /// A running gateway: its address, and the handle to stop it.
 pub struct Gateway {
@@ -167,7 +152,7 @@ impl Gateway {
         let workers = tokio::spawn(deliverer.run(shutdown.clone()));
 
         let app = Arc::new(App {
-            guard: ingress::Guard::new(&config.server),
+            guard: crate::admission::Guard::new(&config.server),
             config,
             renderer,
             metrics,

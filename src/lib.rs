@@ -8,8 +8,9 @@
 //! 2. [`config`] — the admin's TOML file, expanded and validated once at load; [`secrets`]
 //!    masks what it marks secret wherever text leaves the process; [`signature`] signs and
 //!    verifies (Standard Webhooks, GitHub style) with the secrets it holds.
-//! 3. [`gateway`] — wiring: shared state, routers, start and stop; [`server`] — the
-//!    listeners (connection limits, idle shedding, lingering close, TLS).
+//! 3. [`gateway`] — wiring: routers, start and stop, around [`app`], the state handlers
+//!    share; [`server`] — the listeners (connection limits, idle shedding, lingering close,
+//!    TLS); [`admission`] — replay fast path, rate limits, the body budget and reader.
 //! 4. [`ingress`] — `POST /v1/incidents`: authenticate, bound, parse; answers are
 //!    [`problem`] details (RFC 9457); [`auth`] — who is calling (admin, source, callback),
 //!    one constant-time token check.
@@ -33,9 +34,11 @@ pub mod config;
 pub mod secrets;
 pub mod signature;
 
+pub mod app;
 pub mod gateway;
 pub mod server;
 
+pub mod admission;
 pub mod auth;
 pub mod ingress;
 pub mod problem;
@@ -58,7 +61,8 @@ pub mod metrics;
 
 pub mod cli;
 
-pub use gateway::{App, Gateway, admin_router, ingress_router, open_store, router};
+pub use app::App;
+pub use gateway::{Gateway, admin_router, ingress_router, open_store, router};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
