@@ -15,6 +15,7 @@ use serde::Deserialize;
 use crate::App;
 use crate::auth;
 use crate::problem::Problem;
+use crate::server::Client;
 use crate::store::{DeliveryFilter, ReplayOutcome};
 
 fn require_admin(app: &App, headers: &HeaderMap) -> Result<(), Problem> {
@@ -195,7 +196,7 @@ const MAX_RESOLVE_BYTES: usize = 16 * 1024;
 /// id) becomes delivered with that id; the ticket's waiting deliveries go on.
 pub async fn resolve_delivery(
     State(app): State<Arc<App>>,
-    client: Option<axum::Extension<crate::server::ClientAddr>>,
+    Client(client): Client,
     headers: HeaderMap,
     delivery_id: Result<Path<String>, PathRejection>,
     body: axum::body::Body,
@@ -204,16 +205,9 @@ pub async fn resolve_delivery(
         require_admin(&app, &headers)?;
         let Path(delivery_id) = delivery_id.map_err(bad_path)?;
         // Read only once the caller is known, and bounded as every body is.
-        let client = client.map(|axum::Extension(c)| c.0);
-        let (body, _budget) = crate::admission::read_body(
-            &app.guard,
-            &app.config.server,
-            client,
-            &headers,
-            body,
-            MAX_RESOLVE_BYTES,
-        )
-        .await?;
+        let (body, _budget) = app
+            .read_body(client, &headers, body, MAX_RESOLVE_BYTES)
+            .await?;
         let value: serde_json::Value =
             serde_json::from_slice(&body).map_err(Problem::malformed_json)?;
         let text = |key: &str| {

@@ -1,13 +1,17 @@
 //! What the HTTP handlers share: the configuration, the renderer and schema, the store, the
 //! metrics, admission state, and the bell that wakes the delivery workers.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
+use axum::body::{Body, Bytes};
+use axum::http::HeaderMap;
 use tokio::sync::{Notify, Semaphore};
 
-use crate::admission::Guard;
+use crate::admission::{BodyReservation, Guard};
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::problem::Problem;
 use crate::render::Renderer;
 use crate::schema::IncidentSchema;
 use crate::store::Store;
@@ -26,4 +30,27 @@ pub struct App {
     /// Permits for ingest's CPU work (parse, validate, route) on blocking threads, one per
     /// core: a burst of large bodies waits its turn instead of spawning a thread each.
     pub checks: Arc<Semaphore>,
+}
+
+impl App {
+    /// Reads a request body as every endpoint does once its caller is known: bounded in size
+    /// and time, within the body budget and `client`'s share of it (see
+    /// [`crate::admission::read_body`]).
+    pub async fn read_body(
+        &self,
+        client: Option<IpAddr>,
+        headers: &HeaderMap,
+        body: Body,
+        max_bytes: usize,
+    ) -> Result<(Bytes, BodyReservation), Problem> {
+        crate::admission::read_body(
+            &self.guard,
+            &self.config.server,
+            client,
+            headers,
+            body,
+            max_bytes,
+        )
+        .await
+    }
 }

@@ -17,6 +17,7 @@ use crate::auth;
 use crate::problem::Problem;
 use crate::render::Event;
 use crate::schema::Violation;
+use crate::server::Client;
 use crate::store::{Caller, CompleteOutcome};
 use crate::ticket::REASON_CODES;
 
@@ -105,7 +106,7 @@ const MAX_COMPLETE_BYTES: usize = 64 * 1024;
 /// 200 with seed 000's `{"old": {…}, "new": {…}}`.
 pub async fn complete(
     State(app): State<Arc<App>>,
-    client: Option<axum::Extension<crate::server::ClientAddr>>,
+    Client(client): Client,
     headers: HeaderMap,
     incident_id: Result<Path<String>, PathRejection>,
     body: Body,
@@ -126,16 +127,9 @@ pub async fn complete(
             )
         })?;
         // Read only once the caller is known, and bounded as every body is.
-        let client = client.map(|axum::Extension(c)| c.0);
-        let (body, _budget) = crate::admission::read_body(
-            &app.guard,
-            &app.config.server,
-            client,
-            &headers,
-            body,
-            MAX_COMPLETE_BYTES,
-        )
-        .await?;
+        let (body, _budget) = app
+            .read_body(client, &headers, body, MAX_COMPLETE_BYTES)
+            .await?;
         let request = parse_complete(&body)?;
         // The platform completing its own incident needs no word back; a target closing its
         // own ticket needs no request to close it.

@@ -30,12 +30,13 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::App;
-use crate::admission::{BodyReservation, read_body};
+use crate::admission::BodyReservation;
 use crate::auth;
 use crate::config::SourceConfig;
 use crate::problem::Problem;
 use crate::route;
 use crate::schema::Violation;
+use crate::server::Client;
 use crate::store::NewIncident;
 
 /// Longest `webhook-id` accepted.
@@ -220,11 +221,10 @@ fn is_json(headers: &HeaderMap) -> bool {
 
 pub async fn post_incidents(
     State(app): State<Arc<App>>,
-    client: Option<axum::Extension<crate::server::ClientAddr>>,
+    Client(client): Client,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let client = client.map(|axum::Extension(c)| c.0);
     match accept(&app, client, &headers, body).await {
         Ok(response) => response,
         Err(problem) => {
@@ -291,15 +291,9 @@ async fn accept(
             "send the incident as application/json",
         ));
     }
-    let (bytes, budget) = read_body(
-        &app.guard,
-        limits,
-        client,
-        headers,
-        body,
-        limits.max_body_bytes,
-    )
-    .await?;
+    let (bytes, budget) = app
+        .read_body(client, headers, body, limits.max_body_bytes)
+        .await?;
     let source = match keyed {
         Some(source) if signature_holds(source, headers, &bytes) => source,
         Some(_) => return Err(unauthorized(app)),

@@ -415,6 +415,21 @@ impl Drop for RequestGuard {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ClientAddr(pub IpAddr);
 
+/// A handler's view of [`ClientAddr`]: `None` where no listener of ours set it (a router
+/// driven directly, as tests may).
+pub struct Client(pub Option<IpAddr>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Client {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Client(parts.extensions.get::<ClientAddr>().map(|c| c.0)))
+    }
+}
+
 /// The address a per-client limit counts by: IPv4 as is, IPv6 by its /64 (one host usually
 /// holds a whole /64, so counting single addresses would limit nothing).
 pub fn client_key(ip: IpAddr) -> IpAddr {
