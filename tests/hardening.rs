@@ -144,12 +144,7 @@ async fn a_render_over_its_budget_is_dead_with_the_reason() {
         "{reason}"
     );
     assert!(receiver.received().is_empty());
-    let health = client()
-        .get(format!("{base}/healthz"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(health.status(), 200);
+    assert_eq!(health(&base).await, 200);
     gateway.stop().await.unwrap();
 }
 

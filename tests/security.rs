@@ -657,12 +657,7 @@ async fn a_corpus_of_hostile_requests_gets_its_4xx_and_leaves_nothing_behind() {
         corpus.len()
     );
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
-    let health = client()
-        .get(format!("{base}/healthz"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(health.status(), 200, "still up");
+    assert_eq!(health(&base).await, 200, "still up");
     // Bounded: the 10 MiB bodies were refused without being held (1 MiB limit), so the peak
     // stays within a few times the body limit above where it started.
     assert!(
@@ -1068,15 +1063,7 @@ async fn concurrent_copies_huge_signature_headers_and_absurd_timestamps_are_refu
     // A timestamp at the edge of i64 neither panics nor passes.
     let r = post_signed(&base, &body, "evt_min", i64::MIN, &sig).await;
     assert_eq!(r.status(), 401);
-    assert_eq!(
-        client()
-            .get(format!("{base}/healthz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(health(&base).await, 200);
     gw.stop().await.unwrap();
 }
 

@@ -11,12 +11,7 @@ use serde_json::{Value, json};
 async fn sample_is_delivered_with_every_field_verbatim() {
     let (receiver, _ws, gw, base) = receiver_and_gateway("ticketing", "/hook", "").await;
 
-    let health = client()
-        .get(format!("{base}/healthz"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(health.status(), 200);
+    assert_eq!(health(&base).await, 200);
 
     // The fixture exactly as shipped, posted as its own bytes.
     let bytes = std::fs::read(repo().join("examples/incidents/sample.json")).unwrap();

@@ -468,6 +468,17 @@ pub async fn admin_post(base: &str, path: &str) -> reqwest::Response {
     admin(reqwest::Method::POST, base, path).await
 }
 
+/// The status `/healthz` answers with.
+pub async fn health(base: &str) -> u16 {
+    client()
+        .get(format!("{base}/healthz"))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
 pub async fn admin_get(base: &str, path: &str) -> (u16, Value) {
     let r = admin(reqwest::Method::GET, base, path).await;
     let status = r.status().as_u16();
