@@ -2,56 +2,23 @@
 //!
 //! Without an `admin_token` in the config the admin API is off and answers 401 to everyone;
 //! a source's API key never opens it. Every handler takes [`Admin`] first, so nothing of a
-//! request — its path, its query, its body — is looked at before the caller is known.
+//! request — its path, its query, its body — is looked at before the caller is known
+//! ([`crate::auth`]).
 
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
-use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use crate::App;
-use crate::auth;
+use crate::app::PathId as Id;
+use crate::auth::Admin;
 use crate::problem::Problem;
 use crate::server::Client;
 use crate::store::{DeliveryFilter, DeliveryView, IncidentView, ReplayOutcome, ResolveOutcome};
-
-/// The caller holds the admin token (else 401, problem+json).
-pub struct Admin;
-
-impl FromRequestParts<Arc<App>> for Admin {
-    type Rejection = Problem;
-
-    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Admin, Problem> {
-        if auth::admin(app.config.server.admin_token.as_deref(), &parts.headers) {
-            Ok(Admin)
-        } else {
-            Err(Problem::unauthorized())
-        }
-    }
-}
-
-/// The id in the path (a path that does not decode is a 400, problem+json).
-pub struct Id(String);
-
-impl FromRequestParts<Arc<App>> for Id {
-    type Rejection = Problem;
-
-    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Id, Problem> {
-        match Path::<String>::from_request_parts(parts, app).await {
-            Ok(Path(id)) => Ok(Id(id)),
-            Err(e) => Err(Problem::new(
-                StatusCode::BAD_REQUEST,
-                "bad-path",
-                "Bad path",
-                e.body_text(),
-            )),
-        }
-    }
-}
 
 fn store_failed(e: crate::store::StoreError) -> Problem {
     Problem::store_failed(&e, "the store could not answer; try again")

@@ -8,6 +8,10 @@ use axum::body::{Body, Bytes};
 use axum::http::HeaderMap;
 use tokio::sync::{Notify, Semaphore};
 
+use axum::extract::{FromRequestParts, Path};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+
 use crate::admission::{BodyReservation, Guard};
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -52,5 +56,25 @@ impl App {
             max_bytes,
         )
         .await
+    }
+}
+
+/// The id in a request's path (`{incident_id}`, `{delivery_id}`); a path that does not decode
+/// is a 400, problem+json.
+pub struct PathId(pub String);
+
+impl FromRequestParts<Arc<App>> for PathId {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<PathId, Problem> {
+        match Path::<String>::from_request_parts(parts, app).await {
+            Ok(Path(id)) => Ok(PathId(id)),
+            Err(e) => Err(Problem::new(
+                StatusCode::BAD_REQUEST,
+                "bad-path",
+                "Bad path",
+                e.body_text(),
+            )),
+        }
     }
 }

@@ -5,15 +5,60 @@
 //! - [`source`] — a source sending incidents (its `api_key`);
 //! - [`callback`] — a source or connector completing an incident (its `callback_token`).
 //!
+//! Handlers take [`Admin`] and [`Callback`] as extractors, first, so nothing else of a request
+//! is looked at before its caller is known. A source is found in two steps (its key from the
+//! headers, or its signature once the body is in), so ingress calls [`source`] itself.
+//!
 //! Tokens are compared as SHA-256 digests, so neither their content nor their length leaks
 //! through timing; where several configured tokens could match, every one is compared, so
 //! timing does not reveal which one did.
 
+use std::sync::Arc;
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, header};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use crate::App;
 use crate::config::{Config, ConnectorConfig, SourceConfig};
+use crate::problem::Problem;
+use crate::store::Caller;
+
+/// The caller holds the admin token (else 401, problem+json).
+pub struct Admin;
+
+impl FromRequestParts<Arc<App>> for Admin {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Admin, Problem> {
+        if admin(app.config.server.admin_token.as_deref(), &parts.headers) {
+            Ok(Admin)
+        } else {
+            Err(Problem::unauthorized())
+        }
+    }
+}
+
+/// The caller holds a callback token: a connector's (its target) or a source's (else 401,
+/// counted as an authentication failure).
+pub struct Callback(pub Caller);
+
+impl FromRequestParts<Arc<App>> for Callback {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Callback, Problem> {
+        match callback(&app.config, &parts.headers) {
+            Some(CallbackHolder::Connector(c)) => Ok(Callback(Caller::Connector(c.name.clone()))),
+            Some(CallbackHolder::Source(s)) => Ok(Callback(Caller::Source(s.name.clone()))),
+            None => {
+                crate::metrics::Metrics::inc(&app.metrics.auth_failures);
+                Err(Problem::unauthorized())
+            }
+        }
+    }
+}
 
 /// The SHA-256 digest of a token, compared in constant time.
 #[derive(Clone)]

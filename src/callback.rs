@@ -1,19 +1,19 @@
 //! The way back: `POST /v1/incidents/{incidentId}/complete`. A source or a connector (by its
-//! `callback_token`, see [`crate::auth::callback`]) closes the incident here; the store queues
+//! `callback_token`, see [`crate::auth::Callback`]) closes the incident here; the store queues
 //! `completed` for every connector that has a ticket for it, and for the detection platform's
 //! own API (`upstream` connectors).
 
 use std::sync::Arc;
 
+use axum::Json;
 use axum::body::Body;
-use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
 use crate::App;
-use crate::auth;
+use crate::app::PathId;
+use crate::auth::Callback;
 use crate::model::Event;
 use crate::problem::Problem;
 use crate::schema::Violation;
@@ -91,14 +91,6 @@ fn parse_complete(body: &[u8]) -> Result<CompleteRequest, Problem> {
     }
 }
 
-/// The store's name for who completes: the holder of the callback token.
-fn caller(holder: auth::CallbackHolder<'_>) -> Caller {
-    match holder {
-        auth::CallbackHolder::Connector(c) => Caller::Connector(c.name.clone()),
-        auth::CallbackHolder::Source(s) => Caller::Source(s.name.clone()),
-    }
-}
-
 /// The largest completion body read: notes of 10,000 characters fit several times over.
 const MAX_COMPLETE_BYTES: usize = 64 * 1024;
 
@@ -106,104 +98,86 @@ const MAX_COMPLETE_BYTES: usize = 64 * 1024;
 /// 200 with seed 000's `{"old": {…}, "new": {…}}`.
 pub async fn complete(
     State(app): State<Arc<App>>,
+    Callback(caller): Callback,
     Client(client): Client,
+    PathId(incident_id): PathId,
     headers: HeaderMap,
-    incident_id: Result<Path<String>, PathRejection>,
     body: Body,
-) -> Response {
-    let result = async {
-        let caller = auth::callback(&app.config, &headers)
-            .map(caller)
-            .ok_or_else(|| {
-                crate::metrics::Metrics::inc(&app.metrics.auth_failures);
-                Problem::unauthorized()
-            })?;
-        let Path(incident_id) = incident_id.map_err(|e| {
-            Problem::new(
-                StatusCode::BAD_REQUEST,
-                "bad-path",
-                "Bad path",
-                e.body_text(),
-            )
-        })?;
-        // Read only once the caller is known, and bounded as every body is.
-        let (body, _budget) = app
-            .read_body(client, &headers, body, MAX_COMPLETE_BYTES)
-            .await?;
-        let request = parse_complete(&body)?;
-        // The platform completing its own incident needs no word back; a target closing its
-        // own ticket needs no request to close it.
-        let upstream: Vec<String> = match &caller {
-            Caller::Source(_) => Vec::new(),
-            Caller::Connector(_) => app
-                .config
-                .connectors
-                .iter()
-                .filter(|c| c.upstream)
-                .map(|c| c.name.clone())
-                .collect(),
-        };
-        let skipping: Vec<String> = app
+) -> Result<Json<Value>, Problem> {
+    // Read only once the caller is known, and bounded as every body is.
+    let (body, _budget) = app
+        .read_body(client, &headers, body, MAX_COMPLETE_BYTES)
+        .await?;
+    let request = parse_complete(&body)?;
+    // The platform completing its own incident needs no word back; a target closing its
+    // own ticket needs no request to close it.
+    let upstream: Vec<String> = match &caller {
+        Caller::Source(_) => Vec::new(),
+        Caller::Connector(_) => app
             .config
             .connectors
             .iter()
-            .filter(|c| c.request(Event::Completed).is_none())
+            .filter(|c| c.upstream)
             .map(|c| c.name.clone())
-            .chain(match &caller {
-                Caller::Connector(name) => Some(name.clone()),
-                Caller::Source(_) => None,
-            })
-            .collect();
-        let outcome = app
-            .store
-            .complete(
-                incident_id.clone(),
-                caller.clone(),
-                request.reason_code,
-                request.notes,
-                skipping,
-                upstream,
+            .collect(),
+    };
+    let skipping: Vec<String> = app
+        .config
+        .connectors
+        .iter()
+        .filter(|c| c.request(Event::Completed).is_none())
+        .map(|c| c.name.clone())
+        .chain(match &caller {
+            Caller::Connector(name) => Some(name.clone()),
+            Caller::Source(_) => None,
+        })
+        .collect();
+    let outcome = app
+        .store
+        .complete(
+            incident_id.clone(),
+            caller.clone(),
+            request.reason_code,
+            request.notes,
+            skipping,
+            upstream,
+        )
+        .await
+        .map_err(|e| {
+            Problem::store_failed(
+                &e,
+                "the completion could not be stored; nothing changed; try again",
             )
-            .await
-            .map_err(|e| {
-                Problem::store_failed(
-                    &e,
-                    "the completion could not be stored; nothing changed; try again",
-                )
-            })?;
-        match outcome {
-            CompleteOutcome::NotFound => {
-                Err(Problem::not_found(format!("no incident {incident_id:?}")))
-            }
-            CompleteOutcome::AlreadyCompleted { since } => {
-                let mut p = Problem::new(
-                    StatusCode::CONFLICT,
-                    "already-completed",
-                    "Incident already completed",
-                    format!("the incident was completed at {since}"),
-                );
-                p.extra
-                    .insert("status_change_time".into(), Value::String(since));
-                Err(p)
-            }
-            CompleteOutcome::Completed {
-                old,
-                new,
-                deliveries,
-            } => {
-                if !deliveries.is_empty() {
-                    app.wake.notify_one();
-                }
-                tracing::info!(incident = ?incident_id, by = ?caller, deliveries = deliveries.len(),
-                    "incident completed");
-                Ok(serde_json::json!({ "old": old, "new": new, "deliveries": deliveries }))
-            }
+        })?;
+    match outcome {
+        CompleteOutcome::NotFound => {
+            Err(Problem::not_found(format!("no incident {incident_id:?}")))
         }
-    }
-    .await;
-    match result {
-        Ok(body) => (StatusCode::OK, axum::Json(body)).into_response(),
-        Err(p) => p.into_response(),
+        CompleteOutcome::AlreadyCompleted { since } => {
+            let mut p = Problem::new(
+                StatusCode::CONFLICT,
+                "already-completed",
+                "Incident already completed",
+                format!("the incident was completed at {since}"),
+            );
+            p.extra
+                .insert("status_change_time".into(), Value::String(since));
+            Err(p)
+        }
+        CompleteOutcome::Completed {
+            old,
+            new,
+            deliveries,
+        } => {
+            if !deliveries.is_empty() {
+                app.wake.notify_one();
+            }
+            tracing::info!(incident = ?incident_id, by = ?caller, deliveries = deliveries.len(),
+                "incident completed");
+            Ok(Json(
+                serde_json::json!({ "old": old, "new": new, "deliveries": deliveries }),
+            ))
+        }
     }
 }
 
