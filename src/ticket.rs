@@ -29,7 +29,7 @@ pub const REASON_CODES: &[&str] = &[
 /// that fails (strict mode, a field this incident lacks) or renders blank falls back to the
 /// incident id: the incident still gets its own ticket rather than none.
 pub fn route_for(renderer: &Renderer, connector: &ConnectorConfig, incident: &Value) -> Route {
-    let received_at = crate::store::rfc3339(crate::store::now_ms());
+    let received_at = crate::model::rfc3339(crate::model::now_ms());
     let context = render::context(
         incident,
         &DeliveryFacts {
