@@ -333,15 +333,9 @@ impl FromRow for DeliveryKind {
 impl DeliveryKind {
     /// The ticket a resolve names the id of: only a dead `created` can be resolved (it is the
     /// one whose ticket may exist in the target without the gateway knowing its id).
-    fn resolvable_ticket(&self) -> Result<i64, String> {
+    fn resolvable_ticket(&self) -> Option<i64> {
         self.ticket_seq
             .filter(|_| self.status == "dead" && self.event == "created")
-            .ok_or_else(|| {
-                format!(
-                    "only a dead created delivery can be resolved; this one is a {} {}",
-                    self.status, self.event
-                )
-            })
     }
 }
 
@@ -360,9 +354,11 @@ pub(super) fn resolve(
     let Some(kind) = kind else {
         return Ok(ResolveOutcome::NotFound);
     };
-    let ticket_seq = match kind.resolvable_ticket() {
-        Ok(seq) => seq,
-        Err(reason) => return Ok(ResolveOutcome::NotApplicable(reason)),
+    let Some(ticket_seq) = kind.resolvable_ticket() else {
+        return Ok(ResolveOutcome::NotApplicable(format!(
+            "only a dead created delivery can be resolved; this one is a {} {}",
+            kind.status, kind.event
+        )));
     };
     conn.prepare_cached(
         "UPDATE deliveries SET status = 'delivered', updated_ms = ?2,
@@ -627,8 +623,13 @@ mod tests {
         let db = TestDb::new();
         let a = db.ingest_one(incident("A").routed(&route("jira", "k", None)), 1_000);
         let id = &a.deliveries[0].id;
-        let pending = resolve(&db.conn, id, "JIRA-1", None, 2_000).unwrap();
-        assert!(matches!(pending, ResolveOutcome::NotApplicable(_)));
+        assert_eq!(
+            resolve(&db.conn, id, "JIRA-1", None, 2_000).unwrap(),
+            ResolveOutcome::NotApplicable(
+                "only a dead created delivery can be resolved; this one is a pending created"
+                    .into()
+            )
+        );
         assert_eq!(
             resolve(&db.conn, "msg_none", "JIRA-1", None, 2_000).unwrap(),
             ResolveOutcome::NotFound
