@@ -1,8 +1,8 @@
 //! The SQLite backend: one file, owned by one process (a lock file enforces it), opened as
 //! owner-only. Writes go through one writer thread that commits them in groups
-//! ([`writer`]); reads use their own connection (WAL lets them run beside the writer). This
-//! file opens the store and holds its schema; the uses are beside it: [`ingest`], [`queue`],
-//! [`tickets`], [`views`].
+//! (`writer`); reads use their own connection (WAL lets them run beside the writer). This
+//! file opens the store and holds its schema; the uses are beside it: `ingest`, `queue`,
+//! `tickets`, `views`.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};

@@ -186,7 +186,7 @@ fn lease_token() -> String {
 }
 
 /// [`Queue::lease_due`] at `now`: due, not leased, outside `busy`, and not waiting behind an
-/// earlier delivery of its ticket (the ordering rule, [`waits_behind!`]).
+/// earlier delivery of its ticket (the ordering rule, `waits_behind!`).
 pub(super) fn lease_due(
     conn: &Connection,
     limit: usize,

@@ -192,7 +192,7 @@ fn incident_view(conn: &Connection, incident_id: &str) -> Result<Option<Incident
 }
 
 /// Deliveries matching `clause` (which may bind `args`), each with what it waits for (the
-/// ordering rule, [`waits_behind!`]) and, if asked, its attempts.
+/// ordering rule, `waits_behind!`) and, if asked, its attempts.
 fn query_deliveries(
     conn: &Connection,
     clause: &str,
