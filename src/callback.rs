@@ -14,8 +14,8 @@ use serde_json::Value;
 
 use crate::App;
 use crate::auth;
+use crate::model::Event;
 use crate::problem::Problem;
-use crate::render::Event;
 use crate::schema::Violation;
 use crate::server::Client;
 use crate::store::{Caller, CompleteOutcome};

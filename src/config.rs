@@ -1292,8 +1292,9 @@ impl Validator {
             };
             let signing_secret = match &s.signing_secret {
                 Some(secret) => Some(
-                    crate::signature::WebhookSecret::parse(&secret.0)
-                        .map_err(|e| self.invalid(format!("{field}.signing_secret"), e))?,
+                    crate::signature::WebhookSecret::parse(&secret.0).map_err(|e| {
+                        self.invalid(format!("{field}.signing_secret"), e.to_string())
+                    })?,
                 ),
                 None => None,
             };
@@ -1694,7 +1695,10 @@ impl Validator {
                     .standard
                     .push(
                         crate::signature::WebhookSecret::parse(&secret.0).map_err(|e| {
-                            self.invalid(format!("{field}.signing.standard_webhooks[{i}]"), e)
+                            self.invalid(
+                                format!("{field}.signing.standard_webhooks[{i}]"),
+                                e.to_string(),
+                            )
                         })?,
                     );
             }

@@ -42,7 +42,7 @@ use crate::store::NewIncident;
 /// Longest `webhook-id` accepted.
 const MAX_WEBHOOK_ID: usize = 256;
 
-pub use crate::model::{REPLAY_WINDOW, SIGNATURE_TOLERANCE};
+use crate::model::SIGNATURE_TOLERANCE;
 
 /// The Standard Webhooks headers of a signed request, if all three are there.
 fn signature_headers(headers: &HeaderMap) -> Option<(&str, &str, &str)> {

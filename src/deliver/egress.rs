@@ -163,8 +163,25 @@ impl reqwest::dns::Resolve for GuardedResolver {
     }
 }
 
+/// Why a connector's HTTP client cannot be built (at start).
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot read {path}: {source}")]
+    ReadCa {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    BadCa {
+        path: std::path::PathBuf,
+        source: reqwest::Error,
+    },
+    #[error("HTTP client: {0}")]
+    Build(#[source] reqwest::Error),
+}
+
 /// The HTTP client of one connector: its resolver, redirect policy and trusted CAs.
-pub fn client(connector: &ConnectorConfig) -> Result<reqwest::Client, String> {
+pub fn client(connector: &ConnectorConfig) -> Result<reqwest::Client, ClientError> {
     let egress = connector.egress.clone();
     let max = egress.follow_redirects;
     let redirects = reqwest::redirect::Policy::custom(move |attempt| {
@@ -187,14 +204,20 @@ pub fn client(connector: &ConnectorConfig) -> Result<reqwest::Client, String> {
             allow_private: connector.egress.allow_private,
         }));
     if let Some(ca) = &connector.egress.tls_ca_file {
-        let pem = std::fs::read(ca).map_err(|e| format!("cannot read {}: {e}", ca.display()))?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem)
-            .map_err(|e| format!("{}: {e}", ca.display()))?;
+        let pem = std::fs::read(ca).map_err(|source| ClientError::ReadCa {
+            path: ca.clone(),
+            source,
+        })?;
+        let certs =
+            reqwest::Certificate::from_pem_bundle(&pem).map_err(|source| ClientError::BadCa {
+                path: ca.clone(),
+                source,
+            })?;
         for cert in certs {
             builder = builder.add_root_certificate(cert);
         }
     }
-    builder.build().map_err(|e| e.to_string())
+    builder.build().map_err(ClientError::Build)
 }
 
 /// The refusal inside a send error, if the error is one.
