@@ -54,8 +54,15 @@ impl FromRequestParts<Arc<App>> for Id {
 }
 
 fn store_failed(e: crate::store::StoreError) -> Problem {
-    tracing::error!(error = %e, "admin: store error");
-    Problem::unavailable("the store could not answer; try again")
+    Problem::store_failed(&e, "the store could not answer; try again")
+}
+
+/// A view the store found, or 404 naming what was asked for.
+fn found<T>(
+    view: Result<Option<T>, crate::store::StoreError>,
+    missing: impl FnOnce() -> Problem,
+) -> Result<Json<T>, Problem> {
+    view.map_err(store_failed)?.map(Json).ok_or_else(missing)
 }
 
 fn no_delivery(id: &str) -> Problem {
@@ -68,12 +75,9 @@ pub async fn get_incident(
     _: Admin,
     Id(incident_id): Id,
 ) -> Result<Json<IncidentView>, Problem> {
-    app.store
-        .incident(incident_id.clone())
-        .await
-        .map_err(store_failed)?
-        .map(Json)
-        .ok_or_else(|| Problem::not_found(format!("no incident {incident_id:?}")))
+    found(app.store.incident(incident_id.clone()).await, || {
+        Problem::not_found(format!("no incident {incident_id:?}"))
+    })
 }
 
 #[derive(Deserialize)]
@@ -117,12 +121,9 @@ pub async fn get_delivery(
     _: Admin,
     Id(delivery_id): Id,
 ) -> Result<Json<DeliveryView>, Problem> {
-    app.store
-        .delivery(delivery_id.clone())
-        .await
-        .map_err(store_failed)?
-        .map(Json)
-        .ok_or_else(|| no_delivery(&delivery_id))
+    found(app.store.delivery(delivery_id.clone()).await, || {
+        no_delivery(&delivery_id)
+    })
 }
 
 /// `POST /v1/deliveries/{id}/replay`: a dead delivery goes back in the queue, its attempt

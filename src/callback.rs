@@ -166,8 +166,8 @@ pub async fn complete(
             )
             .await
             .map_err(|e| {
-                tracing::error!(error = %e, "cannot record a completion");
-                Problem::unavailable(
+                Problem::store_failed(
+                    &e,
                     "the completion could not be stored; nothing changed; try again",
                 )
             })?;

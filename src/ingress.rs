@@ -430,8 +430,8 @@ async fn accept_document(
         .ingest(source.name.clone(), webhook_id, batch)
         .await
         .map_err(|e| {
-            tracing::error!(error = %e, "cannot store incidents");
-            Problem::unavailable(
+            Problem::store_failed(
+                &e,
                 "the incident could not be stored; nothing was accepted; try again",
             )
         })?;

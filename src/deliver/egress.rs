@@ -10,6 +10,8 @@ use std::sync::Arc;
 
 use crate::config::{ConnectorConfig, Egress};
 
+use super::SetupFailure;
+
 /// A request not sent because of where it would go. Found in a reqwest error's sources.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("refused: {0}")]
@@ -163,25 +165,8 @@ impl reqwest::dns::Resolve for GuardedResolver {
     }
 }
 
-/// Why a connector's HTTP client cannot be built (at start).
-#[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    #[error("cannot read {path}: {source}")]
-    ReadCa {
-        path: std::path::PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{path}: {source}")]
-    BadCa {
-        path: std::path::PathBuf,
-        source: reqwest::Error,
-    },
-    #[error("HTTP client: {0}")]
-    Build(#[source] reqwest::Error),
-}
-
 /// The HTTP client of one connector: its resolver, redirect policy and trusted CAs.
-pub fn client(connector: &ConnectorConfig) -> Result<reqwest::Client, ClientError> {
+pub fn client(connector: &ConnectorConfig) -> Result<reqwest::Client, SetupFailure> {
     let egress = connector.egress.clone();
     let max = egress.follow_redirects;
     let redirects = reqwest::redirect::Policy::custom(move |attempt| {
@@ -204,12 +189,9 @@ pub fn client(connector: &ConnectorConfig) -> Result<reqwest::Client, ClientErro
             allow_private: connector.egress.allow_private,
         }));
     if let Some(ca) = &connector.egress.tls_ca_file {
-        let pem = std::fs::read(ca).map_err(|source| ClientError::ReadCa {
-            path: ca.clone(),
-            source,
-        })?;
+        let pem = super::read_ca(ca)?;
         let certs =
-            reqwest::Certificate::from_pem_bundle(&pem).map_err(|source| ClientError::BadCa {
+            reqwest::Certificate::from_pem_bundle(&pem).map_err(|source| SetupFailure::HttpCa {
                 path: ca.clone(),
                 source,
             })?;
@@ -217,7 +199,7 @@ pub fn client(connector: &ConnectorConfig) -> Result<reqwest::Client, ClientErro
             builder = builder.add_root_certificate(cert);
         }
     }
-    builder.build().map_err(ClientError::Build)
+    builder.build().map_err(SetupFailure::HttpClient)
 }
 
 /// The refusal inside a send error, if the error is one.

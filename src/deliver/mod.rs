@@ -77,10 +77,33 @@ pub struct SetupError {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SetupFailure {
-    #[error(transparent)]
-    Http(#[from] egress::ClientError),
-    #[error(transparent)]
-    Smtp(#[from] smtp::TransportError),
+    #[error("cannot read {path}: {source}")]
+    ReadCa {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    HttpCa {
+        path: std::path::PathBuf,
+        source: reqwest::Error,
+    },
+    #[error("HTTP client: {0}")]
+    HttpClient(#[source] reqwest::Error),
+    #[error("{path}: {source}")]
+    SmtpCa {
+        path: std::path::PathBuf,
+        source: lettre::transport::smtp::Error,
+    },
+    #[error("TLS parameters: {0}")]
+    SmtpTls(#[source] lettre::transport::smtp::Error),
+}
+
+/// A CA file a connector trusts, read at start.
+fn read_ca(path: &std::path::Path) -> Result<Vec<u8>, SetupFailure> {
+    std::fs::read(path).map_err(|source| SetupFailure::ReadCa {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// The workers' shared parts.
@@ -105,9 +128,9 @@ pub fn clients(config: &Config) -> Result<HashMap<String, reqwest::Client>, Setu
     let mut out = HashMap::new();
     for c in &config.connectors {
         if c.smtp.is_none() {
-            let client = egress::client(c).map_err(|e| SetupError {
+            let client = egress::client(c).map_err(|source| SetupError {
                 connector: c.name.clone(),
-                source: e.into(),
+                source,
             })?;
             out.insert(c.name.clone(), client);
         }
@@ -120,9 +143,9 @@ pub fn mailers(config: &Config) -> Result<HashMap<String, smtp::Transport>, Setu
     let mut out = HashMap::new();
     for c in &config.connectors {
         if let Some(s) = &c.smtp {
-            let t = smtp::transport(c, s).map_err(|e| SetupError {
+            let t = smtp::transport(c, s).map_err(|source| SetupError {
                 connector: c.name.clone(),
-                source: e.into(),
+                source,
             })?;
             out.insert(c.name.clone(), t);
         }

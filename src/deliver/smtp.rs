@@ -26,6 +26,8 @@ use lettre::transport::smtp::extension::ClientId;
 use lettre::transport::smtp::response::Response;
 
 use crate::config::{ConnectorConfig, SmtpConfig, SmtpSecurity};
+
+use super::SetupFailure;
 use crate::render::RenderedEmail;
 
 use super::http::{SendFailure, SendResult, Verdict};
@@ -62,23 +64,6 @@ enum SendError {
     Refused(String),
 }
 
-/// Why a connector's transport cannot be built (at start, before anything is accepted).
-#[derive(Debug, thiserror::Error)]
-pub enum TransportError {
-    #[error("cannot read {path}: {source}")]
-    ReadCa {
-        path: std::path::PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{path}: {source}")]
-    BadCa {
-        path: std::path::PathBuf,
-        source: lettre::transport::smtp::Error,
-    },
-    #[error("TLS parameters: {0}")]
-    Tls(#[source] lettre::transport::smtp::Error),
-}
-
 /// Why a rendered email cannot become a message. Final: the same render fails the same way.
 #[derive(Debug, thiserror::Error)]
 pub enum MessageError {
@@ -104,23 +89,20 @@ pub enum MessageError {
 pub fn transport(
     connector: &ConnectorConfig,
     smtp: &SmtpConfig,
-) -> Result<Transport, TransportError> {
+) -> Result<Transport, SetupFailure> {
     let tls = match smtp.security {
         SmtpSecurity::Plain => Tls::None,
         SmtpSecurity::StartTls | SmtpSecurity::Tls => {
             let mut params = TlsParameters::builder(smtp.host.clone());
             if let Some(ca) = &smtp.tls_ca_file {
-                let pem = std::fs::read(ca).map_err(|source| TransportError::ReadCa {
-                    path: ca.clone(),
-                    source,
-                })?;
-                let cert = Certificate::from_pem(&pem).map_err(|source| TransportError::BadCa {
+                let pem = super::read_ca(ca)?;
+                let cert = Certificate::from_pem(&pem).map_err(|source| SetupFailure::SmtpCa {
                     path: ca.clone(),
                     source,
                 })?;
                 params = params.add_root_certificate(cert);
             }
-            let params = params.build().map_err(TransportError::Tls)?;
+            let params = params.build().map_err(SetupFailure::SmtpTls)?;
             if smtp.security == SmtpSecurity::Tls {
                 Tls::Wrapper(params)
             } else {
