@@ -18,7 +18,8 @@
 //! 6. [`route`] — pick the connectors whose matchers the incident meets.
 //! 7. [`ticket`] — correlation keys, ticket ids from responses; [`callback`] — the way
 //!    back (`POST /v1/incidents/{id}/complete`).
-//! 8. [`store`] — commit the incident and one delivery per connector, then answer 202.
+//! 8. [`store`] — commit the incident and one delivery per connector, then answer 202; one
+//!    interface by use (ingest, queue, tickets, views), SQLite behind it.
 //! 9. [`deliver`] — workers lease due deliveries: render → stamp → sign → send → classify →
 //!    schedule → record.
 //! 10. [`render`] — Handlebars templates, escaped by content type, strict about variables,

@@ -1,0 +1,555 @@
+//! Store: incidents, their versions, tickets, deliveries and attempts, kept durably.
+//!
+//! This module is the interface: the data that goes in and comes out, [`StoreError`], and the
+//! store's uses as traits — [`Ingest`] (incidents in, webhook-id claims), [`Queue`] (what
+//! delivery workers lease and record), [`Tickets`] (completion and resolve) and [`Views`]
+//! (what the admin API shows). A backend implements all four ([`Backend`]); callers hold a
+//! [`Store`], one cheap-to-clone handle over whichever backend the configuration chose.
+//! [`sqlite`] is the backend today (one process per file, group commit).
+//!
+//! Every write resolves only after its commit, which is what lets ingress answer 202 only for
+//! what survives `kill -9`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::Serialize;
+
+use crate::model::{AttemptOutcome, Completion, Event, TicketFacts};
+
+pub mod sqlite;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// A group commit failed at `step`: every write in it hears why (one cause, many
+    /// listeners), and none of them was written.
+    #[error("store: transaction aborted: {step}: {source}")]
+    Aborted {
+        step: &'static str,
+        #[source]
+        source: Arc<rusqlite::Error>,
+    },
+    /// SQLite rolled a whole group back (disk full, I/O error): nothing in it was written,
+    /// whatever each write returned.
+    #[error("store: transaction aborted: the transaction was rolled back by SQLite")]
+    RolledBack,
+    #[error("store: cannot open {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("store: cannot open {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error(
+        "store: cannot open {path}: another gateway process is using this SQLite file (use PostgreSQL to run several)"
+    )]
+    InUse {
+        path: PathBuf,
+        #[source]
+        source: std::fs::TryLockError,
+    },
+    /// A read's blocking task ended without an answer (it panicked, or the runtime is
+    /// shutting down).
+    #[error("store: a read did not finish: {0}")]
+    Read(#[from] tokio::task::JoinError),
+    #[error("store: the writer has stopped")]
+    Closed,
+}
+
+/// An incident ready to store: validated, serialized, routed.
+#[derive(Debug, Clone)]
+pub struct NewIncident {
+    pub incident_id: String,
+    pub update_time: Option<f64>,
+    /// The incident as JSON text.
+    pub body: String,
+    /// SHA-256 of `body`, to tell a repeat from a change when `updateTime` is absent.
+    pub body_hash: String,
+    /// Connectors the incident was routed to, each with the ticket key it falls under.
+    pub routes: Vec<Route>,
+}
+
+/// One connector an incident goes to.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub connector: String,
+    /// The correlation key: incidents with the same key share a ticket.
+    pub key: String,
+    /// How long a ticket takes more incidents (ms); `None`: until completed.
+    pub aggregate_for_ms: Option<i64>,
+    /// Whether the connector sends `updated` (a later incident joins the ticket either way).
+    pub sends_updated: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IngestStatus {
+    Accepted,
+    Duplicate,
+    Updated,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct IngestOutcome {
+    #[serde(rename = "incidentId")]
+    pub incident_id: String,
+    pub status: IngestStatus,
+    pub deliveries: Vec<DeliveryRef>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DeliveryRef {
+    pub id: String,
+    pub connector: String,
+    pub event: Event,
+}
+
+/// A delivery a worker holds until its lease ends.
+#[derive(Debug, Clone)]
+pub struct LeasedDelivery {
+    pub id: String,
+    /// Proves this worker still holds the lease when it records the attempt.
+    pub lease_token: String,
+    pub incident_id: String,
+    pub connector: String,
+    pub event: Event,
+    /// Attempts made before this one.
+    pub attempts: u32,
+    /// Attempts and time counted toward the retry budget start here (queueing or replay).
+    pub budget_attempts: u32,
+    pub budget_since_ms: i64,
+    /// The incident version this delivery carries.
+    pub incident_body: String,
+    pub received_at_ms: i64,
+    /// The ticket it belongs to (none for an upstream completion).
+    pub ticket_seq: Option<i64>,
+    pub ticket: TicketFacts,
+    pub completion: Option<Completion>,
+}
+
+/// What one attempt did, as recorded.
+#[derive(Debug, Clone, Serialize)]
+pub struct AttemptRecord {
+    pub attempt: u32,
+    pub started_at_ms: i64,
+    pub latency_ms: i64,
+    pub status_code: Option<u16>,
+    pub error: Option<String>,
+    /// The first 2 KiB of the response body.
+    pub response_body: Option<String>,
+    pub outcome: AttemptOutcome,
+}
+
+/// The ticket id and link a `created` response carried.
+#[derive(Debug, Clone)]
+pub struct TicketUpdate {
+    pub ticket_seq: i64,
+    pub id: String,
+    pub url: Option<String>,
+}
+
+/// Where a delivery goes after an attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NextStep {
+    Delivered,
+    RetryAt { at_ms: i64 },
+    Dead { reason: String },
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DeliveryView {
+    pub id: String,
+    #[serde(rename = "incidentId")]
+    pub incident_id: String,
+    pub connector: String,
+    pub event: String,
+    pub status: String,
+    pub attempt_count: u32,
+    pub created_at: String,
+    pub updated_at: String,
+    pub next_attempt_at: Option<String>,
+    /// A pending delivery waits for this earlier one of its ticket (pending, or a dead
+    /// `created` that needs a replay).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waiting_for: Option<String>,
+    pub last_error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<Vec<AttemptView>>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AttemptView {
+    pub attempt: u32,
+    pub started_at: String,
+    pub latency_ms: i64,
+    pub status_code: Option<u16>,
+    pub error: Option<String>,
+    pub response_body: Option<String>,
+    pub outcome: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct IncidentView {
+    #[serde(rename = "incidentId")]
+    pub incident_id: String,
+    pub source: String,
+    pub status: String,
+    pub status_change_time: String,
+    pub received_at: String,
+    pub updated_at: String,
+    pub versions: u32,
+    /// How the incident was completed (seed 000's `new` object), once it is.
+    pub completion: Option<Completion>,
+    pub incident: serde_json::Value,
+    /// Connector name → its tickets for this incident and its deliveries (oldest first,
+    /// each with its attempts).
+    pub connectors: std::collections::BTreeMap<String, ConnectorView>,
+}
+
+/// One connector's side of an incident, as seed 004's `info` action shows an issue.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ConnectorView {
+    pub tickets: Vec<TicketView>,
+    pub deliveries: Vec<DeliveryView>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TicketView {
+    pub correlation_key: String,
+    /// What the target called the ticket (null until its `created` succeeded).
+    pub ticket_id: Option<String>,
+    pub ticket_url: Option<String>,
+    /// `open`, or `completed`.
+    pub status: String,
+    pub opened_at: String,
+    /// Until when later incidents with the key join this ticket (null: until completed).
+    pub aggregates_until: Option<String>,
+    /// Incidents on this ticket.
+    pub incidents: u32,
+}
+
+/// Who calls the back channel: a source (for its own incidents) or a connector's target (for
+/// incidents it has a ticket for).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    Source(String),
+    Connector(String),
+}
+
+/// What a completion through the back channel did.
+#[derive(Debug, Clone)]
+pub enum CompleteOutcome {
+    NotFound,
+    AlreadyCompleted {
+        since: String,
+    },
+    Completed {
+        old: serde_json::Value,
+        new: serde_json::Value,
+        deliveries: Vec<DeliveryRef>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ResolveOutcome {
+    Resolved,
+    NotFound,
+    NotApplicable(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ReplayOutcome {
+    Replayed,
+    NotFound,
+    NotDead(String),
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct DeliveryFilter {
+    pub status: Option<String>,
+    pub connector: Option<String>,
+    pub limit: usize,
+}
+
+/// What [`Ingest::ingest`] did.
+#[derive(Debug, Clone)]
+pub enum Ingested {
+    Stored(Vec<IngestOutcome>),
+    /// The request's `webhook-id` was already used by its source: nothing was stored.
+    Replay,
+}
+
+/// Incidents in: store them with their deliveries, and claim signed requests' webhook-ids.
+#[async_trait]
+pub trait Ingest: Send + Sync {
+    /// Stores a batch of incidents and their deliveries, all or nothing. A signed request's
+    /// `webhook_id` is claimed in the same transaction: when `source` already used it within
+    /// [`crate::model::REPLAY_WINDOW`], nothing is stored and the answer is
+    /// [`Ingested::Replay`].
+    ///
+    /// Per incident: a version already stored is a duplicate (no deliveries); a newer one
+    /// replaces it. Per route, the incident joins the open ticket of its correlation key
+    /// (within the route's aggregation window), as `updated`, or opens a ticket, as
+    /// `created`. A completed incident keeps later versions but opens and updates nothing.
+    async fn ingest(
+        &self,
+        source: String,
+        webhook_id: Option<String>,
+        batch: Vec<NewIncident>,
+    ) -> Result<Ingested, StoreError>;
+
+    /// Whether every one of `sources` used `webhook_id` within the replay window: such a
+    /// request can only be a replay, refused before its body is read. (Advisory: the claim in
+    /// [`Ingest::ingest`] is what decides.) Asked before the sender is authenticated, so it
+    /// never waits: when the store is busy the answer is `false`.
+    async fn webhook_id_seen(
+        &self,
+        sources: Vec<String>,
+        webhook_id: String,
+    ) -> Result<bool, StoreError>;
+}
+
+/// The delivery queue, as workers use it. A delivery waits while an earlier one of its
+/// connector and ticket is pending or is a dead `created`, so a ticket sees its events in
+/// order; a lease token fences each attempt.
+#[async_trait]
+pub trait Queue: Send + Sync {
+    /// After a crash: leases belong to processes, and the store has one process, so every
+    /// lease left is from one that died. Its deliveries are due again — except a `created` of
+    /// a connector that tracks ticket ids (`tracked`): it may have opened the ticket before
+    /// the crash, and sending it again could open a second one. Such a delivery goes dead
+    /// with that reason; an admin checks the target, then resolves it with the ticket's id or
+    /// replays it. Returns how many were set aside so.
+    async fn recover(&self, tracked: Vec<String>) -> Result<usize, StoreError>;
+
+    /// Takes up to `limit` due deliveries for `lease_ms`, oldest due first, skipping
+    /// connectors in `busy` and deliveries waiting behind an earlier one of their ticket.
+    async fn lease_due(
+        &self,
+        limit: usize,
+        lease_ms: i64,
+        busy: Vec<String>,
+    ) -> Result<Vec<LeasedDelivery>, StoreError>;
+
+    /// Records one attempt and moves the delivery on, in one transaction — if this worker
+    /// still holds the lease (`false` when it lost it: another worker owns the delivery now,
+    /// and this attempt's outcome is discarded).
+    async fn record_attempt(
+        &self,
+        delivery_id: String,
+        lease_token: String,
+        record: AttemptRecord,
+        next: NextStep,
+        ticket: Option<TicketUpdate>,
+    ) -> Result<bool, StoreError>;
+
+    /// When the next delivery a worker could take falls due (ms): the earliest at the head of
+    /// its (connector, ticket) line, outside `busy` connectors, not leased.
+    async fn next_due_ms(&self, busy: Vec<String>) -> Result<Option<i64>, StoreError>;
+
+    /// Gives leases (delivery id, lease token) back unused, so the deliveries are due again
+    /// at once.
+    async fn release(&self, leases: Vec<(String, String)>) -> Result<(), StoreError>;
+
+    /// Pushes a held lease's end to `now + lease_ms` while its attempt runs; `false` when the
+    /// lease is no longer this worker's.
+    async fn extend_lease(
+        &self,
+        delivery_id: String,
+        lease_token: String,
+        lease_ms: i64,
+    ) -> Result<bool, StoreError>;
+
+    /// A dead delivery goes back to the queue, due now, its attempts kept; the retry budget
+    /// starts again from here.
+    async fn replay(&self, delivery_id: String) -> Result<ReplayOutcome, StoreError>;
+}
+
+/// Tickets' ends: completion through the back channel, and an admin's resolve of a dead
+/// `created`.
+#[async_trait]
+pub trait Tickets: Send + Sync {
+    /// Completes an incident: records the status, closes its open tickets (a new incident
+    /// with their key opens a new ticket), and queues `completed` for each ticket's connector
+    /// (but those in `skipping`) and for each `upstream` connector. One transaction. A caller
+    /// completes only what it has (its own incidents, or those it has a ticket for); a second
+    /// completion changes nothing.
+    async fn complete(
+        &self,
+        incident_id: String,
+        caller: Caller,
+        reason_code: String,
+        notes: Option<String>,
+        skipping: Vec<String>,
+        upstream: Vec<String>,
+    ) -> Result<CompleteOutcome, StoreError>;
+
+    /// An admin says a dead `created` did open its ticket (seen in the target): it becomes
+    /// delivered with that id, and the ticket's other deliveries go on.
+    async fn resolve(
+        &self,
+        delivery_id: String,
+        ticket_id: String,
+        ticket_url: Option<String>,
+    ) -> Result<ResolveOutcome, StoreError>;
+}
+
+/// What the admin API shows: incidents with their tickets and deliveries, and deliveries.
+#[async_trait]
+pub trait Views: Send + Sync {
+    async fn incident(&self, incident_id: String) -> Result<Option<IncidentView>, StoreError>;
+
+    async fn deliveries(&self, filter: DeliveryFilter) -> Result<Vec<DeliveryView>, StoreError>;
+
+    async fn delivery(&self, delivery_id: String) -> Result<Option<DeliveryView>, StoreError>;
+}
+
+/// A whole store: what a backend implements.
+pub trait Backend: Ingest + Queue + Tickets + Views {}
+
+impl<T: Ingest + Queue + Tickets + Views> Backend for T {}
+
+/// The handle callers hold: cheap to clone, whatever the backend.
+#[derive(Clone)]
+pub struct Store {
+    backend: Arc<dyn Backend>,
+}
+
+impl Store {
+    pub fn new(backend: Arc<dyn Backend>) -> Store {
+        Store { backend }
+    }
+
+    /// Opens (creating if needed) the SQLite store at `path`.
+    pub fn open_sqlite(path: &Path) -> Result<Store, StoreError> {
+        Ok(Store::new(Arc::new(sqlite::Sqlite::open(path)?)))
+    }
+
+    /// See [`Queue::recover`].
+    pub async fn recover(&self, tracked: Vec<String>) -> Result<usize, StoreError> {
+        self.backend.recover(tracked).await
+    }
+
+    /// See [`Tickets::resolve`].
+    pub async fn resolve(
+        &self,
+        delivery_id: String,
+        ticket_id: String,
+        ticket_url: Option<String>,
+    ) -> Result<ResolveOutcome, StoreError> {
+        self.backend
+            .resolve(delivery_id, ticket_id, ticket_url)
+            .await
+    }
+
+    /// See [`Ingest::ingest`].
+    pub async fn ingest(
+        &self,
+        source: String,
+        webhook_id: Option<String>,
+        batch: Vec<NewIncident>,
+    ) -> Result<Ingested, StoreError> {
+        self.backend.ingest(source, webhook_id, batch).await
+    }
+
+    /// See [`Ingest::webhook_id_seen`].
+    pub async fn webhook_id_seen(
+        &self,
+        sources: Vec<String>,
+        webhook_id: String,
+    ) -> Result<bool, StoreError> {
+        self.backend.webhook_id_seen(sources, webhook_id).await
+    }
+
+    /// See [`Queue::lease_due`].
+    pub async fn lease_due(
+        &self,
+        limit: usize,
+        lease_ms: i64,
+        busy: Vec<String>,
+    ) -> Result<Vec<LeasedDelivery>, StoreError> {
+        self.backend.lease_due(limit, lease_ms, busy).await
+    }
+
+    /// See [`Queue::record_attempt`].
+    pub async fn record_attempt(
+        &self,
+        delivery_id: String,
+        lease_token: String,
+        record: AttemptRecord,
+        next: NextStep,
+        ticket: Option<TicketUpdate>,
+    ) -> Result<bool, StoreError> {
+        self.backend
+            .record_attempt(delivery_id, lease_token, record, next, ticket)
+            .await
+    }
+
+    /// See [`Queue::next_due_ms`].
+    pub async fn next_due_ms(&self, busy: Vec<String>) -> Result<Option<i64>, StoreError> {
+        self.backend.next_due_ms(busy).await
+    }
+
+    /// See [`Queue::release`].
+    pub async fn release(&self, leases: Vec<(String, String)>) -> Result<(), StoreError> {
+        self.backend.release(leases).await
+    }
+
+    /// See [`Queue::extend_lease`].
+    pub async fn extend_lease(
+        &self,
+        delivery_id: String,
+        lease_token: String,
+        lease_ms: i64,
+    ) -> Result<bool, StoreError> {
+        self.backend
+            .extend_lease(delivery_id, lease_token, lease_ms)
+            .await
+    }
+
+    /// See [`Queue::replay`].
+    pub async fn replay(&self, delivery_id: String) -> Result<ReplayOutcome, StoreError> {
+        self.backend.replay(delivery_id).await
+    }
+
+    /// See [`Tickets::complete`].
+    pub async fn complete(
+        &self,
+        incident_id: String,
+        caller: Caller,
+        reason_code: String,
+        notes: Option<String>,
+        skipping: Vec<String>,
+        upstream: Vec<String>,
+    ) -> Result<CompleteOutcome, StoreError> {
+        self.backend
+            .complete(incident_id, caller, reason_code, notes, skipping, upstream)
+            .await
+    }
+
+    /// See [`Views::incident`].
+    pub async fn incident(&self, incident_id: String) -> Result<Option<IncidentView>, StoreError> {
+        self.backend.incident(incident_id).await
+    }
+
+    /// See [`Views::deliveries`].
+    pub async fn deliveries(
+        &self,
+        filter: DeliveryFilter,
+    ) -> Result<Vec<DeliveryView>, StoreError> {
+        self.backend.deliveries(filter).await
+    }
+
+    /// See [`Views::delivery`].
+    pub async fn delivery(&self, delivery_id: String) -> Result<Option<DeliveryView>, StoreError> {
+        self.backend.delivery(delivery_id).await
+    }
+}

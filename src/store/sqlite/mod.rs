@@ -1,0 +1,283 @@
+//! The SQLite backend: one file, owned by one process (a lock file enforces it), opened as
+//! owner-only. Writes go through one writer thread that commits them in groups
+//! (`writer`); reads use their own connection (WAL lets them run beside the writer). This
+//! file opens the store and holds its schema; the uses are beside it: `ingest`, `queue`,
+//! `tickets`, `views`.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{Connection, Row};
+
+use crate::model::{Completion, TicketFacts, rfc3339};
+use crate::store::StoreError;
+
+/// The ordering rule, in one place: delivery `d` waits behind an earlier delivery `e` of the
+/// same connector and order key (the ticket) that is pending, or is a dead `created` (its
+/// ticket does not exist yet). Used to lease, to find the next due time, and to show
+/// `waiting_for`.
+macro_rules! waits_behind {
+    () => {
+        "e.connector = d.connector AND e.order_key = d.order_key AND e.seq < d.seq \
+         AND (e.status = 'pending' OR (e.status = 'dead' AND e.event = 'created'))"
+    };
+}
+
+mod ingest;
+mod queue;
+mod tickets;
+mod views;
+mod writer;
+
+#[cfg(test)]
+mod testing;
+
+/// The SQLite store. Cloned only through [`crate::store::Store`].
+pub struct Sqlite {
+    writer: writer::Writer,
+    reader: Arc<Mutex<Connection>>,
+    /// Held for the store's life: one process per SQLite file.
+    _lock: std::fs::File,
+}
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS incidents (
+    incident_id        TEXT PRIMARY KEY,
+    source             TEXT NOT NULL,
+    update_time        REAL,
+    body_hash          TEXT NOT NULL,
+    version_id         INTEGER NOT NULL,
+    versions           INTEGER NOT NULL,
+    status             TEXT NOT NULL DEFAULT 'open',
+    status_change_ms   INTEGER NOT NULL,
+    reason_code        TEXT,
+    notes              TEXT,
+    received_ms        INTEGER NOT NULL,
+    updated_ms         INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS incident_versions (
+    version_id   INTEGER PRIMARY KEY AUTOINCREMENT,
+    incident_id  TEXT NOT NULL,
+    body         TEXT NOT NULL,
+    received_ms  INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS deliveries (
+    seq              INTEGER PRIMARY KEY AUTOINCREMENT,
+    delivery_id      TEXT NOT NULL UNIQUE,
+    incident_id      TEXT NOT NULL,
+    version_id       INTEGER NOT NULL,
+    connector        TEXT NOT NULL,
+    event            TEXT NOT NULL,
+    status           TEXT NOT NULL,
+    attempts         INTEGER NOT NULL DEFAULT 0,
+    budget_attempts  INTEGER NOT NULL DEFAULT 0,
+    budget_since_ms  INTEGER NOT NULL,
+    next_attempt_ms  INTEGER NOT NULL,
+    lease_until_ms   INTEGER NOT NULL DEFAULT 0,
+    lease_token      TEXT,
+    order_key        TEXT NOT NULL,
+    ticket_seq       INTEGER,
+    created_ms       INTEGER NOT NULL,
+    updated_ms       INTEGER NOT NULL,
+    last_error       TEXT
+);
+CREATE INDEX IF NOT EXISTS incident_versions_incident ON incident_versions (incident_id);
+CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (status, next_attempt_ms);
+CREATE INDEX IF NOT EXISTS deliveries_incident ON deliveries (incident_id);
+CREATE INDEX IF NOT EXISTS deliveries_connector ON deliveries (connector, status);
+CREATE INDEX IF NOT EXISTS deliveries_order ON deliveries (connector, order_key, seq);
+CREATE TABLE IF NOT EXISTS tickets (
+    ticket_seq       INTEGER PRIMARY KEY AUTOINCREMENT,
+    connector        TEXT NOT NULL,
+    correlation_key  TEXT NOT NULL,
+    status           TEXT NOT NULL,
+    opened_ms        INTEGER NOT NULL,
+    window_until_ms  INTEGER,
+    ticket_id        TEXT,
+    ticket_url       TEXT,
+    updated_ms       INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS tickets_key ON tickets (connector, correlation_key, status);
+CREATE TABLE IF NOT EXISTS ticket_incidents (
+    ticket_seq   INTEGER NOT NULL,
+    incident_id  TEXT NOT NULL,
+    PRIMARY KEY (ticket_seq, incident_id)
+);
+CREATE INDEX IF NOT EXISTS ticket_incidents_incident ON ticket_incidents (incident_id);
+-- Signed requests' webhook-ids, written in the transaction that stores their incidents: the
+-- uniqueness holds across restarts and for every process on the database (PostgreSQL: the
+-- same table, primary key and INSERT … ON CONFLICT). Rows older than the replay window are
+-- pruned a few at a time through the seen_ms index.
+CREATE TABLE IF NOT EXISTS seen_webhooks (
+    source      TEXT NOT NULL,
+    webhook_id  TEXT NOT NULL,
+    seen_ms     INTEGER NOT NULL,
+    PRIMARY KEY (source, webhook_id)
+);
+CREATE INDEX IF NOT EXISTS seen_webhooks_seen ON seen_webhooks (seen_ms);
+CREATE TABLE IF NOT EXISTS attempts (
+    delivery_id    TEXT NOT NULL,
+    attempt        INTEGER NOT NULL,
+    started_ms     INTEGER NOT NULL,
+    latency_ms     INTEGER NOT NULL,
+    status_code    INTEGER,
+    error          TEXT,
+    response_body  TEXT,
+    outcome        TEXT NOT NULL,
+    PRIMARY KEY (delivery_id, attempt)
+);
+"#;
+
+/// A row read into a named struct, by column name: the SELECT beside each use names the
+/// columns (aliasing computed ones), and this reads them.
+trait FromRow: Sized {
+    fn from_row(row: &Row<'_>) -> rusqlite::Result<Self>;
+}
+
+/// `correlation_key`, `ticket_id`, `ticket_url` of a ticket.
+impl FromRow for TicketFacts {
+    fn from_row(r: &Row<'_>) -> rusqlite::Result<Self> {
+        Ok(TicketFacts {
+            key: r.get("correlation_key")?,
+            id: r.get("ticket_id")?,
+            url: r.get("ticket_url")?,
+        })
+    }
+}
+
+/// `reason_code`, `notes`, `status_change_ms` of a completed incident.
+impl FromRow for Completion {
+    fn from_row(r: &Row<'_>) -> rusqlite::Result<Self> {
+        Ok(Completion {
+            reason_code: r
+                .get::<_, Option<String>>("reason_code")?
+                .unwrap_or_default(),
+            notes: r.get("notes")?,
+            status_change_time: rfc3339(r.get("status_change_ms")?),
+        })
+    }
+}
+
+/// How an incident was completed, once it is.
+fn completion_of(conn: &Connection, incident_id: &str) -> Result<Option<Completion>, StoreError> {
+    use rusqlite::OptionalExtension;
+    Ok(conn
+        .prepare_cached(
+            "SELECT reason_code, notes, status_change_ms FROM incidents
+             WHERE incident_id = ?1 AND status = 'completed'",
+        )?
+        .query_row([incident_id], Completion::from_row)
+        .optional()?)
+}
+
+/// A JSON array of names, for `IN (SELECT value FROM json_each(?))`.
+fn json_list(names: &[String]) -> String {
+    serde_json::to_string(names).unwrap_or_else(|_| "[]".into())
+}
+
+fn private_options() -> std::fs::OpenOptions {
+    let mut options = std::fs::OpenOptions::new();
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options
+}
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Creates `path` (and tightens it and its -wal/-shm files if they exist) as owner-only.
+fn private_file(path: &Path) -> Result<(), StoreError> {
+    private_options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(io_error(path))?;
+    #[cfg(unix)]
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        use std::os::unix::fs::PermissionsExt;
+        let file = PathBuf::from(format!("{}{suffix}", path.display()));
+        match std::fs::metadata(&file) {
+            Ok(meta) if meta.permissions().mode() & 0o077 != 0 => {
+                std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
+                    .map_err(io_error(&file))?;
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_error(&file)(e)),
+        }
+    }
+    Ok(())
+}
+
+fn open_connection(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path).map_err(|source| StoreError::Open {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    // FULL: a commit is on disk before the caller hears of it (power loss included).
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000;",
+    )?;
+    Ok(conn)
+}
+
+impl Sqlite {
+    /// Opens (creating if needed) the SQLite store at `path`, and starts its writer.
+    pub fn open(path: &Path) -> Result<Sqlite, StoreError> {
+        if let Some(dir) = path.parent()
+            && !dir.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(dir).map_err(io_error(path))?;
+        }
+        let lock_path = PathBuf::from(format!("{}.lock", path.display()));
+        let lock = private_options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_error(&lock_path))?;
+        lock.try_lock().map_err(|source| StoreError::InUse {
+            path: path.to_path_buf(),
+            source,
+        })?;
+
+        // The store holds incidents and response bodies: readable by the owner alone.
+        // SQLite gives its -wal and -shm files the database file's mode.
+        private_file(path)?;
+        let conn = open_connection(path)?;
+        conn.execute_batch(SCHEMA)?;
+        let reader = open_connection(path)?;
+        let writer = writer::Writer::spawn(conn).map_err(io_error(path))?;
+        Ok(Sqlite {
+            writer,
+            reader: Arc::new(Mutex::new(reader)),
+            _lock: lock,
+        })
+    }
+
+    /// Runs `f` in the writer's next transaction; resolves after that transaction commits.
+    async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        self.writer.write(f).await
+    }
+
+    /// Runs `f` on the reader connection, off the async threads.
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let reader = self.reader.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = reader.lock().map_err(|_| StoreError::Closed)?;
+            f(&conn)
+        })
+        .await?
+    }
+}

@@ -1,0 +1,724 @@
+//! The delivery queue: queue a delivery, lease due ones (the per-ticket ordering rule), record
+//! an attempt under its lease token, find the next due time, release and extend leases,
+//! replay a dead delivery, and recover leases after a crash.
+
+use async_trait::async_trait;
+use rusqlite::{Connection, OptionalExtension, Row, params};
+
+use super::{FromRow, Sqlite, completion_of, json_list};
+use crate::model::{DeliveryStatus, Event, TicketFacts, now_ms};
+use crate::store::{
+    AttemptRecord, LeasedDelivery, NextStep, Queue, ReplayOutcome, StoreError, TicketUpdate,
+};
+
+#[async_trait]
+impl Queue for Sqlite {
+    async fn recover(&self, tracked: Vec<String>) -> Result<usize, StoreError> {
+        self.write(move |conn| recover(conn, &tracked, now_ms()))
+            .await
+    }
+
+    async fn lease_due(
+        &self,
+        limit: usize,
+        lease_ms: i64,
+        busy: Vec<String>,
+    ) -> Result<Vec<LeasedDelivery>, StoreError> {
+        self.write(move |conn| lease_due(conn, limit, lease_ms, &busy, now_ms()))
+            .await
+    }
+
+    async fn record_attempt(
+        &self,
+        delivery_id: String,
+        lease_token: String,
+        record: AttemptRecord,
+        next: NextStep,
+        ticket: Option<TicketUpdate>,
+    ) -> Result<bool, StoreError> {
+        self.write(move |conn| {
+            let lease = Lease {
+                delivery_id: &delivery_id,
+                token: &lease_token,
+            };
+            record_attempt(conn, &lease, &record, &next, ticket.as_ref(), now_ms())
+        })
+        .await
+    }
+
+    async fn next_due_ms(&self, busy: Vec<String>) -> Result<Option<i64>, StoreError> {
+        self.read(move |conn| next_due_ms(conn, &busy)).await
+    }
+
+    async fn release(&self, leases: Vec<(String, String)>) -> Result<(), StoreError> {
+        self.write(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "UPDATE deliveries SET lease_until_ms = 0, lease_token = NULL
+                 WHERE delivery_id = ?1 AND lease_token = ?2 AND status = 'pending'",
+            )?;
+            for (id, token) in leases {
+                stmt.execute([id, token])?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn extend_lease(
+        &self,
+        delivery_id: String,
+        lease_token: String,
+        lease_ms: i64,
+    ) -> Result<bool, StoreError> {
+        self.write(move |conn| {
+            let lease = Lease {
+                delivery_id: &delivery_id,
+                token: &lease_token,
+            };
+            extend_lease(conn, &lease, now_ms().saturating_add(lease_ms))
+        })
+        .await
+    }
+
+    async fn replay(&self, delivery_id: String) -> Result<ReplayOutcome, StoreError> {
+        self.write(move |conn| replay(conn, &delivery_id, now_ms()))
+            .await
+    }
+}
+
+/// A delivery to queue.
+pub(super) struct NewDelivery<'a> {
+    pub incident_id: &'a str,
+    pub version_id: i64,
+    pub connector: &'a str,
+    pub event: Event,
+    pub ticket_seq: Option<i64>,
+}
+
+/// The line a delivery waits in: deliveries of one ticket share an order key and go one at a
+/// time, in the order they were queued; without a ticket, the incident orders them.
+pub(super) fn order_key(incident_id: &str, ticket_seq: Option<i64>) -> String {
+    match ticket_seq {
+        Some(seq) => format!("ticket:{seq}"),
+        None => format!("incident:{incident_id}"),
+    }
+}
+
+/// Queues one delivery, due at `now`; returns its id.
+pub(super) fn insert_delivery(
+    conn: &Connection,
+    d: &NewDelivery<'_>,
+    now: i64,
+) -> Result<String, StoreError> {
+    let id = format!("msg_{}", uuid::Uuid::now_v7().simple());
+    conn.prepare_cached(
+        "INSERT INTO deliveries (delivery_id, incident_id, version_id, connector, event, status,
+                                 order_key, ticket_seq, budget_since_ms, next_attempt_ms, created_ms, updated_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6, ?7, ?8, ?8, ?8, ?8)",
+    )?
+    .execute(params![
+        id,
+        d.incident_id,
+        d.version_id,
+        d.connector,
+        d.event.as_str(),
+        order_key(d.incident_id, d.ticket_seq),
+        d.ticket_seq,
+        now
+    ])?;
+    Ok(id)
+}
+
+/// A held lease: the delivery and the token that proves this worker holds it.
+pub(super) struct Lease<'a> {
+    pub delivery_id: &'a str,
+    pub token: &'a str,
+}
+
+/// A due delivery at the head of its line, before it is leased.
+struct Due {
+    seq: i64,
+    delivery_id: String,
+    incident_id: String,
+    version_id: i64,
+    connector: String,
+    event: String,
+    attempts: u32,
+    budget_attempts: u32,
+    budget_since_ms: i64,
+    ticket_seq: Option<i64>,
+}
+
+impl FromRow for Due {
+    fn from_row(r: &Row<'_>) -> rusqlite::Result<Self> {
+        Ok(Due {
+            seq: r.get("seq")?,
+            delivery_id: r.get("delivery_id")?,
+            incident_id: r.get("incident_id")?,
+            version_id: r.get("version_id")?,
+            connector: r.get("connector")?,
+            event: r.get("event")?,
+            attempts: r.get("attempts")?,
+            budget_attempts: r.get("budget_attempts")?,
+            budget_since_ms: r.get("budget_since_ms")?,
+            ticket_seq: r.get("ticket_seq")?,
+        })
+    }
+}
+
+/// The incident version a delivery carries.
+struct Version {
+    body: String,
+    received_ms: i64,
+}
+
+impl FromRow for Version {
+    fn from_row(r: &Row<'_>) -> rusqlite::Result<Self> {
+        Ok(Version {
+            body: r.get("body")?,
+            received_ms: r.get("received_ms")?,
+        })
+    }
+}
+
+fn lease_token() -> String {
+    uuid::Uuid::now_v7().simple().to_string()
+}
+
+/// [`Queue::lease_due`] at `now`: due, not leased, outside `busy`, and not waiting behind an
+/// earlier delivery of its ticket (the ordering rule, `waits_behind!`).
+pub(super) fn lease_due(
+    conn: &Connection,
+    limit: usize,
+    lease_ms: i64,
+    busy: &[String],
+    now: i64,
+) -> Result<Vec<LeasedDelivery>, StoreError> {
+    let candidates = conn
+        .prepare_cached(concat!(
+            "SELECT d.seq, d.delivery_id, d.incident_id, d.version_id, d.connector, d.event,
+                    d.attempts, d.budget_attempts, d.budget_since_ms, d.ticket_seq
+             FROM deliveries d
+             WHERE d.status = 'pending' AND d.next_attempt_ms <= ?1 AND d.lease_until_ms <= ?1
+               AND d.connector NOT IN (SELECT value FROM json_each(?2))
+               AND NOT EXISTS (SELECT 1 FROM deliveries e WHERE ",
+            waits_behind!(),
+            ")
+             ORDER BY d.next_attempt_ms, d.seq LIMIT ?3"
+        ))?
+        .query_map(
+            params![
+                now,
+                json_list(busy),
+                i64::try_from(limit).unwrap_or(i64::MAX)
+            ],
+            Due::from_row,
+        )?
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut ticket_of = conn.prepare_cached(
+        "SELECT correlation_key, ticket_id, ticket_url FROM tickets WHERE ticket_seq = ?1",
+    )?;
+    let mut take = conn.prepare_cached(
+        "UPDATE deliveries SET lease_until_ms = ?2, lease_token = ?3 WHERE seq = ?1",
+    )?;
+    let mut version_of = conn
+        .prepare_cached("SELECT body, received_ms FROM incident_versions WHERE version_id = ?1")?;
+    let mut leased = Vec::with_capacity(candidates.len());
+    for due in candidates {
+        let version = version_of
+            .query_row([due.version_id], Version::from_row)
+            .optional()?;
+        let (Some(version), Some(event)) = (version, Event::parse(&due.event)) else {
+            // A row this version cannot read must not stop every other delivery.
+            conn.execute(
+                "UPDATE deliveries SET status = 'dead', updated_ms = ?2,
+                        last_error = 'stored delivery is unreadable (missing incident version or unknown event)'
+                 WHERE seq = ?1",
+                params![due.seq, now],
+            )?;
+            continue;
+        };
+        let ticket = match due.ticket_seq {
+            Some(t) => ticket_of
+                .query_row([t], TicketFacts::from_row)
+                .optional()?
+                .unwrap_or_default(),
+            None => TicketFacts::default(),
+        };
+        let completion = completion_of(conn, &due.incident_id)?;
+        let lease_token = lease_token();
+        take.execute(params![due.seq, now.saturating_add(lease_ms), lease_token])?;
+        leased.push(LeasedDelivery {
+            id: due.delivery_id,
+            lease_token,
+            incident_id: due.incident_id,
+            connector: due.connector,
+            event,
+            attempts: due.attempts,
+            budget_attempts: due.budget_attempts,
+            budget_since_ms: due.budget_since_ms,
+            incident_body: version.body,
+            received_at_ms: version.received_ms,
+            ticket_seq: due.ticket_seq,
+            ticket,
+            completion,
+        });
+    }
+    Ok(leased)
+}
+
+/// Where an attempt leaves its delivery.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct Transition {
+    pub status: DeliveryStatus,
+    /// When it is due again (0 once it is no longer pending).
+    pub next_attempt_ms: i64,
+    /// What the admin sees as the delivery's last error.
+    pub last_error: Option<String>,
+}
+
+/// The delivery's state after an attempt that ended in `next`: a retry keeps the attempt's
+/// error (or its HTTP status), a dead delivery the reason it was given up on.
+pub(super) fn transition(record: &AttemptRecord, next: &NextStep) -> Transition {
+    match next {
+        NextStep::Delivered => Transition {
+            status: DeliveryStatus::Delivered,
+            next_attempt_ms: 0,
+            last_error: None,
+        },
+        NextStep::RetryAt { at_ms } => Transition {
+            status: DeliveryStatus::Pending,
+            next_attempt_ms: *at_ms,
+            last_error: record
+                .error
+                .clone()
+                .or_else(|| record.status_code.map(|c| format!("HTTP {c}"))),
+        },
+        NextStep::Dead { reason } => Transition {
+            status: DeliveryStatus::Dead,
+            next_attempt_ms: 0,
+            last_error: Some(reason.clone()),
+        },
+    }
+}
+
+/// [`Queue::record_attempt`] at `now`: `false` (and nothing written) unless `lease` is still
+/// the delivery's.
+pub(super) fn record_attempt(
+    conn: &Connection,
+    lease: &Lease<'_>,
+    record: &AttemptRecord,
+    next: &NextStep,
+    ticket: Option<&TicketUpdate>,
+    now: i64,
+) -> Result<bool, StoreError> {
+    let to = transition(record, next);
+    let changed = conn
+        .prepare_cached(
+            "UPDATE deliveries SET status = ?3, attempts = ?4, next_attempt_ms = ?5, lease_until_ms = 0,
+                    lease_token = NULL, updated_ms = ?6, last_error = ?7
+             WHERE delivery_id = ?1 AND lease_token = ?2 AND status = 'pending'",
+        )?
+        .execute(params![
+            lease.delivery_id,
+            lease.token,
+            to.status.as_str(),
+            record.attempt,
+            to.next_attempt_ms,
+            now,
+            to.last_error
+        ])?;
+    if changed == 0 {
+        return Ok(false);
+    }
+    if let Some(t) = ticket {
+        conn.prepare_cached(
+            "UPDATE tickets SET ticket_id = ?2, ticket_url = ?3, updated_ms = ?4 WHERE ticket_seq = ?1",
+        )?
+        .execute(params![t.ticket_seq, t.id, t.url, now])?;
+    }
+    conn.prepare_cached(
+        "INSERT INTO attempts (delivery_id, attempt, started_ms, latency_ms, status_code, error, response_body, outcome)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?
+    .execute(params![
+        lease.delivery_id,
+        record.attempt,
+        record.started_at_ms,
+        record.latency_ms,
+        record.status_code,
+        record.error,
+        record.response_body,
+        record.outcome.as_str(),
+    ])?;
+    Ok(true)
+}
+
+/// [`Queue::next_due_ms`]: the earliest time a delivery at the head of its line falls due.
+fn next_due_ms(conn: &Connection, busy: &[String]) -> Result<Option<i64>, StoreError> {
+    Ok(conn
+        .prepare_cached(concat!(
+            "SELECT MIN(MAX(d.next_attempt_ms, d.lease_until_ms)) AS due_ms FROM deliveries d
+             WHERE d.status = 'pending'
+               AND d.connector NOT IN (SELECT value FROM json_each(?1))
+               AND NOT EXISTS (SELECT 1 FROM deliveries e WHERE ",
+            waits_behind!(),
+            ")"
+        ))?
+        .query_row([json_list(busy)], |r| r.get::<_, Option<i64>>("due_ms"))
+        .optional()?
+        .flatten())
+}
+
+/// Moves a held lease's end to `until`; `false` when the lease is no longer `lease`.
+fn extend_lease(conn: &Connection, lease: &Lease<'_>, until: i64) -> Result<bool, StoreError> {
+    let changed = conn
+        .prepare_cached(
+            "UPDATE deliveries SET lease_until_ms = ?3
+             WHERE delivery_id = ?1 AND lease_token = ?2 AND status = 'pending'",
+        )?
+        .execute(params![lease.delivery_id, lease.token, until])?;
+    Ok(changed == 1)
+}
+
+/// [`Queue::replay`] at `now`.
+pub(super) fn replay(
+    conn: &Connection,
+    delivery_id: &str,
+    now: i64,
+) -> Result<ReplayOutcome, StoreError> {
+    let status: Option<String> = conn
+        .prepare_cached("SELECT status FROM deliveries WHERE delivery_id = ?1")?
+        .query_row([delivery_id], |r| r.get("status"))
+        .optional()?;
+    match status.as_deref() {
+        None => Ok(ReplayOutcome::NotFound),
+        Some("dead") => {
+            conn.prepare_cached(
+                "UPDATE deliveries SET status = 'pending', next_attempt_ms = ?2, lease_until_ms = 0,
+                        budget_attempts = attempts, budget_since_ms = ?2, updated_ms = ?2
+                 WHERE delivery_id = ?1",
+            )?
+            .execute(params![delivery_id, now])?;
+            Ok(ReplayOutcome::Replayed)
+        }
+        Some(other) => Ok(ReplayOutcome::NotDead(other.to_string())),
+    }
+}
+
+/// [`Queue::recover`] at `now`.
+fn recover(conn: &Connection, tracked: &[String], now: i64) -> Result<usize, StoreError> {
+    let parked = conn.execute(
+        "UPDATE deliveries SET status = 'dead', lease_until_ms = 0, lease_token = NULL, updated_ms = ?2,
+                last_error = 'interrupted: the gateway stopped while this created request was being sent, so the target may already have opened the ticket. Look there, then POST /v1/deliveries/{id}/resolve with its ticket_id, or replay to send it again'
+         WHERE status = 'pending' AND lease_until_ms > 0 AND event = 'created'
+           AND connector IN (SELECT value FROM json_each(?1))",
+        params![json_list(tracked), now],
+    )?;
+    conn.execute(
+        "UPDATE deliveries SET lease_until_ms = 0, lease_token = NULL
+         WHERE status = 'pending' AND lease_until_ms > 0",
+        [],
+    )?;
+    Ok(parked)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::*;
+    use super::*;
+    use crate::model::AttemptOutcome;
+    use crate::store::Store;
+
+    const LEASE: i64 = 30_000;
+
+    fn record(attempt: u32, outcome: AttemptOutcome) -> AttemptRecord {
+        AttemptRecord {
+            attempt,
+            started_at_ms: 0,
+            latency_ms: 5,
+            status_code: Some(500),
+            error: None,
+            response_body: None,
+            outcome,
+        }
+    }
+
+    fn ids(leased: &[LeasedDelivery]) -> Vec<&str> {
+        leased.iter().map(|d| d.id.as_str()).collect()
+    }
+
+    fn finish(db: &TestDb, d: &LeasedDelivery, next: NextStep, now: i64) -> bool {
+        let outcome = match next {
+            NextStep::Delivered => AttemptOutcome::Delivered,
+            NextStep::RetryAt { .. } => AttemptOutcome::Retry,
+            NextStep::Dead { .. } => AttemptOutcome::Dead,
+        };
+        let lease = Lease {
+            delivery_id: &d.id,
+            token: &d.lease_token,
+        };
+        record_attempt(
+            &db.conn,
+            &lease,
+            &record(d.attempts + 1, outcome),
+            &next,
+            None,
+            now,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn an_update_waits_while_its_created_is_pending_or_dead_and_goes_once_it_is_delivered() {
+        let db = TestDb::new();
+        let route = route("jira", "k", None);
+        let created = db
+            .ingest_one(incident("A").routed(&route), 1_000)
+            .deliveries[0]
+            .id
+            .clone();
+        let updated = db
+            .ingest_one(incident("B").routed(&route), 1_001)
+            .deliveries[0]
+            .id
+            .clone();
+        // Another ticket's delivery is not held up.
+        let other = db
+            .ingest_one(incident("C").routed(&route_other()), 1_002)
+            .deliveries[0]
+            .id
+            .clone();
+
+        let first = lease_due(&db.conn, 10, LEASE, &[], 2_000).unwrap();
+        assert_eq!(ids(&first), [created.as_str(), other.as_str()]);
+        assert_eq!(next_due_ms(&db.conn, &[]).unwrap(), Some(2_000 + LEASE));
+
+        // Created fails and is given up on: the update still waits (no ticket to update).
+        assert!(finish(
+            &db,
+            &first[0],
+            NextStep::Dead {
+                reason: "HTTP 400".into()
+            },
+            2_100
+        ));
+        assert_eq!(db.status(&created), "dead");
+        assert!(finish(&db, &first[1], NextStep::Delivered, 2_101));
+        assert!(
+            lease_due(&db.conn, 10, LEASE, &[], 100_000)
+                .unwrap()
+                .is_empty()
+        );
+
+        // Replayed, it goes first again; delivered, the update follows.
+        assert_eq!(
+            replay(&db.conn, &created, 100_001).unwrap(),
+            ReplayOutcome::Replayed
+        );
+        let again = lease_due(&db.conn, 10, LEASE, &[], 100_002).unwrap();
+        assert_eq!(ids(&again), [created.as_str()]);
+        assert_eq!(again[0].budget_attempts, 1);
+        assert!(finish(&db, &again[0], NextStep::Delivered, 100_003));
+        let then = lease_due(&db.conn, 10, LEASE, &[], 100_004).unwrap();
+        assert_eq!(ids(&then), [updated.as_str()]);
+        assert_eq!(then[0].event, Event::Updated);
+    }
+
+    fn route_other() -> crate::store::Route {
+        route("chat", "k", None)
+    }
+
+    #[test]
+    fn a_retry_holds_its_followers_until_it_is_done() {
+        let db = TestDb::new();
+        let route = route("jira", "k", None);
+        let created = db
+            .ingest_one(incident("A").routed(&route), 1_000)
+            .deliveries[0]
+            .id
+            .clone();
+        db.ingest_one(incident("B").routed(&route), 1_001);
+        let first = lease_due(&db.conn, 10, LEASE, &[], 2_000).unwrap();
+        assert!(finish(
+            &db,
+            &first[0],
+            NextStep::RetryAt { at_ms: 5_000 },
+            2_001
+        ));
+        assert!(
+            lease_due(&db.conn, 10, LEASE, &[], 4_999)
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(next_due_ms(&db.conn, &[]).unwrap(), Some(5_000));
+        let retry = lease_due(&db.conn, 10, LEASE, &[], 5_000).unwrap();
+        assert_eq!(ids(&retry), [created.as_str()]);
+        assert_eq!(retry[0].attempts, 1);
+        // A busy connector's deliveries are left alone.
+        assert!(
+            lease_due(&db.conn, 10, LEASE, &["jira".into()], 100_000)
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_stale_lease_token_cannot_record_extend_or_release() {
+        let db = TestDb::new();
+        let id = db
+            .ingest_one(incident("A").routed(&route("jira", "k", None)), 1_000)
+            .deliveries[0]
+            .id
+            .clone();
+        let stale = lease_due(&db.conn, 10, LEASE, &[], 2_000)
+            .unwrap()
+            .remove(0);
+        // Held: nobody else takes it until the lease ends.
+        assert!(
+            lease_due(&db.conn, 10, LEASE, &[], 2_000 + LEASE - 1)
+                .unwrap()
+                .is_empty()
+        );
+        // The lease ran out; another worker took the delivery.
+        let fresh = lease_due(&db.conn, 10, LEASE, &[], 2_000 + LEASE)
+            .unwrap()
+            .remove(0);
+        assert_eq!(fresh.id, id);
+        assert_ne!(fresh.lease_token, stale.lease_token);
+
+        let stale_lease = Lease {
+            delivery_id: &id,
+            token: &stale.lease_token,
+        };
+        assert!(!extend_lease(&db.conn, &stale_lease, 999_999).unwrap());
+        assert!(!finish(&db, &stale, NextStep::Delivered, 40_000));
+        assert_eq!(db.status(&id), "pending");
+        assert_eq!(db.count("attempts"), 0);
+
+        let fresh_lease = Lease {
+            delivery_id: &id,
+            token: &fresh.lease_token,
+        };
+        assert!(extend_lease(&db.conn, &fresh_lease, 99_000).unwrap());
+        assert!(finish(&db, &fresh, NextStep::Delivered, 40_001));
+        assert_eq!(db.status(&id), "delivered");
+        assert_eq!(db.count("attempts"), 1);
+        // Recorded once: the same token cannot record again.
+        assert!(!finish(&db, &fresh, NextStep::Delivered, 40_002));
+        assert_eq!(db.count("attempts"), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn through_the_store_a_stale_lease_is_refused_and_release_needs_the_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_sqlite(&dir.path().join("gateway.db")).unwrap();
+        store
+            .ingest(
+                "src".into(),
+                None,
+                vec![incident("A").routed(&route("jira", "k", None))],
+            )
+            .await
+            .unwrap();
+        // A zero-length lease ends at once: the next lease_due takes the delivery again.
+        let stale = store.lease_due(10, 0, vec![]).await.unwrap().remove(0);
+        let fresh = store.lease_due(10, LEASE, vec![]).await.unwrap().remove(0);
+        assert_eq!(stale.id, fresh.id);
+        store
+            .release(vec![(stale.id.clone(), stale.lease_token.clone())])
+            .await
+            .unwrap();
+        assert!(store.lease_due(10, LEASE, vec![]).await.unwrap().is_empty());
+        let recorded = store
+            .record_attempt(
+                stale.id.clone(),
+                stale.lease_token.clone(),
+                record(1, AttemptOutcome::Delivered),
+                NextStep::Delivered,
+                None,
+            )
+            .await
+            .unwrap();
+        assert!(!recorded);
+        assert!(
+            !store
+                .extend_lease(stale.id.clone(), stale.lease_token.clone(), LEASE)
+                .await
+                .unwrap()
+        );
+        store
+            .release(vec![(fresh.id.clone(), fresh.lease_token.clone())])
+            .await
+            .unwrap();
+        let back = store.lease_due(10, LEASE, vec![]).await.unwrap();
+        assert_eq!(back.len(), 1);
+        let view = store.delivery(fresh.id.clone()).await.unwrap().unwrap();
+        assert_eq!(view.status, "pending");
+        assert_eq!(view.attempt_count, 0);
+    }
+
+    #[test]
+    fn an_attempt_moves_its_delivery_as_its_next_step_says() {
+        let mut r = record(1, AttemptOutcome::Retry);
+        assert_eq!(
+            transition(&r, &NextStep::RetryAt { at_ms: 7 }),
+            Transition {
+                status: DeliveryStatus::Pending,
+                next_attempt_ms: 7,
+                last_error: Some("HTTP 500".into())
+            }
+        );
+        r.error = Some("connection refused".into());
+        assert_eq!(
+            transition(&r, &NextStep::RetryAt { at_ms: 7 })
+                .last_error
+                .as_deref(),
+            Some("connection refused")
+        );
+        assert_eq!(
+            transition(
+                &r,
+                &NextStep::Dead {
+                    reason: "gone".into()
+                }
+            ),
+            Transition {
+                status: DeliveryStatus::Dead,
+                next_attempt_ms: 0,
+                last_error: Some("gone".into())
+            }
+        );
+        assert_eq!(
+            transition(&r, &NextStep::Delivered).status,
+            DeliveryStatus::Delivered
+        );
+    }
+
+    #[test]
+    fn recovery_parks_interrupted_created_requests_of_tracked_connectors() {
+        let db = TestDb::new();
+        let jira = db
+            .ingest_one(incident("A").routed(&route("jira", "k", None)), 1_000)
+            .deliveries[0]
+            .id
+            .clone();
+        let chat = db
+            .ingest_one(incident("B").routed(&route("chat", "k", None)), 1_000)
+            .deliveries[0]
+            .id
+            .clone();
+        assert_eq!(lease_due(&db.conn, 10, LEASE, &[], 2_000).unwrap().len(), 2);
+        assert_eq!(recover(&db.conn, &["jira".into()], 3_000).unwrap(), 1);
+        assert_eq!(db.status(&jira), "dead");
+        assert_eq!(db.status(&chat), "pending");
+        let due = lease_due(&db.conn, 10, LEASE, &[], 3_001).unwrap();
+        assert_eq!(ids(&due), [chat.as_str()]);
+    }
+
+    #[test]
+    fn order_keys_are_per_ticket_else_per_incident() {
+        assert_eq!(order_key("A", Some(7)), "ticket:7");
+        assert_eq!(order_key("A", None), "incident:A");
+    }
+}

@@ -1,0 +1,94 @@
+//! Test fixtures for the SQLite backend's unit tests: a real database file in a temporary
+//! directory, incidents and routes, and a clock the test sets.
+
+use rusqlite::Connection;
+
+use super::{SCHEMA, open_connection};
+use crate::store::{IngestOutcome, Ingested, NewIncident, Route};
+
+/// A store file with the schema, and a connection to it; the rules run on it directly, each
+/// call with the time the test gives.
+pub struct TestDb {
+    pub conn: Connection,
+    _dir: tempfile::TempDir,
+}
+
+impl TestDb {
+    pub fn new() -> TestDb {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = open_connection(&dir.path().join("gateway.db")).unwrap();
+        conn.execute_batch(SCHEMA).unwrap();
+        TestDb { conn, _dir: dir }
+    }
+
+    /// Ingests one incident from source `src` at `now`.
+    pub fn ingest_one(&self, inc: NewIncident, now: i64) -> IngestOutcome {
+        match super::ingest::ingest(&self.conn, "src", None, vec![inc], now).unwrap() {
+            Ingested::Stored(mut outcomes) => outcomes.remove(0),
+            Ingested::Replay => panic!("no webhook id was given"),
+        }
+    }
+
+    pub fn count(&self, table: &str) -> i64 {
+        self.conn
+            .query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))
+            .unwrap()
+    }
+
+    pub fn exec(&self, sql: &str) {
+        self.conn.execute_batch(sql).unwrap();
+    }
+
+    /// The status of a delivery.
+    pub fn status(&self, delivery_id: &str) -> String {
+        self.conn
+            .query_row(
+                "SELECT status FROM deliveries WHERE delivery_id = ?1",
+                [delivery_id],
+                |r| r.get("status"),
+            )
+            .unwrap()
+    }
+}
+
+pub fn incident(id: &str) -> NewIncident {
+    NewIncident {
+        incident_id: id.into(),
+        update_time: None,
+        body: format!("{{\"incidentId\":\"{id}\"}}"),
+        body_hash: id.into(),
+        routes: vec![],
+    }
+}
+
+/// Incident `id` with `updateTime` `time`, whose body (and hash) is told by `version`.
+pub fn incident_with(id: &str, time: Option<f64>, version: &str) -> NewIncident {
+    NewIncident {
+        incident_id: id.into(),
+        update_time: time,
+        body: format!("{{\"incidentId\":\"{id}\",\"v\":\"{version}\"}}"),
+        body_hash: format!("{id}/{version}"),
+        routes: vec![],
+    }
+}
+
+/// A route to `connector` under correlation key `key`, sending `updated`.
+pub fn route(connector: &str, key: &str, aggregate_for_ms: Option<i64>) -> Route {
+    Route {
+        connector: connector.into(),
+        key: key.into(),
+        aggregate_for_ms,
+        sends_updated: true,
+    }
+}
+
+pub trait Routed {
+    fn routed(self, route: &Route) -> Self;
+}
+
+impl Routed for NewIncident {
+    fn routed(mut self, route: &Route) -> NewIncident {
+        self.routes.push(route.clone());
+        self
+    }
+}

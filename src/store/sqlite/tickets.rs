@@ -1,0 +1,647 @@
+//! Tickets: which ticket an incident joins (the aggregation window), completion through the
+//! back channel (close the tickets, queue `completed`), and an admin's resolve of a dead
+//! `created`.
+
+use async_trait::async_trait;
+use rusqlite::{Connection, OptionalExtension, Row, params};
+
+use super::{FromRow, Sqlite, queue};
+use crate::model::{Event, now_ms, rfc3339};
+use crate::store::{
+    Caller, CompleteOutcome, DeliveryRef, ResolveOutcome, Route, StoreError, Tickets,
+};
+
+#[async_trait]
+impl Tickets for Sqlite {
+    async fn complete(
+        &self,
+        incident_id: String,
+        caller: Caller,
+        reason_code: String,
+        notes: Option<String>,
+        skipping: Vec<String>,
+        upstream: Vec<String>,
+    ) -> Result<CompleteOutcome, StoreError> {
+        self.write(move |conn| {
+            let request = Completing {
+                incident_id: &incident_id,
+                caller: &caller,
+                reason_code: &reason_code,
+                notes: notes.as_deref(),
+                skipping: &skipping,
+                upstream: &upstream,
+            };
+            complete(conn, &request, now_ms())
+        })
+        .await
+    }
+
+    async fn resolve(
+        &self,
+        delivery_id: String,
+        ticket_id: String,
+        ticket_url: Option<String>,
+    ) -> Result<ResolveOutcome, StoreError> {
+        self.write(move |conn| {
+            resolve(
+                conn,
+                &delivery_id,
+                &ticket_id,
+                ticket_url.as_deref(),
+                now_ms(),
+            )
+        })
+        .await
+    }
+}
+
+/// The ticket an incident joined for one connector, and the event that tells its target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Attached {
+    pub ticket_seq: i64,
+    /// `created` for a ticket's first delivery, `updated` for every later one.
+    pub event: Event,
+}
+
+/// Until when a ticket opened at `now` takes more incidents: `None` (no aggregation window)
+/// means until it is completed.
+pub(super) fn window_until(now: i64, aggregate_for_ms: Option<i64>) -> Option<i64> {
+    aggregate_for_ms.map(|ms| now.saturating_add(ms))
+}
+
+/// The ticket an incident joins for one connector: the one it is already on, else the open
+/// one with its key whose aggregation window has not ended, else a new one.
+pub(super) fn attach_to_ticket(
+    conn: &Connection,
+    incident_id: &str,
+    route: &Route,
+    now: i64,
+) -> Result<Attached, StoreError> {
+    // A new version of an incident stays on the ticket it is already on (whatever its key
+    // renders to now, and however long ago the ticket opened); the window only limits other
+    // incidents joining.
+    let own: Option<i64> = conn
+        .prepare_cached(
+            "SELECT t.ticket_seq FROM tickets t JOIN ticket_incidents ti ON ti.ticket_seq = t.ticket_seq
+             WHERE ti.incident_id = ?1 AND t.connector = ?2 AND t.status = 'open'
+             ORDER BY t.ticket_seq DESC LIMIT 1",
+        )?
+        .query_row(params![incident_id, route.connector], |r| r.get("ticket_seq"))
+        .optional()?;
+    let open: Option<i64> = match own {
+        Some(seq) => Some(seq),
+        None => conn
+            .prepare_cached(
+                "SELECT ticket_seq FROM tickets
+                 WHERE connector = ?1 AND correlation_key = ?2 AND status = 'open'
+                   AND (window_until_ms IS NULL OR window_until_ms > ?3)
+                 ORDER BY ticket_seq DESC LIMIT 1",
+            )?
+            .query_row(params![route.connector, route.key, now], |r| {
+                r.get("ticket_seq")
+            })
+            .optional()?,
+    };
+    let attached = match open {
+        Some(ticket_seq) => Attached {
+            ticket_seq,
+            event: Event::Updated,
+        },
+        None => {
+            conn.prepare_cached(
+                "INSERT INTO tickets (connector, correlation_key, status, opened_ms, window_until_ms, updated_ms)
+                 VALUES (?1, ?2, 'open', ?3, ?4, ?3)",
+            )?
+            .execute(params![
+                route.connector,
+                route.key,
+                now,
+                window_until(now, route.aggregate_for_ms)
+            ])?;
+            Attached {
+                ticket_seq: conn.last_insert_rowid(),
+                event: Event::Created,
+            }
+        }
+    };
+    conn.prepare_cached(
+        "INSERT OR IGNORE INTO ticket_incidents (ticket_seq, incident_id) VALUES (?1, ?2)",
+    )?
+    .execute(params![attached.ticket_seq, incident_id])?;
+    Ok(attached)
+}
+
+/// A completion as the back channel asked for it.
+pub(super) struct Completing<'a> {
+    pub incident_id: &'a str,
+    pub caller: &'a Caller,
+    pub reason_code: &'a str,
+    pub notes: Option<&'a str>,
+    /// Connectors that get no `completed` (they asked for none, or they are the caller).
+    pub skipping: &'a [String],
+    /// Connectors that hear of every completion, ticket or not.
+    pub upstream: &'a [String],
+}
+
+/// What completion needs to know of an incident.
+struct IncidentState {
+    status: String,
+    status_change_ms: i64,
+    version_id: i64,
+    source: String,
+}
+
+impl FromRow for IncidentState {
+    fn from_row(r: &Row<'_>) -> rusqlite::Result<Self> {
+        Ok(IncidentState {
+            status: r.get("status")?,
+            status_change_ms: r.get("status_change_ms")?,
+            version_id: r.get("version_id")?,
+            source: r.get("source")?,
+        })
+    }
+}
+
+/// An open ticket an incident is on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct OpenTicket {
+    pub ticket_seq: i64,
+    pub connector: String,
+}
+
+impl FromRow for OpenTicket {
+    fn from_row(r: &Row<'_>) -> rusqlite::Result<Self> {
+        Ok(OpenTicket {
+            ticket_seq: r.get("ticket_seq")?,
+            connector: r.get("connector")?,
+        })
+    }
+}
+
+/// Where one `completed` goes: a connector, and the ticket it closes (none for an upstream
+/// connector, which hears of the incident itself).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct CompletedTo {
+    pub connector: String,
+    pub ticket_seq: Option<i64>,
+}
+
+/// Who hears of a completion: each open ticket's connector, then each upstream connector,
+/// but none in `skipping`.
+pub(super) fn completion_targets(
+    tickets: &[OpenTicket],
+    upstream: &[String],
+    skipping: &[String],
+) -> Vec<CompletedTo> {
+    let on_tickets = tickets.iter().map(|t| CompletedTo {
+        connector: t.connector.clone(),
+        ticket_seq: Some(t.ticket_seq),
+    });
+    let upstream = upstream.iter().map(|c| CompletedTo {
+        connector: c.clone(),
+        ticket_seq: None,
+    });
+    on_tickets
+        .chain(upstream)
+        .filter(|to| !skipping.contains(&to.connector))
+        .collect()
+}
+
+/// A token completes only what its holder has: a source its own incidents, a connector's
+/// target those it has a ticket for. An incident the caller does not have is, for it, not
+/// there.
+fn entitled(
+    conn: &Connection,
+    incident_id: &str,
+    source: &str,
+    caller: &Caller,
+) -> Result<bool, StoreError> {
+    Ok(match caller {
+        Caller::Source(name) => name == source,
+        Caller::Connector(name) => conn
+            .prepare_cached(
+                "SELECT 1 FROM tickets t JOIN ticket_incidents ti ON ti.ticket_seq = t.ticket_seq
+                 WHERE ti.incident_id = ?1 AND t.connector = ?2 LIMIT 1",
+            )?
+            .exists(params![incident_id, name])?,
+    })
+}
+
+/// [`Tickets::complete`] at `now`, in the caller's transaction.
+pub(super) fn complete(
+    conn: &Connection,
+    request: &Completing<'_>,
+    now: i64,
+) -> Result<CompleteOutcome, StoreError> {
+    let incident_id = request.incident_id;
+    let state = conn
+        .prepare_cached(
+            "SELECT status, status_change_ms, version_id, source FROM incidents
+             WHERE incident_id = ?1",
+        )?
+        .query_row([incident_id], IncidentState::from_row)
+        .optional()?;
+    let Some(state) = state else {
+        return Ok(CompleteOutcome::NotFound);
+    };
+    if !entitled(conn, incident_id, &state.source, request.caller)? {
+        return Ok(CompleteOutcome::NotFound);
+    }
+    if state.status == "completed" {
+        return Ok(CompleteOutcome::AlreadyCompleted {
+            since: rfc3339(state.status_change_ms),
+        });
+    }
+    conn.prepare_cached(
+        "UPDATE incidents SET status = 'completed', reason_code = ?2, notes = ?3,
+                status_change_ms = ?4, updated_ms = ?4
+         WHERE incident_id = ?1",
+    )?
+    .execute(params![
+        incident_id,
+        request.reason_code,
+        request.notes,
+        now
+    ])?;
+    let tickets = conn
+        .prepare_cached(
+            "SELECT t.ticket_seq, t.connector FROM tickets t
+             JOIN ticket_incidents ti ON ti.ticket_seq = t.ticket_seq
+             WHERE ti.incident_id = ?1 AND t.status = 'open' ORDER BY t.ticket_seq",
+        )?
+        .query_map([incident_id], OpenTicket::from_row)?
+        .collect::<Result<Vec<_>, _>>()?;
+    // Every open ticket closes, whether or not its connector hears of it: a new incident
+    // with its key opens a new ticket.
+    let mut close = conn.prepare_cached(
+        "UPDATE tickets SET status = 'completed', updated_ms = ?2 WHERE ticket_seq = ?1",
+    )?;
+    for t in &tickets {
+        close.execute(params![t.ticket_seq, now])?;
+    }
+    let mut deliveries = Vec::new();
+    for to in completion_targets(&tickets, request.upstream, request.skipping) {
+        let id = queue::insert_delivery(
+            conn,
+            &queue::NewDelivery {
+                incident_id,
+                version_id: state.version_id,
+                connector: &to.connector,
+                event: Event::Completed,
+                ticket_seq: to.ticket_seq,
+            },
+            now,
+        )?;
+        deliveries.push(DeliveryRef {
+            id,
+            connector: to.connector,
+            event: Event::Completed,
+        });
+    }
+    Ok(CompleteOutcome::Completed {
+        old: serde_json::json!({
+            "status": "open",
+            "status_change_time": rfc3339(state.status_change_ms),
+        }),
+        new: serde_json::json!({
+            "notes": request.notes,
+            "reason_code": request.reason_code,
+            "status": "completed",
+            "status_change_time": rfc3339(now),
+        }),
+        deliveries,
+    })
+}
+
+/// What resolve needs to know of a delivery.
+struct DeliveryKind {
+    status: String,
+    event: String,
+    ticket_seq: Option<i64>,
+}
+
+impl FromRow for DeliveryKind {
+    fn from_row(r: &Row<'_>) -> rusqlite::Result<Self> {
+        Ok(DeliveryKind {
+            status: r.get("status")?,
+            event: r.get("event")?,
+            ticket_seq: r.get("ticket_seq")?,
+        })
+    }
+}
+
+impl DeliveryKind {
+    /// The ticket a resolve names the id of: only a dead `created` can be resolved (it is the
+    /// one whose ticket may exist in the target without the gateway knowing its id).
+    fn resolvable_ticket(&self) -> Option<i64> {
+        self.ticket_seq
+            .filter(|_| self.status == "dead" && self.event == "created")
+    }
+}
+
+/// [`Tickets::resolve`] at `now`, in the caller's transaction.
+pub(super) fn resolve(
+    conn: &Connection,
+    delivery_id: &str,
+    ticket_id: &str,
+    ticket_url: Option<&str>,
+    now: i64,
+) -> Result<ResolveOutcome, StoreError> {
+    let kind = conn
+        .prepare_cached("SELECT status, event, ticket_seq FROM deliveries WHERE delivery_id = ?1")?
+        .query_row([delivery_id], DeliveryKind::from_row)
+        .optional()?;
+    let Some(kind) = kind else {
+        return Ok(ResolveOutcome::NotFound);
+    };
+    let Some(ticket_seq) = kind.resolvable_ticket() else {
+        return Ok(ResolveOutcome::NotApplicable(format!(
+            "only a dead created delivery can be resolved; this one is a {} {}",
+            kind.status, kind.event
+        )));
+    };
+    conn.prepare_cached(
+        "UPDATE deliveries SET status = 'delivered', updated_ms = ?2,
+                last_error = 'resolved by an admin: the ticket exists in the target'
+         WHERE delivery_id = ?1",
+    )?
+    .execute(params![delivery_id, now])?;
+    conn.prepare_cached(
+        "UPDATE tickets SET ticket_id = ?2, ticket_url = ?3, updated_ms = ?4 WHERE ticket_seq = ?1",
+    )?
+    .execute(params![ticket_seq, ticket_id, ticket_url, now])?;
+    Ok(ResolveOutcome::Resolved)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::*;
+    use super::*;
+    use crate::store::IngestStatus;
+
+    /// The ticket (seq, status) a delivery is on.
+    fn ticket_of(db: &TestDb, delivery_id: &str) -> (i64, String) {
+        db.conn
+            .query_row(
+                "SELECT t.ticket_seq, t.status FROM deliveries d JOIN tickets t ON t.ticket_seq = d.ticket_seq
+                 WHERE d.delivery_id = ?1",
+                [delivery_id],
+                |r| Ok((r.get("ticket_seq")?, r.get("status")?)),
+            )
+            .unwrap()
+    }
+
+    fn completing<'a>(
+        incident_id: &'a str,
+        caller: &'a Caller,
+        skipping: &'a [String],
+        upstream: &'a [String],
+    ) -> Completing<'a> {
+        Completing {
+            incident_id,
+            caller,
+            reason_code: "false_positive",
+            notes: Some("checked"),
+            skipping,
+            upstream,
+        }
+    }
+
+    #[test]
+    fn within_the_window_an_incident_joins_the_open_ticket_and_after_it_opens_a_new_one() {
+        let db = TestDb::new();
+        let jira = route("jira", "host-1", Some(60_000));
+        let a = db.ingest_one(incident("A").routed(&jira), 1_000);
+        assert_eq!(a.deliveries[0].event, Event::Created);
+        let (ticket_a, _) = ticket_of(&db, &a.deliveries[0].id);
+
+        // Same key, 59.999 s later: the same ticket, as an update.
+        let b = db.ingest_one(incident("B").routed(&jira), 60_999);
+        assert_eq!(b.status, IngestStatus::Accepted);
+        assert_eq!(b.deliveries[0].event, Event::Updated);
+        assert_eq!(ticket_of(&db, &b.deliveries[0].id).0, ticket_a);
+
+        // Once the window has ended: a new ticket.
+        let c = db.ingest_one(incident("C").routed(&jira), 61_000);
+        assert_eq!(c.deliveries[0].event, Event::Created);
+        let (ticket_c, _) = ticket_of(&db, &c.deliveries[0].id);
+        assert_ne!(ticket_c, ticket_a);
+        assert_eq!(db.count("tickets"), 2);
+
+        // Another key, or another connector, never joins.
+        let d = db.ingest_one(
+            incident("D").routed(&route("jira", "host-2", Some(60_000))),
+            61_001,
+        );
+        assert_eq!(d.deliveries[0].event, Event::Created);
+        let e = db.ingest_one(
+            incident("E").routed(&route("chat", "host-1", Some(60_000))),
+            61_002,
+        );
+        assert_eq!(e.deliveries[0].event, Event::Created);
+
+        // A new version of A stays on A's ticket, window or not.
+        let a2 = db.ingest_one(incident_with("A", None, "v2").routed(&jira), 500_000);
+        assert_eq!(a2.deliveries[0].event, Event::Updated);
+        assert_eq!(ticket_of(&db, &a2.deliveries[0].id).0, ticket_a);
+    }
+
+    #[test]
+    fn without_a_window_a_ticket_takes_incidents_until_it_is_completed() {
+        let db = TestDb::new();
+        let route = route("jira", "host-1", None);
+        let a = db.ingest_one(incident("A").routed(&route), 1_000);
+        let (ticket, _) = ticket_of(&db, &a.deliveries[0].id);
+        let b = db.ingest_one(incident("B").routed(&route), 1_000 + 365 * 86_400_000);
+        assert_eq!(b.deliveries[0].event, Event::Updated);
+        assert_eq!(ticket_of(&db, &b.deliveries[0].id).0, ticket);
+
+        let caller = Caller::Source("src".into());
+        complete(&db.conn, &completing("A", &caller, &[], &[]), 2_000).unwrap();
+        let c = db.ingest_one(incident("C").routed(&route), 3_000);
+        assert_eq!(c.deliveries[0].event, Event::Created);
+        assert_ne!(ticket_of(&db, &c.deliveries[0].id).0, ticket);
+    }
+
+    #[test]
+    fn the_window_is_counted_from_the_ticket_opening() {
+        assert_eq!(window_until(1_000, Some(500)), Some(1_500));
+        assert_eq!(window_until(1_000, None), None);
+        assert_eq!(window_until(i64::MAX - 1, Some(10)), Some(i64::MAX));
+    }
+
+    #[test]
+    fn completion_closes_the_tickets_and_queues_completed_to_their_connectors() {
+        let db = TestDb::new();
+        let jira = route("jira", "k", None);
+        let chat = route("chat", "k", None);
+        let mail = route("mail", "k", None);
+        let a = db.ingest_one(
+            incident("A").routed(&jira).routed(&chat).routed(&mail),
+            1_000,
+        );
+        assert_eq!(a.deliveries.len(), 3);
+        db.ingest_one(incident("B").routed(&jira), 1_500);
+
+        let caller = Caller::Source("src".into());
+        let skipping = ["mail".to_string()];
+        let upstream = ["platform".to_string()];
+        let outcome = complete(
+            &db.conn,
+            &completing("A", &caller, &skipping, &upstream),
+            2_000,
+        )
+        .unwrap();
+        let CompleteOutcome::Completed {
+            old,
+            new,
+            deliveries,
+        } = outcome
+        else {
+            panic!("expected a completion, got {outcome:?}");
+        };
+        assert_eq!(old["status"], "open");
+        assert_eq!(new["status"], "completed");
+        assert_eq!(new["reason_code"], "false_positive");
+        assert_eq!(new["status_change_time"], rfc3339(2_000));
+        let to: Vec<(&str, Event)> = deliveries
+            .iter()
+            .map(|d| (d.connector.as_str(), d.event))
+            .collect();
+        assert_eq!(
+            to,
+            [
+                ("jira", Event::Completed),
+                ("chat", Event::Completed),
+                ("platform", Event::Completed)
+            ]
+        );
+        // Each ticket's `completed` rides on its ticket; the upstream one on the incident.
+        assert_eq!(
+            ticket_of(&db, &deliveries[0].id),
+            ticket_of(&db, &a.deliveries[0].id)
+        );
+        let upstream_ticket: Option<i64> = db
+            .conn
+            .query_row(
+                "SELECT ticket_seq FROM deliveries WHERE delivery_id = ?1",
+                [&deliveries[2].id],
+                |r| r.get("ticket_seq"),
+            )
+            .unwrap();
+        assert_eq!(upstream_ticket, None);
+        // Every ticket closed, the skipped connector's too.
+        assert_eq!(
+            db.conn
+                .query_row(
+                    "SELECT COUNT(*) FROM tickets WHERE status = 'open'",
+                    [],
+                    |r| r.get::<_, i64>(0)
+                )
+                .unwrap(),
+            0
+        );
+        let state: (String, Option<String>) = db
+            .conn
+            .query_row(
+                "SELECT status, reason_code FROM incidents WHERE incident_id = 'A'",
+                [],
+                |r| Ok((r.get("status")?, r.get("reason_code")?)),
+            )
+            .unwrap();
+        assert_eq!(state, ("completed".into(), Some("false_positive".into())));
+
+        // A second completion changes nothing and says since when.
+        let again = complete(
+            &db.conn,
+            &completing("A", &caller, &skipping, &upstream),
+            3_000,
+        )
+        .unwrap();
+        let CompleteOutcome::AlreadyCompleted { since } = again else {
+            panic!("expected already completed, got {again:?}");
+        };
+        assert_eq!(since, rfc3339(2_000));
+        assert_eq!(db.count("deliveries"), 3 + 1 + 3);
+    }
+
+    #[test]
+    fn only_the_source_or_a_connector_with_a_ticket_can_complete() {
+        let db = TestDb::new();
+        db.ingest_one(incident("A").routed(&route("jira", "k", None)), 1_000);
+        let none: [String; 0] = [];
+        for caller in [
+            Caller::Source("other".into()),
+            Caller::Connector("chat".into()),
+        ] {
+            let outcome = complete(&db.conn, &completing("A", &caller, &none, &none), 2_000);
+            assert!(matches!(outcome, Ok(CompleteOutcome::NotFound)));
+        }
+        let missing = complete(
+            &db.conn,
+            &completing("Z", &Caller::Source("src".into()), &none, &none),
+            2_000,
+        );
+        assert!(matches!(missing, Ok(CompleteOutcome::NotFound)));
+        assert_eq!(db.count("deliveries"), 1);
+
+        let jira = Caller::Connector("jira".into());
+        let done = complete(&db.conn, &completing("A", &jira, &none, &none), 2_000).unwrap();
+        assert!(matches!(done, CompleteOutcome::Completed { .. }));
+    }
+
+    #[test]
+    fn completion_targets_skip_what_is_skipped() {
+        let tickets = [
+            OpenTicket {
+                ticket_seq: 1,
+                connector: "jira".into(),
+            },
+            OpenTicket {
+                ticket_seq: 2,
+                connector: "chat".into(),
+            },
+        ];
+        let to = completion_targets(&tickets, &["up".into()], &["chat".into()]);
+        assert_eq!(
+            to,
+            [
+                CompletedTo {
+                    connector: "jira".into(),
+                    ticket_seq: Some(1)
+                },
+                CompletedTo {
+                    connector: "up".into(),
+                    ticket_seq: None
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn only_a_dead_created_can_be_resolved() {
+        let db = TestDb::new();
+        let a = db.ingest_one(incident("A").routed(&route("jira", "k", None)), 1_000);
+        let id = &a.deliveries[0].id;
+        assert_eq!(
+            resolve(&db.conn, id, "JIRA-1", None, 2_000).unwrap(),
+            ResolveOutcome::NotApplicable(
+                "only a dead created delivery can be resolved; this one is a pending created"
+                    .into()
+            )
+        );
+        assert_eq!(
+            resolve(&db.conn, "msg_none", "JIRA-1", None, 2_000).unwrap(),
+            ResolveOutcome::NotFound
+        );
+        db.exec("UPDATE deliveries SET status = 'dead'");
+        let resolved = resolve(&db.conn, id, "JIRA-1", Some("https://j/1"), 2_000).unwrap();
+        assert_eq!(resolved, ResolveOutcome::Resolved);
+        assert_eq!(db.status(id), "delivered");
+        let ticket_id: Option<String> = db
+            .conn
+            .query_row("SELECT ticket_id FROM tickets", [], |r| r.get("ticket_id"))
+            .unwrap();
+        assert_eq!(ticket_id.as_deref(), Some("JIRA-1"));
+    }
+}

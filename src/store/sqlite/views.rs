@@ -1,0 +1,277 @@
+//! What the admin API shows, read on the reader connection: an incident with its tickets and
+//! deliveries per connector, and deliveries (with what each waits for, and its attempts).
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use rusqlite::{Connection, OptionalExtension, Row, ToSql};
+
+use super::{FromRow, Sqlite, completion_of};
+use crate::model::rfc3339;
+use crate::store::{
+    AttemptView, ConnectorView, DeliveryFilter, DeliveryView, IncidentView, StoreError, TicketView,
+    Views,
+};
+
+#[async_trait]
+impl Views for Sqlite {
+    async fn incident(&self, incident_id: String) -> Result<Option<IncidentView>, StoreError> {
+        self.read(move |conn| incident_view(conn, &incident_id))
+            .await
+    }
+
+    async fn deliveries(&self, filter: DeliveryFilter) -> Result<Vec<DeliveryView>, StoreError> {
+        self.read(move |conn| {
+            let limit = filter.limit.clamp(1, 1000) as i64;
+            query_deliveries(
+                conn,
+                "WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR connector = ?2) ORDER BY seq LIMIT ?3",
+                &[&filter.status, &filter.connector, &limit],
+                false,
+            )
+        })
+        .await
+    }
+
+    async fn delivery(&self, delivery_id: String) -> Result<Option<DeliveryView>, StoreError> {
+        self.read(move |conn| {
+            Ok(
+                query_deliveries(conn, "WHERE delivery_id = ?1", &[&delivery_id], true)?
+                    .into_iter()
+                    .next(),
+            )
+        })
+        .await
+    }
+}
+
+/// An incident's own row, with its current version's body.
+struct IncidentRow {
+    incident_id: String,
+    source: String,
+    status: String,
+    status_change_ms: i64,
+    received_ms: i64,
+    updated_ms: i64,
+    versions: u32,
+    body: String,
+}
+
+impl FromRow for IncidentRow {
+    fn from_row(r: &Row<'_>) -> rusqlite::Result<Self> {
+        Ok(IncidentRow {
+            incident_id: r.get("incident_id")?,
+            source: r.get("source")?,
+            status: r.get("status")?,
+            status_change_ms: r.get("status_change_ms")?,
+            received_ms: r.get("received_ms")?,
+            updated_ms: r.get("updated_ms")?,
+            versions: r.get("versions")?,
+            body: r.get("body")?,
+        })
+    }
+}
+
+/// A ticket an incident is on, and the connector it is of.
+struct ConnectorTicket {
+    connector: String,
+    ticket: TicketView,
+}
+
+impl FromRow for ConnectorTicket {
+    fn from_row(r: &Row<'_>) -> rusqlite::Result<Self> {
+        Ok(ConnectorTicket {
+            connector: r.get("connector")?,
+            ticket: TicketView {
+                correlation_key: r.get("correlation_key")?,
+                ticket_id: r.get("ticket_id")?,
+                ticket_url: r.get("ticket_url")?,
+                status: r.get("status")?,
+                opened_at: rfc3339(r.get("opened_ms")?),
+                aggregates_until: r.get::<_, Option<i64>>("window_until_ms")?.map(rfc3339),
+                incidents: r.get("incidents")?,
+            },
+        })
+    }
+}
+
+impl FromRow for DeliveryView {
+    fn from_row(r: &Row<'_>) -> rusqlite::Result<Self> {
+        let status: String = r.get("status")?;
+        let next: i64 = r.get("next_attempt_ms")?;
+        Ok(DeliveryView {
+            id: r.get("delivery_id")?,
+            incident_id: r.get("incident_id")?,
+            connector: r.get("connector")?,
+            event: r.get("event")?,
+            next_attempt_at: (status == "pending").then(|| rfc3339(next)),
+            status,
+            attempt_count: r.get("attempts")?,
+            created_at: rfc3339(r.get("created_ms")?),
+            updated_at: rfc3339(r.get("updated_ms")?),
+            last_error: r.get("last_error")?,
+            waiting_for: r.get("waiting_for")?,
+            attempts: None,
+        })
+    }
+}
+
+impl FromRow for AttemptView {
+    fn from_row(r: &Row<'_>) -> rusqlite::Result<Self> {
+        Ok(AttemptView {
+            attempt: r.get("attempt")?,
+            started_at: rfc3339(r.get("started_ms")?),
+            latency_ms: r.get("latency_ms")?,
+            status_code: r.get("status_code")?,
+            error: r.get("error")?,
+            response_body: r.get("response_body")?,
+            outcome: r.get("outcome")?,
+        })
+    }
+}
+
+/// [`Views::incident`].
+fn incident_view(conn: &Connection, incident_id: &str) -> Result<Option<IncidentView>, StoreError> {
+    let row = conn
+        .prepare_cached(
+            "SELECT i.incident_id, i.source, i.status, i.status_change_ms, i.received_ms, i.updated_ms,
+                    i.versions, v.body
+             FROM incidents i JOIN incident_versions v ON v.version_id = i.version_id
+             WHERE i.incident_id = ?1",
+        )?
+        .query_row([incident_id], IncidentRow::from_row)
+        .optional()?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let deliveries = query_deliveries(
+        conn,
+        "WHERE incident_id = ?1 ORDER BY seq",
+        &[&row.incident_id],
+        true,
+    )?;
+    let mut connectors = BTreeMap::<String, ConnectorView>::new();
+    let tickets = conn
+        .prepare_cached(
+            "SELECT t.connector, t.correlation_key, t.ticket_id, t.ticket_url, t.status, t.opened_ms,
+                    t.window_until_ms,
+                    (SELECT COUNT(*) FROM ticket_incidents x WHERE x.ticket_seq = t.ticket_seq)
+                        AS incidents
+             FROM tickets t JOIN ticket_incidents ti ON ti.ticket_seq = t.ticket_seq
+             WHERE ti.incident_id = ?1 ORDER BY t.ticket_seq",
+        )?
+        .query_map([&row.incident_id], ConnectorTicket::from_row)?
+        .collect::<Result<Vec<_>, _>>()?;
+    for t in tickets {
+        connectors
+            .entry(t.connector)
+            .or_default()
+            .tickets
+            .push(t.ticket);
+    }
+    for d in deliveries {
+        connectors
+            .entry(d.connector.clone())
+            .or_default()
+            .deliveries
+            .push(d);
+    }
+    let completion = completion_of(conn, &row.incident_id)?;
+    Ok(Some(IncidentView {
+        status_change_time: rfc3339(row.status_change_ms),
+        received_at: rfc3339(row.received_ms),
+        updated_at: rfc3339(row.updated_ms),
+        incident: serde_json::from_str(&row.body).unwrap_or(serde_json::Value::Null),
+        incident_id: row.incident_id,
+        source: row.source,
+        status: row.status,
+        versions: row.versions,
+        completion,
+        connectors,
+    }))
+}
+
+/// Deliveries matching `clause` (which may bind `args`), each with what it waits for (the
+/// ordering rule, `waits_behind!`) and, if asked, its attempts.
+fn query_deliveries(
+    conn: &Connection,
+    clause: &str,
+    args: &[&dyn ToSql],
+    with_attempts: bool,
+) -> Result<Vec<DeliveryView>, StoreError> {
+    let sql = format!(
+        "SELECT d.delivery_id, d.incident_id, d.connector, d.event, d.status, d.attempts, d.created_ms,
+                d.updated_ms, d.next_attempt_ms, d.last_error,
+                CASE WHEN d.status = 'pending' THEN
+                    (SELECT e.delivery_id FROM deliveries e WHERE {waits} ORDER BY e.seq LIMIT 1)
+                END AS waiting_for
+         FROM deliveries d {clause}",
+        waits = waits_behind!()
+    );
+    let mut out = conn
+        .prepare_cached(&sql)?
+        .query_map(args, DeliveryView::from_row)?
+        .collect::<Result<Vec<_>, _>>()?;
+    if with_attempts {
+        let mut stmt = conn.prepare_cached(
+            "SELECT attempt, started_ms, latency_ms, status_code, error, response_body, outcome
+             FROM attempts WHERE delivery_id = ?1 ORDER BY attempt",
+        )?;
+        for d in &mut out {
+            let attempts = stmt
+                .query_map([&d.id], AttemptView::from_row)?
+                .collect::<Result<Vec<_>, _>>()?;
+            d.attempts = Some(attempts);
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::*;
+    use super::*;
+
+    #[test]
+    fn an_incident_shows_its_tickets_and_deliveries_per_connector() {
+        let db = TestDb::new();
+        let jira = route("jira", "host-1", Some(60_000));
+        let a = db.ingest_one(incident("A").routed(&jira), 1_000);
+        let b = db.ingest_one(incident("B").routed(&jira), 2_000);
+        let view = incident_view(&db.conn, "A").unwrap().unwrap();
+        assert_eq!(view.incident_id, "A");
+        assert_eq!(view.source, "src");
+        assert_eq!(view.status, "open");
+        assert_eq!(view.versions, 1);
+        assert_eq!(view.received_at, rfc3339(1_000));
+        assert_eq!(view.incident["incidentId"], "A");
+        assert!(view.completion.is_none());
+        let side = &view.connectors["jira"];
+        assert_eq!(side.tickets.len(), 1);
+        assert_eq!(side.tickets[0].correlation_key, "host-1");
+        assert_eq!(side.tickets[0].incidents, 2);
+        assert_eq!(side.tickets[0].aggregates_until, Some(rfc3339(61_000)));
+        assert_eq!(side.deliveries.len(), 1);
+        assert_eq!(side.deliveries[0].id, a.deliveries[0].id);
+        assert_eq!(
+            side.deliveries[0].attempts.as_deref().map(<[_]>::len),
+            Some(0)
+        );
+
+        // B's update waits for A's created.
+        let waiting = query_deliveries(
+            &db.conn,
+            "WHERE delivery_id = ?1",
+            &[&b.deliveries[0].id],
+            false,
+        )
+        .unwrap();
+        assert_eq!(
+            waiting[0].waiting_for.as_deref(),
+            Some(a.deliveries[0].id.as_str())
+        );
+        assert_eq!(waiting[0].event, "updated");
+        assert_eq!(waiting[0].next_attempt_at, Some(rfc3339(2_000)));
+        assert!(incident_view(&db.conn, "Z").unwrap().is_none());
+    }
+}
