@@ -13,7 +13,39 @@ use axum::http::{HeaderMap, header};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::config::{Config, ConnectorConfig, SourceConfig};
+use crate::connector::Connector;
+use crate::signature::WebhookSecret;
+
+/// `[[sources]]`: one caller that sends incidents. `config` builds it.
+#[derive(Clone)]
+pub struct SourceConfig {
+    pub name: String,
+    /// Bearer key; a source with a signing secret may do without one.
+    pub api_key: Option<String>,
+    /// Bearer token for `POST /v1/incidents/{id}/complete` on this source's incidents.
+    pub callback_token: Option<String>,
+    /// When set, every request must carry a valid Standard Webhooks signature by it.
+    pub signing_secret: Option<WebhookSecret>,
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// Debug never shows the source's key, token or secret.
+impl std::fmt::Debug for SourceConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SourceConfig")
+            .field("name", &self.name)
+            .field("api_key", &"********")
+            .finish()
+    }
+}
+
+/// A token bucket: `per_second` on average, bursts of up to `burst`. A source's setting, so
+/// it lives beside [`SourceConfig`]; `admission` keeps the buckets (and imports this module).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimit {
+    pub per_second: f64,
+    pub burst: u32,
+}
 
 /// The SHA-256 digest of a token, compared in constant time.
 #[derive(Clone)]
@@ -77,22 +109,26 @@ pub fn source<'a>(sources: &'a [SourceConfig], headers: &HeaderMap) -> Option<&'
 /// Who holds a callback token.
 #[derive(Debug, Clone, Copy)]
 pub enum CallbackHolder<'a> {
-    Connector(&'a ConnectorConfig),
+    Connector(&'a Connector),
     Source(&'a SourceConfig),
 }
 
 /// Whose callback token the request's bearer token is: a connector's before a source's.
-pub fn callback<'a>(config: &'a Config, headers: &HeaderMap) -> Option<CallbackHolder<'a>> {
+pub fn callback<'a>(
+    connectors: &'a [Connector],
+    sources: &'a [SourceConfig],
+    headers: &HeaderMap,
+) -> Option<CallbackHolder<'a>> {
     let presented = TokenDigest::new(bearer(headers)?);
     let matches = |token: &str| TokenDigest::new(token).matches_digest(&presented);
     let mut found = None;
     // No early exit: every token is compared, whichever matches.
-    for c in &config.connectors {
+    for c in connectors {
         if c.callback_token.as_deref().is_some_and(matches) {
             found = Some(CallbackHolder::Connector(c));
         }
     }
-    for s in &config.sources {
+    for s in sources {
         if s.callback_token.as_deref().is_some_and(matches) {
             found = found.or(Some(CallbackHolder::Source(s)));
         }

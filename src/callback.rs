@@ -112,7 +112,7 @@ pub async fn complete(
     body: Body,
 ) -> Response {
     let result = async {
-        let caller = auth::callback(&app.config, &headers)
+        let caller = auth::callback(&app.config.connectors, &app.config.sources, &headers)
             .map(caller)
             .ok_or_else(|| {
                 crate::metrics::Metrics::inc(&app.metrics.auth_failures);
@@ -147,7 +147,7 @@ pub async fn complete(
             .config
             .connectors
             .iter()
-            .filter(|c| c.request(Event::Completed).is_none())
+            .filter(|c| !c.sends(Event::Completed))
             .map(|c| c.name.clone())
             .chain(match &caller {
                 Caller::Connector(name) => Some(name.clone()),

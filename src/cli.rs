@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use crate::config::{Config, ConnectorConfig};
+use crate::config::Config;
+use crate::connector::{Connector, Target};
 use crate::deliver;
 use crate::render::{
     self, Completion, DeliveryFacts, Escape, Event, RenderedRequest, Renderer, TicketFacts,
@@ -71,7 +72,7 @@ pub const PREVIEW_TICKET_ID: &str = "TICKET-PREVIEW-1";
 pub fn preview_context(
     renderer: &Renderer,
     incident: &Value,
-    connector: &ConnectorConfig,
+    connector: &Connector,
     event: Event,
 ) -> Value {
     let now = crate::model::rfc3339(crate::model::now_ms());
@@ -113,7 +114,7 @@ pub fn preview_context(
 pub fn check(config_file: &Path, incidents_dir: Option<&Path>) -> Result<CheckReport, CliError> {
     let config = Config::load(config_file).map_err(crate::Error::from)?;
     let mut report = CheckReport::default();
-    let renderer = match Renderer::new(&config) {
+    let renderer = match Renderer::new(config.partials_dir.as_deref(), &config.connectors) {
         Ok(r) => r,
         Err(e) => {
             report.errors.push(e.to_string());
@@ -152,9 +153,9 @@ pub fn check(config_file: &Path, incidents_dir: Option<&Path>) -> Result<CheckRe
         }
         for connector in &config.connectors {
             for event in [Event::Created, Event::Updated, Event::Completed] {
-                let Some(request_config) = connector.request(event) else {
+                if !connector.sends(event) {
                     continue;
-                };
+                }
                 report.renders += 1;
                 let seen_in = format!(
                     "connector {}, event {}, incident {}",
@@ -170,22 +171,28 @@ pub fn check(config_file: &Path, incidents_dir: Option<&Path>) -> Result<CheckRe
                         .or_insert((seen_in.clone(), 1));
                 };
                 let context = preview_context(&renderer, &incident, connector, event);
-                if connector.smtp.is_some() {
-                    match preview_message(&renderer, connector, event, &context) {
-                        Ok(message) => {
-                            if String::from_utf8_lossy(&message.formatted()).contains(
-                                incident
-                                    .get("incidentId")
-                                    .and_then(Value::as_str)
-                                    .unwrap_or_default(),
-                            ) {
-                                traceable.insert(connector.name.as_str(), true);
+                let http = match &connector.target {
+                    Target::Http(http) => http,
+                    Target::Smtp(_) => {
+                        match preview_message(&renderer, connector, event, &context) {
+                            Ok(message) => {
+                                if String::from_utf8_lossy(&message.formatted()).contains(
+                                    incident
+                                        .get("incidentId")
+                                        .and_then(Value::as_str)
+                                        .unwrap_or_default(),
+                                ) {
+                                    traceable.insert(connector.name.as_str(), true);
+                                }
                             }
+                            Err(e) => problem(e),
                         }
-                        Err(e) => problem(e),
+                        continue;
                     }
+                };
+                let Some(request_config) = http.requests.get(event) else {
                     continue;
-                }
+                };
                 let request = match renderer.render(connector, event, &context) {
                     Ok(request) => request,
                     Err(e) => {
@@ -263,23 +270,10 @@ fn compile_target_schemas(
     report: &mut CheckReport,
 ) -> BTreeMap<PathBuf, jsonschema::Validator> {
     let mut out = BTreeMap::new();
-    let paths = config.connectors.iter().flat_map(|c| {
-        let requests = [
-            &c.requests.created,
-            &c.requests.updated,
-            &c.requests.completed,
-        ];
-        c.target_schema
-            .iter()
-            .chain(
-                requests
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|r| r.target_schema.as_ref()),
-            )
-            .cloned()
-            .collect::<Vec<_>>()
-    });
+    let paths = config
+        .connectors
+        .iter()
+        .flat_map(|c| c.target_schemas().into_iter().map(Path::to_path_buf));
     for path in paths {
         if out.contains_key(&path) {
             continue;
@@ -330,13 +324,14 @@ pub fn render(
     event: Event,
 ) -> Result<String, CliError> {
     let config = Config::load(config_file).map_err(crate::Error::from)?;
-    let renderer = Renderer::new(&config).map_err(crate::Error::from)?;
+    let renderer = Renderer::new(config.partials_dir.as_deref(), &config.connectors)
+        .map_err(crate::Error::from)?;
     let connector = config
         .connector(connector_name)
         .ok_or_else(|| CliError::UnknownConnector(connector_name.to_string()))?;
     let incident = read_incident(incident_file)?;
     let context = preview_context(&renderer, &incident, connector, event);
-    if let Some(smtp) = &connector.smtp {
+    if let Target::Smtp(smtp) = &connector.target {
         let message =
             preview_message(&renderer, connector, event, &context).map_err(|message| {
                 CliError::Input {
@@ -364,11 +359,11 @@ pub fn render(
 /// would be (`updated` and `completed` reply to the preview ticket's root).
 fn preview_message(
     renderer: &Renderer,
-    connector: &ConnectorConfig,
+    connector: &Connector,
     event: Event,
     context: &Value,
 ) -> Result<lettre::Message, String> {
-    let Some(smtp) = &connector.smtp else {
+    let Target::Smtp(smtp) = &connector.target else {
         return Err(format!(
             "connector {} is not an smtp connector",
             connector.name
@@ -395,7 +390,7 @@ pub fn format_request(request: &RenderedRequest, config: &Config) -> String {
         config.secrets.mask(&request.url)
     );
     for (name, value) in &request.headers {
-        let shown = if crate::config::is_credential_header(name) {
+        let shown = if crate::secrets::is_credential_header(name) {
             "********".to_string()
         } else {
             config.secrets.mask(value)

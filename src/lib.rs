@@ -5,9 +5,11 @@
 //!
 //! 1. [`model`] — the vocabulary every stage speaks (events, ticket facts, completion, threat
 //!    ratings, delivery states, the clock); it imports nothing from the crate.
-//! 2. [`config`] — the admin's TOML file, expanded and validated once at load; [`secrets`]
-//!    masks what it marks secret wherever text leaves the process; [`signature`] signs and
-//!    verifies (Standard Webhooks, GitHub style) with the secrets it holds.
+//! 2. [`config`] — the admin's TOML file, expanded and validated once at load, each section
+//!    into the settings type of the stage that uses it; [`connector`] — what a connector is:
+//!    its target (HTTP or SMTP), routing, ticket, retry and signing settings; [`secrets`]
+//!    masks what the config marks secret wherever text leaves the process; [`signature`] signs
+//!    and verifies (Standard Webhooks, GitHub style) with the secrets it holds.
 //! 3. [`gateway`] — wiring: routers, start and stop, around [`app`], the state handlers
 //!    share; [`server`] — the listeners (connection limits, idle shedding, lingering close,
 //!    TLS); [`admission`] — replay fast path, rate limits, the body budget and reader.
@@ -31,6 +33,7 @@
 pub mod model;
 
 pub mod config;
+pub mod connector;
 pub mod secrets;
 pub mod signature;
 

@@ -17,6 +17,12 @@ use crate::model::{AttemptOutcome, Completion, DeliveryStatus, Event, TicketFact
 // Until every caller names `model` directly.
 pub use crate::model::{now_ms, rfc3339};
 
+/// `[storage]`: where the store keeps its data. `config` builds it.
+#[derive(Debug, Clone)]
+pub enum StorageConfig {
+    Sqlite { path: PathBuf },
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("store: {0}")]

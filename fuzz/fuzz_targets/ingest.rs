@@ -18,7 +18,8 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use incident_gateway::cli::preview_context;
-use incident_gateway::config::{Config, ConnectorConfig};
+use incident_gateway::config::Config;
+use incident_gateway::connector::{Connector, Target};
 use incident_gateway::render::{Escape, Event, Renderer};
 use incident_gateway::schema::{IncidentSchema, MAX_VIOLATIONS};
 use libfuzzer_sys::fuzz_target;
@@ -74,10 +75,10 @@ fn setup(file: &Path, sample: &Value) -> Setup {
     let config = Config::load_with_env(file, env)
         .unwrap_or_else(|e| panic!("fuzz setup: {}: {e}", file.display()));
     let renderer =
-        Renderer::new(&config).unwrap_or_else(|e| panic!("fuzz setup: {}: {e}", file.display()));
+        Renderer::new(config.partials_dir.as_deref(), &config.connectors).unwrap_or_else(|e| panic!("fuzz setup: {}: {e}", file.display()));
     let mut url_shape = HashMap::new();
     for connector in &config.connectors {
-        if let Some(smtp) = &connector.smtp {
+        if let Target::Smtp(smtp) = &connector.target {
             // The sample must get all the way to a MIME message, or the target would only
             // ever fuzz error paths.
             for event in EVENTS {
@@ -95,7 +96,7 @@ fn setup(file: &Path, sample: &Value) -> Setup {
             continue;
         }
         for event in EVENTS {
-            if connector.request(event).is_none() {
+            if !connector.sends(event) {
                 continue;
             }
             let ctx = preview_context(&renderer, sample, connector, event);
@@ -155,10 +156,12 @@ const MAIL_HEADERS: &[&str] = &[
     "content-transfer-encoding",
 ];
 
-fn render_email(setup: &Setup, connector: &ConnectorConfig, incident: &Value) {
-    let Some(smtp) = &connector.smtp else { return };
+fn render_email(setup: &Setup, connector: &Connector, incident: &Value) {
+    let Target::Smtp(smtp) = &connector.target else {
+        return;
+    };
     for event in EVENTS {
-        if connector.request(event).is_none() {
+        if !connector.sends(event) {
             continue;
         }
         let ctx = preview_context(&setup.renderer, incident, connector, event);
@@ -202,20 +205,20 @@ fn render_email(setup: &Setup, connector: &ConnectorConfig, incident: &Value) {
     }
 }
 
-fn render_http(setup: &Setup, connector: &ConnectorConfig, incident: &Value) {
+fn render_http(setup: &Setup, connector: &Connector, incident: &Value) {
     for event in EVENTS {
-        let Some(request_config) = connector.request(event) else {
+        let Some(template) = connector.template(event) else {
             continue;
         };
         let ctx = preview_context(&setup.renderer, incident, connector, event);
         let Ok(request) = setup.renderer.render(connector, event, &ctx) else {
             continue;
         };
-        if Escape::for_file(&request_config.template.as_written) == Escape::Json {
+        if Escape::for_file(&template.as_written) == Escape::Json {
             if let Err(e) = serde_json::from_str::<Value>(&request.body) {
                 panic!(
                     "{} ({} {}) rendered invalid JSON: {e}\n{}",
-                    request_config.template.as_written,
+                    template.as_written,
                     connector.name,
                     event.as_str(),
                     request.body
@@ -285,10 +288,9 @@ fn ingest(data: &[u8]) {
                 let _ = incident_gateway::ticket::route_for(&setup.renderer, connector, incident);
             }
             for connector in &setup.config.connectors {
-                if connector.smtp.is_some() {
-                    render_email(setup, connector, incident);
-                } else {
-                    render_http(setup, connector, incident);
+                match &connector.target {
+                    Target::Smtp(_) => render_email(setup, connector, incident),
+                    Target::Http(_) => render_http(setup, connector, incident),
                 }
             }
         }

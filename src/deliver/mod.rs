@@ -17,9 +17,10 @@ use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Config, ConnectorConfig};
+use crate::connector::{self, Connector, HttpTarget, SmtpTarget, Target};
 use crate::model::{self, AttemptOutcome, Event};
 use crate::render::{self, DeliveryFacts, RenderError, RenderedRequest, Renderer};
+use crate::secrets::Secrets;
 use crate::signature;
 use crate::store::{AttemptRecord, LeasedDelivery, NextStep, Store, TicketUpdate};
 use crate::ticket;
@@ -29,7 +30,7 @@ use self::http::{SendResult, Verdict};
 /// The template context of a delivery: the incident version it carries, with its ticket
 /// and completion.
 pub fn delivery_context(
-    connector: &ConnectorConfig,
+    connector: &Connector,
     delivery: &LeasedDelivery,
 ) -> Result<serde_json::Value, RenderError> {
     let incident: serde_json::Value =
@@ -55,7 +56,7 @@ pub fn delivery_context(
 /// Render: the request this delivery sends, from the incident version it carries.
 pub fn prepare(
     renderer: &Renderer,
-    connector: &ConnectorConfig,
+    connector: &Connector,
     delivery: &LeasedDelivery,
 ) -> Result<RenderedRequest, RenderError> {
     let context = delivery_context(connector, delivery)?;
@@ -65,7 +66,7 @@ pub fn prepare(
 /// Read the ticket: after a successful `created`, the id the target gave the ticket. A 2xx
 /// without it is dead (retrying could open a second ticket).
 fn read_ticket(
-    connector: &ConnectorConfig,
+    connector: &Connector,
     delivery: &LeasedDelivery,
     verdict: Verdict,
     sent: &SendResult,
@@ -109,7 +110,7 @@ pub fn stamp(
 
 /// Schedule: the delivery's next step after an attempt that ended in `verdict`.
 pub fn schedule(
-    connector: &ConnectorConfig,
+    connector: &Connector,
     delivery: &LeasedDelivery,
     verdict: Verdict,
     now_ms: i64,
@@ -148,10 +149,32 @@ pub fn schedule(
     }
 }
 
+/// `[delivery]`: how the workers send. `config` builds it.
+#[derive(Debug, Clone, Copy)]
+pub struct DeliveryConfig {
+    /// Deliveries sent at once across all connectors.
+    pub concurrency: usize,
+    /// How long a worker holds a delivery before another may take it. The worker renews it
+    /// every third of this while the attempt runs, so only a dead or stalled process loses it.
+    pub lease: Duration,
+    /// How long one delivery's render may take (templates and helpers); past it the delivery
+    /// is dead with that reason (the same input would cost the same again).
+    pub render_budget: Duration,
+    /// Renders run on this many blocking threads at most, off the async runtime, so the
+    /// listener and `/healthz` keep answering however costly a render is.
+    pub render_threads: usize,
+}
+
 /// The workers' shared parts.
 #[derive(Clone)]
 pub struct Deliverer {
-    pub config: Arc<Config>,
+    pub settings: DeliveryConfig,
+    /// How long shutdown waits for sends under way (`server.shutdown_grace`).
+    pub shutdown_grace: Duration,
+    /// The connectors deliveries are for.
+    pub connectors: Arc<Vec<Connector>>,
+    /// Masked in whatever is recorded or logged (dead reasons, errors, response bodies).
+    pub secrets: Arc<Secrets>,
     pub renderer: Arc<Renderer>,
     pub store: Store,
     /// One HTTP client per HTTP connector: its own resolver (egress checks), redirects, CAs.
@@ -166,11 +189,12 @@ pub struct Deliverer {
 }
 
 /// An HTTP client for every HTTP connector.
-pub fn clients(config: &Config) -> Result<HashMap<String, reqwest::Client>, String> {
+pub fn clients(connectors: &[Connector]) -> Result<HashMap<String, reqwest::Client>, String> {
     let mut out = HashMap::new();
-    for c in &config.connectors {
-        if c.smtp.is_none() {
-            let client = egress::client(c).map_err(|e| format!("connector {}: {e}", c.name))?;
+    for c in connectors {
+        if let Target::Http(http) = &c.target {
+            let client =
+                egress::client(&http.egress).map_err(|e| format!("connector {}: {e}", c.name))?;
             out.insert(c.name.clone(), client);
         }
     }
@@ -178,10 +202,10 @@ pub fn clients(config: &Config) -> Result<HashMap<String, reqwest::Client>, Stri
 }
 
 /// A pooled transport for every SMTP connector.
-pub fn mailers(config: &Config) -> Result<HashMap<String, smtp::Transport>, String> {
+pub fn mailers(connectors: &[Connector]) -> Result<HashMap<String, smtp::Transport>, String> {
     let mut out = HashMap::new();
-    for c in &config.connectors {
-        if let Some(s) = &c.smtp {
+    for c in connectors {
+        if let Target::Smtp(s) = &c.target {
             let t = smtp::transport(c, s).map_err(|e| format!("connector {}: {e}", c.name))?;
             out.insert(c.name.clone(), t);
         }
@@ -200,10 +224,10 @@ impl Deliverer {
     /// for sends under way. At most `delivery.concurrency` sends run at once, and at most each
     /// connector's own `concurrency` for it, so one slow receiver cannot hold every worker.
     pub async fn run(self, shutdown: CancellationToken) {
-        let permits = Arc::new(Semaphore::new(self.config.delivery.concurrency));
+        let permits = Arc::new(Semaphore::new(self.settings.concurrency));
         let in_flight: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
         let tracker = TaskTracker::new();
-        let lease_ms = self.config.delivery.lease.as_millis().min(i64::MAX as u128) as i64;
+        let lease_ms = self.settings.lease.as_millis().min(i64::MAX as u128) as i64;
         while !shutdown.is_cancelled() {
             let free = permits.available_permits();
             if free == 0 {
@@ -278,7 +302,7 @@ impl Deliverer {
             }
         }
         tracker.close();
-        if tokio::time::timeout(self.config.server.shutdown_grace, tracker.wait())
+        if tokio::time::timeout(self.shutdown_grace, tracker.wait())
             .await
             .is_err()
         {
@@ -298,11 +322,9 @@ impl Deliverer {
     ) -> Result<T, String>
     where
         T: Send + 'static,
-        F: FnOnce(&Renderer, &ConnectorConfig, &LeasedDelivery) -> Result<T, String>
-            + Send
-            + 'static,
+        F: FnOnce(&Renderer, &Connector, &LeasedDelivery) -> Result<T, String> + Send + 'static,
     {
-        let budget = self.config.delivery.render_budget;
+        let budget = self.settings.render_budget;
         let over_budget = || {
             format!(
                 "render failed: it took longer than delivery.render_budget ({})",
@@ -312,11 +334,14 @@ impl Deliverer {
         let Ok(permit) = self.renders.clone().acquire_owned().await else {
             return Err("render failed: the render pool is closed".into());
         };
-        let (renderer, config, delivery) =
-            (self.renderer.clone(), self.config.clone(), delivery.clone());
+        let (renderer, connectors, delivery) = (
+            self.renderer.clone(),
+            self.connectors.clone(),
+            delivery.clone(),
+        );
         let task = tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            let connector = config.connector(&delivery.connector).ok_or_else(|| {
+            let connector = connector::find(&connectors, &delivery.connector).ok_or_else(|| {
                 format!("connector {:?} is no longer configured", delivery.connector)
             })?;
             render::bounds::with_budget(budget, || render(&renderer, connector, &delivery))
@@ -334,7 +359,8 @@ impl Deliverer {
     /// classify → read the ticket id.
     async fn post(
         &self,
-        connector: &ConnectorConfig,
+        connector: &Connector,
+        target: &HttpTarget,
         delivery: &LeasedDelivery,
         started_at_ms: i64,
     ) -> (Verdict, Option<SendResult>, Option<TicketUpdate>) {
@@ -364,7 +390,7 @@ impl Deliverer {
         };
         let refused = reqwest::Url::parse(&request.url)
             .map_err(|e| egress::Refused(e.to_string()))
-            .and_then(|url| egress::check_url(&connector.egress, &url));
+            .and_then(|url| egress::check_url(&target.egress, &url));
         let client = self.clients.get(&connector.name);
         let not_sent = |failure| http::SendResult::failed(failure, Duration::ZERO);
         let sent = match (refused, client) {
@@ -383,23 +409,21 @@ impl Deliverer {
     /// the pool.
     async fn mail(
         &self,
-        connector: &ConnectorConfig,
+        connector: &Connector,
+        target: &SmtpTarget,
         delivery: &LeasedDelivery,
     ) -> (Verdict, Option<SendResult>, Option<TicketUpdate>) {
         let dead = |reason: String| (Verdict::Dead { reason }, None, None);
-        let (Some(settings), Some(transport)) =
-            (&connector.smtp, self.mailers.get(&connector.name))
-        else {
+        let Some(transport) = self.mailers.get(&connector.name) else {
             return dead("no SMTP transport for this connector".into());
         };
-        let id = smtp::message_id(settings, &delivery.id);
+        let id = smtp::message_id(target, &delivery.id);
         let message = {
             let id = id.clone();
             self.render_off_runtime(delivery, move |renderer, connector, delivery| {
-                let settings = connector
-                    .smtp
-                    .as_ref()
-                    .ok_or("the connector is no longer an SMTP connector")?;
+                let Target::Smtp(settings) = &connector.target else {
+                    return Err("the connector is no longer an SMTP connector".into());
+                };
                 let email = delivery_context(connector, delivery)
                     .and_then(|ctx| renderer.render_email(connector, delivery.event, &ctx))
                     .map_err(|e| format!("render failed: {e}"))?;
@@ -434,7 +458,7 @@ impl Deliverer {
     /// failed (or hung) until a third of the lease is left, the attempt is given up before
     /// another worker could take the delivery and send it a second time.
     async fn keep_lease(&self, delivery: &LeasedDelivery) {
-        let lease = self.config.delivery.lease;
+        let lease = self.settings.lease;
         let lease_ms = lease.as_millis().min(i64::MAX as u128) as i64;
         let mut held_until = tokio::time::Instant::now() + lease;
         loop {
@@ -465,7 +489,7 @@ impl Deliverer {
         delivery: &LeasedDelivery,
         started_at_ms: i64,
     ) -> (Verdict, Option<SendResult>, Option<TicketUpdate>) {
-        match self.config.connector(&delivery.connector) {
+        match self.connector(&delivery.connector) {
             None => (
                 Verdict::Dead {
                     reason: format!("connector {:?} is no longer configured", delivery.connector),
@@ -473,16 +497,19 @@ impl Deliverer {
                 None,
                 None,
             ),
-            Some(connector) if connector.smtp.is_some() => self.mail(connector, delivery).await,
-            Some(connector) => self.post(connector, delivery, started_at_ms).await,
+            Some(connector) => match &connector.target {
+                Target::Smtp(smtp) => self.mail(connector, smtp, delivery).await,
+                Target::Http(http) => self.post(connector, http, delivery, started_at_ms).await,
+            },
         }
     }
 
+    fn connector(&self, name: &str) -> Option<&Connector> {
+        connector::find(&self.connectors, name)
+    }
+
     fn connector_cap(&self, name: &str) -> usize {
-        self.config
-            .connector(name)
-            .map(|c| c.concurrency)
-            .unwrap_or(1)
+        self.connector(name).map(|c| c.concurrency).unwrap_or(1)
     }
 
     fn busy_connectors(&self, in_flight: &Mutex<HashMap<String, usize>>) -> Vec<String> {
@@ -512,7 +539,7 @@ impl Deliverer {
             return;
         };
         let now = model::now_ms();
-        let next = match self.config.connector(&delivery.connector) {
+        let next = match self.connector(&delivery.connector) {
             Some(connector) => schedule(connector, &delivery, verdict, now, rand::random::<f64>()),
             None => match verdict {
                 Verdict::Dead { reason } => NextStep::Dead { reason },
@@ -524,7 +551,7 @@ impl Deliverer {
         // A dead reason can quote a receiver's or server's words, which can echo a secret.
         let next = match next {
             NextStep::Dead { reason } => NextStep::Dead {
-                reason: self.config.secrets.mask(&reason),
+                reason: self.secrets.mask(&reason),
             },
             other => other,
         };
@@ -567,7 +594,7 @@ impl Deliverer {
         sent: Option<&SendResult>,
         next: &NextStep,
     ) -> AttemptRecord {
-        let secrets = &self.config.secrets;
+        let secrets = &self.secrets;
         let (outcome, dead_reason) = match next {
             NextStep::Delivered => (AttemptOutcome::Delivered, None),
             NextStep::RetryAt { .. } => (AttemptOutcome::Retry, None),

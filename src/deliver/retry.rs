@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::config::RetryPolicy;
+use crate::connector::RetryPolicy;
 
 /// The wait after the `attempts_in_budget`-th failed attempt (1 after the first failure), or
 /// `None` once the schedule is used up. Each step is shortened by up to a fifth at random

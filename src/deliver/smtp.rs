@@ -25,7 +25,7 @@ use lettre::transport::smtp::client::{AsyncSmtpConnection, Certificate, Tls, Tls
 use lettre::transport::smtp::extension::ClientId;
 use lettre::transport::smtp::response::Response;
 
-use crate::config::{ConnectorConfig, SmtpConfig, SmtpSecurity};
+use crate::connector::{Connector, SmtpSecurity, SmtpTarget};
 use crate::render::RenderedEmail;
 
 use super::http::{SendFailure, SendResult, Verdict};
@@ -63,7 +63,7 @@ enum SendError {
 }
 
 /// The transport for one connector.
-pub fn transport(connector: &ConnectorConfig, smtp: &SmtpConfig) -> Result<Transport, String> {
+pub fn transport(connector: &Connector, smtp: &SmtpTarget) -> Result<Transport, String> {
     let tls = match smtp.security {
         SmtpSecurity::Plain => Tls::None,
         SmtpSecurity::StartTls | SmtpSecurity::Tls => {
@@ -177,7 +177,7 @@ impl Transport {
 }
 
 /// The Message-ID of a delivery: the same on every retry.
-pub fn message_id(smtp: &SmtpConfig, delivery_id: &str) -> String {
+pub fn message_id(smtp: &SmtpTarget, delivery_id: &str) -> String {
     let domain = smtp
         .from
         .parse::<Mailbox>()
@@ -258,7 +258,7 @@ fn text_part(content_type: ContentType, text: &str) -> Result<SinglePart, String
 /// second address or a header line is refused; the subject is put on one line, encoded
 /// (RFC 2047) and folded by lettre; every body part is normalised and encoded (see the module).
 pub fn build_message(
-    smtp: &SmtpConfig,
+    smtp: &SmtpTarget,
     email: &RenderedEmail,
     message_id: &str,
     thread_root: Option<&str>,
@@ -377,8 +377,8 @@ pub async fn send(transport: &Transport, message: Message) -> (SendResult, Verdi
 mod tests {
     use super::*;
 
-    fn smtp() -> SmtpConfig {
-        SmtpConfig {
+    fn smtp() -> SmtpTarget {
+        SmtpTarget {
             security: SmtpSecurity::Plain,
             host: "127.0.0.1".into(),
             port: 25,
@@ -390,6 +390,7 @@ mod tests {
             subject_tag: None,
             tls_ca_file: None,
             allow_plaintext_auth: false,
+            messages: crate::connector::Requests::default(),
         }
     }
 
