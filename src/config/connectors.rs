@@ -177,11 +177,15 @@ impl Validator<'_> {
     }
 
     fn connector(&self, field: &str, c: RawConnector) -> Result<Connector, ConfigError> {
-        let c = self.expand_connector(field, c)?;
-        let template = self.template_path(&format!("{field}.template"), &c.template)?;
-        let mut target = match c.kind.as_str() {
-            "http" => Target::Http(self.http_target(field, &c, &template)?),
-            "smtp" => Target::Smtp(self.smtp_target(field, &c, &template)?),
+        let (mut target, template) = match c.kind.as_str() {
+            "http" => {
+                let (http, template) = self.http_target(field, &c)?;
+                (Target::Http(http), template)
+            }
+            "smtp" => {
+                let (smtp, template) = self.smtp_target(field, &c)?;
+                (Target::Smtp(smtp), template)
+            }
             other => {
                 return Err(self.invalid(
                     format!("{field}.kind"),
@@ -243,45 +247,36 @@ impl Validator<'_> {
         })
     }
 
-    /// The connector with every `${VAR}` it holds expanded, before anything else is checked:
-    /// an unset variable is reported whatever the value is for.
-    fn expand_connector(
+    /// Every `${VAR}` the connector holds, expanded in place.
+    pub(super) fn expand_connector(
         &self,
         field: &str,
-        mut c: RawConnector,
-    ) -> Result<RawConnector, ConfigError> {
-        let plain = |key: &str, value: &mut Option<String>| -> Result<(), ConfigError> {
-            if let Some(v) = value {
-                *v = self.expand(&format!("{field}.{key}"), v)?;
-            }
-            Ok(())
-        };
-        plain("smtp_url", &mut c.smtp_url)?;
-        plain("username", &mut c.username)?;
-        plain("password", &mut c.password)?;
-        plain("callback_token", &mut c.callback_token)?;
+        c: &mut RawConnector,
+    ) -> Result<(), ConfigError> {
+        self.expand_option(&format!("{field}.smtp_url"), &mut c.smtp_url)?;
+        self.expand_option(&format!("{field}.username"), &mut c.username)?;
+        self.expand_option(&format!("{field}.password"), &mut c.password)?;
+        self.expand_option(&format!("{field}.callback_token"), &mut c.callback_token)?;
         if let Some(url) = &mut c.url {
-            *url = self.expand_template(&format!("{field}.url"), url)?;
+            self.expand_template(&format!("{field}.url"), url)?;
         }
         self.expand_templates(&format!("{field}.headers"), &mut c.headers)?;
         self.expand_templates(&format!("{field}.vars"), &mut c.vars)?;
         for (event, request) in &mut c.requests {
             let at = format!("{field}.requests.{event}");
             if let Some(url) = &mut request.url {
-                *url = self.expand_template(&format!("{at}.url"), url)?;
+                self.expand_template(&format!("{at}.url"), url)?;
             }
             self.expand_templates(&format!("{at}.headers"), &mut request.headers)?;
         }
         if let Some(signing) = &mut c.signing {
             for (i, secret) in signing.standard_webhooks.iter_mut().enumerate() {
-                let at = format!("{field}.signing.standard_webhooks[{i}]");
-                *secret = self.expand(&at, secret)?;
+                self.expand(&format!("{field}.signing.standard_webhooks[{i}]"), secret)?;
             }
-            if let Some(secret) = &mut signing.github_secret {
-                *secret = self.expand(&format!("{field}.signing.github_secret"), secret)?;
-            }
+            let at = format!("{field}.signing.github_secret");
+            self.expand_option(&at, &mut signing.github_secret)?;
         }
-        Ok(c)
+        Ok(())
     }
 
     /// Values compiled as templates (headers, vars), expanded in place.
@@ -291,7 +286,7 @@ impl Validator<'_> {
         values: &mut BTreeMap<String, String>,
     ) -> Result<(), ConfigError> {
         for (name, value) in values.iter_mut() {
-            *value = self.expand_template(&format!("{field}.{name}"), value)?;
+            self.expand_template(&format!("{field}.{name}"), value)?;
         }
         Ok(())
     }

@@ -6,12 +6,13 @@ use super::{ConfigError, Validator};
 use crate::connector::{Egress, HttpRequest, HttpTarget, TemplatePath};
 
 impl Validator<'_> {
+    /// The target, and the connector's body template (every event's unless its table names
+    /// another).
     pub(super) fn http_target(
         &self,
         field: &str,
         c: &RawConnector,
-        template: &TemplatePath,
-    ) -> Result<HttpTarget, ConfigError> {
+    ) -> Result<(HttpTarget, TemplatePath), ConfigError> {
         let method = self.method(&format!("{field}.method"), &c.method)?;
         for (key, set) in [
             ("smtp_url", c.smtp_url.is_some()),
@@ -32,6 +33,7 @@ impl Validator<'_> {
             self.invalid(format!("{field}.url"), "is required for an http connector")
         })?;
         self.check_url(&format!("{field}.url"), &url)?;
+        let template = self.template_path(&format!("{field}.template"), &c.template)?;
         let headers = self.headers(&format!("{field}.headers"), &c.headers)?;
         let default = HttpRequest {
             method: method.clone(),
@@ -43,13 +45,14 @@ impl Validator<'_> {
         let requests = self.requests(field, &c.requests, default.clone(), |at, raw| {
             self.http_request(at, raw, &default)
         })?;
-        Ok(HttpTarget {
+        let target = HttpTarget {
             method,
             url,
             headers,
             egress: self.egress(field, c)?,
             requests,
-        })
+        };
+        Ok((target, template))
     }
 
     /// One event's request: what its table gives, the connector's request otherwise.

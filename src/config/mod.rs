@@ -1,13 +1,15 @@
 //! Configuration: the TOML file admins write, parsed, expanded and cross-checked once at load.
 //!
-//! Each section is built by a file of its own ([`server`], [`storage`], [`delivery`],
-//! [`sources`], [`connectors`], [`templates`]) into the settings type of the stage that uses
-//! it: the listener's [`ServerConfig`](crate::server::ServerConfig), the sources'
+//! Each section is built by a file of its own (`server.rs`, `storage.rs`, `delivery.rs`,
+//! `sources.rs`, `connectors.rs` with `http.rs` and `smtp.rs`, `templates.rs`) into the
+//! settings type of the stage that uses it: the listener's
+//! [`ServerConfig`](crate::server::ServerConfig), the sources'
 //! [`SourceConfig`](crate::auth::SourceConfig), the workers'
-//! [`DeliveryConfig`](crate::deliver::DeliveryConfig), the [`Connector`]s… Everything is
-//! checked here (paths resolved, regexes compiled, templates present, names unique), so the
-//! rest of the gateway can trust a [`Config`] without re-checking it. `${VAR}` expands from an
-//! explicit environment ([`env`]); messages name the file, the line ([`span`]) and the field.
+//! [`DeliveryConfig`](crate::deliver::DeliveryConfig), the store's
+//! [`StorageConfig`](crate::store::StorageConfig), the [`Connector`]s. Everything is checked
+//! here (paths resolved, regexes compiled, templates present, names unique), so the rest of the
+//! gateway can trust a [`Config`] without re-checking it. `${VAR}` expands from an explicit
+//! environment (`env.rs`); messages name the file, the line (`span.rs`) and the field.
 
 mod connectors;
 mod delivery;
@@ -56,17 +58,24 @@ pub enum ConfigError {
         message: String,
     },
     /// A `${VAR}` in the field could not be expanded.
-    #[error("{file}: {}{field}: {source}", at_line(*line))]
+    #[error("{file}: {}{field}: {reason}", at(*position))]
     Env {
         file: PathBuf,
-        line: Option<usize>,
+        /// Line and column of the value, when it is written at all.
+        position: Option<(usize, usize)>,
         field: String,
-        source: EnvError,
+        reason: EnvError,
     },
 }
 
 fn at_line(line: Option<usize>) -> String {
     line.map(|l| format!("line {l}: ")).unwrap_or_default()
+}
+
+fn at(position: Option<(usize, usize)>) -> String {
+    position
+        .map(|(l, c)| format!("line {l}, column {c}: "))
+        .unwrap_or_default()
 }
 
 /// The whole gateway configuration, validated.
@@ -169,8 +178,9 @@ struct Validator<'a> {
 }
 
 impl Validator<'_> {
-    /// Builds every section, then checks what spans sections.
-    fn validate(self, raw: RawConfig) -> Result<Config, ConfigError> {
+    /// Expands every `${VAR}`, builds every section, then checks what spans sections.
+    fn validate(self, mut raw: RawConfig) -> Result<Config, ConfigError> {
+        self.expand_all(&mut raw)?;
         let server = self.server(raw.server)?;
         let storage = self.storage(&raw.storage)?;
         let delivery = self.delivery(&raw.delivery)?;
@@ -233,6 +243,20 @@ impl Validator<'_> {
         Ok(())
     }
 
+    /// Every `${VAR}` the file holds, expanded in place before anything is checked, so an
+    /// unset variable is reported whatever else is wrong.
+    fn expand_all(&self, raw: &mut RawConfig) -> Result<(), ConfigError> {
+        self.expand_server(&mut raw.server)?;
+        self.expand("storage.url", &mut raw.storage.url)?;
+        for (i, source) in raw.sources.iter_mut().enumerate() {
+            self.expand_source(&format!("sources[{i}]"), source)?;
+        }
+        for (i, connector) in raw.connectors.iter_mut().enumerate() {
+            self.expand_connector(&format!("connectors[{i}]"), connector)?;
+        }
+        Ok(())
+    }
+
     fn invalid(&self, field: impl Into<String>, message: impl Into<String>) -> ConfigError {
         let field = field.into();
         ConfigError::Invalid {
@@ -243,25 +267,39 @@ impl Validator<'_> {
         }
     }
 
-    /// `raw` with its `${VAR}`s expanded; an error names `field`.
-    fn expand(&self, field: &str, raw: &str) -> Result<String, ConfigError> {
-        self.env.expand(raw).map_err(|e| self.env_error(field, e))
+    /// Expands the `${VAR}`s of `value`, the value of `field`, in place.
+    fn expand(&self, field: &str, value: &mut String) -> Result<(), ConfigError> {
+        *value = self
+            .env
+            .expand(value)
+            .map_err(|e| self.env_error(field, e))?;
+        Ok(())
+    }
+
+    /// As [`Validator::expand`], when `field` is written at all.
+    fn expand_option(&self, field: &str, value: &mut Option<String>) -> Result<(), ConfigError> {
+        match value {
+            Some(v) => self.expand(field, v),
+            None => Ok(()),
+        }
     }
 
     /// As [`Validator::expand`], for a value then compiled as a template (URLs, header values,
     /// vars): a value from the environment must not smuggle template code into it.
-    fn expand_template(&self, field: &str, raw: &str) -> Result<String, ConfigError> {
-        self.env
-            .expand_template(raw)
-            .map_err(|e| self.env_error(field, e))
+    fn expand_template(&self, field: &str, value: &mut String) -> Result<(), ConfigError> {
+        *value = self
+            .env
+            .expand_template(value)
+            .map_err(|e| self.env_error(field, e))?;
+        Ok(())
     }
 
-    fn env_error(&self, field: &str, source: EnvError) -> ConfigError {
+    fn env_error(&self, field: &str, reason: EnvError) -> ConfigError {
         ConfigError::Env {
             file: self.file.clone(),
-            line: self.doc.line_of(field),
+            position: self.doc.value_position(field),
             field: field.to_string(),
-            source,
+            reason,
         }
     }
 

@@ -117,16 +117,13 @@ fn default_string_chars() -> usize {
 }
 
 impl Validator<'_> {
+    pub(super) fn expand_server(&self, raw: &mut RawServer) -> Result<(), ConfigError> {
+        self.expand("server.listen", &mut raw.listen)?;
+        self.expand_option("server.admin_token", &mut raw.admin_token)?;
+        self.expand_option("server.admin_listen", &mut raw.admin_listen)
+    }
+
     pub(super) fn server(&self, raw: RawServer) -> Result<ServerConfig, ConfigError> {
-        let listen = self.expand("server.listen", &raw.listen)?;
-        let admin_token = match &raw.admin_token {
-            Some(t) => Some(self.expand("server.admin_token", t)?),
-            None => None,
-        };
-        let admin_listen = match &raw.admin_listen {
-            Some(a) => Some(self.expand("server.admin_listen", a)?),
-            None => None,
-        };
         let tls = match &raw.tls {
             None => None,
             Some(t) => Some(TlsFiles {
@@ -134,7 +131,7 @@ impl Validator<'_> {
                 key: self.existing_file("server.tls.key", &t.key)?,
             }),
         };
-        let admin_tls = self.admin_tls(raw.admin_tls, tls.as_ref(), admin_listen.as_deref())?;
+        let admin_tls = self.admin_tls(raw.admin_tls, tls.as_ref(), raw.admin_listen.as_deref())?;
         let admin_reserved_connections = match raw.admin_reserved_connections {
             Some(n) if n >= raw.max_connections => {
                 return Err(self.invalid(
@@ -145,7 +142,7 @@ impl Validator<'_> {
             Some(n) => n,
             None => 16.min(raw.max_connections / 8),
         };
-        let admin_token = match (&raw.admin_token_file, admin_token) {
+        let admin_token = match (&raw.admin_token_file, raw.admin_token) {
             (Some(_), Some(_)) => {
                 return Err(self.invalid(
                     "server.admin_token_file",
@@ -156,7 +153,7 @@ impl Validator<'_> {
             (None, token) => token,
         };
         let server = ServerConfig {
-            listen,
+            listen: raw.listen,
             admin_token,
             max_body_bytes: raw.max_body_bytes,
             max_body_bytes_in_flight: raw
@@ -172,7 +169,7 @@ impl Validator<'_> {
             body_read_timeout: raw.body_read_timeout,
             max_json_depth: raw.max_json_depth,
             max_string_chars: raw.max_string_chars,
-            admin_listen,
+            admin_listen: raw.admin_listen,
             tls,
             admin_tls,
         };

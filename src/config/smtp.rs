@@ -13,12 +13,13 @@ struct Server {
 }
 
 impl Validator<'_> {
+    /// The target, and the connector's text body template (every event's unless its table
+    /// names another).
     pub(super) fn smtp_target(
         &self,
         field: &str,
         c: &RawConnector,
-        template: &TemplatePath,
-    ) -> Result<SmtpTarget, ConfigError> {
+    ) -> Result<(SmtpTarget, TemplatePath), ConfigError> {
         // Written or not, the connector's method and headers must be valid.
         self.method(&format!("{field}.method"), &c.method)?;
         let server = self.smtp_server(field, c)?;
@@ -34,6 +35,7 @@ impl Validator<'_> {
                 "an smtp connector takes smtp_url, not url",
             ));
         }
+        let template = self.template_path(&format!("{field}.template"), &c.template)?;
         self.headers(&format!("{field}.headers"), &c.headers)?;
         let subject = c.subject.clone().ok_or_else(|| {
             self.invalid(
@@ -54,7 +56,7 @@ impl Validator<'_> {
             self.mail_message(at, raw, &default)
         })?;
         self.check_allow_hosts(field, &c.allow_hosts)?;
-        Ok(SmtpTarget {
+        let target = SmtpTarget {
             security: server.security,
             host: server.host,
             port: server.port,
@@ -67,7 +69,8 @@ impl Validator<'_> {
             tls_ca_file,
             allow_plaintext_auth: c.allow_plaintext_auth,
             messages,
-        })
+        };
+        Ok((target, template))
     }
 
     /// One event's message: what its table gives, the connector's message otherwise.

@@ -30,6 +30,12 @@ struct RawRateLimit {
 }
 
 impl Validator<'_> {
+    pub(super) fn expand_source(&self, field: &str, s: &mut RawSource) -> Result<(), ConfigError> {
+        self.expand_option(&format!("{field}.api_key"), &mut s.api_key)?;
+        self.expand_option(&format!("{field}.callback_token"), &mut s.callback_token)?;
+        self.expand_option(&format!("{field}.signing_secret"), &mut s.signing_secret)
+    }
+
     /// Every source: names and keys unique, no key the admin token.
     pub(super) fn sources(
         &self,
@@ -62,17 +68,15 @@ impl Validator<'_> {
         admin_token: Option<&str>,
     ) -> Result<SourceConfig, ConfigError> {
         let api_key = self.api_key(field, &s)?;
-        let callback_token = match &s.callback_token {
-            Some(t) => Some(self.expand(&format!("{field}.callback_token"), t)?),
-            None => None,
-        };
+        let callback_token = s.callback_token;
         let signing_secret = match &s.signing_secret {
             Some(secret) => {
-                let at = format!("{field}.signing_secret");
-                let secret = self.expand(&at, secret)?;
                 // As written, to mask it wherever it could show.
-                self.credential(&secret);
-                Some(WebhookSecret::parse(&secret).map_err(|e| self.invalid(at, e))?)
+                self.credential(secret);
+                Some(
+                    WebhookSecret::parse(secret)
+                        .map_err(|e| self.invalid(format!("{field}.signing_secret"), e))?,
+                )
             }
             None => None,
         };
@@ -130,11 +134,7 @@ impl Validator<'_> {
 
     /// The source's key: written in the file, or read from the file it names.
     fn api_key(&self, field: &str, s: &RawSource) -> Result<Option<String>, ConfigError> {
-        let api_key = match &s.api_key {
-            Some(k) => Some(self.expand(&format!("{field}.api_key"), k)?),
-            None => None,
-        };
-        match (api_key, &s.api_key_file) {
+        match (s.api_key.clone(), &s.api_key_file) {
             (Some(_), Some(_)) => Err(self.invalid(
                 format!("{field}.api_key_file"),
                 "give api_key or api_key_file, not both",

@@ -83,10 +83,50 @@ impl<'a> Document<'a> {
         found.map(|span| self.line(span.start))
     }
 
-    /// The field written where `offset` is: the innermost key or value whose range holds it,
-    /// named as the validator names fields (`server.max_body_bytes`, `connectors[0].to[1]`).
-    pub fn field_at(&self, offset: usize) -> Option<String> {
-        let name = path_to(&self.root, offset)?;
+    /// Where `field`'s value starts, as a line and a column, when it is written.
+    pub fn value_position(&self, field: &str) -> Option<(usize, usize)> {
+        let mut value = &self.root;
+        let mut span = None;
+        for step in steps(field) {
+            let next = match (step, value) {
+                (Step::Key(key), DeValue::Table(table)) => table
+                    .iter()
+                    .find(|(k, _)| k.get_ref() == key)
+                    .map(|(_, v)| v),
+                (Step::Index(i), DeValue::Array(array)) => array.get(i),
+                _ => None,
+            }?;
+            span = Some(next.span());
+            value = next.get_ref();
+        }
+        span.map(|s| (self.line(s.start), self.column(s.start)))
+    }
+
+    /// The field written at `span` (an error's): the innermost key or value that holds its
+    /// start, named as the validator names fields (`server.max_body_bytes`,
+    /// `connectors[0].to[1]`); else the key written there (one the document dropped, such as a
+    /// duplicate) in the table whose header comes last before it. `None` for an empty range
+    /// (the document as a whole).
+    pub fn field_at(&self, span: Range<usize>) -> Option<String> {
+        if span.is_empty() {
+            return None;
+        }
+        let name = match path_to(&self.root, span.start) {
+            Some(name) => name,
+            None => {
+                let key = self.text.get(span.clone())?.trim();
+                if key.is_empty() || key.contains(char::is_whitespace) {
+                    return None;
+                }
+                let mut tables = vec![(String::new(), 0)];
+                headers(self.text, &self.root, String::new(), &mut tables);
+                let (table, _) = tables
+                    .into_iter()
+                    .filter(|(_, start)| *start <= span.start)
+                    .max_by_key(|(_, start)| *start)?;
+                format!("{table}.{key}")
+            }
+        };
         let name = name.trim_start_matches('.');
         (!name.is_empty()).then(|| name.to_string())
     }
@@ -98,7 +138,7 @@ impl<'a> Document<'a> {
             return message;
         };
         let (line, column) = (self.line(span.start), self.column(span.start));
-        match self.field_at(span.start) {
+        match self.field_at(span) {
             Some(field) => format!("line {line}, column {column}: {field}: {message}"),
             None => format!("line {line}, column {column}: {message}"),
         }
@@ -127,6 +167,30 @@ fn path_to(value: &DeValue, offset: usize) -> Option<String> {
             None => (on_key || child.span().contains(&offset)).then_some(step),
         },
     )
+}
+
+/// Every table under `value` opened by a header (`[server]`, `[[connectors]]`), with where its
+/// header starts.
+fn headers(text: &str, value: &DeValue, path: String, out: &mut Vec<(String, usize)>) {
+    let children: Vec<(String, &Spanned<DeValue>)> = match value {
+        DeValue::Table(table) => table
+            .iter()
+            .map(|(k, v)| (format!("{path}.{}", k.get_ref()), v))
+            .collect(),
+        DeValue::Array(array) => array
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (format!("{path}[{i}]"), v))
+            .collect(),
+        _ => return,
+    };
+    for (path, child) in children {
+        let written = text.get(child.span()).unwrap_or("");
+        if matches!(child.get_ref(), DeValue::Table(_)) && written.starts_with('[') {
+            out.push((path.clone(), child.span().start));
+        }
+        headers(text, child.get_ref(), path, out);
+    }
 }
 
 /// `connectors[1].matchers[0].regex` → connectors, 1, matchers, 0, regex.
@@ -171,7 +235,10 @@ mod tests {
     #[test]
     fn names_the_field_at_an_offset() {
         let (doc, _) = Document::parse(TEXT);
-        let at = |needle: &str| TEXT.find(needle).unwrap();
+        let at = |needle: &str| {
+            let start = TEXT.find(needle).unwrap();
+            start..start + needle.len()
+        };
         assert_eq!(doc.field_at(at("\"x\"")).as_deref(), Some("server.listen"));
         assert_eq!(
             doc.field_at(at("0\n")).as_deref(),
@@ -180,6 +247,19 @@ mod tests {
         assert_eq!(
             doc.field_at(at("\"(\"")).as_deref(),
             Some("connectors[1].matchers[0].regex")
+        );
+        // The document as a whole (a missing section): no field.
+        assert_eq!(doc.field_at(0..0), None);
+    }
+
+    #[test]
+    fn names_a_duplicate_key_by_the_table_it_is_written_in() {
+        let text = "[server]\nlisten = \"x\"\n[[connectors]]\nname = \"a\"\nname = \"b\"\n";
+        let (doc, error) = Document::parse(text);
+        let message = doc.describe(&error.unwrap());
+        assert_eq!(
+            message,
+            "line 5, column 1: connectors[0].name: duplicate key"
         );
     }
 

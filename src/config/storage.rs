@@ -9,12 +9,12 @@ use crate::store::StorageConfig;
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawStorage {
-    url: String,
+    pub(super) url: String,
 }
 
 impl Validator<'_> {
     pub(super) fn storage(&self, raw: &RawStorage) -> Result<StorageConfig, ConfigError> {
-        let url = self.expand("storage.url", &raw.url)?;
+        let url = &raw.url;
         match url.strip_prefix("sqlite://") {
             Some(path) if !path.is_empty() => Ok(StorageConfig::Sqlite {
                 path: self.resolve(path),
