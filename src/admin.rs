@@ -1,14 +1,15 @@
 //! Admin: read incidents and deliveries, and replay dead deliveries (Bearer `admin_token`).
 //!
 //! Without an `admin_token` in the config the admin API is off and answers 401 to everyone;
-//! a source's API key never opens it.
+//! a source's API key never opens it. Every handler takes [`Admin`] first, so nothing of a
+//! request — its path, its query, its body — is looked at before the caller is known.
 
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
@@ -16,58 +17,67 @@ use crate::App;
 use crate::auth;
 use crate::problem::Problem;
 use crate::server::Client;
-use crate::store::{DeliveryFilter, ReplayOutcome};
+use crate::store::{DeliveryFilter, DeliveryView, IncidentView, ReplayOutcome, ResolveOutcome};
 
-fn require_admin(app: &App, headers: &HeaderMap) -> Result<(), Problem> {
-    if auth::admin(app.config.server.admin_token.as_deref(), headers) {
-        Ok(())
-    } else {
-        Err(Problem::unauthorized())
+/// The caller holds the admin token (else 401, problem+json).
+pub struct Admin;
+
+impl FromRequestParts<Arc<App>> for Admin {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Admin, Problem> {
+        if auth::admin(app.config.server.admin_token.as_deref(), &parts.headers) {
+            Ok(Admin)
+        } else {
+            Err(Problem::unauthorized())
+        }
     }
 }
 
-fn bad_path(e: PathRejection) -> Problem {
-    Problem::new(
-        StatusCode::BAD_REQUEST,
-        "bad-path",
-        "Bad path",
-        e.body_text(),
-    )
-}
+/// The id in the path (a path that does not decode is a 400, problem+json).
+pub struct Id(String);
 
-fn bad_query(e: QueryRejection) -> Problem {
-    Problem::new(
-        StatusCode::BAD_REQUEST,
-        "bad-query",
-        "Bad query",
-        e.body_text(),
-    )
+impl FromRequestParts<Arc<App>> for Id {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Id, Problem> {
+        match Path::<String>::from_request_parts(parts, app).await {
+            Ok(Path(id)) => Ok(Id(id)),
+            Err(e) => Err(Problem::new(
+                StatusCode::BAD_REQUEST,
+                "bad-path",
+                "Bad path",
+                e.body_text(),
+            )),
+        }
+    }
 }
 
 fn store_failed(e: crate::store::StoreError) -> Problem {
-    tracing::error!(error = %e, "admin: store error");
-    Problem::unavailable("the store could not answer; try again")
+    Problem::store_failed(&e, "the store could not answer; try again")
 }
 
+/// A view the store found, or 404 naming what was asked for.
+fn found<T>(
+    view: Result<Option<T>, crate::store::StoreError>,
+    missing: impl FnOnce() -> Problem,
+) -> Result<Json<T>, Problem> {
+    view.map_err(store_failed)?.map(Json).ok_or_else(missing)
+}
+
+fn no_delivery(id: &str) -> Problem {
+    Problem::not_found(format!("no delivery {id:?}"))
+}
+
+/// `GET /v1/incidents/{id}`: the incident, its versions, tickets and deliveries.
 pub async fn get_incident(
     State(app): State<Arc<App>>,
-    headers: HeaderMap,
-    incident_id: Result<Path<String>, PathRejection>,
-) -> Response {
-    let result = async {
-        require_admin(&app, &headers)?;
-        let Path(incident_id) = incident_id.map_err(bad_path)?;
-        app.store
-            .incident(incident_id.clone())
-            .await
-            .map_err(store_failed)?
-            .ok_or_else(|| Problem::not_found(format!("no incident {incident_id:?}")))
-    }
-    .await;
-    match result {
-        Ok(view) => Json(view).into_response(),
-        Err(p) => p.into_response(),
-    }
+    _: Admin,
+    Id(incident_id): Id,
+) -> Result<Json<IncidentView>, Problem> {
+    found(app.store.incident(incident_id.clone()).await, || {
+        Problem::not_found(format!("no incident {incident_id:?}"))
+    })
 }
 
 #[derive(Deserialize)]
@@ -77,115 +87,87 @@ pub struct DeliveryQuery {
     limit: Option<usize>,
 }
 
+/// `GET /v1/deliveries?status=&connector=&limit=`: the newest deliveries first.
 pub async fn list_deliveries(
     State(app): State<Arc<App>>,
-    headers: HeaderMap,
-    query: Result<Query<DeliveryQuery>, QueryRejection>,
-) -> Response {
-    let result = async {
-        require_admin(&app, &headers)?;
-        let Query(q) = query.map_err(bad_query)?;
-        if let Some(s) = &q.status
-            && !matches!(s.as_str(), "pending" | "delivered" | "dead")
-        {
-            return Err(Problem::new(
-                StatusCode::BAD_REQUEST,
-                "bad-query",
-                "Bad query",
-                format!("status {s:?}: expected pending, delivered or dead"),
-            ));
-        }
-        app.store
-            .deliveries(DeliveryFilter {
-                status: q.status,
-                connector: q.connector,
-                limit: q.limit.unwrap_or(100),
-            })
-            .await
-            .map_err(store_failed)
+    _: Admin,
+    query: Result<Query<DeliveryQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, Problem> {
+    let bad_query =
+        |detail: String| Problem::new(StatusCode::BAD_REQUEST, "bad-query", "Bad query", detail);
+    let Query(q) = query.map_err(|e| bad_query(e.body_text()))?;
+    if let Some(s) = &q.status
+        && !matches!(s.as_str(), "pending" | "delivered" | "dead")
+    {
+        return Err(bad_query(format!(
+            "status {s:?}: expected pending, delivered or dead"
+        )));
     }
-    .await;
-    match result {
-        Ok(list) => Json(serde_json::json!({ "deliveries": list })).into_response(),
-        Err(p) => p.into_response(),
-    }
+    let list = app
+        .store
+        .deliveries(DeliveryFilter {
+            status: q.status,
+            connector: q.connector,
+            limit: q.limit.unwrap_or(100),
+        })
+        .await
+        .map_err(store_failed)?;
+    Ok(Json(serde_json::json!({ "deliveries": list })).into_response())
 }
 
+/// `GET /v1/deliveries/{id}`: the delivery and its attempts.
 pub async fn get_delivery(
     State(app): State<Arc<App>>,
-    headers: HeaderMap,
-    delivery_id: Result<Path<String>, PathRejection>,
-) -> Response {
-    let result = async {
-        require_admin(&app, &headers)?;
-        let Path(delivery_id) = delivery_id.map_err(bad_path)?;
-        app.store
-            .delivery(delivery_id.clone())
-            .await
-            .map_err(store_failed)?
-            .ok_or_else(|| Problem::not_found(format!("no delivery {delivery_id:?}")))
-    }
-    .await;
-    match result {
-        Ok(view) => Json(view).into_response(),
-        Err(p) => p.into_response(),
-    }
+    _: Admin,
+    Id(delivery_id): Id,
+) -> Result<Json<DeliveryView>, Problem> {
+    found(app.store.delivery(delivery_id.clone()).await, || {
+        no_delivery(&delivery_id)
+    })
 }
 
+/// `POST /v1/deliveries/{id}/replay`: a dead delivery goes back in the queue, its attempt
+/// budget new.
 pub async fn replay_delivery(
     State(app): State<Arc<App>>,
-    headers: HeaderMap,
-    delivery_id: Result<Path<String>, PathRejection>,
-) -> Response {
-    let result = async {
-        require_admin(&app, &headers)?;
-        let Path(delivery_id) = delivery_id.map_err(bad_path)?;
-        match app
-            .store
-            .replay(delivery_id.clone())
-            .await
-            .map_err(store_failed)?
-        {
-            ReplayOutcome::Replayed => {
-                app.wake.notify_one();
-                tracing::info!(delivery = ?delivery_id, "delivery replayed");
-                Ok(delivery_id)
-            }
-            ReplayOutcome::NotFound => {
-                Err(Problem::not_found(format!("no delivery {delivery_id:?}")))
-            }
-            ReplayOutcome::NotDead(status) => Err(Problem::new(
-                StatusCode::CONFLICT,
-                "not-dead",
-                "Delivery is not dead",
-                format!("only dead deliveries can be replayed; this one is {status}"),
-            )),
+    _: Admin,
+    Id(delivery_id): Id,
+) -> Result<Response, Problem> {
+    match app
+        .store
+        .replay(delivery_id.clone())
+        .await
+        .map_err(store_failed)?
+    {
+        ReplayOutcome::Replayed => {
+            app.wake.notify_one();
+            tracing::info!(delivery = ?delivery_id, "delivery replayed");
+            Ok((
+                StatusCode::ACCEPTED,
+                Json(serde_json::json!({ "id": delivery_id, "status": "pending" })),
+            )
+                .into_response())
         }
-    }
-    .await;
-    match result {
-        Ok(id) => (
-            StatusCode::ACCEPTED,
-            Json(serde_json::json!({ "id": id, "status": "pending" })),
-        )
-            .into_response(),
-        Err(p) => p.into_response(),
+        ReplayOutcome::NotFound => Err(no_delivery(&delivery_id)),
+        ReplayOutcome::NotDead(status) => Err(Problem::new(
+            StatusCode::CONFLICT,
+            "not-dead",
+            "Delivery is not dead",
+            format!("only dead deliveries can be replayed; this one is {status}"),
+        )),
     }
 }
 
 /// `GET /metrics`: Prometheus text format (Bearer `admin_token`, as Prometheus can send).
-pub async fn metrics(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
-    match require_admin(&app, &headers) {
-        Ok(()) => (
-            [(
-                axum::http::header::CONTENT_TYPE,
-                "text/plain; version=0.0.4",
-            )],
-            app.metrics.render(),
-        )
-            .into_response(),
-        Err(p) => p.into_response(),
-    }
+pub async fn metrics(State(app): State<Arc<App>>, _: Admin) -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        app.metrics.render(),
+    )
+        .into_response()
 }
 
 /// The largest resolve body read (a ticket id of at most 1024 characters, and a URL).
@@ -196,67 +178,59 @@ const MAX_RESOLVE_BYTES: usize = 16 * 1024;
 /// id) becomes delivered with that id; the ticket's waiting deliveries go on.
 pub async fn resolve_delivery(
     State(app): State<Arc<App>>,
+    _: Admin,
     Client(client): Client,
-    headers: HeaderMap,
-    delivery_id: Result<Path<String>, PathRejection>,
+    Id(delivery_id): Id,
+    headers: axum::http::HeaderMap,
     body: axum::body::Body,
-) -> Response {
-    let result = async {
-        require_admin(&app, &headers)?;
-        let Path(delivery_id) = delivery_id.map_err(bad_path)?;
-        // Read only once the caller is known, and bounded as every body is.
-        let (body, _budget) = app
-            .read_body(client, &headers, body, MAX_RESOLVE_BYTES)
-            .await?;
-        let value: serde_json::Value =
-            serde_json::from_slice(&body).map_err(Problem::malformed_json)?;
-        let text = |key: &str| {
-            value
-                .get(key)
-                .and_then(|v| v.as_str())
-                .map(str::trim)
-                .filter(|v| !v.is_empty())
-                .map(str::to_string)
-        };
-        let ticket_id = text("ticket_id")
-            .filter(|t| t.len() <= 1024)
-            .ok_or_else(|| {
-                Problem::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "invalid-resolve",
-                    "Invalid resolve",
-                    "ticket_id is required: the id the target gave the ticket",
-                )
-                .with_violations(vec![crate::schema::Violation {
-                    pointer: "/ticket_id".into(),
-                    detail: "a non-empty string of at most 1024 characters".into(),
-                }])
-            })?;
-        match app
-            .store
-            .resolve(delivery_id.clone(), ticket_id, text("ticket_url"))
-            .await
-            .map_err(store_failed)?
-        {
-            crate::store::ResolveOutcome::Resolved => {
-                app.wake.notify_one();
-                tracing::info!(delivery = ?delivery_id, "created delivery resolved by an admin");
-                Ok(delivery_id)
-            }
-            crate::store::ResolveOutcome::NotFound => {
-                Err(Problem::not_found(format!("no delivery {delivery_id:?}")))
-            }
-            crate::store::ResolveOutcome::NotApplicable(reason) => Err(Problem::new(
-                StatusCode::CONFLICT,
-                "not-resolvable",
-                "Delivery cannot be resolved",
-                reason,
-            )),
+) -> Result<Json<serde_json::Value>, Problem> {
+    // Read only once the caller is known, and bounded as every body is.
+    let (body, _budget) = app
+        .read_body(client, &headers, body, MAX_RESOLVE_BYTES)
+        .await?;
+    let value: serde_json::Value =
+        serde_json::from_slice(&body).map_err(Problem::malformed_json)?;
+    let text = |key: &str| {
+        value
+            .get(key)
+            .and_then(|v| v.as_str())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .map(str::to_string)
+    };
+    let ticket_id = text("ticket_id")
+        .filter(|t| t.len() <= 1024)
+        .ok_or_else(|| {
+            Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid-resolve",
+                "Invalid resolve",
+                "ticket_id is required: the id the target gave the ticket",
+            )
+            .with_violations(vec![crate::schema::Violation {
+                pointer: "/ticket_id".into(),
+                detail: "a non-empty string of at most 1024 characters".into(),
+            }])
+        })?;
+    match app
+        .store
+        .resolve(delivery_id.clone(), ticket_id, text("ticket_url"))
+        .await
+        .map_err(store_failed)?
+    {
+        ResolveOutcome::Resolved => {
+            app.wake.notify_one();
+            tracing::info!(delivery = ?delivery_id, "created delivery resolved by an admin");
+            Ok(Json(
+                serde_json::json!({ "id": delivery_id, "status": "delivered" }),
+            ))
         }
-    }
-    .await;
-    match result {
-        Ok(id) => Json(serde_json::json!({ "id": id, "status": "delivered" })).into_response(),
-        Err(p) => p.into_response(),
+        ResolveOutcome::NotFound => Err(no_delivery(&delivery_id)),
+        ResolveOutcome::NotApplicable(reason) => Err(Problem::new(
+            StatusCode::CONFLICT,
+            "not-resolvable",
+            "Delivery cannot be resolved",
+            reason,
+        )),
     }
 }

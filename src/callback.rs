@@ -14,8 +14,8 @@ use serde_json::Value;
 
 use crate::App;
 use crate::auth;
+use crate::model::Event;
 use crate::problem::Problem;
-use crate::render::Event;
 use crate::schema::Violation;
 use crate::server::Client;
 use crate::store::{Caller, CompleteOutcome};
@@ -166,8 +166,8 @@ pub async fn complete(
             )
             .await
             .map_err(|e| {
-                tracing::error!(error = %e, "cannot record a completion");
-                Problem::unavailable(
+                Problem::store_failed(
+                    &e,
                     "the completion could not be stored; nothing changed; try again",
                 )
             })?;

@@ -9,10 +9,10 @@ use serde_json::Value;
 
 use crate::config::Config;
 use crate::connector::{Connector, Target};
-use crate::deliver;
-use crate::render::{
-    self, Completion, DeliveryFacts, Escape, Event, RenderedRequest, Renderer, TicketFacts,
-};
+use crate::deliver::prepare::{self, AttemptFacts, Outgoing, Unprepared};
+use crate::deliver::smtp;
+use crate::model::{Completion, Event, TicketFacts};
+use crate::render::{Escape, RenderedRequest, Renderer};
 use crate::schema::IncidentSchema;
 
 /// The delivery id `check` and `render` use: never sent.
@@ -67,45 +67,77 @@ pub fn example_incidents(dir: &Path) -> Result<Vec<PathBuf>, CliError> {
 /// The ticket id `check` and `render` show once a ticket exists.
 pub const PREVIEW_TICKET_ID: &str = "TICKET-PREVIEW-1";
 
-/// The context a real delivery of `event` would see: after `created`, the ticket has an id;
-/// `completed` carries a completion.
-pub fn preview_context(
+/// The facts a real attempt of `event` would carry: after `created` the ticket has an id (for
+/// mail, the Message-ID replies thread on), `completed` carries a completion.
+pub fn preview_facts(
     renderer: &Renderer,
     incident: &Value,
     connector: &Connector,
     event: Event,
-) -> Value {
-    let now = crate::model::rfc3339(crate::model::now_ms());
+) -> AttemptFacts {
+    let now_ms = crate::model::now_ms();
     let key = crate::ticket::route_for(renderer, connector, incident).key;
-    let ticket = match event {
-        Event::Created => TicketFacts {
+    let ticket = match (event, &connector.target) {
+        (Event::Created, _) => TicketFacts {
             key,
             id: None,
             url: None,
         },
-        Event::Updated | Event::Completed => TicketFacts {
+        (Event::Updated | Event::Completed, target) => TicketFacts {
             key,
-            id: Some(PREVIEW_TICKET_ID.into()),
+            id: Some(match target {
+                Target::Smtp(smtp) => smtp::message_id(smtp, "msg_preview_root"),
+                Target::Http(_) => PREVIEW_TICKET_ID.into(),
+            }),
             url: Some(format!("https://tickets.example.com/{PREVIEW_TICKET_ID}")),
         },
     };
     let completion = (event == Event::Completed).then(|| Completion {
         reason_code: "threat_not_valid".into(),
         notes: Some("Closed from the ticketing system (preview)".into()),
-        status_change_time: now.clone(),
+        status_change_time: crate::model::rfc3339(now_ms),
     });
-    render::context(
-        incident,
-        &DeliveryFacts {
-            event,
-            delivery_id: PREVIEW_DELIVERY_ID,
-            attempt: 1,
-            connector,
-            received_at: &now,
-            ticket,
-            completion,
-        },
-    )
+    AttemptFacts {
+        event,
+        delivery_id: PREVIEW_DELIVERY_ID.into(),
+        attempt: 1,
+        received_at_ms: now_ms,
+        ticket,
+        completion,
+    }
+}
+
+/// The context a real delivery of `event` would see (see [`preview_facts`]).
+pub fn preview_context(
+    renderer: &Renderer,
+    incident: &Value,
+    connector: &Connector,
+    event: Event,
+) -> Value {
+    let facts = preview_facts(renderer, incident, connector, event);
+    prepare::context(connector, incident, &facts)
+}
+
+/// What a real attempt of `event` would send — rendered, stamped and signed, or built as a
+/// threaded message — by the same steps a delivery takes.
+pub fn preview(
+    renderer: &Renderer,
+    incident: &Value,
+    connector: &Connector,
+    event: Event,
+) -> Result<Outgoing, Unprepared> {
+    let facts = preview_facts(renderer, incident, connector, event);
+    let unix_seconds = facts.received_at_ms / 1000;
+    prepare::prepare(renderer, connector, incident, &facts, unix_seconds)
+}
+
+/// A preview's failure as `check` reports it: the template's own location, or the message
+/// problem with the connector and event.
+fn preview_problem(connector: &Connector, event: Event, e: Unprepared) -> String {
+    match e {
+        Unprepared::Render(e) => e.to_string(),
+        other => format!("connector {} ({}): {other}", connector.name, event.as_str()),
+    }
 }
 
 /// Loads the config, compiles every template, and renders every connector for every event
@@ -170,39 +202,34 @@ pub fn check(config_file: &Path, incidents_dir: Option<&Path>) -> Result<CheckRe
                         .and_modify(|(_, n)| *n += 1)
                         .or_insert((seen_in.clone(), 1));
                 };
-                let context = preview_context(&renderer, &incident, connector, event);
-                let http = match &connector.target {
-                    Target::Http(http) => http,
-                    Target::Smtp(_) => {
-                        match preview_message(&renderer, connector, event, &context) {
-                            Ok(message) => {
-                                if String::from_utf8_lossy(&message.formatted()).contains(
-                                    incident
-                                        .get("incidentId")
-                                        .and_then(Value::as_str)
-                                        .unwrap_or_default(),
-                                ) {
-                                    traceable.insert(connector.name.as_str(), true);
-                                }
-                            }
-                            Err(e) => problem(e),
+                let request = match preview(&renderer, &incident, connector, event) {
+                    Ok(Outgoing::Request(request)) => request,
+                    Ok(Outgoing::Mail { message, .. }) => {
+                        if String::from_utf8_lossy(&message.formatted()).contains(
+                            incident
+                                .get("incidentId")
+                                .and_then(Value::as_str)
+                                .unwrap_or_default(),
+                        ) {
+                            traceable.insert(connector.name.as_str(), true);
                         }
                         continue;
                     }
-                };
-                let Some(request_config) = http.requests.get(event) else {
-                    continue;
-                };
-                let request = match renderer.render(connector, event, &context) {
-                    Ok(request) => request,
                     Err(e) => {
-                        problem(e.to_string());
+                        problem(preview_problem(connector, event, e));
                         continue;
                     }
                 };
                 if carries_incident_id(&request, &incident) {
                     traceable.insert(connector.name.as_str(), true);
                 }
+                // An HTTP request: the connector's target is HTTP.
+                let Target::Http(http) = &connector.target else {
+                    continue;
+                };
+                let Some(request_config) = http.requests.get(event) else {
+                    continue;
+                };
                 let template = &request_config.template.as_written;
                 if Escape::for_file(template) != Escape::Json {
                     continue;
@@ -306,7 +333,7 @@ fn carries_incident_id(request: &RenderedRequest, incident: &Value) -> bool {
     }
     let forms = [
         id.to_string(),
-        render::escape_json_string(id),
+        crate::render::escape_json_string(id),
         percent_encoding::utf8_percent_encode(id, percent_encoding::NON_ALPHANUMERIC).to_string(),
     ];
     forms.iter().any(|f| {
@@ -330,53 +357,25 @@ pub fn render(
         .connector(connector_name)
         .ok_or_else(|| CliError::UnknownConnector(connector_name.to_string()))?;
     let incident = read_incident(incident_file)?;
-    let context = preview_context(&renderer, &incident, connector, event);
-    if let Target::Smtp(smtp) = &connector.target {
-        let message =
-            preview_message(&renderer, connector, event, &context).map_err(|message| {
-                CliError::Input {
-                    file: incident_file.to_path_buf(),
-                    message,
-                }
-            })?;
-        let text = String::from_utf8_lossy(&message.formatted()).into_owned();
-        return Ok(format!(
-            "SMTP {}:{} (MAIL FROM {})\n{}",
-            smtp.host,
-            smtp.port,
-            smtp.from,
-            config.secrets.mask(&text)
-        ));
+    match preview(&renderer, &incident, connector, event) {
+        Ok(Outgoing::Request(request)) => Ok(format_request(&request, &config)),
+        Ok(Outgoing::Mail { message, .. }) => {
+            let text = String::from_utf8_lossy(&message.formatted()).into_owned();
+            let (host, port, from) = match &connector.target {
+                Target::Smtp(smtp) => (smtp.host.as_str(), smtp.port, smtp.from.as_str()),
+                Target::Http(_) => ("", 0, ""),
+            };
+            Ok(format!(
+                "SMTP {host}:{port} (MAIL FROM {from})\n{}",
+                config.secrets.mask(&text)
+            ))
+        }
+        Err(Unprepared::Render(e)) => Err(crate::Error::from(e).into()),
+        Err(e) => Err(CliError::Input {
+            file: incident_file.to_path_buf(),
+            message: preview_problem(connector, event, e),
+        }),
     }
-    let request = renderer
-        .render(connector, event, &context)
-        .map_err(crate::Error::from)?;
-    let request = deliver::stamp(request, PREVIEW_DELIVERY_ID, crate::model::now_ms() / 1000);
-    Ok(format_request(&request, &config))
-}
-
-/// The email an SMTP connector would send, as a MIME message, threaded as a real delivery
-/// would be (`updated` and `completed` reply to the preview ticket's root).
-fn preview_message(
-    renderer: &Renderer,
-    connector: &Connector,
-    event: Event,
-    context: &Value,
-) -> Result<lettre::Message, String> {
-    let Target::Smtp(smtp) = &connector.target else {
-        return Err(format!(
-            "connector {} is not an smtp connector",
-            connector.name
-        ));
-    };
-    let email = renderer
-        .render_email(connector, event, context)
-        .map_err(|e| e.to_string())?;
-    let id = deliver::smtp::message_id(smtp, PREVIEW_DELIVERY_ID);
-    let root =
-        (event != Event::Created).then(|| deliver::smtp::message_id(smtp, "msg_preview_root"));
-    deliver::smtp::build_message(smtp, &email, &id, root.as_deref())
-        .map_err(|e| format!("connector {} ({}): {e}", connector.name, event.as_str()))
 }
 
 /// The request as text: request line, headers, blank line, body. Known secrets are masked,

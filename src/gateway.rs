@@ -149,10 +149,10 @@ impl Gateway {
             secrets: Arc::new(config.secrets.clone()),
             renderer: renderer.clone(),
             store: store.clone(),
-            clients: Arc::new(deliver::clients(&config.connectors).map_err(Error::Smtp)?),
+            clients: Arc::new(deliver::clients(&config.connectors)?),
             metrics: metrics.clone(),
             wake: wake.clone(),
-            mailers: Arc::new(deliver::mailers(&config.connectors).map_err(Error::Smtp)?),
+            mailers: Arc::new(deliver::mailers(&config.connectors)?),
             renders: Arc::new(tokio::sync::Semaphore::new(config.delivery.render_threads)),
         };
         let workers = tokio::spawn(deliverer.run(shutdown.clone()));
@@ -184,11 +184,11 @@ impl Gateway {
                 .max(4 * 1024 * 1024),
         };
         let tls = match &app.config.server.tls {
-            Some(files) => Some(server::tls_acceptor(files).map_err(Error::Tls)?),
+            Some(files) => Some(server::tls_acceptor(files)?),
             None => None,
         };
         let admin_tls = match &app.config.server.admin_tls {
-            Some(files) => Some(server::tls_acceptor(files).map_err(Error::Tls)?),
+            Some(files) => Some(server::tls_acceptor(files)?),
             None => None,
         };
         let (main_router, reserve, admin) = match &app.config.server.admin_listen {

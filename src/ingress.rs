@@ -41,7 +41,7 @@ use crate::store::NewIncident;
 /// Longest `webhook-id` accepted.
 const MAX_WEBHOOK_ID: usize = 256;
 
-pub use crate::model::{REPLAY_WINDOW, SIGNATURE_TOLERANCE};
+use crate::model::SIGNATURE_TOLERANCE;
 
 /// The Standard Webhooks headers of a signed request, if all three are there.
 fn signature_headers(headers: &HeaderMap) -> Option<(&str, &str, &str)> {
@@ -429,8 +429,8 @@ async fn accept_document(
         .ingest(source.name.clone(), webhook_id, batch)
         .await
         .map_err(|e| {
-            tracing::error!(error = %e, "cannot store incidents");
-            Problem::unavailable(
+            Problem::store_failed(
+                &e,
                 "the incident could not be stored; nothing was accepted; try again",
             )
         })?;

@@ -86,8 +86,8 @@ pub enum Error {
     Client(#[from] reqwest::Error),
     #[error("server: {0}")]
     Serve(std::io::Error),
-    #[error("connector setup: {0}")]
-    Smtp(String),
+    #[error(transparent)]
+    Connector(#[from] deliver::SetupError),
     #[error("TLS: {0}")]
-    Tls(String),
+    Tls(#[from] server::TlsError),
 }

@@ -113,6 +113,13 @@ impl Problem {
         Problem::new(StatusCode::NOT_FOUND, "not-found", "Not found", detail)
     }
 
+    /// The store failed: the cause is logged (never shown to the caller), the answer says
+    /// what did not happen.
+    pub fn store_failed(error: &dyn std::fmt::Display, detail: &'static str) -> Problem {
+        tracing::error!(%error, detail, "store error");
+        Problem::unavailable(detail)
+    }
+
     pub fn unavailable(detail: impl Into<String>) -> Problem {
         let mut p = Problem::new(
             StatusCode::SERVICE_UNAVAILABLE,

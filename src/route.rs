@@ -8,7 +8,7 @@
 use serde_json::Value;
 
 // Until every caller names `model` directly.
-pub use crate::model::ThreatRating;
+use crate::model::ThreatRating;
 
 #[derive(Debug, Clone)]
 pub struct Matcher {

@@ -864,27 +864,51 @@ impl HttpBody for TrackBody {
     }
 }
 
+/// Why the listener's TLS cannot be set up (at start).
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{path}: {source}")]
+    Pem {
+        path: std::path::PathBuf,
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error("{0}: no certificate")]
+    NoCertificate(std::path::PathBuf),
+    #[error("{path}: {source}")]
+    Rustls {
+        path: std::path::PathBuf,
+        source: rustls::Error,
+    },
+}
+
 /// A TLS acceptor from PEM certificate chain and key files.
-pub fn tls_acceptor(files: &TlsFiles) -> Result<tokio_rustls::TlsAcceptor, String> {
+pub fn tls_acceptor(files: &TlsFiles) -> Result<tokio_rustls::TlsAcceptor, TlsError> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let pem = |path: &std::path::Path| {
+        let path = path.to_path_buf();
+        move |source| TlsError::Pem { path, source }
+    };
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
-        .map_err(|e| format!("{}: {e}", files.cert.display()))?
+        .map_err(pem(&files.cert))?
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("{}: {e}", files.cert.display()))?;
+        .map_err(pem(&files.cert))?;
     if certs.is_empty() {
-        return Err(format!("{}: no certificate", files.cert.display()));
+        return Err(TlsError::NoCertificate(files.cert.clone()));
     }
-    let key = PrivateKeyDer::from_pem_file(&files.key)
-        .map_err(|e| format!("{}: {e}", files.key.display()))?;
+    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(pem(&files.key))?;
+    let rustls_error = |source| TlsError::Rustls {
+        path: files.cert.clone(),
+        source,
+    };
     let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
         rustls::crypto::aws_lc_rs::default_provider(),
     ))
     .with_safe_default_protocol_versions()
-    .map_err(|e| e.to_string())?
+    .map_err(rustls_error)?
     .with_no_client_auth()
     .with_single_cert(certs, key)
-    .map_err(|e| format!("{}: {e}", files.cert.display()))?;
+    .map_err(rustls_error)?;
     Ok(tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config)))
 }
 

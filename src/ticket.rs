@@ -12,7 +12,8 @@
 use serde_json::Value;
 
 use crate::connector::Connector;
-use crate::render::{self, DeliveryFacts, Event, Renderer, TicketFacts};
+use crate::model::{Event, TicketFacts};
+use crate::render::{self, DeliveryFacts, Renderer};
 use crate::store::Route;
 
 /// The reason codes seed 000 lists for completing an incident.
@@ -29,7 +30,7 @@ pub const REASON_CODES: &[&str] = &[
 /// that fails (strict mode, a field this incident lacks) or renders blank falls back to the
 /// incident id: the incident still gets its own ticket rather than none.
 pub fn route_for(renderer: &Renderer, connector: &Connector, incident: &Value) -> Route {
-    let received_at = crate::store::rfc3339(crate::store::now_ms());
+    let received_at = crate::model::rfc3339(crate::model::now_ms());
     let context = render::context(
         incident,
         &DeliveryFacts {
@@ -65,24 +66,36 @@ pub fn route_for(renderer: &Renderer, connector: &Connector, incident: &Value) -
     }
 }
 
+/// A `created` response without the ticket's id: dead, since the ticket may exist.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the created response (HTTP {status}) has no ticket id at {pointer}{}; \
+     the ticket may exist in the target, so it is not retried: read the id in this attempt's response and \
+     POST /v1/deliveries/{{id}}/resolve with it (or fix ticket_id and replay)",
+    if *.not_json { ": the body is not JSON" } else { "" }
+)]
+pub struct NoTicketId {
+    pub status: u16,
+    pub pointer: String,
+    pub not_json: bool,
+}
+
 /// The ticket id (and link) in a `created` response, by the connector's JSON pointers.
 /// `Ok(None)` when the connector does not track ids.
 pub fn ticket_from_response(
     connector: &Connector,
     status: u16,
     body: &str,
-) -> Result<Option<(String, Option<String>)>, String> {
+) -> Result<Option<(String, Option<String>)>, NoTicketId> {
     let Some(id_pointer) = &connector.ticket_id else {
         return Ok(None);
     };
-    let missing = |what: &str| {
-        format!(
-            "the created response (HTTP {status}) has no ticket id at {id_pointer}{what}; \
-             the ticket may exist in the target, so it is not retried: read the id in this attempt's response and \
-             POST /v1/deliveries/{{id}}/resolve with it (or fix ticket_id and replay)"
-        )
+    let missing = |not_json| NoTicketId {
+        status,
+        pointer: id_pointer.clone(),
+        not_json,
     };
-    let json: Value = serde_json::from_str(body).map_err(|_| missing(": the body is not JSON"))?;
+    let json: Value = serde_json::from_str(body).map_err(|_| missing(true))?;
     let as_text = |v: &Value| match v {
         Value::String(s) if !s.is_empty() => Some(s.clone()),
         Value::Number(n) => Some(n.to_string()),
@@ -91,7 +104,7 @@ pub fn ticket_from_response(
     let id = json
         .pointer(id_pointer)
         .and_then(as_text)
-        .ok_or_else(|| missing(""))?;
+        .ok_or_else(|| missing(false))?;
     let url = connector
         .ticket_url
         .as_ref()

@@ -13,9 +13,8 @@ use std::process::{Command, Output};
 
 use common::*;
 use incident_gateway::config::Config;
-use incident_gateway::render::{
-    self, Completion, DeliveryFacts, Event, RenderedRequest, Renderer, TicketFacts,
-};
+use incident_gateway::model::{Completion, Event, TicketFacts};
+use incident_gateway::render::{self, DeliveryFacts, RenderedRequest, Renderer};
 use serde_json::{Value, json};
 
 const ADMIN_TOKEN_ENV: &str = "example-admin-token-123";

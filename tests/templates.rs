@@ -7,9 +7,8 @@ use std::path::Path;
 
 use common::*;
 use incident_gateway::config::Config;
-use incident_gateway::render::{
-    self, Completion, DeliveryFacts, Escape, Event, Renderer, TicketFacts, helpers::HELPER_NAMES,
-};
+use incident_gateway::model::{Completion, Event, TicketFacts};
+use incident_gateway::render::{self, DeliveryFacts, Escape, Renderer, helpers::HELPER_NAMES};
 use serde_json::{Value, json};
 
 const HEADLINE: &str =

@@ -17,10 +17,12 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use incident_gateway::cli::preview_context;
+use incident_gateway::cli::{preview, preview_context};
+use incident_gateway::deliver::prepare::Outgoing;
 use incident_gateway::config::Config;
 use incident_gateway::connector::{Connector, Target};
-use incident_gateway::render::{Escape, Event, Renderer};
+use incident_gateway::model::Event;
+use incident_gateway::render::{Escape, Renderer};
 use incident_gateway::schema::{IncidentSchema, MAX_VIOLATIONS};
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
@@ -78,35 +80,22 @@ fn setup(file: &Path, sample: &Value) -> Setup {
         Renderer::new(config.partials_dir.as_deref(), &config.connectors).unwrap_or_else(|e| panic!("fuzz setup: {}: {e}", file.display()));
     let mut url_shape = HashMap::new();
     for connector in &config.connectors {
-        if let Target::Smtp(smtp) = &connector.target {
-            // The sample must get all the way to a MIME message, or the target would only
-            // ever fuzz error paths.
-            for event in EVENTS {
-                let ctx = preview_context(&renderer, sample, connector, event);
-                let email = renderer
-                    .render_email(connector, event, &ctx)
-                    .unwrap_or_else(|e| {
-                        panic!("fuzz setup: {} {}: {e}", connector.name, event.as_str())
-                    });
-                incident_gateway::deliver::smtp::build_message(smtp, &email, "<a@b>", None)
-                    .unwrap_or_else(|e| {
-                        panic!("fuzz setup: {} {}: {e}", connector.name, event.as_str())
-                    });
-            }
-            continue;
-        }
+        // The sample must get all the way to a request or a MIME message, or the target
+        // would only ever fuzz error paths.
         for event in EVENTS {
             if !connector.sends(event) {
                 continue;
             }
-            let ctx = preview_context(&renderer, sample, connector, event);
-            let request = renderer.render(connector, event, &ctx).unwrap_or_else(|e| {
+            let outgoing = preview(&renderer, sample, connector, event).unwrap_or_else(|e| {
                 panic!(
                     "fuzz setup: the sample does not render for {} {}: {e}",
                     connector.name,
                     event.as_str()
                 )
             });
+            let Outgoing::Request(request) = outgoing else {
+                continue;
+            };
             url_shape.insert(
                 (connector.name.clone(), event.as_str()),
                 shape(&request.url),
@@ -157,27 +146,25 @@ const MAIL_HEADERS: &[&str] = &[
 ];
 
 fn render_email(setup: &Setup, connector: &Connector, incident: &Value) {
-    let Target::Smtp(smtp) = &connector.target else {
+    if !matches!(connector.target, Target::Smtp(_)) {
         return;
-    };
+    }
     for event in EVENTS {
         if !connector.sends(event) {
             continue;
         }
+        // The rendered subject, before the message builder normalises it.
         let ctx = preview_context(&setup.renderer, incident, connector, event);
-        let Ok(email) = setup.renderer.render_email(connector, event, &ctx) else {
-            continue;
-        };
-        assert!(
-            !email.subject.contains(['\r', '\n']),
-            "subject holds a line break: {:?}",
-            email.subject
-        );
-        let id = incident_gateway::deliver::smtp::message_id(smtp, "msg_fuzz");
-        let root = (event != Event::Created)
-            .then(|| incident_gateway::deliver::smtp::message_id(smtp, "msg_fuzz_root"));
-        let Ok(message) =
-            incident_gateway::deliver::smtp::build_message(smtp, &email, &id, root.as_deref())
+        if let Ok(email) = setup.renderer.render_email(connector, event, &ctx) {
+            assert!(
+                !email.subject.contains(['\r', '\n']),
+                "subject holds a line break: {:?}",
+                email.subject
+            );
+        }
+        // The message as a delivery builds it: the same steps, threaded on the ticket.
+        let Ok(Outgoing::Mail { message, .. }) =
+            preview(&setup.renderer, incident, connector, event)
         else {
             continue;
         };
@@ -210,8 +197,8 @@ fn render_http(setup: &Setup, connector: &Connector, incident: &Value) {
         let Some(template) = connector.template(event) else {
             continue;
         };
-        let ctx = preview_context(&setup.renderer, incident, connector, event);
-        let Ok(request) = setup.renderer.render(connector, event, &ctx) else {
+        let Ok(Outgoing::Request(request)) = preview(&setup.renderer, incident, connector, event)
+        else {
             continue;
         };
         if Escape::for_file(&template.as_written) == Escape::Json {

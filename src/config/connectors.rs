@@ -414,11 +414,14 @@ impl Validator<'_> {
         };
         for (i, secret) in raw.standard_webhooks.iter().enumerate() {
             self.credential(secret);
-            signing.standard.push(
-                WebhookSecret::parse(secret).map_err(|e| {
-                    self.invalid(format!("{field}.signing.standard_webhooks[{i}]"), e)
-                })?,
-            );
+            signing
+                .standard
+                .push(WebhookSecret::parse(secret).map_err(|e| {
+                    self.invalid(
+                        format!("{field}.signing.standard_webhooks[{i}]"),
+                        e.to_string(),
+                    )
+                })?);
         }
         if let Some(g) = &raw.github_secret {
             self.credential(g);

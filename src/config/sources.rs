@@ -69,17 +69,17 @@ impl Validator<'_> {
     ) -> Result<SourceConfig, ConfigError> {
         let api_key = self.api_key(field, &s)?;
         let callback_token = s.callback_token;
-        let signing_secret = match &s.signing_secret {
-            Some(secret) => {
-                // As written, to mask it wherever it could show.
-                self.credential(secret);
-                Some(
-                    WebhookSecret::parse(secret)
-                        .map_err(|e| self.invalid(format!("{field}.signing_secret"), e))?,
-                )
-            }
-            None => None,
-        };
+        let signing_secret =
+            match &s.signing_secret {
+                Some(secret) => {
+                    // As written, to mask it wherever it could show.
+                    self.credential(secret);
+                    Some(WebhookSecret::parse(secret).map_err(|e| {
+                        self.invalid(format!("{field}.signing_secret"), e.to_string())
+                    })?)
+                }
+                None => None,
+            };
         if api_key.is_none() && signing_secret.is_none() {
             return Err(self.invalid(
                 format!("{field}.api_key"),

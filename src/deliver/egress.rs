@@ -10,6 +10,8 @@ use std::sync::Arc;
 
 use crate::connector::Egress;
 
+use super::SetupFailure;
+
 /// A request not sent because of where it would go. Found in a reqwest error's sources.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("refused: {0}")]
@@ -165,7 +167,7 @@ impl reqwest::dns::Resolve for GuardedResolver {
 
 /// The HTTP client of one connector, from its egress settings: its resolver, redirect policy
 /// and trusted CAs.
-pub fn client(settings: &Egress) -> Result<reqwest::Client, String> {
+pub fn client(settings: &Egress) -> Result<reqwest::Client, SetupFailure> {
     let egress = settings.clone();
     let max = egress.follow_redirects;
     let redirects = reqwest::redirect::Policy::custom(move |attempt| {
@@ -188,14 +190,17 @@ pub fn client(settings: &Egress) -> Result<reqwest::Client, String> {
             allow_private: settings.allow_private,
         }));
     if let Some(ca) = &settings.tls_ca_file {
-        let pem = std::fs::read(ca).map_err(|e| format!("cannot read {}: {e}", ca.display()))?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem)
-            .map_err(|e| format!("{}: {e}", ca.display()))?;
+        let pem = super::read_ca(ca)?;
+        let certs =
+            reqwest::Certificate::from_pem_bundle(&pem).map_err(|source| SetupFailure::HttpCa {
+                path: ca.clone(),
+                source,
+            })?;
         for cert in certs {
             builder = builder.add_root_certificate(cert);
         }
     }
-    builder.build().map_err(|e| e.to_string())
+    builder.build().map_err(SetupFailure::HttpClient)
 }
 
 /// The refusal inside a send error, if the error is one.

@@ -90,7 +90,57 @@ pub async fn send(
     // reqwest's own timeout covers the same span and keeps a status that arrived before a body
     // cut short; this one is the guarantee, a moment later, whatever happens inside.
     let bound = timeout.saturating_add(SEND_TIMEOUT_GRACE);
-    match tokio::time::timeout(bound, exchange(client, request, timeout, keep_bytes)).await {
+    let exchange = async {
+        let mut builder = client
+            .request(request.method.clone(), &request.url)
+            .timeout(timeout)
+            .body(request.body.clone());
+        for (name, value) in &request.headers {
+            builder = builder.header(name, value);
+        }
+        match builder.send().await {
+            Err(e) => match super::egress::refusal(&e) {
+                // The connector's resolver refused every address the name resolved to.
+                Some(refused) => {
+                    SendResult::failed(SendFailure::Refused(refused.0.clone()), started.elapsed())
+                }
+                None if e.is_builder() => {
+                    SendResult::failed(SendFailure::Unsendable(describe(&e)), started.elapsed())
+                }
+                None => SendResult::failed(SendFailure::Network(describe(&e)), started.elapsed()),
+            },
+            Ok(mut response) => {
+                let status = response.status().as_u16();
+                let retry_after = response
+                    .headers()
+                    .get(reqwest::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()));
+                let mut prefix = Vec::new();
+                let mut failure = None;
+                // Read past the recorded 2 KiB so a secret straddling the cut is masked whole first.
+                while prefix.len() < keep_bytes {
+                    match response.chunk().await {
+                        Ok(Some(chunk)) => prefix.extend_from_slice(&chunk),
+                        Ok(None) => break,
+                        Err(e) => {
+                            // The status already arrived; a body cut short does not change it.
+                            failure = Some(SendFailure::BodyCut(describe(&e)));
+                            break;
+                        }
+                    }
+                }
+                SendResult {
+                    status: Some(status),
+                    retry_after,
+                    response_prefix: Some(String::from_utf8_lossy(&prefix).into_owned()),
+                    failure,
+                    latency: started.elapsed(),
+                }
+            }
+        }
+    };
+    match tokio::time::timeout(bound, exchange).await {
         Ok(result) => result,
         Err(_) => SendResult::failed(
             SendFailure::Network(format!(
@@ -99,63 +149,6 @@ pub async fn send(
             )),
             started.elapsed(),
         ),
-    }
-}
-
-async fn exchange(
-    client: &reqwest::Client,
-    request: &RenderedRequest,
-    timeout: Duration,
-    keep_bytes: usize,
-) -> SendResult {
-    let started = Instant::now();
-    let mut builder = client
-        .request(request.method.clone(), &request.url)
-        .timeout(timeout)
-        .body(request.body.clone());
-    for (name, value) in &request.headers {
-        builder = builder.header(name, value);
-    }
-    match builder.send().await {
-        Err(e) => match super::egress::refusal(&e) {
-            // The connector's resolver refused every address the name resolved to.
-            Some(refused) => {
-                SendResult::failed(SendFailure::Refused(refused.0.clone()), started.elapsed())
-            }
-            None if e.is_builder() => {
-                SendResult::failed(SendFailure::Unsendable(describe(&e)), started.elapsed())
-            }
-            None => SendResult::failed(SendFailure::Network(describe(&e)), started.elapsed()),
-        },
-        Ok(mut response) => {
-            let status = response.status().as_u16();
-            let retry_after = response
-                .headers()
-                .get(reqwest::header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()));
-            let mut prefix = Vec::new();
-            let mut failure = None;
-            // Read past the recorded 2 KiB so a secret straddling the cut is masked whole first.
-            while prefix.len() < keep_bytes {
-                match response.chunk().await {
-                    Ok(Some(chunk)) => prefix.extend_from_slice(&chunk),
-                    Ok(None) => break,
-                    Err(e) => {
-                        // The status already arrived; a body cut short does not change it.
-                        failure = Some(SendFailure::BodyCut(describe(&e)));
-                        break;
-                    }
-                }
-            }
-            SendResult {
-                status: Some(status),
-                retry_after,
-                response_prefix: Some(String::from_utf8_lossy(&prefix).into_owned()),
-                failure,
-                latency: started.elapsed(),
-            }
-        }
     }
 }
 

@@ -1,11 +1,21 @@
-//! Deliver: workers take due deliveries and move each through small steps —
-//! render → stamp → send → classify → schedule → record — each testable alone.
+//! Deliver: workers lease due deliveries and move each attempt through small steps, each
+//! a unit of its own:
+//!
+//! 1. [`prepare`] — render → stamp → sign (HTTP) or render → build the threaded message
+//!    (SMTP), on a render thread within the render budget;
+//! 2. [`egress`] — check where the request may go;
+//! 3. [`http`] / [`smtp`] — send, and classify what came back;
+//! 4. [`retry`] — schedule: delivered, retry at a time, or dead;
+//! 5. [`record`] — the attempt record (secrets masked), the ticket id a `created` response
+//!    named, the log line; then the store commits it under the delivery's lease.
 //!
 //! Delivery is at least once: a crash between a send and its record sends again, with the
 //! same `webhook-id`, so receivers can drop the repeat.
 
 pub mod egress;
 pub mod http;
+pub mod prepare;
+pub mod record;
 pub mod retry;
 pub mod smtp;
 
@@ -17,136 +27,84 @@ use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::connector::{self, Connector, HttpTarget, SmtpTarget, Target};
-use crate::model::{self, AttemptOutcome, Event};
-use crate::render::{self, DeliveryFacts, RenderError, RenderedRequest, Renderer};
+use crate::connector::{self, Connector, HttpTarget, Target};
+use crate::model::{self, Event};
+use crate::render::{self, Renderer};
 use crate::secrets::Secrets;
-use crate::signature;
-use crate::store::{AttemptRecord, LeasedDelivery, NextStep, Store, TicketUpdate};
-use crate::ticket;
+use crate::store::{LeasedDelivery, NextStep, Store, TicketUpdate};
 
 use self::http::{SendResult, Verdict};
+use self::prepare::{AttemptFacts, Outgoing, Unprepared};
 
-/// The template context of a delivery: the incident version it carries, with its ticket
-/// and completion.
-pub fn delivery_context(
-    connector: &Connector,
-    delivery: &LeasedDelivery,
-) -> Result<serde_json::Value, RenderError> {
-    let incident: serde_json::Value =
-        serde_json::from_str(&delivery.incident_body).map_err(|e| RenderError {
-            template: connector.template.as_written.clone(),
-            line: None,
-            column: None,
-            reason: format!("stored incident is not JSON: {e}"),
-        })?;
-    let received_at = model::rfc3339(delivery.received_at_ms);
-    let facts = DeliveryFacts {
-        event: delivery.event,
-        delivery_id: &delivery.id,
-        attempt: delivery.attempts + 1,
-        connector,
-        received_at: &received_at,
-        ticket: delivery.ticket.clone(),
-        completion: delivery.completion.clone(),
-    };
-    Ok(render::context(&incident, &facts))
-}
-
-/// Render: the request this delivery sends, from the incident version it carries.
-pub fn prepare(
-    renderer: &Renderer,
-    connector: &Connector,
-    delivery: &LeasedDelivery,
-) -> Result<RenderedRequest, RenderError> {
-    let context = delivery_context(connector, delivery)?;
-    renderer.render(connector, delivery.event, &context)
-}
-
-/// Read the ticket: after a successful `created`, the id the target gave the ticket. A 2xx
-/// without it is dead (retrying could open a second ticket).
-fn read_ticket(
-    connector: &Connector,
-    delivery: &LeasedDelivery,
-    verdict: Verdict,
-    sent: &SendResult,
-) -> (Verdict, Option<TicketUpdate>) {
-    if verdict != Verdict::Delivered || delivery.event != Event::Created {
-        return (verdict, None);
-    }
-    let (Some(ticket_seq), Some(status)) = (delivery.ticket_seq, sent.status) else {
-        return (verdict, None);
-    };
-    let body = sent.response_prefix.as_deref().unwrap_or("");
-    match ticket::ticket_from_response(connector, status, body) {
-        Ok(None) => (verdict, None),
-        Ok(Some((id, url))) => (
-            verdict,
-            Some(TicketUpdate {
-                ticket_seq,
-                id,
-                url,
-            }),
-        ),
-        Err(reason) => (Verdict::Dead { reason }, None),
-    }
-}
-
-/// Stamp: the headers every delivery carries. `webhook-id` is the delivery id, the same on
-/// every retry, so a receiver can tell a repeat from a new delivery (Standard Webhooks).
-pub fn stamp(
-    mut request: RenderedRequest,
-    delivery_id: &str,
-    unix_seconds: i64,
-) -> RenderedRequest {
-    request
-        .headers
-        .insert("webhook-id".into(), delivery_id.to_string());
-    request
-        .headers
-        .insert("webhook-timestamp".into(), unix_seconds.to_string());
-    request
-}
-
-/// Schedule: the delivery's next step after an attempt that ended in `verdict`.
-pub fn schedule(
-    connector: &Connector,
-    delivery: &LeasedDelivery,
-    verdict: Verdict,
-    now_ms: i64,
-    random: f64,
-) -> NextStep {
-    match verdict {
-        Verdict::Delivered => NextStep::Delivered,
-        Verdict::Dead { reason } => NextStep::Dead { reason },
-        Verdict::Retry { retry_after } => {
-            let attempts_in_budget =
-                delivery.attempts + 1 - delivery.budget_attempts.min(delivery.attempts);
-            match retry::next_attempt_ms(
-                &connector.retry,
-                attempts_in_budget,
-                delivery.budget_since_ms,
-                now_ms,
-                retry_after,
-                random,
-            ) {
-                Some(at_ms) => NextStep::RetryAt { at_ms },
-                None if attempts_in_budget >= connector.retry.max_attempts() => NextStep::Dead {
-                    reason: format!(
-                        "gave up after {} attempts: the retry schedule is used up",
-                        delivery.attempts + 1,
-                    ),
-                },
-                None => NextStep::Dead {
-                    reason: format!(
-                        "gave up after {} attempts: the next would come after retry.max_age ({}) since the delivery was queued or replayed",
-                        delivery.attempts + 1,
-                        humantime::format_duration(connector.retry.max_age)
-                    ),
-                },
-            }
+impl AttemptFacts {
+    /// The facts of the next attempt of a leased delivery.
+    pub fn of(delivery: &LeasedDelivery) -> AttemptFacts {
+        AttemptFacts {
+            event: delivery.event,
+            delivery_id: delivery.id.clone(),
+            attempt: delivery.attempts + 1,
+            received_at_ms: delivery.received_at_ms,
+            ticket: delivery.ticket.clone(),
+            completion: delivery.completion.clone(),
         }
     }
+}
+
+/// Why an attempt ended before anything was sent. Final: dead with this reason.
+#[derive(Debug, thiserror::Error)]
+pub enum NotSent {
+    #[error(transparent)]
+    Unprepared(#[from] Unprepared),
+    #[error("render failed: it took longer than delivery.render_budget ({})", humantime::format_duration(*.0))]
+    OverBudget(Duration),
+    #[error("render failed: the render pool is closed")]
+    PoolClosed,
+    #[error("render failed: {0}")]
+    Panicked(#[source] tokio::task::JoinError),
+    #[error("connector {0:?} is no longer configured")]
+    ConnectorGone(String),
+    #[error("no {0} for this connector")]
+    NoTransport(&'static str),
+}
+
+/// Why the workers cannot start: a connector's client or transport cannot be built.
+#[derive(Debug, thiserror::Error)]
+#[error("connector {connector}: {source}")]
+pub struct SetupError {
+    pub connector: String,
+    #[source]
+    pub source: SetupFailure,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SetupFailure {
+    #[error("cannot read {path}: {source}")]
+    ReadCa {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    HttpCa {
+        path: std::path::PathBuf,
+        source: reqwest::Error,
+    },
+    #[error("HTTP client: {0}")]
+    HttpClient(#[source] reqwest::Error),
+    #[error("{path}: {source}")]
+    SmtpCa {
+        path: std::path::PathBuf,
+        source: lettre::transport::smtp::Error,
+    },
+    #[error("TLS parameters: {0}")]
+    SmtpTls(#[source] lettre::transport::smtp::Error),
+}
+
+/// A CA file a connector trusts, read at start.
+fn read_ca(path: &std::path::Path) -> Result<Vec<u8>, SetupFailure> {
+    std::fs::read(path).map_err(|source| SetupFailure::ReadCa {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// `[delivery]`: how the workers send. `config` builds it.
@@ -189,12 +147,14 @@ pub struct Deliverer {
 }
 
 /// An HTTP client for every HTTP connector.
-pub fn clients(connectors: &[Connector]) -> Result<HashMap<String, reqwest::Client>, String> {
+pub fn clients(connectors: &[Connector]) -> Result<HashMap<String, reqwest::Client>, SetupError> {
     let mut out = HashMap::new();
     for c in connectors {
         if let Target::Http(http) = &c.target {
-            let client =
-                egress::client(&http.egress).map_err(|e| format!("connector {}: {e}", c.name))?;
+            let client = egress::client(&http.egress).map_err(|source| SetupError {
+                connector: c.name.clone(),
+                source,
+            })?;
             out.insert(c.name.clone(), client);
         }
     }
@@ -202,11 +162,14 @@ pub fn clients(connectors: &[Connector]) -> Result<HashMap<String, reqwest::Clie
 }
 
 /// A pooled transport for every SMTP connector.
-pub fn mailers(connectors: &[Connector]) -> Result<HashMap<String, smtp::Transport>, String> {
+pub fn mailers(connectors: &[Connector]) -> Result<HashMap<String, smtp::Transport>, SetupError> {
     let mut out = HashMap::new();
     for c in connectors {
         if let Target::Smtp(s) = &c.target {
-            let t = smtp::transport(c, s).map_err(|e| format!("connector {}: {e}", c.name))?;
+            let t = smtp::transport(c, s).map_err(|source| SetupError {
+                connector: c.name.clone(),
+                source,
+            })?;
             out.insert(c.name.clone(), t);
         }
     }
@@ -312,27 +275,18 @@ impl Deliverer {
         }
     }
 
-    /// Runs `render` on a blocking thread of the render pool within `delivery.render_budget`:
-    /// template work never holds an async worker thread, and a costly render ends at its
-    /// budget, dead with that reason (the same input would cost the same again).
-    async fn render_off_runtime<T, F>(
+    /// Prepare (render → stamp → sign, or build the mail) on a blocking thread of the render
+    /// pool within `delivery.render_budget`: template work never holds an async worker
+    /// thread, and a costly render ends at its budget, dead with that reason (the same input
+    /// would cost the same again).
+    async fn prepare_off_runtime(
         &self,
         delivery: &LeasedDelivery,
-        render: F,
-    ) -> Result<T, String>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Renderer, &Connector, &LeasedDelivery) -> Result<T, String> + Send + 'static,
-    {
+        started_at_ms: i64,
+    ) -> Result<Outgoing, NotSent> {
         let budget = self.settings.render_budget;
-        let over_budget = || {
-            format!(
-                "render failed: it took longer than delivery.render_budget ({})",
-                humantime::format_duration(budget)
-            )
-        };
         let Ok(permit) = self.renders.clone().acquire_owned().await else {
-            return Err("render failed: the render pool is closed".into());
+            return Err(NotSent::PoolClosed);
         };
         let (renderer, connectors, delivery) = (
             self.renderer.clone(),
@@ -341,47 +295,41 @@ impl Deliverer {
         );
         let task = tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            let connector = connector::find(&connectors, &delivery.connector).ok_or_else(|| {
-                format!("connector {:?} is no longer configured", delivery.connector)
-            })?;
-            render::bounds::with_budget(budget, || render(&renderer, connector, &delivery))
+            let connector = connector::find(&connectors, &delivery.connector)
+                .ok_or_else(|| NotSent::ConnectorGone(delivery.connector.clone()))?;
+            render::bounds::with_budget(budget, || {
+                let incident = prepare::stored_incident(&delivery.incident_body)?;
+                let facts = AttemptFacts::of(&delivery);
+                prepare::prepare(
+                    &renderer,
+                    connector,
+                    &incident,
+                    &facts,
+                    started_at_ms / 1000,
+                )
+                .map_err(|e| match render::bounds::budget_spent() {
+                    // A helper stopped at the budget: say so, not what it was doing.
+                    true => NotSent::OverBudget(budget),
+                    false => e.into(),
+                })
+            })
         });
         // Helpers stop at the budget; this bounds whatever runs between helper calls too.
         match tokio::time::timeout(budget.saturating_add(RENDER_BUDGET_GRACE), task).await {
-            Err(_) => Err(over_budget()),
-            Ok(Err(panicked)) => Err(format!("render failed: {panicked}")),
-            Ok(Ok(Err(e))) if e.contains(render::bounds::BUDGET_SPENT) => Err(over_budget()),
+            Err(_) => Err(NotSent::OverBudget(budget)),
+            Ok(Err(panicked)) => Err(NotSent::Panicked(panicked)),
             Ok(Ok(result)) => result,
         }
     }
 
-    /// The HTTP path: render → stamp → sign (off the runtime) → egress check → send →
-    /// classify → read the ticket id.
+    /// Egress check → send → classify → read the ticket id, for a prepared request.
     async fn post(
         &self,
         connector: &Connector,
         target: &HttpTarget,
         delivery: &LeasedDelivery,
-        started_at_ms: i64,
-    ) -> (Verdict, Option<SendResult>, Option<TicketUpdate>) {
-        let request = self
-            .render_off_runtime(delivery, move |renderer, connector, delivery| {
-                let request = prepare(renderer, connector, delivery)
-                    .map_err(|e| format!("render failed: {e}"))?;
-                let request = stamp(request, &delivery.id, started_at_ms / 1000);
-                let mut request = request;
-                signature::sign(
-                    &mut request.headers,
-                    request.body.as_bytes(),
-                    &connector.signing,
-                );
-                Ok(request)
-            })
-            .await;
-        let request = match request {
-            Ok(request) => request,
-            Err(reason) => return (Verdict::Dead { reason }, None, None),
-        };
+        request: render::RenderedRequest,
+    ) -> (Verdict, SendResult, Option<TicketUpdate>) {
         // A created response names the ticket: keep enough of it to find the id.
         let keep = if delivery.event == Event::Created && connector.ticket_id.is_some() {
             http::TICKET_RESPONSE_BYTES
@@ -401,55 +349,32 @@ impl Deliverer {
             (Ok(()), Some(client)) => http::send(client, &request, connector.timeout, keep).await,
         };
         let verdict = http::classify(&sent);
-        let (verdict, found) = read_ticket(connector, delivery, verdict, &sent);
-        (verdict, Some(sent), found)
+        let (verdict, found) = record::found_ticket(connector, delivery, verdict, &sent);
+        (verdict, sent, found)
     }
 
-    /// The SMTP path: render → build the message, threaded (off the runtime) → send over
-    /// the pool.
+    /// Send over the connector's pool; the `created` mail's Message-ID is the ticket's id.
     async fn mail(
         &self,
         connector: &Connector,
-        target: &SmtpTarget,
         delivery: &LeasedDelivery,
-    ) -> (Verdict, Option<SendResult>, Option<TicketUpdate>) {
-        let dead = |reason: String| (Verdict::Dead { reason }, None, None);
-        let Some(transport) = self.mailers.get(&connector.name) else {
-            return dead("no SMTP transport for this connector".into());
-        };
-        let id = smtp::message_id(target, &delivery.id);
-        let message = {
-            let id = id.clone();
-            self.render_off_runtime(delivery, move |renderer, connector, delivery| {
-                let Target::Smtp(settings) = &connector.target else {
-                    return Err("the connector is no longer an SMTP connector".into());
-                };
-                let email = delivery_context(connector, delivery)
-                    .and_then(|ctx| renderer.render_email(connector, delivery.event, &ctx))
-                    .map_err(|e| format!("render failed: {e}"))?;
-                let root = match delivery.event {
-                    Event::Created => None,
-                    _ => delivery.ticket.id.as_deref(),
-                };
-                smtp::build_message(settings, &email, &id, root)
-            })
-            .await
-        };
-        let message = match message {
-            Ok(m) => m,
-            Err(reason) => return dead(reason),
-        };
+        message: lettre::Message,
+        message_id: String,
+    ) -> Result<(Verdict, SendResult, Option<TicketUpdate>), NotSent> {
+        let transport = self
+            .mailers
+            .get(&connector.name)
+            .ok_or(NotSent::NoTransport("SMTP transport"))?;
         let (sent, verdict) = smtp::send(transport, message).await;
-        // The created mail is the thread root: its Message-ID is the ticket's id.
         let found = match (&verdict, delivery.event, delivery.ticket_seq) {
             (Verdict::Delivered, Event::Created, Some(ticket_seq)) => Some(TicketUpdate {
                 ticket_seq,
-                id,
+                id: message_id,
                 url: None,
             }),
             _ => None,
         };
-        (verdict, Some(sent), found)
+        Ok((verdict, sent, found))
     }
 
     /// Renews the delivery's lease every third of its length while its attempt runs, so no
@@ -483,24 +408,29 @@ impl Deliverer {
         }
     }
 
-    /// One attempt's work, up to what came back: by connector kind.
+    /// One attempt's work, up to what came back: prepare, then send by what was prepared.
     async fn attempt(
         &self,
         delivery: &LeasedDelivery,
         started_at_ms: i64,
-    ) -> (Verdict, Option<SendResult>, Option<TicketUpdate>) {
-        match self.connector(&delivery.connector) {
-            None => (
-                Verdict::Dead {
-                    reason: format!("connector {:?} is no longer configured", delivery.connector),
+    ) -> Result<(Verdict, SendResult, Option<TicketUpdate>), NotSent> {
+        let connector = self
+            .connector(&delivery.connector)
+            .ok_or_else(|| NotSent::ConnectorGone(delivery.connector.clone()))?;
+        let outgoing = self.prepare_off_runtime(delivery, started_at_ms).await?;
+        match (outgoing, &connector.target) {
+            (Outgoing::Request(request), Target::Http(http)) => {
+                Ok(self.post(connector, http, delivery, request).await)
+            }
+            (
+                Outgoing::Mail {
+                    message,
+                    message_id,
                 },
-                None,
-                None,
-            ),
-            Some(connector) => match &connector.target {
-                Target::Smtp(smtp) => self.mail(connector, smtp, delivery).await,
-                Target::Http(http) => self.post(connector, http, delivery, started_at_ms).await,
-            },
+                _,
+            ) => self.mail(connector, delivery, message, message_id).await,
+            // Prepared by the same connector, so an HTTP request comes from an HTTP target.
+            (Outgoing::Request(_), Target::Smtp(_)) => Err(NotSent::NoTransport("HTTP client")),
         }
     }
 
@@ -531,16 +461,32 @@ impl Deliverer {
             outcome = self.attempt(&delivery, started_at_ms) => Some(outcome),
             () = self.keep_lease(&delivery) => None,
         };
-        let Some((verdict, sent, ticket)) = outcome else {
+        let Some(outcome) = outcome else {
             tracing::warn!(
                 delivery = %delivery.id,
                 "lease was lost during the attempt; another worker owns the delivery"
             );
             return;
         };
+        let (verdict, sent, ticket) = match outcome {
+            Ok((verdict, sent, ticket)) => (verdict, Some(sent), ticket),
+            Err(not_sent) => (
+                Verdict::Dead {
+                    reason: not_sent.to_string(),
+                },
+                None,
+                None,
+            ),
+        };
         let now = model::now_ms();
         let next = match self.connector(&delivery.connector) {
-            Some(connector) => schedule(connector, &delivery, verdict, now, rand::random::<f64>()),
+            Some(connector) => retry::schedule(
+                &connector.retry,
+                &delivery,
+                verdict,
+                now,
+                rand::random::<f64>(),
+            ),
             None => match verdict {
                 Verdict::Dead { reason } => NextStep::Dead { reason },
                 _ => NextStep::Dead {
@@ -563,8 +509,15 @@ impl Deliverer {
         if sent.as_ref().is_some_and(http::SendResult::was_refused) {
             crate::metrics::Metrics::inc(&self.metrics.egress_refused);
         }
-        let record = self.attempt_record(attempt, started_at_ms, now, sent.as_ref(), &next);
-        log_attempt(&delivery, &record, &next);
+        let record = record::attempt_record(
+            &self.secrets,
+            attempt,
+            started_at_ms,
+            now,
+            sent.as_ref(),
+            &next,
+        );
+        record::log_attempt(&delivery, &record, &next);
         match self
             .store
             .record_attempt(
@@ -584,57 +537,5 @@ impl Deliverer {
             // The lease runs out and the delivery is tried again: at least once.
             Err(e) => tracing::error!(delivery = %delivery.id, error = %e, "cannot record attempt"),
         }
-    }
-
-    fn attempt_record(
-        &self,
-        attempt: u32,
-        started_at_ms: i64,
-        now_ms: i64,
-        sent: Option<&SendResult>,
-        next: &NextStep,
-    ) -> AttemptRecord {
-        let secrets = &self.secrets;
-        let (outcome, dead_reason) = match next {
-            NextStep::Delivered => (AttemptOutcome::Delivered, None),
-            NextStep::RetryAt { .. } => (AttemptOutcome::Retry, None),
-            NextStep::Dead { reason } => (AttemptOutcome::Dead, Some(reason.clone())),
-        };
-        let error = sent
-            .and_then(|s| s.failure.as_ref().map(ToString::to_string))
-            .or(if sent.is_none() { dead_reason } else { None });
-        AttemptRecord {
-            attempt,
-            started_at_ms,
-            latency_ms: sent
-                .map(|s| s.latency.as_millis() as i64)
-                .unwrap_or(now_ms - started_at_ms),
-            status_code: sent.and_then(|s| s.status),
-            error: error.map(|e| secrets.mask(&e)),
-            response_body: sent
-                .and_then(|s| s.response_prefix.as_deref())
-                .map(|b| http::utf8_prefix(&secrets.mask(b), http::RESPONSE_PREFIX_BYTES)),
-            outcome,
-        }
-    }
-}
-
-fn log_attempt(delivery: &LeasedDelivery, record: &AttemptRecord, next: &NextStep) {
-    match next {
-        NextStep::Delivered => tracing::info!(
-            delivery = %delivery.id, incident = %delivery.incident_id, connector = %delivery.connector,
-            attempt = record.attempt, status = ?record.status_code, latency_ms = record.latency_ms,
-            "delivered"
-        ),
-        NextStep::RetryAt { at_ms } => tracing::warn!(
-            delivery = %delivery.id, incident = %delivery.incident_id, connector = %delivery.connector,
-            attempt = record.attempt, status = ?record.status_code, error = ?record.error,
-            retry_at = %model::rfc3339(*at_ms), "attempt failed; will retry"
-        ),
-        NextStep::Dead { reason } => tracing::error!(
-            delivery = %delivery.id, incident = %delivery.incident_id, connector = %delivery.connector,
-            attempt = record.attempt, status = ?record.status_code, reason = %reason,
-            "delivery is dead"
-        ),
     }
 }

@@ -3,6 +3,9 @@
 use std::time::Duration;
 
 use crate::connector::RetryPolicy;
+use crate::store::{LeasedDelivery, NextStep};
+
+use super::http::Verdict;
 
 /// The wait after the `attempts_in_budget`-th failed attempt (1 after the first failure), or
 /// `None` once the schedule is used up. Each step is shortened by up to a fifth at random
@@ -34,6 +37,48 @@ pub fn next_attempt_ms(
     let deadline =
         budget_since_ms.saturating_add(policy.max_age.as_millis().min(i64::MAX as u128) as i64);
     (at <= deadline).then_some(at)
+}
+
+/// Schedule: the delivery's next step after an attempt that ended in `verdict` — delivered,
+/// dead, or a retry at a time within the policy's schedule and maximum age.
+pub fn schedule(
+    policy: &RetryPolicy,
+    delivery: &LeasedDelivery,
+    verdict: Verdict,
+    now_ms: i64,
+    random: f64,
+) -> NextStep {
+    match verdict {
+        Verdict::Delivered => NextStep::Delivered,
+        Verdict::Dead { reason } => NextStep::Dead { reason },
+        Verdict::Retry { retry_after } => {
+            let attempts_in_budget =
+                delivery.attempts + 1 - delivery.budget_attempts.min(delivery.attempts);
+            match next_attempt_ms(
+                policy,
+                attempts_in_budget,
+                delivery.budget_since_ms,
+                now_ms,
+                retry_after,
+                random,
+            ) {
+                Some(at_ms) => NextStep::RetryAt { at_ms },
+                None if attempts_in_budget >= policy.max_attempts() => NextStep::Dead {
+                    reason: format!(
+                        "gave up after {} attempts: the retry schedule is used up",
+                        delivery.attempts + 1,
+                    ),
+                },
+                None => NextStep::Dead {
+                    reason: format!(
+                        "gave up after {} attempts: the next would come after retry.max_age ({}) since the delivery was queued or replayed",
+                        delivery.attempts + 1,
+                        humantime::format_duration(policy.max_age)
+                    ),
+                },
+            }
+        }
+    }
 }
 
 /// Parses `Retry-After`: delay-seconds or an HTTP date. A date in the past means "now".

@@ -26,6 +26,8 @@ use lettre::transport::smtp::extension::ClientId;
 use lettre::transport::smtp::response::Response;
 
 use crate::connector::{Connector, SmtpSecurity, SmtpTarget};
+
+use super::SetupFailure;
 use crate::render::RenderedEmail;
 
 use super::http::{SendFailure, SendResult, Verdict};
@@ -62,20 +64,42 @@ enum SendError {
     Refused(String),
 }
 
+/// Why a rendered email cannot become a message. Final: the same render fails the same way.
+#[derive(Debug, thiserror::Error)]
+pub enum MessageError {
+    #[error("{role} {text:?} is not one address")]
+    NotOneAddress { role: &'static str, text: String },
+    #[error("{role} {text:?} is not an address: {source}")]
+    NotAnAddress {
+        role: &'static str,
+        text: String,
+        source: lettre::address::AddressError,
+    },
+    #[error("the {role} {id:?} is not a Message-ID (<id@domain>)")]
+    NotAMessageId { role: &'static str, id: String },
+    #[error("no recipient: every `to` rendered empty")]
+    NoRecipient,
+    #[error("cannot encode the message body")]
+    Encode,
+    #[error("cannot build the message: {0}")]
+    Build(#[from] lettre::error::Error),
+}
+
 /// The transport for one connector.
-pub fn transport(connector: &Connector, smtp: &SmtpTarget) -> Result<Transport, String> {
+pub fn transport(connector: &Connector, smtp: &SmtpTarget) -> Result<Transport, SetupFailure> {
     let tls = match smtp.security {
         SmtpSecurity::Plain => Tls::None,
         SmtpSecurity::StartTls | SmtpSecurity::Tls => {
             let mut params = TlsParameters::builder(smtp.host.clone());
             if let Some(ca) = &smtp.tls_ca_file {
-                let pem =
-                    std::fs::read(ca).map_err(|e| format!("cannot read {}: {e}", ca.display()))?;
-                let cert =
-                    Certificate::from_pem(&pem).map_err(|e| format!("{}: {e}", ca.display()))?;
+                let pem = super::read_ca(ca)?;
+                let cert = Certificate::from_pem(&pem).map_err(|source| SetupFailure::SmtpCa {
+                    path: ca.clone(),
+                    source,
+                })?;
                 params = params.add_root_certificate(cert);
             }
-            let params = params.build().map_err(|e| e.to_string())?;
+            let params = params.build().map_err(SetupFailure::SmtpTls)?;
             if smtp.security == SmtpSecurity::Tls {
                 Tls::Wrapper(params)
             } else {
@@ -245,12 +269,12 @@ fn transfer_encoding(text: &str) -> ContentTransferEncoding {
 
 /// One text part, normalised, with its transfer encoding set explicitly (lettre's default
 /// choice sends ASCII with bare CRs and NULs as 7bit, verbatim).
-fn text_part(content_type: ContentType, text: &str) -> Result<SinglePart, String> {
+fn text_part(content_type: ContentType, text: &str) -> Result<SinglePart, MessageError> {
     let text = normalise_body(text);
     let encoding = transfer_encoding(&text);
     let body = Body::new_with_encoding(text.clone(), encoding)
         .or_else(|_| Body::new_with_encoding(text, ContentTransferEncoding::QuotedPrintable))
-        .map_err(|_| "cannot encode the message body".to_string())?;
+        .map_err(|_| MessageError::Encode)?;
     Ok(SinglePart::builder().header(content_type).body(body))
 }
 
@@ -262,24 +286,32 @@ pub fn build_message(
     email: &RenderedEmail,
     message_id: &str,
     thread_root: Option<&str>,
-) -> Result<Message, String> {
-    let mailbox = |role: &str, text: &str| {
+) -> Result<Message, MessageError> {
+    let mailbox = |role: &'static str, text: &str| {
         if text.contains(|c: char| c.is_control())
             || (text.contains([',', ';']) && !text.contains('"'))
         {
-            return Err(format!("{role} {text:?} is not one address"));
+            return Err(MessageError::NotOneAddress {
+                role,
+                text: text.to_string(),
+            });
         }
         text.parse::<Mailbox>()
-            .map_err(|e| format!("{role} {text:?} is not an address: {e}"))
+            .map_err(|source| MessageError::NotAnAddress {
+                role,
+                text: text.to_string(),
+                source,
+            })
     };
     for (role, id) in [
         ("Message-ID", Some(message_id)),
         ("thread root", thread_root),
     ] {
         if let Some(id) = id.filter(|id| !is_msg_id(id)) {
-            return Err(format!(
-                "the {role} {id:?} is not a Message-ID (<id@domain>)"
-            ));
+            return Err(MessageError::NotAMessageId {
+                role,
+                id: id.to_string(),
+            });
         }
     }
     let mut builder = Message::builder()
@@ -288,7 +320,7 @@ pub fn build_message(
         .message_id(Some(message_id.to_string()))
         .user_agent(concat!("incident-gateway/", env!("CARGO_PKG_VERSION")).to_string());
     if email.to.is_empty() {
-        return Err("no recipient: every `to` rendered empty".into());
+        return Err(MessageError::NoRecipient);
     }
     for to in &email.to {
         builder = builder.to(mailbox("to", to)?);
@@ -310,7 +342,7 @@ pub fn build_message(
         ),
         None => builder.singlepart(plain),
     };
-    message.map_err(|e| format!("cannot build the message: {e}"))
+    Ok(message?)
 }
 
 /// Sends, bounded by the connector's timeout end to end, and says what it means: 2xx

@@ -307,30 +307,38 @@ pub fn with_budget<T>(budget: Duration, render: impl FnOnce() -> T) -> T {
     render()
 }
 
-/// `Err` once the running render's budget is spent.
-pub fn check_budget() -> Result<(), String> {
-    match DEADLINE.with(Cell::get) {
-        Some(deadline) if Instant::now() >= deadline => Err(BUDGET_SPENT.to_string()),
-        _ => Ok(()),
-    }
+/// Why a helper stopped: a bound every render shares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Exceeded {
+    /// The running render's time budget is spent.
+    #[error("the render time budget is spent")]
+    Budget,
+    /// The helper's result would be larger than any request may be.
+    #[error("the result would be larger than {} MiB", MAX_HELPER_OUTPUT_BYTES / (1024 * 1024))]
+    Output,
 }
 
-/// The words a render stopped by its budget fails with (the deliverer looks for them).
-pub const BUDGET_SPENT: &str = "the render time budget is spent";
-
-/// `Err` when a helper's output is larger than any request may be.
-pub fn check_output(text: &str) -> Result<(), String> {
-    if text.len() > MAX_HELPER_OUTPUT_BYTES {
-        return Err(output_too_large());
+/// `Err` once the running render's budget is spent.
+pub fn check_budget() -> Result<(), Exceeded> {
+    if budget_spent() {
+        return Err(Exceeded::Budget);
     }
     Ok(())
 }
 
-pub fn output_too_large() -> String {
-    format!(
-        "the result would be larger than {} MiB",
-        MAX_HELPER_OUTPUT_BYTES / (1024 * 1024)
-    )
+/// Whether the render running on this thread has used up its budget (false outside one).
+pub fn budget_spent() -> bool {
+    DEADLINE
+        .with(Cell::get)
+        .is_some_and(|deadline| Instant::now() >= deadline)
+}
+
+/// `Err` when a helper's output is larger than any request may be.
+pub fn check_output(text: &str) -> Result<(), Exceeded> {
+    if text.len() > MAX_HELPER_OUTPUT_BYTES {
+        return Err(Exceeded::Output);
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -444,7 +452,8 @@ mod tests {
     fn the_budget_is_checked_on_this_thread_only() {
         assert!(check_budget().is_ok());
         with_budget(Duration::ZERO, || {
-            assert_eq!(check_budget(), Err(BUDGET_SPENT.to_string()));
+            assert_eq!(check_budget(), Err(Exceeded::Budget));
+            assert!(budget_spent());
         });
         assert!(check_budget().is_ok());
         with_budget(Duration::from_secs(60), || assert!(check_budget().is_ok()));

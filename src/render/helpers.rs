@@ -14,7 +14,54 @@ use serde_json::Value;
 use super::bounds;
 use crate::model::ThreatRating;
 
-type Compute = fn(&Helper, &Context) -> Result<Value, String>;
+type Compute = fn(&Helper, &Context) -> Result<Value, HelperError>;
+
+/// Why a helper refused its input. Shown to admins (by `check`) and in dead reasons, after
+/// the helper's name.
+#[derive(Debug, thiserror::Error)]
+pub enum HelperError {
+    #[error("needs a parameter at position {0}")]
+    MissingParameter(usize),
+    #[error("variable `{0}` is not in the context (strict mode)")]
+    NotInContext(String),
+    #[error("a parameter is missing (strict mode)")]
+    ParameterMissing,
+    #[error("the length must be a whole number")]
+    NotALength,
+    #[error("{0:?} is not a time zone name (e.g. Europe/Paris)")]
+    NotATimeZone(String),
+    #[error("{0:?} is not a valid strftime pattern")]
+    NotAPattern(String),
+    #[error("needs a JSON pointer")]
+    NoPointer,
+    #[error("{0:?} is not a JSON pointer (it starts with '/')")]
+    NotAPointer(String),
+    #[error("the connector has no `priorities` map in its config")]
+    NoPriorities,
+    #[error("no priority for rating {0} and no `default` in the connector's priorities")]
+    NoPriority(String),
+    #[error("no partial named {0:?} in the partials folder")]
+    NoPartial(String),
+    #[error(transparent)]
+    Exceeded(#[from] bounds::Exceeded),
+}
+
+/// A helper's refusal as Handlebars carries it: `name: why`.
+#[derive(Debug, thiserror::Error)]
+#[error("{helper}: {error}")]
+pub struct HelperFailed {
+    pub helper: &'static str,
+    #[source]
+    pub error: HelperError,
+}
+
+fn failed(helper: &'static str, error: impl Into<HelperError>) -> RenderError {
+    RenderErrorReason::NestedError(Box::new(HelperFailed {
+        helper,
+        error: error.into(),
+    }))
+    .into()
+}
 
 /// A helper computed from its parameters (and, for some, the root context).
 struct ValueHelper {
@@ -30,13 +77,11 @@ impl HelperDef for ValueHelper {
         ctx: &'rc Context,
         _: &mut RenderContext<'reg, 'rc>,
     ) -> Result<ScopedJson<'rc>, RenderError> {
-        let fail = |reason: String| -> RenderError {
-            RenderErrorReason::Other(format!("{}: {reason}", self.name)).into()
-        };
-        bounds::check_budget().map_err(fail)?;
+        let fail = |e: HelperError| failed(self.name, e);
+        bounds::check_budget().map_err(|e| fail(e.into()))?;
         let value = (self.compute)(h, ctx).map_err(fail)?;
         if let Value::String(s) = &value {
-            bounds::check_output(s).map_err(fail)?;
+            bounds::check_output(s).map_err(|e| fail(e.into()))?;
         }
         Ok(ScopedJson::Derived(value))
     }
@@ -50,7 +95,7 @@ fn json_helper(
     _: &mut RenderContext,
     out: &mut dyn Output,
 ) -> HelperResult {
-    bounds::check_budget().map_err(|reason| RenderErrorReason::Other(format!("json: {reason}")))?;
+    bounds::check_budget().map_err(|e| failed("json", e))?;
     let param = h
         .param(0)
         .ok_or(RenderErrorReason::ParamNotFoundForIndex("json", 0))?;
@@ -89,8 +134,7 @@ impl HelperDef for Include {
         ctx: &'rc Context,
         _: &mut RenderContext<'reg, 'rc>,
     ) -> Result<ScopedJson<'rc>, RenderError> {
-        bounds::check_budget()
-            .map_err(|reason| RenderErrorReason::Other(format!("include: {reason}")))?;
+        bounds::check_budget().map_err(|e| failed("include", e))?;
         let registry: &Handlebars = match &self.text {
             Some(text) => text,
             None => current,
@@ -100,10 +144,7 @@ impl HelperDef for Include {
             .map(|p| text(p.value()))
             .ok_or(RenderErrorReason::ParamNotFoundForIndex("include", 0))?;
         if !registry.has_template(&name) {
-            return Err(RenderErrorReason::Other(format!(
-                "include: no partial named {name:?} in the partials folder"
-            ))
-            .into());
+            return Err(failed("include", HelperError::NoPartial(name)));
         }
         let mut rendered = registry.render_with_context(&name, ctx)?;
         // Files end with a line break; a value spliced into a string should not.
@@ -215,21 +256,21 @@ pub fn register(hb: &mut Handlebars) {
 
 /// A parameter's value. Strict, as the rest of the template is: a parameter naming a
 /// variable the context does not have is an error naming it (only `default` forgives).
-fn arg<'a>(h: &'a Helper, index: usize) -> Result<&'a Value, String> {
+fn arg<'a>(h: &'a Helper, index: usize) -> Result<&'a Value, HelperError> {
     let p = h
         .param(index)
-        .ok_or_else(|| format!("needs a parameter at position {}", index + 1))?;
+        .ok_or(HelperError::MissingParameter(index + 1))?;
     if p.is_value_missing() {
         return Err(match p.relative_path() {
-            Some(path) => format!("variable `{path}` is not in the context (strict mode)"),
-            None => "a parameter is missing (strict mode)".to_string(),
+            Some(path) => HelperError::NotInContext(path.clone()),
+            None => HelperError::ParameterMissing,
         });
     }
     Ok(p.value())
 }
 
 /// The parameter at `index` if given (strictly checked), else `None`.
-fn opt_arg<'a>(h: &'a Helper, index: usize) -> Result<Option<&'a Value>, String> {
+fn opt_arg<'a>(h: &'a Helper, index: usize) -> Result<Option<&'a Value>, HelperError> {
     if h.param(index).is_none() {
         return Ok(None);
     }
@@ -254,7 +295,7 @@ fn is_blank(v: &Value) -> bool {
 }
 
 /// `{{default value "fallback"}}`: the value, or the fallback when it is missing, null or blank.
-fn default(h: &Helper, _: &Context) -> Result<Value, String> {
+fn default(h: &Helper, _: &Context) -> Result<Value, HelperError> {
     let fallback = arg(h, 1)?.clone();
     match h.param(0) {
         Some(p) if !p.is_value_missing() && !is_blank(p.value()) => Ok(p.value().clone()),
@@ -264,11 +305,9 @@ fn default(h: &Helper, _: &Context) -> Result<Value, String> {
 
 /// `{{truncate text 100}}`: at most 100 characters, the last one `…` when cut. Counts
 /// characters, never splitting one. `suffix="..."` changes the marker.
-fn truncate(h: &Helper, _: &Context) -> Result<Value, String> {
+fn truncate(h: &Helper, _: &Context) -> Result<Value, HelperError> {
     let s = text(arg(h, 0)?);
-    let max = arg(h, 1)?
-        .as_u64()
-        .ok_or("the length must be a whole number")? as usize;
+    let max = arg(h, 1)?.as_u64().ok_or(HelperError::NotALength)? as usize;
     let suffix = h
         .hash_get("suffix")
         .map(|v| text(v.value()))
@@ -327,11 +366,9 @@ pub fn slack_escape(s: &str) -> String {
 
 /// `{{truncate_bytes text 1000}}`: at most 1000 bytes of UTF-8, never splitting a character,
 /// `…` (3 bytes) marking a cut; for limits counted in bytes.
-fn truncate_bytes(h: &Helper, _: &Context) -> Result<Value, String> {
+fn truncate_bytes(h: &Helper, _: &Context) -> Result<Value, HelperError> {
     let s = text(arg(h, 0)?);
-    let max = arg(h, 1)?
-        .as_u64()
-        .ok_or("the length must be a whole number")? as usize;
+    let max = arg(h, 1)?.as_u64().ok_or(HelperError::NotALength)? as usize;
     if s.len() <= max {
         return Ok(Value::String(s));
     }
@@ -349,11 +386,9 @@ fn truncate_bytes(h: &Helper, _: &Context) -> Result<Value, String> {
 
 /// `{{truncate_utf16 text 255}}`: at most 255 UTF-16 code units (as Jira and JavaScript count
 /// length), never splitting a character, `…` marking a cut.
-fn truncate_utf16(h: &Helper, _: &Context) -> Result<Value, String> {
+fn truncate_utf16(h: &Helper, _: &Context) -> Result<Value, HelperError> {
     let s = text(arg(h, 0)?);
-    let max = arg(h, 1)?
-        .as_u64()
-        .ok_or("the length must be a whole number")? as usize;
+    let max = arg(h, 1)?.as_u64().ok_or(HelperError::NotALength)? as usize;
     if s.encode_utf16().count() <= max {
         return Ok(Value::String(s));
     }
@@ -374,7 +409,7 @@ fn truncate_utf16(h: &Helper, _: &Context) -> Result<Value, String> {
 }
 
 /// `{{join list ", "}}`: the items as text, separated.
-fn join(h: &Helper, _: &Context) -> Result<Value, String> {
+fn join(h: &Helper, _: &Context) -> Result<Value, HelperError> {
     let sep = h
         .param(1)
         .map(|p| text(p.value()))
@@ -386,7 +421,7 @@ fn join(h: &Helper, _: &Context) -> Result<Value, String> {
 }
 
 /// `{{first list}}`: the first item, or null.
-fn first(h: &Helper, _: &Context) -> Result<Value, String> {
+fn first(h: &Helper, _: &Context) -> Result<Value, HelperError> {
     Ok(match arg(h, 0)? {
         Value::Array(items) => items.first().cloned().unwrap_or(Value::Null),
         other => other.clone(),
@@ -394,7 +429,7 @@ fn first(h: &Helper, _: &Context) -> Result<Value, String> {
 }
 
 /// `{{len x}}`: characters of a string, items of a list, keys of an object; 0 for null.
-fn len(h: &Helper, _: &Context) -> Result<Value, String> {
+fn len(h: &Helper, _: &Context) -> Result<Value, HelperError> {
     let n = match arg(h, 0)? {
         Value::String(s) => s.chars().count(),
         Value::Array(a) => a.len(),
@@ -406,7 +441,7 @@ fn len(h: &Helper, _: &Context) -> Result<Value, String> {
 }
 
 /// `{{replace text "from" "to"}}`: every occurrence.
-fn replace(h: &Helper, _: &Context) -> Result<Value, String> {
+fn replace(h: &Helper, _: &Context) -> Result<Value, HelperError> {
     let s = text(arg(h, 0)?);
     let from = text(arg(h, 1)?);
     let to = text(arg(h, 2)?);
@@ -417,7 +452,7 @@ fn replace(h: &Helper, _: &Context) -> Result<Value, String> {
     if to.len() > from.len() {
         let grows_by = s.matches(from.as_str()).count() * (to.len() - from.len());
         if s.len().saturating_add(grows_by) > bounds::MAX_HELPER_OUTPUT_BYTES {
-            return Err(bounds::output_too_large());
+            return Err(bounds::Exceeded::Output.into());
         }
     }
     Ok(Value::String(s.replace(&from, &to)))
@@ -427,14 +462,14 @@ fn replace(h: &Helper, _: &Context) -> Result<Value, String> {
 /// too, number or numeric string) or an ISO 8601 / RFC 3339 time with a strftime pattern
 /// (default RFC 3339) in a time zone (default UTC). A value that is no time is passed through
 /// as it is, so an odd date never stops a ticket.
-fn date(h: &Helper, _: &Context) -> Result<Value, String> {
+fn date(h: &Helper, _: &Context) -> Result<Value, HelperError> {
     let value = arg(h, 0)?.clone();
     let pattern = opt_arg(h, 1)?.map(text);
     let zone = match opt_arg(h, 2)?.map(text) {
         None => chrono_tz::UTC,
         Some(name) => name
             .parse::<chrono_tz::Tz>()
-            .map_err(|_| format!("{name:?} is not a time zone name (e.g. Europe/Paris)"))?,
+            .map_err(|_| HelperError::NotATimeZone(name))?,
     };
     let Some(instant) = parse_time(&value) else {
         return Ok(Value::String(text(&value)));
@@ -445,7 +480,7 @@ fn date(h: &Helper, _: &Context) -> Result<Value, String> {
         Some(p) => {
             let items: Vec<chrono::format::Item> = chrono::format::StrftimeItems::new(&p).collect();
             if items.contains(&chrono::format::Item::Error) {
-                return Err(format!("{p:?} is not a valid strftime pattern"));
+                return Err(HelperError::NotAPattern(p));
             }
             local.format_with_items(items.into_iter()).to_string()
         }
@@ -579,7 +614,7 @@ fn tidy_lines(text: &str) -> String {
 
 /// `{{#if (contains haystack needle)}}`: a substring of a string, an item of a list, or a
 /// key of an object.
-fn contains(h: &Helper, _: &Context) -> Result<Value, String> {
+fn contains(h: &Helper, _: &Context) -> Result<Value, HelperError> {
     let needle = arg(h, 1)?;
     let found = match arg(h, 0)? {
         Value::String(s) => s.contains(&text(needle)),
@@ -592,16 +627,14 @@ fn contains(h: &Helper, _: &Context) -> Result<Value, String> {
 
 /// `{{pointer value "/a/0/b"}}`, or `{{pointer "/a/0/b"}}` from the incident: the value at a
 /// JSON pointer, or null. Reaches keys no Handlebars path can, such as `"deployment,"`.
-fn pointer(h: &Helper, ctx: &Context) -> Result<Value, String> {
+fn pointer(h: &Helper, ctx: &Context) -> Result<Value, HelperError> {
     let (base, ptr) = match (opt_arg(h, 0)?, opt_arg(h, 1)?) {
         (Some(v), Some(p)) => (v, text(p)),
         (Some(p), None) => (ctx.data(), text(p)),
-        _ => return Err("needs a JSON pointer".into()),
+        _ => return Err(HelperError::NoPointer),
     };
     if !(ptr.is_empty() || ptr.starts_with('/')) {
-        return Err(format!(
-            "{ptr:?} is not a JSON pointer (it starts with '/')"
-        ));
+        return Err(HelperError::NotAPointer(ptr));
     }
     Ok(base.pointer(&ptr).cloned().unwrap_or(Value::Null))
 }
@@ -609,7 +642,7 @@ fn pointer(h: &Helper, ctx: &Context) -> Result<Value, String> {
 /// `{{priority}}`: the incident's threat rating mapped through the connector's `priorities`
 /// (e.g. critical → "1"); `{{priority "high"}}` maps a rating given. A rating the map does not
 /// name takes its `default` entry.
-fn priority(h: &Helper, ctx: &Context) -> Result<Value, String> {
+fn priority(h: &Helper, ctx: &Context) -> Result<Value, HelperError> {
     let root = ctx.data();
     let rating = match opt_arg(h, 0)? {
         Some(v) => ThreatRating::parse(&text(v)),
@@ -618,17 +651,12 @@ fn priority(h: &Helper, ctx: &Context) -> Result<Value, String> {
     let map = root
         .pointer("/connector/priorities")
         .and_then(Value::as_object)
-        .ok_or("the connector has no `priorities` map in its config")?;
+        .ok_or(HelperError::NoPriorities)?;
     let key = rating.map(ThreatRating::name);
     key.and_then(|k| map.get(k))
         .or_else(|| map.get("default"))
         .cloned()
-        .ok_or_else(|| {
-            format!(
-                "no priority for rating {} and no `default` in the connector's priorities",
-                key.unwrap_or("(none)")
-            )
-        })
+        .ok_or_else(|| HelperError::NoPriority(key.unwrap_or("(none)").to_string()))
 }
 
 #[cfg(test)]

@@ -13,13 +13,11 @@ pub mod bounds;
 pub mod derive;
 pub mod helpers;
 
-// Until every caller names `model` directly.
-pub use crate::model::{Completion, Event, TicketFacts};
-
 use handlebars::{Context, Handlebars, RenderErrorReason};
 use serde_json::{Map, Value};
 
 use crate::connector::{Connector, HttpRequest, MailMessage, SmtpTarget, Target, TemplatePath};
+use crate::model::{Completion, Event, TicketFacts};
 
 /// A template that does not compile or does not render, located in its file.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -30,6 +28,18 @@ pub struct RenderError {
     pub line: Option<usize>,
     pub column: Option<usize>,
     pub reason: String,
+}
+
+impl RenderError {
+    /// An error of a whole template (or connector setting), with no line to point at.
+    pub fn unlocated(template: impl Into<String>, reason: impl Into<String>) -> RenderError {
+        RenderError {
+            template: template.into(),
+            line: None,
+            column: None,
+            reason: reason.into(),
+        }
+    }
 }
 
 fn location(line: Option<usize>, column: Option<usize>) -> String {
@@ -268,6 +278,8 @@ fn from_render_error(name: &str, e: handlebars::RenderError) -> RenderError {
         RenderErrorReason::MissingVariable(None) => {
             "a variable is not in the incident (strict mode)".to_string()
         }
+        // A helper's refusal reads as `helper: why`, without Handlebars' wrapper words.
+        RenderErrorReason::NestedError(inner) => inner.to_string(),
         other => other.to_string(),
     };
     RenderError {
@@ -314,12 +326,7 @@ struct Partial {
 /// (`summary.txt.hbs` → `{{> summary}}` and `{{include "summary"}}`), usable from every
 /// template. `{{> name}}` takes the escaping of the template that includes it.
 fn read_partials(dir: &std::path::Path) -> Result<Vec<Partial>, RenderError> {
-    let unreadable = |reason: String| RenderError {
-        template: dir.display().to_string(),
-        line: None,
-        column: None,
-        reason,
-    };
+    let unreadable = |reason: String| RenderError::unlocated(dir.display().to_string(), reason);
     let entries =
         std::fs::read_dir(dir).map_err(|e| unreadable(format!("cannot list partials: {e}")))?;
     let mut files: Vec<std::path::PathBuf> = entries
@@ -441,11 +448,11 @@ impl Renderer {
         if self.body_registry(name).has_template(name) {
             return Ok(());
         }
-        let text = std::fs::read_to_string(&path.resolved).map_err(|e| RenderError {
-            template: name.clone(),
-            line: None,
-            column: None,
-            reason: format!("cannot read {}: {e}", path.resolved.display()),
+        let text = std::fs::read_to_string(&path.resolved).map_err(|e| {
+            RenderError::unlocated(
+                name.clone(),
+                format!("cannot read {}: {e}", path.resolved.display()),
+            )
         })?;
         self.body_registry_mut(name)
             .register_template_string(name, &text)
@@ -496,26 +503,19 @@ impl Renderer {
         context: &Value,
     ) -> Result<RenderedEmail, RenderError> {
         let Target::Smtp(smtp) = &connector.target else {
-            return Err(RenderError {
-                template: format!("connector {}", connector.name),
-                line: None,
-                column: None,
-                reason: "the connector is not an smtp connector".into(),
-            });
+            return Err(RenderError::unlocated(
+                format!("connector {}", connector.name),
+                "the connector is not an smtp connector",
+            ));
         };
         let Some(request) = smtp.messages.get(event) else {
-            return Err(RenderError {
-                template: format!("connector {}", connector.name),
-                line: None,
-                column: None,
-                reason: format!("the connector sends no email for `{}`", event.as_str()),
-            });
+            return Err(RenderError::unlocated(
+                format!("connector {}", connector.name),
+                format!("the connector sends no email for `{}`", event.as_str()),
+            ));
         };
-        let ctx = Context::wraps(context).map_err(|e| RenderError {
-            template: request.template.as_written.clone(),
-            line: None,
-            column: None,
-            reason: e.to_string(),
+        let ctx = Context::wraps(context).map_err(|e| {
+            RenderError::unlocated(request.template.as_written.clone(), e.to_string())
         })?;
         let body = |path: &TemplatePath| {
             self.body_registry(&path.as_written)
@@ -567,12 +567,8 @@ impl Renderer {
         context: &Value,
     ) -> Result<String, RenderError> {
         let name = key_name(&connector.name);
-        let ctx = Context::wraps(context).map_err(|e| RenderError {
-            template: name.clone(),
-            line: None,
-            column: None,
-            reason: e.to_string(),
-        })?;
+        let ctx = Context::wraps(context)
+            .map_err(|e| RenderError::unlocated(name.clone(), e.to_string()))?;
         let key = self
             .plain
             .render_with_context(&name, &ctx)
@@ -618,12 +614,8 @@ impl Renderer {
             Escape::None => &self.plain,
             Escape::Url => &self.url,
         };
-        let ctx = Context::wraps(context).map_err(|e| RenderError {
-            template: "(inline)".into(),
-            line: None,
-            column: None,
-            reason: e.to_string(),
-        })?;
+        let ctx = Context::wraps(context)
+            .map_err(|e| RenderError::unlocated("(inline)", e.to_string()))?;
         hb.render_template_with_context(template, &ctx)
             .map_err(|e| self.locate_partial(from_render_error("(inline)", e)))
     }
@@ -636,24 +628,19 @@ impl Renderer {
         context: &Value,
     ) -> Result<RenderedRequest, RenderError> {
         let Target::Http(http) = &connector.target else {
-            return Err(RenderError {
-                template: format!("connector {}", connector.name),
-                line: None,
-                column: None,
-                reason: "the connector sends email, not HTTP requests".into(),
-            });
+            return Err(RenderError::unlocated(
+                format!("connector {}", connector.name),
+                "the connector sends email, not HTTP requests",
+            ));
         };
-        let request = http.requests.get(event).ok_or_else(|| RenderError {
-            template: format!("connector {}", connector.name),
-            line: None,
-            column: None,
-            reason: format!("the connector skips `{}`", event.as_str()),
+        let request = http.requests.get(event).ok_or_else(|| {
+            RenderError::unlocated(
+                format!("connector {}", connector.name),
+                format!("the connector skips `{}`", event.as_str()),
+            )
         })?;
-        let ctx = Context::wraps(context).map_err(|e| RenderError {
-            template: request.template.as_written.clone(),
-            line: None,
-            column: None,
-            reason: e.to_string(),
+        let ctx = Context::wraps(context).map_err(|e| {
+            RenderError::unlocated(request.template.as_written.clone(), e.to_string())
         })?;
         let body_name = &request.template.as_written;
         let body = self
@@ -675,19 +662,17 @@ impl Renderer {
                         .into(),
             });
         }
-        let parsed = reqwest::Url::parse(url.trim()).map_err(|e| RenderError {
-            template: url_template.clone(),
-            line: None,
-            column: None,
-            reason: format!("rendered URL is not valid: {e}"),
+        let parsed = reqwest::Url::parse(url.trim()).map_err(|e| {
+            RenderError::unlocated(
+                url_template.clone(),
+                format!("rendered URL is not valid: {e}"),
+            )
         })?;
         if !matches!(parsed.scheme(), "http" | "https") {
-            return Err(RenderError {
-                template: url_template,
-                line: None,
-                column: None,
-                reason: "rendered URL is not http or https".into(),
-            });
+            return Err(RenderError::unlocated(
+                url_template,
+                "rendered URL is not http or https",
+            ));
         }
         let mut headers = BTreeMap::new();
         if let Some(ct) = Escape::for_file(body_name).content_type() {

@@ -1,0 +1,270 @@
+//! Prepare: what one attempt sends, from the incident version it carries — for HTTP
+//! render → stamp → sign, for SMTP render → build the threaded MIME message.
+//!
+//! Synchronous and free of I/O: the workers run it on a render thread, and `render` (the
+//! admin's preview) and the fuzz target call the very same steps, so what they show is what
+//! a delivery sends.
+
+use serde_json::Value;
+
+use crate::connector::{Connector, SmtpTarget, Target};
+use crate::model::{self, Completion, Event, TicketFacts};
+use crate::render::{self, DeliveryFacts, RenderError, RenderedRequest, Renderer};
+use crate::signature;
+
+use super::smtp::{self, MessageError};
+
+/// What the gateway knows of one attempt beside the incident: the facts templates see.
+#[derive(Debug, Clone)]
+pub struct AttemptFacts {
+    pub event: Event,
+    /// The delivery's id: `webhook-id` on the wire, the same on every retry.
+    pub delivery_id: String,
+    /// 1 for the first attempt.
+    pub attempt: u32,
+    /// When the gateway accepted this version of the incident.
+    pub received_at_ms: i64,
+    pub ticket: TicketFacts,
+    pub completion: Option<Completion>,
+}
+
+/// What an attempt sends.
+#[derive(Debug)]
+pub enum Outgoing {
+    /// An HTTP request, stamped and signed.
+    Request(RenderedRequest),
+    /// A MIME message and its Message-ID (after `created`, the ticket's id).
+    Mail {
+        message: lettre::Message,
+        message_id: String,
+    },
+}
+
+/// Why an attempt cannot be prepared. Final: the same input fails the same way again.
+#[derive(Debug, thiserror::Error)]
+pub enum Unprepared {
+    #[error("render failed: the stored incident is not JSON: {0}")]
+    StoredIncident(#[source] serde_json::Error),
+    #[error("render failed: {0}")]
+    Render(#[from] RenderError),
+    #[error(transparent)]
+    Message(#[from] MessageError),
+}
+
+/// The template context of an attempt: the incident with the gateway's facts.
+pub fn context(connector: &Connector, incident: &Value, facts: &AttemptFacts) -> Value {
+    let received_at = model::rfc3339(facts.received_at_ms);
+    render::context(
+        incident,
+        &DeliveryFacts {
+            event: facts.event,
+            delivery_id: &facts.delivery_id,
+            attempt: facts.attempt,
+            connector,
+            received_at: &received_at,
+            ticket: facts.ticket.clone(),
+            completion: facts.completion.clone(),
+        },
+    )
+}
+
+/// The stored incident version, read back for rendering.
+pub fn stored_incident(body: &str) -> Result<Value, Unprepared> {
+    serde_json::from_str(body).map_err(Unprepared::StoredIncident)
+}
+
+/// Everything an attempt sends, by the connector's target.
+pub fn prepare(
+    renderer: &Renderer,
+    connector: &Connector,
+    incident: &Value,
+    facts: &AttemptFacts,
+    unix_seconds: i64,
+) -> Result<Outgoing, Unprepared> {
+    let context = context(connector, incident, facts);
+    match &connector.target {
+        Target::Smtp(settings) => {
+            let (message, message_id) = mail(renderer, connector, settings, facts, &context)?;
+            Ok(Outgoing::Mail {
+                message,
+                message_id,
+            })
+        }
+        Target::Http(_) => {
+            let request = renderer.render(connector, facts.event, &context)?;
+            let request = stamp(request, &facts.delivery_id, unix_seconds);
+            Ok(Outgoing::Request(sign(request, &connector.signing)))
+        }
+    }
+}
+
+/// Stamp: the headers every delivery carries. `webhook-id` is the delivery id, the same on
+/// every retry, so a receiver can tell a repeat from a new delivery (Standard Webhooks).
+pub fn stamp(
+    mut request: RenderedRequest,
+    delivery_id: &str,
+    unix_seconds: i64,
+) -> RenderedRequest {
+    request
+        .headers
+        .insert("webhook-id".into(), delivery_id.to_string());
+    request
+        .headers
+        .insert("webhook-timestamp".into(), unix_seconds.to_string());
+    request
+}
+
+/// Sign: the signature headers over the stamped request, as the connector's signing says.
+pub fn sign(mut request: RenderedRequest, signing: &signature::Signing) -> RenderedRequest {
+    signature::sign(&mut request.headers, request.body.as_bytes(), signing);
+    request
+}
+
+/// Render the email and build it: the `created` mail opens a thread (its Message-ID becomes
+/// the ticket's id), later mails reply to that root.
+fn mail(
+    renderer: &Renderer,
+    connector: &Connector,
+    settings: &SmtpTarget,
+    facts: &AttemptFacts,
+    context: &Value,
+) -> Result<(lettre::Message, String), Unprepared> {
+    let email = renderer.render_email(connector, facts.event, context)?;
+    let message_id = smtp::message_id(settings, &facts.delivery_id);
+    let root = match facts.event {
+        Event::Created => None,
+        _ => facts.ticket.id.as_deref(),
+    };
+    let message = smtp::build_message(settings, &email, &message_id, root)?;
+    Ok((message, message_id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+    fn setup(extra: &str) -> (tempfile::TempDir, Config, Renderer) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("body.json.hbs"),
+            "{\"id\": \"{{incidentId}}\", \"event\": \"{{event}}\", \"ticket\": \"{{ticket.id}}\"}\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("mail.txt.hbs"),
+            "Incident {{incidentId}} ({{event}})\n",
+        )
+        .unwrap();
+        let toml = format!(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+admin_token = "an-admin-token-of-32-characters-x"
+[storage]
+url = "sqlite://gateway.db"
+[[sources]]
+name = "edr"
+api_key = "a-source-key-of-32-characters-xxx"
+{extra}
+"#
+        );
+        let path = dir.path().join("gateway.toml");
+        std::fs::write(&path, &toml).unwrap();
+        let config = Config::load(&path).unwrap();
+        let renderer = Renderer::new(config.partials_dir.as_deref(), &config.connectors).unwrap();
+        (dir, config, renderer)
+    }
+
+    fn facts(event: Event, ticket_id: Option<&str>) -> AttemptFacts {
+        AttemptFacts {
+            event,
+            delivery_id: "msg_1".into(),
+            attempt: 2,
+            received_at_ms: 0,
+            ticket: TicketFacts {
+                key: "k".into(),
+                id: ticket_id.map(str::to_string),
+                url: None,
+            },
+            completion: None,
+        }
+    }
+
+    #[test]
+    fn an_http_attempt_is_rendered_stamped_and_signed() {
+        let (_dir, config, renderer) = setup(&format!(
+            "[[connectors]]\nname = \"t\"\nkind = \"http\"\nurl = \"https://t.example.com/{{{{incidentId}}}}\"\ntemplate = \"body.json.hbs\"\n[connectors.signing]\nstandard_webhooks = [\"{SECRET}\"]\n"
+        ));
+        let connector = config.connector("t").unwrap();
+        let incident = serde_json::json!({"incidentId": "I-1"});
+        let Outgoing::Request(request) = prepare(
+            &renderer,
+            connector,
+            &incident,
+            &facts(Event::Updated, Some("T-9")),
+            1_700_000_000,
+        )
+        .unwrap() else {
+            panic!("an HTTP connector prepares a request");
+        };
+        assert_eq!(request.url, "https://t.example.com/I-1");
+        let body: Value = serde_json::from_str(&request.body).unwrap();
+        assert_eq!(body["ticket"], "T-9");
+        assert_eq!(body["event"], "updated");
+        assert_eq!(request.headers["webhook-id"], "msg_1");
+        assert_eq!(request.headers["webhook-timestamp"], "1700000000");
+        let secret = signature::WebhookSecret::parse(SECRET).unwrap();
+        assert!(secret.verifies(
+            "msg_1",
+            "1700000000",
+            request.body.as_bytes(),
+            &request.headers["webhook-signature"]
+        ));
+    }
+
+    #[test]
+    fn a_mail_after_created_replies_to_the_tickets_root() {
+        let (_dir, config, renderer) = setup(
+            "[[connectors]]\nname = \"m\"\nkind = \"smtp\"\nsmtp_url = \"smtp://127.0.0.1:2525\"\nfrom = \"Gateway <gw@example.com>\"\nto = [\"desk@example.com\"]\nsubject = \"Incident {{incidentId}}\"\ntemplate = \"mail.txt.hbs\"\n",
+        );
+        let connector = config.connector("m").unwrap();
+        let incident = serde_json::json!({"incidentId": "I-1"});
+        let prepared = |event, ticket| match prepare(
+            &renderer,
+            connector,
+            &incident,
+            &facts(event, ticket),
+            0,
+        )
+        .unwrap()
+        {
+            Outgoing::Mail {
+                message,
+                message_id,
+            } => (
+                String::from_utf8_lossy(&message.formatted()).into_owned(),
+                message_id,
+            ),
+            Outgoing::Request(_) => panic!("an SMTP connector prepares a mail"),
+        };
+        let (created, id) = prepared(Event::Created, None);
+        assert_eq!(id, "<msg_1@example.com>");
+        assert!(!created.contains("In-Reply-To"), "{created}");
+        let (updated, _) = prepared(Event::Updated, Some("<root@example.com>"));
+        assert!(
+            updated.contains("In-Reply-To: <root@example.com>"),
+            "{updated}"
+        );
+    }
+
+    #[test]
+    fn a_stored_incident_that_is_not_json_is_unprepared() {
+        assert!(matches!(
+            stored_incident("{not json"),
+            Err(Unprepared::StoredIncident(_))
+        ));
+    }
+}
