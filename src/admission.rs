@@ -12,9 +12,10 @@ use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, StatusCode, header};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::config::{ServerConfig, SourceConfig};
+use crate::auth::SourceConfig;
 use crate::model::REPLAY_WINDOW;
 use crate::problem::Problem;
+use crate::server::ServerConfig;
 
 /// Replay cache size above which expired entries are swept.
 const REPLAY_CACHE_SWEEP: usize = 10_000;
@@ -59,7 +60,7 @@ impl Drop for ClientShare {
 }
 
 impl Guard {
-    pub fn new(server: &crate::config::ServerConfig) -> Guard {
+    pub fn new(server: &ServerConfig) -> Guard {
         Guard {
             seen: Mutex::default(),
             buckets: Mutex::default(),

@@ -78,3 +78,22 @@ impl FromRequestParts<Arc<App>> for PathId {
         }
     }
 }
+
+/// The extractors of [`crate::auth`] read the callers from the configuration.
+impl crate::auth::Callers for App {
+    fn admin_token(&self) -> Option<&str> {
+        self.config.server.admin_token.as_deref()
+    }
+
+    fn connectors(&self) -> &[crate::connector::Connector] {
+        &self.config.connectors
+    }
+
+    fn sources(&self) -> &[crate::auth::SourceConfig] {
+        &self.config.sources
+    }
+
+    fn refused(&self) {
+        Metrics::inc(&self.metrics.auth_failures);
+    }
+}

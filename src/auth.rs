@@ -21,19 +21,29 @@ use axum::http::{HeaderMap, header};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::App;
-use crate::config::{Config, ConnectorConfig, SourceConfig};
+use crate::connector::Connector;
 use crate::problem::Problem;
+use crate::signature::WebhookSecret;
 use crate::store::Caller;
+
+/// What the extractors need of the handlers' shared state (the app implements it, so this
+/// module needs nothing above it).
+pub trait Callers: Send + Sync {
+    fn admin_token(&self) -> Option<&str>;
+    fn connectors(&self) -> &[Connector];
+    fn sources(&self) -> &[SourceConfig];
+    /// Counts a refused caller (the admin API's refusals are not counted).
+    fn refused(&self);
+}
 
 /// The caller holds the admin token (else 401, problem+json).
 pub struct Admin;
 
-impl FromRequestParts<Arc<App>> for Admin {
+impl<S: Callers> FromRequestParts<Arc<S>> for Admin {
     type Rejection = Problem;
 
-    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Admin, Problem> {
-        if admin(app.config.server.admin_token.as_deref(), &parts.headers) {
+    async fn from_request_parts(parts: &mut Parts, state: &Arc<S>) -> Result<Admin, Problem> {
+        if admin(state.admin_token(), &parts.headers) {
             Ok(Admin)
         } else {
             Err(Problem::unauthorized())
@@ -45,19 +55,50 @@ impl FromRequestParts<Arc<App>> for Admin {
 /// counted as an authentication failure).
 pub struct Callback(pub Caller);
 
-impl FromRequestParts<Arc<App>> for Callback {
+impl<S: Callers> FromRequestParts<Arc<S>> for Callback {
     type Rejection = Problem;
 
-    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Callback, Problem> {
-        match callback(&app.config, &parts.headers) {
+    async fn from_request_parts(parts: &mut Parts, state: &Arc<S>) -> Result<Callback, Problem> {
+        match callback(state.connectors(), state.sources(), &parts.headers) {
             Some(CallbackHolder::Connector(c)) => Ok(Callback(Caller::Connector(c.name.clone()))),
             Some(CallbackHolder::Source(s)) => Ok(Callback(Caller::Source(s.name.clone()))),
             None => {
-                crate::metrics::Metrics::inc(&app.metrics.auth_failures);
+                state.refused();
                 Err(Problem::unauthorized())
             }
         }
     }
+}
+
+/// `[[sources]]`: one caller that sends incidents. `config` builds it.
+#[derive(Clone)]
+pub struct SourceConfig {
+    pub name: String,
+    /// Bearer key; a source with a signing secret may do without one.
+    pub api_key: Option<String>,
+    /// Bearer token for `POST /v1/incidents/{id}/complete` on this source's incidents.
+    pub callback_token: Option<String>,
+    /// When set, every request must carry a valid Standard Webhooks signature by it.
+    pub signing_secret: Option<WebhookSecret>,
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// Debug never shows the source's key, token or secret.
+impl std::fmt::Debug for SourceConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SourceConfig")
+            .field("name", &self.name)
+            .field("api_key", &"********")
+            .finish()
+    }
+}
+
+/// A token bucket: `per_second` on average, bursts of up to `burst`. A source's setting, so
+/// it lives beside [`SourceConfig`]; `admission` keeps the buckets (and imports this module).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimit {
+    pub per_second: f64,
+    pub burst: u32,
 }
 
 /// The SHA-256 digest of a token, compared in constant time.
@@ -122,22 +163,26 @@ pub fn source<'a>(sources: &'a [SourceConfig], headers: &HeaderMap) -> Option<&'
 /// Who holds a callback token.
 #[derive(Debug, Clone, Copy)]
 pub enum CallbackHolder<'a> {
-    Connector(&'a ConnectorConfig),
+    Connector(&'a Connector),
     Source(&'a SourceConfig),
 }
 
 /// Whose callback token the request's bearer token is: a connector's before a source's.
-pub fn callback<'a>(config: &'a Config, headers: &HeaderMap) -> Option<CallbackHolder<'a>> {
+pub fn callback<'a>(
+    connectors: &'a [Connector],
+    sources: &'a [SourceConfig],
+    headers: &HeaderMap,
+) -> Option<CallbackHolder<'a>> {
     let presented = TokenDigest::new(bearer(headers)?);
     let matches = |token: &str| TokenDigest::new(token).matches_digest(&presented);
     let mut found = None;
     // No early exit: every token is compared, whichever matches.
-    for c in &config.connectors {
+    for c in connectors {
         if c.callback_token.as_deref().is_some_and(matches) {
             found = Some(CallbackHolder::Connector(c));
         }
     }
-    for s in &config.sources {
+    for s in sources {
         if s.callback_token.as_deref().is_some_and(matches) {
             found = found.or(Some(CallbackHolder::Source(s)));
         }

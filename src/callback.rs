@@ -125,7 +125,7 @@ pub async fn complete(
         .config
         .connectors
         .iter()
-        .filter(|c| c.request(Event::Completed).is_none())
+        .filter(|c| !c.sends(Event::Completed))
         .map(|c| c.name.clone())
         .chain(match &caller {
             Caller::Connector(name) => Some(name.clone()),

@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use crate::config::{Config, ConnectorConfig};
+use crate::config::Config;
+use crate::connector::{Connector, Target};
 use crate::deliver::prepare::{self, AttemptFacts, Outgoing, Unprepared};
 use crate::deliver::smtp;
 use crate::model::{Completion, Event, TicketFacts};
@@ -71,22 +72,22 @@ pub const PREVIEW_TICKET_ID: &str = "TICKET-PREVIEW-1";
 pub fn preview_facts(
     renderer: &Renderer,
     incident: &Value,
-    connector: &ConnectorConfig,
+    connector: &Connector,
     event: Event,
 ) -> AttemptFacts {
     let now_ms = crate::model::now_ms();
     let key = crate::ticket::route_for(renderer, connector, incident).key;
-    let ticket = match (event, &connector.smtp) {
+    let ticket = match (event, &connector.target) {
         (Event::Created, _) => TicketFacts {
             key,
             id: None,
             url: None,
         },
-        (Event::Updated | Event::Completed, smtp) => TicketFacts {
+        (Event::Updated | Event::Completed, target) => TicketFacts {
             key,
-            id: Some(match smtp {
-                Some(smtp) => smtp::message_id(smtp, "msg_preview_root"),
-                None => PREVIEW_TICKET_ID.into(),
+            id: Some(match target {
+                Target::Smtp(smtp) => smtp::message_id(smtp, "msg_preview_root"),
+                Target::Http(_) => PREVIEW_TICKET_ID.into(),
             }),
             url: Some(format!("https://tickets.example.com/{PREVIEW_TICKET_ID}")),
         },
@@ -110,7 +111,7 @@ pub fn preview_facts(
 pub fn preview_context(
     renderer: &Renderer,
     incident: &Value,
-    connector: &ConnectorConfig,
+    connector: &Connector,
     event: Event,
 ) -> Value {
     let facts = preview_facts(renderer, incident, connector, event);
@@ -122,7 +123,7 @@ pub fn preview_context(
 pub fn preview(
     renderer: &Renderer,
     incident: &Value,
-    connector: &ConnectorConfig,
+    connector: &Connector,
     event: Event,
 ) -> Result<Outgoing, Unprepared> {
     let facts = preview_facts(renderer, incident, connector, event);
@@ -132,7 +133,7 @@ pub fn preview(
 
 /// A preview's failure as `check` reports it: the template's own location, or the message
 /// problem with the connector and event.
-fn preview_problem(connector: &ConnectorConfig, event: Event, e: Unprepared) -> String {
+fn preview_problem(connector: &Connector, event: Event, e: Unprepared) -> String {
     match e {
         Unprepared::Render(e) => e.to_string(),
         other => format!("connector {} ({}): {other}", connector.name, event.as_str()),
@@ -145,7 +146,7 @@ fn preview_problem(connector: &ConnectorConfig, event: Event, e: Unprepared) -> 
 pub fn check(config_file: &Path, incidents_dir: Option<&Path>) -> Result<CheckReport, CliError> {
     let config = Config::load(config_file).map_err(crate::Error::from)?;
     let mut report = CheckReport::default();
-    let renderer = match Renderer::new(&config) {
+    let renderer = match Renderer::new(config.partials_dir.as_deref(), &config.connectors) {
         Ok(r) => r,
         Err(e) => {
             report.errors.push(e.to_string());
@@ -184,9 +185,9 @@ pub fn check(config_file: &Path, incidents_dir: Option<&Path>) -> Result<CheckRe
         }
         for connector in &config.connectors {
             for event in [Event::Created, Event::Updated, Event::Completed] {
-                let Some(request_config) = connector.request(event) else {
+                if !connector.sends(event) {
                     continue;
-                };
+                }
                 report.renders += 1;
                 let seen_in = format!(
                     "connector {}, event {}, incident {}",
@@ -222,6 +223,13 @@ pub fn check(config_file: &Path, incidents_dir: Option<&Path>) -> Result<CheckRe
                 if carries_incident_id(&request, &incident) {
                     traceable.insert(connector.name.as_str(), true);
                 }
+                // An HTTP request: the connector's target is HTTP.
+                let Target::Http(http) = &connector.target else {
+                    continue;
+                };
+                let Some(request_config) = http.requests.get(event) else {
+                    continue;
+                };
                 let template = &request_config.template.as_written;
                 if Escape::for_file(template) != Escape::Json {
                     continue;
@@ -289,23 +297,10 @@ fn compile_target_schemas(
     report: &mut CheckReport,
 ) -> BTreeMap<PathBuf, jsonschema::Validator> {
     let mut out = BTreeMap::new();
-    let paths = config.connectors.iter().flat_map(|c| {
-        let requests = [
-            &c.requests.created,
-            &c.requests.updated,
-            &c.requests.completed,
-        ];
-        c.target_schema
-            .iter()
-            .chain(
-                requests
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|r| r.target_schema.as_ref()),
-            )
-            .cloned()
-            .collect::<Vec<_>>()
-    });
+    let paths = config
+        .connectors
+        .iter()
+        .flat_map(|c| c.target_schemas().into_iter().map(Path::to_path_buf));
     for path in paths {
         if out.contains_key(&path) {
             continue;
@@ -356,7 +351,8 @@ pub fn render(
     event: Event,
 ) -> Result<String, CliError> {
     let config = Config::load(config_file).map_err(crate::Error::from)?;
-    let renderer = Renderer::new(&config).map_err(crate::Error::from)?;
+    let renderer = Renderer::new(config.partials_dir.as_deref(), &config.connectors)
+        .map_err(crate::Error::from)?;
     let connector = config
         .connector(connector_name)
         .ok_or_else(|| CliError::UnknownConnector(connector_name.to_string()))?;
@@ -365,9 +361,9 @@ pub fn render(
         Ok(Outgoing::Request(request)) => Ok(format_request(&request, &config)),
         Ok(Outgoing::Mail { message, .. }) => {
             let text = String::from_utf8_lossy(&message.formatted()).into_owned();
-            let (host, port, from) = match &connector.smtp {
-                Some(smtp) => (smtp.host.as_str(), smtp.port, smtp.from.as_str()),
-                None => ("", 0, ""),
+            let (host, port, from) = match &connector.target {
+                Target::Smtp(smtp) => (smtp.host.as_str(), smtp.port, smtp.from.as_str()),
+                Target::Http(_) => ("", 0, ""),
             };
             Ok(format!(
                 "SMTP {host}:{port} (MAIL FROM {from})\n{}",
@@ -393,7 +389,7 @@ pub fn format_request(request: &RenderedRequest, config: &Config) -> String {
         config.secrets.mask(&request.url)
     );
     for (name, value) in &request.headers {
-        let shown = if crate::config::is_credential_header(name) {
+        let shown = if crate::secrets::is_credential_header(name) {
             "********".to_string()
         } else {
             config.secrets.mask(value)

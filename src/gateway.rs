@@ -11,7 +11,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
-use crate::config::{Config, StorageConfig};
+use crate::config::Config;
 use crate::deliver::{self, Deliverer};
 use crate::render::Renderer;
 use crate::schema::IncidentSchema;
@@ -104,7 +104,7 @@ fn finish(router: Router<Arc<App>>, app: Arc<App>) -> Router {
 
 pub fn open_store(config: &Config) -> Result<Store, Error> {
     match &config.storage {
-        StorageConfig::Sqlite { path } => Ok(Store::open_sqlite(path)?),
+        crate::store::StorageConfig::Sqlite { path } => Ok(Store::open_sqlite(path)?),
     }
 }
 
@@ -112,7 +112,10 @@ impl Gateway {
     /// Opens the store, compiles templates, binds the listener and starts the workers.
     pub async fn start(config: Config) -> Result<Gateway, Error> {
         let config = Arc::new(config);
-        let renderer = Arc::new(Renderer::new(&config)?);
+        let renderer = Arc::new(Renderer::new(
+            config.partials_dir.as_deref(),
+            &config.connectors,
+        )?);
         let schema = IncidentSchema::shipped()?;
         let store = open_store(&config)?;
         let tracked: Vec<String> = config
@@ -140,13 +143,16 @@ impl Gateway {
         let shutdown = CancellationToken::new();
 
         let deliverer = Deliverer {
-            config: config.clone(),
+            settings: config.delivery,
+            shutdown_grace: config.server.shutdown_grace,
+            connectors: Arc::new(config.connectors.clone()),
+            secrets: Arc::new(config.secrets.clone()),
             renderer: renderer.clone(),
             store: store.clone(),
-            clients: Arc::new(deliver::clients(&config)?),
+            clients: Arc::new(deliver::clients(&config.connectors)?),
             metrics: metrics.clone(),
             wake: wake.clone(),
-            mailers: Arc::new(deliver::mailers(&config)?),
+            mailers: Arc::new(deliver::mailers(&config.connectors)?),
             renders: Arc::new(tokio::sync::Semaphore::new(config.delivery.render_threads)),
         };
         let workers = tokio::spawn(deliverer.run(shutdown.clone()));

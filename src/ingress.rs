@@ -31,8 +31,7 @@ use sha2::{Digest, Sha256};
 
 use crate::App;
 use crate::admission::BodyReservation;
-use crate::auth;
-use crate::config::SourceConfig;
+use crate::auth::{self, SourceConfig};
 use crate::problem::Problem;
 use crate::route;
 use crate::schema::Violation;
@@ -483,7 +482,7 @@ fn unprocessable(violations: Vec<Violation>) -> Problem {
 
 /// Serializes and routes a validated incident.
 fn prepare(
-    connectors: &[crate::config::ConnectorConfig],
+    connectors: &[crate::connector::Connector],
     renderer: &crate::render::Renderer,
     incident: &Value,
 ) -> NewIncident {

@@ -5,23 +5,26 @@
 //!
 //! 1. [`model`] — the vocabulary every stage speaks (events, ticket facts, completion, threat
 //!    ratings, delivery states, the clock); it imports nothing from the crate.
-//! 2. [`config`] — the admin's TOML file, expanded and validated once at load; [`secrets`]
-//!    masks what it marks secret wherever text leaves the process; [`signature`] signs and
-//!    verifies (Standard Webhooks, GitHub style) with the secrets it holds.
+//! 2. [`config`] — the admin's TOML file, expanded and validated once at load, each section
+//!    into the settings type of the stage that uses it; [`connector`] — what a connector is:
+//!    its target (HTTP or SMTP), routing, ticket, retry and signing settings; [`secrets`]
+//!    masks what the config marks secret wherever text leaves the process; [`signature`] signs
+//!    and verifies (Standard Webhooks, GitHub style) with the secrets it holds.
 //! 3. [`gateway`] — wiring: routers, start and stop, around [`app`], the state handlers
 //!    share; [`server`] — the listeners (connection limits, idle shedding, lingering close,
 //!    TLS); [`admission`] — replay fast path, rate limits, the body budget and reader.
 //! 4. [`ingress`] — `POST /v1/incidents`: authenticate, bound, parse; answers are
-//!    [`problem`] details (RFC 9457); [`auth`] — who is calling (admin, source, callback),
-//!    one constant-time token check.
+//!    [`problem`] details (RFC 9457); [`auth`] — who is calling (admin, source, callback):
+//!    the `Admin` and `Callback` extractors on one constant-time token check.
 //! 5. [`schema`] — validate each incident against `schemas/incident.schema.json`.
 //! 6. [`route`] — pick the connectors whose matchers the incident meets.
 //! 7. [`ticket`] — correlation keys, ticket ids from responses; [`callback`] — the way
 //!    back (`POST /v1/incidents/{id}/complete`).
 //! 8. [`store`] — commit the incident and one delivery per connector, then answer 202; one
 //!    interface by use (ingest, queue, tickets, views), SQLite behind it.
-//! 9. [`deliver`] — workers lease due deliveries: render → stamp → sign → send → classify →
-//!    schedule → record.
+//! 9. [`deliver`] — workers lease due deliveries; one attempt is a chain of small stages:
+//!    prepare (render → stamp → sign, or build the mail) → egress check → send → classify →
+//!    schedule → record. The CLI preview and the fuzz target run the same `prepare`.
 //! 10. [`render`] — Handlebars templates, escaped by content type, strict about variables,
 //!     each render bounded in time and by its helpers' input caps.
 //! 11. [`admin`] — inspect incidents and deliveries, replay dead ones; [`metrics`] for
@@ -32,6 +35,7 @@
 pub mod model;
 
 pub mod config;
+pub mod connector;
 pub mod secrets;
 pub mod signature;
 

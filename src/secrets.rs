@@ -17,6 +17,19 @@ const MIN_SECRET_LEN: usize = 4;
 /// The shortest base64 token decoded in search of a secret (`user:pass` of 4-char parts).
 const MIN_BASE64_TOKEN: usize = 8;
 
+/// Header names that carry credentials: their values are masked wherever they are shown.
+pub fn is_credential_header(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    n == "authorization"
+        || n == "proxy-authorization"
+        || n == "cookie"
+        || n.contains("token")
+        || n.contains("secret")
+        || n.contains("api-key")
+        || n.contains("apikey")
+        || n.contains("password")
+}
+
 /// Strings that must never leave the process in clear, with the forms they travel in.
 #[derive(Clone, Default)]
 pub struct Secrets {

@@ -33,6 +33,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::{IpAddr, Ipv6Addr};
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -53,6 +54,67 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::{self, TokenDigest};
 use crate::problem::Problem;
+
+/// `[server]`: the listeners, their limits and TLS, the admin token. `config` builds it.
+#[derive(Clone)]
+pub struct ServerConfig {
+    pub listen: String,
+    pub admin_token: Option<String>,
+    pub max_body_bytes: usize,
+    /// Request bodies held at once across all connections, in bytes (503 beyond it).
+    pub max_body_bytes_in_flight: usize,
+    pub max_batch: usize,
+    /// How long shutdown waits for in-flight sends before giving up on them (they are retried
+    /// after restart: the lease is released).
+    pub shutdown_grace: Duration,
+    /// Connections held at once; more are closed on accept (after shedding the connection
+    /// that has waited longest for a request, if any is waiting).
+    pub max_connections: usize,
+    /// Connections one client address (an IPv6 client by its /64) may hold at once.
+    pub max_connections_per_client: usize,
+    /// Slots, out of `max_connections`, kept for the admin API when it shares the listener.
+    pub admin_reserved_connections: usize,
+    /// How long a keep-alive connection may wait for its next request while the listener is
+    /// at most half full (shrinks to 1 s as its slots fill).
+    pub idle_timeout: Duration,
+    /// How long a client may take to send its request headers.
+    pub header_read_timeout: Duration,
+    /// How long a client may take to send its request body (408 after).
+    pub body_read_timeout: Duration,
+    /// Deepest nesting of arrays and objects an incident may have.
+    pub max_json_depth: usize,
+    /// Longest string (in characters) any field may hold.
+    pub max_string_chars: usize,
+    /// Serve the admin API here, apart from the ingress (e.g. loopback only).
+    pub admin_listen: Option<String>,
+    /// TLS for the ingress listener.
+    pub tls: Option<TlsFiles>,
+    /// TLS for the admin listener (`admin_listen`): its own files, else those of `tls`;
+    /// `None` serves it as plain HTTP.
+    pub admin_tls: Option<TlsFiles>,
+}
+
+/// Debug never shows the admin token.
+impl std::fmt::Debug for ServerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerConfig")
+            .field("listen", &self.listen)
+            .field(
+                "admin_token",
+                &self.admin_token.as_ref().map(|_| "********"),
+            )
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("max_batch", &self.max_batch)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A certificate chain and its key, PEM files.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
 
 /// How long a connection may linger after an early answer, reading what the client still
 /// sends. Long enough for a client on a slow link to finish writing a few MiB and read the
@@ -820,9 +882,7 @@ pub enum TlsError {
 }
 
 /// A TLS acceptor from PEM certificate chain and key files.
-pub fn tls_acceptor(
-    files: &crate::config::TlsFiles,
-) -> Result<tokio_rustls::TlsAcceptor, TlsError> {
+pub fn tls_acceptor(files: &TlsFiles) -> Result<tokio_rustls::TlsAcceptor, TlsError> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let pem = |path: &std::path::Path| {

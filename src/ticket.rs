@@ -11,7 +11,7 @@
 
 use serde_json::Value;
 
-use crate::config::ConnectorConfig;
+use crate::connector::Connector;
 use crate::model::{Event, TicketFacts};
 use crate::render::{self, DeliveryFacts, Renderer};
 use crate::store::Route;
@@ -29,7 +29,7 @@ pub const REASON_CODES: &[&str] = &[
 /// Where an incident goes for one connector: its correlation key and window. A key template
 /// that fails (strict mode, a field this incident lacks) or renders blank falls back to the
 /// incident id: the incident still gets its own ticket rather than none.
-pub fn route_for(renderer: &Renderer, connector: &ConnectorConfig, incident: &Value) -> Route {
+pub fn route_for(renderer: &Renderer, connector: &Connector, incident: &Value) -> Route {
     let received_at = crate::model::rfc3339(crate::model::now_ms());
     let context = render::context(
         incident,
@@ -62,7 +62,7 @@ pub fn route_for(renderer: &Renderer, connector: &ConnectorConfig, incident: &Va
         aggregate_for_ms: connector
             .aggregate_for
             .map(|d| d.as_millis().min(i64::MAX as u128) as i64),
-        sends_updated: connector.request(Event::Updated).is_some(),
+        sends_updated: connector.sends(Event::Updated),
     }
 }
 
@@ -83,7 +83,7 @@ pub struct NoTicketId {
 /// The ticket id (and link) in a `created` response, by the connector's JSON pointers.
 /// `Ok(None)` when the connector does not track ids.
 pub fn ticket_from_response(
-    connector: &ConnectorConfig,
+    connector: &Connector,
     status: u16,
     body: &str,
 ) -> Result<Option<(String, Option<String>)>, NoTicketId> {

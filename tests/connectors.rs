@@ -634,7 +634,8 @@ fn renders_valid_bodies(connector: &str) {
         .map(|(_, s)| *s)
         .unwrap_or_else(|| panic!("{connector} is not in SHIPPED"));
     let config = example_config();
-    let renderer = Renderer::new(&config).expect("the shipped templates compile");
+    let renderer = Renderer::new(config.partials_dir.as_deref(), &config.connectors)
+        .expect("the shipped templates compile");
     let schema = target_schema(schema_name);
     let event_schemas: Vec<(&str, jsonschema::Validator)> = EVENTS
         .iter()
@@ -930,7 +931,7 @@ fn hostile_completions() -> Vec<(&'static str, Completion)> {
 #[test]
 fn completed_renders_valid_bodies_for_hostile_completions() {
     let config = example_config();
-    let renderer = Renderer::new(&config).unwrap();
+    let renderer = Renderer::new(config.partials_dir.as_deref(), &config.connectors).unwrap();
     let incidents: Vec<(String, Value)> = all_incidents()
         .into_iter()
         .filter(|(n, _)| {
@@ -1008,7 +1009,7 @@ fn completed_renders_valid_bodies_for_hostile_completions() {
 #[test]
 fn hostile_ticket_ids_and_keys_stay_in_their_path_segment() {
     let config = example_config();
-    let renderer = Renderer::new(&config).unwrap();
+    let renderer = Renderer::new(config.partials_dir.as_deref(), &config.connectors).unwrap();
     let incident = sample();
     let hostile = [
         "1/../../admin",
@@ -1126,7 +1127,7 @@ fn deployed_config() -> Config {
 #[test]
 fn golden_requests() {
     let config = deployed_config();
-    let renderer = Renderer::new(&config).unwrap();
+    let renderer = Renderer::new(config.partials_dir.as_deref(), &config.connectors).unwrap();
     let mut incidents: BTreeMap<String, Value> = example_incidents().into_iter().collect();
     let nasty = hostile_variants()
         .into_iter()
@@ -1270,10 +1271,10 @@ fn breaking_any_shipped_template_fails_check_naming_file_and_line() {
     let mut templates: Vec<(&str, String)> = Vec::new();
     for (connector, _) in SHIPPED {
         for event in EVENTS {
-            let Some(request) = config.connector(connector).unwrap().request(event) else {
+            let Some(template) = config.connector(connector).unwrap().template(event) else {
                 continue;
             };
-            let written = request.template.as_written.clone();
+            let written = template.as_written.clone();
             if !templates.iter().any(|(_, t)| *t == written) {
                 templates.push((connector, written));
             }
@@ -1312,9 +1313,8 @@ fn breaking_any_shipped_template_fails_check_naming_file_and_line() {
         let written = &config
             .connector(connector)
             .unwrap()
-            .request(event)
+            .template(event)
             .unwrap()
-            .template
             .as_written;
         let file = copy.path().join("examples").join(written);
         let line = insert_line(&file, "{", "  \"x\": \"{{incident.no_such_field}}\",");
@@ -1429,7 +1429,7 @@ fn render_prints_a_valid_body_for_every_shipped_connector() {
 #[ignore]
 fn write_renders_for_review() {
     let config = example_config();
-    let renderer = Renderer::new(&config).unwrap();
+    let renderer = Renderer::new(config.partials_dir.as_deref(), &config.connectors).unwrap();
     let dir = repo().join("target/connector-renders");
     std::fs::create_dir_all(&dir).unwrap();
     for (connector, _) in SHIPPED {

@@ -182,10 +182,10 @@ fn the_readme_retry_table_is_the_default_schedule() {
     }
     assert_eq!(
         waits,
-        incident_gateway::config::DEFAULT_RETRY_SCHEDULE.to_vec(),
+        incident_gateway::connector::DEFAULT_RETRY_SCHEDULE.to_vec(),
         "README table vs DEFAULT_RETRY_SCHEDULE"
     );
-    let policy = incident_gateway::config::RetryPolicy::default();
+    let policy = incident_gateway::connector::RetryPolicy::default();
     let shown = section
         .split("`max_age` (default ")
         .nth(1)
@@ -199,7 +199,7 @@ fn the_readme_retry_table_is_the_default_schedule() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receiver_down_for_two_hours_of_schedule_loses_nothing() {
     let scale = 1800;
-    let steps: Vec<String> = incident_gateway::config::DEFAULT_RETRY_SCHEDULE
+    let steps: Vec<String> = incident_gateway::connector::DEFAULT_RETRY_SCHEDULE
         .iter()
         .map(|d| format!("\"{}ms\"", d.as_millis() / scale))
         .collect();

@@ -68,7 +68,8 @@ fn facts_context(config: &Config, incident: &Value, event: Event) -> Value {
 
 fn render_body(file_name: &str, template: &str, incident: &Value) -> String {
     let (_ws, config) = setup(file_name, template);
-    let renderer = Renderer::new(&config).expect("templates compile");
+    let renderer = Renderer::new(config.partials_dir.as_deref(), &config.connectors)
+        .expect("templates compile");
     let connector = config.connector("example").unwrap();
     renderer
         .render(
@@ -151,7 +152,7 @@ fn templates_work_on_an_incident_with_only_its_id() {
 #[test]
 fn priority_without_a_rating_or_default_is_a_clear_render_error() {
     let (_ws, config) = setup("t.json.hbs", "{\"p\": \"{{priority}}\"}");
-    let renderer = Renderer::new(&config).unwrap();
+    let renderer = Renderer::new(config.partials_dir.as_deref(), &config.connectors).unwrap();
     let err = renderer
         .render(
             config.connector("example").unwrap(),
@@ -212,7 +213,7 @@ fn every_readme_example_renders_as_documented() {
     let examples = readme_examples(&readme);
     assert!(examples.len() >= 20, "found {} examples", examples.len());
     let (_ws, config) = setup("t.txt.hbs", "{{incidentId}}");
-    let renderer = Renderer::new(&config).unwrap();
+    let renderer = Renderer::new(config.partials_dir.as_deref(), &config.connectors).unwrap();
     let context = facts_context(&config, &sample(), Event::Created);
     let mut failures = Vec::new();
     for (line, escape, template, expected) in examples {
@@ -285,5 +286,6 @@ fn shipped_partials_compile() {
         ),
     );
     let config = Config::load_with_env(&config, |_| None).unwrap();
-    Renderer::new(&config).expect("shipped partials compile");
+    Renderer::new(config.partials_dir.as_deref(), &config.connectors)
+        .expect("shipped partials compile");
 }

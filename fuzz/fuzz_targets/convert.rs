@@ -87,7 +87,7 @@ fn renderer() -> &'static Renderer {
         let config = Config::load_with_env(&file, env)
             .unwrap_or_else(|e| panic!("fuzz setup: {}: {e}", file.display()));
         let renderer =
-            Renderer::new(&config).unwrap_or_else(|e| panic!("fuzz setup: {}: {e}", file.display()));
+            Renderer::new(config.partials_dir.as_deref(), &config.connectors).unwrap_or_else(|e| panic!("fuzz setup: {}: {e}", file.display()));
         // Every template must render a plain input, or the target would fuzz error paths only.
         let ctx = json!({"s": "<p>Hello <b>world</b></p>\n\n- *a*\n- [b](https://x.test)"});
         for (escape, template) in TEMPLATES {

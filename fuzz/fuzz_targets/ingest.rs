@@ -19,7 +19,8 @@ use std::sync::OnceLock;
 
 use incident_gateway::cli::{preview, preview_context};
 use incident_gateway::deliver::prepare::Outgoing;
-use incident_gateway::config::{Config, ConnectorConfig};
+use incident_gateway::config::Config;
+use incident_gateway::connector::{Connector, Target};
 use incident_gateway::model::Event;
 use incident_gateway::render::{Escape, Renderer};
 use incident_gateway::schema::{IncidentSchema, MAX_VIOLATIONS};
@@ -76,13 +77,13 @@ fn setup(file: &Path, sample: &Value) -> Setup {
     let config = Config::load_with_env(file, env)
         .unwrap_or_else(|e| panic!("fuzz setup: {}: {e}", file.display()));
     let renderer =
-        Renderer::new(&config).unwrap_or_else(|e| panic!("fuzz setup: {}: {e}", file.display()));
+        Renderer::new(config.partials_dir.as_deref(), &config.connectors).unwrap_or_else(|e| panic!("fuzz setup: {}: {e}", file.display()));
     let mut url_shape = HashMap::new();
     for connector in &config.connectors {
         // The sample must get all the way to a request or a MIME message, or the target
         // would only ever fuzz error paths.
         for event in EVENTS {
-            if connector.request(event).is_none() {
+            if !connector.sends(event) {
                 continue;
             }
             let outgoing = preview(&renderer, sample, connector, event).unwrap_or_else(|e| {
@@ -144,12 +145,12 @@ const MAIL_HEADERS: &[&str] = &[
     "content-transfer-encoding",
 ];
 
-fn render_email(setup: &Setup, connector: &ConnectorConfig, incident: &Value) {
-    if connector.smtp.is_none() {
+fn render_email(setup: &Setup, connector: &Connector, incident: &Value) {
+    if !matches!(connector.target, Target::Smtp(_)) {
         return;
     }
     for event in EVENTS {
-        if connector.request(event).is_none() {
+        if !connector.sends(event) {
             continue;
         }
         // The rendered subject, before the message builder normalises it.
@@ -191,20 +192,20 @@ fn render_email(setup: &Setup, connector: &ConnectorConfig, incident: &Value) {
     }
 }
 
-fn render_http(setup: &Setup, connector: &ConnectorConfig, incident: &Value) {
+fn render_http(setup: &Setup, connector: &Connector, incident: &Value) {
     for event in EVENTS {
-        let Some(request_config) = connector.request(event) else {
+        let Some(template) = connector.template(event) else {
             continue;
         };
         let Ok(Outgoing::Request(request)) = preview(&setup.renderer, incident, connector, event)
         else {
             continue;
         };
-        if Escape::for_file(&request_config.template.as_written) == Escape::Json {
+        if Escape::for_file(&template.as_written) == Escape::Json {
             if let Err(e) = serde_json::from_str::<Value>(&request.body) {
                 panic!(
                     "{} ({} {}) rendered invalid JSON: {e}\n{}",
-                    request_config.template.as_written,
+                    template.as_written,
                     connector.name,
                     event.as_str(),
                     request.body
@@ -274,10 +275,9 @@ fn ingest(data: &[u8]) {
                 let _ = incident_gateway::ticket::route_for(&setup.renderer, connector, incident);
             }
             for connector in &setup.config.connectors {
-                if connector.smtp.is_some() {
-                    render_email(setup, connector, incident);
-                } else {
-                    render_http(setup, connector, incident);
+                match &connector.target {
+                    Target::Smtp(_) => render_email(setup, connector, incident),
+                    Target::Http(_) => render_http(setup, connector, incident),
                 }
             }
         }

@@ -8,7 +8,7 @@
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
-use crate::config::{ConnectorConfig, Egress};
+use crate::connector::Egress;
 
 use super::SetupFailure;
 
@@ -165,9 +165,10 @@ impl reqwest::dns::Resolve for GuardedResolver {
     }
 }
 
-/// The HTTP client of one connector: its resolver, redirect policy and trusted CAs.
-pub fn client(connector: &ConnectorConfig) -> Result<reqwest::Client, SetupFailure> {
-    let egress = connector.egress.clone();
+/// The HTTP client of one connector, from its egress settings: its resolver, redirect policy
+/// and trusted CAs.
+pub fn client(settings: &Egress) -> Result<reqwest::Client, SetupFailure> {
+    let egress = settings.clone();
     let max = egress.follow_redirects;
     let redirects = reqwest::redirect::Policy::custom(move |attempt| {
         if attempt.previous().len() > max || max == 0 {
@@ -186,9 +187,9 @@ pub fn client(connector: &ConnectorConfig) -> Result<reqwest::Client, SetupFailu
         .user_agent(concat!("incident-gateway/", env!("CARGO_PKG_VERSION")))
         .pool_idle_timeout(std::time::Duration::from_secs(60))
         .dns_resolver(Arc::new(GuardedResolver {
-            allow_private: connector.egress.allow_private,
+            allow_private: settings.allow_private,
         }));
-    if let Some(ca) = &connector.egress.tls_ca_file {
+    if let Some(ca) = &settings.tls_ca_file {
         let pem = super::read_ca(ca)?;
         let certs =
             reqwest::Certificate::from_pem_bundle(&pem).map_err(|source| SetupFailure::HttpCa {

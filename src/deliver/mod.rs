@@ -27,9 +27,10 @@ use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Config, ConnectorConfig};
+use crate::connector::{self, Connector, HttpTarget, Target};
 use crate::model::{self, Event};
 use crate::render::{self, Renderer};
+use crate::secrets::Secrets;
 use crate::store::{LeasedDelivery, NextStep, Store, TicketUpdate};
 
 use self::http::{SendResult, Verdict};
@@ -106,10 +107,32 @@ fn read_ca(path: &std::path::Path) -> Result<Vec<u8>, SetupFailure> {
     })
 }
 
+/// `[delivery]`: how the workers send. `config` builds it.
+#[derive(Debug, Clone, Copy)]
+pub struct DeliveryConfig {
+    /// Deliveries sent at once across all connectors.
+    pub concurrency: usize,
+    /// How long a worker holds a delivery before another may take it. The worker renews it
+    /// every third of this while the attempt runs, so only a dead or stalled process loses it.
+    pub lease: Duration,
+    /// How long one delivery's render may take (templates and helpers); past it the delivery
+    /// is dead with that reason (the same input would cost the same again).
+    pub render_budget: Duration,
+    /// Renders run on this many blocking threads at most, off the async runtime, so the
+    /// listener and `/healthz` keep answering however costly a render is.
+    pub render_threads: usize,
+}
+
 /// The workers' shared parts.
 #[derive(Clone)]
 pub struct Deliverer {
-    pub config: Arc<Config>,
+    pub settings: DeliveryConfig,
+    /// How long shutdown waits for sends under way (`server.shutdown_grace`).
+    pub shutdown_grace: Duration,
+    /// The connectors deliveries are for.
+    pub connectors: Arc<Vec<Connector>>,
+    /// Masked in whatever is recorded or logged (dead reasons, errors, response bodies).
+    pub secrets: Arc<Secrets>,
     pub renderer: Arc<Renderer>,
     pub store: Store,
     /// One HTTP client per HTTP connector: its own resolver (egress checks), redirects, CAs.
@@ -124,11 +147,11 @@ pub struct Deliverer {
 }
 
 /// An HTTP client for every HTTP connector.
-pub fn clients(config: &Config) -> Result<HashMap<String, reqwest::Client>, SetupError> {
+pub fn clients(connectors: &[Connector]) -> Result<HashMap<String, reqwest::Client>, SetupError> {
     let mut out = HashMap::new();
-    for c in &config.connectors {
-        if c.smtp.is_none() {
-            let client = egress::client(c).map_err(|source| SetupError {
+    for c in connectors {
+        if let Target::Http(http) = &c.target {
+            let client = egress::client(&http.egress).map_err(|source| SetupError {
                 connector: c.name.clone(),
                 source,
             })?;
@@ -139,10 +162,10 @@ pub fn clients(config: &Config) -> Result<HashMap<String, reqwest::Client>, Setu
 }
 
 /// A pooled transport for every SMTP connector.
-pub fn mailers(config: &Config) -> Result<HashMap<String, smtp::Transport>, SetupError> {
+pub fn mailers(connectors: &[Connector]) -> Result<HashMap<String, smtp::Transport>, SetupError> {
     let mut out = HashMap::new();
-    for c in &config.connectors {
-        if let Some(s) = &c.smtp {
+    for c in connectors {
+        if let Target::Smtp(s) = &c.target {
             let t = smtp::transport(c, s).map_err(|source| SetupError {
                 connector: c.name.clone(),
                 source,
@@ -164,10 +187,10 @@ impl Deliverer {
     /// for sends under way. At most `delivery.concurrency` sends run at once, and at most each
     /// connector's own `concurrency` for it, so one slow receiver cannot hold every worker.
     pub async fn run(self, shutdown: CancellationToken) {
-        let permits = Arc::new(Semaphore::new(self.config.delivery.concurrency));
+        let permits = Arc::new(Semaphore::new(self.settings.concurrency));
         let in_flight: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
         let tracker = TaskTracker::new();
-        let lease_ms = self.config.delivery.lease.as_millis().min(i64::MAX as u128) as i64;
+        let lease_ms = self.settings.lease.as_millis().min(i64::MAX as u128) as i64;
         while !shutdown.is_cancelled() {
             let free = permits.available_permits();
             if free == 0 {
@@ -242,7 +265,7 @@ impl Deliverer {
             }
         }
         tracker.close();
-        if tokio::time::timeout(self.config.server.shutdown_grace, tracker.wait())
+        if tokio::time::timeout(self.shutdown_grace, tracker.wait())
             .await
             .is_err()
         {
@@ -261,16 +284,18 @@ impl Deliverer {
         delivery: &LeasedDelivery,
         started_at_ms: i64,
     ) -> Result<Outgoing, NotSent> {
-        let budget = self.config.delivery.render_budget;
+        let budget = self.settings.render_budget;
         let Ok(permit) = self.renders.clone().acquire_owned().await else {
             return Err(NotSent::PoolClosed);
         };
-        let (renderer, config, delivery) =
-            (self.renderer.clone(), self.config.clone(), delivery.clone());
+        let (renderer, connectors, delivery) = (
+            self.renderer.clone(),
+            self.connectors.clone(),
+            delivery.clone(),
+        );
         let task = tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            let connector = config
-                .connector(&delivery.connector)
+            let connector = connector::find(&connectors, &delivery.connector)
                 .ok_or_else(|| NotSent::ConnectorGone(delivery.connector.clone()))?;
             render::bounds::with_budget(budget, || {
                 let incident = prepare::stored_incident(&delivery.incident_body)?;
@@ -300,7 +325,8 @@ impl Deliverer {
     /// Egress check → send → classify → read the ticket id, for a prepared request.
     async fn post(
         &self,
-        connector: &ConnectorConfig,
+        connector: &Connector,
+        target: &HttpTarget,
         delivery: &LeasedDelivery,
         request: render::RenderedRequest,
     ) -> (Verdict, SendResult, Option<TicketUpdate>) {
@@ -312,7 +338,7 @@ impl Deliverer {
         };
         let refused = reqwest::Url::parse(&request.url)
             .map_err(|e| egress::Refused(e.to_string()))
-            .and_then(|url| egress::check_url(&connector.egress, &url));
+            .and_then(|url| egress::check_url(&target.egress, &url));
         let client = self.clients.get(&connector.name);
         let not_sent = |failure| http::SendResult::failed(failure, Duration::ZERO);
         let sent = match (refused, client) {
@@ -330,7 +356,7 @@ impl Deliverer {
     /// Send over the connector's pool; the `created` mail's Message-ID is the ticket's id.
     async fn mail(
         &self,
-        connector: &ConnectorConfig,
+        connector: &Connector,
         delivery: &LeasedDelivery,
         message: lettre::Message,
         message_id: String,
@@ -357,7 +383,7 @@ impl Deliverer {
     /// failed (or hung) until a third of the lease is left, the attempt is given up before
     /// another worker could take the delivery and send it a second time.
     async fn keep_lease(&self, delivery: &LeasedDelivery) {
-        let lease = self.config.delivery.lease;
+        let lease = self.settings.lease;
         let lease_ms = lease.as_millis().min(i64::MAX as u128) as i64;
         let mut held_until = tokio::time::Instant::now() + lease;
         loop {
@@ -389,23 +415,31 @@ impl Deliverer {
         started_at_ms: i64,
     ) -> Result<(Verdict, SendResult, Option<TicketUpdate>), NotSent> {
         let connector = self
-            .config
             .connector(&delivery.connector)
             .ok_or_else(|| NotSent::ConnectorGone(delivery.connector.clone()))?;
-        match self.prepare_off_runtime(delivery, started_at_ms).await? {
-            Outgoing::Request(request) => Ok(self.post(connector, delivery, request).await),
-            Outgoing::Mail {
-                message,
-                message_id,
-            } => self.mail(connector, delivery, message, message_id).await,
+        let outgoing = self.prepare_off_runtime(delivery, started_at_ms).await?;
+        match (outgoing, &connector.target) {
+            (Outgoing::Request(request), Target::Http(http)) => {
+                Ok(self.post(connector, http, delivery, request).await)
+            }
+            (
+                Outgoing::Mail {
+                    message,
+                    message_id,
+                },
+                _,
+            ) => self.mail(connector, delivery, message, message_id).await,
+            // Prepared by the same connector, so an HTTP request comes from an HTTP target.
+            (Outgoing::Request(_), Target::Smtp(_)) => Err(NotSent::NoTransport("HTTP client")),
         }
     }
 
+    fn connector(&self, name: &str) -> Option<&Connector> {
+        connector::find(&self.connectors, name)
+    }
+
     fn connector_cap(&self, name: &str) -> usize {
-        self.config
-            .connector(name)
-            .map(|c| c.concurrency)
-            .unwrap_or(1)
+        self.connector(name).map(|c| c.concurrency).unwrap_or(1)
     }
 
     fn busy_connectors(&self, in_flight: &Mutex<HashMap<String, usize>>) -> Vec<String> {
@@ -445,7 +479,7 @@ impl Deliverer {
             ),
         };
         let now = model::now_ms();
-        let next = match self.config.connector(&delivery.connector) {
+        let next = match self.connector(&delivery.connector) {
             Some(connector) => retry::schedule(
                 &connector.retry,
                 &delivery,
@@ -463,7 +497,7 @@ impl Deliverer {
         // A dead reason can quote a receiver's or server's words, which can echo a secret.
         let next = match next {
             NextStep::Dead { reason } => NextStep::Dead {
-                reason: self.config.secrets.mask(&reason),
+                reason: self.secrets.mask(&reason),
             },
             other => other,
         };
@@ -476,7 +510,7 @@ impl Deliverer {
             crate::metrics::Metrics::inc(&self.metrics.egress_refused);
         }
         let record = record::attempt_record(
-            &self.config.secrets,
+            &self.secrets,
             attempt,
             started_at_ms,
             now,

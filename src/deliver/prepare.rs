@@ -7,7 +7,7 @@
 
 use serde_json::Value;
 
-use crate::config::ConnectorConfig;
+use crate::connector::{Connector, SmtpTarget, Target};
 use crate::model::{self, Completion, Event, TicketFacts};
 use crate::render::{self, DeliveryFacts, RenderError, RenderedRequest, Renderer};
 use crate::signature;
@@ -52,7 +52,7 @@ pub enum Unprepared {
 }
 
 /// The template context of an attempt: the incident with the gateway's facts.
-pub fn context(connector: &ConnectorConfig, incident: &Value, facts: &AttemptFacts) -> Value {
+pub fn context(connector: &Connector, incident: &Value, facts: &AttemptFacts) -> Value {
     let received_at = model::rfc3339(facts.received_at_ms);
     render::context(
         incident,
@@ -76,21 +76,21 @@ pub fn stored_incident(body: &str) -> Result<Value, Unprepared> {
 /// Everything an attempt sends, by the connector's target.
 pub fn prepare(
     renderer: &Renderer,
-    connector: &ConnectorConfig,
+    connector: &Connector,
     incident: &Value,
     facts: &AttemptFacts,
     unix_seconds: i64,
 ) -> Result<Outgoing, Unprepared> {
     let context = context(connector, incident, facts);
-    match &connector.smtp {
-        Some(settings) => {
+    match &connector.target {
+        Target::Smtp(settings) => {
             let (message, message_id) = mail(renderer, connector, settings, facts, &context)?;
             Ok(Outgoing::Mail {
                 message,
                 message_id,
             })
         }
-        None => {
+        Target::Http(_) => {
             let request = renderer.render(connector, facts.event, &context)?;
             let request = stamp(request, &facts.delivery_id, unix_seconds);
             Ok(Outgoing::Request(sign(request, &connector.signing)))
@@ -124,8 +124,8 @@ pub fn sign(mut request: RenderedRequest, signing: &signature::Signing) -> Rende
 /// the ticket's id), later mails reply to that root.
 fn mail(
     renderer: &Renderer,
-    connector: &ConnectorConfig,
-    settings: &crate::config::SmtpConfig,
+    connector: &Connector,
+    settings: &SmtpTarget,
     facts: &AttemptFacts,
     context: &Value,
 ) -> Result<(lettre::Message, String), Unprepared> {
@@ -174,7 +174,7 @@ api_key = "a-source-key-of-32-characters-xxx"
         let path = dir.path().join("gateway.toml");
         std::fs::write(&path, &toml).unwrap();
         let config = Config::load(&path).unwrap();
-        let renderer = Renderer::new(&config).unwrap();
+        let renderer = Renderer::new(config.partials_dir.as_deref(), &config.connectors).unwrap();
         (dir, config, renderer)
     }
 

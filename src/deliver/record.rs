@@ -2,7 +2,7 @@
 //! attempt record (secrets masked, response cut to a prefix) and the log line. The store
 //! commits the record under the delivery's lease.
 
-use crate::config::ConnectorConfig;
+use crate::connector::Connector;
 use crate::model::{self, AttemptOutcome, Event};
 use crate::secrets::Secrets;
 use crate::store::{AttemptRecord, LeasedDelivery, NextStep, TicketUpdate};
@@ -13,7 +13,7 @@ use super::http::{self, SendResult, Verdict};
 /// After a successful `created`, the id the target gave the ticket. A 2xx without it is
 /// dead (retrying could open a second ticket).
 pub fn found_ticket(
-    connector: &ConnectorConfig,
+    connector: &Connector,
     delivery: &LeasedDelivery,
     verdict: Verdict,
     sent: &SendResult,

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::config::RetryPolicy;
+use crate::connector::RetryPolicy;
 use crate::store::{LeasedDelivery, NextStep};
 
 use super::http::Verdict;

@@ -25,7 +25,7 @@ use lettre::transport::smtp::client::{AsyncSmtpConnection, Certificate, Tls, Tls
 use lettre::transport::smtp::extension::ClientId;
 use lettre::transport::smtp::response::Response;
 
-use crate::config::{ConnectorConfig, SmtpConfig, SmtpSecurity};
+use crate::connector::{Connector, SmtpSecurity, SmtpTarget};
 
 use super::SetupFailure;
 use crate::render::RenderedEmail;
@@ -86,10 +86,7 @@ pub enum MessageError {
 }
 
 /// The transport for one connector.
-pub fn transport(
-    connector: &ConnectorConfig,
-    smtp: &SmtpConfig,
-) -> Result<Transport, SetupFailure> {
+pub fn transport(connector: &Connector, smtp: &SmtpTarget) -> Result<Transport, SetupFailure> {
     let tls = match smtp.security {
         SmtpSecurity::Plain => Tls::None,
         SmtpSecurity::StartTls | SmtpSecurity::Tls => {
@@ -204,7 +201,7 @@ impl Transport {
 }
 
 /// The Message-ID of a delivery: the same on every retry.
-pub fn message_id(smtp: &SmtpConfig, delivery_id: &str) -> String {
+pub fn message_id(smtp: &SmtpTarget, delivery_id: &str) -> String {
     let domain = smtp
         .from
         .parse::<Mailbox>()
@@ -285,7 +282,7 @@ fn text_part(content_type: ContentType, text: &str) -> Result<SinglePart, Messag
 /// second address or a header line is refused; the subject is put on one line, encoded
 /// (RFC 2047) and folded by lettre; every body part is normalised and encoded (see the module).
 pub fn build_message(
-    smtp: &SmtpConfig,
+    smtp: &SmtpTarget,
     email: &RenderedEmail,
     message_id: &str,
     thread_root: Option<&str>,
@@ -412,8 +409,8 @@ pub async fn send(transport: &Transport, message: Message) -> (SendResult, Verdi
 mod tests {
     use super::*;
 
-    fn smtp() -> SmtpConfig {
-        SmtpConfig {
+    fn smtp() -> SmtpTarget {
+        SmtpTarget {
             security: SmtpSecurity::Plain,
             host: "127.0.0.1".into(),
             port: 25,
@@ -425,6 +422,7 @@ mod tests {
             subject_tag: None,
             tls_ca_file: None,
             allow_plaintext_auth: false,
+            messages: crate::connector::Requests::default(),
         }
     }
 

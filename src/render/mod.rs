@@ -7,6 +7,7 @@
 //! path or query. Handlebars has one escape function per registry, hence one registry per kind.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 pub mod bounds;
 pub mod derive;
@@ -15,7 +16,7 @@ pub mod helpers;
 use handlebars::{Context, Handlebars, RenderErrorReason};
 use serde_json::{Map, Value};
 
-use crate::config::{Config, ConnectorConfig};
+use crate::connector::{Connector, HttpRequest, MailMessage, SmtpTarget, Target, TemplatePath};
 use crate::model::{Completion, Event, TicketFacts};
 
 /// A template that does not compile or does not render, located in its file.
@@ -168,7 +169,7 @@ pub struct DeliveryFacts<'a> {
     pub event: Event,
     pub delivery_id: &'a str,
     pub attempt: u32,
-    pub connector: &'a ConnectorConfig,
+    pub connector: &'a Connector,
     /// RFC 3339 time the gateway accepted this version of the incident.
     pub received_at: &'a str,
     /// The ticket this delivery belongs to, as far as it is known.
@@ -351,9 +352,13 @@ fn read_partials(dir: &std::path::Path) -> Result<Vec<Partial>, RenderError> {
 }
 
 impl Renderer {
-    /// Reads and compiles every connector's templates; the first error is returned.
-    pub fn new(config: &Config) -> Result<Renderer, RenderError> {
-        let partials = match &config.partials_dir {
+    /// Reads the partials in `partials_dir` and compiles every connector's templates; the
+    /// first error is returned.
+    pub fn new(
+        partials_dir: Option<&Path>,
+        connectors: &[Connector],
+    ) -> Result<Renderer, RenderError> {
+        let partials = match partials_dir {
             Some(dir) => read_partials(dir)?,
             None => vec![],
         };
@@ -386,52 +391,59 @@ impl Renderer {
                     .map_err(|e| compile_error(&p.shown, &p.text, e))?;
             }
         }
-        for c in &config.connectors {
+        for c in connectors {
             r.add_connector(c)?;
         }
         Ok(r)
     }
 
-    fn add_connector(&mut self, c: &ConnectorConfig) -> Result<(), RenderError> {
+    fn add_connector(&mut self, c: &Connector) -> Result<(), RenderError> {
         let key = key_name(&c.name);
         self.plain
             .register_template_string(&key, &c.correlation_key)
             .map_err(|e| from_template_error(&key, e))?;
         for event in [Event::Created, Event::Updated, Event::Completed] {
-            let Some(request) = c.request(event) else {
+            let Some(template) = c.template(event) else {
                 continue;
             };
-            let name = &request.template.as_written;
-            if !self.body_registry(name).has_template(name) {
-                let text = std::fs::read_to_string(&request.template.resolved).map_err(|e| {
-                    RenderError::unlocated(
-                        name.clone(),
-                        format!("cannot read {}: {e}", request.template.resolved.display()),
-                    )
-                })?;
-                self.body_registry_mut(name)
-                    .register_template_string(name, &text)
-                    .map_err(|e| compile_error(name, &text, e))?;
-            }
-            if c.smtp.is_some() {
-                self.add_mail_parts(c, event, request)?;
-                continue;
-            }
-            let url = url_name(&c.name, event);
-            self.url
-                .register_template_string(&url, &request.url)
-                .map_err(|e| from_template_error(&url, e))?;
-            for (header, value) in &request.headers {
-                let hn = header_name(&c.name, event, header);
-                self.plain
-                    .register_template_string(&hn, value)
-                    .map_err(|e| from_template_error(&hn, e))?;
+            self.add_template_file(template)?;
+            match &c.target {
+                Target::Smtp(smtp) => {
+                    if let Some(message) = smtp.messages.get(event) {
+                        self.add_mail_parts(&c.name, smtp, event, message)?;
+                    }
+                }
+                Target::Http(http) => {
+                    if let Some(request) = http.requests.get(event) {
+                        self.add_request_parts(&c.name, event, request)?;
+                    }
+                }
             }
         }
         Ok(())
     }
 
-    fn add_template_file(&mut self, path: &crate::config::TemplatePath) -> Result<(), RenderError> {
+    /// An HTTP request's URL and header templates.
+    fn add_request_parts(
+        &mut self,
+        connector: &str,
+        event: Event,
+        request: &HttpRequest,
+    ) -> Result<(), RenderError> {
+        let url = url_name(connector, event);
+        self.url
+            .register_template_string(&url, &request.url)
+            .map_err(|e| from_template_error(&url, e))?;
+        for (header, value) in &request.headers {
+            let hn = header_name(connector, event, header);
+            self.plain
+                .register_template_string(&hn, value)
+                .map_err(|e| from_template_error(&hn, e))?;
+        }
+        Ok(())
+    }
+
+    fn add_template_file(&mut self, path: &TemplatePath) -> Result<(), RenderError> {
         let name = &path.as_written;
         if self.body_registry(name).has_template(name) {
             return Ok(());
@@ -447,26 +459,27 @@ impl Renderer {
             .map_err(|e| compile_error(name, &text, e))
     }
 
+    /// An email's HTML body, subject, subject tag and recipient templates.
     fn add_mail_parts(
         &mut self,
-        c: &ConnectorConfig,
+        connector: &str,
+        smtp: &SmtpTarget,
         event: Event,
-        request: &crate::config::RequestConfig,
+        message: &MailMessage,
     ) -> Result<(), RenderError> {
-        let Some(smtp) = &c.smtp else { return Ok(()) };
-        if let Some(html) = &request.html_template {
+        if let Some(html) = &message.html_template {
             self.add_template_file(html)?;
         }
         let mut parts: Vec<(String, &str)> =
-            vec![(mail_name(&c.name, event, "subject"), &request.subject)];
+            vec![(mail_name(connector, event, "subject"), &message.subject)];
         if let Some(tag) = &smtp.subject_tag {
-            parts.push((mail_name(&c.name, event, "subject_tag"), tag));
+            parts.push((mail_name(connector, event, "subject_tag"), tag));
         }
         for (i, to) in smtp.to.iter().enumerate() {
-            parts.push((mail_name(&c.name, event, &format!("to {i}")), to));
+            parts.push((mail_name(connector, event, &format!("to {i}")), to));
         }
         for (i, cc) in smtp.cc.iter().enumerate() {
-            parts.push((mail_name(&c.name, event, &format!("cc {i}")), cc));
+            parts.push((mail_name(connector, event, &format!("cc {i}")), cc));
         }
         for (name, text) in parts {
             self.plain
@@ -485,11 +498,17 @@ impl Renderer {
     /// Renders the email an SMTP `connector` sends for `event`.
     pub fn render_email(
         &self,
-        connector: &ConnectorConfig,
+        connector: &Connector,
         event: Event,
         context: &Value,
     ) -> Result<RenderedEmail, RenderError> {
-        let (Some(smtp), Some(request)) = (&connector.smtp, connector.request(event)) else {
+        let Target::Smtp(smtp) = &connector.target else {
+            return Err(RenderError::unlocated(
+                format!("connector {}", connector.name),
+                "the connector is not an smtp connector",
+            ));
+        };
+        let Some(request) = smtp.messages.get(event) else {
             return Err(RenderError::unlocated(
                 format!("connector {}", connector.name),
                 format!("the connector sends no email for `{}`", event.as_str()),
@@ -498,7 +517,7 @@ impl Renderer {
         let ctx = Context::wraps(context).map_err(|e| {
             RenderError::unlocated(request.template.as_written.clone(), e.to_string())
         })?;
-        let body = |path: &crate::config::TemplatePath| {
+        let body = |path: &TemplatePath| {
             self.body_registry(&path.as_written)
                 .render_with_context(&path.as_written, &ctx)
                 .map_err(|e| self.locate_partial(from_render_error(&path.as_written, e)))
@@ -544,7 +563,7 @@ impl Renderer {
     /// back to the incident id, so an odd key never merges unrelated incidents into "".
     pub fn correlation_key(
         &self,
-        connector: &ConnectorConfig,
+        connector: &Connector,
         context: &Value,
     ) -> Result<String, RenderError> {
         let name = key_name(&connector.name);
@@ -604,11 +623,17 @@ impl Renderer {
     /// Renders the request `connector` sends for `context` (see [`context`]).
     pub fn render(
         &self,
-        connector: &ConnectorConfig,
+        connector: &Connector,
         event: Event,
         context: &Value,
     ) -> Result<RenderedRequest, RenderError> {
-        let request = connector.request(event).ok_or_else(|| {
+        let Target::Http(http) = &connector.target else {
+            return Err(RenderError::unlocated(
+                format!("connector {}", connector.name),
+                "the connector sends email, not HTTP requests",
+            ));
+        };
+        let request = http.requests.get(event).ok_or_else(|| {
             RenderError::unlocated(
                 format!("connector {}", connector.name),
                 format!("the connector skips `{}`", event.as_str()),

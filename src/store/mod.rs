@@ -20,6 +20,12 @@ use crate::model::{AttemptOutcome, Completion, Event, TicketFacts};
 
 pub mod sqlite;
 
+/// `[storage]`: where the store keeps its data. `config` builds it.
+#[derive(Debug, Clone)]
+pub enum StorageConfig {
+    Sqlite { path: PathBuf },
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("store: {0}")]

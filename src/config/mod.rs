@@ -1,0 +1,447 @@
+//! Configuration: the TOML file admins write, parsed, expanded and cross-checked once at load.
+//!
+//! Each section is built by a file of its own (`server.rs`, `storage.rs`, `delivery.rs`,
+//! `sources.rs`, `connectors.rs` with `http.rs` and `smtp.rs`, `templates.rs`) into the
+//! settings type of the stage that uses it: the listener's
+//! [`ServerConfig`](crate::server::ServerConfig), the sources'
+//! [`SourceConfig`](crate::auth::SourceConfig), the workers'
+//! [`DeliveryConfig`](crate::deliver::DeliveryConfig), the store's
+//! [`StorageConfig`](crate::store::StorageConfig), the [`Connector`]s. Everything is checked
+//! here (paths resolved, regexes compiled, templates present, names unique), so the rest of the
+//! gateway can trust a [`Config`] without re-checking it. `${VAR}` expands from an explicit
+//! environment (`env.rs`); messages name the file, the line (`span.rs`) and the field.
+
+mod connectors;
+mod delivery;
+mod env;
+mod http;
+mod server;
+mod smtp;
+mod sources;
+mod span;
+mod storage;
+mod templates;
+
+use std::cell::RefCell;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::auth::SourceConfig;
+use crate::connector::Connector;
+use crate::deliver::DeliveryConfig;
+use crate::secrets::Secrets;
+use crate::server::ServerConfig;
+use crate::store::StorageConfig;
+
+pub use env::EnvError;
+
+use span::Document;
+
+/// Why a configuration could not be loaded. Every variant names the file, and where it can,
+/// the line or the field.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        file: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{file}: {message}")]
+    Parse { file: PathBuf, message: String },
+    #[error("{file}: {}{field}: {message}", at_line(*line))]
+    Invalid {
+        file: PathBuf,
+        /// Where the field is written, when it is written at all.
+        line: Option<usize>,
+        field: String,
+        message: String,
+    },
+    /// A `${VAR}` in the field could not be expanded.
+    #[error("{file}: {}{field}: {reason}", at(*position))]
+    Env {
+        file: PathBuf,
+        /// Line and column of the value, when it is written at all.
+        position: Option<(usize, usize)>,
+        field: String,
+        reason: EnvError,
+    },
+}
+
+fn at_line(line: Option<usize>) -> String {
+    line.map(|l| format!("line {l}: ")).unwrap_or_default()
+}
+
+fn at(position: Option<(usize, usize)>) -> String {
+    position
+        .map(|(l, c)| format!("line {l}, column {c}: "))
+        .unwrap_or_default()
+}
+
+/// The whole gateway configuration, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this was loaded from (for messages) and the folder relative paths start in.
+    pub file: PathBuf,
+    pub base_dir: PathBuf,
+    pub server: ServerConfig,
+    pub storage: StorageConfig,
+    pub delivery: DeliveryConfig,
+    pub sources: Vec<SourceConfig>,
+    pub connectors: Vec<Connector>,
+    /// Folder of partial templates shared by every connector.
+    pub partials_dir: Option<PathBuf>,
+    /// Every value that came from an environment variable: masked wherever text leaves the
+    /// gateway (render output, logs of errors, attempt records).
+    pub secrets: Secrets,
+}
+
+/// The file as written; each section's own form lives with the file that builds it.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    server: server::RawServer,
+    storage: storage::RawStorage,
+    #[serde(default)]
+    delivery: delivery::RawDelivery,
+    #[serde(default)]
+    sources: Vec<sources::RawSource>,
+    #[serde(default)]
+    connectors: Vec<connectors::RawConnector>,
+    #[serde(default)]
+    templates: templates::RawTemplates,
+}
+
+impl Config {
+    /// Reads, expands and validates a configuration file.
+    pub fn load(file: &Path) -> Result<Config, ConfigError> {
+        Self::load_with_env(file, |name| std::env::var(name).ok())
+    }
+
+    /// As [`Config::load`], with an explicit environment (for tests and `check`).
+    pub fn load_with_env(
+        file: &Path,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
+            file: file.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml(&text, file, env)
+    }
+
+    /// Parses configuration text as if it had been read from `file`, expanding `${VAR}` from
+    /// `env`.
+    pub fn from_toml(
+        text: &str,
+        file: &Path,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let parse_error = |doc: &Document, e: toml::de::Error| ConfigError::Parse {
+            file: file.to_path_buf(),
+            message: doc.describe(&e),
+        };
+        let (doc, syntax_error) = Document::parse(text);
+        if let Some(e) = syntax_error {
+            return Err(parse_error(&doc, e));
+        }
+        let raw = RawConfig::deserialize(doc.deserializer()).map_err(|e| parse_error(&doc, e))?;
+        let base_dir = match file.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        Validator {
+            file: file.to_path_buf(),
+            base_dir,
+            doc,
+            env: env::Env::new(&env),
+            credentials: RefCell::default(),
+        }
+        .validate(raw)
+    }
+
+    pub fn connector(&self, name: &str) -> Option<&Connector> {
+        crate::connector::find(&self.connectors, name)
+    }
+}
+
+/// One load's checks: where the file is (for messages and relative paths), its text's
+/// positions, the environment `${VAR}` reads, and the credentials met on the way (masked
+/// wherever text leaves the gateway).
+struct Validator<'a> {
+    file: PathBuf,
+    base_dir: PathBuf,
+    doc: Document<'a>,
+    env: env::Env<'a>,
+    credentials: RefCell<Vec<String>>,
+}
+
+impl Validator<'_> {
+    /// Expands every `${VAR}`, builds every section, then checks what spans sections.
+    fn validate(self, mut raw: RawConfig) -> Result<Config, ConfigError> {
+        self.expand_all(&mut raw)?;
+        let server = self.server(raw.server)?;
+        let storage = self.storage(&raw.storage)?;
+        let delivery = self.delivery(&raw.delivery)?;
+        let sources = self.sources(raw.sources, &server)?;
+        let connectors = self.connectors(raw.connectors)?;
+        let partials_dir = self.partials_dir(raw.templates)?;
+        self.callback_tokens_stand_alone(&server, &sources, &connectors)?;
+        // Credentials are secrets even when written in the file itself.
+        let mut secret_values = self.env.into_expanded();
+        secret_values.extend(self.credentials.into_inner());
+        secret_values.extend(server.admin_token.iter().cloned());
+        secret_values.extend(sources.iter().filter_map(|s| s.api_key.clone()));
+        secret_values.extend(sources.iter().filter_map(|s| s.callback_token.clone()));
+        secret_values.extend(connectors.iter().filter_map(|c| c.callback_token.clone()));
+        Ok(Config {
+            file: self.file,
+            base_dir: self.base_dir,
+            server,
+            storage,
+            delivery,
+            sources,
+            connectors,
+            partials_dir,
+            secrets: Secrets::new(secret_values),
+        })
+    }
+
+    /// A callback token is a credential of its own: it may not open ingest or the admin API.
+    fn callback_tokens_stand_alone(
+        &self,
+        server: &ServerConfig,
+        sources: &[SourceConfig],
+        connectors: &[Connector],
+    ) -> Result<(), ConfigError> {
+        let keys_and_admin: Vec<&str> = sources
+            .iter()
+            .filter_map(|s| s.api_key.as_deref())
+            .chain(server.admin_token.as_deref())
+            .collect();
+        let callback_tokens = sources
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| {
+                s.callback_token
+                    .as_deref()
+                    .map(|t| (format!("sources[{i}].callback_token"), t))
+            })
+            .chain(connectors.iter().enumerate().filter_map(|(i, c)| {
+                c.callback_token
+                    .as_deref()
+                    .map(|t| (format!("connectors[{i}].callback_token"), t))
+            }));
+        for (field, token) in callback_tokens {
+            if keys_and_admin.contains(&token) {
+                return Err(
+                    self.invalid(field, "must differ from every api_key and the admin_token")
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Every `${VAR}` the file holds, expanded in place before anything is checked, so an
+    /// unset variable is reported whatever else is wrong.
+    fn expand_all(&self, raw: &mut RawConfig) -> Result<(), ConfigError> {
+        self.expand_server(&mut raw.server)?;
+        self.expand("storage.url", &mut raw.storage.url)?;
+        for (i, source) in raw.sources.iter_mut().enumerate() {
+            self.expand_source(&format!("sources[{i}]"), source)?;
+        }
+        for (i, connector) in raw.connectors.iter_mut().enumerate() {
+            self.expand_connector(&format!("connectors[{i}]"), connector)?;
+        }
+        Ok(())
+    }
+
+    fn invalid(&self, field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        let field = field.into();
+        ConfigError::Invalid {
+            line: self.doc.line_of(&field),
+            file: self.file.clone(),
+            field,
+            message: message.into(),
+        }
+    }
+
+    /// Expands the `${VAR}`s of `value`, the value of `field`, in place.
+    fn expand(&self, field: &str, value: &mut String) -> Result<(), ConfigError> {
+        *value = self
+            .env
+            .expand(value)
+            .map_err(|e| self.env_error(field, e))?;
+        Ok(())
+    }
+
+    /// As [`Validator::expand`], when `field` is written at all.
+    fn expand_option(&self, field: &str, value: &mut Option<String>) -> Result<(), ConfigError> {
+        match value {
+            Some(v) => self.expand(field, v),
+            None => Ok(()),
+        }
+    }
+
+    /// As [`Validator::expand`], for a value then compiled as a template (URLs, header values,
+    /// vars): a value from the environment must not smuggle template code into it.
+    fn expand_template(&self, field: &str, value: &mut String) -> Result<(), ConfigError> {
+        *value = self
+            .env
+            .expand_template(value)
+            .map_err(|e| self.env_error(field, e))?;
+        Ok(())
+    }
+
+    fn env_error(&self, field: &str, reason: EnvError) -> ConfigError {
+        ConfigError::Env {
+            file: self.file.clone(),
+            position: self.doc.value_position(field),
+            field: field.to_string(),
+            reason,
+        }
+    }
+
+    /// Remembers a credential written in the file, to mask it wherever it could show.
+    fn credential(&self, value: &str) {
+        self.credentials.borrow_mut().push(value.to_string());
+    }
+
+    fn resolve(&self, path: &str) -> PathBuf {
+        let p = Path::new(path);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base_dir.join(p)
+        }
+    }
+
+    /// A path from the config, resolved, that must name a file.
+    fn existing_file(&self, field: &str, path: &str) -> Result<PathBuf, ConfigError> {
+        let resolved = self.resolve(path);
+        if !resolved.is_file() {
+            return Err(self.invalid(field, format!("{} does not exist", resolved.display())));
+        }
+        Ok(resolved)
+    }
+
+    /// A secret kept in a file: its content, without the final line break.
+    fn read_secret_file(&self, field: &str, file: &str) -> Result<String, ConfigError> {
+        let path = self.resolve(file);
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| self.invalid(field, format!("cannot read {}: {e}", path.display())))?;
+        Ok(text.trim_end_matches(['\r', '\n']).to_string())
+    }
+
+    fn check_token(&self, field: &str, token: &str) -> Result<(), ConfigError> {
+        if token.len() < 16 {
+            return Err(self.invalid(field, "must be at least 16 characters"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+        move |name| {
+            pairs
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+
+    #[test]
+    fn unset_variable_names_line_and_variable() {
+        let text = "[server]\nlisten = \"127.0.0.1:1\"\nadmin_token = \"${NOPE_TOKEN}\"\n[storage]\nurl = \"sqlite://x.db\"\n";
+        let err = Config::from_toml(text, Path::new("gw.toml"), env(&[])).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("gw.toml"), "{msg}");
+        assert!(msg.contains("line 3"), "{msg}");
+        assert!(msg.contains("server.admin_token"), "{msg}");
+        assert!(msg.contains("NOPE_TOKEN is not set"), "{msg}");
+    }
+
+    #[test]
+    fn values_from_the_environment_are_secrets() {
+        let text = "[server]\nlisten = \"${LISTEN}\"\n[storage]\nurl = \"sqlite://x.db\"\n";
+        let config = Config::from_toml(
+            text,
+            Path::new("gw.toml"),
+            env(&[("LISTEN", "127.0.0.1:4321")]),
+        )
+        .unwrap();
+        assert_eq!(config.server.listen, "127.0.0.1:4321");
+        assert_eq!(config.secrets.mask("at 127.0.0.1:4321"), "at ********");
+    }
+
+    #[test]
+    fn type_errors_name_line_column_and_field() {
+        let text = "[storage]\nurl = \"sqlite://x.db\"\n[[connectors]]\nname = \"a\"\n[connectors.retry]\nmax_attempts = \"x\"\n";
+        let msg = Config::from_toml(text, Path::new("gw.toml"), env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.starts_with("gw.toml: line 6, column 16: connectors[0].retry.max_attempts: "),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn an_error_in_a_field_left_out_names_its_table() {
+        let text = "[storage]\nurl = \"sqlite://x.db\"\n[[connectors]]\nname = \"a\"\nkind = \"http\"\nurl = \"https://x.example.com/\"\ntemplate = \"t.json.hbs\"\n[[connectors]]\nname = \"a\"\n";
+        let msg = Config::from_toml(text, Path::new("gw.toml"), env(&[]))
+            .unwrap_err()
+            .to_string();
+        // `template` is missing from the second connector: its header is named.
+        assert!(
+            msg.starts_with("gw.toml: line 8, column 1: connectors[1]: "),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn debug_output_never_shows_credentials() {
+        let dir = std::env::temp_dir().join(format!("igw-debug-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("t.json.hbs"), "{}").unwrap();
+        let text = "[server]\nadmin_token = \"admin-secret-0123456789\"\n[storage]\nurl = \"sqlite://x.db\"\n[[sources]]\nname = \"s\"\napi_key = \"source-secret-0123456789\"\ncallback_token = \"callback-secret-0123456\"\n[[connectors]]\nname = \"c\"\nkind = \"http\"\nurl = \"https://x.example.com/\"\ntemplate = \"t.json.hbs\"\ncallback_token = \"conn-callback-secret-123\"\nvars = { key = \"var-secret-0123456789\" }\n[connectors.headers]\nAuthorization = \"Bearer header-secret-0123456789\"\n[connectors.signing]\ngithub_secret = \"github-secret-0123456789\"\n";
+        let config = Config::from_toml(text, &dir.join("gw.toml"), |_| None).unwrap();
+        let shown = format!("{config:?}");
+        for secret in [
+            "admin-secret",
+            "source-secret",
+            "callback-secret",
+            "conn-callback",
+            "var-secret",
+            "header-secret",
+            "github-secret",
+        ] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn the_body_budget_defaults_to_64_bodies_and_holds_at_least_one() {
+        let load = |server: &str| {
+            let text = format!("[server]\n{server}\n[storage]\nurl = \"sqlite://x.db\"\n");
+            Config::from_toml(&text, Path::new("gw.toml"), |_| None)
+        };
+        let config = load("max_body_bytes = 2048").unwrap();
+        assert_eq!(config.server.max_body_bytes_in_flight, 64 * 2048);
+        let config = load("max_body_bytes = 2048\nmax_body_bytes_in_flight = 4096").unwrap();
+        assert_eq!(config.server.max_body_bytes_in_flight, 4096);
+        let msg = load("max_body_bytes = 8192\nmax_body_bytes_in_flight = 4096")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("line 3: server.max_body_bytes_in_flight"),
+            "{msg}"
+        );
+    }
+}

@@ -1,0 +1,223 @@
+//! `kind = "smtp"` connectors: the server, its credentials, the sender and recipients, and
+//! the message each event sends, built into an [`SmtpTarget`].
+
+use super::connectors::{RawConnector, RawRequest};
+use super::{ConfigError, Validator};
+use crate::connector::{MailMessage, SmtpSecurity, SmtpTarget, TemplatePath};
+
+/// Where the server is, from `smtp_url`.
+struct Server {
+    security: SmtpSecurity,
+    host: String,
+    port: u16,
+}
+
+impl Validator<'_> {
+    /// The target, and the connector's text body template (every event's unless its table
+    /// names another).
+    pub(super) fn smtp_target(
+        &self,
+        field: &str,
+        c: &RawConnector,
+    ) -> Result<(SmtpTarget, TemplatePath), ConfigError> {
+        // Written or not, the connector's method and headers must be valid.
+        self.method(&format!("{field}.method"), &c.method)?;
+        let server = self.smtp_server(field, c)?;
+        let (username, password) = self.smtp_login(field, c, server.security)?;
+        let from = self.mailboxes(field, c)?;
+        let tls_ca_file = match &c.tls_ca_file {
+            Some(f) => Some(self.existing_file(&format!("{field}.tls_ca_file"), f)?),
+            None => None,
+        };
+        if c.url.is_some() {
+            return Err(self.invalid(
+                format!("{field}.url"),
+                "an smtp connector takes smtp_url, not url",
+            ));
+        }
+        let template = self.template_path(&format!("{field}.template"), &c.template)?;
+        self.headers(&format!("{field}.headers"), &c.headers)?;
+        let subject = c.subject.clone().ok_or_else(|| {
+            self.invalid(
+                format!("{field}.subject"),
+                "is required for an smtp connector",
+            )
+        })?;
+        let default = MailMessage {
+            template: template.clone(),
+            subject,
+            html_template: match &c.html_template {
+                Some(t) => Some(self.template_path(&format!("{field}.html_template"), t)?),
+                None => None,
+            },
+            target_schema: None,
+        };
+        let messages = self.requests(field, &c.requests, default.clone(), |at, raw| {
+            self.mail_message(at, raw, &default)
+        })?;
+        self.check_allow_hosts(field, &c.allow_hosts)?;
+        let target = SmtpTarget {
+            security: server.security,
+            host: server.host,
+            port: server.port,
+            username,
+            password,
+            from,
+            to: c.to.clone(),
+            cc: c.cc.clone(),
+            subject_tag: c.subject_tag.clone(),
+            tls_ca_file,
+            allow_plaintext_auth: c.allow_plaintext_auth,
+            messages,
+        };
+        Ok((target, template))
+    }
+
+    /// One event's message: what its table gives, the connector's message otherwise.
+    fn mail_message(
+        &self,
+        at: &str,
+        raw: &RawRequest,
+        default: &MailMessage,
+    ) -> Result<MailMessage, ConfigError> {
+        self.headers(&format!("{at}.headers"), &raw.headers)?;
+        if raw.url.is_some() {
+            return Err(self.invalid(
+                format!("{at}.url"),
+                "an smtp connector has no per-event url",
+            ));
+        }
+        if let Some(m) = &raw.method {
+            self.method(&format!("{at}.method"), m)?;
+        }
+        Ok(MailMessage {
+            template: match &raw.template {
+                Some(t) => self.template_path(&format!("{at}.template"), t)?,
+                None => default.template.clone(),
+            },
+            subject: raw
+                .subject
+                .clone()
+                .unwrap_or_else(|| default.subject.clone()),
+            html_template: match &raw.html_template {
+                Some(t) => Some(self.template_path(&format!("{at}.html_template"), t)?),
+                None => default.html_template.clone(),
+            },
+            target_schema: match &raw.target_schema {
+                Some(p) => Some(self.existing_file(&format!("{at}.target_schema"), p)?),
+                None => None,
+            },
+        })
+    }
+
+    /// `smtp_url`: `smtp://`, `smtp+starttls://` or `smtps://`, a host, maybe a port.
+    fn smtp_server(&self, field: &str, c: &RawConnector) -> Result<Server, ConfigError> {
+        let at = format!("{field}.smtp_url");
+        let raw_url = c
+            .smtp_url
+            .as_ref()
+            .ok_or_else(|| self.invalid(&at, "is required for an smtp connector"))?;
+        let parsed = reqwest::Url::parse(raw_url).map_err(|e| self.invalid(&at, e.to_string()))?;
+        let (security, default_port) = match parsed.scheme() {
+            "smtp" => (SmtpSecurity::Plain, 25),
+            "smtp+starttls" => (SmtpSecurity::StartTls, 587),
+            "smtps" => (SmtpSecurity::Tls, 465),
+            other => {
+                return Err(self.invalid(
+                    &at,
+                    format!("{other:?}: expected smtp://, smtp+starttls:// or smtps://"),
+                ));
+            }
+        };
+        let host = parsed
+            .host_str()
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| self.invalid(&at, "names no host"))?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        Ok(Server {
+            security,
+            host,
+            port: parsed.port().unwrap_or(default_port),
+        })
+    }
+
+    /// The username and password (written, or read from `password_file`): both or neither,
+    /// and never sent in clear unless the admin says so.
+    fn smtp_login(
+        &self,
+        field: &str,
+        c: &RawConnector,
+        security: SmtpSecurity,
+    ) -> Result<(Option<String>, Option<String>), ConfigError> {
+        let password = match (&c.password, &c.password_file) {
+            (Some(_), Some(_)) => {
+                return Err(self.invalid(
+                    format!("{field}.password_file"),
+                    "give password or password_file, not both",
+                ));
+            }
+            (Some(p), None) => Some(p.clone()),
+            (None, Some(file)) => {
+                Some(self.read_secret_file(&format!("{field}.password_file"), file)?)
+            }
+            (None, None) => None,
+        };
+        if let Some(p) = &password {
+            self.credential(p);
+        }
+        let username = c.username.clone();
+        if password.is_some() != username.is_some() {
+            return Err(self.invalid(
+                format!("{field}.username"),
+                "username and password go together",
+            ));
+        }
+        // lettre sends AUTH PLAIN over any connection that offers it: without TLS the password
+        // crosses the network in clear (base64 is no protection).
+        if username.is_some() && security == SmtpSecurity::Plain && !c.allow_plaintext_auth {
+            return Err(self.invalid(
+                format!("{field}.username"),
+                "smtp:// has no TLS, so the password would be sent in clear: use \
+                 smtp+starttls:// or smtps://, or set allow_plaintext_auth = true (a relay on a \
+                 trusted network)",
+            ));
+        }
+        Ok((username, password))
+    }
+
+    /// `from` is one fixed mailbox; every `to` and `cc` that is not a template is one too.
+    /// Returns the sender.
+    fn mailboxes(&self, field: &str, c: &RawConnector) -> Result<String, ConfigError> {
+        let from = c.from.clone().ok_or_else(|| {
+            self.invalid(format!("{field}.from"), "is required for an smtp connector")
+        })?;
+        let mailbox = |key: String, value: &str| -> Result<(), ConfigError> {
+            if value.contains("{{") {
+                return Ok(());
+            }
+            value
+                .parse::<lettre::message::Mailbox>()
+                .map(|_| ())
+                .map_err(|e| self.invalid(key, format!("{value:?} is not an address: {e}")))
+        };
+        mailbox(format!("{field}.from"), &from)?;
+        if from.contains("{{") {
+            return Err(self.invalid(
+                format!("{field}.from"),
+                "must be a fixed address, not a template",
+            ));
+        }
+        if c.to.is_empty() {
+            return Err(self.invalid(format!("{field}.to"), "needs at least one recipient"));
+        }
+        for (i, to) in c.to.iter().enumerate() {
+            mailbox(format!("{field}.to[{i}]"), to)?;
+        }
+        for (i, cc) in c.cc.iter().enumerate() {
+            mailbox(format!("{field}.cc[{i}]"), cc)?;
+        }
+        Ok(from)
+    }
+}

@@ -1,0 +1,384 @@
+//! Connector: what one configured target is — where it sends ([`Target`]: an HTTP API or an
+//! SMTP server), which incidents it takes, how its tickets are keyed and tracked, how its
+//! requests are signed and retried. `config` builds these once at load; routing, rendering,
+//! tickets, callbacks and delivery read them. It imports only the vocabulary below it, so
+//! every stage can name a connector without importing the configuration.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::model::{Event, ThreatRating};
+use crate::route::Matcher;
+use crate::signature::Signing;
+
+/// One connector, validated.
+#[derive(Clone)]
+pub struct Connector {
+    pub name: String,
+    /// The body template as the connector gives it (for messages); each event's request or
+    /// message holds the one it renders.
+    pub template: TemplatePath,
+    /// How long one send may take (an HTTP request, or an SMTP session).
+    pub timeout: Duration,
+    /// Sends to this connector at once (at most `delivery.concurrency`).
+    pub concurrency: usize,
+    pub retry: RetryPolicy,
+    pub matchers: Vec<Matcher>,
+    pub min_threat_rating: Option<ThreatRating>,
+    /// Threat rating (`critical` … `info`, or `default`) → the target's priority, for the
+    /// `priority` helper.
+    pub priorities: BTreeMap<String, serde_json::Value>,
+    /// Connector-specific values templates read as `connector.vars.NAME` (a PagerDuty
+    /// routing key, a Jira project key). `${ENV}` values are secrets: masked in `render`.
+    pub vars: BTreeMap<String, String>,
+    /// A JSON Schema of the target's request body; `check` validates every render against it.
+    pub target_schema: Option<PathBuf>,
+    /// Template of the key that groups incidents into one ticket (default `{{incidentId}}`).
+    pub correlation_key: String,
+    /// How long a ticket takes further incidents with its key; `None`: until it is completed.
+    pub aggregate_for: Option<Duration>,
+    /// JSON pointers into the `created` response: the ticket's id (and link).
+    pub ticket_id: Option<String>,
+    pub ticket_url: Option<String>,
+    /// Bearer token the target uses to call `POST /v1/incidents/{id}/complete`.
+    pub callback_token: Option<String>,
+    /// The detection platform's own API: gets only `completed`, for every incident completed
+    /// through the gateway.
+    pub upstream: bool,
+    /// How requests are signed for the receiver.
+    pub signing: Signing,
+    /// Where and how it sends.
+    pub target: Target,
+}
+
+/// Debug shows what identifies a connector, never its headers, vars, tokens or secrets.
+impl std::fmt::Debug for Connector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connector")
+            .field("name", &self.name)
+            .field("kind", &self.target.kind())
+            .field("template", &self.template.as_written)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where a connector sends.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// `kind = "http"`: one HTTP request per event.
+    Http(HttpTarget),
+    /// `kind = "smtp"`: one email per event, threaded by ticket.
+    Smtp(SmtpTarget),
+}
+
+impl Target {
+    /// The `kind` the config names it by.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Target::Http(_) => "http",
+            Target::Smtp(_) => "smtp",
+        }
+    }
+}
+
+/// An HTTP API: the request each event sends, and where requests may go.
+#[derive(Clone)]
+pub struct HttpTarget {
+    /// The connector's own request, the default of every event's.
+    pub method: reqwest::Method,
+    /// A Handlebars template; interpolated values are percent-encoded.
+    pub url: String,
+    /// Header name → value template.
+    pub headers: BTreeMap<String, String>,
+    /// Where requests may go (see [`Egress`]).
+    pub egress: Egress,
+    /// The request each event sends, `None` where the connector skips that event.
+    pub requests: Requests<HttpRequest>,
+}
+
+/// Debug never shows the URL or headers (either may carry a credential).
+impl std::fmt::Debug for HttpTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpTarget")
+            .field("method", &self.method)
+            .field("egress", &self.egress)
+            .field("requests", &self.requests)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A request an HTTP connector sends for one event.
+#[derive(Clone)]
+pub struct HttpRequest {
+    pub method: reqwest::Method,
+    /// A Handlebars template; interpolated values are percent-encoded.
+    pub url: String,
+    pub template: TemplatePath,
+    /// The connector's headers, then the request's own (which win).
+    pub headers: BTreeMap<String, String>,
+    /// The target's schema of this request's body, when it differs from the connector's.
+    pub target_schema: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for HttpRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpRequest")
+            .field("method", &self.method)
+            .field("template", &self.template.as_written)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where an HTTP connector may send, checked after the URL is rendered and again on the
+/// addresses actually connected to. Enforced by `deliver::egress`; defined here because a
+/// connector holds it and `deliver` imports this module.
+#[derive(Debug, Clone)]
+pub struct Egress {
+    /// Host names (exact, or `*.example.com` for subdomains); empty = any.
+    pub allow_hosts: Vec<String>,
+    /// Loopback and private ranges (ticketing systems often live there). Link-local and cloud
+    /// metadata addresses are refused whatever this says.
+    pub allow_private: bool,
+    /// Redirects followed (0: none).
+    pub follow_redirects: usize,
+    /// Extra CA certificate (PEM) to trust.
+    pub tls_ca_file: Option<PathBuf>,
+}
+
+/// An SMTP server and whom it writes to: the message each event sends.
+#[derive(Clone)]
+pub struct SmtpTarget {
+    pub security: SmtpSecurity,
+    pub host: String,
+    pub port: u16,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// The sender, a mailbox (`Name <addr>`); its domain names Message-IDs.
+    pub from: String,
+    /// Recipient templates (each renders to one mailbox).
+    pub to: Vec<String>,
+    pub cc: Vec<String>,
+    /// Template of a tag every subject keeps (e.g. `[{{humanFriendlyId}}]`), so bridges that
+    /// thread by subject find the ticket.
+    pub subject_tag: Option<String>,
+    /// Extra CA certificate (PEM) to trust for TLS.
+    pub tls_ca_file: Option<PathBuf>,
+    /// `smtp://` (no TLS) with a username sends the password in clear: refused at load
+    /// unless this is set.
+    pub allow_plaintext_auth: bool,
+    /// The message each event sends, `None` where the connector skips that event.
+    pub messages: Requests<MailMessage>,
+}
+
+impl std::fmt::Debug for SmtpTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SmtpTarget")
+            .field("security", &self.security)
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "********"))
+            .field("from", &self.from)
+            .field("to", &self.to)
+            .field("allow_plaintext_auth", &self.allow_plaintext_auth)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How an SMTP connector secures its connection. Used by `deliver::smtp`; defined here
+/// because a connector holds it and `deliver` imports this module.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SmtpSecurity {
+    /// `smtp://`: no TLS (a relay on a trusted network, or tests).
+    Plain,
+    /// `smtp+starttls://`: STARTTLS required.
+    StartTls,
+    /// `smtps://`: TLS from the first byte.
+    Tls,
+}
+
+/// The email an SMTP connector sends for one event.
+#[derive(Debug, Clone)]
+pub struct MailMessage {
+    /// The text body.
+    pub template: TemplatePath,
+    /// The subject template.
+    pub subject: String,
+    /// An HTML body beside the text one.
+    pub html_template: Option<TemplatePath>,
+    /// The target's schema of this message's body, when it differs from the connector's.
+    pub target_schema: Option<PathBuf>,
+}
+
+/// One request (or message) per event: created, updated, completed; `None` where the
+/// connector skips the event.
+#[derive(Debug, Clone)]
+pub struct Requests<R> {
+    pub created: Option<R>,
+    pub updated: Option<R>,
+    pub completed: Option<R>,
+}
+
+impl<R> Default for Requests<R> {
+    fn default() -> Self {
+        Requests {
+            created: None,
+            updated: None,
+            completed: None,
+        }
+    }
+}
+
+impl<R> Requests<R> {
+    /// The same request for every event.
+    pub fn every_event(request: R) -> Self
+    where
+        R: Clone,
+    {
+        Requests {
+            created: Some(request.clone()),
+            updated: Some(request.clone()),
+            completed: Some(request),
+        }
+    }
+
+    /// The request for `event`, or `None` when the connector skips it.
+    pub fn get(&self, event: Event) -> Option<&R> {
+        match event {
+            Event::Created => self.created.as_ref(),
+            Event::Updated => self.updated.as_ref(),
+            Event::Completed => self.completed.as_ref(),
+        }
+    }
+
+    /// The slot of `event`.
+    pub fn slot(&mut self, event: Event) -> &mut Option<R> {
+        match event {
+            Event::Created => &mut self.created,
+            Event::Updated => &mut self.updated,
+            Event::Completed => &mut self.completed,
+        }
+    }
+
+    /// Every request the connector sends, in event order.
+    pub fn iter(&self) -> impl Iterator<Item = &R> {
+        [&self.created, &self.updated, &self.completed]
+            .into_iter()
+            .flatten()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct TemplatePath {
+    pub as_written: String,
+    pub resolved: PathBuf,
+}
+
+impl crate::route::Routed for Connector {
+    fn upstream(&self) -> bool {
+        self.upstream
+    }
+    fn min_threat_rating(&self) -> Option<ThreatRating> {
+        self.min_threat_rating
+    }
+    fn matchers(&self) -> &[Matcher] {
+        &self.matchers
+    }
+}
+
+impl Connector {
+    /// Whether the connector sends anything for `event`.
+    pub fn sends(&self, event: Event) -> bool {
+        self.template(event).is_some()
+    }
+
+    /// The body template `event` renders (an HTTP request's body, an email's text), or
+    /// `None` when the connector skips the event.
+    pub fn template(&self, event: Event) -> Option<&TemplatePath> {
+        match &self.target {
+            Target::Http(http) => http.requests.get(event).map(|r| &r.template),
+            Target::Smtp(smtp) => smtp.messages.get(event).map(|m| &m.template),
+        }
+    }
+
+    /// Every target schema the connector names: its own, then its events' own.
+    pub fn target_schemas(&self) -> Vec<&Path> {
+        let events: Vec<&Path> = match &self.target {
+            Target::Http(http) => http
+                .requests
+                .iter()
+                .filter_map(|r| r.target_schema.as_deref())
+                .collect(),
+            Target::Smtp(smtp) => smtp
+                .messages
+                .iter()
+                .filter_map(|m| m.target_schema.as_deref())
+                .collect(),
+        };
+        self.target_schema
+            .as_deref()
+            .into_iter()
+            .chain(events)
+            .collect()
+    }
+}
+
+/// The connector called `name`.
+pub fn find<'a>(connectors: &'a [Connector], name: &str) -> Option<&'a Connector> {
+    connectors.iter().find(|c| c.name == name)
+}
+
+/// When to try a failed delivery again, and when to give up. `deliver::retry` applies it;
+/// defined here because a connector holds its policy and `deliver` imports this module.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryPolicy {
+    /// The wait after each failed attempt: `schedule[0]` after the first, and so on. A delivery
+    /// is tried at most `schedule.len() + 1` times.
+    pub schedule: Vec<Duration>,
+    /// A delivery older than this (since it was queued or last replayed) goes dead.
+    pub max_age: Duration,
+}
+
+/// The default retry schedule: it spans a day, so a target down for a maintenance window (or
+/// a night) gets its deliveries when it is back, as Svix's schedule does. README.md shows it
+/// as a table (a test compares the two).
+pub const DEFAULT_RETRY_SCHEDULE: [Duration; 12] = [
+    Duration::from_secs(5),
+    Duration::from_secs(30),
+    Duration::from_secs(2 * 60),
+    Duration::from_secs(5 * 60),
+    Duration::from_secs(15 * 60),
+    Duration::from_secs(30 * 60),
+    Duration::from_secs(3600),
+    Duration::from_secs(2 * 3600),
+    Duration::from_secs(3 * 3600),
+    Duration::from_secs(4 * 3600),
+    Duration::from_secs(6 * 3600),
+    Duration::from_secs(7 * 3600),
+];
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            schedule: DEFAULT_RETRY_SCHEDULE.to_vec(),
+            max_age: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The most attempts a delivery gets.
+    pub fn max_attempts(&self) -> u32 {
+        u32::try_from(self.schedule.len())
+            .unwrap_or(u32::MAX)
+            .saturating_add(1)
+    }
+
+    /// `initial` doubling up to `max`, for `max_attempts` attempts in all.
+    pub fn exponential(initial: Duration, max: Duration, max_attempts: u32) -> Vec<Duration> {
+        (0..max_attempts.saturating_sub(1))
+            .map(|n| initial.saturating_mul(1u32 << n.min(30)).min(max))
+            .collect()
+    }
+}
