@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use rusqlite::{Connection, Row};
+use rusqlite::{Connection, Params, Row};
 
 use crate::model::{Completion, TicketFacts, rfc3339};
 use crate::store::StoreError;
@@ -20,6 +20,31 @@ macro_rules! waits_behind {
     () => {
         "e.connector = d.connector AND e.order_key = d.order_key AND e.seq < d.seq \
          AND (e.status = 'pending' OR (e.status = 'dead' AND e.event = 'created'))"
+    };
+}
+
+/// Declares a struct and its [`FromRow`]: each field read from the column of its own name, so
+/// a struct that is just the columns of a SELECT lists them once. (Structs whose fields are
+/// computed from the columns implement [`FromRow`] by hand.)
+macro_rules! from_row {
+    (
+        $(#[$meta:meta])*
+        $vis:vis struct $name:ident {
+            $($(#[$field_meta:meta])* $field_vis:vis $field:ident: $ty:ty),* $(,)?
+        }
+    ) => {
+        $(#[$meta])*
+        $vis struct $name {
+            $($(#[$field_meta])* $field_vis $field: $ty),*
+        }
+
+        impl $crate::store::sqlite::FromRow for $name {
+            fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+                Ok($name {
+                    $($field: r.get(stringify!($field))?),*
+                })
+            }
+        }
     };
 }
 
@@ -158,16 +183,37 @@ impl FromRow for Completion {
     }
 }
 
+/// Every row `sql` selects with `params`, each read as a `T` (statements are cached per
+/// connection, so a query run in a loop is prepared once).
+fn rows<T: FromRow>(
+    conn: &Connection,
+    sql: &str,
+    params: impl Params,
+) -> Result<Vec<T>, StoreError> {
+    Ok(conn
+        .prepare_cached(sql)?
+        .query_map(params, T::from_row)?
+        .collect::<Result<Vec<_>, _>>()?)
+}
+
+/// The row `sql` selects with `params` by a unique key, read as a `T`; `None` when there is
+/// none. (Every use selects by a primary or unique key, so there is at most one row.)
+fn optional_row<T: FromRow>(
+    conn: &Connection,
+    sql: &str,
+    params: impl Params,
+) -> Result<Option<T>, StoreError> {
+    Ok(rows(conn, sql, params)?.into_iter().next())
+}
+
 /// How an incident was completed, once it is.
 fn completion_of(conn: &Connection, incident_id: &str) -> Result<Option<Completion>, StoreError> {
-    use rusqlite::OptionalExtension;
-    Ok(conn
-        .prepare_cached(
-            "SELECT reason_code, notes, status_change_ms FROM incidents
-             WHERE incident_id = ?1 AND status = 'completed'",
-        )?
-        .query_row([incident_id], Completion::from_row)
-        .optional()?)
+    optional_row(
+        conn,
+        "SELECT reason_code, notes, status_change_ms FROM incidents
+         WHERE incident_id = ?1 AND status = 'completed'",
+        [incident_id],
+    )
 }
 
 /// A JSON array of names, for `IN (SELECT value FROM json_each(?))`.

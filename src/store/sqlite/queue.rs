@@ -3,12 +3,12 @@
 //! replay a dead delivery, and recover leases after a crash.
 
 use async_trait::async_trait;
-use rusqlite::{Connection, OptionalExtension, Row, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{FromRow, Sqlite, completion_of, json_list};
+use super::{Sqlite, completion_of, json_list, optional_row, rows};
 use crate::model::{DeliveryStatus, Event, TicketFacts, now_ms};
 use crate::store::{
-    AttemptRecord, LeasedDelivery, NextStep, Queue, ReplayOutcome, StoreError, TicketUpdate,
+    AttemptRecord, Attempted, Lease, LeasedDelivery, NextStep, Queue, ReplayOutcome, StoreError,
 };
 
 #[async_trait]
@@ -28,22 +28,9 @@ impl Queue for Sqlite {
             .await
     }
 
-    async fn record_attempt(
-        &self,
-        delivery_id: String,
-        lease_token: String,
-        record: AttemptRecord,
-        next: NextStep,
-        ticket: Option<TicketUpdate>,
-    ) -> Result<bool, StoreError> {
-        self.write(move |conn| {
-            let lease = Lease {
-                delivery_id: &delivery_id,
-                token: &lease_token,
-            };
-            record_attempt(conn, &lease, &record, &next, ticket.as_ref(), now_ms())
-        })
-        .await
+    async fn record_attempt(&self, attempt: Attempted) -> Result<bool, StoreError> {
+        self.write(move |conn| record_attempt(conn, &attempt, now_ms()))
+            .await
     }
 
     async fn next_due_ms(&self, busy: Vec<String>) -> Result<Option<i64>, StoreError> {
@@ -64,20 +51,9 @@ impl Queue for Sqlite {
         .await
     }
 
-    async fn extend_lease(
-        &self,
-        delivery_id: String,
-        lease_token: String,
-        lease_ms: i64,
-    ) -> Result<bool, StoreError> {
-        self.write(move |conn| {
-            let lease = Lease {
-                delivery_id: &delivery_id,
-                token: &lease_token,
-            };
-            extend_lease(conn, &lease, now_ms().saturating_add(lease_ms))
-        })
-        .await
+    async fn extend_lease(&self, lease: Lease, lease_ms: i64) -> Result<bool, StoreError> {
+        self.write(move |conn| extend_lease(conn, &lease, now_ms().saturating_add(lease_ms)))
+            .await
     }
 
     async fn replay(&self, delivery_id: String) -> Result<ReplayOutcome, StoreError> {
@@ -129,55 +105,27 @@ pub(super) fn insert_delivery(
     Ok(id)
 }
 
-/// A held lease: the delivery and the token that proves this worker holds it.
-pub(super) struct Lease<'a> {
-    pub delivery_id: &'a str,
-    pub token: &'a str,
-}
-
-/// A due delivery at the head of its line, before it is leased.
-struct Due {
-    seq: i64,
-    delivery_id: String,
-    incident_id: String,
-    version_id: i64,
-    connector: String,
-    event: String,
-    attempts: u32,
-    budget_attempts: u32,
-    budget_since_ms: i64,
-    ticket_seq: Option<i64>,
-}
-
-impl FromRow for Due {
-    fn from_row(r: &Row<'_>) -> rusqlite::Result<Self> {
-        Ok(Due {
-            seq: r.get("seq")?,
-            delivery_id: r.get("delivery_id")?,
-            incident_id: r.get("incident_id")?,
-            version_id: r.get("version_id")?,
-            connector: r.get("connector")?,
-            event: r.get("event")?,
-            attempts: r.get("attempts")?,
-            budget_attempts: r.get("budget_attempts")?,
-            budget_since_ms: r.get("budget_since_ms")?,
-            ticket_seq: r.get("ticket_seq")?,
-        })
+from_row! {
+    /// A due delivery at the head of its line, before it is leased.
+    struct Due {
+        seq: i64,
+        delivery_id: String,
+        incident_id: String,
+        version_id: i64,
+        connector: String,
+        event: String,
+        attempts: u32,
+        budget_attempts: u32,
+        budget_since_ms: i64,
+        ticket_seq: Option<i64>,
     }
 }
 
-/// The incident version a delivery carries.
-struct Version {
-    body: String,
-    received_ms: i64,
-}
-
-impl FromRow for Version {
-    fn from_row(r: &Row<'_>) -> rusqlite::Result<Self> {
-        Ok(Version {
-            body: r.get("body")?,
-            received_ms: r.get("received_ms")?,
-        })
+from_row! {
+    /// The incident version a delivery carries.
+    struct Version {
+        body: String,
+        received_ms: i64,
     }
 }
 
@@ -194,8 +142,9 @@ pub(super) fn lease_due(
     busy: &[String],
     now: i64,
 ) -> Result<Vec<LeasedDelivery>, StoreError> {
-    let candidates = conn
-        .prepare_cached(concat!(
+    let candidates: Vec<Due> = rows(
+        conn,
+        concat!(
             "SELECT d.seq, d.delivery_id, d.incident_id, d.version_id, d.connector, d.event,
                     d.attempts, d.budget_attempts, d.budget_since_ms, d.ticket_seq
              FROM deliveries d
@@ -205,29 +154,23 @@ pub(super) fn lease_due(
             waits_behind!(),
             ")
              ORDER BY d.next_attempt_ms, d.seq LIMIT ?3"
-        ))?
-        .query_map(
-            params![
-                now,
-                json_list(busy),
-                i64::try_from(limit).unwrap_or(i64::MAX)
-            ],
-            Due::from_row,
-        )?
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut ticket_of = conn.prepare_cached(
-        "SELECT correlation_key, ticket_id, ticket_url FROM tickets WHERE ticket_seq = ?1",
+        ),
+        params![
+            now,
+            json_list(busy),
+            i64::try_from(limit).unwrap_or(i64::MAX)
+        ],
     )?;
     let mut take = conn.prepare_cached(
         "UPDATE deliveries SET lease_until_ms = ?2, lease_token = ?3 WHERE seq = ?1",
     )?;
-    let mut version_of = conn
-        .prepare_cached("SELECT body, received_ms FROM incident_versions WHERE version_id = ?1")?;
     let mut leased = Vec::with_capacity(candidates.len());
     for due in candidates {
-        let version = version_of
-            .query_row([due.version_id], Version::from_row)
-            .optional()?;
+        let version: Option<Version> = optional_row(
+            conn,
+            "SELECT body, received_ms FROM incident_versions WHERE version_id = ?1",
+            [due.version_id],
+        )?;
         let (Some(version), Some(event)) = (version, Event::parse(&due.event)) else {
             // A row this version cannot read must not stop every other delivery.
             conn.execute(
@@ -239,10 +182,12 @@ pub(super) fn lease_due(
             continue;
         };
         let ticket = match due.ticket_seq {
-            Some(t) => ticket_of
-                .query_row([t], TicketFacts::from_row)
-                .optional()?
-                .unwrap_or_default(),
+            Some(t) => optional_row(
+                conn,
+                "SELECT correlation_key, ticket_id, ticket_url FROM tickets WHERE ticket_seq = ?1",
+                [t],
+            )?
+            .unwrap_or_default(),
             None => TicketFacts::default(),
         };
         let completion = completion_of(conn, &due.incident_id)?;
@@ -306,12 +251,15 @@ pub(super) fn transition(record: &AttemptRecord, next: &NextStep) -> Transition 
 /// the delivery's.
 pub(super) fn record_attempt(
     conn: &Connection,
-    lease: &Lease<'_>,
-    record: &AttemptRecord,
-    next: &NextStep,
-    ticket: Option<&TicketUpdate>,
+    attempt: &Attempted,
     now: i64,
 ) -> Result<bool, StoreError> {
+    let Attempted {
+        lease,
+        record,
+        next,
+        ticket,
+    } = attempt;
     let to = transition(record, next);
     let changed = conn
         .prepare_cached(
@@ -371,7 +319,7 @@ fn next_due_ms(conn: &Connection, busy: &[String]) -> Result<Option<i64>, StoreE
 }
 
 /// Moves a held lease's end to `until`; `false` when the lease is no longer `lease`.
-fn extend_lease(conn: &Connection, lease: &Lease<'_>, until: i64) -> Result<bool, StoreError> {
+fn extend_lease(conn: &Connection, lease: &Lease, until: i64) -> Result<bool, StoreError> {
     let changed = conn
         .prepare_cached(
             "UPDATE deliveries SET lease_until_ms = ?3
@@ -448,47 +396,36 @@ mod tests {
         leased.iter().map(|d| d.id.as_str()).collect()
     }
 
+    fn lease(delivery_id: &str, token: &str) -> Lease {
+        Lease {
+            delivery_id: delivery_id.into(),
+            token: token.into(),
+        }
+    }
+
     fn finish(db: &TestDb, d: &LeasedDelivery, next: NextStep, now: i64) -> bool {
         let outcome = match next {
             NextStep::Delivered => AttemptOutcome::Delivered,
             NextStep::RetryAt { .. } => AttemptOutcome::Retry,
             NextStep::Dead { .. } => AttemptOutcome::Dead,
         };
-        let lease = Lease {
-            delivery_id: &d.id,
-            token: &d.lease_token,
+        let attempt = Attempted {
+            lease: lease(&d.id, &d.lease_token),
+            record: record(d.attempts + 1, outcome),
+            next,
+            ticket: None,
         };
-        record_attempt(
-            &db.conn,
-            &lease,
-            &record(d.attempts + 1, outcome),
-            &next,
-            None,
-            now,
-        )
-        .unwrap()
+        record_attempt(&db.conn, &attempt, now).unwrap()
     }
 
     #[test]
     fn an_update_waits_while_its_created_is_pending_or_dead_and_goes_once_it_is_delivered() {
         let db = TestDb::new();
         let route = route("jira", "k", None);
-        let created = db
-            .ingest_one(incident("A").routed(&route), 1_000)
-            .deliveries[0]
-            .id
-            .clone();
-        let updated = db
-            .ingest_one(incident("B").routed(&route), 1_001)
-            .deliveries[0]
-            .id
-            .clone();
+        let created = db.deliver_one(incident("A").routed(&route), 1_000);
+        let updated = db.deliver_one(incident("B").routed(&route), 1_001);
         // Another ticket's delivery is not held up.
-        let other = db
-            .ingest_one(incident("C").routed(&route_other()), 1_002)
-            .deliveries[0]
-            .id
-            .clone();
+        let other = db.deliver_one(incident("C").routed(&route_other()), 1_002);
 
         let first = lease_due(&db.conn, 10, LEASE, &[], 2_000).unwrap();
         assert_eq!(ids(&first), [created.as_str(), other.as_str()]);
@@ -533,11 +470,7 @@ mod tests {
     fn a_retry_holds_its_followers_until_it_is_done() {
         let db = TestDb::new();
         let route = route("jira", "k", None);
-        let created = db
-            .ingest_one(incident("A").routed(&route), 1_000)
-            .deliveries[0]
-            .id
-            .clone();
+        let created = db.deliver_one(incident("A").routed(&route), 1_000);
         db.ingest_one(incident("B").routed(&route), 1_001);
         let first = lease_due(&db.conn, 10, LEASE, &[], 2_000).unwrap();
         assert!(finish(
@@ -566,11 +499,7 @@ mod tests {
     #[test]
     fn a_stale_lease_token_cannot_record_extend_or_release() {
         let db = TestDb::new();
-        let id = db
-            .ingest_one(incident("A").routed(&route("jira", "k", None)), 1_000)
-            .deliveries[0]
-            .id
-            .clone();
+        let id = db.deliver_one(incident("A").routed(&route("jira", "k", None)), 1_000);
         let stale = lease_due(&db.conn, 10, LEASE, &[], 2_000)
             .unwrap()
             .remove(0);
@@ -587,19 +516,13 @@ mod tests {
         assert_eq!(fresh.id, id);
         assert_ne!(fresh.lease_token, stale.lease_token);
 
-        let stale_lease = Lease {
-            delivery_id: &id,
-            token: &stale.lease_token,
-        };
+        let stale_lease = lease(&id, &stale.lease_token);
         assert!(!extend_lease(&db.conn, &stale_lease, 999_999).unwrap());
         assert!(!finish(&db, &stale, NextStep::Delivered, 40_000));
         assert_eq!(db.status(&id), "pending");
         assert_eq!(db.count("attempts"), 0);
 
-        let fresh_lease = Lease {
-            delivery_id: &id,
-            token: &fresh.lease_token,
-        };
+        let fresh_lease = lease(&id, &fresh.lease_token);
         assert!(extend_lease(&db.conn, &fresh_lease, 99_000).unwrap());
         assert!(finish(&db, &fresh, NextStep::Delivered, 40_001));
         assert_eq!(db.status(&id), "delivered");
@@ -698,16 +621,8 @@ mod tests {
     #[test]
     fn recovery_parks_interrupted_created_requests_of_tracked_connectors() {
         let db = TestDb::new();
-        let jira = db
-            .ingest_one(incident("A").routed(&route("jira", "k", None)), 1_000)
-            .deliveries[0]
-            .id
-            .clone();
-        let chat = db
-            .ingest_one(incident("B").routed(&route("chat", "k", None)), 1_000)
-            .deliveries[0]
-            .id
-            .clone();
+        let jira = db.deliver_one(incident("A").routed(&route("jira", "k", None)), 1_000);
+        let chat = db.deliver_one(incident("B").routed(&route("chat", "k", None)), 1_000);
         assert_eq!(lease_due(&db.conn, 10, LEASE, &[], 2_000).unwrap().len(), 2);
         assert_eq!(recover(&db.conn, &["jira".into()], 3_000).unwrap(), 1);
         assert_eq!(db.status(&jira), "dead");

@@ -29,6 +29,12 @@ impl TestDb {
         }
     }
 
+    /// Ingests one incident routed to one connector at `now`; returns the id of the delivery
+    /// it queued.
+    pub fn deliver_one(&self, inc: NewIncident, now: i64) -> String {
+        self.ingest_one(inc, now).deliveries.remove(0).id
+    }
+
     pub fn count(&self, table: &str) -> i64 {
         self.conn
             .query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))
