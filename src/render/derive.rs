@@ -54,31 +54,30 @@ pub fn derived(incident: &Value) -> Map<String, Value> {
 
 /// Unique attacker IPs and user names, in the order the incident gives them.
 pub fn attackers(incident: &Value) -> Vec<String> {
-    let mut found = Unique::default();
-    found.add_party(incident.get("attacker"));
-    for item in list(incident, "/attacker_lset") {
-        found.add_party(Some(item));
-    }
-    for ip in list(incident, "/extra/location_ip") {
-        found.add_value(ip);
-    }
-    found.0
+    parties(incident, "attacker", "/attacker_lset", "/extra/location_ip").0
 }
 
 /// Unique target IPs, user names and hosts.
 pub fn targets(incident: &Value) -> Vec<String> {
-    let mut found = Unique::default();
-    found.add_party(incident.get("victim"));
-    for item in list(incident, "/victim_lset") {
-        found.add_party(Some(item));
-    }
-    for host in list(incident, "/extra/target_host") {
-        found.add_value(host);
-    }
+    let mut found = parties(incident, "victim", "/victim_lset", "/extra/target_host");
     if let Some(host) = incident.get("asset_host_name") {
         found.add_value(host);
     }
     found.0
+}
+
+/// One side of an incident: its main party, the party list, then the plain values `extra`
+/// adds, each once.
+fn parties(incident: &Value, party: &str, party_list: &str, extra: &str) -> Unique {
+    let mut found = Unique::default();
+    found.add_party(incident.get(party));
+    for item in list(incident, party_list) {
+        found.add_party(Some(item));
+    }
+    for value in list(incident, extra) {
+        found.add_value(value);
+    }
+    found
 }
 
 fn list<'a>(incident: &'a Value, pointer: &str) -> &'a [Value] {

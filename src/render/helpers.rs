@@ -204,39 +204,23 @@ pub const HELPER_NAMES: &[&str] = &[
 pub fn register(hb: &mut Handlebars) {
     hb.register_helper("json", Box::new(json_helper));
     let helpers: [(&'static str, Compute); 22] = [
-        ("oneline", |h, _| {
-            Ok(Value::String(oneline(&text(arg(h, 0)?))))
-        }),
-        ("strip_control", |h, _| {
-            Ok(Value::String(strip_control(&text(arg(h, 0)?))))
-        }),
-        ("slack_escape", |h, _| {
-            Ok(Value::String(slack_escape(&text(arg(h, 0)?))))
-        }),
+        ("oneline", |h, _| convert(h, oneline)),
+        ("strip_control", |h, _| convert(h, strip_control)),
+        ("slack_escape", |h, _| convert(h, slack_escape)),
         ("truncate_bytes", truncate_bytes),
         ("truncate_utf16", truncate_utf16),
         ("default", default),
-        ("upper", |h, _| {
-            Ok(Value::String(text(arg(h, 0)?).to_uppercase()))
-        }),
-        ("lower", |h, _| {
-            Ok(Value::String(text(arg(h, 0)?).to_lowercase()))
-        }),
+        ("upper", |h, _| convert(h, |s| s.to_uppercase())),
+        ("lower", |h, _| convert(h, |s| s.to_lowercase())),
         ("truncate", truncate),
         ("join", join),
         ("first", first),
         ("len", len),
         ("replace", replace),
         ("date", date),
-        ("strip_html", |h, _| {
-            Ok(Value::String(strip_html(&text(arg(h, 0)?))))
-        }),
-        ("html_to_text", |h, _| {
-            Ok(Value::String(html_to_text(&text(arg(h, 0)?))))
-        }),
-        ("markdown_to_text", |h, _| {
-            Ok(Value::String(markdown_to_text(&text(arg(h, 0)?))))
-        }),
+        ("strip_html", |h, _| convert(h, strip_html)),
+        ("html_to_text", |h, _| convert(h, html_to_text)),
+        ("markdown_to_text", |h, _| convert(h, markdown_to_text)),
         ("contains", contains),
         ("pointer", pointer),
         ("priority", priority),
@@ -245,13 +229,16 @@ pub fn register(hb: &mut Handlebars) {
                 h.params().iter().map(|p| text(p.value())).collect(),
             ))
         }),
-        ("trim", |h, _| {
-            Ok(Value::String(text(arg(h, 0)?).trim().to_string()))
-        }),
+        ("trim", |h, _| convert(h, |s| s.trim().to_string())),
     ];
     for (name, compute) in helpers {
         hb.register_helper(name, Box::new(ValueHelper { name, compute }));
     }
+}
+
+/// A helper of one text parameter that returns text.
+fn convert(h: &Helper, f: fn(&str) -> String) -> Result<Value, HelperError> {
+    Ok(Value::String(f(&text(arg(h, 0)?))))
 }
 
 /// A parameter's value. Strict, as the rest of the template is: a parameter naming a

@@ -42,6 +42,14 @@ impl RenderError {
     }
 }
 
+/// A render asked of a connector whose target does not send that kind of thing.
+fn wrong_target(connector: &Connector, why: &str) -> RenderError {
+    RenderError::unlocated(
+        format!("connector {}", connector.name),
+        format!("the connector cannot render this: {why}"),
+    )
+}
+
 fn location(line: Option<usize>, column: Option<usize>) -> String {
     match (line, column) {
         (Some(l), Some(c)) => format!(":{l}:{c}"),
@@ -503,10 +511,7 @@ impl Renderer {
         context: &Value,
     ) -> Result<RenderedEmail, RenderError> {
         let Target::Smtp(smtp) = &connector.target else {
-            return Err(RenderError::unlocated(
-                format!("connector {}", connector.name),
-                "the connector is not an smtp connector",
-            ));
+            return Err(wrong_target(connector, "it is not an smtp connector"));
         };
         let Some(request) = smtp.messages.get(event) else {
             return Err(RenderError::unlocated(
@@ -628,10 +633,7 @@ impl Renderer {
         context: &Value,
     ) -> Result<RenderedRequest, RenderError> {
         let Target::Http(http) = &connector.target else {
-            return Err(RenderError::unlocated(
-                format!("connector {}", connector.name),
-                "the connector sends email, not HTTP requests",
-            ));
+            return Err(wrong_target(connector, "it sends email, not HTTP requests"));
         };
         let request = http.requests.get(event).ok_or_else(|| {
             RenderError::unlocated(
