@@ -14,7 +14,7 @@ use incident_gateway::config::Config;
 use incident_gateway::connector::Target;
 use incident_gateway::deliver::prepare::{self, AttemptFacts};
 use incident_gateway::model::{Completion, Event, TicketFacts};
-use incident_gateway::render::{IncidentContext, Renderer};
+use incident_gateway::render::Renderer;
 use serde_json::Value;
 
 struct Counting;
@@ -95,8 +95,7 @@ fn main() {
                 },
                 completion: None::<Completion>,
             };
-            let context =
-                prepare::template_context(connector, &IncidentContext::new(incident), &facts);
+            let context = prepare::attempt_context(connector, incident, &facts);
             let (a, b) = count(|| renderer.render(connector, event, &context));
             println!(
                 "{:<44} {a:>10} {b:>14}",
@@ -112,8 +111,7 @@ fn main() {
             ticket: TicketFacts::default(),
             completion: None,
         };
-        let (a, b) =
-            count(|| prepare::template_context(connector, &IncidentContext::new(incident), &facts));
+        let (a, b) = count(|| prepare::attempt_context(connector, incident, &facts));
         println!("{:<44} {a:>10} {b:>14}", format!("context/attempt/{name}"));
         let (a, b) = count(|| incident_gateway::ticket::route_for(&renderer, connector, incident));
         println!("{:<44} {a:>10} {b:>14}", format!("correlation_key/{name}"));

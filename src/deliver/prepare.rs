@@ -9,7 +9,9 @@ use serde_json::Value;
 
 use crate::connector::{Connector, SmtpTarget, Target};
 use crate::model::{self, Completion, Event, TicketFacts};
-use crate::render::{self, DeliveryFacts, RenderError, RenderedRequest, Renderer};
+use crate::render::{
+    DeliveryFacts, IncidentContext, RenderError, RenderedRequest, Renderer, TemplateContext,
+};
 use crate::signature;
 
 use super::smtp::{self, MessageError};
@@ -53,19 +55,50 @@ pub enum Unprepared {
 
 /// The template context of an attempt: the incident with the gateway's facts.
 pub fn context(connector: &Connector, incident: &Value, facts: &AttemptFacts) -> Value {
+    attempt_context(connector, incident, facts).into_value()
+}
+
+/// [`context`] as the renderer reads it.
+pub fn attempt_context(
+    connector: &Connector,
+    incident: &Value,
+    facts: &AttemptFacts,
+) -> TemplateContext {
     let received_at = model::rfc3339(facts.received_at_ms);
-    render::context(
-        incident,
-        &DeliveryFacts {
-            event: facts.event,
-            delivery_id: &facts.delivery_id,
-            attempt: facts.attempt,
-            connector,
-            received_at: &received_at,
-            ticket: facts.ticket.clone(),
-            completion: facts.completion.clone(),
-        },
-    )
+    TemplateContext::new(incident, &delivery_facts(connector, facts, &received_at))
+}
+
+/// [`context`] from the incident version's part of it, computed once per version: only the
+/// attempt's facts are built here.
+pub fn template_context(
+    connector: &Connector,
+    incident: &IncidentContext,
+    facts: &AttemptFacts,
+) -> TemplateContext {
+    let received_at = model::rfc3339(facts.received_at_ms);
+    incident.with_facts(&delivery_facts(connector, facts, &received_at))
+}
+
+/// Sets `context` (of the same incident version) to this attempt's facts, in place.
+pub fn set_facts(context: &mut TemplateContext, connector: &Connector, facts: &AttemptFacts) {
+    let received_at = model::rfc3339(facts.received_at_ms);
+    context.set_facts(&delivery_facts(connector, facts, &received_at));
+}
+
+fn delivery_facts<'a>(
+    connector: &'a Connector,
+    facts: &'a AttemptFacts,
+    received_at: &'a str,
+) -> DeliveryFacts<'a> {
+    DeliveryFacts {
+        event: facts.event,
+        delivery_id: &facts.delivery_id,
+        attempt: facts.attempt,
+        connector,
+        received_at,
+        ticket: facts.ticket.clone(),
+        completion: facts.completion.clone(),
+    }
 }
 
 /// The stored incident version, read back for rendering.
@@ -81,17 +114,28 @@ pub fn prepare(
     facts: &AttemptFacts,
     unix_seconds: i64,
 ) -> Result<Outgoing, Unprepared> {
-    let context = context(connector, incident, facts);
+    let context = attempt_context(connector, incident, facts);
+    prepare_with(renderer, connector, &context, facts, unix_seconds)
+}
+
+/// [`prepare`] with the attempt's context built (see [`template_context`]).
+pub fn prepare_with(
+    renderer: &Renderer,
+    connector: &Connector,
+    context: &TemplateContext,
+    facts: &AttemptFacts,
+    unix_seconds: i64,
+) -> Result<Outgoing, Unprepared> {
     match &connector.target {
         Target::Smtp(settings) => {
-            let (message, message_id) = mail(renderer, connector, settings, facts, &context)?;
+            let (message, message_id) = mail(renderer, connector, settings, facts, context)?;
             Ok(Outgoing::Mail {
                 message,
                 message_id,
             })
         }
         Target::Http(_) => {
-            let request = renderer.render(connector, facts.event, &context)?;
+            let request = renderer.render(connector, facts.event, context)?;
             let request = stamp(request, &facts.delivery_id, unix_seconds);
             Ok(Outgoing::Request(sign(request, &connector.signing)))
         }
@@ -127,7 +171,7 @@ fn mail(
     connector: &Connector,
     settings: &SmtpTarget,
     facts: &AttemptFacts,
-    context: &Value,
+    context: &TemplateContext,
 ) -> Result<(lettre::Message, String), Unprepared> {
     let email = renderer.render_email(connector, facts.event, context)?;
     let message_id = smtp::message_id(settings, &facts.delivery_id);

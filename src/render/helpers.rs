@@ -5,9 +5,12 @@
 //! Handlebars' built-ins `eq`, `ne`, `gt`, `gte`, `lt`, `lte`, `and`, `or`, `not`, `if`,
 //! `unless`, `each`, `with` and `lookup` are available too.
 
+use std::borrow::Cow;
+use std::cell::RefCell;
+
 use handlebars::{
-    Context, Handlebars, Helper, HelperDef, HelperResult, Output, RenderContext, RenderError,
-    RenderErrorReason, ScopedJson,
+    Context, Handlebars, Helper, HelperDef, HelperResult, Output, PathAndJson, RenderContext,
+    RenderError, RenderErrorReason, ScopedJson,
 };
 use serde_json::Value;
 
@@ -108,6 +111,47 @@ fn json_helper(
     Ok(())
 }
 
+thread_local! {
+    /// What `include` rendered in the render running on this thread: (context, partial) →
+    /// text. A partial rendered with the same context renders the same text, and templates
+    /// include the same partial more than once (a description, then its length).
+    static INCLUDED: RefCell<Option<Vec<(usize, String, String)>>> = const { RefCell::new(None) };
+}
+
+/// Runs one render (of any number of templates sharing one context) remembering what
+/// `include` rendered in it; outside such a scope nothing is remembered.
+pub fn include_memo<T>(render: impl FnOnce() -> T) -> T {
+    struct Restore(Option<Vec<(usize, String, String)>>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            INCLUDED.with(|m| *m.borrow_mut() = self.0.take());
+        }
+    }
+    let outer = INCLUDED.with(|m| m.borrow_mut().replace(Vec::new()));
+    let _restore = Restore(outer);
+    render()
+}
+
+fn included(ctx: &Context, name: &str) -> Option<String> {
+    let at = ctx as *const Context as usize;
+    INCLUDED.with(|m| {
+        m.borrow().as_ref().and_then(|memo| {
+            memo.iter()
+                .find(|(c, n, _)| *c == at && n == name)
+                .map(|(_, _, text)| text.clone())
+        })
+    })
+}
+
+fn remember_included(ctx: &Context, name: &str, text: &str) {
+    let at = ctx as *const Context as usize;
+    INCLUDED.with(|m| {
+        if let Some(memo) = m.borrow_mut().as_mut() {
+            memo.push((at, name.to_string(), text.to_string()));
+        }
+    });
+}
+
 /// `{{include "name"}}`: the partial `name` rendered as plain text, returned as a value so the
 /// including template escapes it for its content type (a JSON string, HTML).
 pub struct Include {
@@ -144,7 +188,10 @@ impl HelperDef for Include {
             .map(|p| text(p.value()))
             .ok_or(RenderErrorReason::ParamNotFoundForIndex("include", 0))?;
         if !registry.has_template(&name) {
-            return Err(failed("include", HelperError::NoPartial(name)));
+            return Err(failed("include", HelperError::NoPartial(name.into_owned())));
+        }
+        if let Some(rendered) = included(ctx, &name) {
+            return Ok(ScopedJson::Derived(Value::String(rendered)));
         }
         let mut rendered = registry.render_with_context(&name, ctx)?;
         // Files end with a line break; a value spliced into a string should not.
@@ -154,6 +201,7 @@ impl HelperDef for Include {
                 rendered.pop();
             }
         }
+        remember_included(ctx, &name, &rendered);
         Ok(ScopedJson::Derived(Value::String(rendered)))
     }
 }
@@ -203,13 +251,13 @@ pub const HELPER_NAMES: &[&str] = &[
 
 pub fn register(hb: &mut Handlebars) {
     hb.register_helper("json", Box::new(json_helper));
-    let helpers: [(&'static str, Compute); 22] = [
+    hb.register_helper("default", Box::new(DefaultHelper));
+    let helpers: [(&'static str, Compute); 21] = [
         ("oneline", |h, _| convert(h, oneline)),
         ("strip_control", |h, _| convert(h, strip_control)),
         ("slack_escape", |h, _| convert(h, slack_escape)),
         ("truncate_bytes", truncate_bytes),
         ("truncate_utf16", truncate_utf16),
-        ("default", default),
         ("upper", |h, _| convert(h, |s| s.to_uppercase())),
         ("lower", |h, _| convert(h, |s| s.to_lowercase())),
         ("truncate", truncate),
@@ -225,9 +273,11 @@ pub fn register(hb: &mut Handlebars) {
         ("pointer", pointer),
         ("priority", priority),
         ("concat", |h, _| {
-            Ok(Value::String(
-                h.params().iter().map(|p| text(p.value())).collect(),
-            ))
+            let mut out = String::new();
+            for p in h.params() {
+                out.push_str(&text(p.value()));
+            }
+            Ok(Value::String(out))
         }),
         ("trim", |h, _| convert(h, |s| s.trim().to_string())),
     ];
@@ -265,11 +315,12 @@ fn opt_arg<'a>(h: &'a Helper, index: usize) -> Result<Option<&'a Value>, HelperE
 }
 
 /// A value as text: strings as they are, null and missing as "", the rest as JSON.
-pub fn text(v: &Value) -> String {
+pub fn text(v: &Value) -> Cow<'_, str> {
     match v {
-        Value::String(s) => s.clone(),
-        Value::Null => String::new(),
-        other => other.to_string(),
+        // Borrowed: helpers read their text parameters, most of them without keeping them.
+        Value::String(s) => Cow::Borrowed(s),
+        Value::Null => Cow::Borrowed(""),
+        other => Cow::Owned(other.to_string()),
     }
 }
 
@@ -282,12 +333,47 @@ fn is_blank(v: &Value) -> bool {
 }
 
 /// `{{default value "fallback"}}`: the value, or the fallback when it is missing, null or blank.
-fn default(h: &Helper, _: &Context) -> Result<Value, HelperError> {
-    let fallback = arg(h, 1)?.clone();
-    match h.param(0) {
-        Some(p) if !p.is_value_missing() && !is_blank(p.value()) => Ok(p.value().clone()),
-        _ => Ok(fallback),
+/// Returns the chosen value itself where it lies in the context or the template, so a long
+/// text (`default incident.summary …`) is not copied.
+struct DefaultHelper;
+
+impl HelperDef for DefaultHelper {
+    fn call_inner<'reg: 'rc, 'rc>(
+        &self,
+        h: &Helper<'rc>,
+        _: &'reg Handlebars<'reg>,
+        ctx: &'rc Context,
+        _: &mut RenderContext<'reg, 'rc>,
+    ) -> Result<ScopedJson<'rc>, RenderError> {
+        let fail = |e: HelperError| failed("default", e);
+        bounds::check_budget().map_err(|e| fail(e.into()))?;
+        arg(h, 1).map_err(fail)?;
+        let chosen = match (h.param(0), h.param(1)) {
+            (Some(p), _) if !p.is_value_missing() && !is_blank(p.value()) => p,
+            (_, Some(fallback)) => fallback,
+            (_, None) => return Err(fail(HelperError::MissingParameter(2))),
+        };
+        if let Value::String(s) = chosen.value() {
+            bounds::check_output(s).map_err(|e| fail(e.into()))?;
+        }
+        Ok(borrowed(chosen, ctx).unwrap_or_else(|| ScopedJson::Derived(chosen.value().clone())))
     }
+}
+
+/// A parameter's value as a reference into the context (or the template's literal), when it
+/// is one; `None` for values helpers computed.
+fn borrowed<'rc>(p: &PathAndJson<'rc>, ctx: &'rc Context) -> Option<ScopedJson<'rc>> {
+    if let Some(constant) = p.try_get_constant_value() {
+        return Some(ScopedJson::Constant(constant));
+    }
+    let path = p.context_path()?;
+    let found = path.iter().try_fold(ctx.data(), |v, segment| match v {
+        Value::Object(m) => m.get(segment),
+        Value::Array(a) => segment.parse::<usize>().ok().and_then(|i| a.get(i)),
+        _ => None,
+    })?;
+    // The path is the one the value was found at from the root; checked all the same.
+    std::ptr::eq(found, p.value()).then(|| ScopedJson::Context(found, path.clone()))
 }
 
 /// `{{truncate text 100}}`: at most 100 characters, the last one `…` when cut. Counts
@@ -298,7 +384,7 @@ fn truncate(h: &Helper, _: &Context) -> Result<Value, HelperError> {
     let suffix = h
         .hash_get("suffix")
         .map(|v| text(v.value()))
-        .unwrap_or_else(|| "…".to_string());
+        .unwrap_or(Cow::Borrowed("…"));
     Ok(Value::String(truncate_chars(&s, max, &suffix)))
 }
 
@@ -357,7 +443,7 @@ fn truncate_bytes(h: &Helper, _: &Context) -> Result<Value, HelperError> {
     let s = text(arg(h, 0)?);
     let max = arg(h, 1)?.as_u64().ok_or(HelperError::NotALength)? as usize;
     if s.len() <= max {
-        return Ok(Value::String(s));
+        return Ok(Value::String(s.into_owned()));
     }
     let marker = "…";
     let mut cut = max.saturating_sub(marker.len());
@@ -377,7 +463,7 @@ fn truncate_utf16(h: &Helper, _: &Context) -> Result<Value, HelperError> {
     let s = text(arg(h, 0)?);
     let max = arg(h, 1)?.as_u64().ok_or(HelperError::NotALength)? as usize;
     if s.encode_utf16().count() <= max {
-        return Ok(Value::String(s));
+        return Ok(Value::String(s.into_owned()));
     }
     let budget = max.saturating_sub(1);
     let mut used = 0;
@@ -403,7 +489,7 @@ fn join(h: &Helper, _: &Context) -> Result<Value, HelperError> {
         .unwrap_or_else(|| ", ".into());
     Ok(Value::String(match arg(h, 0)? {
         Value::Array(items) => items.iter().map(text).collect::<Vec<_>>().join(&sep),
-        other => text(other),
+        other => text(other).into_owned(),
     }))
 }
 
@@ -433,16 +519,16 @@ fn replace(h: &Helper, _: &Context) -> Result<Value, HelperError> {
     let from = text(arg(h, 1)?);
     let to = text(arg(h, 2)?);
     if from.is_empty() {
-        return Ok(Value::String(s));
+        return Ok(Value::String(s.into_owned()));
     }
     // Refuse before building a result that many short matches would blow up.
     if to.len() > from.len() {
-        let grows_by = s.matches(from.as_str()).count() * (to.len() - from.len());
+        let grows_by = s.matches(from.as_ref()).count() * (to.len() - from.len());
         if s.len().saturating_add(grows_by) > bounds::MAX_HELPER_OUTPUT_BYTES {
             return Err(bounds::Exceeded::Output.into());
         }
     }
-    Ok(Value::String(s.replace(&from, &to)))
+    Ok(Value::String(s.replace(from.as_ref(), &to)))
 }
 
 /// `{{date value "%Y-%m-%d %H:%M %Z" "Europe/Paris"}}`: formats epoch seconds (fractional
@@ -456,10 +542,10 @@ fn date(h: &Helper, _: &Context) -> Result<Value, HelperError> {
         None => chrono_tz::UTC,
         Some(name) => name
             .parse::<chrono_tz::Tz>()
-            .map_err(|_| HelperError::NotATimeZone(name))?,
+            .map_err(|_| HelperError::NotATimeZone(name.into_owned()))?,
     };
     let Some(instant) = parse_time(&value) else {
-        return Ok(Value::String(text(&value)));
+        return Ok(Value::String(text(&value).into_owned()));
     };
     let local = instant.with_timezone(&zone);
     Ok(Value::String(match pattern {
@@ -467,7 +553,7 @@ fn date(h: &Helper, _: &Context) -> Result<Value, HelperError> {
         Some(p) => {
             let items: Vec<chrono::format::Item> = chrono::format::StrftimeItems::new(&p).collect();
             if items.contains(&chrono::format::Item::Error) {
-                return Err(HelperError::NotAPattern(p));
+                return Err(HelperError::NotAPattern(p.into_owned()));
             }
             local.format_with_items(items.into_iter()).to_string()
         }
@@ -604,9 +690,9 @@ fn tidy_lines(text: &str) -> String {
 fn contains(h: &Helper, _: &Context) -> Result<Value, HelperError> {
     let needle = arg(h, 1)?;
     let found = match arg(h, 0)? {
-        Value::String(s) => s.contains(&text(needle)),
+        Value::String(s) => s.contains(text(needle).as_ref()),
         Value::Array(items) => items.iter().any(|i| i == needle || text(i) == text(needle)),
-        Value::Object(map) => map.contains_key(&text(needle)),
+        Value::Object(map) => map.contains_key(text(needle).as_ref()),
         _ => false,
     };
     Ok(Value::Bool(found))
@@ -621,7 +707,7 @@ fn pointer(h: &Helper, ctx: &Context) -> Result<Value, HelperError> {
         _ => return Err(HelperError::NoPointer),
     };
     if !(ptr.is_empty() || ptr.starts_with('/')) {
-        return Err(HelperError::NotAPointer(ptr));
+        return Err(HelperError::NotAPointer(ptr.into_owned()));
     }
     Ok(base.pointer(&ptr).cloned().unwrap_or(Value::Null))
 }

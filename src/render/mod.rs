@@ -6,12 +6,16 @@
 //! URL templates percent-encode what they interpolate, so incident text cannot change the
 //! path or query. Handlebars has one escape function per registry, hence one registry per kind.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::OnceLock;
 
 pub mod bounds;
 pub mod derive;
 pub mod helpers;
+mod key;
+mod partial;
 
 use handlebars::{Context, Handlebars, RenderErrorReason};
 use serde_json::{Map, Value};
@@ -169,6 +173,8 @@ pub struct Renderer {
     html: Handlebars<'static>,
     plain: Handlebars<'static>,
     url: Handlebars<'static>,
+    /// Each connector's correlation key, when it can be read off the incident directly.
+    keys: BTreeMap<String, key::KeyPlan>,
 }
 
 /// What the gateway adds to the template context beside the incident's own fields.
@@ -193,42 +199,138 @@ pub struct DeliveryFacts<'a> {
 /// `payload` (the incident as received, for templates that forward it whole) and the derived
 /// fields of [`derive`].
 pub fn context(incident: &Value, facts: &DeliveryFacts) -> Value {
-    let mut map = match incident {
-        Value::Object(m) => m.clone(),
-        _ => Map::new(),
-    };
-    map.extend(derive::derived(incident));
-    map.insert("event".into(), Value::String(facts.event.as_str().into()));
-    map.insert(
-        "delivery".into(),
-        serde_json::json!({
-            "id": facts.delivery_id,
-            "attempt": facts.attempt,
-            "connector": facts.connector.name,
-        }),
-    );
-    map.insert(
-        "connector".into(),
-        serde_json::json!({
-            "name": facts.connector.name,
-            "priorities": facts.connector.priorities,
-            "vars": facts.connector.vars,
-        }),
-    );
-    map.insert(
-        "received_at".into(),
-        Value::String(facts.received_at.into()),
-    );
-    map.insert(
-        "ticket".into(),
-        serde_json::to_value(&facts.ticket).unwrap_or(Value::Null),
-    );
-    map.insert(
-        "completion".into(),
-        serde_json::to_value(&facts.completion).unwrap_or(Value::Null),
-    );
-    map.insert("payload".into(), incident.clone());
-    Value::Object(map)
+    IncidentContext::new(incident)
+        .into_template_context(facts)
+        .into_value()
+}
+
+/// The names of the gateway's facts in a context, in the order they are added.
+const FACTS: [&str; 6] = [
+    "event",
+    "delivery",
+    "connector",
+    "received_at",
+    "ticket",
+    "completion",
+];
+
+/// The part of a [`context`] that depends only on the incident version: its fields, the
+/// derived fields and `payload`. Computed once per version and shared (it is immutable);
+/// each attempt's [`TemplateContext`] starts from it.
+#[derive(Debug, Clone)]
+pub struct IncidentContext {
+    /// The whole context with every fact null, so that setting them keeps the order of keys
+    /// a context built in one go has (a key is replaced where it stands).
+    base: Map<String, Value>,
+}
+
+impl IncidentContext {
+    pub fn new(incident: &Value) -> IncidentContext {
+        let mut base = match incident {
+            Value::Object(m) => m.clone(),
+            _ => Map::new(),
+        };
+        base.extend(derive::derived(incident));
+        for name in FACTS {
+            base.insert(name.into(), Value::Null);
+        }
+        base.insert("payload".into(), incident.clone());
+        IncidentContext { base }
+    }
+
+    /// The context of one delivery: a copy of this one with the delivery's facts.
+    pub fn with_facts(&self, facts: &DeliveryFacts) -> TemplateContext {
+        self.clone().into_template_context(facts)
+    }
+
+    /// The context of one delivery, when this incident version has no other (no copy).
+    pub fn into_template_context(self, facts: &DeliveryFacts) -> TemplateContext {
+        let mut context = TemplateContext(Context::from(Value::Object(self.base)));
+        context.set_facts(facts);
+        context
+    }
+}
+
+/// A [`context`] as Handlebars reads it. Every template of a render borrows it, and it can be
+/// reused for another delivery of the same incident version by [`TemplateContext::set_facts`]
+/// (which is what correlation keys, one per connector, do).
+#[derive(Debug, Clone)]
+pub struct TemplateContext(Context);
+
+impl TemplateContext {
+    pub fn new(incident: &Value, facts: &DeliveryFacts) -> TemplateContext {
+        IncidentContext::new(incident).into_template_context(facts)
+    }
+
+    /// The context as JSON.
+    pub fn data(&self) -> &Value {
+        self.0.data()
+    }
+
+    pub fn into_value(self) -> Value {
+        let mut context = self.0;
+        std::mem::take(context.data_mut())
+    }
+
+    /// Replaces the gateway's facts with those of another delivery, in place: nothing that
+    /// depends on the incident alone is built again.
+    pub fn set_facts(&mut self, facts: &DeliveryFacts) {
+        let values: [Value; 6] = [
+            Value::String(facts.event.as_str().into()),
+            serde_json::json!({
+                "id": facts.delivery_id,
+                "attempt": facts.attempt,
+                "connector": facts.connector.name,
+            }),
+            serde_json::json!({
+                "name": facts.connector.name,
+                "priorities": facts.connector.priorities,
+                "vars": facts.connector.vars,
+            }),
+            Value::String(facts.received_at.into()),
+            serde_json::to_value(&facts.ticket).unwrap_or(Value::Null),
+            serde_json::to_value(&facts.completion).unwrap_or(Value::Null),
+        ];
+        let data = self.0.data_mut();
+        if !data.is_object() {
+            *data = Value::Object(Map::new());
+        }
+        if let Value::Object(map) = data {
+            for (name, value) in FACTS.into_iter().zip(values) {
+                match map.get_mut(name) {
+                    Some(slot) => *slot = value,
+                    None => {
+                        map.insert(name.into(), value);
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl From<Value> for TemplateContext {
+    fn from(value: Value) -> TemplateContext {
+        TemplateContext(Context::from(value))
+    }
+}
+
+/// What the render functions accept as the context: a [`TemplateContext`], borrowed, or any
+/// JSON value (copied into one).
+pub trait AsContext {
+    fn as_context(&self) -> Cow<'_, Context>;
+}
+
+impl AsContext for TemplateContext {
+    fn as_context(&self) -> Cow<'_, Context> {
+        Cow::Borrowed(&self.0)
+    }
+}
+
+impl AsContext for Value {
+    fn as_context(&self) -> Cow<'_, Context> {
+        // What `Context::wraps` made of it, without serializing.
+        Cow::Owned(Context::from(self.clone()))
+    }
 }
 
 fn url_name(connector: &str, event: Event) -> String {
@@ -301,7 +403,11 @@ fn from_render_error(name: &str, e: handlebars::RenderError) -> RenderError {
 /// The innermost block helper (`{{#name …}}`) left open at the end of `text`, with its line
 /// and column.
 fn unclosed_block(text: &str) -> Option<(String, usize, usize)> {
-    let tag = regex::Regex::new(r"\{\{~?\s*([#/])\s*([A-Za-z_][\w-]*)").ok()?;
+    // Compiled once: check and the admin API report compile errors of many templates.
+    static TAG: OnceLock<Option<regex::Regex>> = OnceLock::new();
+    let tag = TAG
+        .get_or_init(|| regex::Regex::new(r"\{\{~?\s*([#/])\s*([A-Za-z_][\w-]*)").ok())
+        .as_ref()?;
     let mut open: Vec<(String, usize)> = Vec::new();
     for m in tag.captures_iter(text) {
         let (Some(whole), Some(kind), Some(name)) = (m.get(0), m.get(1), m.get(2)) else {
@@ -381,6 +487,7 @@ impl Renderer {
             text.register_template_string(&p.name, &p.text)
                 .map_err(|e| compile_error(&p.shown, &p.text, e))?;
         }
+        partial::rewrite(&mut text);
         let text = std::sync::Arc::new(text);
         let mut r = Renderer {
             partial_files: partials
@@ -391,6 +498,7 @@ impl Renderer {
             html: registry(Escape::Html),
             plain: registry(Escape::None),
             url: registry(Escape::Url),
+            keys: BTreeMap::new(),
         };
         for hb in [&mut r.json, &mut r.html, &mut r.plain] {
             hb.register_helper("include", Box::new(helpers::Include::new(text.clone())));
@@ -402,6 +510,18 @@ impl Renderer {
         for c in connectors {
             r.add_connector(c)?;
         }
+        for hb in [&mut r.json, &mut r.html, &mut r.plain, &mut r.url] {
+            partial::rewrite(hb);
+        }
+        r.keys = connectors
+            .iter()
+            .map(|c| {
+                (
+                    c.name.clone(),
+                    key::KeyPlan::of(&r.plain, &key_name(&c.name)),
+                )
+            })
+            .collect();
         Ok(r)
     }
 
@@ -508,7 +628,7 @@ impl Renderer {
         &self,
         connector: &Connector,
         event: Event,
-        context: &Value,
+        context: &(impl AsContext + ?Sized),
     ) -> Result<RenderedEmail, RenderError> {
         let Target::Smtp(smtp) = &connector.target else {
             return Err(wrong_target(connector, "it is not an smtp connector"));
@@ -519,12 +639,22 @@ impl Renderer {
                 format!("the connector sends no email for `{}`", event.as_str()),
             ));
         };
-        let ctx = Context::wraps(context).map_err(|e| {
-            RenderError::unlocated(request.template.as_written.clone(), e.to_string())
-        })?;
+        let ctx = context.as_context();
+        let ctx: &Context = &ctx;
+        helpers::include_memo(|| self.email_with(connector, smtp, request, event, ctx))
+    }
+
+    fn email_with(
+        &self,
+        connector: &Connector,
+        smtp: &SmtpTarget,
+        request: &MailMessage,
+        event: Event,
+        ctx: &Context,
+    ) -> Result<RenderedEmail, RenderError> {
         let body = |path: &TemplatePath| {
             self.body_registry(&path.as_written)
-                .render_with_context(&path.as_written, &ctx)
+                .render_with_context(&path.as_written, ctx)
                 .map_err(|e| self.locate_partial(from_render_error(&path.as_written, e)))
         };
         let text = body(&request.template)?;
@@ -533,11 +663,11 @@ impl Renderer {
             None => None,
         };
         let mut subject = helpers::oneline(
-            &self.render_plain(&mail_name(&connector.name, event, "subject"), &ctx)?,
+            &self.render_plain(&mail_name(&connector.name, event, "subject"), ctx)?,
         );
         if smtp.subject_tag.is_some() {
             let tag = helpers::oneline(
-                &self.render_plain(&mail_name(&connector.name, event, "subject_tag"), &ctx)?,
+                &self.render_plain(&mail_name(&connector.name, event, "subject_tag"), ctx)?,
             );
             if !tag.is_empty() && !subject.contains(&tag) {
                 subject = format!("{tag} {subject}");
@@ -548,7 +678,7 @@ impl Renderer {
                 .map(|i| {
                     self.render_plain(
                         &mail_name(&connector.name, event, &format!("{prefix} {i}")),
-                        &ctx,
+                        ctx,
                     )
                     .map(|a| a.trim().to_string())
                 })
@@ -569,16 +699,21 @@ impl Renderer {
     pub fn correlation_key(
         &self,
         connector: &Connector,
-        context: &Value,
+        context: &(impl AsContext + ?Sized),
     ) -> Result<String, RenderError> {
         let name = key_name(&connector.name);
-        let ctx = Context::wraps(context)
-            .map_err(|e| RenderError::unlocated(name.clone(), e.to_string()))?;
-        let key = self
-            .plain
-            .render_with_context(&name, &ctx)
+        let ctx = context.as_context();
+        let key = helpers::include_memo(|| self.plain.render_with_context(&name, &ctx))
             .map_err(|e| self.locate_partial(from_render_error(&name, e)))?;
         Ok(key.trim().to_string())
+    }
+
+    /// The connector's correlation key read off the incident alone, trimmed, when its template
+    /// is text and references to the incident's own fields; `None` when it must be rendered
+    /// with [`Renderer::correlation_key`] (another template, or a field this incident lacks).
+    pub fn plain_correlation_key(&self, connector: &Connector, incident: &Value) -> Option<String> {
+        let key = self.keys.get(&connector.name)?.render(incident)?;
+        Some(key.trim().to_string())
     }
 
     fn body_registry_mut(&mut self, name: &str) -> &mut Handlebars<'static> {
@@ -611,7 +746,7 @@ impl Renderer {
         &self,
         escape: Escape,
         template: &str,
-        context: &Value,
+        context: &(impl AsContext + ?Sized),
     ) -> Result<String, RenderError> {
         let hb = match escape {
             Escape::Json => &self.json,
@@ -619,9 +754,8 @@ impl Renderer {
             Escape::None => &self.plain,
             Escape::Url => &self.url,
         };
-        let ctx = Context::wraps(context)
-            .map_err(|e| RenderError::unlocated("(inline)", e.to_string()))?;
-        hb.render_template_with_context(template, &ctx)
+        let ctx = context.as_context();
+        helpers::include_memo(|| hb.render_template_with_context(template, &ctx))
             .map_err(|e| self.locate_partial(from_render_error("(inline)", e)))
     }
 
@@ -630,7 +764,7 @@ impl Renderer {
         &self,
         connector: &Connector,
         event: Event,
-        context: &Value,
+        context: &(impl AsContext + ?Sized),
     ) -> Result<RenderedRequest, RenderError> {
         let Target::Http(http) = &connector.target else {
             return Err(wrong_target(connector, "it sends email, not HTTP requests"));
@@ -641,18 +775,27 @@ impl Renderer {
                 format!("the connector skips `{}`", event.as_str()),
             )
         })?;
-        let ctx = Context::wraps(context).map_err(|e| {
-            RenderError::unlocated(request.template.as_written.clone(), e.to_string())
-        })?;
+        let ctx = context.as_context();
+        let ctx: &Context = &ctx;
+        helpers::include_memo(|| self.request_with(connector, event, request, ctx))
+    }
+
+    fn request_with(
+        &self,
+        connector: &Connector,
+        event: Event,
+        request: &HttpRequest,
+        ctx: &Context,
+    ) -> Result<RenderedRequest, RenderError> {
         let body_name = &request.template.as_written;
         let body = self
             .body_registry(body_name)
-            .render_with_context(body_name, &ctx)
+            .render_with_context(body_name, ctx)
             .map_err(|e| self.locate_partial(from_render_error(body_name, e)))?;
         let url_template = url_name(&connector.name, event);
         let url = self
             .url
-            .render_with_context(&url_template, &ctx)
+            .render_with_context(&url_template, ctx)
             .map_err(|e| from_render_error(&url_template, e))?;
         if url.contains(DOT_SEGMENT_MARKER) {
             return Err(RenderError {
@@ -684,7 +827,7 @@ impl Renderer {
             let hn = header_name(&connector.name, event, header);
             let value = self
                 .plain
-                .render_with_context(&hn, &ctx)
+                .render_with_context(&hn, ctx)
                 .map_err(|e| self.locate_partial(from_render_error(&hn, e)))?;
             // Incident text must never add a header line, nor carry what HTTP forbids there.
             if reqwest::header::HeaderValue::from_str(&value).is_err() {
