@@ -7,6 +7,8 @@
 
 use std::borrow::Cow;
 use std::cell::RefCell;
+use std::collections::HashSet;
+use std::sync::Arc;
 
 use handlebars::{
     Context, Handlebars, Helper, HelperDef, HelperResult, Output, PathAndJson, RenderContext,
@@ -15,6 +17,7 @@ use handlebars::{
 use serde_json::Value;
 
 use super::bounds;
+use super::memo::{self, VersionMemo};
 use crate::model::ThreatRating;
 
 type Compute = fn(&Helper, &Context) -> Result<Value, HelperError>;
@@ -111,32 +114,50 @@ fn json_helper(
     Ok(())
 }
 
+/// What the render running on this thread remembers.
+struct Scope {
+    /// What `include` rendered in this render: (context, partial) → text. A partial rendered
+    /// with the same context renders the same text, and templates include the same partial
+    /// more than once (a description, then its length).
+    included: Vec<(usize, String, String)>,
+    /// What renders of this incident version share (see [`memo`]).
+    version: Option<Arc<VersionMemo>>,
+}
+
 thread_local! {
-    /// What `include` rendered in the render running on this thread: (context, partial) →
-    /// text. A partial rendered with the same context renders the same text, and templates
-    /// include the same partial more than once (a description, then its length).
-    static INCLUDED: RefCell<Option<Vec<(usize, String, String)>>> = const { RefCell::new(None) };
+    static SCOPE: RefCell<Option<Scope>> = const { RefCell::new(None) };
 }
 
 /// Runs one render (of any number of templates sharing one context) remembering what
-/// `include` rendered in it; outside such a scope nothing is remembered.
-pub fn include_memo<T>(render: impl FnOnce() -> T) -> T {
-    struct Restore(Option<Vec<(usize, String, String)>>);
+/// `include` rendered in it, and sharing with other renders of the incident version what
+/// `version` keeps. Outside such a scope nothing is remembered.
+pub fn render_scope<T>(version: Option<Arc<VersionMemo>>, render: impl FnOnce() -> T) -> T {
+    struct Restore(Option<Scope>);
     impl Drop for Restore {
         fn drop(&mut self) {
-            INCLUDED.with(|m| *m.borrow_mut() = self.0.take());
+            SCOPE.with(|s| *s.borrow_mut() = self.0.take());
         }
     }
-    let outer = INCLUDED.with(|m| m.borrow_mut().replace(Vec::new()));
+    let scope = Scope {
+        included: Vec::new(),
+        version,
+    };
+    let outer = SCOPE.with(|s| s.borrow_mut().replace(scope));
     let _restore = Restore(outer);
     render()
 }
 
+fn version_memo() -> Option<Arc<VersionMemo>> {
+    SCOPE.with(|s| s.borrow().as_ref().and_then(|s| s.version.clone()))
+}
+
 fn included(ctx: &Context, name: &str) -> Option<String> {
     let at = ctx as *const Context as usize;
-    INCLUDED.with(|m| {
-        m.borrow().as_ref().and_then(|memo| {
-            memo.iter()
+    SCOPE.with(|s| {
+        s.borrow().as_ref().and_then(|scope| {
+            scope
+                .included
+                .iter()
                 .find(|(c, n, _)| *c == at && n == name)
                 .map(|(_, _, text)| text.clone())
         })
@@ -145,9 +166,11 @@ fn included(ctx: &Context, name: &str) -> Option<String> {
 
 fn remember_included(ctx: &Context, name: &str, text: &str) {
     let at = ctx as *const Context as usize;
-    INCLUDED.with(|m| {
-        if let Some(memo) = m.borrow_mut().as_mut() {
-            memo.push((at, name.to_string(), text.to_string()));
+    SCOPE.with(|s| {
+        if let Some(scope) = s.borrow_mut().as_mut() {
+            scope
+                .included
+                .push((at, name.to_string(), text.to_string()));
         }
     });
 }
@@ -156,17 +179,25 @@ fn remember_included(ctx: &Context, name: &str, text: &str) {
 /// including template escapes it for its content type (a JSON string, HTML).
 pub struct Include {
     /// The plain-text registry holding the partials; `None` inside that registry itself.
-    text: Option<std::sync::Arc<Handlebars<'static>>>,
+    text: Option<Arc<Handlebars<'static>>>,
+    /// The partials whose text depends on the incident alone ([`memo::incident_only`]).
+    incident_only: Arc<HashSet<String>>,
 }
 
 impl Include {
-    pub fn new(text: std::sync::Arc<Handlebars<'static>>) -> Include {
-        Include { text: Some(text) }
+    pub fn new(text: Arc<Handlebars<'static>>, incident_only: Arc<HashSet<String>>) -> Include {
+        Include {
+            text: Some(text),
+            incident_only,
+        }
     }
 
     /// For the plain-text registry itself, so a partial can include another.
-    pub fn within() -> Include {
-        Include { text: None }
+    pub fn within(incident_only: Arc<HashSet<String>>) -> Include {
+        Include {
+            text: None,
+            incident_only,
+        }
     }
 }
 
@@ -193,6 +224,15 @@ impl HelperDef for Include {
         if let Some(rendered) = included(ctx, &name) {
             return Ok(ScopedJson::Derived(Value::String(rendered)));
         }
+        let version = self
+            .incident_only
+            .contains(name.as_ref())
+            .then(version_memo)
+            .flatten();
+        if let Some(rendered) = version.as_ref().and_then(|v| v.included(&name)) {
+            remember_included(ctx, &name, &rendered);
+            return Ok(ScopedJson::Derived(Value::String(rendered)));
+        }
         let mut rendered = registry.render_with_context(&name, ctx)?;
         // Files end with a line break; a value spliced into a string should not.
         if rendered.ends_with('\n') {
@@ -202,6 +242,9 @@ impl HelperDef for Include {
             }
         }
         remember_included(ctx, &name, &rendered);
+        if let Some(version) = version {
+            version.keep_included(&name, &rendered);
+        }
         Ok(ScopedJson::Derived(Value::String(rendered)))
     }
 }
@@ -266,9 +309,15 @@ pub fn register(hb: &mut Handlebars) {
         ("len", len),
         ("replace", replace),
         ("date", date),
-        ("strip_html", |h, _| convert(h, strip_html)),
-        ("html_to_text", |h, _| convert(h, html_to_text)),
-        ("markdown_to_text", |h, _| convert(h, markdown_to_text)),
+        ("strip_html", |h, _| {
+            convert_kept(h, "strip_html", strip_html)
+        }),
+        ("html_to_text", |h, _| {
+            convert_kept(h, "html_to_text", html_to_text)
+        }),
+        ("markdown_to_text", |h, _| {
+            convert_kept(h, "markdown_to_text", markdown_to_text)
+        }),
         ("contains", contains),
         ("pointer", pointer),
         ("priority", priority),
@@ -289,6 +338,28 @@ pub fn register(hb: &mut Handlebars) {
 /// A helper of one text parameter that returns text.
 fn convert(h: &Helper, f: fn(&str) -> String) -> Result<Value, HelperError> {
     Ok(Value::String(f(&text(arg(h, 0)?))))
+}
+
+/// [`convert`] for the costly conversions: the renders of one incident version convert each
+/// of its texts once.
+fn convert_kept(
+    h: &Helper,
+    helper: &'static str,
+    f: fn(&str) -> String,
+) -> Result<Value, HelperError> {
+    let input = text(arg(h, 0)?);
+    if input.len() < memo::MIN_CONVERT_BYTES {
+        return Ok(Value::String(f(&input)));
+    }
+    let version = version_memo();
+    if let Some(out) = version.as_ref().and_then(|v| v.converted(helper, &input)) {
+        return Ok(Value::String(out));
+    }
+    let out = f(&input);
+    if let Some(v) = version {
+        v.keep_converted(helper, &input, &out);
+    }
+    Ok(Value::String(out))
 }
 
 /// A parameter's value. Strict, as the rest of the template is: a parameter naming a

@@ -9,12 +9,13 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 pub mod bounds;
 pub mod derive;
 pub mod helpers;
 mod key;
+pub mod memo;
 mod partial;
 
 use handlebars::{Context, Handlebars, RenderErrorReason};
@@ -22,6 +23,7 @@ use serde_json::{Map, Value};
 
 use crate::connector::{Connector, HttpRequest, MailMessage, SmtpTarget, Target, TemplatePath};
 use crate::model::{Completion, Event, TicketFacts};
+use memo::VersionMemo;
 
 /// A template that does not compile or does not render, located in its file.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -222,6 +224,8 @@ pub struct IncidentContext {
     /// The whole context with every fact null, so that setting them keeps the order of keys
     /// a context built in one go has (a key is replaced where it stands).
     base: Map<String, Value>,
+    /// What the renders of this version share (partials of the incident alone, conversions).
+    memo: Arc<VersionMemo>,
 }
 
 impl IncidentContext {
@@ -235,7 +239,10 @@ impl IncidentContext {
             base.insert(name.into(), Value::Null);
         }
         base.insert("payload".into(), incident.clone());
-        IncidentContext { base }
+        IncidentContext {
+            base,
+            memo: Arc::default(),
+        }
     }
 
     /// The context of one delivery: a copy of this one with the delivery's facts.
@@ -245,7 +252,10 @@ impl IncidentContext {
 
     /// The context of one delivery, when this incident version has no other (no copy).
     pub fn into_template_context(self, facts: &DeliveryFacts) -> TemplateContext {
-        let mut context = TemplateContext(Context::from(Value::Object(self.base)));
+        let mut context = TemplateContext {
+            context: Context::from(Value::Object(self.base)),
+            memo: Some(self.memo),
+        };
         context.set_facts(facts);
         context
     }
@@ -255,7 +265,11 @@ impl IncidentContext {
 /// reused for another delivery of the same incident version by [`TemplateContext::set_facts`]
 /// (which is what correlation keys, one per connector, do).
 #[derive(Debug, Clone)]
-pub struct TemplateContext(Context);
+pub struct TemplateContext {
+    context: Context,
+    /// Shared with the other contexts of the incident version; facts never reach it.
+    memo: Option<Arc<VersionMemo>>,
+}
 
 impl TemplateContext {
     pub fn new(incident: &Value, facts: &DeliveryFacts) -> TemplateContext {
@@ -264,11 +278,11 @@ impl TemplateContext {
 
     /// The context as JSON.
     pub fn data(&self) -> &Value {
-        self.0.data()
+        self.context.data()
     }
 
     pub fn into_value(self) -> Value {
-        let mut context = self.0;
+        let mut context = self.context;
         std::mem::take(context.data_mut())
     }
 
@@ -291,7 +305,7 @@ impl TemplateContext {
             serde_json::to_value(&facts.ticket).unwrap_or(Value::Null),
             serde_json::to_value(&facts.completion).unwrap_or(Value::Null),
         ];
-        let data = self.0.data_mut();
+        let data = self.context.data_mut();
         if !data.is_object() {
             *data = Value::Object(Map::new());
         }
@@ -310,7 +324,10 @@ impl TemplateContext {
 
 impl From<Value> for TemplateContext {
     fn from(value: Value) -> TemplateContext {
-        TemplateContext(Context::from(value))
+        TemplateContext {
+            context: Context::from(value),
+            memo: Some(Arc::default()),
+        }
     }
 }
 
@@ -318,11 +335,20 @@ impl From<Value> for TemplateContext {
 /// JSON value (copied into one).
 pub trait AsContext {
     fn as_context(&self) -> Cow<'_, Context>;
+
+    /// What renders of the same incident version share, if this context knows its version.
+    fn memo(&self) -> Option<Arc<VersionMemo>> {
+        None
+    }
 }
 
 impl AsContext for TemplateContext {
     fn as_context(&self) -> Cow<'_, Context> {
-        Cow::Borrowed(&self.0)
+        Cow::Borrowed(&self.context)
+    }
+
+    fn memo(&self) -> Option<Arc<VersionMemo>> {
+        self.memo.clone()
     }
 }
 
@@ -480,7 +506,6 @@ impl Renderer {
         // including template then escapes for its own content type. So a multi-line partial
         // can fill a JSON string, which `{{> name}}` (raw text) cannot.
         let mut text = registry(Escape::None);
-        text.register_helper("include", Box::new(helpers::Include::within()));
         for p in &partials {
             text.register_partial(&p.name, &p.text)
                 .map_err(|e| compile_error(&p.shown, &p.text, e))?;
@@ -488,7 +513,13 @@ impl Renderer {
                 .map_err(|e| compile_error(&p.shown, &p.text, e))?;
         }
         partial::rewrite(&mut text);
-        let text = std::sync::Arc::new(text);
+        // Which partials read the incident alone: their text is kept per incident version.
+        let incident_only = Arc::new(memo::incident_only(&text));
+        text.register_helper(
+            "include",
+            Box::new(helpers::Include::within(incident_only.clone())),
+        );
+        let text = Arc::new(text);
         let mut r = Renderer {
             partial_files: partials
                 .iter()
@@ -501,7 +532,10 @@ impl Renderer {
             keys: BTreeMap::new(),
         };
         for hb in [&mut r.json, &mut r.html, &mut r.plain] {
-            hb.register_helper("include", Box::new(helpers::Include::new(text.clone())));
+            hb.register_helper(
+                "include",
+                Box::new(helpers::Include::new(text.clone(), incident_only.clone())),
+            );
             for p in &partials {
                 hb.register_partial(&p.name, &p.text)
                     .map_err(|e| compile_error(&p.shown, &p.text, e))?;
@@ -641,7 +675,9 @@ impl Renderer {
         };
         let ctx = context.as_context();
         let ctx: &Context = &ctx;
-        helpers::include_memo(|| self.email_with(connector, smtp, request, event, ctx))
+        helpers::render_scope(context.memo(), || {
+            self.email_with(connector, smtp, request, event, ctx)
+        })
     }
 
     fn email_with(
@@ -703,8 +739,10 @@ impl Renderer {
     ) -> Result<String, RenderError> {
         let name = key_name(&connector.name);
         let ctx = context.as_context();
-        let key = helpers::include_memo(|| self.plain.render_with_context(&name, &ctx))
-            .map_err(|e| self.locate_partial(from_render_error(&name, e)))?;
+        let key = helpers::render_scope(context.memo(), || {
+            self.plain.render_with_context(&name, &ctx)
+        })
+        .map_err(|e| self.locate_partial(from_render_error(&name, e)))?;
         Ok(key.trim().to_string())
     }
 
@@ -755,8 +793,10 @@ impl Renderer {
             Escape::Url => &self.url,
         };
         let ctx = context.as_context();
-        helpers::include_memo(|| hb.render_template_with_context(template, &ctx))
-            .map_err(|e| self.locate_partial(from_render_error("(inline)", e)))
+        helpers::render_scope(context.memo(), || {
+            hb.render_template_with_context(template, &ctx)
+        })
+        .map_err(|e| self.locate_partial(from_render_error("(inline)", e)))
     }
 
     /// Renders the request `connector` sends for `context` (see [`context`]).
@@ -777,7 +817,9 @@ impl Renderer {
         })?;
         let ctx = context.as_context();
         let ctx: &Context = &ctx;
-        helpers::include_memo(|| self.request_with(connector, event, request, ctx))
+        helpers::render_scope(context.memo(), || {
+            self.request_with(connector, event, request, ctx)
+        })
     }
 
     fn request_with(

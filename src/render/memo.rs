@@ -1,0 +1,213 @@
+//! What renders of one incident version can share: the partials `include` rendered that read
+//! nothing but the incident (a title, the incident as text), and the text conversions
+//! (`html_to_text`, `markdown_to_text`, `strip_html`) of its texts. Each connector and event
+//! renders the same incident; only the gateway's facts change between them.
+//!
+//! A partial reads nothing but the incident when no template it runs (itself, the partials it
+//! calls or includes) names a fact (`event`, `delivery`, `connector`, `received_at`, `ticket`,
+//! `completion`), reads the whole context (`this` at its top, `@root`, `..`), or calls a
+//! helper that reads the context itself (`priority`, `pointer` without a value to read from).
+//! Read conservatively: a partial that might is rendered every time.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+
+use handlebars::template::{Parameter, Template, TemplateElement};
+use handlebars::{Handlebars, Path};
+use serde_json::Value;
+
+/// Facts a context gives beside the incident (see [`super::context`]).
+const FACTS: &[&str] = &[
+    "event",
+    "delivery",
+    "connector",
+    "received_at",
+    "ticket",
+    "completion",
+];
+
+/// At most this much text is kept per incident version; past it, nothing more is kept.
+const MAX_BYTES: usize = 4 * 1024 * 1024;
+
+/// Inputs shorter than this are converted every time: a lookup would cost about as much.
+pub const MIN_CONVERT_BYTES: usize = 64;
+
+/// The renders of one incident version's shared results (see the module).
+#[derive(Debug, Default)]
+pub struct VersionMemo {
+    inner: Mutex<Kept>,
+}
+
+#[derive(Debug, Default)]
+struct Kept {
+    included: HashMap<String, String>,
+    /// (helper, input) → output.
+    converted: HashMap<(&'static str, String), String>,
+    bytes: usize,
+}
+
+impl VersionMemo {
+    pub fn included(&self, name: &str) -> Option<String> {
+        self.inner.lock().ok()?.included.get(name).cloned()
+    }
+
+    pub fn keep_included(&self, name: &str, text: &str) {
+        if let Ok(mut kept) = self.inner.lock()
+            && kept.bytes + text.len() <= MAX_BYTES
+        {
+            kept.bytes += text.len();
+            kept.included.insert(name.to_string(), text.to_string());
+        }
+    }
+
+    pub fn converted(&self, helper: &'static str, input: &str) -> Option<String> {
+        let kept = self.inner.lock().ok()?;
+        // The key is owned; look it up without building one for every call.
+        kept.converted
+            .iter()
+            .find(|((h, i), _)| *h == helper && i == input)
+            .map(|(_, out)| out.clone())
+    }
+
+    pub fn keep_converted(&self, helper: &'static str, input: &str, output: &str) {
+        if let Ok(mut kept) = self.inner.lock()
+            && kept.bytes + input.len() + output.len() <= MAX_BYTES
+        {
+            kept.bytes += input.len() + output.len();
+            kept.converted
+                .insert((helper, input.to_string()), output.to_string());
+        }
+    }
+}
+
+/// The templates of `hb` whose output depends on the incident alone (see the module).
+pub fn incident_only(hb: &Handlebars<'static>) -> HashSet<String> {
+    let templates = hb.get_templates();
+    let mut verdicts: HashMap<String, bool> = HashMap::new();
+    for name in templates.keys() {
+        judge(name, templates, &mut verdicts);
+    }
+    verdicts
+        .into_iter()
+        .filter(|(_, ok)| *ok)
+        .map(|(n, _)| n)
+        .collect()
+}
+
+fn judge(
+    name: &str,
+    templates: &HashMap<String, Template>,
+    verdicts: &mut HashMap<String, bool>,
+) -> bool {
+    if let Some(v) = verdicts.get(name) {
+        return *v;
+    }
+    // Until decided (a partial that calls itself): no.
+    verdicts.insert(name.to_string(), false);
+    let Some(t) = templates.get(name) else {
+        return false;
+    };
+    let mut calls = Vec::new();
+    let ok =
+        elements_ok(t, true, &mut calls) && calls.iter().all(|c| judge(c, templates, verdicts));
+    verdicts.insert(name.to_string(), ok);
+    ok
+}
+
+/// Whether the elements of `t` read only the incident; the partials they run go to `calls`.
+fn elements_ok(t: &Template, top: bool, calls: &mut Vec<String>) -> bool {
+    t.elements.iter().all(|e| match e {
+        TemplateElement::RawString(_) | TemplateElement::Comment(_) => true,
+        TemplateElement::Expression(h) | TemplateElement::HtmlExpression(h) => {
+            helper_ok(&h.name, &h.params, &h.hash, top, calls)
+        }
+        TemplateElement::HelperBlock(h) => {
+            let inner_top = top && !matches!(h.name.as_name(), Some("each" | "with"));
+            helper_ok(&h.name, &h.params, &h.hash, top, calls)
+                && h.template
+                    .as_ref()
+                    .is_none_or(|t| elements_ok(t, inner_top, calls))
+                && h.inverse
+                    .as_ref()
+                    .is_none_or(|t| elements_ok(t, top, calls))
+        }
+        TemplateElement::PartialExpression(d) if d.template.is_none() => {
+            let Some(name) = d.name.as_name() else {
+                return false;
+            };
+            calls.push(name.to_string());
+            d.params.iter().all(|p| param_ok(p, top, calls))
+                && d.hash.values().all(|p| param_ok(p, top, calls))
+        }
+        _ => false,
+    })
+}
+
+fn helper_ok(
+    name: &Parameter,
+    params: &[Parameter],
+    hash: &HashMap<String, Parameter>,
+    top: bool,
+    calls: &mut Vec<String>,
+) -> bool {
+    let helper = match name {
+        Parameter::Name(n) => Some(n.as_str()),
+        Parameter::Path(p) => Some(raw(p)),
+        _ => None,
+    };
+    let literal = |i: usize| match params.get(i) {
+        Some(Parameter::Literal(Value::String(s))) => Some(s.as_str()),
+        _ => None,
+    };
+    let reads_context = match helper {
+        Some("priority") => true,
+        // `{{pointer "/a/b"}}` reads the context from its root.
+        Some("pointer") if params.len() < 2 => {
+            literal(0).is_none_or(|p| FACTS.contains(&p.split('/').nth(1).unwrap_or("")))
+        }
+        // A partial, called by the rewritten `{{> name}}` or by `include`.
+        Some(">" | "include") => match literal(0) {
+            Some(partial) => {
+                calls.push(partial.to_string());
+                false
+            }
+            None => true,
+        },
+        _ => false,
+    };
+    !reads_context
+        && param_ok(name, top, calls)
+        && params.iter().all(|p| param_ok(p, top, calls))
+        && hash.values().all(|p| param_ok(p, top, calls))
+}
+
+fn raw(p: &Path) -> &str {
+    match p {
+        Path::Relative((_, raw)) | Path::Local((_, _, raw)) => raw,
+    }
+}
+
+fn param_ok(p: &Parameter, top: bool, calls: &mut Vec<String>) -> bool {
+    match p {
+        Parameter::Path(path) => {
+            let raw = raw(path);
+            let mut segments = raw.split(['.', '/']).map(|s| s.trim_matches(['[', ']']));
+            let first = segments.next().unwrap_or("");
+            let named = match first {
+                "@root" => segments.next().unwrap_or(""),
+                _ => first,
+            };
+            let whole_scope = first.is_empty() || first == "this";
+            !raw.contains("..")
+                && !(first == "@root" && named.is_empty())
+                && !(top && whole_scope)
+                && !FACTS.contains(&named)
+        }
+        Parameter::Subexpression(s) => match s.as_element() {
+            TemplateElement::Expression(h) => helper_ok(&h.name, &h.params, &h.hash, top, calls),
+            _ => false,
+        },
+        Parameter::Name(_) | Parameter::Literal(_) => true,
+        _ => false,
+    }
+}
