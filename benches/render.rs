@@ -196,6 +196,16 @@ fn bench_context(c: &mut Criterion, configs: &[(Config, Renderer)], incidents: &
     g.bench_function("set_facts/sample", |b| {
         b.iter(|| prepare::set_facts(&mut reused, connector, &updated))
     });
+    // As an attempt gets it (prepare): the context of an incident version prepared lately,
+    // with this attempt's facts.
+    let sample = &incidents[0].1;
+    g.bench_function("recent/sample", |b| {
+        b.iter(|| {
+            prepare::recent_context(connector, sample, &updated)
+                .data()
+                .is_object()
+        })
+    });
     let sample = &incidents[0].1;
     g.bench_function("preview/sample", |b| {
         b.iter(|| cli::preview_context(renderer, sample, connector, Event::Updated))
@@ -244,6 +254,29 @@ fn bench_render(c: &mut Criterion, configs: &[(Config, Renderer)], incidents: &[
                     }
                 }
             }
+        }
+    }
+    g.finish();
+    // The first render of an incident version: its context built, nothing kept yet.
+    let mut g = c.benchmark_group("render_first");
+    g.throughput(Throughput::Elements(1));
+    let sample = &incidents[0].1;
+    for (config, renderer) in configs {
+        for connector in &config.connectors {
+            let facts = facts(sample, connector, Event::Created);
+            g.bench_function(format!("{}/created/sample", connector.name), |b| {
+                b.iter(|| {
+                    let context = prepare::attempt_context(connector, sample, &facts);
+                    match &connector.target {
+                        Target::Http(_) => {
+                            renderer.render(connector, Event::Created, &context).is_ok()
+                        }
+                        Target::Smtp(_) => renderer
+                            .render_email(connector, Event::Created, &context)
+                            .is_ok(),
+                    }
+                })
+            });
         }
     }
     g.finish();

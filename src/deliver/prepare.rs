@@ -5,6 +5,9 @@
 //! admin's preview) and the fuzz target call the very same steps, so what they show is what
 //! a delivery sends.
 
+use std::collections::VecDeque;
+use std::sync::Mutex;
+
 use serde_json::Value;
 
 use crate::connector::{Connector, SmtpTarget, Target};
@@ -58,7 +61,7 @@ pub fn context(connector: &Connector, incident: &Value, facts: &AttemptFacts) ->
     attempt_context(connector, incident, facts).into_value()
 }
 
-/// [`context`] as the renderer reads it.
+/// [`context`] as the renderer reads it, built anew.
 pub fn attempt_context(
     connector: &Connector,
     incident: &Value,
@@ -66,6 +69,75 @@ pub fn attempt_context(
 ) -> TemplateContext {
     let received_at = model::rfc3339(facts.received_at_ms);
     TemplateContext::new(incident, &delivery_facts(connector, facts, &received_at))
+}
+
+/// The contexts of the incident versions prepared last. Each version is delivered to every
+/// connector that takes it, for each event, and retried: those attempts reuse its context
+/// (and what its renders keep, see [`crate::render::memo`]) and only set their own facts.
+static RECENT: Mutex<VecDeque<TemplateContext>> = Mutex::new(VecDeque::new());
+
+/// How many incident versions' contexts are kept (each some times the incident's size).
+const RECENT_VERSIONS: usize = 4;
+
+/// [`attempt_context`], reusing the context of this incident version when it was prepared
+/// lately. The context goes back to the recent ones when dropped.
+pub fn recent_context(
+    connector: &Connector,
+    incident: &Value,
+    facts: &AttemptFacts,
+) -> RecentContext {
+    let taken = RECENT.lock().ok().and_then(|mut recent| {
+        let at = recent
+            .iter()
+            .position(|c| c.data().get("payload").is_some_and(|p| same(p, incident)))?;
+        recent.remove(at)
+    });
+    let context = match taken {
+        Some(mut context) => {
+            set_facts(&mut context, connector, facts);
+            context
+        }
+        None => attempt_context(connector, incident, facts),
+    };
+    RecentContext(context)
+}
+
+/// An attempt's context, kept for the next attempt of its incident version when dropped.
+pub struct RecentContext(TemplateContext);
+
+impl std::ops::Deref for RecentContext {
+    type Target = TemplateContext;
+
+    fn deref(&self) -> &TemplateContext {
+        &self.0
+    }
+}
+
+impl Drop for RecentContext {
+    fn drop(&mut self) {
+        let context = std::mem::take(&mut self.0);
+        if let Ok(mut recent) = RECENT.lock() {
+            recent.push_front(context);
+            recent.truncate(RECENT_VERSIONS);
+        }
+    }
+}
+
+/// Equal, in the same order: a context lists the incident's keys in its order (and
+/// `serde_json`'s own equality ignores the order of keys).
+fn same(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Object(a), Value::Object(b)) => {
+            a.len() == b.len()
+                && a.iter()
+                    .zip(b)
+                    .all(|((ka, va), (kb, vb))| ka == kb && same(va, vb))
+        }
+        (Value::Array(a), Value::Array(b)) => {
+            a.len() == b.len() && a.iter().zip(b).all(|(x, y)| same(x, y))
+        }
+        _ => a == b,
+    }
 }
 
 /// [`context`] from the incident version's part of it, computed once per version: only the
@@ -114,7 +186,7 @@ pub fn prepare(
     facts: &AttemptFacts,
     unix_seconds: i64,
 ) -> Result<Outgoing, Unprepared> {
-    let context = attempt_context(connector, incident, facts);
+    let context = recent_context(connector, incident, facts);
     prepare_with(renderer, connector, &context, facts, unix_seconds)
 }
 
@@ -302,6 +374,68 @@ api_key = "a-source-key-of-32-characters-xxx"
             updated.contains("In-Reply-To: <root@example.com>"),
             "{updated}"
         );
+    }
+
+    /// Attempts of one incident version share its context and what its renders keep: every
+    /// shipped connector sends, for every event in any order, what a context built anew for
+    /// that one attempt renders.
+    #[test]
+    fn attempts_that_reuse_a_version_context_send_what_a_fresh_context_renders() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let config =
+            Config::load_with_env(&root.join("examples/connectors.toml"), |name| match name {
+                "IGW_ADMIN_TOKEN" => Some("an-admin-token-of-32-characters-x".into()),
+                "IGW_SOURCE_KEY" => Some("a-source-key-of-32-characters-xxx".into()),
+                _ => None,
+            })
+            .unwrap();
+        let renderer = Renderer::new(config.partials_dir.as_deref(), &config.connectors).unwrap();
+        let mut files: Vec<_> = std::fs::read_dir(root.join("examples/incidents"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        let events = [
+            Event::Updated,
+            Event::Created,
+            Event::Completed,
+            Event::Updated,
+        ];
+        for file in files {
+            let incident: Value =
+                serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+            for connector in &config.connectors {
+                for (i, event) in events.into_iter().enumerate() {
+                    let mut facts = facts(event, (event != Event::Created).then_some("T-1"));
+                    facts.attempt = i as u32 + 1;
+                    facts.completion = (event == Event::Completed).then(|| Completion {
+                        reason_code: "other".into(),
+                        notes: Some(format!("closed {i}")),
+                        status_change_time: "2026-01-02T00:00:00.000Z".into(),
+                    });
+                    let Ok(Outgoing::Request(reused)) =
+                        prepare(&renderer, connector, &incident, &facts, 1_700_000_000)
+                    else {
+                        panic!("{} renders {}", connector.name, file.display());
+                    };
+                    let fresh = renderer
+                        .render(connector, event, &context(connector, &incident, &facts))
+                        .unwrap();
+                    let fresh = sign(
+                        stamp(fresh, &facts.delivery_id, 1_700_000_000),
+                        &connector.signing,
+                    );
+                    assert_eq!(
+                        reused,
+                        fresh,
+                        "{} {:?} {}",
+                        connector.name,
+                        event,
+                        file.display()
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -182,21 +182,29 @@ pub struct Include {
     text: Option<Arc<Handlebars<'static>>>,
     /// The partials whose text depends on the incident alone ([`memo::incident_only`]).
     incident_only: Arc<HashSet<String>>,
+    /// The renderer's id: what incident versions keep of a partial is kept under it.
+    renderer: u64,
 }
 
 impl Include {
-    pub fn new(text: Arc<Handlebars<'static>>, incident_only: Arc<HashSet<String>>) -> Include {
+    pub fn new(
+        renderer: u64,
+        text: Arc<Handlebars<'static>>,
+        incident_only: Arc<HashSet<String>>,
+    ) -> Include {
         Include {
             text: Some(text),
             incident_only,
+            renderer,
         }
     }
 
     /// For the plain-text registry itself, so a partial can include another.
-    pub fn within(incident_only: Arc<HashSet<String>>) -> Include {
+    pub fn within(renderer: u64, incident_only: Arc<HashSet<String>>) -> Include {
         Include {
             text: None,
             incident_only,
+            renderer,
         }
     }
 }
@@ -229,7 +237,10 @@ impl HelperDef for Include {
             .contains(name.as_ref())
             .then(version_memo)
             .flatten();
-        if let Some(rendered) = version.as_ref().and_then(|v| v.included(&name)) {
+        if let Some(rendered) = version
+            .as_ref()
+            .and_then(|v| v.included(self.renderer, &name))
+        {
             remember_included(ctx, &name, &rendered);
             return Ok(ScopedJson::Derived(Value::String(rendered)));
         }
@@ -243,7 +254,7 @@ impl HelperDef for Include {
         }
         remember_included(ctx, &name, &rendered);
         if let Some(version) = version {
-            version.keep_included(&name, &rendered);
+            version.keep_included(self.renderer, &name, &rendered);
         }
         Ok(ScopedJson::Derived(Value::String(rendered)))
     }

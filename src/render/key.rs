@@ -133,3 +133,62 @@ fn lookup<'a>(incident: &'a Value, path: &[String]) -> Option<&'a Value> {
     }
     Some(at)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn plan(key: &str) -> KeyPlan {
+        let mut hb = Handlebars::new();
+        hb.set_strict_mode(true);
+        hb.register_escape_fn(handlebars::no_escape);
+        super::super::helpers::register(&mut hb);
+        hb.register_template_string("k", key).unwrap();
+        KeyPlan::of(&hb, "k")
+    }
+
+    #[test]
+    fn plain_keys_are_read_off_the_incident_as_handlebars_renders_them() {
+        let incident = json!({"incidentId": "I-1", "a": {"b": [10, {"c": true}]}, "n": null,
+            "t": "  text  ", "targets": "own field, overridden in the context"});
+        for key in [
+            "{{incidentId}}",
+            " {{a.b.[1].c}}/{{{incidentId}}}-{{a.b.0}} {{n}}",
+            "{{t}}{{a}}{{a.b}}",
+            "{{~incidentId~}} x {{!-- comment --}}",
+            // At the top, `this` is the context: the same field.
+            "{{this.incidentId}}",
+        ] {
+            let mut hb = Handlebars::new();
+            hb.set_strict_mode(true);
+            hb.register_escape_fn(handlebars::no_escape);
+            hb.register_template_string("k", key).unwrap();
+            let plan = KeyPlan::of(&hb, "k");
+            assert!(matches!(plan, KeyPlan::Fields(_)), "{key}");
+            assert_eq!(
+                plan.render(&incident),
+                hb.render("k", &incident).ok(),
+                "{key}"
+            );
+        }
+        // Missing, a list's named field, or a field of text: the render says why.
+        for key in ["{{nope}}", "{{a.b.x}}", "{{incidentId.x}}"] {
+            assert!(plan(key).render(&incident).is_none(), "{key}");
+        }
+        // The context's own names, helpers, `this`, blocks: rendered with the context.
+        for key in [
+            "{{targets}}",
+            "{{ticket.key}}",
+            "{{event}}",
+            "{{priority}}",
+            "{{upper incidentId}}",
+            "{{this}}",
+            "{{#if a}}x{{/if}}",
+            "{{> p}}",
+            "{{@root.incidentId}}",
+        ] {
+            assert!(matches!(plan(key), KeyPlan::Template), "{key}");
+        }
+    }
+}

@@ -40,23 +40,29 @@ pub struct VersionMemo {
 
 #[derive(Debug, Default)]
 struct Kept {
-    included: HashMap<String, String>,
+    /// (renderer, partial) → text.
+    included: HashMap<(u64, String), String>,
     /// (helper, input) → output.
     converted: HashMap<(&'static str, String), String>,
     bytes: usize,
 }
 
 impl VersionMemo {
-    pub fn included(&self, name: &str) -> Option<String> {
-        self.inner.lock().ok()?.included.get(name).cloned()
+    pub fn included(&self, renderer: u64, name: &str) -> Option<String> {
+        let kept = self.inner.lock().ok()?;
+        kept.included
+            .iter()
+            .find(|((r, n), _)| *r == renderer && n == name)
+            .map(|(_, text)| text.clone())
     }
 
-    pub fn keep_included(&self, name: &str, text: &str) {
+    pub fn keep_included(&self, renderer: u64, name: &str, text: &str) {
         if let Ok(mut kept) = self.inner.lock()
             && kept.bytes + text.len() <= MAX_BYTES
         {
             kept.bytes += text.len();
-            kept.included.insert(name.to_string(), text.to_string());
+            kept.included
+                .insert((renderer, name.to_string()), text.to_string());
         }
     }
 
@@ -209,5 +215,71 @@ fn param_ok(p: &Parameter, top: bool, calls: &mut Vec<String>) -> bool {
         },
         Parameter::Name(_) | Parameter::Literal(_) => true,
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn registry(partials: &[(&str, &str)]) -> Handlebars<'static> {
+        let mut hb = Handlebars::new();
+        for (name, text) in partials {
+            hb.register_partial(name, text).unwrap();
+        }
+        hb
+    }
+
+    #[test]
+    fn partials_that_read_a_fact_or_the_whole_context_are_not_kept() {
+        let hb = registry(&[
+            (
+                "plain",
+                "{{incident.summary}} {{#each events}}{{this.host}}{{/each}}",
+            ),
+            ("calls_plain", "{{> plain}}{{include \"plain\"}}"),
+            ("ticket", "{{ticket.key}}"),
+            ("calls_ticket", "{{> plain}}{{> ticket}}"),
+            ("includes_ticket", "{{include \"ticket\"}}"),
+            ("nested_fact", "{{#each events}}{{event}}{{/each}}"),
+            ("this", "{{json this}}"),
+            ("root", "{{@root.completion}}"),
+            ("whole_root", "{{json @root}}"),
+            ("up", "{{#each events}}{{../x}}{{/each}}"),
+            ("priority", "{{priority}}"),
+            ("pointer_fact", "{{pointer \"/connector/vars\"}}"),
+            ("pointer_field", "{{pointer \"/deployment,\"}}"),
+            ("pointer_value", "{{pointer payload \"/a\"}}"),
+            ("dynamic", "{{include name}}"),
+            ("hash_fact", "{{> plain value=received_at}}"),
+            ("missing_partial", "{{> nowhere}}"),
+        ]);
+        let kept = incident_only(&hb);
+        let mut kept: Vec<&str> = kept.iter().map(String::as_str).collect();
+        kept.sort();
+        assert_eq!(
+            kept,
+            ["calls_plain", "plain", "pointer_field", "pointer_value"]
+        );
+    }
+
+    #[test]
+    fn the_shipped_incident_partials_are_kept_and_the_delivery_ones_not() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("templates/partials");
+        let mut hb = Handlebars::new();
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let file = path.file_name().unwrap().to_str().unwrap().to_string();
+            let name = file.split('.').next().unwrap().to_string();
+            hb.register_partial(&name, std::fs::read_to_string(&path).unwrap())
+                .unwrap();
+        }
+        let kept = incident_only(&hb);
+        for name in ["title", "incident_text", "facts", "details", "oneline"] {
+            assert!(kept.contains(name), "{name} reads the incident alone");
+        }
+        for name in ["update_note", "completion_note", "reason_label"] {
+            assert!(!kept.contains(name), "{name} reads the delivery's facts");
+        }
     }
 }

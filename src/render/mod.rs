@@ -97,21 +97,51 @@ impl Escape {
 /// Escapes text for the inside of a JSON string literal. Every control character is escaped,
 /// so the result is valid JSON whatever the incident carries.
 pub fn escape_json_string(text: &str) -> String {
+    // Every character to escape is found by its first byte (U+2028 and U+2029 are E2 80 A8/A9
+    // in UTF-8), so the text is copied in runs between them, not character by character.
+    let bytes = text.as_bytes();
     let mut out = String::with_capacity(text.len() + 8);
-    for ch in text.chars() {
-        match ch {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 || c == '\u{7f}' || c == '\u{2028}' || c == '\u{2029}' => {
-                out.push_str(&format!("\\u{:04x}", c as u32))
+    let (mut i, mut run) = (0, 0);
+    while i < bytes.len() {
+        let (width, escape) = match bytes[i] {
+            b'"' => (1, Escaped::Text("\\\"")),
+            b'\\' => (1, Escaped::Text("\\\\")),
+            b'\n' => (1, Escaped::Text("\\n")),
+            b'\r' => (1, Escaped::Text("\\r")),
+            b'\t' => (1, Escaped::Text("\\t")),
+            b @ (0x00..=0x1f | 0x7f) => (1, Escaped::Unicode(u32::from(b))),
+            0xe2 if bytes.get(i + 1) == Some(&0x80)
+                && matches!(bytes.get(i + 2), Some(0xa8 | 0xa9)) =>
+            {
+                let low = u32::from(bytes[i + 2] - 0xa8);
+                (3, Escaped::Unicode(0x2028 + low))
             }
-            c => out.push(c),
+            _ => {
+                i += 1;
+                continue;
+            }
+        };
+        out.push_str(&text[run..i]);
+        match escape {
+            Escaped::Text(t) => out.push_str(t),
+            Escaped::Unicode(code) => {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                out.push_str("\\u");
+                for shift in [12, 8, 4, 0] {
+                    out.push(char::from(HEX[((code >> shift) & 0xf) as usize]));
+                }
+            }
         }
+        i += width;
+        run = i;
     }
+    out.push_str(&text[run..]);
     out
+}
+
+enum Escaped {
+    Text(&'static str),
+    Unicode(u32),
 }
 
 fn escape_url_component(text: &str) -> String {
@@ -166,6 +196,9 @@ pub struct RenderedEmail {
     pub text: String,
     pub html: Option<String>,
 }
+
+/// Tells renderers apart in what incident versions keep (see [`memo`]).
+static NEXT_RENDERER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Compiled templates of every connector.
 pub struct Renderer {
@@ -318,6 +351,16 @@ impl TemplateContext {
                     }
                 }
             }
+        }
+    }
+}
+
+/// An empty context (null): a placeholder.
+impl Default for TemplateContext {
+    fn default() -> TemplateContext {
+        TemplateContext {
+            context: Context::null(),
+            memo: None,
         }
     }
 }
@@ -513,11 +556,13 @@ impl Renderer {
                 .map_err(|e| compile_error(&p.shown, &p.text, e))?;
         }
         partial::rewrite(&mut text);
-        // Which partials read the incident alone: their text is kept per incident version.
+        // Which partials read the incident alone: their text is kept per incident version,
+        // under this renderer's id (another renderer may have other partials of those names).
+        let id = NEXT_RENDERER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let incident_only = Arc::new(memo::incident_only(&text));
         text.register_helper(
             "include",
-            Box::new(helpers::Include::within(incident_only.clone())),
+            Box::new(helpers::Include::within(id, incident_only.clone())),
         );
         let text = Arc::new(text);
         let mut r = Renderer {
@@ -534,7 +579,11 @@ impl Renderer {
         for hb in [&mut r.json, &mut r.html, &mut r.plain] {
             hb.register_helper(
                 "include",
-                Box::new(helpers::Include::new(text.clone(), incident_only.clone())),
+                Box::new(helpers::Include::new(
+                    id,
+                    text.clone(),
+                    incident_only.clone(),
+                )),
             );
             for p in &partials {
                 hb.register_partial(&p.name, &p.text)
@@ -905,6 +954,46 @@ mod tests {
         let doc = format!("{{\"s\": \"{escaped}\"}}");
         let parsed: Value = serde_json::from_str(&doc).unwrap();
         assert_eq!(parsed["s"], hostile);
+    }
+
+    /// The escaping before it copied runs of text: one character at a time.
+    fn escape_json_string_by_char(text: &str) -> String {
+        let mut out = String::new();
+        for ch in text.chars() {
+            match ch {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                '\n' => out.push_str("\\n"),
+                '\r' => out.push_str("\\r"),
+                '\t' => out.push_str("\\t"),
+                c if (c as u32) < 0x20 || c == '\u{7f}' || c == '\u{2028}' || c == '\u{2029}' => {
+                    out.push_str(&format!("\\u{:04x}", c as u32))
+                }
+                c => out.push(c),
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn json_escaping_copies_runs_but_escapes_every_character_as_before() {
+        let mut texts: Vec<String> = (0u32..0x3000)
+            .filter_map(char::from_u32)
+            .map(|c| format!("a{c}b{c}{c}"))
+            .collect();
+        texts.extend([
+            String::new(),
+            "plain".into(),
+            "\u{2027}\u{2028}\u{2029}\u{202a}\u{e2}\u{80}".into(),
+            "€ ✓ \u{2028}\u{2029}🚨".repeat(50),
+        ]);
+        for t in texts {
+            assert_eq!(
+                escape_json_string(&t),
+                escape_json_string_by_char(&t),
+                "{t:?}"
+            );
+        }
     }
 
     #[test]

@@ -309,3 +309,111 @@ fn merge(base: Option<&Value>, hash: &BTreeMap<&str, PathAndJson>) -> Value {
     }
     Value::Object(map)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// Renders `template` with `partials` in two registries, one as Handlebars compiled it and
+    /// one rewritten: the same text, or the same error, line and template.
+    fn same_both_ways(partials: &[(&str, &str)], template: &str, data: &Value) -> String {
+        let build = |rewritten: bool| {
+            let mut hb = Handlebars::new();
+            hb.set_strict_mode(true);
+            hb.set_prevent_indent(true);
+            hb.register_escape_fn(handlebars::no_escape);
+            crate::render::helpers::register(&mut hb);
+            for (name, text) in partials {
+                hb.register_partial(name, text).unwrap();
+            }
+            hb.register_template_string("t", template).unwrap();
+            if rewritten {
+                rewrite(&mut hb);
+            }
+            hb
+        };
+        let (plain, fast) = (build(false), build(true));
+        let show = |r: Result<String, handlebars::RenderError>| match r {
+            Ok(text) => text,
+            Err(e) => format!(
+                "error in {:?} at {:?}:{:?}: {}",
+                e.template_name,
+                e.line_no,
+                e.column_no,
+                e.reason()
+            ),
+        };
+        let expected = show(plain.render("t", data));
+        assert_eq!(show(fast.render("t", data)), expected, "{template}");
+        expected
+    }
+
+    #[test]
+    fn rewritten_partials_render_as_handlebars_does() {
+        let data = json!({
+            "a": "A", "n": 2, "s": "str", "list": ["x", "y"], "obj": {"k": "v", "a": "inner"},
+            "events": [{"host": "h1"}, {"host": "h2"}], "value": "outer value"
+        });
+        let partials = [
+            ("p", "[{{value}}|{{a}}|{{default max 3}}]"),
+            ("uses_this", "<{{json this}}>"),
+            ("this_dot", "<{{this.value}}|{{this}}|{{./value}}>"),
+            ("nested", "({{> p value=(concat a \"!\")}})"),
+            (
+                "each",
+                "{{#each events}}{{host}}{{@index}}{{#if @first}}F{{/if}},{{/each}}{{value}}",
+            ),
+            ("up", "{{#each list}}{{../a}}{{this}}{{/each}}"),
+            ("missing", "line one\n{{nope}}"),
+            ("self", "{{> self}}"),
+            ("root", "{{@root.a}}{{lookup obj \"k\"}}"),
+            ("local", "{{@index}}:{{this}};"),
+        ];
+        let cases = [
+            "{{> p}}",
+            "{{> p value=\"v\" max=9}}",
+            "{{> p value=a}}",
+            "{{> p value=obj.k}}",
+            "{{> p value=(concat s s)}}",
+            "{{> uses_this value=1}}",
+            "{{> uses_this}}",
+            "{{> this_dot value=\"hash\"}}",
+            "{{> nested}}",
+            "{{> each value=s}}",
+            "{{> up}}",
+            "{{> missing}}",
+            "{{> self}}",
+            "{{> absent}}",
+            "{{> root}}",
+            "{{#each list}}{{> local}}{{/each}}",
+            "{{#each list}}{{> p value=this}}{{/each}}",
+            "{{#each list}}{{> p value=@root.a}}{{/each}}",
+            "{{#each events}}{{> p value=host}}{{/each}}",
+            "{{#with obj}}{{> p value=k}}{{/with}}",
+            "{{#with obj as |o|}}{{> p value=o.k}}{{/with}}",
+            "{{#each (concat s)}}{{> p}}{{/each}}",
+            "{{#if a}}\n  {{> p value=n}}\n{{/if}}\nafter",
+            "before\n  {{> p}}\nafter",
+            "{{> p value=missing.path}}",
+        ];
+        for case in cases {
+            same_both_ways(&partials, case, &data);
+        }
+        // A partial that names a missing variable says where, inside the partial.
+        let err = same_both_ways(&partials, "x\n{{> missing}}", &data);
+        assert!(err.contains("Some(\"missing\") at Some(2)"), "{err}");
+    }
+
+    #[test]
+    fn registries_with_inline_partials_are_left_as_compiled() {
+        let data = json!({"a": "A"});
+        let partials = [("p", "[{{a}}]")];
+        same_both_ways(
+            &partials,
+            "{{#*inline \"p\"}}inline {{a}}{{/inline}}{{> p}}",
+            &data,
+        );
+        same_both_ways(&partials, "{{#> p}}block{{/p}}", &data);
+    }
+}
