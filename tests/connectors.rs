@@ -301,6 +301,58 @@ fn hostile_variants_are_valid_incidents() {
     }
 }
 
+/// The renders of one incident version share its context and keep what reads the incident
+/// alone: every shipped connector, for every incident (hostile ones too) and every event in
+/// any order, renders from a shared context exactly what a context of its own renders.
+#[test]
+fn renders_sharing_an_incident_context_equal_renders_of_their_own() {
+    let config = example_config();
+    let renderer = Renderer::new(config.partials_dir.as_deref(), &config.connectors)
+        .expect("the shipped templates compile");
+    let orders = [
+        [
+            Event::Created,
+            Event::Updated,
+            Event::Completed,
+            Event::Created,
+        ],
+        [
+            Event::Completed,
+            Event::Updated,
+            Event::Created,
+            Event::Completed,
+        ],
+    ];
+    for (name, incident) in all_incidents() {
+        for order in orders {
+            let shared = render::IncidentContext::new(&incident);
+            for connector in &config.connectors {
+                for event in order {
+                    let facts = DeliveryFacts {
+                        event,
+                        delivery_id: "msg_shared",
+                        attempt: 2,
+                        connector,
+                        received_at: "2026-01-01T00:00:00.000Z",
+                        ticket: golden_ticket(&incident, event),
+                        completion: golden_completion(event),
+                    };
+                    let own =
+                        renderer.render(connector, event, &render::context(&incident, &facts));
+                    let from_shared = renderer.render(connector, event, &shared.with_facts(&facts));
+                    assert_eq!(
+                        from_shared.map_err(|e| e.to_string()),
+                        own.map_err(|e| e.to_string()),
+                        "{} × {name} × {}",
+                        connector.name,
+                        event.as_str()
+                    );
+                }
+            }
+        }
+    }
+}
+
 /// Every connector of the example has its own `*_renders_valid_bodies` test below, and every
 /// one listed there is in the example.
 #[test]

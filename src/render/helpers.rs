@@ -147,7 +147,7 @@ pub fn render_scope<T>(version: Option<Arc<VersionMemo>>, render: impl FnOnce() 
     render()
 }
 
-fn version_memo() -> Option<Arc<VersionMemo>> {
+pub(super) fn version_memo() -> Option<Arc<VersionMemo>> {
     SCOPE.with(|s| s.borrow().as_ref().and_then(|s| s.version.clone()))
 }
 
@@ -237,12 +237,10 @@ impl HelperDef for Include {
             .contains(name.as_ref())
             .then(version_memo)
             .flatten();
-        if let Some(rendered) = version
-            .as_ref()
-            .and_then(|v| v.included(self.renderer, &name))
-        {
+        let key = format!("include\0{name}");
+        if let Some(rendered) = version.as_ref().and_then(|v| v.text(self.renderer, &key)) {
             remember_included(ctx, &name, &rendered);
-            return Ok(ScopedJson::Derived(Value::String(rendered)));
+            return Ok(ScopedJson::Derived(Value::String(rendered.to_string())));
         }
         let mut rendered = registry.render_with_context(&name, ctx)?;
         // Files end with a line break; a value spliced into a string should not.
@@ -254,7 +252,7 @@ impl HelperDef for Include {
         }
         remember_included(ctx, &name, &rendered);
         if let Some(version) = version {
-            version.keep_included(self.renderer, &name, &rendered);
+            version.keep_text(self.renderer, &key, &rendered);
         }
         Ok(ScopedJson::Derived(Value::String(rendered)))
     }

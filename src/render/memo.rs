@@ -10,10 +10,13 @@
 //! Read conservatively: a partial that might is rendered every time.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
-use handlebars::template::{Parameter, Template, TemplateElement};
-use handlebars::{Handlebars, Path};
+use handlebars::template::{Parameter, Subexpression, Template, TemplateElement};
+use handlebars::{
+    Context, Handlebars, Helper, HelperDef, HelperResult, Output, Path, PathAndJson, RenderContext,
+    RenderErrorReason, Renderable,
+};
 use serde_json::Value;
 
 /// Facts a context gives beside the incident (see [`super::context`]).
@@ -40,29 +43,29 @@ pub struct VersionMemo {
 
 #[derive(Debug, Default)]
 struct Kept {
-    /// (renderer, partial) → text.
-    included: HashMap<(u64, String), String>,
+    /// Renderer → what it rendered: `include` of a partial, by `include\0NAME`; a top-level
+    /// part of a template ([`wrap_roots`]), by its registry, template and place.
+    texts: HashMap<u64, HashMap<String, Arc<str>>>,
     /// (helper, input) → output.
     converted: HashMap<(&'static str, String), String>,
     bytes: usize,
 }
 
 impl VersionMemo {
-    pub fn included(&self, renderer: u64, name: &str) -> Option<String> {
+    pub fn text(&self, renderer: u64, key: &str) -> Option<Arc<str>> {
         let kept = self.inner.lock().ok()?;
-        kept.included
-            .iter()
-            .find(|((r, n), _)| *r == renderer && n == name)
-            .map(|(_, text)| text.clone())
+        kept.texts.get(&renderer)?.get(key).cloned()
     }
 
-    pub fn keep_included(&self, renderer: u64, name: &str, text: &str) {
+    pub fn keep_text(&self, renderer: u64, key: &str, text: &str) {
         if let Ok(mut kept) = self.inner.lock()
             && kept.bytes + text.len() <= MAX_BYTES
         {
             kept.bytes += text.len();
-            kept.included
-                .insert((renderer, name.to_string()), text.to_string());
+            kept.texts
+                .entry(renderer)
+                .or_default()
+                .insert(key.to_string(), Arc::from(text));
         }
     }
 
@@ -83,6 +86,130 @@ impl VersionMemo {
             kept.converted
                 .insert((helper, input.to_string()), output.to_string());
         }
+    }
+}
+
+/// The helper a kept part of a template is wrapped in: no template can call `{{#<kept>}}`.
+const KEPT: &str = "<kept>";
+
+/// Wraps each top-level part of the templates `roots` of `hb` (an expression that calls a
+/// helper, a block) whose output depends on the incident alone in a block that keeps its
+/// output per incident version: later renders of the version (other events, connectors,
+/// retries) write it again instead of computing it. `partials`: the partials that read the
+/// incident alone ([`incident_only`]).
+pub fn wrap_roots(
+    hb: &mut Handlebars<'static>,
+    registry: &str,
+    roots: &[String],
+    partials: &HashSet<String>,
+    renderer: u64,
+) {
+    let mut wrapped = Vec::new();
+    for name in roots {
+        let Some(t) = hb.get_template(name) else {
+            continue;
+        };
+        let mut t = t.clone();
+        let mut changed = false;
+        for (index, element) in t.elements.iter_mut().enumerate() {
+            if !worth_keeping(element, partials) {
+                continue;
+            }
+            let mut inner = Template::new();
+            inner.name.clone_from(&t.name);
+            inner.elements = vec![element.clone()];
+            // Errors inside name the line and column they did unwrapped.
+            inner.mapping = t.mapping.get(index).cloned().into_iter().collect();
+            let key = format!("{registry}\0{name}\0{index}");
+            let call = Subexpression::new(
+                Parameter::Name(KEPT.into()),
+                vec![Parameter::Literal(Value::String(key))],
+                HashMap::new(),
+            );
+            if let TemplateElement::Expression(mut h) = *call.element {
+                h.block = true;
+                h.template = Some(inner);
+                *element = TemplateElement::HelperBlock(h);
+                changed = true;
+            }
+        }
+        if changed {
+            wrapped.push((name.clone(), t));
+        }
+    }
+    for (name, t) in wrapped {
+        hb.register_template(&name, t);
+    }
+    hb.register_helper(KEPT, Box::new(KeptPart { renderer }));
+}
+
+/// A top-level element whose output depends on the incident alone, and costs more than a
+/// lookup: a helper call or a block (a plain `{{field}}` is cheaper written again).
+fn worth_keeping(e: &TemplateElement, partials: &HashSet<String>) -> bool {
+    let mut calls = Vec::new();
+    let ok = match e {
+        TemplateElement::Expression(h) | TemplateElement::HtmlExpression(h) => {
+            (!h.params.is_empty() || !h.hash.is_empty())
+                && helper_ok(&h.name, &h.params, &h.hash, true, &mut calls)
+        }
+        TemplateElement::HelperBlock(_) => elements_ok(std::slice::from_ref(e), true, &mut calls),
+        _ => false,
+    };
+    ok && calls.iter().all(|c| partials.contains(c))
+}
+
+/// Writes a kept part of a template (see [`wrap_roots`]).
+struct KeptPart {
+    renderer: u64,
+}
+
+/// Output collected into a string (Handlebars' own reserves 8 KiB up front).
+struct Collect(String);
+
+impl Output for Collect {
+    fn write(&mut self, seg: &str) -> Result<(), std::io::Error> {
+        self.0.push_str(seg);
+        Ok(())
+    }
+}
+
+impl HelperDef for KeptPart {
+    fn call<'reg: 'rc, 'rc>(
+        &self,
+        h: &Helper<'rc>,
+        r: &'reg Handlebars<'reg>,
+        ctx: &'rc Context,
+        rc: &mut RenderContext<'reg, 'rc>,
+        out: &mut dyn Output,
+    ) -> HelperResult {
+        super::bounds::check_budget()
+            .map_err(|e| RenderErrorReason::Other(format!("{KEPT}: {e}")))?;
+        let inner = h
+            .template()
+            .ok_or(RenderErrorReason::BlockContentRequired)?;
+        let key = h
+            .param(0)
+            .and_then(PathAndJson::try_get_constant_value)
+            .and_then(Value::as_str)
+            .ok_or(RenderErrorReason::ParamNotFoundForIndex(KEPT, 0))?;
+        // Only at the top of the template being rendered: as a partial, or inside a block,
+        // the same part reads another scope.
+        let at_top = rc.get_current_template_name() == rc.get_root_template_name()
+            && rc
+                .block()
+                .is_none_or(|b| b.base_path().is_empty() && b.base_value().is_none());
+        let Some(memo) = at_top.then(super::helpers::version_memo).flatten() else {
+            return inner.render(r, ctx, rc, out);
+        };
+        if let Some(text) = memo.text(self.renderer, key) {
+            out.write(&text)?;
+            return Ok(());
+        }
+        let mut collected = Collect(String::new());
+        inner.render(r, ctx, rc, &mut collected)?;
+        out.write(&collected.0)?;
+        memo.keep_text(self.renderer, key, &collected.0);
+        Ok(())
     }
 }
 
@@ -114,15 +241,15 @@ fn judge(
         return false;
     };
     let mut calls = Vec::new();
-    let ok =
-        elements_ok(t, true, &mut calls) && calls.iter().all(|c| judge(c, templates, verdicts));
+    let ok = elements_ok(&t.elements, true, &mut calls)
+        && calls.iter().all(|c| judge(c, templates, verdicts));
     verdicts.insert(name.to_string(), ok);
     ok
 }
 
 /// Whether the elements of `t` read only the incident; the partials they run go to `calls`.
-fn elements_ok(t: &Template, top: bool, calls: &mut Vec<String>) -> bool {
-    t.elements.iter().all(|e| match e {
+fn elements_ok(elements: &[TemplateElement], top: bool, calls: &mut Vec<String>) -> bool {
+    elements.iter().all(|e| match e {
         TemplateElement::RawString(_) | TemplateElement::Comment(_) => true,
         TemplateElement::Expression(h) | TemplateElement::HtmlExpression(h) => {
             helper_ok(&h.name, &h.params, &h.hash, top, calls)
@@ -132,10 +259,10 @@ fn elements_ok(t: &Template, top: bool, calls: &mut Vec<String>) -> bool {
             helper_ok(&h.name, &h.params, &h.hash, top, calls)
                 && h.template
                     .as_ref()
-                    .is_none_or(|t| elements_ok(t, inner_top, calls))
+                    .is_none_or(|t| elements_ok(&t.elements, inner_top, calls))
                 && h.inverse
                     .as_ref()
-                    .is_none_or(|t| elements_ok(t, top, calls))
+                    .is_none_or(|t| elements_ok(&t.elements, top, calls))
         }
         TemplateElement::PartialExpression(d) if d.template.is_none() => {
             let Some(name) = d.name.as_name() else {

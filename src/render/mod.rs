@@ -596,6 +596,22 @@ impl Renderer {
         for hb in [&mut r.json, &mut r.html, &mut r.plain, &mut r.url] {
             partial::rewrite(hb);
         }
+        // The templates a render starts from (not the partials): their parts that read the
+        // incident alone are kept per incident version.
+        for (tag, hb) in [
+            ("json", &mut r.json),
+            ("html", &mut r.html),
+            ("plain", &mut r.plain),
+            ("url", &mut r.url),
+        ] {
+            let roots: Vec<String> = hb
+                .get_templates()
+                .keys()
+                .filter(|n| !r.partial_files.contains_key(*n))
+                .cloned()
+                .collect();
+            memo::wrap_roots(hb, tag, &roots, &incident_only, id);
+        }
         r.keys = connectors
             .iter()
             .map(|c| {
