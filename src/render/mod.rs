@@ -564,6 +564,10 @@ impl Renderer {
             "include",
             Box::new(helpers::Include::within(id, incident_only.clone())),
         );
+        // `include` renders a partial as the template a render starts from: its parts that
+        // read the incident alone are kept too (`{{> incident_text}}` in `update_note`).
+        let names: Vec<String> = text.get_templates().keys().cloned().collect();
+        memo::wrap_roots(&mut text, "text", &names, &incident_only, id);
         let text = Arc::new(text);
         let mut r = Renderer {
             partial_files: partials
