@@ -13,7 +13,7 @@ use serde_json::Value;
 use crate::connector::{Connector, SmtpTarget, Target};
 use crate::model::{self, Completion, Event, TicketFacts};
 use crate::render::{
-    DeliveryFacts, IncidentContext, RenderError, RenderedRequest, Renderer, TemplateContext,
+    DeliveryFacts, IncidentContext, RenderError, RenderedRequest, Renderer, TemplateContext, memo,
 };
 use crate::signature;
 
@@ -87,9 +87,11 @@ pub fn recent_context(
     facts: &AttemptFacts,
 ) -> RecentContext {
     let taken = RECENT.lock().ok().and_then(|mut recent| {
-        let at = recent
-            .iter()
-            .position(|c| c.data().get("payload").is_some_and(|p| same(p, incident)))?;
+        let at = recent.iter().position(|c| {
+            c.data()
+                .get("payload")
+                .is_some_and(|p| memo::same(p, incident))
+        })?;
         recent.remove(at)
     });
     let context = match taken {
@@ -120,23 +122,6 @@ impl Drop for RecentContext {
             recent.push_front(context);
             recent.truncate(RECENT_VERSIONS);
         }
-    }
-}
-
-/// Equal, in the same order: a context lists the incident's keys in its order (and
-/// `serde_json`'s own equality ignores the order of keys).
-fn same(a: &Value, b: &Value) -> bool {
-    match (a, b) {
-        (Value::Object(a), Value::Object(b)) => {
-            a.len() == b.len()
-                && a.iter()
-                    .zip(b)
-                    .all(|((ka, va), (kb, vb))| ka == kb && same(va, vb))
-        }
-        (Value::Array(a), Value::Array(b)) => {
-            a.len() == b.len() && a.iter().zip(b).all(|(x, y)| same(x, y))
-        }
-        _ => a == b,
     }
 }
 

@@ -48,7 +48,26 @@ struct Kept {
     texts: HashMap<u64, HashMap<String, Arc<str>>>,
     /// (helper, input) → output.
     converted: HashMap<(&'static str, String), String>,
+    /// Partials called at the top of a template, by their hash.
+    partials: Vec<KeptPartial>,
     bytes: usize,
+}
+
+#[derive(Debug)]
+struct KeptPartial {
+    renderer: u64,
+    registry: &'static str,
+    name: String,
+    hash: Vec<(String, Value)>,
+    text: Arc<str>,
+}
+
+/// What a hash is taken to weigh in memory (a string by its length).
+fn weight(v: &Value) -> usize {
+    match v {
+        Value::String(s) => s.len() + 32,
+        _ => 64,
+    }
 }
 
 impl VersionMemo {
@@ -69,6 +88,56 @@ impl VersionMemo {
         }
     }
 
+    /// The text partial `name` of `registry` rendered with `hash` (see [`super::partial`]).
+    pub fn partial(
+        &self,
+        renderer: u64,
+        registry: &str,
+        name: &str,
+        hash: &[(&str, &Value)],
+    ) -> Option<Arc<str>> {
+        let kept = self.inner.lock().ok()?;
+        kept.partials
+            .iter()
+            .find(|p| {
+                p.renderer == renderer
+                    && p.registry == registry
+                    && p.name == name
+                    && p.hash.len() == hash.len()
+                    && p.hash
+                        .iter()
+                        .zip(hash)
+                        .all(|((k, v), (hk, hv))| k == hk && same(v, hv))
+            })
+            .map(|p| p.text.clone())
+    }
+
+    pub fn keep_partial(
+        &self,
+        renderer: u64,
+        registry: &'static str,
+        name: &str,
+        hash: &[(&str, &Value)],
+        text: &str,
+    ) {
+        let size = text.len() + hash.iter().map(|(_, v)| weight(v)).sum::<usize>();
+        if let Ok(mut kept) = self.inner.lock()
+            && kept.bytes + size <= MAX_BYTES
+        {
+            kept.bytes += size;
+            kept.partials.push(KeptPartial {
+                renderer,
+                registry,
+                name: name.to_string(),
+                hash: hash
+                    .iter()
+                    .map(|(k, v)| ((*k).to_string(), (*v).clone()))
+                    .collect(),
+                text: Arc::from(text),
+            });
+        }
+    }
+
     pub fn converted(&self, helper: &'static str, input: &str) -> Option<String> {
         let kept = self.inner.lock().ok()?;
         // The key is owned; look it up without building one for every call.
@@ -86,6 +155,23 @@ impl VersionMemo {
             kept.converted
                 .insert((helper, input.to_string()), output.to_string());
         }
+    }
+}
+
+/// Equal, in the same order (`serde_json`'s equality ignores the order of keys, which a
+/// template can see).
+pub fn same(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Object(a), Value::Object(b)) => {
+            a.len() == b.len()
+                && a.iter()
+                    .zip(b)
+                    .all(|((ka, va), (kb, vb))| ka == kb && same(va, vb))
+        }
+        (Value::Array(a), Value::Array(b)) => {
+            a.len() == b.len() && a.iter().zip(b).all(|(x, y)| same(x, y))
+        }
+        _ => a == b,
     }
 }
 
@@ -164,7 +250,7 @@ struct KeptPart {
 }
 
 /// Output collected into a string (Handlebars' own reserves 8 KiB up front).
-struct Collect(String);
+pub struct Collect(pub String);
 
 impl Output for Collect {
     fn write(&mut self, seg: &str) -> Result<(), std::io::Error> {

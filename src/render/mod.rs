@@ -555,11 +555,11 @@ impl Renderer {
             text.register_template_string(&p.name, &p.text)
                 .map_err(|e| compile_error(&p.shown, &p.text, e))?;
         }
-        partial::rewrite(&mut text);
         // Which partials read the incident alone: their text is kept per incident version,
         // under this renderer's id (another renderer may have other partials of those names).
         let id = NEXT_RENDERER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let incident_only = Arc::new(memo::incident_only(&text));
+        partial::rewrite(&mut text, "text", id, &incident_only);
         text.register_helper(
             "include",
             Box::new(helpers::Include::within(id, incident_only.clone())),
@@ -597,8 +597,13 @@ impl Renderer {
         for c in connectors {
             r.add_connector(c)?;
         }
-        for hb in [&mut r.json, &mut r.html, &mut r.plain, &mut r.url] {
-            partial::rewrite(hb);
+        for (tag, hb) in [
+            ("json", &mut r.json),
+            ("html", &mut r.html),
+            ("plain", &mut r.plain),
+            ("url", &mut r.url),
+        ] {
+            partial::rewrite(hb, tag, id, &incident_only);
         }
         // The templates a render starts from (not the partials): their parts that read the
         // incident alone are kept per incident version.

@@ -16,6 +16,7 @@
 //! inline partials, decorators or partial blocks are left as Handlebars compiled them.
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
 
 use handlebars::template::{Parameter, Subexpression, Template, TemplateElement};
 use handlebars::{
@@ -24,12 +25,21 @@ use handlebars::{
 };
 use serde_json::{Map, Value};
 
+use super::memo::Collect;
+
 /// The helper a rewritten partial call names: no template can write `{{>}}` as a helper call.
 const HELPER: &str = ">";
 
 /// Rewrites the partial calls of every template in `hb` (see the module) and registers the
-/// helper they call.
-pub fn rewrite(hb: &mut Handlebars<'static>) {
+/// helper they call. A partial that reads the incident alone (`kept`), called at the top of
+/// the template a render starts from, renders once per incident version and hash: `registry`
+/// and `renderer` tell its text apart from other registries' and renderers'.
+pub fn rewrite(
+    hb: &mut Handlebars<'static>,
+    registry: &'static str,
+    renderer: u64,
+    kept: &Arc<HashSet<String>>,
+) {
     let templates = hb.get_templates();
     if templates.values().any(|t| !plain(t)) {
         return;
@@ -43,14 +53,22 @@ pub fn rewrite(hb: &mut Handlebars<'static>) {
         .iter()
         .map(|(name, t)| {
             let mut t = t.clone();
-            rewrite_template(&mut t);
+            rewrite_template(&mut t, true);
             (name.clone(), t)
         })
         .collect();
     for (name, t) in rewritten {
         hb.register_template(&name, t);
     }
-    hb.register_helper(HELPER, Box::new(PartialCall { this_free }));
+    hb.register_helper(
+        HELPER,
+        Box::new(PartialCall {
+            this_free,
+            kept: kept.clone(),
+            registry,
+            renderer,
+        }),
+    );
 }
 
 /// No inline partials, decorators, partial blocks or `@partial-block`: the parts of partials
@@ -70,7 +88,8 @@ fn plain(t: &Template) -> bool {
     })
 }
 
-fn rewrite_template(t: &mut Template) {
+/// `top`: the elements are at the top of the template (not in an `each` or `with` block).
+fn rewrite_template(t: &mut Template, top: bool) {
     for e in &mut t.elements {
         match e {
             TemplateElement::PartialExpression(d)
@@ -81,17 +100,21 @@ fn rewrite_template(t: &mut Template) {
                 };
                 let call = Subexpression::new(
                     Parameter::Name(HELPER.into()),
-                    vec![Parameter::Literal(Value::String(name.into()))],
+                    vec![
+                        Parameter::Literal(Value::String(name.into())),
+                        Parameter::Literal(Value::Bool(top)),
+                    ],
                     d.hash.clone(),
                 );
                 *e = *call.element;
             }
             TemplateElement::HelperBlock(h) => {
+                let inner_top = top && !matches!(h.name.as_name(), Some("each" | "with"));
                 if let Some(t) = &mut h.template {
-                    rewrite_template(t);
+                    rewrite_template(t, inner_top);
                 }
                 if let Some(t) = &mut h.inverse {
-                    rewrite_template(t);
+                    rewrite_template(t, top);
                 }
             }
             _ => {}
@@ -172,6 +195,10 @@ fn param_ok(p: &Parameter, scope: Scope) -> bool {
 struct PartialCall {
     /// Partials whose top level never reads `this`: they may run in the caller's scope.
     this_free: HashSet<String>,
+    /// Partials that read the incident alone ([`super::memo::incident_only`]).
+    kept: Arc<HashSet<String>>,
+    registry: &'static str,
+    renderer: u64,
 }
 
 impl HelperDef for PartialCall {
@@ -229,8 +256,43 @@ impl HelperDef for PartialCall {
             }
             block.set_base_value(current);
         }
+        // At the top of the template a render starts from (no block, no scope but the
+        // context's), a partial that reads the incident alone renders the same text for the
+        // same hash in every render of the incident version.
+        let top = h
+            .param(1)
+            .and_then(PathAndJson::try_get_constant_value)
+            .is_some_and(|v| v == &Value::Bool(true));
+        let keep = top
+            && inline.is_none()
+            && self.kept.contains(name)
+            && rc.get_current_template_name() == rc.get_root_template_name();
+        let memo = keep.then(super::helpers::version_memo).flatten();
+        let hash: Vec<(&str, &Value)> = match memo {
+            Some(_) => h.hash().iter().map(|(k, v)| (*k, v.value())).collect(),
+            None => Vec::new(),
+        };
+        if let Some(text) = memo
+            .as_ref()
+            .and_then(|m| m.partial(self.renderer, self.registry, name, &hash))
+        {
+            out.write(&text)?;
+            rc.set_current_template_name(current_template_before);
+            return Ok(());
+        }
         rc.push_block(block);
-        let result = partial.render(r, ctx, rc, out);
+        let result = match &memo {
+            None => partial.render(r, ctx, rc, out),
+            Some(m) => {
+                let mut collected = Collect(String::new());
+                let result = partial.render(r, ctx, rc, &mut collected);
+                if result.is_ok() {
+                    out.write(&collected.0)?;
+                    m.keep_partial(self.renderer, self.registry, name, &hash, &collected.0);
+                }
+                result
+            }
+        };
         rc.pop_block();
         rc.set_current_template_name(current_template_before);
         result
@@ -329,7 +391,7 @@ mod tests {
             }
             hb.register_template_string("t", template).unwrap();
             if rewritten {
-                rewrite(&mut hb);
+                rewrite(&mut hb, "test", 0, &Arc::default());
             }
             hb
         };
@@ -403,6 +465,43 @@ mod tests {
         // A partial that names a missing variable says where, inside the partial.
         let err = same_both_ways(&partials, "x\n{{> missing}}", &data);
         assert!(err.contains("Some(\"missing\") at Some(2)"), "{err}");
+    }
+
+    #[test]
+    fn kept_partials_render_once_per_hash_and_only_at_the_top() {
+        let mut hb = Handlebars::new();
+        hb.set_strict_mode(true);
+        hb.set_prevent_indent(true);
+        crate::render::helpers::register(&mut hb);
+        hb.register_partial("p", "[{{value}}|{{@root.a}}]").unwrap();
+        hb.register_template_string(
+            "t",
+            "{{> p value=x}}{{#each list}}{{> p value=this}}{{/each}}{{#if a}}{{> p value=a}}{{/if}}",
+        )
+        .unwrap();
+        rewrite(
+            &mut hb,
+            "test",
+            7,
+            &Arc::new(HashSet::from(["p".to_string()])),
+        );
+        let memo = Arc::new(crate::render::memo::VersionMemo::default());
+        let render = |data: Value| {
+            let ctx = Context::from(data);
+            crate::render::helpers::render_scope(Some(memo.clone()), || {
+                hb.render_with_context("t", &ctx)
+            })
+            .unwrap()
+        };
+        let first = render(json!({"a": "A", "x": "one", "list": ["l1", "l2"]}));
+        assert_eq!(first, "[one|A][l1|A][l2|A][A|A]");
+        // Another hash renders anew; in the `each`, the partial is not kept at all.
+        let second = render(json!({"a": "A", "x": "two", "list": ["l3"]}));
+        assert_eq!(second, "[two|A][l3|A][A|A]");
+        assert_eq!(
+            render(json!({"a": "A", "x": "one", "list": []})),
+            "[one|A][A|A]"
+        );
     }
 
     #[test]
