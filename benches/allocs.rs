@@ -76,7 +76,11 @@ fn main() {
     .expect("the sample is JSON");
     let mut incidents = vec![("sample", sample.clone())];
     incidents.extend(hostile::hostile_variants(&sample));
-    println!("{:<44} {:>10} {:>14}", "operation", "allocs", "bytes");
+    // Renders are of an incident version rendered before (what it keeps is kept).
+    println!(
+        "{:<44} {:>10} {:>14} {:>12}",
+        "operation", "allocs", "bytes", "body bytes"
+    );
     for (name, incident) in &incidents {
         for connector in &config.connectors {
             let Target::Http(_) = connector.target else {
@@ -97,8 +101,12 @@ fn main() {
             };
             let context = prepare::attempt_context(connector, incident, &facts);
             let (a, b) = count(|| renderer.render(connector, event, &context));
+            let body = renderer
+                .render(connector, event, &context)
+                .map(|r| r.body.len())
+                .unwrap_or(0);
             println!(
-                "{:<44} {a:>10} {b:>14}",
+                "{:<44} {a:>10} {b:>14} {body:>12}",
                 format!("render/{}/created/{name}", connector.name)
             );
         }
