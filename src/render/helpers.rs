@@ -603,12 +603,45 @@ fn replace(h: &Helper, _: &Context) -> Result<Value, HelperError> {
     }
     // Refuse before building a result that many short matches would blow up.
     if to.len() > from.len() {
-        let grows_by = s.matches(from.as_ref()).count() * (to.len() - from.len());
+        let grows_by = occurrences(&s, &from).count() * (to.len() - from.len());
         if s.len().saturating_add(grows_by) > bounds::MAX_HELPER_OUTPUT_BYTES {
             return Err(bounds::Exceeded::Output.into());
         }
     }
-    Ok(Value::String(s.replace(from.as_ref(), &to)))
+    Ok(Value::String(replace_all(&s, &from, &to)))
+}
+
+/// The starts of the occurrences of `from` (not empty) in `s` that `str::replace` replaces:
+/// left to right, not overlapping. Found by their first character, which the standard
+/// library looks for with memchr; its general substring search was most of a render's time
+/// on long texts (templates chain ten `replace` calls over a value).
+fn occurrences<'a>(s: &'a str, from: &'a str) -> impl Iterator<Item = usize> + 'a {
+    let first = from.chars().next();
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        let first = first?;
+        loop {
+            let i = at + s.get(at..)?.find(first)?;
+            if s[i..].starts_with(from) {
+                at = i + from.len();
+                return Some(i);
+            }
+            at = i + first.len_utf8();
+        }
+    })
+}
+
+/// `s.replace(from, to)`, by [`occurrences`].
+fn replace_all(s: &str, from: &str, to: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut last = 0;
+    for i in occurrences(s, from) {
+        out.push_str(&s[last..i]);
+        out.push_str(to);
+        last = i + from.len();
+    }
+    out.push_str(&s[last..]);
+    out
 }
 
 /// `{{date value "%Y-%m-%d %H:%M %Z" "Europe/Paris"}}`: formats epoch seconds (fractional
@@ -858,6 +891,47 @@ mod tests {
             render("{{trim \"  x \"}}{{concat \"a\" 1 \"b\"}}", &d).unwrap(),
             "xa1b"
         );
+    }
+
+    #[test]
+    fn replace_finds_what_the_standard_library_finds() {
+        let texts = [
+            "",
+            "a",
+            "aaa",
+            "aaaa",
+            "abab",
+            "{noformat}{no{noformat",
+            "x\r\n\r\ny\r",
+            "é€🚨é€",
+            "\u{0}\u{0}a\u{0}",
+            "{{{{{",
+            "ababab",
+        ];
+        let patterns = [
+            "a",
+            "aa",
+            "ab",
+            "b",
+            "{noformat",
+            "{",
+            "\r\n",
+            "\r",
+            "€",
+            "🚨é",
+            "\u{0}",
+            "x",
+        ];
+        for t in texts {
+            for p in patterns {
+                assert_eq!(replace_all(t, p, "<>"), t.replace(p, "<>"), "{t:?} {p:?}");
+                assert_eq!(
+                    occurrences(t, p).count(),
+                    t.matches(p).count(),
+                    "{t:?} {p:?}"
+                );
+            }
+        }
     }
 
     #[test]
