@@ -473,13 +473,22 @@ pub fn truncate_chars(s: &str, max: usize, suffix: &str) -> String {
         return s.to_string();
     }
     let keep = max.saturating_sub(suffix.chars().count());
-    let mut out: String = s.chars().take(keep).collect();
+    let mut out = chars_prefix(s, keep).to_string();
     out.push_str(suffix);
     if out.chars().count() > max {
         // A suffix longer than the limit: cut it too.
-        out = out.chars().take(max).collect();
+        out = chars_prefix(&out, max).to_string();
     }
     out
+}
+
+/// The first `n` characters of `s` (all of it when shorter), as a slice: copied at once
+/// rather than character by character.
+fn chars_prefix(s: &str, n: usize) -> &str {
+    match s.char_indices().nth(n) {
+        Some((end, _)) => &s[..end],
+        None => s,
+    }
 }
 
 /// Text on one line: every run of white space (line breaks, tabs, U+2028/2029 included)

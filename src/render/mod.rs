@@ -124,6 +124,8 @@ pub fn escape_json_string(text: &str) -> String {
         out.push_str(&text[run..i]);
         match escape {
             Escaped::Text(t) => out.push_str(t),
+            // One copy of a ready escape: text made of control characters is all escapes.
+            Escaped::Unicode(code @ 0..=0x1f) => out.push_str(CONTROL_ESCAPES[code as usize]),
             Escaped::Unicode(code) => {
                 const HEX: &[u8; 16] = b"0123456789abcdef";
                 out.push_str("\\u");
@@ -138,6 +140,14 @@ pub fn escape_json_string(text: &str) -> String {
     out.push_str(&text[run..]);
     out
 }
+
+/// `\\u0000` … `\\u001f`.
+const CONTROL_ESCAPES: [&str; 32] = [
+    "\\u0000", "\\u0001", "\\u0002", "\\u0003", "\\u0004", "\\u0005", "\\u0006", "\\u0007",
+    "\\u0008", "\\u0009", "\\u000a", "\\u000b", "\\u000c", "\\u000d", "\\u000e", "\\u000f",
+    "\\u0010", "\\u0011", "\\u0012", "\\u0013", "\\u0014", "\\u0015", "\\u0016", "\\u0017",
+    "\\u0018", "\\u0019", "\\u001a", "\\u001b", "\\u001c", "\\u001d", "\\u001e", "\\u001f",
+];
 
 enum Escaped {
     Text(&'static str),
