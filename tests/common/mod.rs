@@ -1,5 +1,6 @@
 //! Test support: a real HTTP receiver, a gateway with its own config and SQLite file (in
-//! process or as the real binary), and small helpers.
+//! process or as the real binary), requests at both edges, bounded waits, and small helpers;
+//! `cli` runs the binary's `check` and `render`, `smtp` the SMTP servers.
 #![allow(dead_code)]
 
 pub mod cli;
@@ -346,6 +347,7 @@ pub fn with_server(config: &Path, lines: &str) {
 /// Sets the config file's `shutdown_grace` to `grace`.
 pub fn with_shutdown_grace(config: &Path, grace: &str) {
     edit(config, |text| {
+        assert!(text.contains("shutdown_grace = \"5s\""), "{text}");
         text.replace(
             "shutdown_grace = \"5s\"",
             &format!("shutdown_grace = \"{grace}\""),
