@@ -863,11 +863,11 @@ mod tests {
             );
             for line in plan.lines() {
                 assert!(
-                    !(line.contains("SCAN deliveries") && !line.contains("INDEX")),
+                    !line.contains("SCAN deliveries") || line.contains("INDEX"),
                     "{name} scans the table: {plan}"
                 );
                 assert!(
-                    !(line.contains("SCAN") && line.contains("INDEX") && !line.contains("(")),
+                    !line.contains("SCAN") || !line.contains("INDEX") || line.contains('('),
                     "{name} walks a whole index: {plan}"
                 );
             }
