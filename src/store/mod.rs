@@ -162,6 +162,25 @@ pub struct TicketUpdate {
     pub url: Option<String>,
 }
 
+/// A held lease: the delivery and the token that proves this worker still holds it.
+#[derive(Debug, Clone)]
+pub struct Lease {
+    pub delivery_id: String,
+    pub token: String,
+}
+
+/// One attempt to record ([`Queue::record_attempt`]): under which lease, what it did, and
+/// where it leaves the delivery (and its ticket). One value, so a backend gets named parts
+/// rather than two id strings in a row that could be swapped.
+#[derive(Debug, Clone)]
+pub struct Attempted {
+    pub lease: Lease,
+    pub record: AttemptRecord,
+    pub next: NextStep,
+    /// The ticket a `created` opened, if its response said.
+    pub ticket: Option<TicketUpdate>,
+}
+
 /// Where a delivery goes after an attempt.
 #[derive(Debug, Clone, PartialEq)]
 pub enum NextStep {
@@ -248,6 +267,19 @@ pub struct TicketView {
 pub enum Caller {
     Source(String),
     Connector(String),
+}
+
+/// A completion as the back channel asked for it ([`Tickets::complete`]).
+#[derive(Debug, Clone)]
+pub struct Completing {
+    pub incident_id: String,
+    pub caller: Caller,
+    pub reason_code: String,
+    pub notes: Option<String>,
+    /// Connectors that get no `completed` (they asked for none, or they are the caller).
+    pub skipping: Vec<String>,
+    /// Connectors that hear of every completion, ticket or not.
+    pub upstream: Vec<String>,
 }
 
 /// What a completion through the back channel did.
@@ -348,14 +380,7 @@ pub trait Queue: Send + Sync {
     /// Records one attempt and moves the delivery on, in one transaction — if this worker
     /// still holds the lease (`false` when it lost it: another worker owns the delivery now,
     /// and this attempt's outcome is discarded).
-    async fn record_attempt(
-        &self,
-        delivery_id: String,
-        lease_token: String,
-        record: AttemptRecord,
-        next: NextStep,
-        ticket: Option<TicketUpdate>,
-    ) -> Result<bool, StoreError>;
+    async fn record_attempt(&self, attempt: Attempted) -> Result<bool, StoreError>;
 
     /// When the next delivery a worker could take falls due (ms): the earliest at the head of
     /// its (connector, ticket) line, outside `busy` connectors, not leased.
@@ -367,12 +392,7 @@ pub trait Queue: Send + Sync {
 
     /// Pushes a held lease's end to `now + lease_ms` while its attempt runs; `false` when the
     /// lease is no longer this worker's.
-    async fn extend_lease(
-        &self,
-        delivery_id: String,
-        lease_token: String,
-        lease_ms: i64,
-    ) -> Result<bool, StoreError>;
+    async fn extend_lease(&self, lease: Lease, lease_ms: i64) -> Result<bool, StoreError>;
 
     /// A dead delivery goes back to the queue, due now, its attempts kept; the retry budget
     /// starts again from here.
@@ -388,15 +408,7 @@ pub trait Tickets: Send + Sync {
     /// (but those in `skipping`) and for each `upstream` connector. One transaction. A caller
     /// completes only what it has (its own incidents, or those it has a ticket for); a second
     /// completion changes nothing.
-    async fn complete(
-        &self,
-        incident_id: String,
-        caller: Caller,
-        reason_code: String,
-        notes: Option<String>,
-        skipping: Vec<String>,
-        upstream: Vec<String>,
-    ) -> Result<CompleteOutcome, StoreError>;
+    async fn complete(&self, request: Completing) -> Result<CompleteOutcome, StoreError>;
 
     /// An admin says a dead `created` did open its ticket (seen in the target): it becomes
     /// delivered with that id, and the ticket's other deliveries go on.
@@ -494,8 +506,17 @@ impl Store {
         next: NextStep,
         ticket: Option<TicketUpdate>,
     ) -> Result<bool, StoreError> {
+        let lease = Lease {
+            delivery_id,
+            token: lease_token,
+        };
         self.backend
-            .record_attempt(delivery_id, lease_token, record, next, ticket)
+            .record_attempt(Attempted {
+                lease,
+                record,
+                next,
+                ticket,
+            })
             .await
     }
 
@@ -516,9 +537,11 @@ impl Store {
         lease_token: String,
         lease_ms: i64,
     ) -> Result<bool, StoreError> {
-        self.backend
-            .extend_lease(delivery_id, lease_token, lease_ms)
-            .await
+        let lease = Lease {
+            delivery_id,
+            token: lease_token,
+        };
+        self.backend.extend_lease(lease, lease_ms).await
     }
 
     /// See [`Queue::replay`].
@@ -537,7 +560,14 @@ impl Store {
         upstream: Vec<String>,
     ) -> Result<CompleteOutcome, StoreError> {
         self.backend
-            .complete(incident_id, caller, reason_code, notes, skipping, upstream)
+            .complete(Completing {
+                incident_id,
+                caller,
+                reason_code,
+                notes,
+                skipping,
+                upstream,
+            })
             .await
     }
 

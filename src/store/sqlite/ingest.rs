@@ -3,9 +3,9 @@
 //! come from [`super::tickets`] and [`super::queue`].
 
 use async_trait::async_trait;
-use rusqlite::{Connection, OptionalExtension, Row, params};
+use rusqlite::{Connection, params};
 
-use super::{FromRow, Sqlite, queue, tickets};
+use super::{Sqlite, optional_row, queue, tickets};
 use crate::model::{Event, REPLAY_WINDOW, now_ms};
 use crate::store::{
     DeliveryRef, Ingest, IngestOutcome, IngestStatus, Ingested, NewIncident, StoreError,
@@ -112,21 +112,13 @@ fn claim_webhook_id(
     Ok(claimed == 1)
 }
 
-/// What the store holds of an incident, to judge a new version by.
-#[derive(Debug, Clone, PartialEq)]
-pub(super) struct StoredIncident {
-    pub update_time: Option<f64>,
-    pub body_hash: String,
-    pub status: String,
-}
-
-impl FromRow for StoredIncident {
-    fn from_row(r: &Row<'_>) -> rusqlite::Result<Self> {
-        Ok(StoredIncident {
-            update_time: r.get("update_time")?,
-            body_hash: r.get("body_hash")?,
-            status: r.get("status")?,
-        })
+from_row! {
+    /// What the store holds of an incident, to judge a new version by.
+    #[derive(Debug, Clone, PartialEq)]
+    pub(super) struct StoredIncident {
+        pub update_time: Option<f64>,
+        pub body_hash: String,
+        pub status: String,
     }
 }
 
@@ -142,12 +134,11 @@ fn stored_incident(
     conn: &Connection,
     incident_id: &str,
 ) -> Result<Option<StoredIncident>, StoreError> {
-    Ok(conn
-        .prepare_cached(
-            "SELECT update_time, body_hash, status FROM incidents WHERE incident_id = ?1",
-        )?
-        .query_row([incident_id], StoredIncident::from_row)
-        .optional()?)
+    optional_row(
+        conn,
+        "SELECT update_time, body_hash, status FROM incidents WHERE incident_id = ?1",
+        [incident_id],
+    )
 }
 
 /// The duplicate rule: whether `inc` is a new incident, a newer version of `stored`, or
@@ -409,29 +400,20 @@ mod tests {
     fn with_update_times_only_a_newer_version_is_applied() {
         let db = TestDb::new();
         let route = route("jira", "k", None);
-        let at = |t: Option<f64>, body: &str| incident_with("A", t, body).routed(&route);
-        assert_eq!(
-            db.ingest_one(at(Some(10.0), "v1"), 1_000).status,
-            IngestStatus::Accepted
-        );
-        // Same time, other body: not newer, so a duplicate.
-        assert_eq!(
-            db.ingest_one(at(Some(10.0), "v1b"), 2_000).status,
-            IngestStatus::Duplicate
-        );
-        // No time after one with a time: never applied.
-        assert_eq!(
-            db.ingest_one(at(None, "v0"), 3_000).status,
-            IngestStatus::Duplicate
-        );
-        assert_eq!(
-            db.ingest_one(at(Some(11.0), "v2"), 4_000).status,
-            IngestStatus::Updated
-        );
-        assert_eq!(
-            db.ingest_one(at(Some(10.5), "v1c"), 5_000).status,
-            IngestStatus::Duplicate
-        );
+        // (updateTime, body, received at, what it is), in the order posted.
+        let posted = [
+            (Some(10.0), "v1", 1_000, IngestStatus::Accepted),
+            // Same time, other body: not newer, so a duplicate.
+            (Some(10.0), "v1b", 2_000, IngestStatus::Duplicate),
+            // No time after one with a time: never applied.
+            (None, "v0", 3_000, IngestStatus::Duplicate),
+            (Some(11.0), "v2", 4_000, IngestStatus::Updated),
+            (Some(10.5), "v1c", 5_000, IngestStatus::Duplicate),
+        ];
+        for (time, body, now, want) in posted {
+            let inc = incident_with("A", time, body).routed(&route);
+            assert_eq!(db.ingest_one(inc, now).status, want, "version {body}");
+        }
         assert_eq!(db.count("incident_versions"), 2);
     }
 

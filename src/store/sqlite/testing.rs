@@ -3,7 +3,7 @@
 
 use rusqlite::Connection;
 
-use super::{SCHEMA, open_connection};
+use super::{migrate, open_connection};
 use crate::store::{IngestOutcome, Ingested, NewIncident, Route};
 
 /// A store file with the schema, and a connection to it; the rules run on it directly, each
@@ -17,7 +17,7 @@ impl TestDb {
     pub fn new() -> TestDb {
         let dir = tempfile::tempdir().unwrap();
         let conn = open_connection(&dir.path().join("gateway.db")).unwrap();
-        conn.execute_batch(SCHEMA).unwrap();
+        migrate(&conn).unwrap();
         TestDb { conn, _dir: dir }
     }
 
@@ -27,6 +27,12 @@ impl TestDb {
             Ingested::Stored(mut outcomes) => outcomes.remove(0),
             Ingested::Replay => panic!("no webhook id was given"),
         }
+    }
+
+    /// Ingests one incident routed to one connector at `now`; returns the id of the delivery
+    /// it queued.
+    pub fn deliver_one(&self, inc: NewIncident, now: i64) -> String {
+        self.ingest_one(inc, now).deliveries.remove(0).id
     }
 
     pub fn count(&self, table: &str) -> i64 {

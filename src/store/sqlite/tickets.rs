@@ -3,37 +3,19 @@
 //! `created`.
 
 use async_trait::async_trait;
-use rusqlite::{Connection, OptionalExtension, Row, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{FromRow, Sqlite, queue};
+use super::{Sqlite, optional_row, queue, rows};
 use crate::model::{Event, now_ms, rfc3339};
 use crate::store::{
-    Caller, CompleteOutcome, DeliveryRef, ResolveOutcome, Route, StoreError, Tickets,
+    Caller, CompleteOutcome, Completing, DeliveryRef, ResolveOutcome, Route, StoreError, Tickets,
 };
 
 #[async_trait]
 impl Tickets for Sqlite {
-    async fn complete(
-        &self,
-        incident_id: String,
-        caller: Caller,
-        reason_code: String,
-        notes: Option<String>,
-        skipping: Vec<String>,
-        upstream: Vec<String>,
-    ) -> Result<CompleteOutcome, StoreError> {
-        self.write(move |conn| {
-            let request = Completing {
-                incident_id: &incident_id,
-                caller: &caller,
-                reason_code: &reason_code,
-                notes: notes.as_deref(),
-                skipping: &skipping,
-                upstream: &upstream,
-            };
-            complete(conn, &request, now_ms())
-        })
-        .await
+    async fn complete(&self, request: Completing) -> Result<CompleteOutcome, StoreError> {
+        self.write(move |conn| complete(conn, &request, now_ms()))
+            .await
     }
 
     async fn resolve(
@@ -131,50 +113,22 @@ pub(super) fn attach_to_ticket(
     Ok(attached)
 }
 
-/// A completion as the back channel asked for it.
-pub(super) struct Completing<'a> {
-    pub incident_id: &'a str,
-    pub caller: &'a Caller,
-    pub reason_code: &'a str,
-    pub notes: Option<&'a str>,
-    /// Connectors that get no `completed` (they asked for none, or they are the caller).
-    pub skipping: &'a [String],
-    /// Connectors that hear of every completion, ticket or not.
-    pub upstream: &'a [String],
-}
-
-/// What completion needs to know of an incident.
-struct IncidentState {
-    status: String,
-    status_change_ms: i64,
-    version_id: i64,
-    source: String,
-}
-
-impl FromRow for IncidentState {
-    fn from_row(r: &Row<'_>) -> rusqlite::Result<Self> {
-        Ok(IncidentState {
-            status: r.get("status")?,
-            status_change_ms: r.get("status_change_ms")?,
-            version_id: r.get("version_id")?,
-            source: r.get("source")?,
-        })
+from_row! {
+    /// What completion needs to know of an incident.
+    struct IncidentState {
+        status: String,
+        status_change_ms: i64,
+        version_id: i64,
+        source: String,
     }
 }
 
-/// An open ticket an incident is on.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct OpenTicket {
-    pub ticket_seq: i64,
-    pub connector: String,
-}
-
-impl FromRow for OpenTicket {
-    fn from_row(r: &Row<'_>) -> rusqlite::Result<Self> {
-        Ok(OpenTicket {
-            ticket_seq: r.get("ticket_seq")?,
-            connector: r.get("connector")?,
-        })
+from_row! {
+    /// An open ticket an incident is on.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub(super) struct OpenTicket {
+        pub ticket_seq: i64,
+        pub connector: String,
     }
 }
 
@@ -230,21 +184,20 @@ fn entitled(
 /// [`Tickets::complete`] at `now`, in the caller's transaction.
 pub(super) fn complete(
     conn: &Connection,
-    request: &Completing<'_>,
+    request: &Completing,
     now: i64,
 ) -> Result<CompleteOutcome, StoreError> {
-    let incident_id = request.incident_id;
-    let state = conn
-        .prepare_cached(
-            "SELECT status, status_change_ms, version_id, source FROM incidents
-             WHERE incident_id = ?1",
-        )?
-        .query_row([incident_id], IncidentState::from_row)
-        .optional()?;
+    let incident_id = request.incident_id.as_str();
+    let state: Option<IncidentState> = optional_row(
+        conn,
+        "SELECT status, status_change_ms, version_id, source FROM incidents
+         WHERE incident_id = ?1",
+        [incident_id],
+    )?;
     let Some(state) = state else {
         return Ok(CompleteOutcome::NotFound);
     };
-    if !entitled(conn, incident_id, &state.source, request.caller)? {
+    if !entitled(conn, incident_id, &state.source, &request.caller)? {
         return Ok(CompleteOutcome::NotFound);
     }
     if state.status == "completed" {
@@ -263,14 +216,13 @@ pub(super) fn complete(
         request.notes,
         now
     ])?;
-    let tickets = conn
-        .prepare_cached(
-            "SELECT t.ticket_seq, t.connector FROM tickets t
-             JOIN ticket_incidents ti ON ti.ticket_seq = t.ticket_seq
-             WHERE ti.incident_id = ?1 AND t.status = 'open' ORDER BY t.ticket_seq",
-        )?
-        .query_map([incident_id], OpenTicket::from_row)?
-        .collect::<Result<Vec<_>, _>>()?;
+    let tickets: Vec<OpenTicket> = rows(
+        conn,
+        "SELECT t.ticket_seq, t.connector FROM tickets t
+         JOIN ticket_incidents ti ON ti.ticket_seq = t.ticket_seq
+         WHERE ti.incident_id = ?1 AND t.status = 'open' ORDER BY t.ticket_seq",
+        [incident_id],
+    )?;
     // Every open ticket closes, whether or not its connector hears of it: a new incident
     // with its key opens a new ticket.
     let mut close = conn.prepare_cached(
@@ -280,7 +232,7 @@ pub(super) fn complete(
         close.execute(params![t.ticket_seq, now])?;
     }
     let mut deliveries = Vec::new();
-    for to in completion_targets(&tickets, request.upstream, request.skipping) {
+    for to in completion_targets(&tickets, &request.upstream, &request.skipping) {
         let id = queue::insert_delivery(
             conn,
             &queue::NewDelivery {
@@ -313,20 +265,12 @@ pub(super) fn complete(
     })
 }
 
-/// What resolve needs to know of a delivery.
-struct DeliveryKind {
-    status: String,
-    event: String,
-    ticket_seq: Option<i64>,
-}
-
-impl FromRow for DeliveryKind {
-    fn from_row(r: &Row<'_>) -> rusqlite::Result<Self> {
-        Ok(DeliveryKind {
-            status: r.get("status")?,
-            event: r.get("event")?,
-            ticket_seq: r.get("ticket_seq")?,
-        })
+from_row! {
+    /// What resolve needs to know of a delivery.
+    struct DeliveryKind {
+        status: String,
+        event: String,
+        ticket_seq: Option<i64>,
     }
 }
 
@@ -347,10 +291,11 @@ pub(super) fn resolve(
     ticket_url: Option<&str>,
     now: i64,
 ) -> Result<ResolveOutcome, StoreError> {
-    let kind = conn
-        .prepare_cached("SELECT status, event, ticket_seq FROM deliveries WHERE delivery_id = ?1")?
-        .query_row([delivery_id], DeliveryKind::from_row)
-        .optional()?;
+    let kind: Option<DeliveryKind> = optional_row(
+        conn,
+        "SELECT status, event, ticket_seq FROM deliveries WHERE delivery_id = ?1",
+        [delivery_id],
+    )?;
     let Some(kind) = kind else {
         return Ok(ResolveOutcome::NotFound);
     };
@@ -360,12 +305,18 @@ pub(super) fn resolve(
             kind.status, kind.event
         )));
     };
-    conn.prepare_cached(
-        "UPDATE deliveries SET status = 'delivered', updated_ms = ?2,
+    let line: Option<queue::Line> = optional_row(
+        conn,
+        "UPDATE deliveries SET status = 'delivered', ready = 0, updated_ms = ?2,
                 last_error = 'resolved by an admin: the ticket exists in the target'
-         WHERE delivery_id = ?1",
-    )?
-    .execute(params![delivery_id, now])?;
+         WHERE delivery_id = ?1
+         RETURNING connector, order_key",
+        params![delivery_id, now],
+    )?;
+    // The created no longer holds its ticket's line: the updates behind it may go.
+    if let Some(line) = line {
+        queue::promote_head(conn, &line.connector, &line.order_key)?;
+    }
     conn.prepare_cached(
         "UPDATE tickets SET ticket_id = ?2, ticket_url = ?3, updated_ms = ?4 WHERE ticket_seq = ?1",
     )?
@@ -391,19 +342,19 @@ mod tests {
             .unwrap()
     }
 
-    fn completing<'a>(
-        incident_id: &'a str,
-        caller: &'a Caller,
-        skipping: &'a [String],
-        upstream: &'a [String],
-    ) -> Completing<'a> {
+    fn completing(
+        incident_id: &str,
+        caller: &Caller,
+        skipping: &[String],
+        upstream: &[String],
+    ) -> Completing {
         Completing {
-            incident_id,
-            caller,
-            reason_code: "false_positive",
-            notes: Some("checked"),
-            skipping,
-            upstream,
+            incident_id: incident_id.into(),
+            caller: caller.clone(),
+            reason_code: "false_positive".into(),
+            notes: Some("checked".into()),
+            skipping: skipping.to_vec(),
+            upstream: upstream.to_vec(),
         }
     }
 

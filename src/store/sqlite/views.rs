@@ -4,9 +4,9 @@
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
-use rusqlite::{Connection, OptionalExtension, Row, ToSql};
+use rusqlite::{Connection, Row, ToSql};
 
-use super::{FromRow, Sqlite, completion_of};
+use super::{FromRow, Sqlite, completion_of, optional_row, rows};
 use crate::model::rfc3339;
 use crate::store::{
     AttemptView, ConnectorView, DeliveryFilter, DeliveryView, IncidentView, StoreError, TicketView,
@@ -45,30 +45,17 @@ impl Views for Sqlite {
     }
 }
 
-/// An incident's own row, with its current version's body.
-struct IncidentRow {
-    incident_id: String,
-    source: String,
-    status: String,
-    status_change_ms: i64,
-    received_ms: i64,
-    updated_ms: i64,
-    versions: u32,
-    body: String,
-}
-
-impl FromRow for IncidentRow {
-    fn from_row(r: &Row<'_>) -> rusqlite::Result<Self> {
-        Ok(IncidentRow {
-            incident_id: r.get("incident_id")?,
-            source: r.get("source")?,
-            status: r.get("status")?,
-            status_change_ms: r.get("status_change_ms")?,
-            received_ms: r.get("received_ms")?,
-            updated_ms: r.get("updated_ms")?,
-            versions: r.get("versions")?,
-            body: r.get("body")?,
-        })
+from_row! {
+    /// An incident's own row, with its current version's body.
+    struct IncidentRow {
+        incident_id: String,
+        source: String,
+        status: String,
+        status_change_ms: i64,
+        received_ms: i64,
+        updated_ms: i64,
+        versions: u32,
+        body: String,
     }
 }
 
@@ -132,15 +119,14 @@ impl FromRow for AttemptView {
 
 /// [`Views::incident`].
 fn incident_view(conn: &Connection, incident_id: &str) -> Result<Option<IncidentView>, StoreError> {
-    let row = conn
-        .prepare_cached(
-            "SELECT i.incident_id, i.source, i.status, i.status_change_ms, i.received_ms, i.updated_ms,
-                    i.versions, v.body
-             FROM incidents i JOIN incident_versions v ON v.version_id = i.version_id
-             WHERE i.incident_id = ?1",
-        )?
-        .query_row([incident_id], IncidentRow::from_row)
-        .optional()?;
+    let row: Option<IncidentRow> = optional_row(
+        conn,
+        "SELECT i.incident_id, i.source, i.status, i.status_change_ms, i.received_ms, i.updated_ms,
+                i.versions, v.body
+         FROM incidents i JOIN incident_versions v ON v.version_id = i.version_id
+         WHERE i.incident_id = ?1",
+        [incident_id],
+    )?;
     let Some(row) = row else {
         return Ok(None);
     };
@@ -151,17 +137,16 @@ fn incident_view(conn: &Connection, incident_id: &str) -> Result<Option<Incident
         true,
     )?;
     let mut connectors = BTreeMap::<String, ConnectorView>::new();
-    let tickets = conn
-        .prepare_cached(
-            "SELECT t.connector, t.correlation_key, t.ticket_id, t.ticket_url, t.status, t.opened_ms,
-                    t.window_until_ms,
-                    (SELECT COUNT(*) FROM ticket_incidents x WHERE x.ticket_seq = t.ticket_seq)
-                        AS incidents
-             FROM tickets t JOIN ticket_incidents ti ON ti.ticket_seq = t.ticket_seq
-             WHERE ti.incident_id = ?1 ORDER BY t.ticket_seq",
-        )?
-        .query_map([&row.incident_id], ConnectorTicket::from_row)?
-        .collect::<Result<Vec<_>, _>>()?;
+    let tickets: Vec<ConnectorTicket> = rows(
+        conn,
+        "SELECT t.connector, t.correlation_key, t.ticket_id, t.ticket_url, t.status, t.opened_ms,
+                t.window_until_ms,
+                (SELECT COUNT(*) FROM ticket_incidents x WHERE x.ticket_seq = t.ticket_seq)
+                    AS incidents
+         FROM tickets t JOIN ticket_incidents ti ON ti.ticket_seq = t.ticket_seq
+         WHERE ti.incident_id = ?1 ORDER BY t.ticket_seq",
+        [&row.incident_id],
+    )?;
     for t in tickets {
         connectors
             .entry(t.connector)
@@ -208,20 +193,15 @@ fn query_deliveries(
          FROM deliveries d {clause}",
         waits = waits_behind!()
     );
-    let mut out = conn
-        .prepare_cached(&sql)?
-        .query_map(args, DeliveryView::from_row)?
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut out: Vec<DeliveryView> = rows(conn, &sql, args)?;
     if with_attempts {
-        let mut stmt = conn.prepare_cached(
-            "SELECT attempt, started_ms, latency_ms, status_code, error, response_body, outcome
-             FROM attempts WHERE delivery_id = ?1 ORDER BY attempt",
-        )?;
         for d in &mut out {
-            let attempts = stmt
-                .query_map([&d.id], AttemptView::from_row)?
-                .collect::<Result<Vec<_>, _>>()?;
-            d.attempts = Some(attempts);
+            d.attempts = Some(rows(
+                conn,
+                "SELECT attempt, started_ms, latency_ms, status_code, error, response_body, outcome
+                 FROM attempts WHERE delivery_id = ?1 ORDER BY attempt",
+                [&d.id],
+            )?);
         }
     }
     Ok(out)
