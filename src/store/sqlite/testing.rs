@@ -3,7 +3,7 @@
 
 use rusqlite::Connection;
 
-use super::{SCHEMA, open_connection};
+use super::{migrate, open_connection};
 use crate::store::{IngestOutcome, Ingested, NewIncident, Route};
 
 /// A store file with the schema, and a connection to it; the rules run on it directly, each
@@ -17,7 +17,7 @@ impl TestDb {
     pub fn new() -> TestDb {
         let dir = tempfile::tempdir().unwrap();
         let conn = open_connection(&dir.path().join("gateway.db")).unwrap();
-        conn.execute_batch(SCHEMA).unwrap();
+        migrate(&conn).unwrap();
         TestDb { conn, _dir: dir }
     }
 

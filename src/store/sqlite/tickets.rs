@@ -305,12 +305,18 @@ pub(super) fn resolve(
             kind.status, kind.event
         )));
     };
-    conn.prepare_cached(
-        "UPDATE deliveries SET status = 'delivered', updated_ms = ?2,
+    let line: Option<queue::Line> = optional_row(
+        conn,
+        "UPDATE deliveries SET status = 'delivered', ready = 0, updated_ms = ?2,
                 last_error = 'resolved by an admin: the ticket exists in the target'
-         WHERE delivery_id = ?1",
-    )?
-    .execute(params![delivery_id, now])?;
+         WHERE delivery_id = ?1
+         RETURNING connector, order_key",
+        params![delivery_id, now],
+    )?;
+    // The created no longer holds its ticket's line: the updates behind it may go.
+    if let Some(line) = line {
+        queue::promote_head(conn, &line.connector, &line.order_key)?;
+    }
     conn.prepare_cached(
         "UPDATE tickets SET ticket_id = ?2, ticket_url = ?3, updated_ms = ?4 WHERE ticket_seq = ?1",
     )?
