@@ -829,19 +829,6 @@ mod tests {
         assert_eq!(ids(&due), [chat.as_str()]);
     }
 
-    /// SQLite's plan for `sql` (parameters bound to NULL), one line per step.
-    fn plan(conn: &Connection, sql: &str) -> String {
-        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
-        let nulls = vec![rusqlite::types::Null; stmt.parameter_count()];
-        stmt.query_map(rusqlite::params_from_iter(nulls), |r| {
-            r.get::<_, String>("detail")
-        })
-        .unwrap()
-        .collect::<Result<Vec<_>, _>>()
-        .unwrap()
-        .join("\n")
-    }
-
     /// Leasing, the next due time, queueing and moving a line on are index seeks, whatever
     /// the queue holds: no step reads the deliveries table or an index from end to end.
     #[test]

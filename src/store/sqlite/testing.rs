@@ -98,3 +98,16 @@ impl Routed for NewIncident {
         self
     }
 }
+
+/// SQLite's plan for `sql` (parameters bound to NULL), one line per step.
+pub fn plan(conn: &Connection, sql: &str) -> String {
+    let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+    let nulls = vec![rusqlite::types::Null; stmt.parameter_count()];
+    stmt.query_map(rusqlite::params_from_iter(nulls), |r| {
+        r.get::<_, String>("detail")
+    })
+    .unwrap()
+    .collect::<Result<Vec<_>, _>>()
+    .unwrap()
+    .join("\n")
+}
