@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use crate::connector::Connector;
 use crate::model::{Event, TicketFacts};
-use crate::render::{self, DeliveryFacts, Renderer};
+use crate::render::{DeliveryFacts, Renderer, TemplateContext};
 use crate::store::Route;
 
 /// The reason codes seed 000 lists for completing an incident.
@@ -30,24 +30,48 @@ pub const REASON_CODES: &[&str] = &[
 /// that fails (strict mode, a field this incident lacks) or renders blank falls back to the
 /// incident id: the incident still gets its own ticket rather than none.
 pub fn route_for(renderer: &Renderer, connector: &Connector, incident: &Value) -> Route {
-    let received_at = crate::model::rfc3339(crate::model::now_ms());
-    let context = render::context(
-        incident,
-        &DeliveryFacts {
-            event: Event::Created,
-            delivery_id: "",
-            attempt: 0,
-            connector,
-            received_at: &received_at,
-            ticket: TicketFacts::default(),
-            completion: None,
-        },
-    );
+    route_with(renderer, connector, incident, &mut None)
+}
+
+/// [`route_for`] for each of `connectors`: a key that needs a render context shares one
+/// context, built once, with the others.
+pub fn routes_for<'a>(
+    renderer: &Renderer,
+    connectors: impl IntoIterator<Item = &'a Connector>,
+    incident: &Value,
+) -> Vec<Route> {
+    let mut context = None;
+    connectors
+        .into_iter()
+        .map(|c| route_with(renderer, c, incident, &mut context))
+        .collect()
+}
+
+/// [`route_for`], with the render context of an earlier connector to reuse (only the
+/// connector's facts change between connectors).
+fn route_with(
+    renderer: &Renderer,
+    connector: &Connector,
+    incident: &Value,
+    context: &mut Option<(String, TemplateContext)>,
+) -> Route {
     let incident_id = incident
         .get("incidentId")
         .and_then(Value::as_str)
         .unwrap_or_default();
-    let key = match renderer.correlation_key(connector, &context) {
+    let rendered = match renderer.plain_correlation_key(connector, incident) {
+        Some(key) => Ok(key),
+        None => {
+            let (received_at, context) = context.get_or_insert_with(|| {
+                let received_at = crate::model::rfc3339(crate::model::now_ms());
+                let context = TemplateContext::new(incident, &key_facts(connector, &received_at));
+                (received_at, context)
+            });
+            context.set_facts(&key_facts(connector, received_at));
+            renderer.correlation_key(connector, &*context)
+        }
+    };
+    let key = match rendered {
         Ok(key) if !key.is_empty() => key,
         Ok(_) => incident_id.to_string(),
         Err(e) => {
@@ -63,6 +87,19 @@ pub fn route_for(renderer: &Renderer, connector: &Connector, incident: &Value) -
             .aggregate_for
             .map(|d| d.as_millis().min(i64::MAX as u128) as i64),
         sends_updated: connector.sends(Event::Updated),
+    }
+}
+
+/// What a key template sees beside the incident: a `created` delivery not yet made.
+fn key_facts<'a>(connector: &'a Connector, received_at: &'a str) -> DeliveryFacts<'a> {
+    DeliveryFacts {
+        event: Event::Created,
+        delivery_id: "",
+        attempt: 0,
+        connector,
+        received_at,
+        ticket: TicketFacts::default(),
+        completion: None,
     }
 }
 

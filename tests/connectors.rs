@@ -6,11 +6,14 @@
 //! `check` / `render` as an admin runs them.
 
 mod common;
+#[path = "support/hostile.rs"]
+mod hostile;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use common::*;
+use hostile::{NASTY, UNICODE};
 use incident_gateway::config::Config;
 use incident_gateway::model::{Completion, Event, TicketFacts};
 use incident_gateway::render::{self, DeliveryFacts, RenderedRequest, Renderer};
@@ -276,155 +279,9 @@ fn example_incidents() -> Vec<(String, Value)> {
         .collect()
 }
 
-/// Text that breaks naive templates: quotes, backslashes, every kind of line break, tabs,
-/// control characters, template and shell syntax, HTML and Slack/Markdown markup.
-const NASTY: &str = "He said \"stop\" \\ C:\\Windows\\ \\\"esc\\\" \\n-literal\nline two\r\nCRLF\rCR\ttab \u{0}\u{1}\u{8}\u{b}\u{c}\u{1b}[31m\u{1f}\u{7f} \u{85}NEL \u{2028}LS \u{2029}PS {{incidentId}} {{{x}}} ${HOME} %s %n </script><script>alert(1)</script> <!channel> <@U123> <https://evil.test|click> & &amp; *bold* _it_ ~st~ `code` [link](https://evil.test) {noformat} {code} | pipe";
-
-/// Scripts the UI may mix: emoji (with ZWJ and flags), CJK, right-to-left, combining marks.
-const UNICODE: &str = "🚨🔥 👩‍💻 🇧🇷 事件报告 インシデント 사고 حادث أمني خطير ‏(مهاجم)‏ שלום é ñ Z̤ͤ͑̓ \u{200d}\u{feff}\u{202e}reversed\u{202c} 𝔘𝔫𝔦𝔠𝔬𝔡𝔢";
-
-/// About `bytes` bytes of `unit` repeated.
-fn repeat_to(unit: &str, bytes: usize) -> String {
-    unit.repeat(bytes / unit.len() + 1)
-}
-
-/// The sample's free-text fields that templates put in titles, hosts and names.
-const TEXT_FIELDS: [&[&str]; 6] = [
-    &["incident", "recommendations"],
-    &["customer"],
-    &["asset_host_name"],
-    &["humanFriendlyId"],
-    &["incident_class"],
-    &["deployment,"],
-];
-
-/// Puts `text` in each of the TEXT_FIELDS of `incident`.
-fn fill_text_fields(incident: &mut Value, text: &str) {
-    for path in TEXT_FIELDS {
-        let field = path.iter().fold(&mut *incident, |v, key| &mut v[*key]);
-        *field = json!(text);
-    }
-}
-
 /// Hostile variants of the sample incident, each a valid incident (checked by a test).
 fn hostile_variants() -> Vec<(&'static str, Value)> {
-    let sample = sample();
-    let mut out: Vec<(&'static str, Value)> = Vec::new();
-    let mut with = |name: &'static str, f: &dyn Fn(&mut Value)| {
-        let mut v = sample.clone();
-        f(&mut v);
-        out.push((name, v));
-    };
-    with("nasty_text", &|v| {
-        v["incident"]["summary"] = json!(format!("Brute force {NASTY}"));
-        v["incident"]["description"] = json!(format!("**Attack** {NASTY}\n\n- item {NASTY}"));
-        fill_text_fields(v, NASTY);
-        v["attacker"]["value"] = json!(NASTY);
-    });
-    with("html_report", &|v| {
-        let html = format!(
-            "<p>Report</p></script><script>alert('x')</script><style>p{{}}</style><!-- c --><img src=x onerror=alert(1)><a href=\"javascript:alert(1)\">link</a><table><tr><td>{NASTY}</td></tr></table><pre>{NASTY}</pre><ul><li>one</li></ul>&lt;b&gt; &amp;amp; &#x1F6A8; <b>unclosed"
-        );
-        v["extra"]["investigation_report"] = json!(html);
-        v["extra"]["recommendations"] = json!(html);
-        v["recommendations"] = json!(html);
-        v["extra"]["incidentUrl"] =
-            json!("https://console.example.test/incident?id=1&x=<b>\"q\"|>&y=</script>");
-    });
-    with("unicode", &|v| {
-        v["incident"]["summary"] = json!(UNICODE.repeat(3));
-        v["incident"]["description"] = json!(UNICODE.repeat(20));
-        v["extra"]["investigation_report"] = json!(format!("<p>{}</p>", UNICODE.repeat(20)));
-        v["customer"] = json!(UNICODE);
-        v["asset_host_name"] = json!("서버-01.例え.テスト");
-    });
-    with("huge_description", &|v| {
-        let text = repeat_to(&format!("{NASTY} {UNICODE} "), 100 * 1024);
-        v["incident"]["description"] = json!(text);
-        v["extra"]["investigation_report"] = json!(format!("<p>{text}</p>"));
-        v["extra"]["recommendations"] = json!(format!("<p>{text}</p>"));
-    });
-    with("huge_summary", &|v| {
-        v["incident"]["summary"] = json!(repeat_to(&format!("{NASTY} {UNICODE} "), 100 * 1024));
-    });
-    // The most bytes per character once JSON-escaped: control characters become `\u0001`.
-    with("worst_escaping", &|v| {
-        let text = "\u{1}".repeat(100 * 1024);
-        v["incident"]["summary"] = json!(text);
-        v["incident"]["description"] = json!(text);
-        v["extra"]["investigation_report"] = json!(text);
-        v["extra"]["recommendations"] = json!(text);
-        fill_text_fields(v, &text);
-        v["extra"]["incidentUrl"] = json!(format!("https://x.test/{text}"));
-        v["attacker_lset"] = json!(
-            (0..500)
-                .map(|i| json!({"value": format!("{i}{}", "\u{1}".repeat(200))}))
-                .collect::<Vec<_>>()
-        );
-    });
-    with("long_id", &|v| {
-        // The longest id the incident schema allows, in characters that need escaping.
-        v["incidentId"] = json!(format!("{}\"\\/\n?#&", "Ä".repeat(249)));
-    });
-    with("many_parties_and_events", &|v| {
-        v["attacker_lset"] = json!(
-            (0..1000)
-                .map(|i| json!({"ip": format!("10.{}.{}.{}", i / 65536, (i / 256) % 256, i % 256)}))
-                .collect::<Vec<_>>()
-        );
-        v["victim_lset"] = json!(
-            (0..1000)
-                .map(|i| json!({"value": format!("user-{i}-{UNICODE}")}))
-                .collect::<Vec<_>>()
-        );
-        v["events"] = json!(
-            (0..500)
-                .map(|i| json!({
-                    "event_id": i,
-                    "host": format!("host-{}.example.net", i % 50),
-                    "signature_name": format!("Signature {i} {NASTY}"),
-                    "response_code": format!("{}", 200 + i % 7),
-                }))
-                .collect::<Vec<_>>()
-        );
-    });
-    with("all_null", &|v| {
-        let keys: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
-        for k in keys {
-            if k != "incidentId" {
-                v[&k] = Value::Null;
-            }
-        }
-    });
-    with("empty_strings", &|v| {
-        v["incident"]["summary"] = json!("");
-        v["incident"]["description"] = json!("");
-        v["extra"]["investigation_report"] = json!("");
-        v["humanFriendlyId"] = json!("");
-        v["customer"] = json!("   ");
-        v["asset_host_name"] = json!("\n");
-    });
-    with("whitespace_summary", &|v| {
-        v["incident"]["summary"] = json!(" \r\n\t\u{2028} ");
-    });
-    with("rated_critical", &|v| {
-        v["incident"]["threatRating"] = json!("CRITICAL");
-    });
-    with("rated_low", &|v| {
-        v["incident"]["threatRating"] = json!("low");
-    });
-    with("rated_info", &|v| {
-        v["incident"]["threatRating"] = json!("Info");
-    });
-    with("rated_high", &|v| {
-        v["incident"]["threatRating"] = json!("high");
-    });
-    with("unrated", &|v| {
-        v["incident"]["threatRating"] = Value::Null;
-        v["incident_threat_rating"] = Value::Null;
-        v["defaultThreatRating"] = Value::Null;
-    });
-    out
+    hostile::hostile_variants(&sample())
 }
 
 /// Every incident the connectors are tested with: the examples and the hostile variants.
@@ -444,6 +301,58 @@ fn hostile_variants_are_valid_incidents() {
     for (name, incident) in hostile_variants() {
         let violations = schema.violations(&incident, "");
         assert!(violations.is_empty(), "{name}: {violations:?}");
+    }
+}
+
+/// The renders of one incident version share its context and keep what reads the incident
+/// alone: every shipped connector, for every incident (hostile ones too) and every event in
+/// any order, renders from a shared context exactly what a context of its own renders.
+#[test]
+fn renders_sharing_an_incident_context_equal_renders_of_their_own() {
+    let config = example_config();
+    let renderer = Renderer::new(config.partials_dir.as_deref(), &config.connectors)
+        .expect("the shipped templates compile");
+    let orders = [
+        [
+            Event::Created,
+            Event::Updated,
+            Event::Completed,
+            Event::Created,
+        ],
+        [
+            Event::Completed,
+            Event::Updated,
+            Event::Created,
+            Event::Completed,
+        ],
+    ];
+    for (name, incident) in all_incidents() {
+        for order in orders {
+            let shared = render::IncidentContext::new(&incident);
+            for connector in &config.connectors {
+                for event in order {
+                    let facts = DeliveryFacts {
+                        event,
+                        delivery_id: "msg_shared",
+                        attempt: 2,
+                        connector,
+                        received_at: "2026-01-01T00:00:00.000Z",
+                        ticket: golden_ticket(&incident, event),
+                        completion: golden_completion(event),
+                    };
+                    let own =
+                        renderer.render(connector, event, &render::context(&incident, &facts));
+                    let from_shared = renderer.render(connector, event, &shared.with_facts(&facts));
+                    assert_eq!(
+                        from_shared.map_err(|e| e.to_string()),
+                        own.map_err(|e| e.to_string()),
+                        "{} × {name} × {}",
+                        connector.name,
+                        event.as_str()
+                    );
+                }
+            }
+        }
     }
 }
 

@@ -5,11 +5,16 @@
 //! admin's preview) and the fuzz target call the very same steps, so what they show is what
 //! a delivery sends.
 
+use std::collections::VecDeque;
+use std::sync::Mutex;
+
 use serde_json::Value;
 
 use crate::connector::{Connector, SmtpTarget, Target};
 use crate::model::{self, Completion, Event, TicketFacts};
-use crate::render::{self, DeliveryFacts, RenderError, RenderedRequest, Renderer};
+use crate::render::{
+    DeliveryFacts, IncidentContext, RenderError, RenderedRequest, Renderer, TemplateContext, memo,
+};
 use crate::signature;
 
 use super::smtp::{self, MessageError};
@@ -53,19 +58,104 @@ pub enum Unprepared {
 
 /// The template context of an attempt: the incident with the gateway's facts.
 pub fn context(connector: &Connector, incident: &Value, facts: &AttemptFacts) -> Value {
+    attempt_context(connector, incident, facts).into_value()
+}
+
+/// [`context`] as the renderer reads it, built anew.
+pub fn attempt_context(
+    connector: &Connector,
+    incident: &Value,
+    facts: &AttemptFacts,
+) -> TemplateContext {
     let received_at = model::rfc3339(facts.received_at_ms);
-    render::context(
-        incident,
-        &DeliveryFacts {
-            event: facts.event,
-            delivery_id: &facts.delivery_id,
-            attempt: facts.attempt,
-            connector,
-            received_at: &received_at,
-            ticket: facts.ticket.clone(),
-            completion: facts.completion.clone(),
-        },
-    )
+    TemplateContext::new(incident, &delivery_facts(connector, facts, &received_at))
+}
+
+/// The contexts of the incident versions prepared last. Each version is delivered to every
+/// connector that takes it, for each event, and retried: those attempts reuse its context
+/// (and what its renders keep, see [`crate::render::memo`]) and only set their own facts.
+static RECENT: Mutex<VecDeque<TemplateContext>> = Mutex::new(VecDeque::new());
+
+/// How many incident versions' contexts are kept (each some times the incident's size).
+const RECENT_VERSIONS: usize = 4;
+
+/// [`attempt_context`], reusing the context of this incident version when it was prepared
+/// lately. The context goes back to the recent ones when dropped.
+pub fn recent_context(
+    connector: &Connector,
+    incident: &Value,
+    facts: &AttemptFacts,
+) -> RecentContext {
+    let taken = RECENT.lock().ok().and_then(|mut recent| {
+        let at = recent.iter().position(|c| {
+            c.data()
+                .get("payload")
+                .is_some_and(|p| memo::same(p, incident))
+        })?;
+        recent.remove(at)
+    });
+    let context = match taken {
+        Some(mut context) => {
+            set_facts(&mut context, connector, facts);
+            context
+        }
+        None => attempt_context(connector, incident, facts),
+    };
+    RecentContext(context)
+}
+
+/// An attempt's context, kept for the next attempt of its incident version when dropped.
+pub struct RecentContext(TemplateContext);
+
+impl std::ops::Deref for RecentContext {
+    type Target = TemplateContext;
+
+    fn deref(&self) -> &TemplateContext {
+        &self.0
+    }
+}
+
+impl Drop for RecentContext {
+    fn drop(&mut self) {
+        let context = std::mem::take(&mut self.0);
+        if let Ok(mut recent) = RECENT.lock() {
+            recent.push_front(context);
+            recent.truncate(RECENT_VERSIONS);
+        }
+    }
+}
+
+/// [`context`] from the incident version's part of it, computed once per version: only the
+/// attempt's facts are built here.
+pub fn template_context(
+    connector: &Connector,
+    incident: &IncidentContext,
+    facts: &AttemptFacts,
+) -> TemplateContext {
+    let received_at = model::rfc3339(facts.received_at_ms);
+    incident.with_facts(&delivery_facts(connector, facts, &received_at))
+}
+
+/// Sets `context` (of the same incident version) to this attempt's facts, in place.
+pub fn set_facts(context: &mut TemplateContext, connector: &Connector, facts: &AttemptFacts) {
+    let received_at = model::rfc3339(facts.received_at_ms);
+    context.set_facts(&delivery_facts(connector, facts, &received_at));
+}
+
+fn delivery_facts<'a>(
+    connector: &'a Connector,
+    facts: &'a AttemptFacts,
+    received_at: &'a str,
+) -> DeliveryFacts<'a> {
+    DeliveryFacts {
+        event: facts.event,
+        delivery_id: &facts.delivery_id,
+        attempt: facts.attempt,
+        connector,
+        received_at,
+        ticket: facts.ticket.clone(),
+        completion: facts.completion.clone(),
+    }
 }
 
 /// The stored incident version, read back for rendering.
@@ -81,17 +171,28 @@ pub fn prepare(
     facts: &AttemptFacts,
     unix_seconds: i64,
 ) -> Result<Outgoing, Unprepared> {
-    let context = context(connector, incident, facts);
+    let context = recent_context(connector, incident, facts);
+    prepare_with(renderer, connector, &context, facts, unix_seconds)
+}
+
+/// [`prepare`] with the attempt's context built (see [`template_context`]).
+pub fn prepare_with(
+    renderer: &Renderer,
+    connector: &Connector,
+    context: &TemplateContext,
+    facts: &AttemptFacts,
+    unix_seconds: i64,
+) -> Result<Outgoing, Unprepared> {
     match &connector.target {
         Target::Smtp(settings) => {
-            let (message, message_id) = mail(renderer, connector, settings, facts, &context)?;
+            let (message, message_id) = mail(renderer, connector, settings, facts, context)?;
             Ok(Outgoing::Mail {
                 message,
                 message_id,
             })
         }
         Target::Http(_) => {
-            let request = renderer.render(connector, facts.event, &context)?;
+            let request = renderer.render(connector, facts.event, context)?;
             let request = stamp(request, &facts.delivery_id, unix_seconds);
             Ok(Outgoing::Request(sign(request, &connector.signing)))
         }
@@ -127,7 +228,7 @@ fn mail(
     connector: &Connector,
     settings: &SmtpTarget,
     facts: &AttemptFacts,
-    context: &Value,
+    context: &TemplateContext,
 ) -> Result<(lettre::Message, String), Unprepared> {
     let email = renderer.render_email(connector, facts.event, context)?;
     let message_id = smtp::message_id(settings, &facts.delivery_id);
@@ -258,6 +359,68 @@ api_key = "a-source-key-of-32-characters-xxx"
             updated.contains("In-Reply-To: <root@example.com>"),
             "{updated}"
         );
+    }
+
+    /// Attempts of one incident version share its context and what its renders keep: every
+    /// shipped connector sends, for every event in any order, what a context built anew for
+    /// that one attempt renders.
+    #[test]
+    fn attempts_that_reuse_a_version_context_send_what_a_fresh_context_renders() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let config =
+            Config::load_with_env(&root.join("examples/connectors.toml"), |name| match name {
+                "IGW_ADMIN_TOKEN" => Some("an-admin-token-of-32-characters-x".into()),
+                "IGW_SOURCE_KEY" => Some("a-source-key-of-32-characters-xxx".into()),
+                _ => None,
+            })
+            .unwrap();
+        let renderer = Renderer::new(config.partials_dir.as_deref(), &config.connectors).unwrap();
+        let mut files: Vec<_> = std::fs::read_dir(root.join("examples/incidents"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        let events = [
+            Event::Updated,
+            Event::Created,
+            Event::Completed,
+            Event::Updated,
+        ];
+        for file in files {
+            let incident: Value =
+                serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+            for connector in &config.connectors {
+                for (i, event) in events.into_iter().enumerate() {
+                    let mut facts = facts(event, (event != Event::Created).then_some("T-1"));
+                    facts.attempt = i as u32 + 1;
+                    facts.completion = (event == Event::Completed).then(|| Completion {
+                        reason_code: "other".into(),
+                        notes: Some(format!("closed {i}")),
+                        status_change_time: "2026-01-02T00:00:00.000Z".into(),
+                    });
+                    let Ok(Outgoing::Request(reused)) =
+                        prepare(&renderer, connector, &incident, &facts, 1_700_000_000)
+                    else {
+                        panic!("{} renders {}", connector.name, file.display());
+                    };
+                    let fresh = renderer
+                        .render(connector, event, &context(connector, &incident, &facts))
+                        .unwrap();
+                    let fresh = sign(
+                        stamp(fresh, &facts.delivery_id, 1_700_000_000),
+                        &connector.signing,
+                    );
+                    assert_eq!(
+                        reused,
+                        fresh,
+                        "{} {:?} {}",
+                        connector.name,
+                        event,
+                        file.display()
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -168,7 +168,7 @@ impl Rollups {
                         event
                             .get(*n)
                             .filter(|v| !v.is_null())
-                            .map(crate::render::helpers::text)
+                            .map(|v| crate::render::helpers::text(v).into_owned())
                     })
                     .filter(|s| !s.is_empty())
             };

@@ -5,13 +5,19 @@
 //! Handlebars' built-ins `eq`, `ne`, `gt`, `gte`, `lt`, `lte`, `and`, `or`, `not`, `if`,
 //! `unless`, `each`, `with` and `lookup` are available too.
 
+use std::borrow::Cow;
+use std::cell::RefCell;
+use std::collections::HashSet;
+use std::sync::Arc;
+
 use handlebars::{
-    Context, Handlebars, Helper, HelperDef, HelperResult, Output, RenderContext, RenderError,
-    RenderErrorReason, ScopedJson,
+    Context, Handlebars, Helper, HelperDef, HelperResult, Output, PathAndJson, RenderContext,
+    RenderError, RenderErrorReason, ScopedJson,
 };
 use serde_json::Value;
 
 use super::bounds;
+use super::memo::{self, VersionMemo};
 use crate::model::ThreatRating;
 
 type Compute = fn(&Helper, &Context) -> Result<Value, HelperError>;
@@ -108,21 +114,98 @@ fn json_helper(
     Ok(())
 }
 
+/// What the render running on this thread remembers.
+struct Scope {
+    /// What `include` rendered in this render: (context, partial) → text. A partial rendered
+    /// with the same context renders the same text, and templates include the same partial
+    /// more than once (a description, then its length).
+    included: Vec<(usize, String, String)>,
+    /// What renders of this incident version share (see [`memo`]).
+    version: Option<Arc<VersionMemo>>,
+}
+
+thread_local! {
+    static SCOPE: RefCell<Option<Scope>> = const { RefCell::new(None) };
+}
+
+/// Runs one render (of any number of templates sharing one context) remembering what
+/// `include` rendered in it, and sharing with other renders of the incident version what
+/// `version` keeps. Outside such a scope nothing is remembered.
+pub fn render_scope<T>(version: Option<Arc<VersionMemo>>, render: impl FnOnce() -> T) -> T {
+    struct Restore(Option<Scope>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            SCOPE.with(|s| *s.borrow_mut() = self.0.take());
+        }
+    }
+    let scope = Scope {
+        included: Vec::new(),
+        version,
+    };
+    let outer = SCOPE.with(|s| s.borrow_mut().replace(scope));
+    let _restore = Restore(outer);
+    render()
+}
+
+pub(super) fn version_memo() -> Option<Arc<VersionMemo>> {
+    SCOPE.with(|s| s.borrow().as_ref().and_then(|s| s.version.clone()))
+}
+
+fn included(ctx: &Context, name: &str) -> Option<String> {
+    let at = ctx as *const Context as usize;
+    SCOPE.with(|s| {
+        s.borrow().as_ref().and_then(|scope| {
+            scope
+                .included
+                .iter()
+                .find(|(c, n, _)| *c == at && n == name)
+                .map(|(_, _, text)| text.clone())
+        })
+    })
+}
+
+fn remember_included(ctx: &Context, name: &str, text: &str) {
+    let at = ctx as *const Context as usize;
+    SCOPE.with(|s| {
+        if let Some(scope) = s.borrow_mut().as_mut() {
+            scope
+                .included
+                .push((at, name.to_string(), text.to_string()));
+        }
+    });
+}
+
 /// `{{include "name"}}`: the partial `name` rendered as plain text, returned as a value so the
 /// including template escapes it for its content type (a JSON string, HTML).
 pub struct Include {
     /// The plain-text registry holding the partials; `None` inside that registry itself.
-    text: Option<std::sync::Arc<Handlebars<'static>>>,
+    text: Option<Arc<Handlebars<'static>>>,
+    /// The partials whose text depends on the incident alone ([`memo::incident_only`]).
+    incident_only: Arc<HashSet<String>>,
+    /// The renderer's id: what incident versions keep of a partial is kept under it.
+    renderer: u64,
 }
 
 impl Include {
-    pub fn new(text: std::sync::Arc<Handlebars<'static>>) -> Include {
-        Include { text: Some(text) }
+    pub fn new(
+        renderer: u64,
+        text: Arc<Handlebars<'static>>,
+        incident_only: Arc<HashSet<String>>,
+    ) -> Include {
+        Include {
+            text: Some(text),
+            incident_only,
+            renderer,
+        }
     }
 
     /// For the plain-text registry itself, so a partial can include another.
-    pub fn within() -> Include {
-        Include { text: None }
+    pub fn within(renderer: u64, incident_only: Arc<HashSet<String>>) -> Include {
+        Include {
+            text: None,
+            incident_only,
+            renderer,
+        }
     }
 }
 
@@ -144,7 +227,20 @@ impl HelperDef for Include {
             .map(|p| text(p.value()))
             .ok_or(RenderErrorReason::ParamNotFoundForIndex("include", 0))?;
         if !registry.has_template(&name) {
-            return Err(failed("include", HelperError::NoPartial(name)));
+            return Err(failed("include", HelperError::NoPartial(name.into_owned())));
+        }
+        if let Some(rendered) = included(ctx, &name) {
+            return Ok(ScopedJson::Derived(Value::String(rendered)));
+        }
+        let version = self
+            .incident_only
+            .contains(name.as_ref())
+            .then(version_memo)
+            .flatten();
+        let key = format!("include\0{name}");
+        if let Some(rendered) = version.as_ref().and_then(|v| v.text(self.renderer, &key)) {
+            remember_included(ctx, &name, &rendered);
+            return Ok(ScopedJson::Derived(Value::String(rendered.to_string())));
         }
         let mut rendered = registry.render_with_context(&name, ctx)?;
         // Files end with a line break; a value spliced into a string should not.
@@ -153,6 +249,10 @@ impl HelperDef for Include {
             if rendered.ends_with('\r') {
                 rendered.pop();
             }
+        }
+        remember_included(ctx, &name, &rendered);
+        if let Some(version) = version {
+            version.keep_text(self.renderer, &key, &rendered);
         }
         Ok(ScopedJson::Derived(Value::String(rendered)))
     }
@@ -203,13 +303,13 @@ pub const HELPER_NAMES: &[&str] = &[
 
 pub fn register(hb: &mut Handlebars) {
     hb.register_helper("json", Box::new(json_helper));
-    let helpers: [(&'static str, Compute); 22] = [
+    hb.register_helper("default", Box::new(DefaultHelper));
+    let helpers: [(&'static str, Compute); 21] = [
         ("oneline", |h, _| convert(h, oneline)),
         ("strip_control", |h, _| convert(h, strip_control)),
         ("slack_escape", |h, _| convert(h, slack_escape)),
         ("truncate_bytes", truncate_bytes),
         ("truncate_utf16", truncate_utf16),
-        ("default", default),
         ("upper", |h, _| convert(h, |s| s.to_uppercase())),
         ("lower", |h, _| convert(h, |s| s.to_lowercase())),
         ("truncate", truncate),
@@ -218,16 +318,24 @@ pub fn register(hb: &mut Handlebars) {
         ("len", len),
         ("replace", replace),
         ("date", date),
-        ("strip_html", |h, _| convert(h, strip_html)),
-        ("html_to_text", |h, _| convert(h, html_to_text)),
-        ("markdown_to_text", |h, _| convert(h, markdown_to_text)),
+        ("strip_html", |h, _| {
+            convert_kept(h, "strip_html", strip_html)
+        }),
+        ("html_to_text", |h, _| {
+            convert_kept(h, "html_to_text", html_to_text)
+        }),
+        ("markdown_to_text", |h, _| {
+            convert_kept(h, "markdown_to_text", markdown_to_text)
+        }),
         ("contains", contains),
         ("pointer", pointer),
         ("priority", priority),
         ("concat", |h, _| {
-            Ok(Value::String(
-                h.params().iter().map(|p| text(p.value())).collect(),
-            ))
+            let mut out = String::new();
+            for p in h.params() {
+                out.push_str(&text(p.value()));
+            }
+            Ok(Value::String(out))
         }),
         ("trim", |h, _| convert(h, |s| s.trim().to_string())),
     ];
@@ -239,6 +347,28 @@ pub fn register(hb: &mut Handlebars) {
 /// A helper of one text parameter that returns text.
 fn convert(h: &Helper, f: fn(&str) -> String) -> Result<Value, HelperError> {
     Ok(Value::String(f(&text(arg(h, 0)?))))
+}
+
+/// [`convert`] for the costly conversions: the renders of one incident version convert each
+/// of its texts once.
+fn convert_kept(
+    h: &Helper,
+    helper: &'static str,
+    f: fn(&str) -> String,
+) -> Result<Value, HelperError> {
+    let input = text(arg(h, 0)?);
+    if input.len() < memo::MIN_CONVERT_BYTES {
+        return Ok(Value::String(f(&input)));
+    }
+    let version = version_memo();
+    if let Some(out) = version.as_ref().and_then(|v| v.converted(helper, &input)) {
+        return Ok(Value::String(out));
+    }
+    let out = f(&input);
+    if let Some(v) = version {
+        v.keep_converted(helper, &input, &out);
+    }
+    Ok(Value::String(out))
 }
 
 /// A parameter's value. Strict, as the rest of the template is: a parameter naming a
@@ -265,11 +395,12 @@ fn opt_arg<'a>(h: &'a Helper, index: usize) -> Result<Option<&'a Value>, HelperE
 }
 
 /// A value as text: strings as they are, null and missing as "", the rest as JSON.
-pub fn text(v: &Value) -> String {
+pub fn text(v: &Value) -> Cow<'_, str> {
     match v {
-        Value::String(s) => s.clone(),
-        Value::Null => String::new(),
-        other => other.to_string(),
+        // Borrowed: helpers read their text parameters, most of them without keeping them.
+        Value::String(s) => Cow::Borrowed(s),
+        Value::Null => Cow::Borrowed(""),
+        other => Cow::Owned(other.to_string()),
     }
 }
 
@@ -282,12 +413,47 @@ fn is_blank(v: &Value) -> bool {
 }
 
 /// `{{default value "fallback"}}`: the value, or the fallback when it is missing, null or blank.
-fn default(h: &Helper, _: &Context) -> Result<Value, HelperError> {
-    let fallback = arg(h, 1)?.clone();
-    match h.param(0) {
-        Some(p) if !p.is_value_missing() && !is_blank(p.value()) => Ok(p.value().clone()),
-        _ => Ok(fallback),
+/// Returns the chosen value itself where it lies in the context or the template, so a long
+/// text (`default incident.summary …`) is not copied.
+struct DefaultHelper;
+
+impl HelperDef for DefaultHelper {
+    fn call_inner<'reg: 'rc, 'rc>(
+        &self,
+        h: &Helper<'rc>,
+        _: &'reg Handlebars<'reg>,
+        ctx: &'rc Context,
+        _: &mut RenderContext<'reg, 'rc>,
+    ) -> Result<ScopedJson<'rc>, RenderError> {
+        let fail = |e: HelperError| failed("default", e);
+        bounds::check_budget().map_err(|e| fail(e.into()))?;
+        arg(h, 1).map_err(fail)?;
+        let chosen = match (h.param(0), h.param(1)) {
+            (Some(p), _) if !p.is_value_missing() && !is_blank(p.value()) => p,
+            (_, Some(fallback)) => fallback,
+            (_, None) => return Err(fail(HelperError::MissingParameter(2))),
+        };
+        if let Value::String(s) = chosen.value() {
+            bounds::check_output(s).map_err(|e| fail(e.into()))?;
+        }
+        Ok(borrowed(chosen, ctx).unwrap_or_else(|| ScopedJson::Derived(chosen.value().clone())))
     }
+}
+
+/// A parameter's value as a reference into the context (or the template's literal), when it
+/// is one; `None` for values helpers computed.
+fn borrowed<'rc>(p: &PathAndJson<'rc>, ctx: &'rc Context) -> Option<ScopedJson<'rc>> {
+    if let Some(constant) = p.try_get_constant_value() {
+        return Some(ScopedJson::Constant(constant));
+    }
+    let path = p.context_path()?;
+    let found = path.iter().try_fold(ctx.data(), |v, segment| match v {
+        Value::Object(m) => m.get(segment),
+        Value::Array(a) => segment.parse::<usize>().ok().and_then(|i| a.get(i)),
+        _ => None,
+    })?;
+    // The path is the one the value was found at from the root; checked all the same.
+    std::ptr::eq(found, p.value()).then(|| ScopedJson::Context(found, path.clone()))
 }
 
 /// `{{truncate text 100}}`: at most 100 characters, the last one `…` when cut. Counts
@@ -298,7 +464,7 @@ fn truncate(h: &Helper, _: &Context) -> Result<Value, HelperError> {
     let suffix = h
         .hash_get("suffix")
         .map(|v| text(v.value()))
-        .unwrap_or_else(|| "…".to_string());
+        .unwrap_or(Cow::Borrowed("…"));
     Ok(Value::String(truncate_chars(&s, max, &suffix)))
 }
 
@@ -357,7 +523,7 @@ fn truncate_bytes(h: &Helper, _: &Context) -> Result<Value, HelperError> {
     let s = text(arg(h, 0)?);
     let max = arg(h, 1)?.as_u64().ok_or(HelperError::NotALength)? as usize;
     if s.len() <= max {
-        return Ok(Value::String(s));
+        return Ok(Value::String(s.into_owned()));
     }
     let marker = "…";
     let mut cut = max.saturating_sub(marker.len());
@@ -377,7 +543,7 @@ fn truncate_utf16(h: &Helper, _: &Context) -> Result<Value, HelperError> {
     let s = text(arg(h, 0)?);
     let max = arg(h, 1)?.as_u64().ok_or(HelperError::NotALength)? as usize;
     if s.encode_utf16().count() <= max {
-        return Ok(Value::String(s));
+        return Ok(Value::String(s.into_owned()));
     }
     let budget = max.saturating_sub(1);
     let mut used = 0;
@@ -403,7 +569,7 @@ fn join(h: &Helper, _: &Context) -> Result<Value, HelperError> {
         .unwrap_or_else(|| ", ".into());
     Ok(Value::String(match arg(h, 0)? {
         Value::Array(items) => items.iter().map(text).collect::<Vec<_>>().join(&sep),
-        other => text(other),
+        other => text(other).into_owned(),
     }))
 }
 
@@ -433,16 +599,16 @@ fn replace(h: &Helper, _: &Context) -> Result<Value, HelperError> {
     let from = text(arg(h, 1)?);
     let to = text(arg(h, 2)?);
     if from.is_empty() {
-        return Ok(Value::String(s));
+        return Ok(Value::String(s.into_owned()));
     }
     // Refuse before building a result that many short matches would blow up.
     if to.len() > from.len() {
-        let grows_by = s.matches(from.as_str()).count() * (to.len() - from.len());
+        let grows_by = s.matches(from.as_ref()).count() * (to.len() - from.len());
         if s.len().saturating_add(grows_by) > bounds::MAX_HELPER_OUTPUT_BYTES {
             return Err(bounds::Exceeded::Output.into());
         }
     }
-    Ok(Value::String(s.replace(&from, &to)))
+    Ok(Value::String(s.replace(from.as_ref(), &to)))
 }
 
 /// `{{date value "%Y-%m-%d %H:%M %Z" "Europe/Paris"}}`: formats epoch seconds (fractional
@@ -456,10 +622,10 @@ fn date(h: &Helper, _: &Context) -> Result<Value, HelperError> {
         None => chrono_tz::UTC,
         Some(name) => name
             .parse::<chrono_tz::Tz>()
-            .map_err(|_| HelperError::NotATimeZone(name))?,
+            .map_err(|_| HelperError::NotATimeZone(name.into_owned()))?,
     };
     let Some(instant) = parse_time(&value) else {
-        return Ok(Value::String(text(&value)));
+        return Ok(Value::String(text(&value).into_owned()));
     };
     let local = instant.with_timezone(&zone);
     Ok(Value::String(match pattern {
@@ -467,7 +633,7 @@ fn date(h: &Helper, _: &Context) -> Result<Value, HelperError> {
         Some(p) => {
             let items: Vec<chrono::format::Item> = chrono::format::StrftimeItems::new(&p).collect();
             if items.contains(&chrono::format::Item::Error) {
-                return Err(HelperError::NotAPattern(p));
+                return Err(HelperError::NotAPattern(p.into_owned()));
             }
             local.format_with_items(items.into_iter()).to_string()
         }
@@ -604,9 +770,9 @@ fn tidy_lines(text: &str) -> String {
 fn contains(h: &Helper, _: &Context) -> Result<Value, HelperError> {
     let needle = arg(h, 1)?;
     let found = match arg(h, 0)? {
-        Value::String(s) => s.contains(&text(needle)),
+        Value::String(s) => s.contains(text(needle).as_ref()),
         Value::Array(items) => items.iter().any(|i| i == needle || text(i) == text(needle)),
-        Value::Object(map) => map.contains_key(&text(needle)),
+        Value::Object(map) => map.contains_key(text(needle).as_ref()),
         _ => false,
     };
     Ok(Value::Bool(found))
@@ -621,7 +787,7 @@ fn pointer(h: &Helper, ctx: &Context) -> Result<Value, HelperError> {
         _ => return Err(HelperError::NoPointer),
     };
     if !(ptr.is_empty() || ptr.starts_with('/')) {
-        return Err(HelperError::NotAPointer(ptr));
+        return Err(HelperError::NotAPointer(ptr.into_owned()));
     }
     Ok(base.pointer(&ptr).cloned().unwrap_or(Value::Null))
 }

@@ -6,18 +6,24 @@
 //! URL templates percent-encode what they interpolate, so incident text cannot change the
 //! path or query. Handlebars has one escape function per registry, hence one registry per kind.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::{Arc, OnceLock};
 
 pub mod bounds;
 pub mod derive;
 pub mod helpers;
+mod key;
+pub mod memo;
+mod partial;
 
 use handlebars::{Context, Handlebars, RenderErrorReason};
 use serde_json::{Map, Value};
 
 use crate::connector::{Connector, HttpRequest, MailMessage, SmtpTarget, Target, TemplatePath};
 use crate::model::{Completion, Event, TicketFacts};
+use memo::VersionMemo;
 
 /// A template that does not compile or does not render, located in its file.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -91,21 +97,51 @@ impl Escape {
 /// Escapes text for the inside of a JSON string literal. Every control character is escaped,
 /// so the result is valid JSON whatever the incident carries.
 pub fn escape_json_string(text: &str) -> String {
+    // Every character to escape is found by its first byte (U+2028 and U+2029 are E2 80 A8/A9
+    // in UTF-8), so the text is copied in runs between them, not character by character.
+    let bytes = text.as_bytes();
     let mut out = String::with_capacity(text.len() + 8);
-    for ch in text.chars() {
-        match ch {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 || c == '\u{7f}' || c == '\u{2028}' || c == '\u{2029}' => {
-                out.push_str(&format!("\\u{:04x}", c as u32))
+    let (mut i, mut run) = (0, 0);
+    while i < bytes.len() {
+        let (width, escape) = match bytes[i] {
+            b'"' => (1, Escaped::Text("\\\"")),
+            b'\\' => (1, Escaped::Text("\\\\")),
+            b'\n' => (1, Escaped::Text("\\n")),
+            b'\r' => (1, Escaped::Text("\\r")),
+            b'\t' => (1, Escaped::Text("\\t")),
+            b @ (0x00..=0x1f | 0x7f) => (1, Escaped::Unicode(u32::from(b))),
+            0xe2 if bytes.get(i + 1) == Some(&0x80)
+                && matches!(bytes.get(i + 2), Some(0xa8 | 0xa9)) =>
+            {
+                let low = u32::from(bytes[i + 2] - 0xa8);
+                (3, Escaped::Unicode(0x2028 + low))
             }
-            c => out.push(c),
+            _ => {
+                i += 1;
+                continue;
+            }
+        };
+        out.push_str(&text[run..i]);
+        match escape {
+            Escaped::Text(t) => out.push_str(t),
+            Escaped::Unicode(code) => {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                out.push_str("\\u");
+                for shift in [12, 8, 4, 0] {
+                    out.push(char::from(HEX[((code >> shift) & 0xf) as usize]));
+                }
+            }
         }
+        i += width;
+        run = i;
     }
+    out.push_str(&text[run..]);
     out
+}
+
+enum Escaped {
+    Text(&'static str),
+    Unicode(u32),
 }
 
 fn escape_url_component(text: &str) -> String {
@@ -161,6 +197,9 @@ pub struct RenderedEmail {
     pub html: Option<String>,
 }
 
+/// Tells renderers apart in what incident versions keep (see [`memo`]).
+static NEXT_RENDERER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// Compiled templates of every connector.
 pub struct Renderer {
     /// Partial name → its file, so an error inside a partial names the file.
@@ -169,6 +208,8 @@ pub struct Renderer {
     html: Handlebars<'static>,
     plain: Handlebars<'static>,
     url: Handlebars<'static>,
+    /// Each connector's correlation key, when it can be read off the incident directly.
+    keys: BTreeMap<String, key::KeyPlan>,
 }
 
 /// What the gateway adds to the template context beside the incident's own fields.
@@ -193,42 +234,172 @@ pub struct DeliveryFacts<'a> {
 /// `payload` (the incident as received, for templates that forward it whole) and the derived
 /// fields of [`derive`].
 pub fn context(incident: &Value, facts: &DeliveryFacts) -> Value {
-    let mut map = match incident {
-        Value::Object(m) => m.clone(),
-        _ => Map::new(),
-    };
-    map.extend(derive::derived(incident));
-    map.insert("event".into(), Value::String(facts.event.as_str().into()));
-    map.insert(
-        "delivery".into(),
-        serde_json::json!({
-            "id": facts.delivery_id,
-            "attempt": facts.attempt,
-            "connector": facts.connector.name,
-        }),
-    );
-    map.insert(
-        "connector".into(),
-        serde_json::json!({
-            "name": facts.connector.name,
-            "priorities": facts.connector.priorities,
-            "vars": facts.connector.vars,
-        }),
-    );
-    map.insert(
-        "received_at".into(),
-        Value::String(facts.received_at.into()),
-    );
-    map.insert(
-        "ticket".into(),
-        serde_json::to_value(&facts.ticket).unwrap_or(Value::Null),
-    );
-    map.insert(
-        "completion".into(),
-        serde_json::to_value(&facts.completion).unwrap_or(Value::Null),
-    );
-    map.insert("payload".into(), incident.clone());
-    Value::Object(map)
+    IncidentContext::new(incident)
+        .into_template_context(facts)
+        .into_value()
+}
+
+/// The names of the gateway's facts in a context, in the order they are added.
+const FACTS: [&str; 6] = [
+    "event",
+    "delivery",
+    "connector",
+    "received_at",
+    "ticket",
+    "completion",
+];
+
+/// The part of a [`context`] that depends only on the incident version: its fields, the
+/// derived fields and `payload`. Computed once per version and shared (it is immutable);
+/// each attempt's [`TemplateContext`] starts from it.
+#[derive(Debug, Clone)]
+pub struct IncidentContext {
+    /// The whole context with every fact null, so that setting them keeps the order of keys
+    /// a context built in one go has (a key is replaced where it stands).
+    base: Map<String, Value>,
+    /// What the renders of this version share (partials of the incident alone, conversions).
+    memo: Arc<VersionMemo>,
+}
+
+impl IncidentContext {
+    pub fn new(incident: &Value) -> IncidentContext {
+        let mut base = match incident {
+            Value::Object(m) => m.clone(),
+            _ => Map::new(),
+        };
+        base.extend(derive::derived(incident));
+        for name in FACTS {
+            base.insert(name.into(), Value::Null);
+        }
+        base.insert("payload".into(), incident.clone());
+        IncidentContext {
+            base,
+            memo: Arc::default(),
+        }
+    }
+
+    /// The context of one delivery: a copy of this one with the delivery's facts.
+    pub fn with_facts(&self, facts: &DeliveryFacts) -> TemplateContext {
+        self.clone().into_template_context(facts)
+    }
+
+    /// The context of one delivery, when this incident version has no other (no copy).
+    pub fn into_template_context(self, facts: &DeliveryFacts) -> TemplateContext {
+        let mut context = TemplateContext {
+            context: Context::from(Value::Object(self.base)),
+            memo: Some(self.memo),
+        };
+        context.set_facts(facts);
+        context
+    }
+}
+
+/// A [`context`] as Handlebars reads it. Every template of a render borrows it, and it can be
+/// reused for another delivery of the same incident version by [`TemplateContext::set_facts`]
+/// (which is what correlation keys, one per connector, do).
+#[derive(Debug, Clone)]
+pub struct TemplateContext {
+    context: Context,
+    /// Shared with the other contexts of the incident version; facts never reach it.
+    memo: Option<Arc<VersionMemo>>,
+}
+
+impl TemplateContext {
+    pub fn new(incident: &Value, facts: &DeliveryFacts) -> TemplateContext {
+        IncidentContext::new(incident).into_template_context(facts)
+    }
+
+    /// The context as JSON.
+    pub fn data(&self) -> &Value {
+        self.context.data()
+    }
+
+    pub fn into_value(self) -> Value {
+        let mut context = self.context;
+        std::mem::take(context.data_mut())
+    }
+
+    /// Replaces the gateway's facts with those of another delivery, in place: nothing that
+    /// depends on the incident alone is built again.
+    pub fn set_facts(&mut self, facts: &DeliveryFacts) {
+        let values: [Value; 6] = [
+            Value::String(facts.event.as_str().into()),
+            serde_json::json!({
+                "id": facts.delivery_id,
+                "attempt": facts.attempt,
+                "connector": facts.connector.name,
+            }),
+            serde_json::json!({
+                "name": facts.connector.name,
+                "priorities": facts.connector.priorities,
+                "vars": facts.connector.vars,
+            }),
+            Value::String(facts.received_at.into()),
+            serde_json::to_value(&facts.ticket).unwrap_or(Value::Null),
+            serde_json::to_value(&facts.completion).unwrap_or(Value::Null),
+        ];
+        let data = self.context.data_mut();
+        if !data.is_object() {
+            *data = Value::Object(Map::new());
+        }
+        if let Value::Object(map) = data {
+            for (name, value) in FACTS.into_iter().zip(values) {
+                match map.get_mut(name) {
+                    Some(slot) => *slot = value,
+                    None => {
+                        map.insert(name.into(), value);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// An empty context (null): a placeholder.
+impl Default for TemplateContext {
+    fn default() -> TemplateContext {
+        TemplateContext {
+            context: Context::null(),
+            memo: None,
+        }
+    }
+}
+
+impl From<Value> for TemplateContext {
+    fn from(value: Value) -> TemplateContext {
+        TemplateContext {
+            context: Context::from(value),
+            memo: Some(Arc::default()),
+        }
+    }
+}
+
+/// What the render functions accept as the context: a [`TemplateContext`], borrowed, or any
+/// JSON value (copied into one).
+pub trait AsContext {
+    fn as_context(&self) -> Cow<'_, Context>;
+
+    /// What renders of the same incident version share, if this context knows its version.
+    fn memo(&self) -> Option<Arc<VersionMemo>> {
+        None
+    }
+}
+
+impl AsContext for TemplateContext {
+    fn as_context(&self) -> Cow<'_, Context> {
+        Cow::Borrowed(&self.context)
+    }
+
+    fn memo(&self) -> Option<Arc<VersionMemo>> {
+        self.memo.clone()
+    }
+}
+
+impl AsContext for Value {
+    fn as_context(&self) -> Cow<'_, Context> {
+        // What `Context::wraps` made of it, without serializing.
+        Cow::Owned(Context::from(self.clone()))
+    }
 }
 
 fn url_name(connector: &str, event: Event) -> String {
@@ -301,7 +472,11 @@ fn from_render_error(name: &str, e: handlebars::RenderError) -> RenderError {
 /// The innermost block helper (`{{#name …}}`) left open at the end of `text`, with its line
 /// and column.
 fn unclosed_block(text: &str) -> Option<(String, usize, usize)> {
-    let tag = regex::Regex::new(r"\{\{~?\s*([#/])\s*([A-Za-z_][\w-]*)").ok()?;
+    // Compiled once: check and the admin API report compile errors of many templates.
+    static TAG: OnceLock<Option<regex::Regex>> = OnceLock::new();
+    let tag = TAG
+        .get_or_init(|| regex::Regex::new(r"\{\{~?\s*([#/])\s*([A-Za-z_][\w-]*)").ok())
+        .as_ref()?;
     let mut open: Vec<(String, usize)> = Vec::new();
     for m in tag.captures_iter(text) {
         let (Some(whole), Some(kind), Some(name)) = (m.get(0), m.get(1), m.get(2)) else {
@@ -374,14 +549,26 @@ impl Renderer {
         // including template then escapes for its own content type. So a multi-line partial
         // can fill a JSON string, which `{{> name}}` (raw text) cannot.
         let mut text = registry(Escape::None);
-        text.register_helper("include", Box::new(helpers::Include::within()));
         for p in &partials {
             text.register_partial(&p.name, &p.text)
                 .map_err(|e| compile_error(&p.shown, &p.text, e))?;
             text.register_template_string(&p.name, &p.text)
                 .map_err(|e| compile_error(&p.shown, &p.text, e))?;
         }
-        let text = std::sync::Arc::new(text);
+        // Which partials read the incident alone: their text is kept per incident version,
+        // under this renderer's id (another renderer may have other partials of those names).
+        let id = NEXT_RENDERER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let incident_only = Arc::new(memo::incident_only(&text));
+        partial::rewrite(&mut text, "text", id, &incident_only);
+        text.register_helper(
+            "include",
+            Box::new(helpers::Include::within(id, incident_only.clone())),
+        );
+        // `include` renders a partial as the template a render starts from: its parts that
+        // read the incident alone are kept too (`{{> incident_text}}` in `update_note`).
+        let names: Vec<String> = text.get_templates().keys().cloned().collect();
+        memo::wrap_roots(&mut text, "text", &names, &incident_only, id);
+        let text = Arc::new(text);
         let mut r = Renderer {
             partial_files: partials
                 .iter()
@@ -391,9 +578,17 @@ impl Renderer {
             html: registry(Escape::Html),
             plain: registry(Escape::None),
             url: registry(Escape::Url),
+            keys: BTreeMap::new(),
         };
         for hb in [&mut r.json, &mut r.html, &mut r.plain] {
-            hb.register_helper("include", Box::new(helpers::Include::new(text.clone())));
+            hb.register_helper(
+                "include",
+                Box::new(helpers::Include::new(
+                    id,
+                    text.clone(),
+                    incident_only.clone(),
+                )),
+            );
             for p in &partials {
                 hb.register_partial(&p.name, &p.text)
                     .map_err(|e| compile_error(&p.shown, &p.text, e))?;
@@ -402,6 +597,39 @@ impl Renderer {
         for c in connectors {
             r.add_connector(c)?;
         }
+        for (tag, hb) in [
+            ("json", &mut r.json),
+            ("html", &mut r.html),
+            ("plain", &mut r.plain),
+            ("url", &mut r.url),
+        ] {
+            partial::rewrite(hb, tag, id, &incident_only);
+        }
+        // The templates a render starts from (not the partials): their parts that read the
+        // incident alone are kept per incident version.
+        for (tag, hb) in [
+            ("json", &mut r.json),
+            ("html", &mut r.html),
+            ("plain", &mut r.plain),
+            ("url", &mut r.url),
+        ] {
+            let roots: Vec<String> = hb
+                .get_templates()
+                .keys()
+                .filter(|n| !r.partial_files.contains_key(*n))
+                .cloned()
+                .collect();
+            memo::wrap_roots(hb, tag, &roots, &incident_only, id);
+        }
+        r.keys = connectors
+            .iter()
+            .map(|c| {
+                (
+                    c.name.clone(),
+                    key::KeyPlan::of(&r.plain, &key_name(&c.name)),
+                )
+            })
+            .collect();
         Ok(r)
     }
 
@@ -508,7 +736,7 @@ impl Renderer {
         &self,
         connector: &Connector,
         event: Event,
-        context: &Value,
+        context: &(impl AsContext + ?Sized),
     ) -> Result<RenderedEmail, RenderError> {
         let Target::Smtp(smtp) = &connector.target else {
             return Err(wrong_target(connector, "it is not an smtp connector"));
@@ -519,12 +747,24 @@ impl Renderer {
                 format!("the connector sends no email for `{}`", event.as_str()),
             ));
         };
-        let ctx = Context::wraps(context).map_err(|e| {
-            RenderError::unlocated(request.template.as_written.clone(), e.to_string())
-        })?;
+        let ctx = context.as_context();
+        let ctx: &Context = &ctx;
+        helpers::render_scope(context.memo(), || {
+            self.email_with(connector, smtp, request, event, ctx)
+        })
+    }
+
+    fn email_with(
+        &self,
+        connector: &Connector,
+        smtp: &SmtpTarget,
+        request: &MailMessage,
+        event: Event,
+        ctx: &Context,
+    ) -> Result<RenderedEmail, RenderError> {
         let body = |path: &TemplatePath| {
             self.body_registry(&path.as_written)
-                .render_with_context(&path.as_written, &ctx)
+                .render_with_context(&path.as_written, ctx)
                 .map_err(|e| self.locate_partial(from_render_error(&path.as_written, e)))
         };
         let text = body(&request.template)?;
@@ -533,11 +773,11 @@ impl Renderer {
             None => None,
         };
         let mut subject = helpers::oneline(
-            &self.render_plain(&mail_name(&connector.name, event, "subject"), &ctx)?,
+            &self.render_plain(&mail_name(&connector.name, event, "subject"), ctx)?,
         );
         if smtp.subject_tag.is_some() {
             let tag = helpers::oneline(
-                &self.render_plain(&mail_name(&connector.name, event, "subject_tag"), &ctx)?,
+                &self.render_plain(&mail_name(&connector.name, event, "subject_tag"), ctx)?,
             );
             if !tag.is_empty() && !subject.contains(&tag) {
                 subject = format!("{tag} {subject}");
@@ -548,7 +788,7 @@ impl Renderer {
                 .map(|i| {
                     self.render_plain(
                         &mail_name(&connector.name, event, &format!("{prefix} {i}")),
-                        &ctx,
+                        ctx,
                     )
                     .map(|a| a.trim().to_string())
                 })
@@ -569,16 +809,23 @@ impl Renderer {
     pub fn correlation_key(
         &self,
         connector: &Connector,
-        context: &Value,
+        context: &(impl AsContext + ?Sized),
     ) -> Result<String, RenderError> {
         let name = key_name(&connector.name);
-        let ctx = Context::wraps(context)
-            .map_err(|e| RenderError::unlocated(name.clone(), e.to_string()))?;
-        let key = self
-            .plain
-            .render_with_context(&name, &ctx)
-            .map_err(|e| self.locate_partial(from_render_error(&name, e)))?;
+        let ctx = context.as_context();
+        let key = helpers::render_scope(context.memo(), || {
+            self.plain.render_with_context(&name, &ctx)
+        })
+        .map_err(|e| self.locate_partial(from_render_error(&name, e)))?;
         Ok(key.trim().to_string())
+    }
+
+    /// The connector's correlation key read off the incident alone, trimmed, when its template
+    /// is text and references to the incident's own fields; `None` when it must be rendered
+    /// with [`Renderer::correlation_key`] (another template, or a field this incident lacks).
+    pub fn plain_correlation_key(&self, connector: &Connector, incident: &Value) -> Option<String> {
+        let key = self.keys.get(&connector.name)?.render(incident)?;
+        Some(key.trim().to_string())
     }
 
     fn body_registry_mut(&mut self, name: &str) -> &mut Handlebars<'static> {
@@ -611,7 +858,7 @@ impl Renderer {
         &self,
         escape: Escape,
         template: &str,
-        context: &Value,
+        context: &(impl AsContext + ?Sized),
     ) -> Result<String, RenderError> {
         let hb = match escape {
             Escape::Json => &self.json,
@@ -619,10 +866,11 @@ impl Renderer {
             Escape::None => &self.plain,
             Escape::Url => &self.url,
         };
-        let ctx = Context::wraps(context)
-            .map_err(|e| RenderError::unlocated("(inline)", e.to_string()))?;
-        hb.render_template_with_context(template, &ctx)
-            .map_err(|e| self.locate_partial(from_render_error("(inline)", e)))
+        let ctx = context.as_context();
+        helpers::render_scope(context.memo(), || {
+            hb.render_template_with_context(template, &ctx)
+        })
+        .map_err(|e| self.locate_partial(from_render_error("(inline)", e)))
     }
 
     /// Renders the request `connector` sends for `context` (see [`context`]).
@@ -630,7 +878,7 @@ impl Renderer {
         &self,
         connector: &Connector,
         event: Event,
-        context: &Value,
+        context: &(impl AsContext + ?Sized),
     ) -> Result<RenderedRequest, RenderError> {
         let Target::Http(http) = &connector.target else {
             return Err(wrong_target(connector, "it sends email, not HTTP requests"));
@@ -641,18 +889,29 @@ impl Renderer {
                 format!("the connector skips `{}`", event.as_str()),
             )
         })?;
-        let ctx = Context::wraps(context).map_err(|e| {
-            RenderError::unlocated(request.template.as_written.clone(), e.to_string())
-        })?;
+        let ctx = context.as_context();
+        let ctx: &Context = &ctx;
+        helpers::render_scope(context.memo(), || {
+            self.request_with(connector, event, request, ctx)
+        })
+    }
+
+    fn request_with(
+        &self,
+        connector: &Connector,
+        event: Event,
+        request: &HttpRequest,
+        ctx: &Context,
+    ) -> Result<RenderedRequest, RenderError> {
         let body_name = &request.template.as_written;
         let body = self
             .body_registry(body_name)
-            .render_with_context(body_name, &ctx)
+            .render_with_context(body_name, ctx)
             .map_err(|e| self.locate_partial(from_render_error(body_name, e)))?;
         let url_template = url_name(&connector.name, event);
         let url = self
             .url
-            .render_with_context(&url_template, &ctx)
+            .render_with_context(&url_template, ctx)
             .map_err(|e| from_render_error(&url_template, e))?;
         if url.contains(DOT_SEGMENT_MARKER) {
             return Err(RenderError {
@@ -684,7 +943,7 @@ impl Renderer {
             let hn = header_name(&connector.name, event, header);
             let value = self
                 .plain
-                .render_with_context(&hn, &ctx)
+                .render_with_context(&hn, ctx)
                 .map_err(|e| self.locate_partial(from_render_error(&hn, e)))?;
             // Incident text must never add a header line, nor carry what HTTP forbids there.
             if reqwest::header::HeaderValue::from_str(&value).is_err() {
@@ -720,6 +979,46 @@ mod tests {
         let doc = format!("{{\"s\": \"{escaped}\"}}");
         let parsed: Value = serde_json::from_str(&doc).unwrap();
         assert_eq!(parsed["s"], hostile);
+    }
+
+    /// The escaping before it copied runs of text: one character at a time.
+    fn escape_json_string_by_char(text: &str) -> String {
+        let mut out = String::new();
+        for ch in text.chars() {
+            match ch {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                '\n' => out.push_str("\\n"),
+                '\r' => out.push_str("\\r"),
+                '\t' => out.push_str("\\t"),
+                c if (c as u32) < 0x20 || c == '\u{7f}' || c == '\u{2028}' || c == '\u{2029}' => {
+                    out.push_str(&format!("\\u{:04x}", c as u32))
+                }
+                c => out.push(c),
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn json_escaping_copies_runs_but_escapes_every_character_as_before() {
+        let mut texts: Vec<String> = (0u32..0x3000)
+            .filter_map(char::from_u32)
+            .map(|c| format!("a{c}b{c}{c}"))
+            .collect();
+        texts.extend([
+            String::new(),
+            "plain".into(),
+            "\u{2027}\u{2028}\u{2029}\u{202a}\u{e2}\u{80}".into(),
+            "€ ✓ \u{2028}\u{2029}🚨".repeat(50),
+        ]);
+        for t in texts {
+            assert_eq!(
+                escape_json_string(&t),
+                escape_json_string_by_char(&t),
+                "{t:?}"
+            );
+        }
     }
 
     #[test]
