@@ -19,16 +19,8 @@ use handlebars::{
 };
 use serde_json::Value;
 
-/// Facts a context gives beside the incident (see [`super::context`]).
-const FACTS: &[&str] = &[
-    "event",
-    "delivery",
-    "connector",
-    "received_at",
-    "ticket",
-    "completion",
-];
-
+// Facts a context gives beside the incident (see `super::context`).
+use super::FACTS;
 /// At most this much text is kept per incident version; past it, nothing more is kept.
 const MAX_BYTES: usize = 4 * 1024 * 1024;
 
