@@ -11,7 +11,6 @@ mod hostile;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use common::*;
 use hostile::{NASTY, UNICODE};
@@ -20,8 +19,6 @@ use incident_gateway::model::{Completion, Event, TicketFacts};
 use incident_gateway::render::{self, DeliveryFacts, RenderedRequest, Renderer};
 use serde_json::{Value, json};
 
-const ADMIN_TOKEN_ENV: &str = "example-admin-token-123";
-const SOURCE_KEY_ENV: &str = "example-source-key-123";
 const EVENTS: [Event; 3] = [Event::Created, Event::Updated, Event::Completed];
 
 /// Every shipped connector and its `target_schema`: the schema `check` applies to the body of
@@ -66,49 +63,37 @@ fn request_schema(connector: &str, event: Event) -> &'static str {
     }
 }
 
+const SERVICENOW: &str = "https://example.service-now.com/api/now/table/incident";
+const JIRA: &str = "https://example.atlassian.net/rest/api/2/issue";
+const OPSGENIE: &str = "https://api.opsgenie.com/v2/alerts";
+const REDMINE: &str = "https://redmine.example.com/issues";
+const SLACK: &str = "https://hooks.slack.com/services/T00000000/B00000000/XXXXXXXXXXXXXXXXXXXXXXXX";
+const TEAMS: &str = "https://example.webhook.office.com/webhookb2/team-id@tenant-id/IncomingWebhook/connector-id/owner-id";
+
 /// The method and URL each event sends, `{id}` standing for the ticket id and `{key}` for the
 /// correlation key (each as the URL template writes it: percent-encoded).
-fn expected_request(connector: &str, event: Event) -> (&'static str, &'static str) {
+fn expected_request(connector: &str, event: Event) -> (&'static str, String) {
     use Event::*;
+    let fields = "?sysparm_fields=sys_id,number";
+    let by_alias = "?identifierType=alias";
     match (connector, event) {
-        ("servicenow", Created) => (
+        ("servicenow", Created) => ("POST", format!("{SERVICENOW}{fields}")),
+        ("servicenow", _) => ("PATCH", format!("{SERVICENOW}/{{id}}{fields}")),
+        ("jira", Created) => ("POST", JIRA.into()),
+        ("jira", Updated) => ("POST", format!("{JIRA}/{{id}}/comment")),
+        ("jira", Completed) => ("POST", format!("{JIRA}/{{id}}/transitions")),
+        ("pagerduty", _) => ("POST", "https://events.pagerduty.com/v2/enqueue".into()),
+        ("opsgenie", Created) => ("POST", OPSGENIE.into()),
+        ("opsgenie", Updated) => ("POST", format!("{OPSGENIE}/{{key}}/notes{by_alias}")),
+        ("opsgenie", Completed) => ("POST", format!("{OPSGENIE}/{{key}}/close{by_alias}")),
+        ("redmine", Created) => ("POST", format!("{REDMINE}.json")),
+        ("redmine", _) => ("PUT", format!("{REDMINE}/{{id}}.json")),
+        ("slack", _) => ("POST", SLACK.into()),
+        ("teams", _) => ("POST", TEAMS.into()),
+        ("generic", _) => (
             "POST",
-            "https://example.service-now.com/api/now/table/incident?sysparm_fields=sys_id,number",
+            "https://soar.example.com/hooks/incident-gateway".into(),
         ),
-        ("servicenow", _) => (
-            "PATCH",
-            "https://example.service-now.com/api/now/table/incident/{id}?sysparm_fields=sys_id,number",
-        ),
-        ("jira", Created) => ("POST", "https://example.atlassian.net/rest/api/2/issue"),
-        ("jira", Updated) => (
-            "POST",
-            "https://example.atlassian.net/rest/api/2/issue/{id}/comment",
-        ),
-        ("jira", Completed) => (
-            "POST",
-            "https://example.atlassian.net/rest/api/2/issue/{id}/transitions",
-        ),
-        ("pagerduty", _) => ("POST", "https://events.pagerduty.com/v2/enqueue"),
-        ("opsgenie", Created) => ("POST", "https://api.opsgenie.com/v2/alerts"),
-        ("opsgenie", Updated) => (
-            "POST",
-            "https://api.opsgenie.com/v2/alerts/{key}/notes?identifierType=alias",
-        ),
-        ("opsgenie", Completed) => (
-            "POST",
-            "https://api.opsgenie.com/v2/alerts/{key}/close?identifierType=alias",
-        ),
-        ("redmine", Created) => ("POST", "https://redmine.example.com/issues.json"),
-        ("redmine", _) => ("PUT", "https://redmine.example.com/issues/{id}.json"),
-        ("slack", _) => (
-            "POST",
-            "https://hooks.slack.com/services/T00000000/B00000000/XXXXXXXXXXXXXXXXXXXXXXXX",
-        ),
-        ("teams", _) => (
-            "POST",
-            "https://example.webhook.office.com/webhookb2/team-id@tenant-id/IncomingWebhook/connector-id/owner-id",
-        ),
-        ("generic", _) => ("POST", "https://soar.example.com/hooks/incident-gateway"),
         (other, _) => panic!("{other} is not a shipped connector"),
     }
 }
@@ -148,12 +133,30 @@ fn example_config_path() -> PathBuf {
 /// The example config with only the two variables it requires set: every other `${…}` takes
 /// its default.
 fn example_config() -> Config {
-    Config::load_with_env(&example_config_path(), |name| match name {
-        "IGW_ADMIN_TOKEN" => Some(ADMIN_TOKEN_ENV.to_string()),
-        "IGW_SOURCE_KEY" => Some(SOURCE_KEY_ENV.to_string()),
-        _ => None,
-    })
-    .expect("examples/connectors.toml loads")
+    Config::load_with_env(&example_config_path(), |name| lookup(EXAMPLE_ENV, name))
+        .expect("examples/connectors.toml loads")
+}
+
+/// The renderer of `config`'s connectors.
+fn renderer(config: &Config) -> Renderer {
+    Renderer::new(config.partials_dir.as_deref(), &config.connectors)
+        .expect("the shipped templates compile")
+}
+
+/// The body of `request` as JSON; if it is not, a failure `at`.
+fn json_body(request: &RenderedRequest, at: &str, failures: &mut Vec<String>) -> Option<Value> {
+    serde_json::from_str(&request.body)
+        .map_err(|e| failures.push(format!("{at}: not JSON: {e}")))
+        .ok()
+}
+
+fn assert_no_failures(failures: &[String]) {
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 fn target_schema(name: &str) -> jsonschema::Validator {
@@ -551,8 +554,7 @@ fn renders_valid_bodies(connector: &str) {
         .map(|(_, s)| *s)
         .unwrap_or_else(|| panic!("{connector} is not in SHIPPED"));
     let config = example_config();
-    let renderer = Renderer::new(config.partials_dir.as_deref(), &config.connectors)
-        .expect("the shipped templates compile");
+    let renderer = renderer(&config);
     let schema = target_schema(schema_name);
     let event_schemas: Vec<(&str, jsonschema::Validator)> = EVENTS
         .iter()
@@ -567,12 +569,8 @@ fn renders_valid_bodies(connector: &str) {
         for (i, event) in EVENTS.into_iter().enumerate() {
             let at = format!("{connector} × {incident_name} × {}", event.as_str());
             let request = render_with(&renderer, &config, connector, incident, event);
-            let body: Value = match serde_json::from_str(&request.body) {
-                Ok(b) => b,
-                Err(e) => {
-                    failures.push(format!("{at}: not JSON: {e}"));
-                    continue;
-                }
+            let Some(body) = json_body(&request, &at, &mut failures) else {
+                continue;
             };
             for e in schema_errors(&schema, &body) {
                 failures.push(format!("{at}: {schema_name}: {e}"));
@@ -597,12 +595,7 @@ fn renders_valid_bodies(connector: &str) {
         "largest {connector} body: {} bytes ({})",
         largest.0, largest.1
     );
-    assert!(
-        failures.is_empty(),
-        "{} failures:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    assert_no_failures(&failures);
 }
 
 #[test]
@@ -786,11 +779,8 @@ fn every_connector_has_a_callback_token_example() {
     let file = copy.path().join("examples/connectors.toml");
     std::fs::write(&file, uncommented).unwrap();
     let token = |name: &str| format!("{}-callback-token", name.to_lowercase());
-    let config = Config::load_with_env(&file, move |name| match name {
-        "IGW_ADMIN_TOKEN" => Some(ADMIN_TOKEN_ENV.to_string()),
-        "IGW_SOURCE_KEY" => Some(SOURCE_KEY_ENV.to_string()),
-        n if n.ends_with("_CALLBACK_TOKEN") => Some(token(n)),
-        _ => None,
+    let config = Config::load_with_env(&file, move |name| {
+        lookup(EXAMPLE_ENV, name).or_else(|| name.ends_with("_CALLBACK_TOKEN").then(|| token(name)))
     })
     .unwrap_or_else(|e| panic!("the example with its callback tokens does not load: {e}"));
     for (connector, _) in SHIPPED {
@@ -848,7 +838,7 @@ fn hostile_completions() -> Vec<(&'static str, Completion)> {
 #[test]
 fn completed_renders_valid_bodies_for_hostile_completions() {
     let config = example_config();
-    let renderer = Renderer::new(config.partials_dir.as_deref(), &config.connectors).unwrap();
+    let renderer = renderer(&config);
     let incidents: Vec<(String, Value)> = all_incidents()
         .into_iter()
         .filter(|(n, _)| {
@@ -887,12 +877,8 @@ fn completed_renders_valid_bodies_for_hostile_completions() {
                         continue;
                     }
                 };
-                let body: Value = match serde_json::from_str(&request.body) {
-                    Ok(b) => b,
-                    Err(e) => {
-                        failures.push(format!("{at}: not JSON: {e}"));
-                        continue;
-                    }
+                let Some(body) = json_body(&request, &at, &mut failures) else {
+                    continue;
                 };
                 for e in schema_errors(&schema, &body)
                     .into_iter()
@@ -912,12 +898,7 @@ fn completed_renders_valid_bodies_for_hostile_completions() {
             }
         }
     }
-    assert!(
-        failures.is_empty(),
-        "{} failures:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    assert_no_failures(&failures);
 }
 
 /// Ticket ids come from the target's response and correlation keys from a template: whatever
@@ -926,7 +907,7 @@ fn completed_renders_valid_bodies_for_hostile_completions() {
 #[test]
 fn hostile_ticket_ids_and_keys_stay_in_their_path_segment() {
     let config = example_config();
-    let renderer = Renderer::new(config.partials_dir.as_deref(), &config.connectors).unwrap();
+    let renderer = renderer(&config);
     let incident = sample();
     let hostile = [
         "1/../../admin",
@@ -992,12 +973,7 @@ fn hostile_ticket_ids_and_keys_stay_in_their_path_segment() {
             }
         }
     }
-    assert!(
-        failures.is_empty(),
-        "{} failures:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    assert_no_failures(&failures);
 }
 
 /// The request as `render` prints it (secrets and credential headers masked), without the
@@ -1008,8 +984,8 @@ fn shown(config: &Config, request: &RenderedRequest) -> String {
 
 /// Every `${…}` of the example config, as a deployment gives them.
 const DEPLOYED_ENV: &[(&str, &str)] = &[
-    ("IGW_ADMIN_TOKEN", ADMIN_TOKEN_ENV),
-    ("IGW_SOURCE_KEY", SOURCE_KEY_ENV),
+    ("IGW_ADMIN_TOKEN", EXAMPLE_ADMIN_TOKEN),
+    ("IGW_SOURCE_KEY", EXAMPLE_SOURCE_KEY),
     ("SERVICENOW_BASIC_AUTH", "c25vdzpzZWNyZXQ="),
     ("JIRA_BASIC_AUTH", "amlyYTpzZWNyZXQ="),
     ("PAGERDUTY_ROUTING_KEY", "R0UT1NGKEY0123456789abcdefABCDEF"),
@@ -1029,13 +1005,8 @@ const DEPLOYED_ENV: &[(&str, &str)] = &[
 /// The example config as deployed: every `${…}` given, so each is a secret and masked in
 /// what `render` shows, whatever the defaults.
 fn deployed_config() -> Config {
-    Config::load_with_env(&example_config_path(), |name| {
-        DEPLOYED_ENV
-            .iter()
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| v.to_string())
-    })
-    .expect("examples/connectors.toml loads")
+    Config::load_with_env(&example_config_path(), |name| lookup(DEPLOYED_ENV, name))
+        .expect("examples/connectors.toml loads")
 }
 
 /// Golden files: what each connector sends for the sample, the shipped hostile example, the
@@ -1044,7 +1015,7 @@ fn deployed_config() -> Config {
 #[test]
 fn golden_requests() {
     let config = deployed_config();
-    let renderer = Renderer::new(config.partials_dir.as_deref(), &config.connectors).unwrap();
+    let renderer = renderer(&config);
     let mut incidents: BTreeMap<String, Value> = example_incidents().into_iter().collect();
     let nasty = hostile_variants()
         .into_iter()
@@ -1086,37 +1057,9 @@ fn golden_requests() {
     }
 }
 
-/// The real binary with only `env` in its environment (so the example's `${…:-default}`s are
-/// what a fresh machine sees).
-fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_incident-gateway"));
-    cmd.env_clear().args(args).env("IGW_LOG", "error");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().unwrap()
-}
-
-const EXAMPLE_ENV: &[(&str, &str)] = &[
-    ("IGW_ADMIN_TOKEN", ADMIN_TOKEN_ENV),
-    ("IGW_SOURCE_KEY", SOURCE_KEY_ENV),
-];
-
-fn output_text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 #[test]
 fn check_passes_on_the_example_connectors_without_warnings() {
-    let config = example_config_path();
-    let out = run(
-        &["check", "--config", config.to_str().unwrap()],
-        EXAMPLE_ENV,
-    );
+    let out = check(&example_config_path(), EXAMPLE_ENV);
     let text = output_text(&out);
     assert!(out.status.success(), "{text}");
     assert!(text.contains("ok:"), "{text}");
@@ -1170,11 +1113,7 @@ fn insert_line(file: &Path, after: &str, line: &str) -> usize {
 }
 
 fn check_copy(dir: &Path) -> (bool, String) {
-    let config = dir.join("examples/connectors.toml");
-    let out = run(
-        &["check", "--config", config.to_str().unwrap()],
-        EXAMPLE_ENV,
-    );
+    let out = check(&dir.join("examples/connectors.toml"), EXAMPLE_ENV);
     (out.status.success(), output_text(&out))
 }
 
@@ -1261,25 +1200,17 @@ fn breaking_any_shipped_template_fails_check_naming_file_and_line() {
 #[test]
 fn render_prints_a_valid_body_for_every_shipped_connector() {
     let config = example_config_path();
-    let sample = repo().join("examples/incidents/sample.json");
     let routing_key = "R0UT1NGKEY0123456789abcdefABCDEF";
     let mut env = EXAMPLE_ENV.to_vec();
     env.push(("PAGERDUTY_ROUTING_KEY", routing_key));
     for (connector, schema_name) in SHIPPED {
         let schema = target_schema(schema_name);
         for event in EVENTS {
-            let out = run(
-                &[
-                    "render",
-                    "--config",
-                    config.to_str().unwrap(),
-                    "--connector",
-                    connector,
-                    "--incident",
-                    sample.to_str().unwrap(),
-                    "--event",
-                    event.as_str(),
-                ],
+            let out = render(
+                &config,
+                connector,
+                &sample_file(),
+                Some(event.as_str()),
                 &env,
             );
             let text = output_text(&out);
@@ -1346,7 +1277,7 @@ fn render_prints_a_valid_body_for_every_shipped_connector() {
 #[ignore]
 fn write_renders_for_review() {
     let config = example_config();
-    let renderer = Renderer::new(config.partials_dir.as_deref(), &config.connectors).unwrap();
+    let renderer = renderer(&config);
     let dir = repo().join("target/connector-renders");
     std::fs::create_dir_all(&dir).unwrap();
     for (connector, _) in SHIPPED {

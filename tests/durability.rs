@@ -3,6 +3,7 @@
 mod common;
 
 use std::collections::HashSet;
+use std::process::{Child, Command, ExitStatus};
 use std::time::Duration;
 
 use common::*;
@@ -34,13 +35,8 @@ async fn accepted_incidents_survive_sigkill_and_are_all_delivered() {
             let id = format!("KILL-{i:04}");
             ids.push(id.clone());
             tasks.push(tokio::spawn(async move {
-                let r = client
-                    .post(format!("{base}/v1/incidents"))
-                    .bearer_auth(SOURCE_KEY)
-                    .json(&incident(&id))
-                    .send()
-                    .await
-                    .unwrap();
+                let url = format!("{base}/v1/incidents");
+                let r = post_incident_via(&client, &url, &incident(&id)).await;
                 assert_eq!(r.status(), 202);
                 let v: Value = r.json().await.unwrap();
                 first_delivery(&v)
@@ -56,8 +52,7 @@ async fn accepted_incidents_survive_sigkill_and_are_all_delivered() {
         started.elapsed()
     );
 
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+    sigkill(&mut child);
 
     let (incidents, _, deliveries, _) = ws.counts();
     assert_eq!(incidents as usize, N, "every accepted incident is on disk");
@@ -67,22 +62,19 @@ async fn accepted_incidents_survive_sigkill_and_are_all_delivered() {
     let (mut child, _base) = spawn_binary(&config);
     let receiver = Receiver::start_on(format!("127.0.0.1:{receiver_port}").parse().unwrap()).await;
     let restarted = std::time::Instant::now();
-    let done = eventually(Duration::from_secs(120), || async {
-        let ids: HashSet<String> = receiver
-            .received()
-            .iter()
-            .filter_map(|r| r.header("webhook-id"))
-            .collect();
-        (ids.len() >= N).then_some(ids)
-    })
-    .await;
-    let seen = done.unwrap_or_else(|| {
+    let webhook_ids = || -> HashSet<String> {
         receiver
             .received()
             .iter()
             .filter_map(|r| r.header("webhook-id"))
             .collect()
-    });
+    };
+    let seen = eventually(Duration::from_secs(120), || {
+        let ids = webhook_ids();
+        async move { (ids.len() >= N).then_some(ids) }
+    })
+    .await
+    .unwrap_or_else(webhook_ids);
     eprintln!(
         "after restart: {} distinct webhook-ids in {:?} ({} requests in all)",
         seen.len(),
@@ -106,47 +98,40 @@ async fn accepted_incidents_survive_sigkill_and_are_all_delivered() {
     assert_eq!(received, ids.into_iter().collect::<HashSet<_>>());
     let delivered = eventually(Duration::from_secs(10), || async {
         let s = ws.statuses();
-        s.iter().all(|(_, st)| st == "delivered").then_some(s.len())
+        s.iter().all(|st| st == "delivered").then_some(s.len())
     })
     .await;
     assert_eq!(delivered, Some(N));
-    child.kill().unwrap();
-    child.wait().unwrap();
+    sigkill(&mut child);
+}
+
+/// Sends SIGTERM to `child` and waits for it to exit.
+async fn terminate(mut child: Child) -> ExitStatus {
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
 async fn sigterm_lets_a_slow_send_finish_and_exits_zero() {
-    let receiver = Receiver::start().await;
-    receiver.script([Reply {
-        delay: Duration::from_millis(1500),
-        ..Reply::status(200)
-    }]);
-    let ws = Workspace::new();
-    let config = ws.config(
-        "127.0.0.1:0",
-        &http_connector("ticketing", &receiver.url("/hook"), ""),
-    );
-    let (mut child, base) = spawn_binary(&config);
+    let (receiver, ws, config) = receiver_and_config("ticketing", "/hook", "").await;
+    receiver.script([Reply::status(200).after(Duration::from_millis(1500))]);
+    let (child, base) = spawn_binary(&config);
     assert_eq!(
         post_incident(&base, &incident("TERM-1")).await.status(),
         202
     );
     // The send is under way (the receiver holds it for 1.5 s) when SIGTERM arrives.
     receiver.wait_for(1, Duration::from_secs(10)).await;
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let exit = tokio::task::spawn_blocking(move || child.wait().unwrap())
-        .await
-        .unwrap();
+    let exit = terminate(child).await;
     assert!(exit.success(), "{exit:?}");
     assert_eq!(
-        ws.statuses()
-            .into_iter()
-            .map(|(_, s)| s)
-            .collect::<Vec<_>>(),
+        ws.statuses(),
         ["delivered"],
         "the in-flight send finished and was recorded before exit"
     );
@@ -156,24 +141,13 @@ async fn sigterm_lets_a_slow_send_finish_and_exits_zero() {
 async fn slow_clients_are_cut_off_and_cannot_hold_shutdown() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let ws = Workspace::new();
-    let config = ws.write(
-        "gateway.toml",
-        &format!(
-            r#"
-[server]
-listen = "127.0.0.1:0"
-header_read_timeout = "1s"
-body_read_timeout = "1s"
-shutdown_grace = "2s"
-[storage]
-url = "sqlite://gateway.db"
-[[sources]]
-name = "detector"
-api_key = "{SOURCE_KEY}"
-"#
-        ),
+    let config = ws.config("127.0.0.1:0", "");
+    with_server(
+        &config,
+        "header_read_timeout = \"1s\"\nbody_read_timeout = \"1s\"",
     );
-    let (mut child, base) = spawn_binary(&config);
+    with_shutdown_grace(&config, "2s");
+    let (child, base) = spawn_binary(&config);
     let addr = base.trim_start_matches("http://").to_string();
 
     // Headers that never end: the server closes the connection.
@@ -210,16 +184,7 @@ api_key = "{SOURCE_KEY}"
     stalled.write_all(head.as_bytes()).await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
     let term_at = std::time::Instant::now();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let exit = tokio::task::spawn_blocking(move || child.wait().unwrap())
-        .await
-        .unwrap();
+    let exit = terminate(child).await;
     eprintln!(
         "exited {:?} after SIGTERM with a stalled client",
         term_at.elapsed()

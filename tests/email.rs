@@ -4,8 +4,7 @@
 mod common;
 
 use std::collections::HashSet;
-use std::path::PathBuf;
-use std::process::Command;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::smtp::SmtpServer;
@@ -13,15 +12,12 @@ use common::*;
 use mail_parser::{HeaderValue, MessageParser};
 use serde_json::{Value, json};
 
-fn mail_config(ws: &Workspace, port: u16, extra: &str) -> PathBuf {
-    ws.write(
-        "body.txt.hbs",
-        "Incident {{incidentId}} ({{event}})\n\n{{markdown_to_text (default incident.description \"\")}}\n",
-    );
-    ws.write(
-        "body.html.hbs",
-        "<h1>{{incident.summary}}</h1><p>Incident {{incidentId}}</p>",
-    );
+/// A config whose one connector, `rt`, mails as soc@example.com to rt@example.com through
+/// `smtp_url`, with `text` and `html` as the templates of its two parts; `lines` are added to
+/// its block.
+fn smtp_config(ws: &Workspace, smtp_url: &str, text: &str, html: &str, lines: &str) -> PathBuf {
+    ws.write("body.txt.hbs", text);
+    ws.write("body.html.hbs", html);
     ws.config(
         "127.0.0.1:0",
         &format!(
@@ -29,17 +25,14 @@ fn mail_config(ws: &Workspace, port: u16, extra: &str) -> PathBuf {
 [[connectors]]
 name = "rt"
 kind = "smtp"
-smtp_url = "smtp://127.0.0.1:{port}"
+smtp_url = "{smtp_url}"
 from = "SOC Gateway <soc@example.com>"
 to = ["rt@example.com"]
-cc = ["audit@example.com"]
 subject = "{{{{incident.summary}}}}"
-subject_tag = "[{{{{humanFriendlyId}}}}]"
 template = "body.txt.hbs"
 html_template = "body.html.hbs"
 timeout = "5s"
-concurrency = 4
-{extra}
+{lines}
 [connectors.retry]
 max_attempts = 100
 initial_backoff = "100ms"
@@ -47,6 +40,101 @@ max_backoff = "300ms"
 "#
         ),
     )
+}
+
+/// The usual mail connector: a copy to audit@example.com, the subject tagged with the
+/// incident's short id, up to 4 connections; `extra` added to its block.
+fn mail_config(ws: &Workspace, smtp_url: &str, extra: &str) -> PathBuf {
+    smtp_config(
+        ws,
+        smtp_url,
+        "Incident {{incidentId}} ({{event}})\n\n{{markdown_to_text (default incident.description \"\")}}\n",
+        "<h1>{{incident.summary}}</h1><p>Incident {{incidentId}}</p>",
+        &format!(
+            "cc = [\"audit@example.com\"]\nsubject_tag = \"[{{{{humanFriendlyId}}}}]\"\nconcurrency = 4\n{extra}"
+        ),
+    )
+}
+
+/// A mail scene: a free port for the SMTP server, and the workspace of the gateway that mails
+/// to it (the server stores what it receives in `mails/` there).
+struct Mail {
+    port: u16,
+    ws: Workspace,
+}
+
+impl Mail {
+    fn new() -> Mail {
+        Mail {
+            port: free_port(),
+            ws: Workspace::new(),
+        }
+    }
+
+    fn mails(&self) -> PathBuf {
+        self.ws.path().join("mails")
+    }
+
+    /// aiosmtpd on the port, with `args`.
+    fn server(&self, args: &[&str]) -> SmtpServer {
+        SmtpServer::start(self.port, &self.mails(), args)
+    }
+
+    /// The lenient raw-socket sink on the port, with `args`.
+    fn sink(&self, args: &[&str]) -> SmtpServer {
+        SmtpServer::sink(self.port, &self.mails(), args)
+    }
+
+    /// aiosmtpd on the port over TLS, with `args` added, its self-signed certificate for
+    /// 127.0.0.1 in the workspace's cert.pem.
+    fn tls_server(&self, args: &[&str]) -> SmtpServer {
+        let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+        let cert_file = self.ws.write("cert.pem", &cert.cert.pem());
+        let key_file = self.ws.write("key.pem", &cert.signing_key.serialize_pem());
+        let mut tls = vec![
+            "--tls-cert",
+            cert_file.to_str().unwrap(),
+            "--tls-key",
+            key_file.to_str().unwrap(),
+        ];
+        tls.extend(args);
+        self.server(&tls)
+    }
+
+    /// The usual mail connector, to the server over `scheme`, with `extra` in its block.
+    fn config_over(&self, scheme: &str, extra: &str) -> PathBuf {
+        mail_config(
+            &self.ws,
+            &format!("{scheme}://127.0.0.1:{}", self.port),
+            extra,
+        )
+    }
+
+    /// The usual mail connector, to the server over plain SMTP, with `extra` in its block.
+    fn config(&self, extra: &str) -> PathBuf {
+        self.config_over("smtp", extra)
+    }
+
+    /// A connector whose text and HTML parts carry `incident.description` as it came (a text
+    /// template escapes nothing), so every byte an incident sends reaches the MIME layer.
+    fn raw_text_config(&self) -> PathBuf {
+        smtp_config(
+            &self.ws,
+            &format!("smtp://127.0.0.1:{}", self.port),
+            "Incident {{incidentId}}\n{{incident.description}}\n",
+            "<pre>{{incident.description}}</pre>",
+            "",
+        )
+    }
+}
+
+/// The usual mail scene: aiosmtpd, and a gateway in process whose usual mail connector (with
+/// `extra` in its block) mails to it.
+async fn mail_and_gateway(extra: &str) -> (Mail, SmtpServer, incident_gateway::Gateway, String) {
+    let mail = Mail::new();
+    let server = mail.server(&[]);
+    let (gw, base) = start_gateway(&mail.config(extra)).await;
+    (mail, server, gw, base)
 }
 
 fn header_text(message: &mail_parser::Message, name: &str) -> Option<String> {
@@ -57,13 +145,20 @@ fn header_text(message: &mail_parser::Message, name: &str) -> Option<String> {
     })
 }
 
+/// `check` passes on `config`.
+fn check_passes(config: &Path) {
+    let out = check(config, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[tokio::test]
 async fn mails_carry_both_parts_a_tagged_encoded_subject_and_thread_on_the_ticket() {
-    let port = free_port();
-    let ws = Workspace::new();
-    let server = SmtpServer::start(port, &ws.path().join("mails"), None);
-    let config = mail_config(&ws, port, "correlation_key = \"{{incident_class}}\"");
-    let (gw, base) = start_gateway(&config).await;
+    let (_mail, server, gw, base) =
+        mail_and_gateway("correlation_key = \"{{incident_class}}\"").await;
 
     let mut first = incident("MAIL-1");
     first["incident"]["summary"] = json!("Brute force — Überprüfung 漢字 🚨");
@@ -149,11 +244,7 @@ async fn mails_carry_both_parts_a_tagged_encoded_subject_and_thread_on_the_ticke
 
 #[tokio::test]
 async fn a_subject_cannot_inject_a_header_or_a_recipient() {
-    let port = free_port();
-    let ws = Workspace::new();
-    let server = SmtpServer::start(port, &ws.path().join("mails"), None);
-    let config = mail_config(&ws, port, "");
-    let (gw, base) = start_gateway(&config).await;
+    let (_mail, server, gw, base) = mail_and_gateway("").await;
     let mut evil = incident("EVIL-1");
     evil["incident"]["summary"] = json!("x\r\nBcc: attacker@example.com");
     evil["humanFriendlyId"] = json!("id\r\nCc: attacker2@example.com");
@@ -192,37 +283,26 @@ async fn a_subject_cannot_inject_a_header_or_a_recipient() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mails_queue_while_the_server_is_down_and_each_arrives_once() {
     const N: usize = 20;
-    let port = free_port();
-    let ws = Workspace::new();
-    let config = mail_config(&ws, port, "");
-    let (gw, base) = start_gateway(&config).await;
+    let mail = Mail::new();
+    let (gw, base) = start_gateway(&mail.config("")).await;
     let mut ids = HashSet::new();
     for i in 0..N {
         let r = post_json(&base, &incident(&format!("DOWN-{i}"))).await;
-        ids.insert(format!(
-            "{}@example.com",
-            r["deliveries"][0]["id"].as_str().unwrap()
-        ));
+        ids.insert(format!("{}@example.com", first_delivery(&r)));
     }
     // Wait until every mail has failed at least once against the closed port.
-    let retried = eventually(Duration::from_secs(20), || async {
-        let (_, v) = admin_get(&base, "/v1/deliveries?status=pending&limit=100").await;
-        let list = v["deliveries"].as_array().cloned().unwrap_or_default();
-        (list.len() == N && list.iter().all(|d| d["attempt_count"].as_u64() >= Some(1)))
-            .then_some(list)
-    })
+    let retried = listed_when(
+        &base,
+        "status=pending&limit=100",
+        Duration::from_secs(20),
+        |list| list.len() == N && list.iter().all(|d| d["attempt_count"].as_u64() >= Some(1)),
+    )
     .await
     .expect("all queued and retrying");
     assert!(retried[0]["last_error"].as_str().unwrap().len() > 3);
 
-    let server = SmtpServer::start(port, &ws.path().join("mails"), None);
-    let mails = server.wait_for(N, Duration::from_secs(30)).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let mails = if mails.len() == N {
-        server.messages()
-    } else {
-        mails
-    };
+    let server = mail.server(&[]);
+    let mails = server.wait_then_all(N, Duration::from_secs(30)).await;
     let got: Vec<String> = mails
         .iter()
         .map(|(_, raw)| {
@@ -242,22 +322,11 @@ async fn mails_queue_while_the_server_is_down_and_each_arrives_once() {
 
 #[tokio::test]
 async fn a_5xx_reply_is_final_and_recorded_with_the_servers_words() {
-    let port = free_port();
-    let ws = Workspace::new();
-    let _server = SmtpServer::start(
-        port,
-        &ws.path().join("mails"),
-        Some("554 5.7.1 Rejected by policy"),
-    );
-    let config = mail_config(&ws, port, "");
-    let (gw, base) = start_gateway(&config).await;
-    let r = post_json(&base, &incident("REJECT-1")).await;
-    let id = first_delivery(&r);
-    let dead = delivery_when(&base, &id, Duration::from_secs(10), |v| {
-        v["status"] == "dead"
-    })
-    .await
-    .expect("dead at once");
+    let mail = Mail::new();
+    let _server = mail.server(&["--reject", "554 5.7.1 Rejected by policy"]);
+    let (gw, base) = start_gateway(&mail.config("")).await;
+    let id = first_delivery(&post_json(&base, &incident("REJECT-1")).await);
+    let dead = settled(&base, &id, &["dead"], Duration::from_secs(10)).await;
     assert_eq!(dead["attempt_count"], 1);
     let attempt = &dead["attempts"][0];
     assert_eq!(attempt["status_code"], 554);
@@ -274,11 +343,7 @@ async fn a_5xx_reply_is_final_and_recorded_with_the_servers_words() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_a_thousand_mails_reuses_a_few_connections() {
     const N: usize = 1000;
-    let port = free_port();
-    let ws = Workspace::new();
-    let server = SmtpServer::start(port, &ws.path().join("mails"), None);
-    let config = mail_config(&ws, port, "");
-    let (gw, base) = start_gateway(&config).await;
+    let (_mail, server, gw, base) = mail_and_gateway("").await;
     for chunk in 0..N / 100 {
         let batch: Vec<Value> = (0..100)
             .map(|i| incident(&format!("POOL-{chunk}-{i}")))
@@ -296,19 +361,9 @@ async fn a_burst_of_a_thousand_mails_reuses_a_few_connections() {
 #[test]
 fn render_shows_the_whole_message_and_check_parses_addresses() {
     let ws = Workspace::new();
-    let config = mail_config(&ws, 2525, "");
-    ws.write(
-        "incidents/sample.json",
-        &std::fs::read_to_string(repo().join("examples/incidents/sample.json")).unwrap(),
-    );
-    let bin = env!("CARGO_BIN_EXE_incident-gateway");
-    let out = Command::new(bin)
-        .args(["render", "--config"])
-        .arg(&config)
-        .args(["--connector", "rt", "--event", "updated", "--incident"])
-        .arg(repo().join("examples/incidents/sample.json"))
-        .output()
-        .unwrap();
+    let config = mail_config(&ws, "smtp://127.0.0.1:2525", "");
+    ws.add_sample_incident();
+    let out = render(&config, "rt", &sample_file(), Some("updated"), &[]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -328,26 +383,13 @@ fn render_shows_the_whole_message_and_check_parses_addresses() {
     ] {
         assert!(text.contains(needle), "{needle} in:\n{text}");
     }
-    let out = Command::new(bin)
-        .args(["check", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    check_passes(&config);
 
     // A bad address is caught at load, with its field.
     edit(&config, |text| {
         text.replace("rt@example.com", "not an address")
     });
-    let out = Command::new(bin)
-        .args(["check", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
+    let out = check(&config, &[]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
@@ -358,27 +400,10 @@ fn render_shows_the_whole_message_and_check_parses_addresses() {
 
 #[tokio::test]
 async fn starttls_and_implicit_tls_with_a_private_ca() {
-    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
     for (scheme, extra) in [("smtp+starttls", vec![]), ("smtps", vec!["--implicit-tls"])] {
-        let port = free_port();
-        let ws = Workspace::new();
-        let cert_file = ws.write("cert.pem", &cert.cert.pem());
-        let key_file = ws.write("key.pem", &cert.signing_key.serialize_pem());
-        let mut args = vec![
-            "--tls-cert",
-            cert_file.to_str().unwrap(),
-            "--tls-key",
-            key_file.to_str().unwrap(),
-        ];
-        args.extend(extra);
-        let server = SmtpServer::start_with(port, &ws.path().join("mails"), &args);
-        let config = mail_config(&ws, port, "tls_ca_file = \"cert.pem\"");
-        edit(&config, |text| {
-            text.replace(
-                &format!("smtp://127.0.0.1:{port}"),
-                &format!("{scheme}://127.0.0.1:{port}"),
-            )
-        });
+        let mail = Mail::new();
+        let server = mail.tls_server(&extra);
+        let config = mail.config_over(scheme, "tls_ca_file = \"cert.pem\"");
         let (gw, base) = start_gateway(&config).await;
         assert_eq!(
             post_incident(&base, &incident(&format!("TLS-{scheme}")))
@@ -394,37 +419,12 @@ async fn starttls_and_implicit_tls_with_a_private_ca() {
 
 #[tokio::test]
 async fn an_untrusted_certificate_is_refused() {
-    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
-    let port = free_port();
-    let ws = Workspace::new();
-    let cert_file = ws.write("cert.pem", &cert.cert.pem());
-    let key_file = ws.write("key.pem", &cert.signing_key.serialize_pem());
-    let server = SmtpServer::start_with(
-        port,
-        &ws.path().join("mails"),
-        &[
-            "--tls-cert",
-            cert_file.to_str().unwrap(),
-            "--tls-key",
-            key_file.to_str().unwrap(),
-        ],
-    );
+    let mail = Mail::new();
+    let server = mail.tls_server(&[]);
     // No tls_ca_file: the self-signed certificate is not trusted.
-    let config = mail_config(&ws, port, "");
-    edit(&config, |text| {
-        text.replace(
-            &format!("smtp://127.0.0.1:{port}"),
-            &format!("smtp+starttls://127.0.0.1:{port}"),
-        )
-    });
-    let (gw, base) = start_gateway(&config).await;
-    let r = post_json(&base, &incident("UNTRUSTED")).await;
-    let id = first_delivery(&r);
-    let failed = delivery_when(&base, &id, Duration::from_secs(10), |v| {
-        v["attempt_count"].as_u64() >= Some(1)
-    })
-    .await
-    .expect("an attempt was made");
+    let (gw, base) = start_gateway(&mail.config_over("smtp+starttls", "")).await;
+    let id = first_delivery(&post_json(&base, &incident("UNTRUSTED")).await);
+    let failed = attempted(&base, &id, 1, Duration::from_secs(10)).await;
     assert_ne!(failed["status"], "delivered");
     let error = failed["attempts"][0]["error"]
         .as_str()
@@ -448,37 +448,6 @@ const SMUGGLING: [(&str, &str); 5] = [
     ("CRLF.CRLF", "\r\n.\r\n"),
 ];
 
-/// A connector whose text and HTML parts carry `incident.description` as it came (a text
-/// template escapes nothing), so every byte an incident sends reaches the MIME layer.
-fn raw_text_config(ws: &Workspace, port: u16) -> PathBuf {
-    ws.write(
-        "raw.txt.hbs",
-        "Incident {{incidentId}}\n{{incident.description}}\n",
-    );
-    ws.write("raw.html.hbs", "<pre>{{incident.description}}</pre>");
-    ws.config(
-        "127.0.0.1:0",
-        &format!(
-            r#"
-[[connectors]]
-name = "rt"
-kind = "smtp"
-smtp_url = "smtp://127.0.0.1:{port}"
-from = "SOC Gateway <soc@example.com>"
-to = ["rt@example.com"]
-subject = "{{{{incident.summary}}}}"
-template = "raw.txt.hbs"
-html_template = "raw.html.hbs"
-timeout = "5s"
-[connectors.retry]
-max_attempts = 100
-initial_backoff = "100ms"
-max_backoff = "300ms"
-"#
-        ),
-    )
-}
-
 /// Posts one incident per smuggling sequence and returns the ids of the deliveries, by label.
 async fn post_smuggling_incidents(base: &str) -> Vec<(String, String)> {
     let mut ids = Vec::new();
@@ -500,14 +469,10 @@ async fn post_smuggling_incidents(base: &str) -> Vec<(String, String)> {
 /// Each delivery arrived as exactly one message, to the configured recipient only, with the
 /// text after the sequence inside its decoded body (not read as commands).
 async fn assert_whole_and_alone(server: &SmtpServer, ids: &[(String, String)]) {
-    let mails = server.wait_for(ids.len(), Duration::from_secs(15)).await;
-    // Anything smuggled would arrive as a further message: give it a moment to show.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let mails = if mails.len() == ids.len() {
-        server.messages()
-    } else {
-        mails
-    };
+    // Anything smuggled would arrive as a further message: wait_then_all gives it a moment.
+    let mails = server
+        .wait_then_all(ids.len(), Duration::from_secs(15))
+        .await;
     let summary: Vec<String> = mails
         .iter()
         .map(|(envelope, raw)| {
@@ -564,27 +529,30 @@ async fn assert_whole_and_alone(server: &SmtpServer, ids: &[(String, String)]) {
     }
 }
 
+/// A gateway with the raw-text connector mails one incident per smuggling sequence to
+/// `server`; each arrives whole and alone. The gateway, still running.
+async fn smuggle_to(mail: &Mail, server: &SmtpServer) -> incident_gateway::Gateway {
+    let (gw, base) = start_gateway(&mail.raw_text_config()).await;
+    let ids = post_smuggling_incidents(&base).await;
+    assert_whole_and_alone(server, &ids).await;
+    gw
+}
+
 #[tokio::test]
 async fn smuggling_sequences_arrive_whole_and_alone_at_a_strict_server() {
-    let port = free_port();
-    let ws = Workspace::new();
-    let server = SmtpServer::start(port, &ws.path().join("mails"), None);
-    let gw = start_in_process(&raw_text_config(&ws, port)).await;
-    let ids = post_smuggling_incidents(&format!("http://{}", gw.addr)).await;
-    assert_whole_and_alone(&server, &ids).await;
+    let mail = Mail::new();
+    let server = mail.server(&[]);
+    let gw = smuggle_to(&mail, &server).await;
     gw.stop().await.unwrap();
 }
 
 #[tokio::test]
 async fn smuggling_sequences_arrive_whole_and_alone_at_a_lenient_server() {
-    let port = free_port();
-    let ws = Workspace::new();
-    let server = SmtpServer::sink(port, &ws.path().join("mails"), &[]);
-    let gw = start_in_process(&raw_text_config(&ws, port)).await;
-    let ids = post_smuggling_incidents(&format!("http://{}", gw.addr)).await;
-    assert_whole_and_alone(&server, &ids).await;
+    let mail = Mail::new();
+    let server = mail.sink(&[]);
+    let gw = smuggle_to(&mail, &server).await;
     // What went on the wire: no line end but CRLF, no NUL, nothing 8-bit.
-    for entry in std::fs::read_dir(ws.path().join("mails")).unwrap() {
+    for entry in std::fs::read_dir(mail.mails()).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|x| x == "raw") {
             let bytes = std::fs::read(&path).unwrap();
@@ -617,24 +585,19 @@ async fn smuggling_sequences_arrive_whole_and_alone_at_a_lenient_server() {
 /// message overlap.
 #[tokio::test]
 async fn a_stalled_reply_ends_the_attempt_at_the_connectors_timeout() {
-    let port = free_port();
-    let ws = Workspace::new();
-    let server = SmtpServer::sink(port, &ws.path().join("mails"), &["--stall-data", "60"]);
-    let config = mail_config(&ws, port, "");
+    let mail = Mail::new();
+    let server = mail.sink(&["--stall-data", "60"]);
+    let config = mail.config("");
     edit(&config, |text| {
         text.replace("timeout = \"5s\"", "timeout = \"1s\"")
     });
     with_delivery(&config, "lease = \"31s\"");
     let (gw, base) = start_gateway(&config).await;
     let started = std::time::Instant::now();
-    let r = post_json(&base, &incident("STALL-1")).await;
-    let id = first_delivery(&r);
-    // The server held the reply for 60 s; the bug let the attempt wait all of it.
-    let view = delivery_when(&base, &id, Duration::from_secs(10), |v| {
-        v["attempt_count"].as_u64() >= Some(2)
-    })
-    .await
-    .expect("two attempts recorded well inside the 60 s the server held its reply");
+    let id = first_delivery(&post_json(&base, &incident("STALL-1")).await);
+    // The server held the reply for 60 s; the bug let the attempt wait all of it: two
+    // attempts are recorded well inside that.
+    let view = attempted(&base, &id, 2, Duration::from_secs(10)).await;
     let took = started.elapsed();
     eprintln!("two attempts recorded {took:?} after the post (timeout 1s, reply held 60s)");
     assert_eq!(view["status"], "pending", "a timeout is retried: {view}");
@@ -653,7 +616,7 @@ async fn a_stalled_reply_ends_the_attempt_at_the_connectors_timeout() {
     }
     // The message reached the server on each attempt (at least once), but the sessions that
     // carried it never overlapped: each was closed before the next began.
-    let events: Vec<Value> = std::fs::read_to_string(ws.path().join("mails/events.jsonl"))
+    let events: Vec<Value> = std::fs::read_to_string(mail.mails().join("events.jsonl"))
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -683,33 +646,17 @@ fn smtp_auth_in_clear_is_refused_at_load_unless_allowed() {
     let ws = Workspace::new();
     let config = mail_config(
         &ws,
-        2525,
+        "smtp://127.0.0.1:2525",
         "username = \"gateway\"\npassword = \"s3cret-pw\"",
     );
-    ws.write(
-        "incidents/sample.json",
-        &std::fs::read_to_string(repo().join("examples/incidents/sample.json")).unwrap(),
-    );
-    let bin = env!("CARGO_BIN_EXE_incident-gateway");
-    let check = || {
-        Command::new(bin)
-            .args(["check", "--config"])
-            .arg(&config)
-            .output()
-            .unwrap()
-    };
-    let out = check();
+    ws.add_sample_incident();
+    let out = check(&config, &[]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success(),
         "smtp:// with a username passed check"
     );
-    let line = std::fs::read_to_string(&config)
-        .unwrap()
-        .lines()
-        .position(|l| l.starts_with("username"))
-        .unwrap()
-        + 1;
+    let line = line_of(&config, "username");
     assert!(
         err.contains(&format!(
             "gateway.toml: line {line}: connectors[0].username"
@@ -721,12 +668,7 @@ fn smtp_auth_in_clear_is_refused_at_load_unless_allowed() {
     // The same over TLS needs no flag.
     let text = std::fs::read_to_string(&config).unwrap();
     std::fs::write(&config, text.replace("smtp://", "smtp+starttls://")).unwrap();
-    let out = check();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    check_passes(&config);
 
     // And in clear with the flag.
     std::fs::write(
@@ -734,33 +676,24 @@ fn smtp_auth_in_clear_is_refused_at_load_unless_allowed() {
         text.replace("username =", "allow_plaintext_auth = true\nusername ="),
     )
     .unwrap();
-    let out = check();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    check_passes(&config);
 }
 
 /// With the flag, AUTH does go out in clear (lettre itself has no rule against it: the
 /// config check is the only guard).
 #[tokio::test]
 async fn allowed_plaintext_auth_authenticates() {
-    let port = free_port();
-    let ws = Workspace::new();
-    let server = SmtpServer::sink(port, &ws.path().join("mails"), &["--auth"]);
-    let config = mail_config(
-        &ws,
-        port,
-        "allow_plaintext_auth = true\nusername = \"gateway\"\npassword = \"s3cret-pw\"",
-    );
+    let mail = Mail::new();
+    let server = mail.sink(&["--auth"]);
+    let config = mail
+        .config("allow_plaintext_auth = true\nusername = \"gateway\"\npassword = \"s3cret-pw\"");
     let (gw, base) = start_gateway(&config).await;
     assert_eq!(
         post_incident(&base, &incident("AUTH-1")).await.status(),
         202
     );
     assert_eq!(server.wait_for(1, Duration::from_secs(10)).await.len(), 1);
-    let auth = std::fs::read_to_string(ws.path().join("mails/auth.log")).unwrap();
+    let auth = std::fs::read_to_string(mail.mails().join("auth.log")).unwrap();
     assert!(auth.starts_with("AUTH PLAIN "), "{auth}");
     gw.stop().await.unwrap();
 }

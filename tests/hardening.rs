@@ -11,21 +11,6 @@ use common::*;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// A connector block with its template written into the workspace.
-fn connector_with_template(
-    ws: &Workspace,
-    name: &str,
-    url: &str,
-    template: &str,
-    extra: &str,
-) -> String {
-    let file = ws.write(&format!("{name}.json.hbs"), template);
-    http_connector(name, url, extra).replace(
-        "TEMPLATES/generic/incident.json.hbs",
-        &file.display().to_string(),
-    )
-}
-
 async fn timed<T>(f: impl std::future::Future<Output = T>) -> (T, Duration) {
     let started = Instant::now();
     let out = f.await;
@@ -66,8 +51,7 @@ async fn hostile_documents_never_stall_the_gateway() {
     let receiver = Receiver::start().await;
     let ws = Workspace::new();
     let template = r#"{"id": "{{incidentId}}", "html": "{{html_to_text extra.investigation_report}}", "line": "{{strip_html extra.investigation_report}}", "md": "{{markdown_to_text extra.recommendations}}"}"#;
-    let connectors =
-        connector_with_template(&ws, "convert", &receiver.url("/convert"), template, "");
+    let connectors = ws.connector_with_template("convert", &receiver.url("/convert"), template, "");
     let config = ws.config("127.0.0.1:0", &connectors);
     // Generous, so every hostile render finishes here however slow a debug build is; the
     // budget has its own test.
@@ -122,7 +106,7 @@ async fn a_render_over_its_budget_is_dead_with_the_reason() {
     // A template that loops a costly helper: each call is bounded, the loop is not.
     let template =
         r#"{"x": "{{#each extra.items}}{{html_to_text ../extra.investigation_report}}{{/each}}"}"#;
-    let connectors = connector_with_template(&ws, "slow", &receiver.url("/slow"), template, "");
+    let connectors = ws.connector_with_template("slow", &receiver.url("/slow"), template, "");
     let config = ws.config("127.0.0.1:0", &connectors);
     with_delivery(&config, "render_budget = \"300ms\"");
     let (gateway, base) = start_gateway(&config).await;
@@ -130,9 +114,7 @@ async fn a_render_over_its_budget_is_dead_with_the_reason() {
     let mut incident = incident("over-budget");
     incident["extra"]["items"] = json!(vec![1; 2_000]);
     incident["extra"]["investigation_report"] = json!("<p>words and more words</p>".repeat(4_000));
-    let r = post_incident(&base, &incident).await;
-    assert_eq!(r.status(), 202);
-    let id = first_delivery(&r.json().await.unwrap());
+    let id = first_delivery(&accepted(&base, &incident).await);
     let started = Instant::now();
     let d = settled(&base, &id, &["dead", "delivered"], Duration::from_secs(30)).await;
     println!("dead after {:?}: {}", started.elapsed(), d["last_error"]);
@@ -217,9 +199,9 @@ async fn a_receiver_down_for_two_hours_of_schedule_loses_nothing() {
     let (gateway, base) = start_gateway(&config).await;
     let mut ids = Vec::new();
     for i in 0..3 {
-        let r = post_incident(&base, &incident(&format!("outage-{i}"))).await;
-        assert_eq!(r.status(), 202);
-        ids.push(first_delivery(&r.json().await.unwrap()));
+        ids.push(first_delivery(
+            &accepted(&base, &incident(&format!("outage-{i}"))).await,
+        ));
     }
     let outage = Duration::from_secs(2 * 3600) / scale as u32;
     tokio::time::sleep(outage).await;
@@ -288,11 +270,8 @@ async fn an_http_attempt_ends_at_the_connectors_timeout() {
     let accepted: Value = r.json().await.unwrap();
     for d in accepted["deliveries"].as_array().unwrap() {
         let id = d["id"].as_str().unwrap();
-        let seen = delivery_when(&base, id, Duration::from_secs(10), |d| {
-            d["attempt_count"].as_u64() >= Some(1)
-        })
-        .await
-        .unwrap_or_else(|| panic!("{}: no attempt recorded within 10 s", d["connector"]));
+        // An attempt is recorded within 10 s.
+        let seen = attempted(&base, id, 1, Duration::from_secs(10)).await;
         let attempt = &seen["attempts"][0];
         let latency = attempt["latency_ms"].as_i64().unwrap();
         println!("{}: {latency} ms, {}", d["connector"], attempt["error"]);
@@ -318,19 +297,14 @@ async fn an_http_attempt_ends_at_the_connectors_timeout() {
 /// An attempt that runs longer than the lease keeps it: nobody else sends the delivery.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_lease_runs_out_under_a_running_attempt() {
-    let receiver = Receiver::start().await;
-    receiver.script([Reply {
-        delay: Duration::from_secs(7),
-        ..Reply::status(200)
-    }]);
-    let ws = Workspace::new();
-    let connectors = http_connector("slow", &receiver.url("/slow"), "")
-        .replace("timeout = \"5s\"", "timeout = \"15s\"");
-    let config = ws.config("127.0.0.1:0", &connectors);
+    let (receiver, _ws, config) = receiver_and_config("slow", "/slow", "").await;
+    receiver.script([Reply::status(200).after(Duration::from_secs(7))]);
+    edit(&config, |text| {
+        text.replace("timeout = \"5s\"", "timeout = \"15s\"")
+    });
     with_delivery(&config, "lease = \"3s\"");
     let (gateway, base) = start_gateway(&config).await;
-    let r = post_incident(&base, &incident("long-attempt")).await;
-    let id = first_delivery(&r.json().await.unwrap());
+    let id = first_delivery(&post_json(&base, &incident("long-attempt")).await);
     let d = settled(&base, &id, &["delivered", "dead"], Duration::from_secs(20)).await;
     assert_eq!(d["status"], "delivered", "{d}");
     assert_eq!(d["attempt_count"], 1, "{d}");
@@ -358,14 +332,10 @@ async fn the_store_is_readable_by_its_owner_only() {
         202
     );
     let mut checked = 0;
-    for entry in std::fs::read_dir(ws.path()).unwrap() {
-        let path = entry.unwrap().path();
-        let name = path.file_name().unwrap().to_string_lossy().to_string();
-        if name.starts_with("gateway.db") {
-            let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
-            assert_eq!(mode, 0o600, "{name}: {mode:o}");
-            checked += 1;
-        }
+    for path in ws.store_files() {
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}: {mode:o}", path.display());
+        checked += 1;
     }
     // The database, its WAL, its shared memory and the lock file.
     assert!(checked >= 4, "{checked} files");
@@ -421,8 +391,7 @@ async fn secrets_echoed_in_any_encoding_stay_masked() {
     let ws = Workspace::new();
     // The template puts a secret var through helpers into the body, which is echoed.
     let template = r#"{"id": "{{incidentId}}", "k": "{{upper connector.vars.key}}", "l": "{{lower connector.vars.key}}"}"#;
-    let connectors = connector_with_template(
-        &ws,
+    let connectors = ws.connector_with_template(
         "echo",
         &format!("http://{echo}/echo"),
         template,
@@ -437,9 +406,7 @@ async fn secrets_echoed_in_any_encoding_stay_masked() {
         &log_path,
     );
 
-    let r = post_incident(&base, &incident("echo-1")).await;
-    assert_eq!(r.status(), 202);
-    let id = first_delivery(&r.json().await.unwrap());
+    let id = first_delivery(&accepted(&base, &incident("echo-1")).await);
     let d = settled(&base, &id, &["dead"], Duration::from_secs(20)).await;
     let admin = admin(reqwest::Method::GET, &base, &format!("/v1/deliveries/{id}"))
         .await
@@ -450,17 +417,12 @@ async fn secrets_echoed_in_any_encoding_stay_masked() {
         admin.contains("********"),
         "the echo was recorded, masked: {d}"
     );
-    let _ = child.kill();
-    let _ = child.wait();
+    sigkill(&mut child);
 
     let mut places = vec![("admin API", admin.into_bytes())];
     places.push(("log", std::fs::read(&log_path).unwrap()));
-    for entry in std::fs::read_dir(ws.path()).unwrap() {
-        let path = entry.unwrap().path();
-        let name = path.file_name().unwrap().to_string_lossy().to_string();
-        if name.starts_with("gateway.db") {
-            places.push(("store", std::fs::read(&path).unwrap()));
-        }
+    for path in ws.store_files() {
+        places.push(("store", std::fs::read(&path).unwrap()));
     }
     let log = String::from_utf8_lossy(&places[1].1).to_string();
     assert!(log.contains("DEBUG"), "the log ran at debug");

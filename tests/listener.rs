@@ -18,6 +18,13 @@ fn config_with(ws: &Workspace, server: &str) -> std::path::PathBuf {
     config
 }
 
+/// A gateway in process (and its workspace) with extra `[server]` lines.
+async fn gateway_with(server: &str) -> (Workspace, incident_gateway::Gateway) {
+    let ws = Workspace::new();
+    let gw = start_in_process(&config_with(&ws, server)).await;
+    (ws, gw)
+}
+
 /// Python's urllib posts `mib` MiB `times` times (over TLS trusting the CA file in the fifth
 /// argument, if given); prints a JSON count of the outcomes.
 const URLLIB_POST: &str = r#"
@@ -65,9 +72,7 @@ async fn urllib_posts(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_413_sent_before_the_body_is_read_reaches_urllib_every_time() {
-    let ws = Workspace::new();
-    let config = config_with(&ws, "max_body_bytes = 1048576");
-    let gw = start_in_process(&config).await;
+    let (ws, gw) = gateway_with("max_body_bytes = 1048576").await;
     let url = format!("http://{}/v1/incidents", gw.addr);
     let started = Instant::now();
     let outcomes = urllib_posts(&url, 3, 50, None).await;
@@ -151,6 +156,28 @@ async fn raw_get(s: &mut TcpStream, path: &str) -> Option<u16> {
     read_response(s).await.map(|(status, _)| status)
 }
 
+/// `n` keep-alive connections to `to` from `ip`, each served once.
+async fn served_connections(ip: &str, to: SocketAddr, n: usize) -> Vec<TcpStream> {
+    let mut held = Vec::new();
+    for _ in 0..n {
+        let mut s = connect_from(ip, to).await;
+        assert_eq!(raw_get(&mut s, "/healthz").await, Some(200));
+        held.push(s);
+    }
+    held
+}
+
+/// `GET /healthz` on `gw` through `client`.
+async fn health_via(
+    client: &reqwest::Client,
+    gw: &incident_gateway::Gateway,
+) -> reqwest::Result<reqwest::Response> {
+    client
+        .get(format!("http://{}/healthz", gw.addr))
+        .send()
+        .await
+}
+
 fn client_from(ip: &str) -> reqwest::Client {
     reqwest::Client::builder()
         .local_address(ip.parse::<std::net::IpAddr>().unwrap())
@@ -161,18 +188,11 @@ fn client_from(ip: &str) -> reqwest::Client {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_client_address_cannot_take_more_than_its_share_of_connections() {
-    let ws = Workspace::new();
-    let config = config_with(
-        &ws,
+    let (_ws, gw) = gateway_with(
         "max_connections = 16\nmax_connections_per_client = 4\nadmin_reserved_connections = 2",
-    );
-    let gw = start_in_process(&config).await;
-    let mut held = Vec::new();
-    for _ in 0..4 {
-        let mut s = connect_from("127.0.0.2", gw.addr).await;
-        assert_eq!(raw_get(&mut s, "/healthz").await, Some(200));
-        held.push(s);
-    }
+    )
+    .await;
+    let mut held = served_connections("127.0.0.2", gw.addr, 4).await;
     // The fifth from the same address is closed without an answer.
     let mut extra = connect_from("127.0.0.2", gw.addr).await;
     let _ = extra
@@ -183,12 +203,8 @@ async fn one_client_address_cannot_take_more_than_its_share_of_connections() {
         "a fifth connection from 127.0.0.2 was not refused"
     );
     // Another address is served, and the four held are still served.
-    let r = client_from("127.0.0.3")
-        .get(format!("http://{}/healthz", gw.addr))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    let r = health_via(&client_from("127.0.0.3"), &gw).await;
+    assert_eq!(r.unwrap().status(), 200);
     for s in &mut held {
         assert_eq!(raw_get(s, "/healthz").await, Some(200));
     }
@@ -205,19 +221,12 @@ async fn one_client_address_cannot_take_more_than_its_share_of_connections() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_are_shed_when_slots_run_short_so_no_client_is_locked_out() {
-    let ws = Workspace::new();
-    let config = config_with(
-        &ws,
+    let (_ws, gw) = gateway_with(
         "max_connections = 8\nmax_connections_per_client = 8\nadmin_reserved_connections = 2\nidle_timeout = \"60s\"",
-    );
-    let gw = start_in_process(&config).await;
+    )
+    .await;
     // Up to half full, a keep-alive connection keeps its normal idle timeout.
-    let mut calm = Vec::new();
-    for _ in 0..3 {
-        let mut s = connect_from("127.0.0.2", gw.addr).await;
-        assert_eq!(raw_get(&mut s, "/healthz").await, Some(200));
-        calm.push(s);
-    }
+    let mut calm = served_connections("127.0.0.2", gw.addr, 3).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     for s in &mut calm {
         assert_eq!(raw_get(s, "/healthz").await, Some(200), "cut at half full");
@@ -241,10 +250,7 @@ async fn idle_connections_are_shed_when_slots_run_short_so_no_client_is_locked_o
     let started = Instant::now();
     // (The client is kept: its connection, idle in its pool, keeps the slots full.)
     let newcomer = client_from("127.0.0.3");
-    let r = newcomer
-        .get(format!("http://{}/healthz", gw.addr))
-        .send()
-        .await;
+    let r = health_via(&newcomer, &gw).await;
     let answered_in = started.elapsed();
     assert!(
         matches!(&r, Ok(r) if r.status() == 200),
@@ -283,12 +289,11 @@ async fn busy_post(from: &str, to: SocketAddr, body: &[u8]) -> TcpStream {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_api_answers_from_its_reserve_when_every_general_slot_is_busy() {
-    let ws = Workspace::new();
-    let config = config_with(
-        &ws,
+    let (ws, gw) = gateway_with(
         "max_connections = 8\nmax_connections_per_client = 8\nadmin_reserved_connections = 2\nbody_read_timeout = \"30s\"",
-    );
-    let (gw, base) = start_gateway(&config).await;
+    )
+    .await;
+    let base = format!("http://{}", gw.addr);
     // Six slow uploads hold every general slot; they are busy, so nothing may shed them.
     let mut bodies = Vec::new();
     let mut busy = Vec::new();
@@ -314,12 +319,8 @@ async fn the_admin_api_answers_from_its_reserve_when_every_general_slot_is_busy(
 
     let admin = client_from("127.0.0.3");
     let started = Instant::now();
-    let r = admin
-        .get(format!("{base}/v1/deliveries"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let deliveries = format!("{base}/v1/deliveries");
+    let r = get_as(&admin, &deliveries, ADMIN_TOKEN).await.unwrap();
     assert_eq!(
         r.status(),
         200,
@@ -329,35 +330,15 @@ async fn the_admin_api_answers_from_its_reserve_when_every_general_slot_is_busy(
 
     // A reserved slot serves nothing else: ingest, health, or an admin path without the token.
     let other = client_from("127.0.0.4");
+    let ingest = format!("{base}/v1/incidents");
     let refused = [
-        other
-            .post(format!("{base}/v1/incidents"))
-            .bearer_auth(SOURCE_KEY)
-            .json(&incident("RESERVE-1"))
-            .send()
-            .await
-            .unwrap(),
-        other.get(format!("{base}/healthz")).send().await.unwrap(),
-        other
-            .get(format!("{base}/v1/deliveries"))
-            .send()
-            .await
-            .unwrap(),
-        other
-            .get(format!("{base}/v1/deliveries"))
-            .bearer_auth(SOURCE_KEY)
-            .send()
-            .await
-            .unwrap(),
+        post_incident_via(&other, &ingest, &incident("RESERVE-1")).await,
+        health_via(&other, &gw).await.unwrap(),
+        other.get(&deliveries).send().await.unwrap(),
+        get_as(&other, &deliveries, SOURCE_KEY).await.unwrap(),
     ];
     for r in refused {
-        assert_eq!(r.status(), 503);
-        assert_eq!(
-            r.headers()["content-type"],
-            "application/problem+json",
-            "{r:?}"
-        );
-        let doc: serde_json::Value = r.json().await.unwrap();
+        let doc = problem(r, 503).await;
         assert_eq!(doc["status"], 503);
     }
     // The busy uploads were never cut short: past the pressure limit, they finish.
@@ -418,22 +399,21 @@ impl PrivateCa {
     }
 }
 
-/// The admin API over TLS on `admin` as `name`; plain HTTP and an untrusting client fail.
-async fn admin_only_over_tls(ca: &PrivateCa, name: &str, admin: SocketAddr) {
+/// A gateway in process (with extra `[server]` lines in `ws`) whose admin API answers over TLS
+/// as `name`, where plain HTTP and a client without the CA fail.
+async fn admin_only_over_tls(
+    ws: &Workspace,
+    server: &str,
+    ca: &PrivateCa,
+    name: &str,
+) -> incident_gateway::Gateway {
+    let gw = start_in_process(&config_with(ws, server)).await;
+    let admin = gw.admin_addr.expect("admin listener");
     let url = format!("https://{name}:{}/v1/deliveries", admin.port());
-    let r = ca
-        .client(name, admin)
-        .get(&url)
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let plain = client()
-        .get(format!("http://{admin}/v1/deliveries"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await;
+    let r = get_as(&ca.client(name, admin), &url, ADMIN_TOKEN).await;
+    assert_eq!(r.unwrap().status(), 200);
+    let plain_url = format!("http://{admin}/v1/deliveries");
+    let plain = get_as(&client(), &plain_url, ADMIN_TOKEN).await;
     assert!(
         plain.is_err(),
         "plain HTTP to the admin listener got an answer: {plain:?}"
@@ -441,12 +421,10 @@ async fn admin_only_over_tls(ca: &PrivateCa, name: &str, admin: SocketAddr) {
     let untrusting = reqwest::Client::builder()
         .resolve(name, admin)
         .build()
-        .unwrap()
-        .get(&url)
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await;
-    assert!(untrusting.is_err(), "a client without the CA got through");
+        .unwrap();
+    let r = get_as(&untrusting, &url, ADMIN_TOKEN).await;
+    assert!(r.is_err(), "a client without the CA got through");
+    gw
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -461,25 +439,23 @@ async fn the_admin_listener_serves_tls_with_the_ingress_certificate_or_its_own()
     ws.write("admin-key.pem", &admin_key);
 
     // By default the admin listener uses [server.tls].
-    let config = config_with(
+    let gw = admin_only_over_tls(
         &ws,
         "admin_listen = \"127.0.0.1:0\"\ntls = { cert = \"cert.pem\", key = \"key.pem\" }",
-    );
-    let gw = start_in_process(&config).await;
-    let admin = gw.admin_addr.expect("admin listener");
-    admin_only_over_tls(&ca, "localhost", admin).await;
-    let r = ca
-        .client("localhost", gw.addr)
-        .post(format!("https://localhost:{}/v1/incidents", gw.addr.port()))
-        .bearer_auth(SOURCE_KEY)
-        .json(&incident("TLS-ADMIN-1"))
-        .send()
-        .await
-        .unwrap();
+        &ca,
+        "localhost",
+    )
+    .await;
+    let url = format!("https://localhost:{}/v1/incidents", gw.addr.port());
+    let r = post_incident_via(
+        &ca.client("localhost", gw.addr),
+        &url,
+        &incident("TLS-ADMIN-1"),
+    )
+    .await;
     assert_eq!(r.status(), 202);
     // An early answer reaches the client over TLS too (the drain follows close_notify).
     let ca_file = ws.write("ca.pem", &ca.pem);
-    let url = format!("https://localhost:{}/v1/incidents", gw.addr.port());
     assert_eq!(
         urllib_posts(&url, 3, 10, Some(&ca_file)).await,
         serde_json::json!({"answered 413 application/problem+json 413": 10}),
@@ -487,13 +463,13 @@ async fn the_admin_listener_serves_tls_with_the_ingress_certificate_or_its_own()
     gw.stop().await.unwrap();
 
     // Or its own certificate, here with a plain ingress.
-    let config = config_with(
+    let gw = admin_only_over_tls(
         &ws,
         "admin_listen = \"127.0.0.1:0\"\nadmin_tls = { cert = \"admin-cert.pem\", key = \"admin-key.pem\" }",
-    );
-    let gw = start_in_process(&config).await;
-    let admin = gw.admin_addr.expect("admin listener");
-    admin_only_over_tls(&ca, "admin.gateway.test", admin).await;
+        &ca,
+        "admin.gateway.test",
+    )
+    .await;
     let r = post_incident(&format!("http://{}", gw.addr), &incident("TLS-ADMIN-2")).await;
     assert_eq!(r.status(), 202);
     gw.stop().await.unwrap();

@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use common::*;
@@ -11,74 +12,14 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// A signed request as a capturing attacker holds it: replayable byte for byte.
-#[derive(Clone)]
-struct Captured {
-    id: String,
-    timestamp: i64,
-    signature: String,
-    body: String,
-}
-
-impl Captured {
-    fn new(id: &str, body: &Value) -> Captured {
-        let body = body.to_string();
-        let timestamp = chrono::Utc::now().timestamp();
-        Captured {
-            id: id.into(),
-            timestamp,
-            signature: sign(INBOUND_SECRET, id, timestamp, &body),
-            body,
-        }
-    }
-
-    async fn post(&self, base: &str) -> u16 {
-        client()
-            .post(format!("{base}/v1/incidents"))
-            .header("content-type", "application/json")
-            .header("webhook-id", &self.id)
-            .header("webhook-timestamp", self.timestamp.to_string())
-            .header("webhook-signature", &self.signature)
-            .body(self.body.clone())
-            .send()
-            .await
-            .unwrap()
-            .status()
-            .as_u16()
-    }
-
-    fn headers(&self) -> Vec<(String, String)> {
-        vec![
-            ("webhook-id".into(), self.id.clone()),
-            ("webhook-timestamp".into(), self.timestamp.to_string()),
-            ("webhook-signature".into(), self.signature.clone()),
-        ]
-    }
-}
-
-/// A gateway with a signature-only source and one HTTP connector (which sends `updated`).
-fn signed_config(ws: &Workspace, receiver: &Receiver, extra_server: &str) -> std::path::PathBuf {
-    let connector = http_connector("ticketing", &receiver.url("/hook"), "");
-    let templates = repo().join("templates");
-    ws.write(
-        "gateway.toml",
-        &format!(
-            r#"
-[server]
-listen = "127.0.0.1:0"
-admin_token = "{ADMIN_TOKEN}"
-shutdown_grace = "2s"
-{extra_server}
-[storage]
-url = "sqlite://gateway.db"
-[[sources]]
-name = "signed"
-signing_secret = "{INBOUND_SECRET}"
-{connector}
-"#
-        )
-        .replace("TEMPLATES", &templates.display().to_string()),
-    )
+/// A receiver, and a gateway config with a signature-only source and one HTTP connector to
+/// the receiver (which sends `updated`); `extra_server` is added to `[server]`.
+async fn signed_setup(extra_server: &str) -> (Receiver, Workspace, PathBuf) {
+    let (receiver, ws, config) = receiver_and_config("ticketing", "/hook", "").await;
+    with_server(&config, extra_server);
+    with_shutdown_grace(&config, "2s");
+    with_sources(&config, &signed_source("signed"));
+    (receiver, ws, config)
 }
 
 fn with_update_time(id: &str, update_time: Option<i64>, summary: &str) -> Value {
@@ -93,18 +34,9 @@ fn with_update_time(id: &str, update_time: Option<i64>, summary: &str) -> Value 
     v
 }
 
-/// (event, status) of every delivery, oldest first.
+/// `incident:event` of every delivery, oldest first.
 fn deliveries(ws: &Workspace) -> Vec<String> {
-    let conn =
-        rusqlite::Connection::open_with_flags(ws.db(), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .unwrap();
-    let mut stmt = conn
-        .prepare("SELECT incident_id || ':' || event FROM deliveries ORDER BY seq")
-        .unwrap();
-    stmt.query_map([], |r| r.get(0))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap()
+    ws.texts("SELECT incident_id || ':' || event FROM deliveries ORDER BY seq")
 }
 
 async fn stored_incident(base: &str, id: &str) -> Value {
@@ -145,6 +77,24 @@ async fn post_partially(
     (status, stream)
 }
 
+/// A body of max_body_bytes (16 KiB): the incident `id`, padded.
+fn slow_body(id: &str) -> Vec<u8> {
+    let mut body = incident(id).to_string().into_bytes();
+    body.resize(16384, b' ');
+    body
+}
+
+/// Sends half of `slow_body(id)` from `from`, with the source's key (see `post_partially`).
+async fn half_sent(
+    addr: std::net::SocketAddr,
+    from: &str,
+    id: &str,
+    within: Duration,
+) -> (Option<String>, TcpStream) {
+    let bearer = [("authorization".to_string(), format!("Bearer {SOURCE_KEY}"))];
+    post_partially(addr, from, &bearer, &slow_body(id), 8192, within).await
+}
+
 /// Reads a response head and returns its status line (and, for a caller that wants them,
 /// the head is consumed).
 async fn read_status(stream: &mut TcpStream) -> Option<String> {
@@ -165,22 +115,28 @@ async fn read_status(stream: &mut TcpStream) -> Option<String> {
 
 #[tokio::test]
 async fn a_captured_signed_request_is_refused_after_a_restart() {
-    let receiver = Receiver::start().await;
-    let ws = Workspace::new();
-    let config = signed_config(&ws, &receiver, "");
+    let (_receiver, ws, config) = signed_setup("").await;
     let (gw, base) = start_gateway(&config).await;
-    let v1 = Captured::new("evt_v1", &with_update_time("RE-1", Some(100), "first"));
-    let v2 = Captured::new("evt_v2", &with_update_time("RE-1", Some(200), "second"));
-    assert_eq!(v1.post(&base).await, 202);
-    assert_eq!(v2.post(&base).await, 202);
+    let v1 = Signed::new("evt_v1", &with_update_time("RE-1", Some(100), "first"));
+    let v2 = Signed::new("evt_v2", &with_update_time("RE-1", Some(200), "second"));
+    assert_eq!(v1.post(&base).await.status(), 202);
+    assert_eq!(v2.post(&base).await.status(), 202);
     assert_eq!(deliveries(&ws), ["RE-1:created", "RE-1:updated"]);
     let before = ws.counts();
     gw.stop().await.unwrap();
 
     // A new process on the same file and config: nothing in memory, still no replay.
     let (gw, base) = start_gateway(&config).await;
-    assert_eq!(v1.post(&base).await, 401, "the older version replayed");
-    assert_eq!(v2.post(&base).await, 401, "the newer version replayed");
+    assert_eq!(
+        v1.post(&base).await.status(),
+        401,
+        "the older version replayed"
+    );
+    assert_eq!(
+        v2.post(&base).await.status(),
+        401,
+        "the newer version replayed"
+    );
     // Refused from its headers: the server answers with most of the body never sent.
     let body = v1.body.as_bytes();
     let (status, _held) = post_partially(
@@ -213,70 +169,57 @@ async fn a_captured_signed_request_is_refused_after_a_restart() {
     assert_eq!(stored["updateTime"], 200);
     assert_eq!(stored["incident"]["summary"], "second");
     // A new request from the same source still gets in.
-    let v3 = Captured::new("evt_v3", &with_update_time("RE-1", Some(300), "third"));
-    assert_eq!(v3.post(&base).await, 202);
+    let v3 = Signed::new("evt_v3", &with_update_time("RE-1", Some(300), "third"));
+    assert_eq!(v3.post(&base).await.status(), 202);
     gw.stop().await.unwrap();
+}
+
+/// Posts each version of incident `id` in turn — (updateTime, summary, the status it must get,
+/// how many deliveries it must queue) — each accepted (202).
+async fn post_versions(base: &str, id: &str, versions: &[(Option<i64>, &str, &str, usize)]) {
+    for &(update_time, summary, status, queued) in versions {
+        let r = accepted(base, &with_update_time(id, update_time, summary)).await;
+        let got = (
+            r["status"].as_str().unwrap(),
+            r["deliveries"].as_array().unwrap().len(),
+        );
+        assert_eq!(got, (status, queued), "{id} {update_time:?} {summary}");
+    }
 }
 
 #[tokio::test]
 async fn an_older_version_never_replaces_a_newer_one() {
     let (_receiver, ws, gw, base) = receiver_and_gateway("ticketing", "/hook", "").await;
-    let post = |body: Value| {
-        let base = base.clone();
-        async move {
-            let r = post_incident(&base, &body).await;
-            assert_eq!(r.status(), 202);
-            let v: Value = r.json().await.unwrap();
-            (
-                v["status"].as_str().unwrap().to_string(),
-                v["deliveries"].as_array().unwrap().len(),
-            )
-        }
-    };
-
     // With times: only a greater one replaces; an older one, or one without, is not applied.
-    assert_eq!(
-        post(with_update_time("ORD-1", Some(200), "v2")).await,
-        ("accepted".into(), 1)
-    );
-    assert_eq!(
-        post(with_update_time("ORD-1", Some(100), "v1")).await,
-        ("duplicate".into(), 0)
-    );
-    assert_eq!(
-        post(with_update_time("ORD-1", None, "untimed")).await,
-        ("duplicate".into(), 0),
-        "a version without updateTime after one with it"
-    );
+    post_versions(
+        &base,
+        "ORD-1",
+        &[
+            (Some(200), "v2", "accepted", 1),
+            (Some(100), "v1", "duplicate", 0),
+            // A version without updateTime after one with it.
+            (None, "untimed", "duplicate", 0),
+        ],
+    )
+    .await;
     let stored = stored_incident(&base, "ORD-1").await;
     assert_eq!(stored["updateTime"], 200);
     assert_eq!(stored["incident"]["summary"], "v2");
-    assert_eq!(
-        post(with_update_time("ORD-1", Some(201), "v3")).await,
-        ("updated".into(), 1)
-    );
+    post_versions(&base, "ORD-1", &[(Some(201), "v3", "updated", 1)]).await;
 
     // Without times: arrival order; the first time given is newer than none.
-    assert_eq!(
-        post(with_update_time("ORD-2", None, "a")).await,
-        ("accepted".into(), 1)
-    );
-    assert_eq!(
-        post(with_update_time("ORD-2", None, "a")).await,
-        ("duplicate".into(), 0)
-    );
-    assert_eq!(
-        post(with_update_time("ORD-2", None, "b")).await,
-        ("updated".into(), 1)
-    );
-    assert_eq!(
-        post(with_update_time("ORD-2", Some(50), "c")).await,
-        ("updated".into(), 1)
-    );
-    assert_eq!(
-        post(with_update_time("ORD-2", None, "d")).await,
-        ("duplicate".into(), 0)
-    );
+    post_versions(
+        &base,
+        "ORD-2",
+        &[
+            (None, "a", "accepted", 1),
+            (None, "a", "duplicate", 0),
+            (None, "b", "updated", 1),
+            (Some(50), "c", "updated", 1),
+            (None, "d", "duplicate", 0),
+        ],
+    )
+    .await;
     assert_eq!(
         stored_incident(&base, "ORD-2").await["incident"]["summary"],
         "c"
@@ -284,8 +227,8 @@ async fn an_older_version_never_replaces_a_newer_one() {
 
     // Without times, a version seen before is an older one coming late: not applied.
     for (summary, expected) in [("a", "accepted"), ("b", "updated"), ("a", "duplicate")] {
-        let (status, _) = post(with_update_time("ORD-3", None, summary)).await;
-        assert_eq!(status, expected, "ORD-3 {summary}");
+        let r = accepted(&base, &with_update_time("ORD-3", None, summary)).await;
+        assert_eq!(r["status"], expected, "ORD-3 {summary}");
     }
     assert_eq!(
         stored_incident(&base, "ORD-3").await["incident"]["summary"],
@@ -309,16 +252,14 @@ async fn an_older_version_never_replaces_a_newer_one() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_copies_after_a_restart_get_one_202() {
-    let receiver = Receiver::start().await;
-    let ws = Workspace::new();
-    let config = signed_config(&ws, &receiver, "");
+    let (_receiver, ws, config) = signed_setup("").await;
     let (gw, base) = start_gateway(&config).await;
-    let old = Captured::new("evt_old", &with_update_time("CC-1", Some(100), "old"));
-    assert_eq!(old.post(&base).await, 202);
+    let old = Signed::new("evt_old", &with_update_time("CC-1", Some(100), "old"));
+    assert_eq!(old.post(&base).await.status(), 202);
     gw.stop().await.unwrap();
 
     let (gw, base) = start_gateway(&config).await;
-    let fresh = Captured::new("evt_fresh", &with_update_time("CC-2", Some(100), "fresh"));
+    let fresh = Signed::new("evt_fresh", &with_update_time("CC-2", Some(100), "fresh"));
     let copies: Vec<_> = (0..16)
         .map(|i| {
             let (base, request) = (
@@ -329,7 +270,10 @@ async fn concurrent_copies_after_a_restart_get_one_202() {
                     fresh.clone()
                 },
             );
-            tokio::spawn(async move { (request.id.clone(), request.post(&base).await) })
+            tokio::spawn(async move {
+                let status = request.post(&base).await.status().as_u16();
+                (request.id.clone(), status)
+            })
         })
         .collect();
     let mut statuses = Vec::new();
@@ -355,21 +299,16 @@ async fn concurrent_copies_after_a_restart_get_one_202() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unauthenticated_bodies_are_refused_before_they_are_read() {
-    let receiver = Receiver::start().await;
-    let ws = Workspace::new();
     // A body slower than this would be a 408; the refusals must come long before. The 140
     // senders below all come from 127.0.0.1: lift the per-client connection limit (64).
-    let config = signed_config(
-        &ws,
-        &receiver,
-        "body_read_timeout = \"30s\"\nmax_connections_per_client = 1024\n",
-    );
+    let (_receiver, ws, config) =
+        signed_setup("body_read_timeout = \"30s\"\nmax_connections_per_client = 1024\n").await;
     let (gw, base) = start_gateway(&config).await;
-    let used = Captured::new("evt_used", &incident("UN-1"));
-    assert_eq!(used.post(&base).await, 202);
+    let used = Signed::new("evt_used", &incident("UN-1"));
+    assert_eq!(used.post(&base).await.status(), 202);
 
     let body = vec![b' '; 1_000_000];
-    let now = chrono::Utc::now().timestamp();
+    let now = now();
     let good_sig = sign(INBOUND_SECRET, "evt_x", now, "{}");
     let h = |pairs: &[(&str, String)]| -> Vec<(String, String)> {
         pairs
@@ -447,63 +386,31 @@ async fn unauthenticated_bodies_are_refused_before_they_are_read() {
     let (incidents, ..) = ws.counts();
     assert_eq!(incidents, 1);
     // A correct request is still read and accepted.
-    let ok = Captured::new("evt_ok", &incident("UN-2"));
-    assert_eq!(ok.post(&base).await, 202);
+    let ok = Signed::new("evt_ok", &incident("UN-2"));
+    assert_eq!(ok.post(&base).await.status(), 202);
     gw.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bodies_in_flight_share_one_budget() {
-    let receiver = Receiver::start().await;
-    let ws = Workspace::new();
-    let connector = http_connector("ticketing", &receiver.url("/hook"), "");
-    let templates = repo().join("templates");
-    let config = ws.write(
-        "gateway.toml",
-        &format!(
-            r#"
-[server]
-listen = "127.0.0.1:0"
-admin_token = "{ADMIN_TOKEN}"
-max_body_bytes = 16384
-max_body_bytes_in_flight = 49152
-body_read_timeout = "30s"
-[storage]
-url = "sqlite://gateway.db"
-[[sources]]
-name = "detector"
-api_key = "{SOURCE_KEY}"
-{connector}
-"#
-        )
-        .replace("TEMPLATES", &templates.display().to_string()),
+    let (_receiver, ws, config) = receiver_and_config("ticketing", "/hook", "").await;
+    with_server(
+        &config,
+        "max_body_bytes = 16384\nmax_body_bytes_in_flight = 49152\nbody_read_timeout = \"30s\"",
     );
     let (gw, base) = start_gateway(&config).await;
-    let bearer = vec![("authorization".to_string(), format!("Bearer {SOURCE_KEY}"))];
+    let waited = Duration::from_millis(300);
 
     // Three slow senders, from three addresses (one may hold a quarter of the budget, or one
     // body), each with a body of max_body_bytes half sent: the whole budget.
-    let slow_body = |id: &str| {
-        let mut body = incident(id).to_string().into_bytes();
-        body.resize(16384, b' ');
-        body
-    };
     let mut slow = Vec::new();
     for i in 0..3 {
-        let body = slow_body(&format!("SLOW-{i}"));
+        let id = format!("SLOW-{i}");
         // The pause lets the server take each one's reservation before the probes below.
         let from = format!("127.0.0.{}", 2 + i);
-        let (status, stream) = post_partially(
-            gw.addr,
-            &from,
-            &bearer,
-            &body,
-            8192,
-            Duration::from_millis(300),
-        )
-        .await;
+        let (status, stream) = half_sent(gw.addr, &from, &id, waited).await;
         assert_eq!(status, None, "a slow body is waited for");
-        slow.push((stream, body));
+        slow.push((stream, slow_body(&id)));
     }
     // Once the server holds them, any further body is refused at once.
     let probe = |i: usize| {
@@ -550,43 +457,17 @@ api_key = "{SOURCE_KEY}"
     // And the budget is whole again.
     assert_eq!(probe(1000).await.0, 202);
     // One address cannot hold more than its share, though the budget has room.
-    let (status, _held) = post_partially(
-        gw.addr,
-        "127.0.0.5",
-        &bearer,
-        &slow_body("SHARE-1"),
-        8192,
-        Duration::from_millis(300),
-    )
-    .await;
+    let (status, _held) = half_sent(gw.addr, "127.0.0.5", "SHARE-1", waited).await;
     assert_eq!(
         status, None,
         "the first slow body of an address is waited for"
     );
-    let (status, _) = post_partially(
-        gw.addr,
-        "127.0.0.5",
-        &bearer,
-        &slow_body("SHARE-2"),
-        8192,
-        Duration::from_secs(5),
-    )
-    .await;
+    let (status, _) = half_sent(gw.addr, "127.0.0.5", "SHARE-2", Duration::from_secs(5)).await;
     assert_eq!(status.as_deref(), Some("HTTP/1.1 503 Service Unavailable"));
-    let (status, _other) = post_partially(
-        gw.addr,
-        "127.0.0.6",
-        &bearer,
-        &slow_body("SHARE-3"),
-        8192,
-        Duration::from_millis(300),
-    )
-    .await;
+    let (status, _other) = half_sent(gw.addr, "127.0.0.6", "SHARE-3", waited).await;
     assert_eq!(status, None, "another address still gets its share");
-    let conn =
-        rusqlite::Connection::open_with_flags(ws.db(), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .unwrap();
-    let slow_stored: i64 = conn
+    let slow_stored: i64 = ws
+        .store()
         .query_row(
             "SELECT COUNT(*) FROM incidents WHERE incident_id LIKE 'SLOW-%'",
             [],

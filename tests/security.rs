@@ -4,6 +4,7 @@
 mod common;
 
 use std::io::Write as _;
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -12,6 +13,8 @@ use serde_json::{Value, json};
 
 const SECRET_A: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const SECRET_B: &str = "whsec_c2Vjb25kLXNlY3JldC1mb3Itcm90YXRpb24tMTIz";
+/// A secret the gateway does not hold.
+const OTHER_SECRET: &str = "whsec_b3RoZXItc2VjcmV0LW5vdC11c2VkLTEyMzQ1";
 
 /// Runs the reference verifier on the received requests; returns its output and success.
 fn verify_with_reference(secret: &str, received: &[Received]) -> (bool, String) {
@@ -54,16 +57,10 @@ fn verify_with_reference(secret: &str, received: &[Received]) -> (bool, String) 
 
 #[tokio::test]
 async fn signatures_verify_with_the_reference_implementation_during_a_rotation() {
-    let receiver = Receiver::start().await;
-    let ws = Workspace::new();
     let extra = format!(
         "[connectors.signing]\nstandard_webhooks = [\"{SECRET_A}\", \"{SECRET_B}\"]\ngithub_secret = \"github-style-secret-123\"\n"
     );
-    let config = ws.config(
-        "127.0.0.1:0",
-        &http_connector("t", &receiver.url("/t"), &extra),
-    );
-    let (gw, base) = start_gateway(&config).await;
+    let (receiver, _ws, gw, base) = receiver_and_gateway("t", "/t", &extra).await;
     let mut hostile = incident("SIGNED-2");
     hostile["incident"]["summary"] = json!("quotes \" and \\ and ünïcødé 🚨 and\nnewlines");
     for inc in [incident("SIGNED-1"), hostile] {
@@ -91,102 +88,49 @@ async fn signatures_verify_with_the_reference_implementation_during_a_rotation()
         );
     }
     // A secret the gateway does not hold does not verify: the check can fail.
-    let (ok, out) = verify_with_reference("whsec_b3RoZXItc2VjcmV0LW5vdC11c2VkLTEyMzQ1", &got);
+    let (ok, out) = verify_with_reference(OTHER_SECRET, &got);
     assert!(!ok, "{out}");
     gw.stop().await.unwrap();
 }
 
-fn signed_source_config(ws: &Workspace, extra_server: &str) -> std::path::PathBuf {
-    ws.write(
-        "gateway.toml",
-        &format!(
-            r#"
-[server]
-listen = "127.0.0.1:0"
-admin_token = "{ADMIN_TOKEN}"
-{extra_server}
-[storage]
-url = "sqlite://gateway.db"
-[[sources]]
-name = "signed"
-signing_secret = "{INBOUND_SECRET}"
-[[sources]]
-name = "keyed"
-api_key = "{SOURCE_KEY}"
-rate_limit = {{ per_second = 1, burst = 2 }}
-"#
-        ),
-    )
-}
-
-async fn post_signed(
-    base: &str,
-    body: &str,
-    id: &str,
-    timestamp: i64,
-    signature: &str,
-) -> reqwest::Response {
-    client()
-        .post(format!("{base}/v1/incidents"))
-        .header("content-type", "application/json")
-        .header("webhook-id", id)
-        .header("webhook-timestamp", timestamp.to_string())
-        .header("webhook-signature", signature)
-        .body(body.to_string())
-        .send()
-        .await
-        .unwrap()
+/// A config with two sources: `signed`, which signs with INBOUND_SECRET, and `keyed`, by key,
+/// at one request a second (bursts of 2).
+fn signed_source_config(ws: &Workspace) -> PathBuf {
+    let config = ws.config("127.0.0.1:0", "");
+    let keyed = format!(
+        "[[sources]]\nname = \"keyed\"\napi_key = \"{SOURCE_KEY}\"\nrate_limit = {{ per_second = 1, burst = 2 }}\n"
+    );
+    with_sources(&config, &(signed_source("signed") + &keyed));
+    config
 }
 
 #[tokio::test]
 async fn inbound_signatures_timestamps_replays_and_rate_limits() {
     let ws = Workspace::new();
-    let config = signed_source_config(&ws, "");
-    let (gw, base) = start_gateway(&config).await;
+    let (gw, base) = start_gateway(&signed_source_config(&ws)).await;
     let body = incident("IN-1").to_string();
-    let now = chrono::Utc::now().timestamp();
+    let at = now();
 
-    let good = sign(INBOUND_SECRET, "evt_1", now, &body);
-    assert_eq!(
-        post_signed(&base, &body, "evt_1", now, &good)
-            .await
-            .status(),
-        202
-    );
+    let good = Signed::at("evt_1", &body, at);
+    assert_eq!(good.post(&base).await.status(), 202);
     // The same webhook-id again, even correctly signed, is a replay.
-    assert_eq!(
-        post_signed(&base, &body, "evt_1", now, &good)
-            .await
-            .status(),
-        401
-    );
+    assert_eq!(good.post(&base).await.status(), 401);
     // Wrong secret, tampered body, stale and future timestamps, no signature at all.
-    let other = sign(
-        "whsec_b3RoZXItc2VjcmV0LW5vdC11c2VkLTEyMzQ1",
-        "evt_2",
-        now,
-        &body,
-    );
-    assert_eq!(
-        post_signed(&base, &body, "evt_2", now, &other)
-            .await
-            .status(),
-        401
-    );
-    let tampered = body.replace("IN-1", "IN-X");
-    let sig = sign(INBOUND_SECRET, "evt_3", now, &body);
-    assert_eq!(
-        post_signed(&base, &tampered, "evt_3", now, &sig)
-            .await
-            .status(),
-        401
-    );
-    // `now` is read again: a clock tick since the start of the test would make `now + 301`
-    // land inside the tolerance.
-    let fresh = chrono::Utc::now().timestamp();
+    let other = Signed {
+        signature: sign(OTHER_SECRET, "evt_2", at, &body),
+        ..Signed::at("evt_2", &body, at)
+    };
+    assert_eq!(other.post(&base).await.status(), 401);
+    let tampered = Signed {
+        body: body.replace("IN-1", "IN-X"),
+        ..Signed::at("evt_3", &body, at)
+    };
+    assert_eq!(tampered.post(&base).await.status(), 401);
+    // The clock is read again: a tick since the start of the test would make `at + 301` land
+    // inside the tolerance.
+    let fresh = now();
     for ts in [fresh - 301, fresh + 302] {
-        let sig = sign(INBOUND_SECRET, "evt_4", ts, &body);
-        let r = post_signed(&base, &body, "evt_4", ts, &sig).await;
+        let r = Signed::at("evt_4", &body, ts).post(&base).await;
         assert_eq!(r.status(), 401);
         let p: Value = r.json().await.unwrap();
         assert_eq!(
@@ -194,13 +138,7 @@ async fn inbound_signatures_timestamps_replays_and_rate_limits() {
             "no hint which part failed"
         );
     }
-    let r = client()
-        .post(format!("{base}/v1/incidents"))
-        .header("content-type", "application/json")
-        .body(body.clone())
-        .send()
-        .await
-        .unwrap();
+    let r = post_raw(&base, None, Some(APPLICATION_JSON), body.clone()).await;
     assert_eq!(r.status(), 401);
 
     // Rate limit: a burst of 2, then 429 with Retry-After.
@@ -253,40 +191,44 @@ struct Hostile {
     expect: u16,
 }
 
-fn hostile_corpus() -> Vec<Hostile> {
-    let auth = || {
-        vec![
-            ("authorization".to_string(), format!("Bearer {SOURCE_KEY}")),
-            ("content-type".to_string(), "application/json".to_string()),
-        ]
-    };
-    let mut out = Vec::new();
-    let mut add = |what: String, headers: Vec<(String, String)>, body: Vec<u8>, expect: u16| {
-        out.push(Hostile {
+impl Hostile {
+    /// A request with the source's key, as JSON.
+    fn keyed(what: String, body: impl Into<Vec<u8>>, expect: u16) -> Hostile {
+        Hostile {
             what,
-            headers,
-            body,
+            headers: vec![
+                ("authorization".to_string(), format!("Bearer {SOURCE_KEY}")),
+                ("content-type".to_string(), "application/json".to_string()),
+            ],
+            body: body.into(),
             expect,
-        })
-    };
+        }
+    }
+
+    /// The sample (with its own `id`) with `value` in `field`: the schema refuses it (422).
+    fn wrong_field(id: &str, field: &str, value: Value) -> Hostile {
+        let mut inc = incident(id);
+        inc[field] = value.clone();
+        Hostile::keyed(format!("{field} = {value}"), inc.to_string(), 422)
+    }
+
+    /// The same with `headers` instead of the key and content type.
+    fn with_headers(self, headers: Vec<(String, String)>) -> Hostile {
+        Hostile { headers, ..self }
+    }
+}
+
+fn hostile_corpus() -> Vec<Hostile> {
+    let mut out = Vec::new();
     // Deep nesting, in arrays and objects, at many depths past the limit.
     for depth in [65, 100, 1_000, 10_000, 100_000] {
-        add(
-            format!("array nesting {depth}"),
-            auth(),
-            format!("{}{}", "[".repeat(depth), "]".repeat(depth)).into_bytes(),
-            422,
-        );
+        let array = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+        out.push(Hostile::keyed(format!("array nesting {depth}"), array, 422));
         let mut obj = String::from("{\"incidentId\": \"deep\", \"x\": ");
         obj.push_str(&"{\"a\": ".repeat(depth));
         obj.push('1');
         obj.push_str(&"}".repeat(depth + 1));
-        add(
-            format!("object nesting {depth}"),
-            auth(),
-            obj.into_bytes(),
-            422,
-        );
+        out.push(Hostile::keyed(format!("object nesting {depth}"), obj, 422));
     }
     // Huge strings: over the body limit (413) and under it but over the string limit (422).
     for mib in [2usize, 10] {
@@ -294,7 +236,7 @@ fn hostile_corpus() -> Vec<Hostile> {
             "{{\"incidentId\": \"big\", \"x\": \"{}\"}}",
             "A".repeat(mib * 1024 * 1024)
         );
-        add(format!("{mib} MiB string"), auth(), body.into_bytes(), 413);
+        out.push(Hostile::keyed(format!("{mib} MiB string"), body, 413));
     }
     // Under the 1 MiB body limit, over the 256 Ki-character string limit.
     for (chars, ch) in [
@@ -307,12 +249,11 @@ fn hostile_corpus() -> Vec<Hostile> {
             "{{\"incidentId\": \"big\", \"incident\": {{\"summary\": \"{}\"}}}}",
             ch.repeat(chars)
         );
-        add(
+        out.push(Hostile::keyed(
             format!("{chars} × {ch:?} string"),
-            auth(),
-            body.into_bytes(),
+            body,
             422,
-        );
+        ));
     }
     // Invalid UTF-8 and NUL bytes.
     for (i, bad) in [
@@ -328,15 +269,15 @@ fn hostile_corpus() -> Vec<Hostile> {
         let mut body = b"{\"incidentId\": \"".to_vec();
         body.extend_from_slice(bad);
         body.extend_from_slice(b"\"}");
-        add(format!("invalid utf-8 #{i}"), auth(), body, 400);
+        out.push(Hostile::keyed(format!("invalid utf-8 #{i}"), body, 400));
     }
-    add(
-        "raw NUL in a string".into(),
-        auth(),
-        b"{\"incidentId\": \"a\0b\"}".to_vec(),
+    let nul = b"{\"incidentId\": \"a\0b\"}";
+    out.push(Hostile::keyed("raw NUL in a string".into(), nul, 400));
+    out.push(Hostile::keyed(
+        "NUL bytes body".into(),
+        vec![0u8; 1000],
         400,
-    );
-    add("NUL bytes body".into(), auth(), vec![0u8; 1000], 400);
+    ));
     // Wrong types for every typed field.
     let typed = [
         ("incidentId", json!(5)),
@@ -361,14 +302,7 @@ fn hostile_corpus() -> Vec<Hostile> {
         ("detection_source", json!("Carrier pigeon")),
     ];
     for (field, value) in typed {
-        let mut inc = incident("TYPED");
-        inc[field] = value.clone();
-        add(
-            format!("{field} = {value}"),
-            auth(),
-            inc.to_string().into_bytes(),
-            422,
-        );
+        out.push(Hostile::wrong_field("TYPED", field, value));
     }
     for (path, value) in [
         ("/attacker/port", json!("abc")),
@@ -385,12 +319,11 @@ fn hostile_corpus() -> Vec<Hostile> {
         let mut inc = incident("TYPED");
         let (parent, key) = path.rsplit_once('/').unwrap();
         inc.pointer_mut(parent).unwrap()[key] = value.clone();
-        add(
+        out.push(Hostile::keyed(
             format!("{path} = {value}"),
-            auth(),
-            inc.to_string().into_bytes(),
+            inc.to_string(),
             422,
-        );
+        ));
     }
     // Malformed JSON of many shapes.
     for (i, text) in [
@@ -414,12 +347,11 @@ fn hostile_corpus() -> Vec<Hostile> {
     .iter()
     .enumerate()
     {
-        add(
+        out.push(Hostile::keyed(
             format!("malformed #{i}: {text:?}"),
-            auth(),
-            text.as_bytes().to_vec(),
+            *text,
             400,
-        );
+        ));
     }
     // Not incidents at all, and batches that break the rules.
     for text in [
@@ -433,45 +365,29 @@ fn hostile_corpus() -> Vec<Hostile> {
         "[[]]",
         "{}",
     ] {
-        add(
+        out.push(Hostile::keyed(
             format!("not an incident: {text}"),
-            auth(),
-            text.as_bytes().to_vec(),
+            text,
             422,
-        );
+        ));
     }
     let big_batch: Vec<Value> = (0..101)
         .map(|i| json!({"incidentId": format!("B{i}")}))
         .collect();
-    add(
-        "101 incidents".into(),
-        auth(),
-        json!(big_batch).to_string().into_bytes(),
-        422,
-    );
+    let big_batch = json!(big_batch).to_string();
+    out.push(Hostile::keyed("101 incidents".into(), big_batch, 422));
     let huge_array = format!("[{}]", vec!["{\"incidentId\":\"h\"}"; 60_000].join(","));
-    add(
-        "60,000 incidents (over the body limit)".into(),
-        auth(),
-        huge_array.into_bytes(),
-        413,
-    );
+    let what = "60,000 incidents (over the body limit)";
+    out.push(Hostile::keyed(what.into(), huge_array, 413));
     let many = format!("[{}]", vec!["{\"incidentId\":\"h\"}"; 20_000].join(","));
-    add(
-        "20,000 incidents (under the body limit)".into(),
-        auth(),
-        many.into_bytes(),
-        422,
-    );
+    let what = "20,000 incidents (under the body limit)";
+    out.push(Hostile::keyed(what.into(), many, 422));
     let mut mixed = vec![incident("OK-1"); 99];
     mixed.push(json!({"incidentId": 1}));
-    add(
-        "99 valid + 1 invalid".into(),
-        auth(),
-        json!(mixed).to_string().into_bytes(),
-        422,
-    );
+    let mixed = json!(mixed).to_string();
+    out.push(Hostile::keyed("99 valid + 1 invalid".into(), mixed, 422));
     // Wrong or missing credentials, wrong content types.
+    let json_only = || vec![("content-type".to_string(), "application/json".to_string())];
     for (i, key) in [
         "",
         "Bearer",
@@ -485,16 +401,12 @@ fn hostile_corpus() -> Vec<Hostile> {
     .iter()
     .enumerate()
     {
-        let mut h = vec![("content-type".to_string(), "application/json".to_string())];
+        let mut h = json_only();
         if !key.is_empty() {
             h.push(("authorization".to_string(), key.to_string()));
         }
-        add(
-            format!("credential #{i}"),
-            h,
-            incident("AUTH").to_string().into_bytes(),
-            401,
-        );
+        let body = incident("AUTH").to_string();
+        out.push(Hostile::keyed(format!("credential #{i}"), body, 401).with_headers(h));
     }
     for ct in [
         "text/plain",
@@ -503,67 +415,44 @@ fn hostile_corpus() -> Vec<Hostile> {
         "application/xml",
         "json",
     ] {
-        let mut h = auth();
-        h[1].1 = ct.to_string();
-        add(
+        let mut h = Hostile::keyed(
             format!("content-type {ct}"),
-            h,
-            incident("CT").to_string().into_bytes(),
+            incident("CT").to_string(),
             415,
         );
+        h.headers[1].1 = ct.to_string();
+        out.push(h);
     }
     // Signed requests gone wrong (the source signing with INBOUND_SECRET).
     let body = incident("SIG").to_string();
-    let now = chrono::Utc::now().timestamp();
-    let signed = |id: &str, ts: i64, sig: String| {
-        vec![
-            ("content-type".to_string(), "application/json".to_string()),
-            ("webhook-id".to_string(), id.to_string()),
-            ("webhook-timestamp".to_string(), ts.to_string()),
-            ("webhook-signature".to_string(), sig),
-        ]
-    };
+    let at = now();
     for i in 0..10 {
-        add(
-            format!("stale signature #{i}"),
-            signed(
-                &format!("s{i}"),
-                now - 400 - i,
-                sign(INBOUND_SECRET, &format!("s{i}"), now - 400 - i, &body),
+        let id = |kind: &str| format!("{kind}{i}");
+        let forged = [
+            ("stale", Signed::at(&id("s"), &body, at - 400 - i)),
+            (
+                "wrong",
+                Signed {
+                    signature: sign(SECRET_A, &id("w"), at, &body),
+                    ..Signed::at(&id("w"), &body, at)
+                },
             ),
-            body.clone().into_bytes(),
-            401,
-        );
-        add(
-            format!("wrong signature #{i}"),
-            signed(
-                &format!("w{i}"),
-                now,
-                sign(SECRET_A, &format!("w{i}"), now, &body),
+            (
+                "garbage",
+                Signed {
+                    signature: format!("v1,{}", "A".repeat(i as usize * 7)),
+                    ..Signed::at(&id("g"), &body, at)
+                },
             ),
-            body.clone().into_bytes(),
-            401,
-        );
-        add(
-            format!("garbage signature #{i}"),
-            signed(
-                &format!("g{i}"),
-                now,
-                format!("v1,{}", "A".repeat(i as usize * 7)),
-            ),
-            body.clone().into_bytes(),
-            401,
-        );
+        ];
+        for (what, signed) in forged {
+            let mut h = json_only();
+            h.extend(signed.headers());
+            let what = format!("{what} signature #{i}");
+            out.push(Hostile::keyed(what, body.clone(), 401).with_headers(h));
+        }
     }
     // Wrong types in every string field.
-    add_many_nested(&mut add, &auth);
-    out
-}
-
-fn add_many_nested(
-    add: &mut impl FnMut(String, Vec<(String, String)>, Vec<u8>, u16),
-    auth: &dyn Fn() -> Vec<(String, String)>,
-) {
     let bad_values = [json!(1), json!(true), json!([]), json!({}), json!(-0.5)];
     let string_fields = [
         "humanFriendlyId",
@@ -587,22 +476,16 @@ fn add_many_nested(
     ];
     for field in string_fields {
         for value in &bad_values {
-            let mut inc = incident("NESTED");
-            inc[field] = value.clone();
-            add(
-                format!("{field} = {value}"),
-                auth(),
-                inc.to_string().into_bytes(),
-                422,
-            );
+            out.push(Hostile::wrong_field("NESTED", field, value.clone()));
         }
     }
+    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corpus_of_hostile_requests_gets_its_4xx_and_leaves_nothing_behind() {
     let ws = Workspace::new();
-    let config = signed_source_config(&ws, "");
+    let config = signed_source_config(&ws);
     // A second source, by key, so both ways in are attacked.
     edit(&config, |text| {
         text.replace("rate_limit = { per_second = 1, burst = 2 }\n", "")
@@ -698,10 +581,8 @@ async fn requests_to_metadata_addresses_or_hosts_off_the_list_are_refused() {
     inc["asset_host_name"] = json!("127.0.0.1");
     let r = post_json(&base, &inc).await;
     assert_eq!(r["deliveries"].as_array().unwrap().len(), 4);
-    let dead = eventually(Duration::from_secs(10), || async {
-        let (_, v) = admin_get(&base, "/v1/deliveries?status=dead").await;
-        let list = v["deliveries"].as_array().cloned().unwrap_or_default();
-        (list.len() == 3).then_some(list)
+    let dead = listed_when(&base, "status=dead", Duration::from_secs(10), |list| {
+        list.len() == 3
     })
     .await
     .expect("three refused");
@@ -754,13 +635,8 @@ async fn a_name_that_resolves_to_a_forbidden_address_is_refused_at_connect() {
         &http_connector("t", &url, "allow_private = false\n"),
     );
     let (gw, base) = start_gateway(&config).await;
-    let r = post_json(&base, &incident("DNS-1")).await;
-    let id = first_delivery(&r);
-    let dead = delivery_when(&base, &id, Duration::from_secs(10), |v| {
-        v["status"] == "dead"
-    })
-    .await
-    .expect("refused");
+    let id = first_delivery(&post_json(&base, &incident("DNS-1")).await);
+    let dead = settled(&base, &id, &["dead"], Duration::from_secs(10)).await;
     assert!(
         dead["last_error"]
             .as_str()
@@ -799,13 +675,12 @@ async fn tls_ingress_and_an_admin_api_on_its_own_address() {
     };
     let tls_client = tls_client_for(gw.addr);
     let admin_client = tls_client_for(admin_addr);
-    let r = tls_client
-        .post(format!("{ingress}/v1/incidents"))
-        .bearer_auth(SOURCE_KEY)
-        .json(&incident("TLS-1"))
-        .send()
-        .await
-        .unwrap();
+    let r = post_incident_via(
+        &tls_client,
+        &format!("{ingress}/v1/incidents"),
+        &incident("TLS-1"),
+    )
+    .await;
     assert_eq!(r.status(), 202);
     // Plain HTTP to the TLS port gets no HTTP answer.
     let plain = client()
@@ -814,52 +689,29 @@ async fn tls_ingress_and_an_admin_api_on_its_own_address() {
         .await;
     assert!(plain.is_err() || plain.unwrap().status() != 200);
     // The admin API is on its own address, and only there.
-    let r = tls_client
-        .get(format!("{ingress}/v1/incidents/TLS-1"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 404, "not on the ingress listener");
-    let r = tls_client
-        .get(format!("{ingress}/v1/deliveries"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 404);
-    let r = admin_client
-        .get(format!("{admin}/v1/incidents/TLS-1"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
+    for path in ["/v1/incidents/TLS-1", "/v1/deliveries"] {
+        let r = get_as(&tls_client, &format!("{ingress}{path}"), ADMIN_TOKEN).await;
+        assert_eq!(r.unwrap().status(), 404, "not on the ingress listener");
+    }
+    let admin_view = format!("{admin}/v1/incidents/TLS-1");
+    let r = get_as(&admin_client, &admin_view, ADMIN_TOKEN)
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["incidentId"], "TLS-1");
-    let plain = client()
-        .get(format!("http://{admin_addr}/v1/incidents/TLS-1"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await;
+    let plain_view = format!("http://{admin_addr}/v1/incidents/TLS-1");
+    let plain = get_as(&client(), &plain_view, ADMIN_TOKEN).await;
     assert!(
         plain.is_err(),
         "plain HTTP on the admin listener: {plain:?}"
     );
-    let r = admin_client
-        .get(format!("{admin}/v1/incidents/TLS-1"))
-        .bearer_auth(SOURCE_KEY)
-        .send()
+    let r = get_as(&admin_client, &admin_view, SOURCE_KEY)
         .await
         .unwrap();
     assert_eq!(r.status(), 401, "a source key never opens the admin API");
-    let r = admin_client
-        .post(format!("{admin}/v1/incidents"))
-        .bearer_auth(SOURCE_KEY)
-        .json(&incident("X"))
-        .send()
-        .await
-        .unwrap();
+    let ingest_url = format!("{admin}/v1/incidents");
+    let r = post_incident_via(&admin_client, &ingest_url, &incident("X")).await;
     assert_eq!(r.status(), 404, "no ingest on the admin listener");
     gw.stop().await.unwrap();
 }
@@ -937,36 +789,26 @@ max_backoff = "100ms"
         202
     );
     // A wrong key, a wrong admin token, a wrong callback: failures get logged too.
-    client()
-        .post(format!("{base}/v1/incidents"))
-        .bearer_auth("wrong-key-0000000000")
-        .json(&incident("X"))
-        .send()
-        .await
-        .unwrap();
-    client()
-        .get(format!("{base}/v1/deliveries"))
-        .bearer_auth("wrong-admin-00000000")
-        .send()
+    let wrong = incident("X").to_string();
+    post_raw(
+        &base,
+        Some("wrong-key-0000000000"),
+        Some(APPLICATION_JSON),
+        wrong,
+    )
+    .await;
+    let deliveries = format!("{base}/v1/deliveries");
+    get_as(&client(), &deliveries, "wrong-admin-00000000")
         .await
         .unwrap();
     receiver.wait_for(2, Duration::from_secs(10)).await;
-    let r = client()
-        .post(format!("{base}/v1/incidents/SECRET-LOG-1/complete"))
-        .bearer_auth(CALLBACK)
-        .json(&json!({"reason_code": "other", "notes": "done"}))
-        .send()
-        .await
-        .unwrap();
+    let done = json!({"reason_code": "other", "notes": "done"}).to_string();
+    let r = complete(&base, "SECRET-LOG-1", Some(CALLBACK), &done).await;
     assert_eq!(r.status(), 200);
     // Let the SMTP deliveries fail against the closed port and go dead (the mail `completed`
     // then waits behind its dead `created`).
-    let all_settled = eventually(Duration::from_secs(15), || async {
-        let (_, v) = admin_get(&base, "/v1/deliveries?status=pending").await;
-        v["deliveries"]
-            .as_array()
-            .is_some_and(|l| l.iter().all(|d| d["waiting_for"].is_string()))
-            .then_some(())
+    let all_settled = listed_when(&base, "status=pending", Duration::from_secs(15), |list| {
+        list.iter().all(|d| d["waiting_for"].is_string())
     })
     .await;
     assert!(all_settled.is_some());
@@ -975,7 +817,7 @@ max_backoff = "100ms"
         .args(["render", "--config"])
         .arg(&config)
         .args(["--connector", "ticketing", "--incident"])
-        .arg(repo().join("examples/incidents/sample.json"))
+        .arg(sample_file())
         .env("IGW_TEST_TARGET_TOKEN", TARGET_TOKEN)
         .env("IGW_TEST_CALLBACK", CALLBACK)
         .env("IGW_TEST_WHSEC", SECRET_A)
@@ -1025,21 +867,13 @@ max_backoff = "100ms"
 #[tokio::test]
 async fn concurrent_copies_huge_signature_headers_and_absurd_timestamps_are_refused() {
     let ws = Workspace::new();
-    let config = signed_source_config(&ws, "");
-    let (gw, base) = start_gateway(&config).await;
-    let body = incident("COPY-1").to_string();
-    let now = chrono::Utc::now().timestamp();
-    let sig = sign(INBOUND_SECRET, "evt_copy", now, &body);
+    let (gw, base) = start_gateway(&signed_source_config(&ws)).await;
+    let copy = Signed::new("evt_copy", &incident("COPY-1"));
     // Eight copies of one signed request at once: exactly one gets in.
     let copies: Vec<_> = (0..8)
         .map(|_| {
-            let (base, body, sig) = (base.clone(), body.clone(), sig.clone());
-            tokio::spawn(async move {
-                post_signed(&base, &body, "evt_copy", now, &sig)
-                    .await
-                    .status()
-                    .as_u16()
-            })
+            let (base, copy) = (base.clone(), copy.clone());
+            tokio::spawn(async move { copy.post(&base).await.status().as_u16() })
         })
         .collect();
     let mut statuses = Vec::new();
@@ -1057,12 +891,19 @@ async fn concurrent_copies_huge_signature_headers_and_absurd_timestamps_are_refu
         "{statuses:?}"
     );
     // Thousands of signatures in one header: refused unread.
-    let many = vec![sig.as_str(); 2000].join(" ");
-    let r = post_signed(&base, &body, "evt_many", now, &many).await;
-    assert_eq!(r.status(), 401);
+    let many = Signed {
+        id: "evt_many".into(),
+        signature: vec![copy.signature.as_str(); 2000].join(" "),
+        ..copy.clone()
+    };
+    assert_eq!(many.post(&base).await.status(), 401);
     // A timestamp at the edge of i64 neither panics nor passes.
-    let r = post_signed(&base, &body, "evt_min", i64::MIN, &sig).await;
-    assert_eq!(r.status(), 401);
+    let min = Signed {
+        id: "evt_min".into(),
+        timestamp: i64::MIN,
+        ..copy.clone()
+    };
+    assert_eq!(min.post(&base).await.status(), 401);
     assert_eq!(health(&base).await, 200);
     gw.stop().await.unwrap();
 }
@@ -1070,40 +911,22 @@ async fn concurrent_copies_huge_signature_headers_and_absurd_timestamps_are_refu
 #[tokio::test]
 async fn a_source_with_a_key_and_a_secret_must_present_both() {
     let ws = Workspace::new();
-    let config = ws.write(
-        "gateway.toml",
-        &format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n[storage]\nurl = \"sqlite://gateway.db\"\n[[sources]]\nname = \"both\"\napi_key = \"{SOURCE_KEY}\"\nsigning_secret = \"{INBOUND_SECRET}\"\n"
-        ),
+    let config = ws.config("127.0.0.1:0", "");
+    let both = format!(
+        "[[sources]]\nname = \"both\"\napi_key = \"{SOURCE_KEY}\"\nsigning_secret = \"{INBOUND_SECRET}\"\n"
     );
+    with_sources(&config, &both);
     let (gw, base) = start_gateway(&config).await;
-    let body = incident("BOTH-1").to_string();
-    let now = chrono::Utc::now().timestamp();
-    let sig = sign(INBOUND_SECRET, "evt_both", now, &body);
+    let signed = Signed::new("evt_both", &incident("BOTH-1"));
     // Signature alone: refused.
-    assert_eq!(
-        post_signed(&base, &body, "evt_both", now, &sig)
-            .await
-            .status(),
-        401
-    );
+    assert_eq!(signed.post(&base).await.status(), 401);
     // Key alone: refused.
     assert_eq!(
         post_incident(&base, &incident("BOTH-1")).await.status(),
         401
     );
     // Both: accepted.
-    let r = client()
-        .post(format!("{base}/v1/incidents"))
-        .bearer_auth(SOURCE_KEY)
-        .header("content-type", "application/json")
-        .header("webhook-id", "evt_both")
-        .header("webhook-timestamp", now.to_string())
-        .header("webhook-signature", sig)
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    let r = signed.post_with_key(&base, Some(SOURCE_KEY)).await;
     assert_eq!(r.status(), 202);
     gw.stop().await.unwrap();
 }

@@ -14,15 +14,8 @@ async fn sample_is_delivered_with_every_field_verbatim() {
     assert_eq!(health(&base).await, 200);
 
     // The fixture exactly as shipped, posted as its own bytes.
-    let bytes = std::fs::read(repo().join("examples/incidents/sample.json")).unwrap();
-    let response = client()
-        .post(format!("{base}/v1/incidents"))
-        .bearer_auth(SOURCE_KEY)
-        .header("content-type", "application/json")
-        .body(bytes)
-        .send()
-        .await
-        .unwrap();
+    let bytes = std::fs::read(sample_file()).unwrap();
+    let response = post_raw(&base, Some(SOURCE_KEY), Some(APPLICATION_JSON), bytes).await;
     assert_eq!(response.status(), 202);
     let accepted: Value = response.json().await.unwrap();
     assert_eq!(accepted["status"], "accepted");
@@ -61,16 +54,9 @@ async fn sample_is_delivered_with_every_field_verbatim() {
 async fn hostile_text_arrives_as_valid_json_byte_for_byte() {
     let receiver = Receiver::start().await;
     let ws = Workspace::new();
-    ws.write(
-        "fields.json.hbs",
-        r#"{"id": "{{incidentId}}", "summary": "{{incident.summary}}", "description": "{{incident.description}}", "report": "{{extra.investigation_report}}", "whole": {{json incident}}}"#,
-    );
-    let config = ws.config(
-        "127.0.0.1:0",
-        &http_connector("t", &receiver.url("/t"), "")
-            .replace("TEMPLATES/generic/incident.json.hbs", "fields.json.hbs"),
-    );
-    let (gw, base) = start_gateway(&config).await;
+    let template = r#"{"id": "{{incidentId}}", "summary": "{{incident.summary}}", "description": "{{incident.description}}", "report": "{{extra.investigation_report}}", "whole": {{json incident}}}"#;
+    let connector = ws.connector_with_template("t", &receiver.url("/t"), template, "");
+    let (gw, base) = start_gateway(&ws.config("127.0.0.1:0", &connector)).await;
 
     let hostile = [
         "quote \" backslash \\ slash / end",
@@ -122,16 +108,10 @@ async fn every_error_class_answers_problem_json_and_stores_nothing() {
     .await
     .expect("the baseline attempt is recorded");
     let before = ws.counts();
-    let url = format!("{base}/v1/incidents");
-    let c = client();
+    let (key, as_json) = (Some(SOURCE_KEY), Some(APPLICATION_JSON));
 
     let expect_problem = |status: u16, r: reqwest::Response| async move {
-        assert_eq!(r.status().as_u16(), status);
-        assert_eq!(
-            r.headers().get("content-type").unwrap(),
-            "application/problem+json"
-        );
-        let p: Value = r.json().await.unwrap();
+        let p = problem(r, status).await;
         assert_eq!(p["status"], status);
         assert!(p["type"].as_str().unwrap().starts_with("https://"));
         assert!(!p["title"].as_str().unwrap().is_empty());
@@ -139,100 +119,45 @@ async fn every_error_class_answers_problem_json_and_stores_nothing() {
     };
 
     // 400 malformed JSON.
-    let r = c
-        .post(&url)
-        .bearer_auth(SOURCE_KEY)
-        .header("content-type", "application/json")
-        .body("{\"incidentId\": \"x\",")
-        .send()
-        .await
-        .unwrap();
+    let r = post_raw(&base, key, as_json, "{\"incidentId\": \"x\",").await;
     let p = expect_problem(400, r).await;
     assert!(p["detail"].as_str().unwrap().contains("line 1"), "{p}");
 
     // 401 missing and wrong key; the admin token is not a source key either.
-    let r = c.post(&url).json(&incident("A1")).send().await.unwrap();
-    expect_problem(401, r).await;
-    let r = c
-        .post(&url)
-        .bearer_auth("wrong-key-0123456789")
-        .json(&incident("A2"))
-        .send()
-        .await
-        .unwrap();
-    expect_problem(401, r).await;
-    let r = c
-        .post(&url)
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&incident("A3"))
-        .send()
-        .await
-        .unwrap();
-    expect_problem(401, r).await;
+    for (key, id) in [
+        (None, "A1"),
+        (Some("wrong-key-0123456789"), "A2"),
+        (Some(ADMIN_TOKEN), "A3"),
+    ] {
+        let r = post_raw(&base, key, as_json, incident(id).to_string()).await;
+        expect_problem(401, r).await;
+    }
 
     // 413 over max_body_bytes (default 1 MiB), declared and streamed.
     let mut big = incident("BIG");
     big["incident"]["description"] = json!("x".repeat(1024 * 1024));
     // The 413 comes before the body is read; the server drains the rest (lingering close), so
     // a client still writing reads the answer rather than a reset.
-    let r = c
-        .post(&url)
-        .bearer_auth(SOURCE_KEY)
-        .json(&big)
-        .send()
-        .await
-        .unwrap();
+    let r = post_raw(&base, key, as_json, big.to_string()).await;
     expect_problem(413, r).await;
     let chunks =
         futures_util::stream::iter((0..200).map(|_| Ok::<_, std::io::Error>(vec![b' '; 8192])));
-    let r = c
-        .post(&url)
-        .bearer_auth(SOURCE_KEY)
-        .header("content-type", "application/json")
-        .body(reqwest::Body::wrap_stream(chunks))
-        .send()
-        .await
-        .unwrap();
+    let r = post_raw(&base, key, as_json, reqwest::Body::wrap_stream(chunks)).await;
     expect_problem(413, r).await;
 
     // 415 not JSON.
-    let r = c
-        .post(&url)
-        .bearer_auth(SOURCE_KEY)
-        .header("content-type", "text/plain")
-        .body(incident("T").to_string())
-        .send()
-        .await
-        .unwrap();
-    expect_problem(415, r).await;
-    let r = c
-        .post(&url)
-        .bearer_auth(SOURCE_KEY)
-        .body(incident("T").to_string())
-        .send()
-        .await
-        .unwrap();
-    expect_problem(415, r).await;
+    for content_type in [Some("text/plain"), None] {
+        let r = post_raw(&base, key, content_type, incident("T").to_string()).await;
+        expect_problem(415, r).await;
+    }
 
     // 422: every violation, with its pointer.
     let mut bad = sample();
     bad.as_object_mut().unwrap().remove("incidentId");
     bad["attacker"]["port"] = json!("abc");
     bad["incident_threat_rating"] = json!("Severe");
-    let r = c
-        .post(&url)
-        .bearer_auth(SOURCE_KEY)
-        .json(&bad)
-        .send()
-        .await
-        .unwrap();
-    let p = expect_problem(422, r).await;
-    let pointers: Vec<&str> = p["errors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["pointer"].as_str().unwrap())
-        .collect();
+    let p = expect_problem(422, post_raw(&base, key, as_json, bad.to_string()).await).await;
+    let pointers = pluck(&p["errors"], "pointer");
     assert!(pointers.contains(&"#"), "{p}");
     assert!(pointers.contains(&"#/attacker/port"), "{p}");
     assert!(pointers.contains(&"#/incident_threat_rating"), "{p}");
@@ -241,44 +166,17 @@ async fn every_error_class_answers_problem_json_and_stores_nothing() {
     let mut wrong = incident("BATCH-1");
     wrong["sources"] = json!("LOG");
     let batch = json!([incident("BATCH-0"), wrong, incident("BATCH-2")]);
-    let r = c
-        .post(&url)
-        .bearer_auth(SOURCE_KEY)
-        .json(&batch)
-        .send()
-        .await
-        .unwrap();
-    let p = expect_problem(422, r).await;
+    let p = expect_problem(422, post_raw(&base, key, as_json, batch.to_string()).await).await;
     assert_eq!(p["errors"][0]["pointer"], "#/1/sources", "{p}");
 
     // A top-level value that is not an incident, an empty batch, an oversized batch.
-    let r = c
-        .post(&url)
-        .bearer_auth(SOURCE_KEY)
-        .json(&json!("just a string"))
-        .send()
-        .await
-        .unwrap();
-    expect_problem(422, r).await;
-    let r = c
-        .post(&url)
-        .bearer_auth(SOURCE_KEY)
-        .json(&json!([]))
-        .send()
-        .await
-        .unwrap();
-    expect_problem(422, r).await;
     let many: Vec<Value> = (0..101)
         .map(|i| json!({"incidentId": format!("M{i}")}))
         .collect();
-    let r = c
-        .post(&url)
-        .bearer_auth(SOURCE_KEY)
-        .json(&many)
-        .send()
-        .await
-        .unwrap();
-    expect_problem(422, r).await;
+    for body in [json!("just a string"), json!([]), json!(many)] {
+        let r = post_raw(&base, key, as_json, body.to_string()).await;
+        expect_problem(422, r).await;
+    }
 
     assert_eq!(ws.counts(), before, "no error stored anything");
     let (status, _) = admin_get(&base, "/v1/incidents/BATCH-0").await;
@@ -313,13 +211,7 @@ async fn repeats_are_duplicates_and_newer_versions_are_updates() {
     // In a batch, each incident gets its own answer, in order.
     let batch = json!([incident("IDEM-2"), newer, incident("IDEM-3")]);
     let r = post_json(&base, &batch).await;
-    let statuses: Vec<&str> = r
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|o| o["status"].as_str().unwrap())
-        .collect();
-    assert_eq!(statuses, ["accepted", "duplicate", "accepted"]);
+    assert_eq!(pluck(&r, "status"), ["accepted", "duplicate", "accepted"]);
 
     let got = receiver.wait_for(4, Duration::from_secs(10)).await;
     let mut events: Vec<(String, String)> = got
@@ -352,21 +244,15 @@ async fn repeats_are_duplicates_and_newer_versions_are_updates() {
 
 #[tokio::test]
 async fn retry_after_is_honoured_then_delivered_and_4xx_dies_until_replayed() {
-    let receiver = Receiver::start().await;
+    // Backoff alone would retry after 25–100 ms: only Retry-After explains a 1 s gap.
+    let retry = "[connectors.retry]\ninitial_backoff = \"50ms\"\nmax_backoff = \"100ms\"\n";
+    let (receiver, _ws, gw, base) = receiver_and_gateway("ticketing", "/hook", retry).await;
     receiver.script([
         Reply::status(503).header("Retry-After", "1").body("busy"),
         Reply::status(503).header("Retry-After", "1").body("busy"),
         Reply::status(200).body("{\"ticket\": 1}"),
         Reply::status(400).body("{\"error\": \"bad field\"}"),
     ]);
-    let ws = Workspace::new();
-    // Backoff alone would retry after 25–100 ms: only Retry-After explains a 1 s gap.
-    let retry = "[connectors.retry]\ninitial_backoff = \"50ms\"\nmax_backoff = \"100ms\"\n";
-    let config = ws.config(
-        "127.0.0.1:0",
-        &http_connector("ticketing", &receiver.url("/hook"), retry),
-    );
-    let (gw, base) = start_gateway(&config).await;
 
     let r = post_json(&base, &incident("RETRY-1")).await;
     let id = first_delivery(&r);
@@ -405,11 +291,12 @@ async fn retry_after_is_honoured_then_delivered_and_4xx_dies_until_replayed() {
     // A 400 is dead at once.
     let r = post_json(&base, &incident("DEAD-1")).await;
     let dead_id = first_delivery(&r);
-    let dead = eventually(Duration::from_secs(10), || async {
-        let (_, v) = admin_get(&base, "/v1/deliveries?status=dead&connector=ticketing").await;
-        let list = v["deliveries"].as_array().cloned().unwrap_or_default();
-        (!list.is_empty()).then_some(list)
-    })
+    let dead = listed_when(
+        &base,
+        "status=dead&connector=ticketing",
+        Duration::from_secs(10),
+        |list| !list.is_empty(),
+    )
     .await
     .expect("dead delivery listed");
     assert_eq!(dead.len(), 1);
@@ -421,11 +308,7 @@ async fn retry_after_is_honoured_then_delivered_and_4xx_dies_until_replayed() {
     // Replay: back in the queue, attempts kept, delivered (the receiver now answers 200).
     let r = admin_post(&base, &format!("/v1/deliveries/{dead_id}/replay")).await;
     assert_eq!(r.status(), 202);
-    let delivered = delivery_when(&base, &dead_id, Duration::from_secs(10), |v| {
-        v["status"] == "delivered"
-    })
-    .await
-    .expect("replayed delivery delivered");
+    let delivered = settled(&base, &dead_id, &["delivered"], Duration::from_secs(10)).await;
     assert_eq!(delivered["attempt_count"], 2);
     assert_eq!(delivered["attempts"].as_array().unwrap().len(), 2);
     let last = receiver.received().pop().unwrap();
@@ -437,13 +320,13 @@ async fn retry_after_is_honoured_then_delivered_and_4xx_dies_until_replayed() {
     assert_eq!(r.status(), 409);
     let r = admin_post(&base, "/v1/deliveries/msg_nope/replay").await;
     assert_eq!(r.status(), 404);
-    let r = client()
-        .get(format!("{base}/v1/incidents/DEAD-1"))
-        .bearer_auth(SOURCE_KEY)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 401);
+    let r = get_as(
+        &client(),
+        &format!("{base}/v1/incidents/DEAD-1"),
+        SOURCE_KEY,
+    )
+    .await;
+    assert_eq!(r.unwrap().status(), 401);
     let r = admin(reqwest::Method::GET, &base, "/v1/deliveries?status=bogus").await;
     assert_eq!(r.status(), 400);
     gw.stop().await.unwrap();
@@ -465,13 +348,8 @@ max_backoff = "100ms"
         &http_connector("down", &format!("http://127.0.0.1:{port}/x"), retry),
     );
     let (gw, base) = start_gateway(&config).await;
-    let r = post_json(&base, &incident("DOWN-1")).await;
-    let id = first_delivery(&r);
-    let view = delivery_when(&base, &id, Duration::from_secs(10), |v| {
-        v["status"] == "dead"
-    })
-    .await
-    .expect("dead after 3 attempts");
+    let id = first_delivery(&post_json(&base, &incident("DOWN-1")).await);
+    let view = settled(&base, &id, &["dead"], Duration::from_secs(10)).await;
     let attempts = view["attempts"].as_array().unwrap();
     assert_eq!(attempts.len(), 3);
     assert!(attempts.iter().all(|a| a["status_code"].is_null()));
@@ -520,25 +398,16 @@ not_one_of = ["aws", "azure"]
 
     // The sample: Medium, authentication, aws → only "all".
     let r = post_json(&base, &incident("ROUTE-MEDIUM")).await;
-    let names: Vec<&str> = r["deliveries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["connector"].as_str().unwrap())
-        .collect();
-    assert_eq!(names, ["all"]);
+    assert_eq!(pluck(&r["deliveries"], "connector"), ["all"]);
 
     let mut high = incident("ROUTE-HIGH");
     high["incident"]["threatRating"] = json!("HIGH");
     high["asset_deployment_type"] = json!("datacenter");
     let r = post_json(&base, &high).await;
-    let names: Vec<&str> = r["deliveries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["connector"].as_str().unwrap())
-        .collect();
-    assert_eq!(names, ["all", "high-auth", "not-aws"]);
+    assert_eq!(
+        pluck(&r["deliveries"], "connector"),
+        ["all", "high-auth", "not-aws"]
+    );
 
     let got = receiver.wait_for(4, Duration::from_secs(10)).await;
     let mut paths: Vec<String> = got.iter().map(|r| r.path.clone()).collect();
@@ -549,19 +418,13 @@ not_one_of = ["aws", "azure"]
 
 #[tokio::test]
 async fn templated_url_and_headers_are_rendered_and_url_values_encoded() {
-    let receiver = Receiver::start().await;
-    let ws = Workspace::new();
     let extra = r#"
 [connectors.headers]
 "X-Incident" = "{{humanFriendlyId}}"
 "Authorization" = "Bearer ${IGW_TEST_TARGET_TOKEN:-target-secret-123}"
 "#;
-    let url = format!(
-        "{}/{{{{incident_class}}}}/{{{{incidentId}}}}",
-        receiver.url("/api")
-    );
-    let config = ws.config("127.0.0.1:0", &http_connector("t", &url, extra));
-    let (gw, base) = start_gateway(&config).await;
+    let path = "/api/{{incident_class}}/{{incidentId}}";
+    let (receiver, _ws, gw, base) = receiver_and_gateway("t", path, extra).await;
     let mut inc = incident("A/B?C");
     inc["humanFriendlyId"] = json!("ww1k39");
     assert_eq!(post_incident(&base, &inc).await.status(), 202);
@@ -577,15 +440,9 @@ async fn templated_url_and_headers_are_rendered_and_url_values_encoded() {
 
 #[tokio::test]
 async fn an_update_never_overtakes_its_created_delivery() {
-    let receiver = Receiver::start().await;
+    let (receiver, _ws, gw, base) = receiver_and_gateway("t", "/t", fast_retry()).await;
     // The created delivery fails once and must be retried before the update goes.
     receiver.script([Reply::status(503).header("Retry-After", "1")]);
-    let ws = Workspace::new();
-    let config = ws.config(
-        "127.0.0.1:0",
-        &http_connector("t", &receiver.url("/t"), fast_retry()),
-    );
-    let (gw, base) = start_gateway(&config).await;
     let first = incident("ORDER-1");
     assert_eq!(post_incident(&base, &first).await.status(), 202);
     let mut newer = first.clone();
@@ -602,15 +459,9 @@ async fn an_update_never_overtakes_its_created_delivery() {
 
 #[tokio::test]
 async fn unsendable_requests_die_at_once_with_the_reason() {
-    let receiver = Receiver::start().await;
-    let ws = Workspace::new();
     let extra = "[connectors.headers]\n\"X-Summary\" = \"{{incident.summary}}\"\n";
-    let url = format!(
-        "{}/tickets/{{{{incidentId}}}}/comments",
-        receiver.url("/api")
-    );
-    let config = ws.config("127.0.0.1:0", &http_connector("t", &url, extra));
-    let (gw, base) = start_gateway(&config).await;
+    let path = "/api/tickets/{{incidentId}}/comments";
+    let (receiver, _ws, gw, base) = receiver_and_gateway("t", path, extra).await;
 
     // A bell character cannot go in a header; ".." would climb out of the URL's path.
     let mut bell = incident("BELL-1");
@@ -619,10 +470,8 @@ async fn unsendable_requests_die_at_once_with_the_reason() {
     for inc in [&bell, &dots] {
         assert_eq!(post_incident(&base, inc).await.status(), 202);
     }
-    let dead = eventually(Duration::from_secs(10), || async {
-        let (_, v) = admin_get(&base, "/v1/deliveries?status=dead").await;
-        let list = v["deliveries"].as_array().cloned().unwrap_or_default();
-        (list.len() == 2).then_some(list)
+    let dead = listed_when(&base, "status=dead", Duration::from_secs(10), |list| {
+        list.len() == 2
     })
     .await
     .expect("both dead");
@@ -649,14 +498,7 @@ async fn unsendable_requests_die_at_once_with_the_reason() {
 async fn incidents_travel_with_big_numbers_and_key_order_intact() {
     let (receiver, _ws, gw, base) = receiver_and_gateway("t", "/t", "").await;
     let raw = r#"{"zeta": 1, "incidentId": "BIG-1", "bigId": 123456789012345678901234567, "alpha": 0.1000000000000000055511151231257827, "createTime": 1594153092.2202642}"#;
-    let r = client()
-        .post(format!("{base}/v1/incidents"))
-        .bearer_auth(SOURCE_KEY)
-        .header("content-type", "application/json")
-        .body(raw)
-        .send()
-        .await
-        .unwrap();
+    let r = post_raw(&base, Some(SOURCE_KEY), Some(APPLICATION_JSON), raw).await;
     assert_eq!(r.status(), 202);
     let got = receiver.wait_for(1, Duration::from_secs(10)).await;
     let body = String::from_utf8(got[0].body.to_vec()).unwrap();
@@ -687,7 +529,7 @@ async fn an_update_without_update_time_never_lets_an_older_version_back_in() {
     // Without a time it cannot show it is newer: not applied (issue 10, item 3).
     assert_eq!(status(at(Value::Null, "no time")).await, "duplicate");
     assert_eq!(status(at(json!(1000), "v1000")).await, "duplicate");
-    let (_, view) = admin_get(&format!("http://{}", gw.addr), "/v1/incidents/TIME-1").await;
+    let (_, view) = admin_get(base, "/v1/incidents/TIME-1").await;
     assert_eq!(view["incident"]["incident"]["summary"], "v2000");
     gw.stop().await.unwrap();
 }
@@ -695,23 +537,12 @@ async fn an_update_without_update_time_never_lets_an_older_version_back_in() {
 #[tokio::test]
 async fn secrets_never_reach_attempt_records_and_api_errors_are_problem_json() {
     const TOKEN: &str = "target-token-that-must-not-leak-123";
-    let receiver = Receiver::start().await;
+    let extra = format!("[connectors.headers]\n\"Authorization\" = \"Bearer {TOKEN}\"\n");
+    let (receiver, ws, gw, base) = receiver_and_gateway("t", "/t", &extra).await;
     // The receiver echoes the credential back in its error body.
     receiver.script([Reply::status(400).body(&format!("{{\"error\": \"bad token {TOKEN}\"}}"))]);
-    let ws = Workspace::new();
-    let extra = format!("[connectors.headers]\n\"Authorization\" = \"Bearer {TOKEN}\"\n");
-    let config = ws.config(
-        "127.0.0.1:0",
-        &http_connector("t", &receiver.url("/t"), &extra),
-    );
-    let (gw, base) = start_gateway(&config).await;
-    let r = post_json(&base, &incident("SECRET-1")).await;
-    let id = first_delivery(&r);
-    let view = delivery_when(&base, &id, Duration::from_secs(10), |v| {
-        v["status"] == "dead"
-    })
-    .await
-    .expect("dead");
+    let id = first_delivery(&post_json(&base, &incident("SECRET-1")).await);
+    let view = settled(&base, &id, &["dead"], Duration::from_secs(10)).await;
     let text = view.to_string();
     assert!(text.contains("bad token ********"), "{text}");
     assert!(!text.contains(TOKEN), "{text}");
@@ -727,12 +558,7 @@ async fn secrets_never_reach_attempt_records_and_api_errors_are_problem_json() {
         ("DELETE", "/v1/deliveries/x", 405),
         ("GET", "/nowhere", 404),
     ] {
-        let r = client()
-            .request(method.parse().unwrap(), format!("{base}{path}"))
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
-            .await
-            .unwrap();
+        let r = admin(method.parse().unwrap(), &base, path).await;
         assert_eq!(r.status().as_u16(), status, "{method} {path}");
         assert_eq!(
             r.headers()["content-type"],

@@ -6,6 +6,7 @@ mod common;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
+use std::process::Child;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,6 +26,30 @@ struct Call {
     webhook_id: String,
     body: Value,
     status: u16,
+}
+
+impl Call {
+    fn new(method: &str, path: String, headers: &HeaderMap, body: &Bytes, status: u16) -> Call {
+        Call {
+            method: method.into(),
+            path,
+            webhook_id: headers
+                .get("webhook-id")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string(),
+            body: serde_json::from_slice(body).unwrap_or(Value::Null),
+            status,
+        }
+    }
+}
+
+/// (method, status) of each call, in order.
+fn shape(calls: &[Call]) -> Vec<(&str, u16)> {
+    calls
+        .iter()
+        .map(|c| (c.method.as_str(), c.status))
+        .collect()
 }
 
 #[derive(Default)]
@@ -50,8 +75,6 @@ async fn create(State(t): State<Shared>, headers: HeaderMap, body: Bytes) -> Res
 fn open_ticket(t: &Shared, headers: &HeaderMap, body: &Bytes) -> (u16, Value, Duration) {
     let mut t = t.lock().unwrap();
     let delay = t.delay;
-    let body: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
-    let webhook_id = header(headers, "webhook-id");
     let failure = t.create_failures.pop_front();
     let (status, reply) = match failure {
         Some(code) => (code, json!({"error": {"message": "try later"}})),
@@ -65,13 +88,8 @@ fn open_ticket(t: &Shared, headers: &HeaderMap, body: &Bytes) -> (u16, Value, Du
             )
         }
     };
-    t.calls.push(Call {
-        method: "POST".into(),
-        path: "/api/now/table/incident".into(),
-        webhook_id,
-        body,
-        status,
-    });
+    let path = "/api/now/table/incident".to_string();
+    t.calls.push(Call::new("POST", path, headers, body, status));
     (status, reply, delay)
 }
 
@@ -85,13 +103,9 @@ async fn update(
     tokio::time::sleep(delay).await;
     let mut t = t.lock().unwrap();
     let status = if t.known.contains(&sys_id) { 200 } else { 404 };
-    t.calls.push(Call {
-        method: "PATCH".into(),
-        path: format!("/api/now/table/incident/{sys_id}"),
-        webhook_id: header(&headers, "webhook-id"),
-        body: serde_json::from_slice(&body).unwrap_or(Value::Null),
-        status,
-    });
+    let path = format!("/api/now/table/incident/{sys_id}");
+    t.calls
+        .push(Call::new("PATCH", path, &headers, &body, status));
     let reply = if status == 200 {
         json!({"result": {"sys_id": sys_id}})
     } else {
@@ -102,22 +116,9 @@ async fn update(
 
 /// A small upstream "detection platform" API: records completions.
 async fn upstream(State(t): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
-    t.lock().unwrap().calls.push(Call {
-        method: "POST".into(),
-        path: "/upstream".into(),
-        webhook_id: header(&headers, "webhook-id"),
-        body: serde_json::from_slice(&body).unwrap_or(Value::Null),
-        status: 200,
-    });
+    let call = Call::new("POST", "/upstream".into(), &headers, &body, 200);
+    t.lock().unwrap().calls.push(call);
     StatusCode::OK.into_response()
-}
-
-fn header(headers: &HeaderMap, name: &str) -> String {
-    headers
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_string()
 }
 
 struct TicketSystem {
@@ -127,16 +128,14 @@ struct TicketSystem {
 }
 
 impl TicketSystem {
-    async fn start_on(port: u16) -> TicketSystem {
+    async fn start() -> TicketSystem {
         let state: Shared = Arc::default();
         let app = axum::Router::new()
             .route("/api/now/table/incident", post(create))
             .route("/api/now/table/incident/{sys_id}", patch(update))
             .route("/upstream", post(upstream))
             .with_state(state.clone());
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-            .await
-            .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let task = tokio::spawn(async move {
             axum::serve(listener, app).await.unwrap();
@@ -144,21 +143,16 @@ impl TicketSystem {
         TicketSystem { base, state, task }
     }
 
-    async fn start() -> TicketSystem {
-        Self::start_on(0).await
-    }
-
     fn calls(&self) -> Vec<Call> {
         self.state.lock().unwrap().calls.clone()
     }
 
     async fn wait_for(&self, n: usize, within: Duration) -> Vec<Call> {
-        eventually(within, || async {
-            let calls = self.calls();
-            (calls.len() >= n).then_some(calls)
-        })
-        .await
-        .unwrap_or_else(|| self.calls())
+        at_least(n, within, || self.calls()).await
+    }
+
+    fn set(&self, change: impl FnOnce(&mut Tickets)) {
+        change(&mut self.state.lock().unwrap());
     }
 }
 
@@ -231,16 +225,50 @@ template = "upstream.json.hbs"
     config
 }
 
+/// The ticket system, and a config (in its workspace) whose connector opens tickets there;
+/// `extra` is added to the connector's block.
+async fn ticket_setup(extra: &str) -> (TicketSystem, Workspace, PathBuf) {
+    let target = TicketSystem::start().await;
+    let ws = Workspace::new();
+    let config = ticket_config(&ws, &target.base, extra);
+    (target, ws, config)
+}
+
+/// That, and the gateway started on it in process (with its base URL).
+async fn ticketing(extra: &str) -> (TicketSystem, Workspace, incident_gateway::Gateway, String) {
+    let (target, ws, config) = ticket_setup(extra).await;
+    let (gw, base) = start_gateway(&config).await;
+    (target, ws, gw, base)
+}
+
+/// The ticket system answering after `delay`, a config whose connector opens one ticket per
+/// correlation key there, and the real binary serving it (its process and base URL).
+async fn slow_target_and_binary(
+    delay: Duration,
+) -> (TicketSystem, Workspace, PathBuf, Child, String) {
+    let (target, ws, config) = ticket_setup(SHARED_KEY).await;
+    target.set(|t| t.delay = delay);
+    let (child, base) = spawn_binary(&config);
+    (target, ws, config, child, base)
+}
+
+/// That, with incident `id` accepted and its ticket opened.
+async fn ticket_opened_for(
+    id: &str,
+) -> (TicketSystem, Workspace, incident_gateway::Gateway, String) {
+    let (target, ws, gw, base) = ticketing("").await;
+    accepted(&base, &incident(id)).await;
+    target.wait_for(1, Duration::from_secs(10)).await;
+    (target, ws, gw, base)
+}
+
 const SOURCE_CALLBACK: &str = "source-callback-token-0123";
 const SHARED_KEY: &str = "correlation_key = \"{{incident_class}}/{{asset_host_name}}\"";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_incidents_on_one_key_open_one_ticket_and_update_it_in_order() {
-    let target = TicketSystem::start().await;
-    target.state.lock().unwrap().delay = Duration::from_millis(200);
-    let ws = Workspace::new();
-    let config = ticket_config(&ws, &target.base, SHARED_KEY);
-    let (gw, base) = start_gateway(&config).await;
+    let (target, _ws, gw, base) = ticketing(SHARED_KEY).await;
+    target.set(|t| t.delay = Duration::from_millis(200));
 
     let mut events = Vec::new();
     for i in 0..50 {
@@ -287,19 +315,14 @@ async fn fifty_incidents_on_one_key_open_one_ticket_and_update_it_in_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_in_the_middle_of_a_burst_still_opens_one_ticket() {
-    let port = free_port();
-    let target = TicketSystem::start_on(port).await;
-    target.state.lock().unwrap().delay = Duration::from_millis(200);
-    let ws = Workspace::new();
-    let config = ticket_config(&ws, &target.base, SHARED_KEY);
-    let (mut child, base) = spawn_binary(&config);
+    let (target, _ws, config, mut child, base) =
+        slow_target_and_binary(Duration::from_millis(200)).await;
     for i in 0..50 {
         accepted(&base, &incident(&format!("KILL-{i:02}"))).await;
     }
     // Kill once the ticket exists and updates are flowing.
     target.wait_for(5, Duration::from_secs(30)).await;
-    child.kill().unwrap();
-    child.wait().unwrap();
+    sigkill(&mut child);
     let before_restart = target.calls().len();
 
     let (mut child, _) = spawn_binary(&config);
@@ -312,8 +335,7 @@ async fn sigkill_in_the_middle_of_a_burst_still_opens_one_ticket() {
         (ids.len() >= 50).then_some(())
     })
     .await;
-    child.kill().unwrap();
-    child.wait().unwrap();
+    sigkill(&mut child);
     assert!(done.is_some(), "every delivery arrived after the restart");
     let calls = target.calls();
     eprintln!(
@@ -340,11 +362,8 @@ async fn sigkill_in_the_middle_of_a_burst_still_opens_one_ticket() {
 
 #[tokio::test]
 async fn no_update_goes_before_its_create_succeeds() {
-    let target = TicketSystem::start().await;
-    target.state.lock().unwrap().create_failures = VecDeque::from([500, 500, 500]);
-    let ws = Workspace::new();
-    let config = ticket_config(&ws, &target.base, SHARED_KEY);
-    let (gw, base) = start_gateway(&config).await;
+    let (target, _ws, gw, base) = ticketing(SHARED_KEY).await;
+    target.set(|t| t.create_failures = VecDeque::from([500, 500, 500]));
     let created = accepted(&base, &incident("FIRST")).await;
     let created_id = first_delivery(&created);
     let updated = accepted(&base, &incident("SECOND")).await;
@@ -360,15 +379,14 @@ async fn no_update_goes_before_its_create_succeeds() {
     assert!(waiting.is_some(), "the update shows what it waits for");
 
     let calls = target.wait_for(5, Duration::from_secs(15)).await;
-    let shape: Vec<(String, u16)> = calls.iter().map(|c| (c.method.clone(), c.status)).collect();
     assert_eq!(
-        shape,
+        shape(&calls),
         [
-            ("POST".to_string(), 500),
-            ("POST".to_string(), 500),
-            ("POST".to_string(), 500),
-            ("POST".to_string(), 201),
-            ("PATCH".to_string(), 200),
+            ("POST", 500),
+            ("POST", 500),
+            ("POST", 500),
+            ("POST", 201),
+            ("PATCH", 200)
         ]
     );
     gw.stop().await.unwrap();
@@ -376,19 +394,12 @@ async fn no_update_goes_before_its_create_succeeds() {
 
 #[tokio::test]
 async fn a_dead_create_holds_its_updates_until_it_is_replayed() {
-    let target = TicketSystem::start().await;
-    target.state.lock().unwrap().create_failures = VecDeque::from([400]);
-    let ws = Workspace::new();
-    let config = ticket_config(&ws, &target.base, SHARED_KEY);
-    let (gw, base) = start_gateway(&config).await;
+    let (target, _ws, gw, base) = ticketing(SHARED_KEY).await;
+    target.set(|t| t.create_failures = VecDeque::from([400]));
     let created = accepted(&base, &incident("DEAD-FIRST")).await;
     let created_id = first_delivery(&created);
     accepted(&base, &incident("DEAD-SECOND")).await;
-    let dead = delivery_when(&base, &created_id, Duration::from_secs(10), |v| {
-        v["status"] == "dead"
-    })
-    .await;
-    assert!(dead.is_some());
+    settled(&base, &created_id, &["dead"], Duration::from_secs(10)).await;
     // The update waits behind the dead create rather than patching a ticket that is not there.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (_, v) = admin_get(&base, "/v1/incidents/DEAD-SECOND").await;
@@ -400,14 +411,9 @@ async fn a_dead_create_holds_its_updates_until_it_is_replayed() {
     let r = admin_post(&base, &format!("/v1/deliveries/{created_id}/replay")).await;
     assert_eq!(r.status(), 202);
     let calls = target.wait_for(3, Duration::from_secs(10)).await;
-    let shape: Vec<(String, u16)> = calls.iter().map(|c| (c.method.clone(), c.status)).collect();
     assert_eq!(
-        shape,
-        [
-            ("POST".to_string(), 400),
-            ("POST".to_string(), 201),
-            ("PATCH".to_string(), 200)
-        ]
+        shape(&calls),
+        [("POST", 400), ("POST", 201), ("PATCH", 200)]
     );
     assert_eq!(calls[2].body["work_notes"], "DEAD-SECOND");
     gw.stop().await.unwrap();
@@ -415,18 +421,10 @@ async fn a_dead_create_holds_its_updates_until_it_is_replayed() {
 
 #[tokio::test]
 async fn a_created_response_without_the_ticket_id_is_a_dead_delivery_with_the_reason() {
-    let target = TicketSystem::start().await;
-    target.state.lock().unwrap().omit_id = true;
-    let ws = Workspace::new();
-    let config = ticket_config(&ws, &target.base, "");
-    let (gw, base) = start_gateway(&config).await;
-    let r = accepted(&base, &incident("NO-ID")).await;
-    let id = first_delivery(&r);
-    let dead = delivery_when(&base, &id, Duration::from_secs(10), |v| {
-        v["status"] == "dead"
-    })
-    .await
-    .expect("dead");
+    let (target, _ws, gw, base) = ticketing("").await;
+    target.set(|t| t.omit_id = true);
+    let id = first_delivery(&accepted(&base, &incident("NO-ID")).await);
+    let dead = settled(&base, &id, &["dead"], Duration::from_secs(10)).await;
     let reason = dead["last_error"].as_str().unwrap();
     assert!(
         reason.contains("no ticket id at /result/sys_id"),
@@ -441,14 +439,8 @@ async fn a_created_response_without_the_ticket_id_is_a_dead_delivery_with_the_re
 
 #[tokio::test]
 async fn the_aggregation_window_closes_and_a_new_ticket_opens() {
-    let target = TicketSystem::start().await;
-    let ws = Workspace::new();
-    let config = ticket_config(
-        &ws,
-        &target.base,
-        &format!("{SHARED_KEY}\naggregate_for = \"1s\""),
-    );
-    let (gw, base) = start_gateway(&config).await;
+    let window = format!("{SHARED_KEY}\naggregate_for = \"1s\"");
+    let (_target, _ws, gw, base) = ticketing(&window).await;
     let event = |v: Value| v["deliveries"][0]["event"].as_str().unwrap().to_string();
     assert_eq!(event(accepted(&base, &incident("WIN-1")).await), "created");
     assert_eq!(event(accepted(&base, &incident("WIN-2")).await), "updated");
@@ -466,54 +458,20 @@ async fn the_aggregation_window_closes_and_a_new_ticket_opens() {
     gw.stop().await.unwrap();
 }
 
-async fn complete(
-    base: &str,
-    incident: &str,
-    token: Option<&str>,
-    body: &str,
-) -> reqwest::Response {
-    let mut r = client()
-        .post(format!("{base}/v1/incidents/{incident}/complete"))
-        .header("content-type", "application/json")
-        .body(body.to_string());
-    if let Some(t) = token {
-        r = r.bearer_auth(t);
-    }
-    r.send().await.unwrap()
-}
-
 #[tokio::test]
 async fn the_back_channel_completes_an_incident_and_closes_its_tickets() {
-    let target = TicketSystem::start().await;
-    let ws = Workspace::new();
-    let config = ticket_config(&ws, &target.base, "");
-    let (gw, base) = start_gateway(&config).await;
-    accepted(&base, &incident("DONE-1")).await;
-    target.wait_for(1, Duration::from_secs(10)).await;
+    let (target, _ws, gw, base) = ticket_opened_for("DONE-1").await;
     let ok_body = r#"{"reason_code": "threat_not_valid", "notes": "User forgot their password"}"#;
 
     // Each error first.
-    let problem = |r: reqwest::Response, status: u16| async move {
-        assert_eq!(r.status().as_u16(), status);
-        assert_eq!(r.headers()["content-type"], "application/problem+json");
-        r.json::<Value>().await.unwrap()
-    };
-    problem(complete(&base, "DONE-1", None, ok_body).await, 401).await;
-    problem(
-        complete(&base, "DONE-1", Some(SOURCE_KEY), ok_body).await,
-        401,
-    )
-    .await;
-    problem(
-        complete(&base, "DONE-1", Some(ADMIN_TOKEN), ok_body).await,
-        401,
-    )
-    .await;
-    problem(
-        complete(&base, "NOPE", Some(SOURCE_CALLBACK), ok_body).await,
-        404,
-    )
-    .await;
+    for (incident, token, status) in [
+        ("DONE-1", None, 401),
+        ("DONE-1", Some(SOURCE_KEY), 401),
+        ("DONE-1", Some(ADMIN_TOKEN), 401),
+        ("NOPE", Some(SOURCE_CALLBACK), 404),
+    ] {
+        problem(complete(&base, incident, token, ok_body).await, status).await;
+    }
     let p = problem(
         complete(
             &base,
@@ -589,12 +547,7 @@ async fn the_back_channel_completes_an_incident_and_closes_its_tickets() {
 
 #[tokio::test]
 async fn a_target_closing_its_own_ticket_is_not_asked_to_close_it_again() {
-    let target = TicketSystem::start().await;
-    let ws = Workspace::new();
-    let config = ticket_config(&ws, &target.base, "");
-    let (gw, base) = start_gateway(&config).await;
-    accepted(&base, &incident("SELF-1")).await;
-    target.wait_for(1, Duration::from_secs(10)).await;
+    let (target, _ws, gw, base) = ticket_opened_for("SELF-1").await;
     let r = complete(
         &base,
         "SELF-1",
@@ -604,14 +557,8 @@ async fn a_target_closing_its_own_ticket_is_not_asked_to_close_it_again() {
     .await;
     assert_eq!(r.status(), 200);
     let body: Value = r.json().await.unwrap();
-    let connectors: Vec<&str> = body["deliveries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["connector"].as_str().unwrap())
-        .collect();
     assert_eq!(
-        connectors,
+        pluck(&body["deliveries"], "connector"),
         ["platform"],
         "only the platform is told; ServiceNow closed it itself"
     );
@@ -633,14 +580,8 @@ async fn a_target_closing_its_own_ticket_is_not_asked_to_close_it_again() {
 
 #[tokio::test]
 async fn a_newer_version_stays_on_its_ticket_after_the_window_and_after_completion_opens_none() {
-    let target = TicketSystem::start().await;
-    let ws = Workspace::new();
-    let config = ticket_config(
-        &ws,
-        &target.base,
-        &format!("{SHARED_KEY}\naggregate_for = \"1s\""),
-    );
-    let (gw, base) = start_gateway(&config).await;
+    let window = format!("{SHARED_KEY}\naggregate_for = \"1s\"");
+    let (target, _ws, gw, base) = ticketing(&window).await;
     let event = |v: &Value| {
         v["deliveries"][0]["event"]
             .as_str()
@@ -693,9 +634,7 @@ async fn a_newer_version_stays_on_its_ticket_after_the_window_and_after_completi
 
 #[tokio::test]
 async fn a_callback_token_completes_only_its_holders_incidents() {
-    let target = TicketSystem::start().await;
-    let ws = Workspace::new();
-    let config = ticket_config(&ws, &target.base, "");
+    let (target, _ws, config) = ticket_setup("").await;
     // A second source with its own key and callback token, and no ticket anywhere.
     edit(&config, |text| {
         text.replacen(
@@ -728,21 +667,16 @@ async fn a_callback_token_completes_only_its_holders_incidents() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_create_interrupted_by_sigkill_is_set_aside_then_resolved_without_a_second_ticket() {
-    let port = free_port();
-    let target = TicketSystem::start_on(port).await;
-    target.state.lock().unwrap().delay = Duration::from_secs(3);
-    let ws = Workspace::new();
-    let config = ticket_config(&ws, &target.base, SHARED_KEY);
-    let (mut child, base) = spawn_binary(&config);
+    let (target, _ws, config, mut child, base) =
+        slow_target_and_binary(Duration::from_secs(3)).await;
     let created = accepted(&base, &incident("CUT-1")).await;
     let created_id = first_delivery(&created);
     accepted(&base, &incident("CUT-2")).await;
     // Kill while the create is in flight (the target takes 3 s to answer).
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    child.kill().unwrap();
-    child.wait().unwrap();
+    sigkill(&mut child);
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    target.state.lock().unwrap().delay = Duration::ZERO;
+    target.set(|t| t.delay = Duration::ZERO);
     let (mut child, base) = spawn_binary(&config);
     let (_, d) = admin_get(&base, &format!("/v1/deliveries/{created_id}")).await;
     assert_eq!(d["status"], "dead");
@@ -764,8 +698,7 @@ async fn a_create_interrupted_by_sigkill_is_set_aside_then_resolved_without_a_se
         .unwrap();
     assert_eq!(r.status(), 200);
     let calls = target.wait_for(2, Duration::from_secs(10)).await;
-    child.kill().unwrap();
-    child.wait().unwrap();
+    sigkill(&mut child);
     assert_eq!(
         calls.iter().filter(|c| c.method == "POST").count(),
         1,

@@ -981,26 +981,15 @@ mod tests {
     #[test]
     fn dates_from_epoch_and_iso_in_zones() {
         let d = json!({"e": 1594153092.2202642, "iso": "2020-08-10T11:24:27.765796+00:00", "naive": "2020-08-18 08:00:11.136183", "bad": "15th Mar 2020"});
-        assert_eq!(
-            render("{{date e \"%Y-%m-%d %H:%M:%S\"}}", &d).unwrap(),
-            "2020-07-07 20:18:12"
-        );
-        assert_eq!(
-            render("{{date e \"%H:%M %Z\" \"Europe/Paris\"}}", &d).unwrap(),
-            "22:18 CEST"
-        );
-        assert_eq!(
-            render("{{date iso \"%d/%m/%Y %H:%M\"}}", &d).unwrap(),
-            "10/08/2020 11:24"
-        );
-        assert_eq!(
-            render("{{date naive \"%H:%M:%S\"}}", &d).unwrap(),
-            "08:00:11"
-        );
-        assert_eq!(
-            render("{{date \"1597058547\"}}", &d).unwrap(),
-            "2020-08-10T11:22:27Z"
-        );
+        for (template, want) in [
+            ("{{date e \"%Y-%m-%d %H:%M:%S\"}}", "2020-07-07 20:18:12"),
+            ("{{date e \"%H:%M %Z\" \"Europe/Paris\"}}", "22:18 CEST"),
+            ("{{date iso \"%d/%m/%Y %H:%M\"}}", "10/08/2020 11:24"),
+            ("{{date naive \"%H:%M:%S\"}}", "08:00:11"),
+            ("{{date \"1597058547\"}}", "2020-08-10T11:22:27Z"),
+        ] {
+            assert_eq!(render(template, &d).unwrap(), want, "{template}");
+        }
         assert_eq!(render("{{date bad \"%Y\"}}", &d).unwrap(), "15th Mar 2020");
         assert!(
             render("{{date e \"%Y\" \"Mars/Olympus\"}}", &d)

@@ -12,13 +12,8 @@ use serde_json::Value;
 use super::helpers::HELPER_NAMES;
 
 /// Names a context gives values the incident's own fields do not have (or overrides).
+/// (The gateway's facts, [`super::FACTS`], are checked beside these.)
 const NOT_FROM_THE_INCIDENT: &[&str] = &[
-    "event",
-    "delivery",
-    "connector",
-    "received_at",
-    "ticket",
-    "completion",
     "payload",
     "attackers",
     "targets",
@@ -114,7 +109,8 @@ fn field(name: &Parameter) -> Option<Vec<String>> {
         })
         .collect::<Option<_>>()?;
     let first = names.first()?;
-    let reserved = NOT_FROM_THE_INCIDENT.contains(&first.as_str())
+    let reserved = super::FACTS.contains(&first.as_str())
+        || NOT_FROM_THE_INCIDENT.contains(&first.as_str())
         || (names.len() == 1
             && (HELPER_NAMES.contains(&first.as_str()) || MORE_HELPERS.contains(&first.as_str())));
     (!reserved).then_some(names)

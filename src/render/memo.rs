@@ -19,16 +19,8 @@ use handlebars::{
 };
 use serde_json::Value;
 
-/// Facts a context gives beside the incident (see [`super::context`]).
-const FACTS: &[&str] = &[
-    "event",
-    "delivery",
-    "connector",
-    "received_at",
-    "ticket",
-    "completion",
-];
-
+// Facts a context gives beside the incident (see `super::context`).
+use super::FACTS;
 /// At most this much text is kept per incident version; past it, nothing more is kept.
 const MAX_BYTES: usize = 4 * 1024 * 1024;
 
@@ -417,10 +409,10 @@ fn param_ok(p: &Parameter, top: bool, calls: &mut Vec<String>) -> bool {
                 _ => first,
             };
             let whole_scope = first.is_empty() || first == "this";
-            !raw.contains("..")
-                && !(first == "@root" && named.is_empty())
-                && !(top && whole_scope)
-                && !FACTS.contains(&named)
+            let leaves_the_incident = raw.contains("..")
+                || (first == "@root" && named.is_empty())
+                || (top && whole_scope);
+            !leaves_the_incident && !FACTS.contains(&named)
         }
         Parameter::Subexpression(s) => match s.as_element() {
             TemplateElement::Expression(h) => helper_ok(&h.name, &h.params, &h.hash, top, calls),

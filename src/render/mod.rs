@@ -250,7 +250,7 @@ pub fn context(incident: &Value, facts: &DeliveryFacts) -> Value {
 }
 
 /// The names of the gateway's facts in a context, in the order they are added.
-const FACTS: [&str; 6] = [
+pub(crate) const FACTS: [&str; 6] = [
     "event",
     "delivery",
     "connector",

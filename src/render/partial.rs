@@ -180,7 +180,8 @@ fn param_ok(p: &Parameter, scope: Scope) -> bool {
             // anything that might be is treated as such.
             let first = raw.split(['.', '/']).next().unwrap_or("");
             let the_scope = first.is_empty() || first == "this" || first.starts_with("[this");
-            !raw.contains("..") && !(scope == Scope::Top && the_scope)
+            let leaves_the_incident = raw.contains("..") || (scope == Scope::Top && the_scope);
+            !leaves_the_incident
         }
         Parameter::Subexpression(s) => match s.as_element() {
             TemplateElement::Expression(h) => helper_ok(&h.name, &h.params, &h.hash, scope),
@@ -239,7 +240,7 @@ impl HelperDef for PartialCall {
                 .unwrap_or_default();
             let base_value = rc.block().and_then(|b| b.base_value().cloned());
             for (key, value) in h.hash() {
-                block.set_block_param(*key, hash_param(value, &base_path, base_value.is_some()));
+                block.set_block_param(key, hash_param(value, &base_path, base_value.is_some()));
             }
             *block.base_path_mut() = base_path;
             if let Some(v) = base_value {
@@ -252,7 +253,7 @@ impl HelperDef for PartialCall {
                 None => merge(current_value(ctx.data(), rc), h.hash()),
             };
             for (key, value) in h.hash() {
-                block.set_block_param(*key, BlockParamHolder::Value(value.value().clone()));
+                block.set_block_param(key, BlockParamHolder::Value(value.value().clone()));
             }
             block.set_base_value(current);
         }

@@ -1,8 +1,14 @@
 //! Test support: a real HTTP receiver, a gateway with its own config and SQLite file (in
-//! process or as the real binary), and small helpers.
+//! process or as the real binary), requests at both edges, bounded waits, and small helpers;
+//! `cli` runs the binary's `check` and `render`, `smtp` the SMTP servers.
 #![allow(dead_code)]
 
+pub mod cli;
 pub mod smtp;
+
+// Not every test runs the binary's commands.
+#[allow(unused_imports)]
+pub use cli::*;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -26,8 +32,13 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// The shipped sample incident's file.
+pub fn sample_file() -> PathBuf {
+    repo().join("examples/incidents/sample.json")
+}
+
 pub fn sample() -> Value {
-    let text = std::fs::read_to_string(repo().join("examples/incidents/sample.json")).unwrap();
+    let text = std::fs::read_to_string(sample_file()).unwrap();
     serde_json::from_str(&text).unwrap()
 }
 
@@ -83,6 +94,11 @@ impl Reply {
     }
     pub fn body(mut self, body: &str) -> Reply {
         self.body = body.into();
+        self
+    }
+    /// Answers only after `delay`.
+    pub fn after(mut self, delay: Duration) -> Reply {
+        self.delay = delay;
         self
     }
 }
@@ -165,14 +181,7 @@ impl Receiver {
 
     /// Waits until at least `n` requests arrived (bounded, so a bug fails instead of hanging).
     pub async fn wait_for(&self, n: usize, within: Duration) -> Vec<Received> {
-        let deadline = Instant::now() + within;
-        loop {
-            let got = self.received();
-            if got.len() >= n || Instant::now() > deadline {
-                return got;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        at_least(n, within, || self.received()).await
     }
 }
 
@@ -244,13 +253,50 @@ api_key = "{SOURCE_KEY}"
         self.write("gateway.toml", &text)
     }
 
-    /// Counts rows in the store's tables (a fresh read-only connection).
+    /// The repository's sample incident as `incidents/sample.json`, the example `check` renders.
+    pub fn add_sample_incident(&self) {
+        self.write(
+            "incidents/sample.json",
+            &std::fs::read_to_string(sample_file()).unwrap(),
+        );
+    }
+
+    /// An http connector block whose template `template` is written into the workspace (as
+    /// `<name>.json.hbs`).
+    pub fn connector_with_template(
+        &self,
+        name: &str,
+        url: &str,
+        template: &str,
+        extra: &str,
+    ) -> String {
+        let file = self.write(&format!("{name}.json.hbs"), template);
+        templated_connector(name, url, &file.display().to_string(), extra)
+    }
+
+    /// The store's files: the database and its companions (WAL, shared memory, lock).
+    pub fn store_files(&self) -> Vec<PathBuf> {
+        std::fs::read_dir(self.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("gateway.db")
+            })
+            .collect()
+    }
+
+    /// A fresh read-only connection to the store.
+    pub fn store(&self) -> rusqlite::Connection {
+        rusqlite::Connection::open_with_flags(self.db(), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap()
+    }
+
+    /// Counts rows in the store's tables.
     pub fn counts(&self) -> (i64, i64, i64, i64) {
-        let conn = rusqlite::Connection::open_with_flags(
-            self.db(),
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-        )
-        .unwrap();
+        let conn = self.store();
         let count = |t: &str| -> i64 {
             conn.query_row(&format!("SELECT COUNT(*) FROM {t}"), [], |r| r.get(0))
                 .unwrap()
@@ -263,19 +309,19 @@ api_key = "{SOURCE_KEY}"
         )
     }
 
-    pub fn statuses(&self) -> Vec<(String, String)> {
-        let conn = rusqlite::Connection::open_with_flags(
-            self.db(),
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-        )
-        .unwrap();
-        let mut stmt = conn
-            .prepare("SELECT delivery_id, status FROM deliveries ORDER BY seq")
-            .unwrap();
-        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+    /// The rows of a query of one text column.
+    pub fn texts(&self, sql: &str) -> Vec<String> {
+        let conn = self.store();
+        let mut stmt = conn.prepare(sql).unwrap();
+        stmt.query_map([], |r| r.get(0))
             .unwrap()
             .collect::<Result<_, _>>()
             .unwrap()
+    }
+
+    /// The status of every delivery, oldest first.
+    pub fn statuses(&self) -> Vec<String> {
+        self.texts("SELECT status FROM deliveries ORDER BY seq")
     }
 }
 
@@ -293,11 +339,35 @@ pub fn with_delivery(config: &Path, delivery: &str) {
 /// Adds `lines` to the config file's `[server]` section.
 pub fn with_server(config: &Path, lines: &str) {
     edit(config, |text| {
+        assert!(text.contains("[server]\n"), "no [server] in {text}");
+        text.replacen("[server]\n", &format!("[server]\n{lines}\n"), 1)
+    });
+}
+
+/// Sets the config file's `shutdown_grace` to `grace`.
+pub fn with_shutdown_grace(config: &Path, grace: &str) {
+    edit(config, |text| {
+        assert!(text.contains("shutdown_grace = \"5s\""), "{text}");
         text.replace(
             "shutdown_grace = \"5s\"",
-            &format!("shutdown_grace = \"5s\"\n{lines}"),
+            &format!("shutdown_grace = \"{grace}\""),
         )
     });
+}
+
+/// Replaces the config file's one `[[sources]]` block (the `detector` source, by key) with
+/// `sources`.
+pub fn with_sources(config: &Path, sources: &str) {
+    let detector = format!("[[sources]]\nname = \"detector\"\napi_key = \"{SOURCE_KEY}\"\n");
+    edit(config, |text| {
+        assert!(text.contains(&detector), "no detector source in {text}");
+        text.replace(&detector, sources)
+    });
+}
+
+/// A source that signs its requests with INBOUND_SECRET instead of presenting a key.
+pub fn signed_source(name: &str) -> String {
+    format!("[[sources]]\nname = \"{name}\"\nsigning_secret = \"{INBOUND_SECRET}\"\n")
 }
 
 /// Rewrites a file through `change`.
@@ -308,13 +378,18 @@ pub fn edit(file: &Path, change: impl FnOnce(String) -> String) {
 
 /// An http connector block posting the generic envelope to `url`.
 pub fn http_connector(name: &str, url: &str, extra: &str) -> String {
+    templated_connector(name, url, "TEMPLATES/generic/incident.json.hbs", extra)
+}
+
+/// An http connector block posting what `template` (a file) renders to `url`.
+pub fn templated_connector(name: &str, url: &str, template: &str, extra: &str) -> String {
     format!(
         r#"
 [[connectors]]
 name = "{name}"
 kind = "http"
 url = "{url}"
-template = "TEMPLATES/generic/incident.json.hbs"
+template = "{template}"
 timeout = "5s"
 {extra}
 "#
@@ -344,20 +419,85 @@ pub fn sign(secret: &str, id: &str, timestamp: i64, body: &str) -> String {
     format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()))
 }
 
-/// The usual scene: a receiver, and a gateway in process (with its workspace and base URL)
-/// whose one http connector `name` posts the generic envelope to `path` on the receiver;
-/// `extra` is added to the connector's block.
-pub async fn receiver_and_gateway(
+/// The clock as a webhook timestamp: whole seconds since the epoch.
+pub fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+/// A request signed by the signature-only source (with INBOUND_SECRET), as a capturing attacker
+/// holds it: replayable byte for byte. Change a field to forge one.
+#[derive(Clone, Debug)]
+pub struct Signed {
+    pub id: String,
+    pub timestamp: i64,
+    pub signature: String,
+    pub body: String,
+}
+
+impl Signed {
+    /// `body` signed now, as webhook `id`.
+    pub fn new(id: &str, body: &Value) -> Signed {
+        Signed::at(id, &body.to_string(), now())
+    }
+
+    /// `body` signed at `timestamp`, as webhook `id`.
+    pub fn at(id: &str, body: &str, timestamp: i64) -> Signed {
+        Signed {
+            id: id.into(),
+            timestamp,
+            signature: sign(INBOUND_SECRET, id, timestamp, body),
+            body: body.into(),
+        }
+    }
+
+    /// The Standard Webhooks headers.
+    pub fn headers(&self) -> Vec<(String, String)> {
+        vec![
+            ("webhook-id".into(), self.id.clone()),
+            ("webhook-timestamp".into(), self.timestamp.to_string()),
+            ("webhook-signature".into(), self.signature.clone()),
+        ]
+    }
+
+    /// Posts it to the ingest endpoint, as JSON.
+    pub async fn post(&self, base: &str) -> reqwest::Response {
+        self.post_with_key(base, None).await
+    }
+
+    /// Posts it with `key` as bearer token too (if given).
+    pub async fn post_with_key(&self, base: &str, key: Option<&str>) -> reqwest::Response {
+        let mut request = ingest(base, key, Some(APPLICATION_JSON));
+        for (name, value) in self.headers() {
+            request = request.header(name, value);
+        }
+        request.body(self.body.clone()).send().await.unwrap()
+    }
+}
+
+/// A receiver, and a config (in its workspace) whose one http connector `name` posts the
+/// generic envelope to `path` on the receiver; `extra` is added to the connector's block.
+pub async fn receiver_and_config(
     name: &str,
     path: &str,
     extra: &str,
-) -> (Receiver, Workspace, incident_gateway::Gateway, String) {
+) -> (Receiver, Workspace, PathBuf) {
     let receiver = Receiver::start().await;
     let ws = Workspace::new();
     let config = ws.config(
         "127.0.0.1:0",
         &http_connector(name, &receiver.url(path), extra),
     );
+    (receiver, ws, config)
+}
+
+/// The usual scene: that receiver and config, and the gateway started on it in process (with
+/// its base URL).
+pub async fn receiver_and_gateway(
+    name: &str,
+    path: &str,
+    extra: &str,
+) -> (Receiver, Workspace, incident_gateway::Gateway, String) {
+    let (receiver, ws, config) = receiver_and_config(name, path, extra).await;
     let (gw, base) = start_gateway(&config).await;
     (receiver, ws, gw, base)
 }
@@ -420,18 +560,91 @@ fn spawn_binary_with(
     (child, url)
 }
 
+/// Kills `child` (SIGKILL) and reaps it.
+pub fn sigkill(child: &mut Child) {
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
 pub fn client() -> reqwest::Client {
     reqwest::Client::new()
 }
 
+pub const APPLICATION_JSON: &str = "application/json";
+
+/// A POST to the ingest endpoint, with `key` as bearer token and a `content_type`, each if
+/// given; to finish with a body.
+pub fn ingest(
+    base: &str,
+    key: Option<&str>,
+    content_type: Option<&str>,
+) -> reqwest::RequestBuilder {
+    let mut request = client().post(format!("{base}/v1/incidents"));
+    if let Some(key) = key {
+        request = request.bearer_auth(key);
+    }
+    if let Some(content_type) = content_type {
+        request = request.header("content-type", content_type);
+    }
+    request
+}
+
+/// Posts `body` as it is to the ingest endpoint (see `ingest`).
+pub async fn post_raw(
+    base: &str,
+    key: Option<&str>,
+    content_type: Option<&str>,
+    body: impl Into<reqwest::Body>,
+) -> reqwest::Response {
+    ingest(base, key, content_type)
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Posts `body` as JSON with the source's key.
 pub async fn post_incident(base: &str, body: &Value) -> reqwest::Response {
-    client()
-        .post(format!("{base}/v1/incidents"))
+    post_raw(
+        base,
+        Some(SOURCE_KEY),
+        Some(APPLICATION_JSON),
+        body.to_string(),
+    )
+    .await
+}
+
+/// Posts `body` as JSON to the ingest endpoint at `url` through `client`, with the source's key.
+pub async fn post_incident_via(
+    client: &reqwest::Client,
+    url: &str,
+    body: &Value,
+) -> reqwest::Response {
+    client
+        .post(url)
         .bearer_auth(SOURCE_KEY)
         .json(body)
         .send()
         .await
         .unwrap()
+}
+
+/// Posts a completion (`body`, JSON) of `incident` to the back channel, with `token` as bearer
+/// if given.
+pub async fn complete(
+    base: &str,
+    incident: &str,
+    token: Option<&str>,
+    body: &str,
+) -> reqwest::Response {
+    let mut r = client()
+        .post(format!("{base}/v1/incidents/{incident}/complete"))
+        .header("content-type", "application/json")
+        .body(body.to_string());
+    if let Some(t) = token {
+        r = r.bearer_auth(t);
+    }
+    r.send().await.unwrap()
 }
 
 /// Posts an incident and reads the answer as JSON (whatever its status).
@@ -444,6 +657,22 @@ pub async fn accepted(base: &str, body: &Value) -> Value {
     let r = post_incident(base, body).await;
     assert_eq!(r.status(), 202);
     r.json().await.unwrap()
+}
+
+/// Checks `r` is a problem+json answer with `status`, and reads the problem.
+pub async fn problem(r: reqwest::Response, status: u16) -> Value {
+    assert_eq!(r.status().as_u16(), status);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    r.json().await.unwrap()
+}
+
+/// The `key` of each object of the array `list`, as text.
+pub fn pluck<'a>(list: &'a Value, key: &str) -> Vec<&'a str> {
+    list.as_array()
+        .unwrap_or_else(|| panic!("not an array: {list}"))
+        .iter()
+        .map(|o| o[key].as_str().unwrap())
+        .collect()
 }
 
 /// The id of the first delivery in an ingest answer.
@@ -485,6 +714,15 @@ pub async fn admin_get(base: &str, path: &str) -> (u16, Value) {
     (status, r.json().await.unwrap_or(Value::Null))
 }
 
+/// `GET url` through `client` with `token` as bearer (an error where no HTTP answer came).
+pub async fn get_as(
+    client: &reqwest::Client,
+    url: &str,
+    token: &str,
+) -> reqwest::Result<reqwest::Response> {
+    client.get(url).bearer_auth(token).send().await
+}
+
 /// The delivery's admin view, once `done` holds for it (None after `within`).
 pub async fn delivery_when(
     base: &str,
@@ -506,6 +744,39 @@ pub async fn settled(base: &str, id: &str, states: &[&str], within: Duration) ->
     })
     .await
     .unwrap_or_else(|| panic!("delivery {id} did not reach {states:?} within {within:?}"))
+}
+
+/// The delivery once it has at least `n` attempts recorded.
+pub async fn attempted(base: &str, id: &str, n: u64, within: Duration) -> Value {
+    delivery_when(base, id, within, |d| d["attempt_count"].as_u64() >= Some(n))
+        .await
+        .unwrap_or_else(|| panic!("delivery {id} did not have {n} attempts within {within:?}"))
+}
+
+/// The deliveries `/v1/deliveries?{query}` lists, once `done` holds for the list (None after
+/// `within`).
+pub async fn listed_when(
+    base: &str,
+    query: &str,
+    within: Duration,
+    done: impl Fn(&[Value]) -> bool,
+) -> Option<Vec<Value>> {
+    eventually(within, || async {
+        let (_, v) = admin_get(base, &format!("/v1/deliveries?{query}")).await;
+        let list = v["deliveries"].as_array()?;
+        done(list).then(|| list.clone())
+    })
+    .await
+}
+
+/// What `read` returns once it holds at least `n` items; after `within`, whatever it holds.
+pub async fn at_least<T>(n: usize, within: Duration, read: impl Fn() -> Vec<T>) -> Vec<T> {
+    eventually(within, || {
+        let got = read();
+        async move { (got.len() >= n).then_some(got) }
+    })
+    .await
+    .unwrap_or_else(read)
 }
 
 /// Polls `f` until it returns Some, for at most `within`.

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::{eventually, repo};
+use super::{at_least, repo};
 
 /// The SMTP server process and the folder it stores messages in.
 pub struct SmtpServer {
@@ -17,14 +17,8 @@ pub struct SmtpServer {
 }
 
 impl SmtpServer {
-    pub fn start(port: u16, dir: &Path, reject: Option<&str>) -> SmtpServer {
-        match reject {
-            Some(r) => Self::start_with(port, dir, &["--reject", r]),
-            None => Self::start_with(port, dir, &[]),
-        }
-    }
-
-    pub fn start_with(port: u16, dir: &Path, args: &[&str]) -> SmtpServer {
+    /// aiosmtpd (tests/support/smtp_server.py), with its `args` (`--reject`, TLS).
+    pub fn start(port: u16, dir: &Path, args: &[&str]) -> SmtpServer {
         Self::run("smtp_server.py", port, dir, args)
     }
 
@@ -37,7 +31,9 @@ impl SmtpServer {
     fn run(script: &str, port: u16, dir: &Path, args: &[&str]) -> SmtpServer {
         let script = repo().join("tests/support").join(script);
         let mut cmd = Command::new("python3");
-        cmd.arg(script)
+        // The servers import tests/support/smtp_common.py: no bytecode cache in the tree.
+        cmd.env("PYTHONDONTWRITEBYTECODE", "1")
+            .arg(script)
             .args(["--port", &port.to_string(), "--dir"])
             .arg(dir)
             .args(args)
@@ -91,12 +87,19 @@ impl SmtpServer {
     }
 
     pub async fn wait_for(&self, n: usize, within: Duration) -> Vec<(Value, String)> {
-        eventually(within, || async {
-            let m = self.messages();
-            (m.len() >= n).then_some(m)
-        })
-        .await
-        .unwrap_or_else(|| self.messages())
+        at_least(n, within, || self.messages()).await
+    }
+
+    /// Waits for `n` messages, then a moment more, so that any message beyond them (one sent
+    /// twice, or smuggled) shows too; every message then.
+    pub async fn wait_then_all(&self, n: usize, within: Duration) -> Vec<(Value, String)> {
+        let mails = self.wait_for(n, within).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if mails.len() == n {
+            self.messages()
+        } else {
+            mails
+        }
     }
 }
 

@@ -5,61 +5,43 @@
 
 Prints "ready" once it listens; runs until killed.
 """
-import argparse
-import itertools
-import json
-import os
-import signal
-import sys
-import threading
-
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import SMTP
+
+from smtp_common import Folder, arguments, serve_until_terminated
 
 
 class Store:
     def __init__(self, folder, reject):
         self.folder = folder
         self.reject = reject
-        self.counter = itertools.count(1)
-        self.lock = threading.Lock()
 
     async def handle_EHLO(self, server, session, envelope, hostname, responses):
         # One EHLO per connection: count connections.
-        with self.lock:
-            with open(os.path.join(self.folder, "connections.log"), "a") as f:
-                f.write(hostname + "\n")
+        self.folder.append("connections.log", hostname)
         session.host_name = hostname
         return responses
 
     async def handle_DATA(self, server, session, envelope):
         if self.reject:
             return self.reject
-        with self.lock:
-            n = next(self.counter)
-        record = {
-            "mail_from": envelope.mail_from,
-            "rcpt_tos": envelope.rcpt_tos,
-            "data": envelope.original_content.decode("utf-8", "replace"),
-        }
-        tmp = os.path.join(self.folder, f".{n:06}.json")
-        with open(tmp, "w") as f:
-            json.dump(record, f)
-        os.rename(tmp, os.path.join(self.folder, f"{n:06}.json"))
+        self.folder.store(
+            {
+                "mail_from": envelope.mail_from,
+                "rcpt_tos": envelope.rcpt_tos,
+                "data": envelope.original_content.decode("utf-8", "replace"),
+            }
+        )
         return "250 2.0.0 Message accepted for delivery"
 
 
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--dir", required=True)
+    parser = arguments()
     parser.add_argument("--reject", default=None)
     parser.add_argument("--tls-cert", default=None, help="PEM certificate: offer STARTTLS (required)")
     parser.add_argument("--tls-key", default=None)
     parser.add_argument("--implicit-tls", action="store_true", help="TLS from the first byte (smtps)")
     args = parser.parse_args()
-    os.makedirs(args.dir, exist_ok=True)
-    handler = Store(args.dir, args.reject)
+    handler = Store(Folder(args.dir), args.reject)
     server_kwargs = {"data_size_limit": 50 * 1024 * 1024}
     ssl_context = None
     if args.tls_cert:
@@ -79,15 +61,7 @@ def main():
         server_kwargs=server_kwargs,
     )
     controller.start()
-    print("ready", flush=True)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    try:
-        stop.wait()
-    except KeyboardInterrupt:
-        pass
-    controller.stop()
-    sys.exit(0)
+    serve_until_terminated(controller.stop)
 
 
 if __name__ == "__main__":

@@ -17,44 +17,36 @@ the client sent (auth.log); any credentials are accepted.
 
 Prints "ready" once it listens; runs until killed.
 """
-import argparse
 import itertools
 import json
 import os
 import select
-import signal
 import socket
 import socketserver
-import sys
 import threading
 import time
 
+from smtp_common import Folder, arguments, serve_until_terminated
+
 ARGS = None
-COUNTER = itertools.count(1)
+FOLDER = None
 SESSIONS = itertools.count(1)
-LOCK = threading.Lock()
 
 
 def event(session, kind, **extra):
-    with LOCK:
-        with open(os.path.join(ARGS.dir, "events.jsonl"), "a") as f:
-            f.write(json.dumps({"session": session, "event": kind, "t": time.time(), **extra}) + "\n")
+    FOLDER.append("events.jsonl", json.dumps({"session": session, "event": kind, "t": time.time(), **extra}))
 
 
 def store(session, mail_from, rcpts, data):
-    with LOCK:
-        n = next(COUNTER)
-    record = {
-        "session": session,
-        "mail_from": mail_from,
-        "rcpt_tos": rcpts,
-        # latin-1 keeps every byte as one character, so the test sees exactly what came.
-        "data": data.decode("latin-1"),
-    }
-    tmp = os.path.join(ARGS.dir, f".{n:06}.json")
-    with open(tmp, "w") as f:
-        json.dump(record, f)
-    os.rename(tmp, os.path.join(ARGS.dir, f"{n:06}.json"))
+    FOLDER.store(
+        {
+            "session": session,
+            "mail_from": mail_from,
+            "rcpt_tos": rcpts,
+            # latin-1 keeps every byte as one character, so the test sees exactly what came.
+            "data": data.decode("latin-1"),
+        }
+    )
 
 
 def address(arg):
@@ -66,7 +58,7 @@ class Handler(socketserver.BaseRequestHandler):
     def setup(self):
         self.session = next(SESSIONS)
         self.buf = b""
-        self.raw = open(os.path.join(ARGS.dir, f"session-{self.session}.raw"), "wb")
+        self.raw = open(os.path.join(FOLDER.path, f"session-{self.session}.raw"), "wb")
         self.closed = False
 
     def send(self, line):
@@ -131,9 +123,7 @@ class Handler(socketserver.BaseRequestHandler):
                     self.send("250-AUTH PLAIN LOGIN")
                 self.send("250 8BITMIME")
             elif verb == "AUTH":
-                with LOCK:
-                    with open(os.path.join(ARGS.dir, "auth.log"), "a") as f:
-                        f.write(line + "\n")
+                FOLDER.append("auth.log", line)
                 self.send("235 2.7.0 Authentication successful")
             elif line.upper().startswith("MAIL FROM:"):
                 mail_from, rcpts = address(line[10:]), []
@@ -174,25 +164,15 @@ class Server(socketserver.ThreadingTCPServer):
 
 
 def main():
-    global ARGS
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--dir", required=True)
+    global ARGS, FOLDER
+    parser = arguments()
     parser.add_argument("--stall-data", type=float, default=0)
     parser.add_argument("--auth", action="store_true")
     ARGS = parser.parse_args()
-    os.makedirs(ARGS.dir, exist_ok=True)
+    FOLDER = Folder(ARGS.dir)
     server = Server(("127.0.0.1", ARGS.port), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    print("ready", flush=True)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    try:
-        stop.wait()
-    except KeyboardInterrupt:
-        pass
-    server.shutdown()
-    sys.exit(0)
+    serve_until_terminated(server.shutdown)
 
 
 if __name__ == "__main__":

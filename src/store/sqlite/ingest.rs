@@ -170,9 +170,12 @@ pub(super) fn version_status(
 }
 
 /// Whether `inc`'s body is one of its incident's earlier versions.
+pub(super) const SEEN_BEFORE: &str =
+    "SELECT 1 FROM incident_versions WHERE incident_id = ?1 AND body = ?2";
+
 fn seen_before(conn: &Connection, inc: &NewIncident) -> Result<bool, StoreError> {
     Ok(conn
-        .prepare_cached("SELECT 1 FROM incident_versions WHERE incident_id = ?1 AND body = ?2")?
+        .prepare_cached(SEEN_BEFORE)?
         .exists(params![inc.incident_id, inc.body])?)
 }
 
@@ -241,7 +244,8 @@ fn ingest_one(
     let routes = if completed { Vec::new() } else { inc.routes };
     let mut deliveries = Vec::with_capacity(routes.len());
     for route in routes {
-        let attached = tickets::attach_to_ticket(conn, &inc.incident_id, &route, now)?;
+        let attached =
+            tickets::attach_to_ticket(conn, &inc.incident_id, stored.is_none(), &route, now)?;
         if attached.event == Event::Updated && !route.sends_updated {
             continue;
         }

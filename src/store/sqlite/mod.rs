@@ -23,6 +23,14 @@ macro_rules! waits_behind {
     };
 }
 
+/// A delivery that holds its line (the unqualified form of the rule above, written as the
+/// `deliveries_blocking` index's condition so that SQLite uses the index).
+macro_rules! blocking {
+    () => {
+        "(status = 'pending' OR (status = 'dead' AND event = 'created'))"
+    };
+}
+
 /// Declares a struct and its [`FromRow`]: each field read from the column of its own name, so
 /// a struct that is just the columns of a SELECT lists them once. (Structs whose fields are
 /// computed from the columns implement [`FromRow`] by hand.)
@@ -102,14 +110,14 @@ CREATE TABLE IF NOT EXISTS deliveries (
     lease_token      TEXT,
     order_key        TEXT NOT NULL,
     ticket_seq       INTEGER,
+    ready            INTEGER NOT NULL DEFAULT 0,
+    due_ms           INTEGER NOT NULL DEFAULT 0,
     created_ms       INTEGER NOT NULL,
     updated_ms       INTEGER NOT NULL,
     last_error       TEXT
 );
 CREATE INDEX IF NOT EXISTS incident_versions_incident ON incident_versions (incident_id);
-CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (status, next_attempt_ms);
 CREATE INDEX IF NOT EXISTS deliveries_incident ON deliveries (incident_id);
-CREATE INDEX IF NOT EXISTS deliveries_connector ON deliveries (connector, status);
 CREATE INDEX IF NOT EXISTS deliveries_order ON deliveries (connector, order_key, seq);
 CREATE TABLE IF NOT EXISTS tickets (
     ticket_seq       INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -152,6 +160,46 @@ CREATE TABLE IF NOT EXISTS attempts (
     PRIMARY KEY (delivery_id, attempt)
 );
 "#;
+
+/// The queue's indexes, each so that its question costs O(log n) in the deliveries stored
+/// (created after [`migrate`] has added their columns to an older file):
+/// - `deliveries_ready`: the heads of their lines that may be leased, per connector, by the
+///   time they fall due (`ready` = pending and nothing earlier of its ticket blocks it;
+///   `due_ms` = when it may next be leased: its next attempt, or its lease's end);
+/// - `deliveries_blocking`: per ticket line, the deliveries that hold later ones back (the
+///   ordering rule, `waits_behind!`), to find a line's head;
+/// - `deliveries_leased`: the leases to clear at start.
+const QUEUE_INDEXES: &str = r#"
+DROP INDEX IF EXISTS deliveries_due;
+DROP INDEX IF EXISTS deliveries_connector;
+CREATE INDEX IF NOT EXISTS deliveries_ready ON deliveries (connector, due_ms, seq) WHERE ready = 1;
+CREATE INDEX IF NOT EXISTS deliveries_blocking ON deliveries (connector, order_key, seq)
+    WHERE status = 'pending' OR (status = 'dead' AND event = 'created');
+CREATE INDEX IF NOT EXISTS deliveries_leased ON deliveries (lease_until_ms) WHERE lease_until_ms > 0;
+"#;
+
+/// Creates the schema, bringing a file written by an earlier version up to date: the queue
+/// columns `ready` and `due_ms` are added and filled once (a full pass, at the first start
+/// after the upgrade only).
+pub(super) fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    conn.execute_batch(SCHEMA)?;
+    let has_ready = conn
+        .prepare("SELECT 1 FROM pragma_table_info('deliveries') WHERE name = 'ready'")?
+        .exists([])?;
+    if !has_ready {
+        conn.execute_batch(concat!(
+            "ALTER TABLE deliveries ADD COLUMN ready INTEGER NOT NULL DEFAULT 0;
+             ALTER TABLE deliveries ADD COLUMN due_ms INTEGER NOT NULL DEFAULT 0;
+             UPDATE deliveries SET due_ms = MAX(next_attempt_ms, lease_until_ms) WHERE status = 'pending';
+             UPDATE deliveries AS d SET ready = 1
+              WHERE d.status = 'pending' AND NOT EXISTS (SELECT 1 FROM deliveries e WHERE ",
+            waits_behind!(),
+            ");"
+        ))?;
+    }
+    conn.execute_batch(QUEUE_INDEXES)?;
+    Ok(())
+}
 
 /// A row read into a named struct, by column name: the SELECT beside each use names the
 /// columns (aliasing computed ones), and this reads them.
@@ -265,9 +313,12 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
         path: path.to_path_buf(),
         source,
     })?;
-    // FULL: a commit is on disk before the caller hears of it (power loss included).
+    // FULL: a commit is on disk before the caller hears of it (power loss included). A 64 MiB
+    // page cache (SQLite's default is 2 MiB) keeps the queue's indexes in memory under a
+    // large backlog.
     conn.execute_batch(
-        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000;",
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000;
+         PRAGMA cache_size = -65536;",
     )?;
     Ok(conn)
 }
@@ -296,7 +347,7 @@ impl Sqlite {
         // SQLite gives its -wal and -shm files the database file's mode.
         private_file(path)?;
         let conn = open_connection(path)?;
-        conn.execute_batch(SCHEMA)?;
+        migrate(&conn)?;
         let reader = open_connection(path)?;
         let writer = writer::Writer::spawn(conn).map_err(io_error(path))?;
         Ok(Sqlite {

@@ -40,7 +40,7 @@ impl Queue for Sqlite {
     async fn release(&self, leases: Vec<(String, String)>) -> Result<(), StoreError> {
         self.write(move |conn| {
             let mut stmt = conn.prepare_cached(
-                "UPDATE deliveries SET lease_until_ms = 0, lease_token = NULL
+                "UPDATE deliveries SET lease_until_ms = 0, lease_token = NULL, due_ms = next_attempt_ms
                  WHERE delivery_id = ?1 AND lease_token = ?2 AND status = 'pending'",
             )?;
             for (id, token) in leases {
@@ -80,6 +80,18 @@ pub(super) fn order_key(incident_id: &str, ticket_seq: Option<i64>) -> String {
     }
 }
 
+/// A new delivery, ready when nothing of its line holds it back (an index seek).
+const INSERT_DELIVERY: &str = concat!(
+            "INSERT INTO deliveries (delivery_id, incident_id, version_id, connector, event, status,
+                                     order_key, ticket_seq, budget_since_ms, next_attempt_ms, due_ms,
+                                     created_ms, updated_ms, ready)
+             VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6, ?7, ?8, ?8, ?8, ?8, ?8,
+                     NOT EXISTS (SELECT 1 FROM deliveries e WHERE e.connector = ?4 AND e.order_key = ?6
+                                 AND ",
+            blocking!(),
+            "))"
+        );
+
 /// Queues one delivery, due at `now`; returns its id.
 pub(super) fn insert_delivery(
     conn: &Connection,
@@ -87,12 +99,7 @@ pub(super) fn insert_delivery(
     now: i64,
 ) -> Result<String, StoreError> {
     let id = format!("msg_{}", uuid::Uuid::now_v7().simple());
-    conn.prepare_cached(
-        "INSERT INTO deliveries (delivery_id, incident_id, version_id, connector, event, status,
-                                 order_key, ticket_seq, budget_since_ms, next_attempt_ms, created_ms, updated_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6, ?7, ?8, ?8, ?8, ?8)",
-    )?
-    .execute(params![
+    conn.prepare_cached(INSERT_DELIVERY)?.execute(params![
         id,
         d.incident_id,
         d.version_id,
@@ -118,6 +125,8 @@ from_row! {
         budget_attempts: u32,
         budget_since_ms: i64,
         ticket_seq: Option<i64>,
+        order_key: String,
+        due_ms: i64,
     }
 }
 
@@ -133,8 +142,41 @@ fn lease_token() -> String {
     uuid::Uuid::now_v7().simple().to_string()
 }
 
-/// [`Queue::lease_due`] at `now`: due, not leased, outside `busy`, and not waiting behind an
-/// earlier delivery of its ticket (the ordering rule, `waits_behind!`).
+/// A connector's due heads of their lines, earliest first.
+const DUE_HEADS: &str =
+    "SELECT seq, delivery_id, incident_id, version_id, connector, event, attempts,
+        budget_attempts, budget_since_ms, ticket_seq, order_key, due_ms
+     FROM deliveries INDEXED BY deliveries_ready
+     WHERE ready = 1 AND connector = ?1 AND due_ms <= ?2
+     ORDER BY due_ms, seq LIMIT ?3";
+
+/// When a connector's first head of its line falls due.
+const NEXT_DUE: &str = "SELECT MIN(due_ms) FROM deliveries INDEXED BY deliveries_ready
+     WHERE ready = 1 AND connector = ?1";
+
+/// The connectors with a head of a line ready (a loose index scan of `deliveries_ready`).
+const READY_CONNECTORS: &str = "WITH RECURSIVE c(name) AS (
+         SELECT MIN(connector) FROM deliveries INDEXED BY deliveries_ready WHERE ready = 1
+         UNION ALL
+         SELECT (SELECT MIN(connector) FROM deliveries INDEXED BY deliveries_ready
+                 WHERE ready = 1 AND connector > c.name)
+         FROM c WHERE c.name IS NOT NULL)
+     SELECT name FROM c WHERE name IS NOT NULL";
+
+/// Makes a line's first blocking delivery ready, if it is pending.
+const PROMOTE_HEAD: &str = concat!(
+    "UPDATE deliveries SET ready = 1
+     WHERE seq = (SELECT seq FROM deliveries INDEXED BY deliveries_blocking
+                  WHERE connector = ?1 AND order_key = ?2 AND ",
+    blocking!(),
+    " ORDER BY seq LIMIT 1)
+       AND status = 'pending' AND ready = 0"
+);
+
+/// [`Queue::lease_due`] at `now`: the heads of their lines that are due, outside `busy`,
+/// earliest first. Each connector's due heads are read from `deliveries_ready` in due order,
+/// so what is held back (followers, leases under way, a busy connector's backlog) is never
+/// walked over: the cost is O(connectors · log n + taken).
 pub(super) fn lease_due(
     conn: &Connection,
     limit: usize,
@@ -142,27 +184,22 @@ pub(super) fn lease_due(
     busy: &[String],
     now: i64,
 ) -> Result<Vec<LeasedDelivery>, StoreError> {
-    let candidates: Vec<Due> = rows(
-        conn,
-        concat!(
-            "SELECT d.seq, d.delivery_id, d.incident_id, d.version_id, d.connector, d.event,
-                    d.attempts, d.budget_attempts, d.budget_since_ms, d.ticket_seq
-             FROM deliveries d
-             WHERE d.status = 'pending' AND d.next_attempt_ms <= ?1 AND d.lease_until_ms <= ?1
-               AND d.connector NOT IN (SELECT value FROM json_each(?2))
-               AND NOT EXISTS (SELECT 1 FROM deliveries e WHERE ",
-            waits_behind!(),
-            ")
-             ORDER BY d.next_attempt_ms, d.seq LIMIT ?3"
-        ),
-        params![
-            now,
-            json_list(busy),
-            i64::try_from(limit).unwrap_or(i64::MAX)
-        ],
-    )?;
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let mut candidates: Vec<Due> = Vec::new();
+    for connector in ready_connectors(conn)? {
+        if busy.contains(&connector) {
+            continue;
+        }
+        candidates.extend(rows::<Due>(
+            conn,
+            DUE_HEADS,
+            params![connector, now, limit],
+        )?);
+    }
+    candidates.sort_by_key(|d| (d.due_ms, d.seq));
+    candidates.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
     let mut take = conn.prepare_cached(
-        "UPDATE deliveries SET lease_until_ms = ?2, lease_token = ?3 WHERE seq = ?1",
+        "UPDATE deliveries SET lease_until_ms = ?2, lease_token = ?3, due_ms = ?2 WHERE seq = ?1",
     )?;
     let mut leased = Vec::with_capacity(candidates.len());
     for due in candidates {
@@ -174,11 +211,12 @@ pub(super) fn lease_due(
         let (Some(version), Some(event)) = (version, Event::parse(&due.event)) else {
             // A row this version cannot read must not stop every other delivery.
             conn.execute(
-                "UPDATE deliveries SET status = 'dead', updated_ms = ?2,
+                "UPDATE deliveries SET status = 'dead', ready = 0, updated_ms = ?2,
                         last_error = 'stored delivery is unreadable (missing incident version or unknown event)'
                  WHERE seq = ?1",
                 params![due.seq, now],
             )?;
+            promote_head(conn, &due.connector, &due.order_key)?;
             continue;
         };
         let ticket = match due.ticket_seq {
@@ -261,13 +299,14 @@ pub(super) fn record_attempt(
         ticket,
     } = attempt;
     let to = transition(record, next);
-    let changed = conn
-        .prepare_cached(
-            "UPDATE deliveries SET status = ?3, attempts = ?4, next_attempt_ms = ?5, lease_until_ms = 0,
-                    lease_token = NULL, updated_ms = ?6, last_error = ?7
-             WHERE delivery_id = ?1 AND lease_token = ?2 AND status = 'pending'",
-        )?
-        .execute(params![
+    let line: Option<Line> = optional_row(
+        conn,
+        "UPDATE deliveries SET status = ?3, attempts = ?4, next_attempt_ms = ?5, due_ms = ?5,
+                lease_until_ms = 0, lease_token = NULL, updated_ms = ?6, last_error = ?7,
+                ready = ready AND ?3 = 'pending'
+         WHERE delivery_id = ?1 AND lease_token = ?2 AND status = 'pending'
+         RETURNING connector, order_key",
+        params![
             lease.delivery_id,
             lease.token,
             to.status.as_str(),
@@ -275,9 +314,15 @@ pub(super) fn record_attempt(
             to.next_attempt_ms,
             now,
             to.last_error
-        ])?;
-    if changed == 0 {
+        ],
+    )?;
+    let Some(line) = line else {
         return Ok(false);
+    };
+    // Delivered, or dead and not a `created` (a dead `created` still holds its ticket's
+    // line): the next delivery of the line may go.
+    if to.status != DeliveryStatus::Pending {
+        promote_head(conn, &line.connector, &line.order_key)?;
     }
     if let Some(t) = ticket {
         conn.prepare_cached(
@@ -302,27 +347,59 @@ pub(super) fn record_attempt(
     Ok(true)
 }
 
-/// [`Queue::next_due_ms`]: the earliest time a delivery at the head of its line falls due.
+/// [`Queue::next_due_ms`]: the earliest time a head of its line falls due, outside `busy`
+/// (one index seek per connector).
 fn next_due_ms(conn: &Connection, busy: &[String]) -> Result<Option<i64>, StoreError> {
+    let mut earliest: Option<i64> = None;
+    for connector in ready_connectors(conn)? {
+        if busy.contains(&connector) {
+            continue;
+        }
+        let due: Option<i64> = conn
+            .prepare_cached(NEXT_DUE)?
+            .query_row([&connector], |r| r.get(0))?;
+        earliest = match (earliest, due) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+    }
+    Ok(earliest)
+}
+
+/// The connectors with deliveries ready to lease, read from `deliveries_ready` one index seek
+/// per connector (a loose index scan), not by walking the rows.
+fn ready_connectors(conn: &Connection) -> Result<Vec<String>, StoreError> {
     Ok(conn
-        .prepare_cached(concat!(
-            "SELECT MIN(MAX(d.next_attempt_ms, d.lease_until_ms)) AS due_ms FROM deliveries d
-             WHERE d.status = 'pending'
-               AND d.connector NOT IN (SELECT value FROM json_each(?1))
-               AND NOT EXISTS (SELECT 1 FROM deliveries e WHERE ",
-            waits_behind!(),
-            ")"
-        ))?
-        .query_row([json_list(busy)], |r| r.get::<_, Option<i64>>("due_ms"))
-        .optional()?
-        .flatten())
+        .prepare_cached(READY_CONNECTORS)?
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<Vec<String>, _>>()?)
+}
+
+from_row! {
+    /// A ticket's line of deliveries: one connector, one order key.
+    pub(super) struct Line {
+        pub connector: String,
+        pub order_key: String,
+    }
+}
+
+/// After a delivery of `line` stopped holding the line (delivered, or dead and not a
+/// `created`), its new head may go: it becomes ready, if it is pending.
+pub(super) fn promote_head(
+    conn: &Connection,
+    connector: &str,
+    order_key: &str,
+) -> Result<(), StoreError> {
+    conn.prepare_cached(PROMOTE_HEAD)?
+        .execute(params![connector, order_key])?;
+    Ok(())
 }
 
 /// Moves a held lease's end to `until`; `false` when the lease is no longer `lease`.
 fn extend_lease(conn: &Connection, lease: &Lease, until: i64) -> Result<bool, StoreError> {
     let changed = conn
         .prepare_cached(
-            "UPDATE deliveries SET lease_until_ms = ?3
+            "UPDATE deliveries SET lease_until_ms = ?3, due_ms = ?3
              WHERE delivery_id = ?1 AND lease_token = ?2 AND status = 'pending'",
         )?
         .execute(params![lease.delivery_id, lease.token, until])?;
@@ -342,12 +419,24 @@ pub(super) fn replay(
     match status.as_deref() {
         None => Ok(ReplayOutcome::NotFound),
         Some("dead") => {
-            conn.prepare_cached(
-                "UPDATE deliveries SET status = 'pending', next_attempt_ms = ?2, lease_until_ms = 0,
-                        budget_attempts = attempts, budget_since_ms = ?2, updated_ms = ?2
-                 WHERE delivery_id = ?1",
-            )?
-            .execute(params![delivery_id, now])?;
+            let line: Option<Line> = optional_row(
+                conn,
+                "UPDATE deliveries SET status = 'pending', next_attempt_ms = ?2, due_ms = ?2,
+                        lease_until_ms = 0, budget_attempts = attempts, budget_since_ms = ?2,
+                        updated_ms = ?2
+                 WHERE delivery_id = ?1
+                 RETURNING connector, order_key",
+                params![delivery_id, now],
+            )?;
+            if let Some(line) = line {
+                // Pending again, it holds its line: the head is now the first of the line.
+                conn.prepare_cached(
+                    "UPDATE deliveries SET ready = 0
+                     WHERE connector = ?1 AND order_key = ?2 AND ready = 1",
+                )?
+                .execute(params![line.connector, line.order_key])?;
+                promote_head(conn, &line.connector, &line.order_key)?;
+            }
             Ok(ReplayOutcome::Replayed)
         }
         Some(other) => Ok(ReplayOutcome::NotDead(other.to_string())),
@@ -357,15 +446,15 @@ pub(super) fn replay(
 /// [`Queue::recover`] at `now`.
 fn recover(conn: &Connection, tracked: &[String], now: i64) -> Result<usize, StoreError> {
     let parked = conn.execute(
-        "UPDATE deliveries SET status = 'dead', lease_until_ms = 0, lease_token = NULL, updated_ms = ?2,
+        "UPDATE deliveries SET status = 'dead', ready = 0, lease_until_ms = 0, lease_token = NULL, updated_ms = ?2,
                 last_error = 'interrupted: the gateway stopped while this created request was being sent, so the target may already have opened the ticket. Look there, then POST /v1/deliveries/{id}/resolve with its ticket_id, or replay to send it again'
-         WHERE status = 'pending' AND lease_until_ms > 0 AND event = 'created'
+         WHERE lease_until_ms > 0 AND status = 'pending' AND event = 'created'
            AND connector IN (SELECT value FROM json_each(?1))",
         params![json_list(tracked), now],
     )?;
     conn.execute(
-        "UPDATE deliveries SET lease_until_ms = 0, lease_token = NULL
-         WHERE status = 'pending' AND lease_until_ms > 0",
+        "UPDATE deliveries SET lease_until_ms = 0, lease_token = NULL, due_ms = next_attempt_ms
+         WHERE lease_until_ms > 0 AND status = 'pending'",
         [],
     )?;
     Ok(parked)
@@ -460,6 +549,115 @@ mod tests {
         let then = lease_due(&db.conn, 10, LEASE, &[], 100_004).unwrap();
         assert_eq!(ids(&then), [updated.as_str()]);
         assert_eq!(then[0].event, Event::Updated);
+    }
+
+    /// `ready` is exactly "pending and first of its line among those holding it": what the
+    /// lease query trusts instead of checking the rule row by row.
+    fn assert_ready_is_the_rule(db: &TestDb) {
+        let wrong: i64 = db
+            .conn
+            .query_row(
+                concat!(
+                    "SELECT COUNT(*) FROM deliveries d WHERE d.ready != (d.status = 'pending'
+                     AND NOT EXISTS (SELECT 1 FROM deliveries e WHERE ",
+                    waits_behind!(),
+                    "))"
+                ),
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(
+            wrong, 0,
+            "deliveries whose ready flag disagrees with the rule"
+        );
+    }
+
+    #[test]
+    fn a_replayed_dead_update_goes_back_ahead_of_the_updates_behind_it() {
+        let db = TestDb::new();
+        let route = route("jira", "k", None);
+        let created = db.deliver_one(incident("A").routed(&route), 1_000);
+        let first_update = db.deliver_one(incident("B").routed(&route), 1_001);
+        let second_update = db.deliver_one(incident("C").routed(&route), 1_002);
+        assert_ready_is_the_rule(&db);
+        let c = lease_due(&db.conn, 10, LEASE, &[], 2_000).unwrap();
+        assert_eq!(ids(&c), [created.as_str()]);
+        assert!(finish(&db, &c[0], NextStep::Delivered, 2_001));
+        assert_ready_is_the_rule(&db);
+        let b = lease_due(&db.conn, 10, LEASE, &[], 2_002).unwrap();
+        assert_eq!(ids(&b), [first_update.as_str()]);
+        // A dead update does not hold its line: the next one may go.
+        let dead = NextStep::Dead {
+            reason: "HTTP 400".into(),
+        };
+        assert!(finish(&db, &b[0], dead, 2_003));
+        assert_ready_is_the_rule(&db);
+        // Replayed before the next one went, the first update is first again.
+        assert_eq!(
+            replay(&db.conn, &first_update, 2_004).unwrap(),
+            ReplayOutcome::Replayed
+        );
+        assert_ready_is_the_rule(&db);
+        let again = lease_due(&db.conn, 10, LEASE, &[], 2_005).unwrap();
+        assert_eq!(ids(&again), [first_update.as_str()]);
+        assert!(finish(&db, &again[0], NextStep::Delivered, 2_006));
+        let last = lease_due(&db.conn, 10, LEASE, &[], 2_007).unwrap();
+        assert_eq!(ids(&last), [second_update.as_str()]);
+        assert_ready_is_the_rule(&db);
+    }
+
+    #[test]
+    fn a_busy_connector_and_leases_under_way_are_skipped_and_their_time_is_known() {
+        let db = TestDb::new();
+        let jira = route("jira", "k", None);
+        let held = db.deliver_one(incident("A").routed(&jira), 1_000);
+        let chat = db.deliver_one(incident("B").routed(&route_other()), 1_001);
+        // Busy: jira's delivery stays; chat's goes.
+        let first = lease_due(&db.conn, 10, LEASE, &["jira".into()], 2_000).unwrap();
+        assert_eq!(ids(&first), [chat.as_str()]);
+        assert_eq!(
+            next_due_ms(&db.conn, &["jira".into()]).unwrap(),
+            Some(2_000 + LEASE)
+        );
+        assert_eq!(next_due_ms(&db.conn, &[]).unwrap(), Some(1_000));
+        // A lease under way is due again only when it runs out.
+        assert!(
+            lease_due(&db.conn, 10, LEASE, &[], 2_001)
+                .unwrap()
+                .iter()
+                .all(|d| d.id == held)
+        );
+        assert!(
+            lease_due(&db.conn, 10, LEASE, &[], 2_002)
+                .unwrap()
+                .is_empty()
+        );
+        // Both leases run out: each is due again, the earlier lease first.
+        let expired = lease_due(&db.conn, 10, LEASE, &[], 2_001 + LEASE).unwrap();
+        assert_eq!(ids(&expired), [chat.as_str(), held.as_str()]);
+    }
+
+    #[test]
+    fn a_file_from_before_the_ready_column_is_brought_up_to_date() {
+        let db = TestDb::new();
+        let route = route("jira", "k", None);
+        let created = db.deliver_one(incident("A").routed(&route), 1_000);
+        let update = db.deliver_one(incident("B").routed(&route), 1_001);
+        // The file as the previous version wrote it: no queue columns, no queue indexes.
+        db.exec(
+            "DROP INDEX deliveries_ready; DROP INDEX deliveries_blocking; DROP INDEX deliveries_leased;
+             ALTER TABLE deliveries DROP COLUMN ready; ALTER TABLE deliveries DROP COLUMN due_ms;",
+        );
+        super::super::migrate(&db.conn).unwrap();
+        assert_ready_is_the_rule(&db);
+        let first = lease_due(&db.conn, 10, LEASE, &[], 2_000).unwrap();
+        assert_eq!(ids(&first), [created.as_str()]);
+        assert!(finish(&db, &first[0], NextStep::Delivered, 2_001));
+        assert_eq!(
+            ids(&lease_due(&db.conn, 10, LEASE, &[], 2_002).unwrap()),
+            [update.as_str()]
+        );
     }
 
     fn route_other() -> crate::store::Route {
@@ -629,6 +827,38 @@ mod tests {
         assert_eq!(db.status(&chat), "pending");
         let due = lease_due(&db.conn, 10, LEASE, &[], 3_001).unwrap();
         assert_eq!(ids(&due), [chat.as_str()]);
+    }
+
+    /// Leasing, the next due time, queueing and moving a line on are index seeks, whatever
+    /// the queue holds: no step reads the deliveries table or an index from end to end.
+    #[test]
+    fn the_queue_answers_by_index_seeks_never_by_scanning_deliveries() {
+        let db = TestDb::new();
+        for (name, sql, index) in [
+            ("due heads", DUE_HEADS, "deliveries_ready"),
+            ("next due", NEXT_DUE, "deliveries_ready"),
+            ("ready connectors", READY_CONNECTORS, "deliveries_ready"),
+            ("promote head", PROMOTE_HEAD, "deliveries_blocking"),
+            ("insert", INSERT_DELIVERY, "deliveries_blocking"),
+        ] {
+            let plan = plan(&db.conn, sql);
+            println!("{name}:\n{plan}\n");
+            assert!(
+                plan.contains(&format!("USING INDEX {index}"))
+                    || plan.contains(&format!("USING COVERING INDEX {index}")),
+                "{name}: {plan}"
+            );
+            for line in plan.lines() {
+                assert!(
+                    !line.contains("SCAN deliveries") || line.contains("INDEX"),
+                    "{name} scans the table: {plan}"
+                );
+                assert!(
+                    !line.contains("SCAN") || !line.contains("INDEX") || line.contains('('),
+                    "{name} walks a whole index: {plan}"
+                );
+            }
+        }
     }
 
     #[test]

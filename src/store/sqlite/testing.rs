@@ -3,7 +3,7 @@
 
 use rusqlite::Connection;
 
-use super::{SCHEMA, open_connection};
+use super::{migrate, open_connection};
 use crate::store::{IngestOutcome, Ingested, NewIncident, Route};
 
 /// A store file with the schema, and a connection to it; the rules run on it directly, each
@@ -17,7 +17,7 @@ impl TestDb {
     pub fn new() -> TestDb {
         let dir = tempfile::tempdir().unwrap();
         let conn = open_connection(&dir.path().join("gateway.db")).unwrap();
-        conn.execute_batch(SCHEMA).unwrap();
+        migrate(&conn).unwrap();
         TestDb { conn, _dir: dir }
     }
 
@@ -97,4 +97,17 @@ impl Routed for NewIncident {
         self.routes.push(route.clone());
         self
     }
+}
+
+/// SQLite's plan for `sql` (parameters bound to NULL), one line per step.
+pub fn plan(conn: &Connection, sql: &str) -> String {
+    let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+    let nulls = vec![rusqlite::types::Null; stmt.parameter_count()];
+    stmt.query_map(rusqlite::params_from_iter(nulls), |r| {
+        r.get::<_, String>("detail")
+    })
+    .unwrap()
+    .collect::<Result<Vec<_>, _>>()
+    .unwrap()
+    .join("\n")
 }

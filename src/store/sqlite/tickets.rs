@@ -51,34 +51,56 @@ pub(super) fn window_until(now: i64, aggregate_for_ms: Option<i64>) -> Option<i6
     aggregate_for_ms.map(|ms| now.saturating_add(ms))
 }
 
+/// The open ticket of `connector` an incident is on. The incident's own rows of
+/// `ticket_incidents` drive the join (CROSS JOIN keeps that order): led by `tickets`, SQLite
+/// would walk every ticket of the connector.
+pub(super) const OWN_TICKET: &str = "SELECT t.ticket_seq FROM ticket_incidents ti
+     CROSS JOIN tickets t ON t.ticket_seq = ti.ticket_seq
+     WHERE ti.incident_id = ?1 AND t.connector = ?2 AND t.status = 'open'
+     ORDER BY t.ticket_seq DESC LIMIT 1";
+
+/// The newest open ticket of `connector` with correlation key `key` whose window is open.
+pub(super) const OPEN_TICKET_BY_KEY: &str = "SELECT ticket_seq FROM tickets
+     WHERE connector = ?1 AND correlation_key = ?2 AND status = 'open'
+       AND (window_until_ms IS NULL OR window_until_ms > ?3)
+     ORDER BY ticket_seq DESC LIMIT 1";
+
+/// Whether connector `?2` has a ticket with the incident on it (any status).
+pub(super) const HAS_TICKET_FOR: &str = "SELECT 1 FROM ticket_incidents ti
+     CROSS JOIN tickets t ON t.ticket_seq = ti.ticket_seq
+     WHERE ti.incident_id = ?1 AND t.connector = ?2 LIMIT 1";
+
+/// The incident's open tickets, oldest first.
+pub(super) const OPEN_TICKETS_OF: &str = "SELECT t.ticket_seq, t.connector FROM ticket_incidents ti
+     CROSS JOIN tickets t ON t.ticket_seq = ti.ticket_seq
+     WHERE ti.incident_id = ?1 AND t.status = 'open' ORDER BY t.ticket_seq";
+
 /// The ticket an incident joins for one connector: the one it is already on, else the open
-/// one with its key whose aggregation window has not ended, else a new one.
+/// one with its key whose aggregation window has not ended, else a new one. (`is_new`: the
+/// incident was stored for the first time just now, so it is on no ticket yet.)
 pub(super) fn attach_to_ticket(
     conn: &Connection,
     incident_id: &str,
+    is_new: bool,
     route: &Route,
     now: i64,
 ) -> Result<Attached, StoreError> {
     // A new version of an incident stays on the ticket it is already on (whatever its key
     // renders to now, and however long ago the ticket opened); the window only limits other
     // incidents joining.
-    let own: Option<i64> = conn
-        .prepare_cached(
-            "SELECT t.ticket_seq FROM tickets t JOIN ticket_incidents ti ON ti.ticket_seq = t.ticket_seq
-             WHERE ti.incident_id = ?1 AND t.connector = ?2 AND t.status = 'open'
-             ORDER BY t.ticket_seq DESC LIMIT 1",
-        )?
-        .query_row(params![incident_id, route.connector], |r| r.get("ticket_seq"))
-        .optional()?;
+    let own: Option<i64> = if is_new {
+        None
+    } else {
+        conn.prepare_cached(OWN_TICKET)?
+            .query_row(params![incident_id, route.connector], |r| {
+                r.get("ticket_seq")
+            })
+            .optional()?
+    };
     let open: Option<i64> = match own {
         Some(seq) => Some(seq),
         None => conn
-            .prepare_cached(
-                "SELECT ticket_seq FROM tickets
-                 WHERE connector = ?1 AND correlation_key = ?2 AND status = 'open'
-                   AND (window_until_ms IS NULL OR window_until_ms > ?3)
-                 ORDER BY ticket_seq DESC LIMIT 1",
-            )?
+            .prepare_cached(OPEN_TICKET_BY_KEY)?
             .query_row(params![route.connector, route.key, now], |r| {
                 r.get("ticket_seq")
             })
@@ -173,10 +195,7 @@ fn entitled(
     Ok(match caller {
         Caller::Source(name) => name == source,
         Caller::Connector(name) => conn
-            .prepare_cached(
-                "SELECT 1 FROM tickets t JOIN ticket_incidents ti ON ti.ticket_seq = t.ticket_seq
-                 WHERE ti.incident_id = ?1 AND t.connector = ?2 LIMIT 1",
-            )?
+            .prepare_cached(HAS_TICKET_FOR)?
             .exists(params![incident_id, name])?,
     })
 }
@@ -216,13 +235,7 @@ pub(super) fn complete(
         request.notes,
         now
     ])?;
-    let tickets: Vec<OpenTicket> = rows(
-        conn,
-        "SELECT t.ticket_seq, t.connector FROM tickets t
-         JOIN ticket_incidents ti ON ti.ticket_seq = t.ticket_seq
-         WHERE ti.incident_id = ?1 AND t.status = 'open' ORDER BY t.ticket_seq",
-        [incident_id],
-    )?;
+    let tickets: Vec<OpenTicket> = rows(conn, OPEN_TICKETS_OF, [incident_id])?;
     // Every open ticket closes, whether or not its connector hears of it: a new incident
     // with its key opens a new ticket.
     let mut close = conn.prepare_cached(
@@ -305,12 +318,18 @@ pub(super) fn resolve(
             kind.status, kind.event
         )));
     };
-    conn.prepare_cached(
-        "UPDATE deliveries SET status = 'delivered', updated_ms = ?2,
+    let line: Option<queue::Line> = optional_row(
+        conn,
+        "UPDATE deliveries SET status = 'delivered', ready = 0, updated_ms = ?2,
                 last_error = 'resolved by an admin: the ticket exists in the target'
-         WHERE delivery_id = ?1",
-    )?
-    .execute(params![delivery_id, now])?;
+         WHERE delivery_id = ?1
+         RETURNING connector, order_key",
+        params![delivery_id, now],
+    )?;
+    // The created no longer holds its ticket's line: the updates behind it may go.
+    if let Some(line) = line {
+        queue::promote_head(conn, &line.connector, &line.order_key)?;
+    }
     conn.prepare_cached(
         "UPDATE tickets SET ticket_id = ?2, ticket_url = ?3, updated_ms = ?4 WHERE ticket_seq = ?1",
     )?
@@ -323,6 +342,37 @@ mod tests {
     use super::super::testing::*;
     use super::*;
     use crate::store::IngestStatus;
+
+    /// Finding an incident's tickets starts from the incident's own rows, and finding a
+    /// ticket by key is one index seek: neither walks the tickets of a connector (which grow
+    /// with every incident ever received).
+    #[test]
+    fn ticket_lookups_seek_by_incident_or_key_never_walk_a_connectors_tickets() {
+        let db = TestDb::new();
+        for (name, sql) in [
+            ("own ticket", OWN_TICKET),
+            ("has ticket for", HAS_TICKET_FOR),
+            ("open tickets of", OPEN_TICKETS_OF),
+        ] {
+            let plan = plan(&db.conn, sql);
+            let first = plan.lines().next().unwrap_or_default();
+            assert!(
+                first.starts_with("SEARCH ti USING") && first.contains("(incident_id=?)"),
+                "{name}: {plan}"
+            );
+            assert!(
+                plan.contains("SEARCH t USING INTEGER PRIMARY KEY (rowid=?)"),
+                "{name}: {plan}"
+            );
+        }
+        let by_key = plan(&db.conn, OPEN_TICKET_BY_KEY);
+        assert!(
+            by_key.contains("tickets_key (connector=? AND correlation_key=? AND status=?)"),
+            "{by_key}"
+        );
+        let seen = plan(&db.conn, super::super::ingest::SEEN_BEFORE);
+        assert!(seen.contains("(incident_id=?)"), "{seen}");
+    }
 
     /// The ticket (seq, status) a delivery is on.
     fn ticket_of(db: &TestDb, delivery_id: &str) -> (i64, String) {

@@ -82,6 +82,12 @@ impl GroupFailure {
     }
 }
 
+/// One statement of the group's bookkeeping, prepared once per connection (they run several
+/// times per write).
+fn run(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(drop)
+}
+
 fn writer_loop(conn: Connection, jobs: Receiver<Job>) {
     while let Ok(first) = jobs.recv() {
         let mut group = vec![first];
@@ -103,22 +109,23 @@ fn writer_loop(conn: Connection, jobs: Receiver<Job>) {
                 // Dropping a job tells its caller the write did not happen.
                 continue;
             }
-            if let Err(e) = conn.execute_batch("SAVEPOINT job") {
+            if let Err(e) = run(&conn, "SAVEPOINT job") {
                 tracing::error!(error = %e, "store: cannot open a savepoint");
                 aborted = Some(GroupFailure::at("cannot open a savepoint", e));
                 continue;
             }
-            let (ok, finish) =
-                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&conn))) {
-                    Ok(done) => done,
-                    Err(_) => {
-                        // The job's caller hears nothing (its channel is gone) and sees the
-                        // write fail; the writer lives on for everyone else.
-                        tracing::error!("store: a write panicked; it was rolled back");
-                        let _ = conn.execute_batch("ROLLBACK TO job; RELEASE job");
-                        continue;
-                    }
-                };
+            let (ok, finish) = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                job(&conn)
+            })) {
+                Ok(done) => done,
+                Err(_) => {
+                    // The job's caller hears nothing (its channel is gone) and sees the
+                    // write fail; the writer lives on for everyone else.
+                    tracing::error!("store: a write panicked; it was rolled back");
+                    let _ = run(&conn, "ROLLBACK TO job").and_then(|()| run(&conn, "RELEASE job"));
+                    continue;
+                }
+            };
             finishes.push(finish);
             if conn.is_autocommit() {
                 // SQLite rolled the whole transaction back (disk full, I/O error): nothing in
@@ -127,11 +134,11 @@ fn writer_loop(conn: Connection, jobs: Receiver<Job>) {
                 continue;
             }
             let end = if ok {
-                "RELEASE job"
+                run(&conn, "RELEASE job")
             } else {
-                "ROLLBACK TO job; RELEASE job"
+                run(&conn, "ROLLBACK TO job").and_then(|()| run(&conn, "RELEASE job"))
             };
-            if let Err(e) = conn.execute_batch(end) {
+            if let Err(e) = end {
                 tracing::error!(error = %e, "store: cannot close a savepoint");
                 aborted = Some(GroupFailure::at("cannot close a savepoint", e));
             }

@@ -1,0 +1,98 @@
+//! Keeps the load tool (`examples/load`, see BENCHMARKS.md) working: its code, included here,
+//! runs short scenarios against the real gateway binary. It asserts that the tool measures
+//! something and that nothing failed, never how fast anything was.
+
+use clap::Parser as _;
+
+// The tool's own code (not a copy), so a change that breaks it fails here.
+#[allow(dead_code)]
+#[path = "../examples/load/bench/mod.rs"]
+mod bench;
+
+fn tool(args: &[&str]) -> bench::Report {
+    let mut argv = vec![
+        "load",
+        "--gateway",
+        env!("CARGO_BIN_EXE_incident-gateway"),
+        // The test binary cannot be re-run as a baseline server: threads instead.
+        "--baselines-in-process",
+        "--connections",
+        "4",
+        "--duration",
+        "1",
+        "--warmup",
+        "0.2",
+        // Only waited out if deliveries are missing: generous, for a loaded CI machine.
+        "--drain",
+        "30",
+        "--gateway-log",
+        "warn",
+    ];
+    argv.extend_from_slice(args);
+    let cli = bench::Cli::try_parse_from(argv).expect("the arguments parse");
+    bench::run(cli).expect("the tool runs")
+}
+
+fn assert_no_errors(report: &bench::Report) {
+    for run in &report.runs {
+        assert_eq!(run.errors, 0, "{}", run.summary());
+    }
+}
+
+#[test]
+fn ingest_scenario_measures_the_gateway_and_its_baseline() {
+    let report = tool(&["ingest"]);
+    let gateway: Vec<_> = report
+        .runs
+        .iter()
+        .filter(|r| r.label.starts_with("gateway"))
+        .collect();
+    // Flat out, then at a fixed rate.
+    assert_eq!(gateway.len(), 2, "{:?}", report.runs);
+    for run in &gateway {
+        assert!(run.rate > 0.0, "{}", run.summary());
+        assert!(run.latency.is_some(), "{}", run.summary());
+    }
+    assert!(
+        report
+            .runs
+            .iter()
+            .any(|r| r.label.starts_with("baseline durable ingest") && r.rate > 0.0)
+    );
+    assert!(
+        report
+            .rows
+            .iter()
+            .any(|r| r.figure.starts_with("p99 ingest latency"))
+    );
+    assert_no_errors(&report);
+}
+
+#[test]
+fn backlog_scenario_restarts_and_delivers() {
+    let report = tool(&["backlog", "--backlog", "300"]);
+    let restart = report
+        .rows
+        .iter()
+        .find(|r| r.figure.starts_with("restart → first delivery"))
+        .expect("a restart figure");
+    assert!(restart.value.is_finite(), "no delivery after the restart");
+    assert!(report.runs.iter().all(|r| r.rate > 0.0));
+    assert_no_errors(&report);
+}
+
+#[test]
+fn e2e_scenario_waits_for_every_delivery() {
+    let report = tool(&["e2e"]);
+    let waited = report
+        .runs
+        .iter()
+        .filter(|r| r.e2e.is_some())
+        .collect::<Vec<_>>();
+    // The gateway and the durable relay, each at the fixed rate.
+    assert_eq!(waited.len(), 2, "{:?}", report.runs);
+    for run in waited {
+        assert_eq!(run.missing, 0, "{}", run.summary());
+    }
+    assert_no_errors(&report);
+}
