@@ -508,10 +508,8 @@ fn prepare(
         update_time: incident.get("updateTime").and_then(Value::as_f64),
         body,
         body_hash,
-        routes: route::route(connectors, incident)
-            .into_iter()
-            .map(|c| crate::ticket::route_for(renderer, c, incident))
-            .collect(),
+        // One render context for every matching connector whose key needs one.
+        routes: crate::ticket::routes_for(renderer, route::route(connectors, incident), incident),
     }
 }
 
