@@ -26,7 +26,7 @@
 //! leaves the rest of the body in flight; closing at once makes the kernel answer it with a
 //! reset, and a client still writing (Python's urllib and requests) sees a broken pipe instead
 //! of the answer. So such a connection is half-closed and the rest of the body read and
-//! discarded, up to `linger_bytes` and [`LINGER_TIME`] (or until the client pauses for
+//! discarded, up to `linger_bytes` (16× the body limit, at least 32 MiB) and [`LINGER_TIME`] (or until the client pauses for
 //! [`LINGER_PAUSE`]), before it is closed (nginx's lingering close).
 
 use std::collections::HashMap;

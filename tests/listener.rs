@@ -83,6 +83,13 @@ async fn a_413_sent_before_the_body_is_read_reaches_urllib_every_time() {
         "every one of 50 posts of 3 MiB reads its 413"
     );
     eprintln!("50 posts of 3 MiB answered 413 in {took:?}");
+    // Ten times the limit: the client still writes all of it before it reads.
+    let outcomes = urllib_posts(&url, 10, 5, None).await;
+    assert_eq!(
+        outcomes,
+        serde_json::json!({"answered 413 application/problem+json 413": 5}),
+        "every one of 5 posts of 10 MiB reads its 413"
+    );
     assert_eq!(ws.counts().0, 0);
     gw.stop().await.unwrap();
 }
