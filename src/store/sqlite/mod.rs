@@ -308,6 +308,9 @@ fn private_file(path: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// More than the distinct statements of the store (about 60).
+const STATEMENT_CACHE: usize = 256;
+
 fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open(path).map_err(|source| StoreError::Open {
         path: path.to_path_buf(),
@@ -320,6 +323,9 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
         "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000;
          PRAGMA cache_size = -65536;",
     )?;
+    // Every statement the store runs stays prepared: rusqlite keeps 16 by default, fewer than
+    // the writer cycles through per group, and re-parsing them was a fifth of its time.
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     Ok(conn)
 }
 

@@ -861,6 +861,97 @@ mod tests {
         }
     }
 
+    /// Pages of the database (cache hits and misses) the connection has read since the last
+    /// call: the work a statement did, whatever plan it ran.
+    fn pages_read(conn: &Connection) -> i64 {
+        let (mut hits, mut misses, mut high) = (0, 0, 0);
+        // SAFETY: the handle is the live connection's, used on this thread only; db_status
+        // reads counters into the given integers.
+        unsafe {
+            let db = conn.handle();
+            rusqlite::ffi::sqlite3_db_status(
+                db,
+                rusqlite::ffi::SQLITE_DBSTATUS_CACHE_HIT,
+                &mut hits,
+                &mut high,
+                1,
+            );
+            rusqlite::ffi::sqlite3_db_status(
+                db,
+                rusqlite::ffi::SQLITE_DBSTATUS_CACHE_MISS,
+                &mut misses,
+                &mut high,
+                1,
+            );
+        }
+        i64::from(hits) + i64::from(misses)
+    }
+
+    /// What each queue step reads with `backlog` deliveries pending for a hanging connector
+    /// and as many delivered: (lease, record, next due, queue one more).
+    fn pages_per_step(backlog: usize) -> [i64; 4] {
+        let db = TestDb::new();
+        db.exec("BEGIN");
+        for i in 0..backlog {
+            let id = format!("hang-{i}");
+            db.deliver_one(incident(&id).routed(&route("hanging", &id, None)), 1_000);
+            let done = format!("done-{i}");
+            let d = db.deliver_one(incident(&done).routed(&route("fast", &done, None)), 1_000);
+            db.exec(&format!(
+                "UPDATE deliveries SET status = 'delivered', ready = 0, due_ms = 0
+                 WHERE delivery_id = '{d}'"
+            ));
+        }
+        db.exec("COMMIT");
+        let mut wanted =
+            db.deliver_one(incident("next").routed(&route("fast", "next", None)), 2_000);
+        pages_read(&db.conn);
+
+        let leased = lease_due(&db.conn, 1, LEASE, &["hanging".into()], 3_000).unwrap();
+        let lease_pages = pages_read(&db.conn);
+        assert_eq!(ids(&leased), [std::mem::take(&mut wanted).as_str()]);
+        assert!(finish(
+            &db,
+            &leased[0],
+            NextStep::RetryAt { at_ms: 9_000 },
+            3_001
+        ));
+        let record_pages = pages_read(&db.conn);
+        assert_eq!(
+            next_due_ms(&db.conn, &["hanging".into()]).unwrap(),
+            Some(9_000)
+        );
+        let next_due_pages = pages_read(&db.conn);
+        db.deliver_one(
+            incident("more").routed(&route("hanging", "more", None)),
+            3_002,
+        );
+        let queue_pages = pages_read(&db.conn);
+        [lease_pages, record_pages, next_due_pages, queue_pages]
+    }
+
+    /// The queue's shape, not its speed: a hundred times the backlog (pending and done) and
+    /// each step reads about the same number of pages; only the B-trees' depth may add one
+    /// page per index visited. A scan of the deliveries or of an index would read hundreds.
+    #[test]
+    fn the_pages_a_queue_step_reads_stay_flat_as_the_backlog_grows_a_hundredfold() {
+        let small = pages_per_step(1_000);
+        let large = pages_per_step(100_000);
+        println!(
+            "pages read (lease, record, next due, queue): 1,000 → {small:?}, 100,000 → {large:?}"
+        );
+        for (step, (s, l)) in ["lease", "record", "next due", "queue"]
+            .iter()
+            .zip(small.iter().zip(large.iter()))
+        {
+            assert!(*s > 0, "{step}: no pages counted");
+            assert!(
+                *l <= s + s / 2 + 8,
+                "{step}: {s} pages with 1,000 pending, {l} with 100,000"
+            );
+        }
+    }
+
     #[test]
     fn order_keys_are_per_ticket_else_per_incident() {
         assert_eq!(order_key("A", Some(7)), "ticket:7");

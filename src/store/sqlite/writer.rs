@@ -97,7 +97,7 @@ fn writer_loop(conn: Connection, jobs: Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        if let Err(e) = run(&conn, "BEGIN IMMEDIATE") {
             tracing::error!(error = %e, "store: cannot begin a transaction");
             // Dropping the jobs tells their callers the write did not happen.
             continue;
@@ -152,7 +152,7 @@ fn writer_loop(conn: Connection, jobs: Receiver<Job>) {
             }
             continue;
         }
-        match conn.execute_batch("COMMIT") {
+        match run(&conn, "COMMIT") {
             Ok(()) => finishes.into_iter().for_each(|f| f(None)),
             Err(e) => {
                 let _ = conn.execute_batch("ROLLBACK");
