@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use rusqlite::config::DbConfig;
 use rusqlite::{Connection, Params, Row};
 
 use crate::model::{Completion, TicketFacts, rfc3339};
@@ -326,6 +327,9 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     // Every statement the store runs stays prepared: rusqlite keeps 16 by default, fewer than
     // the writer cycles through per group, and re-parsing them was a fifth of its time.
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    // Plans made once per statement, never from bound values: otherwise SQLite plans the
+    // queue's statements again every time their connector or time changes.
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
     Ok(conn)
 }
 
