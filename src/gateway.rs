@@ -132,6 +132,7 @@ impl Gateway {
             );
         }
         let wake = Arc::new(Notify::new());
+        let fresh = Arc::new(deliver::fresh::Fresh::default());
         let metrics = Arc::new(metrics::Metrics::default());
         let listener = tokio::net::TcpListener::bind(&config.server.listen)
             .await
@@ -153,6 +154,7 @@ impl Gateway {
             metrics: metrics.clone(),
             wake: wake.clone(),
             mailers: Arc::new(deliver::mailers(&config.connectors)?),
+            fresh: fresh.clone(),
             renders: Arc::new(tokio::sync::Semaphore::new(config.delivery.render_threads)),
         };
         let workers = tokio::spawn(deliverer.run(shutdown.clone()));
@@ -165,6 +167,7 @@ impl Gateway {
             schema,
             store: store.clone(),
             wake,
+            fresh,
             checks: Arc::new(tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
             )),
