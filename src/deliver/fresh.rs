@@ -29,21 +29,18 @@ impl Fresh {
     /// Keeps `incident` (the document its version's stored body was written from) for each
     /// of `deliveries`.
     pub fn offer(&self, deliveries: impl IntoIterator<Item = String>, incident: Arc<Value>) {
-        let mut dropped = Vec::new();
-        if let Ok(mut kept) = self.kept.lock() {
-            for id in deliveries {
-                kept.order.push_back(id.clone());
-                kept.by_delivery.insert(id, incident.clone());
-            }
-            while kept.order.len() > FRESH_DELIVERIES {
-                if let Some(oldest) = kept.order.pop_front() {
-                    dropped.extend(kept.by_delivery.remove(&oldest));
-                }
+        let Ok(mut kept) = self.kept.lock() else {
+            return;
+        };
+        for id in deliveries {
+            kept.order.push_back(id.clone());
+            kept.by_delivery.insert(id, incident.clone());
+        }
+        while kept.order.len() > FRESH_DELIVERIES {
+            if let Some(oldest) = kept.order.pop_front() {
+                kept.by_delivery.remove(&oldest);
             }
         }
-        // Freeing a document not taken in time (a whole parsed incident) happens after the
-        // lock is released, so first attempts taking theirs do not wait on it.
-        drop(dropped);
     }
 
     /// The parsed incident of `delivery_id`, once: later attempts read the store.
