@@ -31,8 +31,6 @@ pub struct App {
     pub store: Store,
     /// Rung when new deliveries are due now.
     pub wake: Arc<Notify>,
-    /// Where accepted incidents, parsed, wait for their deliveries' first attempts.
-    pub fresh: Arc<crate::deliver::fresh::Fresh>,
     /// Permits for ingest's CPU work (parse, validate, route) on blocking threads, one per
     /// core: a burst of large bodies waits its turn instead of spawning a thread each.
     pub checks: Arc<Semaphore>,

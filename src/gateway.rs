@@ -132,7 +132,6 @@ impl Gateway {
             );
         }
         let wake = Arc::new(Notify::new());
-        let fresh = Arc::new(deliver::fresh::Fresh::default());
         let metrics = Arc::new(metrics::Metrics::default());
         let listener = tokio::net::TcpListener::bind(&config.server.listen)
             .await
@@ -154,7 +153,6 @@ impl Gateway {
             metrics: metrics.clone(),
             wake: wake.clone(),
             mailers: Arc::new(deliver::mailers(&config.connectors)?),
-            fresh: fresh.clone(),
             renders: Arc::new(tokio::sync::Semaphore::new(config.delivery.render_threads)),
         };
         let workers = tokio::spawn(deliverer.run(shutdown.clone()));
@@ -167,7 +165,6 @@ impl Gateway {
             schema,
             store: store.clone(),
             wake,
-            fresh,
             checks: Arc::new(tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
             )),

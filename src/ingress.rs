@@ -331,17 +331,10 @@ async fn accept(
     result
 }
 
-/// A body checked and routed: the incidents to store, each with the document it was written
-/// from, and whether the body was a batch.
-struct Checked {
-    batch: Vec<NewIncident>,
-    documents: Vec<Value>,
-    is_batch: bool,
-}
-
 /// Limits, parse, validate and route a body: the CPU part of ingest, run on a blocking
-/// thread (see [`accept_document`]).
-fn check_document(app: &App, bytes: &[u8]) -> Result<Checked, Problem> {
+/// thread (see [`accept_document`]). Returns the incidents to store and whether the body was
+/// a batch.
+fn check_document(app: &App, bytes: &[u8]) -> Result<(Vec<NewIncident>, bool), Problem> {
     let limits = &app.config.server;
     if json_depth(bytes) > limits.max_json_depth {
         return Err(unprocessable(vec![Violation {
@@ -401,11 +394,7 @@ fn check_document(app: &App, bytes: &[u8]) -> Result<Checked, Problem> {
             .map(|incident| prepare(&app.config.connectors, &app.renderer, incident))
             .collect()
     });
-    Ok(Checked {
-        batch,
-        documents: incidents,
-        is_batch,
-    })
+    Ok((batch, is_batch))
 }
 
 /// Checks an authenticated request's body off the async runtime (parsing, schema validation
@@ -431,14 +420,7 @@ async fn accept_document(
         })
         .await
     };
-    let (
-        Checked {
-            batch,
-            documents,
-            is_batch,
-        },
-        _budget,
-    ) = checked.map_err(|e| {
+    let ((batch, is_batch), _budget) = checked.map_err(|e| {
         tracing::error!(error = %e, "checking an incident failed");
         Problem::unavailable("the incident could not be checked; nothing was accepted; try again")
     })??;
@@ -457,15 +439,6 @@ async fn accept_document(
         crate::store::Ingested::Replay => return Err(unauthorized(app)),
     };
     if outcomes.iter().any(|o| !o.deliveries.is_empty()) {
-        // Outcomes come in the batch's order.
-        for (o, document) in outcomes.iter().zip(documents) {
-            if !o.deliveries.is_empty() {
-                app.fresh.offer(
-                    o.deliveries.iter().map(|d| d.id.clone()),
-                    Arc::new(document),
-                );
-            }
-        }
         app.wake.notify_one();
     }
 

@@ -9,13 +9,10 @@
 //! 5. [`record`] — the attempt record (secrets masked), the ticket id a `created` response
 //!    named, the log line; then the store commits it under the delivery's lease.
 //!
-//! [`fresh`] hands a first attempt the incident as ingest parsed it.
-//!
 //! Delivery is at least once: a crash between a send and its record sends again, with the
 //! same `webhook-id`, so receivers can drop the repeat.
 
 pub mod egress;
-pub mod fresh;
 pub mod http;
 pub mod prepare;
 pub mod record;
@@ -145,8 +142,6 @@ pub struct Deliverer {
     pub wake: Arc<Notify>,
     /// One pooled SMTP transport per SMTP connector.
     pub mailers: Arc<HashMap<String, smtp::Transport>>,
-    /// Incidents as ingest parsed them, for their deliveries' first attempts.
-    pub fresh: Arc<fresh::Fresh>,
     /// Permits for renders on blocking threads: `delivery.render_threads` at once.
     pub renders: Arc<Semaphore>,
 }
@@ -298,16 +293,12 @@ impl Deliverer {
             self.connectors.clone(),
             delivery.clone(),
         );
-        let parsed = self.fresh.take(&delivery.id);
         let task = tokio::task::spawn_blocking(move || {
             let _permit = permit;
             let connector = connector::find(&connectors, &delivery.connector)
                 .ok_or_else(|| NotSent::ConnectorGone(delivery.connector.clone()))?;
             render::bounds::with_budget(budget, || {
-                let incident = match parsed {
-                    Some(incident) => incident,
-                    None => Arc::new(prepare::stored_incident(&delivery.incident_body)?),
-                };
+                let incident = prepare::stored_incident(&delivery.incident_body)?;
                 let facts = AttemptFacts::of(&delivery);
                 prepare::prepare(
                     &renderer,
