@@ -69,6 +69,38 @@ fn ingest_scenario_measures_the_gateway_and_its_baseline() {
 }
 
 #[test]
+fn rounds_alternate_the_gateway_and_its_baseline_and_report_the_medians() {
+    let report = tool(&["ingest5", "--rounds", "3"]);
+    let labels: Vec<_> = report.runs.iter().map(|r| r.label.as_str()).collect();
+    let round = |who: &str, r: usize| {
+        labels
+            .iter()
+            .position(|l| l.starts_with(&format!("{who} (round {r}/3)")))
+            .unwrap_or_else(|| panic!("no round {r} of {who}: {labels:?}"))
+    };
+    for r in 1..=3 {
+        assert!(round("gateway, 5 connectors", r) < round("baseline durable ingest", r));
+        if r > 1 {
+            assert!(round("baseline durable ingest", r - 1) < round("gateway, 5 connectors", r));
+        }
+    }
+    let row = report
+        .rows
+        .iter()
+        .find(|r| r.figure == "ingest rate, 5 connectors")
+        .expect("the ingest row");
+    let mut rates: Vec<f64> = report
+        .runs
+        .iter()
+        .filter(|r| r.label.starts_with("gateway, 5 connectors (round"))
+        .map(|r| r.rate)
+        .collect();
+    rates.sort_by(f64::total_cmp);
+    assert_eq!(row.value, rates[1], "the median of the three rounds");
+    assert_no_errors(&report);
+}
+
+#[test]
 fn backlog_scenario_restarts_and_delivers() {
     let report = tool(&["backlog", "--backlog", "300"]);
     let restart = report

@@ -62,6 +62,11 @@ pub struct Cli {
     /// flat out in the same scenario.
     #[arg(long)]
     pub rate: Option<f64>,
+    /// Rounds of the flat-out rate runs: each round runs the gateway and then the baselines
+    /// it is set against, so slow and fast spells of a noisy machine fall on both; each
+    /// figure is the median of its rounds.
+    #[arg(long, default_value_t = 1)]
+    pub rounds: usize,
     /// Deliveries queued before the backlog scenario measures ingest again.
     #[arg(long, default_value_t = 100_000)]
     pub backlog: u64,
@@ -147,6 +152,9 @@ pub fn run(cli: Cli) -> anyhow::Result<Report> {
     if !(1..=10_000).contains(&cli.connections) {
         bail!("--connections: 1 to 10000");
     }
+    if !(1..=21).contains(&cli.rounds) {
+        bail!("--rounds: 1 to 21");
+    }
     if cli.rate.is_some_and(|r| !(0.01..=1e7).contains(&r)) {
         bail!("--rate: 0.01 to 10000000 requests per second");
     }
@@ -188,6 +196,9 @@ struct Bench {
     next_seq: u64,
     /// Runs so far, for a figure two scenarios share.
     runs: Vec<RunResult>,
+    /// The gateway with 1 connector flat out and its durable-ingest and durable-relay
+    /// baselines (shared by `ingest` and `e2e`).
+    flat_one: Option<(RunResult, RunResult, RunResult)>,
     rows: Vec<Row>,
     folders: usize,
 }
@@ -215,6 +226,7 @@ impl Bench {
             work,
             next_seq: 0,
             runs: Vec::new(),
+            flat_one: None,
             rows: Vec::new(),
             folders: 0,
         })
@@ -326,12 +338,22 @@ impl Bench {
 
     /// A run of baseline `kind`, reused if this tool run already measured it at that pace.
     async fn baseline(&mut self, kind: Kind, pace: Pace) -> anyhow::Result<RunResult> {
-        let wait = (kind.forwards() && matches!(pace, Pace::Rate(_))).then_some(Lanes(1));
         let label = format!("baseline {}", kind.label());
         let full = format!("{label} · {}", self.pace_label(pace));
         if let Some(r) = self.runs.iter().find(|r| r.label == full) {
             return Ok(r.clone());
         }
+        self.baseline_run(kind, pace, label).await
+    }
+
+    /// A new run of baseline `kind`, labelled `label`.
+    async fn baseline_run(
+        &mut self,
+        kind: Kind,
+        pace: Pace,
+        label: String,
+    ) -> anyhow::Result<RunResult> {
+        let wait = (kind.forwards() && matches!(pace, Pace::Rate(_))).then_some(Lanes(1));
         let dir = self.folder(&kind_name(kind))?;
         let forward = kind.forwards().then(|| self.receiver.url("/relay"));
         let server = tokio::task::block_in_place(|| {
@@ -401,14 +423,85 @@ impl Bench {
         Ok(())
     }
 
-    /// The gateway with 1 connector, flat out (shared by `ingest` and `e2e`).
-    async fn flat_one(&mut self) -> anyhow::Result<RunResult> {
-        const LABEL: &str = "gateway, 1 connector";
-        let full = format!("{LABEL} · {}", self.pace_label(Pace::Flat));
-        if let Some(r) = self.runs.iter().find(|r| r.label == full) {
-            return Ok(r.clone());
+    /// The gateway with 1 connector flat out, and the durable-ingest and durable-relay
+    /// baselines it is set against (shared by `ingest` and `e2e`).
+    async fn flat_one(&mut self) -> anyhow::Result<(RunResult, RunResult, RunResult)> {
+        if let Some(measured) = &self.flat_one {
+            return Ok(measured.clone());
         }
-        self.gateway_run(LABEL, 1, Pace::Flat, None).await
+        let (g, b) = self
+            .rounds(
+                "gateway, 1 connector",
+                1,
+                &[Kind::DurableIngest, Kind::DurableRelay],
+            )
+            .await?;
+        let measured = (g, b[0].clone(), b[1].clone());
+        self.flat_one = Some(measured.clone());
+        Ok(measured)
+    }
+
+    /// The gateway with `connectors` connectors flat out, and the baselines `kinds` flat out,
+    /// in `--rounds` rounds (gateway, then each baseline); with one round a baseline already
+    /// measured in this tool run is reused. Each result is the median of its rounds.
+    async fn rounds(
+        &mut self,
+        label: &str,
+        connectors: usize,
+        kinds: &[Kind],
+    ) -> anyhow::Result<(RunResult, Vec<RunResult>)> {
+        let n = self.cli.rounds;
+        if n <= 1 {
+            let g = self
+                .gateway_run(label, connectors, Pace::Flat, None)
+                .await?;
+            let mut b = Vec::new();
+            for kind in kinds {
+                b.push(self.baseline(*kind, Pace::Flat).await?);
+            }
+            return Ok((g, b));
+        }
+        let mut gateway = Vec::new();
+        let mut baselines = vec![Vec::new(); kinds.len()];
+        for round in 1..=n {
+            let tag = format!("round {round}/{n}");
+            gateway.push(
+                self.gateway_run(&format!("{label} ({tag})"), connectors, Pace::Flat, None)
+                    .await?,
+            );
+            for (runs, kind) in baselines.iter_mut().zip(kinds) {
+                let label = format!("baseline {} ({tag})", kind.label());
+                runs.push(self.baseline_run(*kind, Pace::Flat, label).await?);
+            }
+        }
+        let g = self.median(label, gateway);
+        let b = kinds
+            .iter()
+            .zip(baselines)
+            .map(|(kind, runs)| self.median(&format!("baseline {}", kind.label()), runs))
+            .collect();
+        Ok((g, b))
+    }
+
+    /// The run of median rate among `runs`, labelled `label`, with the median received rate;
+    /// its errors are those of every round.
+    fn median(&self, label: &str, runs: Vec<RunResult>) -> RunResult {
+        let middle = |mut values: Vec<f64>| {
+            values.sort_by(f64::total_cmp);
+            values.get(values.len() / 2).copied().unwrap_or(0.0)
+        };
+        let mut by_rate = runs.clone();
+        by_rate.sort_by(|a, b| a.rate.total_cmp(&b.rate));
+        let mut m = by_rate[by_rate.len() / 2].clone();
+        m.label = format!(
+            "{label} · {}, median of {} rounds",
+            self.pace_label(Pace::Flat),
+            runs.len()
+        );
+        m.received_rate = middle(runs.iter().map(|r| r.received_rate).collect());
+        m.errors = runs.iter().map(|r| r.errors).sum();
+        eprintln!("  {}", m.summary());
+        m
     }
 
     /// The fixed rate of a latency run: `--rate`, or half of `max`.
@@ -419,8 +512,7 @@ impl Bench {
 
     async fn ingest(&mut self) -> anyhow::Result<()> {
         eprintln!("\ningest, 1 connector (generic envelope)");
-        let g = self.flat_one().await?;
-        let b = self.baseline(Kind::DurableIngest, Pace::Flat).await?;
+        let (g, b, _) = self.flat_one().await?;
         self.rows.push(
             Row::new("ingest rate, 1 connector", g.rate, "/s")
                 .against("durable ingest", b.rate)
@@ -465,10 +557,10 @@ impl Bench {
 
     async fn ingest5(&mut self) -> anyhow::Result<()> {
         eprintln!("\ningest, 5 matching connectors");
-        let g = self
-            .gateway_run("gateway, 5 connectors", 5, Pace::Flat, None)
+        let (g, b) = self
+            .rounds("gateway, 5 connectors", 5, &[Kind::DurableIngest])
             .await?;
-        let b = self.baseline(Kind::DurableIngest, Pace::Flat).await?;
+        let b = &b[0];
         self.rows.push(
             Row::new("ingest rate, 5 connectors", g.rate, "/s")
                 .against("durable ingest", b.rate)
@@ -479,8 +571,7 @@ impl Bench {
 
     async fn e2e(&mut self) -> anyhow::Result<()> {
         eprintln!("\nend to end (accepted → received), 1 connector");
-        let g = self.flat_one().await?;
-        let b = self.baseline(Kind::DurableRelay, Pace::Flat).await?;
+        let (g, _, b) = self.flat_one().await?;
         self.rows.push(
             Row::new("end-to-end rate", g.received_rate, "/s")
                 .against("durable relay", b.received_rate)
