@@ -175,15 +175,7 @@ impl Gateway {
             idle_timeout: app.config.server.idle_timeout,
             header_read_timeout: app.config.server.header_read_timeout,
             shutdown_grace: app.config.server.shutdown_grace,
-            // Enough for a client that writes its whole body before reading (urllib, curl)
-            // to finish a body many times over the limit and still read its 413; the time
-            // limits bound what a client that never stops can cost.
-            linger_bytes: app
-                .config
-                .server
-                .max_body_bytes
-                .saturating_mul(16)
-                .max(32 * 1024 * 1024),
+            linger_bytes: server::linger_bytes(app.config.server.max_body_bytes),
         };
         let tls = match &app.config.server.tls {
             Some(files) => Some(server::tls_acceptor(files)?),

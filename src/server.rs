@@ -26,7 +26,7 @@
 //! leaves the rest of the body in flight; closing at once makes the kernel answer it with a
 //! reset, and a client still writing (Python's urllib and requests) sees a broken pipe instead
 //! of the answer. So such a connection is half-closed and the rest of the body read and
-//! discarded, up to `linger_bytes` (16× the body limit, at least 32 MiB) and [`LINGER_TIME`] (or until the client pauses for
+//! discarded, up to [`linger_bytes`] and [`LINGER_TIME`] (or until the client pauses for
 //! [`LINGER_PAUSE`]), before it is closed (nginx's lingering close).
 
 use std::collections::HashMap;
@@ -123,6 +123,14 @@ pub const LINGER_TIME: Duration = Duration::from_secs(5);
 
 /// A lingering client that sends nothing for this long has stopped writing: close.
 pub const LINGER_PAUSE: Duration = Duration::from_secs(2);
+
+/// Bytes a connection reads and discards after an early answer, for a body limit of
+/// `max_body_bytes`: enough for a client that writes its whole body before reading (urllib,
+/// curl) to finish one many times over the limit and still read its 413; the time limits
+/// bound what a client that never stops can cost.
+pub fn linger_bytes(max_body_bytes: usize) -> usize {
+    max_body_bytes.saturating_mul(16).max(32 * 1024 * 1024)
+}
 
 /// The shortest wait a connection is allowed when the slots are full.
 const IDLE_FLOOR: Duration = Duration::from_secs(1);
