@@ -861,32 +861,6 @@ mod tests {
         }
     }
 
-    /// Pages of the database (cache hits and misses) the connection has read since the last
-    /// call: the work a statement did, whatever plan it ran.
-    fn pages_read(conn: &Connection) -> i64 {
-        let (mut hits, mut misses, mut high) = (0, 0, 0);
-        // SAFETY: the handle is the live connection's, used on this thread only; db_status
-        // reads counters into the given integers.
-        unsafe {
-            let db = conn.handle();
-            rusqlite::ffi::sqlite3_db_status(
-                db,
-                rusqlite::ffi::SQLITE_DBSTATUS_CACHE_HIT,
-                &mut hits,
-                &mut high,
-                1,
-            );
-            rusqlite::ffi::sqlite3_db_status(
-                db,
-                rusqlite::ffi::SQLITE_DBSTATUS_CACHE_MISS,
-                &mut misses,
-                &mut high,
-                1,
-            );
-        }
-        i64::from(hits) + i64::from(misses)
-    }
-
     /// What each queue step reads with `backlog` deliveries pending for a hanging connector
     /// and as many delivered: (lease, record, next due, queue one more).
     fn pages_per_step(backlog: usize) -> [i64; 4] {
@@ -903,13 +877,12 @@ mod tests {
             ));
         }
         db.exec("COMMIT");
-        let mut wanted =
-            db.deliver_one(incident("next").routed(&route("fast", "next", None)), 2_000);
+        let wanted = db.deliver_one(incident("next").routed(&route("fast", "next", None)), 2_000);
         pages_read(&db.conn);
 
         let leased = lease_due(&db.conn, 1, LEASE, &["hanging".into()], 3_000).unwrap();
         let lease_pages = pages_read(&db.conn);
-        assert_eq!(ids(&leased), [std::mem::take(&mut wanted).as_str()]);
+        assert_eq!(ids(&leased), [wanted.as_str()]);
         assert!(finish(
             &db,
             &leased[0],
@@ -950,31 +923,6 @@ mod tests {
                 "{step}: {s} pages with 1,000 pending, {l} with 100,000"
             );
         }
-    }
-
-    /// The statements of the connection SQLite prepared again after their first run, with
-    /// how often.
-    fn reprepared(conn: &Connection) -> Vec<(i32, String)> {
-        let mut found = Vec::new();
-        // SAFETY: walks the live connection's own statements on this thread; the SQL text
-        // is copied out before the next statement is visited.
-        unsafe {
-            let db = conn.handle();
-            let mut stmt = rusqlite::ffi::sqlite3_next_stmt(db, std::ptr::null_mut());
-            while !stmt.is_null() {
-                let times = rusqlite::ffi::sqlite3_stmt_status(
-                    stmt,
-                    rusqlite::ffi::SQLITE_STMTSTATUS_REPREPARE,
-                    0,
-                );
-                if times > 0 {
-                    let sql = std::ffi::CStr::from_ptr(rusqlite::ffi::sqlite3_sql(stmt));
-                    found.push((times, sql.to_string_lossy().into_owned()));
-                }
-                stmt = rusqlite::ffi::sqlite3_next_stmt(db, stmt);
-            }
-        }
-        found
     }
 
     /// SQLite re-plans a statement whose plan it made from a bound value each time that value

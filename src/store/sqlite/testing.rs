@@ -1,5 +1,6 @@
 //! Test fixtures for the SQLite backend's unit tests: a real database file in a temporary
-//! directory, incidents and routes, and a clock the test sets.
+//! directory, incidents and routes, and a clock the test sets; and what a connection did
+//! (its plans, the pages it read, the statements it planned again).
 
 use rusqlite::Connection;
 
@@ -110,4 +111,55 @@ pub fn plan(conn: &Connection, sql: &str) -> String {
     .collect::<Result<Vec<_>, _>>()
     .unwrap()
     .join("\n")
+}
+
+/// Pages of the database (cache hits and misses) the connection has read since the last
+/// call: the work a statement did, whatever plan it ran.
+pub fn pages_read(conn: &Connection) -> i64 {
+    let (mut hits, mut misses, mut high) = (0, 0, 0);
+    // SAFETY: the handle is the live connection's, used on this thread only; db_status
+    // reads counters into the given integers.
+    unsafe {
+        let db = conn.handle();
+        rusqlite::ffi::sqlite3_db_status(
+            db,
+            rusqlite::ffi::SQLITE_DBSTATUS_CACHE_HIT,
+            &mut hits,
+            &mut high,
+            1,
+        );
+        rusqlite::ffi::sqlite3_db_status(
+            db,
+            rusqlite::ffi::SQLITE_DBSTATUS_CACHE_MISS,
+            &mut misses,
+            &mut high,
+            1,
+        );
+    }
+    i64::from(hits) + i64::from(misses)
+}
+
+/// The statements of the connection SQLite prepared again after their first run, with
+/// how often.
+pub fn reprepared(conn: &Connection) -> Vec<(i32, String)> {
+    let mut found = Vec::new();
+    // SAFETY: walks the live connection's own statements on this thread; the SQL text
+    // is copied out before the next statement is visited.
+    unsafe {
+        let db = conn.handle();
+        let mut stmt = rusqlite::ffi::sqlite3_next_stmt(db, std::ptr::null_mut());
+        while !stmt.is_null() {
+            let times = rusqlite::ffi::sqlite3_stmt_status(
+                stmt,
+                rusqlite::ffi::SQLITE_STMTSTATUS_REPREPARE,
+                0,
+            );
+            if times > 0 {
+                let sql = std::ffi::CStr::from_ptr(rusqlite::ffi::sqlite3_sql(stmt));
+                found.push((times, sql.to_string_lossy().into_owned()));
+            }
+            stmt = rusqlite::ffi::sqlite3_next_stmt(db, stmt);
+        }
+    }
+    found
 }
