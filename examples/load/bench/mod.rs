@@ -485,21 +485,19 @@ impl Bench {
 
     /// The run of median rate among `runs`, labelled `label`, with the median received rate;
     /// its errors are those of every round.
-    fn median(&self, label: &str, runs: Vec<RunResult>) -> RunResult {
-        let middle = |mut values: Vec<f64>| {
-            values.sort_by(f64::total_cmp);
-            values.get(values.len() / 2).copied().unwrap_or(0.0)
-        };
-        let mut by_rate = runs.clone();
-        by_rate.sort_by(|a, b| a.rate.total_cmp(&b.rate));
-        let mut m = by_rate[by_rate.len() / 2].clone();
+    fn median(&self, label: &str, mut runs: Vec<RunResult>) -> RunResult {
+        let rounds = runs.len();
+        let errors = runs.iter().map(|r| r.errors).sum();
+        runs.sort_by(|a, b| a.received_rate.total_cmp(&b.received_rate));
+        let received_rate = runs[rounds / 2].received_rate;
+        runs.sort_by(|a, b| a.rate.total_cmp(&b.rate));
+        let mut m = runs.swap_remove(rounds / 2);
         m.label = format!(
-            "{label} · {}, median of {} rounds",
-            self.pace_label(Pace::Flat),
-            runs.len()
+            "{label} · {}, median of {rounds} rounds",
+            self.pace_label(Pace::Flat)
         );
-        m.received_rate = middle(runs.iter().map(|r| r.received_rate).collect());
-        m.errors = runs.iter().map(|r| r.errors).sum();
+        m.received_rate = received_rate;
+        m.errors = errors;
         eprintln!("  {}", m.summary());
         m
     }
