@@ -102,10 +102,8 @@ fn finish(router: Router<Arc<App>>, app: Arc<App>) -> Router {
         .with_state(app)
 }
 
-pub fn open_store(config: &Config) -> Result<Store, Error> {
-    match &config.storage {
-        crate::store::StorageConfig::Sqlite { path } => Ok(Store::open_sqlite(path)?),
-    }
+pub async fn open_store(config: &Config) -> Result<Store, Error> {
+    Ok(Store::open(&config.storage).await?)
 }
 
 impl Gateway {
@@ -117,7 +115,7 @@ impl Gateway {
             &config.connectors,
         )?);
         let schema = IncidentSchema::shipped()?;
-        let store = open_store(&config)?;
+        let store = open_store(&config).await?;
         let tracked: Vec<String> = config
             .connectors
             .iter()

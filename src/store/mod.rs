@@ -5,7 +5,8 @@
 //! delivery workers lease and record), [`Tickets`] (completion and resolve) and [`Views`]
 //! (what the admin API shows). A backend implements all four ([`Backend`]); callers hold a
 //! [`Store`], one cheap-to-clone handle over whichever backend the configuration chose.
-//! [`sqlite`] is the backend today (one process per file, group commit).
+//! [`sqlite`] is the embedded default (one process per file, group commit); [`postgres`] lets
+//! several gateway processes share one database. The rules both follow are in [`rules`].
 //!
 //! Every write resolves only after its commit, which is what lets ingress answer 202 only for
 //! what survives `kill -9`.
@@ -18,12 +19,36 @@ use serde::Serialize;
 
 use crate::model::{AttemptOutcome, Completion, Event, TicketFacts};
 
+/// The ordering rule, in one place (SQL shared by both backends): delivery `d` waits behind an earlier delivery `e` of the
+/// same connector and order key (the ticket) that is pending, or is a dead `created` (its
+/// ticket does not exist yet). Used to lease, to find the next due time, and to show
+/// `waiting_for`.
+macro_rules! waits_behind {
+    () => {
+        "e.connector = d.connector AND e.order_key = d.order_key AND e.seq < d.seq \
+         AND (e.status = 'pending' OR (e.status = 'dead' AND e.event = 'created'))"
+    };
+}
+
+/// A delivery that holds its line (the unqualified form of the rule above, written as the
+/// `deliveries_blocking` index's condition so that SQLite uses the index).
+macro_rules! blocking {
+    () => {
+        "(status = 'pending' OR (status = 'dead' AND event = 'created'))"
+    };
+}
+
+pub mod postgres;
+pub mod rules;
 pub mod sqlite;
+
+pub use postgres::PostgresConfig;
 
 /// `[storage]`: where the store keeps its data. `config` builds it.
 #[derive(Debug, Clone)]
 pub enum StorageConfig {
     Sqlite { path: PathBuf },
+    Postgres(PostgresConfig),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +93,41 @@ pub enum StoreError {
     Read(#[from] tokio::task::JoinError),
     #[error("store: the writer has stopped")]
     Closed,
+    #[error("store: PostgreSQL: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    /// No connection to PostgreSQL (it is down, or every connection is busy past the
+    /// connect timeout).
+    #[error("store: no PostgreSQL connection: {0}")]
+    Pool(String),
+    #[error("store: storage.url is not a PostgreSQL connection URL")]
+    BadUrl,
+    #[error(
+        "store: the database's schema is version {found}, newer than this gateway knows ({known}): run a gateway at least as new as the one that migrated it"
+    )]
+    SchemaTooNew { found: i32, known: i32 },
+    /// A row the store had just written was not there to read back.
+    #[error("store: {0} was not returned by the database")]
+    Missing(&'static str),
+}
+
+impl From<deadpool_postgres::PoolError> for StoreError {
+    fn from(e: deadpool_postgres::PoolError) -> StoreError {
+        StoreError::Pool(e.to_string())
+    }
+}
+
+impl StoreError {
+    /// Whether running the whole transaction again may succeed: PostgreSQL aborted it to break
+    /// a deadlock, or for a serialization failure.
+    pub fn is_retryable(&self) -> bool {
+        let StoreError::Postgres(e) = self else {
+            return false;
+        };
+        e.code().is_some_and(|code| {
+            *code == tokio_postgres::error::SqlState::T_R_DEADLOCK_DETECTED
+                || *code == tokio_postgres::error::SqlState::T_R_SERIALIZATION_FAILURE
+        })
+    }
 }
 
 /// An incident ready to store: validated, serialized, routed.
@@ -430,10 +490,16 @@ pub trait Views: Send + Sync {
     async fn delivery(&self, delivery_id: String) -> Result<Option<DeliveryView>, StoreError>;
 }
 
-/// A whole store: what a backend implements.
-pub trait Backend: Ingest + Queue + Tickets + Views {}
+/// Whether the store answers (`/readyz`).
+#[async_trait]
+pub trait Health: Send + Sync {
+    async fn ready(&self) -> Result<(), StoreError>;
+}
 
-impl<T: Ingest + Queue + Tickets + Views> Backend for T {}
+/// A whole store: what a backend implements.
+pub trait Backend: Ingest + Queue + Tickets + Views + Health {}
+
+impl<T: Ingest + Queue + Tickets + Views + Health> Backend for T {}
 
 /// The handle callers hold: cheap to clone, whatever the backend.
 #[derive(Clone)]
@@ -449,6 +515,26 @@ impl Store {
     /// Opens (creating if needed) the SQLite store at `path`.
     pub fn open_sqlite(path: &Path) -> Result<Store, StoreError> {
         Ok(Store::new(Arc::new(sqlite::Sqlite::open(path)?)))
+    }
+
+    /// Connects to PostgreSQL and brings its schema up to date.
+    pub async fn open_postgres(config: &PostgresConfig) -> Result<Store, StoreError> {
+        Ok(Store::new(Arc::new(
+            postgres::Postgres::open(config).await?,
+        )))
+    }
+
+    /// Opens the store `config` names.
+    pub async fn open(config: &StorageConfig) -> Result<Store, StoreError> {
+        match config {
+            StorageConfig::Sqlite { path } => Store::open_sqlite(path),
+            StorageConfig::Postgres(pg) => Store::open_postgres(pg).await,
+        }
+    }
+
+    /// See [`Health::ready`].
+    pub async fn ready(&self) -> Result<(), StoreError> {
+        self.backend.ready().await
     }
 
     /// See [`Queue::recover`].

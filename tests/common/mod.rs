@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod cli;
+pub mod pg;
 pub mod smtp;
 
 // Not every test runs the binary's commands.

@@ -6,7 +6,8 @@ use async_trait::async_trait;
 use rusqlite::{Connection, params};
 
 use super::{Sqlite, optional_row, queue, tickets};
-use crate::model::{Event, REPLAY_WINDOW, now_ms};
+use crate::model::{Event, now_ms};
+use crate::store::rules::{StoredIncident, replay_window_ms, version_status};
 use crate::store::{
     DeliveryRef, Ingest, IngestOutcome, IngestStatus, Ingested, NewIncident, StoreError,
 };
@@ -14,10 +15,6 @@ use crate::store::{
 /// Expired ids deleted per claim: each claim adds one row and may delete this many, so the
 /// table stays about the size of one window's traffic at a bounded cost per request.
 const PRUNE_PER_CLAIM: i64 = 64;
-
-pub(super) fn replay_window_ms() -> i64 {
-    i64::try_from(REPLAY_WINDOW.as_millis()).unwrap_or(i64::MAX)
-}
 
 #[async_trait]
 impl Ingest for Sqlite {
@@ -112,21 +109,13 @@ fn claim_webhook_id(
     Ok(claimed == 1)
 }
 
-from_row! {
-    /// What the store holds of an incident, to judge a new version by.
-    #[derive(Debug, Clone, PartialEq)]
-    pub(super) struct StoredIncident {
-        pub update_time: Option<f64>,
-        pub body_hash: String,
-        pub status: String,
-    }
-}
-
-impl StoredIncident {
-    /// Completion through the back channel is final: a later version is kept (the admin API
-    /// shows it) but opens and updates no ticket.
-    fn completed(&self) -> bool {
-        self.status == "completed"
+impl super::FromRow for StoredIncident {
+    fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+        Ok(StoredIncident {
+            update_time: r.get("update_time")?,
+            body_hash: r.get("body_hash")?,
+            status: r.get("status")?,
+        })
     }
 }
 
@@ -139,34 +128,6 @@ fn stored_incident(
         "SELECT update_time, body_hash, status FROM incidents WHERE incident_id = ?1",
         [incident_id],
     )
-}
-
-/// The duplicate rule: whether `inc` is a new incident, a newer version of `stored`, or
-/// nothing new. `seen_before` is asked only when arrival order must decide (no `updateTime`
-/// on either side, and a body other than the stored one).
-pub(super) fn version_status(
-    stored: Option<&StoredIncident>,
-    inc: &NewIncident,
-    seen_before: impl FnOnce() -> Result<bool, StoreError>,
-) -> Result<IngestStatus, StoreError> {
-    let Some(stored) = stored else {
-        return Ok(IngestStatus::Accepted);
-    };
-    Ok(match (stored.update_time, inc.update_time) {
-        // A version replaces the stored one only when it says it is newer.
-        (Some(old), Some(new)) if new > old => IngestStatus::Updated,
-        (Some(_), Some(_)) => IngestStatus::Duplicate,
-        // Without a time it cannot show it is newer than one with a time: never applied, so a
-        // captured or delayed old version cannot roll the incident back.
-        (Some(_), None) => IngestStatus::Duplicate,
-        // The first time given is newer than none.
-        (None, Some(_)) => IngestStatus::Updated,
-        // Without updateTime on both sides, arrival order decides: a change is an update,
-        // unless it is a version seen before (a late retry of an older one).
-        (None, None) if stored.body_hash == inc.body_hash => IngestStatus::Duplicate,
-        (None, None) if seen_before()? => IngestStatus::Duplicate,
-        (None, None) => IngestStatus::Updated,
-    })
 }
 
 /// Whether `inc`'s body is one of its incident's earlier versions.
@@ -419,47 +380,6 @@ mod tests {
             assert_eq!(db.ingest_one(inc, now).status, want, "version {body}");
         }
         assert_eq!(db.count("incident_versions"), 2);
-    }
-
-    #[test]
-    fn the_duplicate_rule_asks_history_only_when_arrival_order_decides() {
-        let stored = |t: Option<f64>| StoredIncident {
-            update_time: t,
-            body_hash: "h1".into(),
-            status: "open".into(),
-        };
-        let new = |t: Option<f64>, hash: &str| NewIncident {
-            body_hash: hash.into(),
-            ..incident_with("A", t, "x")
-        };
-        let never = || -> Result<bool, StoreError> { panic!("history asked") };
-        let status = |s: Option<&StoredIncident>, n: &NewIncident, seen: bool| {
-            version_status(s, n, || Ok(seen)).unwrap()
-        };
-        assert_eq!(
-            version_status(None, &new(None, "h1"), never).unwrap(),
-            IngestStatus::Accepted
-        );
-        assert_eq!(
-            version_status(Some(&stored(None)), &new(None, "h1"), never).unwrap(),
-            IngestStatus::Duplicate
-        );
-        assert_eq!(
-            status(Some(&stored(None)), &new(None, "h2"), true),
-            IngestStatus::Duplicate
-        );
-        assert_eq!(
-            status(Some(&stored(None)), &new(None, "h2"), false),
-            IngestStatus::Updated
-        );
-        assert_eq!(
-            version_status(Some(&stored(None)), &new(Some(1.0), "h1"), never).unwrap(),
-            IngestStatus::Updated
-        );
-        assert_eq!(
-            version_status(Some(&stored(Some(2.0))), &new(Some(1.0), "h2"), never).unwrap(),
-            IngestStatus::Duplicate
-        );
     }
 
     #[test]

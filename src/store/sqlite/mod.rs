@@ -11,26 +11,7 @@ use rusqlite::config::DbConfig;
 use rusqlite::{Connection, Params, Row};
 
 use crate::model::{Completion, TicketFacts, rfc3339};
-use crate::store::StoreError;
-
-/// The ordering rule, in one place: delivery `d` waits behind an earlier delivery `e` of the
-/// same connector and order key (the ticket) that is pending, or is a dead `created` (its
-/// ticket does not exist yet). Used to lease, to find the next due time, and to show
-/// `waiting_for`.
-macro_rules! waits_behind {
-    () => {
-        "e.connector = d.connector AND e.order_key = d.order_key AND e.seq < d.seq \
-         AND (e.status = 'pending' OR (e.status = 'dead' AND e.event = 'created'))"
-    };
-}
-
-/// A delivery that holds its line (the unqualified form of the rule above, written as the
-/// `deliveries_blocking` index's condition so that SQLite uses the index).
-macro_rules! blocking {
-    () => {
-        "(status = 'pending' OR (status = 'dead' AND event = 'created'))"
-    };
-}
+use crate::store::{Health, StoreError};
 
 /// Declares a struct and its [`FromRow`]: each field read from the column of its own name, so
 /// a struct that is just the columns of a SELECT lists them once. (Structs whose fields are
@@ -386,5 +367,14 @@ impl Sqlite {
             f(&conn)
         })
         .await?
+    }
+}
+
+#[async_trait::async_trait]
+impl Health for Sqlite {
+    /// The file answers a read (the writer's health shows in every write's answer).
+    async fn ready(&self) -> Result<(), StoreError> {
+        self.read(|conn| Ok(conn.query_row("SELECT 1", [], |_| Ok(()))?))
+            .await
     }
 }

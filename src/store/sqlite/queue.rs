@@ -7,9 +7,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{Sqlite, completion_of, json_list, optional_row, rows};
 use crate::model::{DeliveryStatus, Event, TicketFacts, now_ms};
-use crate::store::{
-    AttemptRecord, Attempted, Lease, LeasedDelivery, NextStep, Queue, ReplayOutcome, StoreError,
-};
+use crate::store::rules::{INTERRUPTED_CREATED, UNREADABLE_DELIVERY, order_key, transition};
+use crate::store::{Attempted, Lease, LeasedDelivery, Queue, ReplayOutcome, StoreError};
 
 #[async_trait]
 impl Queue for Sqlite {
@@ -69,15 +68,6 @@ pub(super) struct NewDelivery<'a> {
     pub connector: &'a str,
     pub event: Event,
     pub ticket_seq: Option<i64>,
-}
-
-/// The line a delivery waits in: deliveries of one ticket share an order key and go one at a
-/// time, in the order they were queued; without a ticket, the incident orders them.
-pub(super) fn order_key(incident_id: &str, ticket_seq: Option<i64>) -> String {
-    match ticket_seq {
-        Some(seq) => format!("ticket:{seq}"),
-        None => format!("incident:{incident_id}"),
-    }
 }
 
 /// A new delivery, ready when nothing of its line holds it back (an index seek).
@@ -211,10 +201,9 @@ pub(super) fn lease_due(
         let (Some(version), Some(event)) = (version, Event::parse(&due.event)) else {
             // A row this version cannot read must not stop every other delivery.
             conn.execute(
-                "UPDATE deliveries SET status = 'dead', ready = 0, updated_ms = ?2,
-                        last_error = 'stored delivery is unreadable (missing incident version or unknown event)'
+                "UPDATE deliveries SET status = 'dead', ready = 0, updated_ms = ?2, last_error = ?3
                  WHERE seq = ?1",
-                params![due.seq, now],
+                params![due.seq, now, UNREADABLE_DELIVERY],
             )?;
             promote_head(conn, &due.connector, &due.order_key)?;
             continue;
@@ -248,41 +237,6 @@ pub(super) fn lease_due(
         });
     }
     Ok(leased)
-}
-
-/// Where an attempt leaves its delivery.
-#[derive(Debug, Clone, PartialEq)]
-pub(super) struct Transition {
-    pub status: DeliveryStatus,
-    /// When it is due again (0 once it is no longer pending).
-    pub next_attempt_ms: i64,
-    /// What the admin sees as the delivery's last error.
-    pub last_error: Option<String>,
-}
-
-/// The delivery's state after an attempt that ended in `next`: a retry keeps the attempt's
-/// error (or its HTTP status), a dead delivery the reason it was given up on.
-pub(super) fn transition(record: &AttemptRecord, next: &NextStep) -> Transition {
-    match next {
-        NextStep::Delivered => Transition {
-            status: DeliveryStatus::Delivered,
-            next_attempt_ms: 0,
-            last_error: None,
-        },
-        NextStep::RetryAt { at_ms } => Transition {
-            status: DeliveryStatus::Pending,
-            next_attempt_ms: *at_ms,
-            last_error: record
-                .error
-                .clone()
-                .or_else(|| record.status_code.map(|c| format!("HTTP {c}"))),
-        },
-        NextStep::Dead { reason } => Transition {
-            status: DeliveryStatus::Dead,
-            next_attempt_ms: 0,
-            last_error: Some(reason.clone()),
-        },
-    }
 }
 
 /// [`Queue::record_attempt`] at `now`: `false` (and nothing written) unless `lease` is still
@@ -447,10 +401,10 @@ pub(super) fn replay(
 fn recover(conn: &Connection, tracked: &[String], now: i64) -> Result<usize, StoreError> {
     let parked = conn.execute(
         "UPDATE deliveries SET status = 'dead', ready = 0, lease_until_ms = 0, lease_token = NULL, updated_ms = ?2,
-                last_error = 'interrupted: the gateway stopped while this created request was being sent, so the target may already have opened the ticket. Look there, then POST /v1/deliveries/{id}/resolve with its ticket_id, or replay to send it again'
+                last_error = ?3
          WHERE lease_until_ms > 0 AND status = 'pending' AND event = 'created'
            AND connector IN (SELECT value FROM json_each(?1))",
-        params![json_list(tracked), now],
+        params![json_list(tracked), now, INTERRUPTED_CREATED],
     )?;
     conn.execute(
         "UPDATE deliveries SET lease_until_ms = 0, lease_token = NULL, due_ms = next_attempt_ms
@@ -465,7 +419,7 @@ mod tests {
     use super::super::testing::*;
     use super::*;
     use crate::model::AttemptOutcome;
-    use crate::store::Store;
+    use crate::store::{AttemptRecord, NextStep, Store};
 
     const LEASE: i64 = 30_000;
 
@@ -780,43 +734,6 @@ mod tests {
     }
 
     #[test]
-    fn an_attempt_moves_its_delivery_as_its_next_step_says() {
-        let mut r = record(1, AttemptOutcome::Retry);
-        assert_eq!(
-            transition(&r, &NextStep::RetryAt { at_ms: 7 }),
-            Transition {
-                status: DeliveryStatus::Pending,
-                next_attempt_ms: 7,
-                last_error: Some("HTTP 500".into())
-            }
-        );
-        r.error = Some("connection refused".into());
-        assert_eq!(
-            transition(&r, &NextStep::RetryAt { at_ms: 7 })
-                .last_error
-                .as_deref(),
-            Some("connection refused")
-        );
-        assert_eq!(
-            transition(
-                &r,
-                &NextStep::Dead {
-                    reason: "gone".into()
-                }
-            ),
-            Transition {
-                status: DeliveryStatus::Dead,
-                next_attempt_ms: 0,
-                last_error: Some("gone".into())
-            }
-        );
-        assert_eq!(
-            transition(&r, &NextStep::Delivered).status,
-            DeliveryStatus::Delivered
-        );
-    }
-
-    #[test]
     fn recovery_parks_interrupted_created_requests_of_tracked_connectors() {
         let db = TestDb::new();
         let jira = db.deliver_one(incident("A").routed(&route("jira", "k", None)), 1_000);
@@ -946,11 +863,5 @@ mod tests {
             assert!(next_due_ms(&db.conn, &["other".into()]).unwrap().is_some());
         }
         assert_eq!(reprepared(&db.conn), [], "statements planned again");
-    }
-
-    #[test]
-    fn order_keys_are_per_ticket_else_per_incident() {
-        assert_eq!(order_key("A", Some(7)), "ticket:7");
-        assert_eq!(order_key("A", None), "incident:A");
     }
 }

@@ -7,6 +7,10 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{Sqlite, optional_row, queue, rows};
 use crate::model::{Event, now_ms, rfc3339};
+use crate::store::rules::{
+    Attached, OpenTicket, RESOLVED_BY_ADMIN, completion_new, completion_old, completion_targets,
+    resolvable_ticket, window_until,
+};
 use crate::store::{
     Caller, CompleteOutcome, Completing, DeliveryRef, ResolveOutcome, Route, StoreError, Tickets,
 };
@@ -35,20 +39,6 @@ impl Tickets for Sqlite {
         })
         .await
     }
-}
-
-/// The ticket an incident joined for one connector, and the event that tells its target.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Attached {
-    pub ticket_seq: i64,
-    /// `created` for a ticket's first delivery, `updated` for every later one.
-    pub event: Event,
-}
-
-/// Until when a ticket opened at `now` takes more incidents: `None` (no aggregation window)
-/// means until it is completed.
-pub(super) fn window_until(now: i64, aggregate_for_ms: Option<i64>) -> Option<i64> {
-    aggregate_for_ms.map(|ms| now.saturating_add(ms))
 }
 
 /// The open ticket of `connector` an incident is on. The incident's own rows of
@@ -145,42 +135,13 @@ from_row! {
     }
 }
 
-from_row! {
-    /// An open ticket an incident is on.
-    #[derive(Debug, Clone, PartialEq, Eq)]
-    pub(super) struct OpenTicket {
-        pub ticket_seq: i64,
-        pub connector: String,
+impl super::FromRow for OpenTicket {
+    fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+        Ok(OpenTicket {
+            ticket_seq: r.get("ticket_seq")?,
+            connector: r.get("connector")?,
+        })
     }
-}
-
-/// Where one `completed` goes: a connector, and the ticket it closes (none for an upstream
-/// connector, which hears of the incident itself).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct CompletedTo {
-    pub connector: String,
-    pub ticket_seq: Option<i64>,
-}
-
-/// Who hears of a completion: each open ticket's connector, then each upstream connector,
-/// but none in `skipping`.
-pub(super) fn completion_targets(
-    tickets: &[OpenTicket],
-    upstream: &[String],
-    skipping: &[String],
-) -> Vec<CompletedTo> {
-    let on_tickets = tickets.iter().map(|t| CompletedTo {
-        connector: t.connector.clone(),
-        ticket_seq: Some(t.ticket_seq),
-    });
-    let upstream = upstream.iter().map(|c| CompletedTo {
-        connector: c.clone(),
-        ticket_seq: None,
-    });
-    on_tickets
-        .chain(upstream)
-        .filter(|to| !skipping.contains(&to.connector))
-        .collect()
 }
 
 /// A token completes only what its holder has: a source its own incidents, a connector's
@@ -264,16 +225,8 @@ pub(super) fn complete(
         });
     }
     Ok(CompleteOutcome::Completed {
-        old: serde_json::json!({
-            "status": "open",
-            "status_change_time": rfc3339(state.status_change_ms),
-        }),
-        new: serde_json::json!({
-            "notes": request.notes,
-            "reason_code": request.reason_code,
-            "status": "completed",
-            "status_change_time": rfc3339(now),
-        }),
+        old: completion_old(state.status_change_ms),
+        new: completion_new(request, now),
         deliveries,
     })
 }
@@ -284,15 +237,6 @@ from_row! {
         status: String,
         event: String,
         ticket_seq: Option<i64>,
-    }
-}
-
-impl DeliveryKind {
-    /// The ticket a resolve names the id of: only a dead `created` can be resolved (it is the
-    /// one whose ticket may exist in the target without the gateway knowing its id).
-    fn resolvable_ticket(&self) -> Option<i64> {
-        self.ticket_seq
-            .filter(|_| self.status == "dead" && self.event == "created")
     }
 }
 
@@ -312,7 +256,7 @@ pub(super) fn resolve(
     let Some(kind) = kind else {
         return Ok(ResolveOutcome::NotFound);
     };
-    let Some(ticket_seq) = kind.resolvable_ticket() else {
+    let Some(ticket_seq) = resolvable_ticket(&kind.status, &kind.event, kind.ticket_seq) else {
         return Ok(ResolveOutcome::NotApplicable(format!(
             "only a dead created delivery can be resolved; this one is a {} {}",
             kind.status, kind.event
@@ -320,11 +264,10 @@ pub(super) fn resolve(
     };
     let line: Option<queue::Line> = optional_row(
         conn,
-        "UPDATE deliveries SET status = 'delivered', ready = 0, updated_ms = ?2,
-                last_error = 'resolved by an admin: the ticket exists in the target'
+        "UPDATE deliveries SET status = 'delivered', ready = 0, updated_ms = ?2, last_error = ?3
          WHERE delivery_id = ?1
          RETURNING connector, order_key",
-        params![delivery_id, now],
+        params![delivery_id, now, RESOLVED_BY_ADMIN],
     )?;
     // The created no longer holds its ticket's line: the updates behind it may go.
     if let Some(line) = line {
@@ -459,13 +402,6 @@ mod tests {
     }
 
     #[test]
-    fn the_window_is_counted_from_the_ticket_opening() {
-        assert_eq!(window_until(1_000, Some(500)), Some(1_500));
-        assert_eq!(window_until(1_000, None), None);
-        assert_eq!(window_until(i64::MAX - 1, Some(10)), Some(i64::MAX));
-    }
-
-    #[test]
     fn completion_closes_the_tickets_and_queues_completed_to_their_connectors() {
         let db = TestDb::new();
         let jira = route("jira", "k", None);
@@ -583,34 +519,6 @@ mod tests {
         let jira = Caller::Connector("jira".into());
         let done = complete(&db.conn, &completing("A", &jira, &none, &none), 2_000).unwrap();
         assert!(matches!(done, CompleteOutcome::Completed { .. }));
-    }
-
-    #[test]
-    fn completion_targets_skip_what_is_skipped() {
-        let tickets = [
-            OpenTicket {
-                ticket_seq: 1,
-                connector: "jira".into(),
-            },
-            OpenTicket {
-                ticket_seq: 2,
-                connector: "chat".into(),
-            },
-        ];
-        let to = completion_targets(&tickets, &["up".into()], &["chat".into()]);
-        assert_eq!(
-            to,
-            [
-                CompletedTo {
-                    connector: "jira".into(),
-                    ticket_seq: Some(1)
-                },
-                CompletedTo {
-                    connector: "up".into(),
-                    ticket_seq: None
-                }
-            ]
-        );
     }
 
     #[test]

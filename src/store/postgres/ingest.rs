@@ -1,0 +1,241 @@
+//! Incidents in, on PostgreSQL: the webhook-id claim, the duplicate rule under the incident's
+//! lock, a version stored, and its tickets and deliveries ([`super::tickets`],
+//! [`super::queue`]).
+
+use async_trait::async_trait;
+use deadpool_postgres::Transaction;
+
+use super::{Postgres, execute, lock_incident, query_opt, queue, tickets};
+use crate::model::{Event, now_ms};
+use crate::store::rules::{StoredIncident, needs_history, replay_window_ms, version_status};
+use crate::store::{
+    DeliveryRef, Ingest, IngestOutcome, IngestStatus, Ingested, NewIncident, StoreError,
+};
+
+/// Expired ids deleted per claim (as on SQLite).
+const PRUNE_PER_CLAIM: i64 = 64;
+
+#[async_trait]
+impl Ingest for Postgres {
+    async fn ingest(
+        &self,
+        source: String,
+        webhook_id: Option<String>,
+        batch: Vec<NewIncident>,
+    ) -> Result<Ingested, StoreError> {
+        transaction!(self, |tx| {
+            ingest(&tx, &source, webhook_id.as_deref(), &batch, now_ms()).await
+        })
+    }
+
+    async fn webhook_id_seen(
+        &self,
+        sources: Vec<String>,
+        webhook_id: String,
+    ) -> Result<bool, StoreError> {
+        if sources.is_empty() {
+            return Ok(false);
+        }
+        let since = now_ms().saturating_sub(replay_window_ms());
+        let client = self.pool.get().await?;
+        let statement = client
+            .prepare_cached(
+                "SELECT COUNT(*) FROM seen_webhooks
+                 WHERE source = ANY($1) AND webhook_id = $2 AND seen_ms >= $3",
+            )
+            .await?;
+        let seen: i64 = client
+            .query_one(&statement, &[&sources, &webhook_id, &since])
+            .await?
+            .try_get(0)?;
+        let mut distinct = sources;
+        distinct.sort();
+        distinct.dedup();
+        Ok(usize::try_from(seen).unwrap_or(0) == distinct.len())
+    }
+}
+
+async fn ingest(
+    tx: &Transaction<'_>,
+    source: &str,
+    webhook_id: Option<&str>,
+    batch: &[NewIncident],
+    now: i64,
+) -> Result<Ingested, StoreError> {
+    if let Some(id) = webhook_id
+        && !claim_webhook_id(tx, source, id, now).await?
+    {
+        return Ok(Ingested::Replay);
+    }
+    let mut outcomes = Vec::with_capacity(batch.len());
+    for inc in batch {
+        outcomes.push(ingest_one(tx, source, inc, now).await?);
+    }
+    Ok(Ingested::Stored(outcomes))
+}
+
+/// Claims (`source`, `id`): `false` when it is held and not expired. The primary key decides:
+/// a second gateway inserting the same id waits for the first to commit, then finds it held.
+async fn claim_webhook_id(
+    tx: &Transaction<'_>,
+    source: &str,
+    id: &str,
+    now: i64,
+) -> Result<bool, StoreError> {
+    let expired_before = now.saturating_sub(replay_window_ms());
+    // Bounded, through the index, and never waiting on another gateway's prune.
+    execute(
+        tx,
+        "DELETE FROM seen_webhooks WHERE ctid IN
+            (SELECT ctid FROM seen_webhooks WHERE seen_ms < $1 ORDER BY seen_ms LIMIT $2
+             FOR UPDATE SKIP LOCKED)",
+        &[&expired_before, &PRUNE_PER_CLAIM],
+    )
+    .await?;
+    let claimed = execute(
+        tx,
+        "INSERT INTO seen_webhooks (source, webhook_id, seen_ms) VALUES ($1, $2, $3)
+         ON CONFLICT (source, webhook_id) DO UPDATE SET seen_ms = excluded.seen_ms
+         WHERE seen_webhooks.seen_ms < $4",
+        &[&source, &id, &now, &expired_before],
+    )
+    .await?;
+    Ok(claimed == 1)
+}
+
+async fn stored_incident(
+    tx: &Transaction<'_>,
+    incident_id: &str,
+) -> Result<Option<StoredIncident>, StoreError> {
+    let Some(row) = query_opt(
+        tx,
+        "SELECT update_time, body_hash, status FROM incidents WHERE incident_id = $1",
+        &[&incident_id],
+    )
+    .await?
+    else {
+        return Ok(None);
+    };
+    Ok(Some(StoredIncident {
+        update_time: row.try_get("update_time")?,
+        body_hash: row.try_get("body_hash")?,
+        status: row.try_get("status")?,
+    }))
+}
+
+/// Whether `inc`'s body is one of its incident's earlier versions.
+async fn seen_before(tx: &Transaction<'_>, inc: &NewIncident) -> Result<bool, StoreError> {
+    Ok(query_opt(
+        tx,
+        "SELECT 1 FROM incident_versions WHERE incident_id = $1 AND body = $2 LIMIT 1",
+        &[&inc.incident_id, &inc.body],
+    )
+    .await?
+    .is_some())
+}
+
+/// Stores `inc` as its incident's current version (creating the incident if it is new);
+/// returns the version's id.
+async fn store_version(
+    tx: &Transaction<'_>,
+    source: &str,
+    inc: &NewIncident,
+    is_new: bool,
+    now: i64,
+) -> Result<i64, StoreError> {
+    let version_id: i64 = query_opt(
+        tx,
+        "INSERT INTO incident_versions (incident_id, body, received_ms) VALUES ($1, $2, $3)
+         RETURNING version_id",
+        &[&inc.incident_id, &inc.body, &now],
+    )
+    .await?
+    .ok_or(StoreError::Missing("incident version"))?
+    .try_get(0)?;
+    if is_new {
+        execute(
+            tx,
+            "INSERT INTO incidents (incident_id, source, update_time, body_hash, version_id, versions,
+                                    status, status_change_ms, received_ms, updated_ms)
+             VALUES ($1, $2, $3, $4, $5, 1, 'open', $6, $6, $6)",
+            &[
+                &inc.incident_id,
+                &source,
+                &inc.update_time,
+                &inc.body_hash,
+                &version_id,
+                &now,
+            ],
+        )
+        .await?;
+    } else {
+        execute(
+            tx,
+            "UPDATE incidents SET update_time = $2, body_hash = $3, version_id = $4,
+                    versions = versions + 1, updated_ms = $5
+             WHERE incident_id = $1",
+            &[
+                &inc.incident_id,
+                &inc.update_time,
+                &inc.body_hash,
+                &version_id,
+                &now,
+            ],
+        )
+        .await?;
+    }
+    Ok(version_id)
+}
+
+async fn ingest_one(
+    tx: &Transaction<'_>,
+    source: &str,
+    inc: &NewIncident,
+    now: i64,
+) -> Result<IngestOutcome, StoreError> {
+    // Another gateway storing the same incident waits here, then sees this one's version.
+    lock_incident(tx, &inc.incident_id).await?;
+    let stored = stored_incident(tx, &inc.incident_id).await?;
+    let seen = needs_history(stored.as_ref(), inc) && seen_before(tx, inc).await?;
+    let status = version_status(stored.as_ref(), inc, || Ok(seen))?;
+    if status == IngestStatus::Duplicate {
+        return Ok(IngestOutcome {
+            incident_id: inc.incident_id.clone(),
+            status,
+            deliveries: vec![],
+        });
+    }
+    let version_id = store_version(tx, source, inc, stored.is_none(), now).await?;
+    let completed = stored.as_ref().is_some_and(StoredIncident::completed);
+    let routes = if completed { &[][..] } else { &inc.routes[..] };
+    let mut deliveries = Vec::with_capacity(routes.len());
+    for route in routes {
+        let attached =
+            tickets::attach_to_ticket(tx, &inc.incident_id, stored.is_none(), route, now).await?;
+        if attached.event == Event::Updated && !route.sends_updated {
+            continue;
+        }
+        let id = queue::insert_delivery(
+            tx,
+            &queue::NewDelivery {
+                incident_id: &inc.incident_id,
+                version_id,
+                connector: &route.connector,
+                event: attached.event,
+                ticket_seq: Some(attached.ticket_seq),
+            },
+            now,
+        )
+        .await?;
+        deliveries.push(DeliveryRef {
+            id,
+            connector: route.connector.clone(),
+            event: attached.event,
+        });
+    }
+    Ok(IngestOutcome {
+        incident_id: inc.incident_id.clone(),
+        status,
+        deliveries,
+    })
+}

@@ -1,0 +1,305 @@
+//! Tickets on PostgreSQL: which ticket an incident joins (under its key's `ticket_heads` row),
+//! completion through the back channel, and an admin's resolve of a dead `created`.
+
+use async_trait::async_trait;
+use deadpool_postgres::Transaction;
+
+use super::{Postgres, execute, lock_incident, query, query_opt, queue};
+use crate::model::{Event, now_ms, rfc3339};
+use crate::store::rules::{
+    Attached, OpenTicket, RESOLVED_BY_ADMIN, completion_new, completion_old, completion_targets,
+    resolvable_ticket, window_until,
+};
+use crate::store::{
+    Caller, CompleteOutcome, Completing, DeliveryRef, ResolveOutcome, Route, StoreError, Tickets,
+};
+
+#[async_trait]
+impl Tickets for Postgres {
+    async fn complete(&self, request: Completing) -> Result<CompleteOutcome, StoreError> {
+        transaction!(self, |tx| complete(&tx, &request, now_ms()).await)
+    }
+
+    async fn resolve(
+        &self,
+        delivery_id: String,
+        ticket_id: String,
+        ticket_url: Option<String>,
+    ) -> Result<ResolveOutcome, StoreError> {
+        transaction!(self, |tx| {
+            resolve(
+                &tx,
+                &delivery_id,
+                &ticket_id,
+                ticket_url.as_deref(),
+                now_ms(),
+            )
+            .await
+        })
+    }
+}
+
+/// The ticket an incident joins for one connector: the one it is already on, else the open
+/// one with its key whose aggregation window has not ended, else a new one. The ticket found
+/// is locked, so a completion running at the same time either closes it first (and this
+/// incident opens a new one) or waits for this incident to join it.
+pub(super) async fn attach_to_ticket(
+    tx: &Transaction<'_>,
+    incident_id: &str,
+    is_new: bool,
+    route: &Route,
+    now: i64,
+) -> Result<Attached, StoreError> {
+    let own = if is_new {
+        None
+    } else {
+        query_opt(
+            tx,
+            "SELECT t.ticket_seq FROM ticket_incidents ti
+             JOIN tickets t ON t.ticket_seq = ti.ticket_seq
+             WHERE ti.incident_id = $1 AND t.connector = $2 AND t.status = 'open'
+             ORDER BY t.ticket_seq DESC LIMIT 1 FOR UPDATE OF t",
+            &[&incident_id, &route.connector],
+        )
+        .await?
+    };
+    let attached = match own {
+        Some(row) => Attached {
+            ticket_seq: row.try_get("ticket_seq")?,
+            event: Event::Updated,
+        },
+        None => join_or_open(tx, route, now).await?,
+    };
+    execute(
+        tx,
+        "INSERT INTO ticket_incidents (ticket_seq, incident_id) VALUES ($1, $2)
+         ON CONFLICT DO NOTHING",
+        &[&attached.ticket_seq, &incident_id],
+    )
+    .await?;
+    Ok(attached)
+}
+
+/// The open ticket of the route's key whose window is open, or a new one. Holding the key's
+/// `ticket_heads` row while deciding makes every other gateway with the same key wait, then
+/// find the ticket this one opened.
+async fn join_or_open(
+    tx: &Transaction<'_>,
+    route: &Route,
+    now: i64,
+) -> Result<Attached, StoreError> {
+    execute(
+        tx,
+        "INSERT INTO ticket_heads (connector, correlation_key) VALUES ($1, $2)
+         ON CONFLICT DO NOTHING",
+        &[&route.connector, &route.key],
+    )
+    .await?;
+    execute(
+        tx,
+        "SELECT 1 FROM ticket_heads WHERE connector = $1 AND correlation_key = $2 FOR UPDATE",
+        &[&route.connector, &route.key],
+    )
+    .await?;
+    let open = query_opt(
+        tx,
+        "SELECT ticket_seq FROM tickets
+         WHERE connector = $1 AND correlation_key = $2 AND status = 'open'
+           AND (window_until_ms IS NULL OR window_until_ms > $3)
+         ORDER BY ticket_seq DESC LIMIT 1 FOR UPDATE",
+        &[&route.connector, &route.key, &now],
+    )
+    .await?;
+    if let Some(row) = open {
+        return Ok(Attached {
+            ticket_seq: row.try_get("ticket_seq")?,
+            event: Event::Updated,
+        });
+    }
+    let ticket_seq: i64 = query_opt(
+        tx,
+        "INSERT INTO tickets (connector, correlation_key, status, opened_ms, window_until_ms, updated_ms)
+         VALUES ($1, $2, 'open', $3, $4, $3) RETURNING ticket_seq",
+        &[
+            &route.connector,
+            &route.key,
+            &now,
+            &window_until(now, route.aggregate_for_ms),
+        ],
+    )
+    .await?
+    .ok_or(StoreError::Missing("ticket"))?
+    .try_get(0)?;
+    execute(
+        tx,
+        "UPDATE ticket_heads SET ticket_seq = $3 WHERE connector = $1 AND correlation_key = $2",
+        &[&route.connector, &route.key, &ticket_seq],
+    )
+    .await?;
+    Ok(Attached {
+        ticket_seq,
+        event: Event::Created,
+    })
+}
+
+/// A token completes only what its holder has: a source its own incidents, a connector's
+/// target those it has a ticket for.
+async fn entitled(
+    tx: &Transaction<'_>,
+    incident_id: &str,
+    source: &str,
+    caller: &Caller,
+) -> Result<bool, StoreError> {
+    Ok(match caller {
+        Caller::Source(name) => name == source,
+        Caller::Connector(name) => query_opt(
+            tx,
+            "SELECT 1 FROM ticket_incidents ti JOIN tickets t ON t.ticket_seq = ti.ticket_seq
+             WHERE ti.incident_id = $1 AND t.connector = $2 LIMIT 1",
+            &[&incident_id, name],
+        )
+        .await?
+        .is_some(),
+    })
+}
+
+/// [`Tickets::complete`] at `now`.
+async fn complete(
+    tx: &Transaction<'_>,
+    request: &Completing,
+    now: i64,
+) -> Result<CompleteOutcome, StoreError> {
+    let incident_id = request.incident_id.as_str();
+    lock_incident(tx, incident_id).await?;
+    let Some(state) = query_opt(
+        tx,
+        "SELECT status, status_change_ms, version_id, source FROM incidents
+         WHERE incident_id = $1",
+        &[&incident_id],
+    )
+    .await?
+    else {
+        return Ok(CompleteOutcome::NotFound);
+    };
+    let status: String = state.try_get("status")?;
+    let status_change_ms: i64 = state.try_get("status_change_ms")?;
+    let version_id: i64 = state.try_get("version_id")?;
+    let source: String = state.try_get("source")?;
+    if !entitled(tx, incident_id, &source, &request.caller).await? {
+        return Ok(CompleteOutcome::NotFound);
+    }
+    if status == "completed" {
+        return Ok(CompleteOutcome::AlreadyCompleted {
+            since: rfc3339(status_change_ms),
+        });
+    }
+    execute(
+        tx,
+        "UPDATE incidents SET status = 'completed', reason_code = $2, notes = $3,
+                status_change_ms = $4, updated_ms = $4
+         WHERE incident_id = $1",
+        &[&incident_id, &request.reason_code, &request.notes, &now],
+    )
+    .await?;
+    // Locked in order, so an incident joining one of them waits or finds it closed.
+    let tickets = query(
+        tx,
+        "SELECT t.ticket_seq, t.connector FROM ticket_incidents ti
+         JOIN tickets t ON t.ticket_seq = ti.ticket_seq
+         WHERE ti.incident_id = $1 AND t.status = 'open' ORDER BY t.ticket_seq FOR UPDATE OF t",
+        &[&incident_id],
+    )
+    .await?
+    .iter()
+    .map(|r| {
+        Ok(OpenTicket {
+            ticket_seq: r.try_get("ticket_seq")?,
+            connector: r.try_get("connector")?,
+        })
+    })
+    .collect::<Result<Vec<_>, StoreError>>()?;
+    for t in &tickets {
+        execute(
+            tx,
+            "UPDATE tickets SET status = 'completed', updated_ms = $2 WHERE ticket_seq = $1",
+            &[&t.ticket_seq, &now],
+        )
+        .await?;
+    }
+    let mut deliveries = Vec::new();
+    for to in completion_targets(&tickets, &request.upstream, &request.skipping) {
+        let id = queue::insert_delivery(
+            tx,
+            &queue::NewDelivery {
+                incident_id,
+                version_id,
+                connector: &to.connector,
+                event: Event::Completed,
+                ticket_seq: to.ticket_seq,
+            },
+            now,
+        )
+        .await?;
+        deliveries.push(DeliveryRef {
+            id,
+            connector: to.connector,
+            event: Event::Completed,
+        });
+    }
+    Ok(CompleteOutcome::Completed {
+        old: completion_old(status_change_ms),
+        new: completion_new(request, now),
+        deliveries,
+    })
+}
+
+/// [`Tickets::resolve`] at `now`. The ticket is written before the delivery's line moves on,
+/// the order every other write takes them in (ticket, then line).
+async fn resolve(
+    tx: &Transaction<'_>,
+    delivery_id: &str,
+    ticket_id: &str,
+    ticket_url: Option<&str>,
+    now: i64,
+) -> Result<ResolveOutcome, StoreError> {
+    let Some(kind) = query_opt(
+        tx,
+        "SELECT status, event, ticket_seq FROM deliveries WHERE delivery_id = $1",
+        &[&delivery_id],
+    )
+    .await?
+    else {
+        return Ok(ResolveOutcome::NotFound);
+    };
+    let status: String = kind.try_get("status")?;
+    let event: String = kind.try_get("event")?;
+    let Some(ticket_seq) = resolvable_ticket(&status, &event, kind.try_get("ticket_seq")?) else {
+        return Ok(ResolveOutcome::NotApplicable(format!(
+            "only a dead created delivery can be resolved; this one is a {status} {event}"
+        )));
+    };
+    execute(
+        tx,
+        "UPDATE tickets SET ticket_id = $2, ticket_url = $3, updated_ms = $4 WHERE ticket_seq = $1",
+        &[&ticket_seq, &ticket_id, &ticket_url, &now],
+    )
+    .await?;
+    let line = query_opt(
+        tx,
+        "UPDATE deliveries SET status = 'delivered', ready = FALSE, updated_ms = $2, last_error = $3
+         WHERE delivery_id = $1 AND status = 'dead'
+         RETURNING connector, order_key",
+        &[&delivery_id, &now, &RESOLVED_BY_ADMIN],
+    )
+    .await?;
+    // The created no longer holds its ticket's line: the updates behind it may go.
+    if let Some(line) = line {
+        queue::promote_head(
+            tx,
+            &line.try_get::<_, String>("connector")?,
+            &line.try_get::<_, String>("order_key")?,
+        )
+        .await?;
+    }
+    Ok(ResolveOutcome::Resolved)
+}

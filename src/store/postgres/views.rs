@@ -1,0 +1,203 @@
+//! What the admin API shows, read from PostgreSQL: an incident with its tickets and deliveries
+//! per connector, and deliveries (with what each waits for, and its attempts).
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use deadpool_postgres::Transaction;
+use tokio_postgres::Row;
+use tokio_postgres::types::ToSql;
+
+use super::{Postgres, completion_of, count, query, query_opt};
+use crate::model::rfc3339;
+use crate::store::{
+    AttemptView, ConnectorView, DeliveryFilter, DeliveryView, IncidentView, StoreError, TicketView,
+    Views,
+};
+
+#[async_trait]
+impl Views for Postgres {
+    async fn incident(&self, incident_id: String) -> Result<Option<IncidentView>, StoreError> {
+        transaction!(self, |tx| incident_view(&tx, &incident_id).await)
+    }
+
+    async fn deliveries(&self, filter: DeliveryFilter) -> Result<Vec<DeliveryView>, StoreError> {
+        let limit = filter.limit.clamp(1, 1000) as i64;
+        transaction!(self, |tx| {
+            query_deliveries(
+                &tx,
+                "WHERE ($1::text IS NULL OR d.status = $1) AND ($2::text IS NULL OR d.connector = $2)
+                 ORDER BY d.seq LIMIT $3",
+                &[&filter.status, &filter.connector, &limit],
+                false,
+            )
+            .await
+        })
+    }
+
+    async fn delivery(&self, delivery_id: String) -> Result<Option<DeliveryView>, StoreError> {
+        transaction!(self, |tx| {
+            Ok(
+                query_deliveries(&tx, "WHERE d.delivery_id = $1", &[&delivery_id], true)
+                    .await?
+                    .into_iter()
+                    .next(),
+            )
+        })
+    }
+}
+
+fn ticket_view(r: &Row) -> Result<(String, TicketView), StoreError> {
+    Ok((
+        r.try_get("connector")?,
+        TicketView {
+            correlation_key: r.try_get("correlation_key")?,
+            ticket_id: r.try_get("ticket_id")?,
+            ticket_url: r.try_get("ticket_url")?,
+            status: r.try_get("status")?,
+            opened_at: rfc3339(r.try_get("opened_ms")?),
+            aggregates_until: r.try_get::<_, Option<i64>>("window_until_ms")?.map(rfc3339),
+            incidents: u32::try_from(r.try_get::<_, i64>("incidents")?).unwrap_or(0),
+        },
+    ))
+}
+
+fn delivery_view(r: &Row) -> Result<DeliveryView, StoreError> {
+    let status: String = r.try_get("status")?;
+    let next: i64 = r.try_get("next_attempt_ms")?;
+    Ok(DeliveryView {
+        id: r.try_get("delivery_id")?,
+        incident_id: r.try_get("incident_id")?,
+        connector: r.try_get("connector")?,
+        event: r.try_get("event")?,
+        next_attempt_at: (status == "pending").then(|| rfc3339(next)),
+        status,
+        attempt_count: count(r, "attempts")?,
+        created_at: rfc3339(r.try_get("created_ms")?),
+        updated_at: rfc3339(r.try_get("updated_ms")?),
+        last_error: r.try_get("last_error")?,
+        waiting_for: r.try_get("waiting_for")?,
+        attempts: None,
+    })
+}
+
+fn attempt_view(r: &Row) -> Result<AttemptView, StoreError> {
+    Ok(AttemptView {
+        attempt: count(r, "attempt")?,
+        started_at: rfc3339(r.try_get("started_ms")?),
+        latency_ms: r.try_get("latency_ms")?,
+        status_code: r
+            .try_get::<_, Option<i32>>("status_code")?
+            .and_then(|c| u16::try_from(c).ok()),
+        error: r.try_get("error")?,
+        response_body: r.try_get("response_body")?,
+        outcome: r.try_get("outcome")?,
+    })
+}
+
+/// [`Views::incident`].
+async fn incident_view(
+    tx: &Transaction<'_>,
+    incident_id: &str,
+) -> Result<Option<IncidentView>, StoreError> {
+    let Some(row) = query_opt(
+        tx,
+        "SELECT i.incident_id, i.source, i.status, i.status_change_ms, i.received_ms, i.updated_ms,
+                i.versions, v.body
+         FROM incidents i JOIN incident_versions v ON v.version_id = i.version_id
+         WHERE i.incident_id = $1",
+        &[&incident_id],
+    )
+    .await?
+    else {
+        return Ok(None);
+    };
+    let deliveries = query_deliveries(
+        tx,
+        "WHERE d.incident_id = $1 ORDER BY d.seq",
+        &[&incident_id],
+        true,
+    )
+    .await?;
+    let mut connectors = BTreeMap::<String, ConnectorView>::new();
+    for r in query(
+        tx,
+        "SELECT t.connector, t.correlation_key, t.ticket_id, t.ticket_url, t.status, t.opened_ms,
+                t.window_until_ms,
+                (SELECT COUNT(*) FROM ticket_incidents x WHERE x.ticket_seq = t.ticket_seq)
+                    AS incidents
+         FROM tickets t JOIN ticket_incidents ti ON ti.ticket_seq = t.ticket_seq
+         WHERE ti.incident_id = $1 ORDER BY t.ticket_seq",
+        &[&incident_id],
+    )
+    .await?
+    {
+        let (connector, ticket) = ticket_view(&r)?;
+        connectors
+            .entry(connector)
+            .or_default()
+            .tickets
+            .push(ticket);
+    }
+    for d in deliveries {
+        connectors
+            .entry(d.connector.clone())
+            .or_default()
+            .deliveries
+            .push(d);
+    }
+    let body: String = row.try_get("body")?;
+    Ok(Some(IncidentView {
+        status_change_time: rfc3339(row.try_get("status_change_ms")?),
+        received_at: rfc3339(row.try_get("received_ms")?),
+        updated_at: rfc3339(row.try_get("updated_ms")?),
+        incident: serde_json::from_str(&body).unwrap_or(serde_json::Value::Null),
+        incident_id: row.try_get("incident_id")?,
+        source: row.try_get("source")?,
+        status: row.try_get("status")?,
+        versions: count(&row, "versions")?,
+        completion: completion_of(tx, incident_id).await?,
+        connectors,
+    }))
+}
+
+/// Deliveries matching `clause` (over `deliveries d`, binding `args`), each with what it
+/// waits for (the ordering rule) and, if asked, its attempts.
+async fn query_deliveries(
+    tx: &Transaction<'_>,
+    clause: &str,
+    args: &[&(dyn ToSql + Sync)],
+    with_attempts: bool,
+) -> Result<Vec<DeliveryView>, StoreError> {
+    let sql = format!(
+        "SELECT d.delivery_id, d.incident_id, d.connector, d.event, d.status, d.attempts, d.created_ms,
+                d.updated_ms, d.next_attempt_ms, d.last_error,
+                CASE WHEN d.status = 'pending' THEN
+                    (SELECT e.delivery_id FROM deliveries e WHERE {waits} ORDER BY e.seq LIMIT 1)
+                END AS waiting_for
+         FROM deliveries d {clause}",
+        waits = waits_behind!()
+    );
+    let mut out = query(tx, &sql, args)
+        .await?
+        .iter()
+        .map(delivery_view)
+        .collect::<Result<Vec<_>, _>>()?;
+    if with_attempts {
+        for d in &mut out {
+            d.attempts = Some(
+                query(
+                    tx,
+                    "SELECT attempt, started_ms, latency_ms, status_code, error, response_body, outcome
+                     FROM attempts WHERE delivery_id = $1 ORDER BY attempt",
+                    &[&d.id],
+                )
+                .await?
+                .iter()
+                .map(attempt_view)
+                .collect::<Result<Vec<_>, _>>()?,
+            );
+        }
+    }
+    Ok(out)
+}

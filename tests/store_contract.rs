@@ -1,0 +1,603 @@
+//! One contract, two backends: every test here runs against SQLite (a real file) and against
+//! PostgreSQL (a real server, a database of the test's own), through the store's interface
+//! alone. The races that only several processes can run into (one incident or one key posted
+//! to several gateways at once) run on PostgreSQL with several stores, each its own pool,
+//! as several gateway processes would hold them.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use common::pg::PgDb;
+use incident_gateway::model::{AttemptOutcome, Event, now_ms};
+use incident_gateway::store::{
+    AttemptRecord, Caller, CompleteOutcome, DeliveryFilter, IngestOutcome, IngestStatus, Ingested,
+    LeasedDelivery, NewIncident, NextStep, PostgresConfig, ReplayOutcome, ResolveOutcome, Route,
+    Store, TicketUpdate,
+};
+
+const LEASE: i64 = 30_000;
+
+/// A store under test and what keeps it alive (its folder or its database).
+struct Harness {
+    stores: Vec<Store>,
+    _dir: tempfile::TempDir,
+    pg: Option<PgDb>,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Harness {
+    /// `instances` handles on one store: on PostgreSQL, that many stores (as that many
+    /// gateway processes would open); on SQLite, one store (one process per file) shared.
+    async fn open(backend: Backend, instances: usize) -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        match backend {
+            Backend::Sqlite => {
+                let store = Store::open_sqlite(&dir.path().join("gateway.db")).unwrap();
+                Harness {
+                    stores: vec![store; instances],
+                    _dir: dir,
+                    pg: None,
+                }
+            }
+            Backend::Postgres => {
+                let pg = PgDb::create();
+                let mut stores = Vec::new();
+                for _ in 0..instances {
+                    stores.push(Store::open_postgres(&pg_config(&pg.url)).await.unwrap());
+                }
+                Harness {
+                    stores,
+                    _dir: dir,
+                    pg: Some(pg),
+                }
+            }
+        }
+    }
+
+    fn store(&self) -> &Store {
+        &self.stores[0]
+    }
+}
+
+fn pg_config(url: &str) -> PostgresConfig {
+    PostgresConfig {
+        url: url.into(),
+        pool_size: 8,
+        connect_timeout: Duration::from_secs(5),
+        statement_timeout: Duration::from_secs(10),
+    }
+}
+
+fn route(connector: &str, key: &str) -> Route {
+    Route {
+        connector: connector.into(),
+        key: key.into(),
+        aggregate_for_ms: None,
+        sends_updated: true,
+    }
+}
+
+fn incident(id: &str, update_time: Option<f64>, body: &str, routes: &[Route]) -> NewIncident {
+    NewIncident {
+        incident_id: id.into(),
+        update_time,
+        body: format!(r#"{{"incidentId":"{id}","v":"{body}"}}"#),
+        body_hash: format!("hash-{body}"),
+        routes: routes.to_vec(),
+    }
+}
+
+async fn ingest_one(store: &Store, inc: NewIncident) -> IngestOutcome {
+    match store.ingest("src".into(), None, vec![inc]).await.unwrap() {
+        Ingested::Stored(mut outcomes) => outcomes.remove(0),
+        Ingested::Replay => panic!("no webhook id was given"),
+    }
+}
+
+fn ids(leased: &[LeasedDelivery]) -> Vec<&str> {
+    leased.iter().map(|d| d.id.as_str()).collect()
+}
+
+fn attempt(n: u32, outcome: AttemptOutcome) -> AttemptRecord {
+    AttemptRecord {
+        attempt: n,
+        started_at_ms: now_ms(),
+        latency_ms: 3,
+        status_code: Some(200),
+        error: None,
+        response_body: None,
+        outcome,
+    }
+}
+
+/// Records the next attempt of `d` as ending in `next`; whether the lease was still held.
+async fn finish(store: &Store, d: &LeasedDelivery, next: NextStep) -> bool {
+    let outcome = match next {
+        NextStep::Delivered => AttemptOutcome::Delivered,
+        NextStep::RetryAt { .. } => AttemptOutcome::Retry,
+        NextStep::Dead { .. } => AttemptOutcome::Dead,
+    };
+    store
+        .record_attempt(
+            d.id.clone(),
+            d.lease_token.clone(),
+            attempt(d.attempts + 1, outcome),
+            next,
+            None,
+        )
+        .await
+        .unwrap()
+}
+
+/// Declares each contract test once per backend.
+macro_rules! contract {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Backend::Sqlite).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Backend::Postgres).await;
+                }
+            )*
+        }
+    };
+}
+
+contract!(
+    the_same_version_twice_is_a_duplicate_and_a_changed_one_an_update,
+    an_update_waits_for_its_created_and_goes_once_it_is_delivered,
+    a_lease_fences_its_attempt_and_a_retry_waits_until_it_is_due,
+    a_dead_created_holds_its_line_until_replayed_or_resolved,
+    completion_closes_tickets_queues_completed_and_happens_once,
+    a_webhook_id_is_claimed_once,
+    released_and_extended_leases,
+    the_admin_views_show_tickets_deliveries_and_attempts,
+    the_same_incident_posted_at_once_everywhere_is_stored_once,
+    incidents_sharing_keys_posted_at_once_everywhere_open_one_ticket_per_key,
+    a_delivery_is_leased_by_one_instance_at_a_time,
+);
+
+async fn the_same_version_twice_is_a_duplicate_and_a_changed_one_an_update(backend: Backend) {
+    let h = Harness::open(backend, 1).await;
+    let s = h.store();
+    let jira = [route("jira", "k")];
+    let first = ingest_one(s, incident("A", None, "v1", &jira)).await;
+    assert_eq!(first.status, IngestStatus::Accepted);
+    assert_eq!(first.deliveries.len(), 1);
+    assert_eq!(first.deliveries[0].event, Event::Created);
+    let again = ingest_one(s, incident("A", None, "v1", &jira)).await;
+    assert_eq!(again.status, IngestStatus::Duplicate);
+    assert!(again.deliveries.is_empty());
+    let changed = ingest_one(s, incident("A", None, "v2", &jira)).await;
+    assert_eq!(changed.status, IngestStatus::Updated);
+    assert_eq!(changed.deliveries[0].event, Event::Updated);
+    // A late copy of the first version is seen before.
+    let late = ingest_one(s, incident("A", None, "v1", &jira)).await;
+    assert_eq!(late.status, IngestStatus::Duplicate);
+    // With times, only a newer one applies.
+    let timed = ingest_one(s, incident("B", Some(10.0), "t1", &jira)).await;
+    assert_eq!(timed.status, IngestStatus::Accepted);
+    let older = ingest_one(s, incident("B", Some(9.0), "t0", &jira)).await;
+    assert_eq!(older.status, IngestStatus::Duplicate);
+    let newer = ingest_one(s, incident("B", Some(11.0), "t2", &jira)).await;
+    assert_eq!(newer.status, IngestStatus::Updated);
+    let view = s.incident("A".into()).await.unwrap().unwrap();
+    assert_eq!(view.versions, 2);
+    assert_eq!(view.incident["v"], "v2");
+}
+
+async fn an_update_waits_for_its_created_and_goes_once_it_is_delivered(backend: Backend) {
+    let h = Harness::open(backend, 1).await;
+    let s = h.store();
+    let created = ingest_one(s, incident("A", None, "a", &[route("jira", "k")])).await;
+    let updated = ingest_one(s, incident("B", None, "b", &[route("jira", "k")])).await;
+    let other = ingest_one(s, incident("C", None, "c", &[route("jira", "other")])).await;
+    assert_eq!(updated.deliveries[0].event, Event::Updated);
+    let first = s.lease_due(10, LEASE, vec![]).await.unwrap();
+    assert_eq!(
+        ids(&first),
+        [
+            created.deliveries[0].id.as_str(),
+            other.deliveries[0].id.as_str()
+        ]
+    );
+    // The update waits while its created is pending.
+    assert!(s.lease_due(10, LEASE, vec![]).await.unwrap().is_empty());
+    let waiting = s
+        .delivery(updated.deliveries[0].id.clone())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        waiting.waiting_for.as_deref(),
+        Some(created.deliveries[0].id.as_str())
+    );
+    assert!(finish(s, &first[0], NextStep::Delivered).await);
+    let next = s.lease_due(10, LEASE, vec![]).await.unwrap();
+    assert_eq!(ids(&next), [updated.deliveries[0].id.as_str()]);
+    assert_eq!(next[0].event, Event::Updated);
+    assert_eq!(next[0].ticket.key, "k");
+    // A busy connector is skipped.
+    let d = ingest_one(s, incident("D", None, "d", &[route("chat", "k")])).await;
+    assert!(
+        s.lease_due(10, LEASE, vec!["chat".into()])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let chat = s.lease_due(10, LEASE, vec![]).await.unwrap();
+    assert_eq!(ids(&chat), [d.deliveries[0].id.as_str()]);
+}
+
+async fn a_lease_fences_its_attempt_and_a_retry_waits_until_it_is_due(backend: Backend) {
+    let h = Harness::open(backend, 1).await;
+    let s = h.store();
+    ingest_one(s, incident("A", None, "a", &[route("jira", "k")])).await;
+    // A lease that has run out (0 ms) is due again, to someone else.
+    let first = s.lease_due(1, 0, vec![]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let second = s.lease_due(1, LEASE, vec![]).await.unwrap();
+    assert_eq!(ids(&second), ids(&first));
+    assert_ne!(first[0].lease_token, second[0].lease_token);
+    // The first holder lost it: its attempt is discarded.
+    assert!(!finish(s, &first[0], NextStep::Delivered).await);
+    let later = now_ms() + 60_000;
+    assert!(finish(s, &second[0], NextStep::RetryAt { at_ms: later }).await);
+    assert!(s.lease_due(1, LEASE, vec![]).await.unwrap().is_empty());
+    assert_eq!(s.next_due_ms(vec![]).await.unwrap(), Some(later));
+    assert_eq!(s.next_due_ms(vec!["jira".into()]).await.unwrap(), None);
+    let view = s.delivery(second[0].id.clone()).await.unwrap().unwrap();
+    assert_eq!(view.status, "pending");
+    assert_eq!(view.attempt_count, 1);
+    assert_eq!(view.last_error.as_deref(), Some("HTTP 200"));
+}
+
+async fn a_dead_created_holds_its_line_until_replayed_or_resolved(backend: Backend) {
+    let h = Harness::open(backend, 1).await;
+    let s = h.store();
+    let a = ingest_one(s, incident("A", None, "a", &[route("jira", "k")])).await;
+    let b = ingest_one(s, incident("B", None, "b", &[route("jira", "k")])).await;
+    let leased = s.lease_due(10, LEASE, vec![]).await.unwrap();
+    assert!(
+        finish(
+            s,
+            &leased[0],
+            NextStep::Dead {
+                reason: "gone".into()
+            }
+        )
+        .await
+    );
+    // The dead created still holds the ticket's line.
+    assert!(s.lease_due(10, LEASE, vec![]).await.unwrap().is_empty());
+    let dead = s
+        .deliveries(DeliveryFilter {
+            status: Some("dead".into()),
+            connector: None,
+            limit: 10,
+        })
+        .await
+        .unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].last_error.as_deref(), Some("gone"));
+    // Replayed, it goes again, first in its line.
+    assert_eq!(
+        s.replay(a.deliveries[0].id.clone()).await.unwrap(),
+        ReplayOutcome::Replayed
+    );
+    assert!(matches!(
+        s.replay(a.deliveries[0].id.clone()).await.unwrap(),
+        ReplayOutcome::NotDead(_)
+    ));
+    assert_eq!(
+        s.replay("msg_none".into()).await.unwrap(),
+        ReplayOutcome::NotFound
+    );
+    let again = s.lease_due(10, LEASE, vec![]).await.unwrap();
+    assert_eq!(ids(&again), [a.deliveries[0].id.as_str()]);
+    assert!(
+        finish(
+            s,
+            &again[0],
+            NextStep::Dead {
+                reason: "still gone".into()
+            }
+        )
+        .await
+    );
+    // Resolved with the ticket's id, the line moves on and the update carries the id.
+    assert!(matches!(
+        s.resolve(b.deliveries[0].id.clone(), "X-1".into(), None)
+            .await
+            .unwrap(),
+        ResolveOutcome::NotApplicable(_)
+    ));
+    assert_eq!(
+        s.resolve(
+            a.deliveries[0].id.clone(),
+            "X-1".into(),
+            Some("https://x/1".into())
+        )
+        .await
+        .unwrap(),
+        ResolveOutcome::Resolved
+    );
+    let update = s.lease_due(10, LEASE, vec![]).await.unwrap();
+    assert_eq!(ids(&update), [b.deliveries[0].id.as_str()]);
+    assert_eq!(update[0].ticket.id.as_deref(), Some("X-1"));
+    assert_eq!(update[0].ticket.url.as_deref(), Some("https://x/1"));
+}
+
+async fn completion_closes_tickets_queues_completed_and_happens_once(backend: Backend) {
+    let h = Harness::open(backend, 1).await;
+    let s = h.store();
+    let a = ingest_one(s, incident("A", None, "a", &[route("jira", "k")])).await;
+    let leased = s.lease_due(10, LEASE, vec![]).await.unwrap();
+    let opened = TicketUpdate {
+        ticket_seq: leased[0].ticket_seq.unwrap(),
+        id: "J-7".into(),
+        url: None,
+    };
+    assert!(
+        s.record_attempt(
+            leased[0].id.clone(),
+            leased[0].lease_token.clone(),
+            attempt(1, AttemptOutcome::Delivered),
+            NextStep::Delivered,
+            Some(opened),
+        )
+        .await
+        .unwrap()
+    );
+    // Another source does not have the incident; its connector's target does.
+    let by = |caller: Caller| {
+        s.complete(
+            "A".into(),
+            caller,
+            "FALSE_POSITIVE".into(),
+            Some("noise".into()),
+            vec![],
+            vec!["upstream".into()],
+        )
+    };
+    assert!(matches!(
+        by(Caller::Source("other".into())).await.unwrap(),
+        CompleteOutcome::NotFound
+    ));
+    let CompleteOutcome::Completed {
+        new, deliveries, ..
+    } = by(Caller::Connector("jira".into())).await.unwrap()
+    else {
+        panic!("not completed");
+    };
+    assert_eq!(new["reason_code"], "FALSE_POSITIVE");
+    let to: HashSet<_> = deliveries.iter().map(|d| d.connector.as_str()).collect();
+    assert_eq!(to, HashSet::from(["jira", "upstream"]));
+    assert!(matches!(
+        by(Caller::Source("src".into())).await.unwrap(),
+        CompleteOutcome::AlreadyCompleted { .. }
+    ));
+    let completed = s.lease_due(10, LEASE, vec![]).await.unwrap();
+    assert_eq!(completed.len(), 2);
+    let jira = completed.iter().find(|d| d.connector == "jira").unwrap();
+    assert_eq!(jira.event, Event::Completed);
+    assert_eq!(jira.ticket.id.as_deref(), Some("J-7"));
+    assert_eq!(
+        jira.completion.as_ref().map(|c| c.reason_code.as_str()),
+        Some("FALSE_POSITIVE")
+    );
+    // A new incident with the key opens a new ticket; a new version of A queues nothing.
+    let c = ingest_one(s, incident("C", None, "c", &[route("jira", "k")])).await;
+    assert_eq!(c.deliveries[0].event, Event::Created);
+    let a2 = ingest_one(s, incident("A", None, "a2", &[route("jira", "k")])).await;
+    assert_eq!(a2.status, IngestStatus::Updated);
+    assert!(a2.deliveries.is_empty());
+    let view = s.incident("A".into()).await.unwrap().unwrap();
+    assert_eq!(view.status, "completed");
+    assert_eq!(view.connectors["jira"].tickets[0].status, "completed");
+    assert_eq!(a.deliveries.len(), 1);
+}
+
+async fn a_webhook_id_is_claimed_once(backend: Backend) {
+    let h = Harness::open(backend, 1).await;
+    let s = h.store();
+    let claim = |source: &str, id: &str| {
+        s.ingest(
+            source.into(),
+            Some("evt_1".into()),
+            vec![incident(id, None, id, &[])],
+        )
+    };
+    assert!(matches!(
+        claim("src", "A").await.unwrap(),
+        Ingested::Stored(_)
+    ));
+    assert!(matches!(claim("src", "B").await.unwrap(), Ingested::Replay));
+    assert!(matches!(
+        claim("other", "C").await.unwrap(),
+        Ingested::Stored(_)
+    ));
+    assert!(s.incident("B".into()).await.unwrap().is_none());
+    let seen = |sources: &[&str]| {
+        s.webhook_id_seen(
+            sources.iter().map(|x| x.to_string()).collect(),
+            "evt_1".into(),
+        )
+    };
+    assert!(seen(&["src"]).await.unwrap());
+    assert!(seen(&["src", "other"]).await.unwrap());
+    assert!(!seen(&["src", "nobody"]).await.unwrap());
+    assert!(!seen(&[]).await.unwrap());
+}
+
+async fn released_and_extended_leases(backend: Backend) {
+    let h = Harness::open(backend, 1).await;
+    let s = h.store();
+    ingest_one(s, incident("A", None, "a", &[route("jira", "k")])).await;
+    let held = s.lease_due(1, LEASE, vec![]).await.unwrap();
+    assert!(
+        s.extend_lease(held[0].id.clone(), held[0].lease_token.clone(), LEASE)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.extend_lease(held[0].id.clone(), "not-the-token".into(), LEASE)
+            .await
+            .unwrap()
+    );
+    s.release(vec![(held[0].id.clone(), held[0].lease_token.clone())])
+        .await
+        .unwrap();
+    let back = s.lease_due(1, LEASE, vec![]).await.unwrap();
+    assert_eq!(ids(&back), ids(&held));
+    assert_eq!(back[0].attempts, 0);
+}
+
+async fn the_admin_views_show_tickets_deliveries_and_attempts(backend: Backend) {
+    let h = Harness::open(backend, 1).await;
+    let s = h.store();
+    let mut windowed = route("jira", "host-1");
+    windowed.aggregate_for_ms = Some(60_000);
+    let a = ingest_one(s, incident("A", None, "a", &[windowed.clone()])).await;
+    ingest_one(s, incident("B", None, "b", &[windowed])).await;
+    let leased = s.lease_due(1, LEASE, vec![]).await.unwrap();
+    assert!(
+        finish(
+            s,
+            &leased[0],
+            NextStep::RetryAt {
+                at_ms: now_ms() + 60_000
+            }
+        )
+        .await
+    );
+    let view = s.incident("A".into()).await.unwrap().unwrap();
+    assert_eq!(view.source, "src");
+    assert_eq!(view.status, "open");
+    assert_eq!(view.incident["incidentId"], "A");
+    let side = &view.connectors["jira"];
+    assert_eq!(side.tickets.len(), 1);
+    assert_eq!(side.tickets[0].correlation_key, "host-1");
+    assert_eq!(side.tickets[0].incidents, 2);
+    assert!(side.tickets[0].aggregates_until.is_some());
+    assert_eq!(side.deliveries[0].id, a.deliveries[0].id);
+    let attempts = side.deliveries[0].attempts.as_ref().unwrap();
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(attempts[0].status_code, Some(200));
+    assert_eq!(attempts[0].outcome, "retry");
+    assert!(s.incident("Z".into()).await.unwrap().is_none());
+    assert!(s.delivery("msg_none".into()).await.unwrap().is_none());
+    let all = s
+        .deliveries(DeliveryFilter {
+            status: None,
+            connector: Some("jira".into()),
+            limit: 10,
+        })
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 2);
+    s.ready().await.unwrap();
+}
+
+/// Every instance posts the same new incident at once (as a detection platform retrying
+/// through a load balancer would): one is accepted, the rest are duplicates, one delivery.
+async fn the_same_incident_posted_at_once_everywhere_is_stored_once(backend: Backend) {
+    let h = Harness::open(backend, 3).await;
+    let mut posts = Vec::new();
+    for i in 0..12 {
+        let store = h.stores[i % h.stores.len()].clone();
+        posts.push(tokio::spawn(async move {
+            ingest_one(&store, incident("SAME", None, "v1", &[route("jira", "k")])).await
+        }));
+    }
+    let mut accepted = 0;
+    let mut deliveries = 0;
+    for p in posts {
+        let outcome = p.await.unwrap();
+        accepted += usize::from(outcome.status == IngestStatus::Accepted);
+        deliveries += outcome.deliveries.len();
+    }
+    assert_eq!((accepted, deliveries), (1, 1));
+    let view = h.store().incident("SAME".into()).await.unwrap().unwrap();
+    assert_eq!(view.versions, 1);
+    assert_eq!(view.connectors["jira"].deliveries.len(), 1);
+}
+
+/// 200 incidents over 10 correlation keys, posted concurrently through three instances:
+/// exactly 10 tickets, each with one `created`.
+async fn incidents_sharing_keys_posted_at_once_everywhere_open_one_ticket_per_key(
+    backend: Backend,
+) {
+    let h = Harness::open(backend, 3).await;
+    let mut posts = Vec::new();
+    for i in 0..200 {
+        let store = h.stores[i % h.stores.len()].clone();
+        posts.push(tokio::spawn(async move {
+            let key = format!("key-{}", i % 10);
+            ingest_one(
+                &store,
+                incident(&format!("I-{i}"), None, "x", &[route("jira", &key)]),
+            )
+            .await
+        }));
+    }
+    let mut created = 0;
+    for p in posts {
+        let outcome = p.await.unwrap();
+        assert_eq!(outcome.status, IngestStatus::Accepted);
+        created += outcome
+            .deliveries
+            .iter()
+            .filter(|d| d.event == Event::Created)
+            .count();
+    }
+    assert_eq!(created, 10);
+    if let Some(pg) = &h.pg {
+        assert_eq!(pg.query_i64("SELECT COUNT(*) FROM tickets"), 10);
+        assert_eq!(pg.query_i64("SELECT COUNT(*) FROM ticket_incidents"), 200);
+    }
+}
+
+/// Instances leasing at the same time never take the same delivery, and never two of one
+/// ticket's line.
+async fn a_delivery_is_leased_by_one_instance_at_a_time(backend: Backend) {
+    let h = Harness::open(backend, 3).await;
+    for i in 0..60 {
+        let key = format!("key-{}", i % 20);
+        ingest_one(
+            h.store(),
+            incident(&format!("I-{i}"), None, "x", &[route("jira", &key)]),
+        )
+        .await;
+    }
+    let mut leases = Vec::new();
+    for store in h.stores.iter().cloned() {
+        leases.push(tokio::spawn(async move {
+            store.lease_due(100, LEASE, vec![]).await.unwrap()
+        }));
+    }
+    let mut taken = Vec::new();
+    for l in leases {
+        taken.extend(l.await.unwrap());
+    }
+    // Only each line's head (its created) can go: 20, each once.
+    let distinct: HashSet<_> = taken.iter().map(|d| d.id.clone()).collect();
+    assert_eq!(distinct.len(), taken.len(), "a delivery was leased twice");
+    assert_eq!(taken.len(), 20);
+    assert!(taken.iter().all(|d| d.event == Event::Created));
+}
