@@ -586,7 +586,7 @@ async fn a_delivery_is_leased_by_one_instance_at_a_time(backend: Backend) {
         .await;
     }
     let mut leases = Vec::new();
-    for store in h.stores.iter().cloned() {
+    for store in h.stores.clone() {
         leases.push(tokio::spawn(async move {
             store.lease_due(100, LEASE, vec![]).await.unwrap()
         }));
