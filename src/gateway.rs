@@ -86,10 +86,12 @@ fn reserve_router(app: Arc<App>) -> Router {
         .with_state(app)
 }
 
-/// Every listener answers `/healthz`, and problem+json for unknown paths and methods.
+/// Every listener answers `/healthz` (the process runs) and `/readyz` (it can store what it
+/// takes), and problem+json for unknown paths and methods.
 fn finish(router: Router<Arc<App>>, app: Arc<App>) -> Router {
     router
         .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
         .fallback(|| async { problem::Problem::not_found("no such endpoint") })
         .method_not_allowed_fallback(|| async {
             problem::Problem::new(
@@ -104,6 +106,26 @@ fn finish(router: Router<Arc<App>>, app: Arc<App>) -> Router {
 
 pub async fn open_store(config: &Config) -> Result<Store, Error> {
     Ok(Store::open(&config.storage).await?)
+}
+
+/// How long `/readyz` waits for the store before it calls it down.
+const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// 200 while the store answers; 503 problem+json (with Retry-After) while it does not, so a
+/// load balancer sends incidents to another gateway until the database is back.
+async fn readyz(
+    axum::extract::State(app): axum::extract::State<Arc<App>>,
+) -> Result<&'static str, problem::Problem> {
+    match tokio::time::timeout(READY_TIMEOUT, app.store.ready()).await {
+        Ok(Ok(())) => Ok("ready"),
+        Ok(Err(e)) => Err(problem::Problem::store_failed(
+            &e,
+            "the store does not answer; incidents cannot be accepted",
+        )),
+        Err(_) => Err(problem::Problem::unavailable(
+            "the store did not answer in time; incidents cannot be accepted",
+        )),
+    }
 }
 
 impl Gateway {

@@ -38,6 +38,8 @@ CREATE TABLE deliveries (
     next_attempt_ms  BIGINT NOT NULL,
     lease_until_ms   BIGINT NOT NULL DEFAULT 0,
     lease_token      TEXT,
+    -- The gateway process holding the lease (`instances`), to recover it when that process dies.
+    lease_holder     TEXT,
     order_key        TEXT NOT NULL,
     ticket_seq       BIGINT,
     ready            BOOLEAN NOT NULL DEFAULT FALSE,
@@ -47,6 +49,8 @@ CREATE TABLE deliveries (
     last_error       TEXT
 );
 CREATE INDEX deliveries_incident ON deliveries (incident_id);
+-- The leases a gateway process holds, to give back at once when it dies.
+CREATE INDEX deliveries_held ON deliveries (lease_holder) WHERE lease_until_ms > 0;
 -- The heads of their lines that may be leased, per connector, by when they fall due.
 CREATE INDEX deliveries_ready ON deliveries (connector, due_ms, seq) WHERE ready;
 -- Per ticket line, the deliveries that hold later ones back (the ordering rule).
@@ -101,4 +105,14 @@ CREATE TABLE attempts (
     response_body  TEXT,
     outcome        TEXT NOT NULL,
     PRIMARY KEY (delivery_id, attempt)
+);
+
+-- The gateway processes on this database. Each holds a session advisory lock on its
+-- lock_key while it runs: PostgreSQL releases it the moment the process's connection ends
+-- (a crash, kill -9), so another gateway that can take the lock knows the process is gone and
+-- recovers its leases at once instead of waiting for them to expire.
+CREATE TABLE instances (
+    instance_id  TEXT PRIMARY KEY,
+    lock_key     BIGINT NOT NULL,
+    started_ms   BIGINT NOT NULL
 );

@@ -10,7 +10,8 @@
 //!   on the line, so a delivery queued on one gateway and the line's head finishing on
 //!   another cannot both miss each other;
 //! - due deliveries are leased with `FOR UPDATE SKIP LOCKED`, fenced by a lease token as on
-//!   SQLite, and a lease left by a process that died is taken over when it expires.
+//!   SQLite; the leases of a process that died are recovered as soon as another gateway sees
+//!   its liveness lock released (`instance`), and any lease left behind expires by itself.
 //!
 //! A transaction that loses a deadlock (or a serialization check) is run again from the start.
 //! Migrations (`migrations/postgres/`) are applied at start under a session advisory lock, so
@@ -69,12 +70,27 @@ const MIGRATION_LOCK: i64 = 0x0069_6777_2d6d_6967;
 /// How many times a transaction that lost a deadlock is run again.
 const MAX_TRIES: u32 = 5;
 
+/// How often a gateway looks for processes that died (one small query).
+const SWEEP_EVERY: Duration = Duration::from_secs(2);
+
 /// The PostgreSQL store. Cloned only through [`crate::store::Store`].
 pub struct Postgres {
     pool: Pool,
-    /// Connectors that track ticket ids (from [`crate::store::Queue::recover`]): their
-    /// `created` whose lease expired is set aside instead of being sent again.
+    /// This process on the database; `keeper` holds its liveness lock.
+    instance: instance::Instance,
+    keeper: tokio::task::JoinHandle<()>,
+    /// Connectors that track ticket ids (from [`crate::store::Queue::recover`]): a dead
+    /// process's `created` of theirs is set aside instead of being sent again.
     tracked: Arc<Mutex<Vec<String>>>,
+    /// When this process last looked for processes that died.
+    last_sweep: Mutex<Option<std::time::Instant>>,
+}
+
+impl Drop for Postgres {
+    /// The liveness lock goes with the keeper's connection: others recover what is left.
+    fn drop(&mut self) {
+        self.keeper.abort();
+    }
 }
 
 /// Runs `$body` (an expression that may `.await` and uses `$tx`) in a transaction, commits,
@@ -101,6 +117,7 @@ macro_rules! transaction {
 }
 
 mod ingest;
+mod instance;
 mod queue;
 mod tickets;
 mod views;
@@ -117,6 +134,7 @@ impl Postgres {
             "-c statement_timeout={}",
             config.statement_timeout.as_millis()
         ));
+        let pg_config_clone = pg_config.clone();
         let manager = Manager::from_config(
             pg_config,
             NoTls,
@@ -124,6 +142,7 @@ impl Postgres {
                 recycling_method: RecyclingMethod::Fast,
             },
         );
+        let keeper_config = pg_config_clone;
         let pool = Pool::builder(manager)
             .max_size(config.pool_size)
             .wait_timeout(Some(config.connect_timeout))
@@ -132,18 +151,36 @@ impl Postgres {
             .runtime(Runtime::Tokio1)
             .build()
             .map_err(|e| StoreError::Pool(e.to_string()))?;
-        let pg = Postgres {
+        migrate(&pool).await?;
+        let instance = instance::Instance::new();
+        let keeper = instance::keep(keeper_config, instance.clone(), crate::model::now_ms).await?;
+        Ok(Postgres {
             pool,
+            instance,
+            keeper,
             tracked: Arc::default(),
-        };
-        pg.migrate().await?;
-        Ok(pg)
+            last_sweep: Mutex::new(None),
+        })
     }
 
-    /// Applies the migrations the database lacks, one transaction each, under a session lock
-    /// so that gateways starting together take turns; refuses a newer schema.
-    async fn migrate(&self) -> Result<(), StoreError> {
-        let mut client = self.pool.get().await?;
+    /// Whether it is time to look for processes that died (and notes that it is being done).
+    fn sweep_due(&self) -> bool {
+        let Ok(mut last) = self.last_sweep.lock() else {
+            return true;
+        };
+        let due = last.is_none_or(|at| at.elapsed() >= SWEEP_EVERY);
+        if due {
+            *last = Some(std::time::Instant::now());
+        }
+        due
+    }
+}
+
+/// Applies the migrations the database lacks, one transaction each, under a session lock so
+/// that gateways starting together take turns; refuses a newer schema.
+async fn migrate(pool: &Pool) -> Result<(), StoreError> {
+    {
+        let mut client = pool.get().await?;
         client
             .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
             .await?;

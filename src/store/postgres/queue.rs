@@ -9,21 +9,25 @@ use std::collections::HashMap;
 use async_trait::async_trait;
 use deadpool_postgres::Transaction;
 
-use super::{Postgres, completion, count, execute, int, lock_line, query, query_opt, ticket_facts};
+use super::{
+    Postgres, completion, count, execute, instance, int, lock_line, query, query_opt, ticket_facts,
+};
 use crate::model::{DeliveryStatus, Event, now_ms};
-use crate::store::rules::{INTERRUPTED_CREATED, UNREADABLE_DELIVERY, order_key, transition};
+use crate::store::rules::{UNREADABLE_DELIVERY, order_key, transition};
 use crate::store::{Attempted, Lease, LeasedDelivery, Queue, ReplayOutcome, StoreError};
 
 #[async_trait]
 impl Queue for Postgres {
-    /// Other gateways may be running: their leases are theirs, so nothing is cleared here.
-    /// A lease left by a process that died expires by itself; a tracked connector's `created`
-    /// found so at its next lease is set aside as on SQLite ([`lease_due`]).
+    /// Other gateways may be running: their leases are theirs. The leases of processes that
+    /// died (an earlier run of this one, say) are recovered, as on SQLite; this process goes
+    /// on doing so for any that die while it runs ([`Queue::lease_due`]).
     async fn recover(&self, tracked: Vec<String>) -> Result<usize, StoreError> {
         if let Ok(mut mine) = self.tracked.lock() {
-            *mine = tracked;
+            mine.clone_from(&tracked);
         }
-        Ok(0)
+        transaction!(self, |tx| {
+            instance::recover_dead(&tx, &self.instance, &tracked, now_ms()).await
+        })
     }
 
     async fn lease_due(
@@ -32,9 +36,14 @@ impl Queue for Postgres {
         lease_ms: i64,
         busy: Vec<String>,
     ) -> Result<Vec<LeasedDelivery>, StoreError> {
-        let tracked = self.tracked.lock().map(|t| t.clone()).unwrap_or_default();
+        if self.sweep_due() {
+            let tracked = self.tracked.lock().map(|t| t.clone()).unwrap_or_default();
+            transaction!(self, |tx| {
+                instance::recover_dead(&tx, &self.instance, &tracked, now_ms()).await
+            })?;
+        }
         transaction!(self, |tx| {
-            lease_due(&tx, limit, lease_ms, &busy, &tracked, now_ms()).await
+            lease_due(&tx, limit, lease_ms, &busy, &self.instance.id, now_ms()).await
         })
     }
 
@@ -177,17 +186,16 @@ struct Due {
     due_ms: i64,
 }
 
-/// [`Queue::lease_due`] at `now`: each connector's due heads (outside `busy`) read from
-/// `deliveries_ready` in due order, the earliest `limit` of them taken under row locks that
-/// skip what another gateway is taking, and leased in one statement. A head whose earlier
-/// lease expired unreleased was being sent by a gateway that stopped: a tracked connector's
-/// `created` of that kind is set aside (the ticket may exist), as SQLite's recovery does.
+/// [`Queue::lease_due`] at `now`, for the process `holder`: each connector's due heads
+/// (outside `busy`) read from `deliveries_ready` in due order, the earliest `limit` of them
+/// taken under row locks that skip what another gateway is taking, and leased in one
+/// statement.
 async fn lease_due(
     tx: &Transaction<'_>,
     limit: usize,
     lease_ms: i64,
     busy: &[String],
-    tracked: &[String],
+    holder: &str,
     now: i64,
 ) -> Result<Vec<LeasedDelivery>, StoreError> {
     let cap = i64::try_from(limit).unwrap_or(i64::MAX);
@@ -221,17 +229,17 @@ async fn lease_due(
     let taken = query(
         tx,
         "WITH picked AS (
-             SELECT seq, lease_until_ms AS prior_lease FROM deliveries
+             SELECT seq FROM deliveries
              WHERE seq = ANY($1) AND ready AND due_ms <= $2
              FOR UPDATE SKIP LOCKED)
          UPDATE deliveries d
-            SET lease_until_ms = $3, due_ms = $3,
+            SET lease_until_ms = $3, due_ms = $3, lease_holder = $4,
                 lease_token = replace(gen_random_uuid()::text, '-', '')
          FROM picked WHERE d.seq = picked.seq
          RETURNING d.seq, d.delivery_id, d.incident_id, d.version_id, d.connector, d.event,
                    d.attempts, d.budget_attempts, d.budget_since_ms, d.ticket_seq, d.order_key,
-                   d.lease_token, picked.prior_lease",
-        &[&seqs, &now, &until],
+                   d.lease_token",
+        &[&seqs, &now, &until, &holder],
     )
     .await?;
     let order: HashMap<i64, usize> = seqs.iter().enumerate().map(|(i, s)| (*s, i)).collect();
@@ -302,28 +310,17 @@ async fn lease_due(
         let event = Event::parse(r.try_get("event")?);
         // Deliveries of one version share it (one incident, several connectors).
         let version = versions.get(&r.try_get::<_, i64>("version_id")?).cloned();
-        let prior_lease: i64 = r.try_get("prior_lease")?;
-        let set_aside = match (&version, event) {
+        let (Some((body, received_ms)), Some(event)) = (version, event) else {
             // A row this version cannot read must not stop every other delivery.
-            (None, _) | (_, None) => Some(UNREADABLE_DELIVERY),
-            (_, Some(Event::Created)) if prior_lease > 0 && tracked.contains(&connector) => {
-                Some(INTERRUPTED_CREATED)
-            }
-            _ => None,
-        };
-        if let Some(reason) = set_aside {
             execute(
                 tx,
                 "UPDATE deliveries SET status = 'dead', ready = FALSE, lease_until_ms = 0,
                         lease_token = NULL, updated_ms = $2, last_error = $3
                  WHERE seq = $1",
-                &[&seq, &now, &reason],
+                &[&seq, &now, &UNREADABLE_DELIVERY],
             )
             .await?;
             promote_head(tx, &connector, &order_key).await?;
-            continue;
-        }
-        let (Some((body, received_ms)), Some(event)) = (version, event) else {
             continue;
         };
         let incident_id: String = r.try_get("incident_id")?;
