@@ -201,15 +201,32 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// A folder with a config file, its SQLite file, and the repository's templates.
+/// Whether the end-to-end suites run on PostgreSQL (`IGW_TEST_STORE=postgres`, as
+/// `scripts/test` runs the suites that matter for several gateways) or on SQLite (the default).
+pub fn on_postgres() -> bool {
+    std::env::var("IGW_TEST_STORE").is_ok_and(|s| s == "postgres")
+}
+
+/// A folder with a config file, its store (a SQLite file there, or a PostgreSQL database of
+/// its own when [`on_postgres`]), and the repository's templates.
 pub struct Workspace {
     pub dir: tempfile::TempDir,
+    pub pg: Option<pg::PgDb>,
 }
 
 impl Workspace {
     pub fn new() -> Workspace {
         Workspace {
             dir: tempfile::tempdir().unwrap(),
+            pg: on_postgres().then(pg::PgDb::create),
+        }
+    }
+
+    /// The workspace's `storage.url`.
+    pub fn storage_url(&self) -> String {
+        match &self.pg {
+            Some(pg) => pg.url.clone(),
+            None => "sqlite://gateway.db".into(),
         }
     }
 
@@ -241,14 +258,15 @@ admin_token = "{ADMIN_TOKEN}"
 shutdown_grace = "5s"
 
 [storage]
-url = "sqlite://gateway.db"
+url = "{storage}"
 
 [[sources]]
 name = "detector"
 api_key = "{SOURCE_KEY}"
 
 {connectors}
-"#
+"#,
+            storage = self.storage_url()
         )
         .replace("TEMPLATES", &templates.display().to_string());
         self.write("gateway.toml", &text)
@@ -289,14 +307,24 @@ api_key = "{SOURCE_KEY}"
             .collect()
     }
 
-    /// A fresh read-only connection to the store.
+    /// A fresh read-only connection to the SQLite store (tests of the SQLite file itself).
     pub fn store(&self) -> rusqlite::Connection {
+        assert!(self.pg.is_none(), "this test reads the SQLite file itself");
         rusqlite::Connection::open_with_flags(self.db(), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
             .unwrap()
     }
 
     /// Counts rows in the store's tables.
     pub fn counts(&self) -> (i64, i64, i64, i64) {
+        if let Some(pg) = &self.pg {
+            let count = |t: &str| pg.query_i64(&format!("SELECT COUNT(*) FROM {t}"));
+            return (
+                count("incidents"),
+                count("incident_versions"),
+                count("deliveries"),
+                count("attempts"),
+            );
+        }
         let conn = self.store();
         let count = |t: &str| -> i64 {
             conn.query_row(&format!("SELECT COUNT(*) FROM {t}"), [], |r| r.get(0))
@@ -312,12 +340,41 @@ api_key = "{SOURCE_KEY}"
 
     /// The rows of a query of one text column.
     pub fn texts(&self, sql: &str) -> Vec<String> {
+        if let Some(pg) = &self.pg {
+            return pg.texts(sql);
+        }
         let conn = self.store();
         let mut stmt = conn.prepare(sql).unwrap();
         stmt.query_map([], |r| r.get(0))
             .unwrap()
             .collect::<Result<_, _>>()
             .unwrap()
+    }
+
+    /// Whether `needle` is anywhere in the store: the SQLite file's bytes, or every row of
+    /// every table on PostgreSQL.
+    pub fn store_contains(&self, needle: &str) -> bool {
+        if let Some(pg) = &self.pg {
+            let tables = [
+                "incidents",
+                "incident_versions",
+                "deliveries",
+                "tickets",
+                "ticket_incidents",
+                "seen_webhooks",
+                "attempts",
+            ];
+            let rows = tables
+                .map(|t| format!("SELECT row_to_json(x)::text AS j FROM {t} x"))
+                .join(" UNION ALL ");
+            let needle = needle.replace('\'', "''");
+            return pg.query_i64(&format!(
+                "SELECT COUNT(*) FROM ({rows}) r WHERE strpos(r.j, '{needle}') > 0"
+            )) > 0;
+        }
+        self.store_files().iter().any(|f| {
+            String::from_utf8_lossy(&std::fs::read(f).unwrap_or_default()).contains(needle)
+        })
     }
 
     /// The status of every delivery, oldest first.
