@@ -158,3 +158,373 @@ async fn the_leases_of_a_process_that_died_are_recovered_at_once() {
     );
     assert_eq!(db.query_i64("SELECT COUNT(*) FROM instances"), 1);
 }
+
+// ---------------------------------------------------------------------------------------
+// Several real gateway processes on one database.
+
+use std::collections::{HashMap, HashSet};
+use std::process::Child;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use common::*;
+use serde_json::Value;
+
+/// A workspace on a PostgreSQL database of its own (whatever IGW_TEST_STORE says), with a
+/// receiver and one http connector whose tickets are keyed by the incident's host.
+async fn shared_database(extra_config: &str) -> (Receiver, Workspace, std::path::PathBuf) {
+    let receiver = Receiver::start().await;
+    let ws = Workspace {
+        dir: tempfile::tempdir().unwrap(),
+        pg: Some(PgDb::create()),
+    };
+    let connector = http_connector(
+        "hook",
+        &receiver.url("/hook"),
+        &format!("correlation_key = \"{{{{asset_host_name}}}}\"\n{extra_config}"),
+    );
+    let config = ws.config("127.0.0.1:0", &connector);
+    // Several gateways per test, tests side by side: within PostgreSQL's 100 connections.
+    let url = ws.storage_url();
+    edit(&config, |text| {
+        text.replace(
+            &format!("url = \"{url}\""),
+            &format!("url = \"{url}\"\npool_size = 4"),
+        )
+    });
+    (receiver, ws, config)
+}
+
+/// An incident on host `host`.
+fn on_host(id: &str, host: &str) -> Value {
+    let mut v = common::incident(id);
+    v["asset_host_name"] = Value::String(host.into());
+    v
+}
+
+fn gateways(config: &std::path::Path, n: usize) -> Vec<(Child, String)> {
+    (0..n).map(|_| spawn_binary(config)).collect()
+}
+
+/// The delivery id and event of each request the receiver got, in arrival order.
+fn arrivals(receiver: &Receiver) -> Vec<(String, String)> {
+    receiver
+        .received()
+        .iter()
+        .map(|r| {
+            let body = r.json();
+            (
+                body["delivery"]["id"].as_str().unwrap().to_string(),
+                body["event"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Checks every ticket's deliveries arrived in the order they were queued (a repeat of the
+/// one in flight when a process died is allowed: it arrives right after itself).
+fn assert_ticket_order(ws: &Workspace, arrived: &[(String, String)]) {
+    let pg = ws.pg.as_ref().unwrap();
+    let queued = pg.texts("SELECT order_key || ' ' || delivery_id FROM deliveries ORDER BY seq");
+    let mut line_of = HashMap::new();
+    let mut expected: HashMap<String, Vec<String>> = HashMap::new();
+    for row in queued {
+        let (line, id) = row.split_once(' ').unwrap();
+        line_of.insert(id.to_string(), line.to_string());
+        expected.entry(line.into()).or_default().push(id.into());
+    }
+    let mut seen: HashMap<String, Vec<String>> = HashMap::new();
+    for (id, _) in arrived {
+        let line = seen.entry(line_of[id].clone()).or_default();
+        if line.last() != Some(id) {
+            line.push(id.clone());
+        }
+    }
+    assert_eq!(seen.len(), expected.len(), "every ticket heard of");
+    for (line, ids) in &expected {
+        assert_eq!(&seen[line], ids, "the deliveries of {line} out of order");
+    }
+}
+
+/// Three gateways, incidents posted round-robin, one killed (SIGKILL) halfway and not
+/// restarted: every accepted incident is delivered, repeats only for what the killed one had
+/// in flight, and every ticket's deliveries arrive in order. `IGW_MULTI_INCIDENTS` sets the
+/// number (600 here; the acceptance run in the closing note used 10,000).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_gateways_share_the_work_and_one_killed_loses_nothing() {
+    let total: usize = std::env::var("IGW_MULTI_INCIDENTS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(600);
+    let (receiver, ws, config) = shared_database("").await;
+    let mut gws = gateways(&config, 3);
+    let bases: Vec<String> = gws.iter().map(|(_, b)| b.clone()).collect();
+    let started = std::time::Instant::now();
+    let mut accepted = 0usize;
+    let mut refused = 0usize;
+    let mut killed_at = None;
+    for batch in 0..total.div_ceil(20) {
+        let alive: Vec<&String> = if killed_at.is_some() {
+            bases[1..].iter().collect()
+        } else {
+            bases.iter().collect()
+        };
+        let posts: Vec<_> = (0..20)
+            .map(|j| batch * 20 + j)
+            .filter(|i| *i < total)
+            .map(|i| {
+                let base = alive[i % alive.len()].clone();
+                let body = on_host(&format!("MULTI-{i:05}"), &format!("host-{}", i % 50));
+                tokio::spawn(async move { post_incident(&base, &body).await.status().as_u16() })
+            })
+            .collect();
+        for p in posts {
+            match p.await.unwrap() {
+                202 => accepted += 1,
+                _ => refused += 1,
+            }
+        }
+        if killed_at.is_none() && batch * 20 >= total / 2 {
+            sigkill(&mut gws[0].0);
+            killed_at = Some(accepted);
+        }
+    }
+    let posted_in = started.elapsed();
+    let all = common::eventually(Duration::from_secs(120), || async {
+        let ids: HashSet<String> = arrivals(&receiver).into_iter().map(|(id, _)| id).collect();
+        (ids.len() >= accepted).then_some(())
+    })
+    .await;
+    let delivered_in = started.elapsed();
+    let arrived = arrivals(&receiver);
+    let distinct: HashSet<&String> = arrived.iter().map(|(id, _)| id).collect();
+    let holders = ws.pg.as_ref().unwrap().query_i64(
+        "SELECT COUNT(DISTINCT lease_holder) FROM deliveries WHERE status = 'delivered'",
+    );
+    for (child, _) in &mut gws[1..] {
+        sigkill(child);
+    }
+    eprintln!(
+        "{total} posted round-robin to 3 gateways in {posted_in:?}, one killed after {} accepted: \
+         {accepted} accepted, {refused} refused; {} distinct deliveries arrived ({} requests, \
+         {} repeats) in {delivered_in:?}; delivered by {holders} processes",
+        killed_at.unwrap_or(0),
+        distinct.len(),
+        arrived.len(),
+        arrived.len() - distinct.len(),
+    );
+    assert!(all.is_some(), "{} of {accepted} delivered", distinct.len());
+    assert_eq!(
+        distinct.len(),
+        accepted,
+        "one delivery per accepted incident"
+    );
+    assert_eq!(refused, 0, "the live gateways took every incident");
+    assert!(holders >= 2, "the work was shared");
+    // Repeats only for what the killed process held (its concurrency at most).
+    assert!(arrived.len() - distinct.len() <= 32);
+    assert_ticket_order(&ws, &arrived);
+}
+
+/// 200 incidents over 10 keys posted at once to three gateways: exactly 10 tickets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_key_opens_one_ticket_whichever_gateways_take_its_incidents() {
+    let (receiver, ws, config) = shared_database("").await;
+    let mut gws = gateways(&config, 3);
+    // 40 at a time (as many connections as one client may hold on each gateway, and more).
+    for wave in 0..5 {
+        let posts: Vec<_> = (wave * 40..(wave + 1) * 40)
+            .map(|i| {
+                let base = gws[i % 3].1.clone();
+                let body = on_host(&format!("KEYED-{i:03}"), &format!("host-{}", i % 10));
+                tokio::spawn(async move { post_incident(&base, &body).await.status().as_u16() })
+            })
+            .collect();
+        for p in posts {
+            assert_eq!(p.await.unwrap(), 202);
+        }
+    }
+    receiver.wait_for(200, Duration::from_secs(60)).await;
+    for (child, _) in &mut gws {
+        sigkill(child);
+    }
+    let arrived = arrivals(&receiver);
+    let created = arrived.iter().filter(|(_, e)| e == "created").count();
+    let pg = ws.pg.as_ref().unwrap();
+    assert_eq!(created, 10, "one created per key");
+    assert_eq!(pg.query_i64("SELECT COUNT(*) FROM tickets"), 10);
+    assert_ticket_order(&ws, &arrived);
+}
+
+/// A signed request replayed to another gateway inside the window is refused there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_request_replayed_to_another_gateway_is_refused() {
+    let (_receiver, _ws, config) = shared_database("").await;
+    with_sources(
+        &config,
+        &format!(
+            "[[sources]]\nname = \"detector\"\napi_key = \"{SOURCE_KEY}\"\n{}",
+            signed_source("signed")
+        ),
+    );
+    let mut gws = gateways(&config, 2);
+    let signed = Signed::new("evt_replayed", &common::incident("SIGNED-1"));
+    assert_eq!(signed.post(&gws[0].1).await.status(), 202);
+    let replay = signed.post(&gws[1].1).await;
+    assert_eq!(
+        replay.status(),
+        401,
+        "the replay was taken by the second gateway"
+    );
+    assert_eq!(signed.post(&gws[0].1).await.status(), 401);
+    for (child, _) in &mut gws {
+        sigkill(child);
+    }
+}
+
+/// A TCP relay to PostgreSQL that can be cut: while down it drops every connection it holds
+/// and refuses new ones, which is what a gateway sees of a database that stopped.
+struct Cuttable {
+    port: u16,
+    down: Arc<AtomicBool>,
+    cut: Arc<tokio::sync::Notify>,
+}
+
+impl Cuttable {
+    async fn start(to: std::net::SocketAddr) -> Cuttable {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let down = Arc::new(AtomicBool::new(false));
+        let cut = Arc::new(tokio::sync::Notify::new());
+        let (d, c) = (down.clone(), cut.clone());
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if d.load(Ordering::SeqCst) {
+                    continue; // dropped: refused
+                }
+                let cut = c.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(to).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut.notified() => {}
+                    }
+                });
+            }
+        });
+        Cuttable { port, down, cut }
+    }
+
+    fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
+        if down {
+            self.cut.notify_waiters();
+        }
+    }
+}
+
+/// PostgreSQL goes away during a load and comes back: meanwhile ingest answers 503
+/// problem+json with Retry-After and /readyz 503; nothing accepted is lost; ingest and
+/// delivery resume by themselves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_the_database_is_down_ingest_answers_503_and_all_resumes_when_it_returns() {
+    let outage = Duration::from_secs(
+        std::env::var("IGW_OUTAGE_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(4),
+    );
+    let (receiver, ws, config) = shared_database("").await;
+    let relay = Cuttable::start("127.0.0.1:5432".parse().unwrap()).await;
+    let db = ws.pg.as_ref().unwrap();
+    let via_relay = format!("postgres://postgres@127.0.0.1:{}/{}", relay.port, db.name);
+    edit(&config, |text| {
+        text.replace(
+            &format!("url = \"{}\"", db.url),
+            &format!("url = \"{via_relay}\"\nconnect_timeout = \"1s\""),
+        )
+        .replace("pool_size = 4", "")
+    });
+    let (mut child, base) = spawn_binary(&config);
+    let ready = |base: String| async move {
+        client()
+            .get(format!("{base}/readyz"))
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0)
+    };
+    assert_eq!(ready(base.clone()).await, 200);
+
+    let mut accepted = Vec::new();
+    let mut unavailable = 0;
+    let mut other = Vec::new();
+    let mut cut_at = None;
+    let mut back_at = None;
+    let mut first_after = None;
+    let mut ready_while_down = None;
+    let started = std::time::Instant::now();
+    let mut i = 0;
+    while started.elapsed() < outage + Duration::from_secs(4) {
+        let elapsed = started.elapsed();
+        if cut_at.is_none() && elapsed >= Duration::from_secs(1) {
+            relay.set_down(true);
+            cut_at = Some(std::time::Instant::now());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            ready_while_down = Some(ready(base.clone()).await);
+        }
+        if back_at.is_none() && elapsed >= Duration::from_secs(1) + outage {
+            relay.set_down(false);
+            back_at = Some(std::time::Instant::now());
+        }
+        let id = format!("OUT-{i:04}");
+        i += 1;
+        let r = post_incident(&base, &on_host(&id, &format!("host-{}", i % 5))).await;
+        match r.status().as_u16() {
+            202 => {
+                if back_at.is_some() && first_after.is_none() {
+                    first_after = back_at.map(|b| b.elapsed());
+                }
+                accepted.push(id);
+            }
+            503 => {
+                assert!(r.headers().contains_key("retry-after"));
+                assert_eq!(r.headers()["content-type"], "application/problem+json");
+                unavailable += 1;
+            }
+            s => other.push(s),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let all = common::eventually(Duration::from_secs(60), || async {
+        let got: HashSet<String> = receiver
+            .received()
+            .iter()
+            .map(|r| r.json()["incidentId"].as_str().unwrap().to_string())
+            .collect();
+        accepted.iter().all(|id| got.contains(id)).then_some(())
+    })
+    .await;
+    let delivered_after = back_at.map(|b| b.elapsed());
+    let ready_after = ready(base.clone()).await;
+    sigkill(&mut child);
+    eprintln!(
+        "database down for {outage:?}: {} accepted, {unavailable} answered 503, other {other:?}; \
+         /readyz while down {ready_while_down:?}, after {ready_after}; first 202 {first_after:?} \
+         after it returned; everything accepted delivered {delivered_after:?} after it returned",
+        accepted.len()
+    );
+    assert!(other.is_empty(), "only 202 or 503: {other:?}");
+    assert!(unavailable > 0, "the outage was seen");
+    assert_eq!(ready_while_down, Some(503));
+    assert_eq!(ready_after, 200);
+    assert!(first_after.is_some(), "ingest resumed without a restart");
+    assert!(all.is_some(), "every accepted incident was delivered");
+    // What was answered 503 was not stored.
+    assert_eq!(
+        db.query_i64("SELECT COUNT(*) FROM incidents") as usize,
+        accepted.len()
+    );
+}

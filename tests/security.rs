@@ -843,7 +843,10 @@ max_backoff = "100ms"
         SOURCE_KEY,
         ADMIN_TOKEN,
     ];
-    assert!(ws.store_contains("incidentId"), "the store check reads what is stored");
+    assert!(
+        ws.store_contains("incidentId"),
+        "the store check reads what is stored"
+    );
     for secret in secrets {
         assert!(!logs.contains(secret), "{secret} in the logs");
         assert!(!ws.store_contains(secret), "{secret} in the store");

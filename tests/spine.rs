@@ -567,6 +567,9 @@ async fn secrets_never_reach_attempt_records_and_api_errors_are_problem_json() {
         );
     }
     gw.stop().await.unwrap();
-    assert!(ws.store_contains("SECRET-1"), "the check reads what is stored");
+    assert!(
+        ws.store_contains("SECRET-1"),
+        "the check reads what is stored"
+    );
     assert!(!ws.store_contains(TOKEN), "the store holds no secret");
 }
