@@ -128,3 +128,31 @@ fn e2e_scenario_waits_for_every_delivery() {
     }
     assert_no_errors(&report);
 }
+
+/// On PostgreSQL, two gateway processes share the load and the database, every delivery
+/// waited for (a database of the run's own on the test server, dropped after).
+#[test]
+fn e2e_runs_on_postgres_over_two_gateways() {
+    let server = std::env::var("IGW_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let report = tool(&["e2e", "--storage", &server, "--instances", "2"]);
+    let gateway: Vec<_> = report
+        .runs
+        .iter()
+        .filter(|r| r.label.starts_with("gateway"))
+        .collect();
+    assert!(!gateway.is_empty(), "{:?}", report.runs);
+    for run in &gateway {
+        assert!(run.label.contains("2 gateways"), "{}", run.label);
+        assert!(run.rate > 0.0, "{}", run.summary());
+        assert_eq!(run.missing, 0, "{}", run.summary());
+    }
+    assert_no_errors(&report);
+}
+
+#[test]
+fn several_gateways_need_postgres() {
+    let cli = bench::Cli::try_parse_from(["load", "ingest", "--instances", "2"]).unwrap();
+    let error = bench::run(cli).err().expect("refused").to_string();
+    assert!(error.contains("--storage"), "{error}");
+}

@@ -68,6 +68,8 @@ pub struct Setup {
     pub receiver: String,
     /// Load connections: the per-client connection limit must let them all in.
     pub connections: usize,
+    /// `storage.url`.
+    pub storage: String,
 }
 
 /// Writes `gateway.toml` into `dir` (its database beside it) and returns its path.
@@ -86,7 +88,7 @@ max_connections = {slots}
 max_connections_per_client = {slots}
 
 [storage]
-url = "sqlite://gateway.db"
+url = {storage}
 
 [delivery]
 concurrency = {forwards}
@@ -96,6 +98,7 @@ name = "load"
 api_key = "{SOURCE_KEY}"
 "#,
         forwards = super::baseline::FORWARDS,
+        storage = toml_string(&setup.storage),
     );
     for i in 0..setup.connectors {
         let name = if setup.connectors == 1 {
@@ -146,4 +149,34 @@ pub fn start(exe: &Path, config: &Path, log: &Path, log_level: &str) -> anyhow::
         // Plain text in the log file (and no time spent on colour codes).
         .env("NO_COLOR", "1");
     Child::spawn(cmd, log, "the gateway")
+}
+
+/// Creates a database of its own for a gateway run on the PostgreSQL server `server` names;
+/// returns its URL.
+pub async fn fresh_database(server: &str) -> anyhow::Result<String> {
+    let name = format!("igw_load_{}", uuid::Uuid::now_v7().simple());
+    on_server(server, &format!("CREATE DATABASE {name}")).await?;
+    let base = server.rsplit_once('/').map_or(server, |(b, _)| b);
+    Ok(format!("{base}/{name}"))
+}
+
+/// Drops the database `url` names (on the server `server` names).
+pub async fn drop_database(server: &str, url: &str) -> anyhow::Result<()> {
+    let name = url.rsplit('/').next().unwrap_or_default();
+    on_server(
+        server,
+        &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+    )
+    .await
+}
+
+async fn on_server(server: &str, sql: &str) -> anyhow::Result<()> {
+    let (client, connection) = tokio_postgres::connect(server, tokio_postgres::NoTls)
+        .await
+        .with_context(|| format!("connecting to PostgreSQL at {server}"))?;
+    let task = tokio::spawn(connection);
+    client.batch_execute(sql).await?;
+    drop(client);
+    let _ = task.await;
+    Ok(())
 }

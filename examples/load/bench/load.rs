@@ -3,6 +3,7 @@
 //! rate across all of them (open loop, latency counted from when each request was due, so a
 //! stall is not hidden by requests that were never sent).
 
+use anyhow::Context;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -29,7 +30,8 @@ pub enum Pace {
 /// Where and how to send.
 #[derive(Clone)]
 pub struct Target {
-    pub addr: SocketAddr,
+    /// Where the load goes: connection `k` to `addrs[k % len]` (several gateways share it).
+    pub addrs: Vec<SocketAddr>,
     pub path: &'static str,
     pub bearer: Option<String>,
 }
@@ -37,7 +39,11 @@ pub struct Target {
 impl Target {
     /// The headers every request to it carries, made once.
     pub fn headers(&self) -> anyhow::Result<Headers> {
-        let host = HeaderValue::from_str(&self.addr.to_string())?;
+        let first = self
+            .addrs
+            .first()
+            .context("no address to send the load to")?;
+        let host = HeaderValue::from_str(&first.to_string())?;
         let auth = match &self.bearer {
             Some(key) => Some(HeaderValue::from_str(&format!("Bearer {key}"))?),
             None => None,
@@ -102,9 +108,9 @@ pub async fn drive(
     let end = start + until;
     let next = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
-    for _ in 0..connections.max(1) {
+    for k in 0..connections.max(1) {
         let (next, payloads, headers) = (next.clone(), payloads.clone(), headers.clone());
-        let addr = target.addr;
+        let addr = target.addrs[k % target.addrs.len()];
         tasks.push(tokio::spawn(async move {
             let mut sent = Vec::new();
             let mut failures = BTreeMap::new();

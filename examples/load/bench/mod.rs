@@ -97,6 +97,15 @@ pub struct Cli {
     /// per core.
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Run the gateway on PostgreSQL: a server URL (`postgres://USER@HOST:PORT/DB`) on which
+    /// the tool creates a database of its own for each gateway run (dropped at the end unless
+    /// `--keep`). Default: SQLite, a file in each run's folder.
+    #[arg(long, value_name = "URL")]
+    pub storage: Option<String>,
+    /// Gateway processes per run, all on the same `--storage` database, the load's
+    /// connections spread over them in turn (the backlog scenario runs one).
+    #[arg(long, default_value_t = 1)]
+    pub instances: usize,
     /// Run the baselines as threads of this process instead of child processes (for tests).
     #[arg(long, hide = true)]
     pub baselines_in_process: bool,
@@ -138,6 +147,12 @@ pub struct Report {
 
 /// Runs `cli.scenario`, printing each run as it ends; returns every run and the table.
 pub fn run(cli: Cli) -> anyhow::Result<Report> {
+    if cli.instances > 1 && cli.storage.is_none() {
+        bail!(
+            "--instances {} needs --storage postgres://…: a SQLite file takes one gateway process",
+            cli.instances
+        );
+    }
     // Bounded, so no duration built from them can overflow.
     const DAY: f64 = 86_400.0;
     let seconds = |v: f64| (0.0..=DAY).contains(&v);
@@ -201,6 +216,8 @@ struct Bench {
     flat_one: Option<(RunResult, RunResult, RunResult)>,
     rows: Vec<Row>,
     folders: usize,
+    /// PostgreSQL databases made for gateway runs (`--storage`), dropped at the end.
+    databases: Vec<String>,
 }
 
 impl Bench {
@@ -229,6 +246,7 @@ impl Bench {
             flat_one: None,
             rows: Vec::new(),
             folders: 0,
+            databases: Vec::new(),
         })
     }
 
@@ -247,6 +265,15 @@ impl Bench {
         if self.cli.keep {
             let kept = std::mem::replace(&mut self.work, tempfile::tempdir()?).keep();
             eprintln!("configs, databases and logs kept in {}", kept.display());
+            for db in &self.databases {
+                eprintln!("PostgreSQL database kept: {db}");
+            }
+        } else if let Some(server) = &self.cli.storage {
+            for db in &self.databases {
+                if let Err(e) = gateway::drop_database(server, db).await {
+                    eprintln!("cannot drop {db}: {e:#}");
+                }
+            }
         }
         result
     }
@@ -275,6 +302,17 @@ impl Bench {
         Ok(dir)
     }
 
+    /// The `storage.url` of the next gateway run: its folder's SQLite file, or a new database
+    /// on the `--storage` server.
+    async fn storage_url(&mut self) -> anyhow::Result<String> {
+        let Some(server) = self.cli.storage.clone() else {
+            return Ok("sqlite://gateway.db".into());
+        };
+        let url = gateway::fresh_database(&server).await?;
+        self.databases.push(url.clone());
+        Ok(url)
+    }
+
     fn pace_label(&self, pace: Pace) -> String {
         match pace {
             Pace::Flat => format!("flat out, {} conns", self.cli.connections),
@@ -287,13 +325,13 @@ impl Bench {
     async fn measure(
         &mut self,
         label: String,
-        addr: std::net::SocketAddr,
+        addrs: &[std::net::SocketAddr],
         pace: Pace,
         wait: Option<Lanes>,
     ) -> anyhow::Result<RunResult> {
         let _ = self.receiver.take();
         let target = Target {
-            addr,
+            addrs: addrs.to_vec(),
             path: "/v1/incidents",
             bearer: Some(gateway::SOURCE_KEY.into()),
         };
@@ -365,7 +403,7 @@ impl Bench {
                 &dir.join("baseline.log"),
             )
         })?;
-        let mut run = self.measure(label, server.addr, pace, wait).await?;
+        let mut run = self.measure(label, &[server.addr], pace, wait).await?;
         run.peak_rss_kib = server.peak_rss_kib();
         tokio::task::block_in_place(|| server.stop());
         Ok(self.finish(run))
@@ -380,6 +418,7 @@ impl Bench {
         wait: Option<Lanes>,
     ) -> anyhow::Result<RunResult> {
         let dir = self.folder("gateway")?;
+        let storage = self.storage_url().await?;
         let config = gateway::write_config(
             &dir,
             &gateway::Setup {
@@ -387,26 +426,39 @@ impl Bench {
                 matchers: connectors > 1,
                 receiver: self.receiver.url("/hook"),
                 connections: self.cli.connections,
+                storage,
             },
         )?;
-        let mut gw = tokio::task::block_in_place(|| {
-            gateway::start(
-                &self.gateway,
-                &config,
-                &dir.join("gateway.log"),
-                &self.cli.gateway_log,
-            )
-        })?;
-        let mut run = self.measure(label.into(), gw.addr, pace, wait).await?;
-        run.peak_rss_kib = gw.peak_rss_kib();
-        if !gw.running() {
-            bail!(
-                "the gateway exited during the run ({}); {}",
-                run.summary(),
-                child::log_tail(&dir.join("gateway.log"))
-            );
+        let mut gws = Vec::new();
+        for n in 0..self.cli.instances.max(1) {
+            gws.push(tokio::task::block_in_place(|| {
+                gateway::start(
+                    &self.gateway,
+                    &config,
+                    &dir.join(format!("gateway-{n}.log")),
+                    &self.cli.gateway_log,
+                )
+            })?);
         }
-        tokio::task::block_in_place(|| gw.terminate(gateway::STOP_GRACE));
+        let addrs: Vec<_> = gws.iter().map(|g| g.addr).collect();
+        let label = match gws.len() {
+            1 => label.to_string(),
+            n => format!("{label}, {n} gateways"),
+        };
+        let mut run = self.measure(label, &addrs, pace, wait).await?;
+        run.peak_rss_kib = gws.iter().filter_map(|g| g.peak_rss_kib()).max();
+        for (n, gw) in gws.iter_mut().enumerate() {
+            if !gw.running() {
+                bail!(
+                    "gateway {n} exited during the run ({}); {}",
+                    run.summary(),
+                    child::log_tail(&dir.join(format!("gateway-{n}.log")))
+                );
+            }
+        }
+        for mut gw in gws {
+            tokio::task::block_in_place(|| gw.terminate(gateway::STOP_GRACE));
+        }
         Ok(self.finish(run))
     }
 
@@ -613,6 +665,7 @@ impl Bench {
         let k = self.cli.backlog;
         eprintln!("\nbacklog: destination hanging, {k} deliveries queued, then a restart");
         let dir = self.folder("gateway-backlog")?;
+        let storage = self.storage_url().await?;
         let config = gateway::write_config(
             &dir,
             &gateway::Setup {
@@ -620,6 +673,7 @@ impl Bench {
                 matchers: false,
                 receiver: self.receiver.url("/hook"),
                 connections: self.cli.connections,
+                storage,
             },
         )?;
         let (exe, log_level) = (self.gateway.clone(), self.cli.gateway_log.clone());
@@ -631,7 +685,7 @@ impl Bench {
         let mut gw = start(1)?;
 
         let empty = self
-            .measure("gateway, empty queue".into(), gw.addr, Pace::Flat, None)
+            .measure("gateway, empty queue".into(), &[gw.addr], Pace::Flat, None)
             .await?;
         let empty = self.finish(empty);
         let queued = empty.accepted_total;
@@ -646,7 +700,7 @@ impl Bench {
         let full = self
             .measure(
                 format!("gateway, {} queued", queued + filled),
-                gw.addr,
+                &[gw.addr],
                 Pace::Flat,
                 None,
             )
@@ -732,7 +786,7 @@ impl Bench {
         let seq0 = self.next_seq;
         self.next_seq += batches * per;
         let headers = Target {
-            addr,
+            addrs: vec![addr],
             path: "/v1/incidents",
             bearer: Some(gateway::SOURCE_KEY.into()),
         }
