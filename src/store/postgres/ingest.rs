@@ -12,6 +12,9 @@ use crate::store::{
     DeliveryRef, Ingest, IngestOutcome, IngestStatus, Ingested, NewIncident, StoreError,
 };
 
+/// The longest the advisory replay lookup may take before it answers "not seen".
+const SEEN_LOOKUP: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// Expired ids deleted per claim (as on SQLite).
 const PRUNE_PER_CLAIM: i64 = 64;
 
@@ -37,17 +40,26 @@ impl Ingest for Postgres {
             return Ok(false);
         }
         let since = now_ms().saturating_sub(replay_window_ms());
-        let client = self.pool.get().await?;
-        let statement = client
-            .prepare_cached(
-                "SELECT COUNT(*) FROM seen_webhooks
-                 WHERE source = ANY($1) AND webhook_id = $2 AND seen_ms >= $3",
-            )
-            .await?;
-        let seen: i64 = client
-            .query_one(&statement, &[&sources, &webhook_id, &since])
-            .await?
-            .try_get(0)?;
+        // Asked before the sender is authenticated: never waits for a busy pool or a slow
+        // database (the claim in `ingest` is what decides).
+        let lookup = async {
+            let client = self.pool.get().await?;
+            let statement = client
+                .prepare_cached(
+                    "SELECT COUNT(*) FROM seen_webhooks
+                     WHERE source = ANY($1) AND webhook_id = $2 AND seen_ms >= $3",
+                )
+                .await?;
+            let seen: i64 = client
+                .query_one(&statement, &[&sources, &webhook_id, &since])
+                .await?
+                .try_get(0)?;
+            Ok::<i64, StoreError>(seen)
+        };
+        let Ok(seen) = tokio::time::timeout(SEEN_LOOKUP, lookup).await else {
+            return Ok(false);
+        };
+        let seen = seen?;
         let mut distinct = sources;
         distinct.sort();
         distinct.dedup();
