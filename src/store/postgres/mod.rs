@@ -122,6 +122,9 @@ mod queue;
 mod tickets;
 mod views;
 
+#[cfg(test)]
+mod testing;
+
 impl Postgres {
     /// Connects, applies the migrations this database lacks, and checks its schema is one
     /// this binary knows.

@@ -90,6 +90,45 @@ impl Queue for Postgres {
     }
 }
 
+/// The connectors with a head of a line ready (a loose index scan of `deliveries_ready`).
+pub(super) const READY_CONNECTORS: &str = "WITH RECURSIVE c(name) AS (
+             (SELECT connector FROM deliveries WHERE ready ORDER BY connector LIMIT 1)
+             UNION ALL
+             SELECT (SELECT connector FROM deliveries WHERE ready AND connector > c.name
+                     ORDER BY connector LIMIT 1)
+             FROM c WHERE c.name IS NOT NULL)
+         SELECT name FROM c WHERE name IS NOT NULL";
+
+/// A connector's due heads of their lines, earliest first.
+pub(super) const DUE_HEADS: &str = "SELECT seq, due_ms FROM deliveries
+             WHERE ready AND connector = $1 AND due_ms <= $2
+             ORDER BY due_ms, seq LIMIT $3";
+
+/// When a connector's first head of its line falls due.
+pub(super) const NEXT_DUE: &str =
+    "SELECT MIN(due_ms) FROM deliveries WHERE ready AND connector = $1";
+
+/// Makes a line's first blocking delivery ready, if it is pending.
+pub(super) const PROMOTE_HEAD: &str = concat!(
+    "UPDATE deliveries SET ready = TRUE
+             WHERE seq = (SELECT seq FROM deliveries WHERE connector = $1 AND order_key = $2 AND ",
+    blocking!(),
+    " ORDER BY seq LIMIT 1)
+               AND status = 'pending' AND NOT ready"
+);
+
+/// A new delivery, ready when nothing of its line holds it back.
+pub(super) const INSERT_DELIVERY: &str = concat!(
+            "INSERT INTO deliveries (delivery_id, incident_id, version_id, connector, event, status,
+                                     order_key, ticket_seq, budget_since_ms, next_attempt_ms, due_ms,
+                                     created_ms, updated_ms, ready)
+             VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, $8, $8, $8, $8, $8,
+                     NOT EXISTS (SELECT 1 FROM deliveries e WHERE e.connector = $4 AND e.order_key = $6
+                                 AND ",
+            blocking!(),
+            "))"
+        );
+
 /// A delivery to queue.
 pub(super) struct NewDelivery<'a> {
     pub incident_id: &'a str,
@@ -112,16 +151,7 @@ pub(super) async fn insert_delivery(
     lock_line(tx, d.connector, &order_key).await?;
     execute(
         tx,
-        concat!(
-            "INSERT INTO deliveries (delivery_id, incident_id, version_id, connector, event, status,
-                                     order_key, ticket_seq, budget_since_ms, next_attempt_ms, due_ms,
-                                     created_ms, updated_ms, ready)
-             VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, $8, $8, $8, $8, $8,
-                     NOT EXISTS (SELECT 1 FROM deliveries e WHERE e.connector = $4 AND e.order_key = $6
-                                 AND ",
-            blocking!(),
-            "))"
-        ),
+        INSERT_DELIVERY,
         &[
             &id,
             &d.incident_id,
@@ -145,39 +175,18 @@ pub(super) async fn promote_head(
     order_key: &str,
 ) -> Result<(), StoreError> {
     lock_line(tx, connector, order_key).await?;
-    execute(
-        tx,
-        concat!(
-            "UPDATE deliveries SET ready = TRUE
-             WHERE seq = (SELECT seq FROM deliveries WHERE connector = $1 AND order_key = $2 AND ",
-            blocking!(),
-            " ORDER BY seq LIMIT 1)
-               AND status = 'pending' AND NOT ready"
-        ),
-        &[&connector, &order_key],
-    )
-    .await?;
+    execute(tx, PROMOTE_HEAD, &[&connector, &order_key]).await?;
     Ok(())
 }
 
 /// The connectors with a head of a line ready: a loose index scan of `deliveries_ready`, one
 /// seek per connector.
 async fn ready_connectors(tx: &Transaction<'_>) -> Result<Vec<String>, StoreError> {
-    query(
-        tx,
-        "WITH RECURSIVE c(name) AS (
-             (SELECT connector FROM deliveries WHERE ready ORDER BY connector LIMIT 1)
-             UNION ALL
-             SELECT (SELECT connector FROM deliveries WHERE ready AND connector > c.name
-                     ORDER BY connector LIMIT 1)
-             FROM c WHERE c.name IS NOT NULL)
-         SELECT name FROM c WHERE name IS NOT NULL",
-        &[],
-    )
-    .await?
-    .iter()
-    .map(|r| Ok(r.try_get(0)?))
-    .collect()
+    query(tx, READY_CONNECTORS, &[])
+        .await?
+        .iter()
+        .map(|r| Ok(r.try_get(0)?))
+        .collect()
 }
 
 /// A head of its line that is due, before it is leased.
@@ -204,15 +213,7 @@ async fn lease_due(
         if busy.contains(&connector) {
             continue;
         }
-        for r in query(
-            tx,
-            "SELECT seq, due_ms FROM deliveries
-             WHERE ready AND connector = $1 AND due_ms <= $2
-             ORDER BY due_ms, seq LIMIT $3",
-            &[&connector, &now, &cap],
-        )
-        .await?
-        {
+        for r in query(tx, DUE_HEADS, &[&connector, &now, &cap]).await? {
             candidates.push(Due {
                 seq: r.try_get("seq")?,
                 due_ms: r.try_get("due_ms")?,
@@ -425,15 +426,11 @@ async fn next_due_ms(tx: &Transaction<'_>, busy: &[String]) -> Result<Option<i64
         if busy.contains(&connector) {
             continue;
         }
-        let due: Option<i64> = query_opt(
-            tx,
-            "SELECT MIN(due_ms) FROM deliveries WHERE ready AND connector = $1",
-            &[&connector],
-        )
-        .await?
-        .map(|r| r.try_get(0))
-        .transpose()?
-        .flatten();
+        let due: Option<i64> = query_opt(tx, NEXT_DUE, &[&connector])
+            .await?
+            .map(|r| r.try_get(0))
+            .transpose()?
+            .flatten();
         earliest = match (earliest, due) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -486,4 +483,65 @@ async fn replay(
         promote_head(tx, &connector, &order_key).await?;
     }
     Ok(ReplayOutcome::Replayed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_postgres::types::ToSql;
+
+    /// The queue's statements have an index path on PostgreSQL as on SQLite: with sequential
+    /// scans priced out, each plan reads `deliveries` through an index; a statement no index
+    /// serves would still show a `Seq Scan on deliveries`, so this fails if one is lost.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_queue_answers_by_index_seeks_never_by_scanning_deliveries() {
+        let db = super::super::testing::Database::create().await;
+        let client = db.client().await;
+        client
+            .batch_execute("SET enable_seqscan = off")
+            .await
+            .unwrap();
+        let statements: [(&str, &str, Vec<Box<dyn ToSql + Sync>>); 5] = [
+            ("ready connectors", READY_CONNECTORS, vec![]),
+            (
+                "due heads",
+                DUE_HEADS,
+                vec![Box::new("hook"), Box::new(0i64), Box::new(10i64)],
+            ),
+            ("next due", NEXT_DUE, vec![Box::new("hook")]),
+            (
+                "promote head",
+                PROMOTE_HEAD,
+                vec![Box::new("hook"), Box::new("ticket:1")],
+            ),
+            (
+                "queue one",
+                INSERT_DELIVERY,
+                vec![
+                    Box::new("msg_x"),
+                    Box::new("A"),
+                    Box::new(1i64),
+                    Box::new("hook"),
+                    Box::new("created"),
+                    Box::new("ticket:1"),
+                    Box::new(Some(1i64)),
+                    Box::new(0i64),
+                ],
+            ),
+        ];
+        for (what, sql, params) in &statements {
+            let params: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p.as_ref()).collect();
+            let plan: Vec<String> = client
+                .query(&format!("EXPLAIN {sql}"), &params)
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.get::<_, String>(0))
+                .collect();
+            let plan = plan.join("\n");
+            assert!(!plan.contains("Seq Scan on deliveries"), "{what}:\n{plan}");
+            assert!(plan.contains("Index"), "{what}:\n{plan}");
+        }
+        db.drop().await;
+    }
 }
