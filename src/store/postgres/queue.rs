@@ -490,6 +490,9 @@ mod tests {
     use super::*;
     use tokio_postgres::types::ToSql;
 
+    /// A bound value of an EXPLAINed statement.
+    type Param = Box<dyn ToSql + Sync>;
+
     /// The queue's statements have an index path on PostgreSQL as on SQLite: with sequential
     /// scans priced out, each plan reads `deliveries` through an index; a statement no index
     /// serves would still show a `Seq Scan on deliveries`, so this fails if one is lost.
@@ -501,7 +504,7 @@ mod tests {
             .batch_execute("SET enable_seqscan = off")
             .await
             .unwrap();
-        let statements: [(&str, &str, Vec<Box<dyn ToSql + Sync>>); 5] = [
+        let statements: [(&str, &str, Vec<Param>); 5] = [
             ("ready connectors", READY_CONNECTORS, vec![]),
             (
                 "due heads",
