@@ -417,7 +417,26 @@ impl Cuttable {
         Cuttable { port, down, cut }
     }
 
+    /// Cuts the relay, or with `IGW_OUTAGE_REAL=1` (the long form, run alone) stops the
+    /// machine's PostgreSQL itself and starts it again.
     fn set_down(&self, down: bool) {
+        if std::env::var("IGW_OUTAGE_REAL").is_ok_and(|v| v == "1") {
+            let version = std::fs::read_dir("/etc/postgresql")
+                .unwrap()
+                .next()
+                .unwrap()
+                .unwrap()
+                .file_name();
+            let action = if down { "stop" } else { "start" };
+            let status = std::process::Command::new("pg_ctlcluster")
+                .arg("--skip-systemctl-redirect")
+                .arg(&version)
+                .args(["main", action])
+                .status()
+                .unwrap();
+            assert!(status.success(), "pg_ctlcluster {action}");
+            return;
+        }
         self.down.store(down, Ordering::SeqCst);
         if down {
             self.cut.notify_waiters();
