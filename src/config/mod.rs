@@ -380,6 +380,50 @@ mod tests {
     }
 
     #[test]
+    fn storage_urls_choose_the_backend_and_its_settings_are_checked() {
+        let load = |storage: &str| {
+            let text = format!("[storage]\n{storage}\n");
+            Config::from_toml(&text, Path::new("gw.toml"), env(&[("PW", "pg-secret-123")]))
+        };
+        let pg = load(
+            "url = \"postgres://gw:${PW}@db:5432/igw\"\npool_size = 4\nstatement_timeout = \"2s\"",
+        )
+        .unwrap();
+        let StorageConfig::Postgres(settings) = &pg.storage else {
+            panic!("not PostgreSQL: {:?}", pg.storage);
+        };
+        assert_eq!(settings.pool_size, 4);
+        assert_eq!(
+            settings.statement_timeout,
+            std::time::Duration::from_secs(2)
+        );
+        assert_eq!(settings.connect_timeout, std::time::Duration::from_secs(5));
+        // The password came from the environment: masked wherever text leaves the process.
+        assert!(!pg.secrets.mask(&settings.url).contains("pg-secret-123"));
+        assert!(!format!("{settings:?}").contains("pg-secret-123"));
+        for (storage, field) in [
+            (
+                "url = \"sqlite://x.db\"\npool_size = 4",
+                "storage.pool_size",
+            ),
+            (
+                "url = \"postgres://db/igw\"\npool_size = 0",
+                "storage.pool_size",
+            ),
+            (
+                "url = \"postgres://db/igw\"\nconnect_timeout = \"0s\"",
+                "storage.connect_timeout",
+            ),
+            ("url = \"postgres://gw:hunter22@db:x/igw\"", "storage.url"),
+            ("url = \"mysql://db/igw\"", "storage.url"),
+        ] {
+            let msg = load(storage).unwrap_err().to_string();
+            assert!(msg.contains(field), "{storage}: {msg}");
+            assert!(!msg.contains("hunter22"), "{msg}");
+        }
+    }
+
+    #[test]
     fn type_errors_name_line_column_and_field() {
         let text = "[storage]\nurl = \"sqlite://x.db\"\n[[connectors]]\nname = \"a\"\n[connectors.retry]\nmax_attempts = \"x\"\n";
         let msg = Config::from_toml(text, Path::new("gw.toml"), env(&[]))
