@@ -155,47 +155,48 @@ async fn store_version(
     is_new: bool,
     now: i64,
 ) -> Result<i64, StoreError> {
-    let version_id: i64 = query_opt(
-        tx,
-        "INSERT INTO incident_versions (incident_id, body, received_ms) VALUES ($1, $2, $3)
-         RETURNING version_id",
-        &[&inc.incident_id, &inc.body, &now],
-    )
-    .await?
-    .ok_or(StoreError::Missing("incident version"))?
-    .try_get(0)?;
-    if is_new {
-        execute(
+    // The version and the incident's row in one statement (one round trip, not two).
+    let row = if is_new {
+        query_opt(
             tx,
-            "INSERT INTO incidents (incident_id, source, update_time, body_hash, version_id, versions,
-                                    status, status_change_ms, received_ms, updated_ms)
-             VALUES ($1, $2, $3, $4, $5, 1, 'open', $6, $6, $6)",
+            "WITH v AS (INSERT INTO incident_versions (incident_id, body, received_ms)
+                        VALUES ($1, $2, $6) RETURNING version_id)
+             INSERT INTO incidents (incident_id, source, update_time, body_hash, version_id,
+                                    versions, status, status_change_ms, received_ms, updated_ms)
+             SELECT $1, $5, $3, $4, v.version_id, 1, 'open', $6, $6, $6 FROM v
+             RETURNING version_id",
             &[
                 &inc.incident_id,
+                &inc.body,
+                &inc.update_time,
+                &inc.body_hash,
                 &source,
-                &inc.update_time,
-                &inc.body_hash,
-                &version_id,
                 &now,
             ],
         )
-        .await?;
+        .await?
     } else {
-        execute(
+        query_opt(
             tx,
-            "UPDATE incidents SET update_time = $2, body_hash = $3, version_id = $4,
+            "WITH v AS (INSERT INTO incident_versions (incident_id, body, received_ms)
+                        VALUES ($1, $2, $5) RETURNING version_id)
+             UPDATE incidents SET update_time = $3, body_hash = $4, version_id = v.version_id,
                     versions = versions + 1, updated_ms = $5
-             WHERE incident_id = $1",
+             FROM v WHERE incident_id = $1
+             RETURNING incidents.version_id",
             &[
                 &inc.incident_id,
+                &inc.body,
                 &inc.update_time,
                 &inc.body_hash,
-                &version_id,
                 &now,
             ],
         )
-        .await?;
-    }
+        .await?
+    };
+    let version_id: i64 = row
+        .ok_or(StoreError::Missing("incident version"))?
+        .try_get(0)?;
     Ok(version_id)
 }
 

@@ -4,13 +4,11 @@
 //! `FOR UPDATE SKIP LOCKED` so gateways never wait on each other's picks, and every change of
 //! a line's head made under the line's lock.
 
-use std::collections::HashMap;
-
 use async_trait::async_trait;
 use deadpool_postgres::Transaction;
 
 use super::{
-    Postgres, completion, count, execute, instance, int, lock_line, query, query_opt, ticket_facts,
+    Postgres, completion, count, execute, instance, int, lock_line, query_opt, ticket_facts,
 };
 use crate::model::{DeliveryStatus, Event, now_ms};
 use crate::store::rules::{UNREADABLE_DELIVERY, order_key, transition};
@@ -42,9 +40,7 @@ impl Queue for Postgres {
                 instance::recover_dead(&tx, &self.instance, &tracked, now_ms()).await
             })?;
         }
-        transaction!(self, |tx| {
-            lease_due(&tx, limit, lease_ms, &busy, &self.instance.id, now_ms()).await
-        })
+        lease_due(self, limit, lease_ms, &busy, now_ms()).await
     }
 
     async fn record_attempt(&self, attempt: Attempted) -> Result<bool, StoreError> {
@@ -52,7 +48,9 @@ impl Queue for Postgres {
     }
 
     async fn next_due_ms(&self, busy: Vec<String>) -> Result<Option<i64>, StoreError> {
-        transaction!(self, |tx| next_due_ms(&tx, &busy).await)
+        let client = self.pool.get().await?;
+        let statement = client.prepare_cached(NEXT_DUE).await?;
+        Ok(client.query_one(&statement, &[&busy]).await?.try_get(0)?)
     }
 
     async fn release(&self, leases: Vec<(String, String)>) -> Result<(), StoreError> {
@@ -90,23 +88,67 @@ impl Queue for Postgres {
     }
 }
 
-/// The connectors with a head of a line ready (a loose index scan of `deliveries_ready`).
-pub(super) const READY_CONNECTORS: &str = "WITH RECURSIVE c(name) AS (
+/// The connectors with a head of a line ready, as the CTE `c(name)`: a loose index scan of
+/// `deliveries_ready`, one seek per connector (`name` is NULL on its last row).
+macro_rules! ready_connectors {
+    () => {
+        "RECURSIVE c(name) AS (
              (SELECT connector FROM deliveries WHERE ready ORDER BY connector LIMIT 1)
              UNION ALL
              SELECT (SELECT connector FROM deliveries WHERE ready AND connector > c.name
                      ORDER BY connector LIMIT 1)
-             FROM c WHERE c.name IS NOT NULL)
-         SELECT name FROM c WHERE name IS NOT NULL";
+             FROM c WHERE c.name IS NOT NULL)"
+    };
+}
 
-/// A connector's due heads of their lines, earliest first.
-pub(super) const DUE_HEADS: &str = "SELECT seq, due_ms FROM deliveries
-             WHERE ready AND connector = $1 AND due_ms <= $2
-             ORDER BY due_ms, seq LIMIT $3";
+/// A whole lease in one statement (`$1` now, `$2` how many, `$3` busy connectors, `$4` the
+/// lease's end, `$5` the holder): each ready connector's due heads, earliest first, from
+/// `deliveries_ready`; the earliest `$2` of them locked, skipping what another gateway is
+/// taking; leased; and returned with what the attempt needs (the version, the ticket, the
+/// completion). One round trip, where a lease was eight.
+pub(super) const LEASE_DUE: &str = concat!(
+    "WITH ",
+    ready_connectors!(),
+    ",
+     due AS (
+         SELECT h.seq, h.due_ms FROM c
+         CROSS JOIN LATERAL (SELECT seq, due_ms FROM deliveries
+                             WHERE ready AND connector = c.name AND due_ms <= $1
+                             ORDER BY due_ms, seq LIMIT $2) h
+         WHERE c.name IS NOT NULL AND c.name <> ALL($3)
+         ORDER BY h.due_ms, h.seq LIMIT $2),
+     picked AS (
+         SELECT d.seq FROM deliveries d
+         WHERE d.seq IN (SELECT seq FROM due) AND d.ready AND d.due_ms <= $1
+         FOR UPDATE SKIP LOCKED),
+     leased AS (
+         UPDATE deliveries d
+            SET lease_until_ms = $4, due_ms = $4, lease_holder = $5,
+                lease_token = replace(gen_random_uuid()::text, '-', '')
+         FROM picked WHERE d.seq = picked.seq
+         RETURNING d.seq, d.delivery_id, d.incident_id, d.version_id, d.connector, d.event,
+                   d.attempts, d.budget_attempts, d.budget_since_ms, d.ticket_seq, d.order_key,
+                   d.lease_token)
+     SELECT l.*, v.body, v.received_ms, t.correlation_key, t.ticket_id, t.ticket_url,
+            i.status AS incident_status, i.reason_code, i.notes, i.status_change_ms
+     FROM leased l JOIN due ON due.seq = l.seq
+     LEFT JOIN incident_versions v ON v.version_id = l.version_id
+     LEFT JOIN tickets t ON t.ticket_seq = l.ticket_seq
+     LEFT JOIN incidents i ON i.incident_id = l.incident_id AND i.status = 'completed'
+     ORDER BY due.due_ms, l.seq"
+);
 
-/// When a connector's first head of its line falls due.
-pub(super) const NEXT_DUE: &str =
-    "SELECT MIN(due_ms) FROM deliveries WHERE ready AND connector = $1";
+/// When the first head of a line falls due, outside the busy connectors `$1`: one seek per
+/// ready connector, in one statement.
+pub(super) const NEXT_DUE: &str = concat!(
+    "WITH ",
+    ready_connectors!(),
+    "
+     SELECT MIN(x.due) FROM c
+     CROSS JOIN LATERAL (SELECT MIN(due_ms) AS due FROM deliveries
+                         WHERE ready AND connector = c.name) x
+     WHERE c.name IS NOT NULL AND c.name <> ALL($1)"
+);
 
 /// Makes a line's first blocking delivery ready, if it is pending.
 pub(super) const PROMOTE_HEAD: &str = concat!(
@@ -179,172 +221,79 @@ pub(super) async fn promote_head(
     Ok(())
 }
 
-/// The connectors with a head of a line ready: a loose index scan of `deliveries_ready`, one
-/// seek per connector.
-async fn ready_connectors(tx: &Transaction<'_>) -> Result<Vec<String>, StoreError> {
-    query(tx, READY_CONNECTORS, &[])
-        .await?
-        .iter()
-        .map(|r| Ok(r.try_get(0)?))
-        .collect()
-}
-
-/// A head of its line that is due, before it is leased.
-struct Due {
-    seq: i64,
-    due_ms: i64,
-}
-
-/// [`Queue::lease_due`] at `now`, for the process `holder`: each connector's due heads
-/// (outside `busy`) read from `deliveries_ready` in due order, the earliest `limit` of them
-/// taken under row locks that skip what another gateway is taking, and leased in one
-/// statement.
+/// [`Queue::lease_due`] at `now`, for the process `holder` ([`LEASE_DUE`], on its own: one
+/// statement needs no transaction around it). A row this version cannot read (its incident
+/// version missing, an event it does not know) goes dead, so it cannot stop every other.
 async fn lease_due(
-    tx: &Transaction<'_>,
+    pg: &Postgres,
     limit: usize,
     lease_ms: i64,
     busy: &[String],
-    holder: &str,
     now: i64,
 ) -> Result<Vec<LeasedDelivery>, StoreError> {
     let cap = i64::try_from(limit).unwrap_or(i64::MAX);
-    let mut candidates: Vec<Due> = Vec::new();
-    for connector in ready_connectors(tx).await? {
-        if busy.contains(&connector) {
-            continue;
-        }
-        for r in query(tx, DUE_HEADS, &[&connector, &now, &cap]).await? {
-            candidates.push(Due {
-                seq: r.try_get("seq")?,
-                due_ms: r.try_get("due_ms")?,
-            });
-        }
-    }
-    candidates.sort_by_key(|d| (d.due_ms, d.seq));
-    candidates.truncate(limit);
-    if candidates.is_empty() {
-        return Ok(Vec::new());
-    }
-    let seqs: Vec<i64> = candidates.iter().map(|d| d.seq).collect();
     let until = now.saturating_add(lease_ms);
-    let taken = query(
-        tx,
-        "WITH picked AS (
-             SELECT seq FROM deliveries
-             WHERE seq = ANY($1) AND ready AND due_ms <= $2
-             FOR UPDATE SKIP LOCKED)
-         UPDATE deliveries d
-            SET lease_until_ms = $3, due_ms = $3, lease_holder = $4,
-                lease_token = replace(gen_random_uuid()::text, '-', '')
-         FROM picked WHERE d.seq = picked.seq
-         RETURNING d.seq, d.delivery_id, d.incident_id, d.version_id, d.connector, d.event,
-                   d.attempts, d.budget_attempts, d.budget_since_ms, d.ticket_seq, d.order_key,
-                   d.lease_token",
-        &[&seqs, &now, &until, &holder],
-    )
-    .await?;
-    let order: HashMap<i64, usize> = seqs.iter().enumerate().map(|(i, s)| (*s, i)).collect();
-    let mut taken = taken;
-    taken.sort_by_key(|r| {
-        r.try_get::<_, i64>("seq")
-            .ok()
-            .and_then(|s| order.get(&s).copied())
-    });
-
-    let version_ids: Vec<i64> = taken
-        .iter()
-        .map(|r| r.try_get("version_id"))
-        .collect::<Result<_, _>>()?;
-    let ticket_seqs: Vec<i64> = taken
-        .iter()
-        .filter_map(|r| r.try_get::<_, Option<i64>>("ticket_seq").ok().flatten())
-        .collect();
-    let incident_ids: Vec<String> = taken
-        .iter()
-        .map(|r| r.try_get("incident_id"))
-        .collect::<Result<_, _>>()?;
-    let mut versions = HashMap::new();
-    for r in query(
-        tx,
-        "SELECT version_id, body, received_ms FROM incident_versions WHERE version_id = ANY($1)",
-        &[&version_ids],
-    )
-    .await?
-    {
-        let id: i64 = r.try_get("version_id")?;
-        versions.insert(
-            id,
-            (
-                r.try_get::<_, String>("body")?,
-                r.try_get::<_, i64>("received_ms")?,
-            ),
-        );
-    }
-    let mut tickets = HashMap::new();
-    for r in query(
-        tx,
-        "SELECT ticket_seq, correlation_key, ticket_id, ticket_url FROM tickets
-         WHERE ticket_seq = ANY($1)",
-        &[&ticket_seqs],
-    )
-    .await?
-    {
-        tickets.insert(r.try_get::<_, i64>("ticket_seq")?, ticket_facts(&r)?);
-    }
-    let mut completions = HashMap::new();
-    for r in query(
-        tx,
-        "SELECT incident_id, reason_code, notes, status_change_ms FROM incidents
-         WHERE incident_id = ANY($1) AND status = 'completed'",
-        &[&incident_ids],
-    )
-    .await?
-    {
-        completions.insert(r.try_get::<_, String>("incident_id")?, completion(&r)?);
-    }
-
-    let mut leased = Vec::with_capacity(taken.len());
-    for r in taken {
-        let seq: i64 = r.try_get("seq")?;
-        let connector: String = r.try_get("connector")?;
-        let order_key: String = r.try_get("order_key")?;
+    let client = pg.pool.get().await?;
+    let statement = client.prepare_cached(LEASE_DUE).await?;
+    let rows = client
+        .query(&statement, &[&now, &cap, &busy, &until, &pg.instance.id])
+        .await?;
+    drop(client);
+    let mut leased = Vec::with_capacity(rows.len());
+    let mut unreadable = Vec::new();
+    for r in rows {
+        let body: Option<String> = r.try_get("body")?;
         let event = Event::parse(r.try_get("event")?);
-        // Deliveries of one version share it (one incident, several connectors).
-        let version = versions.get(&r.try_get::<_, i64>("version_id")?).cloned();
-        let (Some((body, received_ms)), Some(event)) = (version, event) else {
-            // A row this version cannot read must not stop every other delivery.
-            execute(
-                tx,
-                "UPDATE deliveries SET status = 'dead', ready = FALSE, lease_until_ms = 0,
-                        lease_token = NULL, updated_ms = $2, last_error = $3
-                 WHERE seq = $1",
-                &[&seq, &now, &UNREADABLE_DELIVERY],
-            )
-            .await?;
-            promote_head(tx, &connector, &order_key).await?;
+        let (Some(body), Some(event)) = (body, event) else {
+            unreadable.push((
+                r.try_get::<_, i64>("seq")?,
+                r.try_get::<_, String>("connector")?,
+                r.try_get::<_, String>("order_key")?,
+            ));
             continue;
         };
-        let incident_id: String = r.try_get("incident_id")?;
+        let completed = r.try_get::<_, Option<String>>("incident_status")?.is_some();
         let ticket_seq: Option<i64> = r.try_get("ticket_seq")?;
         leased.push(LeasedDelivery {
             id: r.try_get("delivery_id")?,
             lease_token: r
                 .try_get::<_, Option<String>>("lease_token")?
                 .unwrap_or_default(),
-            completion: completions.get(&incident_id).cloned(),
-            incident_id,
-            connector,
+            incident_id: r.try_get("incident_id")?,
+            connector: r.try_get("connector")?,
             event,
             attempts: count(&r, "attempts")?,
             budget_attempts: count(&r, "budget_attempts")?,
             budget_since_ms: r.try_get("budget_since_ms")?,
             incident_body: body,
-            received_at_ms: received_ms,
-            ticket: ticket_seq
-                .and_then(|t| tickets.get(&t).cloned())
-                .unwrap_or_default(),
+            received_at_ms: r.try_get::<_, Option<i64>>("received_ms")?.unwrap_or(0),
+            ticket: match ticket_seq {
+                Some(_) => ticket_facts(&r)?,
+                None => Default::default(),
+            },
             ticket_seq,
+            completion: if completed {
+                Some(completion(&r)?)
+            } else {
+                None
+            },
         });
+    }
+    if !unreadable.is_empty() {
+        transaction!(pg, |tx| {
+            for (seq, connector, order_key) in &unreadable {
+                execute(
+                    &tx,
+                    "UPDATE deliveries SET status = 'dead', ready = FALSE, lease_until_ms = 0,
+                            lease_token = NULL, updated_ms = $2, last_error = $3
+                     WHERE seq = $1",
+                    &[seq, &now, &UNREADABLE_DELIVERY],
+                )
+                .await?;
+                promote_head(&tx, connector, order_key).await?;
+            }
+            Ok(())
+        })?;
     }
     Ok(leased)
 }
@@ -364,13 +313,21 @@ async fn record_attempt(
         ticket,
     } = attempt;
     let to = transition(record, next);
+    // The delivery moved on and its attempt recorded in one statement; neither happens
+    // unless the lease is still this worker's.
     let line = query_opt(
         tx,
-        "UPDATE deliveries SET status = $3, attempts = $4, next_attempt_ms = $5, due_ms = $5,
-                lease_until_ms = 0, lease_token = NULL, updated_ms = $6, last_error = $7,
-                ready = ready AND $3 = 'pending'
-         WHERE delivery_id = $1 AND lease_token = $2 AND status = 'pending'
-         RETURNING connector, order_key",
+        "WITH d AS (
+             UPDATE deliveries SET status = $3, attempts = $4, next_attempt_ms = $5, due_ms = $5,
+                    lease_until_ms = 0, lease_token = NULL, updated_ms = $6, last_error = $7,
+                    ready = ready AND $3 = 'pending'
+             WHERE delivery_id = $1 AND lease_token = $2 AND status = 'pending'
+             RETURNING delivery_id, connector, order_key),
+         a AS (
+             INSERT INTO attempts (delivery_id, attempt, started_ms, latency_ms, status_code,
+                                   error, response_body, outcome)
+             SELECT d.delivery_id, $4, $8, $9, $10, $11, $12, $13 FROM d)
+         SELECT connector, order_key FROM d",
         &[
             &lease.delivery_id,
             &lease.token,
@@ -379,6 +336,12 @@ async fn record_attempt(
             &to.next_attempt_ms,
             &now,
             &to.last_error,
+            &record.started_at_ms,
+            &record.latency_ms,
+            &record.status_code.map(i32::from),
+            &record.error,
+            &record.response_body,
+            &record.outcome.as_str(),
         ],
     )
     .await?;
@@ -400,43 +363,7 @@ async fn record_attempt(
         let order_key: String = line.try_get("order_key")?;
         promote_head(tx, &connector, &order_key).await?;
     }
-    execute(
-        tx,
-        "INSERT INTO attempts (delivery_id, attempt, started_ms, latency_ms, status_code, error, response_body, outcome)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        &[
-            &lease.delivery_id,
-            &int(record.attempt),
-            &record.started_at_ms,
-            &record.latency_ms,
-            &record.status_code.map(i32::from),
-            &record.error,
-            &record.response_body,
-            &record.outcome.as_str(),
-        ],
-    )
-    .await?;
     Ok(true)
-}
-
-/// [`Queue::next_due_ms`]: the earliest time a head of its line falls due, outside `busy`.
-async fn next_due_ms(tx: &Transaction<'_>, busy: &[String]) -> Result<Option<i64>, StoreError> {
-    let mut earliest: Option<i64> = None;
-    for connector in ready_connectors(tx).await? {
-        if busy.contains(&connector) {
-            continue;
-        }
-        let due: Option<i64> = query_opt(tx, NEXT_DUE, &[&connector])
-            .await?
-            .map(|r| r.try_get(0))
-            .transpose()?
-            .flatten();
-        earliest = match (earliest, due) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-    }
-    Ok(earliest)
 }
 
 /// [`Queue::replay`] at `now`.
@@ -504,14 +431,20 @@ mod tests {
             .batch_execute("SET enable_seqscan = off")
             .await
             .unwrap();
-        let statements: [(&str, &str, Vec<Param>); 5] = [
-            ("ready connectors", READY_CONNECTORS, vec![]),
+        let busy: Vec<String> = vec!["busy".into()];
+        let statements: [(&str, &str, Vec<Param>); 4] = [
             (
-                "due heads",
-                DUE_HEADS,
-                vec![Box::new("hook"), Box::new(0i64), Box::new(10i64)],
+                "lease",
+                LEASE_DUE,
+                vec![
+                    Box::new(0i64),
+                    Box::new(10i64),
+                    Box::new(busy.clone()),
+                    Box::new(1i64),
+                    Box::new("gw"),
+                ],
             ),
-            ("next due", NEXT_DUE, vec![Box::new("hook")]),
+            ("next due", NEXT_DUE, vec![Box::new(busy)]),
             (
                 "promote head",
                 PROMOTE_HEAD,

@@ -88,16 +88,12 @@ async fn join_or_open(
     route: &Route,
     now: i64,
 ) -> Result<Attached, StoreError> {
+    // One statement inserts the head or, when it exists, locks it (a no-op update).
     execute(
         tx,
         "INSERT INTO ticket_heads (connector, correlation_key) VALUES ($1, $2)
-         ON CONFLICT DO NOTHING",
-        &[&route.connector, &route.key],
-    )
-    .await?;
-    execute(
-        tx,
-        "SELECT 1 FROM ticket_heads WHERE connector = $1 AND correlation_key = $2 FOR UPDATE",
+         ON CONFLICT (connector, correlation_key)
+         DO UPDATE SET ticket_seq = ticket_heads.ticket_seq",
         &[&route.connector, &route.key],
     )
     .await?;
