@@ -202,8 +202,33 @@ fn on_host(id: &str, host: &str) -> Value {
     v
 }
 
-fn gateways(config: &std::path::Path, n: usize) -> Vec<(Child, String)> {
-    (0..n).map(|_| spawn_binary(config)).collect()
+/// Gateway processes on one config, killed when dropped (a failing test leaves none behind).
+struct Gateways(Vec<(Child, String)>);
+
+impl std::ops::Deref for Gateways {
+    type Target = Vec<(Child, String)>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Gateways {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Drop for Gateways {
+    fn drop(&mut self) {
+        for (child, _) in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn gateways(config: &std::path::Path, n: usize) -> Gateways {
+    Gateways((0..n).map(|_| spawn_binary(config)).collect())
 }
 
 /// The delivery id and event of each request the receiver got, in arrival order.
@@ -345,7 +370,7 @@ async fn one_key_opens_one_ticket_whichever_gateways_take_its_incidents() {
         }
     }
     receiver.wait_for(200, Duration::from_secs(60)).await;
-    for (child, _) in &mut gws {
+    for (child, _) in gws.iter_mut() {
         sigkill(child);
     }
     let arrived = arrivals(&receiver);
@@ -377,7 +402,7 @@ async fn a_signed_request_replayed_to_another_gateway_is_refused() {
         "the replay was taken by the second gateway"
     );
     assert_eq!(signed.post(&gws[0].1).await.status(), 401);
-    for (child, _) in &mut gws {
+    for (child, _) in gws.iter_mut() {
         sigkill(child);
     }
 }
@@ -466,7 +491,8 @@ async fn while_the_database_is_down_ingest_answers_503_and_all_resumes_when_it_r
         )
         .replace("pool_size = 4", "")
     });
-    let (mut child, base) = spawn_binary(&config);
+    let mut gw = gateways(&config, 1);
+    let base = gw[0].1.clone();
     let ready = |base: String| async move {
         client()
             .get(format!("{base}/readyz"))
@@ -528,7 +554,7 @@ async fn while_the_database_is_down_ingest_answers_503_and_all_resumes_when_it_r
     .await;
     let delivered_after = back_at.map(|b| b.elapsed());
     let ready_after = ready(base.clone()).await;
-    sigkill(&mut child);
+    sigkill(&mut gw[0].0);
     eprintln!(
         "database down for {outage:?}: {} accepted, {unavailable} answered 503, other {other:?}; \
          /readyz while down {ready_while_down:?}, after {ready_after}; first 202 {first_after:?} \
