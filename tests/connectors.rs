@@ -1294,3 +1294,25 @@ fn write_renders_for_review() {
         }
     }
 }
+
+/// Redmine's default priorities are 1 Low, 2 Normal, 3 High, 4 Urgent, 5 Immediate: each
+/// threat rating is sent as the Redmine priority of the same meaning (a medium threat is
+/// Normal, not High).
+#[test]
+fn redmine_priorities_match_redmines_own_names() {
+    let config = example_config();
+    let renderer = renderer(&config);
+    for (rating, redmine) in [
+        ("Critical", 4),
+        ("High", 3),
+        ("Medium", 2),
+        ("Low", 1),
+        ("Info", 1),
+    ] {
+        let mut incident = read_json(&repo().join("examples/incidents/sample.json"));
+        incident["incident"]["threatRating"] = Value::String(rating.into());
+        let request = render_with(&renderer, &config, "redmine", &incident, Event::Created);
+        let body: Value = serde_json::from_str(&request.body).unwrap();
+        assert_eq!(body["issue"]["priority_id"], redmine, "{rating}");
+    }
+}
