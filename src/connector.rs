@@ -41,6 +41,9 @@ pub struct Connector {
     /// JSON pointers into the `created` response: the ticket's id (and link).
     pub ticket_id: Option<String>,
     pub ticket_url: Option<String>,
+    /// JSON pointers into an error response where the target says why (Redmine `/errors`,
+    /// Jira `/errorMessages` and `/errors`, …): what is found there is the attempt's error.
+    pub error_message: Vec<String>,
     /// Bearer token the target uses to call `POST /v1/incidents/{id}/complete`.
     pub callback_token: Option<String>,
     /// The detection platform's own API: gets only `completed`, for every incident completed

@@ -573,3 +573,37 @@ async fn secrets_never_reach_attempt_records_and_api_errors_are_problem_json() {
     );
     assert!(!ws.store_contains(TOKEN), "the store holds no secret");
 }
+
+/// A target that refuses and says why (Redmine's `{"errors": [...]}`): the delivery's
+/// `last_error` and the attempt carry the target's own words, not only the status; a retry
+/// keeps them too, and what the target echoes of a secret is masked.
+#[tokio::test]
+async fn the_targets_own_reason_is_the_last_error() {
+    let extra = "error_message = [\"/errors\"]\n[connectors.retry]\ninitial_backoff = \"50ms\"\nmax_backoff = \"100ms\"\n";
+    let (receiver, _ws, gw, base) = receiver_and_gateway("redmine", "/issues", extra).await;
+    receiver.script([
+        Reply::status(503).body(r#"{"errors":["Redmine is down for maintenance"]}"#),
+        Reply::status(422).body(&format!(
+            r#"{{"errors":["Project cannot be blank","Key {SOURCE_KEY} is not allowed"]}}"#
+        )),
+    ]);
+    let id = first_delivery(&post_json(&base, &incident("REASON-1")).await);
+    let view = eventually(Duration::from_secs(10), || async {
+        let (_, v) = admin_get(&base, &format!("/v1/deliveries/{id}")).await;
+        (v["status"] == "dead").then_some(v)
+    })
+    .await
+    .expect("dead after the 422");
+    let last_error = view["last_error"].as_str().unwrap();
+    assert!(
+        last_error.starts_with("HTTP 422: Project cannot be blank; Key ******** is not allowed"),
+        "{last_error}"
+    );
+    let attempts = view["attempts"].as_array().unwrap();
+    assert_eq!(attempts[0]["error"], "HTTP 503: Redmine is down for maintenance");
+    assert_eq!(attempts[0]["outcome"], "retry");
+    assert_eq!(attempts[1]["status_code"], 422);
+    assert!(!view.to_string().contains(SOURCE_KEY));
+    assert_eq!(receiver.received().len(), 2);
+    gw.stop().await.unwrap();
+}

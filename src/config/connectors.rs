@@ -66,6 +66,8 @@ pub(super) struct RawConnector {
     aggregate_for: Option<Duration>,
     ticket_id: Option<String>,
     ticket_url: Option<String>,
+    #[serde(default)]
+    error_message: Vec<String>,
     callback_token: Option<String>,
     #[serde(default)]
     upstream: bool,
@@ -240,6 +242,7 @@ impl Validator<'_> {
             aggregate_for: c.aggregate_for,
             ticket_id: c.ticket_id,
             ticket_url: c.ticket_url,
+            error_message: c.error_message,
             callback_token: c.callback_token,
             upstream: c.upstream,
             signing,
@@ -364,6 +367,14 @@ impl Validator<'_> {
         }
         if c.ticket_url.is_some() && c.ticket_id.is_none() {
             return Err(self.invalid(format!("{field}.ticket_url"), "needs ticket_id too"));
+        }
+        for (i, p) in c.error_message.iter().enumerate() {
+            if !p.starts_with('/') {
+                return Err(self.invalid(
+                    format!("{field}.error_message[{i}]"),
+                    format!("{p:?} is not a JSON pointer (e.g. \"/errors\")"),
+                ));
+            }
         }
         Ok(())
     }

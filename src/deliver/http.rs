@@ -38,6 +38,9 @@ pub enum SendFailure {
     Network(String),
     /// The status arrived, then reading the body failed: the status stands.
     BodyCut(String),
+    /// The target refused and said why, in its own words ([`with_target_reason`]):
+    /// "HTTP 422: Project cannot be blank".
+    Said(String),
 }
 
 impl std::fmt::Display for SendFailure {
@@ -47,6 +50,7 @@ impl std::fmt::Display for SendFailure {
             SendFailure::Unsendable(why) => write!(f, "cannot be sent: {why}"),
             SendFailure::Network(why) => f.write_str(why),
             SendFailure::BodyCut(why) => write!(f, "reading response body: {why}"),
+            SendFailure::Said(why) => f.write_str(why),
         }
     }
 }
@@ -203,10 +207,83 @@ pub fn classify(result: &SendResult) -> Verdict {
             retry_after: result.retry_after,
         },
         Some(s) => Verdict::Dead {
-            reason: format!(
-                "HTTP {s}: the receiver refused the request; it will not succeed on retry"
-            ),
+            reason: match &result.failure {
+                Some(SendFailure::Said(why)) => format!("{why} (it will not succeed on retry)"),
+                _ => format!(
+                    "HTTP {s}: the receiver refused the request; it will not succeed on retry"
+                ),
+            },
         },
+    }
+}
+
+/// The longest target reason kept, in characters.
+const TARGET_REASON_CHARS: usize = 300;
+
+/// The largest error body searched for a reason (parsing is on the async runtime's thread).
+const TARGET_REASON_BODY_BYTES: usize = 64 * 1024;
+
+/// An error answer with the target's own reason in it (at one of the connector's
+/// `error_message` pointers) says so as its failure, so the attempt's error and the
+/// delivery's `last_error` read "HTTP 422: Project cannot be blank", not only the status.
+pub fn with_target_reason(mut sent: SendResult, pointers: &[String]) -> SendResult {
+    let (Some(status), None) = (sent.status, &sent.failure) else {
+        return sent;
+    };
+    if (200..300).contains(&status) || pointers.is_empty() {
+        return sent;
+    }
+    if let Some(reason) = sent
+        .response_prefix
+        .as_deref()
+        .and_then(|body| target_reason(body, pointers))
+    {
+        sent.failure = Some(SendFailure::Said(format!("HTTP {status}: {reason}")));
+    }
+    sent
+}
+
+/// What the target says at `pointers` in a JSON body: strings as they are, lists and objects
+/// flattened ("field: message"), joined with "; ", cut to [`TARGET_REASON_CHARS`].
+pub fn target_reason(body: &str, pointers: &[String]) -> Option<String> {
+    if body.len() > TARGET_REASON_BODY_BYTES {
+        return None;
+    }
+    let doc: serde_json::Value = serde_json::from_str(body).ok()?;
+    let mut parts = Vec::new();
+    for pointer in pointers {
+        if let Some(found) = doc.pointer(pointer) {
+            flatten(found, None, 0, &mut parts);
+        }
+    }
+    let text = parts.join("; ");
+    let text = text.trim();
+    if text.is_empty() {
+        return None;
+    }
+    Some(match text.char_indices().nth(TARGET_REASON_CHARS) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_string(),
+    })
+}
+
+/// The texts in `value` (bounded depth), each after its field name when it has one.
+fn flatten(value: &serde_json::Value, field: Option<&str>, depth: usize, out: &mut Vec<String>) {
+    use serde_json::Value;
+    let named = |text: String| match field {
+        Some(f) => format!("{f}: {text}"),
+        None => text,
+    };
+    match value {
+        Value::Null => {}
+        Value::String(s) if s.trim().is_empty() => {}
+        Value::String(s) => out.push(named(s.trim().to_string())),
+        Value::Bool(_) | Value::Number(_) => out.push(named(value.to_string())),
+        _ if depth >= 3 => {}
+        Value::Array(items) => items.iter().for_each(|v| flatten(v, field, depth + 1, out)),
+        Value::Object(map) => map
+            .iter()
+            .for_each(|(k, v)| flatten(v, Some(k), depth + 1, out)),
     }
 }
 
@@ -222,6 +299,88 @@ mod tests {
             failure: None,
             latency: Duration::ZERO,
         }
+    }
+
+    #[test]
+    fn the_targets_reason_is_read_at_its_pointers() {
+        let pointers = |ps: &[&str]| ps.iter().map(|p| p.to_string()).collect::<Vec<_>>();
+        // Redmine: a list of messages.
+        assert_eq!(
+            target_reason(
+                r#"{"errors":["Project cannot be blank","Subject cannot be blank"]}"#,
+                &pointers(&["/errors"])
+            )
+            .as_deref(),
+            Some("Project cannot be blank; Subject cannot be blank")
+        );
+        // Jira: messages and field errors.
+        assert_eq!(
+            target_reason(
+                r#"{"errorMessages":[],"errors":{"summary":"Field is required"}}"#,
+                &pointers(&["/errorMessages", "/errors"])
+            )
+            .as_deref(),
+            Some("summary: Field is required")
+        );
+        // ServiceNow: one message.
+        assert_eq!(
+            target_reason(
+                r#"{"error":{"message":"Invalid table","detail":null},"status":"failure"}"#,
+                &pointers(&["/error/message", "/error/detail"])
+            )
+            .as_deref(),
+            Some("Invalid table")
+        );
+        // Nothing there, not JSON, or empty: no reason.
+        assert_eq!(
+            target_reason(r#"{"ok":false}"#, &pointers(&["/errors"])),
+            None
+        );
+        assert_eq!(
+            target_reason("<html>502</html>", &pointers(&["/errors"])),
+            None
+        );
+        assert_eq!(
+            target_reason(r#"{"errors":[" "]}"#, &pointers(&["/errors"])),
+            None
+        );
+        // Long reasons are cut.
+        let long = format!(r#"{{"errors":["{}"]}}"#, "é".repeat(1000));
+        let cut = target_reason(&long, &pointers(&["/errors"])).unwrap();
+        assert_eq!(cut.chars().count(), TARGET_REASON_CHARS + 1);
+    }
+
+    #[test]
+    fn a_refusal_with_a_reason_is_dead_with_the_reason_and_a_retry_keeps_it() {
+        let answer = |status: u16, body: &str| SendResult {
+            status: Some(status),
+            retry_after: None,
+            response_prefix: Some(body.into()),
+            failure: None,
+            latency: Duration::ZERO,
+        };
+        let pointers = vec!["/errors".to_string()];
+        let refused = with_target_reason(
+            answer(422, r#"{"errors":["Project cannot be blank"]}"#),
+            &pointers,
+        );
+        assert_eq!(
+            classify(&refused),
+            Verdict::Dead {
+                reason: "HTTP 422: Project cannot be blank (it will not succeed on retry)".into()
+            }
+        );
+        let busy = with_target_reason(answer(503, r#"{"errors":["maintenance"]}"#), &pointers);
+        assert_eq!(classify(&busy), Verdict::Retry { retry_after: None });
+        assert_eq!(
+            busy.failure.map(|f| f.to_string()).as_deref(),
+            Some("HTTP 503: maintenance")
+        );
+        // A success, or no pointers: nothing changes.
+        let ok = with_target_reason(answer(201, r#"{"errors":["x"]}"#), &pointers);
+        assert!(ok.failure.is_none());
+        let none = with_target_reason(answer(422, r#"{"errors":["x"]}"#), &[]);
+        assert!(none.failure.is_none());
     }
 
     #[test]

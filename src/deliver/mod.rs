@@ -348,6 +348,7 @@ impl Deliverer {
             )),
             (Ok(()), Some(client)) => http::send(client, &request, connector.timeout, keep).await,
         };
+        let sent = http::with_target_reason(sent, &connector.error_message);
         let verdict = http::classify(&sent);
         let (verdict, found) = record::found_ticket(connector, delivery, verdict, &sent);
         (verdict, sent, found)
