@@ -600,7 +600,10 @@ async fn the_targets_own_reason_is_the_last_error() {
         "{last_error}"
     );
     let attempts = view["attempts"].as_array().unwrap();
-    assert_eq!(attempts[0]["error"], "HTTP 503: Redmine is down for maintenance");
+    assert_eq!(
+        attempts[0]["error"],
+        "HTTP 503: Redmine is down for maintenance"
+    );
     assert_eq!(attempts[0]["outcome"], "retry");
     assert_eq!(attempts[1]["status_code"], 422);
     assert!(!view.to_string().contains(SOURCE_KEY));

@@ -170,7 +170,50 @@ contract!(
     the_same_incident_posted_at_once_everywhere_is_stored_once,
     incidents_sharing_keys_posted_at_once_everywhere_open_one_ticket_per_key,
     a_delivery_is_leased_by_one_instance_at_a_time,
+    an_update_queued_before_the_completion_does_not_announce_it,
 );
+
+/// A delivery carries the state it was queued for: an `updated` still waiting behind its
+/// `created` when the incident is completed is leased without the completion; the
+/// `completed` carries it.
+async fn an_update_queued_before_the_completion_does_not_announce_it(backend: Backend) {
+    let h = Harness::open(backend, 1).await;
+    let s = h.store();
+    let jira = [route("jira", "k")];
+    ingest_one(s, incident("A", None, "a", &jira)).await;
+    let updated = ingest_one(s, incident("A", None, "a2", &jira)).await;
+    assert_eq!(updated.deliveries[0].event, Event::Updated);
+    let created = s.lease_due(10, LEASE, vec![]).await.unwrap();
+    let completed = s
+        .complete(
+            "A".into(),
+            Caller::Source("src".into()),
+            "FALSE_POSITIVE".into(),
+            None,
+            vec![],
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert!(matches!(completed, CompleteOutcome::Completed { .. }));
+    assert!(finish(s, &created[0], NextStep::Delivered).await);
+    let update = s.lease_due(10, LEASE, vec![]).await.unwrap();
+    assert_eq!(update[0].event, Event::Updated);
+    assert!(
+        update[0].completion.is_none(),
+        "the update announced a later completion"
+    );
+    assert!(finish(s, &update[0], NextStep::Delivered).await);
+    let completion = s.lease_due(10, LEASE, vec![]).await.unwrap();
+    assert_eq!(completion[0].event, Event::Completed);
+    assert_eq!(
+        completion[0]
+            .completion
+            .as_ref()
+            .map(|c| c.reason_code.as_str()),
+        Some("FALSE_POSITIVE")
+    );
+}
 
 async fn the_same_version_twice_is_a_duplicate_and_a_changed_one_an_update(backend: Backend) {
     let h = Harness::open(backend, 1).await;

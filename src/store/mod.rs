@@ -198,6 +198,8 @@ pub struct LeasedDelivery {
     /// The ticket it belongs to (none for an upstream completion).
     pub ticket_seq: Option<i64>,
     pub ticket: TicketFacts,
+    /// How the incident was completed — for a `completed` delivery only: an `updated` queued
+    /// before the completion renders the incident as it was then.
     pub completion: Option<Completion>,
 }
 

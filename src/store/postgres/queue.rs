@@ -272,7 +272,8 @@ async fn lease_due(
                 None => Default::default(),
             },
             ticket_seq,
-            completion: if completed {
+            // The state it was queued for: only a `completed` announces the completion.
+            completion: if completed && event == Event::Completed {
                 Some(completion(&r)?)
             } else {
                 None

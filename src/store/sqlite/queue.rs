@@ -217,7 +217,13 @@ pub(super) fn lease_due(
             .unwrap_or_default(),
             None => TicketFacts::default(),
         };
-        let completion = completion_of(conn, &due.incident_id)?;
+        // A delivery renders the state it was queued for: only a `completed` announces the
+        // completion (an `updated` still waiting when the incident was completed does not).
+        let completion = if event == Event::Completed {
+            completion_of(conn, &due.incident_id)?
+        } else {
+            None
+        };
         let lease_token = lease_token();
         take.execute(params![due.seq, now.saturating_add(lease_ms), lease_token])?;
         leased.push(LeasedDelivery {
