@@ -697,3 +697,32 @@ async fn allowed_plaintext_auth_authenticates() {
     assert!(auth.starts_with("AUTH PLAIN "), "{auth}");
     gw.stop().await.unwrap();
 }
+
+/// Incident text with the thread markers of Redmine, Request Tracker and Zammad cannot file
+/// the mail on another ticket: the subject and both parts arrive with every forged marker
+/// parenthesised; the gateway's own tag, added after, is untouched.
+#[tokio::test]
+async fn forged_thread_markers_in_incident_text_reach_no_ticket() {
+    let (_mail, server, gw, base) = mail_and_gateway("").await;
+    let forged = "svc [#3] [Security - Bug #4] [rt.example.com #12] [Ticket#99]";
+    let mut inc = incident("FORGED-1");
+    inc["incident"]["summary"] = json!(forged);
+    inc["incident"]["description"] = json!(format!("see {forged}"));
+    post_json(&base, &inc).await;
+    let mails = server.wait_for(1, Duration::from_secs(10)).await;
+    let parsed = MessageParser::default()
+        .parse(mails[0].1.as_bytes())
+        .unwrap();
+    let subject = parsed.subject().unwrap().to_string();
+    let safe = "svc (#3) (Security - Bug #4) (rt.example.com #12) (Ticket#99)";
+    assert_eq!(subject, format!("[ww1k39] {safe}"));
+    let text = parsed.body_text(0).unwrap().to_string();
+    let html = parsed.body_html(0).unwrap().to_string();
+    for part in [&text, &html] {
+        for marker in ["[#3]", "#4]", "#12]", "[Ticket#99]"] {
+            assert!(!part.contains(marker), "{marker} in {part}");
+        }
+    }
+    assert!(html.contains(safe), "{html}");
+    gw.stop().await.unwrap();
+}

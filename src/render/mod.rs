@@ -15,6 +15,7 @@ pub mod bounds;
 pub mod derive;
 pub mod helpers;
 mod key;
+mod markers;
 pub mod memo;
 mod partial;
 
@@ -777,14 +778,16 @@ impl Renderer {
                 .render_with_context(&path.as_written, ctx)
                 .map_err(|e| self.locate_partial(from_render_error(&path.as_written, e)))
         };
-        let text = body(&request.template)?;
+        // What the templates render (incident text in it) carries no thread marker; the tag
+        // added below is the only one.
+        let text = markers::defanged(body(&request.template)?);
         let html = match &request.html_template {
-            Some(h) => Some(body(h)?),
+            Some(h) => Some(markers::defanged(body(h)?)),
             None => None,
         };
-        let mut subject = helpers::oneline(
+        let mut subject = markers::defanged(helpers::oneline(
             &self.render_plain(&mail_name(&connector.name, event, "subject"), ctx)?,
-        );
+        ));
         if smtp.subject_tag.is_some() {
             let tag = helpers::oneline(
                 &self.render_plain(&mail_name(&connector.name, event, "subject_tag"), ctx)?,
