@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use common::*;
 use hostile::{NASTY, UNICODE};
 use incident_gateway::config::Config;
+use incident_gateway::connector::Target;
 use incident_gateway::model::{Completion, Event, TicketFacts};
 use incident_gateway::render::{self, DeliveryFacts, RenderedRequest, Renderer};
 use serde_json::{Value, json};
@@ -33,6 +34,9 @@ const SHIPPED: &[(&str, &str)] = &[
     ("redmine", "redmine"),
     ("generic", "generic-envelope"),
 ];
+
+/// Every shipped email connector (mail to a ticketing system's mail gateway).
+const SHIPPED_MAIL: &[&str] = &["email"];
 
 /// The connectors that keep a ticket (or alert) open across events: `updated` and `completed`
 /// address it, so they send other requests than `created`.
@@ -340,6 +344,23 @@ fn renders_sharing_an_incident_context_equal_renders_of_their_own() {
                         ticket: golden_ticket(&incident, event),
                         completion: golden_completion(event),
                     };
+                    if matches!(connector.target, Target::Smtp(_)) {
+                        let own = renderer.render_email(
+                            connector,
+                            event,
+                            &render::context(&incident, &facts),
+                        );
+                        let from_shared =
+                            renderer.render_email(connector, event, &shared.with_facts(&facts));
+                        assert_eq!(
+                            from_shared.map_err(|e| e.to_string()),
+                            own.map_err(|e| e.to_string()),
+                            "{} × {name} × {}",
+                            connector.name,
+                            event.as_str()
+                        );
+                        continue;
+                    }
                     let own =
                         renderer.render(connector, event, &render::context(&incident, &facts));
                     let from_shared = renderer.render(connector, event, &shared.with_facts(&facts));
@@ -362,7 +383,11 @@ fn renders_sharing_an_incident_context_equal_renders_of_their_own() {
 fn every_shipped_connector_is_in_the_example_config() {
     let config = example_config();
     let configured: Vec<&str> = config.connectors.iter().map(|c| c.name.as_str()).collect();
-    let shipped: Vec<&str> = SHIPPED.iter().map(|(n, _)| *n).collect();
+    let shipped: Vec<&str> = SHIPPED
+        .iter()
+        .map(|(n, _)| *n)
+        .chain(SHIPPED_MAIL.iter().copied())
+        .collect();
     assert_eq!(configured, shipped);
 }
 
@@ -1314,5 +1339,38 @@ fn redmine_priorities_match_redmines_own_names() {
         let request = render_with(&renderer, &config, "redmine", &incident, Event::Created);
         let body: Value = serde_json::from_str(&request.body).unwrap();
         assert_eq!(body["issue"]["priority_id"], redmine, "{rating}");
+    }
+}
+
+/// The shipped email connector mails every event for every example and hostile incident:
+/// a one-line subject with the incident's tag, both parts, one recipient.
+#[test]
+fn email_renders_every_event_for_every_incident() {
+    let config = example_config();
+    let renderer = renderer(&config);
+    for name in SHIPPED_MAIL {
+        let connector = config.connector(name).unwrap();
+        for (incident_name, incident) in all_incidents() {
+            for event in EVENTS {
+                let facts = DeliveryFacts {
+                    event,
+                    delivery_id: "msg_golden",
+                    attempt: 1,
+                    connector,
+                    received_at: "2026-01-01T00:00:00.000Z",
+                    ticket: golden_ticket(&incident, event),
+                    completion: golden_completion(event),
+                };
+                let mail = renderer
+                    .render_email(connector, event, &render::context(&incident, &facts))
+                    .unwrap_or_else(|e| panic!("{name} × {incident_name} × {event:?}: {e}"));
+                let at = format!("{name} × {incident_name} × {}", event.as_str());
+                assert!(!mail.subject.contains('\n'), "{at}: {}", mail.subject);
+                assert!(mail.subject.starts_with('['), "{at}: {}", mail.subject);
+                assert!(!mail.text.trim().is_empty(), "{at}");
+                assert!(mail.html.as_deref().is_some_and(|h| !h.is_empty()), "{at}");
+                assert_eq!(mail.to, ["security@tickets.example.com"], "{at}");
+            }
+        }
     }
 }
