@@ -14,12 +14,7 @@ use incident_gateway::store::{
 };
 
 fn pg_config(url: &str) -> PostgresConfig {
-    PostgresConfig {
-        url: url.into(),
-        pool_size: 4,
-        connect_timeout: Duration::from_secs(5),
-        statement_timeout: Duration::from_secs(10),
-    }
+    common::pg::store_config(url, 4)
 }
 
 fn incident(id: &str, connector: &str) -> NewIncident {

@@ -13,8 +13,8 @@ use common::pg::PgDb;
 use incident_gateway::model::{AttemptOutcome, Event, now_ms};
 use incident_gateway::store::{
     AttemptRecord, Caller, CompleteOutcome, DeliveryFilter, IngestOutcome, IngestStatus, Ingested,
-    LeasedDelivery, NewIncident, NextStep, PostgresConfig, ReplayOutcome, ResolveOutcome, Route,
-    Store, TicketUpdate,
+    LeasedDelivery, NewIncident, NextStep, ReplayOutcome, ResolveOutcome, Route, Store,
+    TicketUpdate,
 };
 
 const LEASE: i64 = 30_000;
@@ -50,7 +50,11 @@ impl Harness {
                 let pg = PgDb::create();
                 let mut stores = Vec::new();
                 for _ in 0..instances {
-                    stores.push(Store::open_postgres(&pg_config(&pg.url)).await.unwrap());
+                    stores.push(
+                        Store::open_postgres(&common::pg::store_config(&pg.url, 8))
+                            .await
+                            .unwrap(),
+                    );
                 }
                 Harness {
                     stores,
@@ -63,15 +67,6 @@ impl Harness {
 
     fn store(&self) -> &Store {
         &self.stores[0]
-    }
-}
-
-fn pg_config(url: &str) -> PostgresConfig {
-    PostgresConfig {
-        url: url.into(),
-        pool_size: 8,
-        connect_timeout: Duration::from_secs(5),
-        statement_timeout: Duration::from_secs(10),
     }
 }
 

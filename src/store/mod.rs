@@ -38,6 +38,43 @@ macro_rules! blocking {
     };
 }
 
+/// What the admin API shows, as SQL both backends run (each adds its WHERE with its own
+/// placeholders): an incident with its current version's body …
+macro_rules! incident_view_select {
+    () => {
+        "SELECT i.incident_id, i.source, i.status, i.status_change_ms, i.received_ms, i.updated_ms,
+                i.versions, v.body
+         FROM incidents i JOIN incident_versions v ON v.version_id = i.version_id"
+    };
+}
+
+/// … the tickets an incident is on (`ti`), with how many incidents each holds …
+macro_rules! ticket_views_select {
+    () => {
+        "SELECT t.connector, t.correlation_key, t.ticket_id, t.ticket_url, t.status, t.opened_ms,
+                t.window_until_ms,
+                (SELECT COUNT(*) FROM ticket_incidents x WHERE x.ticket_seq = t.ticket_seq)
+                    AS incidents
+         FROM tickets t JOIN ticket_incidents ti ON ti.ticket_seq = t.ticket_seq"
+    };
+}
+
+/// … and deliveries (`d`), each with the earlier one of its line it waits for.
+macro_rules! delivery_views_select {
+    () => {
+        concat!(
+            "SELECT d.delivery_id, d.incident_id, d.connector, d.event, d.status, d.attempts,
+                    d.created_ms, d.updated_ms, d.next_attempt_ms, d.last_error,
+                    CASE WHEN d.status = 'pending' THEN
+                        (SELECT e.delivery_id FROM deliveries e WHERE ",
+            waits_behind!(),
+            " ORDER BY e.seq LIMIT 1)
+                    END AS waiting_for
+             FROM deliveries d"
+        )
+    };
+}
+
 pub mod postgres;
 pub mod rules;
 pub mod sqlite;

@@ -11,43 +11,56 @@ pub fn admin_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
 }
 
-/// Runs `f` with a connection to the admin database, on a thread and runtime of its own (so
-/// it can be called from sync code, from `Drop`, and from inside a test's runtime).
-pub fn with_admin<T: Send + 'static>(
-    f: impl AsyncFnOnce(&tokio_postgres::Client) -> T + Send + 'static,
-) -> T {
-    connected(admin_url(), f)
+/// Why the tests cannot go on without the server at `url`, and how to start it.
+fn unreachable(url: &str, e: &dyn std::fmt::Display) -> String {
+    format!(
+        "the PostgreSQL tests need a server at {url} ({e}); start it with \
+         `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`, \
+         or set IGW_TEST_POSTGRES_URL"
+    )
 }
 
-/// Runs `f` with a connection to `url`, on a thread and runtime of its own.
+/// Runs `f` on a thread and runtime of its own (so it can be called from sync code, from
+/// `Drop`, and from inside a test's runtime).
+fn on_a_runtime<T: Send + 'static, F: Future<Output = T>>(
+    make: impl FnOnce() -> F + Send + 'static,
+) -> T {
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(make())
+    })
+    .join()
+    .unwrap()
+}
+
+/// Runs `f` with a connection to `url`, on a runtime of its own.
 fn connected<T: Send + 'static>(
     url: String,
     f: impl AsyncFnOnce(&tokio_postgres::Client) -> T + Send + 'static,
 ) -> T {
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let mut config: tokio_postgres::Config = url.parse().expect("a PostgreSQL URL");
-            config.connect_timeout(Duration::from_secs(5));
-            let (client, conn) = config
-                .connect(tokio_postgres::NoTls)
-                .await
-                .unwrap_or_else(|e| {
-                    panic!(
-                        "the PostgreSQL tests need a server at {url} ({e}); start it with \
-                     `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`, \
-                     or set IGW_TEST_POSTGRES_URL"
-                    )
-                });
-            tokio::spawn(conn);
-            f(&client).await
-        })
+    on_a_runtime(move || async move {
+        let mut config: tokio_postgres::Config = url.parse().expect("a PostgreSQL URL");
+        config.connect_timeout(Duration::from_secs(5));
+        let (client, conn) = config
+            .connect(tokio_postgres::NoTls)
+            .await
+            .unwrap_or_else(|e| panic!("{}", unreachable(&url, &e)));
+        tokio::spawn(conn);
+        f(&client).await
     })
-    .join()
-    .unwrap()
+}
+
+/// How a test opens a store on `url`, as a gateway with `pool_size` connections would.
+pub fn store_config(url: &str, pool_size: usize) -> incident_gateway::store::PostgresConfig {
+    incident_gateway::store::PostgresConfig {
+        url: url.into(),
+        pool_size,
+        connect_timeout: Duration::from_secs(5),
+        statement_timeout: Duration::from_secs(10),
+    }
 }
 
 /// A database of the test's own, dropped (with its connections) when this is.
@@ -58,15 +71,14 @@ pub struct PgDb {
 
 impl PgDb {
     pub fn create() -> PgDb {
-        let name = format!("igw_test_{}", uuid::Uuid::now_v7().simple());
-        let create = format!("CREATE DATABASE {name}");
-        with_admin(async move |c| c.batch_execute(&create).await.unwrap());
-        let admin = admin_url();
-        let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
-        PgDb {
-            url: format!("{base}/{name}"),
-            name,
-        }
+        let url = on_a_runtime(|| async {
+            let server = admin_url();
+            incident_gateway::store::postgres::create_database(&server, "igw_test")
+                .await
+                .unwrap_or_else(|e| panic!("{}", unreachable(&server, &e)))
+        });
+        let name = url.rsplit('/').next().unwrap_or_default().to_string();
+        PgDb { name, url }
     }
 
     /// The number a query of one BIGINT (`COUNT(*)`) answers, for checks the store's API
@@ -90,9 +102,9 @@ impl PgDb {
 
 impl Drop for PgDb {
     fn drop(&mut self) {
-        let drop = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
-        with_admin(async move |c| {
-            let _ = c.batch_execute(&drop).await;
+        let url = self.url.clone();
+        on_a_runtime(move || async move {
+            let _ = incident_gateway::store::postgres::drop_database(&admin_url(), &url).await;
         });
     }
 }

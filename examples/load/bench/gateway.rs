@@ -154,29 +154,12 @@ pub fn start(exe: &Path, config: &Path, log: &Path, log_level: &str) -> anyhow::
 /// Creates a database of its own for a gateway run on the PostgreSQL server `server` names;
 /// returns its URL.
 pub async fn fresh_database(server: &str) -> anyhow::Result<String> {
-    let name = format!("igw_load_{}", uuid::Uuid::now_v7().simple());
-    on_server(server, &format!("CREATE DATABASE {name}")).await?;
-    let base = server.rsplit_once('/').map_or(server, |(b, _)| b);
-    Ok(format!("{base}/{name}"))
+    incident_gateway::store::postgres::create_database(server, "igw_load")
+        .await
+        .with_context(|| format!("creating a database on the PostgreSQL at {server}"))
 }
 
 /// Drops the database `url` names (on the server `server` names).
 pub async fn drop_database(server: &str, url: &str) -> anyhow::Result<()> {
-    let name = url.rsplit('/').next().unwrap_or_default();
-    on_server(
-        server,
-        &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
-    )
-    .await
-}
-
-async fn on_server(server: &str, sql: &str) -> anyhow::Result<()> {
-    let (client, connection) = tokio_postgres::connect(server, tokio_postgres::NoTls)
-        .await
-        .with_context(|| format!("connecting to PostgreSQL at {server}"))?;
-    let task = tokio::spawn(connection);
-    client.batch_execute(sql).await?;
-    drop(client);
-    let _ = task.await;
-    Ok(())
+    Ok(incident_gateway::store::postgres::drop_database(server, url).await?)
 }

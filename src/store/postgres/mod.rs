@@ -230,6 +230,38 @@ async fn migrate(pool: &Pool) -> Result<(), StoreError> {
     }
 }
 
+/// Creates a database of its own, `{prefix}_{uuid}`, on the server `server` names (a URL of any
+/// database there), and returns its URL: what each test and each load-tool run keeps its
+/// gateways' data in, so runs never collide.
+pub async fn create_database(server: &str, prefix: &str) -> Result<String, StoreError> {
+    let name = format!("{prefix}_{}", uuid::Uuid::now_v7().simple());
+    on_server(server, &format!("CREATE DATABASE {name}")).await?;
+    let base = server.rsplit_once('/').map_or(server, |(b, _)| b);
+    Ok(format!("{base}/{name}"))
+}
+
+/// Drops the database `url` names (made by [`create_database`] on `server`), closing its
+/// connections.
+pub async fn drop_database(server: &str, url: &str) -> Result<(), StoreError> {
+    let name = url.rsplit('/').next().unwrap_or_default();
+    on_server(
+        server,
+        &format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"),
+    )
+    .await
+}
+
+/// Runs `sql` on a connection of its own to `server`.
+async fn on_server(server: &str, sql: &str) -> Result<(), StoreError> {
+    let config: tokio_postgres::Config = server.parse().map_err(|_| StoreError::BadUrl)?;
+    let (client, connection) = config.connect(NoTls).await?;
+    let connection = tokio::spawn(connection);
+    client.batch_execute(sql).await?;
+    drop(client);
+    let _ = connection.await;
+    Ok(())
+}
+
 #[async_trait]
 impl Health for Postgres {
     async fn ready(&self) -> Result<(), StoreError> {

@@ -6,7 +6,6 @@ use tokio_postgres::NoTls;
 /// A database with the gateway's schema, dropped by [`Database::drop`].
 pub struct Database {
     server: String,
-    name: String,
     pub url: String,
 }
 
@@ -14,10 +13,9 @@ impl Database {
     pub async fn create() -> Database {
         let server = std::env::var("IGW_TEST_POSTGRES_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-        let name = format!("igw_unit_{}", uuid::Uuid::now_v7().simple());
-        run(&server, &format!("CREATE DATABASE {name}")).await;
-        let base = server.rsplit_once('/').map_or(server.as_str(), |(b, _)| b);
-        let url = format!("{base}/{name}");
+        let url = super::create_database(&server, "igw_unit")
+            .await
+            .unwrap_or_else(|e| panic!("the PostgreSQL tests need a server at {server}: {e}"));
         let pool = deadpool_postgres::Pool::builder(deadpool_postgres::Manager::new(
             url.parse().unwrap(),
             NoTls,
@@ -26,7 +24,7 @@ impl Database {
         .build()
         .unwrap();
         super::migrate(&pool).await.unwrap();
-        Database { server, name, url }
+        Database { server, url }
     }
 
     /// A connection of its own.
@@ -37,18 +35,6 @@ impl Database {
     }
 
     pub async fn drop(self) {
-        run(
-            &self.server,
-            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
-        )
-        .await;
+        super::drop_database(&self.server, &self.url).await.unwrap();
     }
-}
-
-async fn run(server: &str, sql: &str) {
-    let (client, connection) = tokio_postgres::connect(server, NoTls)
-        .await
-        .unwrap_or_else(|e| panic!("the PostgreSQL tests need a server at {server}: {e}"));
-    tokio::spawn(connection);
-    client.batch_execute(sql).await.unwrap();
 }

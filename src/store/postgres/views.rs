@@ -102,10 +102,7 @@ async fn incident_view(
 ) -> Result<Option<IncidentView>, StoreError> {
     let Some(row) = query_opt(
         tx,
-        "SELECT i.incident_id, i.source, i.status, i.status_change_ms, i.received_ms, i.updated_ms,
-                i.versions, v.body
-         FROM incidents i JOIN incident_versions v ON v.version_id = i.version_id
-         WHERE i.incident_id = $1",
+        concat!(incident_view_select!(), " WHERE i.incident_id = $1"),
         &[&incident_id],
     )
     .await?
@@ -122,12 +119,10 @@ async fn incident_view(
     let mut connectors = BTreeMap::<String, ConnectorView>::new();
     for r in query(
         tx,
-        "SELECT t.connector, t.correlation_key, t.ticket_id, t.ticket_url, t.status, t.opened_ms,
-                t.window_until_ms,
-                (SELECT COUNT(*) FROM ticket_incidents x WHERE x.ticket_seq = t.ticket_seq)
-                    AS incidents
-         FROM tickets t JOIN ticket_incidents ti ON ti.ticket_seq = t.ticket_seq
-         WHERE ti.incident_id = $1 ORDER BY t.ticket_seq",
+        concat!(
+            ticket_views_select!(),
+            " WHERE ti.incident_id = $1 ORDER BY t.ticket_seq"
+        ),
         &[&incident_id],
     )
     .await?
@@ -169,15 +164,7 @@ async fn query_deliveries(
     args: &[&(dyn ToSql + Sync)],
     with_attempts: bool,
 ) -> Result<Vec<DeliveryView>, StoreError> {
-    let sql = format!(
-        "SELECT d.delivery_id, d.incident_id, d.connector, d.event, d.status, d.attempts, d.created_ms,
-                d.updated_ms, d.next_attempt_ms, d.last_error,
-                CASE WHEN d.status = 'pending' THEN
-                    (SELECT e.delivery_id FROM deliveries e WHERE {waits} ORDER BY e.seq LIMIT 1)
-                END AS waiting_for
-         FROM deliveries d {clause}",
-        waits = waits_behind!()
-    );
+    let sql = format!("{} {clause}", delivery_views_select!());
     let mut out = query(tx, &sql, args)
         .await?
         .iter()

@@ -121,10 +121,7 @@ impl FromRow for AttemptView {
 fn incident_view(conn: &Connection, incident_id: &str) -> Result<Option<IncidentView>, StoreError> {
     let row: Option<IncidentRow> = optional_row(
         conn,
-        "SELECT i.incident_id, i.source, i.status, i.status_change_ms, i.received_ms, i.updated_ms,
-                i.versions, v.body
-         FROM incidents i JOIN incident_versions v ON v.version_id = i.version_id
-         WHERE i.incident_id = ?1",
+        concat!(incident_view_select!(), " WHERE i.incident_id = ?1"),
         [incident_id],
     )?;
     let Some(row) = row else {
@@ -139,12 +136,10 @@ fn incident_view(conn: &Connection, incident_id: &str) -> Result<Option<Incident
     let mut connectors = BTreeMap::<String, ConnectorView>::new();
     let tickets: Vec<ConnectorTicket> = rows(
         conn,
-        "SELECT t.connector, t.correlation_key, t.ticket_id, t.ticket_url, t.status, t.opened_ms,
-                t.window_until_ms,
-                (SELECT COUNT(*) FROM ticket_incidents x WHERE x.ticket_seq = t.ticket_seq)
-                    AS incidents
-         FROM tickets t JOIN ticket_incidents ti ON ti.ticket_seq = t.ticket_seq
-         WHERE ti.incident_id = ?1 ORDER BY t.ticket_seq",
+        concat!(
+            ticket_views_select!(),
+            " WHERE ti.incident_id = ?1 ORDER BY t.ticket_seq"
+        ),
         [&row.incident_id],
     )?;
     for t in tickets {
@@ -184,15 +179,7 @@ fn query_deliveries(
     args: &[&dyn ToSql],
     with_attempts: bool,
 ) -> Result<Vec<DeliveryView>, StoreError> {
-    let sql = format!(
-        "SELECT d.delivery_id, d.incident_id, d.connector, d.event, d.status, d.attempts, d.created_ms,
-                d.updated_ms, d.next_attempt_ms, d.last_error,
-                CASE WHEN d.status = 'pending' THEN
-                    (SELECT e.delivery_id FROM deliveries e WHERE {waits} ORDER BY e.seq LIMIT 1)
-                END AS waiting_for
-         FROM deliveries d {clause}",
-        waits = waits_behind!()
-    );
+    let sql = format!("{} {clause}", delivery_views_select!());
     let mut out: Vec<DeliveryView> = rows(conn, &sql, args)?;
     if with_attempts {
         for d in &mut out {
