@@ -11,6 +11,7 @@ use deadpool_postgres::Transaction;
 use tokio_postgres::NoTls;
 
 use super::{execute, query, queue};
+use crate::model::now_ms;
 use crate::store::StoreError;
 use crate::store::rules::INTERRUPTED_CREATED;
 
@@ -39,7 +40,6 @@ impl Instance {
 pub(super) async fn keep(
     config: tokio_postgres::Config,
     instance: Instance,
-    now_ms: fn() -> i64,
 ) -> Result<tokio::task::JoinHandle<()>, StoreError> {
     let first = hold(&config, &instance, now_ms()).await?;
     Ok(tokio::spawn(async move {

@@ -61,8 +61,8 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[(
     include_str!("../../../migrations/postgres/0001_initial.sql"),
 )];
 
-/// The newest schema this binary knows.
-pub const SCHEMA_VERSION: i32 = 1;
+/// The newest schema this binary knows: its last migration's.
+pub const SCHEMA_VERSION: i32 = MIGRATIONS[MIGRATIONS.len() - 1].0;
 
 /// The session advisory lock migrations run under (any fixed number; this is "igw-mig").
 const MIGRATION_LOCK: i64 = 0x0069_6777_2d6d_6967;
@@ -137,7 +137,7 @@ impl Postgres {
             "-c statement_timeout={}",
             config.statement_timeout.as_millis()
         ));
-        let pg_config_clone = pg_config.clone();
+        let keeper_config = pg_config.clone();
         let manager = Manager::from_config(
             pg_config,
             NoTls,
@@ -145,7 +145,6 @@ impl Postgres {
                 recycling_method: RecyclingMethod::Fast,
             },
         );
-        let keeper_config = pg_config_clone;
         let pool = Pool::builder(manager)
             .max_size(config.pool_size)
             .wait_timeout(Some(config.connect_timeout))
@@ -156,7 +155,7 @@ impl Postgres {
             .map_err(|e| StoreError::Pool(e.to_string()))?;
         migrate(&pool).await?;
         let instance = instance::Instance::new();
-        let keeper = instance::keep(keeper_config, instance.clone(), crate::model::now_ms).await?;
+        let keeper = instance::keep(keeper_config, instance.clone()).await?;
         Ok(Postgres {
             pool,
             instance,
@@ -182,52 +181,50 @@ impl Postgres {
 /// Applies the migrations the database lacks, one transaction each, under a session lock so
 /// that gateways starting together take turns; refuses a newer schema.
 async fn migrate(pool: &Pool) -> Result<(), StoreError> {
-    {
-        let mut client = pool.get().await?;
+    let mut client = pool.get().await?;
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
+        .await?;
+    let result = async {
         client
-            .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
+            .batch_execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (
+                     version     INTEGER PRIMARY KEY,
+                     name        TEXT NOT NULL,
+                     applied_at  TIMESTAMPTZ NOT NULL DEFAULT now())",
+            )
             .await?;
-        let result = async {
-            client
-                .batch_execute(
-                    "CREATE TABLE IF NOT EXISTS schema_migrations (
-                         version     INTEGER PRIMARY KEY,
-                         name        TEXT NOT NULL,
-                         applied_at  TIMESTAMPTZ NOT NULL DEFAULT now())",
-                )
-                .await?;
-            let found: Option<i32> = client
-                .query_one("SELECT MAX(version) FROM schema_migrations", &[])
-                .await?
-                .try_get(0)?;
-            let found = found.unwrap_or(0);
-            if found > SCHEMA_VERSION {
-                return Err(StoreError::SchemaTooNew {
-                    found,
-                    known: SCHEMA_VERSION,
-                });
-            }
-            for (version, name, sql) in MIGRATIONS.iter().filter(|(v, _, _)| *v > found) {
-                let tx = client.transaction().await?;
-                tx.batch_execute(sql).await?;
-                tx.execute(
-                    "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
-                    &[version, name],
-                )
-                .await?;
-                tx.commit().await?;
-                tracing::info!(version, name, "applied a PostgreSQL migration");
-            }
-            Ok(())
+        let found: Option<i32> = client
+            .query_one("SELECT MAX(version) FROM schema_migrations", &[])
+            .await?
+            .try_get(0)?;
+        let found = found.unwrap_or(0);
+        if found > SCHEMA_VERSION {
+            return Err(StoreError::SchemaTooNew {
+                found,
+                known: SCHEMA_VERSION,
+            });
         }
-        .await;
-        // The lock ends with the session anyway; give it back now so others need not wait
-        // for this connection to be closed.
-        client
-            .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
+        for (version, name, sql) in MIGRATIONS.iter().filter(|(v, _, _)| *v > found) {
+            let tx = client.transaction().await?;
+            tx.batch_execute(sql).await?;
+            tx.execute(
+                "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
+                &[version, name],
+            )
             .await?;
-        result
+            tx.commit().await?;
+            tracing::info!(version, name, "applied a PostgreSQL migration");
+        }
+        Ok(())
     }
+    .await;
+    // The lock ends with the session anyway; give it back now so others need not wait
+    // for this connection to be closed.
+    client
+        .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
+        .await?;
+    result
 }
 
 /// Creates a database of its own, `{prefix}_{uuid}`, on the server `server` names (a URL of any
