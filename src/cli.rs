@@ -166,6 +166,8 @@ pub fn check(config_file: &Path, incidents_dir: Option<&Path>) -> Result<CheckRe
     // The same problem found for many incidents and events is reported once, with a count.
     let mut problems: BTreeMap<String, (String, usize)> = BTreeMap::new();
     let target_schemas = compile_target_schemas(&config, &mut report);
+    // Connectors whose lookup searches by `ticket.ref`: whether their `created` stores it.
+    let mut stores_ref: BTreeMap<&str, bool> = BTreeMap::new();
     for file in example_incidents(&dir)? {
         let incident = match read_incident(&file) {
             Ok(i) => i,
@@ -184,6 +186,41 @@ pub fn check(config_file: &Path, incidents_dir: Option<&Path>) -> Result<CheckRe
             ));
         }
         for connector in &config.connectors {
+            if connector.lookup().is_some() {
+                report.renders += 1;
+                let context = preview_context(&renderer, &incident, connector, Event::Created);
+                match renderer.render_lookup(connector, &context) {
+                    Some(Err(e)) => {
+                        failed.insert(connector.name.as_str());
+                        problems
+                            .entry(format!("lookup: {e}"))
+                            .and_modify(|(_, n)| *n += 1)
+                            .or_insert((
+                                format!(
+                                    "connector {}, lookup, incident {}",
+                                    connector.name,
+                                    file.display()
+                                ),
+                                1,
+                            ));
+                    }
+                    Some(Ok(lookup)) => {
+                        stores_ref.entry(connector.name.as_str()).or_insert(false);
+                        let key = crate::ticket::route_for(&renderer, connector, &incident).key;
+                        let reference = crate::render::ticket_ref(&connector.name, &key);
+                        if !lookup.url.contains(&reference) {
+                            stores_ref.insert(connector.name.as_str(), true);
+                        } else if let Ok(Outgoing::Request(created)) =
+                            preview(&renderer, &incident, connector, Event::Created)
+                            && (created.body.contains(&reference)
+                                || created.url.contains(&reference))
+                        {
+                            stores_ref.insert(connector.name.as_str(), true);
+                        }
+                    }
+                    None => {}
+                }
+            }
             for event in [Event::Created, Event::Updated, Event::Completed] {
                 if !connector.sends(event) {
                     continue;
@@ -273,6 +310,13 @@ pub fn check(config_file: &Path, incidents_dir: Option<&Path>) -> Result<CheckRe
             String::new()
         };
         report.errors.push(format!("{message} ({first}{more})"));
+    }
+    for (name, stored) in stores_ref {
+        if !stored && !failed.contains(name) {
+            report.warnings.push(format!(
+                "connector {name}: its lookup searches for {{{{ticket.ref}}}}, but its created request never sends it; the lookup cannot find the tickets it opens"
+            ));
+        }
     }
     if report.incidents > 0 {
         for (name, seen) in traceable {

@@ -41,6 +41,9 @@ pub struct Connector {
     /// JSON pointers into the `created` response: the ticket's id (and link).
     pub ticket_id: Option<String>,
     pub ticket_url: Option<String>,
+    /// The target dedupes `created` by the correlation key itself (PagerDuty `dedup_key`,
+    /// Opsgenie `alias`): a `created` whose outcome is unknown is simply sent again.
+    pub idempotent_create: bool,
     /// JSON pointers into an error response where the target says why (Redmine `/errors`,
     /// Jira `/errorMessages` and `/errors`, …): what is found there is the attempt's error.
     pub error_message: Vec<String>,
@@ -98,6 +101,34 @@ pub struct HttpTarget {
     pub egress: Egress,
     /// The request each event sends, `None` where the connector skips that event.
     pub requests: Requests<HttpRequest>,
+    /// How to find a ticket a `created` may already have opened.
+    pub lookup: Option<Lookup>,
+}
+
+/// A request that finds the ticket a connector opened for a correlation key, sent before a
+/// `created` whose outcome is unknown is sent again (the gateway stopped while it was being
+/// sent, it timed out, the connection broke after the request was written): a ticket found
+/// is the one the `created` opened.
+#[derive(Clone)]
+pub struct Lookup {
+    pub method: reqwest::Method,
+    /// A Handlebars template (the `created` request's context); values are percent-encoded.
+    pub url: String,
+    /// The connector's headers, then the lookup's own (which win).
+    pub headers: BTreeMap<String, String>,
+    /// JSON pointer to the found ticket's id in a 2xx answer; nothing there: none found.
+    pub found_id: String,
+    /// JSON pointer to its link.
+    pub found_url: Option<String>,
+}
+
+impl std::fmt::Debug for Lookup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lookup")
+            .field("method", &self.method)
+            .field("found_id", &self.found_id)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Debug never shows the URL or headers (either may carry a credential).
@@ -107,6 +138,7 @@ impl std::fmt::Debug for HttpTarget {
             .field("method", &self.method)
             .field("egress", &self.egress)
             .field("requests", &self.requests)
+            .field("lookup", &self.lookup)
             .finish_non_exhaustive()
     }
 }
@@ -291,6 +323,20 @@ impl crate::route::Routed for Connector {
 }
 
 impl Connector {
+    /// The lookup an HTTP connector declares.
+    pub fn lookup(&self) -> Option<&Lookup> {
+        match &self.target {
+            Target::Http(http) => http.lookup.as_ref(),
+            Target::Smtp(_) => None,
+        }
+    }
+
+    /// Whether a `created` whose outcome is unknown can be settled without a person: the
+    /// connector looks its ticket up first, or the target dedupes creates by key.
+    pub fn settles_unknown_creates(&self) -> bool {
+        self.idempotent_create || self.lookup().is_some()
+    }
+
     /// Whether the connector sends anything for `event`.
     pub fn sends(&self, event: Event) -> bool {
         self.template(event).is_some()

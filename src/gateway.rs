@@ -141,7 +141,9 @@ impl Gateway {
         let tracked: Vec<String> = config
             .connectors
             .iter()
-            .filter(|c| c.ticket_id.is_some())
+            // A connector that looks its tickets up (or whose target dedupes creates) settles
+            // an interrupted `created` itself; only the others need a person.
+            .filter(|c| c.ticket_id.is_some() && !c.settles_unknown_creates())
             .map(|c| c.name.clone())
             .collect();
         let parked = store.recover(tracked).await?;

@@ -133,19 +133,19 @@ pub fn ticket_from_response(
         not_json,
     };
     let json: Value = serde_json::from_str(body).map_err(|_| missing(true))?;
-    let as_text = |v: &Value| match v {
-        Value::String(s) if !s.is_empty() => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
-    };
-    let id = json
-        .pointer(id_pointer)
-        .and_then(as_text)
-        .ok_or_else(|| missing(false))?;
+    let id = text_at(&json, id_pointer).ok_or_else(|| missing(false))?;
     let url = connector
         .ticket_url
         .as_ref()
-        .and_then(|p| json.pointer(p))
-        .and_then(as_text);
+        .and_then(|p| text_at(&json, p));
     Ok(Some((id, url)))
+}
+
+/// The id or link at `pointer`: a non-empty string, or a number as text.
+pub fn text_at(doc: &Value, pointer: &str) -> Option<String> {
+    match doc.pointer(pointer)? {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
 }

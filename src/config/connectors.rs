@@ -68,6 +68,9 @@ pub(super) struct RawConnector {
     ticket_url: Option<String>,
     #[serde(default)]
     error_message: Vec<String>,
+    pub(super) lookup: Option<RawLookup>,
+    #[serde(default)]
+    idempotent_create: bool,
     callback_token: Option<String>,
     #[serde(default)]
     upstream: bool,
@@ -115,6 +118,23 @@ pub(super) struct RawRequest {
     /// Send nothing for this event.
     #[serde(default)]
     skip: bool,
+}
+
+/// `[connectors.lookup]`: how to find the ticket a `created` may already have opened.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLookup {
+    #[serde(default = "default_lookup_method")]
+    pub(super) method: String,
+    pub(super) url: String,
+    #[serde(default)]
+    pub(super) headers: BTreeMap<String, String>,
+    pub(super) found_id: String,
+    pub(super) found_url: Option<String>,
+}
+
+fn default_lookup_method() -> String {
+    "GET".into()
 }
 
 #[derive(Deserialize, Default)]
@@ -242,6 +262,7 @@ impl Validator<'_> {
             aggregate_for: c.aggregate_for,
             ticket_id: c.ticket_id,
             ticket_url: c.ticket_url,
+            idempotent_create: c.idempotent_create,
             error_message: c.error_message,
             callback_token: c.callback_token,
             upstream: c.upstream,
@@ -271,6 +292,10 @@ impl Validator<'_> {
                 self.expand_template(&format!("{at}.url"), url)?;
             }
             self.expand_templates(&format!("{at}.headers"), &mut request.headers)?;
+        }
+        if let Some(lookup) = &mut c.lookup {
+            self.expand_template(&format!("{field}.lookup.url"), &mut lookup.url)?;
+            self.expand_templates(&format!("{field}.lookup.headers"), &mut lookup.headers)?;
         }
         if let Some(signing) = &mut c.signing {
             for (i, secret) in signing.standard_webhooks.iter_mut().enumerate() {
@@ -367,6 +392,33 @@ impl Validator<'_> {
         }
         if c.ticket_url.is_some() && c.ticket_id.is_none() {
             return Err(self.invalid(format!("{field}.ticket_url"), "needs ticket_id too"));
+        }
+        if let Some(lookup) = &c.lookup {
+            if c.ticket_id.is_none() {
+                return Err(self.invalid(
+                    format!("{field}.lookup"),
+                    "needs ticket_id: a found ticket stands for the created one, by its id",
+                ));
+            }
+            for (key, pointer) in [
+                ("found_id", Some(&lookup.found_id)),
+                ("found_url", lookup.found_url.as_ref()),
+            ] {
+                if let Some(p) = pointer
+                    && !p.starts_with('/')
+                {
+                    return Err(self.invalid(
+                        format!("{field}.lookup.{key}"),
+                        format!("{p:?} is not a JSON pointer (e.g. \"/result/0/sys_id\")"),
+                    ));
+                }
+            }
+        }
+        if c.idempotent_create && c.lookup.is_some() {
+            return Err(self.invalid(
+                format!("{field}.idempotent_create"),
+                "a connector whose target dedupes creates needs no lookup; keep one of the two",
+            ));
         }
         for (i, p) in c.error_message.iter().enumerate() {
             if !p.starts_with('/') {

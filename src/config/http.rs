@@ -3,7 +3,7 @@
 
 use super::connectors::{RawConnector, RawRequest};
 use super::{ConfigError, Validator};
-use crate::connector::{Egress, HttpRequest, HttpTarget, TemplatePath};
+use crate::connector::{Egress, HttpRequest, HttpTarget, Lookup, TemplatePath};
 
 impl Validator<'_> {
     /// The target, and the connector's body template (every event's unless its table names
@@ -45,12 +45,29 @@ impl Validator<'_> {
         let requests = self.requests(field, &c.requests, default.clone(), |at, raw| {
             self.http_request(at, raw, &default)
         })?;
+        let lookup = match &c.lookup {
+            None => None,
+            Some(raw) => {
+                let at = format!("{field}.lookup");
+                self.check_url(&format!("{at}.url"), &raw.url)?;
+                let mut lookup_headers = headers.clone();
+                lookup_headers.extend(self.headers(&format!("{at}.headers"), &raw.headers)?);
+                Some(Lookup {
+                    method: self.method(&format!("{at}.method"), &raw.method)?,
+                    url: raw.url.clone(),
+                    headers: lookup_headers,
+                    found_id: raw.found_id.clone(),
+                    found_url: raw.found_url.clone(),
+                })
+            }
+        };
         let target = HttpTarget {
             method,
             url,
             headers,
             egress: self.egress(field, c)?,
             requests,
+            lookup,
         };
         Ok((target, template))
     }

@@ -1,6 +1,8 @@
 //! `kind = "smtp"` connectors: the server, its credentials, the sender and recipients, and
 //! the message each event sends, built into an [`SmtpTarget`].
 
+use std::collections::BTreeMap;
+
 use super::connectors::{RawConnector, RawRequest};
 use super::{ConfigError, Validator};
 use crate::connector::{MailMessage, SmtpSecurity, SmtpTarget, TemplatePath};
@@ -36,7 +38,13 @@ impl Validator<'_> {
             ));
         }
         let template = self.template_path(&format!("{field}.template"), &c.template)?;
-        self.headers(&format!("{field}.headers"), &c.headers)?;
+        self.no_mail_headers(&format!("{field}.headers"), &c.headers)?;
+        if c.lookup.is_some() {
+            return Err(self.invalid(
+                format!("{field}.lookup"),
+                "is for kind = \"http\" connectors: a mail's ticket is its thread",
+            ));
+        }
         let subject = c.subject.clone().ok_or_else(|| {
             self.invalid(
                 format!("{field}.subject"),
@@ -73,6 +81,23 @@ impl Validator<'_> {
         Ok((target, template))
     }
 
+    /// Headers on a mail would be dropped (the message is built from its own fields), so
+    /// they are refused rather than accepted and ignored.
+    fn no_mail_headers(
+        &self,
+        field: &str,
+        headers: &BTreeMap<String, String>,
+    ) -> Result<(), ConfigError> {
+        match headers.keys().next() {
+            None => Ok(()),
+            Some(name) => Err(self.invalid(
+                format!("{field}.{name}"),
+                "an smtp connector takes no extra headers: its mails carry From, To, Cc, \
+                 Subject (with subject_tag), Message-ID, In-Reply-To and References",
+            )),
+        }
+    }
+
     /// One event's message: what its table gives, the connector's message otherwise.
     fn mail_message(
         &self,
@@ -80,7 +105,7 @@ impl Validator<'_> {
         raw: &RawRequest,
         default: &MailMessage,
     ) -> Result<MailMessage, ConfigError> {
-        self.headers(&format!("{at}.headers"), &raw.headers)?;
+        self.no_mail_headers(&format!("{at}.headers"), &raw.headers)?;
         if raw.url.is_some() {
             return Err(self.invalid(
                 format!("{at}.url"),

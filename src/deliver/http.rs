@@ -36,6 +36,9 @@ pub enum SendFailure {
     Unsendable(String),
     /// A network error or timeout, or an SMTP server's refusal.
     Network(String),
+    /// The connection could not be made: the request was never written, so the target
+    /// cannot have acted on it.
+    Unreached(String),
     /// The status arrived, then reading the body failed: the status stands.
     BodyCut(String),
     /// The target refused and said why, in its own words ([`with_target_reason`]):
@@ -48,7 +51,7 @@ impl std::fmt::Display for SendFailure {
         match self {
             SendFailure::Refused(why) => write!(f, "refused: {why}"),
             SendFailure::Unsendable(why) => write!(f, "cannot be sent: {why}"),
-            SendFailure::Network(why) => f.write_str(why),
+            SendFailure::Network(why) | SendFailure::Unreached(why) => f.write_str(why),
             SendFailure::BodyCut(why) => write!(f, "reading response body: {why}"),
             SendFailure::Said(why) => f.write_str(why),
         }
@@ -72,6 +75,16 @@ impl SendResult {
             response_prefix: None,
             failure: Some(failure),
             latency,
+        }
+    }
+
+    /// Whether the target may have acted on the request without the sender learning its
+    /// answer: the request may have been written before a timeout or a broken connection,
+    /// or the target failed (5xx) perhaps after it stored the request.
+    pub fn may_have_arrived(&self) -> bool {
+        match self.status {
+            Some(status) => (500..600).contains(&status),
+            None => matches!(self.failure, Some(SendFailure::Network(_))),
         }
     }
 
@@ -110,6 +123,9 @@ pub async fn send(
                 }
                 None if e.is_builder() => {
                     SendResult::failed(SendFailure::Unsendable(describe(&e)), started.elapsed())
+                }
+                None if e.is_connect() => {
+                    SendResult::failed(SendFailure::Unreached(describe(&e)), started.elapsed())
                 }
                 None => SendResult::failed(SendFailure::Network(describe(&e)), started.elapsed()),
             },

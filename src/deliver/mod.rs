@@ -14,6 +14,7 @@
 
 pub mod egress;
 pub mod http;
+pub mod lookup;
 pub mod prepare;
 pub mod record;
 pub mod retry;
@@ -34,7 +35,22 @@ use crate::secrets::Secrets;
 use crate::store::{LeasedDelivery, NextStep, Store, TicketUpdate};
 
 use self::http::{SendResult, Verdict};
+use self::lookup::Looked;
 use self::prepare::{AttemptFacts, Outgoing, Unprepared};
+
+/// What an attempt did, up to what came back.
+struct Tried {
+    verdict: Verdict,
+    /// The answer the record keeps: the `created`'s, or the lookup's when nothing else was
+    /// sent.
+    sent: SendResult,
+    /// The ticket a `created` (or the lookup before it) named.
+    ticket: Option<TicketUpdate>,
+    /// What the lookup before it found.
+    lookup: Option<String>,
+    /// Whether a `created` may now have opened its ticket unbeknown to the gateway.
+    outcome_unknown: bool,
+}
 
 impl AttemptFacts {
     /// The facts of the next attempt of a leased delivery.
@@ -283,7 +299,7 @@ impl Deliverer {
         &self,
         delivery: &LeasedDelivery,
         started_at_ms: i64,
-    ) -> Result<Outgoing, NotSent> {
+    ) -> Result<(Outgoing, Option<render::RenderedRequest>), NotSent> {
         let budget = self.settings.render_budget;
         let Ok(permit) = self.renders.clone().acquire_owned().await else {
             return Err(NotSent::PoolClosed);
@@ -300,12 +316,14 @@ impl Deliverer {
             render::bounds::with_budget(budget, || {
                 let incident = prepare::stored_incident(&delivery.incident_body)?;
                 let facts = AttemptFacts::of(&delivery);
-                prepare::prepare(
+                let look_first = delivery.event == Event::Created && delivery.outcome_unknown;
+                prepare::prepare_looking_first(
                     &renderer,
                     connector,
                     &incident,
                     &facts,
                     started_at_ms / 1000,
+                    look_first,
                 )
                 .map_err(|e| match render::bounds::budget_spent() {
                     // A helper stopped at the budget: say so, not what it was doing.
@@ -336,6 +354,21 @@ impl Deliverer {
         } else {
             http::RESPONSE_PREFIX_BYTES * 2
         };
+        let sent = self.send_checked(connector, target, &request, keep).await;
+        let sent = http::with_target_reason(sent, &connector.error_message);
+        let verdict = http::classify(&sent);
+        let (verdict, found) = record::found_ticket(connector, delivery, verdict, &sent);
+        (verdict, sent, found)
+    }
+
+    /// Egress check → send, keeping `keep` bytes of the answer.
+    async fn send_checked(
+        &self,
+        connector: &Connector,
+        target: &HttpTarget,
+        request: &render::RenderedRequest,
+        keep: usize,
+    ) -> SendResult {
         let refused = reqwest::Url::parse(&request.url)
             .map_err(|e| egress::Refused(e.to_string()))
             .and_then(|url| egress::check_url(&target.egress, &url));
@@ -346,12 +379,24 @@ impl Deliverer {
             (Ok(()), None) => not_sent(http::SendFailure::Unsendable(
                 "no HTTP client for this connector".into(),
             )),
-            (Ok(()), Some(client)) => http::send(client, &request, connector.timeout, keep).await,
+            (Ok(()), Some(client)) => http::send(client, request, connector.timeout, keep).await,
         };
+        sent
+    }
+
+    /// The lookup before a `created` whose outcome is unknown: what it found, and its answer.
+    async fn look_up(
+        &self,
+        connector: &Connector,
+        target: &HttpTarget,
+        lookup: &connector::Lookup,
+        request: render::RenderedRequest,
+    ) -> (Looked, SendResult) {
+        let sent = self
+            .send_checked(connector, target, &request, http::TICKET_RESPONSE_BYTES)
+            .await;
         let sent = http::with_target_reason(sent, &connector.error_message);
-        let verdict = http::classify(&sent);
-        let (verdict, found) = record::found_ticket(connector, delivery, verdict, &sent);
-        (verdict, sent, found)
+        (lookup::read_answer(lookup, &sent), sent)
     }
 
     /// Send over the connector's pool; the `created` mail's Message-ID is the ticket's id.
@@ -409,19 +454,56 @@ impl Deliverer {
         }
     }
 
-    /// One attempt's work, up to what came back: prepare, then send by what was prepared.
+    /// One attempt's work, up to what came back: prepare, look the ticket up first if a
+    /// `created`'s outcome is unknown, then send by what was prepared.
     async fn attempt(
         &self,
         delivery: &LeasedDelivery,
         started_at_ms: i64,
-    ) -> Result<(Verdict, SendResult, Option<TicketUpdate>), NotSent> {
+    ) -> Result<Tried, NotSent> {
         let connector = self
             .connector(&delivery.connector)
             .ok_or_else(|| NotSent::ConnectorGone(delivery.connector.clone()))?;
-        let outgoing = self.prepare_off_runtime(delivery, started_at_ms).await?;
-        match (outgoing, &connector.target) {
+        let (outgoing, lookup) = self.prepare_off_runtime(delivery, started_at_ms).await?;
+        let mut looked = None;
+        if let (Some(request), Target::Http(http)) = (lookup, &connector.target)
+            && let Some(declared) = &http.lookup
+        {
+            let (found, sent) = self.look_up(connector, http, declared, request).await;
+            let summary = found.summary(&sent);
+            let settled = |verdict, ticket, outcome_unknown| Tried {
+                verdict,
+                sent: sent.clone(),
+                ticket,
+                lookup: Some(summary.clone()),
+                outcome_unknown,
+            };
+            match found {
+                Looked::Found { id, url } => {
+                    let ticket = delivery.ticket_seq.map(|ticket_seq| TicketUpdate {
+                        ticket_seq,
+                        id,
+                        url,
+                    });
+                    return Ok(settled(Verdict::Delivered, ticket, false));
+                }
+                Looked::Failed { verdict } => {
+                    let verdict = match verdict {
+                        Verdict::Dead { reason } => Verdict::Dead {
+                            reason: format!(
+                                "the lookup before sending created again failed: {reason}"
+                            ),
+                        },
+                        other => other,
+                    };
+                    return Ok(settled(verdict, None, true));
+                }
+                Looked::NoneFound => looked = Some(summary),
+            }
+        }
+        let (verdict, sent, ticket) = match (outgoing, &connector.target) {
             (Outgoing::Request(request), Target::Http(http)) => {
-                Ok(self.post(connector, http, delivery, request).await)
+                self.post(connector, http, delivery, request).await
             }
             (
                 Outgoing::Mail {
@@ -429,10 +511,22 @@ impl Deliverer {
                     message_id,
                 },
                 _,
-            ) => self.mail(connector, delivery, message, message_id).await,
+            ) => self.mail(connector, delivery, message, message_id).await?,
             // Prepared by the same connector, so an HTTP request comes from an HTTP target.
-            (Outgoing::Request(_), Target::Smtp(_)) => Err(NotSent::NoTransport("HTTP client")),
-        }
+            (Outgoing::Request(_), Target::Smtp(_)) => {
+                return Err(NotSent::NoTransport("HTTP client"));
+            }
+        };
+        let outcome_unknown = delivery.event == Event::Created
+            && matches!(connector.target, Target::Http(_))
+            && sent.may_have_arrived();
+        Ok(Tried {
+            verdict,
+            sent,
+            ticket,
+            lookup: looked,
+            outcome_unknown,
+        })
     }
 
     fn connector(&self, name: &str) -> Option<&Connector> {
@@ -469,14 +563,23 @@ impl Deliverer {
             );
             return;
         };
-        let (verdict, sent, ticket) = match outcome {
-            Ok((verdict, sent, ticket)) => (verdict, Some(sent), ticket),
+        let (verdict, sent, ticket, lookup, outcome_unknown) = match outcome {
+            Ok(tried) => (
+                tried.verdict,
+                Some(tried.sent),
+                tried.ticket,
+                tried.lookup,
+                tried.outcome_unknown,
+            ),
+            // Nothing sent, nothing learned: an unknown outcome stays unknown.
             Err(not_sent) => (
                 Verdict::Dead {
                     reason: not_sent.to_string(),
                 },
                 None,
                 None,
+                None,
+                delivery.outcome_unknown,
             ),
         };
         let now = model::now_ms();
@@ -510,7 +613,7 @@ impl Deliverer {
         if sent.as_ref().is_some_and(http::SendResult::was_refused) {
             crate::metrics::Metrics::inc(&self.metrics.egress_refused);
         }
-        let record = record::attempt_record(
+        let mut record = record::attempt_record(
             &self.secrets,
             attempt,
             started_at_ms,
@@ -518,6 +621,8 @@ impl Deliverer {
             sent.as_ref(),
             &next,
         );
+        record.lookup = lookup.map(|l| self.secrets.mask(&l));
+        record.outcome_unknown = outcome_unknown && next != NextStep::Delivered;
         record::log_attempt(&delivery, &record, &next);
         match self
             .store

@@ -175,6 +175,25 @@ pub fn prepare(
     prepare_with(renderer, connector, &context, facts, unix_seconds)
 }
 
+/// [`prepare`], and with `look_first` (a `created` whose outcome is unknown) the lookup the
+/// connector sends before it, rendered in the same context; `None` when it declares none.
+pub fn prepare_looking_first(
+    renderer: &Renderer,
+    connector: &Connector,
+    incident: &Value,
+    facts: &AttemptFacts,
+    unix_seconds: i64,
+    look_first: bool,
+) -> Result<(Outgoing, Option<RenderedRequest>), Unprepared> {
+    let context = recent_context(connector, incident, facts);
+    let lookup = match look_first {
+        true => renderer.render_lookup(connector, &*context).transpose()?,
+        false => None,
+    };
+    let outgoing = prepare_with(renderer, connector, &context, facts, unix_seconds)?;
+    Ok((outgoing, lookup))
+}
+
 /// [`prepare`] with the attempt's context built (see [`template_context`]).
 pub fn prepare_with(
     renderer: &Renderer,

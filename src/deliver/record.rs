@@ -76,6 +76,8 @@ pub fn attempt_record(
             .and_then(|s| s.response_prefix.as_deref())
             .map(|b| http::utf8_prefix(&secrets.mask(b), http::RESPONSE_PREFIX_BYTES)),
         outcome,
+        lookup: None,
+        outcome_unknown: false,
     }
 }
 

@@ -346,7 +346,7 @@ impl TemplateContext {
                 "vars": facts.connector.vars,
             }),
             Value::String(facts.received_at.into()),
-            serde_json::to_value(&facts.ticket).unwrap_or(Value::Null),
+            ticket_value(&facts.connector.name, &facts.ticket),
             serde_json::to_value(&facts.completion).unwrap_or(Value::Null),
         ];
         let data = self.context.data_mut();
@@ -364,6 +364,37 @@ impl TemplateContext {
             }
         }
     }
+}
+
+/// `ticket` in a context: `key`, `id`, `url`, and `ref`, the key as a token safe anywhere.
+fn ticket_value(connector: &str, ticket: &TicketFacts) -> Value {
+    serde_json::json!({
+        "key": ticket.key,
+        "id": ticket.id,
+        "url": ticket.url,
+        "ref": ticket_ref(connector, &ticket.key),
+    })
+}
+
+/// A token that names the connector's ticket for a correlation key: `igw-` and 32 hex digits
+/// of SHA-256 over both. The `created` request stores it in the target (a field, a label) and
+/// the lookup searches for it: it is the same for every incident of the key, safe inside any
+/// query language (JQL, TicketSQL, ServiceNow's encoded queries) and in a Jira label, which
+/// the key itself — incident text — is not, and two connectors to one system never find each
+/// other's tickets.
+pub fn ticket_ref(connector: &str, key: &str) -> String {
+    use sha2::Digest;
+    let mut hash = sha2::Sha256::new();
+    hash.update(connector.as_bytes());
+    hash.update([0]);
+    hash.update(key.as_bytes());
+    let digest = hash.finalize();
+    let mut out = String::with_capacity(36);
+    out.push_str("igw-");
+    for byte in &digest[..16] {
+        let _ = std::fmt::Write::write_fmt(&mut out, format_args!("{byte:02x}"));
+    }
+    out
 }
 
 /// An empty context (null): a placeholder.
@@ -413,12 +444,15 @@ impl AsContext for Value {
     }
 }
 
-fn url_name(connector: &str, event: Event) -> String {
-    format!("connector {connector} {} url", event.as_str())
+/// What a request template belongs to: an event's request, or the connector's lookup.
+const LOOKUP: &str = "lookup";
+
+fn url_name(connector: &str, part: &str) -> String {
+    format!("connector {connector} {part} url")
 }
 
-fn header_name(connector: &str, event: Event, header: &str) -> String {
-    format!("connector {connector} {} header {header}", event.as_str())
+fn header_name(connector: &str, part: &str, header: &str) -> String {
+    format!("connector {connector} {part} header {header}")
 }
 
 fn mail_name(connector: &str, event: Event, part: &str) -> String {
@@ -649,6 +683,9 @@ impl Renderer {
         self.plain
             .register_template_string(&key, &c.correlation_key)
             .map_err(|e| from_template_error(&key, e))?;
+        if let Some(lookup) = c.lookup() {
+            self.add_url_and_headers(&c.name, LOOKUP, &lookup.url, &lookup.headers)?;
+        }
         for event in [Event::Created, Event::Updated, Event::Completed] {
             let Some(template) = c.template(event) else {
                 continue;
@@ -677,12 +714,23 @@ impl Renderer {
         event: Event,
         request: &HttpRequest,
     ) -> Result<(), RenderError> {
-        let url = url_name(connector, event);
+        self.add_url_and_headers(connector, event.as_str(), &request.url, &request.headers)
+    }
+
+    /// The URL and header templates of an event's request or of the lookup (`part`).
+    fn add_url_and_headers(
+        &mut self,
+        connector: &str,
+        part: &str,
+        url: &str,
+        headers: &BTreeMap<String, String>,
+    ) -> Result<(), RenderError> {
+        let name = url_name(connector, part);
         self.url
-            .register_template_string(&url, &request.url)
-            .map_err(|e| from_template_error(&url, e))?;
-        for (header, value) in &request.headers {
-            let hn = header_name(connector, event, header);
+            .register_template_string(&name, url)
+            .map_err(|e| from_template_error(&name, e))?;
+        for (header, value) in headers {
+            let hn = header_name(connector, part, header);
             self.plain
                 .register_template_string(&hn, value)
                 .map_err(|e| from_template_error(&hn, e))?;
@@ -921,7 +969,53 @@ impl Renderer {
             .body_registry(body_name)
             .render_with_context(body_name, ctx)
             .map_err(|e| self.locate_partial(from_render_error(body_name, e)))?;
-        let url_template = url_name(&connector.name, event);
+        let (url, mut headers) =
+            self.url_and_headers(connector, event.as_str(), request.headers.keys(), ctx)?;
+        if let Some(ct) = Escape::for_file(body_name).content_type() {
+            headers
+                .entry("content-type".to_string())
+                .or_insert_with(|| ct.to_string());
+        }
+        Ok(RenderedRequest {
+            method: request.method.clone(),
+            url,
+            headers,
+            body,
+        })
+    }
+
+    /// Renders the connector's lookup request (no body) for `context`, the context its
+    /// `created` renders with; `None` when it declares none.
+    pub fn render_lookup(
+        &self,
+        connector: &Connector,
+        context: &(impl AsContext + ?Sized),
+    ) -> Option<Result<RenderedRequest, RenderError>> {
+        let lookup = connector.lookup()?;
+        let ctx = context.as_context();
+        let ctx: &Context = &ctx;
+        Some(helpers::render_scope(context.memo(), || {
+            let (url, headers) =
+                self.url_and_headers(connector, LOOKUP, lookup.headers.keys(), ctx)?;
+            Ok(RenderedRequest {
+                method: lookup.method.clone(),
+                url,
+                headers,
+                body: String::new(),
+            })
+        }))
+    }
+
+    /// The rendered URL (http or https, no path changed by a value) and headers (no line
+    /// breaks) of an event's request or of the lookup (`part`).
+    fn url_and_headers<'h>(
+        &self,
+        connector: &Connector,
+        part: &str,
+        header_names: impl Iterator<Item = &'h String>,
+        ctx: &Context,
+    ) -> Result<(String, BTreeMap<String, String>), RenderError> {
+        let url_template = url_name(&connector.name, part);
         let url = self
             .url
             .render_with_context(&url_template, ctx)
@@ -949,11 +1043,8 @@ impl Renderer {
             ));
         }
         let mut headers = BTreeMap::new();
-        if let Some(ct) = Escape::for_file(body_name).content_type() {
-            headers.insert("content-type".to_string(), ct.to_string());
-        }
-        for header in request.headers.keys() {
-            let hn = header_name(&connector.name, event, header);
+        for header in header_names {
+            let hn = header_name(&connector.name, part, header);
             let value = self
                 .plain
                 .render_with_context(&hn, ctx)
@@ -971,12 +1062,7 @@ impl Renderer {
             }
             headers.insert(header.clone(), value);
         }
-        Ok(RenderedRequest {
-            method: request.method.clone(),
-            url: parsed.to_string(),
-            headers,
-            body,
-        })
+        Ok((parsed.to_string(), headers))
     }
 }
 

@@ -238,6 +238,10 @@ pub struct LeasedDelivery {
     /// How the incident was completed — for a `completed` delivery only: an `updated` queued
     /// before the completion renders the incident as it was then.
     pub completion: Option<Completion>,
+    /// A `created` that may have opened its ticket already (an attempt cut off mid-send,
+    /// timed out, or lost its connection after the request was written): its connector
+    /// looks the ticket up before sending it again.
+    pub outcome_unknown: bool,
 }
 
 /// What one attempt did, as recorded.
@@ -251,6 +255,14 @@ pub struct AttemptRecord {
     /// The first 2 KiB of the response body.
     pub response_body: Option<String>,
     pub outcome: AttemptOutcome,
+    /// What the lookup before this attempt found ("found ticket 42", "none found", "failed:
+    /// …"), when a `created` whose outcome was unknown looked first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lookup: Option<String>,
+    /// Whether the `created` may have opened its ticket without the gateway learning it:
+    /// kept on the delivery, so the next attempt looks first.
+    #[serde(skip)]
+    pub outcome_unknown: bool,
 }
 
 /// The ticket id and link a `created` response carried.
@@ -318,6 +330,9 @@ pub struct AttemptView {
     pub error: Option<String>,
     pub response_body: Option<String>,
     pub outcome: String,
+    /// What the lookup before this attempt found, when it looked first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lookup: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]

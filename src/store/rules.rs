@@ -11,7 +11,7 @@ pub const UNREADABLE_DELIVERY: &str =
     "stored delivery is unreadable (missing incident version or unknown event)";
 
 /// Why a tracked connector's `created` went dead after its sender stopped mid-attempt.
-pub const INTERRUPTED_CREATED: &str = "interrupted: the gateway stopped while this created request was being sent, so the target may already have opened the ticket. Look there, then POST /v1/deliveries/{id}/resolve with its ticket_id, or replay to send it again";
+pub const INTERRUPTED_CREATED: &str = "interrupted: the gateway stopped while this created request was being sent, so the target may already have opened the ticket. Look there, then POST /v1/deliveries/{id}/resolve with its ticket_id, or replay to send it again (a connector with a [connectors.lookup] settles this itself)";
 
 /// What a resolved `created` shows as its last error.
 pub const RESOLVED_BY_ADMIN: &str = "resolved by an admin: the ticket exists in the target";

@@ -143,7 +143,8 @@ pub(super) async fn recover_dead(
     }
     execute(
         tx,
-        "UPDATE deliveries SET lease_until_ms = 0, lease_token = NULL, due_ms = next_attempt_ms
+        "UPDATE deliveries SET lease_until_ms = 0, lease_token = NULL, due_ms = next_attempt_ms,
+                outcome_unknown = outcome_unknown OR event = 'created'
          WHERE lease_holder = ANY($1) AND lease_until_ms > 0 AND status = 'pending'",
         &[&dead],
     )

@@ -55,11 +55,18 @@ impl std::fmt::Debug for PostgresConfig {
 }
 
 /// The migrations, in order; the schema version is the number of the last one applied.
-const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "initial",
-    include_str!("../../../migrations/postgres/0001_initial.sql"),
-)];
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (
+        1,
+        "initial",
+        include_str!("../../../migrations/postgres/0001_initial.sql"),
+    ),
+    (
+        2,
+        "created outcome unknown, lookups",
+        include_str!("../../../migrations/postgres/0002_lookup.sql"),
+    ),
+];
 
 /// The newest schema this binary knows: its last migration's.
 pub const SCHEMA_VERSION: i32 = MIGRATIONS[MIGRATIONS.len() - 1].0;

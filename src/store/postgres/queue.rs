@@ -128,7 +128,7 @@ pub(super) const LEASE_DUE: &str = concat!(
          FROM picked WHERE d.seq = picked.seq
          RETURNING d.seq, d.delivery_id, d.incident_id, d.version_id, d.connector, d.event,
                    d.attempts, d.budget_attempts, d.budget_since_ms, d.ticket_seq, d.order_key,
-                   d.lease_token)
+                   d.lease_token, d.outcome_unknown)
      SELECT l.*, v.body, v.received_ms, t.correlation_key, t.ticket_id, t.ticket_url,
             i.status AS incident_status, i.reason_code, i.notes, i.status_change_ms
      FROM leased l JOIN due ON due.seq = l.seq
@@ -278,6 +278,7 @@ async fn lease_due(
             } else {
                 None
             },
+            outcome_unknown: r.try_get("outcome_unknown")?,
         });
     }
     if !unreadable.is_empty() {
@@ -321,13 +322,13 @@ async fn record_attempt(
         "WITH d AS (
              UPDATE deliveries SET status = $3, attempts = $4, next_attempt_ms = $5, due_ms = $5,
                     lease_until_ms = 0, lease_token = NULL, updated_ms = $6, last_error = $7,
-                    ready = ready AND $3 = 'pending'
+                    ready = ready AND $3 = 'pending', outcome_unknown = $14
              WHERE delivery_id = $1 AND lease_token = $2 AND status = 'pending'
              RETURNING delivery_id, connector, order_key),
          a AS (
              INSERT INTO attempts (delivery_id, attempt, started_ms, latency_ms, status_code,
-                                   error, response_body, outcome)
-             SELECT d.delivery_id, $4, $8, $9, $10, $11, $12, $13 FROM d)
+                                   error, response_body, outcome, lookup)
+             SELECT d.delivery_id, $4, $8, $9, $10, $11, $12, $13, $15 FROM d)
          SELECT connector, order_key FROM d",
         &[
             &lease.delivery_id,
@@ -343,6 +344,8 @@ async fn record_attempt(
             &record.error,
             &record.response_body,
             &record.outcome.as_str(),
+            &record.outcome_unknown,
+            &record.lookup,
         ],
     )
     .await?;

@@ -92,6 +92,7 @@ fn attempt_view(r: &Row) -> Result<AttemptView, StoreError> {
         error: r.try_get("error")?,
         response_body: r.try_get("response_body")?,
         outcome: r.try_get("outcome")?,
+        lookup: r.try_get("lookup")?,
     })
 }
 
@@ -175,7 +176,8 @@ async fn query_deliveries(
             d.attempts = Some(
                 query(
                     tx,
-                    "SELECT attempt, started_ms, latency_ms, status_code, error, response_body, outcome
+                    "SELECT attempt, started_ms, latency_ms, status_code, error, response_body,
+                            outcome, lookup
                      FROM attempts WHERE delivery_id = $1 ORDER BY attempt",
                     &[&d.id],
                 )

@@ -96,7 +96,8 @@ CREATE TABLE IF NOT EXISTS deliveries (
     due_ms           INTEGER NOT NULL DEFAULT 0,
     created_ms       INTEGER NOT NULL,
     updated_ms       INTEGER NOT NULL,
-    last_error       TEXT
+    last_error       TEXT,
+    outcome_unknown  INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS incident_versions_incident ON incident_versions (incident_id);
 CREATE INDEX IF NOT EXISTS deliveries_incident ON deliveries (incident_id);
@@ -139,9 +140,25 @@ CREATE TABLE IF NOT EXISTS attempts (
     error          TEXT,
     response_body  TEXT,
     outcome        TEXT NOT NULL,
+    lookup         TEXT,
     PRIMARY KEY (delivery_id, attempt)
 );
 "#;
+
+/// Columns added after the first release, each with what adds it to an older file: whether
+/// a `created`'s outcome is unknown, and what the lookup before an attempt found.
+const ADDED_COLUMNS: [(&str, &str, &str); 2] = [
+    (
+        "deliveries",
+        "outcome_unknown",
+        "ALTER TABLE deliveries ADD COLUMN outcome_unknown INTEGER NOT NULL DEFAULT 0",
+    ),
+    (
+        "attempts",
+        "lookup",
+        "ALTER TABLE attempts ADD COLUMN lookup TEXT",
+    ),
+];
 
 /// The queue's indexes, each so that its question costs O(log n) in the deliveries stored
 /// (created after [`migrate`] has added their columns to an older file):
@@ -178,6 +195,14 @@ pub(super) fn migrate(conn: &Connection) -> Result<(), StoreError> {
             waits_behind!(),
             ");"
         ))?;
+    }
+    for (table, column, add) in ADDED_COLUMNS {
+        let has = conn
+            .prepare("SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2")?
+            .exists([table, column])?;
+        if !has {
+            conn.execute_batch(add)?;
+        }
     }
     conn.execute_batch(QUEUE_INDEXES)?;
     Ok(())

@@ -117,6 +117,7 @@ from_row! {
         ticket_seq: Option<i64>,
         order_key: String,
         due_ms: i64,
+        outcome_unknown: bool,
     }
 }
 
@@ -135,7 +136,7 @@ fn lease_token() -> String {
 /// A connector's due heads of their lines, earliest first.
 const DUE_HEADS: &str =
     "SELECT seq, delivery_id, incident_id, version_id, connector, event, attempts,
-        budget_attempts, budget_since_ms, ticket_seq, order_key, due_ms
+        budget_attempts, budget_since_ms, ticket_seq, order_key, due_ms, outcome_unknown
      FROM deliveries INDEXED BY deliveries_ready
      WHERE ready = 1 AND connector = ?1 AND due_ms <= ?2
      ORDER BY due_ms, seq LIMIT ?3";
@@ -240,6 +241,7 @@ pub(super) fn lease_due(
             ticket_seq: due.ticket_seq,
             ticket,
             completion,
+            outcome_unknown: due.outcome_unknown,
         });
     }
     Ok(leased)
@@ -263,7 +265,7 @@ pub(super) fn record_attempt(
         conn,
         "UPDATE deliveries SET status = ?3, attempts = ?4, next_attempt_ms = ?5, due_ms = ?5,
                 lease_until_ms = 0, lease_token = NULL, updated_ms = ?6, last_error = ?7,
-                ready = ready AND ?3 = 'pending'
+                ready = ready AND ?3 = 'pending', outcome_unknown = ?8
          WHERE delivery_id = ?1 AND lease_token = ?2 AND status = 'pending'
          RETURNING connector, order_key",
         params![
@@ -273,7 +275,8 @@ pub(super) fn record_attempt(
             record.attempt,
             to.next_attempt_ms,
             now,
-            to.last_error
+            to.last_error,
+            record.outcome_unknown
         ],
     )?;
     let Some(line) = line else {
@@ -291,8 +294,8 @@ pub(super) fn record_attempt(
         .execute(params![t.ticket_seq, t.id, t.url, now])?;
     }
     conn.prepare_cached(
-        "INSERT INTO attempts (delivery_id, attempt, started_ms, latency_ms, status_code, error, response_body, outcome)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        "INSERT INTO attempts (delivery_id, attempt, started_ms, latency_ms, status_code, error, response_body, outcome, lookup)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?
     .execute(params![
         lease.delivery_id,
@@ -303,6 +306,7 @@ pub(super) fn record_attempt(
         record.error,
         record.response_body,
         record.outcome.as_str(),
+        record.lookup,
     ])?;
     Ok(true)
 }
@@ -412,8 +416,11 @@ fn recover(conn: &Connection, tracked: &[String], now: i64) -> Result<usize, Sto
            AND connector IN (SELECT value FROM json_each(?1))",
         params![json_list(tracked), now, INTERRUPTED_CREATED],
     )?;
+    // Any other `created` cut off mid-send may have opened its ticket: its connector looks
+    // it up before sending again (or its target dedupes creates by key).
     conn.execute(
-        "UPDATE deliveries SET lease_until_ms = 0, lease_token = NULL, due_ms = next_attempt_ms
+        "UPDATE deliveries SET lease_until_ms = 0, lease_token = NULL, due_ms = next_attempt_ms,
+                outcome_unknown = outcome_unknown OR event = 'created'
          WHERE lease_until_ms > 0 AND status = 'pending'",
         [],
     )?;

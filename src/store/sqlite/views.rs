@@ -113,6 +113,7 @@ impl FromRow for AttemptView {
             error: r.get("error")?,
             response_body: r.get("response_body")?,
             outcome: r.get("outcome")?,
+            lookup: r.get("lookup")?,
         })
     }
 }
@@ -185,7 +186,8 @@ fn query_deliveries(
         for d in &mut out {
             d.attempts = Some(rows(
                 conn,
-                "SELECT attempt, started_ms, latency_ms, status_code, error, response_body, outcome
+                "SELECT attempt, started_ms, latency_ms, status_code, error, response_body, outcome,
+                        lookup
                  FROM attempts WHERE delivery_id = ?1 ORDER BY attempt",
                 [&d.id],
             )?);

@@ -1,0 +1,7 @@
+-- A `created` that may have opened its ticket already (its attempt was cut off mid-send, timed
+-- out, or lost its connection after the request was written): the connector looks the ticket
+-- up before sending it again.
+ALTER TABLE deliveries ADD COLUMN outcome_unknown BOOLEAN NOT NULL DEFAULT FALSE;
+
+-- What the lookup before an attempt found ("found ticket 42", "none found", "failed: …").
+ALTER TABLE attempts ADD COLUMN lookup TEXT;
