@@ -109,6 +109,8 @@ fn attempt(n: u32, outcome: AttemptOutcome) -> AttemptRecord {
         error: None,
         response_body: None,
         outcome,
+        lookup: None,
+        outcome_unknown: false,
     }
 }
 

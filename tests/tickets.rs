@@ -11,12 +11,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{patch, post};
 use common::*;
 use serde_json::{Value, json};
+use std::process::Command;
 
 /// One request the ticketing system received.
 #[derive(Debug, Clone)]
@@ -56,6 +57,10 @@ fn shape(calls: &[Call]) -> Vec<(&str, u16)> {
 struct Tickets {
     calls: Vec<Call>,
     known: HashSet<String>,
+    /// sys_id by the `ref` its create carried, for lookups.
+    by_ref: HashMap<String, String>,
+    /// Statuses to answer the next lookups with, before answering what it holds.
+    lookup_failures: VecDeque<u16>,
     /// Statuses to answer the next creates with, before answering 201.
     create_failures: VecDeque<u16>,
     /// Answer creates with 201 but no sys_id.
@@ -82,6 +87,12 @@ fn open_ticket(t: &Shared, headers: &HeaderMap, body: &Bytes) -> (u16, Value, Du
         None => {
             let sys_id = format!("sys{:04}", t.known.len() + 1);
             t.known.insert(sys_id.clone());
+            if let Some(r) = serde_json::from_slice::<Value>(body)
+                .ok()
+                .and_then(|b| b["ref"].as_str().map(str::to_string))
+            {
+                t.by_ref.insert(r, sys_id.clone());
+            }
             (
                 201,
                 json!({"result": {"sys_id": sys_id, "number": format!("INC{:07}", t.known.len())}}),
@@ -91,6 +102,32 @@ fn open_ticket(t: &Shared, headers: &HeaderMap, body: &Bytes) -> (u16, Value, Du
     let path = "/api/now/table/incident".to_string();
     t.calls.push(Call::new("POST", path, headers, body, status));
     (status, reply, delay)
+}
+
+/// A search by `ref`, as ServiceNow's Table API answers one: a list of the records found.
+async fn search(
+    State(t): State<Shared>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    let mut t = t.lock().unwrap();
+    let wanted = query.get("ref").cloned().unwrap_or_default();
+    let (status, reply) = match t.lookup_failures.pop_front() {
+        Some(code) => (code, json!({"error": {"message": "search unavailable"}})),
+        None => {
+            let found: Vec<Value> = t
+                .by_ref
+                .get(&wanted)
+                .map(|id| json!({"sys_id": id}))
+                .into_iter()
+                .collect();
+            (200, json!({"result": found}))
+        }
+    };
+    let path = format!("/api/now/table/incident?ref={wanted}");
+    t.calls
+        .push(Call::new("GET", path, &headers, &Bytes::new(), status));
+    (StatusCode::from_u16(status).unwrap(), axum::Json(reply)).into_response()
 }
 
 async fn update(
@@ -131,7 +168,7 @@ impl TicketSystem {
     async fn start() -> TicketSystem {
         let state: Shared = Arc::default();
         let app = axum::Router::new()
-            .route("/api/now/table/incident", post(create))
+            .route("/api/now/table/incident", post(create).get(search))
             .route("/api/now/table/incident/{sys_id}", patch(update))
             .route("/upstream", post(upstream))
             .with_state(state.clone());
@@ -167,7 +204,7 @@ impl Drop for TicketSystem {
 fn ticket_config(ws: &Workspace, base: &str, extra: &str) -> PathBuf {
     ws.write(
         "created.json.hbs",
-        r#"{"short_description": "{{incident.summary}}", "correlation_id": "{{incidentId}}"}"#,
+        r#"{"short_description": "{{incident.summary}}", "correlation_id": "{{incidentId}}", "ref": "{{ticket.ref}}"}"#,
     );
     ws.write(
         "updated.json.hbs",
@@ -707,4 +744,164 @@ async fn a_create_interrupted_by_sigkill_is_set_aside_then_resolved_without_a_se
     assert_eq!(calls[1].method, "PATCH");
     assert_eq!(calls[1].path, "/api/now/table/incident/sys0001");
     assert_eq!(calls[1].status, 200);
+}
+
+/// The connector looks its ticket up by `ref` before it sends a `created` whose outcome is
+/// unknown.
+const LOOKUP: &str = r#"timeout = "700ms"
+[connectors.lookup]
+url = "__BASE__/api/now/table/incident?ref={{ticket.ref}}"
+found_id = "/result/0/sys_id"
+"#;
+
+fn with_lookup(base: &str) -> String {
+    LOOKUP.replace("__BASE__", base)
+}
+
+/// (method, status) of the calls, and the attempts of delivery `id` as the admin API shows them.
+async fn attempts_of(base: &str, id: &str) -> Vec<Value> {
+    let (_, d) = admin_get(base, &format!("/v1/deliveries/{id}")).await;
+    d["attempts"].as_array().cloned().unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_that_times_out_after_the_target_stored_it_opens_exactly_one_ticket() {
+    let target = TicketSystem::start().await;
+    let ws = Workspace::new();
+    let config = ticket_config(&ws, &target.base, &with_lookup(&target.base));
+    // The target stores the ticket at once, then answers after the connector's timeout.
+    target.set(|t| t.delay = Duration::from_secs(2));
+    let (gw, base) = start_gateway(&config).await;
+    let created = accepted(&base, &incident("SLOW-1")).await;
+    let created_id = first_delivery(&created);
+    target.wait_for(1, Duration::from_secs(10)).await;
+    target.set(|t| t.delay = Duration::ZERO);
+    // The retry looks first and finds the ticket: the update goes to it.
+    let calls = target.wait_for(2, Duration::from_secs(15)).await;
+    assert_eq!(
+        shape(&calls[..2]),
+        [("POST", 201), ("GET", 200)],
+        "{calls:?}"
+    );
+    let mut update = incident("SLOW-1");
+    update["updateTime"] = json!(1_900_000_000);
+    accepted(&base, &update).await;
+    let calls = target.wait_for(3, Duration::from_secs(15)).await;
+    assert_eq!(calls[2].method, "PATCH");
+    assert_eq!(calls[2].path, "/api/now/table/incident/sys0001");
+    assert_eq!(
+        calls.iter().filter(|c| c.method == "POST").count(),
+        1,
+        "one ticket"
+    );
+    let attempts = attempts_of(&base, &created_id).await;
+    assert_eq!(attempts.len(), 2, "{attempts:?}");
+    assert!(
+        attempts[0]["error"].as_str().unwrap().contains("timed out"),
+        "{attempts:?}"
+    );
+    assert!(attempts[0].get("lookup").is_none(), "{attempts:?}");
+    assert_eq!(attempts[1]["outcome"], "delivered");
+    assert!(
+        attempts[1]["lookup"]
+            .as_str()
+            .unwrap()
+            .starts_with("found ticket sys0001"),
+        "{attempts:?}"
+    );
+    gw.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_create_the_target_failed_is_looked_up_then_sent_again() {
+    let target = TicketSystem::start().await;
+    let ws = Workspace::new();
+    let config = ticket_config(&ws, &target.base, &with_lookup(&target.base));
+    // A 503 may come after the target stored the ticket: look first. A failed lookup
+    // settles nothing and is tried again; then it finds none and the create goes out.
+    target.set(|t| {
+        t.create_failures.push_back(503);
+        t.lookup_failures.push_back(500);
+    });
+    let (gw, base) = start_gateway(&config).await;
+    let created = accepted(&base, &incident("FAIL-1")).await;
+    let calls = target.wait_for(4, Duration::from_secs(15)).await;
+    assert_eq!(
+        shape(&calls),
+        [("POST", 503), ("GET", 500), ("GET", 200), ("POST", 201)],
+        "{calls:?}"
+    );
+    let attempts = eventually(Duration::from_secs(10), || {
+        let base = base.clone();
+        let id = first_delivery(&created);
+        async move {
+            let a = attempts_of(&base, &id).await;
+            (a.len() == 3).then_some(a)
+        }
+    })
+    .await
+    .expect("three attempts recorded");
+    assert!(
+        attempts[1]["lookup"]
+            .as_str()
+            .unwrap()
+            .starts_with("failed (HTTP 500)")
+    );
+    assert_eq!(attempts[1]["outcome"], "retry");
+    assert!(
+        attempts[2]["lookup"]
+            .as_str()
+            .unwrap()
+            .starts_with("no ticket found")
+    );
+    assert_eq!(attempts[2]["status_code"], 201);
+    gw.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_a_slow_create_then_restart_opens_one_ticket_with_no_manual_step() {
+    let target = TicketSystem::start().await;
+    let ws = Workspace::new();
+    let lookup = with_lookup(&target.base).replace("timeout = \"700ms\"", "timeout = \"30s\"");
+    let config = ticket_config(&ws, &target.base, &lookup);
+    with_shutdown_grace(&config, "500ms");
+    target.set(|t| t.delay = Duration::from_secs(5));
+    let (child, base) = spawn_binary(&config);
+    let created = accepted(&base, &incident("TERM-1")).await;
+    let created_id = first_delivery(&created);
+    target.wait_for(1, Duration::from_secs(10)).await;
+    // The create is under way (the target stored it and takes 5 s to answer) when SIGTERM
+    // comes; the grace runs out first.
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let mut child = child;
+    let exit = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(exit.success(), "{exit:?}");
+    target.set(|t| t.delay = Duration::ZERO);
+    let (mut child, base) = spawn_binary(&config);
+    let d = eventually(Duration::from_secs(15), || {
+        let (base, id) = (base.clone(), created_id.clone());
+        async move {
+            let (_, d) = admin_get(&base, &format!("/v1/deliveries/{id}")).await;
+            (d["status"] == "delivered").then_some(d)
+        }
+    })
+    .await
+    .expect("the create is delivered after the restart");
+    let calls = target.calls();
+    sigkill(&mut child);
+    assert_eq!(shape(&calls), [("POST", 201), ("GET", 200)], "{calls:?}");
+    let attempts = d["attempts"].as_array().unwrap();
+    assert!(
+        attempts
+            .last()
+            .and_then(|a| a["lookup"].as_str())
+            .is_some_and(|l| l.starts_with("found ticket sys0001")),
+        "{d}"
+    );
 }

@@ -276,6 +276,8 @@ mod tests {
             error: None,
             response_body: None,
             outcome: AttemptOutcome::Retry,
+            lookup: None,
+            outcome_unknown: false,
         };
         assert_eq!(
             transition(&r, &NextStep::RetryAt { at_ms: 7 }),

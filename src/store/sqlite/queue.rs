@@ -445,6 +445,8 @@ mod tests {
             error: None,
             response_body: None,
             outcome,
+            lookup: None,
+            outcome_unknown: false,
         }
     }
 
