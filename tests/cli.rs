@@ -251,3 +251,43 @@ fn a_per_event_target_schema_checks_that_events_requests() {
         "{t}"
     );
 }
+
+#[test]
+fn check_renders_the_lookup_and_warns_when_the_created_request_never_stores_the_ref() {
+    let lookup = "ticket_id = \"/id\"\n[connectors.lookup]\nurl = \"http://127.0.0.1:9/find?ref={{ticket.ref}}\"\nfound_id = \"/items/0/id\"";
+    let setup = |body: &str| {
+        let ws = Workspace::new();
+        ws.write("t.json.hbs", body);
+        ws.add_sample_incident();
+        let connector =
+            templated_connector("ticketing", "http://127.0.0.1:9/x", "t.json.hbs", lookup);
+        let config = ws.config("127.0.0.1:0", &connector);
+        (ws, config)
+    };
+    let (_ws, config) = setup("{\"id\": \"{{incidentId}}\"}\n");
+    let t = output_text(&check(&config, &[]));
+    assert!(
+        t.contains("warning: connector ticketing: its lookup searches for {{ticket.ref}}, but its created request never sends it"),
+        "{t}"
+    );
+    let (_ws, config) = setup("{\"id\": \"{{incidentId}}\", \"ref\": \"{{ticket.ref}}\"}\n");
+    let out = check(&config, &[]);
+    assert!(out.status.success());
+    assert!(
+        !output_text(&out).contains("warning"),
+        "{}",
+        output_text(&out)
+    );
+    // A lookup whose template fails is an error, named as the lookup's.
+    let ws = Workspace::new();
+    ws.write(
+        "t.json.hbs",
+        "{\"id\": \"{{incidentId}}\", \"ref\": \"{{ticket.ref}}\"}\n",
+    );
+    ws.add_sample_incident();
+    let broken = lookup.replace("{{ticket.ref}}", "{{no_such_field}}");
+    let connector = templated_connector("ticketing", "http://127.0.0.1:9/x", "t.json.hbs", &broken);
+    let config = ws.config("127.0.0.1:0", &connector);
+    let t = check_fails(&config);
+    assert!(t.contains("lookup") && t.contains("no_such_field"), "{t}");
+}

@@ -488,4 +488,53 @@ mod tests {
             "{msg}"
         );
     }
+
+    #[test]
+    fn lookups_and_mail_headers_are_checked_at_load() {
+        let dir = std::env::temp_dir().join(format!("igw-lookup-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("t.json.hbs"), "{}").unwrap();
+        let load = |connector: &str| {
+            let text = format!(
+                "[storage]\nurl = \"sqlite://x.db\"\n[[connectors]]\nname = \"c\"\n{connector}\n"
+            );
+            Config::from_toml(&text, &dir.join("gw.toml"), |_| None)
+        };
+        let http = "kind = \"http\"\nurl = \"https://t.example.com/\"\ntemplate = \"t.json.hbs\"";
+        let lookup = "[connectors.lookup]\nurl = \"https://t.example.com/find?ref={{ticket.ref}}\"\nfound_id = \"/items/0/id\"";
+        let config = load(&format!("{http}\nticket_id = \"/id\"\n{lookup}")).unwrap();
+        let found = config.connectors[0].lookup().unwrap();
+        assert_eq!(found.method, reqwest::Method::GET);
+        assert!(config.connectors[0].settles_unknown_creates());
+        let smtp = "kind = \"smtp\"\nsmtp_url = \"smtp://127.0.0.1:25\"\nfrom = \"a@example.com\"\nto = [\"b@example.com\"]\nsubject = \"s\"\ntemplate = \"t.json.hbs\"";
+        for (connector, field) in [
+            (
+                format!("{http}\n{lookup}"),
+                "connectors[0].lookup: needs ticket_id",
+            ),
+            (
+                format!("{http}\nticket_id = \"/id\"\nidempotent_create = true\n{lookup}"),
+                "connectors[0].idempotent_create",
+            ),
+            (
+                format!(
+                    "{http}\nticket_id = \"/id\"\n{}",
+                    lookup.replace("/items/0/id", "items")
+                ),
+                "connectors[0].lookup.found_id",
+            ),
+            (
+                format!("{smtp}\n[connectors.headers]\nX-Priority = \"1\""),
+                "connectors[0].headers.X-Priority",
+            ),
+            (
+                format!("{smtp}\n[connectors.requests.updated]\nheaders = {{ X-Thread = \"x\" }}"),
+                "connectors[0].requests.updated.headers.X-Thread",
+            ),
+        ] {
+            let msg = load(&connector).unwrap_err().to_string();
+            assert!(msg.contains(field), "{connector}: {msg}");
+        }
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }
