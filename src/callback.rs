@@ -18,7 +18,7 @@ use crate::model::Event;
 use crate::problem::Problem;
 use crate::schema::Violation;
 use crate::server::Client;
-use crate::store::{Caller, CompleteOutcome};
+use crate::store::{Caller, CompleteOutcome, Completing};
 use crate::ticket::REASON_CODES;
 
 /// Longest `notes` accepted on completion (characters).
@@ -132,16 +132,33 @@ pub async fn complete(
             Caller::Source(_) => None,
         })
         .collect();
+    let connectors = &app.config.connectors;
+    let completes_all = match &caller {
+        Caller::Connector(name) => {
+            crate::connector::find(connectors, name).is_some_and(|c| c.target_close_completes_all)
+        }
+        Caller::Source(_) => false,
+    };
     let outcome = app
         .store
-        .complete(
-            incident_id.clone(),
-            caller.clone(),
-            request.reason_code,
-            request.notes,
+        .complete(Completing {
+            incident_id: incident_id.clone(),
+            caller: caller.clone(),
+            reason_code: request.reason_code,
+            notes: request.notes,
             skipping,
             upstream,
-        )
+            close_policies: connectors
+                .iter()
+                .map(|c| (c.name.clone(), c.close_ticket))
+                .collect(),
+            takes_notes: connectors
+                .iter()
+                .filter(|c| c.sends(Event::Updated))
+                .map(|c| c.name.clone())
+                .collect(),
+            completes_all,
+        })
         .await
         .map_err(|e| {
             Problem::store_failed(
@@ -168,15 +185,19 @@ pub async fn complete(
             old,
             new,
             deliveries,
+            along,
         } => {
             if !deliveries.is_empty() {
                 app.wake.notify_one();
             }
             tracing::info!(incident = ?incident_id, by = ?caller, deliveries = deliveries.len(),
-                "incident completed");
-            Ok(Json(
-                serde_json::json!({ "old": old, "new": new, "deliveries": deliveries }),
-            ))
+                completed_along = along.len(), "incident completed");
+            let mut body = serde_json::json!({ "old": old, "new": new, "deliveries": deliveries });
+            // The ticket's other incidents the target's close completed too.
+            if !along.is_empty() {
+                body["completed_along"] = serde_json::json!(along);
+            }
+            Ok(Json(body))
         }
     }
 }

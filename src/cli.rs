@@ -82,6 +82,7 @@ pub fn preview_facts(
             key,
             id: None,
             url: None,
+            reopened: false,
         },
         (Event::Updated | Event::Completed, target) => TicketFacts {
             key,
@@ -90,6 +91,7 @@ pub fn preview_facts(
                 Target::Http(_) => PREVIEW_TICKET_ID.into(),
             }),
             url: Some(format!("https://tickets.example.com/{PREVIEW_TICKET_ID}")),
+            reopened: false,
         },
     };
     let completion = (event == Event::Completed).then(|| Completion {

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::model::{Event, ThreatRating};
+use crate::model::{ClosePolicy, Event, ThreatRating};
 use crate::route::Matcher;
 use crate::signature::Signing;
 
@@ -38,6 +38,14 @@ pub struct Connector {
     pub correlation_key: String,
     /// How long a ticket takes further incidents with its key; `None`: until it is completed.
     pub aggregate_for: Option<Duration>,
+    /// What completing one of a ticket's incidents does to the ticket.
+    pub close_ticket: ClosePolicy,
+    /// When the target closes a ticket (its callback completes one incident): whether the
+    /// ticket's other open incidents are completed with it.
+    pub target_close_completes_all: bool,
+    /// An incident whose key's ticket closed less than this ago reopens that ticket instead
+    /// of opening a new one (Jiralert's `reopen_duration`).
+    pub reopen_within: Option<Duration>,
     /// JSON pointers into the `created` response: the ticket's id (and link).
     pub ticket_id: Option<String>,
     pub ticket_url: Option<String>,

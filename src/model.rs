@@ -40,6 +40,63 @@ pub struct TicketFacts {
     pub key: String,
     pub id: Option<String>,
     pub url: Option<String>,
+    /// This delivery reopens the ticket (it had closed within the connector's
+    /// `reopen_within`): the target is asked to reopen it as it hears of the incident.
+    pub reopened: bool,
+}
+
+/// What completing one incident of a ticket does to the ticket: a connector's `close_ticket`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ClosePolicy {
+    /// Close it (send `completed`); its other incidents are left on a closed ticket, and
+    /// their next versions open (or reopen) one.
+    AtOnce,
+    /// Close it when the last of its incidents is completed; until then each completion is a
+    /// note on it (an `updated` that carries the completion).
+    #[default]
+    WhenAllComplete,
+    /// Never close it from here: each completion is a note on it.
+    Never,
+}
+
+impl ClosePolicy {
+    pub fn parse(text: &str) -> Option<ClosePolicy> {
+        match text {
+            "at_once" => Some(ClosePolicy::AtOnce),
+            "when_all_complete" => Some(ClosePolicy::WhenAllComplete),
+            "never" => Some(ClosePolicy::Never),
+            _ => None,
+        }
+    }
+}
+
+/// Why a delivery was queued, beside its event: plainly for its event, as a note that one
+/// incident of a ticket left open was completed, or to reopen a ticket closed recently.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Purpose {
+    #[default]
+    Event,
+    CompletionNote,
+    Reopen,
+}
+
+impl Purpose {
+    /// As stored (`NULL` for a plain event).
+    pub fn as_stored(self) -> Option<&'static str> {
+        match self {
+            Purpose::Event => None,
+            Purpose::CompletionNote => Some("completion_note"),
+            Purpose::Reopen => Some("reopen"),
+        }
+    }
+
+    pub fn from_stored(text: Option<&str>) -> Purpose {
+        match text {
+            Some("completion_note") => Purpose::CompletionNote,
+            Some("reopen") => Purpose::Reopen,
+            _ => Purpose::Event,
+        }
+    }
 }
 
 /// The back channel's record of a completion (seed 000's `new` status object).

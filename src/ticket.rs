@@ -87,6 +87,9 @@ fn route_with(
             .aggregate_for
             .map(|d| d.as_millis().min(i64::MAX as u128) as i64),
         sends_updated: connector.sends(Event::Updated),
+        reopen_within_ms: connector
+            .reopen_within
+            .map(|d| d.as_millis().min(i64::MAX as u128) as i64),
     }
 }
 

@@ -10,11 +10,11 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use common::pg::PgDb;
-use incident_gateway::model::{AttemptOutcome, Event, now_ms};
+use incident_gateway::model::{AttemptOutcome, ClosePolicy, Event, now_ms};
 use incident_gateway::store::{
-    AttemptRecord, Caller, CompleteOutcome, DeliveryFilter, IngestOutcome, IngestStatus, Ingested,
-    LeasedDelivery, NewIncident, NextStep, ReplayOutcome, ResolveOutcome, Route, Store,
-    TicketUpdate,
+    AttemptRecord, Caller, CompleteOutcome, Completing, DeliveryFilter, IngestOutcome,
+    IngestStatus, Ingested, LeasedDelivery, NewIncident, NextStep, ReplayOutcome, ResolveOutcome,
+    Route, Store, TicketUpdate,
 };
 
 const LEASE: i64 = 30_000;
@@ -76,6 +76,22 @@ fn route(connector: &str, key: &str) -> Route {
         key: key.into(),
         aggregate_for_ms: None,
         sends_updated: true,
+        reopen_within_ms: None,
+    }
+}
+
+/// A completion by `caller` with the default policies (every connector takes notes).
+fn completing(id: &str, caller: Caller, skipping: &[&str], upstream: &[&str]) -> Completing {
+    Completing {
+        incident_id: id.into(),
+        caller,
+        reason_code: "FALSE_POSITIVE".into(),
+        notes: Some("noise".into()),
+        skipping: skipping.iter().map(|s| s.to_string()).collect(),
+        upstream: upstream.iter().map(|s| s.to_string()).collect(),
+        close_policies: Default::default(),
+        takes_notes: vec!["jira".into(), "redmine".into()],
+        completes_all: false,
     }
 }
 
@@ -168,7 +184,179 @@ contract!(
     incidents_sharing_keys_posted_at_once_everywhere_open_one_ticket_per_key,
     a_delivery_is_leased_by_one_instance_at_a_time,
     an_update_queued_before_the_completion_does_not_announce_it,
+    an_aggregated_ticket_closes_by_its_connectors_policy,
+    a_target_closing_its_ticket_completes_all_its_incidents,
+    an_incident_within_reopen_within_reopens_the_closed_ticket,
 );
+
+/// Leases everything due and records each as delivered; what was leased.
+async fn deliver_all(s: &Store) -> Vec<LeasedDelivery> {
+    let mut all = Vec::new();
+    loop {
+        let leased = s.lease_due(100, LEASE, vec![]).await.unwrap();
+        if leased.is_empty() {
+            return all;
+        }
+        for d in &leased {
+            assert!(finish(s, d, NextStep::Delivered).await);
+        }
+        all.extend(leased);
+    }
+}
+
+/// Three incidents on one key's ticket. `when_all_complete` (the default): the first two
+/// completions are notes that carry their completion, the last closes the ticket.
+/// `at_once`: the first closes it. `never`: every completion is a note, the ticket stays open.
+async fn an_aggregated_ticket_closes_by_its_connectors_policy(backend: Backend) {
+    for (policy, expected) in [
+        (
+            ClosePolicy::WhenAllComplete,
+            [Event::Updated, Event::Updated, Event::Completed],
+        ),
+        (
+            ClosePolicy::Never,
+            [Event::Updated, Event::Updated, Event::Updated],
+        ),
+    ] {
+        let h = Harness::open(backend, 1).await;
+        let s = h.store();
+        for id in ["A", "B", "C"] {
+            ingest_one(s, incident(id, None, id, &[route("jira", "k")])).await;
+        }
+        deliver_all(s).await;
+        for (id, event) in ["A", "B", "C"].into_iter().zip(expected) {
+            let mut request = completing(id, Caller::Source("src".into()), &[], &[]);
+            request.close_policies.insert("jira".into(), policy);
+            let CompleteOutcome::Completed { deliveries, .. } = s.complete(request).await.unwrap()
+            else {
+                panic!("{id} not completed");
+            };
+            assert_eq!(deliveries.len(), 1, "{policy:?} {id}");
+            assert_eq!(deliveries[0].event, event, "{policy:?} {id}");
+            let leased = deliver_all(s).await;
+            assert_eq!(leased.len(), 1);
+            // A note of a completion carries it, as the `completed` does.
+            let completion = leased[0].completion.as_ref().expect("the completion");
+            assert_eq!(completion.reason_code, "FALSE_POSITIVE");
+        }
+        // Under `never` the ticket is still open: a new incident of the key joins it.
+        let d = ingest_one(s, incident("D", None, "d", &[route("jira", "k")])).await;
+        let joined = if policy == ClosePolicy::Never {
+            Event::Updated
+        } else {
+            Event::Created
+        };
+        assert_eq!(d.deliveries[0].event, joined, "{policy:?}");
+    }
+    // `at_once`: the first completion closes it; the next incident of the key opens another.
+    let h = Harness::open(backend, 1).await;
+    let s = h.store();
+    for id in ["A", "B"] {
+        ingest_one(s, incident(id, None, id, &[route("jira", "k")])).await;
+    }
+    deliver_all(s).await;
+    let mut request = completing("A", Caller::Source("src".into()), &[], &[]);
+    request
+        .close_policies
+        .insert("jira".into(), ClosePolicy::AtOnce);
+    let CompleteOutcome::Completed { deliveries, .. } = s.complete(request).await.unwrap() else {
+        panic!("not completed");
+    };
+    assert_eq!(deliveries[0].event, Event::Completed);
+    let c = ingest_one(s, incident("C", None, "c", &[route("jira", "k")])).await;
+    assert_eq!(c.deliveries[0].event, Event::Created);
+}
+
+/// The target closes its ticket of three incidents (its callback names one): with
+/// `completes_all` the other two are completed along, and the other connector's tickets hear of
+/// all three; the caller hears nothing back.
+async fn a_target_closing_its_ticket_completes_all_its_incidents(backend: Backend) {
+    let h = Harness::open(backend, 1).await;
+    let s = h.store();
+    let routes = [route("jira", "k"), route("redmine", "k")];
+    for id in ["A", "B", "C"] {
+        ingest_one(s, incident(id, None, id, &routes)).await;
+    }
+    deliver_all(s).await;
+    let mut request = completing("B", Caller::Connector("jira".into()), &["jira"], &["up"]);
+    request.completes_all = true;
+    let CompleteOutcome::Completed {
+        deliveries, along, ..
+    } = s.complete(request).await.unwrap()
+    else {
+        panic!("not completed");
+    };
+    assert_eq!(along, ["A", "C"]);
+    let to = |connector: &str| -> Vec<Event> {
+        deliveries
+            .iter()
+            .filter(|d| d.connector == connector)
+            .map(|d| d.event)
+            .collect()
+    };
+    assert!(to("jira").is_empty(), "{deliveries:?}");
+    // Redmine's ticket (when_all_complete): notes for B and A, then C closes it.
+    assert_eq!(
+        to("redmine"),
+        [Event::Updated, Event::Updated, Event::Completed]
+    );
+    assert_eq!(to("up").len(), 3);
+    let again = s
+        .complete(completing("C", Caller::Source("src".into()), &[], &[]))
+        .await
+        .unwrap();
+    assert!(matches!(again, CompleteOutcome::AlreadyCompleted { .. }));
+}
+
+/// With `reopen_within`, an incident of a key whose ticket closed within it reopens that
+/// ticket (an `updated` whose ticket says `reopened`), not a new one; past it, a new ticket.
+async fn an_incident_within_reopen_within_reopens_the_closed_ticket(backend: Backend) {
+    let h = Harness::open(backend, 1).await;
+    let s = h.store();
+    let reopening = |ms| Route {
+        reopen_within_ms: Some(ms),
+        ..route("jira", "k")
+    };
+    ingest_one(s, incident("A", None, "a", &[reopening(60_000)])).await;
+    let created = s.lease_due(10, LEASE, vec![]).await.unwrap();
+    let opened = TicketUpdate {
+        ticket_seq: created[0].ticket_seq.unwrap(),
+        id: "JIRA-1".into(),
+        url: None,
+    };
+    assert!(
+        s.record_attempt(
+            created[0].id.clone(),
+            created[0].lease_token.clone(),
+            attempt(1, AttemptOutcome::Delivered),
+            NextStep::Delivered,
+            Some(opened),
+        )
+        .await
+        .unwrap()
+    );
+    s.complete(completing("A", Caller::Source("src".into()), &[], &[]))
+        .await
+        .unwrap();
+    deliver_all(s).await;
+    let b = ingest_one(s, incident("B", None, "b", &[reopening(60_000)])).await;
+    assert_eq!(b.deliveries[0].event, Event::Updated);
+    let leased = deliver_all(s).await;
+    assert_eq!(leased[0].ticket.id.as_deref(), Some("JIRA-1"));
+    assert!(leased[0].ticket.reopened);
+    // Its next version is a plain update of the reopened ticket.
+    ingest_one(s, incident("B", None, "b2", &[reopening(60_000)])).await;
+    let leased = deliver_all(s).await;
+    assert!(!leased[0].ticket.reopened);
+    // Closed longer ago than the window: a new ticket.
+    s.complete(completing("B", Caller::Source("src".into()), &[], &[]))
+        .await
+        .unwrap();
+    deliver_all(s).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let c = ingest_one(s, incident("C", None, "c", &[reopening(10)])).await;
+    assert_eq!(c.deliveries[0].event, Event::Created);
+}
 
 /// A delivery carries the state it was queued for: an `updated` still waiting behind its
 /// `created` when the incident is completed is leased without the completion; the
@@ -182,14 +370,7 @@ async fn an_update_queued_before_the_completion_does_not_announce_it(backend: Ba
     assert_eq!(updated.deliveries[0].event, Event::Updated);
     let created = s.lease_due(10, LEASE, vec![]).await.unwrap();
     let completed = s
-        .complete(
-            "A".into(),
-            Caller::Source("src".into()),
-            "FALSE_POSITIVE".into(),
-            None,
-            vec![],
-            vec![],
-        )
+        .complete(completing("A", Caller::Source("src".into()), &[], &[]))
         .await
         .unwrap();
     assert!(matches!(completed, CompleteOutcome::Completed { .. }));
@@ -405,23 +586,14 @@ async fn completion_closes_tickets_queues_completed_and_happens_once(backend: Ba
         .unwrap()
     );
     // Another source does not have the incident; its connector's target does.
-    let by = |caller: Caller| {
-        s.complete(
-            "A".into(),
-            caller,
-            "FALSE_POSITIVE".into(),
-            Some("noise".into()),
-            vec![],
-            vec!["upstream".into()],
-        )
-    };
+    let by = |caller: Caller| s.complete(completing("A", caller, &[], &["upstream"]));
     assert!(matches!(
         by(Caller::Source("other".into())).await.unwrap(),
         CompleteOutcome::NotFound
     ));
     let CompleteOutcome::Completed {
         new, deliveries, ..
-    } = by(Caller::Connector("jira".into())).await.unwrap()
+    } = by(Caller::Source("src".into())).await.unwrap()
     else {
         panic!("not completed");
     };
@@ -429,7 +601,7 @@ async fn completion_closes_tickets_queues_completed_and_happens_once(backend: Ba
     let to: HashSet<_> = deliveries.iter().map(|d| d.connector.as_str()).collect();
     assert_eq!(to, HashSet::from(["jira", "upstream"]));
     assert!(matches!(
-        by(Caller::Source("src".into())).await.unwrap(),
+        by(Caller::Connector("jira".into())).await.unwrap(),
         CompleteOutcome::AlreadyCompleted { .. }
     ));
     let completed = s.lease_due(10, LEASE, vec![]).await.unwrap();
@@ -451,6 +623,24 @@ async fn completion_closes_tickets_queues_completed_and_happens_once(backend: Ba
     assert_eq!(view.status, "completed");
     assert_eq!(view.connectors["jira"].tickets[0].status, "completed");
     assert_eq!(a.deliveries.len(), 1);
+    // A connector's target completes what it has a ticket for; its ticket closes and it
+    // hears nothing back (it closed it), the upstream connector does.
+    let CompleteOutcome::Completed { deliveries, .. } = s
+        .complete(completing(
+            "C",
+            Caller::Connector("jira".into()),
+            &[],
+            &["upstream"],
+        ))
+        .await
+        .unwrap()
+    else {
+        panic!("the target's completion was refused");
+    };
+    let to: Vec<_> = deliveries.iter().map(|d| d.connector.as_str()).collect();
+    assert_eq!(to, ["upstream"]);
+    let view = s.incident("C".into()).await.unwrap().unwrap();
+    assert_eq!(view.connectors["jira"].tickets[0].status, "completed");
 }
 
 async fn a_webhook_id_is_claimed_once(backend: Backend) {

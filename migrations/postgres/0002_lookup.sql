@@ -5,3 +5,11 @@ ALTER TABLE deliveries ADD COLUMN outcome_unknown BOOLEAN NOT NULL DEFAULT FALSE
 
 -- What the lookup before an attempt found ("found ticket 42", "none found", "failed: …").
 ALTER TABLE attempts ADD COLUMN lookup TEXT;
+
+-- Why a delivery was queued beside its event: NULL (plainly), 'completion_note' (an incident of
+-- a ticket left open was completed) or 'reopen' (it reopens a ticket that had closed).
+ALTER TABLE deliveries ADD COLUMN purpose TEXT;
+
+-- When a ticket closed, so an incident of its key within the connector's reopen_within
+-- reopens it.
+ALTER TABLE tickets ADD COLUMN closed_ms BIGINT;

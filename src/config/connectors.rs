@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use super::{ConfigError, Validator};
 use crate::connector::{Connector, DEFAULT_RETRY_SCHEDULE, Requests, RetryPolicy, Target};
-use crate::model::{Event, ThreatRating};
+use crate::model::{ClosePolicy, Event, ThreatRating};
 use crate::route::{Condition, Matcher};
 use crate::signature::{Signing, WebhookSecret};
 
@@ -64,6 +64,10 @@ pub(super) struct RawConnector {
     correlation_key: Option<String>,
     #[serde(default, with = "humantime_serde")]
     aggregate_for: Option<Duration>,
+    close_ticket: Option<String>,
+    on_target_close: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    reopen_within: Option<Duration>,
     ticket_id: Option<String>,
     ticket_url: Option<String>,
     #[serde(default)]
@@ -226,6 +230,7 @@ impl Validator<'_> {
         if matches!(c.aggregate_for, Some(d) if d.is_zero()) {
             return Err(self.invalid(format!("{field}.aggregate_for"), "must be more than 0"));
         }
+        let (close_ticket, target_close_completes_all) = self.ticket_policies(field, &c)?;
         if c.timeout.is_zero() {
             return Err(self.invalid(format!("{field}.timeout"), "must be more than 0"));
         }
@@ -260,6 +265,9 @@ impl Validator<'_> {
                 .correlation_key
                 .unwrap_or_else(|| "{{incidentId}}".to_string()),
             aggregate_for: c.aggregate_for,
+            close_ticket,
+            target_close_completes_all,
+            reopen_within: c.reopen_within,
             ticket_id: c.ticket_id,
             ticket_url: c.ticket_url,
             idempotent_create: c.idempotent_create,
@@ -376,6 +384,52 @@ impl Validator<'_> {
             ));
         }
         Ok(())
+    }
+
+    /// `close_ticket`, `on_target_close` and `reopen_within`, by name.
+    fn ticket_policies(
+        &self,
+        field: &str,
+        c: &RawConnector,
+    ) -> Result<(ClosePolicy, bool), ConfigError> {
+        let close = match c.close_ticket.as_deref() {
+            None => ClosePolicy::default(),
+            Some(name) => ClosePolicy::parse(name).ok_or_else(|| {
+                self.invalid(
+                    format!("{field}.close_ticket"),
+                    format!("{name:?}: expected \"when_all_complete\" (the default), \"at_once\" or \"never\""),
+                )
+            })?,
+        };
+        let completes_all = match c.on_target_close.as_deref() {
+            None | Some("complete_all") => true,
+            Some("complete_one") => false,
+            Some(name) => {
+                return Err(self.invalid(
+                    format!("{field}.on_target_close"),
+                    format!(
+                        "{name:?}: expected \"complete_all\" (the default) or \"complete_one\""
+                    ),
+                ));
+            }
+        };
+        if matches!(c.reopen_within, Some(d) if d.is_zero()) {
+            return Err(self.invalid(
+                format!("{field}.reopen_within"),
+                "must be more than 0 (leave it out to never reopen)",
+            ));
+        }
+        if c.upstream
+            && (c.close_ticket.is_some()
+                || c.on_target_close.is_some()
+                || c.reopen_within.is_some())
+        {
+            return Err(self.invalid(
+                format!("{field}.upstream"),
+                "an upstream connector has no tickets: close_ticket, on_target_close and reopen_within do not apply",
+            ));
+        }
+        Ok((close, completes_all))
     }
 
     /// `ticket_id` and `ticket_url` are JSON pointers, and a link needs an id.

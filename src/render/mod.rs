@@ -373,6 +373,7 @@ fn ticket_value(connector: &str, ticket: &TicketFacts) -> Value {
         "id": ticket.id,
         "url": ticket.url,
         "ref": ticket_ref(connector, &ticket.key),
+        "reopened": ticket.reopened,
     })
 }
 

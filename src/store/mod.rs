@@ -17,7 +17,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde::Serialize;
 
-use crate::model::{AttemptOutcome, Completion, Event, TicketFacts};
+use std::collections::BTreeMap;
+
+use crate::model::{AttemptOutcome, ClosePolicy, Completion, Event, TicketFacts};
 
 /// The ordering rule, in one place (SQL shared by both backends): delivery `d` waits behind an earlier delivery `e` of the
 /// same connector and order key (the ticket) that is pending, or is a dead `created` (its
@@ -190,6 +192,9 @@ pub struct Route {
     pub aggregate_for_ms: Option<i64>,
     /// Whether the connector sends `updated` (a later incident joins the ticket either way).
     pub sends_updated: bool,
+    /// A ticket of the key closed less than this ago (ms) is reopened rather than a new one
+    /// opened; `None`: never.
+    pub reopen_within_ms: Option<i64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -394,6 +399,14 @@ pub struct Completing {
     pub skipping: Vec<String>,
     /// Connectors that hear of every completion, ticket or not.
     pub upstream: Vec<String>,
+    /// Each ticketing connector's `close_ticket` (absent: the default).
+    pub close_policies: BTreeMap<String, ClosePolicy>,
+    /// Connectors that send a note (`updated`) when an incident of a ticket left open is
+    /// completed; others hear nothing until the ticket closes.
+    pub takes_notes: Vec<String>,
+    /// The caller is a target closing its ticket, whose connector completes every open
+    /// incident of that ticket with the one it names (`on_target_close = "complete_all"`).
+    pub completes_all: bool,
 }
 
 /// What a completion through the back channel did.
@@ -407,6 +420,8 @@ pub enum CompleteOutcome {
         old: serde_json::Value,
         new: serde_json::Value,
         deliveries: Vec<DeliveryRef>,
+        /// The other incidents completed with it (a target closing their shared ticket).
+        along: Vec<String>,
     },
 }
 
@@ -690,25 +705,8 @@ impl Store {
     }
 
     /// See [`Tickets::complete`].
-    pub async fn complete(
-        &self,
-        incident_id: String,
-        caller: Caller,
-        reason_code: String,
-        notes: Option<String>,
-        skipping: Vec<String>,
-        upstream: Vec<String>,
-    ) -> Result<CompleteOutcome, StoreError> {
-        self.backend
-            .complete(Completing {
-                incident_id,
-                caller,
-                reason_code,
-                notes,
-                skipping,
-                upstream,
-            })
-            .await
+    pub async fn complete(&self, request: Completing) -> Result<CompleteOutcome, StoreError> {
+        self.backend.complete(request).await
     }
 
     /// See [`Views::incident`].

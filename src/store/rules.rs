@@ -3,7 +3,7 @@
 //! resolved, and the reasons the store writes on a delivery. Pure functions, so SQLite and
 //! PostgreSQL decide alike and each rule is tested once.
 
-use crate::model::{DeliveryStatus, Event, REPLAY_WINDOW, rfc3339};
+use crate::model::{ClosePolicy, DeliveryStatus, Event, Purpose, REPLAY_WINDOW, rfc3339};
 use crate::store::{AttemptRecord, Completing, IngestStatus, NewIncident, NextStep, StoreError};
 
 /// Why a delivery went dead at a lease: its row cannot be read by this version.
@@ -129,6 +129,24 @@ pub struct Attached {
     pub ticket_seq: i64,
     /// `created` for a ticket's first delivery, `updated` for every later one.
     pub event: Event,
+    /// Why: plainly, or to reopen a ticket that had closed.
+    pub purpose: Purpose,
+}
+
+/// The earliest close a ticket may have to be reopened at `now`, by the route's
+/// `reopen_within`; `None`: the route never reopens.
+pub fn reopens_closed_since(now: i64, reopen_within_ms: Option<i64>) -> Option<i64> {
+    reopen_within_ms.map(|ms| now.saturating_sub(ms))
+}
+
+/// Whether completing one incident of a ticket closes it, by its connector's policy and how
+/// many of its other incidents are still open.
+pub fn closes_ticket(policy: ClosePolicy, others_open: i64) -> bool {
+    match policy {
+        ClosePolicy::AtOnce => true,
+        ClosePolicy::WhenAllComplete => others_open == 0,
+        ClosePolicy::Never => false,
+    }
 }
 
 /// An open ticket an incident is on.
@@ -138,33 +156,74 @@ pub struct OpenTicket {
     pub connector: String,
 }
 
-/// Where one `completed` goes: a connector, and the ticket it closes (none for an upstream
-/// connector, which hears of the incident itself).
+/// A delivery one completion queues: to a connector, on the ticket it concerns (none for an
+/// upstream connector, which hears of the incident itself), for an event and a purpose.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CompletedTo {
+pub struct CompletionNews {
     pub connector: String,
     pub ticket_seq: Option<i64>,
+    pub event: Event,
+    pub purpose: Purpose,
 }
 
-/// Who hears of a completion: each open ticket's connector, then each upstream connector,
-/// but none in `skipping`.
-pub fn completion_targets(
+/// What one incident's completion does to each of its open tickets (`others_open`: how many
+/// other incidents each still has open), and who hears of it. Returns the tickets that close
+/// and the deliveries to queue:
+/// - the caller's own tickets close (its target closed them) and it hears nothing back;
+/// - a ticket its connector's `close_ticket` closes gets `completed`, unless the connector
+///   sends no `completed`;
+/// - a ticket left open gets a note (`updated`, carrying the completion) from a connector that
+///   sends `updated`;
+/// - every upstream connector (not skipped) hears of the incident.
+pub fn completion_news(
     tickets: &[OpenTicket],
-    upstream: &[String],
-    skipping: &[String],
-) -> Vec<CompletedTo> {
-    let on_tickets = tickets.iter().map(|t| CompletedTo {
-        connector: t.connector.clone(),
-        ticket_seq: Some(t.ticket_seq),
-    });
-    let upstream = upstream.iter().map(|c| CompletedTo {
-        connector: c.clone(),
-        ticket_seq: None,
-    });
-    on_tickets
-        .chain(upstream)
-        .filter(|to| !skipping.contains(&to.connector))
-        .collect()
+    others_open: &[i64],
+    request: &Completing,
+) -> (Vec<i64>, Vec<CompletionNews>) {
+    let caller = match &request.caller {
+        crate::store::Caller::Connector(name) => Some(name.as_str()),
+        crate::store::Caller::Source(_) => None,
+    };
+    let mut closing = Vec::new();
+    let mut news = Vec::new();
+    for (t, others) in tickets.iter().zip(others_open) {
+        let policy = request
+            .close_policies
+            .get(&t.connector)
+            .copied()
+            .unwrap_or_default();
+        if caller == Some(t.connector.as_str()) {
+            closing.push(t.ticket_seq);
+        } else if closes_ticket(policy, *others) {
+            closing.push(t.ticket_seq);
+            if !request.skipping.contains(&t.connector) {
+                news.push(CompletionNews {
+                    connector: t.connector.clone(),
+                    ticket_seq: Some(t.ticket_seq),
+                    event: Event::Completed,
+                    purpose: Purpose::Event,
+                });
+            }
+        } else if request.takes_notes.contains(&t.connector) {
+            news.push(CompletionNews {
+                connector: t.connector.clone(),
+                ticket_seq: Some(t.ticket_seq),
+                event: Event::Updated,
+                purpose: Purpose::CompletionNote,
+            });
+        }
+    }
+    for u in &request.upstream {
+        if !request.skipping.contains(u) {
+            news.push(CompletionNews {
+                connector: u.clone(),
+                ticket_seq: None,
+                event: Event::Completed,
+                purpose: Purpose::Event,
+            });
+        }
+    }
+    (closing, news)
 }
 
 /// A completion's `old` (seed 000): the incident as it was.
@@ -321,31 +380,67 @@ mod tests {
     }
 
     #[test]
-    fn completion_targets_skip_what_is_skipped() {
+    fn each_ticket_hears_of_a_completion_by_its_connectors_policy() {
+        let ticket = |seq, connector: &str| OpenTicket {
+            ticket_seq: seq,
+            connector: connector.into(),
+        };
         let tickets = [
-            OpenTicket {
-                ticket_seq: 1,
-                connector: "jira".into(),
-            },
-            OpenTicket {
-                ticket_seq: 2,
-                connector: "chat".into(),
-            },
+            ticket(1, "jira"),
+            ticket(2, "chat"),
+            ticket(3, "redmine"),
+            ticket(4, "snow"),
+            ticket(5, "rt"),
         ];
-        let to = completion_targets(&tickets, &["up".into()], &["chat".into()]);
+        let request = Completing {
+            incident_id: "A".into(),
+            caller: crate::store::Caller::Connector("rt".into()),
+            reason_code: "other".into(),
+            notes: None,
+            skipping: vec!["chat".into(), "rt".into()],
+            upstream: vec!["up".into()],
+            close_policies: [
+                ("redmine".to_string(), ClosePolicy::Never),
+                ("snow".to_string(), ClosePolicy::AtOnce),
+            ]
+            .into_iter()
+            .collect(),
+            takes_notes: vec!["redmine".into(), "jira".into()],
+            completes_all: false,
+        };
+        let news = |connector: &str, seq: Option<i64>, event, purpose| CompletionNews {
+            connector: connector.into(),
+            ticket_seq: seq,
+            event,
+            purpose,
+        };
+        // jira (when_all_complete) has 2 other open incidents: a note; chat closes silently
+        // (it sends no `completed`); redmine never closes: a note; snow closes at once; rt
+        // called: its ticket closes, nothing goes back to it.
+        let (closing, queued) = completion_news(&tickets, &[2, 0, 0, 4, 1], &request);
+        assert_eq!(closing, [2, 4, 5]);
         assert_eq!(
-            to,
+            queued,
             [
-                CompletedTo {
-                    connector: "jira".into(),
-                    ticket_seq: Some(1)
-                },
-                CompletedTo {
-                    connector: "up".into(),
-                    ticket_seq: None
-                }
+                news("jira", Some(1), Event::Updated, Purpose::CompletionNote),
+                news("redmine", Some(3), Event::Updated, Purpose::CompletionNote),
+                news("snow", Some(4), Event::Completed, Purpose::Event),
+                news("up", None, Event::Completed, Purpose::Event),
             ]
         );
+        // The last open incident of jira's ticket closes it.
+        let (closing, queued) = completion_news(&tickets[..1], &[0], &request);
+        assert_eq!(closing, [1]);
+        assert_eq!(
+            queued[0],
+            news("jira", Some(1), Event::Completed, Purpose::Event)
+        );
+    }
+
+    #[test]
+    fn a_ticket_reopens_only_within_its_window() {
+        assert_eq!(reopens_closed_since(10_000, Some(3_000)), Some(7_000));
+        assert_eq!(reopens_closed_since(10_000, None), None);
     }
 
     #[test]

@@ -236,6 +236,7 @@ async fn ingest_one(
                 connector: &route.connector,
                 event: attached.event,
                 ticket_seq: Some(attached.ticket_seq),
+                purpose: attached.purpose,
             },
             now,
         )

@@ -63,7 +63,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     ),
     (
         2,
-        "created outcome unknown, lookups",
+        "lookups, delivery purposes, ticket close times",
         include_str!("../../../migrations/postgres/0002_lookup.sql"),
     ),
 ];
@@ -346,6 +346,7 @@ fn ticket_facts(row: &Row) -> Result<TicketFacts, StoreError> {
         key: row.try_get("correlation_key")?,
         id: row.try_get("ticket_id")?,
         url: row.try_get("ticket_url")?,
+        reopened: false,
     })
 }
 

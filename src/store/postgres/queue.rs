@@ -10,7 +10,7 @@ use deadpool_postgres::Transaction;
 use super::{
     Postgres, completion, count, execute, instance, int, lock_line, query_opt, ticket_facts,
 };
-use crate::model::{DeliveryStatus, Event, now_ms};
+use crate::model::{DeliveryStatus, Event, Purpose, TicketFacts, now_ms};
 use crate::store::rules::{UNREADABLE_DELIVERY, order_key, transition};
 use crate::store::{Attempted, Lease, LeasedDelivery, Queue, ReplayOutcome, StoreError};
 
@@ -128,7 +128,7 @@ pub(super) const LEASE_DUE: &str = concat!(
          FROM picked WHERE d.seq = picked.seq
          RETURNING d.seq, d.delivery_id, d.incident_id, d.version_id, d.connector, d.event,
                    d.attempts, d.budget_attempts, d.budget_since_ms, d.ticket_seq, d.order_key,
-                   d.lease_token, d.outcome_unknown)
+                   d.lease_token, d.outcome_unknown, d.purpose)
      SELECT l.*, v.body, v.received_ms, t.correlation_key, t.ticket_id, t.ticket_url,
             i.status AS incident_status, i.reason_code, i.notes, i.status_change_ms
      FROM leased l JOIN due ON due.seq = l.seq
@@ -163,8 +163,8 @@ pub(super) const PROMOTE_HEAD: &str = concat!(
 pub(super) const INSERT_DELIVERY: &str = concat!(
             "INSERT INTO deliveries (delivery_id, incident_id, version_id, connector, event, status,
                                      order_key, ticket_seq, budget_since_ms, next_attempt_ms, due_ms,
-                                     created_ms, updated_ms, ready)
-             VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, $8, $8, $8, $8, $8,
+                                     created_ms, updated_ms, purpose, ready)
+             VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, $8, $8, $8, $8, $8, $9,
                      NOT EXISTS (SELECT 1 FROM deliveries e WHERE e.connector = $4 AND e.order_key = $6
                                  AND ",
             blocking!(),
@@ -178,6 +178,7 @@ pub(super) struct NewDelivery<'a> {
     pub connector: &'a str,
     pub event: Event,
     pub ticket_seq: Option<i64>,
+    pub purpose: Purpose,
 }
 
 /// Queues one delivery, due at `now`, ready when nothing of its line holds it back; returns
@@ -203,6 +204,7 @@ pub(super) async fn insert_delivery(
             &order_key,
             &d.ticket_seq,
             &now,
+            &d.purpose.as_stored(),
         ],
     )
     .await?;
@@ -254,6 +256,7 @@ async fn lease_due(
         };
         let completed = r.try_get::<_, Option<String>>("incident_status")?.is_some();
         let ticket_seq: Option<i64> = r.try_get("ticket_seq")?;
+        let purpose = Purpose::from_stored(r.try_get::<_, Option<&str>>("purpose")?);
         leased.push(LeasedDelivery {
             id: r.try_get("delivery_id")?,
             lease_token: r
@@ -268,12 +271,18 @@ async fn lease_due(
             incident_body: body,
             received_at_ms: r.try_get::<_, Option<i64>>("received_ms")?.unwrap_or(0),
             ticket: match ticket_seq {
-                Some(_) => ticket_facts(&r)?,
+                Some(_) => TicketFacts {
+                    reopened: purpose == Purpose::Reopen,
+                    ..ticket_facts(&r)?
+                },
                 None => Default::default(),
             },
             ticket_seq,
-            // The state it was queued for: only a `completed` announces the completion.
-            completion: if completed && event == Event::Completed {
+            // The state it was queued for: only a `completed` (or the note of a completion)
+            // announces the completion.
+            completion: if completed
+                && (event == Event::Completed || purpose == Purpose::CompletionNote)
+            {
                 Some(completion(&r)?)
             } else {
                 None
@@ -466,6 +475,7 @@ mod tests {
                     Box::new("ticket:1"),
                     Box::new(Some(1i64)),
                     Box::new(0i64),
+                    Box::new(None::<String>),
                 ],
             ),
         ];

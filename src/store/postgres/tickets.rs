@@ -5,10 +5,10 @@ use async_trait::async_trait;
 use deadpool_postgres::Transaction;
 
 use super::{Postgres, execute, lock_incident, query, query_opt, queue};
-use crate::model::{Event, now_ms, rfc3339};
+use crate::model::{Event, Purpose, now_ms, rfc3339};
 use crate::store::rules::{
-    Attached, OpenTicket, RESOLVED_BY_ADMIN, completion_new, completion_old, completion_targets,
-    resolvable_ticket, window_until,
+    Attached, OpenTicket, RESOLVED_BY_ADMIN, completion_new, completion_news, completion_old,
+    reopens_closed_since, resolvable_ticket, window_until,
 };
 use crate::store::{
     Caller, CompleteOutcome, Completing, DeliveryRef, ResolveOutcome, Route, StoreError, Tickets,
@@ -67,6 +67,7 @@ pub(super) async fn attach_to_ticket(
         Some(row) => Attached {
             ticket_seq: row.try_get("ticket_seq")?,
             event: Event::Updated,
+            purpose: Purpose::Event,
         },
         None => join_or_open(tx, route, now).await?,
     };
@@ -110,6 +111,34 @@ async fn join_or_open(
         return Ok(Attached {
             ticket_seq: row.try_get("ticket_seq")?,
             event: Event::Updated,
+            purpose: Purpose::Event,
+        });
+    }
+    // No open ticket: one of the key closed within `reopen_within` opens again.
+    if let Some(since) = reopens_closed_since(now, route.reopen_within_ms)
+        && let Some(row) = query_opt(
+            tx,
+            "UPDATE tickets SET status = 'open', closed_ms = NULL, window_until_ms = $4,
+                    updated_ms = $5
+             WHERE ticket_seq = (SELECT ticket_seq FROM tickets
+                                 WHERE connector = $1 AND correlation_key = $2
+                                   AND status = 'completed' AND closed_ms >= $3
+                                 ORDER BY ticket_seq DESC LIMIT 1)
+             RETURNING ticket_seq",
+            &[
+                &route.connector,
+                &route.key,
+                &since,
+                &window_until(now, route.aggregate_for_ms),
+                &now,
+            ],
+        )
+        .await?
+    {
+        return Ok(Attached {
+            ticket_seq: row.try_get("ticket_seq")?,
+            event: Event::Updated,
+            purpose: Purpose::Reopen,
         });
     }
     let ticket_seq: i64 = query_opt(
@@ -135,6 +164,7 @@ async fn join_or_open(
     Ok(Attached {
         ticket_seq,
         event: Event::Created,
+        purpose: Purpose::Event,
     })
 }
 
@@ -189,6 +219,63 @@ async fn complete(
             since: rfc3339(status_change_ms),
         });
     }
+    // A target closing its ticket completes the ticket's other open incidents with this one
+    // (`on_target_close = "complete_all"`): found before the ticket closes, each locked.
+    let mut along: Vec<(String, i64)> = Vec::new();
+    if let (true, Caller::Connector(connector)) = (request.completes_all, &request.caller) {
+        let others: Vec<String> = query(
+            tx,
+            "SELECT DISTINCT other.incident_id
+             FROM ticket_incidents mine
+             JOIN tickets t ON t.ticket_seq = mine.ticket_seq
+             JOIN ticket_incidents other ON other.ticket_seq = t.ticket_seq
+             JOIN incidents i ON i.incident_id = other.incident_id
+             WHERE mine.incident_id = $1 AND t.connector = $2 AND t.status = 'open'
+               AND i.status = 'open' AND other.incident_id <> $1
+             ORDER BY other.incident_id",
+            &[&incident_id, connector],
+        )
+        .await?
+        .iter()
+        .map(|r| r.try_get(0))
+        .collect::<Result<_, _>>()?;
+        for other in others {
+            lock_incident(tx, &other).await?;
+            // Read again under its lock: it may have been completed meanwhile.
+            if let Some(row) = query_opt(
+                tx,
+                "SELECT version_id FROM incidents WHERE incident_id = $1 AND status = 'open'",
+                &[&other],
+            )
+            .await?
+            {
+                along.push((other, row.try_get("version_id")?));
+            }
+        }
+    }
+    let mut deliveries = Vec::new();
+    complete_one(tx, incident_id, version_id, request, now, &mut deliveries).await?;
+    for (other, version) in &along {
+        complete_one(tx, other, *version, request, now, &mut deliveries).await?;
+    }
+    Ok(CompleteOutcome::Completed {
+        old: completion_old(status_change_ms),
+        new: completion_new(request, now),
+        deliveries,
+        along: along.into_iter().map(|(id, _)| id).collect(),
+    })
+}
+
+/// Completes one open incident (locked by the caller): its open tickets close or take a
+/// note, by their connectors' policies, and the deliveries that tell the targets are queued.
+async fn complete_one(
+    tx: &Transaction<'_>,
+    incident_id: &str,
+    version_id: i64,
+    request: &Completing,
+    now: i64,
+    deliveries: &mut Vec<DeliveryRef>,
+) -> Result<(), StoreError> {
     execute(
         tx,
         "UPDATE incidents SET status = 'completed', reason_code = $2, notes = $3,
@@ -214,39 +301,51 @@ async fn complete(
         })
     })
     .collect::<Result<Vec<_>, StoreError>>()?;
+    let mut others_open = Vec::with_capacity(tickets.len());
     for t in &tickets {
+        let row = query_opt(
+            tx,
+            "SELECT COUNT(*) AS open FROM ticket_incidents ti
+             JOIN incidents i ON i.incident_id = ti.incident_id
+             WHERE ti.ticket_seq = $1 AND i.status = 'open'",
+            &[&t.ticket_seq],
+        )
+        .await?
+        .ok_or(StoreError::Missing("count"))?;
+        others_open.push(row.try_get::<_, i64>("open")?);
+    }
+    let (closing, news) = completion_news(&tickets, &others_open, request);
+    // A closed ticket takes no more incidents: the next of its key opens (or reopens) one.
+    for ticket_seq in closing {
         execute(
             tx,
-            "UPDATE tickets SET status = 'completed', updated_ms = $2 WHERE ticket_seq = $1",
-            &[&t.ticket_seq, &now],
+            "UPDATE tickets SET status = 'completed', closed_ms = $2, updated_ms = $2
+             WHERE ticket_seq = $1",
+            &[&ticket_seq, &now],
         )
         .await?;
     }
-    let mut deliveries = Vec::new();
-    for to in completion_targets(&tickets, &request.upstream, &request.skipping) {
+    for n in news {
         let id = queue::insert_delivery(
             tx,
             &queue::NewDelivery {
                 incident_id,
                 version_id,
-                connector: &to.connector,
-                event: Event::Completed,
-                ticket_seq: to.ticket_seq,
+                connector: &n.connector,
+                event: n.event,
+                ticket_seq: n.ticket_seq,
+                purpose: n.purpose,
             },
             now,
         )
         .await?;
         deliveries.push(DeliveryRef {
             id,
-            connector: to.connector,
-            event: Event::Completed,
+            connector: n.connector,
+            event: n.event,
         });
     }
-    Ok(CompleteOutcome::Completed {
-        old: completion_old(status_change_ms),
-        new: completion_new(request, now),
-        deliveries,
-    })
+    Ok(())
 }
 
 /// [`Tickets::resolve`] at `now`. The ticket is written before the delivery's line moves on,

@@ -97,7 +97,8 @@ CREATE TABLE IF NOT EXISTS deliveries (
     created_ms       INTEGER NOT NULL,
     updated_ms       INTEGER NOT NULL,
     last_error       TEXT,
-    outcome_unknown  INTEGER NOT NULL DEFAULT 0
+    outcome_unknown  INTEGER NOT NULL DEFAULT 0,
+    purpose          TEXT
 );
 CREATE INDEX IF NOT EXISTS incident_versions_incident ON incident_versions (incident_id);
 CREATE INDEX IF NOT EXISTS deliveries_incident ON deliveries (incident_id);
@@ -111,7 +112,8 @@ CREATE TABLE IF NOT EXISTS tickets (
     window_until_ms  INTEGER,
     ticket_id        TEXT,
     ticket_url       TEXT,
-    updated_ms       INTEGER NOT NULL
+    updated_ms       INTEGER NOT NULL,
+    closed_ms        INTEGER
 );
 CREATE INDEX IF NOT EXISTS tickets_key ON tickets (connector, correlation_key, status);
 CREATE TABLE IF NOT EXISTS ticket_incidents (
@@ -146,8 +148,9 @@ CREATE TABLE IF NOT EXISTS attempts (
 "#;
 
 /// Columns added after the first release, each with what adds it to an older file: whether
-/// a `created`'s outcome is unknown, and what the lookup before an attempt found.
-const ADDED_COLUMNS: [(&str, &str, &str); 2] = [
+/// a `created`'s outcome is unknown, what the lookup before an attempt found, why a delivery
+/// was queued beside its event, and when a ticket closed (for reopening).
+const ADDED_COLUMNS: [(&str, &str, &str); 4] = [
     (
         "deliveries",
         "outcome_unknown",
@@ -157,6 +160,16 @@ const ADDED_COLUMNS: [(&str, &str, &str); 2] = [
         "attempts",
         "lookup",
         "ALTER TABLE attempts ADD COLUMN lookup TEXT",
+    ),
+    (
+        "deliveries",
+        "purpose",
+        "ALTER TABLE deliveries ADD COLUMN purpose TEXT",
+    ),
+    (
+        "tickets",
+        "closed_ms",
+        "ALTER TABLE tickets ADD COLUMN closed_ms INTEGER",
     ),
 ];
 
@@ -221,6 +234,7 @@ impl FromRow for TicketFacts {
             key: r.get("correlation_key")?,
             id: r.get("ticket_id")?,
             url: r.get("ticket_url")?,
+            reopened: false,
         })
     }
 }

@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{Sqlite, completion_of, json_list, optional_row, rows};
-use crate::model::{DeliveryStatus, Event, TicketFacts, now_ms};
+use crate::model::{DeliveryStatus, Event, Purpose, TicketFacts, now_ms};
 use crate::store::rules::{INTERRUPTED_CREATED, UNREADABLE_DELIVERY, order_key, transition};
 use crate::store::{Attempted, Lease, LeasedDelivery, Queue, ReplayOutcome, StoreError};
 
@@ -68,14 +68,15 @@ pub(super) struct NewDelivery<'a> {
     pub connector: &'a str,
     pub event: Event,
     pub ticket_seq: Option<i64>,
+    pub purpose: Purpose,
 }
 
 /// A new delivery, ready when nothing of its line holds it back (an index seek).
 const INSERT_DELIVERY: &str = concat!(
             "INSERT INTO deliveries (delivery_id, incident_id, version_id, connector, event, status,
                                      order_key, ticket_seq, budget_since_ms, next_attempt_ms, due_ms,
-                                     created_ms, updated_ms, ready)
-             VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6, ?7, ?8, ?8, ?8, ?8, ?8,
+                                     created_ms, updated_ms, purpose, ready)
+             VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6, ?7, ?8, ?8, ?8, ?8, ?8, ?9,
                      NOT EXISTS (SELECT 1 FROM deliveries e WHERE e.connector = ?4 AND e.order_key = ?6
                                  AND ",
             blocking!(),
@@ -97,7 +98,8 @@ pub(super) fn insert_delivery(
         d.event.as_str(),
         order_key(d.incident_id, d.ticket_seq),
         d.ticket_seq,
-        now
+        now,
+        d.purpose.as_stored()
     ])?;
     Ok(id)
 }
@@ -118,6 +120,7 @@ from_row! {
         order_key: String,
         due_ms: i64,
         outcome_unknown: bool,
+        purpose: Option<String>,
     }
 }
 
@@ -136,7 +139,7 @@ fn lease_token() -> String {
 /// A connector's due heads of their lines, earliest first.
 const DUE_HEADS: &str =
     "SELECT seq, delivery_id, incident_id, version_id, connector, event, attempts,
-        budget_attempts, budget_since_ms, ticket_seq, order_key, due_ms, outcome_unknown
+        budget_attempts, budget_since_ms, ticket_seq, order_key, due_ms, outcome_unknown, purpose
      FROM deliveries INDEXED BY deliveries_ready
      WHERE ready = 1 AND connector = ?1 AND due_ms <= ?2
      ORDER BY due_ms, seq LIMIT ?3";
@@ -209,7 +212,8 @@ pub(super) fn lease_due(
             promote_head(conn, &due.connector, &due.order_key)?;
             continue;
         };
-        let ticket = match due.ticket_seq {
+        let purpose = Purpose::from_stored(due.purpose.as_deref());
+        let mut ticket: TicketFacts = match due.ticket_seq {
             Some(t) => optional_row(
                 conn,
                 "SELECT correlation_key, ticket_id, ticket_url FROM tickets WHERE ticket_seq = ?1",
@@ -218,9 +222,11 @@ pub(super) fn lease_due(
             .unwrap_or_default(),
             None => TicketFacts::default(),
         };
-        // A delivery renders the state it was queued for: only a `completed` announces the
-        // completion (an `updated` still waiting when the incident was completed does not).
-        let completion = if event == Event::Completed {
+        ticket.reopened = purpose == Purpose::Reopen;
+        // A delivery renders the state it was queued for: only a `completed` (or the note of
+        // a completion) announces the completion (an `updated` still waiting when the
+        // incident was completed does not).
+        let completion = if event == Event::Completed || purpose == Purpose::CompletionNote {
             completion_of(conn, &due.incident_id)?
         } else {
             None

@@ -6,10 +6,10 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{Sqlite, optional_row, queue, rows};
-use crate::model::{Event, now_ms, rfc3339};
+use crate::model::{Event, Purpose, now_ms, rfc3339};
 use crate::store::rules::{
-    Attached, OpenTicket, RESOLVED_BY_ADMIN, completion_new, completion_old, completion_targets,
-    resolvable_ticket, window_until,
+    Attached, OpenTicket, RESOLVED_BY_ADMIN, completion_new, completion_news, completion_old,
+    reopens_closed_since, resolvable_ticket, window_until,
 };
 use crate::store::{
     Caller, CompleteOutcome, Completing, DeliveryRef, ResolveOutcome, Route, StoreError, Tickets,
@@ -55,6 +55,17 @@ pub(super) const OPEN_TICKET_BY_KEY: &str = "SELECT ticket_seq FROM tickets
        AND (window_until_ms IS NULL OR window_until_ms > ?3)
      ORDER BY ticket_seq DESC LIMIT 1";
 
+/// The newest ticket of `connector` with key `key` that closed at `?3` or later: the one an
+/// incident of the key reopens.
+pub(super) const CLOSED_TICKET_BY_KEY: &str = "SELECT ticket_seq FROM tickets
+     WHERE connector = ?1 AND correlation_key = ?2 AND status = 'completed' AND closed_ms >= ?3
+     ORDER BY ticket_seq DESC LIMIT 1";
+
+/// How many incidents of a ticket are still open.
+const OPEN_INCIDENTS_ON: &str = "SELECT COUNT(*) FROM ticket_incidents ti
+     JOIN incidents i ON i.incident_id = ti.incident_id
+     WHERE ti.ticket_seq = ?1 AND i.status = 'open'";
+
 /// Whether connector `?2` has a ticket with the incident on it (any status).
 pub(super) const HAS_TICKET_FOR: &str = "SELECT 1 FROM ticket_incidents ti
      CROSS JOIN tickets t ON t.ticket_seq = ti.ticket_seq
@@ -96,12 +107,39 @@ pub(super) fn attach_to_ticket(
             })
             .optional()?,
     };
-    let attached = match open {
-        Some(ticket_seq) => Attached {
+    // No open ticket: one of the key closed within `reopen_within` opens again.
+    let reopened: Option<i64> = match (open, reopens_closed_since(now, route.reopen_within_ms)) {
+        (None, Some(since)) => conn
+            .prepare_cached(CLOSED_TICKET_BY_KEY)?
+            .query_row(params![route.connector, route.key, since], |r| {
+                r.get("ticket_seq")
+            })
+            .optional()?,
+        _ => None,
+    };
+    if let Some(ticket_seq) = reopened {
+        conn.prepare_cached(
+            "UPDATE tickets SET status = 'open', closed_ms = NULL, window_until_ms = ?2, updated_ms = ?3
+             WHERE ticket_seq = ?1",
+        )?
+        .execute(params![
+            ticket_seq,
+            window_until(now, route.aggregate_for_ms),
+            now
+        ])?;
+    }
+    let attached = match (open, reopened) {
+        (Some(ticket_seq), _) => Attached {
             ticket_seq,
             event: Event::Updated,
+            purpose: Purpose::Event,
         },
-        None => {
+        (None, Some(ticket_seq)) => Attached {
+            ticket_seq,
+            event: Event::Updated,
+            purpose: Purpose::Reopen,
+        },
+        (None, None) => {
             conn.prepare_cached(
                 "INSERT INTO tickets (connector, correlation_key, status, opened_ms, window_until_ms, updated_ms)
                  VALUES (?1, ?2, 'open', ?3, ?4, ?3)",
@@ -115,6 +153,7 @@ pub(super) fn attach_to_ticket(
             Attached {
                 ticket_seq: conn.last_insert_rowid(),
                 event: Event::Created,
+                purpose: Purpose::Event,
             }
         }
     };
@@ -185,6 +224,56 @@ pub(super) fn complete(
             since: rfc3339(state.status_change_ms),
         });
     }
+    // A target closing its ticket completes the ticket's other open incidents with this one
+    // (`on_target_close = "complete_all"`): found before the ticket closes.
+    let mut along: Vec<(String, i64)> = Vec::new();
+    if let (true, Caller::Connector(connector)) = (request.completes_all, &request.caller) {
+        let mut stmt = conn.prepare_cached(
+            "SELECT DISTINCT other.incident_id, i.version_id
+             FROM ticket_incidents mine
+             JOIN tickets t ON t.ticket_seq = mine.ticket_seq
+             JOIN ticket_incidents other ON other.ticket_seq = t.ticket_seq
+             JOIN incidents i ON i.incident_id = other.incident_id
+             WHERE mine.incident_id = ?1 AND t.connector = ?2 AND t.status = 'open'
+               AND i.status = 'open' AND other.incident_id <> ?1
+             ORDER BY other.incident_id",
+        )?;
+        along = stmt
+            .query_map(params![incident_id, connector], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?
+            .collect::<Result<_, _>>()?;
+    }
+    let mut deliveries = Vec::new();
+    complete_one(
+        conn,
+        incident_id,
+        state.version_id,
+        request,
+        now,
+        &mut deliveries,
+    )?;
+    for (other, version_id) in &along {
+        complete_one(conn, other, *version_id, request, now, &mut deliveries)?;
+    }
+    Ok(CompleteOutcome::Completed {
+        old: completion_old(state.status_change_ms),
+        new: completion_new(request, now),
+        deliveries,
+        along: along.into_iter().map(|(id, _)| id).collect(),
+    })
+}
+
+/// Completes one open incident: its open tickets close or take a note, by their connectors'
+/// policies, and the deliveries that tell the targets are queued.
+fn complete_one(
+    conn: &Connection,
+    incident_id: &str,
+    version_id: i64,
+    request: &Completing,
+    now: i64,
+    deliveries: &mut Vec<DeliveryRef>,
+) -> Result<(), StoreError> {
     conn.prepare_cached(
         "UPDATE incidents SET status = 'completed', reason_code = ?2, notes = ?3,
                 status_change_ms = ?4, updated_ms = ?4
@@ -197,38 +286,42 @@ pub(super) fn complete(
         now
     ])?;
     let tickets: Vec<OpenTicket> = rows(conn, OPEN_TICKETS_OF, [incident_id])?;
-    // Every open ticket closes, whether or not its connector hears of it: a new incident
-    // with its key opens a new ticket.
-    let mut close = conn.prepare_cached(
-        "UPDATE tickets SET status = 'completed', updated_ms = ?2 WHERE ticket_seq = ?1",
-    )?;
+    let mut others_open = Vec::with_capacity(tickets.len());
     for t in &tickets {
-        close.execute(params![t.ticket_seq, now])?;
+        others_open.push(
+            conn.prepare_cached(OPEN_INCIDENTS_ON)?
+                .query_row([t.ticket_seq], |r| r.get::<_, i64>(0))?,
+        );
     }
-    let mut deliveries = Vec::new();
-    for to in completion_targets(&tickets, &request.upstream, &request.skipping) {
+    let (closing, news) = completion_news(&tickets, &others_open, request);
+    // A closed ticket takes no more incidents: the next of its key opens (or reopens) one.
+    let mut close = conn.prepare_cached(
+        "UPDATE tickets SET status = 'completed', closed_ms = ?2, updated_ms = ?2
+         WHERE ticket_seq = ?1",
+    )?;
+    for ticket_seq in closing {
+        close.execute(params![ticket_seq, now])?;
+    }
+    for n in news {
         let id = queue::insert_delivery(
             conn,
             &queue::NewDelivery {
                 incident_id,
-                version_id: state.version_id,
-                connector: &to.connector,
-                event: Event::Completed,
-                ticket_seq: to.ticket_seq,
+                version_id,
+                connector: &n.connector,
+                event: n.event,
+                ticket_seq: n.ticket_seq,
+                purpose: n.purpose,
             },
             now,
         )?;
         deliveries.push(DeliveryRef {
             id,
-            connector: to.connector,
-            event: Event::Completed,
+            connector: n.connector,
+            event: n.event,
         });
     }
-    Ok(CompleteOutcome::Completed {
-        old: completion_old(state.status_change_ms),
-        new: completion_new(request, now),
-        deliveries,
-    })
+    Ok(())
 }
 
 from_row! {
