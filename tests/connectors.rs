@@ -200,11 +200,13 @@ fn golden_ticket(incident: &Value, event: Event) -> TicketFacts {
             key,
             id: None,
             url: None,
+            reopened: false,
         },
         _ => TicketFacts {
             key,
             id: Some(GOLDEN_TICKET_ID.into()),
             url: Some(format!("https://tickets.example.com/{GOLDEN_TICKET_ID}")),
+            reopened: false,
         },
     }
 }
@@ -951,6 +953,7 @@ fn hostile_ticket_ids_and_keys_stay_in_their_path_segment() {
                     key: value.to_string(),
                     id: Some(value.to_string()),
                     url: None,
+                    reopened: false,
                 };
                 let at = format!("{connector} × {} × {value:.40?}", event.as_str());
                 let result = try_render(
@@ -1257,6 +1260,7 @@ fn render_prints_a_valid_body_for_every_shipped_connector() {
                 key: "5F04D7E3-000A-8420-0002-757900000000".into(),
                 id: Some(incident_gateway::cli::PREVIEW_TICKET_ID.into()),
                 url: None,
+                reopened: false,
             };
             let url = expected_url(connector, event, &ticket);
             assert!(

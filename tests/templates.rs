@@ -56,6 +56,7 @@ fn facts_context(config: &Config, incident: &Value, event: Event) -> Value {
                 key: "5F04D7E3-000A-8420-0002-757900000000".into(),
                 id: Some("INC0012345".into()),
                 url: Some("https://tickets.example.com/INC0012345".into()),
+                reopened: false,
             },
             completion: Some(Completion {
                 reason_code: "threat_not_valid".into(),
