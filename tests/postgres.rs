@@ -28,6 +28,7 @@ fn incident(id: &str, connector: &str) -> NewIncident {
             key: format!("key-{id}"),
             aggregate_for_ms: None,
             sends_updated: true,
+            reopen_within_ms: None,
         }],
     }
 }

@@ -308,6 +308,7 @@ api_key = "a-source-key-of-32-characters-xxx"
                 key: "k".into(),
                 id: ticket_id.map(str::to_string),
                 url: None,
+                reopened: false,
             },
             completion: None,
         }

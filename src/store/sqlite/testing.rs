@@ -86,6 +86,7 @@ pub fn route(connector: &str, key: &str, aggregate_for_ms: Option<i64>) -> Route
         key: key.into(),
         aggregate_for_ms,
         sends_updated: true,
+        reopen_within_ms: None,
     }
 }
 

@@ -435,6 +435,13 @@ mod tests {
             notes: Some("checked".into()),
             skipping: skipping.to_vec(),
             upstream: upstream.to_vec(),
+            // Closing at once, as these tests check; every policy is in the store contract
+            // (tests/store_contract.rs).
+            close_policies: [("jira".to_string(), crate::model::ClosePolicy::AtOnce)]
+                .into_iter()
+                .collect(),
+            takes_notes: vec![],
+            completes_all: false,
         }
     }
 
@@ -520,6 +527,7 @@ mod tests {
             old,
             new,
             deliveries,
+            ..
         } = outcome
         else {
             panic!("expected a completion, got {outcome:?}");
