@@ -905,3 +905,49 @@ async fn sigterm_during_a_slow_create_then_restart_opens_one_ticket_with_no_manu
         "{d}"
     );
 }
+
+/// Three incidents on one ticket (one correlation key). By default a completion of one of
+/// them is a note on the ticket, which stays open; the target closing its ticket (its callback
+/// names one incident) completes the other open ones with it, and the platform hears of each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aggregated_ticket_takes_notes_until_the_target_closes_it_for_all() {
+    let (target, _ws, gw, base) = ticketing(SHARED_KEY).await;
+    for id in ["AGG-1", "AGG-2", "AGG-3"] {
+        accepted(&base, &incident(id)).await;
+    }
+    target.wait_for(3, Duration::from_secs(15)).await;
+    let body = r#"{"reason_code": "threat_not_valid", "notes": "scanner"}"#;
+    let r = complete(&base, "AGG-1", Some(SOURCE_CALLBACK), body).await;
+    assert_eq!(r.status(), 200);
+    let calls = target.wait_for(4, Duration::from_secs(15)).await;
+    // A note (the updated request, for AGG-1), not the resolve.
+    assert_eq!(calls[3].method, "PATCH");
+    assert_eq!(calls[3].body["work_notes"], "AGG-1", "{:?}", calls[3]);
+    assert!(calls[3].body.get("state").is_none());
+    // ServiceNow closes the record: its business rule calls back for AGG-2.
+    let r = complete(&base, "AGG-2", Some("servicenow-callback-token-123"), body).await;
+    assert_eq!(r.status(), 200);
+    let answer: Value = r.json().await.unwrap();
+    assert_eq!(answer["completed_along"], json!(["AGG-3"]), "{answer}");
+    // The platform hears of both; ServiceNow is not asked to close what it closed.
+    let calls = target.wait_for(6, Duration::from_secs(15)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let calls_after = target.calls();
+    assert_eq!(calls_after.len(), 6, "{calls_after:?}");
+    let upstream: Vec<&str> = calls[4..]
+        .iter()
+        .map(|c| {
+            assert_eq!(c.path, "/upstream");
+            c.body["incident_id"].as_str().unwrap()
+        })
+        .collect();
+    assert_eq!(upstream.len(), 2);
+    assert!(upstream.contains(&"AGG-2") && upstream.contains(&"AGG-3"));
+    let (_, v) = admin_get(&base, "/v1/incidents/AGG-3").await;
+    assert_eq!(v["status"], "completed");
+    // A new incident of the key opens a new ticket: the old one is closed.
+    accepted(&base, &incident("AGG-4")).await;
+    let calls = target.wait_for(7, Duration::from_secs(15)).await;
+    assert_eq!(shape(&calls[6..]), [("POST", 201)]);
+    gw.stop().await.unwrap();
+}
