@@ -62,7 +62,7 @@ cf.tracker_ids = Tracker.pluck(:id)
 cf.save!
 
 proj = Project.find_by_identifier('soc') || Project.new(identifier: 'soc')
-proj.name = 'SOC' if proj.name.blank?
+proj.name = ENV.fetch('REDMINE_PROJECT_NAME', 'soc')  # notification subjects: "[soc - Bug #N] ..."
 proj.is_public = true
 proj.save!
 proj.enabled_module_names = (proj.enabled_module_names | %w(issue_tracking))
