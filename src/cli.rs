@@ -212,11 +212,7 @@ pub fn check(config_file: &Path, incidents_dir: Option<&Path>) -> Result<CheckRe
                         let reference = crate::render::ticket_ref(&connector.name, &key);
                         if !lookup.url.contains(&reference) {
                             stores_ref.insert(connector.name.as_str(), true);
-                        } else if let Ok(Outgoing::Request(created)) =
-                            preview(&renderer, &incident, connector, Event::Created)
-                            && (created.body.contains(&reference)
-                                || created.url.contains(&reference))
-                        {
+                        } else if created_carries(&renderer, &incident, connector, &reference) {
                             stores_ref.insert(connector.name.as_str(), true);
                         }
                     }
@@ -334,6 +330,24 @@ pub fn check(config_file: &Path, incidents_dir: Option<&Path>) -> Result<CheckRe
         }
     }
     Ok(report)
+}
+
+/// Whether the connector's `created` (its request, or its mail) carries `reference`.
+fn created_carries(
+    renderer: &Renderer,
+    incident: &Value,
+    connector: &Connector,
+    reference: &str,
+) -> bool {
+    match preview(renderer, incident, connector, Event::Created) {
+        Ok(Outgoing::Request(created)) => {
+            created.body.contains(reference) || created.url.contains(reference)
+        }
+        Ok(Outgoing::Mail { message, .. }) => {
+            String::from_utf8_lossy(&message.formatted()).contains(reference)
+        }
+        Err(_) => false,
+    }
 }
 
 /// Every `target_schema` (connectors' and per-event requests'), compiled, by path; a schema

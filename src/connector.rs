@@ -212,6 +212,72 @@ pub struct SmtpTarget {
     pub allow_plaintext_auth: bool,
     /// The message each event sends, `None` where the connector skips that event.
     pub messages: Requests<MailMessage>,
+    /// The ticketing system the mail goes into, so its follow-ups thread there.
+    pub threading: Option<MailThreading>,
+    /// How the gateway learns the number the system gave a mailed ticket.
+    pub lookup: Option<Lookup>,
+    /// Where that lookup may go (its `allow_hosts`, `allow_private`; no redirects).
+    pub lookup_egress: Egress,
+}
+
+/// The ticketing system an SMTP connector files mail into. Such a system threads a mail onto a
+/// ticket only by its own marker in the subject, which the gateway cannot know until the
+/// system has filed the `created` mail: the connector's lookup learns the number, follow-ups
+/// wait for it, then carry the marker (and no In-Reply-To, which these systems do not read).
+#[derive(Debug, Clone)]
+pub struct MailThreading {
+    pub system: MailSystem,
+    /// A ticket field the `created` mail sets to `ticket.ref` by a body command (Redmine: a
+    /// custom field's name; Request Tracker: a custom field, with RT::Extension::CommandByMail),
+    /// so the lookup can find the ticket by it.
+    pub correlation_field: Option<String>,
+    /// The status the `completed` mail sets by a body command (Redmine "Closed", Request
+    /// Tracker "resolved"); `None` where the system closes nothing by mail (Zammad).
+    pub close_status: Option<String>,
+}
+
+/// The systems whose mail threading the gateway speaks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MailSystem {
+    /// `[#N]` in the subject; `Field: value` lines in the body (with allow_override).
+    Redmine,
+    /// `[rtname #N]` in the subject; commands at the top of the body with CommandByMail.
+    RequestTracker { rt_name: String },
+    /// `[Ticket#N]` (the ticket hook) in the subject.
+    Zammad { ticket_hook: String },
+}
+
+impl MailThreading {
+    /// The marker that files a mail onto ticket `number`.
+    pub fn marker(&self, number: &str) -> String {
+        match &self.system {
+            MailSystem::Redmine => format!("[#{number}]"),
+            MailSystem::RequestTracker { rt_name } => format!("[{rt_name} #{number}]"),
+            MailSystem::Zammad { ticket_hook } => format!("[{ticket_hook}{number}]"),
+        }
+    }
+
+    /// The command lines a mail of `event` starts its text with: the `created` one sets the
+    /// correlation field to `reference`, the `completed` one the closing status.
+    pub fn commands(&self, event: Event, reference: &str) -> Vec<String> {
+        let field = |name: &str, value: &str| match self.system {
+            MailSystem::RequestTracker { .. } => format!("CF.{{{name}}}: {value}"),
+            _ => format!("{name}: {value}"),
+        };
+        match event {
+            Event::Created => self
+                .correlation_field
+                .iter()
+                .map(|f| field(f, reference))
+                .collect(),
+            Event::Updated => vec![],
+            Event::Completed => self
+                .close_status
+                .iter()
+                .map(|s| format!("Status: {s}"))
+                .collect(),
+        }
+    }
 }
 
 impl std::fmt::Debug for SmtpTarget {
@@ -331,18 +397,27 @@ impl crate::route::Routed for Connector {
 }
 
 impl Connector {
-    /// The lookup an HTTP connector declares.
+    /// The lookup the connector declares: an HTTP connector's finds a ticket its `created`
+    /// may have opened, an SMTP connector's the number its ticketing system gave a mail.
     pub fn lookup(&self) -> Option<&Lookup> {
         match &self.target {
             Target::Http(http) => http.lookup.as_ref(),
-            Target::Smtp(_) => None,
+            Target::Smtp(smtp) => smtp.lookup.as_ref(),
+        }
+    }
+
+    /// How an SMTP connector's mails thread in its ticketing system, if it names one.
+    pub fn threading(&self) -> Option<&MailThreading> {
+        match &self.target {
+            Target::Smtp(smtp) => smtp.threading.as_ref(),
+            Target::Http(_) => None,
         }
     }
 
     /// Whether a `created` whose outcome is unknown can be settled without a person: the
     /// connector looks its ticket up first, or the target dedupes creates by key.
     pub fn settles_unknown_creates(&self) -> bool {
-        self.idempotent_create || self.lookup().is_some()
+        self.idempotent_create || matches!(&self.target, Target::Http(h) if h.lookup.is_some())
     }
 
     /// Whether the connector sends anything for `event`.

@@ -68,11 +68,12 @@ pub(super) struct RawConnector {
     on_target_close: Option<String>,
     #[serde(default, with = "humantime_serde")]
     reopen_within: Option<Duration>,
-    ticket_id: Option<String>,
+    pub(super) ticket_id: Option<String>,
     ticket_url: Option<String>,
     #[serde(default)]
     error_message: Vec<String>,
     pub(super) lookup: Option<RawLookup>,
+    pub(super) threading: Option<RawThreading>,
     #[serde(default)]
     idempotent_create: bool,
     callback_token: Option<String>,
@@ -135,6 +136,17 @@ pub(super) struct RawLookup {
     pub(super) headers: BTreeMap<String, String>,
     pub(super) found_id: String,
     pub(super) found_url: Option<String>,
+}
+
+/// `[connectors.threading]` of an SMTP connector: the ticketing system its mail goes into.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawThreading {
+    pub(super) system: String,
+    pub(super) rt_name: Option<String>,
+    pub(super) ticket_hook: Option<String>,
+    pub(super) correlation_field: Option<String>,
+    pub(super) close_status: Option<String>,
 }
 
 fn default_lookup_method() -> String {
@@ -448,7 +460,7 @@ impl Validator<'_> {
             return Err(self.invalid(format!("{field}.ticket_url"), "needs ticket_id too"));
         }
         if let Some(lookup) = &c.lookup {
-            if c.ticket_id.is_none() {
+            if c.ticket_id.is_none() && c.kind == "http" {
                 return Err(self.invalid(
                     format!("{field}.lookup"),
                     "needs ticket_id: a found ticket stands for the created one, by its id",

@@ -1,7 +1,9 @@
 //! `kind = "http"` connectors: the request each event sends and where requests may go,
 //! built into an [`HttpTarget`].
 
-use super::connectors::{RawConnector, RawRequest};
+use std::collections::BTreeMap;
+
+use super::connectors::{RawConnector, RawLookup, RawRequest};
 use super::{ConfigError, Validator};
 use crate::connector::{Egress, HttpRequest, HttpTarget, Lookup, TemplatePath};
 
@@ -47,19 +49,7 @@ impl Validator<'_> {
         })?;
         let lookup = match &c.lookup {
             None => None,
-            Some(raw) => {
-                let at = format!("{field}.lookup");
-                self.check_url(&format!("{at}.url"), &raw.url)?;
-                let mut lookup_headers = headers.clone();
-                lookup_headers.extend(self.headers(&format!("{at}.headers"), &raw.headers)?);
-                Some(Lookup {
-                    method: self.method(&format!("{at}.method"), &raw.method)?,
-                    url: raw.url.clone(),
-                    headers: lookup_headers,
-                    found_id: raw.found_id.clone(),
-                    found_url: raw.found_url.clone(),
-                })
-            }
+            Some(raw) => Some(self.lookup(field, raw, &headers)?),
         };
         let target = HttpTarget {
             method,
@@ -70,6 +60,26 @@ impl Validator<'_> {
             lookup,
         };
         Ok((target, template))
+    }
+
+    /// `[connectors.lookup]`, its headers after `base` (the connector's).
+    pub(super) fn lookup(
+        &self,
+        field: &str,
+        raw: &RawLookup,
+        base: &BTreeMap<String, String>,
+    ) -> Result<Lookup, ConfigError> {
+        let at = format!("{field}.lookup");
+        self.check_url(&format!("{at}.url"), &raw.url)?;
+        let mut headers = base.clone();
+        headers.extend(self.headers(&format!("{at}.headers"), &raw.headers)?);
+        Ok(Lookup {
+            method: self.method(&format!("{at}.method"), &raw.method)?,
+            url: raw.url.clone(),
+            headers,
+            found_id: raw.found_id.clone(),
+            found_url: raw.found_url.clone(),
+        })
     }
 
     /// One event's request: what its table gives, the connector's request otherwise.
@@ -110,7 +120,7 @@ impl Validator<'_> {
     }
 
     /// Where the connector may send: allowed hosts, private ranges, redirects, extra CA.
-    fn egress(&self, field: &str, c: &RawConnector) -> Result<Egress, ConfigError> {
+    pub(super) fn egress(&self, field: &str, c: &RawConnector) -> Result<Egress, ConfigError> {
         self.check_allow_hosts(field, &c.allow_hosts)?;
         Ok(Egress {
             allow_hosts: c

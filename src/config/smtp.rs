@@ -3,9 +3,11 @@
 
 use std::collections::BTreeMap;
 
-use super::connectors::{RawConnector, RawRequest};
+use super::connectors::{RawConnector, RawRequest, RawThreading};
 use super::{ConfigError, Validator};
-use crate::connector::{MailMessage, SmtpSecurity, SmtpTarget, TemplatePath};
+use crate::connector::{
+    MailMessage, MailSystem, MailThreading, SmtpSecurity, SmtpTarget, TemplatePath,
+};
 
 /// Where the server is, from `smtp_url`.
 struct Server {
@@ -39,10 +41,32 @@ impl Validator<'_> {
         }
         let template = self.template_path(&format!("{field}.template"), &c.template)?;
         self.no_mail_headers(&format!("{field}.headers"), &c.headers)?;
-        if c.lookup.is_some() {
+        let threading = match &c.threading {
+            Some(raw) => Some(self.threading(field, raw)?),
+            None => None,
+        };
+        let lookup = match (&c.lookup, &threading) {
+            (Some(raw), Some(_)) => Some(self.lookup(field, raw, &BTreeMap::new())?),
+            (Some(_), None) => {
+                return Err(self.invalid(
+                    format!("{field}.lookup"),
+                    "on an smtp connector it learns the ticket number its system gave a mail: \
+                     it needs [connectors.threading] to say which system",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(self.invalid(
+                    format!("{field}.threading"),
+                    "needs a [connectors.lookup] that finds the ticket the mail opened \
+                     (by {{ticket.ref}}), so follow-ups can carry its number",
+                ));
+            }
+            (None, None) => None,
+        };
+        if c.ticket_id.is_some() {
             return Err(self.invalid(
-                format!("{field}.lookup"),
-                "is for kind = \"http\" connectors: a mail's ticket is its thread",
+                format!("{field}.ticket_id"),
+                "is for http connectors: a mailed ticket's number is learned by its lookup",
             ));
         }
         let subject = c.subject.clone().ok_or_else(|| {
@@ -77,8 +101,67 @@ impl Validator<'_> {
             tls_ca_file,
             allow_plaintext_auth: c.allow_plaintext_auth,
             messages,
+            threading,
+            lookup,
+            lookup_egress: self.egress(field, c)?,
         };
         Ok((target, template))
+    }
+
+    /// `[connectors.threading]`: which system, and what it needs.
+    fn threading(&self, field: &str, raw: &RawThreading) -> Result<MailThreading, ConfigError> {
+        let at = format!("{field}.threading");
+        let text = |key: &str, value: &Option<String>| -> Result<Option<String>, ConfigError> {
+            match value {
+                Some(v)
+                    if v.trim().is_empty() || v.contains(|c: char| c.is_control() || c == ']') =>
+                {
+                    Err(self.invalid(
+                        format!("{at}.{key}"),
+                        format!("{v:?}: one line of text, no ']'"),
+                    ))
+                }
+                Some(v) => Ok(Some(v.trim().to_string())),
+                None => Ok(None),
+            }
+        };
+        let system = match raw.system.as_str() {
+            "redmine" => MailSystem::Redmine,
+            "rt" => MailSystem::RequestTracker {
+                rt_name: text("rt_name", &raw.rt_name)?.ok_or_else(|| {
+                    self.invalid(
+                        format!("{at}.rt_name"),
+                        "is required for Request Tracker: its $rtname, as in [rtname #N]",
+                    )
+                })?,
+            },
+            "zammad" => MailSystem::Zammad {
+                ticket_hook: text("ticket_hook", &raw.ticket_hook)?
+                    .unwrap_or_else(|| "Ticket#".into()),
+            },
+            other => {
+                return Err(self.invalid(
+                    format!("{at}.system"),
+                    format!("{other:?}: expected \"redmine\", \"rt\" or \"zammad\""),
+                ));
+            }
+        };
+        let close_status = text("close_status", &raw.close_status)?.or(match system {
+            MailSystem::Redmine => Some("Closed".into()),
+            MailSystem::RequestTracker { .. } => Some("resolved".into()),
+            MailSystem::Zammad { .. } => None,
+        });
+        if matches!(system, MailSystem::Zammad { .. }) && raw.close_status.is_some() {
+            return Err(self.invalid(
+                format!("{at}.close_status"),
+                "Zammad closes nothing by mail: close its tickets with a trigger or in Zammad",
+            ));
+        }
+        Ok(MailThreading {
+            system,
+            correlation_field: text("correlation_field", &raw.correlation_field)?,
+            close_status,
+        })
     }
 
     /// Headers on a mail would be dropped (the message is built from its own fields), so

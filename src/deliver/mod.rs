@@ -66,6 +66,14 @@ impl AttemptFacts {
     }
 }
 
+/// Whether `delivery` is a follow-up mail that must wait for the number its ticketing
+/// system gave the ticket (learned by the connector's lookup) before it can thread there.
+fn awaits_number(connector: &Connector, delivery: &LeasedDelivery) -> bool {
+    connector.threading().is_some()
+        && delivery.event != Event::Created
+        && delivery.ticket.id.is_none()
+}
+
 /// Why an attempt ended before anything was sent. Final: dead with this reason.
 #[derive(Debug, thiserror::Error)]
 pub enum NotSent {
@@ -166,13 +174,17 @@ pub struct Deliverer {
 pub fn clients(connectors: &[Connector]) -> Result<HashMap<String, reqwest::Client>, SetupError> {
     let mut out = HashMap::new();
     for c in connectors {
-        if let Target::Http(http) = &c.target {
-            let client = egress::client(&http.egress).map_err(|source| SetupError {
-                connector: c.name.clone(),
-                source,
-            })?;
-            out.insert(c.name.clone(), client);
-        }
+        // An SMTP connector's client sends only its lookup.
+        let egress = match &c.target {
+            Target::Http(http) => &http.egress,
+            Target::Smtp(smtp) if smtp.lookup.is_some() => &smtp.lookup_egress,
+            Target::Smtp(_) => continue,
+        };
+        let client = egress::client(egress).map_err(|source| SetupError {
+            connector: c.name.clone(),
+            source,
+        })?;
+        out.insert(c.name.clone(), client);
     }
     Ok(out)
 }
@@ -316,7 +328,8 @@ impl Deliverer {
             render::bounds::with_budget(budget, || {
                 let incident = prepare::stored_incident(&delivery.incident_body)?;
                 let facts = AttemptFacts::of(&delivery);
-                let look_first = delivery.event == Event::Created && delivery.outcome_unknown;
+                let look_first = (delivery.event == Event::Created && delivery.outcome_unknown)
+                    || awaits_number(connector, &delivery);
                 prepare::prepare_looking_first(
                     &renderer,
                     connector,
@@ -354,7 +367,9 @@ impl Deliverer {
         } else {
             http::RESPONSE_PREFIX_BYTES * 2
         };
-        let sent = self.send_checked(connector, target, &request, keep).await;
+        let sent = self
+            .send_checked(connector, &target.egress, &request, keep)
+            .await;
         let sent = http::with_target_reason(sent, &connector.error_message);
         let verdict = http::classify(&sent);
         let (verdict, found) = record::found_ticket(connector, delivery, verdict, &sent);
@@ -365,13 +380,13 @@ impl Deliverer {
     async fn send_checked(
         &self,
         connector: &Connector,
-        target: &HttpTarget,
+        egress: &connector::Egress,
         request: &render::RenderedRequest,
         keep: usize,
     ) -> SendResult {
         let refused = reqwest::Url::parse(&request.url)
             .map_err(|e| egress::Refused(e.to_string()))
-            .and_then(|url| egress::check_url(&target.egress, &url));
+            .and_then(|url| egress::check_url(egress, &url));
         let client = self.clients.get(&connector.name);
         let not_sent = |failure| http::SendResult::failed(failure, Duration::ZERO);
         let sent = match (refused, client) {
@@ -388,12 +403,15 @@ impl Deliverer {
     async fn look_up(
         &self,
         connector: &Connector,
-        target: &HttpTarget,
         lookup: &connector::Lookup,
         request: render::RenderedRequest,
     ) -> (Looked, SendResult) {
+        let egress = match &connector.target {
+            Target::Http(http) => &http.egress,
+            Target::Smtp(smtp) => &smtp.lookup_egress,
+        };
         let sent = self
-            .send_checked(connector, target, &request, http::TICKET_RESPONSE_BYTES)
+            .send_checked(connector, egress, &request, http::TICKET_RESPONSE_BYTES)
             .await;
         let sent = http::with_target_reason(sent, &connector.error_message);
         (lookup::read_answer(lookup, &sent), sent)
@@ -412,12 +430,17 @@ impl Deliverer {
             .get(&connector.name)
             .ok_or(NotSent::NoTransport("SMTP transport"))?;
         let (sent, verdict) = smtp::send(transport, message).await;
+        // A mail into a ticketing system that threads by its own number: the number, learned
+        // by the lookup, is the ticket's id, not the Message-ID.
+        let threads_by_number = connector.threading().is_some();
         let found = match (&verdict, delivery.event, delivery.ticket_seq) {
-            (Verdict::Delivered, Event::Created, Some(ticket_seq)) => Some(TicketUpdate {
-                ticket_seq,
-                id: message_id,
-                url: None,
-            }),
+            (Verdict::Delivered, Event::Created, Some(ticket_seq)) if !threads_by_number => {
+                Some(TicketUpdate {
+                    ticket_seq,
+                    id: message_id,
+                    url: None,
+                })
+            }
             _ => None,
         };
         Ok((verdict, sent, found))
@@ -466,10 +489,8 @@ impl Deliverer {
             .ok_or_else(|| NotSent::ConnectorGone(delivery.connector.clone()))?;
         let (outgoing, lookup) = self.prepare_off_runtime(delivery, started_at_ms).await?;
         let mut looked = None;
-        if let (Some(request), Target::Http(http)) = (lookup, &connector.target)
-            && let Some(declared) = &http.lookup
-        {
-            let (found, sent) = self.look_up(connector, http, declared, request).await;
+        if let (Some(request), Some(declared)) = (lookup, connector.lookup()) {
+            let (found, sent) = self.look_up(connector, declared, request).await;
             let summary = found.summary(&sent);
             let settled = |verdict, ticket, outcome_unknown| Tried {
                 verdict,
@@ -478,7 +499,53 @@ impl Deliverer {
                 lookup: Some(summary.clone()),
                 outcome_unknown,
             };
+            let awaits_number = awaits_number(connector, delivery);
             match found {
+                Looked::Found { id, url } if awaits_number => {
+                    // The system filed the `created` mail as ticket `id`: this follow-up
+                    // carries its marker; the number is kept whatever the send does.
+                    let mut numbered = delivery.clone();
+                    numbered.ticket.id = Some(id.clone());
+                    let learned = delivery.ticket_seq.map(|ticket_seq| TicketUpdate {
+                        ticket_seq,
+                        id,
+                        url,
+                    });
+                    let (outgoing, _) = self.prepare_off_runtime(&numbered, started_at_ms).await?;
+                    let Outgoing::Mail {
+                        message,
+                        message_id,
+                    } = outgoing
+                    else {
+                        return Err(NotSent::NoTransport("SMTP transport"));
+                    };
+                    let (verdict, sent, _) =
+                        self.mail(connector, delivery, message, message_id).await?;
+                    return Ok(Tried {
+                        verdict,
+                        sent,
+                        ticket: learned,
+                        lookup: Some(summary),
+                        outcome_unknown: false,
+                    });
+                }
+                Looked::NoneFound if awaits_number => {
+                    let waiting = "the ticketing system has not filed the created mail yet (its \
+                                   lookup finds no ticket): this mail waits for the ticket's \
+                                   number, so that it threads there";
+                    let mut sent = sent.clone();
+                    sent.failure = Some(http::SendFailure::Said(waiting.into()));
+                    return Ok(Tried {
+                        verdict: Verdict::Retry { retry_after: None },
+                        sent,
+                        ticket: None,
+                        lookup: Some(summary.replace(
+                            "; the created request is sent",
+                            "; waiting for the ticket's number",
+                        )),
+                        outcome_unknown: false,
+                    });
+                }
                 Looked::Found { id, url } => {
                     let ticket = delivery.ticket_seq.map(|ticket_seq| TicketUpdate {
                         ticket_seq,
@@ -496,7 +563,7 @@ impl Deliverer {
                         },
                         other => other,
                     };
-                    return Ok(settled(verdict, None, true));
+                    return Ok(settled(verdict, None, delivery.event == Event::Created));
                 }
                 Looked::NoneFound => looked = Some(summary),
             }

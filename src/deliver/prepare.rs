@@ -10,10 +10,11 @@ use std::sync::Mutex;
 
 use serde_json::Value;
 
-use crate::connector::{Connector, SmtpTarget, Target};
+use crate::connector::{Connector, MailThreading, SmtpTarget, Target};
 use crate::model::{self, Completion, Event, TicketFacts};
 use crate::render::{
-    DeliveryFacts, IncidentContext, RenderError, RenderedRequest, Renderer, TemplateContext, memo,
+    DeliveryFacts, IncidentContext, RenderError, RenderedEmail, RenderedRequest, Renderer,
+    TemplateContext, memo,
 };
 use crate::signature;
 
@@ -158,6 +159,34 @@ fn delivery_facts<'a>(
     }
 }
 
+/// A mail for a ticketing system that threads by its own number: a follow-up's subject
+/// carries the ticket's marker, the text starts with the system's commands (the `created` one
+/// sets the correlation field to `reference`, the `completed` one the closing status), and no
+/// line of the rendered text can be read as a command
+/// ([`crate::render::markers::defang_commands`]).
+pub fn thread_in(
+    threading: &MailThreading,
+    mut email: RenderedEmail,
+    facts: &AttemptFacts,
+    reference: &str,
+) -> RenderedEmail {
+    if facts.event != Event::Created
+        && let Some(number) = &facts.ticket.id
+    {
+        let marker = threading.marker(number);
+        if !email.subject.contains(&marker) {
+            email.subject = format!("{marker} {}", email.subject);
+        }
+    }
+    let text = crate::render::markers::defang_commands(&email.text);
+    let commands = threading.commands(facts.event, reference);
+    email.text = match commands.is_empty() {
+        true => text,
+        false => format!("{}\n\n{text}", commands.join("\n")),
+    };
+    email
+}
+
 /// The stored incident version, read back for rendering.
 pub fn stored_incident(body: &str) -> Result<Value, Unprepared> {
     serde_json::from_str(body).map_err(Unprepared::StoredIncident)
@@ -249,12 +278,18 @@ fn mail(
     facts: &AttemptFacts,
     context: &TemplateContext,
 ) -> Result<(lettre::Message, String), Unprepared> {
-    let email = renderer.render_email(connector, facts.event, context)?;
+    let mut email = renderer.render_email(connector, facts.event, context)?;
     let message_id = smtp::message_id(settings, &facts.delivery_id);
-    let root = match facts.event {
-        Event::Created => None,
+    let root = match (facts.event, &settings.threading) {
+        // A system that threads by its own number reads no In-Reply-To (and the ticket's id
+        // is that number, not a Message-ID).
+        (Event::Created, _) | (_, Some(_)) => None,
         _ => facts.ticket.id.as_deref(),
     };
+    if let Some(threading) = &settings.threading {
+        let reference = crate::render::ticket_ref(&connector.name, &facts.ticket.key);
+        email = thread_in(threading, email, facts, &reference);
+    }
     let message = smtp::build_message(settings, &email, &message_id, root)?;
     Ok((message, message_id))
 }

@@ -35,9 +35,41 @@ pub fn defanged(text: String) -> String {
     changed.unwrap_or(text)
 }
 
+/// A line that starts like `Key: value`, which a ticketing system's mail handler may read as
+/// a command: Redmine sets attributes from such lines anywhere in the text (`Status: Closed`,
+/// `Assigned to: …`, any custom field's name), Request Tracker's CommandByMail from the lines
+/// a body starts with.
+static COMMAND_LINE: LazyLock<Option<Regex>> =
+    LazyLock::new(|| Regex::new(r"(?m)^([ \t]*)([^\s:][^:\r\n]{0,100}:)").ok());
+
+/// `text` with every line that could be read as a mail command made inert: a zero-width space
+/// goes before its first character, so no handler's `^\s*Key\s*:` pattern matches it, and
+/// the line reads the same. Only the gateway's own commands, added after, are commands.
+pub fn defang_commands(text: &str) -> String {
+    match COMMAND_LINE.as_ref() {
+        Some(line) => line.replace_all(text, "$1\u{200B}$2").into_owned(),
+        // The pattern is a constant that compiles; if it ever did not, every colon is made
+        // inert rather than a command passed through.
+        None => text.replace(':', "\u{2236}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_line_of_incident_text_reads_as_a_mail_command() {
+        let text = "Status: Closed\n  Assigned to: mallory\nCF.{Correlation key}: x\nplain line\nurl http://a:b\n";
+        let safe = defang_commands(text);
+        assert_eq!(
+            safe,
+            "\u{200B}Status: Closed\n  \u{200B}Assigned to: mallory\n\u{200B}CF.{Correlation key}: x\nplain line\nurl http://a:b\n"
+        );
+        // Redmine's keyword pattern (^[ \t]*Keyword[ \t]*:) finds nothing any more.
+        let redmine = Regex::new(r"(?mi)^[ \t]*(Status|Assigned to)[ \t]*:").unwrap();
+        assert!(redmine.is_match(text) && !redmine.is_match(&safe));
+    }
 
     #[test]
     fn no_bracketed_marker_survives() {

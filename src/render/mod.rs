@@ -15,7 +15,7 @@ pub mod bounds;
 pub mod derive;
 pub mod helpers;
 mod key;
-mod markers;
+pub mod markers;
 pub mod memo;
 mod partial;
 
