@@ -423,6 +423,14 @@ mod tests {
             tls_ca_file: None,
             allow_plaintext_auth: false,
             messages: crate::connector::Requests::default(),
+            threading: None,
+            lookup: None,
+            lookup_egress: crate::connector::Egress {
+                allow_hosts: vec![],
+                allow_private: true,
+                follow_redirects: 0,
+                tls_ca_file: None,
+            },
         }
     }
 
