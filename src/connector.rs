@@ -245,6 +245,9 @@ pub enum MailSystem {
     RequestTracker { rt_name: String },
     /// `[Ticket#N]` (the ticket hook) in the subject.
     Zammad { ticket_hook: String },
+    /// Jira Service Management's email channel: the issue key (`SEC-123`) anywhere in the
+    /// subject.
+    Jira { project_key: String },
 }
 
 impl MailThreading {
@@ -254,6 +257,39 @@ impl MailThreading {
             MailSystem::Redmine => format!("[#{number}]"),
             MailSystem::RequestTracker { rt_name } => format!("[{rt_name} #{number}]"),
             MailSystem::Zammad { ticket_hook } => format!("[{ticket_hook}{number}]"),
+            // The number is the issue key itself.
+            MailSystem::Jira { .. } => format!("[{number}]"),
+        }
+    }
+
+    /// `text` with every marker of this system that the bracketed-marker rule does not
+    /// already catch made inert: Jira's bare issue keys (`SEC-123` becomes `SEC‑123`, with a
+    /// non-breaking hyphen that reads the same and matches no key).
+    pub fn defang(&self, text: &str) -> String {
+        match &self.system {
+            MailSystem::Jira { project_key } => {
+                let key = format!("{project_key}-");
+                let mut out = String::with_capacity(text.len());
+                let mut rest = text;
+                while let Some(at) = rest.find(&key) {
+                    let after = &rest[at + key.len()..];
+                    let before_ok = rest[..at]
+                        .chars()
+                        .next_back()
+                        .is_none_or(|c| !c.is_ascii_alphanumeric());
+                    out.push_str(&rest[..at]);
+                    if before_ok && after.starts_with(|c: char| c.is_ascii_digit()) {
+                        out.push_str(project_key);
+                        out.push('\u{2011}');
+                    } else {
+                        out.push_str(&key);
+                    }
+                    rest = after;
+                }
+                out.push_str(rest);
+                out
+            }
+            _ => text.to_string(),
         }
     }
 
@@ -512,5 +548,56 @@ impl RetryPolicy {
         (0..max_attempts.saturating_sub(1))
             .map(|n| initial.saturating_mul(1u32 << n.min(30)).min(max))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn threading(system: MailSystem) -> MailThreading {
+        MailThreading {
+            system,
+            correlation_field: Some("Correlation key".into()),
+            close_status: Some("resolved".into()),
+        }
+    }
+
+    #[test]
+    fn each_system_gets_its_marker_and_its_commands() {
+        let rt = threading(MailSystem::RequestTracker {
+            rt_name: "soc.example".into(),
+        });
+        assert_eq!(rt.marker("12"), "[soc.example #12]");
+        assert_eq!(
+            rt.commands(Event::Created, "igw-1"),
+            ["CF.{Correlation key}: igw-1"]
+        );
+        assert_eq!(rt.commands(Event::Completed, "igw-1"), ["Status: resolved"]);
+        assert!(rt.commands(Event::Updated, "igw-1").is_empty());
+        let redmine = threading(MailSystem::Redmine);
+        assert_eq!(redmine.marker("7"), "[#7]");
+        assert_eq!(
+            redmine.commands(Event::Created, "igw-1"),
+            ["Correlation key: igw-1"]
+        );
+        let zammad = threading(MailSystem::Zammad {
+            ticket_hook: "Ticket#".into(),
+        });
+        assert_eq!(zammad.marker("31001"), "[Ticket#31001]");
+    }
+
+    #[test]
+    fn jira_keys_in_incident_text_thread_nowhere() {
+        let jira = threading(MailSystem::Jira {
+            project_key: "SEC".into(),
+        });
+        assert_eq!(
+            jira.defang("see SEC-12 and (SEC-3), not XSEC-4, SEC-x, CVE-2024-1"),
+            "see SEC\u{2011}12 and (SEC\u{2011}3), not XSEC-4, SEC-x, CVE-2024-1"
+        );
+        assert_eq!(jira.marker("SEC-9"), "[SEC-9]");
+        // Other systems' markers are the bracketed rule's; their text is left as it is.
+        assert_eq!(threading(MailSystem::Redmine).defang("SEC-12"), "SEC-12");
     }
 }

@@ -145,6 +145,7 @@ pub(super) struct RawThreading {
     pub(super) system: String,
     pub(super) rt_name: Option<String>,
     pub(super) ticket_hook: Option<String>,
+    pub(super) project_key: Option<String>,
     pub(super) correlation_field: Option<String>,
     pub(super) close_status: Option<String>,
 }

@@ -135,6 +135,16 @@ impl Validator<'_> {
                     )
                 })?,
             },
+            "jira" => MailSystem::Jira {
+                project_key: text("project_key", &raw.project_key)?
+                    .filter(|k| k.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_'))
+                    .ok_or_else(|| {
+                        self.invalid(
+                            format!("{at}.project_key"),
+                            "is required for Jira: the project's key (SEC), upper-case letters and digits",
+                        )
+                    })?,
+            },
             "zammad" => MailSystem::Zammad {
                 ticket_hook: text("ticket_hook", &raw.ticket_hook)?
                     .unwrap_or_else(|| "Ticket#".into()),
@@ -142,19 +152,21 @@ impl Validator<'_> {
             other => {
                 return Err(self.invalid(
                     format!("{at}.system"),
-                    format!("{other:?}: expected \"redmine\", \"rt\" or \"zammad\""),
+                    format!("{other:?}: expected \"redmine\", \"rt\", \"zammad\" or \"jira\""),
                 ));
             }
         };
         let close_status = text("close_status", &raw.close_status)?.or(match system {
             MailSystem::Redmine => Some("Closed".into()),
             MailSystem::RequestTracker { .. } => Some("resolved".into()),
-            MailSystem::Zammad { .. } => None,
+            MailSystem::Zammad { .. } | MailSystem::Jira { .. } => None,
         });
-        if matches!(system, MailSystem::Zammad { .. }) && raw.close_status.is_some() {
+        if matches!(system, MailSystem::Zammad { .. } | MailSystem::Jira { .. })
+            && raw.close_status.is_some()
+        {
             return Err(self.invalid(
                 format!("{at}.close_status"),
-                "Zammad closes nothing by mail: close its tickets with a trigger or in Zammad",
+                "this system closes nothing by mail: close its tickets with an automation rule or in the system",
             ));
         }
         Ok(MailThreading {

@@ -170,6 +170,11 @@ pub fn thread_in(
     facts: &AttemptFacts,
     reference: &str,
 ) -> RenderedEmail {
+    // What incident text put there never threads (the bracketed markers are already
+    // parenthesised at render).
+    email.subject = threading.defang(&email.subject);
+    email.text = threading.defang(&email.text);
+    email.html = email.html.map(|h| threading.defang(&h));
     if facts.event != Event::Created
         && let Some(number) = &facts.ticket.id
     {
