@@ -525,7 +525,10 @@ impl Deliverer {
                         verdict,
                         sent,
                         ticket: learned,
-                        lookup: Some(summary),
+                        lookup: Some(summary.replace(
+                            "; the created request is not sent again",
+                            "; this mail carries its number",
+                        )),
                         outcome_unknown: false,
                     });
                 }
