@@ -218,6 +218,37 @@ pub struct SmtpTarget {
     pub lookup: Option<Lookup>,
     /// Where that lookup may go (its `allow_hosts`, `allow_private`; no redirects).
     pub lookup_egress: Egress,
+    /// The mailbox the ticketing system's acknowledgements arrive in: another way to learn
+    /// the numbers.
+    pub mailbox: Option<Mailbox>,
+}
+
+/// An IMAP mailbox the gateway reads the ticketing system's acknowledgement mails from
+/// (Redmine's notifications, Request Tracker's auto-replies, Zammad's): each names the ticket
+/// number and carries the ticket's ref. Read by `mailbox`.
+#[derive(Clone)]
+pub struct Mailbox {
+    /// `imaps://` (TLS) or, on a loopback host or when allowed, `imap://`.
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+    pub username: String,
+    pub password: String,
+    pub folder: String,
+    /// How often it is read.
+    pub poll: Duration,
+}
+
+/// Debug never shows the password.
+impl std::fmt::Debug for Mailbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mailbox")
+            .field("tls", &self.tls)
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("folder", &self.folder)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The ticketing system an SMTP connector files mail into. Such a system threads a mail onto a

@@ -28,6 +28,8 @@ pub struct Gateway {
     shutdown: CancellationToken,
     server: tokio::task::JoinHandle<()>,
     workers: tokio::task::JoinHandle<()>,
+    /// The readers of connectors' mailboxes (ticket numbers from acknowledgements).
+    mailboxes: Vec<tokio::task::JoinHandle<()>>,
 }
 
 /// What the detection platform and ticketing systems call: ingest and the back channel.
@@ -178,6 +180,12 @@ impl Gateway {
             renders: Arc::new(tokio::sync::Semaphore::new(config.delivery.render_threads)),
         };
         let workers = tokio::spawn(deliverer.run(shutdown.clone()));
+        let mailboxes = crate::mailbox::spawn_readers(
+            &config.connectors,
+            store.clone(),
+            wake.clone(),
+            shutdown.clone(),
+        );
 
         let app = Arc::new(App {
             guard: crate::admission::Guard::new(&config.server),
@@ -263,6 +271,7 @@ impl Gateway {
             shutdown,
             server,
             workers,
+            mailboxes,
         })
     }
 
@@ -275,6 +284,10 @@ impl Gateway {
             let _ = admin.await;
         }
         let _ = self.workers.await;
+        for reader in self.mailboxes {
+            // A read under way is dropped: the mails it had not marked seen are read again.
+            reader.abort();
+        }
         served.map_err(|e| Error::Serve(std::io::Error::other(e.to_string())))
     }
 }

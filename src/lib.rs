@@ -19,7 +19,8 @@
 //! 5. [`schema`] — validate each incident against `schemas/incident.schema.json`.
 //! 6. [`route`] — pick the connectors whose matchers the incident meets.
 //! 7. [`ticket`] — correlation keys, ticket ids from responses; [`callback`] — the way
-//!    back (`POST /v1/incidents/{id}/complete`).
+//!    back (`POST /v1/incidents/{id}/complete`); [`mailbox`] — ticket numbers learned from a
+//!    ticketing system's acknowledgement mails (IMAP).
 //! 8. [`store`] — commit the incident and one delivery per connector, then answer 202; one
 //!    interface by use (ingest, queue, tickets, views), SQLite behind it.
 //! 9. [`deliver`] — workers lease due deliveries; one attempt is a chain of small stages:
@@ -53,6 +54,7 @@ pub mod schema;
 pub mod route;
 
 pub mod callback;
+pub mod mailbox;
 pub mod ticket;
 
 pub mod store;

@@ -74,6 +74,7 @@ pub(super) struct RawConnector {
     error_message: Vec<String>,
     pub(super) lookup: Option<RawLookup>,
     pub(super) threading: Option<RawThreading>,
+    pub(super) mailbox: Option<RawMailbox>,
     #[serde(default)]
     idempotent_create: bool,
     callback_token: Option<String>,
@@ -148,6 +149,29 @@ pub(super) struct RawThreading {
     pub(super) project_key: Option<String>,
     pub(super) correlation_field: Option<String>,
     pub(super) close_status: Option<String>,
+}
+
+/// `[connectors.mailbox]` of an SMTP connector: where its system's acknowledgements arrive.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawMailbox {
+    pub(super) imap_url: String,
+    pub(super) username: String,
+    pub(super) password: String,
+    #[serde(default = "default_folder")]
+    pub(super) folder: String,
+    #[serde(default = "default_poll", with = "humantime_serde")]
+    pub(super) poll: Duration,
+    #[serde(default)]
+    pub(super) allow_plaintext_auth: bool,
+}
+
+fn default_folder() -> String {
+    "INBOX".into()
+}
+
+fn default_poll() -> Duration {
+    Duration::from_secs(10)
 }
 
 fn default_lookup_method() -> String {
@@ -313,6 +337,10 @@ impl Validator<'_> {
                 self.expand_template(&format!("{at}.url"), url)?;
             }
             self.expand_templates(&format!("{at}.headers"), &mut request.headers)?;
+        }
+        if let Some(mailbox) = &mut c.mailbox {
+            self.expand(&format!("{field}.mailbox.username"), &mut mailbox.username)?;
+            self.expand(&format!("{field}.mailbox.password"), &mut mailbox.password)?;
         }
         if let Some(lookup) = &mut c.lookup {
             self.expand_template(&format!("{field}.lookup.url"), &mut lookup.url)?;

@@ -3,10 +3,10 @@
 
 use std::collections::BTreeMap;
 
-use super::connectors::{RawConnector, RawRequest, RawThreading};
+use super::connectors::{RawConnector, RawMailbox, RawRequest, RawThreading};
 use super::{ConfigError, Validator};
 use crate::connector::{
-    MailMessage, MailSystem, MailThreading, SmtpSecurity, SmtpTarget, TemplatePath,
+    MailMessage, MailSystem, MailThreading, Mailbox, SmtpSecurity, SmtpTarget, TemplatePath,
 };
 
 /// Where the server is, from `smtp_url`.
@@ -45,8 +45,13 @@ impl Validator<'_> {
             Some(raw) => Some(self.threading(field, raw)?),
             None => None,
         };
+        let mailbox = match &c.mailbox {
+            Some(raw) => Some(self.mailbox(field, raw)?),
+            None => None,
+        };
         let lookup = match (&c.lookup, &threading) {
             (Some(raw), Some(_)) => Some(self.lookup(field, raw, &BTreeMap::new())?),
+            (None, _) => None,
             (Some(_), None) => {
                 return Err(self.invalid(
                     format!("{field}.lookup"),
@@ -54,15 +59,22 @@ impl Validator<'_> {
                      it needs [connectors.threading] to say which system",
                 ));
             }
-            (None, Some(_)) => {
-                return Err(self.invalid(
-                    format!("{field}.threading"),
-                    "needs a [connectors.lookup] that finds the ticket the mail opened \
-                     (by {{ticket.ref}}), so follow-ups can carry its number",
-                ));
-            }
-            (None, None) => None,
         };
+        if threading.is_some() && lookup.is_none() && mailbox.is_none() {
+            return Err(self.invalid(
+                format!("{field}.threading"),
+                "needs a way to learn the number the system gives a mailed ticket: a \
+                 [connectors.mailbox] its acknowledgements arrive in, or a [connectors.lookup] \
+                 that finds the ticket by {{ticket.ref}} (or both)",
+            ));
+        }
+        if mailbox.is_some() && threading.is_none() {
+            return Err(self.invalid(
+                format!("{field}.mailbox"),
+                "reads a ticketing system's acknowledgements: it needs [connectors.threading] \
+                 to say which system",
+            ));
+        }
         if c.ticket_id.is_some() {
             return Err(self.invalid(
                 format!("{field}.ticket_id"),
@@ -104,6 +116,7 @@ impl Validator<'_> {
             threading,
             lookup,
             lookup_egress: self.egress(field, c)?,
+            mailbox,
         };
         Ok((target, template))
     }
@@ -173,6 +186,61 @@ impl Validator<'_> {
             system,
             correlation_field: text("correlation_field", &raw.correlation_field)?,
             close_status,
+        })
+    }
+
+    /// `[connectors.mailbox]`: an IMAP mailbox, its password never sent in clear to another
+    /// host unless the admin says so.
+    fn mailbox(&self, field: &str, raw: &RawMailbox) -> Result<Mailbox, ConfigError> {
+        let at = format!("{field}.mailbox");
+        let url = reqwest::Url::parse(&raw.imap_url)
+            .map_err(|e| self.invalid(format!("{at}.imap_url"), e.to_string()))?;
+        let (tls, default_port) = match url.scheme() {
+            "imaps" => (true, 993),
+            "imap" => (false, 143),
+            other => {
+                return Err(self.invalid(
+                    format!("{at}.imap_url"),
+                    format!("{other:?}: expected imaps:// (or imap:// on a trusted network)"),
+                ));
+            }
+        };
+        let host = url
+            .host_str()
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| self.invalid(format!("{at}.imap_url"), "names no host"))?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let loopback = host == "localhost"
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        if !tls && !loopback && !raw.allow_plaintext_auth {
+            return Err(self.invalid(
+                format!("{at}.imap_url"),
+                "imap:// to another host sends the password in clear: use imaps://, or set \
+                 allow_plaintext_auth = true for a trusted network",
+            ));
+        }
+        if raw.username.trim().is_empty() {
+            return Err(self.invalid(format!("{at}.username"), "must not be empty"));
+        }
+        if raw.folder.trim().is_empty() || raw.folder.contains(|c: char| c.is_control() || c == '"')
+        {
+            return Err(self.invalid(format!("{at}.folder"), "one line, no quotes"));
+        }
+        if raw.poll < std::time::Duration::from_secs(1) {
+            return Err(self.invalid(format!("{at}.poll"), "must be at least 1s"));
+        }
+        Ok(Mailbox {
+            tls,
+            host,
+            port: url.port().unwrap_or(default_port),
+            username: raw.username.clone(),
+            password: raw.password.clone(),
+            folder: raw.folder.clone(),
+            poll: raw.poll,
         })
     }
 

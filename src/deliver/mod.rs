@@ -571,6 +571,18 @@ impl Deliverer {
                 Looked::NoneFound => looked = Some(summary),
             }
         }
+        if awaits_number(connector, delivery) {
+            // No lookup to ask: the mailbox will bring the number.
+            let waiting = "waiting for the ticket's number: the ticketing system's \
+                           acknowledgement of the created mail has not been read yet";
+            return Ok(Tried {
+                verdict: Verdict::Retry { retry_after: None },
+                sent: SendResult::failed(http::SendFailure::Said(waiting.into()), Duration::ZERO),
+                ticket: None,
+                lookup: None,
+                outcome_unknown: false,
+            });
+        }
         let (verdict, sent, ticket) = match (outgoing, &connector.target) {
             (Outgoing::Request(request), Target::Http(http)) => {
                 self.post(connector, http, delivery, request).await

@@ -431,6 +431,7 @@ mod tests {
                 follow_redirects: 0,
                 tls_ca_file: None,
             },
+            mailbox: None,
         }
     }
 

@@ -547,6 +547,15 @@ pub trait Tickets: Send + Sync {
         ticket_id: String,
         ticket_url: Option<String>,
     ) -> Result<ResolveOutcome, StoreError>;
+
+    /// The open tickets of `connector` whose number the target has not been learned yet:
+    /// (ticket_seq, correlation key).
+    async fn unnumbered_tickets(&self, connector: String)
+    -> Result<Vec<(i64, String)>, StoreError>;
+
+    /// The number the target gave a ticket, learned from its acknowledgement mail; `false`
+    /// when the ticket already has one (it is never overwritten).
+    async fn number_ticket(&self, ticket_seq: i64, number: String) -> Result<bool, StoreError>;
 }
 
 /// What the admin API shows: incidents with their tickets and deliveries, and deliveries.
@@ -621,6 +630,19 @@ impl Store {
         self.backend
             .resolve(delivery_id, ticket_id, ticket_url)
             .await
+    }
+
+    /// See [`Tickets::unnumbered_tickets`].
+    pub async fn unnumbered_tickets(
+        &self,
+        connector: String,
+    ) -> Result<Vec<(i64, String)>, StoreError> {
+        self.backend.unnumbered_tickets(connector).await
+    }
+
+    /// See [`Tickets::number_ticket`].
+    pub async fn number_ticket(&self, ticket_seq: i64, number: String) -> Result<bool, StoreError> {
+        self.backend.number_ticket(ticket_seq, number).await
     }
 
     /// See [`Ingest::ingest`].

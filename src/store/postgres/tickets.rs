@@ -37,6 +37,36 @@ impl Tickets for Postgres {
             .await
         })
     }
+
+    async fn unnumbered_tickets(
+        &self,
+        connector: String,
+    ) -> Result<Vec<(i64, String)>, StoreError> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                "SELECT ticket_seq, correlation_key FROM tickets
+                 WHERE connector = $1 AND status = 'open' AND ticket_id IS NULL
+                 ORDER BY ticket_seq",
+                &[&connector],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect()
+    }
+
+    async fn number_ticket(&self, ticket_seq: i64, number: String) -> Result<bool, StoreError> {
+        let client = self.pool.get().await?;
+        let changed = client
+            .execute(
+                "UPDATE tickets SET ticket_id = $2, updated_ms = $3
+                 WHERE ticket_seq = $1 AND ticket_id IS NULL",
+                &[&ticket_seq, &number, &now_ms()],
+            )
+            .await?;
+        Ok(changed == 1)
+    }
 }
 
 /// The ticket an incident joins for one connector: the one it is already on, else the open

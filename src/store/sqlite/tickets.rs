@@ -39,7 +39,40 @@ impl Tickets for Sqlite {
         })
         .await
     }
+
+    async fn unnumbered_tickets(
+        &self,
+        connector: String,
+    ) -> Result<Vec<(i64, String)>, StoreError> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(UNNUMBERED_TICKETS)?;
+            let rows = stmt
+                .query_map([&connector], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn number_ticket(&self, ticket_seq: i64, number: String) -> Result<bool, StoreError> {
+        self.write(move |conn| {
+            Ok(conn.prepare_cached(NUMBER_TICKET)?.execute(params![
+                ticket_seq,
+                number,
+                now_ms()
+            ])? == 1)
+        })
+        .await
+    }
 }
+
+/// The open tickets of a connector without a ticket id yet (a mailed ticket before its
+/// system's acknowledgement is read).
+const UNNUMBERED_TICKETS: &str = "SELECT ticket_seq, correlation_key FROM tickets
+     WHERE connector = ?1 AND status = 'open' AND ticket_id IS NULL ORDER BY ticket_seq";
+
+/// Sets a ticket's number, never over one it has.
+const NUMBER_TICKET: &str = "UPDATE tickets SET ticket_id = ?2, updated_ms = ?3 WHERE ticket_seq = ?1 AND ticket_id IS NULL";
 
 /// The open ticket of `connector` an incident is on. The incident's own rows of
 /// `ticket_incidents` drive the join (CROSS JOIN keeps that order): led by `tickets`, SQLite
