@@ -5,12 +5,17 @@
 # API, and its follow-ups carry the system's marker. The incident's summary forges a marker of
 # ticket 1 and its description a `Status:` command: neither may act.
 #
-#   scripts/real-targets/mail-acceptance.sh redmine|rt [path/to/incident-gateway]
+# With `mailbox` the number is learned from the system's acknowledgement (Redmine's
+# notification, RT's auto-reply), read over IMAP from the mailbox setup-mailbox.sh runs,
+# instead of by the REST API.
+#
+#   scripts/real-targets/mail-acceptance.sh redmine|rt [lookup|mailbox] [path/to/incident-gateway]
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
 target="${1:?redmine or rt}"
-gateway="${2:-$repo/target/debug/incident-gateway}"
+learn="${2:-lookup}"
+gateway="${3:-$repo/target/debug/incident-gateway}"
 work="$(mktemp -d)"
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 admin="acceptance-admin-token-0123"
@@ -31,6 +36,10 @@ case "$target" in
 [connectors.threading]
 system = "redmine"
 correlation_field = "$REDMINE_CF_NAME"
+$(learning)
+TOML
+    }
+    lookup() { cat <<TOML
 [connectors.lookup]
 url = "$REDMINE_URL/issues.json?cf_$REDMINE_CF_ID={{ticket.ref}}&status_id=*&limit=1"
 found_id = "/issues/0/id"
@@ -54,6 +63,10 @@ TOML
 system = "rt"
 rt_name = "$RT_NAME"
 correlation_field = "$RT_CF_NAME"
+$(learning)
+TOML
+    }
+    lookup() { cat <<TOML
 [connectors.lookup]
 url = "$RT_URL/REST/2.0/tickets?query=%27CF.%7B$(python3 -c "import urllib.parse,sys; print(urllib.parse.quote(sys.argv[1]))" "$RT_CF_NAME")%7D%27%20%3D%20%27{{ticket.ref}}%27"
 found_id = "/items/0/id"
@@ -63,6 +76,15 @@ TOML
     ;;
   *) echo "redmine or rt" >&2; exit 2 ;;
 esac
+
+# How the gateway learns the number: the REST lookup, or the acknowledgement in the mailbox.
+learning() {
+  case "$learn" in
+    lookup) lookup ;;
+    mailbox) printf '[connectors.mailbox]\nimap_url = "imap://127.0.0.1:1143"\nusername = "soc"\npassword = "soc"\npoll = "2s"\n' ;;
+    *) echo "lookup or mailbox" >&2; exit 2 ;;
+  esac
+}
 
 cat > "$work/body.txt.hbs" <<'HBS'
 Incident {{incidentId}} ({{event}}){{#if completion}}: completed, {{completion.reason_code}}{{/if}}
@@ -89,6 +111,7 @@ smtp_url = "smtp://127.0.0.1:$bridge"
 from = "SOC Gateway <gateway@soc.example>"
 to = ["tickets@soc.example"]
 subject = "{{incident.summary}}"
+subject_tag = "[{{ticket.ref}}]"
 template = "body.txt.hbs"
 timeout = "30s"
 [connectors.retry]
@@ -131,14 +154,14 @@ for a in d.get("attempts", []):
     print("     attempt", a["attempt"], a["outcome"], "|", a.get("error") or "", "|", a.get("lookup") or "")'
 }
 
-echo "== $target by mail: ticket 1 before:"; echo "   $(history 1)"
+echo "== $target by mail, the number learned by $learn: ticket 1 before:"; echo "   $(history 1)"
 before=$(count)
 echo "== created (summary forges $forged, description says Status: resolved / Closed)"
 wait_delivered "$(post 1594159999)"
 sleep 3
 number=$(curl -s -H "Authorization: Bearer $admin" "http://127.0.0.1:$port/v1/incidents/$id" | python3 -c "import json,sys; print(json.load(sys.stdin)['connectors']['$target-mail']['tickets'][0]['ticket_id'])")
 newest=$(count)
-echo "   tickets now $newest (before $before); the gateway knows no number yet ($number); newest ticket #$newest: $(history "$newest")"
+echo "   tickets now $newest (before $before); the number the gateway has learned so far: $number; newest ticket #$newest: $(history "$newest")"
 echo "== updated"
 wait_delivered "$(post 1594169999)"
 echo "== completed"
