@@ -81,9 +81,9 @@ impl std::fmt::Debug for Connector {
 #[derive(Debug, Clone)]
 pub enum Target {
     /// `kind = "http"`: one HTTP request per event.
-    Http(HttpTarget),
+    Http(Box<HttpTarget>),
     /// `kind = "smtp"`: one email per event, threaded by ticket.
-    Smtp(SmtpTarget),
+    Smtp(Box<SmtpTarget>),
 }
 
 impl Target {

@@ -88,7 +88,7 @@ service imap-login {{
             ),
         )
         .unwrap();
-        let child = Command::new("dovecot")
+        let mut child = Command::new("dovecot")
             .arg("-F")
             .arg("-c")
             .arg(&config)
@@ -104,6 +104,8 @@ service imap-login {{
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+        let _ = child.kill();
+        let _ = child.wait();
         panic!(
             "dovecot did not listen: {}",
             std::fs::read_to_string(dir.join("dovecot.log")).unwrap_or_default()

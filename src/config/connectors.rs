@@ -243,11 +243,11 @@ impl Validator<'_> {
         let (mut target, template) = match c.kind.as_str() {
             "http" => {
                 let (http, template) = self.http_target(field, &c)?;
-                (Target::Http(http), template)
+                (Target::Http(Box::new(http)), template)
             }
             "smtp" => {
                 let (smtp, template) = self.smtp_target(field, &c)?;
-                (Target::Smtp(smtp), template)
+                (Target::Smtp(Box::new(smtp)), template)
             }
             other => {
                 return Err(self.invalid(

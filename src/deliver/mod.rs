@@ -389,14 +389,13 @@ impl Deliverer {
             .and_then(|url| egress::check_url(egress, &url));
         let client = self.clients.get(&connector.name);
         let not_sent = |failure| http::SendResult::failed(failure, Duration::ZERO);
-        let sent = match (refused, client) {
+        match (refused, client) {
             (Err(refused), _) => not_sent(http::SendFailure::Refused(refused.0)),
             (Ok(()), None) => not_sent(http::SendFailure::Unsendable(
                 "no HTTP client for this connector".into(),
             )),
             (Ok(()), Some(client)) => http::send(client, request, connector.timeout, keep).await,
-        };
-        sent
+        }
     }
 
     /// The lookup before a `created` whose outcome is unknown: what it found, and its answer.
