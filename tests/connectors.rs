@@ -32,6 +32,7 @@ const SHIPPED: &[(&str, &str)] = &[
     ("slack", "slack-webhook"),
     ("teams", "teams-adaptive-card"),
     ("redmine", "redmine"),
+    ("rt", "rt"),
     ("generic", "generic-envelope"),
 ];
 
@@ -40,7 +41,14 @@ const SHIPPED_MAIL: &[&str] = &["email"];
 
 /// The connectors that keep a ticket (or alert) open across events: `updated` and `completed`
 /// address it, so they send other requests than `created`.
-const TICKETING: [&str; 5] = ["servicenow", "jira", "pagerduty", "opsgenie", "redmine"];
+const TICKETING: [&str; 6] = [
+    "servicenow",
+    "jira",
+    "pagerduty",
+    "opsgenie",
+    "redmine",
+    "rt",
+];
 
 /// The ticket id `render_with` gives `updated` and `completed`, as the created response would.
 const GOLDEN_TICKET_ID: &str = "TICKET-GOLDEN-1";
@@ -60,6 +68,8 @@ fn request_schema(connector: &str, event: Event) -> &'static str {
         ("opsgenie", Event::Completed) => "opsgenie-close",
         ("redmine", Event::Created) => "redmine-issue",
         ("redmine", _) => "redmine-issue-update",
+        ("rt", Event::Created) => "rt-ticket",
+        ("rt", _) => "rt-correspond",
         ("slack", _) => "slack-webhook",
         ("teams", _) => "teams-adaptive-card",
         ("generic", _) => "generic-envelope",
@@ -71,6 +81,7 @@ const SERVICENOW: &str = "https://example.service-now.com/api/now/table/incident
 const JIRA: &str = "https://example.atlassian.net/rest/api/2/issue";
 const OPSGENIE: &str = "https://api.opsgenie.com/v2/alerts";
 const REDMINE: &str = "https://redmine.example.com/issues";
+const RT: &str = "https://rt.example.com/REST/2.0/ticket";
 const SLACK: &str = "https://hooks.slack.com/services/T00000000/B00000000/XXXXXXXXXXXXXXXXXXXXXXXX";
 const TEAMS: &str = "https://example.webhook.office.com/webhookb2/team-id@tenant-id/IncomingWebhook/connector-id/owner-id";
 
@@ -92,6 +103,9 @@ fn expected_request(connector: &str, event: Event) -> (&'static str, String) {
         ("opsgenie", Completed) => ("POST", format!("{OPSGENIE}/{{key}}/close{by_alias}")),
         ("redmine", Created) => ("POST", format!("{REDMINE}.json")),
         ("redmine", _) => ("PUT", format!("{REDMINE}/{{id}}.json")),
+        ("rt", Created) => ("POST", RT.into()),
+        // A reply; `completed` sets Status with it.
+        ("rt", _) => ("POST", format!("{RT}/{{id}}/correspond")),
         ("slack", _) => ("POST", SLACK.into()),
         ("teams", _) => ("POST", TEAMS.into()),
         ("generic", _) => (
@@ -556,6 +570,28 @@ fn request_problems(
         ("redmine", Event::Updated) => {
             expect("status_id", &body["issue"]["status_id"], Value::Null);
         }
+        ("rt", Event::Created) => {
+            expect("Queue", &body["Queue"], json!("General"));
+            expect("ContentType", &body["ContentType"], json!("text/plain"));
+            // The ticket's ref, for the lookup: igw- and 32 hex digits.
+            let reference = body["CustomFields"]["Correlation key"]
+                .as_str()
+                .unwrap_or("");
+            let hex = reference.strip_prefix("igw-").unwrap_or("");
+            if hex.len() != 32 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+                problems.push(format!(
+                    "Correlation key is {reference:?} (expected the ref)"
+                ));
+            }
+        }
+        ("rt", Event::Completed) => {
+            expect("Status", &body["Status"], json!("resolved"));
+            expect("ContentType", &body["ContentType"], json!("text/plain"));
+        }
+        ("rt", Event::Updated) => {
+            expect("Status", &body["Status"], Value::Null);
+            expect("ContentType", &body["ContentType"], json!("text/plain"));
+        }
         _ => {}
     }
     // What the completion says reaches the target (its reason, and its notes when short).
@@ -660,6 +696,11 @@ fn redmine_renders_valid_bodies() {
 }
 
 #[test]
+fn rt_renders_valid_bodies() {
+    renders_valid_bodies("rt");
+}
+
+#[test]
 fn generic_renders_valid_bodies() {
     renders_valid_bodies("generic");
 }
@@ -703,8 +744,8 @@ fn bundled_target_schemas_match_their_files() {
         }
     }
     assert_eq!(
-        bundles, 10,
-        "servicenow 2 + jira 3 + opsgenie 3 + redmine 2"
+        bundles, 12,
+        "servicenow 2 + jira 3 + opsgenie 3 + redmine 2 + rt 2"
     );
 
     // Each bundle dispatches to the request schema of the body's shape.
@@ -779,6 +820,40 @@ fn bundled_target_schemas_match_their_files() {
         ),
         ("redmine", json!({"issue": {"status_id": "closed"}}), false),
         ("redmine", json!({"issue": {}}), false),
+        (
+            "rt",
+            json!({"Queue": "General", "Subject": "s", "Content": "c", "ContentType": "text/plain", "Priority": 50}),
+            true,
+        ),
+        (
+            "rt",
+            json!({"Queue": "General", "Subject": long(201)}),
+            false,
+        ),
+        ("rt", json!({"Queue": "General", "Priority": "High"}), false),
+        (
+            "rt",
+            json!({"Queue": "General", "CustomFields": {"Correlation key": "igw-1"}}),
+            true,
+        ),
+        (
+            "rt",
+            json!({"Content": "n", "ContentType": "text/plain"}),
+            true,
+        ),
+        (
+            "rt",
+            json!({"Content": "n", "ContentType": "text/plain", "Status": "resolved"}),
+            true,
+        ),
+        ("rt", json!({"Content": "n"}), false),
+        (
+            "rt",
+            json!({"Content": " ", "ContentType": "text/plain"}),
+            false,
+        ),
+        ("rt", json!({"Status": "resolved"}), false),
+        ("rt", json!({}), false),
     ];
     for (schema, body, valid) in cases {
         let errors = schema_errors(&target_schema(schema), body);
@@ -1026,6 +1101,7 @@ const DEPLOYED_ENV: &[(&str, &str)] = &[
         "https://acme.webhook.office.com/webhookb2/g1@t1/IncomingWebhook/teamssecret/o1",
     ),
     ("REDMINE_API_KEY", "redmine-secret-key"),
+    ("RT_TOKEN", "1-27-rtsecrettoken0123456789abcdef"),
     ("GENERIC_WEBHOOK_TOKEN", "generic-secret-token"),
 ];
 
@@ -1163,7 +1239,7 @@ fn breaking_any_shipped_template_fails_check_naming_file_and_line() {
             }
         }
     }
-    assert_eq!(templates.len(), 17, "{templates:?}");
+    assert_eq!(templates.len(), 20, "{templates:?}");
     for (i, (connector, written)) in templates.into_iter().enumerate() {
         // Two kinds of breakage: a block never closed, and a tag never finished.
         let broken = if i % 2 == 0 {
@@ -1342,6 +1418,28 @@ fn redmine_priorities_match_redmines_own_names() {
         let request = render_with(&renderer, &config, "redmine", &incident, Event::Created);
         let body: Value = serde_json::from_str(&request.body).unwrap();
         assert_eq!(body["issue"]["priority_id"], redmine, "{rating}");
+    }
+}
+
+/// Request Tracker 5 shows priorities by label (%PriorityAsString, by default Low 0, Medium 50,
+/// High 100; a number shows as the highest label it reaches): each threat rating is sent as a
+/// number on the label of its meaning (critical and high are High, not a Medium 90).
+#[test]
+fn rt_priorities_land_on_rts_default_labels() {
+    let config = example_config();
+    let renderer = renderer(&config);
+    for (rating, rt) in [
+        ("Critical", 100),
+        ("High", 100),
+        ("Medium", 50),
+        ("Low", 0),
+        ("Info", 0),
+    ] {
+        let mut incident = read_json(&repo().join("examples/incidents/sample.json"));
+        incident["incident"]["threatRating"] = Value::String(rating.into());
+        let request = render_with(&renderer, &config, "rt", &incident, Event::Created);
+        let body: Value = serde_json::from_str(&request.body).unwrap();
+        assert_eq!(body["Priority"], rt, "{rating}");
     }
 }
 
