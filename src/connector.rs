@@ -582,16 +582,22 @@ impl RetryPolicy {
     }
 }
 
+/// A threading of `system` with a correlation field and a close status, for unit tests.
+#[cfg(test)]
+pub(crate) fn test_threading(system: MailSystem) -> MailThreading {
+    MailThreading {
+        system,
+        correlation_field: Some("Correlation key".into()),
+        close_status: Some("resolved".into()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn threading(system: MailSystem) -> MailThreading {
-        MailThreading {
-            system,
-            correlation_field: Some("Correlation key".into()),
-            close_status: Some("resolved".into()),
-        }
+        test_threading(system)
     }
 
     #[test]

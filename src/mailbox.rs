@@ -217,11 +217,7 @@ mod tests {
     use super::*;
 
     fn threading(system: MailSystem) -> MailThreading {
-        MailThreading {
-            system,
-            correlation_field: Some("Correlation key".into()),
-            close_status: None,
-        }
+        crate::connector::test_threading(system)
     }
 
     const REF: &str = "igw-0123456789abcdef0123456789abcdef";

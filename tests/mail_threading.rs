@@ -54,20 +54,10 @@ fn keyword(text: &str, name: &str) -> Option<String> {
 impl MiniRedmine {
     /// Files every mail stored since the last call, in arrival order.
     fn file_new_mail(&self) {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(&self.mails)
-            .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
-            .unwrap_or_default();
-        files.retain(|p| {
-            p.extension().is_some_and(|x| x == "json")
-                && !p.file_name().unwrap().to_string_lossy().starts_with('.')
-        });
-        files.sort();
+        let mails = common::smtp::stored_messages(&self.mails);
         let mut t = self.tracker.lock().unwrap();
         let reply = Regex::new(r"\[(?:[^\]]*\s+)?#(\d+)\]").unwrap();
-        for file in files.iter().skip(t.filed) {
-            let stored: Value =
-                serde_json::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
-            let raw = stored["data"].as_str().unwrap().to_string();
+        for (_, raw) in mails.iter().skip(t.filed) {
             let message = MessageParser::default().parse(raw.as_bytes()).unwrap();
             let subject = message.subject().unwrap_or_default().to_string();
             let text = message.body_text(0).unwrap_or_default().to_string();
@@ -95,7 +85,7 @@ impl MiniRedmine {
                 }
             }
         }
-        t.filed = files.len();
+        t.filed = mails.len();
     }
 
     fn issues(&self) -> Vec<Issue> {

@@ -189,6 +189,25 @@ contract!(
     an_incident_within_reopen_within_reopens_the_closed_ticket,
 );
 
+/// Records the first attempt of a leased `created` as delivered, naming ticket `id`; whether
+/// the lease was still held.
+async fn opened_as(s: &Store, created: &LeasedDelivery, id: &str) -> bool {
+    let opened = TicketUpdate {
+        ticket_seq: created.ticket_seq.unwrap(),
+        id: id.into(),
+        url: None,
+    };
+    s.record_attempt(
+        created.id.clone(),
+        created.lease_token.clone(),
+        attempt(1, AttemptOutcome::Delivered),
+        NextStep::Delivered,
+        Some(opened),
+    )
+    .await
+    .unwrap()
+}
+
 /// Leases everything due and records each as delivered; what was leased.
 async fn deliver_all(s: &Store) -> Vec<LeasedDelivery> {
     let mut all = Vec::new();
@@ -319,22 +338,7 @@ async fn an_incident_within_reopen_within_reopens_the_closed_ticket(backend: Bac
     };
     ingest_one(s, incident("A", None, "a", &[reopening(60_000)])).await;
     let created = s.lease_due(10, LEASE, vec![]).await.unwrap();
-    let opened = TicketUpdate {
-        ticket_seq: created[0].ticket_seq.unwrap(),
-        id: "JIRA-1".into(),
-        url: None,
-    };
-    assert!(
-        s.record_attempt(
-            created[0].id.clone(),
-            created[0].lease_token.clone(),
-            attempt(1, AttemptOutcome::Delivered),
-            NextStep::Delivered,
-            Some(opened),
-        )
-        .await
-        .unwrap()
-    );
+    assert!(opened_as(s, &created[0], "JIRA-1").await);
     s.complete(completing("A", Caller::Source("src".into()), &[], &[]))
         .await
         .unwrap();
@@ -569,22 +573,7 @@ async fn completion_closes_tickets_queues_completed_and_happens_once(backend: Ba
     let s = h.store();
     let a = ingest_one(s, incident("A", None, "a", &[route("jira", "k")])).await;
     let leased = s.lease_due(10, LEASE, vec![]).await.unwrap();
-    let opened = TicketUpdate {
-        ticket_seq: leased[0].ticket_seq.unwrap(),
-        id: "J-7".into(),
-        url: None,
-    };
-    assert!(
-        s.record_attempt(
-            leased[0].id.clone(),
-            leased[0].lease_token.clone(),
-            attempt(1, AttemptOutcome::Delivered),
-            NextStep::Delivered,
-            Some(opened),
-        )
-        .await
-        .unwrap()
-    );
+    assert!(opened_as(s, &leased[0], "J-7").await);
     // Another source does not have the incident; its connector's target does.
     let by = |caller: Caller| s.complete(completing("A", caller, &[], &["upstream"]));
     assert!(matches!(

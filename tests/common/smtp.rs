@@ -62,22 +62,7 @@ impl SmtpServer {
 
     /// Every stored message, in arrival order: (envelope, raw message).
     pub fn messages(&self) -> Vec<(Value, String)> {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(&self.dir)
-            .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
-            .unwrap_or_default();
-        files.retain(|p| {
-            p.extension().is_some_and(|x| x == "json")
-                && !p.file_name().unwrap().to_string_lossy().starts_with('.')
-        });
-        files.sort();
-        files
-            .into_iter()
-            .map(|p| {
-                let v: Value = serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
-                let data = v["data"].as_str().unwrap().to_string();
-                (v, data)
-            })
-            .collect()
+        stored_messages(&self.dir)
     }
 
     pub fn connections(&self) -> usize {
@@ -108,4 +93,24 @@ impl Drop for SmtpServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Every message a server stored in `dir`, in arrival order: (envelope, raw message).
+pub fn stored_messages(dir: &Path) -> Vec<(Value, String)> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
+    files.retain(|p| {
+        p.extension().is_some_and(|x| x == "json")
+            && !p.file_name().unwrap().to_string_lossy().starts_with('.')
+    });
+    files.sort();
+    files
+        .into_iter()
+        .map(|p| {
+            let v: Value = serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
+            let data = v["data"].as_str().unwrap().to_string();
+            (v, data)
+        })
+        .collect()
 }
