@@ -96,6 +96,7 @@ fn main() {
                     key: "k".into(),
                     id: None,
                     url: None,
+                    reopened: false,
                 },
                 completion: None::<Completion>,
             };

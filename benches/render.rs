@@ -85,16 +85,19 @@ fn facts(incident: &Value, connector: &Connector, event: Event) -> AttemptFacts 
             key,
             id: None,
             url: None,
+            reopened: false,
         },
         (_, Target::Smtp(_)) => TicketFacts {
             key,
             id: Some("<root@example.com>".into()),
             url: None,
+            reopened: false,
         },
         (_, Target::Http(_)) => TicketFacts {
             key,
             id: Some("TICKET-BENCH-1".into()),
             url: Some("https://tickets.example.com/TICKET-BENCH-1".into()),
+            reopened: false,
         },
     };
     AttemptFacts {

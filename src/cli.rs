@@ -210,9 +210,11 @@ pub fn check(config_file: &Path, incidents_dir: Option<&Path>) -> Result<CheckRe
                         stores_ref.entry(connector.name.as_str()).or_insert(false);
                         let key = crate::ticket::route_for(&renderer, connector, &incident).key;
                         let reference = crate::render::ticket_ref(&connector.name, &key);
-                        if !lookup.url.contains(&reference) {
-                            stores_ref.insert(connector.name.as_str(), true);
-                        } else if created_carries(&renderer, &incident, connector, &reference) {
+                        // A lookup that does not search by the ref needs none stored; one
+                        // that does needs the created to carry it.
+                        if !lookup.url.contains(&reference)
+                            || created_carries(&renderer, &incident, connector, &reference)
+                        {
                             stores_ref.insert(connector.name.as_str(), true);
                         }
                     }
