@@ -420,7 +420,15 @@ pub fn render(
         .ok_or_else(|| CliError::UnknownConnector(connector_name.to_string()))?;
     let incident = read_incident(incident_file)?;
     match preview(&renderer, &incident, connector, event) {
-        Ok(Outgoing::Request(request)) => Ok(format_request(&request, &config)),
+        Ok(Outgoing::Request(mut request)) => {
+            // The token is fetched when the request is sent; its place is shown, masked.
+            if matches!(&connector.target, Target::Http(h) if h.oauth2.is_some()) {
+                request
+                    .headers
+                    .insert("authorization".into(), "Bearer (OAuth2 token)".into());
+            }
+            Ok(format_request(&request, &config))
+        }
         Ok(Outgoing::Mail { message, .. }) => {
             let text = String::from_utf8_lossy(&message.formatted()).into_owned();
             let (host, port, from) = match &connector.target {
