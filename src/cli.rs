@@ -210,7 +210,8 @@ pub fn check(config_file: &Path, incidents_dir: Option<&Path>) -> Result<CheckRe
                         stores_ref.entry(connector.name.as_str()).or_insert(false);
                         let key = crate::ticket::route_for(&renderer, connector, &incident).key;
                         let reference = crate::render::ticket_ref(&connector.name, &key);
-                        // A lookup that does not search by the ref finds tickets some other way.
+                        // A lookup that does not search by the ref needs none stored; one
+                        // that does needs the created to carry it.
                         if !lookup.url.contains(&reference)
                             || created_carries(&renderer, &incident, connector, &reference)
                         {
@@ -419,7 +420,15 @@ pub fn render(
         .ok_or_else(|| CliError::UnknownConnector(connector_name.to_string()))?;
     let incident = read_incident(incident_file)?;
     match preview(&renderer, &incident, connector, event) {
-        Ok(Outgoing::Request(request)) => Ok(format_request(&request, &config)),
+        Ok(Outgoing::Request(mut request)) => {
+            // The token is fetched when the request is sent; its place is shown, masked.
+            if matches!(&connector.target, Target::Http(h) if h.oauth2.is_some()) {
+                request
+                    .headers
+                    .insert("authorization".into(), "Bearer (OAuth2 token)".into());
+            }
+            Ok(format_request(&request, &config))
+        }
         Ok(Outgoing::Mail { message, .. }) => {
             let text = String::from_utf8_lossy(&message.formatted()).into_owned();
             let (host, port, from) = match &connector.target {

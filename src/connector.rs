@@ -111,6 +111,45 @@ pub struct HttpTarget {
     pub requests: Requests<HttpRequest>,
     /// How to find a ticket a `created` may already have opened.
     pub lookup: Option<Lookup>,
+    /// OAuth2 client credentials: every request (the lookup's too) carries a bearer token
+    /// fetched from the token endpoint at send time, never rendered.
+    pub oauth2: Option<OAuth2>,
+}
+
+/// `[connectors.oauth2]`: the client credentials grant (RFC 6749 §4.4). `deliver::oauth`
+/// fetches and caches the token; defined here because a connector holds it.
+#[derive(Clone)]
+pub struct OAuth2 {
+    /// Where tokens come from (http or https, checked against the connector's egress).
+    pub token_url: String,
+    pub client_id: String,
+    /// A secret: masked wherever text leaves the process.
+    pub client_secret: String,
+    /// Sent space-separated as `scope`; none: the parameter is left out.
+    pub scopes: Vec<String>,
+    /// How the client authenticates to the token endpoint.
+    pub auth_style: OAuth2AuthStyle,
+    /// Further form parameters some servers need (`audience`, `resource`).
+    pub extra: BTreeMap<String, String>,
+}
+
+/// Where the client's credentials go in a token request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OAuth2AuthStyle {
+    /// HTTP Basic, as RFC 6749 §2.3.1 asks every server to accept.
+    Basic,
+    /// `client_id` and `client_secret` in the form, for servers that want them there.
+    Body,
+}
+
+/// Debug shows where tokens come from, never the secret or the extra parameters.
+impl std::fmt::Debug for OAuth2 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OAuth2")
+            .field("scopes", &self.scopes)
+            .field("auth_style", &self.auth_style)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A request that finds the ticket a connector opened for a correlation key, sent before a
@@ -147,6 +186,7 @@ impl std::fmt::Debug for HttpTarget {
             .field("egress", &self.egress)
             .field("requests", &self.requests)
             .field("lookup", &self.lookup)
+            .field("oauth2", &self.oauth2)
             .finish_non_exhaustive()
     }
 }
@@ -187,6 +227,27 @@ pub struct Egress {
     pub follow_redirects: usize,
     /// Extra CA certificate (PEM) to trust.
     pub tls_ca_file: Option<PathBuf>,
+    /// The client certificate presented to servers that ask for one (mutual TLS).
+    pub client_identity: Option<ClientIdentity>,
+}
+
+/// A client certificate and its key, read and checked at load: the PEM the connector's
+/// client presents (the certificate chain, then the key), rebuilt from what was parsed so
+/// the client gets exactly what the check accepted.
+#[derive(Clone)]
+pub struct ClientIdentity {
+    /// The certificate file, for messages.
+    pub cert_file: PathBuf,
+    pub pem: Vec<u8>,
+}
+
+/// Debug names the file, never the key.
+impl std::fmt::Debug for ClientIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientIdentity")
+            .field("cert_file", &self.cert_file)
+            .finish_non_exhaustive()
+    }
 }
 
 /// An SMTP server and whom it writes to: the message each event sends.

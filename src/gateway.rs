@@ -166,6 +166,8 @@ impl Gateway {
         let addr = listener.local_addr().map_err(Error::Serve)?;
         let shutdown = CancellationToken::new();
 
+        let clients = deliver::clients(&config.connectors)?;
+        let tokens = deliver::token_sources(&config.connectors, &clients);
         let deliverer = Deliverer {
             settings: config.delivery,
             shutdown_grace: config.server.shutdown_grace,
@@ -173,7 +175,8 @@ impl Gateway {
             secrets: Arc::new(config.secrets.clone()),
             renderer: renderer.clone(),
             store: store.clone(),
-            clients: Arc::new(deliver::clients(&config.connectors)?),
+            clients: Arc::new(clients),
+            tokens: Arc::new(tokens),
             metrics: metrics.clone(),
             wake: wake.clone(),
             mailers: Arc::new(deliver::mailers(&config.connectors)?),

@@ -118,7 +118,11 @@ fn every_config_block_in_the_readme_passes_check() {
         let secret = conf.join("secret");
         std::fs::write(&secret, "a-secret-of-enough-length-123").unwrap();
         let text = block.replace("/run/secrets/igw_source_key", &secret.display().to_string());
-        for (cert, key) in [("cert.pem", "key.pem"), ("admin-cert.pem", "admin-key.pem")] {
+        for (cert, key) in [
+            ("cert.pem", "key.pem"),
+            ("admin-cert.pem", "admin-key.pem"),
+            ("client-cert.pem", "client-key.pem"),
+        ] {
             certificate(&conf, cert, key);
         }
         let piece: Table = match text.parse() {

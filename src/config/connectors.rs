@@ -42,6 +42,11 @@ pub(super) struct RawConnector {
     pub(super) subject_tag: Option<String>,
     pub(super) html_template: Option<String>,
     pub(super) tls_ca_file: Option<String>,
+    /// mTLS: the client certificate (PEM, its chain after it) and its key.
+    pub(super) tls_client_cert: Option<String>,
+    pub(super) tls_client_key: Option<String>,
+    /// OAuth2 client credentials (http connectors).
+    pub(super) oauth2: Option<RawOAuth2>,
     #[serde(default)]
     pub(super) allow_plaintext_auth: bool,
     #[serde(default)]
@@ -172,6 +177,21 @@ fn default_folder() -> String {
 
 fn default_poll() -> Duration {
     Duration::from_secs(10)
+}
+
+/// `[connectors.oauth2]`: the client credentials grant.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawOAuth2 {
+    pub(super) token_url: String,
+    pub(super) client_id: String,
+    pub(super) client_secret: Option<String>,
+    pub(super) client_secret_file: Option<String>,
+    #[serde(default)]
+    pub(super) scopes: Vec<String>,
+    pub(super) auth_style: Option<String>,
+    #[serde(default)]
+    pub(super) extra: BTreeMap<String, String>,
 }
 
 fn default_lookup_method() -> String {
@@ -345,6 +365,18 @@ impl Validator<'_> {
         if let Some(lookup) = &mut c.lookup {
             self.expand_template(&format!("{field}.lookup.url"), &mut lookup.url)?;
             self.expand_templates(&format!("{field}.lookup.headers"), &mut lookup.headers)?;
+        }
+        if let Some(oauth2) = &mut c.oauth2 {
+            let at = format!("{field}.oauth2");
+            self.expand(&format!("{at}.token_url"), &mut oauth2.token_url)?;
+            self.expand(&format!("{at}.client_id"), &mut oauth2.client_id)?;
+            self.expand_option(&format!("{at}.client_secret"), &mut oauth2.client_secret)?;
+            for (i, scope) in oauth2.scopes.iter_mut().enumerate() {
+                self.expand(&format!("{at}.scopes[{i}]"), scope)?;
+            }
+            for (name, value) in oauth2.extra.iter_mut() {
+                self.expand(&format!("{at}.extra.{name}"), value)?;
+            }
         }
         if let Some(signing) = &mut c.signing {
             for (i, secret) in signing.standard_webhooks.iter_mut().enumerate() {

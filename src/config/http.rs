@@ -3,9 +3,16 @@
 
 use std::collections::BTreeMap;
 
-use super::connectors::{RawConnector, RawLookup, RawRequest};
+use base64::Engine as _;
+
+use super::connectors::{RawConnector, RawLookup, RawOAuth2, RawRequest};
 use super::{ConfigError, Validator};
-use crate::connector::{Egress, HttpRequest, HttpTarget, Lookup, TemplatePath};
+use crate::connector::{
+    ClientIdentity, Egress, HttpRequest, HttpTarget, Lookup, OAuth2, OAuth2AuthStyle, TemplatePath,
+};
+
+/// Form parameters the token request sets itself: `extra` may not change them.
+const OAUTH2_RESERVED: [&str; 4] = ["grant_type", "scope", "client_id", "client_secret"];
 
 impl Validator<'_> {
     /// The target, and the connector's body template (every event's unless its table names
@@ -51,15 +58,241 @@ impl Validator<'_> {
             None => None,
             Some(raw) => Some(self.lookup(field, raw, &headers)?),
         };
+        let egress = self.egress(field, c)?;
+        let oauth2 = match &c.oauth2 {
+            Some(raw) => {
+                self.one_credential(field, c)?;
+                Some(self.oauth2(&format!("{field}.oauth2"), raw, &egress)?)
+            }
+            None => None,
+        };
         let target = HttpTarget {
             method,
             url,
             headers,
-            egress: self.egress(field, c)?,
+            egress,
             requests,
             lookup,
+            oauth2,
         };
         Ok((target, template))
+    }
+
+    /// A connector with `[connectors.oauth2]` sends its token as `Authorization`; a header of
+    /// that name too would be a second credential, one of which the gateway would drop.
+    fn one_credential(&self, field: &str, c: &RawConnector) -> Result<(), ConfigError> {
+        let tables = std::iter::once((format!("{field}.headers"), &c.headers))
+            .chain(
+                c.requests
+                    .iter()
+                    .map(|(event, r)| (format!("{field}.requests.{event}.headers"), &r.headers)),
+            )
+            .chain(
+                c.lookup
+                    .iter()
+                    .map(|l| (format!("{field}.lookup.headers"), &l.headers)),
+            );
+        for (at, headers) in tables {
+            if let Some(name) = headers
+                .keys()
+                .find(|n| n.eq_ignore_ascii_case("authorization"))
+            {
+                return Err(self.invalid(
+                    format!("{at}.{name}"),
+                    "the connector has [connectors.oauth2], whose token is its Authorization: \
+                     keep one of the two credentials",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// `[connectors.oauth2]`, checked whole: the token URL (and that the connector's egress
+    /// lets it go there), the client, the secret (remembered for masking), scopes, style and
+    /// extra parameters.
+    fn oauth2(&self, at: &str, raw: &RawOAuth2, egress: &Egress) -> Result<OAuth2, ConfigError> {
+        let url_field = format!("{at}.token_url");
+        let url = reqwest::Url::parse(raw.token_url.trim())
+            .map_err(|e| self.invalid(&url_field, format!("{:?}: {e}", raw.token_url)))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(self.invalid(&url_field, "scheme must be http or https"));
+        }
+        crate::deliver::egress::check_url(egress, &url).map_err(|refused| {
+            self.invalid(
+                &url_field,
+                format!("the connector's egress refuses it: {}", refused.0),
+            )
+        })?;
+        if raw.client_id.trim().is_empty() || raw.client_id.contains(char::is_control) {
+            return Err(self.invalid(
+                format!("{at}.client_id"),
+                "must be a non-empty line of text",
+            ));
+        }
+        let client_secret = match (&raw.client_secret, &raw.client_secret_file) {
+            (Some(secret), None) => secret.clone(),
+            (None, Some(file)) => {
+                self.read_secret_file(&format!("{at}.client_secret_file"), file)?
+            }
+            (Some(_), Some(_)) => {
+                return Err(self.invalid(
+                    format!("{at}.client_secret_file"),
+                    "give client_secret or client_secret_file, not both",
+                ));
+            }
+            (None, None) => {
+                return Err(self.invalid(
+                    format!("{at}.client_secret"),
+                    "is required (or client_secret_file)",
+                ));
+            }
+        };
+        self.credential(&client_secret);
+        if client_secret.is_empty() {
+            return Err(self.invalid(format!("{at}.client_secret"), "is empty"));
+        }
+        for (i, scope) in raw.scopes.iter().enumerate() {
+            // RFC 6749 §3.3: scope tokens are printable ASCII without space, `"` or `\`
+            // (the space separates them).
+            let valid =
+                |b: u8| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b);
+            if scope.is_empty() || !scope.bytes().all(valid) {
+                return Err(self.invalid(
+                    format!("{at}.scopes[{i}]"),
+                    format!("{scope:?}: a scope is one word of printable ASCII without \" or \\; list several as several items"),
+                ));
+            }
+        }
+        let auth_style = match raw.auth_style.as_deref() {
+            None | Some("basic") => OAuth2AuthStyle::Basic,
+            Some("body") => OAuth2AuthStyle::Body,
+            Some(other) => {
+                return Err(self.invalid(
+                    format!("{at}.auth_style"),
+                    format!("{other:?}: expected \"basic\" (the default) or \"body\""),
+                ));
+            }
+        };
+        for name in raw.extra.keys() {
+            if name.trim().is_empty() || OAUTH2_RESERVED.contains(&name.as_str()) {
+                return Err(self.invalid(
+                    format!("{at}.extra.{name}"),
+                    format!(
+                        "{name:?}: extra parameters may not be empty or one the token request sets ({})",
+                        OAUTH2_RESERVED.join(", ")
+                    ),
+                ));
+            }
+        }
+        Ok(OAuth2 {
+            token_url: url.to_string(),
+            client_id: raw.client_id.clone(),
+            client_secret,
+            scopes: raw.scopes.clone(),
+            auth_style,
+            extra: raw.extra.clone(),
+        })
+    }
+
+    /// `tls_client_cert` and `tls_client_key`, both or neither: read now, each checked to
+    /// hold what its name says, and the key checked to belong to the certificate, so a wrong
+    /// file fails the load rather than every handshake.
+    fn client_identity(
+        &self,
+        field: &str,
+        c: &RawConnector,
+    ) -> Result<Option<ClientIdentity>, ConfigError> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let (cert_field, key_field) = (
+            format!("{field}.tls_client_cert"),
+            format!("{field}.tls_client_key"),
+        );
+        let (cert, key) = match (&c.tls_client_cert, &c.tls_client_key) {
+            (None, None) => return Ok(None),
+            (Some(cert), Some(key)) => (cert, key),
+            (Some(_), None) => {
+                return Err(self.invalid(key_field, "is required with tls_client_cert"));
+            }
+            (None, Some(_)) => {
+                return Err(self.invalid(cert_field, "is required with tls_client_key"));
+            }
+        };
+        let read = |at: &str, file: &str| {
+            let path = self.resolve(file);
+            std::fs::read(&path)
+                .map(|bytes| (path.clone(), bytes))
+                .map_err(|e| self.invalid(at, format!("cannot read {}: {e}", path.display())))
+        };
+        let (cert_path, cert_pem) = read(&cert_field, cert)?;
+        let (key_path, key_pem) = read(&key_field, key)?;
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
+            .collect::<Result<_, _>>()
+            .map_err(|e| {
+                self.invalid(
+                    &cert_field,
+                    format!("{} is not PEM: {e}", cert_path.display()),
+                )
+            })?;
+        if certs.is_empty() {
+            return Err(self.invalid(
+                &cert_field,
+                format!(
+                    "{} holds no certificate (PEM \"-----BEGIN CERTIFICATE-----\")",
+                    cert_path.display()
+                ),
+            ));
+        }
+        let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
+            let why = match e {
+                rustls::pki_types::pem::Error::NoItemsFound => String::new(),
+                other => format!(": {other}"),
+            };
+            self.invalid(
+                &key_field,
+                format!(
+                    "{} holds no private key (PEM \"-----BEGIN PRIVATE KEY-----\", RSA or EC){why}",
+                    key_path.display()
+                ),
+            )
+        })?;
+        let provider = rustls::crypto::aws_lc_rs::default_provider();
+        rustls::sign::CertifiedKey::from_der(certs.clone(), key.clone_key(), &provider).map_err(
+            |e| {
+                let why = match e {
+                    rustls::Error::InconsistentKeys(_) => format!(
+                        "{} is not the key of the certificate in {}",
+                        key_path.display(),
+                        cert_path.display()
+                    ),
+                    other => format!("{}: {other}", key_path.display()),
+                };
+                self.invalid(&key_field, why)
+            },
+        )?;
+        let key_label = match &key {
+            PrivateKeyDer::Pkcs1(_) => "RSA PRIVATE KEY",
+            PrivateKeyDer::Sec1(_) => "EC PRIVATE KEY",
+            PrivateKeyDer::Pkcs8(_) => "PRIVATE KEY",
+            _ => {
+                return Err(self.invalid(
+                    &key_field,
+                    format!("{}: a key format the client cannot use", key_path.display()),
+                ));
+            }
+        };
+        let mut pem = String::new();
+        for cert in &certs {
+            pem.push_str(&pem_section("CERTIFICATE", cert.as_ref()));
+        }
+        pem.push_str(&pem_section(key_label, key.secret_der()));
+        // The client's own parser must take it too (it knows fewer section kinds).
+        reqwest::Identity::from_pem(pem.as_bytes())
+            .map_err(|e| self.invalid(&key_field, format!("{}: {e}", key_path.display())))?;
+        Ok(Some(ClientIdentity {
+            cert_file: cert_path,
+            pem: pem.into_bytes(),
+        }))
     }
 
     /// `[connectors.lookup]`, its headers after `base` (the connector's).
@@ -134,6 +367,7 @@ impl Validator<'_> {
                 Some(f) => Some(self.existing_file(&format!("{field}.tls_ca_file"), f)?),
                 None => None,
             },
+            client_identity: self.client_identity(field, c)?,
         })
     }
 
@@ -169,4 +403,17 @@ impl Validator<'_> {
         }
         Ok(())
     }
+}
+
+/// One PEM section: `label`, then `der` in base64 lines of 64 characters.
+fn pem_section(label: &str, der: &[u8]) -> String {
+    let encoded = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    // Base64 is ASCII, so every 64-byte chunk is valid UTF-8.
+    for line in encoded.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(line));
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
 }

@@ -345,6 +345,7 @@ impl Validator<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::connector::Target;
 
     fn env(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
         move |name| {
@@ -487,6 +488,196 @@ mod tests {
             msg.contains("line 3: server.max_body_bytes_in_flight"),
             "{msg}"
         );
+    }
+
+    /// A CA-signed client certificate and its key as PEM, and another key.
+    fn client_certificate() -> (String, String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["gateway".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let other = rcgen::KeyPair::generate().unwrap();
+        (cert.pem(), key.serialize_pem(), other.serialize_pem())
+    }
+
+    #[test]
+    fn oauth2_and_client_certificates_are_checked_at_load_naming_the_field() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("t.json.hbs"), "{}").unwrap();
+        let (cert, key, other_key) = client_certificate();
+        for (name, text) in [
+            ("client.pem", cert.as_str()),
+            ("client.key", key.as_str()),
+            ("other.key", other_key.as_str()),
+            ("secret", "file-secret-0123456789\n"),
+        ] {
+            std::fs::write(dir.path().join(name), text).unwrap();
+        }
+        let load = |connector: &str| {
+            let text = format!(
+                "[storage]\nurl = \"sqlite://x.db\"\n[[connectors]]\nname = \"c\"\n{connector}\n"
+            );
+            Config::from_toml(
+                &text,
+                &dir.path().join("gw.toml"),
+                env(&[("SN_SECRET", "env-secret-0123456789")]),
+            )
+        };
+        let http = "kind = \"http\"\nurl = \"https://t.example.com/\"\ntemplate = \"t.json.hbs\"";
+        let oauth = "[connectors.oauth2]\ntoken_url = \"https://t.example.com/oauth_token.do\"\nclient_id = \"gateway\"";
+        let config = load(&format!(
+            "{http}\ntls_client_cert = \"client.pem\"\ntls_client_key = \"client.key\"\n{oauth}\nclient_secret = \"${{SN_SECRET}}\"\nscopes = [\"useraccount\"]\nauth_style = \"body\"\nextra = {{ resource = \"r\" }}"
+        ))
+        .unwrap();
+        let Target::Http(target) = &config.connectors[0].target else {
+            panic!("not http");
+        };
+        let oauth2 = target.oauth2.as_ref().unwrap();
+        assert_eq!(oauth2.client_secret, "env-secret-0123456789");
+        assert_eq!(oauth2.auth_style, crate::connector::OAuth2AuthStyle::Body);
+        assert!(target.egress.client_identity.is_some());
+        let shown = format!("{config:?}");
+        assert!(
+            !shown.contains("env-secret") && !shown.contains("PRIVATE KEY"),
+            "{shown}"
+        );
+        // A secret written in the file, or read from one, is masked as one from the environment.
+        for (secret, value) in [
+            (
+                "client_secret = \"file-written-0123456789\"",
+                "file-written-0123456789",
+            ),
+            ("client_secret_file = \"secret\"", "file-secret-0123456789"),
+        ] {
+            let config = load(&format!("{http}\n{oauth}\n{secret}")).unwrap();
+            assert!(!config.secrets.mask(&format!("x {value}")).contains(value));
+        }
+        let smtp = "kind = \"smtp\"\nsmtp_url = \"smtp://127.0.0.1:25\"\nfrom = \"a@example.com\"\nto = [\"b@example.com\"]\nsubject = \"s\"\ntemplate = \"t.json.hbs\"";
+        let with_secret = format!("{oauth}\nclient_secret = \"${{SN_SECRET}}\"");
+        for (connector, field, says) in [
+            (
+                format!(
+                    "{http}\n[connectors.headers]\nAuthorization = \"Bearer x-0123456789\"\n{with_secret}"
+                ),
+                "connectors[0].headers.Authorization",
+                "keep one of the two credentials",
+            ),
+            (
+                format!(
+                    "{http}\n[connectors.requests.updated]\nheaders = {{ authorization = \"Basic eA==\" }}\n{with_secret}"
+                ),
+                "connectors[0].requests.updated.headers.authorization",
+                "keep one of the two credentials",
+            ),
+            (
+                format!(
+                    "{http}\n{}",
+                    with_secret.replace(
+                        "https://t.example.com/oauth_token.do",
+                        "ftp://t.example.com/"
+                    )
+                ),
+                "connectors[0].oauth2.token_url",
+                "http or https",
+            ),
+            (
+                format!(
+                    "{http}\nallow_hosts = [\"t.example.com\"]\n{}",
+                    with_secret.replace("t.example.com/oauth", "login.example.com/oauth")
+                ),
+                "connectors[0].oauth2.token_url",
+                "not in allow_hosts",
+            ),
+            (
+                format!("{http}\n{}", with_secret.replace("\"gateway\"", "\" \"")),
+                "connectors[0].oauth2.client_id",
+                "non-empty",
+            ),
+            (
+                format!("{http}\n{oauth}"),
+                "connectors[0].oauth2.client_secret",
+                "is required",
+            ),
+            (
+                format!("{http}\n{with_secret}\nclient_secret_file = \"secret\""),
+                "connectors[0].oauth2.client_secret_file",
+                "not both",
+            ),
+            (
+                format!("{http}\n{oauth}\nclient_secret_file = \"missing\""),
+                "connectors[0].oauth2.client_secret_file",
+                "cannot read",
+            ),
+            (
+                format!("{http}\n{with_secret}\nscopes = [\"a\", \"b c\"]"),
+                "connectors[0].oauth2.scopes[1]",
+                "one word",
+            ),
+            (
+                format!("{http}\n{with_secret}\nauth_style = \"digest\""),
+                "connectors[0].oauth2.auth_style",
+                "\"basic\"",
+            ),
+            (
+                format!("{http}\n{with_secret}\nextra = {{ grant_type = \"password\" }}"),
+                "connectors[0].oauth2.extra.grant_type",
+                "the token request sets",
+            ),
+            (
+                format!("{smtp}\n{with_secret}"),
+                "connectors[0].oauth2",
+                "kind = \"http\"",
+            ),
+            (
+                format!(
+                    "{smtp}\ntls_client_cert = \"client.pem\"\ntls_client_key = \"client.key\""
+                ),
+                "connectors[0].tls_client_cert",
+                "kind = \"http\"",
+            ),
+            (
+                format!("{http}\ntls_client_cert = \"client.pem\""),
+                "connectors[0].tls_client_key",
+                "is required with tls_client_cert",
+            ),
+            (
+                format!("{http}\ntls_client_key = \"client.key\""),
+                "connectors[0].tls_client_cert",
+                "is required with tls_client_key",
+            ),
+            (
+                format!("{http}\ntls_client_cert = \"nope.pem\"\ntls_client_key = \"client.key\""),
+                "connectors[0].tls_client_cert",
+                "cannot read",
+            ),
+            (
+                format!(
+                    "{http}\ntls_client_cert = \"client.key\"\ntls_client_key = \"client.key\""
+                ),
+                "connectors[0].tls_client_cert",
+                "holds no certificate",
+            ),
+            (
+                format!(
+                    "{http}\ntls_client_cert = \"client.pem\"\ntls_client_key = \"client.pem\""
+                ),
+                "connectors[0].tls_client_key",
+                "holds no private key",
+            ),
+            (
+                format!("{http}\ntls_client_cert = \"client.pem\"\ntls_client_key = \"other.key\""),
+                "connectors[0].tls_client_key",
+                "is not the key of the certificate",
+            ),
+        ] {
+            let msg = load(&connector).unwrap_err().to_string();
+            assert!(
+                msg.contains(field) && msg.contains(says),
+                "{connector}\n→ {msg}"
+            );
+            assert!(!msg.contains("env-secret"), "{msg}");
+        }
     }
 
     #[test]

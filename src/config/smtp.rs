@@ -39,6 +39,19 @@ impl Validator<'_> {
                 "an smtp connector takes smtp_url, not url",
             ));
         }
+        // Mail carries its credentials in the SMTP dialogue (username, password).
+        for (key, set) in [
+            ("oauth2", c.oauth2.is_some()),
+            ("tls_client_cert", c.tls_client_cert.is_some()),
+            ("tls_client_key", c.tls_client_key.is_some()),
+        ] {
+            if set {
+                return Err(self.invalid(
+                    format!("{field}.{key}"),
+                    "is for kind = \"http\" connectors",
+                ));
+            }
+        }
         let template = self.template_path(&format!("{field}.template"), &c.template)?;
         self.no_mail_headers(&format!("{field}.headers"), &c.headers)?;
         let threading = match &c.threading {

@@ -165,8 +165,8 @@ impl reqwest::dns::Resolve for GuardedResolver {
     }
 }
 
-/// The HTTP client of one connector, from its egress settings: its resolver, redirect policy
-/// and trusted CAs.
+/// The HTTP client of one connector, from its egress settings: its resolver, redirect policy,
+/// trusted CAs and client certificate.
 pub fn client(settings: &Egress) -> Result<reqwest::Client, SetupFailure> {
     let egress = settings.clone();
     let max = egress.follow_redirects;
@@ -199,6 +199,16 @@ pub fn client(settings: &Egress) -> Result<reqwest::Client, SetupFailure> {
         for cert in certs {
             builder = builder.add_root_certificate(cert);
         }
+    }
+    if let Some(identity) = &settings.client_identity {
+        // Read and checked at load; this parses the same bytes again.
+        let id = reqwest::Identity::from_pem(&identity.pem).map_err(|source| {
+            SetupFailure::Identity {
+                path: identity.cert_file.clone(),
+                source,
+            }
+        })?;
+        builder = builder.identity(id);
     }
     builder.build().map_err(SetupFailure::HttpClient)
 }

@@ -44,6 +44,12 @@ pub enum SendFailure {
     /// The target refused and said why, in its own words ([`with_target_reason`]):
     /// "HTTP 422: Project cannot be blank".
     Said(String),
+    /// No credential to send with (the connector's OAuth2 token could not be fetched):
+    /// nothing was sent to the target; retried.
+    NoCredential(String),
+    /// The target answered 401 to an OAuth2 token it may no longer take (revoked, expired
+    /// early): the token is dropped and the next attempt sends a new one; retried.
+    StaleToken(String),
 }
 
 impl std::fmt::Display for SendFailure {
@@ -53,7 +59,25 @@ impl std::fmt::Display for SendFailure {
             SendFailure::Unsendable(why) => write!(f, "cannot be sent: {why}"),
             SendFailure::Network(why) | SendFailure::Unreached(why) => f.write_str(why),
             SendFailure::BodyCut(why) => write!(f, "reading response body: {why}"),
-            SendFailure::Said(why) => f.write_str(why),
+            SendFailure::Said(why)
+            | SendFailure::NoCredential(why)
+            | SendFailure::StaleToken(why) => f.write_str(why),
+        }
+    }
+}
+
+impl SendFailure {
+    /// The same failure with its text passed through `f` (to mask it).
+    pub fn map_text(self, f: impl FnOnce(String) -> String) -> SendFailure {
+        match self {
+            SendFailure::Refused(t) => SendFailure::Refused(f(t)),
+            SendFailure::Unsendable(t) => SendFailure::Unsendable(f(t)),
+            SendFailure::Network(t) => SendFailure::Network(f(t)),
+            SendFailure::Unreached(t) => SendFailure::Unreached(f(t)),
+            SendFailure::BodyCut(t) => SendFailure::BodyCut(f(t)),
+            SendFailure::Said(t) => SendFailure::Said(f(t)),
+            SendFailure::NoCredential(t) => SendFailure::NoCredential(f(t)),
+            SendFailure::StaleToken(t) => SendFailure::StaleToken(f(t)),
         }
     }
 }
@@ -94,12 +118,14 @@ impl SendResult {
     }
 }
 
-/// Sends `request` with the connector's client, keeping at most `keep_bytes` of the answer.
+/// Sends `request` with the connector's client, keeping at most `keep_bytes` of the answer;
+/// `bearer`, the connector's OAuth2 token, goes in `Authorization` (marked sensitive).
 /// `timeout` bounds the whole attempt — resolve, connect, TLS, request, and the response
 /// body as far as it is read — so the attempt always ends well inside its lease.
 pub async fn send(
     client: &reqwest::Client,
     request: &RenderedRequest,
+    bearer: Option<&str>,
     timeout: Duration,
     keep_bytes: usize,
 ) -> SendResult {
@@ -114,6 +140,9 @@ pub async fn send(
             .body(request.body.clone());
         for (name, value) in &request.headers {
             builder = builder.header(name, value);
+        }
+        if let Some(token) = bearer {
+            builder = builder.bearer_auth(token);
         }
         match builder.send().await {
             Err(e) => match super::egress::refusal(&e) {
@@ -173,7 +202,7 @@ pub async fn send(
 }
 
 /// The error and its causes, without the URL (which may carry a token).
-fn describe(e: &reqwest::Error) -> String {
+pub(super) fn describe(e: &reqwest::Error) -> String {
     let mut text = if e.is_timeout() {
         "timed out".to_string()
     } else if e.is_connect() {
@@ -205,8 +234,8 @@ pub fn utf8_prefix(text: &str, max: usize) -> String {
     text[..cut].to_string()
 }
 
-/// 2xx delivered; network errors, 408, 425, 429 and 5xx may get better; any other status
-/// will not.
+/// 2xx delivered; network errors, 408, 425, 429, 5xx and a 401 to a stale OAuth2 token may
+/// get better; any other status will not.
 pub fn classify(result: &SendResult) -> Verdict {
     match result.status {
         None => match &result.failure {
@@ -219,6 +248,10 @@ pub fn classify(result: &SendResult) -> Verdict {
             _ => Verdict::Retry { retry_after: None },
         },
         Some(s) if (200..300).contains(&s) => Verdict::Delivered,
+        // A token the target may no longer take: the next attempt sends a new one.
+        Some(_) if matches!(result.failure, Some(SendFailure::StaleToken(_))) => {
+            Verdict::Retry { retry_after: None }
+        }
         Some(s) if s == 408 || s == 425 || s == 429 || (500..600).contains(&s) => Verdict::Retry {
             retry_after: result.retry_after,
         },

@@ -4,7 +4,8 @@
 //! 1. [`prepare`] — render → stamp → sign (HTTP) or render → build the threaded message
 //!    (SMTP), on a render thread within the render budget;
 //! 2. [`egress`] — check where the request may go;
-//! 3. [`http`] / [`smtp`] — send, and classify what came back;
+//! 3. [`http`] / [`smtp`] — send, and classify what came back; [`oauth`] — the OAuth2 token
+//!    an HTTP connector's requests carry, fetched, cached and refreshed;
 //! 4. [`retry`] — schedule: delivered, retry at a time, or dead;
 //! 5. [`record`] — the attempt record (secrets masked), the ticket id a `created` response
 //!    named, the log line; then the store commits it under the delivery's lease.
@@ -15,6 +16,7 @@
 pub mod egress;
 pub mod http;
 pub mod lookup;
+pub mod oauth;
 pub mod prepare;
 pub mod record;
 pub mod retry;
@@ -112,6 +114,11 @@ pub enum SetupFailure {
         path: std::path::PathBuf,
         source: reqwest::Error,
     },
+    #[error("{path}: client certificate: {source}")]
+    Identity {
+        path: std::path::PathBuf,
+        source: reqwest::Error,
+    },
     #[error("HTTP client: {0}")]
     HttpClient(#[source] reqwest::Error),
     #[error("{path}: {source}")]
@@ -159,8 +166,11 @@ pub struct Deliverer {
     pub secrets: Arc<Secrets>,
     pub renderer: Arc<Renderer>,
     pub store: Store,
-    /// One HTTP client per HTTP connector: its own resolver (egress checks), redirects, CAs.
+    /// One HTTP client per HTTP connector: its own resolver (egress checks), redirects, CAs,
+    /// client certificate.
     pub clients: Arc<HashMap<String, reqwest::Client>>,
+    /// The OAuth2 token source of each connector with `[connectors.oauth2]`.
+    pub tokens: Arc<HashMap<String, oauth::TokenSource>>,
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Rung by ingress and replay so new work starts without waiting for the next poll.
     pub wake: Arc<Notify>,
@@ -187,6 +197,39 @@ pub fn clients(connectors: &[Connector]) -> Result<HashMap<String, reqwest::Clie
         out.insert(c.name.clone(), client);
     }
     Ok(out)
+}
+
+/// A token source for every connector with `[connectors.oauth2]`, fetching with the
+/// connector's own client (`clients`), so its egress rules apply to the token URL too.
+pub fn token_sources(
+    connectors: &[Connector],
+    clients: &HashMap<String, reqwest::Client>,
+) -> HashMap<String, oauth::TokenSource> {
+    connectors
+        .iter()
+        .filter_map(|c| match &c.target {
+            Target::Http(http) => {
+                let HttpTarget {
+                    oauth2: Some(settings),
+                    egress,
+                    ..
+                } = http.as_ref()
+                else {
+                    return None;
+                };
+                let client = clients.get(&c.name)?.clone();
+                let source = oauth::TokenSource::new(
+                    &c.name,
+                    settings.clone(),
+                    client,
+                    egress.clone(),
+                    c.timeout,
+                );
+                Some((c.name.clone(), source))
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 /// A pooled transport for every SMTP connector.
@@ -389,13 +432,43 @@ impl Deliverer {
             .and_then(|url| egress::check_url(egress, &url));
         let client = self.clients.get(&connector.name);
         let not_sent = |failure| http::SendResult::failed(failure, Duration::ZERO);
-        match (refused, client) {
-            (Err(refused), _) => not_sent(http::SendFailure::Refused(refused.0)),
-            (Ok(()), None) => not_sent(http::SendFailure::Unsendable(
-                "no HTTP client for this connector".into(),
-            )),
-            (Ok(()), Some(client)) => http::send(client, request, connector.timeout, keep).await,
+        let client = match (refused, client) {
+            (Err(refused), _) => return not_sent(http::SendFailure::Refused(refused.0)),
+            (Ok(()), None) => {
+                return not_sent(http::SendFailure::Unsendable(
+                    "no HTTP client for this connector".into(),
+                ));
+            }
+            (Ok(()), Some(client)) => client,
+        };
+        let Some(tokens) = self.tokens.get(&connector.name) else {
+            return http::send(client, request, None, connector.timeout, keep).await;
+        };
+        let started = std::time::Instant::now();
+        let token = match tokens.token().await {
+            Ok(token) => token,
+            Err(e) => return http::SendResult::failed(e.into_failure(), started.elapsed()),
+        };
+        let sent = http::send(
+            client,
+            request,
+            Some(token.value()),
+            connector.timeout,
+            keep,
+        )
+        .await;
+        let mut sent = oauth::hide_token(sent, token.value());
+        // The token's fetch is part of the attempt's time.
+        sent.latency = started.elapsed();
+        if let Some(status) = sent.status
+            && tokens.answered(&token, status) == Some(oauth::Unauthorized::Stale)
+        {
+            sent.failure = Some(http::SendFailure::StaleToken(
+                "HTTP 401: the target refused the OAuth2 token; the next attempt fetches a new one"
+                    .into(),
+            ));
         }
+        sent
     }
 
     /// The lookup before a `created` whose outcome is unknown: what it found, and its answer.

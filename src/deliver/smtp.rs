@@ -430,6 +430,7 @@ mod tests {
                 allow_private: true,
                 follow_redirects: 0,
                 tls_ca_file: None,
+                client_identity: None,
             },
             mailbox: None,
         }
