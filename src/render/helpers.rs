@@ -269,6 +269,7 @@ pub const HELPER_NAMES: &[&str] = &[
     "truncate_bytes",
     "truncate_utf16",
     "oneline",
+    "no_markers",
     "strip_control",
     "slack_escape",
     "join",
@@ -304,8 +305,13 @@ pub const HELPER_NAMES: &[&str] = &[
 pub fn register(hb: &mut Handlebars) {
     hb.register_helper("json", Box::new(json_helper));
     hb.register_helper("default", Box::new(DefaultHelper));
-    let helpers: [(&'static str, Compute); 21] = [
+    let helpers: [(&'static str, Compute); 22] = [
         ("oneline", |h, _| convert(h, oneline)),
+        // A ticketing system's thread marker in incident text ([#3], [rtname #3]) made inert,
+        // for a subject a system shows in the mails it sends (see render::markers).
+        ("no_markers", |h, _| {
+            convert(h, |s| super::markers::defang(s).into_owned())
+        }),
         ("strip_control", |h, _| convert(h, strip_control)),
         ("slack_escape", |h, _| convert(h, slack_escape)),
         ("truncate_bytes", truncate_bytes),
