@@ -591,8 +591,14 @@ async fn a_client_certificate_opens_a_server_that_requires_one() {
         refused["status"], "pending",
         "a failed handshake is retried: {refused}"
     );
+    // Under TLS 1.3 the server's refusal of a missing certificate comes after the client's
+    // side of the handshake is done: the client sees the alert ("CertificateRequired") or only
+    // the connection closing, whichever reaches it first.
     let error = refused["last_error"].as_str().unwrap_or_default();
-    assert!(error.to_lowercase().contains("certificate"), "{error}");
+    assert!(
+        error.to_lowercase().contains("certificate") || error.contains("connection"),
+        "{error}"
+    );
     // Only the connector with the certificate got through.
     assert_eq!(*seen.lock().unwrap(), ["/with-cert"]);
     gw.stop().await.unwrap();
