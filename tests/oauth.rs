@@ -175,15 +175,8 @@ impl Drop for ServiceNow {
 /// A connector to the in-test ServiceNow with OAuth2: the client from `id` and `secret` (as
 /// written: literal values, or `${VAR}`s), `token_url` where tokens come from.
 fn oauth_connector(name: &str, sn: &ServiceNow, token_url: &str, id: &str, secret: &str) -> String {
-    format!(
-        r#"
-[[connectors]]
-name = "{name}"
-kind = "http"
-url = "{url}"
-template = "TEMPLATES/generic/incident.json.hbs"
-timeout = "5s"
-concurrency = 8
+    let extra = format!(
+        r#"concurrency = 8
 ticket_id = "/result/sys_id"
 error_message = ["/error/message"]
 {retry}
@@ -193,9 +186,9 @@ client_id = "{id}"
 client_secret = "{secret}"
 scopes = ["useraccount"]
 "#,
-        url = sn.url(TABLE_PATH),
         retry = fast_retry(),
-    )
+    );
+    http_connector(name, &sn.url(TABLE_PATH), &extra)
 }
 
 /// The gateway in process, on a config with one OAuth2 connector to `sn` and `delivery`.
