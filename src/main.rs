@@ -20,8 +20,23 @@ use incident_gateway::{Gateway, cli};
     about = "Delivers security incidents to ticketing, chat and paging systems"
 )]
 struct Args {
+    /// Log lines as human text or as one JSON object per line (for a log shipper).
+    #[arg(
+        long,
+        global = true,
+        env = "IGW_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -80,12 +95,17 @@ fn main() -> ExitCode {
             .lossy(false)
             .thread_name("igw-log")
             .finish(std::io::stderr());
-    tracing_subscriber::fmt()
-        .with_env_filter(incident_gateway::cli::log_filter(
-            std::env::var("IGW_LOG").ok().as_deref(),
-        ))
+    let filter = incident_gateway::cli::log_filter(std::env::var("IGW_LOG").ok().as_deref());
+    // Colour codes only for a person at a terminal, never into a file or a pipe.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
         .with_writer(writer)
-        .init();
+        .with_ansi(ansi);
+    match args.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
     let result = match args.command {
         Command::Serve { config } => serve(config),
         Command::Check { config, incidents } => check(config, incidents),
