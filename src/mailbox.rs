@@ -52,13 +52,8 @@ pub struct Acknowledgement {
     pub reference: String,
 }
 
-/// The number a system's marker in `subject` names, and the ticket ref `text` (subject and
-/// body) carries; `None` unless both are there.
-pub fn read_acknowledgement(
-    threading: &MailThreading,
-    subject: &str,
-    text: &str,
-) -> Option<Acknowledgement> {
+/// The pattern of the system's marker in a subject, its number captured.
+pub fn marker_pattern(threading: &MailThreading) -> Option<Regex> {
     let marker = match &threading.system {
         MailSystem::Redmine => r"\[(?:[^\]]*\s+)?#(\d+)\]".to_string(),
         MailSystem::RequestTracker { rt_name } => {
@@ -69,13 +64,21 @@ pub fn read_acknowledgement(
             format!(r"\b({}-\d+)\b", regex::escape(project_key))
         }
     };
-    let number = Regex::new(&marker)
-        .ok()?
-        .captures(subject)
-        .map(|c| c[1].to_string())?;
-    let reference = Regex::new(r"igw-[0-9a-f]{32}")
-        .ok()?
-        .find(&format!("{subject}\n{text}"))
+    Regex::new(&marker).ok()
+}
+
+/// A ticket's ref, as `render::ticket_ref` writes it.
+static TICKET_REF: std::sync::LazyLock<Option<Regex>> =
+    std::sync::LazyLock::new(|| Regex::new(r"igw-[0-9a-f]{32}").ok());
+
+/// The number the system's `marker` in `subject` names, and the ticket ref `text` (subject
+/// and body) carries; `None` unless both are there.
+pub fn read_acknowledgement(marker: &Regex, subject: &str, text: &str) -> Option<Acknowledgement> {
+    let number = marker.captures(subject).map(|c| c[1].to_string())?;
+    let reference = TICKET_REF
+        .as_ref()?
+        .find(subject)
+        .or_else(|| TICKET_REF.as_ref()?.find(text))
         .map(|m| m.as_str().to_string())?;
     Some(Acknowledgement { number, reference })
 }
@@ -190,7 +193,8 @@ where
     session.select(&mailbox.folder).await?;
     let found = session.search("UNSEEN").await?;
     let mut out = Vec::new();
-    if !found.is_empty() {
+    let marker = marker_pattern(threading);
+    if let Some(marker) = marker.as_ref().filter(|_| !found.is_empty()) {
         let mut ids: Vec<u32> = found.into_iter().collect();
         ids.sort_unstable();
         let set = ids.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
@@ -203,7 +207,7 @@ where
             };
             let subject = parsed.subject().unwrap_or_default();
             let text = parsed.body_text(0).unwrap_or_default();
-            if let Some(ack) = read_acknowledgement(threading, subject, &text) {
+            if let Some(ack) = read_acknowledgement(marker, subject, &text) {
                 out.push(ack);
             }
         }
@@ -216,8 +220,8 @@ where
 mod tests {
     use super::*;
 
-    fn threading(system: MailSystem) -> MailThreading {
-        crate::connector::test_threading(system)
+    fn threading(system: MailSystem) -> Regex {
+        marker_pattern(&crate::connector::test_threading(system)).unwrap()
     }
 
     const REF: &str = "igw-0123456789abcdef0123456789abcdef";

@@ -21,18 +21,34 @@ pub enum Looked {
     Failed { verdict: Verdict },
 }
 
+/// What a lookup was asked for: whether a `created` whose outcome is unknown opened its
+/// ticket, or the number a ticketing system gave a mailed ticket (a follow-up waits for it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LookingFor {
+    UnknownCreate,
+    MailedTicketNumber,
+}
+
 impl Looked {
     /// The line the attempt record keeps (the `lookup` of an attempt).
-    pub fn summary(&self, sent: &SendResult) -> String {
+    pub fn summary(&self, sent: &SendResult, looking_for: LookingFor) -> String {
         let status = sent
             .status
             .map(|s| format!("HTTP {s}"))
             .unwrap_or_else(|| "no answer".into());
+        let (found, none) = match looking_for {
+            LookingFor::UnknownCreate => (
+                "the created request is not sent again",
+                "the created request is sent",
+            ),
+            LookingFor::MailedTicketNumber => (
+                "this mail carries its number",
+                "waiting for the ticket's number",
+            ),
+        };
         match self {
-            Looked::Found { id, .. } => {
-                format!("found ticket {id} ({status}); the created request is not sent again")
-            }
-            Looked::NoneFound => format!("no ticket found ({status}); the created request is sent"),
+            Looked::Found { id, .. } => format!("found ticket {id} ({status}); {found}"),
+            Looked::NoneFound => format!("no ticket found ({status}); {none}"),
             Looked::Failed { .. } => match &sent.failure {
                 Some(failure) => format!("failed ({status}): {failure}"),
                 None => format!("failed ({status})"),

@@ -563,7 +563,12 @@ impl Deliverer {
         let mut looked = None;
         if let (Some(request), Some(declared)) = (lookup, connector.lookup()) {
             let (found, sent) = self.look_up(connector, declared, request).await;
-            let summary = found.summary(&sent);
+            let awaits_number = awaits_number(connector, delivery);
+            let looking_for = match awaits_number {
+                true => lookup::LookingFor::MailedTicketNumber,
+                false => lookup::LookingFor::UnknownCreate,
+            };
+            let summary = found.summary(&sent, looking_for);
             let settled = |verdict, ticket, outcome_unknown| Tried {
                 verdict,
                 sent: sent.clone(),
@@ -571,7 +576,6 @@ impl Deliverer {
                 lookup: Some(summary.clone()),
                 outcome_unknown,
             };
-            let awaits_number = awaits_number(connector, delivery);
             match found {
                 Looked::Found { id, url } if awaits_number => {
                     // The system filed the `created` mail as ticket `id`: this follow-up
@@ -597,10 +601,7 @@ impl Deliverer {
                         verdict,
                         sent,
                         ticket: learned,
-                        lookup: Some(summary.replace(
-                            "; the created request is not sent again",
-                            "; this mail carries its number",
-                        )),
+                        lookup: Some(summary),
                         outcome_unknown: false,
                     });
                 }
@@ -614,10 +615,7 @@ impl Deliverer {
                         verdict: Verdict::Retry { retry_after: None },
                         sent,
                         ticket: None,
-                        lookup: Some(summary.replace(
-                            "; the created request is sent",
-                            "; waiting for the ticket's number",
-                        )),
+                        lookup: Some(summary),
                         outcome_unknown: false,
                     });
                 }
