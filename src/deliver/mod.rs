@@ -559,6 +559,19 @@ impl Deliverer {
         let connector = self
             .connector(&delivery.connector)
             .ok_or_else(|| NotSent::ConnectorGone(delivery.connector.clone()))?;
+        if awaits_number(connector, delivery) && connector.lookup().is_none() {
+            // No lookup to ask: the mailbox will bring the number. Nothing is rendered until
+            // it has.
+            let waiting = "waiting for the ticket's number: the ticketing system's \
+                           acknowledgement of the created mail has not been read yet";
+            return Ok(Tried {
+                verdict: Verdict::Retry { retry_after: None },
+                sent: SendResult::failed(http::SendFailure::Said(waiting.into()), Duration::ZERO),
+                ticket: None,
+                lookup: None,
+                outcome_unknown: false,
+            });
+        }
         let (outgoing, lookup) = self.prepare_off_runtime(delivery, started_at_ms).await?;
         let mut looked = None;
         if let (Some(request), Some(declared)) = (lookup, connector.lookup()) {
@@ -640,18 +653,6 @@ impl Deliverer {
                 }
                 Looked::NoneFound => looked = Some(summary),
             }
-        }
-        if awaits_number(connector, delivery) {
-            // No lookup to ask: the mailbox will bring the number.
-            let waiting = "waiting for the ticket's number: the ticketing system's \
-                           acknowledgement of the created mail has not been read yet";
-            return Ok(Tried {
-                verdict: Verdict::Retry { retry_after: None },
-                sent: SendResult::failed(http::SendFailure::Said(waiting.into()), Duration::ZERO),
-                ticket: None,
-                lookup: None,
-                outcome_unknown: false,
-            });
         }
         let (verdict, sent, ticket) = match (outgoing, &connector.target) {
             (Outgoing::Request(request), Target::Http(http)) => {
