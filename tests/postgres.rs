@@ -471,6 +471,77 @@ impl Cuttable {
     }
 }
 
+/// Points the gateway's config at the workspace's database through a relay the test can cut.
+async fn through_relay(ws: &Workspace, config: &std::path::Path) -> Cuttable {
+    let relay = Cuttable::start("127.0.0.1:5432".parse().unwrap()).await;
+    let db = ws.pg.as_ref().unwrap();
+    let via_relay = format!("postgres://postgres@127.0.0.1:{}/{}", relay.port, db.name);
+    edit(config, |text| {
+        text.replace(
+            &format!("url = \"{}\"", db.url),
+            &format!("url = \"{via_relay}\"\nconnect_timeout = \"1s\""),
+        )
+        .replace("pool_size = 4", "")
+    });
+    relay
+}
+
+/// The database goes away while a `created` is at the receiver, so its attempt cannot be
+/// recorded when the answer comes: the worker records it once the database is back. The
+/// lease is long, so waiting for it to run out would show; and the `created` is sent once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attempt_answered_while_the_database_is_down_is_recorded_when_it_returns() {
+    let (receiver, ws, config) = shared_database("").await;
+    let relay = through_relay(&ws, &config).await;
+    common::with_delivery(&config, "lease = \"10m\"");
+    let db = ws.pg.as_ref().unwrap();
+    let gw = gateways(&config, 1);
+    let base = gw[0].1.clone();
+    receiver.script([Reply::status(200).after(Duration::from_secs(2))]);
+    let r = post_incident(&base, &on_host("REC-1", "host-r")).await;
+    assert_eq!(r.status(), 202);
+    receiver.wait_for(1, Duration::from_secs(30)).await;
+    relay.set_down(true);
+    // The receiver answers during the outage; the record fails at least once.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    relay.set_down(false);
+    // Ingest answers 503 until its pool reconnects.
+    let follow_up = common::eventually(Duration::from_secs(30), || async {
+        let r = post_incident(&base, &on_host("REC-2", "host-r")).await;
+        (r.status() == 202).then_some(())
+    })
+    .await;
+    assert!(follow_up.is_some(), "the follow-up was accepted");
+    let both = receiver.wait_for(2, Duration::from_secs(60)).await;
+    let ids: Vec<String> = both
+        .iter()
+        .map(|r| r.json()["incidentId"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        ids,
+        ["REC-1", "REC-2"],
+        "the created once, then its follow-up"
+    );
+    assert!(
+        common::eventually(Duration::from_secs(30), || async {
+            (statuses(db) == ["delivered", "delivered"]).then_some(())
+        })
+        .await
+        .is_some(),
+        "both recorded delivered: {:?}",
+        statuses(db)
+    );
+    assert_eq!(
+        db.query_i64("SELECT COUNT(*) FROM attempts"),
+        2,
+        "one attempt each"
+    );
+}
+
+fn statuses(db: &PgDb) -> Vec<String> {
+    db.texts("SELECT status FROM deliveries ORDER BY seq")
+}
+
 /// PostgreSQL goes away during a load and comes back: meanwhile ingest answers 503
 /// problem+json with Retry-After and /readyz 503; nothing accepted is lost; ingest and
 /// delivery resume by themselves.
@@ -483,16 +554,8 @@ async fn while_the_database_is_down_ingest_answers_503_and_all_resumes_when_it_r
             .unwrap_or(4),
     );
     let (receiver, ws, config) = shared_database("").await;
-    let relay = Cuttable::start("127.0.0.1:5432".parse().unwrap()).await;
+    let relay = through_relay(&ws, &config).await;
     let db = ws.pg.as_ref().unwrap();
-    let via_relay = format!("postgres://postgres@127.0.0.1:{}/{}", relay.port, db.name);
-    edit(&config, |text| {
-        text.replace(
-            &format!("url = \"{}\"", db.url),
-            &format!("url = \"{via_relay}\"\nconnect_timeout = \"1s\""),
-        )
-        .replace("pool_size = 4", "")
-    });
     let mut gw = gateways(&config, 1);
     let base = gw[0].1.clone();
     let ready = |base: String| async move {

@@ -34,7 +34,7 @@ use crate::connector::{self, Connector, HttpTarget, Target};
 use crate::model::{self, Event};
 use crate::render::{self, Renderer};
 use crate::secrets::Secrets;
-use crate::store::{LeasedDelivery, NextStep, Store, TicketUpdate};
+use crate::store::{AttemptRecord, LeasedDelivery, NextStep, Store, TicketUpdate};
 
 use self::http::{SendResult, Verdict};
 use self::lookup::Looked;
@@ -777,24 +777,55 @@ impl Deliverer {
         record.lookup = lookup.map(|l| self.secrets.mask(&l));
         record.outcome_unknown = outcome_unknown && next != NextStep::Delivered;
         record::log_attempt(&delivery, &record, &next);
-        match self
-            .store
-            .record_attempt(
-                delivery.id.clone(),
-                delivery.lease_token.clone(),
-                record,
-                next,
-                ticket,
-            )
-            .await
-        {
-            Ok(true) => {}
-            Ok(false) => tracing::warn!(
-                delivery = %delivery.id,
-                "lease was lost before the attempt was recorded; another worker owns the delivery"
-            ),
-            // The lease runs out and the delivery is tried again: at least once.
-            Err(e) => tracing::error!(delivery = %delivery.id, error = %e, "cannot record attempt"),
+        self.record_until_stored(&delivery, record, next, ticket)
+            .await;
+    }
+
+    /// Records the attempt, trying again while the store is unreachable: what was sent is
+    /// known, and forgetting it would hold the delivery (and every later one on its ticket)
+    /// until the lease runs out, then send it a second time. The lease token keeps this safe
+    /// however late the record lands: once another worker has taken the delivery, the store
+    /// refuses it.
+    async fn record_until_stored(
+        &self,
+        delivery: &LeasedDelivery,
+        record: AttemptRecord,
+        next: NextStep,
+        ticket: Option<TicketUpdate>,
+    ) {
+        let give_up_at = tokio::time::Instant::now() + self.settings.lease;
+        let mut pause = Duration::from_millis(100);
+        loop {
+            let recorded = self
+                .store
+                .record_attempt(
+                    delivery.id.clone(),
+                    delivery.lease_token.clone(),
+                    record.clone(),
+                    next.clone(),
+                    ticket.clone(),
+                )
+                .await;
+            match recorded {
+                Ok(true) => return,
+                Ok(false) => {
+                    tracing::warn!(
+                        delivery = %delivery.id,
+                        "lease was lost before the attempt was recorded; another worker owns the delivery"
+                    );
+                    return;
+                }
+                Err(e) if tokio::time::Instant::now() + pause >= give_up_at => {
+                    // The lease runs out and the delivery is tried again: at least once.
+                    tracing::error!(delivery = %delivery.id, error = %e, "cannot record attempt; giving up");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(delivery = %delivery.id, error = %e, "cannot record attempt yet; trying again");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(2));
+                }
+            }
         }
     }
 }
