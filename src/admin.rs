@@ -132,7 +132,7 @@ pub async fn metrics(State(app): State<Arc<App>>, _: Admin) -> Response {
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4",
         )],
-        app.metrics.render(),
+        app.metrics.render() + &crate::control::live_metrics(&app),
     )
         .into_response()
 }

@@ -13,17 +13,19 @@ use axum::http::StatusCode;
 use axum::http::request::Parts;
 
 use crate::admission::{BodyReservation, Guard};
-use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::problem::Problem;
-use crate::render::Renderer;
+use crate::reload::Live;
 use crate::schema::IncidentSchema;
+use crate::server::ServerConfig;
 use crate::store::Store;
 
 /// What the HTTP handlers share.
 pub struct App {
-    pub config: Arc<Config>,
-    pub renderer: Arc<Renderer>,
+    /// The listeners' settings, fixed for the life of the process.
+    pub server: ServerConfig,
+    /// The configuration in force ([`crate::reload`]): sources, connectors, templates.
+    pub live: Arc<Live>,
     pub metrics: Arc<Metrics>,
     /// Replay fast path, rate limits and body budget of the ingress.
     pub guard: Guard,
@@ -47,15 +49,8 @@ impl App {
         body: Body,
         max_bytes: usize,
     ) -> Result<(Bytes, BodyReservation), Problem> {
-        crate::admission::read_body(
-            &self.guard,
-            &self.config.server,
-            client,
-            headers,
-            body,
-            max_bytes,
-        )
-        .await
+        crate::admission::read_body(&self.guard, &self.server, client, headers, body, max_bytes)
+            .await
     }
 }
 
@@ -82,15 +77,16 @@ impl FromRequestParts<Arc<App>> for PathId {
 /// The extractors of [`crate::auth`] read the callers from the configuration.
 impl crate::auth::Callers for App {
     fn admin_token(&self) -> Option<&str> {
-        self.config.server.admin_token.as_deref()
+        self.server.admin_token.as_deref()
     }
 
-    fn connectors(&self) -> &[crate::connector::Connector] {
-        &self.config.connectors
-    }
-
-    fn sources(&self) -> &[crate::auth::SourceConfig] {
-        &self.config.sources
+    fn callback_caller(&self, headers: &HeaderMap) -> Option<crate::store::Caller> {
+        let generation = self.live.current();
+        crate::auth::callback_caller(
+            &generation.config.connectors,
+            &generation.config.sources,
+            headers,
+        )
     }
 
     fn refused(&self) {

@@ -30,8 +30,9 @@ use crate::store::Caller;
 /// module needs nothing above it).
 pub trait Callers: Send + Sync {
     fn admin_token(&self) -> Option<&str>;
-    fn connectors(&self) -> &[Connector];
-    fn sources(&self) -> &[SourceConfig];
+    /// Who holds the callback token in `headers` (see [`callback_caller`]), by the
+    /// configuration in force.
+    fn callback_caller(&self, headers: &HeaderMap) -> Option<Caller>;
     /// Counts a refused caller (the admin API's refusals are not counted).
     fn refused(&self);
 }
@@ -59,14 +60,25 @@ impl<S: Callers> FromRequestParts<Arc<S>> for Callback {
     type Rejection = Problem;
 
     async fn from_request_parts(parts: &mut Parts, state: &Arc<S>) -> Result<Callback, Problem> {
-        match callback(state.connectors(), state.sources(), &parts.headers) {
-            Some(CallbackHolder::Connector(c)) => Ok(Callback(Caller::Connector(c.name.clone()))),
-            Some(CallbackHolder::Source(s)) => Ok(Callback(Caller::Source(s.name.clone()))),
+        match state.callback_caller(&parts.headers) {
+            Some(caller) => Ok(Callback(caller)),
             None => {
                 state.refused();
                 Err(Problem::unauthorized())
             }
         }
+    }
+}
+
+/// The connector (its target) or source whose callback token `headers` carry.
+pub fn callback_caller(
+    connectors: &[Connector],
+    sources: &[SourceConfig],
+    headers: &HeaderMap,
+) -> Option<Caller> {
+    match callback(connectors, sources, headers)? {
+        CallbackHolder::Connector(c) => Some(Caller::Connector(c.name.clone())),
+        CallbackHolder::Source(s) => Some(Caller::Source(s.name.clone())),
     }
 }
 

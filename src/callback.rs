@@ -109,20 +109,19 @@ pub async fn complete(
         .read_body(client, &headers, body, MAX_COMPLETE_BYTES)
         .await?;
     let request = parse_complete(&body)?;
+    let generation = app.live.current();
     // The platform completing its own incident needs no word back; a target closing its
     // own ticket needs no request to close it.
     let upstream: Vec<String> = match &caller {
         Caller::Source(_) => Vec::new(),
-        Caller::Connector(_) => app
-            .config
+        Caller::Connector(_) => generation
             .connectors
             .iter()
             .filter(|c| c.upstream)
             .map(|c| c.name.clone())
             .collect(),
     };
-    let skipping: Vec<String> = app
-        .config
+    let skipping: Vec<String> = generation
         .connectors
         .iter()
         .filter(|c| !c.sends(Event::Completed))
@@ -132,7 +131,7 @@ pub async fn complete(
             Caller::Source(_) => None,
         })
         .collect();
-    let connectors = &app.config.connectors;
+    let connectors = &generation.connectors;
     let completes_all = match &caller {
         Caller::Connector(name) => {
             crate::connector::find(connectors, name).is_some_and(|c| c.target_close_completes_all)

@@ -52,6 +52,8 @@ pub struct Connector {
     /// The target dedupes `created` by the correlation key itself (PagerDuty `dedup_key`,
     /// Opsgenie `alias`): a `created` whose outcome is unknown is simply sent again.
     pub idempotent_create: bool,
+    /// Paused in the config: its deliveries stay queued, none sent.
+    pub paused: bool,
     /// JSON pointers into an error response where the target says why (Redmine `/errors`,
     /// Jira `/errorMessages` and `/errors`, …): what is found there is the attempt's error.
     pub error_message: Vec<String>,

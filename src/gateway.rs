@@ -12,11 +12,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
 use crate::config::Config;
-use crate::deliver::{self, Deliverer};
-use crate::render::Renderer;
+use crate::deliver::Deliverer;
+use crate::reload::{Generation, GenerationError, Live};
 use crate::schema::IncidentSchema;
 use crate::store::Store;
-use crate::{Error, admin, callback, ingress, metrics, problem, server};
+use crate::{Error, admin, callback, control, ingress, metrics, problem, server};
 
 /// A running gateway: its address, and the handle to stop it.
 pub struct Gateway {
@@ -28,8 +28,8 @@ pub struct Gateway {
     shutdown: CancellationToken,
     server: tokio::task::JoinHandle<()>,
     workers: tokio::task::JoinHandle<()>,
-    /// The readers of connectors' mailboxes (ticket numbers from acknowledgements).
-    mailboxes: Vec<tokio::task::JoinHandle<()>>,
+    /// The configuration in force (and the mailbox readers that follow it).
+    pub live: Arc<Live>,
 }
 
 /// What the detection platform and ticketing systems call: ingest and the back channel.
@@ -57,6 +57,11 @@ fn admin_routes() -> Router<Arc<App>> {
             "/v1/deliveries/{delivery_id}/resolve",
             post(admin::resolve_delivery),
         )
+        .route("/v1/deliveries/replay", post(control::bulk_replay))
+        .route("/v1/admin/reload", post(control::reload))
+        .route("/v1/connectors", get(control::list_connectors))
+        .route("/v1/connectors/{connector}/pause", post(control::pause))
+        .route("/v1/connectors/{connector}/resume", post(control::resume))
 }
 
 /// The ingress listener when the admin API has its own address.
@@ -133,11 +138,6 @@ async fn readyz(
 impl Gateway {
     /// Opens the store, compiles templates, binds the listener and starts the workers.
     pub async fn start(config: Config) -> Result<Gateway, Error> {
-        let config = Arc::new(config);
-        let renderer = Arc::new(Renderer::new(
-            config.partials_dir.as_deref(),
-            &config.connectors,
-        )?);
         let schema = IncidentSchema::shipped()?;
         let store = open_store(&config).await?;
         let tracked: Vec<String> = config
@@ -155,6 +155,14 @@ impl Gateway {
                 "created requests interrupted by a crash were set aside; see the dead deliveries"
             );
         }
+        let watch = config.reload.watch;
+        let first = Generation::build(config, 1).map_err(|e| match e {
+            GenerationError::Config(e) => Error::Config(e),
+            GenerationError::Render(e) => Error::Render(e),
+            GenerationError::Connector(e) => Error::Connector(e),
+            GenerationError::Interrupted(e) => Error::Serve(std::io::Error::other(e)),
+        })?;
+        let config = first.config.clone();
         let wake = Arc::new(Notify::new());
         let metrics = Arc::new(metrics::Metrics::default());
         let listener = tokio::net::TcpListener::bind(&config.server.listen)
@@ -165,35 +173,32 @@ impl Gateway {
             })?;
         let addr = listener.local_addr().map_err(Error::Serve)?;
         let shutdown = CancellationToken::new();
-
-        let clients = deliver::clients(&config.connectors)?;
-        let tokens = deliver::token_sources(&config.connectors, &clients);
+        let live = Live::new(first, store.clone(), wake.clone(), shutdown.clone());
+        if let Some(interval) = watch {
+            tokio::spawn(live.clone().watch(interval));
+        }
+        let current = live.current();
         let deliverer = Deliverer {
             settings: config.delivery,
             shutdown_grace: config.server.shutdown_grace,
-            connectors: Arc::new(config.connectors.clone()),
-            secrets: Arc::new(config.secrets.clone()),
-            renderer: renderer.clone(),
+            connectors: current.connectors.clone(),
+            secrets: current.secrets.clone(),
+            renderer: current.renderer.clone(),
             store: store.clone(),
-            clients: Arc::new(clients),
-            tokens: Arc::new(tokens),
+            clients: current.clients.clone(),
+            tokens: current.tokens.clone(),
             metrics: metrics.clone(),
             wake: wake.clone(),
-            mailers: Arc::new(deliver::mailers(&config.connectors)?),
+            mailers: current.mailers.clone(),
             renders: Arc::new(tokio::sync::Semaphore::new(config.delivery.render_threads)),
+            live: live.clone(),
         };
         let workers = tokio::spawn(deliverer.run(shutdown.clone()));
-        let mailboxes = crate::mailbox::spawn_readers(
-            &config.connectors,
-            store.clone(),
-            wake.clone(),
-            shutdown.clone(),
-        );
 
         let app = Arc::new(App {
             guard: crate::admission::Guard::new(&config.server),
-            config,
-            renderer,
+            server: config.server.clone(),
+            live,
             metrics,
             schema,
             store: store.clone(),
@@ -202,23 +207,24 @@ impl Gateway {
                 std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
             )),
         });
+        let app_live = app.live.clone();
         let limits = server::ConnectionLimits {
-            max_connections: app.config.server.max_connections,
-            max_connections_per_client: app.config.server.max_connections_per_client,
-            idle_timeout: app.config.server.idle_timeout,
-            header_read_timeout: app.config.server.header_read_timeout,
-            shutdown_grace: app.config.server.shutdown_grace,
-            linger_bytes: server::linger_bytes(app.config.server.max_body_bytes),
+            max_connections: app.server.max_connections,
+            max_connections_per_client: app.server.max_connections_per_client,
+            idle_timeout: app.server.idle_timeout,
+            header_read_timeout: app.server.header_read_timeout,
+            shutdown_grace: app.server.shutdown_grace,
+            linger_bytes: server::linger_bytes(app.server.max_body_bytes),
         };
-        let tls = match &app.config.server.tls {
+        let tls = match &app.server.tls {
             Some(files) => Some(server::tls_acceptor(files)?),
             None => None,
         };
-        let admin_tls = match &app.config.server.admin_tls {
+        let admin_tls = match &app.server.admin_tls {
             Some(files) => Some(server::tls_acceptor(files)?),
             None => None,
         };
-        let (main_router, reserve, admin) = match &app.config.server.admin_listen {
+        let (main_router, reserve, admin) = match &app.server.admin_listen {
             Some(admin_addr) => {
                 let admin_listener =
                     tokio::net::TcpListener::bind(admin_addr)
@@ -242,8 +248,8 @@ impl Gateway {
             }
             None => {
                 // The admin API shares this listener: keep its reserve (when it is on at all).
-                let reserve = app.config.server.admin_token.clone().and_then(|token| {
-                    let slots = app.config.server.admin_reserved_connections;
+                let reserve = app.server.admin_token.clone().and_then(|token| {
+                    let slots = app.server.admin_reserved_connections;
                     (slots > 0).then(|| server::AdminReserve {
                         slots,
                         router: reserve_router(app.clone()),
@@ -274,7 +280,7 @@ impl Gateway {
             shutdown,
             server,
             workers,
-            mailboxes,
+            live: app_live,
         })
     }
 
@@ -287,10 +293,7 @@ impl Gateway {
             let _ = admin.await;
         }
         let _ = self.workers.await;
-        for reader in self.mailboxes {
-            // A read under way is dropped: the mails it had not marked seen are read again.
-            reader.abort();
-        }
+        self.live.stop_mailboxes();
         served.map_err(|e| Error::Serve(std::io::Error::other(e.to_string())))
     }
 }

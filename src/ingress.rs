@@ -241,18 +241,19 @@ async fn accept(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, Problem> {
-    let limits = &app.config.server;
+    let limits = &app.server;
+    // One generation of the config for the whole request, though a reload may come mid-way.
+    let generation = app.live.current();
+    let config = &generation.config;
     // A bearer key names the source now; a signature-only source is found once the body is in.
     let keyed = match auth::bearer(headers) {
-        Some(_) => {
-            Some(auth::source(&app.config.sources, headers).ok_or_else(|| unauthorized(app))?)
-        }
+        Some(_) => Some(auth::source(&config.sources, headers).ok_or_else(|| unauthorized(app))?),
         None => None,
     };
     // The sources this request could still authenticate as, from its headers alone.
     let candidates: Vec<&SourceConfig> = match keyed {
         Some(source) => vec![source],
-        None => app.config.sources.iter().filter(signature_only).collect(),
+        None => config.sources.iter().filter(signature_only).collect(),
     };
     if candidates.is_empty() {
         return Err(unauthorized(app));
@@ -297,8 +298,7 @@ async fn accept(
         Some(source) if signature_holds(source, headers, &bytes) => source,
         Some(_) => return Err(unauthorized(app)),
         None => {
-            let signed = app
-                .config
+            let signed = config
                 .sources
                 .iter()
                 .filter(signature_only)
@@ -335,7 +335,8 @@ async fn accept(
 /// thread (see [`accept_document`]). Returns the incidents to store and whether the body was
 /// a batch.
 fn check_document(app: &App, bytes: &[u8]) -> Result<(Vec<NewIncident>, bool), Problem> {
-    let limits = &app.config.server;
+    let limits = &app.server;
+    let generation = app.live.current();
     if json_depth(bytes) > limits.max_json_depth {
         return Err(unprocessable(vec![Violation {
             pointer: String::new(),
@@ -388,12 +389,13 @@ fn check_document(app: &App, bytes: &[u8]) -> Result<(Vec<NewIncident>, bool), P
     }
     // Correlation keys are templates: they get a delivery's render budget (one that runs
     // over falls back to the incident id, as any key that fails to render does).
-    let batch = crate::render::bounds::with_budget(app.config.delivery.render_budget, || {
-        incidents
-            .iter()
-            .map(|incident| prepare(&app.config.connectors, &app.renderer, incident))
-            .collect()
-    });
+    let batch =
+        crate::render::bounds::with_budget(generation.config.delivery.render_budget, || {
+            incidents
+                .iter()
+                .map(|incident| prepare(&generation.connectors, &generation.renderer, incident))
+                .collect()
+        });
     Ok((batch, is_batch))
 }
 

@@ -12,7 +12,8 @@
 //!    and verifies (Standard Webhooks, GitHub style) with the secrets it holds.
 //! 3. [`gateway`] — wiring: routers, start and stop, around [`app`], the state handlers
 //!    share; [`server`] — the listeners (connection limits, idle shedding, lingering close,
-//!    TLS); [`admission`] — replay fast path, rate limits, the body budget and reader.
+//!    TLS); [`admission`] — replay fast path, rate limits, the body budget and reader;
+//!    [`reload`] — the configuration in force, swapped whole on SIGHUP or the admin API.
 //! 4. [`ingress`] — `POST /v1/incidents`: authenticate, bound, parse; answers are
 //!    [`problem`] details (RFC 9457); [`auth`] — who is calling (admin, source, callback):
 //!    the `Admin` and `Callback` extractors on one constant-time token check.
@@ -28,7 +29,8 @@
 //!    schedule → record. The CLI preview and the fuzz target run the same `prepare`.
 //! 10. [`render`] — Handlebars templates, escaped by content type, strict about variables,
 //!     each render bounded in time and by its helpers' input caps.
-//! 11. [`admin`] — inspect incidents and deliveries, replay dead ones; [`metrics`] for
+//! 11. [`admin`] — inspect incidents and deliveries, replay dead ones; [`control`] —
+//!     reload, pause and resume connectors, replay dead deliveries in bulk; [`metrics`] for
 //!     Prometheus.
 //! 12. [`cli`] — `check` and `render`, the admin's offline tools; `main.rs` only parses the
 //!     command line.
@@ -42,6 +44,7 @@ pub mod signature;
 
 pub mod app;
 pub mod gateway;
+pub mod reload;
 pub mod server;
 
 pub mod admission;
@@ -64,6 +67,7 @@ pub mod deliver;
 pub mod render;
 
 pub mod admin;
+pub mod control;
 pub mod metrics;
 
 pub mod cli;

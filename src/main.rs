@@ -152,14 +152,51 @@ fn serve(config_file: PathBuf) -> anyhow::Result<ExitCode> {
     let config = Config::load(&config_file)?;
     let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
     runtime.block_on(async {
+        #[cfg(unix)]
+        let hangups = Hangups::listen();
         let gateway = Gateway::start(config).await?;
         // Printed on stdout so scripts and tests can find an ephemeral port.
         println!("listening on http://{}", gateway.addr);
+        #[cfg(unix)]
+        hangups.reload(gateway.live.clone());
         shutdown_signal().await;
         tracing::info!("shutting down");
         gateway.stop().await?;
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// SIGHUP reloads the config (as Prometheus and Alertmanager do); it never stops the process.
+/// Listened for before the gateway starts, so a SIGHUP during start-up is not fatal either:
+/// it is taken once the gateway runs.
+#[cfg(unix)]
+struct Hangups(Option<tokio::signal::unix::Signal>);
+
+#[cfg(unix)]
+impl Hangups {
+    fn listen() -> Hangups {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::hangup()) {
+            Ok(s) => Hangups(Some(s)),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP; reload through the admin API");
+                Hangups(None)
+            }
+        }
+    }
+
+    fn reload(self, live: std::sync::Arc<incident_gateway::reload::Live>) {
+        let Some(mut hangups) = self.0 else {
+            return;
+        };
+        tokio::spawn(async move {
+            while hangups.recv().await.is_some() {
+                tracing::info!("SIGHUP: reloading the config");
+                // A refused config is logged and counted by the reload itself.
+                let _ = live.reload().await;
+            }
+        });
+    }
 }
 
 async fn shutdown_signal() {

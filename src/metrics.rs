@@ -81,3 +81,11 @@ impl Metrics {
         out
     }
 }
+
+/// `value` escaped for a Prometheus label (backslash, double quote, newline).
+pub fn label_value(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}

@@ -82,6 +82,9 @@ pub(super) struct RawConnector {
     pub(super) mailbox: Option<RawMailbox>,
     #[serde(default)]
     idempotent_create: bool,
+    /// Deliveries stay queued, none sent, until this is taken out and the config reloaded.
+    #[serde(default)]
+    paused: bool,
     callback_token: Option<String>,
     #[serde(default)]
     upstream: bool,
@@ -328,6 +331,7 @@ impl Validator<'_> {
             ticket_id: c.ticket_id,
             ticket_url: c.ticket_url,
             idempotent_create: c.idempotent_create,
+            paused: c.paused,
             error_message: c.error_message,
             callback_token: c.callback_token,
             upstream: c.upstream,

@@ -15,6 +15,7 @@ mod connectors;
 mod delivery;
 mod env;
 mod http;
+pub mod reload;
 mod server;
 mod smtp;
 mod sources;
@@ -94,6 +95,8 @@ pub struct Config {
     /// Every value that came from an environment variable: masked wherever text leaves the
     /// gateway (render output, logs of errors, attempt records).
     pub secrets: Secrets,
+    /// `[reload]`: whether the config and template files are watched for changes.
+    pub reload: reload::ReloadConfig,
 }
 
 /// The file as written; each section's own form lives with the file that builds it.
@@ -111,6 +114,8 @@ struct RawConfig {
     connectors: Vec<connectors::RawConnector>,
     #[serde(default)]
     templates: templates::RawTemplates,
+    #[serde(default)]
+    reload: reload::RawReload,
 }
 
 impl Config {
@@ -187,6 +192,7 @@ impl Validator<'_> {
         let sources = self.sources(raw.sources, &server)?;
         let connectors = self.connectors(raw.connectors)?;
         let partials_dir = self.partials_dir(raw.templates)?;
+        let reload = self.reload(&raw.reload)?;
         self.callback_tokens_stand_alone(&server, &sources, &connectors)?;
         // Credentials are secrets even when written in the file itself.
         let mut secret_values = self.env.into_expanded();
@@ -205,6 +211,7 @@ impl Validator<'_> {
             connectors,
             partials_dir,
             secrets: Secrets::new(secret_values),
+            reload,
         })
     }
 

@@ -178,6 +178,9 @@ pub struct Deliverer {
     pub mailers: Arc<HashMap<String, smtp::Transport>>,
     /// Permits for renders on blocking threads: `delivery.render_threads` at once.
     pub renders: Arc<Semaphore>,
+    /// The configuration in force: each attempt runs on the generation it was leased under
+    /// (the fields above are that generation's).
+    pub live: Arc<crate::reload::Live>,
 }
 
 /// An HTTP client for every HTTP connector.
@@ -254,6 +257,19 @@ const RENDER_BUDGET_GRACE: Duration = Duration::from_secs(1);
 const IDLE_POLL: Duration = Duration::from_millis(1000);
 
 impl Deliverer {
+    /// This deliverer on `generation`: its connectors, templates, clients and transports.
+    fn on(&self, generation: &crate::reload::Generation) -> Deliverer {
+        Deliverer {
+            connectors: generation.connectors.clone(),
+            secrets: generation.secrets.clone(),
+            renderer: generation.renderer.clone(),
+            clients: generation.clients.clone(),
+            tokens: generation.tokens.clone(),
+            mailers: generation.mailers.clone(),
+            ..self.clone()
+        }
+    }
+
     /// Takes and sends deliveries until `shutdown`, then waits up to the configured grace
     /// for sends under way. At most `delivery.concurrency` sends run at once, and at most each
     /// connector's own `concurrency` for it, so one slow receiver cannot hold every worker.
@@ -262,7 +278,17 @@ impl Deliverer {
         let in_flight: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
         let tracker = TaskTracker::new();
         let lease_ms = self.settings.lease.as_millis().min(i64::MAX as u128) as i64;
+        // Connectors some queued deliveries name that the config in force does not: their
+        // deliveries stay queued, untouched, until a reload brings the connector back.
+        let mut orphans: std::collections::HashSet<String> = Default::default();
+        let mut generation = 0;
         while !shutdown.is_cancelled() {
+            let current = self.live.current();
+            if current.number != generation {
+                generation = current.number;
+                orphans.clear();
+            }
+            let this = self.on(&current);
             let free = permits.available_permits();
             if free == 0 {
                 tokio::select! {
@@ -271,7 +297,9 @@ impl Deliverer {
                 }
                 continue;
             }
-            let busy = self.busy_connectors(&in_flight);
+            let mut busy = this.busy_connectors(&in_flight);
+            busy.extend(orphans.iter().cloned());
+            busy.extend(self.live.paused(&current));
             let leased = match self.store.lease_due(free, lease_ms, busy.clone()).await {
                 Ok(leased) => leased,
                 Err(e) => {
@@ -285,7 +313,17 @@ impl Deliverer {
             let took = leased.len();
             let mut give_back = Vec::new();
             for delivery in leased {
-                let cap = self.connector_cap(&delivery.connector);
+                if this.connector(&delivery.connector).is_none() {
+                    if orphans.insert(delivery.connector.clone()) {
+                        tracing::warn!(
+                            connector = %delivery.connector,
+                            "deliveries for a connector the config no longer has stay queued until it comes back"
+                        );
+                    }
+                    give_back.push((delivery.id, delivery.lease_token));
+                    continue;
+                }
+                let cap = this.connector_cap(&delivery.connector);
                 {
                     let Ok(mut counts) = in_flight.lock() else {
                         break;
@@ -300,7 +338,7 @@ impl Deliverer {
                 let Ok(permit) = permits.clone().acquire_owned().await else {
                     break;
                 };
-                let me = self.clone();
+                let me = this.clone();
                 let in_flight = in_flight.clone();
                 tracker.spawn(async move {
                     let connector = delivery.connector.clone();
@@ -321,7 +359,9 @@ impl Deliverer {
                 tracing::warn!(error = %e, "cannot give leases back; they expire by themselves");
             }
             if took < free {
-                let busy = self.busy_connectors(&in_flight);
+                let mut busy = this.busy_connectors(&in_flight);
+                busy.extend(orphans.iter().cloned());
+                busy.extend(self.live.paused(&current));
                 let wait = match self.store.next_due_ms(busy).await {
                     Ok(Some(due)) => Duration::from_millis(
                         (due - model::now_ms()).clamp(0, IDLE_POLL.as_millis() as i64) as u64,

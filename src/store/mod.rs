@@ -575,9 +575,71 @@ pub trait Health: Send + Sync {
 }
 
 /// A whole store: what a backend implements.
-pub trait Backend: Ingest + Queue + Tickets + Views + Health {}
+/// What operators change while the gateway runs: paused connectors, bulk replay, and the
+/// queue's size per connector.
+#[async_trait]
+pub trait Operate: Send + Sync {
+    /// Pauses `connector` (with `note`) or, with `None`, resumes it; `false` when resuming a
+    /// connector that was not paused.
+    async fn set_paused(
+        &self,
+        connector: String,
+        note: Option<PauseNote>,
+    ) -> Result<bool, StoreError>;
 
-impl<T: Ingest + Queue + Tickets + Views + Health> Backend for T {}
+    /// Every connector paused through the admin API (shared by every process on the store).
+    async fn paused(&self) -> Result<Vec<PauseNote>, StoreError>;
+
+    /// Dead deliveries `filter` selects, oldest death first, with how their last attempt
+    /// ended (for the error class).
+    async fn dead(&self, filter: DeadFilter) -> Result<Vec<DeadDelivery>, StoreError>;
+
+    /// Pending deliveries per connector: how many, and when the oldest due one was due.
+    async fn queue_depths(&self) -> Result<Vec<QueueDepth>, StoreError>;
+}
+
+/// A connector paused through the admin API.
+#[derive(Debug, Clone, Serialize)]
+pub struct PauseNote {
+    pub connector: String,
+    pub since_ms: i64,
+    pub reason: Option<String>,
+}
+
+/// Which dead deliveries a bulk replay takes.
+#[derive(Debug, Clone, Default)]
+pub struct DeadFilter {
+    pub connector: Option<String>,
+    /// Died at or after (ms since the epoch).
+    pub since_ms: Option<i64>,
+    /// Died before.
+    pub until_ms: Option<i64>,
+    pub limit: usize,
+}
+
+/// A dead delivery and how its last attempt ended.
+#[derive(Debug, Clone)]
+pub struct DeadDelivery {
+    pub delivery_id: String,
+    pub connector: String,
+    /// The last attempt's HTTP status, if it got one.
+    pub status_code: Option<u16>,
+    /// Whether any attempt was recorded (a render failure records none).
+    pub attempted: bool,
+}
+
+/// One connector's pending deliveries.
+#[derive(Debug, Clone, Serialize)]
+pub struct QueueDepth {
+    pub connector: String,
+    pub pending: i64,
+    /// The due time of its earliest due delivery (ms), if any is due now.
+    pub oldest_due_ms: Option<i64>,
+}
+
+pub trait Backend: Ingest + Queue + Tickets + Views + Health + Operate {}
+
+impl<T: Ingest + Queue + Tickets + Views + Health + Operate> Backend for T {}
 
 /// The handle callers hold: cheap to clone, whatever the backend.
 #[derive(Clone)]
@@ -745,6 +807,30 @@ impl Store {
     }
 
     /// See [`Views::delivery`].
+    /// See [`Operate::set_paused`].
+    pub async fn set_paused(
+        &self,
+        connector: String,
+        note: Option<PauseNote>,
+    ) -> Result<bool, StoreError> {
+        self.backend.set_paused(connector, note).await
+    }
+
+    /// See [`Operate::paused`].
+    pub async fn paused(&self) -> Result<Vec<PauseNote>, StoreError> {
+        self.backend.paused().await
+    }
+
+    /// See [`Operate::dead`].
+    pub async fn dead(&self, filter: DeadFilter) -> Result<Vec<DeadDelivery>, StoreError> {
+        self.backend.dead(filter).await
+    }
+
+    /// See [`Operate::queue_depths`].
+    pub async fn queue_depths(&self) -> Result<Vec<QueueDepth>, StoreError> {
+        self.backend.queue_depths().await
+    }
+
     pub async fn delivery(&self, delivery_id: String) -> Result<Option<DeliveryView>, StoreError> {
         self.backend.delivery(delivery_id).await
     }

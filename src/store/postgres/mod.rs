@@ -66,6 +66,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "lookups, delivery purposes, ticket close times",
         include_str!("../../../migrations/postgres/0002_lookup.sql"),
     ),
+    (
+        3,
+        "connector pauses",
+        include_str!("../../../migrations/postgres/0003_pauses.sql"),
+    ),
 ];
 
 /// The newest schema this binary knows: its last migration's.
@@ -125,6 +130,7 @@ macro_rules! transaction {
 
 mod ingest;
 mod instance;
+mod operate;
 mod queue;
 mod tickets;
 mod views;

@@ -39,6 +39,7 @@ macro_rules! from_row {
 }
 
 mod ingest;
+mod operate;
 mod queue;
 mod tickets;
 mod views;
@@ -133,6 +134,13 @@ CREATE TABLE IF NOT EXISTS seen_webhooks (
     PRIMARY KEY (source, webhook_id)
 );
 CREATE INDEX IF NOT EXISTS seen_webhooks_seen ON seen_webhooks (seen_ms);
+-- Connectors an admin paused through the API (a connector's `paused` in the config is read
+-- from the config): their deliveries stay queued, none leased, until resumed.
+CREATE TABLE IF NOT EXISTS connector_pauses (
+    connector  TEXT PRIMARY KEY,
+    since_ms   INTEGER NOT NULL,
+    reason     TEXT
+);
 CREATE TABLE IF NOT EXISTS attempts (
     delivery_id    TEXT NOT NULL,
     attempt        INTEGER NOT NULL,
