@@ -27,6 +27,9 @@ use crate::render::{RenderError, Renderer};
 use crate::secrets::Secrets;
 use crate::store::{PauseNote, Store};
 
+/// A file, and its modification time and length when last looked at (`None`: absent).
+type Seen = (PathBuf, Option<(SystemTime, u64)>);
+
 /// How often the API pauses are read again from the store.
 const PAUSES_REREAD: Duration = Duration::from_secs(2);
 
@@ -51,7 +54,7 @@ pub struct Generation {
     /// The restart-only sections as written, to tell when a reload changes them.
     restart_only: toml::Table,
     /// The files this generation was read from, as last seen (for `[reload] watch`).
-    files: Vec<(PathBuf, Option<(SystemTime, u64)>)>,
+    files: Vec<Seen>,
 }
 
 /// Why a generation could not be built.
@@ -113,7 +116,7 @@ fn restart_only_sections(file: &std::path::Path) -> toml::Table {
 }
 
 /// The config file, every template and schema its connectors name, and the partials.
-fn watched_files(config: &Config) -> Vec<(PathBuf, Option<(SystemTime, u64)>)> {
+fn watched_files(config: &Config) -> Vec<Seen> {
     let mut paths = vec![config.file.clone()];
     for c in &config.connectors {
         paths.push(c.template.resolved.clone());
@@ -332,7 +335,7 @@ impl Live {
     /// Reloads whenever a watched file changes, checking every `interval`. A change that
     /// does not load is reported once, then waits for the next change.
     pub async fn watch(self: Arc<Self>, interval: Duration) {
-        let mut refused_at: Option<Vec<(PathBuf, Option<(SystemTime, u64)>)>> = None;
+        let mut refused_at: Option<Vec<Seen>> = None;
         loop {
             tokio::select! {
                 () = self.shutdown.cancelled() => return,
