@@ -50,6 +50,8 @@ pub mod ingress;
 pub mod problem;
 
 pub mod schema;
+// What `check` holds template paths and matcher pointers to.
+pub mod fields;
 
 pub mod route;
 
