@@ -1,5 +1,5 @@
-//! The offline commands behind `incident-gateway check` and `render`: test a configuration
-//! and its templates before they go live, without sending anything.
+//! The offline commands behind `incident-gateway check`, `routes` and `render`: test a
+//! configuration, its routing and its templates before they go live, without sending anything.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;

@@ -228,13 +228,10 @@ impl IncidentFields {
                 });
             }
         }
-        Err(misses
-            .into_iter()
-            .reduce(|a, b| merge_two(a, b))
-            .unwrap_or(Miss {
-                depth,
-                candidates: vec![],
-            }))
+        Err(misses.into_iter().reduce(merge_two).unwrap_or(Miss {
+            depth,
+            candidates: vec![],
+        }))
     }
 }
 
@@ -530,7 +527,10 @@ mod tests {
         assert!(why.contains("`first`"), "{why}");
         // A field the schema leaves out but an example incident has is the admin's to read.
         let example = json!({"incidentId": "x", "tenant": {"tier": "gold"}});
-        assert_eq!(f.pointer_problem("/tenant/tier", &[example.clone()]), None);
+        assert_eq!(
+            f.pointer_problem("/tenant/tier", std::slice::from_ref(&example)),
+            None
+        );
         assert!(f.pointer_problem("/tenant/tire", &[example]).is_some());
     }
 

@@ -360,7 +360,8 @@ fn variables_expand_in_file_paths() {
     std::fs::write(
         elsewhere.path().join("body.json.hbs"),
         "{\"id\": \"{{incidentId}}\", \"line\": \"{{> oneline value=incidentId}}\"}\n",
-    );
+    )
+    .unwrap();
     let config = s.config(
         r#"[[connectors]]
 name = "hook"

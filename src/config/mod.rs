@@ -246,12 +246,14 @@ impl Validator<'_> {
         };
         let server_expanded = keep(self.expand_server(&mut raw.server));
         let storage_expanded = keep(self.expand("storage.url", &mut raw.storage.url));
-        let sources_expanded = raw
+        // Every source is expanded (and its problem named), not only up to the first failure.
+        let sources_expanded: Vec<bool> = raw
             .sources
             .iter_mut()
             .enumerate()
             .map(|(i, s)| keep(self.expand_source(&format!("sources[{i}]"), s)))
-            .fold(true, |all, ok| all && ok);
+            .collect();
+        let sources_expanded = sources_expanded.into_iter().all(|ok| ok);
         // A connector whose values do not expand is left out of the checks that follow.
         let mut expanded_connectors = Vec::new();
         for (i, mut connector) in raw.connectors.into_iter().enumerate() {
