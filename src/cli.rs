@@ -611,6 +611,8 @@ fn check_fields(
         }
     };
     let mut partial_keys: Vec<String> = Vec::new();
+    // Every partial call of the connectors' templates: whether it keeps the top scope.
+    let mut calls: Vec<(String, bool)> = Vec::new();
     for connector in &config.connectors {
         let context = preview_context(renderer, &bare, connector, Event::Completed);
         let facts = crate::fields::facts_of(&context, &bare);
@@ -626,24 +628,26 @@ fn check_fields(
                     .into_iter()
                     .map(|a| a.key),
             );
+            calls.extend(crate::fields::partial_calls(&text));
             check_text(&file.as_written, &text, &[], &facts);
         }
     }
-    // A partial's top scope is its caller's, with the caller's arguments (`value`, `max`):
-    // those names are not fields. Connector vars differ by caller: any is allowed.
     let Some(dir) = &config.partials_dir else {
         return;
     };
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
-    let mut partials: Vec<(PathBuf, String)> = entries
+    let mut partials: Vec<(PathBuf, String, String)> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "hbs"))
-        .filter_map(|p| std::fs::read_to_string(&p).ok().map(|t| (p, t)))
+        .filter_map(|p| {
+            let name = p.file_name()?.to_str()?.split('.').next()?.to_string();
+            std::fs::read_to_string(&p).ok().map(|t| (p, name, t))
+        })
         .collect();
     partials.sort();
-    for (_, text) in &partials {
+    for (_, _, text) in &partials {
         partial_keys.extend(
             crate::fields::partial_arguments(text, &[])
                 .into_iter()
@@ -652,6 +656,23 @@ fn check_fields(
     }
     partial_keys.sort();
     partial_keys.dedup();
+    // A partial's top scope is its caller's: it is judged only when every call of it keeps
+    // the top scope, from a template or from a partial judged so too (else its paths may be
+    // an item's). The caller's arguments (`value`, `max`) are not fields there.
+    let mut top_only: BTreeSet<&str> = partials.iter().map(|(_, n, _)| n.as_str()).collect();
+    loop {
+        let mut all_calls = calls.clone();
+        for (_, name, text) in &partials {
+            for (callee, top) in crate::fields::partial_calls(text) {
+                all_calls.push((callee, top && top_only.contains(name.as_str())));
+            }
+        }
+        let before = top_only.len();
+        top_only.retain(|p| all_calls.iter().all(|(c, top)| c != p || *top));
+        if top_only.len() == before {
+            break;
+        }
+    }
     let Some(connector) = config.connectors.first() else {
         return;
     };
@@ -659,11 +680,14 @@ fn check_fields(
         &preview_context(renderer, &bare, connector, Event::Completed),
         &bare,
     );
+    // Connector vars differ by caller: any is allowed.
     if let Some(vars) = facts.pointer_mut("/connector/vars") {
         *vars = Value::Object(serde_json::Map::new());
     }
-    for (path, text) in &partials {
-        check_text(&path.display().to_string(), text, &partial_keys, &facts);
+    for (path, name, text) in &partials {
+        if top_only.contains(name.as_str()) {
+            check_text(&path.display().to_string(), text, &partial_keys, &facts);
+        }
     }
 }
 

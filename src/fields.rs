@@ -453,6 +453,43 @@ fn arguments_in(
     }
 }
 
+/// Every partial `text` calls (`{{> name …}}`), and whether the call keeps the caller's top
+/// scope: made outside `each`, `with` and other scope-changing blocks, with no context
+/// parameter (`{{> name other}}` renders the partial in `other`).
+pub fn partial_calls(text: &str) -> Vec<(String, bool)> {
+    let mut out = Vec::new();
+    if let Ok(t) = handlebars::template::Template::compile(text) {
+        calls_in(&t, true, &mut out);
+    }
+    out
+}
+
+fn calls_in(t: &handlebars::template::Template, top: bool, out: &mut Vec<(String, bool)>) {
+    use handlebars::template::TemplateElement;
+    for e in &t.elements {
+        match e {
+            TemplateElement::PartialExpression(d) | TemplateElement::PartialBlock(d) => {
+                if let Some(name) = d.name.as_name() {
+                    out.push((name.to_string(), top && d.params.is_empty()));
+                }
+                if let Some(inner) = &d.template {
+                    calls_in(inner, false, out);
+                }
+            }
+            TemplateElement::HelperBlock(h) => {
+                let keeps = matches!(h.name.as_name(), Some("if" | "unless"));
+                if let Some(inner) = &h.template {
+                    calls_in(inner, top && keeps, out);
+                }
+                if let Some(inverse) = &h.inverse {
+                    calls_in(inverse, top, out);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
 /// The context paths a parameter reads: itself, or those of a subexpression's parameters.
 fn paths_in(p: &handlebars::template::Parameter, out: &mut Vec<String>) {
     use handlebars::template::{Parameter, TemplateElement};
@@ -586,6 +623,23 @@ mod tests {
         assert_eq!(paths, vec![(2, "incidentid"), (3, "attackers")]);
         assert_eq!(found[0].key, "value");
         assert_eq!(found[0].partial, "p");
+    }
+
+    #[test]
+    fn partial_calls_say_whether_they_keep_the_top_scope() {
+        let calls = partial_calls(
+            "{{> a}}{{#if x}}{{> b value=y}}{{else}}{{> c}}{{/if}}{{#each e}}{{> d}}{{/each}}{{> f other}}",
+        );
+        assert_eq!(
+            calls,
+            vec![
+                ("a".to_string(), true),
+                ("b".to_string(), true),
+                ("c".to_string(), true),
+                ("d".to_string(), false),
+                ("f".to_string(), false),
+            ]
+        );
     }
 
     #[test]

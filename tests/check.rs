@@ -519,3 +519,43 @@ fn every_shipped_template_passes_the_field_checks() {
         );
     }
 }
+
+/// A partial's own partial arguments are judged when every call of it keeps the top scope;
+/// one rendered for each item of a list reads the item's fields, which are not judged.
+#[test]
+fn partials_are_judged_in_the_scope_they_are_called_in() {
+    let s = Setup::new();
+    s.incidents();
+    let oneline =
+        std::fs::read_to_string(repo().join("templates/partials/oneline.txt.hbs")).unwrap();
+    s.write("parts/oneline.txt.hbs", &oneline);
+    s.write("parts/item.txt.hbs", "{{> oneline value=signature_name}}");
+    let top = s.write("parts/top.txt.hbs", "\n{{> oneline value=incident_clas}}");
+    s.write(
+        "body.txt.hbs",
+        "{{incidentId}}\n{{> top}}\n{{#if events}}{{#each events}}{{> item}}{{/each}}{{/if}}\n",
+    );
+    let config = s.config(
+        r#"[[connectors]]
+name = "hook"
+kind = "http"
+url = "http://127.0.0.1:9/x"
+template = "body.txt.hbs"
+"#,
+    );
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("../templates/partials", "parts");
+    std::fs::write(&config, text).unwrap();
+    let t = failing(&check(&config, &[]));
+    assert!(
+        t.contains(&format!(
+            "{}:2:1: `{{{{> oneline value=…}}}}`: `incident_clas` reads nothing",
+            top.display()
+        )),
+        "{t}"
+    );
+    assert!(t.contains("did you mean `incident_class`?"), "{t}");
+    assert!(!t.contains("signature_name"), "{t}");
+    assert!(t.contains("1 problem(s) found"), "{t}");
+}
