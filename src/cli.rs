@@ -26,6 +26,20 @@ pub enum CliError {
     Input { file: PathBuf, message: String },
     #[error("no connector named {0:?} in the config")]
     UnknownConnector(String),
+    /// A problem of a template written in the config, named by its file, line and field.
+    #[error("{0}")]
+    Located(String),
+}
+
+/// A render error as `render` reports it: one of a template written inline in the config
+/// names the config's file, line and field.
+fn render_failure(config: &Config, e: crate::render::RenderError) -> CliError {
+    let text = std::fs::read_to_string(&config.file).unwrap_or_default();
+    let place = Placer::new(config, &text);
+    match place.inline_field(&e.template) {
+        Some(_) => CliError::Located(place.render_error(&e)),
+        None => crate::Error::from(e).into(),
+    }
 }
 
 /// What `check` found: problems (each a line naming file, line and reason) and what it did.
@@ -886,7 +900,7 @@ pub fn render(
 ) -> Result<String, CliError> {
     let config = Config::load(config_file).map_err(crate::Error::from)?;
     let renderer = Renderer::new(config.partials_dir.as_deref(), &config.connectors)
-        .map_err(crate::Error::from)?;
+        .map_err(|e| render_failure(&config, e))?;
     let connector = config
         .connector(connector_name)
         .ok_or_else(|| CliError::UnknownConnector(connector_name.to_string()))?;
@@ -912,7 +926,7 @@ pub fn render(
                 config.secrets.mask(&text)
             ))
         }
-        Err(Unprepared::Render(e)) => Err(crate::Error::from(e).into()),
+        Err(Unprepared::Render(e)) => Err(render_failure(&config, e)),
         Err(e) => Err(CliError::Input {
             file: incident_file.to_path_buf(),
             message: preview_problem(connector, event, e),

@@ -559,3 +559,27 @@ template = "body.txt.hbs"
     assert!(!t.contains("signature_name"), "{t}");
     assert!(t.contains("1 problem(s) found"), "{t}");
 }
+
+#[test]
+fn render_names_the_toml_line_of_an_inline_template_that_fails() {
+    let s = Setup::new();
+    let config = s.config(&format!(
+        r#"[[connectors]]
+name = "hook"
+kind = "http"
+url = "http://127.0.0.1:9/{{{{incident.sumary}}}}"
+template = "{GENERIC}"
+"#
+    ));
+    let out = render(&config, "hook", &sample_file(), None, &[]);
+    let t = output_text(&out);
+    assert!(!out.status.success(), "{t}");
+    let line = line_with(&config, "incident.sumary", 0);
+    assert!(
+        t.contains(&format!(
+            "{}: line {line}: connectors[0].url: column 20: variable `incident.sumary`",
+            config.display()
+        )),
+        "{t}"
+    );
+}
