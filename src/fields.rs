@@ -323,7 +323,7 @@ fn shown_step(steps: &[String], depth: usize, separator: &str) -> String {
 
 /// The candidate `step` most likely meant: the same name in another case, else the closest
 /// spelling, if close enough to be a typo.
-fn best_candidate(step: &str, candidates: &[String]) -> Option<String> {
+pub fn best_candidate(step: &str, candidates: &[String]) -> Option<String> {
     let lower = step.to_lowercase();
     if let Some(same) = candidates.iter().find(|c| c.to_lowercase() == lower) {
         return Some(same.clone());

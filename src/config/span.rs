@@ -133,7 +133,7 @@ impl<'a> Document<'a> {
 
     /// A TOML error as `line L, column C: field: message`.
     pub fn describe(&self, e: &toml::de::Error) -> String {
-        let message = e.message().trim().to_string();
+        let message = with_suggestion(e.message().trim());
         let Some(span) = e.span() else {
             return message;
         };
@@ -142,6 +142,30 @@ impl<'a> Document<'a> {
             Some(field) => format!("line {line}, column {column}: {field}: {message}"),
             None => format!("line {line}, column {column}: {message}"),
         }
+    }
+}
+
+/// serde's "unknown field `templte`, expected one of `name`, `template`, …" with the field
+/// most likely meant first: "(did you mean `template`?)".
+fn with_suggestion(message: &str) -> String {
+    let Some((name, expected)) = message
+        .strip_prefix("unknown field `")
+        .and_then(|rest| rest.split_once("`, expected "))
+    else {
+        return message.to_string();
+    };
+    // The names are the quoted parts of the list.
+    let candidates: Vec<String> = expected
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(String::from)
+        .collect();
+    match crate::fields::best_candidate(name, &candidates) {
+        Some(meant) => {
+            format!("unknown field `{name}` (did you mean `{meant}`?), expected {expected}")
+        }
+        None => message.to_string(),
     }
 }
 
@@ -260,6 +284,18 @@ mod tests {
         assert_eq!(
             message,
             "line 5, column 1: connectors[0].name: duplicate key"
+        );
+    }
+
+    #[test]
+    fn an_unknown_field_gets_the_one_most_likely_meant() {
+        assert_eq!(
+            with_suggestion("unknown field `templte`, expected one of `name`, `template`"),
+            "unknown field `templte` (did you mean `template`?), expected one of `name`, `template`"
+        );
+        assert_eq!(
+            with_suggestion("unknown field `zzz`, expected `name`"),
+            "unknown field `zzz`, expected `name`"
         );
     }
 
