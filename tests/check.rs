@@ -583,3 +583,46 @@ template = "{GENERIC}"
         "{t}"
     );
 }
+
+#[test]
+fn type_errors_and_unknown_fields_of_every_part_are_named_at_once() {
+    let s = Setup::new();
+    let config = s.write(
+        "gateway.toml",
+        r#"[server]
+max_body_bytes = "big"
+
+[storage]
+url = "sqlite://g.db"
+
+[[connectors]]
+name = "a"
+kind = "http"
+url = "http://127.0.0.1:9/a"
+templte = "x.json.hbs"
+
+[[connectors]]
+name = "b"
+kind = "http"
+url = "http://127.0.0.1:9/b"
+template = "x.json.hbs"
+[connectors.retry]
+max_attempts = "many"
+"#,
+    );
+    let t = failing(&check(&config, &[]));
+    let file = config.display().to_string();
+    for (text, field) in [
+        ("max_body_bytes", "server.max_body_bytes"),
+        ("templte", "connectors[0].templte"),
+        ("max_attempts", "connectors[1].retry.max_attempts"),
+    ] {
+        let line = line_with(&config, text, 0);
+        assert!(
+            t.contains(&format!("{file}: line {line}, column ")) && t.contains(field),
+            "{field}:\n{t}"
+        );
+    }
+    assert!(t.contains("(did you mean `template`?)"), "{t}");
+    assert!(t.contains("3 problem(s) found"), "{t}");
+}

@@ -89,6 +89,23 @@ impl<'a> FieldLines<'a> {
     }
 }
 
+/// Each part of the document (a section, a source, a connector) read alone: the problems of
+/// each, where reading the whole stops at the first.
+fn part_errors(doc: &Document) -> Vec<toml::de::Error> {
+    doc.parts()
+        .into_iter()
+        .filter_map(|(key, index, part)| match (key.as_str(), index) {
+            ("server", None) => server::RawServer::deserialize(part).err(),
+            ("storage", None) => storage::RawStorage::deserialize(part).err(),
+            ("delivery", None) => delivery::RawDelivery::deserialize(part).err(),
+            ("templates", None) => templates::RawTemplates::deserialize(part).err(),
+            ("sources", Some(_)) => sources::RawSource::deserialize(part).err(),
+            ("connectors", Some(_)) => connectors::RawConnector::deserialize(part).err(),
+            _ => None,
+        })
+        .collect()
+}
+
 /// The first of a load's problems (a failed load has at least one).
 fn first_error(mut errors: Vec<ConfigError>) -> ConfigError {
     if errors.is_empty() {
@@ -174,7 +191,8 @@ impl Config {
     }
 
     /// As [`Config::load`], naming every problem, not only the first (for `check`). A file
-    /// that is not TOML, or a value of the wrong type, still stops at the first.
+    /// that is not TOML stops at its first syntax error; a value of the wrong type or an
+    /// unknown field stops the checks that need the values, after every such problem is named.
     pub fn load_all(file: &Path) -> Result<Config, Vec<ConfigError>> {
         let text = std::fs::read_to_string(file).map_err(|source| {
             vec![ConfigError::Read {
@@ -199,8 +217,24 @@ impl Config {
         if let Some(e) = syntax_error {
             return Err(vec![parse_error(&doc, e)]);
         }
-        let raw =
-            RawConfig::deserialize(doc.deserializer()).map_err(|e| vec![parse_error(&doc, e)])?;
+        let raw = match RawConfig::deserialize(doc.deserializer()) {
+            Ok(raw) => raw,
+            Err(first) => {
+                // The others of its kind, part by part (each section, each connector), in
+                // the order they are written.
+                let mut found = vec![first];
+                for e in part_errors(&doc) {
+                    let same = |seen: &toml::de::Error| {
+                        seen.message() == e.message() && seen.span() == e.span()
+                    };
+                    if !found.iter().any(same) {
+                        found.push(e);
+                    }
+                }
+                found.sort_by_key(|e| e.span().map_or(0, |s| s.start));
+                return Err(found.into_iter().map(|e| parse_error(&doc, e)).collect());
+            }
+        };
         let base_dir = match file.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),

@@ -42,6 +42,35 @@ impl<'a> Document<'a> {
         toml::de::Deserializer::from(Spanned::new(self.span.clone(), table))
     }
 
+    /// A deserializer for each part of the document that can be read alone: each top-level
+    /// table, and each table of a top-level array of tables (`[[connectors]]`), with its key
+    /// and index. After the first problem stops reading the whole, these find the others.
+    pub fn parts(&self) -> Vec<(String, Option<usize>, toml::de::Deserializer<'a>)> {
+        let DeValue::Table(root) = &self.root else {
+            return vec![];
+        };
+        let alone = |value: &Spanned<DeValue<'a>>| match value.get_ref() {
+            DeValue::Table(table) => Some(toml::de::Deserializer::from(Spanned::new(
+                value.span(),
+                table.clone(),
+            ))),
+            _ => None,
+        };
+        let mut parts = Vec::new();
+        for (key, value) in root.iter() {
+            let key = key.get_ref().to_string();
+            match value.get_ref() {
+                DeValue::Array(items) => {
+                    for (i, item) in items.iter().enumerate() {
+                        parts.extend(alone(item).map(|d| (key.clone(), Some(i), d)));
+                    }
+                }
+                _ => parts.extend(alone(value).map(|d| (key.clone(), None, d))),
+            }
+        }
+        parts
+    }
+
     /// The line (1-based) `offset` is on.
     pub fn line(&self, offset: usize) -> usize {
         let before = self.text.get(..offset).unwrap_or(self.text);
