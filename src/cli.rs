@@ -612,11 +612,13 @@ fn check_fields(
     let bare = serde_json::json!({"incidentId": "x"});
     let mut seen = BTreeSet::new();
     let mut check_text = |shown: &str, text: &str, locals: &[String], facts: &Value| {
-        for arg in crate::fields::partial_arguments(text, locals) {
+        for arg in crate::fields::argument_paths(text, locals) {
             if let Some(why) = fields.context_path_problem(&arg.path, facts, examples) {
                 let message = format!(
-                    "{shown}:{}:{}: `{{{{> {} {}=…}}}}`: {why}",
-                    arg.line, arg.column, arg.partial, arg.key
+                    "{shown}:{}:{}: {}: {why}",
+                    arg.line,
+                    arg.column,
+                    arg.shown()
                 );
                 if seen.insert(message.clone()) {
                     report.errors.push(message);
@@ -638,9 +640,9 @@ fn check_fields(
                 continue;
             };
             partial_keys.extend(
-                crate::fields::partial_arguments(&text, &[])
-                    .into_iter()
-                    .map(|a| a.key),
+                crate::fields::argument_paths(&text, &[])
+                    .iter()
+                    .filter_map(|a| a.partial_key().map(String::from)),
             );
             calls.extend(crate::fields::partial_calls(&text));
             check_text(&file.as_written, &text, &[], &facts);
@@ -663,9 +665,9 @@ fn check_fields(
     partials.sort();
     for (_, _, text) in &partials {
         partial_keys.extend(
-            crate::fields::partial_arguments(text, &[])
-                .into_iter()
-                .map(|a| a.key),
+            crate::fields::argument_paths(text, &[])
+                .iter()
+                .filter_map(|a| a.partial_key().map(String::from)),
         );
     }
     partial_keys.sort();

@@ -378,22 +378,42 @@ pub fn template_path_steps(raw: &str) -> Option<Vec<String>> {
     Some(steps)
 }
 
-/// A context path a partial's argument reads (`{{> name key=path}}`), where it is written.
+/// A context path given to a partial (`{{> name key=path}}`, `{{> name path}}`): there a path
+/// that reads nothing is no error, only an empty value. Where it is written, and to what.
+/// (Helpers' arguments are not judged: `{{default connector.vars.x "…"}}` reads what may be
+/// missing on purpose, and a partial's optional arguments are missing when not given.)
 #[derive(Debug, Clone, PartialEq)]
-pub struct PartialArgument {
+pub struct ArgumentPath {
     pub line: usize,
     pub column: usize,
-    pub partial: String,
-    pub key: String,
+    /// What it is given to, as written: `> slack_text`.
+    pub call: String,
+    /// The hash key it is given as (`value`), if not a positional parameter.
+    pub key: Option<String>,
     pub path: String,
 }
 
-/// Every path read by a partial's argument at the top scope of `text` (not inside `each`,
-/// `with` or another block helper that changes the scope), including those inside
-/// subexpressions (`value=(join attackers ", ")`). `locals` are names that are not context
-/// paths there (a partial's own arguments, read by the partials it calls). Nothing for a
-/// template that does not compile (that is reported on its own).
-pub fn partial_arguments(text: &str, locals: &[String]) -> Vec<PartialArgument> {
+impl ArgumentPath {
+    /// A partial's hash argument: the name the partial reads it by.
+    pub fn partial_key(&self) -> Option<&str> {
+        self.call.starts_with('>').then_some(self.key.as_deref())?
+    }
+
+    /// The call as a person reads it: `{{> oneline value=…}}`.
+    pub fn shown(&self) -> String {
+        match &self.key {
+            Some(key) => format!("`{{{{{} {key}=…}}}}`", self.call),
+            None => format!("`{{{{{} …}}}}`", self.call),
+        }
+    }
+}
+
+/// Every path given to a partial at the top scope of `text` (not inside `each`, `with` or
+/// another block helper that changes the scope), including those inside subexpressions
+/// (`value=(join attackers ", ")`). `locals` are names that are not context paths
+/// there (a partial's own arguments, read by the partials it calls). Nothing for a template
+/// that does not compile (that is reported on its own).
+pub fn argument_paths(text: &str, locals: &[String]) -> Vec<ArgumentPath> {
     use handlebars::template::Template;
     let mut out = Vec::new();
     if let Ok(t) = Template::compile(text) {
@@ -405,36 +425,41 @@ pub fn partial_arguments(text: &str, locals: &[String]) -> Vec<PartialArgument> 
 fn arguments_in(
     t: &handlebars::template::Template,
     locals: &[String],
-    out: &mut Vec<PartialArgument>,
+    out: &mut Vec<ArgumentPath>,
 ) {
-    use handlebars::template::TemplateElement;
+    use handlebars::template::{Parameter, TemplateElement};
+    use std::collections::HashMap;
     for (i, e) in t.elements.iter().enumerate() {
         let (line, column) = t.mapping.get(i).map_or((0, 0), |m| (m.0, m.1));
+        let mut given = |call: String, params: &[Parameter], hash: &HashMap<String, Parameter>| {
+            let mut keyed: Vec<(Option<&String>, &Parameter)> =
+                params.iter().map(|p| (None, p)).collect();
+            let mut hash: Vec<(&String, &Parameter)> = hash.iter().collect();
+            hash.sort_by(|a, b| a.0.cmp(b.0));
+            keyed.extend(hash.into_iter().map(|(k, p)| (Some(k), p)));
+            for (key, value) in keyed {
+                let mut paths = Vec::new();
+                paths_in(value, &mut paths);
+                for path in paths {
+                    let first = template_path_steps(&path)
+                        .and_then(|s| s.into_iter().next())
+                        .unwrap_or_default();
+                    if !locals.contains(&first) {
+                        out.push(ArgumentPath {
+                            line,
+                            column,
+                            call: call.clone(),
+                            key: key.cloned(),
+                            path,
+                        });
+                    }
+                }
+            }
+        };
         match e {
             TemplateElement::PartialExpression(d) => {
-                let Some(partial) = d.name.as_name() else {
-                    continue;
-                };
-                let mut keys: Vec<(&String, &handlebars::template::Parameter)> =
-                    d.hash.iter().collect();
-                keys.sort_by(|a, b| a.0.cmp(b.0));
-                for (key, value) in keys {
-                    let mut paths = Vec::new();
-                    paths_in(value, &mut paths);
-                    for path in paths {
-                        let first = template_path_steps(&path)
-                            .and_then(|s| s.into_iter().next())
-                            .unwrap_or_default();
-                        if !locals.contains(&first) {
-                            out.push(PartialArgument {
-                                line,
-                                column,
-                                partial: partial.to_string(),
-                                key: key.clone(),
-                                path,
-                            });
-                        }
-                    }
+                if let Some(partial) = d.name.as_name() {
+                    given(format!("> {partial}"), &d.params, &d.hash);
                 }
             }
             TemplateElement::HelperBlock(h) => {
@@ -616,13 +641,25 @@ mod tests {
     }
 
     #[test]
-    fn partial_arguments_are_found_at_the_top_scope_with_their_lines() {
-        let text = "a\n{{> p value=incidentid max=3}}\n{{#if x}}{{> p value=(join attackers \", \")}}{{/if}}\n{{#each events}}{{> p value=host}}{{/each}}{{> p value=value}}";
-        let found = partial_arguments(text, &["value".to_string()]);
-        let paths: Vec<(usize, &str)> = found.iter().map(|a| (a.line, a.path.as_str())).collect();
-        assert_eq!(paths, vec![(2, "incidentid"), (3, "attackers")]);
-        assert_eq!(found[0].key, "value");
-        assert_eq!(found[0].partial, "p");
+    fn argument_paths_are_found_at_the_top_scope_with_their_lines() {
+        let text = "a\n{{> p value=incidentid max=3}}\n{{#if x}}{{> p value=(join attackers \", \")}}{{/if}}\n{{#each events}}{{> p value=host}}{{/each}}{{> p value=value}}\n{{default incident.sumary incidentId}} {{> q incident}}";
+        let found = argument_paths(text, &["value".to_string()]);
+        let paths: Vec<(usize, &str, &str)> = found
+            .iter()
+            .map(|a| (a.line, a.call.as_str(), a.path.as_str()))
+            .collect();
+        assert_eq!(
+            paths,
+            vec![
+                (2, "> p", "incidentid"),
+                (3, "> p", "attackers"),
+                (5, "> q", "incident"),
+            ]
+        );
+        assert_eq!(found[0].partial_key(), Some("value"));
+        assert_eq!(found[0].shown(), "`{{> p value=…}}`");
+        assert_eq!(found[2].partial_key(), None);
+        assert_eq!(found[2].shown(), "`{{> q …}}`");
     }
 
     #[test]
