@@ -812,6 +812,7 @@ pub fn routes(config_file: &Path, incident_file: &Path) -> Result<Routes, CliErr
     let config = Config::load(config_file).map_err(crate::Error::from)?;
     let incident = read_incident(incident_file)?;
     let schema = IncidentSchema::shipped().map_err(crate::Error::from)?;
+    let fields = crate::fields::IncidentFields::shipped().map_err(crate::Error::from)?;
     let mut out = String::new();
     let violations = schema.violations(&incident, "");
     let id = incident
@@ -869,6 +870,12 @@ pub fn routes(config_file: &Path, incident_file: &Path) -> Result<Routes, CliErr
                     .mask(&crate::schema::truncate_chars(&actual, 200)),
                 met_or_not(m.met)
             );
+            // A field missing here may be missing from every incident: a typo.
+            if m.actual.is_none()
+                && let Some(why) = fields.pointer_problem(&m.field, std::slice::from_ref(&incident))
+            {
+                let _ = writeln!(out, "    {why}");
+            }
         }
         if !e.upstream && e.min_threat_rating.is_none() && e.matchers.is_empty() {
             let _ = writeln!(out, "  no matchers: takes every incident");

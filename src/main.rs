@@ -47,11 +47,13 @@ enum Command {
         config: PathBuf,
     },
     /// Load the config, compile every template, and render every connector against each
-    /// example incident. Exits non-zero naming file, line and reason on any problem.
+    /// example incident (built-in ones when there are none); hold partial arguments and
+    /// matchers to the incident schema. Names every problem (file, line, field), exits non-zero.
     Check {
         #[arg(long, short, env = "IGW_CONFIG")]
         config: PathBuf,
-        /// Example incidents to render (default: `incidents/` beside the config file).
+        /// Example incidents to render (default: `incidents/` beside the config file, else the
+        /// examples built into the gateway).
         #[arg(long)]
         incidents: Option<PathBuf>,
     },

@@ -463,6 +463,34 @@ fn routes_shows_each_connector_and_every_matcher_with_its_value() {
         "{t}"
     );
     assert!(t.contains("reaches: ticketing\n"), "{t}");
+    assert!(!t.contains("reads nothing"), "{t}");
+
+    // A matcher on a field no incident has says so under its line.
+    let typo = ws.path().join("typo.toml");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("field = \"/incident_class\"", "field = \"/incident_clas\"")
+        .replace(
+            "../templates",
+            &repo().join("templates").display().to_string(),
+        );
+    std::fs::write(&typo, text).unwrap();
+    let out = run(
+        &[
+            "routes",
+            "--config",
+            typo.to_str().unwrap(),
+            "--incident",
+            sample_file().to_str().unwrap(),
+        ],
+        EXAMPLE_ENV,
+    );
+    let t = output_text(&out);
+    assert!(
+        t.contains("/incident_clas regex = \"authentication:.*\": actual missing (compared as \"\"): not met\n    \"/incident_clas\" reads nothing"),
+        "{t}"
+    );
+    assert!(t.contains("did you mean /incident_class?"), "{t}");
 
     // An incident the schema refuses reaches nothing, and the command fails.
     std::fs::write(&incident, r#"{"summary": "no id"}"#).unwrap();
