@@ -1,5 +1,5 @@
-//! The offline commands behind `incident-gateway check` and `render`: test a configuration
-//! and its templates before they go live, without sending anything.
+//! The offline commands behind `incident-gateway check`, `routes` and `render`: test a
+//! configuration, its routing and its templates before they go live, without sending anything.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -26,12 +26,28 @@ pub enum CliError {
     Input { file: PathBuf, message: String },
     #[error("no connector named {0:?} in the config")]
     UnknownConnector(String),
+    /// A problem of a template written in the config, named by its file, line and field.
+    #[error("{0}")]
+    Located(String),
+}
+
+/// A render error as `render` reports it: one of a template written inline in the config
+/// names the config's file, line and field.
+fn render_failure(config: &Config, e: crate::render::RenderError) -> CliError {
+    let text = std::fs::read_to_string(&config.file).unwrap_or_default();
+    let place = Placer::new(config, &text);
+    match place.inline_field(&e.template) {
+        Some(_) => CliError::Located(place.render_error(&e)),
+        None => crate::Error::from(e).into(),
+    }
 }
 
 /// What `check` found: problems (each a line naming file, line and reason) and what it did.
 #[derive(Debug, Default)]
 pub struct CheckReport {
     pub errors: Vec<String>,
+    /// What the admin should know about how the check ran (which incidents it rendered).
+    pub notes: Vec<String>,
     /// Problems that do not stop a deployment, e.g. a connector whose requests never carry
     /// the incident's id (its tickets could not be traced back).
     pub warnings: Vec<String>,
@@ -142,78 +158,200 @@ fn preview_problem(connector: &Connector, event: Event, e: Unprepared) -> String
     }
 }
 
+/// The example incidents shipped in `examples/incidents/`, built into the binary: `check`
+/// renders them when the config has no `incidents/` folder of its own.
+pub const BUILT_IN_INCIDENTS: [(&str, &str); 5] = [
+    (
+        "cloud-defender.json",
+        include_str!("../examples/incidents/cloud-defender.json"),
+    ),
+    (
+        "hostile-markup.json",
+        include_str!("../examples/incidents/hostile-markup.json"),
+    ),
+    (
+        "hostile-text.json",
+        include_str!("../examples/incidents/hostile-text.json"),
+    ),
+    (
+        "minimal.json",
+        include_str!("../examples/incidents/minimal.json"),
+    ),
+    (
+        "sample.json",
+        include_str!("../examples/incidents/sample.json"),
+    ),
+];
+
+/// The incidents `check` renders: each with the name its messages give it, and its JSON or
+/// why it has none.
+fn check_incidents(
+    config: &Config,
+    incidents_dir: Option<&Path>,
+    report: &mut CheckReport,
+) -> Vec<(String, Result<Value, String>)> {
+    let from_files = |files: Vec<PathBuf>| -> Vec<(String, Result<Value, String>)> {
+        files
+            .iter()
+            .map(|f| {
+                (
+                    f.display().to_string(),
+                    read_incident(f).map_err(|e| e.to_string()),
+                )
+            })
+            .collect()
+    };
+    let built_in = || -> Vec<(String, Result<Value, String>)> {
+        BUILT_IN_INCIDENTS
+            .iter()
+            .map(|(name, text)| {
+                (
+                    format!("(built in) {name}"),
+                    serde_json::from_str(text).map_err(|e| format!("(built in) {name}: {e}")),
+                )
+            })
+            .collect()
+    };
+    match incidents_dir {
+        // Asked for by name: a folder that is missing or holds none is a problem.
+        Some(dir) => match example_incidents(dir) {
+            Ok(files) if files.is_empty() => {
+                report.errors.push(format!(
+                    "{}: no example incidents (*.json) to render",
+                    dir.display()
+                ));
+                vec![]
+            }
+            Ok(files) => from_files(files),
+            Err(e) => {
+                report.errors.push(e.to_string());
+                vec![]
+            }
+        },
+        None => {
+            let dir = config.base_dir.join("incidents");
+            let files = if dir.is_dir() {
+                example_incidents(&dir).unwrap_or_default()
+            } else {
+                vec![]
+            };
+            if !files.is_empty() {
+                return from_files(files);
+            }
+            let why = if dir.is_dir() {
+                format!("{} holds no *.json", dir.display())
+            } else {
+                format!("there is no {} beside the config", dir.display())
+            };
+            report.notes.push(format!(
+                "{why}: rendered the {} example incidents built into the gateway instead; render your own with --incidents DIR (or put them in incidents/ beside the config)",
+                BUILT_IN_INCIDENTS.len()
+            ));
+            built_in()
+        }
+    }
+}
+
 /// Loads the config, compiles every template, and renders every connector for every event
-/// against each example incident. A configuration error stops at once (`Err`); template
-/// problems are collected in the report.
+/// against each example incident (those in `incidents_dir`, else in `incidents/` beside the
+/// config, else the built-in ones). Every problem is collected in the report — config errors
+/// (then nothing is rendered), templates that do not compile, renders that fail, partial
+/// arguments and matchers that read no field — each naming file, line and field.
 pub fn check(config_file: &Path, incidents_dir: Option<&Path>) -> Result<CheckReport, CliError> {
-    let config = Config::load(config_file).map_err(crate::Error::from)?;
     let mut report = CheckReport::default();
-    let renderer = match Renderer::new(config.partials_dir.as_deref(), &config.connectors) {
-        Ok(r) => r,
-        Err(e) => {
-            report.errors.push(e.to_string());
+    let config = match Config::load_all(config_file) {
+        Ok(config) => config,
+        Err(errors) => {
+            report.errors.extend(errors.iter().map(ToString::to_string));
             return Ok(report);
         }
     };
+    let config_text = std::fs::read_to_string(config_file).unwrap_or_default();
+    let place = Placer::new(&config, &config_text);
+    let (renderer, compile_errors) =
+        Renderer::build(config.partials_dir.as_deref(), &config.connectors);
+    // Connectors whose templates do not compile: reported, not rendered.
+    let mut broken: BTreeSet<String> = BTreeSet::new();
+    let mut partials_broken = false;
+    for e in &compile_errors {
+        let shown = place.render_error(&e.error);
+        if !report.errors.contains(&shown) {
+            report.errors.push(shown);
+        }
+        match &e.connector {
+            Some(name) => {
+                broken.insert(name.clone());
+            }
+            None => partials_broken = true,
+        }
+    }
     let schema = IncidentSchema::shipped().map_err(crate::Error::from)?;
-    let dir = incidents_dir
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| config.base_dir.join("incidents"));
+    let fields = crate::fields::IncidentFields::shipped().map_err(crate::Error::from)?;
+    let incidents = check_incidents(&config, incidents_dir, &mut report);
+    let examples: Vec<Value> = incidents
+        .iter()
+        .filter_map(|(_, i)| i.as_ref().ok().cloned())
+        .collect();
+    check_fields(&config, &place, &renderer, &fields, &examples, &mut report);
+    if partials_broken {
+        report.notes.push(
+            "a partial does not compile: nothing was rendered (fix it and run check again)".into(),
+        );
+        return Ok(report);
+    }
     let mut traceable: BTreeMap<&str, bool> = config
         .connectors
         .iter()
         .map(|c| (c.name.as_str(), false))
         .collect();
-    let mut failed: BTreeSet<&str> = BTreeSet::new();
+    let mut failed: BTreeSet<&str> = broken.iter().map(String::as_str).collect();
     // The same problem found for many incidents and events is reported once, with a count.
     let mut problems: BTreeMap<String, (String, usize)> = BTreeMap::new();
     let target_schemas = compile_target_schemas(&config, &mut report);
     // Connectors whose lookup searches by `ticket.ref`: whether their `created` stores it.
     let mut stores_ref: BTreeMap<&str, bool> = BTreeMap::new();
-    for file in example_incidents(&dir)? {
-        let incident = match read_incident(&file) {
+    for (file, incident) in &incidents {
+        let incident = match incident {
             Ok(i) => i,
             Err(e) => {
-                report.errors.push(e.to_string());
+                report.errors.push(e.clone());
                 continue;
             }
         };
         report.incidents += 1;
-        for v in schema.violations(&incident, "") {
-            report.errors.push(format!(
-                "{}: schema: #{}: {}",
-                file.display(),
-                v.pointer,
-                v.detail
-            ));
+        for v in schema.violations(incident, "") {
+            report
+                .errors
+                .push(format!("{file}: schema: #{}: {}", v.pointer, v.detail));
         }
-        for connector in &config.connectors {
+        // A connector whose templates do not compile is reported above, not rendered.
+        for connector in config
+            .connectors
+            .iter()
+            .filter(|c| !broken.contains(&c.name))
+        {
             if connector.lookup().is_some() {
                 report.renders += 1;
-                let context = preview_context(&renderer, &incident, connector, Event::Created);
+                let context = preview_context(&renderer, incident, connector, Event::Created);
                 match renderer.render_lookup(connector, &context) {
                     Some(Err(e)) => {
                         failed.insert(connector.name.as_str());
                         problems
-                            .entry(format!("lookup: {e}"))
+                            .entry(format!("lookup: {}", place.render_error(&e)))
                             .and_modify(|(_, n)| *n += 1)
                             .or_insert((
-                                format!(
-                                    "connector {}, lookup, incident {}",
-                                    connector.name,
-                                    file.display()
-                                ),
+                                format!("connector {}, lookup, incident {file}", connector.name),
                                 1,
                             ));
                     }
                     Some(Ok(lookup)) => {
                         stores_ref.entry(connector.name.as_str()).or_insert(false);
-                        let key = crate::ticket::route_for(&renderer, connector, &incident).key;
+                        let key = crate::ticket::route_for(&renderer, connector, incident).key;
                         let reference = crate::render::ticket_ref(&connector.name, &key);
                         // A lookup that does not search by the ref needs none stored; one
                         // that does needs the created to carry it.
                         if !lookup.url.contains(&reference)
-                            || created_carries(&renderer, &incident, connector, &reference)
+                            || created_carries(&renderer, incident, connector, &reference)
                         {
                             stores_ref.insert(connector.name.as_str(), true);
                         }
@@ -227,10 +365,9 @@ pub fn check(config_file: &Path, incidents_dir: Option<&Path>) -> Result<CheckRe
                 }
                 report.renders += 1;
                 let seen_in = format!(
-                    "connector {}, event {}, incident {}",
+                    "connector {}, event {}, incident {file}",
                     connector.name,
                     event.as_str(),
-                    file.display()
                 );
                 let mut problem = |message: String| {
                     failed.insert(connector.name.as_str());
@@ -239,7 +376,7 @@ pub fn check(config_file: &Path, incidents_dir: Option<&Path>) -> Result<CheckRe
                         .and_modify(|(_, n)| *n += 1)
                         .or_insert((seen_in.clone(), 1));
                 };
-                let request = match preview(&renderer, &incident, connector, event) {
+                let request = match preview(&renderer, incident, connector, event) {
                     Ok(Outgoing::Request(request)) => request,
                     Ok(Outgoing::Mail { message, .. }) => {
                         if String::from_utf8_lossy(&message.formatted()).contains(
@@ -252,12 +389,16 @@ pub fn check(config_file: &Path, incidents_dir: Option<&Path>) -> Result<CheckRe
                         }
                         continue;
                     }
+                    Err(Unprepared::Render(e)) => {
+                        problem(place.render_error(&e));
+                        continue;
+                    }
                     Err(e) => {
                         problem(preview_problem(connector, event, e));
                         continue;
                     }
                 };
-                if carries_incident_id(&request, &incident) {
+                if carries_incident_id(&request, incident) {
                     traceable.insert(connector.name.as_str(), true);
                 }
                 // An HTTP request: the connector's target is HTTP.
@@ -334,6 +475,256 @@ pub fn check(config_file: &Path, incidents_dir: Option<&Path>) -> Result<CheckRe
     Ok(report)
 }
 
+/// Names the place in the config file of a template written inline (a URL, a header, a
+/// subject, a correlation key) and of other fields `check` reports on.
+struct Placer<'a> {
+    config: &'a Config,
+    lines: crate::config::FieldLines<'a>,
+    /// The file as TOML, for header names as written (the config keeps them lower-cased).
+    table: toml::Table,
+}
+
+impl<'a> Placer<'a> {
+    fn new(config: &'a Config, text: &'a str) -> Placer<'a> {
+        Placer {
+            config,
+            lines: crate::config::FieldLines::new(text),
+            table: text.parse().unwrap_or_default(),
+        }
+    }
+
+    /// `FILE: line N: FIELD` for a field of the config.
+    fn field(&self, field: &str) -> String {
+        let line = self
+            .lines
+            .line_of(field)
+            .map(|l| format!("line {l}: "))
+            .unwrap_or_default();
+        format!("{}: {line}{field}", self.config.file.display())
+    }
+
+    /// A render or compile error; one of a template written inline in the config names the
+    /// config file, line and field first.
+    /// The message is the same for every event that shares the field, so it is reported once.
+    fn render_error(&self, e: &crate::render::RenderError) -> String {
+        let Some(field) = self.inline_field(&e.template) else {
+            return e.to_string();
+        };
+        let within = match (e.line, e.column) {
+            // Most inline templates are one line: the column says where.
+            (Some(1), Some(c)) => format!("column {c}: "),
+            (Some(l), Some(c)) => format!("its line {l}, column {c}: "),
+            (Some(l), None) => format!("its line {l}: "),
+            _ => String::new(),
+        };
+        format!("{}: {within}{}", self.field(&field), e.reason)
+    }
+
+    /// The config field an inline template's name (`connector NAME PART …`, see
+    /// [`crate::render`]) stands for: the per-event table's when it writes one.
+    fn inline_field(&self, template: &str) -> Option<String> {
+        let rest = template.strip_prefix("connector ")?;
+        let words: Vec<&str> = rest.split(' ').collect();
+        let (name, part, what) = (words.first()?, words.get(1)?, &words[2.min(words.len())..]);
+        let i = self
+            .config
+            .connectors
+            .iter()
+            .position(|c| c.name == *name)?;
+        let base = format!("connectors[{i}]");
+        let first_written = |candidates: Vec<String>| -> Option<String> {
+            let last = candidates.last().cloned();
+            candidates
+                .into_iter()
+                .find(|f| self.lines.written(f).is_some())
+                .or(last)
+        };
+        let header = |table: String, lower: &str| -> String {
+            let written = self
+                .toml_table(&table)
+                .and_then(|t| t.keys().find(|k| k.eq_ignore_ascii_case(lower)).cloned())
+                .unwrap_or_else(|| lower.to_string());
+            format!("{table}.{written}")
+        };
+        match (*part, what) {
+            ("correlation_key", []) => Some(format!("{base}.correlation_key")),
+            ("lookup", ["url"]) => Some(format!("{base}.lookup.url")),
+            ("lookup", ["header", h]) => Some(header(format!("{base}.lookup.headers"), h)),
+            (event, ["url"]) => first_written(vec![
+                format!("{base}.requests.{event}.url"),
+                format!("{base}.url"),
+            ]),
+            (event, ["header", h]) => first_written(vec![
+                header(format!("{base}.requests.{event}.headers"), h),
+                header(format!("{base}.headers"), h),
+            ]),
+            (event, ["subject"]) => first_written(vec![
+                format!("{base}.requests.{event}.subject"),
+                format!("{base}.subject"),
+            ]),
+            (_, ["subject_tag"]) => Some(format!("{base}.subject_tag")),
+            (_, [list @ ("to" | "cc"), k]) => Some(format!("{base}.{list}[{k}]")),
+            _ => None,
+        }
+    }
+
+    /// The table at `field` (`connectors[0].requests.created.headers`) in the file as written.
+    fn toml_table(&self, field: &str) -> Option<&toml::Table> {
+        let mut value: Option<&toml::Value> = None;
+        let mut table = &self.table;
+        for step in field.split('.') {
+            let (key, index) = match step.split_once('[') {
+                Some((k, i)) => (k, i.trim_end_matches(']').parse::<usize>().ok()),
+                None => (step, None),
+            };
+            let mut next = table.get(key)?;
+            if let Some(i) = index {
+                next = next.as_array()?.get(i)?;
+            }
+            value = Some(next);
+            table = next.as_table()?;
+        }
+        value?.as_table()
+    }
+}
+
+/// Partial arguments and matchers that read no field an incident can have (see
+/// [`crate::fields`]): each an error naming the template's file and line, or the matcher's
+/// line in the config, with the field it most likely meant.
+fn check_fields(
+    config: &Config,
+    place: &Placer,
+    renderer: &Renderer,
+    fields: &crate::fields::IncidentFields,
+    examples: &[Value],
+    report: &mut CheckReport,
+) {
+    for (i, connector) in config.connectors.iter().enumerate() {
+        for (j, matcher) in connector.matchers.iter().enumerate() {
+            if let Some(why) = fields.pointer_problem(&matcher.field, examples) {
+                let field = format!("connectors[{i}].matchers[{j}].field");
+                report
+                    .errors
+                    .push(format!("{}: {why}", place.field(&field)));
+            }
+        }
+    }
+    let bare = serde_json::json!({"incidentId": "x"});
+    let mut seen = BTreeSet::new();
+    let mut check_text = |shown: &str, text: &str, locals: &[String], facts: &Value| {
+        for arg in crate::fields::argument_paths(text, locals) {
+            if let Some(why) = fields.context_path_problem(&arg.path, facts, examples) {
+                let message = format!(
+                    "{shown}:{}:{}: {}: {why}",
+                    arg.line,
+                    arg.column,
+                    arg.shown()
+                );
+                if seen.insert(message.clone()) {
+                    report.errors.push(message);
+                }
+            }
+        }
+    };
+    let mut partial_keys: Vec<String> = Vec::new();
+    // Every partial call of the connectors' templates: whether it keeps the top scope.
+    let mut calls: Vec<(String, bool)> = Vec::new();
+    for connector in &config.connectors {
+        let context = preview_context(renderer, &bare, connector, Event::Completed);
+        let facts = crate::fields::facts_of(&context, &bare);
+        let files = [Event::Created, Event::Updated, Event::Completed]
+            .into_iter()
+            .flat_map(|event| connector_template_files(connector, event));
+        for file in files {
+            let Ok(text) = std::fs::read_to_string(&file.resolved) else {
+                continue;
+            };
+            partial_keys.extend(
+                crate::fields::argument_paths(&text, &[])
+                    .iter()
+                    .filter_map(|a| a.partial_key().map(String::from)),
+            );
+            calls.extend(crate::fields::partial_calls(&text));
+            check_text(&file.as_written, &text, &[], &facts);
+        }
+    }
+    let Some(dir) = &config.partials_dir else {
+        return;
+    };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut partials: Vec<(PathBuf, String, String)> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "hbs"))
+        .filter_map(|p| {
+            let name = p.file_name()?.to_str()?.split('.').next()?.to_string();
+            std::fs::read_to_string(&p).ok().map(|t| (p, name, t))
+        })
+        .collect();
+    partials.sort();
+    for (_, _, text) in &partials {
+        partial_keys.extend(
+            crate::fields::argument_paths(text, &[])
+                .iter()
+                .filter_map(|a| a.partial_key().map(String::from)),
+        );
+    }
+    partial_keys.sort();
+    partial_keys.dedup();
+    // A partial's top scope is its caller's: it is judged only when every call of it keeps
+    // the top scope, from a template or from a partial judged so too (else its paths may be
+    // an item's). The caller's arguments (`value`, `max`) are not fields there.
+    let mut top_only: BTreeSet<&str> = partials.iter().map(|(_, n, _)| n.as_str()).collect();
+    loop {
+        let mut all_calls = calls.clone();
+        for (_, name, text) in &partials {
+            for (callee, top) in crate::fields::partial_calls(text) {
+                all_calls.push((callee, top && top_only.contains(name.as_str())));
+            }
+        }
+        let before = top_only.len();
+        top_only.retain(|p| all_calls.iter().all(|(c, top)| c != p || *top));
+        if top_only.len() == before {
+            break;
+        }
+    }
+    let Some(connector) = config.connectors.first() else {
+        return;
+    };
+    let mut facts = crate::fields::facts_of(
+        &preview_context(renderer, &bare, connector, Event::Completed),
+        &bare,
+    );
+    // Connector vars differ by caller: any is allowed.
+    if let Some(vars) = facts.pointer_mut("/connector/vars") {
+        *vars = Value::Object(serde_json::Map::new());
+    }
+    for (path, name, text) in &partials {
+        if top_only.contains(name.as_str()) {
+            check_text(&path.display().to_string(), text, &partial_keys, &facts);
+        }
+    }
+}
+
+/// The template files a connector renders for `event`: its body, and an email's HTML body.
+fn connector_template_files(
+    connector: &Connector,
+    event: Event,
+) -> Vec<crate::connector::TemplatePath> {
+    let mut files: Vec<crate::connector::TemplatePath> =
+        connector.template(event).into_iter().cloned().collect();
+    if let Target::Smtp(smtp) = &connector.target
+        && let Some(html) = smtp
+            .messages
+            .get(event)
+            .and_then(|m| m.html_template.as_ref())
+    {
+        files.push(html.clone());
+    }
+    files
+}
+
 /// Whether the connector's `created` (its request, or its mail) carries `reference`.
 fn created_carries(
     renderer: &Renderer,
@@ -405,6 +796,110 @@ fn carries_incident_id(request: &RenderedRequest, incident: &Value) -> bool {
     })
 }
 
+/// What `routes` found: the text to print, and whether the gateway would refuse the incident
+/// (it fails the schema: it would reach no connector).
+#[derive(Debug)]
+pub struct Routes {
+    pub text: String,
+    pub refused: bool,
+}
+
+/// Which connectors `incident_file` would reach under `config_file`, and why, as
+/// Alertmanager's `amtool config routes test` shows it: for each connector, each step of its
+/// routing (upstream, minimum threat rating, every matcher with its expected and actual
+/// value), met or not.
+pub fn routes(config_file: &Path, incident_file: &Path) -> Result<Routes, CliError> {
+    let config = Config::load(config_file).map_err(crate::Error::from)?;
+    let incident = read_incident(incident_file)?;
+    let schema = IncidentSchema::shipped().map_err(crate::Error::from)?;
+    let fields = crate::fields::IncidentFields::shipped().map_err(crate::Error::from)?;
+    let mut out = String::new();
+    let violations = schema.violations(&incident, "");
+    let id = incident
+        .get("incidentId")
+        .map(|v| v.to_string())
+        .unwrap_or_else(|| "(no incidentId)".into());
+    let _ = writeln!(out, "incident {id} ({})", incident_file.display());
+    if !violations.is_empty() {
+        let _ = writeln!(
+            out,
+            "refused: the incident fails the schema, so the gateway answers 422 and it reaches no connector:"
+        );
+        for v in &violations {
+            let _ = writeln!(out, "  #{}: {}", v.pointer, v.detail);
+        }
+    }
+    let mut reached = Vec::new();
+    for connector in &config.connectors {
+        let e = crate::route::explain(connector, &incident);
+        let verdict = if e.accepted && violations.is_empty() {
+            reached.push(connector.name.as_str());
+            "reached"
+        } else {
+            "not reached"
+        };
+        let _ = writeln!(out, "\n{}: {verdict}", connector.name);
+        if e.upstream {
+            let _ = writeln!(
+                out,
+                "  upstream = true: hears only of completions, takes no incident"
+            );
+        }
+        if let Some((min, rating, met)) = e.min_threat_rating {
+            let actual = rating.map_or("none".to_string(), |r| r.name().to_string());
+            let _ = writeln!(
+                out,
+                "  min_threat_rating = {:?}: incident's rating {actual}: {}",
+                min.name(),
+                met_or_not(met)
+            );
+        }
+        for m in &e.matchers {
+            let actual = match &m.actual {
+                None => "missing (compared as \"\")".to_string(),
+                Some(Value::String(s)) => format!("{s:?}"),
+                Some(other) => other.to_string(),
+            };
+            let _ = writeln!(
+                out,
+                "  {} {}: actual {}: {}",
+                m.field,
+                m.condition,
+                config
+                    .secrets
+                    .mask(&crate::schema::truncate_chars(&actual, 200)),
+                met_or_not(m.met)
+            );
+            // A field missing here may be missing from every incident: a typo.
+            if m.actual.is_none()
+                && let Some(why) = fields.pointer_problem(&m.field, std::slice::from_ref(&incident))
+            {
+                let _ = writeln!(out, "    {why}");
+            }
+        }
+        if !e.upstream && e.min_threat_rating.is_none() && e.matchers.is_empty() {
+            let _ = writeln!(out, "  no matchers: takes every incident");
+        }
+    }
+    let _ = writeln!(
+        out,
+        "\nreaches: {}",
+        if reached.is_empty() {
+            "no connector".to_string()
+        } else {
+            reached.join(", ")
+        }
+    );
+    Ok(Routes {
+        text: out,
+        refused: !violations.is_empty(),
+    })
+}
+
+fn met_or_not(met: bool) -> &'static str {
+    if met { "met" } else { "not met" }
+}
+
 /// Renders the exact request `connector` would send for `incident_file`, secrets masked.
 pub fn render(
     config_file: &Path,
@@ -414,7 +909,7 @@ pub fn render(
 ) -> Result<String, CliError> {
     let config = Config::load(config_file).map_err(crate::Error::from)?;
     let renderer = Renderer::new(config.partials_dir.as_deref(), &config.connectors)
-        .map_err(crate::Error::from)?;
+        .map_err(|e| render_failure(&config, e))?;
     let connector = config
         .connector(connector_name)
         .ok_or_else(|| CliError::UnknownConnector(connector_name.to_string()))?;
@@ -440,7 +935,7 @@ pub fn render(
                 config.secrets.mask(&text)
             ))
         }
-        Err(Unprepared::Render(e)) => Err(crate::Error::from(e).into()),
+        Err(Unprepared::Render(e)) => Err(render_failure(&config, e)),
         Err(e) => Err(CliError::Input {
             file: incident_file.to_path_buf(),
             message: preview_problem(connector, event, e),

@@ -17,7 +17,8 @@
 //! 4. [`ingress`] — `POST /v1/incidents`: authenticate, bound, parse; answers are
 //!    [`problem`] details (RFC 9457); [`auth`] — who is calling (admin, source, callback):
 //!    the `Admin` and `Callback` extractors on one constant-time token check.
-//! 5. [`schema`] — validate each incident against `schemas/incident.schema.json`.
+//! 5. [`schema`] — validate each incident against `schemas/incident.schema.json`;
+//!    [`fields`] — which paths it declares, that `check` holds templates and matchers to.
 //! 6. [`route`] — pick the connectors whose matchers the incident meets.
 //! 7. [`ticket`] — correlation keys, ticket ids from responses; [`callback`] — the way
 //!    back (`POST /v1/incidents/{id}/complete`); [`mailbox`] — ticket numbers learned from a
@@ -32,7 +33,7 @@
 //! 11. [`admin`] — inspect incidents and deliveries, replay dead ones; [`control`] —
 //!     reload, pause and resume connectors, replay dead deliveries in bulk; [`metrics`] for
 //!     Prometheus.
-//! 12. [`cli`] — `check` and `render`, the admin's offline tools; `main.rs` only parses the
+//! 12. [`cli`] — `check`, `routes` and `render`, the admin's offline tools; `main.rs` only parses the
 //!     command line.
 
 pub mod model;
@@ -52,6 +53,7 @@ pub mod auth;
 pub mod ingress;
 pub mod problem;
 
+pub mod fields;
 pub mod schema;
 
 pub mod route;

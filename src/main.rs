@@ -47,13 +47,23 @@ enum Command {
         config: PathBuf,
     },
     /// Load the config, compile every template, and render every connector against each
-    /// example incident. Exits non-zero naming file, line and reason on any problem.
+    /// example incident (built-in ones when there are none); hold partial arguments and
+    /// matchers to the incident schema. Names every problem (file, line, field), exits non-zero.
     Check {
         #[arg(long, short, env = "IGW_CONFIG")]
         config: PathBuf,
-        /// Example incidents to render (default: `incidents/` beside the config file).
+        /// Example incidents to render (default: `incidents/` beside the config file, else the
+        /// examples built into the gateway).
         #[arg(long)]
         incidents: Option<PathBuf>,
+    },
+    /// Show which connectors an incident would reach, and why: each connector's minimum
+    /// threat rating and matchers (pointer, expected, actual value, met or not).
+    Routes {
+        #[arg(long, short, env = "IGW_CONFIG")]
+        config: PathBuf,
+        #[arg(long)]
+        incident: PathBuf,
     },
     /// Print the exact request a connector would send for an incident, without sending it.
     Render {
@@ -109,6 +119,16 @@ fn main() -> ExitCode {
     let result = match args.command {
         Command::Serve { config } => serve(config),
         Command::Check { config, incidents } => check(config, incidents),
+        Command::Routes { config, incident } => cli::routes(&config, &incident)
+            .map(|routes| {
+                print!("{}", routes.text);
+                if routes.refused {
+                    ExitCode::FAILURE
+                } else {
+                    ExitCode::SUCCESS
+                }
+            })
+            .map_err(anyhow::Error::from),
         Command::Render {
             config,
             connector,
@@ -130,6 +150,9 @@ fn main() -> ExitCode {
 
 fn check(config: PathBuf, incidents: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let report = cli::check(&config, incidents.as_deref())?;
+    for n in &report.notes {
+        eprintln!("note: {n}");
+    }
     for w in &report.warnings {
         eprintln!("warning: {w}");
     }

@@ -32,11 +32,20 @@ impl Matcher {
     /// A missing field (or null) compares as the empty string, as a missing label does in
     /// Alertmanager: `not_equals = "x"` holds for it, `equals = "x"` does not.
     pub fn matches(&self, incident: &Value) -> bool {
-        let text = match incident.pointer(&self.field) {
+        self.holds_for(&self.compared(incident))
+    }
+
+    /// The text the matcher compares: the field's, "" when it is missing or null.
+    pub fn compared(&self, incident: &Value) -> String {
+        match incident.pointer(&self.field) {
             None | Some(Value::Null) => String::new(),
             Some(Value::String(s)) => s.clone(),
             Some(other) => other.to_string(),
-        };
+        }
+    }
+
+    fn holds_for(&self, text: &str) -> bool {
+        let text = text.to_string();
         match &self.condition {
             Condition::Equals(v) => text == *v,
             Condition::NotEquals(v) => text != *v,
@@ -45,6 +54,74 @@ impl Matcher {
             Condition::Regex(re) => re.is_match(&text),
             Condition::NotRegex(re) => !re.is_match(&text),
         }
+    }
+}
+
+impl std::fmt::Display for Condition {
+    /// As the config writes it: `regex = "authentication:.*"`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // A regex is shown without the anchors the config adds.
+        let unanchored = |re: &regex::Regex| {
+            let s = re.as_str();
+            s.strip_prefix("^(?:")
+                .and_then(|s| s.strip_suffix(")$"))
+                .unwrap_or(s)
+                .to_string()
+        };
+        match self {
+            Condition::Equals(v) => write!(f, "equals = {v:?}"),
+            Condition::NotEquals(v) => write!(f, "not_equals = {v:?}"),
+            Condition::OneOf(vs) => write!(f, "one_of = {vs:?}"),
+            Condition::NotOneOf(vs) => write!(f, "not_one_of = {vs:?}"),
+            Condition::Regex(re) => write!(f, "regex = {:?}", unanchored(re)),
+            Condition::NotRegex(re) => write!(f, "not_regex = {:?}", unanchored(re)),
+        }
+    }
+}
+
+/// Why a connector takes an incident or not, step by step (for `incident-gateway routes`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Explanation {
+    pub accepted: bool,
+    /// An upstream connector takes no incident at all.
+    pub upstream: bool,
+    /// The minimum rating, the incident's rating (if it has one) and whether it is enough.
+    pub min_threat_rating: Option<(ThreatRating, Option<ThreatRating>, bool)>,
+    pub matchers: Vec<MatcherOutcome>,
+}
+
+/// One matcher against one incident.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MatcherOutcome {
+    pub field: String,
+    /// The condition as the config writes it.
+    pub condition: String,
+    /// The field's value, `None` when the incident lacks it (or it is null: compared as "").
+    pub actual: Option<Value>,
+    pub met: bool,
+}
+
+/// [`accepts`], with each reason: every step is evaluated, even after one fails.
+pub fn explain(connector: &impl Routed, incident: &Value) -> Explanation {
+    let min_threat_rating = connector.min_threat_rating().map(|min| {
+        let rating = ThreatRating::of_incident(incident);
+        (min, rating, rating.is_some_and(|r| r >= min))
+    });
+    let matchers: Vec<MatcherOutcome> = connector
+        .matchers()
+        .iter()
+        .map(|m| MatcherOutcome {
+            field: m.field.clone(),
+            condition: m.condition.to_string(),
+            actual: incident.pointer(&m.field).filter(|v| !v.is_null()).cloned(),
+            met: m.matches(incident),
+        })
+        .collect();
+    Explanation {
+        accepted: accepts(connector, incident),
+        upstream: connector.upstream(),
+        min_threat_rating,
+        matchers,
     }
 }
 
@@ -118,6 +195,48 @@ mod tests {
         assert!(m("/missing", Condition::NotEquals("a".into())).matches(&inc));
         assert!(m("/x", Condition::Equals(String::new())).matches(&inc));
         assert!(!m("/missing", Condition::Equals("a".into())).matches(&inc));
+    }
+
+    struct Routes {
+        min: Option<ThreatRating>,
+        matchers: Vec<Matcher>,
+    }
+
+    impl Routed for Routes {
+        fn upstream(&self) -> bool {
+            false
+        }
+        fn min_threat_rating(&self) -> Option<ThreatRating> {
+            self.min
+        }
+        fn matchers(&self) -> &[Matcher] {
+            &self.matchers
+        }
+    }
+
+    #[test]
+    fn explain_gives_every_step_and_agrees_with_accepts() {
+        let re = regex::Regex::new("^(?:authentication:.*)$").unwrap();
+        let routes = Routes {
+            min: Some(ThreatRating::Medium),
+            matchers: vec![
+                m("/incident_class", Condition::Regex(re)),
+                m("/missing", Condition::Equals("x".into())),
+            ],
+        };
+        let inc =
+            json!({"incident_class": "authentication:activity", "incident_threat_rating": "High"});
+        let e = explain(&routes, &inc);
+        assert!(!e.accepted);
+        assert_eq!(e.accepted, accepts(&routes, &inc));
+        assert_eq!(
+            e.min_threat_rating,
+            Some((ThreatRating::Medium, Some(ThreatRating::High), true))
+        );
+        assert_eq!(e.matchers[0].condition, "regex = \"authentication:.*\"");
+        assert!(e.matchers[0].met);
+        assert_eq!(e.matchers[1].actual, None);
+        assert!(!e.matchers[1].met);
     }
 
     #[test]

@@ -16,7 +16,7 @@ pub struct Violation {
 
 #[derive(Debug, thiserror::Error)]
 #[error("the incident schema does not compile: {0}")]
-pub struct SchemaError(String);
+pub struct SchemaError(pub(crate) String);
 
 pub struct IncidentSchema {
     validator: jsonschema::Validator,

@@ -1,4 +1,5 @@
-//! Every TOML block in README.md passes `check`, as an admin would paste it. A block is the
+//! Every TOML block in README.md (and templates/README.md) passes `check`, as an admin would
+//! paste it. A block is the
 //! whole config or a piece of one: a piece is laid over a minimal config (its sections
 //! replace or extend the base's, a lone `[connectors.x]` goes on the base's connector). The
 //! files a block names are provided as an admin would provide them: the repository's
@@ -98,11 +99,36 @@ fn certificate(dir: &Path, cert: &str, key: &str) {
     std::fs::write(dir.join(key), made.signing_key.serialize_pem()).unwrap();
 }
 
+/// The sections a config has; any other key of a piece is a connector's (`priorities = …`
+/// in the templates README) and goes on the base's connector.
+const SECTIONS: [&str; 6] = [
+    "server",
+    "storage",
+    "delivery",
+    "sources",
+    "connectors",
+    "templates",
+];
+
 #[test]
 fn every_config_block_in_the_readme_passes_check() {
-    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
-    let blocks = toml_blocks(&readme);
-    assert!(blocks.len() >= 7, "found {} toml blocks", blocks.len());
+    let mut blocks = Vec::new();
+    for readme in ["README.md", "templates/README.md"] {
+        let text = std::fs::read_to_string(repo().join(readme)).unwrap();
+        let found = toml_blocks(&text);
+        // Every block, however indented (a list item's), is found.
+        let fences = text
+            .lines()
+            .filter(|l| l.trim_start().starts_with("```toml"))
+            .count();
+        assert_eq!(found.len(), fences, "{readme}: blocks found vs written");
+        blocks.extend(
+            found
+                .into_iter()
+                .map(|(line, block)| (format!("{readme} line {line}"), block)),
+        );
+    }
+    assert!(blocks.len() >= 8, "found {} toml blocks", blocks.len());
     let mut failures = Vec::new();
     for (line, block) in &blocks {
         let root = tempfile::tempdir().unwrap();
@@ -125,13 +151,22 @@ fn every_config_block_in_the_readme_passes_check() {
         ] {
             certificate(&conf, cert, key);
         }
-        let piece: Table = match text.parse() {
+        let mut piece: Table = match text.parse() {
             Ok(t) => t,
             Err(e) => {
-                failures.push(format!("README line {line}: not TOML: {e}"));
+                failures.push(format!("{line}: not TOML: {e}"));
                 continue;
             }
         };
+        let connector_keys: Table = piece
+            .iter()
+            .filter(|(k, _)| !SECTIONS.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        if !connector_keys.is_empty() {
+            piece.retain(|k, _| SECTIONS.contains(&k));
+            piece.insert("connectors".into(), Value::Table(connector_keys));
+        }
         let mut config = base();
         overlay(&mut config, piece);
         let path = conf.join("gateway.toml");
@@ -156,7 +191,7 @@ fn every_config_block_in_the_readme_passes_check() {
         let out = check(&path, &env);
         if !out.status.success() {
             failures.push(format!(
-                "README line {line}:\n{}\n{}",
+                "{line}:\n{}\n{}",
                 output_text(&out),
                 std::fs::read_to_string(&path).unwrap()
             ));

@@ -230,36 +230,54 @@ struct RawMatcher {
 }
 
 impl Validator<'_> {
-    /// Every connector; names unique and usable in metrics and URLs.
-    pub(super) fn connectors(&self, raw: Vec<RawConnector>) -> Result<Vec<Connector>, ConfigError> {
+    /// Every connector that is valid (each with its place in the file; names unique and usable
+    /// in metrics and URLs); each one that is not
+    /// adds its problem to `errors`, and the others are still checked.
+    pub(super) fn connectors_indexed(
+        &self,
+        raw: Vec<(usize, RawConnector)>,
+        errors: &mut Vec<ConfigError>,
+    ) -> Vec<Connector> {
         let mut names = HashSet::new();
         let mut connectors = Vec::new();
-        for (i, c) in raw.into_iter().enumerate() {
-            let field = format!("connectors[{i}]");
-            if c.name.trim().is_empty()
-                || !c
-                    .name
-                    .chars()
-                    .all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch))
-            {
-                return Err(self.invalid(
-                    format!("{field}.name"),
-                    format!("{:?}: use letters, digits, '-', '_' or '.'", c.name),
-                ));
+        for (i, c) in raw {
+            match self.named_connector(i, c, &mut names) {
+                Ok(connector) => connectors.push(connector),
+                Err(e) => errors.push(e),
             }
-            if !names.insert(c.name.clone()) {
-                return Err(self.invalid(
-                    format!("{field}.name"),
-                    format!("{:?} is used by another connector", c.name),
-                ));
-            }
-            let connector = self.connector(&field, c)?;
-            if connector.concurrency == 0 {
-                return Err(self.invalid(format!("{field}.concurrency"), "must be at least 1"));
-            }
-            connectors.push(connector);
         }
-        Ok(connectors)
+        connectors
+    }
+
+    fn named_connector(
+        &self,
+        i: usize,
+        c: RawConnector,
+        names: &mut HashSet<String>,
+    ) -> Result<Connector, ConfigError> {
+        let field = format!("connectors[{i}]");
+        if c.name.trim().is_empty()
+            || !c
+                .name
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch))
+        {
+            return Err(self.invalid(
+                format!("{field}.name"),
+                format!("{:?}: use letters, digits, '-', '_' or '.'", c.name),
+            ));
+        }
+        if !names.insert(c.name.clone()) {
+            return Err(self.invalid(
+                format!("{field}.name"),
+                format!("{:?} is used by another connector", c.name),
+            ));
+        }
+        let connector = self.connector(&field, c)?;
+        if connector.concurrency == 0 {
+            return Err(self.invalid(format!("{field}.concurrency"), "must be at least 1"));
+        }
+        Ok(connector)
     }
 
     fn connector(&self, field: &str, c: RawConnector) -> Result<Connector, ConfigError> {
@@ -735,7 +753,7 @@ impl Validator<'_> {
         field: &str,
         path: &str,
     ) -> Result<crate::connector::TemplatePath, ConfigError> {
-        let resolved = self.resolve(path);
+        let resolved = self.resolve(field, path)?;
         if !resolved.is_file() {
             return Err(self.invalid(
                 field,

@@ -77,6 +77,15 @@ impl<'a> Env<'a> {
         Ok(out)
     }
 
+    /// A path: expanded as [`Env::expand`], but what it takes from the environment is not a
+    /// secret (a folder name masked in every message would hide more than it protects).
+    pub fn expand_path(&self, raw: &str) -> Result<String, EnvError> {
+        let handed_out = self.expanded.borrow().len();
+        let expanded = self.expand(raw)?;
+        self.expanded.borrow_mut().truncate(handed_out);
+        Ok(expanded)
+    }
+
     /// The value of one `${spec}`.
     fn value(&self, spec: &str) -> Result<String, EnvError> {
         if let Some(path) = spec.strip_prefix("file:") {

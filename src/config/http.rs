@@ -219,7 +219,7 @@ impl Validator<'_> {
             }
         };
         let read = |at: &str, file: &str| {
-            let path = self.resolve(file);
+            let path = self.resolve(at, file)?;
             std::fs::read(&path)
                 .map(|bytes| (path.clone(), bytes))
                 .map_err(|e| self.invalid(at, format!("cannot read {}: {e}", path.display())))

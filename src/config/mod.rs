@@ -69,6 +69,56 @@ pub enum ConfigError {
     },
 }
 
+/// Where the fields of a config file are written, for messages about a config loaded from it
+/// (`check` names the line of a template written inline, or of a matcher).
+pub struct FieldLines<'a>(Document<'a>);
+
+impl<'a> FieldLines<'a> {
+    pub fn new(text: &'a str) -> FieldLines<'a> {
+        FieldLines(Document::parse(text).0)
+    }
+
+    /// The line `field` (`connectors[0].requests.updated.url`) is written on; `None` when it
+    /// is not written itself.
+    pub fn written(&self, field: &str) -> Option<usize> {
+        self.0.value_position(field).map(|(line, _)| line)
+    }
+
+    /// The line of `field`, or of the nearest table around it that is written.
+    pub fn line_of(&self, field: &str) -> Option<usize> {
+        self.0.line_of(field)
+    }
+}
+
+/// Each part of the document (a section, a source, a connector) read alone: the problems of
+/// each, where reading the whole stops at the first.
+fn part_errors(doc: &Document) -> Vec<toml::de::Error> {
+    doc.parts()
+        .into_iter()
+        .filter_map(|(key, index, part)| match (key.as_str(), index) {
+            ("server", None) => server::RawServer::deserialize(part).err(),
+            ("storage", None) => storage::RawStorage::deserialize(part).err(),
+            ("delivery", None) => delivery::RawDelivery::deserialize(part).err(),
+            ("templates", None) => templates::RawTemplates::deserialize(part).err(),
+            ("reload", None) => reload::RawReload::deserialize(part).err(),
+            ("sources", Some(_)) => sources::RawSource::deserialize(part).err(),
+            ("connectors", Some(_)) => connectors::RawConnector::deserialize(part).err(),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The first of a load's problems (a failed load has at least one).
+fn first_error(mut errors: Vec<ConfigError>) -> ConfigError {
+    if errors.is_empty() {
+        return ConfigError::Parse {
+            file: PathBuf::new(),
+            message: "the configuration was refused without a reason".into(),
+        };
+    }
+    errors.swap_remove(0)
+}
+
 fn at_line(line: Option<usize>) -> String {
     line.map(|l| format!("line {l}: ")).unwrap_or_default()
 }
@@ -143,15 +193,54 @@ impl Config {
         file: &Path,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
+        Self::from_toml_all(text, file, env).map_err(first_error)
+    }
+
+    /// As [`Config::load`], naming every problem, not only the first (for `check`). A file
+    /// that is not TOML stops at its first syntax error; a value of the wrong type or an
+    /// unknown field stops the checks that need the values, after every such problem is named.
+    pub fn load_all(file: &Path) -> Result<Config, Vec<ConfigError>> {
+        let text = std::fs::read_to_string(file).map_err(|source| {
+            vec![ConfigError::Read {
+                file: file.to_path_buf(),
+                source,
+            }]
+        })?;
+        Self::from_toml_all(&text, file, |name| std::env::var(name).ok())
+    }
+
+    /// As [`Config::from_toml`], with every problem.
+    pub fn from_toml_all(
+        text: &str,
+        file: &Path,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, Vec<ConfigError>> {
         let parse_error = |doc: &Document, e: toml::de::Error| ConfigError::Parse {
             file: file.to_path_buf(),
             message: doc.describe(&e),
         };
         let (doc, syntax_error) = Document::parse(text);
         if let Some(e) = syntax_error {
-            return Err(parse_error(&doc, e));
+            return Err(vec![parse_error(&doc, e)]);
         }
-        let raw = RawConfig::deserialize(doc.deserializer()).map_err(|e| parse_error(&doc, e))?;
+        let raw = match RawConfig::deserialize(doc.deserializer()) {
+            Ok(raw) => raw,
+            Err(first) => {
+                // The others of its kind, part by part (each section, each connector), in
+                // the order they are written.
+                let mut found = vec![first];
+                for e in part_errors(&doc) {
+                    let same = |seen: &toml::de::Error| {
+                        seen.message() == e.message() && seen.span() == e.span()
+                    };
+                    if !found.iter().any(same) {
+                        found.push(e);
+                    }
+                }
+                found.sort_by_key(|e| e.span().map_or(0, |s| s.start));
+                return Err(found.into_iter().map(|e| parse_error(&doc, e)).collect());
+            }
+        };
         let base_dir = match file.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
@@ -183,17 +272,80 @@ struct Validator<'a> {
 }
 
 impl Validator<'_> {
-    /// Expands every `${VAR}`, builds every section, then checks what spans sections.
-    fn validate(self, mut raw: RawConfig) -> Result<Config, ConfigError> {
-        self.expand_all(&mut raw)?;
-        let server = self.server(raw.server)?;
-        let storage = self.storage(&raw.storage)?;
-        let delivery = self.delivery(&raw.delivery)?;
-        let sources = self.sources(raw.sources, &server)?;
-        let connectors = self.connectors(raw.connectors)?;
-        let partials_dir = self.partials_dir(raw.templates)?;
-        let reload = self.reload(&raw.reload)?;
-        self.callback_tokens_stand_alone(&server, &sources, &connectors)?;
+    /// Expands every `${VAR}`, builds every section, then checks what spans sections. Every
+    /// section (and every connector and source) is checked even when another fails, so one
+    /// load names every problem; a part whose `${VAR}` does not expand is not checked further.
+    fn validate(self, mut raw: RawConfig) -> Result<Config, Vec<ConfigError>> {
+        let mut errors = Vec::new();
+        let mut keep = |result: Result<(), ConfigError>| match result {
+            Ok(()) => true,
+            Err(e) => {
+                errors.push(e);
+                false
+            }
+        };
+        let server_expanded = keep(self.expand_server(&mut raw.server));
+        let storage_expanded = keep(self.expand("storage.url", &mut raw.storage.url));
+        // Every source is expanded (and its problem named), not only up to the first failure.
+        let sources_expanded: Vec<bool> = raw
+            .sources
+            .iter_mut()
+            .enumerate()
+            .map(|(i, s)| keep(self.expand_source(&format!("sources[{i}]"), s)))
+            .collect();
+        let sources_expanded = sources_expanded.into_iter().all(|ok| ok);
+        // A connector whose values do not expand is left out of the checks that follow.
+        let mut expanded_connectors = Vec::new();
+        for (i, mut connector) in raw.connectors.into_iter().enumerate() {
+            if keep(self.expand_connector(&format!("connectors[{i}]"), &mut connector)) {
+                expanded_connectors.push((i, connector));
+            }
+        }
+        let server = server_expanded
+            .then(|| self.server(raw.server))
+            .and_then(|r| r.map_err(|e| errors.push(e)).ok());
+        let storage = storage_expanded
+            .then(|| self.storage(&raw.storage))
+            .and_then(|r| r.map_err(|e| errors.push(e)).ok());
+        let delivery = self
+            .delivery(&raw.delivery)
+            .map_err(|e| errors.push(e))
+            .ok();
+        let sources = match (&server, sources_expanded) {
+            (Some(server), true) => self
+                .sources(raw.sources, server)
+                .map_err(|e| errors.push(e))
+                .ok(),
+            _ => None,
+        };
+        let connectors = self.connectors_indexed(expanded_connectors, &mut errors);
+        let partials_dir = self
+            .partials_dir(raw.templates)
+            .map_err(|e| errors.push(e))
+            .ok();
+        let reload = self.reload(&raw.reload).map_err(|e| errors.push(e)).ok();
+        let (
+            Some(server),
+            Some(storage),
+            Some(delivery),
+            Some(sources),
+            Some(partials_dir),
+            Some(reload),
+            true,
+        ) = (
+            server,
+            storage,
+            delivery,
+            sources,
+            partials_dir,
+            reload,
+            errors.is_empty(),
+        )
+        else {
+            return Err(errors);
+        };
+        self.callback_tokens_stand_alone(&server, &sources, &connectors)
+            .map_err(|e| vec![e])?;
         // Credentials are secrets even when written in the file itself.
         let mut secret_values = self.env.into_expanded();
         secret_values.extend(self.credentials.into_inner());
@@ -252,18 +404,6 @@ impl Validator<'_> {
 
     /// Every `${VAR}` the file holds, expanded in place before anything is checked, so an
     /// unset variable is reported whatever else is wrong.
-    fn expand_all(&self, raw: &mut RawConfig) -> Result<(), ConfigError> {
-        self.expand_server(&mut raw.server)?;
-        self.expand("storage.url", &mut raw.storage.url)?;
-        for (i, source) in raw.sources.iter_mut().enumerate() {
-            self.expand_source(&format!("sources[{i}]"), source)?;
-        }
-        for (i, connector) in raw.connectors.iter_mut().enumerate() {
-            self.expand_connector(&format!("connectors[{i}]"), connector)?;
-        }
-        Ok(())
-    }
-
     fn invalid(&self, field: impl Into<String>, message: impl Into<String>) -> ConfigError {
         let field = field.into();
         ConfigError::Invalid {
@@ -315,7 +455,18 @@ impl Validator<'_> {
         self.credentials.borrow_mut().push(value.to_string());
     }
 
-    fn resolve(&self, path: &str) -> PathBuf {
+    /// A path the config names: `${VAR}` expanded (a path is not a secret: it is not masked),
+    /// then resolved against the config file's folder.
+    fn resolve(&self, field: &str, path: &str) -> Result<PathBuf, ConfigError> {
+        let expanded = self
+            .env
+            .expand_path(path)
+            .map_err(|e| self.env_error(field, e))?;
+        Ok(self.relative_to_config(&expanded))
+    }
+
+    /// `path` (already expanded) against the config file's folder, unless absolute.
+    fn relative_to_config(&self, path: &str) -> PathBuf {
         let p = Path::new(path);
         if p.is_absolute() {
             p.to_path_buf()
@@ -326,7 +477,7 @@ impl Validator<'_> {
 
     /// A path from the config, resolved, that must name a file.
     fn existing_file(&self, field: &str, path: &str) -> Result<PathBuf, ConfigError> {
-        let resolved = self.resolve(path);
+        let resolved = self.resolve(field, path)?;
         if !resolved.is_file() {
             return Err(self.invalid(field, format!("{} does not exist", resolved.display())));
         }
@@ -335,7 +486,7 @@ impl Validator<'_> {
 
     /// A secret kept in a file: its content, without the final line break.
     fn read_secret_file(&self, field: &str, file: &str) -> Result<String, ConfigError> {
-        let path = self.resolve(file);
+        let path = self.resolve(field, file)?;
         let text = std::fs::read_to_string(&path)
             .map_err(|e| self.invalid(field, format!("cannot read {}: {e}", path.display())))?;
         Ok(text.trim_end_matches(['\r', '\n']).to_string())

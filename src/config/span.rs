@@ -42,6 +42,35 @@ impl<'a> Document<'a> {
         toml::de::Deserializer::from(Spanned::new(self.span.clone(), table))
     }
 
+    /// A deserializer for each part of the document that can be read alone: each top-level
+    /// table, and each table of a top-level array of tables (`[[connectors]]`), with its key
+    /// and index. After the first problem stops reading the whole, these find the others.
+    pub fn parts(&self) -> Vec<(String, Option<usize>, toml::de::Deserializer<'a>)> {
+        let DeValue::Table(root) = &self.root else {
+            return vec![];
+        };
+        let alone = |value: &Spanned<DeValue<'a>>| match value.get_ref() {
+            DeValue::Table(table) => Some(toml::de::Deserializer::from(Spanned::new(
+                value.span(),
+                table.clone(),
+            ))),
+            _ => None,
+        };
+        let mut parts = Vec::new();
+        for (key, value) in root.iter() {
+            let key = key.get_ref().to_string();
+            match value.get_ref() {
+                DeValue::Array(items) => {
+                    for (i, item) in items.iter().enumerate() {
+                        parts.extend(alone(item).map(|d| (key.clone(), Some(i), d)));
+                    }
+                }
+                _ => parts.extend(alone(value).map(|d| (key.clone(), None, d))),
+            }
+        }
+        parts
+    }
+
     /// The line (1-based) `offset` is on.
     pub fn line(&self, offset: usize) -> usize {
         let before = self.text.get(..offset).unwrap_or(self.text);
@@ -133,7 +162,7 @@ impl<'a> Document<'a> {
 
     /// A TOML error as `line L, column C: field: message`.
     pub fn describe(&self, e: &toml::de::Error) -> String {
-        let message = e.message().trim().to_string();
+        let message = with_suggestion(e.message().trim());
         let Some(span) = e.span() else {
             return message;
         };
@@ -142,6 +171,30 @@ impl<'a> Document<'a> {
             Some(field) => format!("line {line}, column {column}: {field}: {message}"),
             None => format!("line {line}, column {column}: {message}"),
         }
+    }
+}
+
+/// serde's "unknown field `templte`, expected one of `name`, `template`, …" with the field
+/// most likely meant first: "(did you mean `template`?)".
+fn with_suggestion(message: &str) -> String {
+    let Some((name, expected)) = message
+        .strip_prefix("unknown field `")
+        .and_then(|rest| rest.split_once("`, expected "))
+    else {
+        return message.to_string();
+    };
+    // The names are the quoted parts of the list.
+    let candidates: Vec<String> = expected
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(String::from)
+        .collect();
+    match crate::fields::best_candidate(name, &candidates) {
+        Some(meant) => {
+            format!("unknown field `{name}` (did you mean `{meant}`?), expected {expected}")
+        }
+        None => message.to_string(),
     }
 }
 
@@ -260,6 +313,18 @@ mod tests {
         assert_eq!(
             message,
             "line 5, column 1: connectors[0].name: duplicate key"
+        );
+    }
+
+    #[test]
+    fn an_unknown_field_gets_the_one_most_likely_meant() {
+        assert_eq!(
+            with_suggestion("unknown field `templte`, expected one of `name`, `template`"),
+            "unknown field `templte` (did you mean `template`?), expected one of `name`, `template`"
+        );
+        assert_eq!(
+            with_suggestion("unknown field `zzz`, expected `name`"),
+            "unknown field `zzz`, expected `name`"
         );
     }
 

@@ -47,7 +47,8 @@ impl Validator<'_> {
         }
         match url.strip_prefix("sqlite://") {
             Some(path) if !path.is_empty() => Ok(StorageConfig::Sqlite {
-                path: self.resolve(path),
+                // The URL is expanded already.
+                path: self.relative_to_config(path),
             }),
             // The URL may hold a password: the message never repeats it.
             _ => Err(self.invalid(

@@ -17,7 +17,7 @@ impl Validator<'_> {
     pub(super) fn partials_dir(&self, raw: RawTemplates) -> Result<Option<PathBuf>, ConfigError> {
         match raw.partials {
             Some(dir) => {
-                let resolved = self.resolve(&dir);
+                let resolved = self.resolve("templates.partials", &dir)?;
                 if !resolved.is_dir() {
                     return Err(self.invalid(
                         "templates.partials",
@@ -26,7 +26,7 @@ impl Validator<'_> {
                 }
                 Ok(Some(resolved))
             }
-            None => Ok(Some(self.resolve("templates/partials")).filter(|d| d.is_dir())),
+            None => Ok(Some(self.relative_to_config("templates/partials")).filter(|d| d.is_dir())),
         }
     }
 }

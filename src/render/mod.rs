@@ -49,6 +49,13 @@ impl RenderError {
     }
 }
 
+/// A template that does not compile, and the connector it belongs to (none: a partial).
+#[derive(Debug, Clone)]
+pub struct CompileError {
+    pub connector: Option<String>,
+    pub error: RenderError,
+}
+
 /// A render asked of a connector whose target does not send that kind of thing.
 fn wrong_target(connector: &Connector, why: &str) -> RenderError {
     RenderError::unlocated(
@@ -587,19 +594,51 @@ impl Renderer {
         partials_dir: Option<&Path>,
         connectors: &[Connector],
     ) -> Result<Renderer, RenderError> {
-        let partials = match partials_dir {
-            Some(dir) => read_partials(dir)?,
-            None => vec![],
+        let (renderer, mut errors) = Renderer::build(partials_dir, connectors);
+        match errors.is_empty() {
+            true => Ok(renderer),
+            false => Err(errors.swap_remove(0).error),
+        }
+    }
+
+    /// As [`Renderer::new`], compiling everything that compiles and naming every template that
+    /// does not (for `check`). A connector with an error in the list is not fit to render.
+    pub fn build(
+        partials_dir: Option<&Path>,
+        connectors: &[Connector],
+    ) -> (Renderer, Vec<CompileError>) {
+        let mut errors = Vec::new();
+        let shared = |error| CompileError {
+            connector: None,
+            error,
         };
+        let read = match partials_dir {
+            Some(dir) => read_partials(dir),
+            None => Ok(vec![]),
+        };
+        let mut partials = match read {
+            Ok(p) => p,
+            Err(e) => {
+                errors.push(shared(e));
+                vec![]
+            }
+        };
+        // A partial that does not compile is named once, and left out.
+        partials.retain(|p| match handlebars::template::Template::compile(&p.text) {
+            Ok(_) => true,
+            Err(e) => {
+                errors.push(shared(compile_error(&p.shown, &p.text, e)));
+                false
+            }
+        });
         // `{{include "name"}}` renders a partial as plain text into a value, which the
         // including template then escapes for its own content type. So a multi-line partial
         // can fill a JSON string, which `{{> name}}` (raw text) cannot.
         let mut text = registry(Escape::None);
         for p in &partials {
-            text.register_partial(&p.name, &p.text)
-                .map_err(|e| compile_error(&p.shown, &p.text, e))?;
-            text.register_template_string(&p.name, &p.text)
-                .map_err(|e| compile_error(&p.shown, &p.text, e))?;
+            // Each compiled above: these cannot fail.
+            let _ = text.register_partial(&p.name, &p.text);
+            let _ = text.register_template_string(&p.name, &p.text);
         }
         // Which partials read the incident alone: their text is kept per incident version,
         // under this renderer's id (another renderer may have other partials of those names).
@@ -636,12 +675,16 @@ impl Renderer {
                 )),
             );
             for p in &partials {
-                hb.register_partial(&p.name, &p.text)
-                    .map_err(|e| compile_error(&p.shown, &p.text, e))?;
+                let _ = hb.register_partial(&p.name, &p.text);
             }
         }
         for c in connectors {
-            r.add_connector(c)?;
+            let mut found = Vec::new();
+            r.add_connector(c, &mut found);
+            errors.extend(found.into_iter().map(|error| CompileError {
+                connector: Some(c.name.clone()),
+                error,
+            }));
         }
         for (tag, hb) in [
             ("json", &mut r.json),
@@ -676,36 +719,44 @@ impl Renderer {
                 )
             })
             .collect();
-        Ok(r)
+        (r, errors)
     }
 
-    fn add_connector(&mut self, c: &Connector) -> Result<(), RenderError> {
+    /// Compiles every template of `c`; each that does not compile goes to `errors`.
+    fn add_connector(&mut self, c: &Connector, errors: &mut Vec<RenderError>) {
         let key = key_name(&c.name);
-        self.plain
+        if let Err(e) = self
+            .plain
             .register_template_string(&key, &c.correlation_key)
-            .map_err(|e| from_template_error(&key, e))?;
+        {
+            errors.push(from_template_error(&key, e));
+        }
         if let Some(lookup) = c.lookup() {
-            self.add_url_and_headers(&c.name, LOOKUP, &lookup.url, &lookup.headers)?;
+            self.add_url_and_headers(&c.name, LOOKUP, &lookup.url, &lookup.headers, errors);
         }
         for event in [Event::Created, Event::Updated, Event::Completed] {
             let Some(template) = c.template(event) else {
                 continue;
             };
-            self.add_template_file(template)?;
+            if let Err(e) = self.add_template_file(template) {
+                // Named once, though several events share the file.
+                if !errors.iter().any(|seen| seen.to_string() == e.to_string()) {
+                    errors.push(e);
+                }
+            }
             match &c.target {
                 Target::Smtp(smtp) => {
                     if let Some(message) = smtp.messages.get(event) {
-                        self.add_mail_parts(&c.name, smtp, event, message)?;
+                        self.add_mail_parts(&c.name, smtp, event, message, errors);
                     }
                 }
                 Target::Http(http) => {
                     if let Some(request) = http.requests.get(event) {
-                        self.add_request_parts(&c.name, event, request)?;
+                        self.add_request_parts(&c.name, event, request, errors);
                     }
                 }
             }
         }
-        Ok(())
     }
 
     /// An HTTP request's URL and header templates.
@@ -714,8 +765,15 @@ impl Renderer {
         connector: &str,
         event: Event,
         request: &HttpRequest,
-    ) -> Result<(), RenderError> {
-        self.add_url_and_headers(connector, event.as_str(), &request.url, &request.headers)
+        errors: &mut Vec<RenderError>,
+    ) {
+        self.add_url_and_headers(
+            connector,
+            event.as_str(),
+            &request.url,
+            &request.headers,
+            errors,
+        )
     }
 
     /// The URL and header templates of an event's request or of the lookup (`part`).
@@ -725,18 +783,18 @@ impl Renderer {
         part: &str,
         url: &str,
         headers: &BTreeMap<String, String>,
-    ) -> Result<(), RenderError> {
+        errors: &mut Vec<RenderError>,
+    ) {
         let name = url_name(connector, part);
-        self.url
-            .register_template_string(&name, url)
-            .map_err(|e| from_template_error(&name, e))?;
+        if let Err(e) = self.url.register_template_string(&name, url) {
+            errors.push(from_template_error(&name, e));
+        }
         for (header, value) in headers {
             let hn = header_name(connector, part, header);
-            self.plain
-                .register_template_string(&hn, value)
-                .map_err(|e| from_template_error(&hn, e))?;
+            if let Err(e) = self.plain.register_template_string(&hn, value) {
+                errors.push(from_template_error(&hn, e));
+            }
         }
-        Ok(())
     }
 
     fn add_template_file(&mut self, path: &TemplatePath) -> Result<(), RenderError> {
@@ -762,9 +820,13 @@ impl Renderer {
         smtp: &SmtpTarget,
         event: Event,
         message: &MailMessage,
-    ) -> Result<(), RenderError> {
-        if let Some(html) = &message.html_template {
-            self.add_template_file(html)?;
+        errors: &mut Vec<RenderError>,
+    ) {
+        if let Some(html) = &message.html_template
+            && let Err(e) = self.add_template_file(html)
+            && !errors.iter().any(|seen| seen.to_string() == e.to_string())
+        {
+            errors.push(e);
         }
         let mut parts: Vec<(String, &str)> =
             vec![(mail_name(connector, event, "subject"), &message.subject)];
@@ -778,11 +840,10 @@ impl Renderer {
             parts.push((mail_name(connector, event, &format!("cc {i}")), cc));
         }
         for (name, text) in parts {
-            self.plain
-                .register_template_string(&name, text)
-                .map_err(|e| from_template_error(&name, e))?;
+            if let Err(e) = self.plain.register_template_string(&name, text) {
+                errors.push(from_template_error(&name, e));
+            }
         }
-        Ok(())
     }
 
     fn render_plain(&self, name: &str, ctx: &Context) -> Result<String, RenderError> {
