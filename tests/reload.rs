@@ -331,3 +331,58 @@ async fn dead_deliveries_are_replayed_in_bulk_by_filter() {
     assert_eq!(problem["errors"][0]["pointer"], "#/since", "{problem}");
     sigkill(&mut child);
 }
+
+/// With `[reload] watch`, an edited template is in force without a signal; an edit that does
+/// not load is refused once and the old one stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watched_template_is_reloaded_when_it_changes() {
+    let receiver = Receiver::start().await;
+    let ws = Workspace::new();
+    let hook = ws.connector_with_template("hook", &receiver.url("/hook"), &stamped("v1"), "");
+    let config = ws.config(
+        "127.0.0.1:0",
+        &format!("{hook}\n[reload]\nwatch = true\ninterval = \"200ms\"\n"),
+    );
+    let template = ws.path().join("hook.json.hbs");
+    let (mut child, base) = spawn_binary(&config);
+    assert_eq!(
+        post_incident(&base, &common::incident("W-1"))
+            .await
+            .status(),
+        202
+    );
+    receiver.wait_for(1, Duration::from_secs(30)).await;
+
+    set_template(&template, "{\"incidentId\": {{json incidentId}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        connectors(&base).await["generation"],
+        1,
+        "a broken edit is refused"
+    );
+    set_template(&template, &stamped("v2"));
+    let reloaded = eventually(Duration::from_secs(10), || async {
+        (connectors(&base).await["generation"] == 2).then_some(())
+    })
+    .await;
+    assert!(reloaded.is_some(), "the fixed edit was loaded");
+    assert_eq!(
+        post_incident(&base, &common::incident("W-2"))
+            .await
+            .status(),
+        202
+    );
+    let got = receiver.wait_for(2, Duration::from_secs(30)).await;
+    assert_eq!(got[0].json()["template"], "v1");
+    assert_eq!(got[1].json()["template"], "v2");
+    let metrics = admin(reqwest::Method::GET, &base, "/metrics")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("igw_config_reloads_total{outcome=\"failed\"} 1"),
+        "{metrics}"
+    );
+    sigkill(&mut child);
+}
