@@ -26,6 +26,10 @@ pub struct App {
     pub server: ServerConfig,
     /// The configuration in force ([`crate::reload`]): sources, connectors, templates.
     pub live: Arc<Live>,
+    /// Each connector's circuit breaker, as the delivery workers keep it.
+    pub circuits: Arc<crate::deliver::circuit::Circuits>,
+    /// Each connector's alert, as the delivery workers raise them.
+    pub alerts: Arc<crate::alert::Alerts>,
     pub metrics: Arc<Metrics>,
     /// Replay fast path, rate limits and body budget of the ingress.
     pub guard: Guard,

@@ -24,6 +24,8 @@ pub struct Connector {
     /// Sends to this connector at once (at most `delivery.concurrency`).
     pub concurrency: usize,
     pub retry: RetryPolicy,
+    /// When its circuit opens (see `deliver::circuit`).
+    pub circuit: CircuitPolicy,
     pub matchers: Vec<Matcher>,
     pub min_threat_rating: Option<ThreatRating>,
     /// Threat rating (`critical` … `info`, or `default`) → the target's priority, for the
@@ -589,6 +591,16 @@ impl Connector {
 /// The connector called `name`.
 pub fn find<'a>(connectors: &'a [Connector], name: &str) -> Option<&'a Connector> {
     connectors.iter().find(|c| c.name == name)
+}
+
+/// `[connectors.circuit]`: after `failures` target-down attempts in a row nothing is sent for
+/// `cool_down`, then one probe; each failed probe doubles the wait, up to `max_cool_down`.
+/// `failures = 0`: never opens.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CircuitPolicy {
+    pub failures: u32,
+    pub cool_down: Duration,
+    pub max_cool_down: Duration,
 }
 
 /// When to try a failed delivery again, and when to give up. `deliver::retry` applies it;

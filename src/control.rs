@@ -102,6 +102,7 @@ pub async fn list_connectors(
                 .map(|due| (now - due).max(0) as f64 / 1000.0),
         })
     };
+    let alerting = app.alerts.alerting();
     let mut list: Vec<Value> = generation
         .connectors
         .iter()
@@ -115,6 +116,8 @@ pub async fn list_connectors(
                 "paused_since": api.as_ref().map(|p| crate::model::rfc3339(p.since_ms)),
                 "pause_reason": api.and_then(|p| p.reason),
                 "orphaned": false,
+                "circuit": if app.circuits.is_open(&c.name) { "open" } else { "closed" },
+                "alerting": alerting.contains(&c.name),
                 "queue": queue(&c.name),
             })
         })
@@ -129,6 +132,8 @@ pub async fn list_connectors(
                 "paused_since": null,
                 "pause_reason": null,
                 "orphaned": true,
+                "circuit": null,
+                "alerting": false,
                 "queue": queue(&depth.connector),
             }));
         }
@@ -364,6 +369,35 @@ pub fn live_metrics(app: &App) -> String {
             crate::metrics::label_value(&c.name),
             u8::from(paused.contains(&c.name))
         );
+    }
+    let alerting = app.alerts.alerting();
+    let _ = writeln!(
+        out,
+        "# HELP igw_connector_alerting Whether a connector's alert is raised (its target down).\n\
+         # TYPE igw_connector_alerting gauge"
+    );
+    for c in generation.connectors.iter() {
+        let _ = writeln!(
+            out,
+            "igw_connector_alerting{{connector=\"{}\"}} {}",
+            crate::metrics::label_value(&c.name),
+            u8::from(alerting.contains(&c.name))
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP igw_connector_alerts_total Alerts raised for a connector.\n\
+         # TYPE igw_connector_alerts_total counter"
+    );
+    if let Ok(totals) = app.alerts.raised_total.lock() {
+        for c in generation.connectors.iter() {
+            let _ = writeln!(
+                out,
+                "igw_connector_alerts_total{{connector=\"{}\"}} {}",
+                crate::metrics::label_value(&c.name),
+                totals.get(&c.name).copied().unwrap_or(0)
+            );
+        }
     }
     out
 }

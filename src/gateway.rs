@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
 use crate::config::Config;
-use crate::deliver::Deliverer;
+use crate::deliver::{self, Deliverer};
 use crate::reload::{Generation, GenerationError, Live};
 use crate::schema::IncidentSchema;
 use crate::store::Store;
@@ -178,6 +178,8 @@ impl Gateway {
             tokio::spawn(live.clone().watch(interval));
         }
         let current = live.current();
+        let circuits = Arc::new(deliver::circuit::Circuits::default());
+        let alerts = Arc::new(crate::alert::Alerts::default());
         let deliverer = Deliverer {
             settings: config.delivery,
             shutdown_grace: config.server.shutdown_grace,
@@ -192,6 +194,8 @@ impl Gateway {
             mailers: current.mailers.clone(),
             renders: Arc::new(tokio::sync::Semaphore::new(config.delivery.render_threads)),
             live: live.clone(),
+            circuits: circuits.clone(),
+            alerts: alerts.clone(),
         };
         let workers = tokio::spawn(deliverer.run(shutdown.clone()));
 
@@ -199,6 +203,8 @@ impl Gateway {
             guard: crate::admission::Guard::new(&config.server),
             server: config.server.clone(),
             live,
+            circuits,
+            alerts,
             metrics,
             schema,
             store: store.clone(),

@@ -31,8 +31,9 @@
 //! 10. [`render`] — Handlebars templates, escaped by content type, strict about variables,
 //!     each render bounded in time and by its helpers' input caps.
 //! 11. [`admin`] — inspect incidents and deliveries, replay dead ones; [`control`] —
-//!     reload, pause and resume connectors, replay dead deliveries in bulk; [`metrics`] for
-//!     Prometheus.
+//!     reload, pause and resume connectors, replay dead deliveries in bulk; [`alert`] — a
+//!     failing destination raises an alert (log, metric, a notification through another
+//!     connector); [`metrics`] for Prometheus.
 //! 12. [`cli`] — `check`, `routes` and `render`, the admin's offline tools; `main.rs` only parses the
 //!     command line.
 
@@ -69,6 +70,7 @@ pub mod deliver;
 pub mod render;
 
 pub mod admin;
+pub mod alert;
 pub mod control;
 pub mod metrics;
 

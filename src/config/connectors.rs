@@ -8,7 +8,9 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::{ConfigError, Validator};
-use crate::connector::{Connector, DEFAULT_RETRY_SCHEDULE, Requests, RetryPolicy, Target};
+use crate::connector::{
+    CircuitPolicy, Connector, DEFAULT_RETRY_SCHEDULE, Requests, RetryPolicy, Target,
+};
 use crate::model::{ClosePolicy, Event, ThreatRating};
 use crate::route::{Condition, Matcher};
 use crate::signature::{Signing, WebhookSecret};
@@ -56,6 +58,8 @@ pub(super) struct RawConnector {
     concurrency: Option<usize>,
     #[serde(default)]
     retry: RawRetry,
+    #[serde(default)]
+    circuit: RawCircuit,
     #[serde(default)]
     matchers: Vec<RawMatcher>,
     min_threat_rating: Option<String>,
@@ -201,6 +205,17 @@ fn default_lookup_method() -> String {
     "GET".into()
 }
 
+/// `[connectors.circuit]`: when the connector's circuit opens, and for how long.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawCircuit {
+    failures: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    cool_down: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    max_cool_down: Option<Duration>,
+}
+
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawRetry {
@@ -313,6 +328,7 @@ impl Validator<'_> {
             return Err(self.invalid(format!("{field}.timeout"), "must be more than 0"));
         }
         let retry = self.retry(field, c.retry)?;
+        let circuit = self.circuit(field, &c.circuit)?;
         let mut matchers = Vec::new();
         for (j, m) in c.matchers.into_iter().enumerate() {
             matchers.push(self.matcher(&format!("{field}.matchers[{j}]"), m)?);
@@ -330,6 +346,7 @@ impl Validator<'_> {
             timeout: c.timeout,
             concurrency: c.concurrency.unwrap_or(DEFAULT_CONNECTOR_CONCURRENCY),
             retry,
+            circuit,
             matchers,
             min_threat_rating,
             priorities: c
@@ -646,6 +663,26 @@ impl Validator<'_> {
             signing.github = Some(g.as_bytes().to_vec());
         }
         Ok(signing)
+    }
+
+    /// A connector's circuit breaker: 5 target-down attempts in a row open it for 30 s, each
+    /// failed probe doubles that, up to 10 minutes; `failures = 0` turns it off.
+    fn circuit(&self, field: &str, raw: &RawCircuit) -> Result<CircuitPolicy, ConfigError> {
+        let policy = CircuitPolicy {
+            failures: raw.failures.unwrap_or(5),
+            cool_down: raw.cool_down.unwrap_or(Duration::from_secs(30)),
+            max_cool_down: raw.max_cool_down.unwrap_or(Duration::from_secs(600)),
+        };
+        if policy.cool_down < Duration::from_secs(1) {
+            return Err(self.invalid(format!("{field}.circuit.cool_down"), "must be at least 1s"));
+        }
+        if policy.max_cool_down < policy.cool_down {
+            return Err(self.invalid(
+                format!("{field}.circuit.max_cool_down"),
+                "is shorter than circuit.cool_down",
+            ));
+        }
+        Ok(policy)
     }
 
     /// A connector's retry policy: its own `schedule`, or the exponential form

@@ -11,6 +11,7 @@
 //! gateway can trust a [`Config`] without re-checking it. `${VAR}` expands from an explicit
 //! environment (`env.rs`); messages name the file, the line (`span.rs`) and the field.
 
+pub mod alerts;
 mod connectors;
 mod delivery;
 mod env;
@@ -101,6 +102,7 @@ fn part_errors(doc: &Document) -> Vec<toml::de::Error> {
             ("delivery", None) => delivery::RawDelivery::deserialize(part).err(),
             ("templates", None) => templates::RawTemplates::deserialize(part).err(),
             ("reload", None) => reload::RawReload::deserialize(part).err(),
+            ("alerts", None) => alerts::RawAlerts::deserialize(part).err(),
             ("sources", Some(_)) => sources::RawSource::deserialize(part).err(),
             ("connectors", Some(_)) => connectors::RawConnector::deserialize(part).err(),
             _ => None,
@@ -147,6 +149,8 @@ pub struct Config {
     pub secrets: Secrets,
     /// `[reload]`: whether the config and template files are watched for changes.
     pub reload: reload::ReloadConfig,
+    /// `[alerts]`: when a failing connector raises an alert, and through which connector.
+    pub alerts: alerts::AlertConfig,
 }
 
 /// The file as written; each section's own form lives with the file that builds it.
@@ -166,6 +170,8 @@ struct RawConfig {
     templates: templates::RawTemplates,
     #[serde(default)]
     reload: reload::RawReload,
+    #[serde(default)]
+    alerts: alerts::RawAlerts,
 }
 
 impl Config {
@@ -346,6 +352,7 @@ impl Validator<'_> {
         };
         self.callback_tokens_stand_alone(&server, &sources, &connectors)
             .map_err(|e| vec![e])?;
+        let alerts = self.alerts(&raw.alerts, &connectors).map_err(|e| vec![e])?;
         // Credentials are secrets even when written in the file itself.
         let mut secret_values = self.env.into_expanded();
         secret_values.extend(self.credentials.into_inner());
@@ -364,6 +371,7 @@ impl Validator<'_> {
             partials_dir,
             secrets: Secrets::new(secret_values),
             reload,
+            alerts,
         })
     }
 

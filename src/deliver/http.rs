@@ -112,6 +112,19 @@ impl SendResult {
         }
     }
 
+    /// What the attempt says of the target's health, for its circuit: `Some(false)` when it
+    /// is down or failing (no answer, 5xx, 429, 408), `Some(true)` when it answered anything
+    /// else, `None` when it tells nothing (nothing reached the target).
+    pub fn target_up(&self) -> Option<bool> {
+        match self.status {
+            Some(status) => Some(!((500..600).contains(&status) || status == 429 || status == 408)),
+            None => match self.failure {
+                Some(SendFailure::Network(_) | SendFailure::Unreached(_)) => Some(false),
+                _ => None,
+            },
+        }
+    }
+
     /// Whether egress policy refused the request.
     pub fn was_refused(&self) -> bool {
         matches!(self.failure, Some(SendFailure::Refused(_)))

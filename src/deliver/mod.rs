@@ -13,6 +13,7 @@
 //! Delivery is at least once: a crash between a send and its record sends again, with the
 //! same `webhook-id`, so receivers can drop the repeat.
 
+pub mod circuit;
 pub mod egress;
 pub mod http;
 pub mod lookup;
@@ -181,6 +182,19 @@ pub struct Deliverer {
     /// The configuration in force: each attempt runs on the generation it was leased under
     /// (the fields above are that generation's).
     pub live: Arc<crate::reload::Live>,
+    /// Each connector's circuit breaker (this process's view of its target's health).
+    pub circuits: Arc<circuit::Circuits>,
+    /// Each connector's alert (a failing destination never fails silently).
+    pub alerts: Arc<crate::alert::Alerts>,
+}
+
+/// An attempt's error as an operator reads it: the error, else the status.
+fn last_error(record: &AttemptRecord) -> String {
+    match (&record.error, record.status_code) {
+        (Some(e), _) => e.clone(),
+        (None, Some(status)) => format!("HTTP {status}"),
+        (None, None) => String::new(),
+    }
 }
 
 /// An HTTP client for every HTTP connector.
@@ -297,9 +311,7 @@ impl Deliverer {
                 }
                 continue;
             }
-            let mut busy = this.busy_connectors(&in_flight);
-            busy.extend(orphans.iter().cloned());
-            busy.extend(self.live.paused(&current));
+            let (busy, probing) = self.held(&this, &current, &in_flight, &orphans);
             let leased = match self.store.lease_due(free, lease_ms, busy.clone()).await {
                 Ok(leased) => leased,
                 Err(e) => {
@@ -323,7 +335,10 @@ impl Deliverer {
                     give_back.push((delivery.id, delivery.lease_token));
                     continue;
                 }
-                let cap = this.connector_cap(&delivery.connector);
+                let cap = probing
+                    .get(&delivery.connector)
+                    .copied()
+                    .unwrap_or_else(|| this.connector_cap(&delivery.connector));
                 {
                     let Ok(mut counts) = in_flight.lock() else {
                         break;
@@ -338,6 +353,7 @@ impl Deliverer {
                 let Ok(permit) = permits.clone().acquire_owned().await else {
                     break;
                 };
+                self.circuits.started(&delivery.connector);
                 let me = this.clone();
                 let in_flight = in_flight.clone();
                 tracker.spawn(async move {
@@ -359,9 +375,7 @@ impl Deliverer {
                 tracing::warn!(error = %e, "cannot give leases back; they expire by themselves");
             }
             if took < free {
-                let mut busy = this.busy_connectors(&in_flight);
-                busy.extend(orphans.iter().cloned());
-                busy.extend(self.live.paused(&current));
+                let (busy, _) = self.held(&this, &current, &in_flight, &orphans);
                 let wait = match self.store.next_due_ms(busy).await {
                     Ok(Some(due)) => Duration::from_millis(
                         (due - model::now_ms()).clamp(0, IDLE_POLL.as_millis() as i64) as u64,
@@ -730,6 +744,39 @@ impl Deliverer {
         self.connector(name).map(|c| c.concurrency).unwrap_or(1)
     }
 
+    /// The connectors nothing may be leased for now — at their concurrency, orphaned, paused,
+    /// their circuit open or its probe out — and the half-open ones' probe caps.
+    fn held(
+        &self,
+        this: &Deliverer,
+        current: &crate::reload::Generation,
+        in_flight: &Mutex<HashMap<String, usize>>,
+        orphans: &std::collections::HashSet<String>,
+    ) -> (Vec<String>, HashMap<String, usize>) {
+        let mut held = this.busy_connectors(in_flight);
+        held.extend(orphans.iter().cloned());
+        held.extend(self.live.paused(current));
+        let now = std::time::Instant::now();
+        let mut probing = HashMap::new();
+        let counts = in_flight.lock().map(|c| c.clone()).unwrap_or_default();
+        for c in this.connectors.iter() {
+            match self
+                .circuits
+                .admits(&c.name, &c.circuit, c.concurrency, now)
+            {
+                None => held.push(c.name.clone()),
+                Some(cap) if cap < c.concurrency => {
+                    if counts.get(&c.name).copied().unwrap_or(0) >= cap {
+                        held.push(c.name.clone());
+                    }
+                    probing.insert(c.name.clone(), cap);
+                }
+                Some(_) => {}
+            }
+        }
+        (held, probing)
+    }
+
     fn busy_connectors(&self, in_flight: &Mutex<HashMap<String, usize>>) -> Vec<String> {
         let Ok(counts) = in_flight.lock() else {
             return vec![];
@@ -817,6 +864,42 @@ impl Deliverer {
         record.lookup = lookup.map(|l| self.secrets.mask(&l));
         record.outcome_unknown = outcome_unknown && next != NextStep::Delivered;
         record::log_attempt(&delivery, &record, &next);
+        if let Some(connector) = self.connector(&delivery.connector) {
+            let up = sent.as_ref().and_then(http::SendResult::target_up);
+            let change = self.circuits.ended(
+                &connector.name,
+                &connector.circuit,
+                up,
+                std::time::Instant::now(),
+            );
+            let generation = self.live.current();
+            if let Some(event) = self.alerts.observe(
+                &connector.name,
+                &generation.config.alerts,
+                up,
+                &last_error(&record),
+                change.as_ref(),
+                model::now_ms(),
+            ) {
+                self.alerts
+                    .announce(event, &generation, &self.store, &self.wake)
+                    .await;
+            }
+            match change {
+                Some(circuit::Change::Opened { cool_down }) => tracing::error!(
+                    connector = %connector.name,
+                    delivery = %delivery.id,
+                    cool_down = %humantime::format_duration(cool_down),
+                    last_error = %last_error(&record),
+                    "circuit opened: the target is down; its deliveries wait, queued"
+                ),
+                Some(circuit::Change::Closed) => tracing::info!(
+                    connector = %connector.name,
+                    "circuit closed: the target answers again"
+                ),
+                None => {}
+            }
+        }
         self.record_until_stored(&delivery, record, next, ticket)
             .await;
     }
