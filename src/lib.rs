@@ -34,7 +34,8 @@
 //!     reload, pause and resume connectors, replay dead deliveries in bulk; [`alert`] — a
 //!     failing destination raises an alert (log, metric, a notification through another
 //!     connector); [`metrics`] for Prometheus.
-//! 12. [`cli`] — `check`, `routes` and `render`, the admin's offline tools; `main.rs` only parses the
+//! 12. [`cli`] — `check`, `routes` and `render`, the admin's offline tools; [`operator`] —
+//!     the admin API from a terminal (`deliveries`, `incidents`); `main.rs` only parses the
 //!     command line.
 
 pub mod model;
@@ -75,6 +76,7 @@ pub mod control;
 pub mod metrics;
 
 pub mod cli;
+pub mod operator;
 
 pub use app::App;
 pub use gateway::{Gateway, admin_router, ingress_router, open_store, router};

@@ -11,7 +11,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use incident_gateway::config::Config;
 use incident_gateway::model::Event;
-use incident_gateway::{Gateway, cli};
+use incident_gateway::{Gateway, cli, operator};
 
 #[derive(Parser)]
 #[command(
@@ -76,6 +76,104 @@ enum Command {
         #[arg(long, value_enum, default_value = "created")]
         event: EventArg,
     },
+    /// Deliveries of a running gateway, through its admin API: list, show, replay.
+    Deliveries {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[command(subcommand)]
+        command: DeliveriesCommand,
+    },
+    /// Incidents of a running gateway, through its admin API: list, show.
+    Incidents {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[command(subcommand)]
+        command: IncidentsCommand,
+    },
+}
+
+/// Where the admin API is, and its token.
+#[derive(clap::Args)]
+struct ApiArgs {
+    /// The admin API's base URL (the gateway's `listen`, or `admin_listen` when set).
+    #[arg(
+        long,
+        env = "IGW_ADMIN_URL",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
+    url: String,
+    /// The config's `server.admin_token` (better in the environment than on the command line).
+    #[arg(long, env = "IGW_ADMIN_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum DeliveriesCommand {
+    /// Deliveries, newest first.
+    List {
+        #[arg(long, value_parser = ["pending", "delivered", "dead"])]
+        status: Option<String>,
+        #[arg(long)]
+        connector: Option<String>,
+        #[arg(long)]
+        incident: Option<String>,
+        /// Created at or after (RFC 3339).
+        #[arg(long)]
+        since: Option<String>,
+        /// Created before (RFC 3339).
+        #[arg(long)]
+        until: Option<String>,
+        /// At most this many (pages are followed).
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// The API's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One delivery with its attempts (JSON).
+    Show { id: String },
+    /// Dead deliveries back in the queue: the ones named, or with `--dead` every one the
+    /// filters match (in batches, with a progress bar and a summary).
+    Replay {
+        #[arg(required_unless_present = "dead", conflicts_with = "dead")]
+        ids: Vec<String>,
+        #[arg(long)]
+        dead: bool,
+        #[arg(long, requires = "dead")]
+        connector: Option<String>,
+        /// Died at or after (RFC 3339).
+        #[arg(long, requires = "dead")]
+        since: Option<String>,
+        /// Died before (RFC 3339; default: now).
+        #[arg(long, requires = "dead")]
+        until: Option<String>,
+        #[arg(long, requires = "dead", value_parser = ["http_4xx", "http_5xx", "http_other", "no_response", "not_sent"])]
+        error_class: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum IncidentsCommand {
+    /// Incidents, newest received first.
+    List {
+        #[arg(long)]
+        source: Option<String>,
+        #[arg(long, value_parser = ["open", "completed"])]
+        status: Option<String>,
+        /// Received at or after (RFC 3339).
+        #[arg(long)]
+        since: Option<String>,
+        /// Received before (RFC 3339).
+        #[arg(long)]
+        until: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One incident: versions, tickets, deliveries and their attempts (JSON).
+    Show { id: String },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -138,6 +236,8 @@ fn main() -> ExitCode {
             .map(|text| print!("{text}"))
             .map(|()| ExitCode::SUCCESS)
             .map_err(anyhow::Error::from),
+        Command::Deliveries { api, command } => deliveries(api, command),
+        Command::Incidents { api, command } => incidents(api, command),
     };
     match result {
         Ok(code) => code,
@@ -145,6 +245,108 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The admin API a command talks to; a missing token is an error here, not a 401 there.
+fn admin_api(api: ApiArgs) -> anyhow::Result<operator::AdminApi> {
+    let token = api.token.filter(|t| !t.is_empty()).context(
+        "no admin token: set IGW_ADMIN_TOKEN (or --token) to the config's server.admin_token",
+    )?;
+    Ok(operator::AdminApi {
+        url: api.url,
+        token,
+    })
+}
+
+/// Runs an operator command on a small runtime of its own and prints what it returns.
+fn print_from(
+    work: impl std::future::Future<Output = Result<String, operator::OperatorError>>,
+) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let text = runtime.block_on(work)?;
+    print!("{text}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn deliveries(api: ApiArgs, command: DeliveriesCommand) -> anyhow::Result<ExitCode> {
+    let api = admin_api(api)?;
+    match command {
+        DeliveriesCommand::List {
+            status,
+            connector,
+            incident,
+            since,
+            until,
+            limit,
+            json,
+        } => {
+            let filter = operator::ListFilter {
+                limit: Some(limit),
+                ..Default::default()
+            }
+            .with("status", status)
+            .with("connector", connector)
+            .with("incident", incident)
+            .with("since", since)
+            .with("until", until);
+            print_from(operator::deliveries_list(&api, &filter, json))
+        }
+        DeliveriesCommand::Show { id } => print_from(operator::show(
+            &api,
+            &format!("/v1/deliveries/{}", operator::path_segment(&id)),
+        )),
+        DeliveriesCommand::Replay {
+            ids,
+            dead,
+            connector,
+            since,
+            until,
+            error_class,
+        } => {
+            if dead {
+                let filter = operator::DeadFilter {
+                    connector,
+                    since,
+                    until,
+                    error_class,
+                };
+                print_from(operator::replay_dead(&api, &filter))
+            } else {
+                print_from(operator::replay_each(&api, &ids))
+            }
+        }
+    }
+}
+
+fn incidents(api: ApiArgs, command: IncidentsCommand) -> anyhow::Result<ExitCode> {
+    let api = admin_api(api)?;
+    match command {
+        IncidentsCommand::List {
+            source,
+            status,
+            since,
+            until,
+            limit,
+            json,
+        } => {
+            let filter = operator::ListFilter {
+                limit: Some(limit),
+                ..Default::default()
+            }
+            .with("source", source)
+            .with("status", status)
+            .with("since", since)
+            .with("until", until);
+            print_from(operator::incidents_list(&api, &filter, json))
+        }
+        IncidentsCommand::Show { id } => print_from(operator::show(
+            &api,
+            &format!("/v1/incidents/{}", operator::path_segment(&id)),
+        )),
     }
 }
 
