@@ -152,7 +152,7 @@ impl Gateway {
         if parked > 0 {
             tracing::warn!(
                 parked,
-                "created requests interrupted by a crash were set aside; see the dead deliveries"
+                "created requests cut off when the gateway last stopped (a crash, or a stop past shutdown_grace) were set aside dead: their tickets may exist; see the dead deliveries to resolve or replay them"
             );
         }
         let watch = config.reload.watch;

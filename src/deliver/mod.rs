@@ -395,7 +395,7 @@ impl Deliverer {
             .is_err()
         {
             tracing::warn!(
-                "shutdown grace ran out with sends under way; they will be retried after restart"
+                "shutdown grace ran out with sends under way: at the next start each is tried again, except a created of a connector that tracks tickets without a lookup, which is set aside dead (its ticket may exist) for an admin to resolve or replay"
             );
         }
     }
