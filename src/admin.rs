@@ -1,4 +1,5 @@
-//! Admin: read incidents and deliveries, and replay dead deliveries (Bearer `admin_token`).
+//! Admin: list and read incidents and deliveries, and replay dead deliveries (Bearer
+//! `admin_token`).
 //!
 //! Without an `admin_token` in the config the admin API is off and answers 401 to everyone;
 //! a source's API key never opens it. Every handler takes [`Admin`] first, so nothing of a
@@ -8,17 +9,20 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
 
 use crate::App;
 use crate::app::PathId as Id;
 use crate::auth::Admin;
 use crate::problem::Problem;
+use crate::query::{Params, encode_cursor};
 use crate::server::Client;
-use crate::store::{DeliveryFilter, DeliveryView, IncidentView, ReplayOutcome, ResolveOutcome};
+use crate::store::{
+    DeliveryKey, DeliveryListing, DeliveryView, IncidentKey, IncidentListing, IncidentView,
+    ReplayOutcome, ResolveOutcome,
+};
 
 fn store_failed(e: crate::store::StoreError) -> Problem {
     Problem::store_failed(&e, "the store could not answer; try again")
@@ -47,39 +51,91 @@ pub async fn get_incident(
     })
 }
 
-#[derive(Deserialize)]
-pub struct DeliveryQuery {
-    status: Option<String>,
-    connector: Option<String>,
-    limit: Option<usize>,
-}
-
-/// `GET /v1/deliveries?status=&connector=&limit=`: the newest deliveries first.
+/// `GET /v1/deliveries?incident=&status=&connector=&since=&until=&cursor=&limit=`: a page of
+/// deliveries, newest first; `next_cursor` continues it (null on the last page).
 pub async fn list_deliveries(
     State(app): State<Arc<App>>,
     _: Admin,
-    query: Result<Query<DeliveryQuery>, axum::extract::rejection::QueryRejection>,
+    RawQuery(raw): RawQuery,
 ) -> Result<Response, Problem> {
-    let bad_query =
-        |detail: String| Problem::new(StatusCode::BAD_REQUEST, "bad-query", "Bad query", detail);
-    let Query(q) = query.map_err(|e| bad_query(e.body_text()))?;
-    if let Some(s) = &q.status
-        && !matches!(s.as_str(), "pending" | "delivered" | "dead")
-    {
-        return Err(bad_query(format!(
-            "status {s:?}: expected pending, delivered or dead"
-        )));
-    }
-    let list = app
+    let q = Params::parse(
+        raw.as_deref(),
+        &[
+            "incident",
+            "status",
+            "connector",
+            "since",
+            "until",
+            "cursor",
+            "limit",
+        ],
+    )?;
+    let listing = DeliveryListing {
+        incident: q.text("incident"),
+        status: q.one_of("status", &["pending", "delivered", "dead"])?,
+        connector: q.text("connector"),
+        since_ms: q.time_ms("since")?,
+        until_ms: q.time_ms("until")?,
+        after: q.cursor(delivery_key)?,
+        limit: q.limit()?,
+    };
+    let page = app
         .store
-        .deliveries(DeliveryFilter {
-            status: q.status,
-            connector: q.connector,
-            limit: q.limit.unwrap_or(100),
-        })
+        .list_deliveries(listing)
         .await
         .map_err(store_failed)?;
-    Ok(Json(serde_json::json!({ "deliveries": list })).into_response())
+    let next = page
+        .next
+        .map(|k| encode_cursor(&format!("d.{}.{}", k.created_ms, k.seq)));
+    Ok(Json(serde_json::json!({ "deliveries": page.items, "next_cursor": next })).into_response())
+}
+
+/// A delivery cursor's text: `d.<created_ms>.<seq>`.
+fn delivery_key(text: &str) -> Option<DeliveryKey> {
+    let (created_ms, seq) = text.strip_prefix("d.")?.split_once('.')?;
+    Some(DeliveryKey {
+        created_ms: created_ms.parse().ok()?,
+        seq: seq.parse().ok()?,
+    })
+}
+
+/// `GET /v1/incidents?source=&status=&since=&until=&cursor=&limit=`: a page of incidents
+/// (without bodies), newest received first.
+pub async fn list_incidents(
+    State(app): State<Arc<App>>,
+    _: Admin,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, Problem> {
+    let q = Params::parse(
+        raw.as_deref(),
+        &["source", "status", "since", "until", "cursor", "limit"],
+    )?;
+    let listing = IncidentListing {
+        source: q.text("source"),
+        status: q.one_of("status", &["open", "completed"])?,
+        since_ms: q.time_ms("since")?,
+        until_ms: q.time_ms("until")?,
+        after: q.cursor(incident_key)?,
+        limit: q.limit()?,
+    };
+    let page = app
+        .store
+        .list_incidents(listing)
+        .await
+        .map_err(store_failed)?;
+    let next = page
+        .next
+        .map(|k| encode_cursor(&format!("i.{}.{}", k.received_ms, k.incident_id)));
+    Ok(Json(serde_json::json!({ "incidents": page.items, "next_cursor": next })).into_response())
+}
+
+/// An incident cursor's text: `i.<received_ms>.<incident id>` (the id may hold dots).
+fn incident_key(text: &str) -> Option<IncidentKey> {
+    let (received_ms, incident_id) = text.strip_prefix("i.")?.split_once('.')?;
+    Some(IncidentKey {
+        received_ms: received_ms.parse().ok()?,
+        incident_id: incident_id.to_string(),
+    })
 }
 
 /// `GET /v1/deliveries/{id}`: the delivery and its attempts.

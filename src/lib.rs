@@ -28,8 +28,9 @@
 //!    schedule → record. The CLI preview and the fuzz target run the same `prepare`.
 //! 10. [`render`] — Handlebars templates, escaped by content type, strict about variables,
 //!     each render bounded in time and by its helpers' input caps.
-//! 11. [`admin`] — inspect incidents and deliveries, replay dead ones; [`metrics`] for
-//!     Prometheus.
+//! 11. [`admin`] — list and inspect incidents and deliveries, replay dead ones, each list's
+//!     [`query`] checked strictly; [`metrics`] for Prometheus; [`openapi`] — the API contract
+//!     (`schemas/openapi.yaml`), served at `GET /openapi.json`.
 //! 12. [`cli`] — `check` and `render`, the admin's offline tools; `main.rs` only parses the
 //!     command line.
 
@@ -65,6 +66,8 @@ pub mod render;
 
 pub mod admin;
 pub mod metrics;
+pub mod openapi;
+pub mod query;
 
 pub mod cli;
 
@@ -94,4 +97,6 @@ pub enum Error {
     Connector(#[from] deliver::SetupError),
     #[error("TLS: {0}")]
     Tls(#[from] server::TlsError),
+    #[error(transparent)]
+    OpenApi(#[from] openapi::OpenApiError),
 }

@@ -66,6 +66,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "lookups, delivery purposes, ticket close times",
         include_str!("../../../migrations/postgres/0002_lookup.sql"),
     ),
+    (
+        3,
+        "indexes of the admin API's lists",
+        include_str!("../../../migrations/postgres/0003_list_indexes.sql"),
+    ),
 ];
 
 /// The newest schema this binary knows: its last migration's.

@@ -8,8 +8,10 @@ use rusqlite::{Connection, Row, ToSql};
 
 use super::{FromRow, Sqlite, completion_of, optional_row, rows};
 use crate::model::rfc3339;
+use crate::store::listing::{self, Arg};
 use crate::store::{
-    AttemptView, ConnectorView, DeliveryFilter, DeliveryView, IncidentView, StoreError, TicketView,
+    AttemptView, ConnectorView, DeliveryFilter, DeliveryKey, DeliveryListing, DeliveryView,
+    IncidentKey, IncidentListing, IncidentSummary, IncidentView, Page, StoreError, TicketView,
     Views,
 };
 
@@ -43,6 +45,105 @@ impl Views for Sqlite {
         })
         .await
     }
+
+    async fn list_deliveries(
+        &self,
+        listing: DeliveryListing,
+    ) -> Result<Page<DeliveryView, DeliveryKey>, StoreError> {
+        self.read(move |conn| list_deliveries(conn, &listing)).await
+    }
+
+    async fn list_incidents(
+        &self,
+        listing: IncidentListing,
+    ) -> Result<Page<IncidentSummary, IncidentKey>, StoreError> {
+        self.read(move |conn| list_incidents(conn, &listing)).await
+    }
+}
+
+impl ToSql for Arg {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        match self {
+            Arg::Text(s) => s.to_sql(),
+            Arg::Int(n) => n.to_sql(),
+        }
+    }
+}
+
+/// [`Views::list_deliveries`].
+fn list_deliveries(
+    conn: &Connection,
+    listing: &DeliveryListing,
+) -> Result<Page<DeliveryView, DeliveryKey>, StoreError> {
+    let clause = listing::deliveries(listing, '?');
+    let args: Vec<&dyn ToSql> = clause.args.iter().map(|a| a as &dyn ToSql).collect();
+    let mut items = query_deliveries(conn, &clause.sql, &args, false)?;
+    let size = listing::page_size(listing.limit);
+    let more = items.len() > size;
+    items.truncate(size);
+    let next = match items.last() {
+        Some(last) if more => Some(conn.query_row(
+            "SELECT created_ms, seq FROM deliveries WHERE delivery_id = ?1",
+            [&last.id],
+            |r| {
+                Ok(DeliveryKey {
+                    created_ms: r.get(0)?,
+                    seq: r.get(1)?,
+                })
+            },
+        )?),
+        _ => None,
+    };
+    Ok(Page { items, next })
+}
+
+from_row! {
+    /// An incident's own row, as a list shows it.
+    struct IncidentListRow {
+        incident_id: String,
+        source: String,
+        status: String,
+        status_change_ms: i64,
+        received_ms: i64,
+        updated_ms: i64,
+        versions: u32,
+    }
+}
+
+/// [`Views::list_incidents`].
+fn list_incidents(
+    conn: &Connection,
+    listing: &IncidentListing,
+) -> Result<Page<IncidentSummary, IncidentKey>, StoreError> {
+    let clause = listing::incidents(listing, '?');
+    let sql = format!(
+        "SELECT i.incident_id, i.source, i.status, i.status_change_ms, i.received_ms,
+                i.updated_ms, i.versions
+         FROM incidents i {}",
+        clause.sql
+    );
+    let args: Vec<&dyn ToSql> = clause.args.iter().map(|a| a as &dyn ToSql).collect();
+    let found: Vec<IncidentListRow> = rows(conn, &sql, args.as_slice())?;
+    let keyed = found
+        .into_iter()
+        .map(|r| {
+            let key = IncidentKey {
+                received_ms: r.received_ms,
+                incident_id: r.incident_id.clone(),
+            };
+            let summary = IncidentSummary {
+                incident_id: r.incident_id,
+                source: r.source,
+                status: r.status,
+                status_change_time: rfc3339(r.status_change_ms),
+                received_at: rfc3339(r.received_ms),
+                updated_at: rfc3339(r.updated_ms),
+                versions: r.versions,
+            };
+            (summary, key)
+        })
+        .collect();
+    Ok(listing::page(keyed, listing.limit))
 }
 
 from_row! {
