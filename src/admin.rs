@@ -17,7 +17,7 @@ use crate::App;
 use crate::app::PathId as Id;
 use crate::auth::Admin;
 use crate::problem::Problem;
-use crate::query::{Params, encode_cursor};
+use crate::query::{Params, hex, unhex};
 use crate::server::Client;
 use crate::store::{
     DeliveryKey, DeliveryListing, DeliveryView, IncidentKey, IncidentListing, IncidentView,
@@ -84,19 +84,25 @@ pub async fn list_deliveries(
         .list_deliveries(listing)
         .await
         .map_err(store_failed)?;
-    let next = page
-        .next
-        .map(|k| encode_cursor(&format!("d.{}.{}", k.created_ms, k.seq)));
+    let next = page.next.map(|k| format!("d{}.{}", k.created_ms, k.seq));
     Ok(Json(serde_json::json!({ "deliveries": page.items, "next_cursor": next })).into_response())
 }
 
-/// A delivery cursor's text: `d.<created_ms>.<seq>`.
+/// A delivery cursor: `d<created_ms>.<seq>` (the document's pattern for it says the same).
 fn delivery_key(text: &str) -> Option<DeliveryKey> {
-    let (created_ms, seq) = text.strip_prefix("d.")?.split_once('.')?;
+    let (created_ms, seq) = text.strip_prefix('d')?.split_once('.')?;
     Some(DeliveryKey {
-        created_ms: created_ms.parse().ok()?,
-        seq: seq.parse().ok()?,
+        created_ms: digits(created_ms)?,
+        seq: digits(seq)?,
     })
+}
+
+/// A cursor's number: digits only (no sign), as the document's pattern says.
+fn digits(text: &str) -> Option<i64> {
+    text.bytes()
+        .all(|b| b.is_ascii_digit())
+        .then(|| text.parse().ok())
+        .flatten()
 }
 
 /// `GET /v1/incidents?source=&status=&since=&until=&cursor=&limit=`: a page of incidents
@@ -125,16 +131,16 @@ pub async fn list_incidents(
         .map_err(store_failed)?;
     let next = page
         .next
-        .map(|k| encode_cursor(&format!("i.{}.{}", k.received_ms, k.incident_id)));
+        .map(|k| format!("i{}.{}", k.received_ms, hex(&k.incident_id)));
     Ok(Json(serde_json::json!({ "incidents": page.items, "next_cursor": next })).into_response())
 }
 
-/// An incident cursor's text: `i.<received_ms>.<incident id>` (the id may hold dots).
+/// An incident cursor: `i<received_ms>.<incident id in hex>`.
 fn incident_key(text: &str) -> Option<IncidentKey> {
-    let (received_ms, incident_id) = text.strip_prefix("i.")?.split_once('.')?;
+    let (received_ms, incident_id) = text.strip_prefix('i')?.split_once('.')?;
     Some(IncidentKey {
-        received_ms: received_ms.parse().ok()?,
-        incident_id: incident_id.to_string(),
+        received_ms: digits(received_ms)?,
+        incident_id: unhex(incident_id)?,
     })
 }
 
@@ -193,8 +199,19 @@ pub async fn metrics(State(app): State<Arc<App>>, _: Admin) -> Response {
         .into_response()
 }
 
-/// The largest resolve body read (a ticket id of at most 1024 characters, and a URL).
-const MAX_RESOLVE_BYTES: usize = 16 * 1024;
+/// The largest resolve body read: a ticket id of 1024 characters and a URL of 2048, each
+/// character as a `\u`-escaped surrogate pair (12 bytes), fit.
+const MAX_RESOLVE_BYTES: usize = 64 * 1024;
+
+/// The longest `ticket_id` and `ticket_url` of a resolve (characters).
+const MAX_TICKET_ID_CHARS: usize = 1024;
+const MAX_TICKET_URL_CHARS: usize = 2048;
+
+/// What trimming takes off a resolve's texts: ASCII blanks only, as the document's pattern
+/// says (Unicode's many spaces are kept as the admin gave them).
+fn blank(c: char) -> bool {
+    matches!(c, ' ' | '\t' | '\n' | '\r')
+}
 
 /// `POST /v1/deliveries/{id}/resolve` with `{"ticket_id": …, "ticket_url": …}`: a dead
 /// `created` whose ticket does exist in the target (an interrupted send, a response without the
@@ -213,31 +230,50 @@ pub async fn resolve_delivery(
         .await?;
     let value: serde_json::Value =
         serde_json::from_slice(&body).map_err(Problem::malformed_json)?;
-    let text = |key: &str| {
-        value
-            .get(key)
-            .and_then(|v| v.as_str())
-            .map(str::trim)
-            .filter(|v| !v.is_empty())
-            .map(str::to_string)
-    };
-    let ticket_id = text("ticket_id")
-        .filter(|t| t.len() <= 1024)
-        .ok_or_else(|| {
-            Problem::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid-resolve",
-                "Invalid resolve",
-                "ticket_id is required: the id the target gave the ticket",
-            )
-            .with_violations(vec![crate::schema::Violation {
+    let mut violations = Vec::new();
+    let ticket_id = match value.get("ticket_id").and_then(|v| v.as_str()) {
+        Some(t)
+            if t.chars().count() <= MAX_TICKET_ID_CHARS && !t.trim_matches(blank).is_empty() =>
+        {
+            Some(t.trim_matches(blank).to_string())
+        }
+        _ => {
+            violations.push(crate::schema::Violation {
                 pointer: "/ticket_id".into(),
-                detail: "a non-empty string of at most 1024 characters".into(),
-            }])
-        })?;
+                detail: format!(
+                    "the id the target gave the ticket is required: a string of at most {MAX_TICKET_ID_CHARS} characters, not blank"
+                ),
+            });
+            None
+        }
+    };
+    let ticket_url = match value.get("ticket_url") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(u)) if u.chars().count() <= MAX_TICKET_URL_CHARS => {
+            Some(u.trim_matches(blank).to_string()).filter(|u| !u.is_empty())
+        }
+        Some(_) => {
+            violations.push(crate::schema::Violation {
+                pointer: "/ticket_url".into(),
+                detail: format!(
+                    "a string of at most {MAX_TICKET_URL_CHARS} characters, or null"
+                ),
+            });
+            None
+        }
+    };
+    let (Some(ticket_id), true) = (ticket_id, violations.is_empty()) else {
+        return Err(Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-resolve",
+            "Invalid resolve",
+            "the delivery was not resolved: see errors",
+        )
+        .with_violations(violations));
+    };
     match app
         .store
-        .resolve(delivery_id.clone(), ticket_id, text("ticket_url"))
+        .resolve(delivery_id.clone(), ticket_id, ticket_url)
         .await
         .map_err(store_failed)?
     {

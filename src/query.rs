@@ -5,7 +5,6 @@
 use std::collections::BTreeMap;
 
 use axum::http::StatusCode;
-use base64::Engine as _;
 
 use crate::problem::Problem;
 
@@ -110,29 +109,37 @@ impl Params {
         }
     }
 
-    /// `cursor`, decoded by `decode` from the text [`encode_cursor`] made.
+    /// `cursor`, read by `decode` (each list writes and reads its own).
     pub fn cursor<K>(&self, decode: impl FnOnce(&str) -> Option<K>) -> Result<Option<K>, Problem> {
         let Some(v) = self.0.get("cursor") else {
             return Ok(None);
         };
-        base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(v)
-            .ok()
-            .and_then(|bytes| String::from_utf8(bytes).ok())
-            .and_then(|text| decode(&text))
-            .map(Some)
-            .ok_or_else(|| {
-                bad(
-                    "cursor",
-                    "cursor is not one this endpoint gave: pass next_cursor as it came",
-                )
-            })
+        decode(v).map(Some).ok_or_else(|| {
+            bad(
+                "cursor",
+                "cursor is not one this endpoint gave: pass next_cursor as it came",
+            )
+        })
     }
 }
 
-/// A cursor as callers see it: opaque (URL-safe base64 of what only the gateway reads).
-pub fn encode_cursor(text: &str) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text)
+/// Text as lower-case hex: a cursor part that may hold anything, written so that a cursor
+/// needs no escaping in a URL.
+pub fn hex(text: &str) -> String {
+    text.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+/// [`hex`] read back (bytes that are not UTF-8 are replaced: such a cursor only positions
+/// the page, as any text would).
+pub fn unhex(hex: &str) -> Option<String> {
+    if hex.len() % 2 != 0 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let bytes = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect::<Option<Vec<u8>>>()?;
+    Some(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 #[cfg(test)]
@@ -175,14 +182,19 @@ mod tests {
     }
 
     #[test]
-    fn a_cursor_round_trips_and_a_forged_one_is_refused() {
-        let q = format!("cursor={}", encode_cursor("d:5:7"));
-        let params = Params::parse(Some(&q), KNOWN).unwrap();
+    fn a_cursor_is_read_by_its_list_and_a_forged_one_is_refused() {
+        let params = Params::parse(Some("cursor=d5.7"), KNOWN).unwrap();
         assert_eq!(
-            params.cursor(|t| t.strip_prefix("d:").map(str::to_string)).unwrap(),
-            Some("5:7".to_string())
+            params.cursor(|t| t.strip_prefix('d').map(str::to_string)).unwrap(),
+            Some("5.7".to_string())
         );
-        let forged = Params::parse(Some("cursor=%%%"), KNOWN).unwrap();
-        assert!(forged.cursor(|t| Some(t.to_string())).is_err());
+        let forged = Params::parse(Some("cursor=x"), KNOWN).unwrap();
+        assert_eq!(
+            forged.cursor(|t| t.strip_prefix('d')).unwrap_err().extra["parameter"],
+            "cursor"
+        );
+        assert_eq!(unhex(&hex("id.with ✓")).as_deref(), Some("id.with ✓"));
+        assert_eq!(unhex("abc"), None);
+        assert_eq!(unhex("zz"), None);
     }
 }
