@@ -70,10 +70,10 @@ impl Builder {
         let conditions = if self.conditions.is_empty() {
             String::new()
         } else {
-            format!("WHERE {}", self.conditions.join(" AND "))
+            format!("WHERE {} ", self.conditions.join(" AND "))
         };
         Clause {
-            sql: format!("{conditions} ORDER BY {order} LIMIT {fetch}"),
+            sql: format!("{conditions}ORDER BY {order} LIMIT {fetch}"),
             args: self.args,
         }
     }
