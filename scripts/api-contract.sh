@@ -9,7 +9,7 @@
 # source key and a callback token at once: admin operations and probes with the admin token,
 # POST /v1/incidents with the source key, POST /v1/incidents/{id}/complete with the callback
 # token. Bounded by IGW_CONTRACT_EXAMPLES test cases per operation (default 40) and
-# IGW_CONTRACT_MAX_TIME seconds per run (default 120).
+# IGW_CONTRACT_MAX_TIME seconds per run (default 60).
 # Usage: scripts/api-contract.sh [--locked]   (extra arguments go to cargo build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +19,7 @@ target="${CARGO_TARGET_DIR:-$root/target}"
 venv="$target/api-contract/venv"
 schemathesis_version="4.32.5"
 examples="${IGW_CONTRACT_EXAMPLES:-40}"
-max_time="${IGW_CONTRACT_MAX_TIME:-120}"
+max_time="${IGW_CONTRACT_MAX_TIME:-60}"
 
 if ! "$venv/bin/schemathesis" --version 2>/dev/null | grep -q "$schemathesis_version"; then
   echo "installing schemathesis $schemathesis_version into $venv" >&2

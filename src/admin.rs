@@ -255,9 +255,7 @@ pub async fn resolve_delivery(
         Some(_) => {
             violations.push(crate::schema::Violation {
                 pointer: "/ticket_url".into(),
-                detail: format!(
-                    "a string of at most {MAX_TICKET_URL_CHARS} characters, or null"
-                ),
+                detail: format!("a string of at most {MAX_TICKET_URL_CHARS} characters, or null"),
             });
             None
         }

@@ -50,7 +50,10 @@ impl Params {
             if value.contains('\0') {
                 return Err(bad(&name, format!("{name}: a value may not hold NUL")));
             }
-            if params.insert(name.to_string(), value.into_owned()).is_some() {
+            if params
+                .insert(name.to_string(), value.into_owned())
+                .is_some()
+            {
                 return Err(bad(&name, format!("{name} is given more than once")));
             }
         }
@@ -132,7 +135,7 @@ pub fn hex(text: &str) -> String {
 /// [`hex`] read back (bytes that are not UTF-8 are replaced: such a cursor only positions
 /// the page, as any text would).
 pub fn unhex(hex: &str) -> Option<String> {
-    if hex.len() % 2 != 0 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if !hex.len().is_multiple_of(2) || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     let bytes = (0..hex.len())
@@ -176,7 +179,10 @@ mod tests {
             assert_eq!(p.extra["parameter"], "limit");
         }
         let since = Params::parse(Some("since=yesterday"), KNOWN).unwrap();
-        assert_eq!(since.time_ms("since").unwrap_err().extra["parameter"], "since");
+        assert_eq!(
+            since.time_ms("since").unwrap_err().extra["parameter"],
+            "since"
+        );
         let status = Params::parse(Some("status=lost"), KNOWN).unwrap();
         assert!(status.one_of("status", &["dead"]).is_err());
     }
@@ -185,12 +191,17 @@ mod tests {
     fn a_cursor_is_read_by_its_list_and_a_forged_one_is_refused() {
         let params = Params::parse(Some("cursor=d5.7"), KNOWN).unwrap();
         assert_eq!(
-            params.cursor(|t| t.strip_prefix('d').map(str::to_string)).unwrap(),
+            params
+                .cursor(|t| t.strip_prefix('d').map(str::to_string))
+                .unwrap(),
             Some("5.7".to_string())
         );
         let forged = Params::parse(Some("cursor=x"), KNOWN).unwrap();
         assert_eq!(
-            forged.cursor(|t| t.strip_prefix('d').map(str::len)).unwrap_err().extra["parameter"],
+            forged
+                .cursor(|t| t.strip_prefix('d').map(str::len))
+                .unwrap_err()
+                .extra["parameter"],
             "cursor"
         );
         assert_eq!(unhex(&hex("id.with ✓")).as_deref(), Some("id.with ✓"));

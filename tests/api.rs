@@ -210,16 +210,16 @@ async fn the_lists_filter_and_page_newest_first() {
     let incidents = pages(&base, "/v1/incidents?limit=3", "incidents").await;
     assert_eq!(
         incidents,
-        [
-            vec!["LIST-4", "LIST-3", "LIST-2"],
-            vec!["LIST-1", "LIST-0"]
-        ]
+        [vec!["LIST-4", "LIST-3", "LIST-2"], vec!["LIST-1", "LIST-0"]]
     );
     let (_, v) = admin_get(&base, "/v1/incidents?source=detector&status=open&limit=1").await;
     assert_eq!(v["incidents"][0]["incidentId"], "LIST-4");
     assert_eq!(v["incidents"][0]["source"], "detector");
     assert_eq!(v["incidents"][0]["versions"], 1);
-    assert!(v["incidents"][0].get("incident").is_none(), "no bodies in a list");
+    assert!(
+        v["incidents"][0].get("incident").is_none(),
+        "no bodies in a list"
+    );
     let since = pages(
         &base,
         &format!("/v1/incidents?since={boundary}&status=open"),

@@ -100,7 +100,11 @@ async fn ingest(s: &Store, source: &str, id: &str, connectors: &[&str]) -> Vec<S
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     match s.ingest(source.into(), None, vec![incident]).await.unwrap() {
-        Ingested::Stored(outcomes) => outcomes[0].deliveries.iter().map(|d| d.id.clone()).collect(),
+        Ingested::Stored(outcomes) => outcomes[0]
+            .deliveries
+            .iter()
+            .map(|d| d.id.clone())
+            .collect(),
         Ingested::Replay => panic!("no webhook id was given"),
     }
 }
@@ -216,7 +220,10 @@ async fn deliveries_are_listed_newest_first_filtered_and_paged(backend: Backend)
         status: Some("dead".into()),
         ..every(100)
     };
-    assert_eq!(all_deliveries(s, dead.clone()).await.0, [leased[0].id.clone()]);
+    assert_eq!(
+        all_deliveries(s, dead.clone()).await.0,
+        [leased[0].id.clone()]
+    );
     let dead_on_slack = DeliveryListing {
         connector: Some("slack".into()),
         ..dead

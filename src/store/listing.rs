@@ -147,10 +147,7 @@ mod tests {
     #[test]
     fn only_the_filters_given_become_conditions() {
         let none = deliveries(&DeliveryListing::default(), '?');
-        assert_eq!(
-            none.sql,
-            "ORDER BY d.created_ms DESC, d.seq DESC LIMIT ?1"
-        );
+        assert_eq!(none.sql, "ORDER BY d.created_ms DESC, d.seq DESC LIMIT ?1");
         assert_eq!(none.args, vec![Arg::Int(2)]);
         let some = deliveries(
             &DeliveryListing {

@@ -67,7 +67,9 @@ impl Views for Postgres {
                         &[&last.id],
                     )
                     .await?;
-                    let row = row.first().ok_or(StoreError::Missing("a listed delivery"))?;
+                    let row = row
+                        .first()
+                        .ok_or(StoreError::Missing("a listed delivery"))?;
                     Some(DeliveryKey {
                         created_ms: row.try_get("created_ms")?,
                         seq: row.try_get("seq")?,
@@ -130,7 +132,9 @@ fn bound(args: &[Arg]) -> Vec<Box<dyn ToSql + Sync + Send>> {
 }
 
 fn refs(args: &[Box<dyn ToSql + Sync + Send>]) -> Vec<&(dyn ToSql + Sync)> {
-    args.iter().map(|a| a.as_ref() as &(dyn ToSql + Sync)).collect()
+    args.iter()
+        .map(|a| a.as_ref() as &(dyn ToSql + Sync))
+        .collect()
 }
 
 fn ticket_view(r: &Row) -> Result<(String, TicketView), StoreError> {

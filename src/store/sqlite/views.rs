@@ -409,7 +409,10 @@ mod tests {
         }
         for (sql, args) in plans {
             let args: Vec<&dyn ToSql> = args.iter().map(|a| a as &dyn ToSql).collect();
-            let mut statement = db.conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+            let mut statement = db
+                .conn
+                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+                .unwrap();
             let steps: Vec<(i64, String)> = statement
                 .query_map(args.as_slice(), |r| Ok((r.get(1)?, r.get(3)?)))
                 .unwrap()
@@ -422,7 +425,9 @@ mod tests {
                 .map(|(_, d)| d.as_str())
                 .collect();
             assert!(
-                outer.iter().any(|d| d.contains("USING") && d.contains("INDEX")),
+                outer
+                    .iter()
+                    .any(|d| d.contains("USING") && d.contains("INDEX")),
                 "{sql}: {outer:?}"
             );
             // One incident's deliveries are few: they are sorted once its index finds them.
