@@ -5,8 +5,9 @@
 //!
 //! The indexes that serve them (one per filter, each ending in the order's columns, so a page
 //! is a range scan that stops after `limit + 1` rows): `deliveries (created_ms, seq)`,
-//! `(status, created_ms, seq)`, `(connector, created_ms, seq)`, `(incident_id, …)`;
-//! `incidents (received_ms, incident_id)`, `(source, …)`, `(status, …)`.
+//! `(status, created_ms, seq)`, `(connector, created_ms, seq)`; `incidents (received_ms,
+//! incident_id)`, `(source, …)`, `(status, …)`. The incident filter uses `deliveries
+//! (incident_id)`: one incident's deliveries are few, sorted once found.
 
 use super::{DeliveryListing, IncidentListing, Page};
 
