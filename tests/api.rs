@@ -27,6 +27,7 @@ async fn every_listener_serves_the_document_as_the_file_holds_it() {
     let ingress = format!("http://{}", gw.addr);
     let file = the_file();
     assert_eq!(file["openapi"], "3.1.0");
+    assert_eq!(file["info"]["version"], env!("CARGO_PKG_VERSION"));
     for base in [&ingress, &admin] {
         let r = get(&format!("{base}/openapi.json")).await;
         assert_eq!(r.status(), 200);
