@@ -87,7 +87,8 @@ curl -fsS -o /dev/null -X POST "$base/v1/incidents/contract-3/complete" \
 
 run() {
   local credential="$1"; shift
-  "$venv/bin/schemathesis" --config-file scripts/api-contract.toml run "$base/openapi.json" \
+  # From the temp folder: Schemathesis keeps its cache in the working directory.
+  (cd "$work" && "$venv/bin/schemathesis" --config-file "$root/scripts/api-contract.toml" run "$base/openapi.json" \
     --checks all \
     --max-examples "$examples" \
     --max-time "$max_time" \
@@ -96,7 +97,7 @@ run() {
     --request-timeout 10 \
     --no-color \
     -H "Authorization: Bearer $credential" \
-    "$@"
+    "$@")
 }
 
 status=0
