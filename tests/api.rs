@@ -232,3 +232,73 @@ async fn the_lists_filter_and_page_newest_first() {
     assert_eq!(v["incidents"], serde_json::json!([]));
     gw.stop().await.unwrap();
 }
+
+/// What the document says of the bodies the fuzzing found wanting, held: a resolve checks
+/// both its fields (a blank id, a URL that is not a string), and the most a valid body can be
+/// — every character a `\u`-escaped surrogate pair, as JSON encoders may write — is read, not
+/// refused as too large.
+#[tokio::test]
+async fn the_largest_valid_bodies_are_read_and_bad_resolves_are_422() {
+    const CALLBACK: &str = "api-test-callback-token-0123456789";
+    let ws = Workspace::new();
+    let config = ws.config("127.0.0.1:0", "");
+    with_sources(
+        &config,
+        &format!(
+            "[[sources]]\nname = \"detector\"\napi_key = \"{SOURCE_KEY}\"\ncallback_token = \"{CALLBACK}\"\n"
+        ),
+    );
+    let (gw, base) = start_gateway(&config).await;
+    let resolve = |body: String| {
+        let base = base.clone();
+        async move {
+            let r = client()
+                .post(format!("{base}/v1/deliveries/msg_none/resolve"))
+                .bearer_auth(ADMIN_TOKEN)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    for (body, pointer) in [
+        (r#"{"ticket_id": " \t "}"#, "#/ticket_id"),
+        (r#"{"ticket_url": "https://x/1"}"#, "#/ticket_id"),
+        (r#"{"ticket_id": "X-1", "ticket_url": 5}"#, "#/ticket_url"),
+    ] {
+        let (status, problem) = resolve(body.to_string()).await;
+        assert_eq!(status, 422, "{body}: {problem}");
+        assert_eq!(problem["errors"][0]["pointer"], pointer, "{body}");
+    }
+    // 😀 is written "\ud83d\ude00": 12 bytes a character.
+    let escaped = |n: usize| "\\ud83d\\ude00".repeat(n);
+    let (status, problem) = resolve(format!(
+        r#"{{"ticket_id": "{}", "ticket_url": "{}"}}"#,
+        escaped(1024),
+        escaped(2048)
+    ))
+    .await;
+    assert_eq!(status, 404, "read, and no such delivery: {problem}");
+    let (status, problem) = resolve(format!(r#"{{"ticket_id": "{}"}}"#, escaped(1025))).await;
+    assert_eq!(status, 422, "{problem}");
+
+    post_json(&base, &incident("BIG-NOTES")).await;
+    let r = client()
+        .post(format!("{base}/v1/incidents/BIG-NOTES/complete"))
+        .bearer_auth(CALLBACK)
+        .header("content-type", "application/json")
+        .body(format!(
+            r#"{{"reason_code": "other", "notes": "{}"}}"#,
+            escaped(10_000)
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["new"]["notes"].as_str().unwrap().chars().count(), 10_000);
+    gw.stop().await.unwrap();
+}
