@@ -1,4 +1,5 @@
-//! Admin: read incidents and deliveries, and replay dead deliveries (Bearer `admin_token`).
+//! Admin: list and read incidents and deliveries, and replay dead deliveries (Bearer
+//! `admin_token`).
 //!
 //! Without an `admin_token` in the config the admin API is off and answers 401 to everyone;
 //! a source's API key never opens it. Every handler takes [`Admin`] first, so nothing of a
@@ -8,17 +9,20 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
 
 use crate::App;
 use crate::app::PathId as Id;
 use crate::auth::Admin;
 use crate::problem::Problem;
+use crate::query::{Params, hex, unhex};
 use crate::server::Client;
-use crate::store::{DeliveryFilter, DeliveryView, IncidentView, ReplayOutcome, ResolveOutcome};
+use crate::store::{
+    DeliveryKey, DeliveryListing, DeliveryView, IncidentKey, IncidentListing, IncidentView,
+    ReplayOutcome, ResolveOutcome,
+};
 
 fn store_failed(e: crate::store::StoreError) -> Problem {
     Problem::store_failed(&e, "the store could not answer; try again")
@@ -47,39 +51,97 @@ pub async fn get_incident(
     })
 }
 
-#[derive(Deserialize)]
-pub struct DeliveryQuery {
-    status: Option<String>,
-    connector: Option<String>,
-    limit: Option<usize>,
-}
-
-/// `GET /v1/deliveries?status=&connector=&limit=`: the newest deliveries first.
+/// `GET /v1/deliveries?incident=&status=&connector=&since=&until=&cursor=&limit=`: a page of
+/// deliveries, newest first; `next_cursor` continues it (null on the last page).
 pub async fn list_deliveries(
     State(app): State<Arc<App>>,
     _: Admin,
-    query: Result<Query<DeliveryQuery>, axum::extract::rejection::QueryRejection>,
+    RawQuery(raw): RawQuery,
 ) -> Result<Response, Problem> {
-    let bad_query =
-        |detail: String| Problem::new(StatusCode::BAD_REQUEST, "bad-query", "Bad query", detail);
-    let Query(q) = query.map_err(|e| bad_query(e.body_text()))?;
-    if let Some(s) = &q.status
-        && !matches!(s.as_str(), "pending" | "delivered" | "dead")
-    {
-        return Err(bad_query(format!(
-            "status {s:?}: expected pending, delivered or dead"
-        )));
-    }
-    let list = app
+    let q = Params::parse(
+        raw.as_deref(),
+        &[
+            "incident",
+            "status",
+            "connector",
+            "since",
+            "until",
+            "cursor",
+            "limit",
+        ],
+    )?;
+    let listing = DeliveryListing {
+        incident: q.text("incident"),
+        status: q.one_of("status", &["pending", "delivered", "dead"])?,
+        connector: q.text("connector"),
+        since_ms: q.time_ms("since")?,
+        until_ms: q.time_ms("until")?,
+        after: q.cursor(delivery_key)?,
+        limit: q.limit()?,
+    };
+    let page = app
         .store
-        .deliveries(DeliveryFilter {
-            status: q.status,
-            connector: q.connector,
-            limit: q.limit.unwrap_or(100),
-        })
+        .list_deliveries(listing)
         .await
         .map_err(store_failed)?;
-    Ok(Json(serde_json::json!({ "deliveries": list })).into_response())
+    let next = page.next.map(|k| format!("d{}.{}", k.created_ms, k.seq));
+    Ok(Json(serde_json::json!({ "deliveries": page.items, "next_cursor": next })).into_response())
+}
+
+/// A delivery cursor: `d<created_ms>.<seq>` (the document's pattern for it says the same).
+fn delivery_key(text: &str) -> Option<DeliveryKey> {
+    let (created_ms, seq) = text.strip_prefix('d')?.split_once('.')?;
+    Some(DeliveryKey {
+        created_ms: digits(created_ms)?,
+        seq: digits(seq)?,
+    })
+}
+
+/// A cursor's number: digits only (no sign), as the document's pattern says.
+fn digits(text: &str) -> Option<i64> {
+    text.bytes()
+        .all(|b| b.is_ascii_digit())
+        .then(|| text.parse().ok())
+        .flatten()
+}
+
+/// `GET /v1/incidents?source=&status=&since=&until=&cursor=&limit=`: a page of incidents
+/// (without bodies), newest received first.
+pub async fn list_incidents(
+    State(app): State<Arc<App>>,
+    _: Admin,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, Problem> {
+    let q = Params::parse(
+        raw.as_deref(),
+        &["source", "status", "since", "until", "cursor", "limit"],
+    )?;
+    let listing = IncidentListing {
+        source: q.text("source"),
+        status: q.one_of("status", &["open", "completed"])?,
+        since_ms: q.time_ms("since")?,
+        until_ms: q.time_ms("until")?,
+        after: q.cursor(incident_key)?,
+        limit: q.limit()?,
+    };
+    let page = app
+        .store
+        .list_incidents(listing)
+        .await
+        .map_err(store_failed)?;
+    let next = page
+        .next
+        .map(|k| format!("i{}.{}", k.received_ms, hex(&k.incident_id)));
+    Ok(Json(serde_json::json!({ "incidents": page.items, "next_cursor": next })).into_response())
+}
+
+/// An incident cursor: `i<received_ms>.<incident id in hex>`.
+fn incident_key(text: &str) -> Option<IncidentKey> {
+    let (received_ms, incident_id) = text.strip_prefix('i')?.split_once('.')?;
+    Some(IncidentKey {
+        received_ms: digits(received_ms)?,
+        incident_id: unhex(incident_id)?,
+    })
 }
 
 /// `GET /v1/deliveries/{id}`: the delivery and its attempts.
@@ -137,8 +199,19 @@ pub async fn metrics(State(app): State<Arc<App>>, _: Admin) -> Response {
         .into_response()
 }
 
-/// The largest resolve body read (a ticket id of at most 1024 characters, and a URL).
-const MAX_RESOLVE_BYTES: usize = 16 * 1024;
+/// The largest resolve body read: a ticket id of 1024 characters and a URL of 2048, each
+/// character as a `\u`-escaped surrogate pair (12 bytes), fit.
+const MAX_RESOLVE_BYTES: usize = 64 * 1024;
+
+/// The longest `ticket_id` and `ticket_url` of a resolve (characters).
+const MAX_TICKET_ID_CHARS: usize = 1024;
+const MAX_TICKET_URL_CHARS: usize = 2048;
+
+/// What trimming takes off a resolve's texts: ASCII blanks only, as the document's pattern
+/// says (Unicode's many spaces are kept as the admin gave them).
+fn blank(c: char) -> bool {
+    matches!(c, ' ' | '\t' | '\n' | '\r')
+}
 
 /// `POST /v1/deliveries/{id}/resolve` with `{"ticket_id": …, "ticket_url": …}`: a dead
 /// `created` whose ticket does exist in the target (an interrupted send, a response without the
@@ -157,31 +230,48 @@ pub async fn resolve_delivery(
         .await?;
     let value: serde_json::Value =
         serde_json::from_slice(&body).map_err(Problem::malformed_json)?;
-    let text = |key: &str| {
-        value
-            .get(key)
-            .and_then(|v| v.as_str())
-            .map(str::trim)
-            .filter(|v| !v.is_empty())
-            .map(str::to_string)
-    };
-    let ticket_id = text("ticket_id")
-        .filter(|t| t.len() <= 1024)
-        .ok_or_else(|| {
-            Problem::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid-resolve",
-                "Invalid resolve",
-                "ticket_id is required: the id the target gave the ticket",
-            )
-            .with_violations(vec![crate::schema::Violation {
+    let mut violations = Vec::new();
+    let ticket_id = match value.get("ticket_id").and_then(|v| v.as_str()) {
+        Some(t)
+            if t.chars().count() <= MAX_TICKET_ID_CHARS && !t.trim_matches(blank).is_empty() =>
+        {
+            Some(t.trim_matches(blank).to_string())
+        }
+        _ => {
+            violations.push(crate::schema::Violation {
                 pointer: "/ticket_id".into(),
-                detail: "a non-empty string of at most 1024 characters".into(),
-            }])
-        })?;
+                detail: format!(
+                    "the id the target gave the ticket is required: a string of at most {MAX_TICKET_ID_CHARS} characters, not blank"
+                ),
+            });
+            None
+        }
+    };
+    let ticket_url = match value.get("ticket_url") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(u)) if u.chars().count() <= MAX_TICKET_URL_CHARS => {
+            Some(u.trim_matches(blank).to_string()).filter(|u| !u.is_empty())
+        }
+        Some(_) => {
+            violations.push(crate::schema::Violation {
+                pointer: "/ticket_url".into(),
+                detail: format!("a string of at most {MAX_TICKET_URL_CHARS} characters, or null"),
+            });
+            None
+        }
+    };
+    let (Some(ticket_id), true) = (ticket_id, violations.is_empty()) else {
+        return Err(Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-resolve",
+            "Invalid resolve",
+            "the delivery was not resolved: see errors",
+        )
+        .with_violations(violations));
+    };
     match app
         .store
-        .resolve(delivery_id.clone(), ticket_id, text("ticket_url"))
+        .resolve(delivery_id.clone(), ticket_id, ticket_url)
         .await
         .map_err(store_failed)?
     {

@@ -91,8 +91,9 @@ fn parse_complete(body: &[u8]) -> Result<CompleteRequest, Problem> {
     }
 }
 
-/// The largest completion body read: notes of 10,000 characters fit several times over.
-const MAX_COMPLETE_BYTES: usize = 64 * 1024;
+/// The largest completion body read: notes of 10,000 characters fit even when each is a
+/// `\u`-escaped surrogate pair (12 bytes), as JSON encoders may write them.
+const MAX_COMPLETE_BYTES: usize = 256 * 1024;
 
 /// `POST /v1/incidents/{incidentId}/complete`: `{"reason_code": …, "notes": …}` →
 /// 200 with seed 000's `{"old": {…}, "new": {…}}`.

@@ -16,7 +16,7 @@ use crate::deliver::{self, Deliverer};
 use crate::reload::{Generation, GenerationError, Live};
 use crate::schema::IncidentSchema;
 use crate::store::Store;
-use crate::{Error, admin, callback, control, ingress, metrics, problem, server};
+use crate::{Error, admin, callback, control, ingress, metrics, openapi, problem, server};
 
 /// A running gateway: its address, and the handle to stop it.
 pub struct Gateway {
@@ -46,6 +46,7 @@ fn ingress_routes() -> Router<Arc<App>> {
 fn admin_routes() -> Router<Arc<App>> {
     Router::new()
         .route("/metrics", get(admin::metrics))
+        .route("/v1/incidents", get(admin::list_incidents))
         .route("/v1/incidents/{incident_id}", get(admin::get_incident))
         .route("/v1/deliveries", get(admin::list_deliveries))
         .route("/v1/deliveries/{delivery_id}", get(admin::get_delivery))
@@ -93,12 +94,16 @@ fn reserve_router(app: Arc<App>) -> Router {
         .with_state(app)
 }
 
-/// Every listener answers `/healthz` (the process runs) and `/readyz` (it can store what it
-/// takes), and problem+json for unknown paths and methods.
+/// Every listener answers `/healthz` (the process runs), `/readyz` (it can store what it
+/// takes), the API contract (`/openapi.json`, whole on every listener, as it holds no secret
+/// and names which listener serves what) with the incident schema it refers to, and
+/// problem+json for unknown paths and methods.
 fn finish(router: Router<Arc<App>>, app: Arc<App>) -> Router {
     router
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
+        .route("/openapi.json", get(openapi::openapi_json))
+        .route("/incident.schema.json", get(openapi::incident_schema))
         .fallback(|| async { problem::Problem::not_found("no such endpoint") })
         .method_not_allowed_fallback(|| async {
             problem::Problem::new(
@@ -139,6 +144,8 @@ impl Gateway {
     /// Opens the store, compiles templates, binds the listener and starts the workers.
     pub async fn start(config: Config) -> Result<Gateway, Error> {
         let schema = IncidentSchema::shipped()?;
+        // The contract is served as shipped: a document that does not parse stops the start.
+        openapi::document()?;
         let store = open_store(&config).await?;
         let tracked: Vec<String> = config
             .connectors

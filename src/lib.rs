@@ -30,10 +30,11 @@
 //!    schedule → record. The CLI preview and the fuzz target run the same `prepare`.
 //! 10. [`render`] — Handlebars templates, escaped by content type, strict about variables,
 //!     each render bounded in time and by its helpers' input caps.
-//! 11. [`admin`] — inspect incidents and deliveries, replay dead ones; [`control`] —
-//!     reload, pause and resume connectors, replay dead deliveries in bulk; [`alert`] — a
-//!     failing destination raises an alert (log, metric, a notification through another
-//!     connector); [`metrics`] for Prometheus.
+//! 11. [`admin`] — list and inspect incidents and deliveries, replay dead ones, each list's
+//!     [`query`] checked strictly; [`control`] — reload, pause and resume connectors, replay
+//!     dead deliveries in bulk; [`alert`] — a failing destination raises an alert (log,
+//!     metric, a notification through another connector); [`metrics`] for Prometheus;
+//!     [`openapi`] — the API contract (`schemas/openapi.yaml`), served at `GET /openapi.json`.
 //! 12. [`cli`] — `check`, `routes` and `render`, the admin's offline tools; [`operator`] —
 //!     the admin API from a terminal (`deliveries`, `incidents`); `main.rs` only parses the
 //!     command line.
@@ -74,6 +75,8 @@ pub mod admin;
 pub mod alert;
 pub mod control;
 pub mod metrics;
+pub mod openapi;
+pub mod query;
 
 pub mod cli;
 pub mod operator;
@@ -104,4 +107,6 @@ pub enum Error {
     Connector(#[from] deliver::SetupError),
     #[error("TLS: {0}")]
     Tls(#[from] server::TlsError),
+    #[error(transparent)]
+    OpenApi(#[from] openapi::OpenApiError),
 }

@@ -75,6 +75,29 @@ async fn an_operator_lists_shows_and_replays_dead_deliveries_from_the_terminal()
     assert_eq!(view["id"], id.as_str());
     assert_eq!(view["attempts"].as_array().unwrap().len(), 1);
 
+    let listed = operator(
+        &base,
+        Some(ADMIN_TOKEN),
+        &["incidents", "list", "--status", "open", "--limit", "2"],
+    );
+    assert!(listed.status.success(), "{}", stderr(&listed));
+    let listing = stdout(&listed);
+    assert!(listing.starts_with("INCIDENT"), "{listing}");
+    assert!(
+        listing.ends_with("2 incidents\n"),
+        "a page of two: {listing}"
+    );
+    let all = operator(&base, Some(ADMIN_TOKEN), &["incidents", "list", "--json"]);
+    let all: serde_json::Value = serde_json::from_slice(&all.stdout).unwrap();
+    let mut ids: Vec<&str> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["incidentId"].as_str().unwrap())
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["OPS-0", "OPS-1", "OPS-2"]);
+
     let incident = operator(&base, Some(ADMIN_TOKEN), &["incidents", "show", "OPS-0"]);
     assert!(incident.status.success(), "{}", stderr(&incident));
     let view: serde_json::Value = serde_json::from_slice(&incident.stdout).unwrap();

@@ -554,7 +554,7 @@ async fn secrets_never_reach_attempt_records_and_api_errors_are_problem_json() {
 
     for (method, path, status) in [
         ("GET", "/v1/deliveries?limit=abc", 400),
-        ("GET", "/v1/incidents", 405),
+        ("PUT", "/v1/incidents", 405),
         ("DELETE", "/v1/deliveries/x", 405),
         ("GET", "/nowhere", 404),
     ] {

@@ -77,6 +77,7 @@ macro_rules! delivery_views_select {
     };
 }
 
+pub mod listing;
 pub mod postgres;
 pub mod rules;
 pub mod sqlite;
@@ -446,6 +447,70 @@ pub struct DeliveryFilter {
     pub limit: usize,
 }
 
+/// `GET /v1/deliveries`: which deliveries, newest first (by creation, then by queueing order),
+/// after which key. Every filter given must hold.
+#[derive(Debug, Clone, Default)]
+pub struct DeliveryListing {
+    pub incident: Option<String>,
+    pub status: Option<String>,
+    pub connector: Option<String>,
+    /// Created at or after (ms).
+    pub since_ms: Option<i64>,
+    /// Created before (ms).
+    pub until_ms: Option<i64>,
+    /// The page starts after this key (the previous page's last).
+    pub after: Option<DeliveryKey>,
+    pub limit: usize,
+}
+
+/// Where a delivery stands in the newest-first order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeliveryKey {
+    pub created_ms: i64,
+    pub seq: i64,
+}
+
+/// `GET /v1/incidents`: which incidents, newest received first, after which key.
+#[derive(Debug, Clone, Default)]
+pub struct IncidentListing {
+    pub source: Option<String>,
+    /// `open` or `completed`.
+    pub status: Option<String>,
+    /// Received at or after (ms).
+    pub since_ms: Option<i64>,
+    /// Received before (ms).
+    pub until_ms: Option<i64>,
+    pub after: Option<IncidentKey>,
+    pub limit: usize,
+}
+
+/// Where an incident stands in the newest-first order (ties by id).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IncidentKey {
+    pub received_ms: i64,
+    pub incident_id: String,
+}
+
+/// One page of a list, and the key the next page starts after (`None` on the last).
+#[derive(Debug, Clone)]
+pub struct Page<T, K> {
+    pub items: Vec<T>,
+    pub next: Option<K>,
+}
+
+/// An incident in a list: its own row, without body, tickets or deliveries.
+#[derive(Debug, Clone, Serialize)]
+pub struct IncidentSummary {
+    #[serde(rename = "incidentId")]
+    pub incident_id: String,
+    pub source: String,
+    pub status: String,
+    pub status_change_time: String,
+    pub received_at: String,
+    pub updated_at: String,
+    pub versions: u32,
+}
+
 /// What [`Ingest::ingest`] did.
 #[derive(Debug, Clone)]
 pub enum Ingested {
@@ -566,6 +631,18 @@ pub trait Views: Send + Sync {
     async fn deliveries(&self, filter: DeliveryFilter) -> Result<Vec<DeliveryView>, StoreError>;
 
     async fn delivery(&self, delivery_id: String) -> Result<Option<DeliveryView>, StoreError>;
+
+    /// A page of deliveries (without attempts), newest first.
+    async fn list_deliveries(
+        &self,
+        listing: DeliveryListing,
+    ) -> Result<Page<DeliveryView, DeliveryKey>, StoreError>;
+
+    /// A page of incidents, newest received first.
+    async fn list_incidents(
+        &self,
+        listing: IncidentListing,
+    ) -> Result<Page<IncidentSummary, IncidentKey>, StoreError>;
 }
 
 /// Whether the store answers (`/readyz`).
@@ -833,5 +910,21 @@ impl Store {
 
     pub async fn delivery(&self, delivery_id: String) -> Result<Option<DeliveryView>, StoreError> {
         self.backend.delivery(delivery_id).await
+    }
+
+    /// See [`Views::list_deliveries`].
+    pub async fn list_deliveries(
+        &self,
+        listing: DeliveryListing,
+    ) -> Result<Page<DeliveryView, DeliveryKey>, StoreError> {
+        self.backend.list_deliveries(listing).await
+    }
+
+    /// See [`Views::list_incidents`].
+    pub async fn list_incidents(
+        &self,
+        listing: IncidentListing,
+    ) -> Result<Page<IncidentSummary, IncidentKey>, StoreError> {
+        self.backend.list_incidents(listing).await
     }
 }

@@ -68,8 +68,13 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     ),
     (
         3,
+        "indexes of the admin API's lists",
+        include_str!("../../../migrations/postgres/0003_list_indexes.sql"),
+    ),
+    (
+        4,
         "connector pauses",
-        include_str!("../../../migrations/postgres/0003_pauses.sql"),
+        include_str!("../../../migrations/postgres/0004_pauses.sql"),
     ),
 ];
 

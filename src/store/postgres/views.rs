@@ -10,8 +10,10 @@ use tokio_postgres::types::ToSql;
 
 use super::{Postgres, completion_of, count, query, query_opt};
 use crate::model::rfc3339;
+use crate::store::listing::{self, Arg};
 use crate::store::{
-    AttemptView, ConnectorView, DeliveryFilter, DeliveryView, IncidentView, StoreError, TicketView,
+    AttemptView, ConnectorView, DeliveryFilter, DeliveryKey, DeliveryListing, DeliveryView,
+    IncidentKey, IncidentListing, IncidentSummary, IncidentView, Page, StoreError, TicketView,
     Views,
 };
 
@@ -45,6 +47,94 @@ impl Views for Postgres {
             )
         })
     }
+
+    async fn list_deliveries(
+        &self,
+        listing: DeliveryListing,
+    ) -> Result<Page<DeliveryView, DeliveryKey>, StoreError> {
+        let clause = listing::deliveries(&listing, '$');
+        let args = bound(&clause.args);
+        let size = listing::page_size(listing.limit);
+        transaction!(self, |tx| {
+            let mut items = query_deliveries(&tx, &clause.sql, &refs(&args), false).await?;
+            let more = items.len() > size;
+            items.truncate(size);
+            let next = match items.last() {
+                Some(last) if more => {
+                    let row = query(
+                        &tx,
+                        "SELECT created_ms, seq FROM deliveries WHERE delivery_id = $1",
+                        &[&last.id],
+                    )
+                    .await?;
+                    let row = row
+                        .first()
+                        .ok_or(StoreError::Missing("a listed delivery"))?;
+                    Some(DeliveryKey {
+                        created_ms: row.try_get("created_ms")?,
+                        seq: row.try_get("seq")?,
+                    })
+                }
+                _ => None,
+            };
+            Ok(Page { items, next })
+        })
+    }
+
+    async fn list_incidents(
+        &self,
+        listing: IncidentListing,
+    ) -> Result<Page<IncidentSummary, IncidentKey>, StoreError> {
+        let clause = listing::incidents(&listing, '$');
+        let args = bound(&clause.args);
+        let sql = format!(
+            "SELECT i.incident_id, i.source, i.status, i.status_change_ms, i.received_ms,
+                    i.updated_ms, i.versions
+             FROM incidents i {}",
+            clause.sql
+        );
+        transaction!(self, |tx| {
+            let mut keyed = Vec::new();
+            for r in query(&tx, &sql, &refs(&args)).await? {
+                let incident_id: String = r.try_get("incident_id")?;
+                let received_ms: i64 = r.try_get("received_ms")?;
+                keyed.push((
+                    IncidentSummary {
+                        incident_id: incident_id.clone(),
+                        source: r.try_get("source")?,
+                        status: r.try_get("status")?,
+                        status_change_time: rfc3339(r.try_get("status_change_ms")?),
+                        received_at: rfc3339(received_ms),
+                        updated_at: rfc3339(r.try_get("updated_ms")?),
+                        versions: count(&r, "versions")?,
+                    },
+                    IncidentKey {
+                        received_ms,
+                        incident_id,
+                    },
+                ));
+            }
+            Ok(listing::page(keyed, listing.limit))
+        })
+    }
+}
+
+/// A list's values, as PostgreSQL binds them.
+fn bound(args: &[Arg]) -> Vec<Box<dyn ToSql + Sync + Send>> {
+    args.iter()
+        .map(|a| -> Box<dyn ToSql + Sync + Send> {
+            match a {
+                Arg::Text(s) => Box::new(s.clone()),
+                Arg::Int(n) => Box::new(*n),
+            }
+        })
+        .collect()
+}
+
+fn refs(args: &[Box<dyn ToSql + Sync + Send>]) -> Vec<&(dyn ToSql + Sync)> {
+    args.iter()
+        .map(|a| a.as_ref() as &(dyn ToSql + Sync))
+        .collect()
 }
 
 fn ticket_view(r: &Row) -> Result<(String, TicketView), StoreError> {

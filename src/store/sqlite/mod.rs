@@ -198,6 +198,19 @@ CREATE INDEX IF NOT EXISTS deliveries_blocking ON deliveries (connector, order_k
 CREATE INDEX IF NOT EXISTS deliveries_leased ON deliveries (lease_until_ms) WHERE lease_until_ms > 0;
 "#;
 
+/// The admin API's lists' indexes (`store::listing`), one per filter, each ending in the
+/// newest-first order's columns so that a page is one range scan (SQLite appends the rowid,
+/// `seq`, to every index of `deliveries`, so it is the tie-break without being named).
+/// `deliveries_incident (incident_id)` already serves the incident filter.
+const LIST_INDEXES: &str = r#"
+CREATE INDEX IF NOT EXISTS deliveries_created ON deliveries (created_ms);
+CREATE INDEX IF NOT EXISTS deliveries_status_created ON deliveries (status, created_ms);
+CREATE INDEX IF NOT EXISTS deliveries_connector_created ON deliveries (connector, created_ms);
+CREATE INDEX IF NOT EXISTS incidents_received ON incidents (received_ms, incident_id);
+CREATE INDEX IF NOT EXISTS incidents_source_received ON incidents (source, received_ms, incident_id);
+CREATE INDEX IF NOT EXISTS incidents_status_received ON incidents (status, received_ms, incident_id);
+"#;
+
 /// Creates the schema, bringing a file written by an earlier version up to date: the queue
 /// columns `ready` and `due_ms` are added and filled once (a full pass, at the first start
 /// after the upgrade only).
@@ -226,6 +239,7 @@ pub(super) fn migrate(conn: &Connection) -> Result<(), StoreError> {
         }
     }
     conn.execute_batch(QUEUE_INDEXES)?;
+    conn.execute_batch(LIST_INDEXES)?;
     Ok(())
 }
 

@@ -1,0 +1,184 @@
+//! The admin API's lists as SQL both backends run: newest first, filtered, paged by the key of
+//! the previous page's last row (never by offset, so a deep page costs what the first does).
+//! Only the filters given become conditions, so each query shape has a plan that uses its
+//! index; each backend writes its own placeholders (`?n` or `$n`) and binds the values.
+//!
+//! The indexes that serve them (one per filter, each ending in the order's columns, so a page
+//! is a range scan that stops after `limit + 1` rows): `deliveries (created_ms, seq)`,
+//! `(status, created_ms, seq)`, `(connector, created_ms, seq)`; `incidents (received_ms,
+//! incident_id)`, `(source, …)`, `(status, …)`. The incident filter uses `deliveries
+//! (incident_id)`: one incident's deliveries are few, sorted once found.
+
+use super::{DeliveryListing, IncidentListing, Page};
+
+/// The most rows a page holds, whatever is asked.
+pub const MAX_LIMIT: usize = 1000;
+
+/// A value to bind.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Arg {
+    Text(String),
+    Int(i64),
+}
+
+/// The conditions, order and limit after a `FROM`, and the values they bind in order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Clause {
+    pub sql: String,
+    pub args: Vec<Arg>,
+}
+
+struct Builder {
+    /// `?` (SQLite) or `$` (PostgreSQL).
+    mark: char,
+    conditions: Vec<String>,
+    args: Vec<Arg>,
+}
+
+impl Builder {
+    fn new(mark: char) -> Builder {
+        Builder {
+            mark,
+            conditions: Vec::new(),
+            args: Vec::new(),
+        }
+    }
+
+    /// The placeholder of a new value.
+    fn bind(&mut self, arg: Arg) -> String {
+        self.args.push(arg);
+        format!("{}{}", self.mark, self.args.len())
+    }
+
+    /// `column <op> value`, when there is a value.
+    fn filter(&mut self, column: &str, op: &str, arg: Option<Arg>) {
+        if let Some(arg) = arg {
+            let p = self.bind(arg);
+            self.conditions.push(format!("{column} {op} {p}"));
+        }
+    }
+
+    /// Rows after `(time, tie)` in the descending order: a row-value comparison, which both
+    /// databases answer from an index on `(…, time, tie)`.
+    fn after(&mut self, columns: &str, time: i64, tie: Arg) {
+        let t = self.bind(Arg::Int(time));
+        let k = self.bind(tie);
+        self.conditions.push(format!("({columns}) < ({t}, {k})"));
+    }
+
+    fn finish(mut self, order: &str, limit: usize) -> Clause {
+        let fetch = self.bind(Arg::Int(fetch_limit(limit)));
+        let conditions = if self.conditions.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {} ", self.conditions.join(" AND "))
+        };
+        Clause {
+            sql: format!("{conditions}ORDER BY {order} LIMIT {fetch}"),
+            args: self.args,
+        }
+    }
+}
+
+/// The page size asked for, within 1 and [`MAX_LIMIT`].
+pub fn page_size(limit: usize) -> usize {
+    limit.clamp(1, MAX_LIMIT)
+}
+
+/// One row more than the page holds: whether it comes back says whether there is a next page.
+fn fetch_limit(limit: usize) -> i64 {
+    i64::try_from(page_size(limit) + 1).unwrap_or(i64::MAX)
+}
+
+/// After `FROM deliveries d`.
+pub fn deliveries(listing: &DeliveryListing, mark: char) -> Clause {
+    let mut b = Builder::new(mark);
+    let text = |v: &Option<String>| v.clone().map(Arg::Text);
+    b.filter("d.incident_id", "=", text(&listing.incident));
+    b.filter("d.status", "=", text(&listing.status));
+    b.filter("d.connector", "=", text(&listing.connector));
+    b.filter("d.created_ms", ">=", listing.since_ms.map(Arg::Int));
+    b.filter("d.created_ms", "<", listing.until_ms.map(Arg::Int));
+    if let Some(key) = listing.after {
+        b.after("d.created_ms, d.seq", key.created_ms, Arg::Int(key.seq));
+    }
+    b.finish("d.created_ms DESC, d.seq DESC", listing.limit)
+}
+
+/// After `FROM incidents i`.
+pub fn incidents(listing: &IncidentListing, mark: char) -> Clause {
+    let mut b = Builder::new(mark);
+    let text = |v: &Option<String>| v.clone().map(Arg::Text);
+    b.filter("i.source", "=", text(&listing.source));
+    b.filter("i.status", "=", text(&listing.status));
+    b.filter("i.received_ms", ">=", listing.since_ms.map(Arg::Int));
+    b.filter("i.received_ms", "<", listing.until_ms.map(Arg::Int));
+    if let Some(key) = &listing.after {
+        b.after(
+            "i.received_ms, i.incident_id",
+            key.received_ms,
+            Arg::Text(key.incident_id.clone()),
+        );
+    }
+    b.finish("i.received_ms DESC, i.incident_id DESC", listing.limit)
+}
+
+/// The page of `rows` (fetched with one row more than `limit`), and the key of its last row
+/// when more follow.
+pub fn page<T, K>(mut rows: Vec<(T, K)>, limit: usize) -> Page<T, K> {
+    let more = rows.len() > page_size(limit);
+    rows.truncate(page_size(limit));
+    let mut items = Vec::with_capacity(rows.len());
+    let mut last = None;
+    for (item, key) in rows {
+        items.push(item);
+        last = Some(key);
+    }
+    Page {
+        items,
+        next: if more { last } else { None },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::DeliveryKey;
+
+    #[test]
+    fn only_the_filters_given_become_conditions() {
+        let none = deliveries(&DeliveryListing::default(), '?');
+        assert_eq!(none.sql, "ORDER BY d.created_ms DESC, d.seq DESC LIMIT ?1");
+        assert_eq!(none.args, vec![Arg::Int(2)]);
+        let some = deliveries(
+            &DeliveryListing {
+                status: Some("dead".into()),
+                until_ms: Some(5),
+                after: Some(DeliveryKey {
+                    created_ms: 4,
+                    seq: 9,
+                }),
+                limit: 5000,
+                ..Default::default()
+            },
+            '$',
+        );
+        assert_eq!(
+            some.sql,
+            "WHERE d.status = $1 AND d.created_ms < $2 AND (d.created_ms, d.seq) < ($3, $4) \
+             ORDER BY d.created_ms DESC, d.seq DESC LIMIT $5"
+        );
+        assert_eq!(some.args[4], Arg::Int(1001));
+    }
+
+    #[test]
+    fn a_page_names_its_last_key_only_when_more_follow() {
+        let rows = |n: i64| (0..n).map(|i| (i, i * 10)).collect::<Vec<_>>();
+        let full = page(rows(3), 2);
+        assert_eq!(full.items, vec![0, 1]);
+        assert_eq!(full.next, Some(10));
+        let last = page(rows(2), 2);
+        assert_eq!(last.items, vec![0, 1]);
+        assert_eq!(last.next, None);
+    }
+}
