@@ -39,7 +39,7 @@ async fn object_body(
     let (bytes, _budget) = app
         .read_body(client, headers, body, MAX_CONTROL_BYTES)
         .await?;
-    if bytes.iter().all(u8::is_ascii_whitespace) {
+    if bytes.is_empty() {
         return Ok(json!({}));
     }
     let value: Value = serde_json::from_slice(&bytes).map_err(Problem::malformed_json)?;
@@ -249,16 +249,20 @@ struct BulkReplay {
     /// RFC 3339: died before.
     until: Option<String>,
     error_class: Option<ErrorClass>,
-    limit: Option<usize>,
+    /// A JSON integer (`500`, or `500.0` as JSON Schema counts it).
+    limit: Option<serde_json::Number>,
 }
 
 fn instant(pointer: &str, text: Option<&str>) -> Result<Option<i64>, Problem> {
     text.map(|t| {
-        humantime::parse_rfc3339_weak(t)
-            .ok()
-            .and_then(|at| at.duration_since(std::time::UNIX_EPOCH).ok())
-            .and_then(|d| i64::try_from(d.as_millis()).ok())
-            .ok_or_else(|| invalid(pointer, format!("{t:?} is not an RFC 3339 time")))
+        chrono::DateTime::parse_from_rfc3339(t)
+            .map(|at| at.timestamp_millis())
+            .map_err(|e| {
+                invalid(
+                    pointer,
+                    format!("{t:?} is not an RFC 3339 time (e.g. 2026-01-31T09:00:00Z): {e}"),
+                )
+            })
     })
     .transpose()
 }
@@ -284,7 +288,18 @@ pub async fn bulk_replay(
     })?;
     let since_ms = instant("/since", filter.since.as_deref())?;
     let until_ms = instant("/until", filter.until.as_deref())?;
-    let limit = filter.limit.unwrap_or(10_000);
+    let limit = match &filter.limit {
+        None => Some(10_000),
+        Some(n) => n
+            .as_u64()
+            .or_else(|| {
+                n.as_f64()
+                    .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f <= MAX_BULK_REPLAY as f64)
+                    .map(|f| f as u64)
+            })
+            .and_then(|n| usize::try_from(n).ok()),
+    };
+    let limit = limit.unwrap_or(0);
     if limit == 0 || limit > MAX_BULK_REPLAY {
         return Err(invalid("/limit", format!("from 1 to {MAX_BULK_REPLAY}")));
     }
