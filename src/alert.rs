@@ -12,10 +12,28 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde_json::{Value, json};
 
-use crate::config::alerts::AlertConfig;
-use crate::deliver::circuit::Change;
-use crate::reload::Generation;
+use crate::connector::Connector;
+use crate::render::Renderer;
 use crate::store::{NewIncident, Store};
+
+/// `[alerts]`, validated (`config` builds it).
+#[derive(Debug, Clone)]
+pub struct AlertConfig {
+    /// A connector whose target has been down this long (every attempt since failing) raises
+    /// an alert, as one whose circuit opens does at once.
+    pub failing_for: std::time::Duration,
+    /// The connector the alert (and its recovery) is sent through, e.g. a chat channel.
+    pub notify: Option<String>,
+}
+
+impl Default for AlertConfig {
+    fn default() -> Self {
+        AlertConfig {
+            failing_for: std::time::Duration::from_secs(600),
+            notify: None,
+        }
+    }
+}
 
 /// The source the gateway's own incidents are stored under.
 pub const SOURCE: &str = "incident-gateway";
@@ -57,14 +75,14 @@ pub struct Alerts {
 
 impl Alerts {
     /// Takes one attempt's outcome for `connector`: `up` as the circuit reads it, the
-    /// attempt's error, and what it did to the circuit.
+    /// attempt's error, and whether it opened the connector's circuit.
     pub fn observe(
         &self,
         connector: &str,
         config: &AlertConfig,
         up: Option<bool>,
         last_error: &str,
-        circuit: Option<&Change>,
+        circuit_opened: bool,
         now_ms: i64,
     ) -> Option<AlertEvent> {
         let mut watches = self.watches.lock().ok()?;
@@ -74,9 +92,9 @@ impl Alerts {
                 let since = *watch.failing_since_ms.get_or_insert(now_ms);
                 watch.last_error = last_error.to_string();
                 let failing_for = config.failing_for.as_millis() as i64;
-                let why = match circuit {
-                    Some(Change::Opened { .. }) => Some("its circuit opened".to_string()),
-                    _ if now_ms - since >= failing_for => Some(format!(
+                let why = match circuit_opened {
+                    true => Some("its circuit opened".to_string()),
+                    false if now_ms - since >= failing_for => Some(format!(
                         "failing for {}",
                         humantime::format_duration(config.failing_for)
                     )),
@@ -130,12 +148,13 @@ impl Alerts {
             .unwrap_or_default()
     }
 
-    /// Logs `event` and, with `[alerts] notify`, queues it as the gateway's own incident to
-    /// that connector (never to the failing connector itself).
+    /// Logs `event` and, with `notify` (`[alerts] notify`), queues it as the gateway's own
+    /// incident to that connector (never to the failing connector itself).
     pub async fn announce(
         &self,
         event: AlertEvent,
-        generation: &Generation,
+        notify: Option<&Connector>,
+        renderer: &Renderer,
         store: &Store,
         wake: &tokio::sync::Notify,
     ) {
@@ -155,17 +174,15 @@ impl Alerts {
                 "alert recovered: the connector's target answers again"
             ),
         }
-        let Some(notify) = &generation.config.alerts.notify else {
+        let Some(target) = notify else {
             return;
         };
         let (AlertEvent::Raised { connector, .. } | AlertEvent::Recovered { connector, .. }) =
             &event;
-        if notify == connector {
+        if &target.name == connector {
             return;
         }
-        let Some(target) = generation.connector(notify) else {
-            return;
-        };
+        let notify = &target.name;
         let incident = alert_incident(&event);
         let body = incident.to_string();
         let batch = vec![NewIncident {
@@ -174,9 +191,9 @@ impl Alerts {
                 .unwrap_or_default()
                 .to_string(),
             update_time: incident["updateTime"].as_f64(),
-            body_hash: crate::ingress::body_hash(&body),
+            body_hash: crate::model::body_hash(&body),
             body,
-            routes: crate::ticket::routes_for(&generation.renderer, [target], &incident),
+            routes: crate::ticket::routes_for(renderer, [target], &incident),
         }];
         match store.ingest(SOURCE.to_string(), None, batch).await {
             Ok(_) => wake.notify_one(),
@@ -269,15 +286,15 @@ mod tests {
         let alerts = Alerts::default();
         let c = config();
         assert_eq!(
-            alerts.observe("jira", &c, Some(false), "HTTP 503", None, 0),
+            alerts.observe("jira", &c, Some(false), "HTTP 503", false, 0),
             None
         );
-        assert_eq!(alerts.observe("jira", &c, None, "", None, 30_000), None);
+        assert_eq!(alerts.observe("jira", &c, None, "", false, 30_000), None);
         assert_eq!(
-            alerts.observe("jira", &c, Some(false), "HTTP 503", None, 59_999),
+            alerts.observe("jira", &c, Some(false), "HTTP 503", false, 59_999),
             None
         );
-        let raised = alerts.observe("jira", &c, Some(false), "timed out", None, 60_000);
+        let raised = alerts.observe("jira", &c, Some(false), "timed out", false, 60_000);
         assert_eq!(
             raised,
             Some(AlertEvent::Raised {
@@ -290,12 +307,12 @@ mod tests {
         );
         assert_eq!(alerts.alerting(), ["jira"]);
         assert_eq!(
-            alerts.observe("jira", &c, Some(false), "x", None, 90_000),
+            alerts.observe("jira", &c, Some(false), "x", false, 90_000),
             None,
             "once"
         );
         assert_eq!(
-            alerts.observe("jira", &c, Some(true), "", None, 120_000),
+            alerts.observe("jira", &c, Some(true), "", false, 120_000),
             Some(AlertEvent::Recovered {
                 connector: "jira".into(),
                 failing_since_ms: 0,
@@ -305,7 +322,7 @@ mod tests {
         );
         assert!(alerts.alerting().is_empty());
         assert_eq!(
-            alerts.observe("jira", &c, Some(true), "", None, 130_000),
+            alerts.observe("jira", &c, Some(true), "", false, 130_000),
             None
         );
     }
@@ -314,20 +331,17 @@ mod tests {
     fn an_opened_circuit_raises_at_once_and_a_success_before_the_time_raises_nothing() {
         let alerts = Alerts::default();
         let c = config();
-        assert_eq!(alerts.observe("a", &c, Some(false), "e", None, 0), None);
+        assert_eq!(alerts.observe("a", &c, Some(false), "e", false, 0), None);
         assert_eq!(
-            alerts.observe("a", &c, Some(true), "", None, 10),
+            alerts.observe("a", &c, Some(true), "", false, 10),
             None,
             "no alert, no recovery"
         );
         assert_eq!(
-            alerts.observe("a", &c, Some(false), "e", None, 59_000),
+            alerts.observe("a", &c, Some(false), "e", false, 59_000),
             None
         );
-        let opened = Change::Opened {
-            cool_down: Duration::from_secs(30),
-        };
-        let raised = alerts.observe("a", &c, Some(false), "refused", Some(&opened), 60_000);
+        let raised = alerts.observe("a", &c, Some(false), "refused", true, 60_000);
         assert!(matches!(
             raised,
             Some(AlertEvent::Raised { ref why, failing_since_ms: 59_000, .. }) if why == "its circuit opened"

@@ -371,7 +371,7 @@ pub fn live_metrics(app: &App) -> String {
          igw_config_generation {}",
         generation.number
     );
-    let paused = live.paused(&generation);
+    let paused = live.paused(&generation.connectors);
     let _ = writeln!(
         out,
         "# HELP igw_connector_paused Whether a connector is paused (its deliveries held).\n\

@@ -494,18 +494,13 @@ fn hex(bytes: &[u8]) -> String {
     out
 }
 
-/// SHA-256 of an incident's stored text, lower-case hex: tells a repeat from a change.
-pub fn body_hash(body: &str) -> String {
-    hex(&Sha256::digest(body.as_bytes()))
-}
-
 fn prepare(
     connectors: &[crate::connector::Connector],
     renderer: &crate::render::Renderer,
     incident: &Value,
 ) -> NewIncident {
     let body = incident.to_string();
-    let body_hash = body_hash(&body);
+    let body_hash = hex(&Sha256::digest(body.as_bytes()));
     NewIncident {
         incident_id: incident
             .get("incidentId")

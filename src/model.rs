@@ -248,3 +248,12 @@ mod tests {
         assert!(REPLAY_WINDOW > SIGNATURE_TOLERANCE * 2);
     }
 }
+
+/// SHA-256 of an incident's stored text, lower-case hex: tells a repeat from a change.
+pub fn body_hash(body: &str) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(body.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}

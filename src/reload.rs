@@ -51,6 +51,8 @@ pub struct Generation {
     pub tokens: Arc<HashMap<String, oauth::TokenSource>>,
     /// One pooled SMTP transport per SMTP connector.
     pub mailers: Arc<HashMap<String, smtp::Transport>>,
+    /// What the delivery workers send with, built from this config.
+    pub kit: Arc<deliver::Kit>,
     /// The restart-only sections as written, to tell when a reload changes them.
     restart_only: toml::Table,
     /// The files this generation was read from, as last seen (for `[reload] watch`).
@@ -79,7 +81,7 @@ impl Generation {
         let mailers = deliver::mailers(&config.connectors)?;
         let restart_only = restart_only_sections(&config.file);
         let files = watched_files(&config);
-        Ok(Generation {
+        let kit = Arc::new(deliver::Kit {
             number,
             renderer: Arc::new(renderer),
             connectors: Arc::new(config.connectors.clone()),
@@ -87,6 +89,17 @@ impl Generation {
             clients: Arc::new(clients),
             tokens: Arc::new(tokens),
             mailers: Arc::new(mailers),
+            alerts: config.alerts.clone(),
+        });
+        Ok(Generation {
+            number,
+            renderer: kit.renderer.clone(),
+            connectors: kit.connectors.clone(),
+            secrets: kit.secrets.clone(),
+            clients: kit.clients.clone(),
+            tokens: kit.tokens.clone(),
+            mailers: kit.mailers.clone(),
+            kit,
             config: Arc::new(config),
             restart_only,
             files,
@@ -216,9 +229,8 @@ impl Live {
     }
 
     /// Connectors whose deliveries are held: paused in the config or through the API.
-    pub fn paused(&self, generation: &Generation) -> Vec<String> {
-        let mut names: Vec<String> = generation
-            .connectors
+    pub fn paused(&self, connectors: &[Connector]) -> Vec<String> {
+        let mut names: Vec<String> = connectors
             .iter()
             .filter(|c| c.paused)
             .map(|c| c.name.clone())
@@ -389,5 +401,15 @@ impl Live {
                 reader.abort();
             }
         }
+    }
+}
+
+impl deliver::Supply for Live {
+    fn kit(&self) -> Arc<deliver::Kit> {
+        self.current().kit.clone()
+    }
+
+    fn paused(&self, kit: &deliver::Kit) -> Vec<String> {
+        Live::paused(self, &kit.connectors)
     }
 }

@@ -284,22 +284,47 @@ async fn a_subject_cannot_inject_a_header_or_a_recipient() {
 async fn mails_queue_while_the_server_is_down_and_each_arrives_once() {
     const N: usize = 20;
     let mail = Mail::new();
-    let (gw, base) = start_gateway(&mail.config("")).await;
+    // The server's being down opens the connector's circuit after a few failed attempts: the
+    // rest wait untried (their retry budgets unspent), and a probe a second later finds the
+    // server back.
+    let (gw, base) = start_gateway(&mail.config(
+        "[connectors.circuit]\nfailures = 3\ncool_down = \"1s\"\nmax_cool_down = \"1s\"\n",
+    ))
+    .await;
     let mut ids = HashSet::new();
     for i in 0..N {
         let r = post_json(&base, &incident(&format!("DOWN-{i}"))).await;
         ids.insert(format!("{}@example.com", first_delivery(&r)));
     }
-    // Wait until every mail has failed at least once against the closed port.
+    // Wait until the mails have failed against the closed port, enough to open the circuit.
     let retried = listed_when(
         &base,
         "status=pending&limit=100",
         Duration::from_secs(20),
-        |list| list.len() == N && list.iter().all(|d| d["attempt_count"].as_u64() >= Some(1)),
+        |list| {
+            list.len() == N
+                && list
+                    .iter()
+                    .filter_map(|d| d["attempt_count"].as_u64())
+                    .sum::<u64>()
+                    >= 3
+        },
     )
     .await
-    .expect("all queued and retrying");
-    assert!(retried[0]["last_error"].as_str().unwrap().len() > 3);
+    .expect("all queued, and failing");
+    let tried: u64 = retried
+        .iter()
+        .filter_map(|d| d["attempt_count"].as_u64())
+        .sum();
+    assert!(
+        tried < N as u64,
+        "the open circuit keeps the rest untried: {tried} attempts for {N} mails"
+    );
+    assert!(
+        retried
+            .iter()
+            .any(|d| d["last_error"].as_str().is_some_and(|e| e.len() > 3))
+    );
 
     let server = mail.server(&[]);
     let mails = server.wait_then_all(N, Duration::from_secs(30)).await;

@@ -5,6 +5,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::{ConfigError, Validator};
+use crate::alert::AlertConfig;
 use crate::connector::Connector;
 
 #[derive(Deserialize, Default)]
@@ -13,25 +14,6 @@ pub(super) struct RawAlerts {
     #[serde(default, with = "humantime_serde")]
     failing_for: Option<Duration>,
     notify: Option<String>,
-}
-
-/// `[alerts]`, validated.
-#[derive(Debug, Clone)]
-pub struct AlertConfig {
-    /// A connector whose target has been down this long (every attempt since failing) raises
-    /// an alert, as one whose circuit opens does at once.
-    pub failing_for: Duration,
-    /// The connector the alert (and its recovery) is sent through, e.g. a chat channel.
-    pub notify: Option<String>,
-}
-
-impl Default for AlertConfig {
-    fn default() -> Self {
-        AlertConfig {
-            failing_for: Duration::from_secs(600),
-            notify: None,
-        }
-    }
 }
 
 impl Validator<'_> {

@@ -11,7 +11,7 @@
 //! gateway can trust a [`Config`] without re-checking it. `${VAR}` expands from an explicit
 //! environment (`env.rs`); messages name the file, the line (`span.rs`) and the field.
 
-pub mod alerts;
+mod alerts;
 mod connectors;
 mod delivery;
 mod env;
@@ -150,7 +150,7 @@ pub struct Config {
     /// `[reload]`: whether the config and template files are watched for changes.
     pub reload: reload::ReloadConfig,
     /// `[alerts]`: when a failing connector raises an alert, and through which connector.
-    pub alerts: alerts::AlertConfig,
+    pub alerts: crate::alert::AlertConfig,
 }
 
 /// The file as written; each section's own form lives with the file that builds it.

@@ -179,9 +179,9 @@ pub struct Deliverer {
     pub mailers: Arc<HashMap<String, smtp::Transport>>,
     /// Permits for renders on blocking threads: `delivery.render_threads` at once.
     pub renders: Arc<Semaphore>,
-    /// The configuration in force: each attempt runs on the generation it was leased under
-    /// (the fields above are that generation's).
-    pub live: Arc<crate::reload::Live>,
+    /// The kit in force: each attempt runs on the kit it was leased under (the fields above
+    /// are that kit's).
+    pub live: Arc<dyn Supply>,
     /// Each connector's circuit breaker (this process's view of its target's health).
     pub circuits: Arc<circuit::Circuits>,
     /// Each connector's alert (a failing destination never fails silently).
@@ -195,6 +195,27 @@ fn last_error(record: &AttemptRecord) -> String {
         (None, Some(status)) => format!("HTTP {status}"),
         (None, None) => String::new(),
     }
+}
+
+/// What the workers send with: the connectors of the config in force and what was built from
+/// them. `reload` builds one per loaded config and swaps it whole.
+pub struct Kit {
+    /// 1 for the config the process started with, one more per reload.
+    pub number: u64,
+    pub connectors: Arc<Vec<Connector>>,
+    pub secrets: Arc<Secrets>,
+    pub renderer: Arc<Renderer>,
+    pub clients: Arc<HashMap<String, reqwest::Client>>,
+    pub tokens: Arc<HashMap<String, oauth::TokenSource>>,
+    pub mailers: Arc<HashMap<String, smtp::Transport>>,
+    pub alerts: crate::alert::AlertConfig,
+}
+
+/// Where the workers find the kit in force, and the connectors held from outside them.
+pub trait Supply: Send + Sync {
+    fn kit(&self) -> Arc<Kit>;
+    /// Connectors paused (in the config or through the admin API).
+    fn paused(&self, kit: &Kit) -> Vec<String>;
 }
 
 /// An HTTP client for every HTTP connector.
@@ -272,14 +293,14 @@ const IDLE_POLL: Duration = Duration::from_millis(1000);
 
 impl Deliverer {
     /// This deliverer on `generation`: its connectors, templates, clients and transports.
-    fn on(&self, generation: &crate::reload::Generation) -> Deliverer {
+    fn on(&self, kit: &Kit) -> Deliverer {
         Deliverer {
-            connectors: generation.connectors.clone(),
-            secrets: generation.secrets.clone(),
-            renderer: generation.renderer.clone(),
-            clients: generation.clients.clone(),
-            tokens: generation.tokens.clone(),
-            mailers: generation.mailers.clone(),
+            connectors: kit.connectors.clone(),
+            secrets: kit.secrets.clone(),
+            renderer: kit.renderer.clone(),
+            clients: kit.clients.clone(),
+            tokens: kit.tokens.clone(),
+            mailers: kit.mailers.clone(),
             ..self.clone()
         }
     }
@@ -297,7 +318,7 @@ impl Deliverer {
         let mut orphans: std::collections::HashSet<String> = Default::default();
         let mut generation = 0;
         while !shutdown.is_cancelled() {
-            let current = self.live.current();
+            let current = self.live.kit();
             if current.number != generation {
                 generation = current.number;
                 orphans.clear();
@@ -749,7 +770,7 @@ impl Deliverer {
     fn held(
         &self,
         this: &Deliverer,
-        current: &crate::reload::Generation,
+        current: &Kit,
         in_flight: &Mutex<HashMap<String, usize>>,
         orphans: &std::collections::HashSet<String>,
     ) -> (Vec<String>, HashMap<String, usize>) {
@@ -872,17 +893,23 @@ impl Deliverer {
                 up,
                 std::time::Instant::now(),
             );
-            let generation = self.live.current();
+            let kit = self.live.kit();
+            let opened = matches!(change, Some(circuit::Change::Opened { .. }));
             if let Some(event) = self.alerts.observe(
                 &connector.name,
-                &generation.config.alerts,
+                &kit.alerts,
                 up,
                 &last_error(&record),
-                change.as_ref(),
+                opened,
                 model::now_ms(),
             ) {
+                let notify = kit
+                    .alerts
+                    .notify
+                    .as_deref()
+                    .and_then(|name| connector::find(&kit.connectors, name));
                 self.alerts
-                    .announce(event, &generation, &self.store, &self.wake)
+                    .announce(event, notify, &kit.renderer, &self.store, &self.wake)
                     .await;
             }
             match change {
