@@ -745,6 +745,7 @@ impl Deliverer {
     pub async fn deliver(&self, delivery: LeasedDelivery) {
         let attempt = delivery.attempts + 1;
         let started_at_ms = model::now_ms();
+        let started = std::time::Instant::now();
         let outcome = tokio::select! {
             outcome = self.attempt(&delivery, started_at_ms) => Some(outcome),
             () = self.keep_lease(&delivery) => None,
@@ -798,11 +799,15 @@ impl Deliverer {
             },
             other => other,
         };
-        crate::metrics::Metrics::inc(match &next {
-            NextStep::Delivered => &self.metrics.deliveries_delivered,
-            NextStep::RetryAt { .. } => &self.metrics.deliveries_retried,
-            NextStep::Dead { .. } => &self.metrics.deliveries_dead,
-        });
+        self.metrics.attempt(
+            &delivery.connector,
+            match &next {
+                NextStep::Delivered => crate::metrics::AttemptOutcome::Delivered,
+                NextStep::RetryAt { .. } => crate::metrics::AttemptOutcome::Retry,
+                NextStep::Dead { .. } => crate::metrics::AttemptOutcome::Dead,
+            },
+            started.elapsed(),
+        );
         if sent.as_ref().is_some_and(http::SendResult::was_refused) {
             crate::metrics::Metrics::inc(&self.metrics.egress_refused);
         }
