@@ -137,6 +137,8 @@ struct QueueSnapshot {
     depths: Vec<QueueDepth>,
     /// When it was read (ms since the epoch); 0 before the first read.
     read_at_ms: i64,
+    /// How long the read took.
+    took: Duration,
 }
 
 impl Metrics {
@@ -180,12 +182,16 @@ impl Metrics {
     }
 
     /// Replaces the queue snapshot (the background reader calls this every [`QUEUE_REFRESH`]).
-    pub fn set_queue(&self, depths: Vec<QueueDepth>, read_at_ms: i64) {
+    pub fn set_queue(&self, depths: Vec<QueueDepth>, read_at_ms: i64, took: Duration) {
         let mut q = match self.queue.lock() {
             Ok(q) => q,
             Err(poisoned) => poisoned.into_inner(),
         };
-        *q = QueueSnapshot { depths, read_at_ms };
+        *q = QueueSnapshot {
+            depths,
+            read_at_ms,
+            took,
+        };
     }
 
     /// The text format; `configured` are the connectors in force, shown even before their
@@ -259,11 +265,11 @@ impl Metrics {
     }
 
     fn render_connectors(&self, out: &mut String, configured: &[&str], now_ms: i64) {
-        let (depths, read_at_ms) = match self.queue.lock() {
-            Ok(q) => (q.depths.clone(), q.read_at_ms),
+        let (depths, read_at_ms, took) = match self.queue.lock() {
+            Ok(q) => (q.depths.clone(), q.read_at_ms, q.took),
             Err(poisoned) => {
                 let q = poisoned.into_inner();
-                (q.depths.clone(), q.read_at_ms)
+                (q.depths.clone(), q.read_at_ms, q.took)
             }
         };
         // Every connector anything is known of: configured, attempted, or with a queue (an
@@ -388,6 +394,13 @@ impl Metrics {
                 seconds((now_ms - read_at_ms).max(0))
             }
         );
+        let _ = writeln!(
+            out,
+            "# HELP igw_queue_read_duration_seconds How long the last read of the queue figures took in the store.\n\
+             # TYPE igw_queue_read_duration_seconds gauge\n\
+             igw_queue_read_duration_seconds {}",
+            took.as_secs_f64()
+        );
     }
 }
 
@@ -398,7 +411,7 @@ pub async fn read_queue(store: Store, metrics: Arc<Metrics>, shutdown: Cancellat
     loop {
         let started = std::time::Instant::now();
         match store.queue_depths().await {
-            Ok(depths) => metrics.set_queue(depths, now_ms()),
+            Ok(depths) => metrics.set_queue(depths, now_ms(), started.elapsed()),
             Err(e) => tracing::warn!(error = %e, "reading the queue's depth for /metrics failed"),
         }
         let pause = QUEUE_REFRESH.max(started.elapsed() * 10);
@@ -459,6 +472,7 @@ mod tests {
                 oldest_due_ms: Some(1_000),
             }],
             2_000,
+            Duration::from_millis(4),
         );
         let text = m.render(&[], 3_500);
         assert!(text.contains("igw_connector_circuit_open{connector=\"q\\\"x\"} 1"));
