@@ -48,7 +48,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let base = format!("http://{}", gateway.addr);
     let client = reqwest::Client::new();
 
-    println!("| pending | background queue read (median of 3) | scrape (median of 50) | scrape (slowest of 50) | body |");
+    println!(
+        "| pending | background queue read (median of 3) | scrape (median of 50) | scrape (slowest of 50) | body |"
+    );
     println!("|---:|---:|---:|---:|---:|");
     let mut filled = 0;
     for size in sizes {

@@ -134,8 +134,11 @@ pub async fn metrics(State(app): State<Arc<App>>, _: Admin) -> Response {
         )],
         {
             let generation = app.live.current();
-            let configured: Vec<&str> =
-                generation.connectors.iter().map(|c| c.name.as_str()).collect();
+            let configured: Vec<&str> = generation
+                .connectors
+                .iter()
+                .map(|c| c.name.as_str())
+                .collect();
             app.metrics.render(&configured, crate::model::now_ms())
                 + &crate::control::live_metrics(&app)
         },

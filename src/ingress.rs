@@ -454,7 +454,7 @@ async fn accept_document(
         app.metrics.incident(&source.name, o.status);
     }
     for o in &outcomes {
-        tracing::info!(incident = ?o.incident_id, source = %source.name, status = ?o.status,
+        tracing::info!(incident = %o.incident_id, source = %source.name, status = ?o.status,
             deliveries = o.deliveries.len(), "incident received");
     }
     let body = if is_batch {

@@ -336,11 +336,7 @@ impl Metrics {
             );
         }
 
-        let depth_of = |label: &str| {
-            depths
-                .iter()
-                .find(|d| label_value(&d.connector) == label)
-        };
+        let depth_of = |label: &str| depths.iter().find(|d| label_value(&d.connector) == label);
         let _ = writeln!(
             out,
             "# HELP igw_connector_pending_deliveries Deliveries waiting (due or scheduled), by connector, as of the last queue read.\n\
@@ -458,7 +454,9 @@ mod tests {
             "igw_connector_attempt_duration_seconds_bucket{connector=\"a\",le=\"+Inf\"} 3"
         ));
         assert!(text.contains("igw_connector_attempt_duration_seconds_count{connector=\"a\"} 3"));
-        assert!(text.contains("igw_connector_attempt_duration_seconds_sum{connector=\"a\"} 100.303"));
+        assert!(
+            text.contains("igw_connector_attempt_duration_seconds_sum{connector=\"a\"} 100.303")
+        );
     }
 
     #[test]

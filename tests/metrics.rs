@@ -29,14 +29,8 @@ async fn gateway_with_history() -> (Child, String, Receiver, Receiver) {
     let (child, base) = spawn_binary(&config);
     // The workspace must outlive the gateway (it holds the database); leak it for the test.
     std::mem::forget(ws);
-    assert_eq!(
-        post_incident(&base, &incident("MET-1")).await.status(),
-        202
-    );
-    assert_eq!(
-        post_incident(&base, &incident("MET-1")).await.status(),
-        202
-    );
+    assert_eq!(post_incident(&base, &incident("MET-1")).await.status(), 202);
+    assert_eq!(post_incident(&base, &incident("MET-1")).await.status(), 202);
     let invalid = post_incident(&base, &serde_json::json!({"not": "an incident"})).await;
     assert_eq!(invalid.status(), 422);
     hook.wait_for(2, Duration::from_secs(30)).await;

@@ -317,6 +317,8 @@ impl Deliverer {
                     if orphans.insert(delivery.connector.clone()) {
                         tracing::warn!(
                             connector = %delivery.connector,
+                            delivery = %delivery.id,
+                            incident = %delivery.incident_id,
                             "deliveries for a connector the config no longer has stay queued until it comes back"
                         );
                     }
@@ -579,9 +581,11 @@ impl Deliverer {
                 Ok(Ok(true)) => held_until = asked_at + lease,
                 Ok(Ok(false)) => return,
                 Ok(Err(e)) => {
-                    tracing::warn!(delivery = %delivery.id, error = %e, "cannot renew lease")
+                    tracing::warn!(delivery = %delivery.id, incident = %delivery.incident_id,
+                        connector = %delivery.connector, error = %e, "cannot renew lease")
                 }
-                Err(_) => tracing::warn!(delivery = %delivery.id, "renewing the lease hung"),
+                Err(_) => tracing::warn!(delivery = %delivery.id, incident = %delivery.incident_id,
+                    connector = %delivery.connector, "renewing the lease hung"),
             }
             if tokio::time::Instant::now() + lease / 3 >= held_until {
                 return;
@@ -753,6 +757,8 @@ impl Deliverer {
         let Some(outcome) = outcome else {
             tracing::warn!(
                 delivery = %delivery.id,
+                incident = %delivery.incident_id,
+                connector = %delivery.connector,
                 "lease was lost during the attempt; another worker owns the delivery"
             );
             return;
@@ -856,17 +862,21 @@ impl Deliverer {
                 Ok(false) => {
                     tracing::warn!(
                         delivery = %delivery.id,
+                        incident = %delivery.incident_id,
+                        connector = %delivery.connector,
                         "lease was lost before the attempt was recorded; another worker owns the delivery"
                     );
                     return;
                 }
                 Err(e) if tokio::time::Instant::now() + pause >= give_up_at => {
                     // The lease runs out and the delivery is tried again: at least once.
-                    tracing::error!(delivery = %delivery.id, error = %e, "cannot record attempt; giving up");
+                    tracing::error!(delivery = %delivery.id, incident = %delivery.incident_id,
+                        connector = %delivery.connector, error = %e, "cannot record attempt; giving up");
                     return;
                 }
                 Err(e) => {
-                    tracing::warn!(delivery = %delivery.id, error = %e, "cannot record attempt yet; trying again");
+                    tracing::warn!(delivery = %delivery.id, incident = %delivery.incident_id,
+                        connector = %delivery.connector, error = %e, "cannot record attempt yet; trying again");
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_secs(2));
                 }
