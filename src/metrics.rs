@@ -135,6 +135,8 @@ impl Histogram {
 #[derive(Debug, Default)]
 struct QueueSnapshot {
     depths: Vec<QueueDepth>,
+    /// Dead deliveries per connector.
+    dead: Vec<(String, i64)>,
     /// When it was read (ms since the epoch); 0 before the first read.
     read_at_ms: i64,
     /// How long the read took.
@@ -182,13 +184,20 @@ impl Metrics {
     }
 
     /// Replaces the queue snapshot (the background reader calls this every [`QUEUE_REFRESH`]).
-    pub fn set_queue(&self, depths: Vec<QueueDepth>, read_at_ms: i64, took: Duration) {
+    pub fn set_queue(
+        &self,
+        depths: Vec<QueueDepth>,
+        dead: Vec<(String, i64)>,
+        read_at_ms: i64,
+        took: Duration,
+    ) {
         let mut q = match self.queue.lock() {
             Ok(q) => q,
             Err(poisoned) => poisoned.into_inner(),
         };
         *q = QueueSnapshot {
             depths,
+            dead,
             read_at_ms,
             took,
         };
@@ -265,11 +274,11 @@ impl Metrics {
     }
 
     fn render_connectors(&self, out: &mut String, configured: &[&str], now_ms: i64) {
-        let (depths, read_at_ms, took) = match self.queue.lock() {
-            Ok(q) => (q.depths.clone(), q.read_at_ms, q.took),
+        let (depths, dead, read_at_ms, took) = match self.queue.lock() {
+            Ok(q) => (q.depths.clone(), q.dead.clone(), q.read_at_ms, q.took),
             Err(poisoned) => {
                 let q = poisoned.into_inner();
-                (q.depths.clone(), q.read_at_ms, q.took)
+                (q.depths.clone(), q.dead.clone(), q.read_at_ms, q.took)
             }
         };
         // Every connector anything is known of: configured, attempted, or with a queue (an
@@ -280,6 +289,9 @@ impl Metrics {
         }
         for d in &depths {
             names.entry(d.connector.clone()).or_default();
+        }
+        for (name, _) in &dead {
+            names.entry(name.clone()).or_default();
         }
         for (name, m) in self.connectors.snapshot() {
             names.insert(name.to_string(), Some(m));
@@ -366,6 +378,21 @@ impl Metrics {
         }
         let _ = writeln!(
             out,
+            "# HELP igw_connector_dead_deliveries Dead deliveries kept (until replayed, resolved or purged), by connector, as of the last queue read.\n\
+             # TYPE igw_connector_dead_deliveries gauge"
+        );
+        for (name, _) in &series {
+            let count = dead
+                .iter()
+                .find(|(connector, _)| label_value(connector) == *name)
+                .map_or(0, |(_, n)| *n);
+            let _ = writeln!(
+                out,
+                "igw_connector_dead_deliveries{{connector=\"{name}\"}} {count}"
+            );
+        }
+        let _ = writeln!(
+            out,
             "# HELP igw_connector_circuit_open Whether a connector's circuit breaker is open (sending held).\n\
              # TYPE igw_connector_circuit_open gauge"
         );
@@ -406,8 +433,14 @@ impl Metrics {
 pub async fn read_queue(store: Store, metrics: Arc<Metrics>, shutdown: CancellationToken) {
     loop {
         let started = std::time::Instant::now();
-        match store.queue_depths().await {
-            Ok(depths) => metrics.set_queue(depths, now_ms(), started.elapsed()),
+        let read = async {
+            Ok::<_, crate::store::StoreError>((
+                store.queue_depths().await?,
+                store.dead_counts().await?,
+            ))
+        };
+        match read.await {
+            Ok((depths, dead)) => metrics.set_queue(depths, dead, now_ms(), started.elapsed()),
             Err(e) => tracing::warn!(error = %e, "reading the queue's depth for /metrics failed"),
         }
         let pause = QUEUE_REFRESH.max(started.elapsed() * 10);
@@ -469,6 +502,7 @@ mod tests {
                 pending: 7,
                 oldest_due_ms: Some(1_000),
             }],
+            vec![("q\"x".into(), 3)],
             2_000,
             Duration::from_millis(4),
         );
@@ -476,6 +510,7 @@ mod tests {
         assert!(text.contains("igw_connector_circuit_open{connector=\"q\\\"x\"} 1"));
         assert!(text.contains("igw_connector_pending_deliveries{connector=\"q\\\"x\"} 7"));
         assert!(text.contains("igw_connector_oldest_due_age_seconds{connector=\"q\\\"x\"} 2.500"));
+        assert!(text.contains("igw_connector_dead_deliveries{connector=\"q\\\"x\"} 3"));
         assert!(text.contains("igw_queue_snapshot_age_seconds 1.500"));
     }
 }

@@ -80,6 +80,8 @@ async fn per_connector_and_per_source_series_count_what_happened() {
             r#"igw_connector_attempt_duration_seconds_count{connector="refuser"} 1"#,
             r#"igw_connector_pending_deliveries{connector="held"} 1"#,
             r#"igw_connector_pending_deliveries{connector="hook"} 0"#,
+            r#"igw_connector_dead_deliveries{connector="refuser"} 1"#,
+            r#"igw_connector_dead_deliveries{connector="hook"} 0"#,
             r#"igw_connector_paused{connector="held"} 1"#,
             r#"igw_connector_paused{connector="hook"} 0"#,
             r#"igw_connector_circuit_open{connector="hook"} 0"#,
