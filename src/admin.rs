@@ -194,7 +194,16 @@ pub async fn metrics(State(app): State<Arc<App>>, _: Admin) -> Response {
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4",
         )],
-        app.metrics.render() + &crate::control::live_metrics(&app),
+        {
+            let generation = app.live.current();
+            let configured: Vec<&str> = generation
+                .connectors
+                .iter()
+                .map(|c| c.name.as_str())
+                .collect();
+            app.metrics.render(&configured, crate::model::now_ms())
+                + &crate::control::live_metrics(&app)
+        },
     )
         .into_response()
 }

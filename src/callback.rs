@@ -190,7 +190,7 @@ pub async fn complete(
             if !deliveries.is_empty() {
                 app.wake.notify_one();
             }
-            tracing::info!(incident = ?incident_id, by = ?caller, deliveries = deliveries.len(),
+            tracing::info!(incident = %incident_id, by = ?caller, deliveries = deliveries.len(),
                 completed_along = along.len(), "incident completed");
             let mut body = serde_json::json!({ "old": old, "new": new, "deliveries": deliveries });
             // The ticket's other incidents the target's close completed too.

@@ -416,3 +416,41 @@ pub fn live_metrics(app: &App) -> String {
     }
     out
 }
+
+/// Reads the queue's depth per connector for `/metrics` until shutdown: every
+/// [`crate::metrics::QUEUE_REFRESH`], or ten times as long as the last read took if that is
+/// longer, so that a huge queue costs the store at most a tenth of its time here.
+pub async fn read_queue(
+    store: crate::store::Store,
+    metrics: Arc<crate::metrics::Metrics>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        let started = std::time::Instant::now();
+        let read = async {
+            Ok::<_, crate::store::StoreError>((
+                store.queue_depths().await?,
+                store.dead_counts().await?,
+            ))
+        };
+        match read.await {
+            Ok((depths, dead)) => {
+                let depths = depths
+                    .into_iter()
+                    .map(|d| crate::metrics::QueueDepth {
+                        connector: d.connector,
+                        pending: d.pending,
+                        oldest_due_ms: d.oldest_due_ms,
+                    })
+                    .collect();
+                metrics.set_queue(depths, dead, crate::model::now_ms(), started.elapsed());
+            }
+            Err(e) => tracing::warn!(error = %e, "reading the queue's depth for /metrics failed"),
+        }
+        let pause = crate::metrics::QUEUE_REFRESH.max(started.elapsed() * 10);
+        tokio::select! {
+            () = tokio::time::sleep(pause) => {}
+            () = shutdown.cancelled() => return,
+        }
+    }
+}

@@ -123,11 +123,19 @@ pub async fn open_store(config: &Config) -> Result<Store, Error> {
 /// How long `/readyz` waits for the store before it calls it down.
 const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// 200 while the store answers; 503 problem+json (with Retry-After) while it does not, so a
-/// load balancer sends incidents to another gateway until the database is back.
+/// 200 while the store answers and a config is in force; 503 problem+json (with Retry-After)
+/// otherwise, so a load balancer sends incidents to another gateway until the database is back.
+/// "In force" means a generation is loaded and the gateway is not shutting down: start fails
+/// without a valid config, and a failed reload keeps the previous one working, so a failed
+/// reload leaves the gateway ready (it shows in `igw_config_reloads_total{outcome="failed"}`).
 async fn readyz(
     axum::extract::State(app): axum::extract::State<Arc<App>>,
 ) -> Result<&'static str, problem::Problem> {
+    if app.live.stopping() {
+        return Err(problem::Problem::unavailable(
+            "the gateway is shutting down; send incidents to another one",
+        ));
+    }
     match tokio::time::timeout(READY_TIMEOUT, app.store.ready()).await {
         Ok(Ok(())) => Ok("ready"),
         Ok(Err(e)) => Err(problem::Problem::store_failed(
@@ -220,6 +228,11 @@ impl Gateway {
                 std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
             )),
         });
+        tokio::spawn(control::read_queue(
+            store.clone(),
+            app.metrics.clone(),
+            shutdown.clone(),
+        ));
         let app_live = app.live.clone();
         let limits = server::ConnectionLimits {
             max_connections: app.server.max_connections,

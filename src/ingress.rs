@@ -322,6 +322,12 @@ async fn accept(
         _ => None,
     };
     let result = accept_document(app, source, claimed.clone(), bytes, budget).await;
+    if let Err(p) = &result
+        && !matches!(p.status, 401 | 429)
+        && p.status < 500
+    {
+        app.metrics.incident_rejected(&source.name);
+    }
     match (&result, &claimed) {
         // The store refused the id (a replay from before a restart): it stays claimed here.
         (Err(p), _) if p.status == 401 => {}
@@ -445,14 +451,17 @@ async fn accept_document(
     }
 
     for o in &outcomes {
-        crate::metrics::Metrics::inc(match o.status {
-            crate::store::IngestStatus::Accepted => &app.metrics.incidents_accepted,
-            crate::store::IngestStatus::Duplicate => &app.metrics.incidents_duplicate,
-            crate::store::IngestStatus::Updated => &app.metrics.incidents_updated,
-        });
+        app.metrics.incident(
+            &source.name,
+            match o.status {
+                crate::store::IngestStatus::Accepted => crate::metrics::Ingested::Accepted,
+                crate::store::IngestStatus::Duplicate => crate::metrics::Ingested::Duplicate,
+                crate::store::IngestStatus::Updated => crate::metrics::Ingested::Updated,
+            },
+        );
     }
     for o in &outcomes {
-        tracing::info!(incident = ?o.incident_id, source = %source.name, status = ?o.status,
+        tracing::info!(incident = %o.incident_id, source = %source.name, status = ?o.status,
             deliveries = o.deliveries.len(), "incident received");
     }
     let body = if is_batch {

@@ -225,6 +225,15 @@ pub fn rfc3339(ms: i64) -> String {
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
+/// SHA-256 of an incident's stored text, lower-case hex: tells a repeat from a change.
+pub fn body_hash(body: &str) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(body.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -247,13 +256,4 @@ mod tests {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
         assert!(REPLAY_WINDOW > SIGNATURE_TOLERANCE * 2);
     }
-}
-
-/// SHA-256 of an incident's stored text, lower-case hex: tells a repeat from a change.
-pub fn body_hash(body: &str) -> String {
-    use sha2::Digest as _;
-    sha2::Sha256::digest(body.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }

@@ -269,6 +269,11 @@ impl Live {
         }
     }
 
+    /// Whether the gateway is shutting down (`/readyz` then answers 503 so balancers drain it).
+    pub fn stopping(&self) -> bool {
+        self.shutdown.is_cancelled()
+    }
+
     /// The generation in force: hold it for the whole of one request or one attempt.
     pub fn current(&self) -> Arc<Generation> {
         self.current.load_full()

@@ -117,5 +117,14 @@ async fn a_down_target_opens_its_circuit_alerts_and_gets_everything_when_back() 
     let listed = connectors(&base).await;
     assert_eq!(connector(&listed, "hook")["circuit"], "closed", "{listed}");
     assert_eq!(connector(&listed, "hook")["alerting"], false, "{listed}");
+    let metrics = admin(reqwest::Method::GET, &base, "/metrics")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("igw_connector_circuit_open{connector=\"hook\"} 0"),
+        "{metrics}"
+    );
     sigkill(&mut child);
 }

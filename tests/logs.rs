@@ -60,4 +60,11 @@ async fn json_logs_are_one_object_per_line_with_the_ids_on_top() {
             .is_some_and(|d| d.starts_with("msg_"))
     );
     assert_eq!(delivered["level"], "INFO");
+    // The id as the incident's own string, not its debug quoting (`"\"LOG-1\""`).
+    let received = lines
+        .iter()
+        .find(|l| l["message"] == "incident received")
+        .unwrap_or_else(|| panic!("no incident received line: {log}"));
+    assert_eq!(received["incident"], "LOG-1", "{received}");
+    assert_eq!(received["source"], "detector", "{received}");
 }

@@ -520,6 +520,13 @@ async fn a_dead_created_holds_its_line_until_replayed_or_resolved(backend: Backe
         .unwrap();
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].last_error.as_deref(), Some("gone"));
+    assert_eq!(s.dead_counts().await.unwrap(), [("jira".to_string(), 1)]);
+    let depths = s.queue_depths().await.unwrap();
+    assert_eq!(depths.len(), 1);
+    assert_eq!(
+        (depths[0].connector.as_str(), depths[0].pending),
+        ("jira", 1)
+    );
     // Replayed, it goes again, first in its line.
     assert_eq!(
         s.replay(a.deliveries[0].id.clone()).await.unwrap(),

@@ -350,6 +350,8 @@ impl Deliverer {
                     if orphans.insert(delivery.connector.clone()) {
                         tracing::warn!(
                             connector = %delivery.connector,
+                            delivery = %delivery.id,
+                            incident = %delivery.incident_id,
                             "deliveries for a connector the config no longer has stay queued until it comes back"
                         );
                     }
@@ -614,9 +616,11 @@ impl Deliverer {
                 Ok(Ok(true)) => held_until = asked_at + lease,
                 Ok(Ok(false)) => return,
                 Ok(Err(e)) => {
-                    tracing::warn!(delivery = %delivery.id, error = %e, "cannot renew lease")
+                    tracing::warn!(delivery = %delivery.id, incident = %delivery.incident_id,
+                        connector = %delivery.connector, error = %e, "cannot renew lease")
                 }
-                Err(_) => tracing::warn!(delivery = %delivery.id, "renewing the lease hung"),
+                Err(_) => tracing::warn!(delivery = %delivery.id, incident = %delivery.incident_id,
+                    connector = %delivery.connector, "renewing the lease hung"),
             }
             if tokio::time::Instant::now() + lease / 3 >= held_until {
                 return;
@@ -813,6 +817,7 @@ impl Deliverer {
     pub async fn deliver(&self, delivery: LeasedDelivery) {
         let attempt = delivery.attempts + 1;
         let started_at_ms = model::now_ms();
+        let started = std::time::Instant::now();
         let outcome = tokio::select! {
             outcome = self.attempt(&delivery, started_at_ms) => Some(outcome),
             () = self.keep_lease(&delivery) => None,
@@ -820,6 +825,8 @@ impl Deliverer {
         let Some(outcome) = outcome else {
             tracing::warn!(
                 delivery = %delivery.id,
+                incident = %delivery.incident_id,
+                connector = %delivery.connector,
                 "lease was lost during the attempt; another worker owns the delivery"
             );
             return;
@@ -866,11 +873,15 @@ impl Deliverer {
             },
             other => other,
         };
-        crate::metrics::Metrics::inc(match &next {
-            NextStep::Delivered => &self.metrics.deliveries_delivered,
-            NextStep::RetryAt { .. } => &self.metrics.deliveries_retried,
-            NextStep::Dead { .. } => &self.metrics.deliveries_dead,
-        });
+        self.metrics.attempt(
+            &delivery.connector,
+            match &next {
+                NextStep::Delivered => crate::metrics::AttemptOutcome::Delivered,
+                NextStep::RetryAt { .. } => crate::metrics::AttemptOutcome::Retry,
+                NextStep::Dead { .. } => crate::metrics::AttemptOutcome::Dead,
+            },
+            started.elapsed(),
+        );
         if sent.as_ref().is_some_and(http::SendResult::was_refused) {
             crate::metrics::Metrics::inc(&self.metrics.egress_refused);
         }
@@ -895,6 +906,12 @@ impl Deliverer {
             );
             let kit = self.live.kit();
             let opened = matches!(change, Some(circuit::Change::Opened { .. }));
+            if let Some(change) = &change {
+                self.metrics.set_circuit(
+                    &connector.name,
+                    matches!(change, circuit::Change::Opened { .. }),
+                );
+            }
             if let Some(event) = self.alerts.observe(
                 &connector.name,
                 &kit.alerts,
@@ -961,17 +978,21 @@ impl Deliverer {
                 Ok(false) => {
                     tracing::warn!(
                         delivery = %delivery.id,
+                        incident = %delivery.incident_id,
+                        connector = %delivery.connector,
                         "lease was lost before the attempt was recorded; another worker owns the delivery"
                     );
                     return;
                 }
                 Err(e) if tokio::time::Instant::now() + pause >= give_up_at => {
                     // The lease runs out and the delivery is tried again: at least once.
-                    tracing::error!(delivery = %delivery.id, error = %e, "cannot record attempt; giving up");
+                    tracing::error!(delivery = %delivery.id, incident = %delivery.incident_id,
+                        connector = %delivery.connector, error = %e, "cannot record attempt; giving up");
                     return;
                 }
                 Err(e) => {
-                    tracing::warn!(delivery = %delivery.id, error = %e, "cannot record attempt yet; trying again");
+                    tracing::warn!(delivery = %delivery.id, incident = %delivery.incident_id,
+                        connector = %delivery.connector, error = %e, "cannot record attempt yet; trying again");
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_secs(2));
                 }

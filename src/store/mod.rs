@@ -673,6 +673,9 @@ pub trait Operate: Send + Sync {
 
     /// Pending deliveries per connector: how many, and when the oldest due one was due.
     async fn queue_depths(&self) -> Result<Vec<QueueDepth>, StoreError>;
+
+    /// Dead deliveries per connector (connectors with none are left out), for `/metrics`.
+    async fn dead_counts(&self) -> Result<Vec<(String, i64)>, StoreError>;
 }
 
 /// A connector paused through the admin API.
@@ -906,6 +909,11 @@ impl Store {
     /// See [`Operate::queue_depths`].
     pub async fn queue_depths(&self) -> Result<Vec<QueueDepth>, StoreError> {
         self.backend.queue_depths().await
+    }
+
+    /// See [`Operate::dead_counts`].
+    pub async fn dead_counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        self.backend.dead_counts().await
     }
 
     pub async fn delivery(&self, delivery_id: String) -> Result<Option<DeliveryView>, StoreError> {

@@ -121,4 +121,19 @@ impl Operate for Postgres {
                 .collect::<Result<Vec<_>, StoreError>>()
         })
     }
+
+    async fn dead_counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        transaction!(self, |tx| {
+            let rows = query(
+                &tx,
+                "SELECT connector, COUNT(*) AS dead FROM deliveries WHERE status = 'dead'
+                  GROUP BY connector ORDER BY connector",
+                &[],
+            )
+            .await?;
+            rows.iter()
+                .map(|r| Ok((r.try_get("connector")?, r.try_get("dead")?)))
+                .collect::<Result<Vec<_>, StoreError>>()
+        })
+    }
 }

@@ -97,6 +97,20 @@ impl Operate for Sqlite {
         })
         .await
     }
+
+    async fn dead_counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT connector, COUNT(*) FROM deliveries WHERE status = 'dead'
+                  GROUP BY connector ORDER BY connector",
+            )?;
+            let counts = stmt
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(counts)
+        })
+        .await
+    }
 }
 
 fn set_paused(
