@@ -24,7 +24,8 @@
 //!    back (`POST /v1/incidents/{id}/complete`); [`mailbox`] — ticket numbers learned from a
 //!    ticketing system's acknowledgement mails (IMAP).
 //! 8. [`store`] — commit the incident and one delivery per connector, then answer 202; one
-//!    interface by use (ingest, queue, tickets, views), SQLite behind it.
+//!    interface by use (ingest, queue, tickets, views), SQLite behind it; [`retention`] —
+//!    a background task purges finished work older than `[retention]` allows.
 //! 9. [`deliver`] — workers lease due deliveries; one attempt is a chain of small stages:
 //!    prepare (render → stamp → sign, or build the mail) → egress check → send → classify →
 //!    schedule → record. The CLI preview and the fuzz target run the same `prepare`.
@@ -65,6 +66,7 @@ pub mod mailbox;
 pub mod ticket;
 
 pub mod store;
+pub mod retention;
 
 pub mod deliver;
 
