@@ -157,7 +157,11 @@ impl Gateway {
         }
         let watch = config.reload.watch;
         let retention = config.retention;
-        let reopen_within = config.connectors.iter().filter_map(|c| c.reopen_within).max();
+        let reopen_within = config
+            .connectors
+            .iter()
+            .filter_map(|c| c.reopen_within)
+            .max();
         let first = Generation::build(config, 1).map_err(|e| match e {
             GenerationError::Config(e) => Error::Config(e),
             GenerationError::Render(e) => Error::Render(e),

@@ -66,9 +66,9 @@ pub mod callback;
 pub mod mailbox;
 pub mod ticket;
 
-pub mod store;
-pub mod retention;
 pub mod backup;
+pub mod retention;
+pub mod store;
 
 pub mod deliver;
 

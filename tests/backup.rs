@@ -83,7 +83,10 @@ async fn a_backup_taken_while_incidents_arrive_holds_them() {
     let incidents: i64 = copy
         .query_row("SELECT COUNT(*) FROM incidents", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(versions, incidents, "one snapshot: each incident with its version");
+    assert_eq!(
+        versions, incidents,
+        "one snapshot: each incident with its version"
+    );
     let auto_vacuum: i64 = copy
         .query_row("PRAGMA auto_vacuum", [], |r| r.get(0))
         .unwrap();

@@ -84,13 +84,14 @@ async fn work(s: &Store, next: impl Fn(&LeasedDelivery) -> NextStep) -> Vec<Leas
             NextStep::RetryAt { .. } => AttemptOutcome::Retry,
             NextStep::Dead { .. } => AttemptOutcome::Dead,
         };
-        let opened = (d.event == Event::Created && matches!(step, NextStep::Delivered)).then(|| {
-            TicketUpdate {
-                ticket_seq: d.ticket_seq.unwrap(),
-                id: format!("T-{}", d.incident_id),
-                url: None,
-            }
-        });
+        let opened =
+            (d.event == Event::Created && matches!(step, NextStep::Delivered)).then(|| {
+                TicketUpdate {
+                    ticket_seq: d.ticket_seq.unwrap(),
+                    id: format!("T-{}", d.incident_id),
+                    url: None,
+                }
+            });
         let record = AttemptRecord {
             attempt: d.attempts + 1,
             started_at_ms: now_ms(),

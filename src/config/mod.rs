@@ -916,7 +916,10 @@ mod tests {
             Config::from_toml_all(&text, Path::new("gw.toml"), env(&[]))
         };
         let defaults = load("").unwrap().retention;
-        assert_eq!(defaults.delivered_after, Duration::from_secs(30 * 24 * 3600));
+        assert_eq!(
+            defaults.delivered_after,
+            Duration::from_secs(30 * 24 * 3600)
+        );
         assert_eq!(defaults.dead_after, None);
         assert_eq!(defaults.interval, Duration::from_secs(60));
         assert_eq!(defaults.batch, 500);
@@ -930,7 +933,9 @@ mod tests {
         let errors = load("[retention]\ndelivered_after = \"0s\"\nbatch = 0\n").unwrap_err();
         let messages: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
         assert!(
-            messages.iter().any(|m| m.contains("retention.delivered_after") && m.contains("line 4")),
+            messages
+                .iter()
+                .any(|m| m.contains("retention.delivered_after") && m.contains("line 4")),
             "{messages:?}"
         );
         let unknown = load("[retention]\nkeep = \"1d\"\n").unwrap_err();

@@ -136,12 +136,11 @@ impl Operate for Postgres {
             });
         let dead_before = request.dead_before_ms.unwrap_or(i64::MIN);
         transaction!(self, |tx| {
-            let scanned = query(&tx, PURGE_SCAN, &[
-                &request.delivered_before_ms,
-                &after_ms,
-                &after_id,
-                &batch,
-            ])
+            let scanned = query(
+                &tx,
+                PURGE_SCAN,
+                &[&request.delivered_before_ms, &after_ms, &after_id, &batch],
+            )
             .await?;
             let mut looked_at = Vec::with_capacity(scanned.len());
             let mut next = None;
@@ -164,7 +163,12 @@ impl Operate for Postgres {
             for incident_id in &looked_at {
                 lock_incident(&tx, incident_id).await?;
             }
-            query(&tx, "SELECT 1 FROM deliveries WHERE incident_id = ANY($1) ORDER BY seq FOR UPDATE", &[&looked_at]).await?;
+            query(
+                &tx,
+                "SELECT 1 FROM deliveries WHERE incident_id = ANY($1) ORDER BY seq FOR UPDATE",
+                &[&looked_at],
+            )
+            .await?;
             query(
                 &tx,
                 "SELECT 1 FROM tickets WHERE ticket_seq IN
@@ -173,12 +177,16 @@ impl Operate for Postgres {
                 &[&looked_at],
             )
             .await?;
-            let ids: Vec<String> = query(&tx, PURGEABLE, &[
-                &looked_at,
-                &request.delivered_before_ms,
-                &dead_before,
-                &request.tickets_closed_before_ms,
-            ])
+            let ids: Vec<String> = query(
+                &tx,
+                PURGEABLE,
+                &[
+                    &looked_at,
+                    &request.delivered_before_ms,
+                    &dead_before,
+                    &request.tickets_closed_before_ms,
+                ],
+            )
             .await?
             .iter()
             .map(|r| r.try_get("incident_id"))
