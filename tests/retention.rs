@@ -153,7 +153,11 @@ async fn finished_work_is_purged_unfinished_kept_and_the_file_stops_growing() {
         .sum();
     assert_eq!(purged, 4 * ROUND as u64, "{logged}");
     // Four rounds of the same work: the file is no bigger after the last than after the
-    // first (without retention it grows by a round's rows each time).
+    // first, give or take a few pages. Without retention it grows by each round's rows:
+    // 40 incident bodies alone (the sample is several KB) are far more than the slack.
     eprintln!("store size after each round: {sizes:?}");
-    assert!(sizes[3] <= sizes[0], "{sizes:?}");
+    let slack = 8 * 4096;
+    let round_bodies = ROUND as u64 * std::fs::metadata(sample_file()).unwrap().len();
+    assert!(round_bodies > 2 * slack, "the slack would hide a round");
+    assert!(sizes[3] <= sizes[0] + slack, "{sizes:?}");
 }
