@@ -171,6 +171,12 @@ impl Gateway {
             );
         }
         let watch = config.reload.watch;
+        let retention = config.retention;
+        let reopen_within = config
+            .connectors
+            .iter()
+            .filter_map(|c| c.reopen_within)
+            .max();
         let first = Generation::build(config, 1).map_err(|e| match e {
             GenerationError::Config(e) => Error::Config(e),
             GenerationError::Render(e) => Error::Render(e),
@@ -213,6 +219,12 @@ impl Gateway {
             alerts: alerts.clone(),
         };
         let workers = tokio::spawn(deliverer.run(shutdown.clone()));
+        tokio::spawn(crate::retention::run(
+            store.clone(),
+            retention,
+            reopen_within,
+            shutdown.clone(),
+        ));
 
         let app = Arc::new(App {
             guard: crate::admission::Guard::new(&config.server),

@@ -24,7 +24,9 @@
 //!    back (`POST /v1/incidents/{id}/complete`); [`mailbox`] — ticket numbers learned from a
 //!    ticketing system's acknowledgement mails (IMAP).
 //! 8. [`store`] — commit the incident and one delivery per connector, then answer 202; one
-//!    interface by use (ingest, queue, tickets, views), SQLite behind it.
+//!    interface by use (ingest, queue, tickets, views), SQLite behind it; [`retention`] —
+//!    a background task purges finished work older than `[retention]` allows; [`backup`] —
+//!    a consistent copy of the SQLite store while the gateway runs.
 //! 9. [`deliver`] — workers lease due deliveries; one attempt is a chain of small stages:
 //!    prepare (render → stamp → sign, or build the mail) → egress check → send → classify →
 //!    schedule → record. The CLI preview and the fuzz target run the same `prepare`.
@@ -65,6 +67,8 @@ pub mod callback;
 pub mod mailbox;
 pub mod ticket;
 
+pub mod backup;
+pub mod retention;
 pub mod store;
 
 pub mod deliver;

@@ -4,7 +4,7 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context as _;
@@ -89,6 +89,15 @@ enum Command {
         api: ApiArgs,
         #[command(subcommand)]
         command: IncidentsCommand,
+    },
+    /// Copy the SQLite store to a new file, safely while the gateway runs (PostgreSQL: use
+    /// pg_dump). The copy is compacted, and set to give space freed by retention back.
+    Backup {
+        #[arg(long, short, env = "IGW_CONFIG")]
+        config: PathBuf,
+        /// The new file to write (never overwritten).
+        #[arg(long)]
+        to: PathBuf,
     },
 }
 
@@ -238,6 +247,7 @@ fn main() -> ExitCode {
             .map_err(anyhow::Error::from),
         Command::Deliveries { api, command } => deliveries(api, command),
         Command::Incidents { api, command } => incidents(api, command),
+        Command::Backup { config, to } => backup(&config, &to),
     };
     match result {
         Ok(code) => code,
@@ -246,6 +256,18 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn backup(config: &Path, to: &Path) -> anyhow::Result<ExitCode> {
+    let config = incident_gateway::config::Config::load(config)?;
+    let done = incident_gateway::backup::backup(&config, to)?;
+    println!(
+        "backed up {} incidents to {} ({} bytes)",
+        done.incidents,
+        to.display(),
+        done.bytes
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The admin API a command talks to; a missing token is an error here, not a 401 there.

@@ -101,7 +101,7 @@ fn certificate(dir: &Path, cert: &str, key: &str) {
 
 /// The sections a config has; any other key of a piece is a connector's (`priorities = …`
 /// in the templates README) and goes on the base's connector.
-const SECTIONS: [&str; 8] = [
+const SECTIONS: [&str; 9] = [
     "server",
     "storage",
     "delivery",
@@ -110,6 +110,7 @@ const SECTIONS: [&str; 8] = [
     "templates",
     "reload",
     "alerts",
+    "retention",
 ];
 
 #[test]

@@ -17,6 +17,7 @@ mod delivery;
 mod env;
 mod http;
 pub mod reload;
+pub mod retention;
 mod server;
 mod smtp;
 mod sources;
@@ -103,6 +104,7 @@ fn part_errors(doc: &Document) -> Vec<toml::de::Error> {
             ("templates", None) => templates::RawTemplates::deserialize(part).err(),
             ("reload", None) => reload::RawReload::deserialize(part).err(),
             ("alerts", None) => alerts::RawAlerts::deserialize(part).err(),
+            ("retention", None) => retention::RawRetention::deserialize(part).err(),
             ("sources", Some(_)) => sources::RawSource::deserialize(part).err(),
             ("connectors", Some(_)) => connectors::RawConnector::deserialize(part).err(),
             _ => None,
@@ -151,6 +153,8 @@ pub struct Config {
     pub reload: reload::ReloadConfig,
     /// `[alerts]`: when a failing connector raises an alert, and through which connector.
     pub alerts: crate::alert::AlertConfig,
+    /// `[retention]`: when delivered (and dead) work is purged.
+    pub retention: retention::RetentionConfig,
 }
 
 /// The file as written; each section's own form lives with the file that builds it.
@@ -172,6 +176,8 @@ struct RawConfig {
     reload: reload::RawReload,
     #[serde(default)]
     alerts: alerts::RawAlerts,
+    #[serde(default)]
+    retention: retention::RawRetention,
 }
 
 impl Config {
@@ -330,6 +336,10 @@ impl Validator<'_> {
             .map_err(|e| errors.push(e))
             .ok();
         let reload = self.reload(&raw.reload).map_err(|e| errors.push(e)).ok();
+        let retention = self
+            .retention(&raw.retention)
+            .map_err(|e| errors.push(e))
+            .ok();
         let (
             Some(server),
             Some(storage),
@@ -337,6 +347,7 @@ impl Validator<'_> {
             Some(sources),
             Some(partials_dir),
             Some(reload),
+            Some(retention),
             true,
         ) = (
             server,
@@ -345,6 +356,7 @@ impl Validator<'_> {
             sources,
             partials_dir,
             reload,
+            retention,
             errors.is_empty(),
         )
         else {
@@ -372,6 +384,7 @@ impl Validator<'_> {
             secrets: Secrets::new(secret_values),
             reload,
             alerts,
+            retention,
         })
     }
 
@@ -893,5 +906,39 @@ mod tests {
             assert!(msg.contains(field), "{connector}: {msg}");
         }
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn retention_has_defaults_and_its_values_are_checked() {
+        use std::time::Duration;
+        let load = |retention: &str| {
+            let text = format!("[storage]\nurl = \"sqlite://x.db\"\n{retention}");
+            Config::from_toml_all(&text, Path::new("gw.toml"), env(&[]))
+        };
+        let defaults = load("").unwrap().retention;
+        assert_eq!(
+            defaults.delivered_after,
+            Duration::from_secs(30 * 24 * 3600)
+        );
+        assert_eq!(defaults.dead_after, None);
+        assert_eq!(defaults.interval, Duration::from_secs(60));
+        assert_eq!(defaults.batch, 500);
+        let set = load("[retention]\ndelivered_after = \"7d\"\ndead_after = \"90d\"\ninterval = \"5m\"\nbatch = 100\n")
+            .unwrap()
+            .retention;
+        assert_eq!(set.delivered_after, Duration::from_secs(7 * 24 * 3600));
+        assert_eq!(set.dead_after, Some(Duration::from_secs(90 * 24 * 3600)));
+        assert_eq!(set.interval, Duration::from_secs(300));
+        assert_eq!(set.batch, 100);
+        let errors = load("[retention]\ndelivered_after = \"0s\"\nbatch = 0\n").unwrap_err();
+        let messages: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+        assert!(
+            messages
+                .iter()
+                .any(|m| m.contains("retention.delivered_after") && m.contains("line 4")),
+            "{messages:?}"
+        );
+        let unknown = load("[retention]\nkeep = \"1d\"\n").unwrap_err();
+        assert!(unknown[0].to_string().contains("keep"), "{unknown:?}");
     }
 }

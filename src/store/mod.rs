@@ -676,6 +676,55 @@ pub trait Operate: Send + Sync {
 
     /// Dead deliveries per connector (connectors with none are left out), for `/metrics`.
     async fn dead_counts(&self) -> Result<Vec<(String, i64)>, StoreError>;
+
+    /// One batch of retention, in one transaction: of the next `request.batch` incidents
+    /// (oldest change first, after `request.after`), those whose work is finished and old
+    /// are deleted with their versions, deliveries, attempts and ticket links, and then
+    /// their tickets that hold no incident any more. Finished: every delivery delivered (or,
+    /// with a dead cut-off, dead — but never a dead `created` that later deliveries of its
+    /// ticket wait behind), and every ticket it is on closed before the ticket cut-off or, for
+    /// a completed incident, still open. An open incident on an open ticket stays: its
+    /// completion may still come and counts toward closing the ticket. An open ticket's row
+    /// always stays: it is what later incidents of its key join.
+    async fn purge(&self, request: PurgeRequest) -> Result<Purged, StoreError>;
+
+    /// Gives the space freed by purges back to the file system where the backend holds it
+    /// (SQLite: free pages and the WAL); nothing where the database server does that itself.
+    async fn compact(&self) -> Result<(), StoreError>;
+}
+
+/// One batch of retention: the cut-offs (ms since the epoch) and where the pass stands.
+#[derive(Debug, Clone)]
+pub struct PurgeRequest {
+    /// Delivered deliveries last changed before this, of incidents last changed before it,
+    /// may go.
+    pub delivered_before_ms: i64,
+    /// Dead deliveries last changed before this may go too; `None`: dead ones stay.
+    pub dead_before_ms: Option<i64>,
+    /// An incident goes only when each ticket it is on is closed, since before this (later,
+    /// an incident of its key may still reopen it).
+    pub tickets_closed_before_ms: i64,
+    /// Incidents looked at in this batch at most.
+    pub batch: usize,
+    /// The last incident the previous batch of this pass looked at; `None`: a new pass.
+    pub after: Option<PurgeCursor>,
+}
+
+/// An incident's place in the order a purge pass walks: oldest change first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PurgeCursor {
+    pub updated_ms: i64,
+    pub incident_id: String,
+}
+
+/// What one purge batch deleted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Purged {
+    pub incidents: u64,
+    /// Every row deleted, the incidents' included.
+    pub rows: u64,
+    /// Where the next batch of this pass starts; `None`: the pass looked at every old incident.
+    pub next: Option<PurgeCursor>,
 }
 
 /// A connector paused through the admin API.
@@ -914,6 +963,16 @@ impl Store {
     /// See [`Operate::dead_counts`].
     pub async fn dead_counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
         self.backend.dead_counts().await
+    }
+
+    /// See [`Operate::purge`].
+    pub async fn purge(&self, request: PurgeRequest) -> Result<Purged, StoreError> {
+        self.backend.purge(request).await
+    }
+
+    /// See [`Operate::compact`].
+    pub async fn compact(&self) -> Result<(), StoreError> {
+        self.backend.compact().await
     }
 
     pub async fn delivery(&self, delivery_id: String) -> Result<Option<DeliveryView>, StoreError> {

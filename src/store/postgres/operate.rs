@@ -1,12 +1,16 @@
 //! What operators change while the gateway runs, in PostgreSQL: paused connectors (shared by
-//! every process on the database), the dead deliveries a bulk replay takes, and the queue's
-//! size per connector.
+//! every process on the database), the dead deliveries a bulk replay takes, the queue's
+//! size per connector, and retention (purging finished work; PostgreSQL's autovacuum gives
+//! the space back).
 
 use async_trait::async_trait;
 
-use super::{Postgres, execute, query};
+use super::{Postgres, execute, lock_incident, query};
 use crate::model::now_ms;
-use crate::store::{DeadDelivery, DeadFilter, Operate, PauseNote, QueueDepth, StoreError};
+use crate::store::{
+    DeadDelivery, DeadFilter, Operate, PauseNote, PurgeCursor, PurgeRequest, Purged, QueueDepth,
+    StoreError,
+};
 
 #[async_trait]
 impl Operate for Postgres {
@@ -136,4 +140,147 @@ impl Operate for Postgres {
                 .collect::<Result<Vec<_>, StoreError>>()
         })
     }
+
+    async fn purge(&self, request: PurgeRequest) -> Result<Purged, StoreError> {
+        let batch = i64::try_from(request.batch).unwrap_or(i64::MAX);
+        let (after_ms, after_id) = request
+            .after
+            .as_ref()
+            .map_or((i64::MIN, String::new()), |c| {
+                (c.updated_ms, c.incident_id.clone())
+            });
+        let dead_before = request.dead_before_ms.unwrap_or(i64::MIN);
+        transaction!(self, |tx| {
+            let scanned = query(
+                &tx,
+                PURGE_SCAN,
+                &[&request.delivered_before_ms, &after_ms, &after_id, &batch],
+            )
+            .await?;
+            let mut looked_at = Vec::with_capacity(scanned.len());
+            let mut next = None;
+            for row in &scanned {
+                let updated_ms: i64 = row.try_get("updated_ms")?;
+                let incident_id: String = row.try_get("incident_id")?;
+                next = Some(PurgeCursor {
+                    updated_ms,
+                    incident_id: incident_id.clone(),
+                });
+                looked_at.push(incident_id);
+            }
+            if looked_at.len() < request.batch {
+                next = None;
+            }
+            // What ingest and workers change is held still while it is judged: each incident
+            // under the lock its versions are stored under (in one order, so two purges
+            // cannot deadlock), its deliveries and tickets by their rows.
+            looked_at.sort();
+            for incident_id in &looked_at {
+                lock_incident(&tx, incident_id).await?;
+            }
+            query(
+                &tx,
+                "SELECT 1 FROM deliveries WHERE incident_id = ANY($1) ORDER BY seq FOR UPDATE",
+                &[&looked_at],
+            )
+            .await?;
+            query(
+                &tx,
+                "SELECT 1 FROM tickets WHERE ticket_seq IN
+                   (SELECT ticket_seq FROM ticket_incidents WHERE incident_id = ANY($1))
+                 ORDER BY ticket_seq FOR UPDATE",
+                &[&looked_at],
+            )
+            .await?;
+            let ids: Vec<String> = query(
+                &tx,
+                PURGEABLE,
+                &[
+                    &looked_at,
+                    &request.delivered_before_ms,
+                    &dead_before,
+                    &request.tickets_closed_before_ms,
+                ],
+            )
+            .await?
+            .iter()
+            .map(|r| r.try_get("incident_id"))
+            .collect::<Result<_, _>>()?;
+            if ids.is_empty() {
+                return Ok(Purged {
+                    next: next.clone(),
+                    ..Purged::default()
+                });
+            }
+            let tickets: Vec<i64> = query(
+                &tx,
+                "SELECT DISTINCT ticket_seq FROM ticket_incidents WHERE incident_id = ANY($1)",
+                &[&ids],
+            )
+            .await?
+            .iter()
+            .map(|r| r.try_get("ticket_seq"))
+            .collect::<Result<_, _>>()?;
+            let mut rows = 0u64;
+            let mut incidents = 0u64;
+            for sql in PURGE_DELETES {
+                let deleted = execute(&tx, sql, &[&ids]).await?;
+                rows += deleted;
+                // The last statement deletes the incidents themselves.
+                incidents = deleted;
+            }
+            rows += execute(&tx, PURGE_TICKETS, &[&tickets]).await?;
+            Ok(Purged {
+                incidents,
+                rows,
+                next: next.clone(),
+            })
+        })
+    }
+
+    async fn compact(&self) -> Result<(), StoreError> {
+        // Autovacuum reuses the space of deleted rows; the file system gets it back only
+        // through VACUUM FULL, which locks the tables and is the DBA's call.
+        Ok(())
+    }
 }
+
+/// The next `batch` incidents of the pass, oldest change first (the `incidents_updated`
+/// index), that changed before the delivered cut-off.
+const PURGE_SCAN: &str = "SELECT updated_ms, incident_id FROM incidents
+     WHERE updated_ms < $1 AND (updated_ms, incident_id) > ($2::bigint, $3::text)
+     ORDER BY updated_ms, incident_id LIMIT $4";
+
+/// Of the incidents looked at (`$1`), those whose work is finished: every delivery delivered
+/// before `$2` or dead before `$3` — a dead `created` only when nothing of its line waits
+/// behind it — and every ticket it is on closed before `$4`, or still open with the incident
+/// completed. (SQLite: the same rule, and why.)
+const PURGEABLE: &str = "SELECT i.incident_id FROM incidents i
+     WHERE i.incident_id = ANY($1)
+       AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.incident_id = i.incident_id
+             AND NOT ((d.status = 'delivered' AND d.updated_ms < $2)
+                   OR (d.status = 'dead' AND d.updated_ms < $3
+                       AND NOT (d.event = 'created' AND EXISTS (
+                           SELECT 1 FROM deliveries e
+                            WHERE e.connector = d.connector AND e.order_key = d.order_key
+                              AND e.seq > d.seq AND e.status = 'pending')))))
+       AND NOT EXISTS (SELECT 1 FROM ticket_incidents ti
+             JOIN tickets t ON t.ticket_seq = ti.ticket_seq
+             WHERE ti.incident_id = i.incident_id
+               AND (CASE WHEN t.status = 'open' THEN i.status <> 'completed'
+                     ELSE COALESCE(t.closed_ms, t.updated_ms) >= $4 END))";
+
+/// What goes with the incidents (`$1`), children first.
+const PURGE_DELETES: [&str; 5] = [
+    "DELETE FROM attempts WHERE delivery_id IN
+        (SELECT delivery_id FROM deliveries WHERE incident_id = ANY($1))",
+    "DELETE FROM deliveries WHERE incident_id = ANY($1)",
+    "DELETE FROM incident_versions WHERE incident_id = ANY($1)",
+    "DELETE FROM ticket_incidents WHERE incident_id = ANY($1)",
+    "DELETE FROM incidents WHERE incident_id = ANY($1)",
+];
+
+/// The purged incidents' tickets (`$1`) that are closed and hold no incident any more.
+const PURGE_TICKETS: &str = "DELETE FROM tickets t
+     WHERE t.ticket_seq = ANY($1) AND t.status <> 'open'
+       AND NOT EXISTS (SELECT 1 FROM ticket_incidents ti WHERE ti.ticket_seq = t.ticket_seq)";

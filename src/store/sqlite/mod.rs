@@ -52,6 +52,8 @@ mod testing;
 pub struct Sqlite {
     writer: writer::Writer,
     reader: Arc<Mutex<Connection>>,
+    /// The file, for connections of their own (the WAL checkpoint after a purge).
+    path: PathBuf,
     /// Held for the store's life: one process per SQLite file.
     _lock: std::fs::File,
 }
@@ -123,6 +125,8 @@ CREATE TABLE IF NOT EXISTS ticket_incidents (
     PRIMARY KEY (ticket_seq, incident_id)
 );
 CREATE INDEX IF NOT EXISTS ticket_incidents_incident ON ticket_incidents (incident_id);
+-- Retention walks incidents oldest change first, from where its last batch stopped.
+CREATE INDEX IF NOT EXISTS incidents_updated ON incidents (updated_ms, incident_id);
 -- Signed requests' webhook-ids, written in the transaction that stores their incidents: the
 -- uniqueness holds across restarts and for every process on the database (PostgreSQL: the
 -- same table, primary key and INSERT … ON CONFLICT). Rows older than the replay window are
@@ -359,6 +363,10 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
         path: path.to_path_buf(),
         source,
     })?;
+    // A new file gives the pages retention frees back to the file system (`compact`); it
+    // takes effect only before the first table is created, so an older file keeps its mode
+    // until a VACUUM. Set before WAL mode, which writes the file's first page.
+    conn.execute_batch("PRAGMA auto_vacuum = INCREMENTAL;")?;
     // FULL: a commit is on disk before the caller hears of it (power loss included). A 64 MiB
     // page cache (SQLite's default is 2 MiB) keeps the queue's indexes in memory under a
     // large backlog.
@@ -405,6 +413,7 @@ impl Sqlite {
         Ok(Sqlite {
             writer,
             reader: Arc::new(Mutex::new(reader)),
+            path: path.to_path_buf(),
             _lock: lock,
         })
     }

@@ -1,12 +1,16 @@
 //! What operators change while the gateway runs, in SQLite: paused connectors, the dead
-//! deliveries a bulk replay takes, and the queue's size per connector.
+//! deliveries a bulk replay takes, the queue's size per connector, and retention (purging
+//! finished work, then giving the space back).
 
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension as _, Row, params};
 
-use super::{FromRow, Sqlite, rows};
+use super::{FromRow, Sqlite, json_list, rows};
 use crate::model::now_ms;
-use crate::store::{DeadDelivery, DeadFilter, Operate, PauseNote, QueueDepth, StoreError};
+use crate::store::{
+    DeadDelivery, DeadFilter, Operate, PauseNote, PurgeCursor, PurgeRequest, Purged, QueueDepth,
+    StoreError,
+};
 
 impl FromRow for PauseNote {
     fn from_row(r: &Row<'_>) -> rusqlite::Result<Self> {
@@ -111,6 +115,132 @@ impl Operate for Sqlite {
         })
         .await
     }
+
+    async fn purge(&self, request: PurgeRequest) -> Result<Purged, StoreError> {
+        self.write(move |conn| purge(conn, &request)).await
+    }
+
+    async fn compact(&self) -> Result<(), StoreError> {
+        // Free pages go back to the file system (a file created with auto_vacuum =
+        // INCREMENTAL; a no-op otherwise) …
+        self.write(|conn| Ok(conn.execute_batch("PRAGMA incremental_vacuum")?))
+            .await?;
+        // … and the WAL is emptied, from a connection of its own: the writer's runs in
+        // transactions, and the reader's would hold admin reads back meanwhile.
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = super::open_connection(&path)?;
+            conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+            Ok(())
+        })
+        .await?
+    }
+}
+
+/// The next `batch` incidents of the pass, oldest change first (the `incidents_updated`
+/// index), that changed before the delivered cut-off.
+const PURGE_SCAN: &str = "SELECT updated_ms, incident_id FROM incidents
+     WHERE updated_ms < ?1 AND (updated_ms, incident_id) > (?2, ?3)
+     ORDER BY updated_ms, incident_id LIMIT ?4";
+
+/// Of the incidents looked at (`?1`, a JSON list), those whose work is finished: every
+/// delivery delivered before `?2` or dead before `?3` — a dead `created` only when nothing
+/// of its line waits behind it — and every ticket it is on closed before `?4`, or still open
+/// with the incident completed. (An open incident on an open ticket stays: its completion
+/// may still come, and counts toward closing the ticket.)
+const PURGEABLE: &str = "SELECT i.incident_id FROM incidents i
+     WHERE i.incident_id IN (SELECT value FROM json_each(?1))
+       AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.incident_id = i.incident_id
+             AND NOT ((d.status = 'delivered' AND d.updated_ms < ?2)
+                   OR (d.status = 'dead' AND d.updated_ms < ?3
+                       AND NOT (d.event = 'created' AND EXISTS (
+                           SELECT 1 FROM deliveries e
+                            WHERE e.connector = d.connector AND e.order_key = d.order_key
+                              AND e.seq > d.seq AND e.status = 'pending')))))
+       AND NOT EXISTS (SELECT 1 FROM ticket_incidents ti
+             CROSS JOIN tickets t ON t.ticket_seq = ti.ticket_seq
+             WHERE ti.incident_id = i.incident_id
+               AND (CASE WHEN t.status = 'open' THEN i.status <> 'completed'
+                     ELSE COALESCE(t.closed_ms, t.updated_ms) >= ?4 END))";
+
+/// What goes with the incidents (`?1`, a JSON list), children first; then their tickets
+/// that are closed and hold no incident any more.
+const PURGE_DELETES: [&str; 5] = [
+    "DELETE FROM attempts WHERE delivery_id IN
+        (SELECT delivery_id FROM deliveries WHERE incident_id IN (SELECT value FROM json_each(?1)))",
+    "DELETE FROM deliveries WHERE incident_id IN (SELECT value FROM json_each(?1))",
+    "DELETE FROM incident_versions WHERE incident_id IN (SELECT value FROM json_each(?1))",
+    "DELETE FROM ticket_incidents WHERE incident_id IN (SELECT value FROM json_each(?1))",
+    "DELETE FROM incidents WHERE incident_id IN (SELECT value FROM json_each(?1))",
+];
+
+const PURGE_TICKETS: &str = "DELETE FROM tickets
+     WHERE ticket_seq IN (SELECT value FROM json_each(?1)) AND status <> 'open'
+       AND NOT EXISTS (SELECT 1 FROM ticket_incidents ti WHERE ti.ticket_seq = tickets.ticket_seq)";
+
+/// [`Operate::purge`], in the writer's transaction.
+fn purge(conn: &Connection, request: &PurgeRequest) -> Result<Purged, StoreError> {
+    let batch = i64::try_from(request.batch).unwrap_or(i64::MAX);
+    let (after_ms, after_id) = request
+        .after
+        .as_ref()
+        .map_or((i64::MIN, ""), |c| (c.updated_ms, c.incident_id.as_str()));
+    let scanned: Vec<(i64, String)> = conn
+        .prepare_cached(PURGE_SCAN)?
+        .query_map(
+            params![request.delivered_before_ms, after_ms, after_id, batch],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?
+        .collect::<Result<_, _>>()?;
+    let next = match scanned.last() {
+        Some((updated_ms, incident_id)) if scanned.len() == request.batch => Some(PurgeCursor {
+            updated_ms: *updated_ms,
+            incident_id: incident_id.clone(),
+        }),
+        _ => None,
+    };
+    let scanned: Vec<String> = scanned.into_iter().map(|(_, id)| id).collect();
+    let ids: Vec<String> = conn
+        .prepare_cached(PURGEABLE)?
+        .query_map(
+            params![
+                json_list(&scanned),
+                request.delivered_before_ms,
+                request.dead_before_ms.unwrap_or(i64::MIN),
+                request.tickets_closed_before_ms
+            ],
+            |r| r.get(0),
+        )?
+        .collect::<Result<_, _>>()?;
+    if ids.is_empty() {
+        return Ok(Purged {
+            next,
+            ..Purged::default()
+        });
+    }
+    let ids = json_list(&ids);
+    let tickets: Vec<i64> = conn
+        .prepare_cached(
+            "SELECT DISTINCT ticket_seq FROM ticket_incidents
+              WHERE incident_id IN (SELECT value FROM json_each(?1))",
+        )?
+        .query_map([&ids], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    let mut rows = 0u64;
+    let mut incidents = 0u64;
+    for sql in PURGE_DELETES {
+        let deleted = conn.prepare_cached(sql)?.execute([&ids])? as u64;
+        rows += deleted;
+        // The last statement deletes the incidents themselves.
+        incidents = deleted;
+    }
+    let tickets = serde_json::to_string(&tickets).unwrap_or_else(|_| "[]".into());
+    rows += conn.prepare_cached(PURGE_TICKETS)?.execute([&tickets])? as u64;
+    Ok(Purged {
+        incidents,
+        rows,
+        next,
+    })
 }
 
 fn set_paused(
