@@ -10,23 +10,6 @@ use std::time::Duration;
 use common::*;
 use serde_json::Value;
 
-async fn connectors(base: &str) -> Value {
-    admin(reqwest::Method::GET, base, "/v1/connectors")
-        .await
-        .json()
-        .await
-        .unwrap()
-}
-
-fn connector<'a>(list: &'a Value, name: &str) -> &'a Value {
-    list["connectors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == name)
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_down_target_opens_its_circuit_alerts_and_gets_everything_when_back() {
     let chat = Receiver::start().await;

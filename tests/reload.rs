@@ -33,21 +33,6 @@ async fn admin_json(method: reqwest::Method, base: &str, path: &str, body: Value
     (status, r.json().await.unwrap_or(Value::Null))
 }
 
-async fn connectors(base: &str) -> Value {
-    let r = admin(reqwest::Method::GET, base, "/v1/connectors").await;
-    assert_eq!(r.status(), 200);
-    r.json().await.unwrap()
-}
-
-fn connector<'a>(list: &'a Value, name: &str) -> &'a Value {
-    list["connectors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == name)
-        .unwrap_or_else(|| panic!("no {name} in {list}"))
-}
-
 /// A template that stamps each request with `version`.
 fn stamped(version: &str) -> String {
     format!(r#"{{"incidentId": {{{{json incidentId}}}}, "template": "{version}"}}"#)

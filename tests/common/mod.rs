@@ -751,6 +751,23 @@ pub async fn admin(method: reqwest::Method, base: &str, path: &str) -> reqwest::
         .unwrap()
 }
 
+/// `GET /v1/connectors`: the generation in force and every connector's state.
+pub async fn connectors(base: &str) -> Value {
+    let r = admin(reqwest::Method::GET, base, "/v1/connectors").await;
+    assert_eq!(r.status(), 200);
+    r.json().await.unwrap()
+}
+
+/// The state of connector `name` in a `GET /v1/connectors` answer.
+pub fn connector<'a>(list: &'a Value, name: &str) -> &'a Value {
+    list["connectors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no {name} in {list}"))
+}
+
 pub async fn admin_post(base: &str, path: &str) -> reqwest::Response {
     admin(reqwest::Method::POST, base, path).await
 }
