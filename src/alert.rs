@@ -85,9 +85,17 @@ impl Alerts {
         circuit_opened: bool,
         now_ms: i64,
     ) -> Option<AlertEvent> {
+        let up = up?;
         let mut watches = self.watches.lock().ok()?;
-        let watch = watches.entry(connector.to_string()).or_default();
-        let event = match up? {
+        // A connector that has not failed since its last alert needs no entry.
+        if up && !watches.contains_key(connector) {
+            return None;
+        }
+        let watch = match watches.get_mut(connector) {
+            Some(watch) => watch,
+            None => watches.entry(connector.to_string()).or_default(),
+        };
+        let event = match up {
             false => {
                 let since = *watch.failing_since_ms.get_or_insert(now_ms);
                 watch.last_error = last_error.to_string();

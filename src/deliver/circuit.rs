@@ -141,13 +141,14 @@ impl Circuits {
         cap: usize,
         now: Instant,
     ) -> Option<usize> {
+        // A connector with no entry has never failed: closed, nothing to keep.
         let Ok(mut circuits) = self.circuits.lock() else {
             return Some(cap);
         };
-        let circuit = circuits
-            .entry(connector.to_string())
-            .or_insert_with(|| Circuit::new(policy));
-        circuit.admits(now).map(|n| n.min(cap))
+        match circuits.get_mut(connector) {
+            Some(circuit) => circuit.admits(now).map(|n| n.min(cap)),
+            None => Some(cap),
+        }
     }
 
     pub fn started(&self, connector: &str) {
@@ -166,10 +167,15 @@ impl Circuits {
         now: Instant,
     ) -> Option<Change> {
         let mut circuits = self.circuits.lock().ok()?;
-        circuits
-            .entry(connector.to_string())
-            .or_insert_with(|| Circuit::new(policy))
-            .ended(policy, up, now)
+        match circuits.get_mut(connector) {
+            Some(circuit) => circuit.ended(policy, up, now),
+            // Only a failure starts keeping state: a connector that answers allocates nothing.
+            None if up == Some(false) => circuits
+                .entry(connector.to_string())
+                .or_insert_with(|| Circuit::new(policy))
+                .ended(policy, up, now),
+            None => None,
+        }
     }
 
     /// Whether `connector`'s circuit is open or half open (for metrics and the admin API).

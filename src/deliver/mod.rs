@@ -783,7 +783,6 @@ impl Deliverer {
         held.extend(self.live.paused(current));
         let now = std::time::Instant::now();
         let mut probing = HashMap::new();
-        let counts = in_flight.lock().map(|c| c.clone()).unwrap_or_default();
         for c in this.connectors.iter() {
             match self
                 .circuits
@@ -791,7 +790,12 @@ impl Deliverer {
             {
                 None => held.push(c.name.clone()),
                 Some(cap) if cap < c.concurrency => {
-                    if counts.get(&c.name).copied().unwrap_or(0) >= cap {
+                    // Only a half-open connector needs its count: no copy of the map.
+                    let busy = in_flight
+                        .lock()
+                        .map(|counts| counts.get(&c.name).copied().unwrap_or(0))
+                        .unwrap_or(0);
+                    if busy >= cap {
                         held.push(c.name.clone());
                     }
                     probing.insert(c.name.clone(), cap);
@@ -912,11 +916,16 @@ impl Deliverer {
                     matches!(change, circuit::Change::Opened { .. }),
                 );
             }
+            // The error text is only read when the target failed.
+            let error = match up {
+                Some(false) => last_error(&record),
+                _ => String::new(),
+            };
             if let Some(event) = self.alerts.observe(
                 &connector.name,
                 &kit.alerts,
                 up,
-                &last_error(&record),
+                &error,
                 opened,
                 model::now_ms(),
             ) {
