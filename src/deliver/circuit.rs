@@ -134,13 +134,7 @@ pub struct Circuits {
 impl Circuits {
     /// How many deliveries `connector` may have leased at `now`: `None` while its circuit is
     /// open (or its probe is out), `Some(1)` for the probe, else its own cap.
-    pub fn admits(
-        &self,
-        connector: &str,
-        policy: &CircuitPolicy,
-        cap: usize,
-        now: Instant,
-    ) -> Option<usize> {
+    pub fn admits(&self, connector: &str, cap: usize, now: Instant) -> Option<usize> {
         // A connector with no entry has never failed: closed, nothing to keep.
         let Ok(mut circuits) = self.circuits.lock() else {
             return Some(cap);
@@ -218,9 +212,9 @@ mod tests {
                 cool_down: Duration::from_secs(10)
             })
         );
-        assert_eq!(c.admits("a", &p, 8, t), None, "open: nothing leased");
+        assert_eq!(c.admits("a", 8, t), None, "open: nothing leased");
         assert_eq!(
-            c.admits("b", &p, 8, t),
+            c.admits("b", 8, t),
             Some(8),
             "another connector is not held"
         );
@@ -234,9 +228,9 @@ mod tests {
             c.ended("a", &p, Some(false), t);
         }
         let later = t + Duration::from_secs(10);
-        assert_eq!(c.admits("a", &p, 8, later), Some(1), "the probe");
+        assert_eq!(c.admits("a", 8, later), Some(1), "the probe");
         c.started("a");
-        assert_eq!(c.admits("a", &p, 8, later), None, "one probe at a time");
+        assert_eq!(c.admits("a", 8, later), None, "one probe at a time");
         // The probe fails: open again for twice as long, then capped.
         assert_eq!(
             c.ended("a", &p, Some(false), later),
@@ -244,9 +238,9 @@ mod tests {
                 cool_down: Duration::from_secs(20)
             })
         );
-        assert_eq!(c.admits("a", &p, 8, later + Duration::from_secs(19)), None);
+        assert_eq!(c.admits("a", 8, later + Duration::from_secs(19)), None);
         let probe_at = later + Duration::from_secs(20);
-        assert_eq!(c.admits("a", &p, 8, probe_at), Some(1));
+        assert_eq!(c.admits("a", 8, probe_at), Some(1));
         c.started("a");
         assert_eq!(
             c.ended("a", &p, Some(false), probe_at),
@@ -255,17 +249,17 @@ mod tests {
             })
         );
         let probe_at = probe_at + Duration::from_secs(25);
-        assert_eq!(c.admits("a", &p, 8, probe_at), Some(1));
+        assert_eq!(c.admits("a", 8, probe_at), Some(1));
         c.started("a");
         assert_eq!(c.ended("a", &p, Some(true), probe_at), Some(Change::Closed));
-        assert_eq!(c.admits("a", &p, 8, probe_at), Some(8));
+        assert_eq!(c.admits("a", 8, probe_at), Some(8));
         assert!(!c.is_open("a"));
         // Closed again, the cool-down starts over.
         for _ in 0..3 {
             c.ended("a", &p, Some(false), probe_at);
         }
         assert_eq!(
-            c.admits("a", &p, 8, probe_at + Duration::from_secs(10)),
+            c.admits("a", 8, probe_at + Duration::from_secs(10)),
             Some(1)
         );
     }
@@ -277,10 +271,10 @@ mod tests {
             c.ended("a", &p, Some(false), t);
         }
         let later = t + Duration::from_secs(10);
-        assert_eq!(c.admits("a", &p, 8, later), Some(1));
+        assert_eq!(c.admits("a", 8, later), Some(1));
         c.started("a");
         assert_eq!(c.ended("a", &p, None, later), None);
-        assert_eq!(c.admits("a", &p, 8, later), Some(1));
+        assert_eq!(c.admits("a", 8, later), Some(1));
 
         let off = CircuitPolicy {
             failures: 0,
@@ -289,6 +283,6 @@ mod tests {
         for _ in 0..100 {
             assert_eq!(c.ended("b", &off, Some(false), t), None);
         }
-        assert_eq!(c.admits("b", &off, 8, t), Some(8));
+        assert_eq!(c.admits("b", 8, t), Some(8));
     }
 }

@@ -784,10 +784,7 @@ impl Deliverer {
         let now = std::time::Instant::now();
         let mut probing = HashMap::new();
         for c in this.connectors.iter() {
-            match self
-                .circuits
-                .admits(&c.name, &c.circuit, c.concurrency, now)
-            {
+            match self.circuits.admits(&c.name, c.concurrency, now) {
                 None => held.push(c.name.clone()),
                 Some(cap) if cap < c.concurrency => {
                     // Only a half-open connector needs its count: no copy of the map.
