@@ -17,7 +17,7 @@ use crate::App;
 use crate::app::PathId as Id;
 use crate::auth::Admin;
 use crate::problem::Problem;
-use crate::query::{Params, hex, unhex};
+use crate::query::{NoQuery, Params, hex, unhex};
 use crate::server::Client;
 use crate::store::{
     DeliveryKey, DeliveryListing, DeliveryView, IncidentKey, IncidentListing, IncidentView,
@@ -44,6 +44,7 @@ fn no_delivery(id: &str) -> Problem {
 pub async fn get_incident(
     State(app): State<Arc<App>>,
     _: Admin,
+    _: NoQuery,
     Id(incident_id): Id,
 ) -> Result<Json<IncidentView>, Problem> {
     found(app.store.incident(incident_id.clone()).await, || {
@@ -148,6 +149,7 @@ fn incident_key(text: &str) -> Option<IncidentKey> {
 pub async fn get_delivery(
     State(app): State<Arc<App>>,
     _: Admin,
+    _: NoQuery,
     Id(delivery_id): Id,
 ) -> Result<Json<DeliveryView>, Problem> {
     found(app.store.delivery(delivery_id.clone()).await, || {
@@ -160,6 +162,7 @@ pub async fn get_delivery(
 pub async fn replay_delivery(
     State(app): State<Arc<App>>,
     _: Admin,
+    _: NoQuery,
     Id(delivery_id): Id,
 ) -> Result<Response, Problem> {
     match app
@@ -228,6 +231,7 @@ fn blank(c: char) -> bool {
 pub async fn resolve_delivery(
     State(app): State<Arc<App>>,
     _: Admin,
+    _: NoQuery,
     Client(client): Client,
     Id(delivery_id): Id,
     headers: axum::http::HeaderMap,

@@ -16,6 +16,7 @@ use crate::app::PathId;
 use crate::auth::Callback;
 use crate::model::Event;
 use crate::problem::Problem;
+use crate::query::NoQuery;
 use crate::schema::Violation;
 use crate::server::Client;
 use crate::store::{Caller, CompleteOutcome, Completing};
@@ -100,6 +101,7 @@ const MAX_COMPLETE_BYTES: usize = 256 * 1024;
 pub async fn complete(
     State(app): State<Arc<App>>,
     Callback(caller): Callback,
+    _: NoQuery,
     Client(client): Client,
     PathId(incident_id): PathId,
     headers: HeaderMap,

@@ -14,6 +14,7 @@ use crate::App;
 use crate::app::PathId as Name;
 use crate::auth::Admin;
 use crate::problem::Problem;
+use crate::query::NoQuery;
 use crate::schema::Violation;
 use crate::server::Client;
 use crate::store::{DeadDelivery, DeadFilter, PauseNote, ReplayOutcome};
@@ -65,7 +66,11 @@ fn invalid(pointer: &str, detail: impl Into<String>) -> Problem {
 
 /// `POST /v1/admin/reload`: loads the config file again; 200 with the generation now in
 /// force, or 422 with why the new file was refused (the running config stays).
-pub async fn reload(State(app): State<Arc<App>>, _: Admin) -> Result<Json<Value>, Problem> {
+pub async fn reload(
+    State(app): State<Arc<App>>,
+    _: Admin,
+    _: NoQuery,
+) -> Result<Json<Value>, Problem> {
     match app.live.reload().await {
         Ok(done) => Ok(Json(json!({
             "generation": done.generation,
@@ -89,6 +94,7 @@ pub async fn reload(State(app): State<Arc<App>>, _: Admin) -> Result<Json<Value>
 pub async fn list_connectors(
     State(app): State<Arc<App>>,
     _: Admin,
+    _: NoQuery,
 ) -> Result<Json<Value>, Problem> {
     let generation = app.live.current();
     let depths = app.store.queue_depths().await.map_err(store_failed)?;
@@ -148,6 +154,7 @@ pub async fn list_connectors(
 pub async fn pause(
     State(app): State<Arc<App>>,
     _: Admin,
+    _: NoQuery,
     Client(client): Client,
     Name(name): Name,
     headers: axum::http::HeaderMap,
@@ -181,6 +188,7 @@ pub async fn pause(
 pub async fn resume(
     State(app): State<Arc<App>>,
     _: Admin,
+    _: NoQuery,
     Name(name): Name,
 ) -> Result<Json<Value>, Problem> {
     let generation = app.live.current();
@@ -272,6 +280,7 @@ fn instant(pointer: &str, text: Option<&str>) -> Result<Option<i64>, Problem> {
 pub async fn bulk_replay(
     State(app): State<Arc<App>>,
     _: Admin,
+    _: NoQuery,
     Client(client): Client,
     headers: axum::http::HeaderMap,
     body: axum::body::Body,

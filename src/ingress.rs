@@ -33,6 +33,7 @@ use crate::App;
 use crate::admission::BodyReservation;
 use crate::auth::{self, SourceConfig};
 use crate::problem::Problem;
+use crate::query::NoQuery;
 use crate::route;
 use crate::schema::Violation;
 use crate::server::Client;
@@ -220,6 +221,7 @@ fn is_json(headers: &HeaderMap) -> bool {
 
 pub async fn post_incidents(
     State(app): State<Arc<App>>,
+    _: NoQuery,
     Client(client): Client,
     headers: HeaderMap,
     body: Body,

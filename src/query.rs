@@ -1,10 +1,13 @@
-//! Query strings of the endpoints that take one: every parameter known to the endpoint and
+//! Query strings: on the endpoints that take one, every parameter known to the endpoint and
 //! given once, or a 400 problem naming it (a misspelt filter must not quietly list
-//! everything), and the shared kinds of value — RFC 3339 times, page sizes, opaque cursors.
+//! everything), and the shared kinds of value — RFC 3339 times, page sizes, opaque cursors;
+//! on the other `/v1` endpoints, any parameter is a 400 ([`NoQuery`]).
 
 use std::collections::BTreeMap;
 
+use axum::extract::FromRequestParts;
 use axum::http::StatusCode;
+use axum::http::request::Parts;
 
 use crate::problem::Problem;
 
@@ -39,12 +42,13 @@ impl Params {
         let mut params = BTreeMap::new();
         for (name, value) in form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
             if !known.contains(&name.as_ref()) {
+                let takes = match known {
+                    [] => "no query parameters".to_string(),
+                    _ => known.join(", "),
+                };
                 return Err(bad(
                     &name,
-                    format!(
-                        "unknown query parameter {name:?}; this endpoint takes {}",
-                        known.join(", ")
-                    ),
+                    format!("unknown query parameter {name:?}; this endpoint takes {takes}"),
                 ));
             }
             if value.contains('\0') {
@@ -126,6 +130,20 @@ impl Params {
     }
 }
 
+/// Taken by the `/v1` endpoints that take no query, after the caller's credential: a
+/// parameter is a 400 naming it, as on the lists, so a filter sent to the wrong endpoint is
+/// not quietly ignored. (`/healthz`, `/readyz`, `/metrics` and `/openapi.json` ignore a
+/// query: probes and scrapers may add one.)
+pub struct NoQuery;
+
+impl<S: Send + Sync> FromRequestParts<S> for NoQuery {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<NoQuery, Problem> {
+        Params::parse(parts.uri.query(), &[]).map(|_| NoQuery)
+    }
+}
+
 /// Text as lower-case hex: a cursor part that may hold anything, written so that a cursor
 /// needs no escaping in a URL.
 pub fn hex(text: &str) -> String {
@@ -157,6 +175,20 @@ mod tests {
         assert_eq!(p.status, 400);
         assert_eq!(p.extra["parameter"], "incident");
         assert!(p.detail.contains("\"incident\""), "{}", p.detail);
+    }
+
+    #[test]
+    fn an_endpoint_without_parameters_names_the_one_given() {
+        let p = Params::parse(Some("verbose=1"), &[]).unwrap_err();
+        assert_eq!(p.extra["parameter"], "verbose");
+        assert!(
+            p.detail.contains("takes no query parameters"),
+            "{}",
+            p.detail
+        );
+        // An empty query (`?`, `?&`) holds no parameter.
+        assert!(Params::parse(Some(""), &[]).is_ok());
+        assert!(Params::parse(Some("&"), &[]).is_ok());
     }
 
     #[test]

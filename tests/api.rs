@@ -117,6 +117,104 @@ async fn an_unknown_or_bad_query_parameter_is_a_400_naming_it() {
     gw.stop().await.unwrap();
 }
 
+/// An endpoint that takes no query refuses one (it used to ignore it), after the caller's
+/// credential; the probes, the scrape and the document ignore one.
+#[tokio::test]
+async fn an_endpoint_without_parameters_refuses_a_query() {
+    use reqwest::Method;
+    let (_receiver, _ws, gw, base) = receiver_and_gateway("ticketing", "/t", "").await;
+    let delivery = first_delivery(&accepted(&base, &incident("Q-2")).await);
+    let cases = [
+        (
+            Method::GET,
+            "/v1/incidents/Q-2?verbose=1".to_string(),
+            "verbose",
+        ),
+        (
+            Method::GET,
+            format!("/v1/deliveries/{delivery}?attempts=all"),
+            "attempts",
+        ),
+        (
+            Method::POST,
+            format!("/v1/deliveries/{delivery}/replay?force=1"),
+            "force",
+        ),
+        (
+            Method::POST,
+            format!("/v1/deliveries/{delivery}/resolve?id=7"),
+            "id",
+        ),
+        (
+            Method::POST,
+            "/v1/deliveries/replay?connector=ticketing".to_string(),
+            "connector",
+        ),
+        (
+            Method::POST,
+            "/v1/admin/reload?dry_run=true".to_string(),
+            "dry_run",
+        ),
+        (
+            Method::GET,
+            "/v1/connectors?name=ticketing".to_string(),
+            "name",
+        ),
+        (
+            Method::POST,
+            "/v1/connectors/ticketing/pause?reason=x".to_string(),
+            "reason",
+        ),
+        (
+            Method::POST,
+            "/v1/connectors/ticketing/resume?now=1".to_string(),
+            "now",
+        ),
+    ];
+    for (method, path, parameter) in cases {
+        let p = problem(admin(method, &base, &path).await, 400).await;
+        assert_eq!(p["parameter"], parameter, "{path}: {p}");
+        assert!(
+            p["detail"]
+                .as_str()
+                .unwrap()
+                .contains("takes no query parameters"),
+            "{p}"
+        );
+        // Without the token: 401, the query unread.
+        let r = client().get(format!("{base}{path}")).send().await.unwrap();
+        assert!(
+            [401, 405].contains(&r.status().as_u16()),
+            "{path}: {}",
+            r.status()
+        );
+    }
+    // Ingest: the incident is not taken.
+    let r = client()
+        .post(format!("{base}/v1/incidents?tenant=a"))
+        .bearer_auth(SOURCE_KEY)
+        .header("content-type", "application/json")
+        .body(incident("Q-3").to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(problem(r, 400).await["parameter"], "tenant");
+    let (status, _) = admin_get(&base, "/v1/incidents/Q-3").await;
+    assert_eq!(
+        status, 404,
+        "an incident posted with a refused query was stored"
+    );
+    // Probes, the scrape and the document take a query and ignore it.
+    for path in ["/healthz?x=1", "/readyz?x=1", "/openapi.json?x=1"] {
+        assert_eq!(get(&format!("{base}{path}")).await.status(), 200, "{path}");
+    }
+    assert_eq!(
+        admin(Method::GET, &base, "/metrics?x=1").await.status(),
+        200
+    );
+    gw.stop().await.unwrap();
+}
+
 /// All pages of `path` (a list endpoint with its query), following `next_cursor`.
 async fn pages(base: &str, path: &str, key: &str) -> Vec<Vec<String>> {
     let mut out = Vec::new();

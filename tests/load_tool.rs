@@ -156,3 +156,47 @@ fn several_gateways_need_postgres() {
     let error = bench::run(cli).err().expect("refused").to_string();
     assert!(error.contains("--storage"), "{error}");
 }
+
+/// Connector 0's runs with connector 1 up, refused and hanging (breaker on and off): every
+/// run measured, connector 0's deliveries all waited for at the fixed rate.
+#[test]
+fn isolation_scenario_measures_the_healthy_connector_in_each_case() {
+    let report = tool(&["isolation"]);
+    let gateway: Vec<_> = report
+        .runs
+        .iter()
+        .filter(|r| r.label.starts_with("gateway, 2 connectors"))
+        .collect();
+    // Five cases, each flat out and at a fixed rate.
+    assert_eq!(gateway.len(), 10, "{:?}", report.runs);
+    for run in gateway.iter().filter(|r| r.e2e.is_some()) {
+        assert_eq!(run.missing, 0, "{}", run.summary());
+    }
+    let compared = report
+        .rows
+        .iter()
+        .filter(|r| r.figure.starts_with("connector 0") && r.baseline.is_some())
+        .count();
+    assert_eq!(compared, 8, "a rate and a p99 per failing case");
+    assert_no_errors(&report);
+}
+
+/// The retention scenario purges what it filled while ingest runs, and reads the file sizes.
+#[test]
+fn retention_scenario_purges_what_it_filled() {
+    let report = tool(&["retention", "--backlog", "500", "--rate", "100"]);
+    let purged = report
+        .rows
+        .iter()
+        .find(|r| r.figure == "incidents purged")
+        .expect("a purge figure");
+    // The 500 filled and those the first run took at 100/s.
+    assert!(purged.value >= 500.0, "{}", purged.value);
+    assert!(
+        report
+            .rows
+            .iter()
+            .any(|r| r.figure.starts_with("p99 ingest latency") && r.figure.ends_with("purging"))
+    );
+    assert_no_errors(&report);
+}

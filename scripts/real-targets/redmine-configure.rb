@@ -19,10 +19,11 @@ Setting.notified_events = %w(issue_added issue_updated issue_note_added issue_st
 Setting.default_users_no_self_notified = '0' if Setting.respond_to?(:default_users_no_self_notified=)
 Setting.login_required = '0'
 
+# A new Token gets a random value when it is created, whatever was set before: create it,
+# then write the fixed key into the row.
 def set_key(user, value)
-  t = Token.where(user_id: user.id, action: 'api').first || Token.new(user: user, action: 'api')
-  t.value = value
-  t.save!
+  t = Token.where(user_id: user.id, action: 'api').first || Token.create!(user: user, action: 'api')
+  t.update_column(:value, value)
 end
 
 admin = User.find_by_login('admin') || User.new.tap { |u| u.login = 'admin'; u.admin = true }

@@ -11,6 +11,8 @@ use super::child::Child;
 
 /// The source key of the tool's config.
 pub const SOURCE_KEY: &str = "load-tool-source-key-0123456789";
+/// The source's callback token (the retention scenario completes what it filled).
+pub const CALLBACK_TOKEN: &str = "load-tool-callback-token-0123456789";
 /// How long a SIGTERM may take: the config's `shutdown_grace` and some.
 pub const STOP_GRACE: Duration = Duration::from_secs(10);
 
@@ -70,6 +72,13 @@ pub struct Setup {
     pub connections: usize,
     /// `storage.url`.
     pub storage: String,
+    /// Connectors sent elsewhere than the receiver (`(index, url)`): a refused port or a
+    /// destination that never answers, for the isolation scenario.
+    pub elsewhere: Vec<(usize, String)>,
+    /// `[connectors.circuit] failures`: `None` keeps the default breaker, `Some(0)` turns it off.
+    pub circuit_failures: Option<u32>,
+    /// TOML appended after the connectors (`[retention]`, for the retention scenario).
+    pub tail: String,
 }
 
 /// Writes `gateway.toml` into `dir` (its database beside it) and returns its path.
@@ -96,6 +105,7 @@ concurrency = {forwards}
 [[sources]]
 name = "load"
 api_key = "{SOURCE_KEY}"
+callback_token = "{CALLBACK_TOKEN}"
 "#,
         forwards = super::baseline::FORWARDS,
         storage = toml_string(&setup.storage),
@@ -117,10 +127,19 @@ timeout = "10s"
 # As many sends at once as the relay baselines make (the default is 16 per connector).
 concurrency = {forwards}
 "#,
-            url = toml_string(&format!("{}/{i}", setup.receiver)),
+            url = toml_string(
+                &setup
+                    .elsewhere
+                    .iter()
+                    .find(|(n, _)| *n == i)
+                    .map_or_else(|| format!("{}/{i}", setup.receiver), |(_, url)| url.clone())
+            ),
             template = toml_string(&template.display().to_string()),
             forwards = super::baseline::FORWARDS,
         ));
+        if let Some(failures) = setup.circuit_failures {
+            text.push_str(&format!("[connectors.circuit]\nfailures = {failures}\n"));
+        }
         if setup.matchers {
             // A matcher every incident the tool sends passes (its ids all start so), so
             // routing does its work and every connector matches.
@@ -129,6 +148,7 @@ concurrency = {forwards}
             );
         }
     }
+    text.push_str(&setup.tail);
     let path = dir.join("gateway.toml");
     std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
     Ok(path)

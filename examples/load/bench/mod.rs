@@ -25,7 +25,7 @@ use report::{Lanes, Row, RunResult, Target as Goal, mib};
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug, ValueEnum)]
 pub enum Scenario {
-    /// Everything below, in order (baselines first).
+    /// Everything below but `isolation`, in order (baselines first).
     All,
     /// The four baselines, flat out.
     Baselines,
@@ -38,6 +38,14 @@ pub enum Scenario {
     /// The destination hanging: ingest rate with K deliveries queued vs an empty queue, peak
     /// RSS, and the time from a restart (destination back) to the first delivery.
     Backlog,
+    /// One receiver down, another up: connector 0's delivery rate flat out and its p99
+    /// ingest-to-receipt at a fixed rate, with connector 1 up, refusing connections, or
+    /// never answering — each with the circuit breaker on and off.
+    Isolation,
+    /// Retention: `--backlog` incidents delivered, then purged by `[retention]` while ingest
+    /// runs at `--rate` (default 2,000/s): p99 ingest latency before and during the purge, the
+    /// purge's duration, and the SQLite file (with its WAL) before and after.
+    Retention,
 }
 
 #[derive(Parser, Debug, Clone)]
@@ -67,7 +75,8 @@ pub struct Cli {
     /// figure is the median of its rounds.
     #[arg(long, default_value_t = 1)]
     pub rounds: usize,
-    /// Deliveries queued before the backlog scenario measures ingest again.
+    /// Deliveries queued before the backlog scenario measures ingest again; incidents the
+    /// retention scenario purges.
     #[arg(long, default_value_t = 100_000)]
     pub backlog: u64,
     /// Seconds the backlog may take to fill; past them the scenario goes on with what is
@@ -292,6 +301,8 @@ impl Bench {
             Scenario::Ingest5 => self.ingest5().await,
             Scenario::E2e => self.e2e().await,
             Scenario::Backlog => self.backlog().await,
+            Scenario::Isolation => self.isolation().await,
+            Scenario::Retention => self.retention().await,
         }
     }
 
@@ -427,6 +438,9 @@ impl Bench {
                 receiver: self.receiver.url("/hook"),
                 connections: self.cli.connections,
                 storage,
+                elsewhere: Vec::new(),
+                circuit_failures: None,
+                tail: String::new(),
             },
         )?;
         let mut gws = Vec::new();
@@ -674,6 +688,9 @@ impl Bench {
                 receiver: self.receiver.url("/hook"),
                 connections: self.cli.connections,
                 storage,
+                elsewhere: Vec::new(),
+                circuit_failures: None,
+                tail: String::new(),
             },
         )?;
         let (exe, log_level) = (self.gateway.clone(), self.cli.gateway_log.clone());
@@ -775,6 +792,283 @@ impl Bench {
         Ok(())
     }
 
+    /// Connector 0 posts to the counting receiver; connector 1 to a receiver of its own that
+    /// answers, to a port that refuses connections, or to one that never answers. Only
+    /// connector 0's deliveries reach the counting receiver, so its rate and latency are the
+    /// healthy connector's alone. Not part of `all`: `load isolation`.
+    async fn isolation(&mut self) -> anyhow::Result<()> {
+        eprintln!(
+            "\nisolation: 2 connectors; connector 1 up, refused or hanging, breaker on and off"
+        );
+        let other_up = Receiver::start(self.epoch, Ids::new()).await?;
+        let hanging = Receiver::start(self.epoch, Ids::new()).await?;
+        hanging.set_mode(Mode::Hang);
+        // A port that refuses: bound, its address noted, then closed.
+        let refused = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+            format!("http://{}/1", l.local_addr()?)
+        };
+        let cases = [
+            ("both up", other_up.url("/1"), None),
+            ("connector 1 refused, breaker on", refused.clone(), None),
+            ("connector 1 refused, breaker off", refused, Some(0)),
+            ("connector 1 hanging, breaker on", hanging.url("/1"), None),
+            (
+                "connector 1 hanging, breaker off",
+                hanging.url("/1"),
+                Some(0),
+            ),
+        ];
+        let (receiver, connections) = (self.receiver.url("/hook"), self.cli.connections);
+        let mut pace = None;
+        let mut both_up: Option<(RunResult, RunResult)> = None;
+        for (case, url, circuit_failures) in cases {
+            let setup = |storage| gateway::Setup {
+                connectors: 2,
+                matchers: false,
+                receiver: receiver.clone(),
+                connections,
+                storage,
+                elsewhere: vec![(1, url.clone())],
+                circuit_failures,
+                tail: String::new(),
+            };
+            let label = format!("gateway, 2 connectors, {case}");
+            let storage = self.storage_url().await?;
+            let flat = self
+                .isolation_run(&label, setup(storage), Pace::Flat, None)
+                .await?;
+            let at = match pace {
+                Some(p) => p,
+                None => {
+                    let Some(p) = self.half(flat.received_rate) else {
+                        bail!("isolation: connector 0 received nothing flat out with both up");
+                    };
+                    pace = Some(p);
+                    p
+                }
+            };
+            let storage = self.storage_url().await?;
+            let fixed = self
+                .isolation_run(&label, setup(storage), at, Some(Lanes(1)))
+                .await?;
+            let Some((up_flat, up_fixed)) = &both_up else {
+                both_up = Some((flat, fixed));
+                continue;
+            };
+            self.rows.push(
+                Row::new(
+                    format!("connector 0 delivery rate, {case}"),
+                    flat.received_rate,
+                    "/s",
+                )
+                .against("both up", up_flat.received_rate)
+                .target(Goal::RatioAtLeast(0.9)),
+            );
+            if let (Some(l), Some(up)) = (fixed.e2e, up_fixed.e2e) {
+                self.rows.push(
+                    Row::new(
+                        format!(
+                            "connector 0 p99 ingest-to-receipt at {:.0}/s, {case}",
+                            rate_of(at)
+                        ),
+                        l.p99,
+                        "ms",
+                    )
+                    .against("both up", up.p99)
+                    .target(Goal::RatioAtMost(1.1)),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// One run of a fresh gateway on `setup`.
+    async fn isolation_run(
+        &mut self,
+        label: &str,
+        setup: gateway::Setup,
+        pace: Pace,
+        wait: Option<Lanes>,
+    ) -> anyhow::Result<RunResult> {
+        let dir = self.folder("gateway-isolation")?;
+        let config = gateway::write_config(&dir, &setup)?;
+        let log = dir.join("gateway.log");
+        let mut gw = tokio::task::block_in_place(|| {
+            gateway::start(&self.gateway, &config, &log, &self.cli.gateway_log)
+        })?;
+        let mut run = self
+            .measure(label.to_string(), &[gw.addr], pace, wait)
+            .await?;
+        run.peak_rss_kib = gw.peak_rss_kib();
+        if !gw.running() {
+            bail!(
+                "the gateway exited during the run ({}); {}",
+                run.summary(),
+                child::log_tail(&log)
+            );
+        }
+        tokio::task::block_in_place(|| gw.terminate(gateway::STOP_GRACE));
+        Ok(self.finish(run))
+    }
+
+    /// Fills a gateway with `--backlog` delivered incidents (`delivered_after` an hour, so none
+    /// is purged), measures ingest at a fixed rate on it, then restarts it on the same file
+    /// with `delivered_after = "1s"`: the purge starts at once, and ingest is measured again
+    /// at the same rate while it runs. Not part of `all`: `load retention`.
+    async fn retention(&mut self) -> anyhow::Result<()> {
+        if self.cli.storage.is_some() {
+            bail!("the retention scenario measures the SQLite file: run it without --storage");
+        }
+        let n = self.cli.backlog;
+        let rate = self.cli.rate.unwrap_or(2000.0);
+        eprintln!(
+            "\nretention: {n} incidents delivered, then purged while ingest runs at {rate:.0}/s"
+        );
+        let dir = self.folder("gateway-retention")?;
+        let (receiver, connections) = (self.receiver.url("/hook"), self.cli.connections);
+        let setup = |delivered_after: &str| gateway::Setup {
+            connectors: 1,
+            matchers: false,
+            receiver: receiver.clone(),
+            connections,
+            storage: "sqlite://gateway.db".into(),
+            elsewhere: Vec::new(),
+            circuit_failures: None,
+            tail: format!(
+                "\n[retention]\ndelivered_after = \"{delivered_after}\"\ninterval = \"1s\"\n"
+            ),
+        };
+        let keep = gateway::write_config(&dir, &setup("1h"))?;
+        // The purge is found by its log line, whatever the filter asked for.
+        let log_level = format!("{},incident_gateway::retention=info", self.cli.gateway_log);
+        let exe = self.gateway.clone();
+        let start = |config: &Path, log: &Path| {
+            tokio::task::block_in_place(|| gateway::start(&exe, config, log, &log_level))
+        };
+        let db_size = || -> u64 {
+            ["gateway.db", "gateway.db-wal"]
+                .iter()
+                .filter_map(|f| std::fs::metadata(dir.join(f)).ok())
+                .map(|m| m.len())
+                .sum()
+        };
+
+        let mut gw = start(&keep, &dir.join("gateway-1.log"))?;
+        let _ = self.receiver.take();
+        let started = Instant::now();
+        let first_seq = self.next_seq;
+        let filled = self.fill(gw.addr, n).await?;
+        if filled < n {
+            bail!("retention: only {filled} of {n} queued within --fill-limit");
+        }
+        if !self
+            .receiver
+            .wait_for(filled, Duration::from_secs(600))
+            .await
+        {
+            bail!(
+                "retention: {} of {filled} delivered within 600 s",
+                self.receiver.count()
+            );
+        }
+        // Finished work: each incident completed (its ticket closes with it), as purging
+        // keeps an open incident on an open ticket.
+        let ids: Vec<String> = (first_seq..first_seq + filled)
+            .map(|seq| self.payloads.ids.id(seq))
+            .collect();
+        complete_all(gw.addr, &ids).await?;
+        if !self
+            .receiver
+            .wait_for(2 * filled, Duration::from_secs(600))
+            .await
+        {
+            bail!(
+                "retention: {} of {filled} completions delivered within 600 s",
+                self.receiver.count().saturating_sub(filled)
+            );
+        }
+        eprintln!(
+            "  {filled} incidents accepted, delivered, completed and their completions delivered in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+        let before = self
+            .measure(
+                "gateway, no purge".into(),
+                &[gw.addr],
+                Pace::Rate(rate),
+                None,
+            )
+            .await?;
+        let before = self.finish(before);
+        tokio::task::block_in_place(|| gw.terminate(gateway::STOP_GRACE));
+        let size_before = db_size();
+
+        let purge = gateway::write_config(&dir, &setup("1s"))?;
+        let log = dir.join("gateway-2.log");
+        let spawned = Instant::now();
+        let mut gw = start(&purge, &log)?;
+        let during = self
+            .measure(
+                "gateway, purging".into(),
+                &[gw.addr],
+                Pace::Rate(rate),
+                None,
+            )
+            .await?;
+        let during = self.finish(during);
+        // The pass logs what it purged when it ends.
+        let mut purged = None;
+        while spawned.elapsed() < Duration::from_secs(600) {
+            purged = std::fs::read_to_string(&log)
+                .ok()
+                .and_then(|text| purged_incidents(&text));
+            if purged.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let purge_secs = spawned.elapsed().as_secs_f64();
+        tokio::task::block_in_place(|| gw.terminate(gateway::STOP_GRACE));
+        let size_after = db_size();
+        let Some(purged) = purged else {
+            bail!(
+                "retention: no purge logged within 600 s; {}",
+                child::log_tail(&log)
+            );
+        };
+        let window = self.cli.warmup + self.cli.duration;
+        eprintln!(
+            "  purged {purged} incidents; the pass ended {purge_secs:.1} s after the start (measured window: the first {window:.0} s); file with WAL {:.1} MB → {:.1} MB",
+            size_before as f64 / 1e6,
+            size_after as f64 / 1e6
+        );
+        if let (Some(l), Some(bl)) = (during.latency, before.latency) {
+            self.rows.push(
+                Row::new(
+                    format!("p99 ingest latency at {rate:.0}/s, purging"),
+                    l.p99,
+                    "ms",
+                )
+                .against("no purge", bl.p99)
+                .target(Goal::AtMost(10.0)),
+            );
+        }
+        self.rows
+            .push(Row::new("incidents purged", purged as f64, ""));
+        self.rows
+            .push(Row::new("purge pass, from start", purge_secs, "s"));
+        self.rows.push(
+            Row::new(
+                "SQLite file + WAL after purge",
+                size_after as f64 / 1e6,
+                "MB",
+            )
+            .against("before", size_before as f64 / 1e6),
+        );
+        Ok(())
+    }
+
     /// Queues `n` incidents (one delivery each) quickly: batches over a few connections.
     async fn fill(&mut self, addr: std::net::SocketAddr, n: u64) -> anyhow::Result<u64> {
         if n == 0 {
@@ -861,6 +1155,39 @@ impl Bench {
         }
         Ok(done.load(Ordering::Relaxed))
     }
+}
+
+/// Completes each incident in `ids` through the back channel (16 at a time).
+async fn complete_all(addr: std::net::SocketAddr, ids: &[String]) -> anyhow::Result<()> {
+    use futures_util::StreamExt as _;
+    let client = reqwest::Client::new();
+    let mut answers = futures_util::stream::iter(ids)
+        .map(|id| {
+            client
+                .post(format!("http://{addr}/v1/incidents/{id}/complete"))
+                .bearer_auth(gateway::CALLBACK_TOKEN)
+                .json(&serde_json::json!({"reason_code": "threat_not_valid"}))
+                .send()
+        })
+        .buffer_unordered(16);
+    while let Some(answer) = answers.next().await {
+        let status = answer?.status();
+        if !status.is_success() {
+            bail!("completing an incident: the gateway answered {status}");
+        }
+    }
+    Ok(())
+}
+
+/// The incidents the first purge pass logged (`retention: purged … incidents=N`).
+fn purged_incidents(log: &str) -> Option<u64> {
+    let line = log.lines().find(|l| l.contains("retention: purged"))?;
+    let at = line.find("incidents=")? + "incidents=".len();
+    let digits: String = line[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
 }
 
 fn rate_of(pace: Pace) -> f64 {

@@ -213,6 +213,8 @@ pub enum Target {
     None,
     /// The ratio to the baseline at least this.
     RatioAtLeast(f64),
+    /// The ratio to the baseline at most this (a latency that may grow only so much).
+    RatioAtMost(f64),
     /// The value at most this (in the figure's unit).
     AtMost(f64),
 }
@@ -258,6 +260,7 @@ impl Row {
         match self.target {
             Target::None => None,
             Target::RatioAtLeast(r) => Some(self.ratio().is_some_and(|x| x >= r)),
+            Target::RatioAtMost(r) => Some(self.ratio().is_some_and(|x| x <= r)),
             Target::AtMost(v) => Some(self.value <= v),
         }
     }
@@ -278,6 +281,7 @@ impl Row {
         let target = match self.target {
             Target::None => "—".into(),
             Target::RatioAtLeast(r) => format!("≥ {:.0}%", r * 100.0),
+            Target::RatioAtMost(r) => format!("≤ {:.0}%", r * 100.0),
             Target::AtMost(v) => format!("≤ {}", value(v)),
         };
         let met = match self.met() {
