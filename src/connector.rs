@@ -21,7 +21,7 @@ pub struct Connector {
     pub template: TemplatePath,
     /// How long one send may take (an HTTP request, or an SMTP session).
     pub timeout: Duration,
-    /// Sends to this connector at once (at most `delivery.concurrency`).
+    /// Sends to this connector at once: its own share of the workers.
     pub concurrency: usize,
     pub retry: RetryPolicy,
     /// When its circuit opens (see `deliver::circuit`).

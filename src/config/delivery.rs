@@ -14,8 +14,7 @@ const MIN_LEASE: Duration = Duration::from_secs(3);
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawDelivery {
-    #[serde(default = "default_concurrency")]
-    concurrency: usize,
+    concurrency: Option<usize>,
     #[serde(default = "default_lease", with = "humantime_serde")]
     lease: Duration,
     #[serde(default = "default_render_budget", with = "humantime_serde")]
@@ -26,7 +25,7 @@ pub(super) struct RawDelivery {
 impl Default for RawDelivery {
     fn default() -> Self {
         RawDelivery {
-            concurrency: default_concurrency(),
+            concurrency: None,
             lease: default_lease(),
             render_budget: default_render_budget(),
             render_threads: None,
@@ -34,9 +33,6 @@ impl Default for RawDelivery {
     }
 }
 
-fn default_concurrency() -> usize {
-    32
-}
 fn default_lease() -> Duration {
     Duration::from_secs(120)
 }
@@ -51,7 +47,7 @@ fn default_render_threads() -> usize {
 
 impl Validator<'_> {
     pub(super) fn delivery(&self, raw: &RawDelivery) -> Result<DeliveryConfig, ConfigError> {
-        if raw.concurrency == 0 {
+        if raw.concurrency == Some(0) {
             return Err(self.invalid("delivery.concurrency", "must be at least 1"));
         }
         if raw.lease < MIN_LEASE {

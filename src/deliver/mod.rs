@@ -27,6 +27,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -142,8 +143,9 @@ fn read_ca(path: &std::path::Path) -> Result<Vec<u8>, SetupFailure> {
 /// `[delivery]`: how the workers send. `config` builds it.
 #[derive(Debug, Clone, Copy)]
 pub struct DeliveryConfig {
-    /// Deliveries sent at once across all connectors.
-    pub concurrency: usize,
+    /// Deliveries sent at once across all connectors; `None`: the sum of the connectors' own
+    /// `concurrency`, so no connector's sends can take another's share.
+    pub concurrency: Option<usize>,
     /// How long a worker holds a delivery before another may take it. The worker renews it
     /// every third of this while the attempt runs, so only a dead or stalled process loses it.
     pub lease: Duration,
@@ -306,10 +308,11 @@ impl Deliverer {
     }
 
     /// Takes and sends deliveries until `shutdown`, then waits up to the configured grace
-    /// for sends under way. At most `delivery.concurrency` sends run at once, and at most each
-    /// connector's own `concurrency` for it, so one slow receiver cannot hold every worker.
+    /// for sends under way. At most each connector's own `concurrency` sends run for it, and
+    /// at most `delivery.concurrency` in all — by default the sum of the connectors', so a
+    /// receiver that hangs holds only its own connector's sends, never another's.
     pub async fn run(self, shutdown: CancellationToken) {
-        let permits = Arc::new(Semaphore::new(self.settings.concurrency));
+        let sending = Arc::new(AtomicUsize::new(0));
         let in_flight: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
         let tracker = TaskTracker::new();
         let lease_ms = self.settings.lease.as_millis().min(i64::MAX as u128) as i64;
@@ -324,11 +327,17 @@ impl Deliverer {
                 orphans.clear();
             }
             let this = self.on(&current);
-            let free = permits.available_permits();
+            let limit = self
+                .settings
+                .concurrency
+                .unwrap_or_else(|| this.connectors.iter().map(|c| c.concurrency).sum());
+            let free = limit.saturating_sub(sending.load(Ordering::Acquire));
             if free == 0 {
+                // A send ending wakes the loop.
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
-                    permit = permits.clone().acquire_owned() => drop(permit),
+                    _ = self.wake.notified() => {}
+                    _ = tokio::time::sleep(IDLE_POLL) => {}
                 }
                 continue;
             }
@@ -373,12 +382,12 @@ impl Deliverer {
                     }
                     *n += 1;
                 }
-                let Ok(permit) = permits.clone().acquire_owned().await else {
-                    break;
-                };
+                // Only this loop adds, and it leased at most `free`: never past the limit.
+                sending.fetch_add(1, Ordering::AcqRel);
                 self.circuits.started(&delivery.connector);
                 let me = this.clone();
                 let in_flight = in_flight.clone();
+                let sending = sending.clone();
                 tracker.spawn(async move {
                     let connector = delivery.connector.clone();
                     me.deliver(delivery).await;
@@ -387,7 +396,7 @@ impl Deliverer {
                     {
                         *n = n.saturating_sub(1);
                     }
-                    drop(permit);
+                    sending.fetch_sub(1, Ordering::AcqRel);
                     // A retry may now be due soon, or a follower unblocked: look again.
                     me.wake.notify_one();
                 });

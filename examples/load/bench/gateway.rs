@@ -99,15 +99,11 @@ max_connections_per_client = {slots}
 [storage]
 url = {storage}
 
-[delivery]
-concurrency = {forwards}
-
 [[sources]]
 name = "load"
 api_key = "{SOURCE_KEY}"
 callback_token = "{CALLBACK_TOKEN}"
 "#,
-        forwards = super::baseline::FORWARDS,
         storage = toml_string(&setup.storage),
     );
     for i in 0..setup.connectors {
