@@ -93,6 +93,8 @@ pub struct SourceConfig {
     /// When set, every request must carry a valid Standard Webhooks signature by it.
     pub signing_secret: Option<WebhookSecret>,
     pub rate_limit: Option<RateLimit>,
+    /// The accounts it may post for (`tenants`); every account when `None`.
+    pub tenants: Option<crate::config::tenants::TenantBinding>,
 }
 
 /// Debug never shows the source's key, token or secret.
@@ -273,6 +275,7 @@ mod tests {
             callback_token: None,
             signing_secret: None,
             rate_limit: None,
+            tenants: None,
         }
     }
 

@@ -32,6 +32,7 @@ use sha2::{Digest, Sha256};
 use crate::App;
 use crate::admission::BodyReservation;
 use crate::auth::{self, SourceConfig};
+use crate::config::tenants::TenantBinding;
 use crate::problem::Problem;
 use crate::query::NoQuery;
 use crate::route;
@@ -342,7 +343,11 @@ async fn accept(
 /// Limits, parse, validate and route a body: the CPU part of ingest, run on a blocking
 /// thread (see [`accept_document`]). Returns the incidents to store and whether the body was
 /// a batch.
-fn check_document(app: &App, bytes: &[u8]) -> Result<(Vec<NewIncident>, bool), Problem> {
+fn check_document(
+    app: &App,
+    bytes: &[u8],
+    tenants: Option<&TenantBinding>,
+) -> Result<(Vec<NewIncident>, bool), Problem> {
     let limits = &app.server;
     let generation = app.live.current();
     if json_depth(bytes) > limits.max_json_depth {
@@ -395,6 +400,9 @@ fn check_document(app: &App, bytes: &[u8]) -> Result<(Vec<NewIncident>, bool), P
     if !violations.is_empty() {
         return Err(unprocessable(violations));
     }
+    if let Some(tenants) = tenants {
+        foreign_accounts(&incidents, is_batch, tenants)?;
+    }
     // Correlation keys are templates: they get a delivery's render budget (one that runs
     // over falls back to the incident id, as any key that fails to render does).
     let batch =
@@ -405,6 +413,46 @@ fn check_document(app: &App, bytes: &[u8]) -> Result<(Vec<NewIncident>, bool), P
                 .collect()
         });
     Ok((batch, is_batch))
+}
+
+/// A source bound to tenants posts only for their accounts: any incident for another
+/// account (or for none) refuses the whole request, before anything is stored.
+fn foreign_accounts(
+    incidents: &[Value],
+    is_batch: bool,
+    tenants: &TenantBinding,
+) -> Result<(), Problem> {
+    let foreign: Vec<Violation> = incidents
+        .iter()
+        .enumerate()
+        .filter_map(|(i, incident)| {
+            let account = incident.get("accountId").and_then(Value::as_i64);
+            (!tenants.admits(account)).then(|| Violation {
+                pointer: if is_batch {
+                    format!("/{i}/accountId")
+                } else {
+                    "/accountId".to_string()
+                },
+                detail: match account {
+                    Some(id) => format!("account {id} is not one of this source's tenants"),
+                    None => "names no account; this source posts only for its tenants".into(),
+                },
+            })
+        })
+        .collect();
+    if foreign.is_empty() {
+        return Ok(());
+    }
+    Err(Problem::new(
+        StatusCode::FORBIDDEN,
+        "foreign-tenant",
+        "Not this source's tenant",
+        format!(
+            "this source posts only for {}; nothing was stored",
+            tenants.names().join(", ")
+        ),
+    )
+    .with_violations(foreign))
 }
 
 /// Checks an authenticated request's body off the async runtime (parsing, schema validation
@@ -424,9 +472,10 @@ async fn accept_document(
     // nor its share of the body budget before the check is done with the bytes.
     let checked = {
         let app = app.clone();
+        let tenants = source.tenants.clone();
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            check_document(&app, &bytes).map(|checked| (checked, budget))
+            check_document(&app, &bytes, tenants.as_ref()).map(|checked| (checked, budget))
         })
         .await
     };

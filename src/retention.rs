@@ -10,8 +10,11 @@ use crate::config::retention::RetentionConfig;
 use crate::model::now_ms;
 use crate::store::{PurgeRequest, Purged, Store};
 
-/// Between two batches of a pass: lets the writes waiting behind a batch go first.
+/// Between two batches of a pass, at least: lets the writes waiting behind a batch go first.
 const PAUSE: Duration = Duration::from_millis(50);
+/// … and at least this many times as long as the batch took, so a pass holds the store's
+/// writer a quarter of the time at most, however slow the disk.
+const REST_PER_WORK: u32 = 3;
 
 /// Purges until `shutdown`: a pass over the old incidents, batch by batch, then `interval`
 /// of rest. `reopen_within` is the longest of the connectors': a closed ticket an incident
@@ -25,12 +28,14 @@ pub async fn run(
     loop {
         let purged = pass(&store, &settings, reopen_within, &shutdown).await;
         if purged.incidents > 0 {
+            // Logged once the space is given back too, so the line marks the pass's end.
+            let compacted = store.compact().await;
             tracing::info!(
                 incidents = purged.incidents,
                 rows = purged.rows,
                 "retention: purged finished work older than its cut-off"
             );
-            if let Err(e) = store.compact().await {
+            if let Err(e) = compacted {
                 tracing::warn!(error = %e, "retention: cannot give the freed space back");
             }
         }
@@ -64,6 +69,7 @@ async fn pass(
     };
     let mut total = Purged::default();
     loop {
+        let started = std::time::Instant::now();
         match store.purge(request.clone()).await {
             Ok(batch) => {
                 total.incidents += batch.incidents;
@@ -80,7 +86,7 @@ async fn pass(
         }
         tokio::select! {
             () = shutdown.cancelled() => return total,
-            () = tokio::time::sleep(PAUSE) => {}
+            () = tokio::time::sleep(PAUSE.max(started.elapsed() * REST_PER_WORK)) => {}
         }
     }
 }

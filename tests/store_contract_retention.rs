@@ -60,10 +60,14 @@ fn route(key: &str) -> Route {
 }
 
 async fn ingest_one(store: &Store, id: &str, key: &str) -> IngestOutcome {
+    ingest_body(store, id, key, format!(r#"{{"incidentId":"{id}"}}"#)).await
+}
+
+async fn ingest_body(store: &Store, id: &str, key: &str, body: String) -> IngestOutcome {
     let inc = NewIncident {
         incident_id: id.into(),
         update_time: None,
-        body: format!(r#"{{"incidentId":"{id}"}}"#),
+        body,
         body_hash: format!("hash-{id}"),
         routes: vec![route(key)],
     };
@@ -337,4 +341,48 @@ async fn a_pass_walks_every_old_incident_in_batches(backend: Backend) {
     for i in 0..7 {
         assert_eq!(exists(s, &format!("i{i}")).await, i == 3, "i{i}");
     }
+}
+
+/// SQLite gives the pages a purge freed back to the file system: the file shrinks by about
+/// what was purged, and no free page is left in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_gives_purged_space_back_to_the_file_system() {
+    let h = Harness::open(Backend::Sqlite).await;
+    let s = &h.store;
+    let path = h._dir.path().join("gateway.db");
+    let size = || {
+        ["gateway.db", "gateway.db-wal"]
+            .iter()
+            .filter_map(|f| std::fs::metadata(h._dir.path().join(f)).ok())
+            .map(|m| m.len())
+            .sum::<u64>()
+    };
+    // 400 incidents of 20 KB: 8 MB of bodies, more than one chunk of the vacuum.
+    const N: usize = 400;
+    let pad = "x".repeat(20_000);
+    for i in 0..N {
+        let id = format!("big-{i}");
+        let body = format!(r#"{{"incidentId":"{id}","pad":"{pad}"}}"#);
+        ingest_body(s, &id, &format!("k-{i}"), body).await;
+    }
+    while !work(s, delivered).await.is_empty() {}
+    for i in 0..N {
+        complete(s, &format!("big-{i}")).await;
+    }
+    while !work(s, delivered).await.is_empty() {}
+    // The WAL emptied into the file first, so "before" is the data, not its journal.
+    s.compact().await.unwrap();
+    let before = size();
+    assert!(before > (N * pad.len()) as u64, "{before}");
+
+    assert_eq!(purge_pass(s, old(false, 100)).await.incidents, N as u64);
+    s.compact().await.unwrap();
+    let after = size();
+    eprintln!("file with WAL: {before} bytes before the purge, {after} after");
+    assert!(after < before / 4, "{before} -> {after}");
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let free: i64 = conn
+        .query_row("PRAGMA freelist_count", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(free, 0);
 }

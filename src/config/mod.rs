@@ -24,6 +24,7 @@ mod sources;
 mod span;
 mod storage;
 mod templates;
+pub mod tenants;
 
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
@@ -143,6 +144,8 @@ pub struct Config {
     pub storage: StorageConfig,
     pub delivery: DeliveryConfig,
     pub sources: Vec<SourceConfig>,
+    /// `[[tenants]]`: the accounts the SOC serves, by name.
+    pub tenants: Vec<tenants::Tenant>,
     pub connectors: Vec<Connector>,
     /// Folder of partial templates shared by every connector.
     pub partials_dir: Option<PathBuf>,
@@ -168,6 +171,8 @@ struct RawConfig {
     delivery: delivery::RawDelivery,
     #[serde(default)]
     sources: Vec<sources::RawSource>,
+    #[serde(default)]
+    tenants: Vec<tenants::RawTenant>,
     #[serde(default)]
     connectors: Vec<connectors::RawConnector>,
     #[serde(default)]
@@ -323,9 +328,10 @@ impl Validator<'_> {
             .delivery(&raw.delivery)
             .map_err(|e| errors.push(e))
             .ok();
-        let sources = match (&server, sources_expanded) {
-            (Some(server), true) => self
-                .sources(raw.sources, server)
+        let tenants = self.tenants(raw.tenants).map_err(|e| errors.push(e)).ok();
+        let sources = match (&server, &tenants, sources_expanded) {
+            (Some(server), Some(tenants), true) => self
+                .sources(raw.sources, server, tenants)
                 .map_err(|e| errors.push(e))
                 .ok(),
             _ => None,
@@ -345,6 +351,7 @@ impl Validator<'_> {
             Some(storage),
             Some(delivery),
             Some(sources),
+            Some(tenants),
             Some(partials_dir),
             Some(reload),
             Some(retention),
@@ -354,6 +361,7 @@ impl Validator<'_> {
             storage,
             delivery,
             sources,
+            tenants,
             partials_dir,
             reload,
             retention,
@@ -379,6 +387,7 @@ impl Validator<'_> {
             storage,
             delivery,
             sources,
+            tenants,
             connectors,
             partials_dir,
             secrets: Secrets::new(secret_values),
@@ -922,7 +931,7 @@ mod tests {
         );
         assert_eq!(defaults.dead_after, None);
         assert_eq!(defaults.interval, Duration::from_secs(60));
-        assert_eq!(defaults.batch, 500);
+        assert_eq!(defaults.batch, 100);
         let set = load("[retention]\ndelivered_after = \"7d\"\ndead_after = \"90d\"\ninterval = \"5m\"\nbatch = 100\n")
             .unwrap()
             .retention;

@@ -43,7 +43,7 @@ impl Default for RetentionConfig {
             delivered_after: Duration::from_secs(30 * 24 * 3600),
             dead_after: None,
             interval: Duration::from_secs(60),
-            batch: 500,
+            batch: 100,
         }
     }
 }

@@ -5,6 +5,7 @@ use std::collections::HashSet;
 
 use serde::Deserialize;
 
+use super::tenants::Tenant;
 use super::{ConfigError, Validator};
 use crate::auth::{RateLimit, SourceConfig};
 use crate::server::ServerConfig;
@@ -20,6 +21,8 @@ pub(super) struct RawSource {
     /// Standard Webhooks secret (`whsec_…`): requests must carry a valid signature.
     signing_secret: Option<String>,
     rate_limit: Option<RawRateLimit>,
+    /// The tenants (by name) this source may post for; every account when absent.
+    tenants: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -41,6 +44,7 @@ impl Validator<'_> {
         &self,
         raw: Vec<RawSource>,
         server: &ServerConfig,
+        tenants: &[Tenant],
     ) -> Result<Vec<SourceConfig>, ConfigError> {
         let mut names = HashSet::new();
         let mut keys = HashSet::new();
@@ -53,7 +57,8 @@ impl Validator<'_> {
                     format!("{:?} is empty or used twice", s.name),
                 ));
             }
-            let source = self.source(&field, s, &mut keys, server.admin_token.as_deref())?;
+            let source =
+                self.source(&field, s, &mut keys, server.admin_token.as_deref(), tenants)?;
             sources.push(source);
         }
         Ok(sources)
@@ -66,6 +71,7 @@ impl Validator<'_> {
         s: RawSource,
         keys: &mut HashSet<String>,
         admin_token: Option<&str>,
+        tenants: &[Tenant],
     ) -> Result<SourceConfig, ConfigError> {
         let api_key = self.api_key(field, &s)?;
         let callback_token = s.callback_token;
@@ -123,12 +129,17 @@ impl Validator<'_> {
         if let Some(t) = &callback_token {
             self.check_token(&format!("{field}.callback_token"), t)?;
         }
+        let tenants = match &s.tenants {
+            Some(names) => Some(self.binding(&format!("{field}.tenants"), names, tenants)?),
+            None => None,
+        };
         Ok(SourceConfig {
             name: s.name,
             api_key,
             callback_token,
             signing_secret,
             rate_limit,
+            tenants,
         })
     }
 

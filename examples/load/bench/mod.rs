@@ -43,7 +43,7 @@ pub enum Scenario {
     /// never answering — each with the circuit breaker on and off.
     Isolation,
     /// Retention: `--backlog` incidents delivered, then purged by `[retention]` while ingest
-    /// runs at `--rate` (default 2,000/s): p99 ingest latency before and during the purge, the
+    /// runs at `--rate` (default 1,000/s): p99 ingest latency before and during the purge, the
     /// purge's duration, and the SQLite file (with its WAL) before and after.
     Retention,
 }
@@ -921,7 +921,7 @@ impl Bench {
             bail!("the retention scenario measures the SQLite file: run it without --storage");
         }
         let n = self.cli.backlog;
-        let rate = self.cli.rate.unwrap_or(2000.0);
+        let rate = self.cli.rate.unwrap_or(1000.0);
         eprintln!(
             "\nretention: {n} incidents delivered, then purged while ingest runs at {rate:.0}/s"
         );

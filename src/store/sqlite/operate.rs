@@ -122,9 +122,30 @@ impl Operate for Sqlite {
 
     async fn compact(&self) -> Result<(), StoreError> {
         // Free pages go back to the file system (a file created with auto_vacuum =
-        // INCREMENTAL; a no-op otherwise) …
-        self.write(|conn| Ok(conn.execute_batch("PRAGMA incremental_vacuum")?))
-            .await?;
+        // INCREMENTAL; a no-op otherwise), a few MB per write transaction: one vacuum of
+        // everything a large pass freed would hold ingest's writes back for seconds …
+        loop {
+            let started = std::time::Instant::now();
+            let left = self
+                .write(|conn| {
+                    let mode: i64 = conn.query_row("PRAGMA auto_vacuum", [], |r| r.get(0))?;
+                    if mode != INCREMENTAL {
+                        return Ok(0);
+                    }
+                    // The pragma frees one page per step (a row each): run it to the end,
+                    // as `execute_batch` would step it only once.
+                    conn.prepare_cached(VACUUM_CHUNK)?
+                        .query([])?
+                        .mapped(|_| Ok(()))
+                        .collect::<rusqlite::Result<()>>()?;
+                    Ok(conn.query_row("PRAGMA freelist_count", [], |r| r.get::<_, i64>(0))?)
+                })
+                .await?;
+            if left == 0 {
+                break;
+            }
+            tokio::time::sleep(VACUUM_PAUSE.max(started.elapsed() * 3)).await;
+        }
         // … and the WAL is emptied, from a connection of its own: the writer's runs in
         // transactions, and the reader's would hold admin reads back meanwhile.
         let path = self.path.clone();
@@ -136,6 +157,14 @@ impl Operate for Sqlite {
         .await?
     }
 }
+
+/// `auto_vacuum = INCREMENTAL`, as `PRAGMA auto_vacuum` reports it.
+const INCREMENTAL: i64 = 2;
+/// 256 pages (1 MiB at the default page size) per transaction of `compact`.
+const VACUUM_CHUNK: &str = "PRAGMA incremental_vacuum(256)";
+/// Between two chunks, at least, and three times as long as the chunk took: lets the writes
+/// waiting behind one go first.
+const VACUUM_PAUSE: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// The next `batch` incidents of the pass, oldest change first (the `incidents_updated`
 /// index), that changed before the delivered cut-off.
