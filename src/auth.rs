@@ -13,6 +13,7 @@
 //! through timing; where several configured tokens could match, every one is compared, so
 //! timing does not reveal which one did.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::extract::FromRequestParts;
@@ -94,7 +95,37 @@ pub struct SourceConfig {
     pub signing_secret: Option<WebhookSecret>,
     pub rate_limit: Option<RateLimit>,
     /// The accounts it may post for (`tenants`); every account when `None`.
-    pub tenants: Option<crate::config::tenants::TenantBinding>,
+    pub tenants: Option<TenantBinding>,
+}
+
+/// The accounts a source may post for, by `accountId`, with their tenants' names (for
+/// messages). Built by the config from names it checked.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TenantBinding {
+    /// Shared: each request that checks it takes a copy to its blocking thread.
+    accounts: Arc<HashMap<i64, String>>,
+}
+
+impl TenantBinding {
+    /// From `accountId` to tenant name, for the tenants a source is bound to.
+    pub fn new(accounts: HashMap<i64, String>) -> TenantBinding {
+        TenantBinding {
+            accounts: Arc::new(accounts),
+        }
+    }
+
+    /// Whether an incident's `accountId` (`None` when absent or null) is one the source may
+    /// post for.
+    pub fn admits(&self, account_id: Option<i64>) -> bool {
+        account_id.is_some_and(|id| self.accounts.contains_key(&id))
+    }
+
+    /// The bound tenants' names, sorted (for an error's detail).
+    pub fn names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.accounts.values().map(String::as_str).collect();
+        names.sort_unstable();
+        names
+    }
 }
 
 /// Debug never shows the source's key, token or secret.

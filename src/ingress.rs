@@ -31,8 +31,7 @@ use sha2::{Digest, Sha256};
 
 use crate::App;
 use crate::admission::BodyReservation;
-use crate::auth::{self, SourceConfig};
-use crate::config::tenants::TenantBinding;
+use crate::auth::{self, SourceConfig, TenantBinding};
 use crate::problem::Problem;
 use crate::query::NoQuery;
 use crate::route;

@@ -3,11 +3,11 @@
 //! them.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
 
 use serde::Deserialize;
 
 use super::{ConfigError, Validator};
+use crate::auth::TenantBinding;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -21,29 +21,6 @@ pub(super) struct RawTenant {
 pub struct Tenant {
     pub name: String,
     pub account_id: i64,
-}
-
-/// The accounts a source may post for, by `accountId`, with their tenants' names (for
-/// messages). Built at load from names that are known to exist.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TenantBinding {
-    /// Shared: each request that checks it takes a copy to its blocking thread.
-    accounts: Arc<HashMap<i64, String>>,
-}
-
-impl TenantBinding {
-    /// Whether an incident's `accountId` (`None` when absent or null) is one the source may
-    /// post for.
-    pub fn admits(&self, account_id: Option<i64>) -> bool {
-        account_id.is_some_and(|id| self.accounts.contains_key(&id))
-    }
-
-    /// The bound tenants' names, sorted (for an error's detail).
-    pub fn names(&self) -> Vec<&str> {
-        let mut names: Vec<&str> = self.accounts.values().map(String::as_str).collect();
-        names.sort_unstable();
-        names
-    }
 }
 
 impl Validator<'_> {
@@ -103,8 +80,6 @@ impl Validator<'_> {
             };
             accounts.insert(tenant.account_id, tenant.name.clone());
         }
-        Ok(TenantBinding {
-            accounts: Arc::new(accounts),
-        })
+        Ok(TenantBinding::new(accounts))
     }
 }
