@@ -376,11 +376,7 @@ fn check_document(
     }
     let mut violations = Vec::new();
     for (i, incident) in incidents.iter().enumerate() {
-        let mut pointer = if is_batch {
-            format!("/{i}")
-        } else {
-            String::new()
-        };
+        let mut pointer = item_pointer(is_batch, i);
         long_strings(
             incident,
             limits.max_string_chars,
@@ -389,12 +385,7 @@ fn check_document(
         );
     }
     for (i, incident) in incidents.iter().enumerate() {
-        let prefix = if is_batch {
-            format!("/{i}")
-        } else {
-            String::new()
-        };
-        violations.extend(app.schema.violations(incident, &prefix));
+        violations.extend(app.schema.violations(incident, &item_pointer(is_batch, i)));
     }
     if !violations.is_empty() {
         return Err(unprocessable(violations));
@@ -414,6 +405,16 @@ fn check_document(
     Ok((batch, is_batch))
 }
 
+/// Where the `i`th incident of a body starts, as a JSON pointer: `/i` in a batch, the
+/// root otherwise.
+fn item_pointer(is_batch: bool, i: usize) -> String {
+    if is_batch {
+        format!("/{i}")
+    } else {
+        String::new()
+    }
+}
+
 /// A source bound to tenants posts only for their accounts: any incident for another
 /// account (or for none) refuses the whole request, before anything is stored.
 fn foreign_accounts(
@@ -427,11 +428,7 @@ fn foreign_accounts(
         .filter_map(|(i, incident)| {
             let account = incident.get("accountId").and_then(Value::as_i64);
             (!tenants.admits(account)).then(|| Violation {
-                pointer: if is_batch {
-                    format!("/{i}/accountId")
-                } else {
-                    "/accountId".to_string()
-                },
+                pointer: item_pointer(is_batch, i) + "/accountId",
                 detail: match account {
                     Some(id) => format!("account {id} is not one of this source's tenants"),
                     None => "names no account; this source posts only for its tenants".into(),

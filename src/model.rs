@@ -215,6 +215,13 @@ pub const SIGNATURE_TOLERANCE: std::time::Duration = std::time::Duration::from_s
 pub const REPLAY_WINDOW: std::time::Duration = std::time::Duration::from_secs(2 * 300 + 2);
 
 /// The clock: milliseconds since the Unix epoch, as the store keeps times.
+/// The rest after a piece of background work that started at `started`: `least`, or three
+/// times as long as the work took, whichever is longer. Background work paced so holds what it
+/// shares (the store's writer) a quarter of the time at most, however slow the disk.
+pub fn rest_after(started: std::time::Instant, least: std::time::Duration) -> std::time::Duration {
+    least.max(started.elapsed() * 3)
+}
+
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }

@@ -7,14 +7,12 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::retention::RetentionConfig;
-use crate::model::now_ms;
+use crate::model::{now_ms, rest_after};
 use crate::store::{PurgeRequest, Purged, Store};
 
-/// Between two batches of a pass, at least: lets the writes waiting behind a batch go first.
+/// Between two batches of a pass, at least (see [`rest_after`]): lets the writes waiting
+/// behind a batch go first.
 const PAUSE: Duration = Duration::from_millis(50);
-/// … and at least this many times as long as the batch took, so a pass holds the store's
-/// writer a quarter of the time at most, however slow the disk.
-const REST_PER_WORK: u32 = 3;
 
 /// Purges until `shutdown`: a pass over the old incidents, batch by batch, then `interval`
 /// of rest. `reopen_within` is the longest of the connectors': a closed ticket an incident
@@ -86,7 +84,7 @@ async fn pass(
         }
         tokio::select! {
             () = shutdown.cancelled() => return total,
-            () = tokio::time::sleep(PAUSE.max(started.elapsed() * REST_PER_WORK)) => {}
+            () = tokio::time::sleep(rest_after(started, PAUSE)) => {}
         }
     }
 }

@@ -144,7 +144,7 @@ impl Operate for Sqlite {
             if left == 0 {
                 break;
             }
-            tokio::time::sleep(VACUUM_PAUSE.max(started.elapsed() * 3)).await;
+            tokio::time::sleep(crate::model::rest_after(started, VACUUM_PAUSE)).await;
         }
         // … and the WAL is emptied, from a connection of its own: the writer's runs in
         // transactions, and the reader's would hold admin reads back meanwhile.
@@ -162,8 +162,8 @@ impl Operate for Sqlite {
 const INCREMENTAL: i64 = 2;
 /// 256 pages (1 MiB at the default page size) per transaction of `compact`.
 const VACUUM_CHUNK: &str = "PRAGMA incremental_vacuum(256)";
-/// Between two chunks, at least, and three times as long as the chunk took: lets the writes
-/// waiting behind one go first.
+/// Between two chunks, at least (see [`crate::model::rest_after`]): lets the writes waiting
+/// behind one go first.
 const VACUUM_PAUSE: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// The next `batch` incidents of the pass, oldest change first (the `incidents_updated`
