@@ -1,5 +1,6 @@
 //! Admin: list and read incidents and deliveries, and replay dead deliveries (Bearer
-//! `admin_token`).
+//! `admin_token`, or a token of `[[admin_tokens]]` scoped to tenants: it lists only their
+//! incidents and deliveries, finds no other (404), and replays only with `access = "write"`).
 //!
 //! Without an `admin_token` in the config the admin API is off and answers 401 to everyone;
 //! a source's API key never opens it. Every handler takes [`Admin`] first, so nothing of a
@@ -15,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 
 use crate::App;
 use crate::app::PathId as Id;
-use crate::auth::Admin;
+use crate::auth::{Admin, AdminScope, Viewer};
 use crate::problem::Problem;
 use crate::query::{NoQuery, Params, hex, unhex};
 use crate::server::Client;
@@ -40,23 +41,72 @@ fn no_delivery(id: &str) -> Problem {
     Problem::not_found(format!("no delivery {id:?}"))
 }
 
+/// Whether `scope` sees the incident `incident_id` (a missing one is seen by no one).
+async fn sees_incident(app: &App, scope: &AdminScope, incident_id: &str) -> Result<bool, Problem> {
+    if let AdminScope::All = scope {
+        return Ok(true);
+    }
+    let account = app
+        .store
+        .account_of(incident_id.to_string())
+        .await
+        .map_err(store_failed)?;
+    Ok(account.is_some_and(|account| scope.sees(account)))
+}
+
+/// The delivery, when `scope` sees its incident; else 404, as if it did not exist.
+async fn visible_delivery(
+    app: &App,
+    scope: &AdminScope,
+    delivery_id: &str,
+) -> Result<DeliveryView, Problem> {
+    let view = app
+        .store
+        .delivery(delivery_id.to_string())
+        .await
+        .map_err(store_failed)?
+        .ok_or_else(|| no_delivery(delivery_id))?;
+    if sees_incident(app, scope, &view.incident_id).await? {
+        Ok(view)
+    } else {
+        Err(no_delivery(delivery_id))
+    }
+}
+
+/// A delivery a replay or resolve may change: seen by `scope` (else 404), which may write
+/// (else 403).
+async fn changeable_delivery(
+    app: &App,
+    scope: &AdminScope,
+    delivery_id: &str,
+) -> Result<(), Problem> {
+    if let AdminScope::Tenants(_) = scope {
+        visible_delivery(app, scope, delivery_id).await?;
+    }
+    scope.may_write()
+}
+
 /// `GET /v1/incidents/{id}`: the incident, its versions, tickets and deliveries.
 pub async fn get_incident(
     State(app): State<Arc<App>>,
-    _: Admin,
+    Viewer(scope): Viewer,
     _: NoQuery,
     Id(incident_id): Id,
 ) -> Result<Json<IncidentView>, Problem> {
-    found(app.store.incident(incident_id.clone()).await, || {
-        Problem::not_found(format!("no incident {incident_id:?}"))
-    })
+    let missing = || Problem::not_found(format!("no incident {incident_id:?}"));
+    let view = found(app.store.incident(incident_id.clone()).await, missing)?;
+    if scope.sees(view.account_id) {
+        Ok(view)
+    } else {
+        Err(missing())
+    }
 }
 
 /// `GET /v1/deliveries?incident=&status=&connector=&since=&until=&cursor=&limit=`: a page of
 /// deliveries, newest first; `next_cursor` continues it (null on the last page).
 pub async fn list_deliveries(
     State(app): State<Arc<App>>,
-    _: Admin,
+    Viewer(scope): Viewer,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, Problem> {
     let q = Params::parse(
@@ -72,6 +122,7 @@ pub async fn list_deliveries(
         ],
     )?;
     let listing = DeliveryListing {
+        accounts: scope.accounts(),
         incident: q.text("incident"),
         status: q.one_of("status", &["pending", "delivered", "dead"])?,
         connector: q.text("connector"),
@@ -110,7 +161,7 @@ fn digits(text: &str) -> Option<i64> {
 /// (without bodies), newest received first.
 pub async fn list_incidents(
     State(app): State<Arc<App>>,
-    _: Admin,
+    Viewer(scope): Viewer,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, Problem> {
     let q = Params::parse(
@@ -118,6 +169,7 @@ pub async fn list_incidents(
         &["source", "status", "since", "until", "cursor", "limit"],
     )?;
     let listing = IncidentListing {
+        accounts: scope.accounts(),
         source: q.text("source"),
         status: q.one_of("status", &["open", "completed"])?,
         since_ms: q.time_ms("since")?,
@@ -148,23 +200,22 @@ fn incident_key(text: &str) -> Option<IncidentKey> {
 /// `GET /v1/deliveries/{id}`: the delivery and its attempts.
 pub async fn get_delivery(
     State(app): State<Arc<App>>,
-    _: Admin,
+    Viewer(scope): Viewer,
     _: NoQuery,
     Id(delivery_id): Id,
 ) -> Result<Json<DeliveryView>, Problem> {
-    found(app.store.delivery(delivery_id.clone()).await, || {
-        no_delivery(&delivery_id)
-    })
+    visible_delivery(&app, &scope, &delivery_id).await.map(Json)
 }
 
 /// `POST /v1/deliveries/{id}/replay`: a dead delivery goes back in the queue, its attempt
 /// budget new.
 pub async fn replay_delivery(
     State(app): State<Arc<App>>,
-    _: Admin,
+    Viewer(scope): Viewer,
     _: NoQuery,
     Id(delivery_id): Id,
 ) -> Result<Response, Problem> {
+    changeable_delivery(&app, &scope, &delivery_id).await?;
     match app
         .store
         .replay(delivery_id.clone())
@@ -230,13 +281,14 @@ fn blank(c: char) -> bool {
 /// id) becomes delivered with that id; the ticket's waiting deliveries go on.
 pub async fn resolve_delivery(
     State(app): State<Arc<App>>,
-    _: Admin,
+    Viewer(scope): Viewer,
     _: NoQuery,
     Client(client): Client,
     Id(delivery_id): Id,
     headers: axum::http::HeaderMap,
     body: axum::body::Body,
 ) -> Result<Json<serde_json::Value>, Problem> {
+    changeable_delivery(&app, &scope, &delivery_id).await?;
     // Read only once the caller is known, and bounded as every body is.
     let (body, _budget) = app
         .read_body(client, &headers, body, MAX_RESOLVE_BYTES)

@@ -194,6 +194,7 @@ impl Alerts {
         let incident = alert_incident(&event);
         let body = incident.to_string();
         let batch = vec![NewIncident {
+            account_id: None,
             incident_id: incident["incidentId"]
                 .as_str()
                 .unwrap_or_default()

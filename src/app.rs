@@ -84,6 +84,10 @@ impl crate::auth::Callers for App {
         self.server.admin_token.as_deref()
     }
 
+    fn scoped_admin(&self, headers: &HeaderMap) -> Option<crate::auth::ScopedAdmin> {
+        crate::auth::scoped(&self.live.current().config.admin_tokens, headers)
+    }
+
     fn callback_caller(&self, headers: &HeaderMap) -> Option<crate::store::Caller> {
         let generation = self.live.current();
         crate::auth::callback_caller(

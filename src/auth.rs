@@ -2,6 +2,8 @@
 //! check ([`TokenDigest`]) serves every caller the gateway knows:
 //!
 //! - [`admin`] — the admin API and the admin reserve of a shared listener (`admin_token`);
+//! - [`scoped`] — an admin token scoped to tenants (`[[admin_tokens]]`): it reads, and with
+//!   `access = "write"` replays, only its tenants' incidents and deliveries;
 //! - [`source`] — a source sending incidents (its `api_key`);
 //! - [`callback`] — a source or connector completing an incident (its `callback_token`).
 //!
@@ -31,6 +33,8 @@ use crate::store::Caller;
 /// module needs nothing above it).
 pub trait Callers: Send + Sync {
     fn admin_token(&self) -> Option<&str>;
+    /// The scoped admin token in `headers`, by the configuration in force (see [`scoped`]).
+    fn scoped_admin(&self, headers: &HeaderMap) -> Option<ScopedAdmin>;
     /// Who holds the callback token in `headers` (see [`callback_caller`]), by the
     /// configuration in force.
     fn callback_caller(&self, headers: &HeaderMap) -> Option<Caller>;
@@ -38,19 +42,133 @@ pub trait Callers: Send + Sync {
     fn refused(&self);
 }
 
-/// The caller holds the admin token (else 401, problem+json).
+/// The caller holds the admin token: the whole admin API (else 401, problem+json; a token
+/// scoped to tenants gets 403, as this endpoint is not one of theirs).
 pub struct Admin;
 
 impl<S: Callers> FromRequestParts<Arc<S>> for Admin {
     type Rejection = Problem;
 
     async fn from_request_parts(parts: &mut Parts, state: &Arc<S>) -> Result<Admin, Problem> {
-        if admin(state.admin_token(), &parts.headers) {
-            Ok(Admin)
-        } else {
-            Err(Problem::unauthorized())
+        match admin_scope(state.as_ref(), &parts.headers) {
+            Some(AdminScope::All) => Ok(Admin),
+            Some(AdminScope::Tenants(token)) => Err(Problem::new(
+                axum::http::StatusCode::FORBIDDEN,
+                "scoped-token",
+                "Token is scoped to tenants",
+                format!(
+                    "admin token {:?} is scoped to tenants ({}); this endpoint needs the \
+                     server's admin_token",
+                    token.name,
+                    token.tenants.names().join(", ")
+                ),
+            )),
+            None => Err(Problem::unauthorized()),
         }
     }
+}
+
+/// The caller holds the admin token or one scoped to tenants: the endpoints that show or
+/// replay incidents and deliveries, each narrowed to what the scope admits.
+pub struct Viewer(pub AdminScope);
+
+impl<S: Callers> FromRequestParts<Arc<S>> for Viewer {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Arc<S>) -> Result<Viewer, Problem> {
+        admin_scope(state.as_ref(), &parts.headers)
+            .map(Viewer)
+            .ok_or_else(Problem::unauthorized)
+    }
+}
+
+fn admin_scope<S: Callers>(state: &S, headers: &HeaderMap) -> Option<AdminScope> {
+    if admin(state.admin_token(), headers) {
+        return Some(AdminScope::All);
+    }
+    state.scoped_admin(headers).map(AdminScope::Tenants)
+}
+
+/// What an admin caller may see and change.
+#[derive(Debug, Clone)]
+pub enum AdminScope {
+    /// The server's `admin_token`: everything.
+    All,
+    /// A token of `[[admin_tokens]]`: its tenants' incidents and deliveries only.
+    Tenants(ScopedAdmin),
+}
+
+impl AdminScope {
+    /// The accounts a list is narrowed to (`None`: every one, and incidents without one).
+    pub fn accounts(&self) -> Option<Vec<i64>> {
+        match self {
+            AdminScope::All => None,
+            AdminScope::Tenants(token) => Some(token.tenants.accounts()),
+        }
+    }
+
+    /// Whether the caller may see an incident of `account_id`. One it may not see is
+    /// answered as missing (404), so a scoped token learns nothing of other tenants' ids.
+    pub fn sees(&self, account_id: Option<i64>) -> bool {
+        match self {
+            AdminScope::All => true,
+            AdminScope::Tenants(token) => token.tenants.admits(account_id),
+        }
+    }
+
+    /// The caller may change what it sees (replay, resolve), else 403.
+    pub fn may_write(&self) -> Result<(), Problem> {
+        match self {
+            AdminScope::All => Ok(()),
+            AdminScope::Tenants(token) if token.write => Ok(()),
+            AdminScope::Tenants(token) => Err(Problem::new(
+                axum::http::StatusCode::FORBIDDEN,
+                "read-only-token",
+                "Token is read-only",
+                format!(
+                    "admin token {:?} has access = \"read\"; replaying or resolving needs \
+                     access = \"write\"",
+                    token.name
+                ),
+            )),
+        }
+    }
+}
+
+/// `[[admin_tokens]]`: an admin token scoped to tenants (seed 004's customer access). `config`
+/// builds it.
+#[derive(Clone)]
+pub struct ScopedAdmin {
+    pub name: String,
+    pub token: String,
+    pub tenants: TenantBinding,
+    /// `access = "write"`: it may replay and resolve its tenants' deliveries too.
+    pub write: bool,
+}
+
+/// Debug never shows the token.
+impl std::fmt::Debug for ScopedAdmin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScopedAdmin")
+            .field("name", &self.name)
+            .field("token", &"********")
+            .field("tenants", &self.tenants.names())
+            .field("write", &self.write)
+            .finish()
+    }
+}
+
+/// The scoped admin token that is the request's bearer token. Every token is compared,
+/// whichever matches.
+pub fn scoped(tokens: &[ScopedAdmin], headers: &HeaderMap) -> Option<ScopedAdmin> {
+    let presented = TokenDigest::new(bearer(headers)?);
+    let mut found = None;
+    for t in tokens {
+        if TokenDigest::new(&t.token).matches_digest(&presented) {
+            found = Some(t);
+        }
+    }
+    found.cloned()
 }
 
 /// The caller holds a callback token: a connector's (its target) or a source's (else 401,
@@ -118,6 +236,13 @@ impl TenantBinding {
     /// post for.
     pub fn admits(&self, account_id: Option<i64>) -> bool {
         account_id.is_some_and(|id| self.accounts.contains_key(&id))
+    }
+
+    /// The bound accounts, in ascending order (a list's filter).
+    pub fn accounts(&self) -> Vec<i64> {
+        let mut accounts: Vec<i64> = self.accounts.keys().copied().collect();
+        accounts.sort_unstable();
+        accounts
     }
 
     /// The bound tenants' names, sorted (for an error's detail).

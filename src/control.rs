@@ -1,4 +1,5 @@
-//! Control: what an operator changes while the gateway runs (Bearer `admin_token`) —
+//! Control: what an operator changes while the gateway runs (Bearer `admin_token`; bulk
+//! replay also takes a tenant-scoped token with `access = "write"`, and replays only theirs) —
 //! reload the config, pause and resume a connector, replay dead deliveries in bulk, and the
 //! connectors' state (paused, orphaned, queued).
 
@@ -12,7 +13,7 @@ use serde_json::{Value, json};
 
 use crate::App;
 use crate::app::PathId as Name;
-use crate::auth::Admin;
+use crate::auth::{Admin, Viewer};
 use crate::problem::Problem;
 use crate::query::NoQuery;
 use crate::schema::Violation;
@@ -279,12 +280,13 @@ fn instant(pointer: &str, text: Option<&str>) -> Result<Option<i64>, Problem> {
 /// `limit`): every dead delivery it matches goes back in the queue; answers how many.
 pub async fn bulk_replay(
     State(app): State<Arc<App>>,
-    _: Admin,
+    Viewer(scope): Viewer,
     _: NoQuery,
     Client(client): Client,
     headers: axum::http::HeaderMap,
     body: axum::body::Body,
 ) -> Result<(StatusCode, Json<Value>), Problem> {
+    scope.may_write()?;
     let body = object_body(&app, client, &headers, body).await?;
     let filter: BulkReplay = serde_json::from_value(body).map_err(|e| {
         invalid(
@@ -316,6 +318,7 @@ pub async fn bulk_replay(
     let dead = app
         .store
         .dead(DeadFilter {
+            accounts: scope.accounts(),
             connector: filter.connector.clone(),
             since_ms,
             until_ms,

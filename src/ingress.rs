@@ -37,7 +37,7 @@ use crate::query::NoQuery;
 use crate::route;
 use crate::schema::Violation;
 use crate::server::Client;
-use crate::store::NewIncident;
+use crate::store::{NewIncident, StoreError};
 
 /// Longest `webhook-id` accepted.
 const MAX_WEBHOOK_ID: usize = 256;
@@ -451,6 +451,24 @@ fn foreign_accounts(
     .with_violations(foreign))
 }
 
+/// An incident already stored for another account (or none) was posted again for this one:
+/// its account is fixed, so the whole request is refused and nothing is stored.
+fn account_changed(is_batch: bool, index: usize, incident_id: &str) -> Problem {
+    Problem::new(
+        StatusCode::FORBIDDEN,
+        "foreign-tenant",
+        "Incident belongs to another account",
+        format!(
+            "incident {incident_id:?} is stored for another account, and an incident's \
+             accountId cannot change; nothing was stored"
+        ),
+    )
+    .with_violations(vec![Violation {
+        pointer: item_pointer(is_batch, index) + "/accountId",
+        detail: "differs from the stored incident's".into(),
+    }])
+}
+
 /// Checks an authenticated request's body off the async runtime (parsing, schema validation
 /// and correlation-key templates cost CPU in proportion to the body: on a runtime thread
 /// they would hold up every other connection), then stores it.
@@ -483,11 +501,14 @@ async fn accept_document(
         .store
         .ingest(source.name.clone(), webhook_id, batch)
         .await
-        .map_err(|e| {
-            Problem::store_failed(
+        .map_err(|e| match e {
+            StoreError::ForeignAccount { index, incident_id } => {
+                account_changed(is_batch, index, &incident_id)
+            }
+            e => Problem::store_failed(
                 &e,
                 "the incident could not be stored; nothing was accepted; try again",
-            )
+            ),
         })?;
     let outcomes = match ingested {
         crate::store::Ingested::Stored(outcomes) => outcomes,
@@ -563,6 +584,7 @@ fn prepare(
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_string(),
+        account_id: incident.get("accountId").and_then(Value::as_i64),
         update_time: incident.get("updateTime").and_then(Value::as_f64),
         body,
         body_hash,

@@ -19,6 +19,7 @@ fn pg_config(url: &str) -> PostgresConfig {
 
 fn incident(id: &str, connector: &str) -> NewIncident {
     NewIncident {
+        account_id: None,
         incident_id: id.into(),
         update_time: None,
         body: format!(r#"{{"incidentId":"{id}"}}"#),

@@ -101,12 +101,13 @@ fn certificate(dir: &Path, cert: &str, key: &str) {
 
 /// The sections a config has; any other key of a piece is a connector's (`priorities = …`
 /// in the templates README) and goes on the base's connector.
-const SECTIONS: [&str; 10] = [
+const SECTIONS: [&str; 11] = [
     "server",
     "storage",
     "delivery",
     "sources",
     "tenants",
+    "admin_tokens",
     "connectors",
     "templates",
     "reload",
@@ -182,7 +183,8 @@ fn every_config_block_in_the_readme_passes_check() {
                 let value = if name.contains("WHSEC") {
                     "whsec_cmVhZG1lLWNoZWNrLXNpZ25pbmctc2VjcmV0LTEyMzQ="
                 } else {
-                    "value-for-the-readme-check-1234"
+                    // One value per variable: tokens that must differ do.
+                    &format!("value-for-the-readme-check-{name}")
                 };
                 (name, value.to_string())
             })

@@ -97,6 +97,7 @@ fn completing(id: &str, caller: Caller, skipping: &[&str], upstream: &[&str]) ->
 
 fn incident(id: &str, update_time: Option<f64>, body: &str, routes: &[Route]) -> NewIncident {
     NewIncident {
+        account_id: None,
         incident_id: id.into(),
         update_time,
         body: format!(r#"{{"incidentId":"{id}","v":"{body}"}}"#),

@@ -1,6 +1,7 @@
 //! The admin API's lists, one contract on both backends (SQLite, a real file; PostgreSQL, a
 //! database of the test's own): newest first, every filter, and pages that follow each other
-//! by key without a gap or a repeat.
+//! by key without a gap or a repeat; a tenant's lists hold its accounts' rows only, and an
+//! incident's account is fixed when it is first stored.
 
 mod common;
 
@@ -10,7 +11,7 @@ use common::pg::PgDb;
 use incident_gateway::model::now_ms;
 use incident_gateway::store::{
     Caller, Completing, DeliveryKey, DeliveryListing, DeliveryView, IncidentKey, IncidentListing,
-    IncidentSummary, Ingested, NewIncident, NextStep, Page, Route, Store,
+    IncidentSummary, Ingested, NewIncident, NextStep, Page, Route, Store, StoreError,
 };
 
 struct Harness {
@@ -73,6 +74,7 @@ macro_rules! contract {
 contract!(
     deliveries_are_listed_newest_first_filtered_and_paged,
     incidents_are_listed_newest_first_filtered_and_paged,
+    an_incidents_account_is_fixed_and_scopes_the_lists,
 );
 
 fn route(connector: &str) -> Route {
@@ -88,6 +90,7 @@ fn route(connector: &str) -> Route {
 /// Stores incident `id` from `source`, routed to `connectors`; the ids of its deliveries.
 async fn ingest(s: &Store, source: &str, id: &str, connectors: &[&str]) -> Vec<String> {
     let incident = NewIncident {
+        account_id: None,
         incident_id: id.into(),
         update_time: None,
         body: format!(r#"{{"incidentId":"{id}"}}"#),
@@ -266,6 +269,7 @@ async fn incidents_are_listed_newest_first_filtered_and_paged(backend: Backend) 
     ingest(s, "src", "D", &[]).await;
     // A new version of A is not a new incident: A keeps its place.
     let changed = NewIncident {
+        account_id: None,
         incident_id: "A".into(),
         update_time: None,
         body: r#"{"incidentId":"A","v":2}"#.into(),
@@ -438,4 +442,84 @@ async fn postgres_answers_every_list_from_an_index_in_order() {
         let of_one_incident = sql.contains("d.incident_id = ");
         assert!(of_one_incident || !plan.contains("Sort"), "{sql}\n{plan}");
     }
+}
+
+fn for_account(id: &str, account: Option<i64>, version: u32) -> NewIncident {
+    NewIncident {
+        account_id: account,
+        incident_id: id.into(),
+        update_time: Some(f64::from(version)),
+        body: format!(r#"{{"incidentId":"{id}","v":{version}}}"#),
+        body_hash: format!("hash-{id}-{version}"),
+        routes: vec![route("jira")],
+    }
+}
+
+async fn an_incidents_account_is_fixed_and_scopes_the_lists(backend: Backend) {
+    let h = Harness::open(backend).await;
+    let s = &h.store;
+    for inc in [
+        for_account("A", Some(2), 1),
+        for_account("B", Some(7), 1),
+        for_account("C", None, 1),
+    ] {
+        s.ingest("src".into(), None, vec![inc]).await.unwrap();
+    }
+    assert_eq!(s.account_of("A".into()).await.unwrap(), Some(Some(2)));
+    assert_eq!(s.account_of("C".into()).await.unwrap(), Some(None));
+    assert_eq!(s.account_of("nope".into()).await.unwrap(), None);
+
+    let incidents = |accounts: Option<Vec<i64>>| IncidentListing {
+        accounts,
+        limit: 10,
+        ..Default::default()
+    };
+    let (ids, _) = all_incidents(s, incidents(Some(vec![2]))).await;
+    assert_eq!(ids, ["A"]);
+    let (mut ids, _) = all_incidents(s, incidents(Some(vec![7, 2]))).await;
+    ids.sort();
+    assert_eq!(ids, ["A", "B"]);
+    let (ids, _) = all_incidents(s, incidents(None)).await;
+    assert_eq!(ids.len(), 3);
+    let (deliveries, _) = all_deliveries(
+        s,
+        DeliveryListing {
+            accounts: Some(vec![7]),
+            limit: 10,
+            ..Default::default()
+        },
+    )
+    .await;
+    let b = s.incident("B".into()).await.unwrap().unwrap();
+    assert_eq!(b.account_id, Some(7));
+    let b_deliveries: Vec<String> = b.connectors["jira"]
+        .deliveries
+        .iter()
+        .map(|d| d.id.clone())
+        .collect();
+    assert_eq!(deliveries, b_deliveries);
+
+    // A later version for another account, or for none, is refused with the batch's index;
+    // nothing of the batch is kept.
+    for moved in [for_account("A", Some(7), 2), for_account("A", None, 2)] {
+        let refused = s
+            .ingest(
+                "src".into(),
+                None,
+                vec![for_account("D", Some(2), 1), moved],
+            )
+            .await;
+        assert!(
+            matches!(&refused, Err(StoreError::ForeignAccount { index: 1, incident_id }) if incident_id == "A"),
+            "{refused:?}"
+        );
+        assert_eq!(s.account_of("D".into()).await.unwrap(), None, "D was kept");
+    }
+    let a = s.incident("A".into()).await.unwrap().unwrap();
+    assert_eq!((a.versions, a.account_id), (1, Some(2)));
+    // The same account: a new version, as ever.
+    s.ingest("src".into(), None, vec![for_account("A", Some(2), 2)])
+        .await
+        .unwrap();
+    assert_eq!(s.incident("A".into()).await.unwrap().unwrap().versions, 2);
 }

@@ -65,6 +65,7 @@ async fn ingest_one(store: &Store, id: &str, key: &str) -> IngestOutcome {
 
 async fn ingest_body(store: &Store, id: &str, key: &str, body: String) -> IngestOutcome {
     let inc = NewIncident {
+        account_id: None,
         incident_id: id.into(),
         update_time: None,
         body,

@@ -1,7 +1,10 @@
-//! Tenants (issue 16, item 1, first part): a source bound to tenants posts only for their
-//! accounts. Through the real server and store: a foreign account is a 403 problem+json naming
-//! the incident's `accountId`, and nothing of the request is stored or sent. The config names a
-//! mistaken tenant with the one most likely meant.
+//! Tenants (issue 16, item 1): a source bound to tenants posts only for their accounts, and an
+//! admin token scoped to tenants reads and replays only theirs. Through the real server and
+//! store: a foreign account is a 403 problem+json naming the incident's `accountId`, and
+//! nothing of the request is stored or sent; an incident's account cannot be changed by a later
+//! version; another tenant's incidents and deliveries are 404 to a scoped token, absent from its
+//! lists and untouched by its replays. The config names a mistaken tenant with the one most
+//! likely meant.
 
 mod common;
 
@@ -117,6 +120,238 @@ async fn a_source_bound_to_a_tenant_posts_only_for_its_account() {
     // Nothing else arrives: the refused incidents were never queued.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(receiver.received().len(), 2);
+}
+
+const ACME_READ: &str = "acme-read-token-0123456789";
+const ACME_WRITE: &str = "acme-write-token-0123456789";
+
+const SCOPED_TOKENS: &str = r#"
+[[admin_tokens]]
+name = "acme-customer"
+token = "acme-read-token-0123456789"
+tenants = ["acme"]
+
+[[admin_tokens]]
+name = "acme-soc"
+token = "acme-write-token-0123456789"
+tenants = ["acme"]
+access = "write"
+"#;
+
+async fn call(method: reqwest::Method, base: &str, path: &str, token: &str) -> (u16, Value) {
+    let r = client()
+        .request(method, format!("{base}{path}"))
+        .bearer_auth(token)
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+async fn get(base: &str, path: &str, token: &str) -> (u16, Value) {
+    call(reqwest::Method::GET, base, path, token).await
+}
+
+async fn post(base: &str, path: &str, token: &str) -> (u16, Value) {
+    call(reqwest::Method::POST, base, path, token).await
+}
+
+fn problem_type(v: &Value) -> &str {
+    v["type"]
+        .as_str()
+        .unwrap_or("")
+        .rsplit('/')
+        .next()
+        .unwrap_or("")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scoped_admin_token_reads_and_replays_only_its_tenants() {
+    let (receiver, _ws, config) = receiver_and_config("notify", "/hook", "").await;
+    with_sources(
+        &config,
+        &format!(
+            "{TENANTS}{SCOPED_TOKENS}\n[[sources]]\nname = \"hub\"\napi_key = \"{HUB_KEY}\"\n"
+        ),
+    );
+    // Both first sends are refused for good: one dead delivery per tenant.
+    receiver.script([Reply::status(400), Reply::status(400)]);
+    let (_gw, base) = start_gateway(&config).await;
+    let acme = post_with(&base, HUB_KEY, &for_account("ACME-1", json!(2))).await;
+    assert_eq!(acme.status(), 202);
+    let acme_delivery = first_delivery(&acme.json().await.unwrap());
+    settled(&base, &acme_delivery, &["dead"], Duration::from_secs(10)).await;
+    let globex = post_with(&base, HUB_KEY, &for_account("GLOBEX-1", json!(7))).await;
+    assert_eq!(globex.status(), 202);
+    let globex_delivery = first_delivery(&globex.json().await.unwrap());
+    settled(&base, &globex_delivery, &["dead"], Duration::from_secs(10)).await;
+
+    for token in [ACME_READ, ACME_WRITE] {
+        // Lists hold its tenant's rows only, whatever the filter asks for.
+        let (status, list) = get(&base, "/v1/incidents", token).await;
+        assert_eq!(status, 200, "{list}");
+        assert_eq!(pluck(&list["incidents"], "incidentId"), ["ACME-1"]);
+        let (_, list) = get(&base, "/v1/deliveries", token).await;
+        assert_eq!(pluck(&list["deliveries"], "id"), [acme_delivery.as_str()]);
+        let (_, list) = get(&base, "/v1/deliveries?incident=GLOBEX-1", token).await;
+        assert_eq!(list["deliveries"], json!([]), "{list}");
+        // Its own are found; another tenant's are not there at all.
+        assert_eq!(get(&base, "/v1/incidents/ACME-1", token).await.0, 200);
+        assert_eq!(
+            get(&base, &format!("/v1/deliveries/{acme_delivery}"), token)
+                .await
+                .0,
+            200
+        );
+        let (status, p) = get(&base, "/v1/incidents/GLOBEX-1", token).await;
+        assert_eq!((status, problem_type(&p)), (404, "not-found"), "{p}");
+        let (status, _) = get(&base, &format!("/v1/deliveries/{globex_delivery}"), token).await;
+        assert_eq!(status, 404);
+        for path in [
+            format!("/v1/deliveries/{globex_delivery}/replay"),
+            format!("/v1/deliveries/{globex_delivery}/resolve"),
+        ] {
+            let (status, p) = post(&base, &path, token).await;
+            assert_eq!(status, 404, "{path}: {p}");
+        }
+        // What is not a tenant's to see: metrics, connectors, reload, pause.
+        for (method, path) in [
+            (reqwest::Method::GET, "/metrics"),
+            (reqwest::Method::GET, "/v1/connectors"),
+            (reqwest::Method::POST, "/v1/admin/reload"),
+            (reqwest::Method::POST, "/v1/connectors/notify/pause"),
+        ] {
+            let (status, p) = call(method, &base, path, token).await;
+            assert_eq!(
+                (status, problem_type(&p)),
+                (403, "scoped-token"),
+                "{path}: {p}"
+            );
+        }
+    }
+
+    // Read-only: no replay of its own either, one at a time or in bulk.
+    for path in [
+        format!("/v1/deliveries/{acme_delivery}/replay"),
+        "/v1/deliveries/replay".to_string(),
+    ] {
+        let (status, p) = post(&base, &path, ACME_READ).await;
+        assert_eq!(
+            (status, problem_type(&p)),
+            (403, "read-only-token"),
+            "{path}: {p}"
+        );
+    }
+    // Write access: a bulk replay takes its tenant's dead deliveries only.
+    let (status, replayed) = post(&base, "/v1/deliveries/replay", ACME_WRITE).await;
+    assert_eq!(status, 202, "{replayed}");
+    assert_eq!(replayed["replayed"], 1, "{replayed}");
+    settled(
+        &base,
+        &acme_delivery,
+        &["delivered"],
+        Duration::from_secs(10),
+    )
+    .await;
+    let (_, other) = admin_get(&base, &format!("/v1/deliveries/{globex_delivery}")).await;
+    assert_eq!(other["status"], "dead", "{other}");
+
+    // A later version cannot move an incident to another account: refused, nothing stored.
+    let mut moved = for_account("GLOBEX-1", json!(2));
+    moved["updateTime"] = json!(4_102_444_800.0);
+    let r = post_with(
+        &base,
+        HUB_KEY,
+        &json!([for_account("ACME-2", json!(2)), moved]),
+    )
+    .await;
+    let p = problem(r, 403).await;
+    assert_eq!(problem_type(&p), "foreign-tenant", "{p}");
+    assert_eq!(p["errors"][0]["pointer"], "#/1/accountId", "{p}");
+    assert!(!stored(&base, "ACME-2").await, "the batch was half stored");
+    let (_, view) = admin_get(&base, "/v1/incidents/GLOBEX-1").await;
+    assert_eq!(view["versions"], 1, "{view}");
+    assert_eq!(
+        get(&base, "/v1/incidents/GLOBEX-1", ACME_WRITE).await.0,
+        404
+    );
+
+    // The server's admin token still sees and replays everything.
+    let (_, all) = admin_get(&base, "/v1/incidents").await;
+    assert_eq!(
+        pluck(&all["incidents"], "incidentId"),
+        ["GLOBEX-1", "ACME-1"]
+    );
+    let (status, _) = post(
+        &base,
+        &format!("/v1/deliveries/{globex_delivery}/replay"),
+        ADMIN_TOKEN,
+    )
+    .await;
+    assert_eq!(status, 202);
+    settled(
+        &base,
+        &globex_delivery,
+        &["delivered"],
+        Duration::from_secs(10),
+    )
+    .await;
+}
+
+#[test]
+fn a_scoped_token_is_checked_at_load() {
+    let token =
+        |fields: &str| format!("{TENANTS}\n[[admin_tokens]]\nname = \"acme-customer\"\n{fields}\n");
+    let ok = load(&config_with(&token(&format!(
+        "token = \"{ACME_READ}\"\ntenants = [\"acme\", \"globex\"]\naccess = \"write\""
+    ))))
+    .unwrap();
+    assert_eq!(ok.admin_tokens.len(), 1);
+    assert!(ok.admin_tokens[0].write);
+    assert_eq!(ok.admin_tokens[0].tenants.accounts(), [2, 7]);
+    // Never shown, even in a debug dump of the config.
+    assert!(!format!("{:?}", ok.admin_tokens).contains(ACME_READ));
+
+    for (fields, field, says) in [
+        (
+            format!("token = \"{ACME_READ}\"\ntenants = [\"acme\"]\naccess = \"admin\""),
+            "admin_tokens",
+            "unknown variant `admin`",
+        ),
+        (
+            format!("token = \"{ACME_READ}\"\ntenants = [\"acmee\"]"),
+            "admin_tokens[0].tenants[0]",
+            "did you mean \"acme\"",
+        ),
+        (
+            format!("token = \"{ACME_READ}\"\ntenants = []"),
+            "admin_tokens[0].tenants",
+            "names no tenant",
+        ),
+        (
+            "token = \"short\"\ntenants = [\"acme\"]".to_string(),
+            "admin_tokens[0].token",
+            "at least 16 characters",
+        ),
+        (
+            format!("token = \"{SOURCE_KEY}\"\ntenants = [\"acme\"]"),
+            "admin_tokens[0].token",
+            "must differ",
+        ),
+        (
+            "tenants = [\"acme\"]".to_string(),
+            "admin_tokens[0].token",
+            "give token or token_file",
+        ),
+    ] {
+        let source = format!("[[sources]]\nname = \"edr\"\napi_key = \"{SOURCE_KEY}\"\n");
+        let e = load(&config_with(&format!("{source}{}", token(&fields)))).unwrap_err();
+        assert!(e.contains(field), "{fields}: {e}");
+        assert!(e.contains(says), "{fields}: {e}");
+    }
 }
 
 fn load(text: &str) -> Result<incident_gateway::config::Config, String> {

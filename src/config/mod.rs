@@ -146,6 +146,8 @@ pub struct Config {
     pub sources: Vec<SourceConfig>,
     /// `[[tenants]]`: the accounts the SOC serves, by name.
     pub tenants: Vec<tenants::Tenant>,
+    /// `[[admin_tokens]]`: admin tokens scoped to tenants.
+    pub admin_tokens: Vec<crate::auth::ScopedAdmin>,
     pub connectors: Vec<Connector>,
     /// Folder of partial templates shared by every connector.
     pub partials_dir: Option<PathBuf>,
@@ -173,6 +175,8 @@ struct RawConfig {
     sources: Vec<sources::RawSource>,
     #[serde(default)]
     tenants: Vec<tenants::RawTenant>,
+    #[serde(default)]
+    admin_tokens: Vec<tenants::RawAdminToken>,
     #[serde(default)]
     connectors: Vec<connectors::RawConnector>,
     #[serde(default)]
@@ -372,11 +376,27 @@ impl Validator<'_> {
         };
         self.callback_tokens_stand_alone(&server, &sources, &connectors)
             .map_err(|e| vec![e])?;
+        let other_tokens: Vec<&str> = server
+            .admin_token
+            .as_deref()
+            .into_iter()
+            .chain(sources.iter().filter_map(|s| s.api_key.as_deref()))
+            .chain(sources.iter().filter_map(|s| s.callback_token.as_deref()))
+            .chain(
+                connectors
+                    .iter()
+                    .filter_map(|c| c.callback_token.as_deref()),
+            )
+            .collect();
+        let admin_tokens = self
+            .admin_tokens(raw.admin_tokens, &tenants, &other_tokens)
+            .map_err(|e| vec![e])?;
         let alerts = self.alerts(&raw.alerts, &connectors).map_err(|e| vec![e])?;
         // Credentials are secrets even when written in the file itself.
         let mut secret_values = self.env.into_expanded();
         secret_values.extend(self.credentials.into_inner());
         secret_values.extend(server.admin_token.iter().cloned());
+        secret_values.extend(admin_tokens.iter().map(|t| t.token.clone()));
         secret_values.extend(sources.iter().filter_map(|s| s.api_key.clone()));
         secret_values.extend(sources.iter().filter_map(|s| s.callback_token.clone()));
         secret_values.extend(connectors.iter().filter_map(|c| c.callback_token.clone()));
@@ -388,6 +408,7 @@ impl Validator<'_> {
             delivery,
             sources,
             tenants,
+            admin_tokens,
             connectors,
             partials_dir,
             secrets: Secrets::new(secret_values),

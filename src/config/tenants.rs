@@ -1,19 +1,42 @@
 //! `[[tenants]]`: the customers a SOC serves. A tenant is the `accountId` of its incidents
 //! (seed 001) with a name; a source bound to tenants (`sources[].tenants`) posts only for
-//! them.
+//! them; an admin token scoped to tenants (`[[admin_tokens]]`) sees and replays only theirs.
 
 use std::collections::{HashMap, HashSet};
 
 use serde::Deserialize;
 
 use super::{ConfigError, Validator};
-use crate::auth::TenantBinding;
+use crate::auth::{ScopedAdmin, TenantBinding};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawTenant {
     name: String,
     account_id: i64,
+}
+
+/// `[[admin_tokens]]` as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAdminToken {
+    name: String,
+    token: Option<String>,
+    token_file: Option<String>,
+    tenants: Vec<String>,
+    #[serde(default)]
+    access: Access,
+}
+
+/// What a scoped admin token may do.
+#[derive(Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum Access {
+    /// Read its tenants' incidents and deliveries (seed 004's customer read-only access).
+    #[default]
+    Read,
+    /// Read, and replay or resolve its tenants' deliveries.
+    Write,
 }
 
 /// One tenant: the name admins use, and the `accountId` its incidents carry.
@@ -50,6 +73,64 @@ impl Validator<'_> {
         Ok(tenants)
     }
 
+    /// Every scoped admin token: named uniquely, at least 16 characters, unlike every other
+    /// token of the config (`others`: the admin token, API keys and callback tokens), bound to
+    /// configured tenants.
+    pub(super) fn admin_tokens(
+        &self,
+        raw: Vec<RawAdminToken>,
+        tenants: &[Tenant],
+        others: &[&str],
+    ) -> Result<Vec<ScopedAdmin>, ConfigError> {
+        let mut names = HashSet::new();
+        let mut seen: HashSet<String> = HashSet::new();
+        let mut tokens = Vec::with_capacity(raw.len());
+        for (i, t) in raw.into_iter().enumerate() {
+            let field = format!("admin_tokens[{i}]");
+            if t.name.trim().is_empty() || !names.insert(t.name.clone()) {
+                return Err(self.invalid(
+                    format!("{field}.name"),
+                    format!("{:?} is empty or used twice", t.name),
+                ));
+            }
+            let token = match (t.token, &t.token_file) {
+                (Some(_), Some(_)) => {
+                    return Err(self.invalid(
+                        format!("{field}.token_file"),
+                        "give token or token_file, not both",
+                    ));
+                }
+                (Some(mut token), None) => {
+                    self.expand(&format!("{field}.token"), &mut token)?;
+                    token
+                }
+                (None, Some(file)) => {
+                    self.read_secret_file(&format!("{field}.token_file"), file)?
+                }
+                (None, None) => {
+                    return Err(self.invalid(format!("{field}.token"), "give token or token_file"));
+                }
+            };
+            // As written, to mask it wherever it could show.
+            self.credential(&token);
+            self.check_token(&format!("{field}.token"), &token)?;
+            if others.contains(&token.as_str()) || !seen.insert(token.clone()) {
+                return Err(self.invalid(
+                    format!("{field}.token"),
+                    "must differ from every other token, api_key and the admin_token",
+                ));
+            }
+            let binding = self.binding(&format!("{field}.tenants"), &t.tenants, tenants)?;
+            tokens.push(ScopedAdmin {
+                name: t.name,
+                token,
+                tenants: binding,
+                write: t.access == Access::Write,
+            });
+        }
+        Ok(tokens)
+    }
+
     /// A source's `tenants`: each a configured tenant's name (with the name most likely
     /// meant when it is not), at least one.
     pub(super) fn binding(
@@ -61,7 +142,8 @@ impl Validator<'_> {
         if names.is_empty() {
             return Err(self.invalid(
                 field,
-                "names no tenant; leave it out for a source that posts for every account",
+                "names no tenant (a source that posts for every account leaves it out; a scoped \
+                 admin token needs one)",
             ));
         }
         let mut accounts = HashMap::new();

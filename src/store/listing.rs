@@ -58,6 +58,20 @@ impl Builder {
         }
     }
 
+    /// `<exists>` over `column IN (accounts…)`, when the list is narrowed to accounts: the
+    /// rows whose incident is one of theirs. (`exists` wraps the test when the incident's row
+    /// is not the listed one.)
+    fn accounts(&mut self, accounts: Option<&[i64]>, wrap: impl FnOnce(String) -> String) {
+        let Some(accounts) = accounts else { return };
+        let test = if accounts.is_empty() {
+            "1 = 0".to_string()
+        } else {
+            let marks: Vec<String> = accounts.iter().map(|a| self.bind(Arg::Int(*a))).collect();
+            format!("i.account_id IN ({})", marks.join(", "))
+        };
+        self.conditions.push(wrap(test));
+    }
+
     /// Rows after `(time, tie)` in the descending order: a row-value comparison, which both
     /// databases answer from an index on `(…, time, tie)`.
     fn after(&mut self, columns: &str, time: i64, tie: Arg) {
@@ -94,6 +108,9 @@ fn fetch_limit(limit: usize) -> i64 {
 pub fn deliveries(listing: &DeliveryListing, mark: char) -> Clause {
     let mut b = Builder::new(mark);
     let text = |v: &Option<String>| v.clone().map(Arg::Text);
+    b.accounts(listing.accounts.as_deref(), |test| {
+        format!("EXISTS (SELECT 1 FROM incidents i WHERE i.incident_id = d.incident_id AND {test})")
+    });
     b.filter("d.incident_id", "=", text(&listing.incident));
     b.filter("d.status", "=", text(&listing.status));
     b.filter("d.connector", "=", text(&listing.connector));
@@ -109,6 +126,7 @@ pub fn deliveries(listing: &DeliveryListing, mark: char) -> Clause {
 pub fn incidents(listing: &IncidentListing, mark: char) -> Clause {
     let mut b = Builder::new(mark);
     let text = |v: &Option<String>| v.clone().map(Arg::Text);
+    b.accounts(listing.accounts.as_deref(), |test| test);
     b.filter("i.source", "=", text(&listing.source));
     b.filter("i.status", "=", text(&listing.status));
     b.filter("i.received_ms", ">=", listing.since_ms.map(Arg::Int));
@@ -169,6 +187,47 @@ mod tests {
              ORDER BY d.created_ms DESC, d.seq DESC LIMIT $5"
         );
         assert_eq!(some.args[4], Arg::Int(1001));
+    }
+
+    #[test]
+    fn a_scoped_list_keeps_its_accounts_rows_only() {
+        let scoped = incidents(
+            &IncidentListing {
+                accounts: Some(vec![7, 9]),
+                status: Some("open".into()),
+                limit: 10,
+                ..Default::default()
+            },
+            '?',
+        );
+        assert_eq!(
+            scoped.sql,
+            "WHERE i.account_id IN (?1, ?2) AND i.status = ?3 \
+             ORDER BY i.received_ms DESC, i.incident_id DESC LIMIT ?4"
+        );
+        assert_eq!(&scoped.args[..2], &[Arg::Int(7), Arg::Int(9)]);
+        let deliveries = deliveries(
+            &DeliveryListing {
+                accounts: Some(vec![7]),
+                limit: 10,
+                ..Default::default()
+            },
+            '$',
+        );
+        assert_eq!(
+            deliveries.sql,
+            "WHERE EXISTS (SELECT 1 FROM incidents i WHERE i.incident_id = d.incident_id \
+             AND i.account_id IN ($1)) ORDER BY d.created_ms DESC, d.seq DESC LIMIT $2"
+        );
+        // A scope of no account sees nothing (never everything).
+        let nothing = incidents(
+            &IncidentListing {
+                accounts: Some(vec![]),
+                ..Default::default()
+            },
+            '?',
+        );
+        assert!(nothing.sql.starts_with("WHERE 1 = 0 "), "{}", nothing.sql);
     }
 
     #[test]

@@ -45,7 +45,7 @@ macro_rules! blocking {
 macro_rules! incident_view_select {
     () => {
         "SELECT i.incident_id, i.source, i.status, i.status_change_ms, i.received_ms, i.updated_ms,
-                i.versions, v.body
+                i.versions, i.account_id, v.body
          FROM incidents i JOIN incident_versions v ON v.version_id = i.version_id"
     };
 }
@@ -145,6 +145,11 @@ pub enum StoreError {
         "store: the database's schema is version {found}, newer than this gateway knows ({known}): run a gateway at least as new as the one that migrated it"
     )]
     SchemaTooNew { found: i32, known: i32 },
+    /// The batch's incident at `index` is stored for another account: an incident's
+    /// `accountId` is fixed when it is first stored (tenants' data stays apart). Nothing of
+    /// the batch was written.
+    #[error("store: incident {incident_id:?} is stored for another account")]
+    ForeignAccount { index: usize, incident_id: String },
     /// A row the store had just written was not there to read back.
     #[error("store: {0} was not returned by the database")]
     Missing(&'static str),
@@ -174,6 +179,8 @@ impl StoreError {
 #[derive(Debug, Clone)]
 pub struct NewIncident {
     pub incident_id: String,
+    /// The incident's `accountId` (its tenant), fixed when it is first stored.
+    pub account_id: Option<i64>,
     pub update_time: Option<f64>,
     /// The incident as JSON text.
     pub body: String,
@@ -351,6 +358,9 @@ pub struct IncidentView {
     pub received_at: String,
     pub updated_at: String,
     pub versions: u32,
+    /// Its account (tenant): the incident's own `accountId`, so not shown twice.
+    #[serde(skip)]
+    pub account_id: Option<i64>,
     /// How the incident was completed (seed 000's `new` object), once it is.
     pub completion: Option<Completion>,
     pub incident: serde_json::Value,
@@ -451,6 +461,8 @@ pub struct DeliveryFilter {
 /// after which key. Every filter given must hold.
 #[derive(Debug, Clone, Default)]
 pub struct DeliveryListing {
+    /// Only deliveries of these accounts' incidents (a scoped admin token's tenants).
+    pub accounts: Option<Vec<i64>>,
     pub incident: Option<String>,
     pub status: Option<String>,
     pub connector: Option<String>,
@@ -473,6 +485,8 @@ pub struct DeliveryKey {
 /// `GET /v1/incidents`: which incidents, newest received first, after which key.
 #[derive(Debug, Clone, Default)]
 pub struct IncidentListing {
+    /// Only these accounts' incidents (a scoped admin token's tenants).
+    pub accounts: Option<Vec<i64>>,
     pub source: Option<String>,
     /// `open` or `completed`.
     pub status: Option<String>,
@@ -632,6 +646,10 @@ pub trait Views: Send + Sync {
 
     async fn delivery(&self, delivery_id: String) -> Result<Option<DeliveryView>, StoreError>;
 
+    /// The account (tenant) of an incident: `None` when there is no such incident,
+    /// `Some(None)` when it has no account.
+    async fn account_of(&self, incident_id: String) -> Result<Option<Option<i64>>, StoreError>;
+
     /// A page of deliveries (without attempts), newest first.
     async fn list_deliveries(
         &self,
@@ -738,6 +756,8 @@ pub struct PauseNote {
 /// Which dead deliveries a bulk replay takes.
 #[derive(Debug, Clone, Default)]
 pub struct DeadFilter {
+    /// Only deliveries of these accounts' incidents (a scoped admin token's tenants).
+    pub accounts: Option<Vec<i64>>,
     pub connector: Option<String>,
     /// Died at or after (ms since the epoch).
     pub since_ms: Option<i64>,
@@ -977,6 +997,11 @@ impl Store {
 
     pub async fn delivery(&self, delivery_id: String) -> Result<Option<DeliveryView>, StoreError> {
         self.backend.delivery(delivery_id).await
+    }
+
+    /// See [`Views::account_of`].
+    pub async fn account_of(&self, incident_id: String) -> Result<Option<Option<i64>>, StoreError> {
+        self.backend.account_of(incident_id).await
     }
 
     /// See [`Views::list_deliveries`].

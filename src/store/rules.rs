@@ -24,6 +24,7 @@ pub fn replay_window_ms() -> i64 {
 /// What the store holds of an incident, to judge a new version by.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredIncident {
+    pub account_id: Option<i64>,
     pub update_time: Option<f64>,
     pub body_hash: String,
     pub status: String,
@@ -34,6 +35,23 @@ impl StoredIncident {
     /// shows it) but opens and updates no ticket.
     pub fn completed(&self) -> bool {
         self.status == "completed"
+    }
+}
+
+/// An incident's account is fixed when it is first stored: a version for another account
+/// (or with none, for one that had one) is refused, so no source — bound to a tenant or not —
+/// can move an incident into or out of a tenant's view.
+pub fn same_account(
+    stored: Option<&StoredIncident>,
+    inc: &NewIncident,
+    index: usize,
+) -> Result<(), StoreError> {
+    match stored {
+        Some(s) if s.account_id != inc.account_id => Err(StoreError::ForeignAccount {
+            index,
+            incident_id: inc.incident_id.clone(),
+        }),
+        _ => Ok(()),
     }
 }
 
@@ -257,6 +275,7 @@ mod tests {
 
     fn incident(update_time: Option<f64>, hash: &str) -> NewIncident {
         NewIncident {
+            account_id: None,
             incident_id: "A".into(),
             update_time,
             body: "{}".into(),
@@ -268,6 +287,7 @@ mod tests {
     #[test]
     fn the_duplicate_rule_asks_history_only_when_arrival_order_decides() {
         let stored = |t: Option<f64>| StoredIncident {
+            account_id: None,
             update_time: t,
             body_hash: "h1".into(),
             status: "open".into(),

@@ -7,7 +7,9 @@ use deadpool_postgres::Transaction;
 
 use super::{Postgres, execute, lock_incident, query_opt, queue, tickets};
 use crate::model::{Event, now_ms};
-use crate::store::rules::{StoredIncident, needs_history, replay_window_ms, version_status};
+use crate::store::rules::{
+    StoredIncident, needs_history, replay_window_ms, same_account, version_status,
+};
 use crate::store::{
     DeliveryRef, Ingest, IngestOutcome, IngestStatus, Ingested, NewIncident, StoreError,
 };
@@ -80,8 +82,8 @@ async fn ingest(
         return Ok(Ingested::Replay);
     }
     let mut outcomes = Vec::with_capacity(batch.len());
-    for inc in batch {
-        outcomes.push(ingest_one(tx, source, inc, now).await?);
+    for (index, inc) in batch.iter().enumerate() {
+        outcomes.push(ingest_one(tx, source, index, inc, now).await?);
     }
     Ok(Ingested::Stored(outcomes))
 }
@@ -121,7 +123,7 @@ async fn stored_incident(
 ) -> Result<Option<StoredIncident>, StoreError> {
     let Some(row) = query_opt(
         tx,
-        "SELECT update_time, body_hash, status FROM incidents WHERE incident_id = $1",
+        "SELECT account_id, update_time, body_hash, status FROM incidents WHERE incident_id = $1",
         &[&incident_id],
     )
     .await?
@@ -129,6 +131,7 @@ async fn stored_incident(
         return Ok(None);
     };
     Ok(Some(StoredIncident {
+        account_id: row.try_get("account_id")?,
         update_time: row.try_get("update_time")?,
         body_hash: row.try_get("body_hash")?,
         status: row.try_get("status")?,
@@ -162,8 +165,9 @@ async fn store_version(
             "WITH v AS (INSERT INTO incident_versions (incident_id, body, received_ms)
                         VALUES ($1, $2, $6) RETURNING version_id)
              INSERT INTO incidents (incident_id, source, update_time, body_hash, version_id,
-                                    versions, status, status_change_ms, received_ms, updated_ms)
-             SELECT $1, $5, $3, $4, v.version_id, 1, 'open', $6, $6, $6 FROM v
+                                    versions, status, status_change_ms, received_ms, updated_ms,
+                                    account_id)
+             SELECT $1, $5, $3, $4, v.version_id, 1, 'open', $6, $6, $6, $7 FROM v
              RETURNING version_id",
             &[
                 &inc.incident_id,
@@ -172,6 +176,7 @@ async fn store_version(
                 &inc.body_hash,
                 &source,
                 &now,
+                &inc.account_id,
             ],
         )
         .await?
@@ -203,12 +208,14 @@ async fn store_version(
 async fn ingest_one(
     tx: &Transaction<'_>,
     source: &str,
+    index: usize,
     inc: &NewIncident,
     now: i64,
 ) -> Result<IngestOutcome, StoreError> {
     // Another gateway storing the same incident waits here, then sees this one's version.
     lock_incident(tx, &inc.incident_id).await?;
     let stored = stored_incident(tx, &inc.incident_id).await?;
+    same_account(stored.as_ref(), inc, index)?;
     let seen = needs_history(stored.as_ref(), inc) && seen_before(tx, inc).await?;
     let status = version_status(stored.as_ref(), inc, || Ok(seen))?;
     if status == IngestStatus::Duplicate {

@@ -76,13 +76,15 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "connector pauses",
         include_str!("../../../migrations/postgres/0004_pauses.sql"),
     ),
-    // For the merger: 4 is added by another branch and goes above this one. The list must
-    // stay in order, and a database that ran 5 before 4 existed would skip 4, so no database
-    // outside tests should run this branch before the merge.
     (
         5,
         "retention: incidents by last change",
         include_str!("../../../migrations/postgres/0005_retention.sql"),
+    ),
+    (
+        6,
+        "incidents' accounts, for tenant-scoped admin tokens",
+        include_str!("../../../migrations/postgres/0006_accounts.sql"),
     ),
 ];
 

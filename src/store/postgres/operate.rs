@@ -78,6 +78,9 @@ impl Operate for Postgres {
                     AND ($1::text IS NULL OR d.connector = $1)
                     AND ($2::bigint IS NULL OR d.updated_ms >= $2)
                     AND ($3::bigint IS NULL OR d.updated_ms < $3)
+                    AND ($5::bigint[] IS NULL OR EXISTS (
+                         SELECT 1 FROM incidents i WHERE i.incident_id = d.incident_id
+                            AND i.account_id = ANY($5)))
                   ORDER BY d.updated_ms, d.seq
                   LIMIT $4",
                 &[
@@ -85,6 +88,7 @@ impl Operate for Postgres {
                     &filter.since_ms,
                     &filter.until_ms,
                     &limit,
+                    &filter.accounts,
                 ],
             )
             .await?;

@@ -48,6 +48,20 @@ impl Views for Postgres {
         })
     }
 
+    async fn account_of(&self, incident_id: String) -> Result<Option<Option<i64>>, StoreError> {
+        transaction!(self, |tx| {
+            query_opt(
+                &tx,
+                "SELECT account_id FROM incidents WHERE incident_id = $1",
+                &[&incident_id],
+            )
+            .await?
+            .map(|row| row.try_get::<_, Option<i64>>(0))
+            .transpose()
+            .map_err(StoreError::from)
+        })
+    }
+
     async fn list_deliveries(
         &self,
         listing: DeliveryListing,
@@ -242,6 +256,7 @@ async fn incident_view(
         source: row.try_get("source")?,
         status: row.try_get("status")?,
         versions: count(&row, "versions")?,
+        account_id: row.try_get("account_id")?,
         completion: completion_of(tx, incident_id).await?,
         connectors,
     }))

@@ -7,7 +7,7 @@ use rusqlite::{Connection, params};
 
 use super::{Sqlite, optional_row, queue, tickets};
 use crate::model::{Event, now_ms};
-use crate::store::rules::{StoredIncident, replay_window_ms, version_status};
+use crate::store::rules::{StoredIncident, replay_window_ms, same_account, version_status};
 use crate::store::{
     DeliveryRef, Ingest, IngestOutcome, IngestStatus, Ingested, NewIncident, StoreError,
 };
@@ -59,7 +59,8 @@ pub(super) fn ingest(
     }
     batch
         .into_iter()
-        .map(|inc| ingest_one(conn, source, inc, now))
+        .enumerate()
+        .map(|(index, inc)| ingest_one(conn, source, index, inc, now))
         .collect::<Result<Vec<_>, _>>()
         .map(Ingested::Stored)
 }
@@ -112,6 +113,7 @@ fn claim_webhook_id(
 impl super::FromRow for StoredIncident {
     fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
         Ok(StoredIncident {
+            account_id: r.get("account_id")?,
             update_time: r.get("update_time")?,
             body_hash: r.get("body_hash")?,
             status: r.get("status")?,
@@ -125,7 +127,7 @@ fn stored_incident(
 ) -> Result<Option<StoredIncident>, StoreError> {
     optional_row(
         conn,
-        "SELECT update_time, body_hash, status FROM incidents WHERE incident_id = ?1",
+        "SELECT account_id, update_time, body_hash, status FROM incidents WHERE incident_id = ?1",
         [incident_id],
     )
 }
@@ -157,8 +159,8 @@ fn store_version(
     if is_new {
         conn.prepare_cached(
             "INSERT INTO incidents (incident_id, source, update_time, body_hash, version_id, versions,
-                                    status, status_change_ms, received_ms, updated_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, 1, 'open', ?6, ?6, ?6)",
+                                    status, status_change_ms, received_ms, updated_ms, account_id)
+             VALUES (?1, ?2, ?3, ?4, ?5, 1, 'open', ?6, ?6, ?6, ?7)",
         )?
         .execute(params![
             inc.incident_id,
@@ -166,7 +168,8 @@ fn store_version(
             inc.update_time,
             inc.body_hash,
             version_id,
-            now
+            now,
+            inc.account_id
         ])?;
     } else {
         conn.prepare_cached(
@@ -188,10 +191,12 @@ fn store_version(
 fn ingest_one(
     conn: &Connection,
     source: &str,
+    index: usize,
     inc: NewIncident,
     now: i64,
 ) -> Result<IngestOutcome, StoreError> {
     let stored = stored_incident(conn, &inc.incident_id)?;
+    same_account(stored.as_ref(), &inc, index)?;
     let status = version_status(stored.as_ref(), &inc, || seen_before(conn, &inc))?;
     if status == IngestStatus::Duplicate {
         return Ok(IngestOutcome {

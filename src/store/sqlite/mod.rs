@@ -71,7 +71,8 @@ CREATE TABLE IF NOT EXISTS incidents (
     reason_code        TEXT,
     notes              TEXT,
     received_ms        INTEGER NOT NULL,
-    updated_ms         INTEGER NOT NULL
+    updated_ms         INTEGER NOT NULL,
+    account_id         INTEGER
 );
 CREATE TABLE IF NOT EXISTS incident_versions (
     version_id   INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -161,8 +162,10 @@ CREATE TABLE IF NOT EXISTS attempts (
 
 /// Columns added after the first release, each with what adds it to an older file: whether
 /// a `created`'s outcome is unknown, what the lookup before an attempt found, why a delivery
-/// was queued beside its event, and when a ticket closed (for reopening).
-const ADDED_COLUMNS: [(&str, &str, &str); 4] = [
+/// was queued beside its event, when a ticket closed (for reopening), and an incident's
+/// account (its tenant, for scoped admin tokens; an older file's incidents take it from their
+/// current version's body).
+const ADDED_COLUMNS: [(&str, &str, &str); 5] = [
     (
         "deliveries",
         "outcome_unknown",
@@ -182,6 +185,15 @@ const ADDED_COLUMNS: [(&str, &str, &str); 4] = [
         "tickets",
         "closed_ms",
         "ALTER TABLE tickets ADD COLUMN closed_ms INTEGER",
+    ),
+    (
+        "incidents",
+        "account_id",
+        "ALTER TABLE incidents ADD COLUMN account_id INTEGER;
+         UPDATE incidents SET account_id =
+             (SELECT json_extract(v.body, '$.accountId') FROM incident_versions v
+               WHERE v.version_id = incidents.version_id
+                 AND json_type(v.body, '$.accountId') = 'integer')",
     ),
 ];
 
@@ -213,6 +225,7 @@ CREATE INDEX IF NOT EXISTS deliveries_connector_created ON deliveries (connector
 CREATE INDEX IF NOT EXISTS incidents_received ON incidents (received_ms, incident_id);
 CREATE INDEX IF NOT EXISTS incidents_source_received ON incidents (source, received_ms, incident_id);
 CREATE INDEX IF NOT EXISTS incidents_status_received ON incidents (status, received_ms, incident_id);
+CREATE INDEX IF NOT EXISTS incidents_account_received ON incidents (account_id, received_ms, incident_id);
 "#;
 
 /// Creates the schema, bringing a file written by an earlier version up to date: the queue
@@ -446,5 +459,52 @@ impl Health for Sqlite {
     async fn ready(&self) -> Result<(), StoreError> {
         self.read(|conn| Ok(conn.query_row("SELECT 1", [], |_| Ok(()))?))
             .await
+    }
+}
+
+#[cfg(test)]
+mod migration_tests {
+    use super::*;
+
+    /// A file written before incidents had an account: the column is added, and each incident
+    /// takes the `accountId` of its current version (an integer only; none stays NULL).
+    #[test]
+    fn an_older_file_takes_its_incidents_accounts_from_their_bodies() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "CREATE TABLE incidents (incident_id TEXT PRIMARY KEY, source TEXT NOT NULL,
+                 update_time REAL, body_hash TEXT NOT NULL, version_id INTEGER NOT NULL,
+                 versions INTEGER NOT NULL, status TEXT NOT NULL DEFAULT 'open',
+                 status_change_ms INTEGER NOT NULL, reason_code TEXT, notes TEXT,
+                 received_ms INTEGER NOT NULL, updated_ms INTEGER NOT NULL);
+             CREATE TABLE incident_versions (version_id INTEGER PRIMARY KEY AUTOINCREMENT,
+                 incident_id TEXT NOT NULL, body TEXT NOT NULL, received_ms INTEGER NOT NULL);
+             INSERT INTO incident_versions (incident_id, body, received_ms) VALUES
+                 ('A', '{\"incidentId\":\"A\",\"accountId\":1}', 1),
+                 ('A', '{\"incidentId\":\"A\",\"accountId\":2}', 2),
+                 ('B', '{\"incidentId\":\"B\",\"accountId\":\"7\"}', 3),
+                 ('C', '{\"incidentId\":\"C\"}', 4);
+             INSERT INTO incidents (incident_id, source, body_hash, version_id, versions,
+                                    status_change_ms, received_ms, updated_ms) VALUES
+                 ('A', 's', 'h', 2, 2, 1, 1, 2), ('B', 's', 'h', 3, 1, 3, 3, 3),
+                 ('C', 's', 'h', 4, 1, 4, 4, 4);",
+        )
+        .unwrap();
+        migrate(&conn).unwrap();
+        let accounts: Vec<(String, Option<i64>)> = conn
+            .prepare("SELECT incident_id, account_id FROM incidents ORDER BY incident_id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            accounts,
+            [
+                ("A".into(), Some(2)),
+                ("B".into(), None),
+                ("C".into(), None)
+            ]
+        );
     }
 }

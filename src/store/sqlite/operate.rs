@@ -80,9 +80,21 @@ impl Operate for Sqlite {
                     AND (?1 IS NULL OR d.connector = ?1)
                     AND (?2 IS NULL OR d.updated_ms >= ?2)
                     AND (?3 IS NULL OR d.updated_ms < ?3)
+                    AND (?5 IS NULL OR EXISTS (
+                         SELECT 1 FROM incidents i WHERE i.incident_id = d.incident_id
+                            AND i.account_id IN (SELECT value FROM json_each(?5))))
                   ORDER BY d.updated_ms, d.seq
                   LIMIT ?4",
-                params![filter.connector, filter.since_ms, filter.until_ms, limit],
+                params![
+                    filter.connector,
+                    filter.since_ms,
+                    filter.until_ms,
+                    limit,
+                    filter
+                        .accounts
+                        .as_ref()
+                        .map(|a| serde_json::Value::from(a.clone()).to_string())
+                ],
             )
         })
         .await

@@ -60,6 +60,7 @@ impl TestDb {
 
 pub fn incident(id: &str) -> NewIncident {
     NewIncident {
+        account_id: None,
         incident_id: id.into(),
         update_time: None,
         body: format!("{{\"incidentId\":\"{id}\"}}"),
@@ -71,6 +72,7 @@ pub fn incident(id: &str) -> NewIncident {
 /// Incident `id` with `updateTime` `time`, whose body (and hash) is told by `version`.
 pub fn incident_with(id: &str, time: Option<f64>, version: &str) -> NewIncident {
     NewIncident {
+        account_id: None,
         incident_id: id.into(),
         update_time: time,
         body: format!("{{\"incidentId\":\"{id}\",\"v\":\"{version}\"}}"),

@@ -46,6 +46,16 @@ impl Views for Sqlite {
         .await
     }
 
+    async fn account_of(&self, incident_id: String) -> Result<Option<Option<i64>>, StoreError> {
+        self.read(move |conn| {
+            let mut stmt =
+                conn.prepare_cached("SELECT account_id FROM incidents WHERE incident_id = ?1")?;
+            let mut found = stmt.query_map([&incident_id], |r| r.get::<_, Option<i64>>(0))?;
+            Ok(found.next().transpose()?)
+        })
+        .await
+    }
+
     async fn list_deliveries(
         &self,
         listing: DeliveryListing,
@@ -156,6 +166,7 @@ from_row! {
         received_ms: i64,
         updated_ms: i64,
         versions: u32,
+        account_id: Option<i64>,
         body: String,
     }
 }
@@ -268,6 +279,7 @@ fn incident_view(conn: &Connection, incident_id: &str) -> Result<Option<Incident
         source: row.source,
         status: row.status,
         versions: row.versions,
+        account_id: row.account_id,
         completion,
         connectors,
     }))
