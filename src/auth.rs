@@ -245,6 +245,14 @@ impl TenantBinding {
         accounts
     }
 
+    /// Account → tenant name, for each bound tenant.
+    pub fn named_accounts(&self) -> std::collections::BTreeMap<i64, String> {
+        self.accounts
+            .iter()
+            .map(|(id, name)| (*id, name.clone()))
+            .collect()
+    }
+
     /// The bound tenants' names, sorted (for an error's detail).
     pub fn names(&self) -> Vec<&str> {
         let mut names: Vec<&str> = self.accounts.values().map(String::as_str).collect();

@@ -548,6 +548,9 @@ impl<'a> Placer<'a> {
         };
         match (*part, what) {
             ("correlation_key", []) => Some(format!("{base}.correlation_key")),
+            ("correlation_key", ["tenant", tenant]) => {
+                Some(format!("{base}.per_tenant.{tenant}.correlation_key"))
+            }
             ("lookup", ["url"]) => Some(format!("{base}.lookup.url")),
             ("lookup", ["header", h]) => Some(header(format!("{base}.lookup.headers"), h)),
             (event, ["url"]) => first_written(vec![
@@ -829,6 +832,9 @@ pub fn routes(config_file: &Path, incident_file: &Path) -> Result<Routes, CliErr
             let _ = writeln!(out, "  #{}: {}", v.pointer, v.detail);
         }
     }
+    // For the keys of the connectors reached (a template that does not compile is `check`'s
+    // to report: the key is left out here).
+    let renderer = Renderer::new(config.partials_dir.as_deref(), &config.connectors).ok();
     let mut reached = Vec::new();
     for connector in &config.connectors {
         let e = crate::route::explain(connector, &incident);
@@ -843,6 +849,22 @@ pub fn routes(config_file: &Path, incident_file: &Path) -> Result<Routes, CliErr
             let _ = writeln!(
                 out,
                 "  upstream = true: hears only of completions, takes no incident"
+            );
+        }
+        if let Some(served) = &connector.tenants {
+            let names: Vec<&str> = served.values().map(String::as_str).collect();
+            let account = crate::route::account_of(&incident)
+                .map_or("no account".to_string(), |a| format!("account {a}"));
+            let _ = writeln!(
+                out,
+                "  tenants = {names:?}: incident's {account}: {}",
+                met_or_not(e.serves)
+            );
+        }
+        if let Some(tenant) = &e.tenant {
+            let _ = writeln!(
+                out,
+                "  per_tenant.{tenant}: this tenant's own settings apply (matchers, rating, key, window where it sets them)"
             );
         }
         if let Some((min, rating, met)) = e.min_threat_rating {
@@ -879,6 +901,21 @@ pub fn routes(config_file: &Path, incident_file: &Path) -> Result<Routes, CliErr
         }
         if !e.upstream && e.min_threat_rating.is_none() && e.matchers.is_empty() {
             let _ = writeln!(out, "  no matchers: takes every incident");
+        }
+        if e.accepted
+            && let Some(renderer) = &renderer
+        {
+            let route = crate::ticket::route_for(renderer, connector, &incident);
+            let window = connector
+                .aggregate_for(crate::route::account_of(&incident))
+                .map_or("until completed".to_string(), |d| {
+                    format!("for {}", humantime::format_duration(d))
+                });
+            let _ = writeln!(
+                out,
+                "  ticket: correlation key {:?}, takes more incidents {window}",
+                config.secrets.mask(&route.key)
+            );
         }
     }
     let _ = writeln!(

@@ -28,6 +28,14 @@ pub struct Connector {
     pub circuit: CircuitPolicy,
     pub matchers: Vec<Matcher>,
     pub min_threat_rating: Option<ThreatRating>,
+    /// `tenants`: the accounts whose incidents it takes (account → tenant name); every
+    /// account's when `None`.
+    pub tenants: Option<BTreeMap<i64, String>>,
+    /// `[connectors.per_tenant.NAME]`: what differs for one tenant's incidents, by account.
+    pub per_tenant: BTreeMap<i64, TenantSettings>,
+    /// The config's `[[tenants]]` (account → name), shared by every connector: a correlation
+    /// key is prefixed with its incident's tenant (see `ticket::route_for`).
+    pub key_scopes: std::sync::Arc<BTreeMap<i64, String>>,
     /// Threat rating (`critical` … `info`, or `default`) → the target's priority, for the
     /// `priority` helper.
     pub priorities: BTreeMap<String, serde_json::Value>,
@@ -516,19 +524,57 @@ pub struct TemplatePath {
     pub resolved: PathBuf,
 }
 
+/// `[connectors.per_tenant.NAME]`: one tenant's settings over the connector's own; what it
+/// leaves out is the connector's.
+#[derive(Debug, Clone)]
+pub struct TenantSettings {
+    /// The tenant's name (for messages, and the name of its key template).
+    pub tenant: String,
+    pub matchers: Option<Vec<Matcher>>,
+    pub min_threat_rating: Option<ThreatRating>,
+    /// Its own correlation key template.
+    pub correlation_key: Option<String>,
+    pub aggregate_for: Option<Duration>,
+}
+
 impl crate::route::Routed for Connector {
     fn upstream(&self) -> bool {
         self.upstream
     }
-    fn min_threat_rating(&self) -> Option<ThreatRating> {
-        self.min_threat_rating
+    fn serves(&self, account: Option<i64>) -> bool {
+        match &self.tenants {
+            None => true,
+            Some(accounts) => account.is_some_and(|a| accounts.contains_key(&a)),
+        }
     }
-    fn matchers(&self) -> &[Matcher] {
-        &self.matchers
+    fn tenant_of(&self, account: Option<i64>) -> Option<&str> {
+        self.tenant_settings(account).map(|s| s.tenant.as_str())
+    }
+    fn min_threat_rating(&self, account: Option<i64>) -> Option<ThreatRating> {
+        self.tenant_settings(account)
+            .and_then(|s| s.min_threat_rating)
+            .or(self.min_threat_rating)
+    }
+    fn matchers(&self, account: Option<i64>) -> &[Matcher] {
+        self.tenant_settings(account)
+            .and_then(|s| s.matchers.as_deref())
+            .unwrap_or(&self.matchers)
     }
 }
 
 impl Connector {
+    /// The settings of the tenant whose account `account` is, where it has its own.
+    pub fn tenant_settings(&self, account: Option<i64>) -> Option<&TenantSettings> {
+        self.per_tenant.get(&account?)
+    }
+
+    /// How long a ticket of an incident of `account` takes more incidents.
+    pub fn aggregate_for(&self, account: Option<i64>) -> Option<Duration> {
+        self.tenant_settings(account)
+            .and_then(|s| s.aggregate_for)
+            .or(self.aggregate_for)
+    }
+
     /// The lookup the connector declares: an HTTP connector's finds a ticket its `created`
     /// may have opened, an SMTP connector's the number its ticketing system gave a mail.
     pub fn lookup(&self) -> Option<&Lookup> {

@@ -3,7 +3,9 @@
 //! Each connector lists matchers (Alertmanager-style: a field, by JSON pointer, compared by
 //! equality, membership or an anchored regex, each with a negated form) and an optional
 //! minimum threat rating. An incident goes to every connector whose matchers all hold;
-//! a connector without matchers takes every incident.
+//! a connector without matchers takes every incident. A connector may serve some tenants only
+//! (`tenants`), and a tenant may have matchers and a minimum rating of its own on a connector
+//! (`per_tenant`): the incident's `accountId` picks them.
 
 use serde_json::Value;
 
@@ -85,6 +87,10 @@ pub struct Explanation {
     pub accepted: bool,
     /// An upstream connector takes no incident at all.
     pub upstream: bool,
+    /// Whether the connector serves the incident's account (its `tenants`).
+    pub serves: bool,
+    /// The tenant whose own settings on the connector apply, if any.
+    pub tenant: Option<String>,
     /// The minimum rating, the incident's rating (if it has one) and whether it is enough.
     pub min_threat_rating: Option<(ThreatRating, Option<ThreatRating>, bool)>,
     pub matchers: Vec<MatcherOutcome>,
@@ -103,12 +109,13 @@ pub struct MatcherOutcome {
 
 /// [`accepts`], with each reason: every step is evaluated, even after one fails.
 pub fn explain(connector: &impl Routed, incident: &Value) -> Explanation {
-    let min_threat_rating = connector.min_threat_rating().map(|min| {
+    let account = account_of(incident);
+    let min_threat_rating = connector.min_threat_rating(account).map(|min| {
         let rating = ThreatRating::of_incident(incident);
         (min, rating, rating.is_some_and(|r| r >= min))
     });
     let matchers: Vec<MatcherOutcome> = connector
-        .matchers()
+        .matchers(account)
         .iter()
         .map(|m| MatcherOutcome {
             field: m.field.clone(),
@@ -120,6 +127,8 @@ pub fn explain(connector: &impl Routed, incident: &Value) -> Explanation {
     Explanation {
         accepted: accepts(connector, incident),
         upstream: connector.upstream(),
+        serves: connector.serves(account),
+        tenant: connector.tenant_of(account).map(str::to_string),
         min_threat_rating,
         matchers,
     }
@@ -130,23 +139,37 @@ pub fn explain(connector: &impl Routed, incident: &Value) -> Explanation {
 pub trait Routed {
     /// An upstream connector (the platform's own API) hears only of completions.
     fn upstream(&self) -> bool;
-    fn min_threat_rating(&self) -> Option<ThreatRating>;
-    fn matchers(&self) -> &[Matcher];
+    /// Whether it takes incidents of `account` at all (its `tenants`).
+    fn serves(&self, account: Option<i64>) -> bool;
+    /// The tenant of `account` where it has settings of its own on this connector.
+    fn tenant_of(&self, account: Option<i64>) -> Option<&str>;
+    /// For an incident of `account`: the tenant's own where it has one, else the connector's.
+    fn min_threat_rating(&self, account: Option<i64>) -> Option<ThreatRating>;
+    fn matchers(&self, account: Option<i64>) -> &[Matcher];
+}
+
+/// An incident's `accountId`: its tenant.
+pub fn account_of(incident: &Value) -> Option<i64> {
+    incident.get("accountId").and_then(Value::as_i64)
 }
 
 /// Whether `connector` takes `incident`. Upstream connectors take none: they hear only of
 /// completions.
 pub fn accepts(connector: &impl Routed, incident: &Value) -> bool {
-    if connector.upstream() {
+    let account = account_of(incident);
+    if connector.upstream() || !connector.serves(account) {
         return false;
     }
-    if let Some(min) = connector.min_threat_rating() {
+    if let Some(min) = connector.min_threat_rating(account) {
         match ThreatRating::of_incident(incident) {
             Some(rating) if rating >= min => {}
             _ => return false,
         }
     }
-    connector.matchers().iter().all(|m| m.matches(incident))
+    connector
+        .matchers(account)
+        .iter()
+        .all(|m| m.matches(incident))
 }
 
 /// The connectors an incident goes to, in configuration order.
@@ -206,10 +229,16 @@ mod tests {
         fn upstream(&self) -> bool {
             false
         }
-        fn min_threat_rating(&self) -> Option<ThreatRating> {
+        fn serves(&self, _: Option<i64>) -> bool {
+            true
+        }
+        fn tenant_of(&self, _: Option<i64>) -> Option<&str> {
+            None
+        }
+        fn min_threat_rating(&self, _: Option<i64>) -> Option<ThreatRating> {
             self.min
         }
-        fn matchers(&self) -> &[Matcher] {
+        fn matchers(&self, _: Option<i64>) -> &[Matcher] {
             &self.matchers
         }
     }

@@ -26,9 +26,14 @@ pub const REASON_CODES: &[&str] = &[
     "other",
 ];
 
-/// Where an incident goes for one connector: its correlation key and window. A key template
-/// that fails (strict mode, a field this incident lacks) or renders blank falls back to the
-/// incident id: the incident still gets its own ticket rather than none.
+/// Where an incident goes for one connector: its correlation key and window (the tenant's
+/// own, on a connector that sets them in `per_tenant`). A key template that fails (strict
+/// mode, a field this incident lacks) or renders blank falls back to the incident id: the
+/// incident still gets its own ticket rather than none.
+///
+/// Tenants are kept apart: where the config names tenants, a key other than the incident's
+/// own id is prefixed with its tenant ([`tenant_scope`]), so that no ticket, PagerDuty
+/// `dedup_key` or Opsgenie `alias` ever holds two tenants' incidents.
 pub fn route_for(renderer: &Renderer, connector: &Connector, incident: &Value) -> Route {
     route_with(renderer, connector, incident, &mut None)
 }
@@ -47,6 +52,25 @@ pub fn routes_for<'a>(
         .collect()
 }
 
+/// What prefixes an incident's correlation keys when the config names tenants: its tenant's
+/// name (`tenants`: account → name), or `account N` for an account no tenant has; none for
+/// an incident without an account, or when no tenant is configured (keys stay as they were).
+pub fn tenant_scope(
+    tenants: &std::collections::BTreeMap<i64, String>,
+    incident: &Value,
+) -> Option<String> {
+    if tenants.is_empty() {
+        return None;
+    }
+    let account = crate::route::account_of(incident)?;
+    Some(
+        tenants
+            .get(&account)
+            .cloned()
+            .unwrap_or_else(|| format!("account {account}")),
+    )
+}
+
 /// [`route_for`], with the render context of an earlier connector to reuse (only the
 /// connector's facts change between connectors).
 fn route_with(
@@ -59,6 +83,7 @@ fn route_with(
         .get("incidentId")
         .and_then(Value::as_str)
         .unwrap_or_default();
+    let account = crate::route::account_of(incident);
     let rendered = match renderer.plain_correlation_key(connector, incident) {
         Some(key) => Ok(key),
         None => {
@@ -68,12 +93,15 @@ fn route_with(
                 (received_at, context)
             });
             context.set_facts(&key_facts(connector, received_at));
-            renderer.correlation_key(connector, &*context)
+            renderer.correlation_key(connector, account, &*context)
         }
     };
     let key = match rendered {
-        Ok(key) if !key.is_empty() => key,
-        Ok(_) => incident_id.to_string(),
+        Ok(key) if key.is_empty() || key == incident_id => incident_id.to_string(),
+        Ok(key) => match tenant_scope(&connector.key_scopes, incident) {
+            Some(scope) => format!("{scope}:{key}"),
+            None => key,
+        },
         Err(e) => {
             tracing::warn!(connector = %connector.name, incident = ?incident_id, error = %e,
                 "correlation key did not render; the incident gets a ticket of its own");
@@ -84,7 +112,7 @@ fn route_with(
         connector: connector.name.clone(),
         key,
         aggregate_for_ms: connector
-            .aggregate_for
+            .aggregate_for(account)
             .map(|d| d.as_millis().min(i64::MAX as u128) as i64),
         sends_updated: connector.sends(Event::Updated),
         reopen_within_ms: connector

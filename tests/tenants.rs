@@ -398,3 +398,220 @@ fn a_mistaken_tenant_is_named_with_its_line() {
     assert!(twice.contains("tenants[1].account_id"), "{twice}");
     assert!(twice.contains("already tenant \"acme\"'s"), "{twice}");
 }
+
+/// Two connectors: a Jira-like one for every tenant, grouping by class, where acme groups by
+/// host instead (over four hours) and globex's incidents go elsewhere (a matcher of its own);
+/// and a pager for acme alone.
+fn per_tenant_connectors(jira: &str, pager: &str) -> String {
+    format!(
+        r#"
+[[connectors]]
+name = "jira"
+kind = "http"
+url = "{jira}"
+template = "TEMPLATES/generic/incident.json.hbs"
+correlation_key = "{{{{incident_class}}}}"
+
+[connectors.per_tenant.acme]
+correlation_key = "{{{{asset_host_name}}}}"
+aggregate_for = "4h"
+
+[[connectors.per_tenant.globex.matchers]]
+field = "/incident_class"
+equals = "never:this"
+
+[[connectors]]
+name = "acme-pager"
+kind = "http"
+url = "{pager}"
+template = "TEMPLATES/generic/incident.json.hbs"
+tenants = ["acme"]
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connectors_keys_and_windows_are_set_per_tenant_and_tickets_keep_tenants_apart() {
+    let receiver = Receiver::start().await;
+    let ws = Workspace::new();
+    let config = ws.config(
+        "127.0.0.1:0",
+        &per_tenant_connectors(&receiver.url("/jira"), &receiver.url("/pager")),
+    );
+    with_sources(
+        &config,
+        &format!("{TENANTS}\n[[sources]]\nname = \"hub\"\napi_key = \"{HUB_KEY}\"\n"),
+    );
+    let (_gw, base) = start_gateway(&config).await;
+    // All share one class and one host.
+    for (id, account) in [
+        ("ACME-1", json!(2)),
+        ("ACME-2", json!(2)),
+        ("GLOBEX-1", json!(7)),
+        ("STRAY-1", json!(99)),
+        ("STRAY-2", json!(99)),
+        ("NONE-1", Value::Null),
+    ] {
+        let r = post_with(&base, HUB_KEY, &for_account(id, account)).await;
+        assert_eq!(r.status(), 202, "{id}");
+    }
+    let tickets = |view: &Value, connector: &str| -> Vec<(String, u64)> {
+        view["connectors"][connector]["tickets"]
+            .as_array()
+            .map(|list| {
+                list.iter()
+                    .map(|t| {
+                        (
+                            t["correlation_key"].as_str().unwrap().to_string(),
+                            t["incidents"].as_u64().unwrap(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let view = |id: &'static str| {
+        let base = base.clone();
+        async move { admin_get(&base, &format!("/v1/incidents/{id}")).await.1 }
+    };
+    // acme: its own key (the host), prefixed with the tenant; a window of four hours; and
+    // its pager.
+    let acme = view("ACME-2").await;
+    assert_eq!(
+        tickets(&acme, "jira"),
+        [("acme:10.1.2.3".to_string(), 2)],
+        "{acme}"
+    );
+    assert!(
+        acme["connectors"]["jira"]["tickets"][0]["aggregates_until"].is_string(),
+        "{acme}"
+    );
+    assert_eq!(
+        acme["connectors"]["jira"]["deliveries"][0]["event"],
+        "updated"
+    );
+    assert_eq!(tickets(&acme, "acme-pager"), [("ACME-2".to_string(), 1)]);
+    // globex: its matcher keeps it from jira, and the pager is acme's alone.
+    let globex = view("GLOBEX-1").await;
+    assert_eq!(globex["connectors"], json!({}), "{globex}");
+    // An account no tenant has, and no account: the connector's own key, apart from
+    // everyone else's; no window (until completed).
+    let stray = view("STRAY-2").await;
+    assert_eq!(
+        tickets(&stray, "jira"),
+        [("account 99:authentication:activity".to_string(), 2)],
+        "{stray}"
+    );
+    assert!(stray["connectors"]["jira"]["tickets"][0]["aggregates_until"].is_null());
+    let none = view("NONE-1").await;
+    assert_eq!(
+        tickets(&none, "jira"),
+        [("authentication:activity".to_string(), 1)],
+        "{none}"
+    );
+    // What arrived: jira got acme's created and update, the strays' created and update and
+    // the no-account created; the pager acme's two.
+    let sent = receiver.wait_for(7, Duration::from_secs(10)).await;
+    let mut arrived: Vec<(String, String)> = sent
+        .iter()
+        .map(|r| {
+            (
+                r.path.clone(),
+                r.json()["incidentId"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    arrived.sort();
+    let expected: Vec<(String, String)> = [
+        ("/jira", "ACME-1"),
+        ("/jira", "ACME-2"),
+        ("/jira", "NONE-1"),
+        ("/jira", "STRAY-1"),
+        ("/jira", "STRAY-2"),
+        ("/pager", "ACME-1"),
+        ("/pager", "ACME-2"),
+    ]
+    .iter()
+    .map(|(p, i)| (p.to_string(), i.to_string()))
+    .collect();
+    assert_eq!(arrived, expected);
+
+    // `routes` says the same, for one incident of acme's.
+    let incident_file = ws.write("acme.json", &for_account("ACME-9", json!(2)).to_string());
+    let routes = incident_gateway::cli::routes(&config, &incident_file)
+        .unwrap()
+        .text;
+    assert!(routes.contains("per_tenant.acme"), "{routes}");
+    assert!(
+        routes.contains("correlation key \"acme:10.1.2.3\", takes more incidents for 4h"),
+        "{routes}"
+    );
+    assert!(
+        routes.contains("tenants = [\"acme\"]: incident's account 2: met"),
+        "{routes}"
+    );
+    let globex_file = ws.write(
+        "globex.json",
+        &for_account("GLOBEX-9", json!(7)).to_string(),
+    );
+    let routes = incident_gateway::cli::routes(&config, &globex_file)
+        .unwrap()
+        .text;
+    assert!(
+        routes.contains("tenants = [\"acme\"]: incident's account 7: not met"),
+        "{routes}"
+    );
+    assert!(routes.contains("reaches: no connector"), "{routes}");
+}
+
+#[test]
+fn per_tenant_settings_are_checked_at_load() {
+    let with = |connector_extra: &str| {
+        let text = format!(
+            "[storage]\nurl = \"sqlite://gateway.db\"\n{TENANTS}\n\
+             [[connectors]]\nname = \"jira\"\nkind = \"http\"\nurl = \"http://127.0.0.1:9/hook\"\n\
+             template = \"{}\"\n{connector_extra}\n",
+            repo().join("templates/generic/incident.json.hbs").display()
+        );
+        load(&text)
+    };
+    let ok = with("tenants = [\"acme\"]\n[connectors.per_tenant.acme]\naggregate_for = \"1h\"\n")
+        .unwrap();
+    assert_eq!(ok.connectors[0].per_tenant[&2].tenant, "acme");
+    for (extra, field, says) in [
+        (
+            "[connectors.per_tenant.acmee]\naggregate_for = \"1h\"",
+            "connectors[0].per_tenant.acmee",
+            "did you mean \"acme\"",
+        ),
+        (
+            "tenants = [\"acme\"]\n[connectors.per_tenant.globex]\naggregate_for = \"1h\"",
+            "connectors[0].per_tenant.globex",
+            "not one this connector serves",
+        ),
+        (
+            "tenants = [\"globexx\"]",
+            "connectors[0].tenants[0]",
+            "did you mean \"globex\"",
+        ),
+        (
+            "[connectors.per_tenant.acme]\naggregate_for = \"0s\"",
+            "connectors[0].per_tenant.acme.aggregate_for",
+            "more than 0",
+        ),
+        (
+            "[connectors.per_tenant.acme]\nmin_threat_rating = \"severe\"",
+            "connectors[0].per_tenant.acme",
+            "severe",
+        ),
+        (
+            "[connectors.per_tenant.acme]\ncorelation_key = \"x\"",
+            "per_tenant",
+            "correlation_key",
+        ),
+    ] {
+        let e = with(extra).unwrap_err();
+        assert!(e.contains(field), "{extra}: {e}");
+        assert!(e.contains(says), "{extra}: {e}");
+    }
+}

@@ -3,13 +3,15 @@
 //! sends — is built by [`super::http`] or [`super::smtp`].
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::tenants::Tenant;
 use super::{ConfigError, Validator};
 use crate::connector::{
-    CircuitPolicy, Connector, DEFAULT_RETRY_SCHEDULE, Requests, RetryPolicy, Target,
+    CircuitPolicy, Connector, DEFAULT_RETRY_SCHEDULE, Requests, RetryPolicy, Target, TenantSettings,
 };
 use crate::model::{ClosePolicy, Event, ThreatRating};
 use crate::route::{Condition, Matcher};
@@ -63,6 +65,11 @@ pub(super) struct RawConnector {
     #[serde(default)]
     matchers: Vec<RawMatcher>,
     min_threat_rating: Option<String>,
+    /// Only these tenants' incidents.
+    tenants: Option<Vec<String>>,
+    /// What differs for one tenant's incidents.
+    #[serde(default)]
+    per_tenant: BTreeMap<String, RawTenantSettings>,
     #[serde(default)]
     priorities: BTreeMap<String, serde_json::Value>,
     #[serde(default)]
@@ -109,6 +116,17 @@ fn default_method() -> String {
 }
 fn default_timeout() -> Duration {
     Duration::from_secs(10)
+}
+
+/// `[connectors.per_tenant.NAME]`: what it leaves out is the connector's.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTenantSettings {
+    matchers: Option<Vec<RawMatcher>>,
+    min_threat_rating: Option<String>,
+    correlation_key: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    aggregate_for: Option<Duration>,
 }
 
 #[derive(Deserialize)]
@@ -251,12 +269,19 @@ impl Validator<'_> {
     pub(super) fn connectors_indexed(
         &self,
         raw: Vec<(usize, RawConnector)>,
+        tenants: &[Tenant],
         errors: &mut Vec<ConfigError>,
     ) -> Vec<Connector> {
         let mut names = HashSet::new();
         let mut connectors = Vec::new();
+        let key_scopes: Arc<BTreeMap<i64, String>> = Arc::new(
+            tenants
+                .iter()
+                .map(|t| (t.account_id, t.name.clone()))
+                .collect(),
+        );
         for (i, c) in raw {
-            match self.named_connector(i, c, &mut names) {
+            match self.named_connector(i, c, tenants, &key_scopes, &mut names) {
                 Ok(connector) => connectors.push(connector),
                 Err(e) => errors.push(e),
             }
@@ -268,6 +293,8 @@ impl Validator<'_> {
         &self,
         i: usize,
         c: RawConnector,
+        tenants: &[Tenant],
+        key_scopes: &Arc<BTreeMap<i64, String>>,
         names: &mut HashSet<String>,
     ) -> Result<Connector, ConfigError> {
         let field = format!("connectors[{i}]");
@@ -288,14 +315,20 @@ impl Validator<'_> {
                 format!("{:?} is used by another connector", c.name),
             ));
         }
-        let connector = self.connector(&field, c)?;
+        let mut connector = self.connector(&field, c, tenants)?;
+        connector.key_scopes = key_scopes.clone();
         if connector.concurrency == 0 {
             return Err(self.invalid(format!("{field}.concurrency"), "must be at least 1"));
         }
         Ok(connector)
     }
 
-    fn connector(&self, field: &str, c: RawConnector) -> Result<Connector, ConfigError> {
+    fn connector(
+        &self,
+        field: &str,
+        c: RawConnector,
+        tenants: &[Tenant],
+    ) -> Result<Connector, ConfigError> {
         let (mut target, template) = match c.kind.as_str() {
             "http" => {
                 let (http, template) = self.http_target(field, &c)?;
@@ -334,6 +367,31 @@ impl Validator<'_> {
             matchers.push(self.matcher(&format!("{field}.matchers[{j}]"), m)?);
         }
         let min_threat_rating = self.min_threat_rating(field, c.min_threat_rating.as_deref())?;
+        let served = match &c.tenants {
+            None => None,
+            Some(names) => Some(
+                self.binding(&format!("{field}.tenants"), names, tenants)?
+                    .named_accounts(),
+            ),
+        };
+        let mut per_tenant = BTreeMap::new();
+        for (name, raw) in c.per_tenant {
+            let at = format!("{field}.per_tenant.{name}");
+            let (account, settings) = self.tenant_settings(&at, name, raw, tenants)?;
+            if let Some(served) = &served
+                && !served.contains_key(&account)
+            {
+                return Err(self.invalid(
+                    at,
+                    format!(
+                        "tenant {:?} is not one this connector serves (its tenants: {})",
+                        settings.tenant,
+                        served.values().cloned().collect::<Vec<_>>().join(", ")
+                    ),
+                ));
+            }
+            per_tenant.insert(account, settings);
+        }
         self.check_priorities(field, &c.priorities)?;
         let target_schema = match &c.target_schema {
             None => None,
@@ -349,6 +407,9 @@ impl Validator<'_> {
             circuit,
             matchers,
             min_threat_rating,
+            tenants: served,
+            per_tenant,
+            key_scopes: Arc::default(),
             priorities: c
                 .priorities
                 .into_iter()
@@ -373,6 +434,38 @@ impl Validator<'_> {
             signing,
             target,
         })
+    }
+
+    /// One tenant's settings on a connector (`at`: `connectors[i].per_tenant.NAME`): the name
+    /// a configured tenant's, each setting checked as the connector's own.
+    fn tenant_settings(
+        &self,
+        at: &str,
+        name: String,
+        raw: RawTenantSettings,
+        tenants: &[Tenant],
+    ) -> Result<(i64, TenantSettings), ConfigError> {
+        let account = self.tenant_named(at, &name, tenants)?.account_id;
+        if matches!(raw.aggregate_for, Some(d) if d.is_zero()) {
+            return Err(self.invalid(format!("{at}.aggregate_for"), "must be more than 0"));
+        }
+        let matchers = match raw.matchers {
+            None => None,
+            Some(list) => Some(
+                list.into_iter()
+                    .enumerate()
+                    .map(|(j, m)| self.matcher(&format!("{at}.matchers[{j}]"), m))
+                    .collect::<Result<Vec<_>, _>>()?,
+            ),
+        };
+        let settings = TenantSettings {
+            tenant: name,
+            matchers,
+            min_threat_rating: self.min_threat_rating(at, raw.min_threat_rating.as_deref())?,
+            correlation_key: raw.correlation_key,
+            aggregate_for: raw.aggregate_for,
+        };
+        Ok((account, settings))
     }
 
     /// Every `${VAR}` the connector holds, expanded in place.

@@ -340,7 +340,11 @@ impl Validator<'_> {
                 .ok(),
             _ => None,
         };
-        let connectors = self.connectors_indexed(expanded_connectors, &mut errors);
+        let connectors = self.connectors_indexed(
+            expanded_connectors,
+            tenants.as_deref().unwrap_or_default(),
+            &mut errors,
+        );
         let partials_dir = self
             .partials_dir(raw.templates)
             .map_err(|e| errors.push(e))

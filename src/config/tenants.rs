@@ -131,6 +131,26 @@ impl Validator<'_> {
         Ok(tokens)
     }
 
+    /// The configured tenant `name` (`field` names where it is written), or an error with
+    /// the name most likely meant.
+    pub(super) fn tenant_named<'t>(
+        &self,
+        field: &str,
+        name: &str,
+        tenants: &'t [Tenant],
+    ) -> Result<&'t Tenant, ConfigError> {
+        if let Some(tenant) = tenants.iter().find(|t| t.name == name) {
+            return Ok(tenant);
+        }
+        let known: Vec<String> = tenants.iter().map(|t| t.name.clone()).collect();
+        let hint = match crate::fields::best_candidate(name, &known) {
+            Some(meant) => format!(" (did you mean {meant:?}?)"),
+            None if known.is_empty() => " ([[tenants]] defines none)".to_string(),
+            None => format!("; the tenants are {}", known.join(", ")),
+        };
+        Err(self.invalid(field, format!("no tenant is named {name:?}{hint}")))
+    }
+
     /// A source's `tenants`: each a configured tenant's name (with the name most likely
     /// meant when it is not), at least one.
     pub(super) fn binding(
@@ -148,18 +168,7 @@ impl Validator<'_> {
         }
         let mut accounts = HashMap::new();
         for (i, name) in names.iter().enumerate() {
-            let Some(tenant) = tenants.iter().find(|t| &t.name == name) else {
-                let known: Vec<String> = tenants.iter().map(|t| t.name.clone()).collect();
-                let hint = match crate::fields::best_candidate(name, &known) {
-                    Some(meant) => format!(" (did you mean {meant:?}?)"),
-                    None if known.is_empty() => " ([[tenants]] defines none)".to_string(),
-                    None => format!("; the tenants are {}", known.join(", ")),
-                };
-                return Err(self.invalid(
-                    format!("{field}[{i}]"),
-                    format!("no tenant is named {name:?}{hint}"),
-                ));
-            };
+            let tenant = self.tenant_named(&format!("{field}[{i}]"), name, tenants)?;
             accounts.insert(tenant.account_id, tenant.name.clone());
         }
         Ok(TenantBinding::new(accounts))

@@ -471,6 +471,19 @@ fn key_name(connector: &str) -> String {
     format!("connector {connector} correlation_key")
 }
 
+/// A tenant's own key template on a connector (`per_tenant.NAME.correlation_key`).
+fn tenant_key_name(connector: &str, tenant: &str) -> String {
+    format!("connector {connector} correlation_key tenant {tenant}")
+}
+
+/// The key template that applies to an incident of `account` on `connector`.
+fn key_name_for(connector: &Connector, account: Option<i64>) -> String {
+    match connector.tenant_settings(account) {
+        Some(s) if s.correlation_key.is_some() => tenant_key_name(&connector.name, &s.tenant),
+        _ => key_name(&connector.name),
+    }
+}
+
 fn from_template_error(name: &str, e: handlebars::TemplateError) -> RenderError {
     let (line, column) = match e.pos() {
         Some((l, c)) => (Some(l), Some(c)),
@@ -712,11 +725,17 @@ impl Renderer {
         }
         r.keys = connectors
             .iter()
-            .map(|c| {
-                (
-                    c.name.clone(),
-                    key::KeyPlan::of(&r.plain, &key_name(&c.name)),
-                )
+            .flat_map(|c| {
+                let tenants = c
+                    .per_tenant
+                    .values()
+                    .filter(|s| s.correlation_key.is_some())
+                    .map(|s| tenant_key_name(&c.name, &s.tenant));
+                std::iter::once(key_name(&c.name)).chain(tenants)
+            })
+            .map(|name| {
+                let plan = key::KeyPlan::of(&r.plain, &name);
+                (name, plan)
             })
             .collect();
         (r, errors)
@@ -730,6 +749,14 @@ impl Renderer {
             .register_template_string(&key, &c.correlation_key)
         {
             errors.push(from_template_error(&key, e));
+        }
+        for settings in c.per_tenant.values() {
+            if let Some(template) = &settings.correlation_key {
+                let key = tenant_key_name(&c.name, &settings.tenant);
+                if let Err(e) = self.plain.register_template_string(&key, template) {
+                    errors.push(from_template_error(&key, e));
+                }
+            }
         }
         if let Some(lookup) = c.lookup() {
             self.add_url_and_headers(&c.name, LOOKUP, &lookup.url, &lookup.headers, errors);
@@ -932,9 +959,10 @@ impl Renderer {
     pub fn correlation_key(
         &self,
         connector: &Connector,
+        account: Option<i64>,
         context: &(impl AsContext + ?Sized),
     ) -> Result<String, RenderError> {
-        let name = key_name(&connector.name);
+        let name = key_name_for(connector, account);
         let ctx = context.as_context();
         let key = helpers::render_scope(context.memo(), || {
             self.plain.render_with_context(&name, &ctx)
@@ -947,7 +975,8 @@ impl Renderer {
     /// is text and references to the incident's own fields; `None` when it must be rendered
     /// with [`Renderer::correlation_key`] (another template, or a field this incident lacks).
     pub fn plain_correlation_key(&self, connector: &Connector, incident: &Value) -> Option<String> {
-        let key = self.keys.get(&connector.name)?.render(incident)?;
+        let name = key_name_for(connector, crate::route::account_of(incident));
+        let key = self.keys.get(&name)?.render(incident)?;
         Some(key.trim().to_string())
     }
 
