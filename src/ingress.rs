@@ -497,6 +497,7 @@ async fn accept_document(
         tracing::error!(error = %e, "checking an incident failed");
         Problem::unavailable("the incident could not be checked; nothing was accepted; try again")
     })??;
+    let accounts: Vec<Option<i64>> = batch.iter().map(|i| i.account_id).collect();
     let ingested = app
         .store
         .ingest(source.name.clone(), webhook_id, batch)
@@ -518,9 +519,11 @@ async fn accept_document(
         app.wake.notify_one();
     }
 
-    for o in &outcomes {
+    let tenant_names = app.live.current().config.tenant_names.clone();
+    for (o, account) in outcomes.iter().zip(&accounts) {
         app.metrics.incident(
             &source.name,
+            crate::metrics::tenant_label(&tenant_names, *account),
             match o.status {
                 crate::store::IngestStatus::Accepted => crate::metrics::Ingested::Accepted,
                 crate::store::IngestStatus::Duplicate => crate::metrics::Ingested::Duplicate,

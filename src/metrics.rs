@@ -33,6 +33,8 @@ pub struct Metrics {
     /// Requests refused before sending: a host outside allow_hosts, a forbidden address.
     pub egress_refused: AtomicU64,
     sources: Family<SourceMetrics>,
+    /// Incidents by tenant: a bounded label (the configured tenants, `none`, `other`).
+    tenants: Family<SourceMetrics>,
     connectors: Family<ConnectorMetrics>,
     queue: Mutex<QueueSnapshot>,
 }
@@ -161,13 +163,16 @@ impl Metrics {
     }
 
     /// Counts one incident from `source` by what the store made of it.
-    pub fn incident(&self, source: &str, status: Ingested) {
-        let s = self.sources.get(source);
-        Self::inc(match status {
-            Ingested::Accepted => &s.accepted,
-            Ingested::Duplicate => &s.duplicate,
-            Ingested::Updated => &s.updated,
-        });
+    /// Counts an incident stored (or found a duplicate) from `source`, for `tenant` (see
+    /// [`tenant_label`]).
+    pub fn incident(&self, source: &str, tenant: &str, status: Ingested) {
+        for s in [self.sources.get(source), self.tenants.get(tenant)] {
+            Self::inc(match status {
+                Ingested::Accepted => &s.accepted,
+                Ingested::Duplicate => &s.duplicate,
+                Ingested::Updated => &s.updated,
+            });
+        }
     }
 
     /// Counts a request from `source` refused as invalid (4xx other than 401 and 429).
@@ -279,6 +284,28 @@ impl Metrics {
                 let _ = writeln!(
                     out,
                     "igw_incidents_total{{source=\"{source}\",outcome=\"{outcome}\"}} {}",
+                    v.load(Ordering::Relaxed)
+                );
+            }
+        }
+        let mut tenants = self.tenants.snapshot();
+        tenants.sort_by(|a, b| a.0.cmp(&b.0));
+        let _ = writeln!(
+            out,
+            "# HELP igw_tenant_incidents_total Incidents received, by tenant (none: no accountId; \
+             other: an account no tenant has) and outcome.\n\
+             # TYPE igw_tenant_incidents_total counter"
+        );
+        for (name, t) in &tenants {
+            let tenant = label_value(name);
+            for (outcome, v) in [
+                ("accepted", &t.accepted),
+                ("duplicate", &t.duplicate),
+                ("updated", &t.updated),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "igw_tenant_incidents_total{{tenant=\"{tenant}\",outcome=\"{outcome}\"}} {}",
                     v.load(Ordering::Relaxed)
                 );
             }
@@ -441,6 +468,19 @@ impl Metrics {
 
 fn seconds(ms: i64) -> String {
     format!("{}.{:03}", ms / 1000, ms % 1000)
+}
+
+/// The `tenant` label of an incident of `account`: its tenant's name (`tenants`: account →
+/// name), `none` without an account, `other` for an account no tenant has — bounded by the
+/// config, whatever accounts arrive.
+pub fn tenant_label(
+    tenants: &std::collections::BTreeMap<i64, String>,
+    account: Option<i64>,
+) -> &str {
+    match account {
+        None => "none",
+        Some(a) => tenants.get(&a).map_or("other", String::as_str),
+    }
 }
 
 /// `value` escaped for a Prometheus label (backslash, double quote, newline).

@@ -393,6 +393,11 @@ fn a_mistaken_tenant_is_named_with_its_line() {
     let empty = load(&config_with(&format!("{TENANTS}{}", source("[]")))).unwrap_err();
     assert!(empty.contains("names no tenant"), "{empty}");
 
+    let reserved = TENANTS.replace("\"globex\"", "\"other\"");
+    let reserved = load(&config_with(&format!("{reserved}{}", source("[\"acme\"]")))).unwrap_err();
+    assert!(reserved.contains("tenants[1].name"), "{reserved}");
+    assert!(reserved.contains("is reserved"), "{reserved}");
+
     let twice = TENANTS.replace("account_id = 7", "account_id = 2");
     let twice = load(&config_with(&format!("{twice}{}", source("[\"acme\"]")))).unwrap_err();
     assert!(twice.contains("tenants[1].account_id"), "{twice}");
@@ -535,6 +540,22 @@ async fn connectors_keys_and_windows_are_set_per_tenant_and_tickets_keep_tenants
     .map(|(p, i)| (p.to_string(), i.to_string()))
     .collect();
     assert_eq!(arrived, expected);
+
+    // Metrics count incidents by tenant, the label bounded by the config.
+    let metrics = client()
+        .get(format!("{base}/metrics"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for (tenant, n) in [("acme", 2), ("globex", 1), ("other", 2), ("none", 1)] {
+        let line =
+            format!("igw_tenant_incidents_total{{tenant=\"{tenant}\",outcome=\"accepted\"}} {n}");
+        assert!(metrics.contains(&line), "{line} not in\n{metrics}");
+    }
 
     // `routes` says the same, for one incident of acme's.
     let incident_file = ws.write("acme.json", &for_account("ACME-9", json!(2)).to_string());

@@ -270,18 +270,13 @@ impl Validator<'_> {
         &self,
         raw: Vec<(usize, RawConnector)>,
         tenants: &[Tenant],
+        key_scopes: &Arc<BTreeMap<i64, String>>,
         errors: &mut Vec<ConfigError>,
     ) -> Vec<Connector> {
         let mut names = HashSet::new();
         let mut connectors = Vec::new();
-        let key_scopes: Arc<BTreeMap<i64, String>> = Arc::new(
-            tenants
-                .iter()
-                .map(|t| (t.account_id, t.name.clone()))
-                .collect(),
-        );
         for (i, c) in raw {
-            match self.named_connector(i, c, tenants, &key_scopes, &mut names) {
+            match self.named_connector(i, c, tenants, key_scopes, &mut names) {
                 Ok(connector) => connectors.push(connector),
                 Err(e) => errors.push(e),
             }

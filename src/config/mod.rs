@@ -27,7 +27,9 @@ mod templates;
 pub mod tenants;
 
 use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Deserialize;
 
@@ -146,6 +148,8 @@ pub struct Config {
     pub sources: Vec<SourceConfig>,
     /// `[[tenants]]`: the accounts the SOC serves, by name.
     pub tenants: Vec<tenants::Tenant>,
+    /// The tenants by account (account → name), as connectors and metrics look them up.
+    pub tenant_names: Arc<BTreeMap<i64, String>>,
     /// `[[admin_tokens]]`: admin tokens scoped to tenants.
     pub admin_tokens: Vec<crate::auth::ScopedAdmin>,
     pub connectors: Vec<Connector>,
@@ -340,9 +344,17 @@ impl Validator<'_> {
                 .ok(),
             _ => None,
         };
+        let tenant_names: Arc<BTreeMap<i64, String>> = Arc::new(
+            tenants
+                .iter()
+                .flatten()
+                .map(|t| (t.account_id, t.name.clone()))
+                .collect(),
+        );
         let connectors = self.connectors_indexed(
             expanded_connectors,
             tenants.as_deref().unwrap_or_default(),
+            &tenant_names,
             &mut errors,
         );
         let partials_dir = self
@@ -412,6 +424,7 @@ impl Validator<'_> {
             delivery,
             sources,
             tenants,
+            tenant_names,
             admin_tokens,
             connectors,
             partials_dir,

@@ -16,6 +16,9 @@ pub(super) struct RawTenant {
     account_id: i64,
 }
 
+/// Tenant names the metrics use for incidents of no tenant.
+const RESERVED_NAMES: [&str; 2] = ["none", "other"];
+
 /// `[[admin_tokens]]` as written.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -57,6 +60,16 @@ impl Validator<'_> {
                 return Err(self.invalid(
                     format!("tenants[{i}].name"),
                     format!("{:?} is empty or used twice", t.name),
+                ));
+            }
+            if RESERVED_NAMES.contains(&t.name.as_str()) {
+                return Err(self.invalid(
+                    format!("tenants[{i}].name"),
+                    format!(
+                        "{:?} is reserved: the metrics' tenant label says \"none\" for an \
+                         incident without an account and \"other\" for an account no tenant has",
+                        t.name
+                    ),
                 ));
             }
             if let Some(other) = accounts.insert(t.account_id, t.name.clone()) {
