@@ -36,6 +36,9 @@ pub struct Connector {
     /// The config's `[[tenants]]` (account → name), shared by every connector: a correlation
     /// key is prefixed with its incident's tenant (see `ticket::route_for`).
     pub key_scopes: std::sync::Arc<BTreeMap<i64, String>>,
+    /// The config's assignment rules, shared by every connector: templates read where its
+    /// ticket goes as `assignment.group` and `assignment.owner`.
+    pub assignment: std::sync::Arc<crate::assign::Rules>,
     /// Threat rating (`critical` … `info`, or `default`) → the target's priority, for the
     /// `priority` helper.
     pub priorities: BTreeMap<String, serde_json::Value>,

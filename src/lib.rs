@@ -19,7 +19,8 @@
 //!    the `Admin` and `Callback` extractors on one constant-time token check.
 //! 5. [`schema`] — validate each incident against `schemas/incident.schema.json`;
 //!    [`fields`] — which paths it declares, that `check` holds templates and matchers to.
-//! 6. [`route`] — pick the connectors whose matchers the incident meets.
+//! 6. [`route`] — pick the connectors whose matchers the incident meets (a tenant's own
+//!    where it sets them); [`assign`] — the group and owner its ticket goes to.
 //! 7. [`ticket`] — correlation keys, ticket ids from responses; [`callback`] — the way
 //!    back (`POST /v1/incidents/{id}/complete`); [`mailbox`] — ticket numbers learned from a
 //!    ticketing system's acknowledgement mails (IMAP).
@@ -61,6 +62,7 @@ pub mod problem;
 pub mod fields;
 pub mod schema;
 
+pub mod assign;
 pub mod route;
 
 pub mod callback;

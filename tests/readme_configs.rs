@@ -101,13 +101,14 @@ fn certificate(dir: &Path, cert: &str, key: &str) {
 
 /// The sections a config has; any other key of a piece is a connector's (`priorities = …`
 /// in the templates README) and goes on the base's connector.
-const SECTIONS: [&str; 11] = [
+const SECTIONS: [&str; 12] = [
     "server",
     "storage",
     "delivery",
     "sources",
     "tenants",
     "admin_tokens",
+    "assignment",
     "connectors",
     "templates",
     "reload",

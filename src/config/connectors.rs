@@ -251,7 +251,7 @@ struct RawRetry {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawMatcher {
+pub(super) struct RawMatcher {
     /// JSON pointer into the incident, e.g. `/incident/threatRating`.
     field: String,
     equals: Option<String>,
@@ -405,6 +405,7 @@ impl Validator<'_> {
             tenants: served,
             per_tenant,
             key_scopes: Arc::default(),
+            assignment: Arc::default(),
             priorities: c
                 .priorities
                 .into_iter()
@@ -826,7 +827,7 @@ impl Validator<'_> {
         })
     }
 
-    fn matcher(&self, field: &str, m: RawMatcher) -> Result<Matcher, ConfigError> {
+    pub(super) fn matcher(&self, field: &str, m: RawMatcher) -> Result<Matcher, ConfigError> {
         if !(m.field.is_empty() || m.field.starts_with('/')) {
             return Err(self.invalid(
                 format!("{field}.field"),

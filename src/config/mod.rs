@@ -12,6 +12,7 @@
 //! environment (`env.rs`); messages name the file, the line (`span.rs`) and the field.
 
 mod alerts;
+mod assignment;
 mod connectors;
 mod delivery;
 mod env;
@@ -182,6 +183,8 @@ struct RawConfig {
     #[serde(default)]
     admin_tokens: Vec<tenants::RawAdminToken>,
     #[serde(default)]
+    assignment: Vec<assignment::RawRule>,
+    #[serde(default)]
     connectors: Vec<connectors::RawConnector>,
     #[serde(default)]
     templates: templates::RawTemplates,
@@ -336,6 +339,11 @@ impl Validator<'_> {
             .delivery(&raw.delivery)
             .map_err(|e| errors.push(e))
             .ok();
+        let tenant_rules: Vec<_> = raw
+            .tenants
+            .iter_mut()
+            .map(tenants::RawTenant::take_assignment)
+            .collect();
         let tenants = self.tenants(raw.tenants).map_err(|e| errors.push(e)).ok();
         let sources = match (&server, &tenants, sources_expanded) {
             (Some(server), Some(tenants), true) => self
@@ -407,6 +415,15 @@ impl Validator<'_> {
         let admin_tokens = self
             .admin_tokens(raw.admin_tokens, &tenants, &other_tokens)
             .map_err(|e| vec![e])?;
+        let connector_names: Vec<String> = connectors.iter().map(|c| c.name.clone()).collect();
+        let assignment = Arc::new(
+            self.assignment(raw.assignment, tenant_rules, &tenants, &connector_names)
+                .map_err(|e| vec![e])?,
+        );
+        let mut connectors = connectors;
+        for c in &mut connectors {
+            c.assignment = assignment.clone();
+        }
         let alerts = self.alerts(&raw.alerts, &connectors).map_err(|e| vec![e])?;
         // Credentials are secrets even when written in the file itself.
         let mut secret_values = self.env.into_expanded();

@@ -14,6 +14,16 @@ use crate::auth::{ScopedAdmin, TenantBinding};
 pub(super) struct RawTenant {
     name: String,
     account_id: i64,
+    /// The tenant's own assignment rules, tried before the global ones.
+    #[serde(default)]
+    assignment: Vec<super::assignment::RawRule>,
+}
+
+impl RawTenant {
+    /// Its assignment rules, taken out to be checked once the connectors are known.
+    pub(super) fn take_assignment(&mut self) -> Vec<super::assignment::RawRule> {
+        std::mem::take(&mut self.assignment)
+    }
 }
 
 /// Tenant names the metrics use for incidents of no tenant.

@@ -258,13 +258,14 @@ pub fn context(incident: &Value, facts: &DeliveryFacts) -> Value {
 }
 
 /// The names of the gateway's facts in a context, in the order they are added.
-pub(crate) const FACTS: [&str; 6] = [
+pub(crate) const FACTS: [&str; 7] = [
     "event",
     "delivery",
     "connector",
     "received_at",
     "ticket",
     "completion",
+    "assignment",
 ];
 
 /// The part of a [`context`] that depends only on the incident version: its fields, the
@@ -340,7 +341,17 @@ impl TemplateContext {
     /// Replaces the gateway's facts with those of another delivery, in place: nothing that
     /// depends on the incident alone is built again.
     pub fn set_facts(&mut self, facts: &DeliveryFacts) {
-        let values: [Value; 6] = [
+        // Where the ticket goes depends on the incident and the connector: read off the
+        // incident this context holds (`payload`).
+        let assignment = {
+            let incident = self.context.data().get("payload").unwrap_or(&Value::Null);
+            let rules = &facts.connector.assignment;
+            match rules.is_empty() {
+                true => crate::assign::Assignment::default(),
+                false => rules.assign(&facts.connector.name, incident),
+            }
+        };
+        let values: [Value; 7] = [
             Value::String(facts.event.as_str().into()),
             serde_json::json!({
                 "id": facts.delivery_id,
@@ -355,6 +366,7 @@ impl TemplateContext {
             Value::String(facts.received_at.into()),
             ticket_value(&facts.connector.name, &facts.ticket),
             serde_json::to_value(&facts.completion).unwrap_or(Value::Null),
+            serde_json::json!({ "group": assignment.group, "owner": assignment.owner }),
         ];
         let data = self.context.data_mut();
         if !data.is_object() {
