@@ -1,7 +1,8 @@
 //! The way back: `POST /v1/incidents/{incidentId}/complete`. A source or a connector (by its
 //! `callback_token`, see [`crate::auth::Callback`]) closes the incident here; the store queues
 //! `completed` for every connector that has a ticket for it, and for the detection platform's
-//! own API (`upstream` connectors).
+//! own API (`upstream` connectors). `GET /v1/incidents/{incidentId}/info` (seed 004's `info`
+//! action) shows the same caller the incident and its tickets as the gateway sees them.
 
 use std::sync::Arc;
 
@@ -202,6 +203,80 @@ pub async fn complete(
             Ok(Json(body))
         }
     }
+}
+
+/// `GET /v1/incidents/{incidentId}/info`: the incident as the gateway sees it — status,
+/// priority, tenant, times, completion — and its tickets with where each is assigned. Scoped
+/// as `complete` is: a source sees its own incidents (with every connector's tickets), a
+/// connector's target those it holds a ticket for (with its own tickets only); any other
+/// incident is, for the caller, a 404.
+pub async fn info(
+    State(app): State<Arc<App>>,
+    Callback(caller): Callback,
+    _: NoQuery,
+    PathId(incident_id): PathId,
+) -> Result<Json<Value>, Problem> {
+    let missing = || Problem::not_found(format!("no incident {incident_id:?}"));
+    let view = app
+        .store
+        .incident(incident_id.clone())
+        .await
+        .map_err(|e| Problem::store_failed(&e, "the store could not answer; try again"))?
+        .ok_or_else(missing)?;
+    let entitled = match &caller {
+        Caller::Source(name) => *name == view.source,
+        Caller::Connector(name) => view
+            .connectors
+            .get(name)
+            .is_some_and(|c| !c.tickets.is_empty()),
+    };
+    if !entitled {
+        return Err(missing());
+    }
+    let generation = app.live.current();
+    let tickets: Vec<Value> = view
+        .connectors
+        .iter()
+        .filter(|(name, _)| match &caller {
+            Caller::Source(_) => true,
+            Caller::Connector(own) => *name == own,
+        })
+        .flat_map(|(name, side)| {
+            let assignment = crate::connector::find(&generation.connectors, name)
+                .map(|c| c.assignment.assign(name, &view.incident))
+                .unwrap_or_default();
+            side.tickets.iter().map(move |t| {
+                serde_json::json!({
+                    "connector": name,
+                    "correlation_key": t.correlation_key,
+                    "ticket_id": t.ticket_id,
+                    "ticket_url": t.ticket_url,
+                    "status": t.status,
+                    "opened_at": t.opened_at,
+                    "aggregates_until": t.aggregates_until,
+                    "incidents": t.incidents,
+                    "assignment": assignment,
+                })
+            })
+        })
+        .collect();
+    let account = crate::route::account_of(&view.incident);
+    let tenant = account.and_then(|a| generation.config.tenant_names.get(&a).cloned());
+    let priority = crate::model::ThreatRating::of_incident(&view.incident).map(|r| r.name());
+    Ok(Json(serde_json::json!({
+        "incidentId": view.incident_id,
+        "status": view.status,
+        "priority": priority,
+        "accountId": account,
+        "tenant": tenant,
+        "source": view.source,
+        "received_at": view.received_at,
+        "updated_at": view.updated_at,
+        "completed_at": (view.status == "completed").then_some(&view.status_change_time),
+        "completion": view.completion,
+        "versions": view.versions,
+        "tickets": tickets,
+    })))
 }
 
 #[cfg(test)]

@@ -40,6 +40,7 @@ fn ingress_routes() -> Router<Arc<App>> {
             "/v1/incidents/{incident_id}/complete",
             post(callback::complete),
         )
+        .route("/v1/incidents/{incident_id}/info", get(callback::info))
 }
 
 /// What admins call (Bearer `admin_token`): inspect, replay, resolve, metrics.
