@@ -110,14 +110,7 @@ async fn tickets_land_in_the_queue_the_first_applying_rule_names() {
         incident_of("GLOBEX-AUTH", 7, "authentication:activity"),
         incident_of("GLOBEX-MALWARE", 7, "malware:trojan"),
     ] {
-        let r = post_raw(
-            &base,
-            Some(HUB_KEY),
-            Some(APPLICATION_JSON),
-            incident.to_string(),
-        )
-        .await;
-        assert_eq!(r.status(), 202);
+        assert_eq!(post_as(&base, HUB_KEY, &incident).await.status(), 202);
     }
     let received = receiver.wait_for(9, Duration::from_secs(15)).await;
     if received.len() != 9 {

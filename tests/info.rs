@@ -101,14 +101,7 @@ async fn a_target_reads_what_the_gateway_knows_of_its_incident() {
     let (_gw, base) = start_gateway(&config).await;
     let mut incident = incident("ACME-1");
     incident["accountId"] = json!(2);
-    let r = post_raw(
-        &base,
-        Some(HUB_KEY),
-        Some(APPLICATION_JSON),
-        incident.to_string(),
-    )
-    .await;
-    assert_eq!(r.status(), 202);
+    assert_eq!(post_as(&base, HUB_KEY, &incident).await.status(), 202);
     receiver.wait_for(2, Duration::from_secs(10)).await;
     // Once jira's ticket has its id.
     let known = eventually(Duration::from_secs(10), || async {

@@ -33,10 +33,6 @@ fn for_account(id: &str, account: Value) -> Value {
     incident
 }
 
-async fn post_with(base: &str, key: &str, body: &Value) -> reqwest::Response {
-    post_raw(base, Some(key), Some(APPLICATION_JSON), body.to_string()).await
-}
-
 async fn stored(base: &str, id: &str) -> bool {
     let (status, _) = admin_get(base, &format!("/v1/incidents/{id}")).await;
     assert!(status == 200 || status == 404, "{id}: {status}");
@@ -108,7 +104,7 @@ async fn a_source_bound_to_a_tenant_posts_only_for_its_account() {
     }
 
     // A source bound to no tenant posts for any account.
-    let r = post_with(&base, HUB_KEY, &for_account("GLOBEX-3", json!(7))).await;
+    let r = post_as(&base, HUB_KEY, &for_account("GLOBEX-3", json!(7))).await;
     assert_eq!(r.status(), 202);
 
     let sent = receiver.wait_for(2, Duration::from_secs(10)).await;
@@ -180,11 +176,11 @@ async fn a_scoped_admin_token_reads_and_replays_only_its_tenants() {
     // Both first sends are refused for good: one dead delivery per tenant.
     receiver.script([Reply::status(400), Reply::status(400)]);
     let (_gw, base) = start_gateway(&config).await;
-    let acme = post_with(&base, HUB_KEY, &for_account("ACME-1", json!(2))).await;
+    let acme = post_as(&base, HUB_KEY, &for_account("ACME-1", json!(2))).await;
     assert_eq!(acme.status(), 202);
     let acme_delivery = first_delivery(&acme.json().await.unwrap());
     settled(&base, &acme_delivery, &["dead"], Duration::from_secs(10)).await;
-    let globex = post_with(&base, HUB_KEY, &for_account("GLOBEX-1", json!(7))).await;
+    let globex = post_as(&base, HUB_KEY, &for_account("GLOBEX-1", json!(7))).await;
     assert_eq!(globex.status(), 202);
     let globex_delivery = first_delivery(&globex.json().await.unwrap());
     settled(&base, &globex_delivery, &["dead"], Duration::from_secs(10)).await;
@@ -262,7 +258,7 @@ async fn a_scoped_admin_token_reads_and_replays_only_its_tenants() {
     // A later version cannot move an incident to another account: refused, nothing stored.
     let mut moved = for_account("GLOBEX-1", json!(2));
     moved["updateTime"] = json!(4_102_444_800.0);
-    let r = post_with(
+    let r = post_as(
         &base,
         HUB_KEY,
         &json!([for_account("ACME-2", json!(2)), moved]),
@@ -457,7 +453,7 @@ async fn connectors_keys_and_windows_are_set_per_tenant_and_tickets_keep_tenants
         ("STRAY-2", json!(99)),
         ("NONE-1", Value::Null),
     ] {
-        let r = post_with(&base, HUB_KEY, &for_account(id, account)).await;
+        let r = post_as(&base, HUB_KEY, &for_account(id, account)).await;
         assert_eq!(r.status(), 202, "{id}");
     }
     let tickets = |view: &Value, connector: &str| -> Vec<(String, u64)> {

@@ -672,6 +672,11 @@ pub async fn post_incident(base: &str, body: &Value) -> reqwest::Response {
     .await
 }
 
+/// Posts `body` as JSON to the ingest endpoint with `key` (another source's than the usual).
+pub async fn post_as(base: &str, key: &str, body: &Value) -> reqwest::Response {
+    post_raw(base, Some(key), Some(APPLICATION_JSON), body.to_string()).await
+}
+
 /// Posts `body` as JSON to the ingest endpoint at `url` through `client`, with the source's key.
 pub async fn post_incident_via(
     client: &reqwest::Client,
