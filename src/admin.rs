@@ -289,6 +289,20 @@ pub async fn resolve_delivery(
     body: axum::body::Body,
 ) -> Result<Json<serde_json::Value>, Problem> {
     changeable_delivery(&app, &scope, &delivery_id).await?;
+    // The ticket id is taken as given: a tenant could point its delivery at another tenant's
+    // ticket in a shared target. Only the server's admin token resolves.
+    if let AdminScope::Tenants(token) = &scope {
+        return Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            "scoped-token",
+            "Token is scoped to tenants",
+            format!(
+                "admin token {:?} cannot resolve: the ticket id it names is not checked against \
+                 its tenants; ask for the server's admin_token",
+                token.name
+            ),
+        ));
+    }
     // Read only once the caller is known, and bounded as every body is.
     let (body, _budget) = app
         .read_body(client, &headers, body, MAX_RESOLVE_BYTES)

@@ -31,9 +31,10 @@ pub const REASON_CODES: &[&str] = &[
 /// mode, a field this incident lacks) or renders blank falls back to the incident id: the
 /// incident still gets its own ticket rather than none.
 ///
-/// Tenants are kept apart: where the config names tenants, a key other than the incident's
-/// own id is prefixed with its tenant ([`tenant_scope`]), so that no ticket, PagerDuty
-/// `dedup_key` or Opsgenie `alias` ever holds two tenants' incidents.
+/// Tenants are kept apart: where the config names tenants, every key — the incident id it
+/// falls back to included — is prefixed with its tenant ([`tenant_scope`]), so that no ticket,
+/// PagerDuty `dedup_key` or Opsgenie `alias` ever holds two tenants' incidents, whatever
+/// the incident's id or fields say.
 pub fn route_for(renderer: &Renderer, connector: &Connector, incident: &Value) -> Route {
     route_with(renderer, connector, incident, &mut None)
 }
@@ -53,8 +54,10 @@ pub fn routes_for<'a>(
 }
 
 /// What prefixes an incident's correlation keys when the config names tenants: its tenant's
-/// name (`tenants`: account → name), or `account N` for an account no tenant has; none for
-/// an incident without an account, or when no tenant is configured (keys stay as they were).
+/// name (`tenants`: account → name), `account N` for an account no tenant has, `none` for an
+/// incident without an account (tenant names are letters, digits, `-`, `_` and `.`, and not
+/// `none`, so no prefix is another's); nothing when no tenant is configured (keys stay as they
+/// were).
 pub fn tenant_scope(
     tenants: &std::collections::BTreeMap<i64, String>,
     incident: &Value,
@@ -62,7 +65,9 @@ pub fn tenant_scope(
     if tenants.is_empty() {
         return None;
     }
-    let account = crate::route::account_of(incident)?;
+    let Some(account) = crate::route::account_of(incident) else {
+        return Some("none".to_string());
+    };
     Some(
         tenants
             .get(&account)
@@ -97,16 +102,17 @@ fn route_with(
         }
     };
     let key = match rendered {
-        Ok(key) if key.is_empty() || key == incident_id => incident_id.to_string(),
-        Ok(key) => match tenant_scope(&connector.key_scopes, incident) {
-            Some(scope) => format!("{scope}:{key}"),
-            None => key,
-        },
+        Ok(key) if !key.is_empty() => key,
+        Ok(_) => incident_id.to_string(),
         Err(e) => {
             tracing::warn!(connector = %connector.name, incident = ?incident_id, error = %e,
                 "correlation key did not render; the incident gets a ticket of its own");
             incident_id.to_string()
         }
+    };
+    let key = match tenant_scope(&connector.key_scopes, incident) {
+        Some(scope) => format!("{scope}:{key}"),
+        None => key,
     };
     Route {
         connector: connector.name.clone(),

@@ -241,6 +241,15 @@ async fn a_scoped_admin_token_reads_and_replays_only_its_tenants() {
             "{path}: {p}"
         );
     }
+    // Resolving names a ticket id the gateway cannot check against the tenant: the server's
+    // admin token only.
+    let (status, p) = post(
+        &base,
+        &format!("/v1/deliveries/{acme_delivery}/resolve"),
+        ACME_WRITE,
+    )
+    .await;
+    assert_eq!((status, problem_type(&p)), (403, "scoped-token"), "{p}");
     // Write access: a bulk replay takes its tenant's dead deliveries only.
     let (status, replayed) = post(&base, "/v1/deliveries/replay", ACME_WRITE).await;
     assert_eq!(status, 202, "{replayed}");
@@ -389,6 +398,9 @@ fn a_mistaken_tenant_is_named_with_its_line() {
     let empty = load(&config_with(&format!("{TENANTS}{}", source("[]")))).unwrap_err();
     assert!(empty.contains("names no tenant"), "{empty}");
 
+    let spaced = TENANTS.replace("\"globex\"", "\"glo bex\"");
+    let spaced = load(&config_with(&format!("{spaced}{}", source("[\"acme\"]")))).unwrap_err();
+    assert!(spaced.contains("tenants[1].name"), "{spaced}");
     let reserved = TENANTS.replace("\"globex\"", "\"other\"");
     let reserved = load(&config_with(&format!("{reserved}{}", source("[\"acme\"]")))).unwrap_err();
     assert!(reserved.contains("tenants[1].name"), "{reserved}");
@@ -491,12 +503,16 @@ async fn connectors_keys_and_windows_are_set_per_tenant_and_tickets_keep_tenants
         acme["connectors"]["jira"]["deliveries"][0]["event"],
         "updated"
     );
-    assert_eq!(tickets(&acme, "acme-pager"), [("ACME-2".to_string(), 1)]);
+    // Every key carries the tenant, the incident id it defaults to included.
+    assert_eq!(
+        tickets(&acme, "acme-pager"),
+        [("acme:ACME-2".to_string(), 1)]
+    );
     // globex: its matcher keeps it from jira, and the pager is acme's alone.
     let globex = view("GLOBEX-1").await;
     assert_eq!(globex["connectors"], json!({}), "{globex}");
-    // An account no tenant has, and no account: the connector's own key, apart from
-    // everyone else's; no window (until completed).
+    // An account no tenant has, and no account: apart from every tenant's (and from each
+    // other); no window (until completed).
     let stray = view("STRAY-2").await;
     assert_eq!(
         tickets(&stray, "jira"),
@@ -507,7 +523,7 @@ async fn connectors_keys_and_windows_are_set_per_tenant_and_tickets_keep_tenants
     let none = view("NONE-1").await;
     assert_eq!(
         tickets(&none, "jira"),
-        [("authentication:activity".to_string(), 1)],
+        [("none:authentication:activity".to_string(), 1)],
         "{none}"
     );
     // What arrived: jira got acme's created and update, the strays' created and update and

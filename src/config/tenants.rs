@@ -72,6 +72,18 @@ impl Validator<'_> {
                     format!("{:?} is empty or used twice", t.name),
                 ));
             }
+            // It prefixes correlation keys (`acme:…`): no `:` or space may make one prefix
+            // another's.
+            if !t
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
+                return Err(self.invalid(
+                    format!("tenants[{i}].name"),
+                    format!("{:?}: use letters, digits, '-', '_' or '.'", t.name),
+                ));
+            }
             if RESERVED_NAMES.contains(&t.name.as_str()) {
                 return Err(self.invalid(
                     format!("tenants[{i}].name"),

@@ -252,7 +252,9 @@ pub(super) fn migrate(conn: &Connection) -> Result<(), StoreError> {
             .prepare("SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2")?
             .exists([table, column])?;
         if !has {
-            conn.execute_batch(add)?;
+            // The column and what fills it, together: a crash between them must not leave
+            // the column unfilled for good.
+            conn.execute_batch(&format!("BEGIN; {add}; COMMIT;"))?;
         }
     }
     conn.execute_batch(QUEUE_INDEXES)?;
