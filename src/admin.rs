@@ -255,7 +255,14 @@ pub async fn metrics(State(app): State<Arc<App>>, _: Admin) -> Response {
                 .iter()
                 .map(|c| c.name.as_str())
                 .collect();
+            let intel = generation.config.threat_intel.current();
+            let lists: Vec<(&str, usize, usize)> = intel
+                .lists
+                .iter()
+                .map(|l| (l.name.as_str(), l.entries, l.heap_bytes()))
+                .collect();
             app.metrics.render(&configured, crate::model::now_ms())
+                + &app.metrics.render_threat_intel(&lists)
                 + &crate::control::live_metrics(&app)
         },
     )

@@ -293,6 +293,7 @@ pub fn check(config_file: &Path, incidents_dir: Option<&Path>) -> Result<CheckRe
         .filter_map(|(_, i)| i.as_ref().ok().cloned())
         .collect();
     check_fields(&config, &place, &renderer, &fields, &examples, &mut report);
+    report.notes.extend(threat_intel_note(&config));
     if partials_broken {
         report.notes.push(
             "a partial does not compile: nothing was rendered (fix it and run check again)".into(),
@@ -311,13 +312,16 @@ pub fn check(config_file: &Path, incidents_dir: Option<&Path>) -> Result<CheckRe
     // Connectors whose lookup searches by `ticket.ref`: whether their `created` stores it.
     let mut stores_ref: BTreeMap<&str, bool> = BTreeMap::new();
     for (file, incident) in &incidents {
-        let incident = match incident {
-            Ok(i) => i,
+        let mut incident = match incident {
+            Ok(i) => i.clone(),
             Err(e) => {
                 report.errors.push(e.clone());
                 continue;
             }
         };
+        // Rendered as the gateway would store it: with its threat-intel findings.
+        config.threat_intel.enrich(&mut incident);
+        let incident = &incident;
         report.incidents += 1;
         for v in schema.violations(incident, "") {
             report
@@ -591,6 +595,46 @@ impl<'a> Placer<'a> {
     }
 }
 
+/// Why a matcher's pointer reads nothing: under `/ti`, the threat-intel findings the config's
+/// lists give; elsewhere, the incident's fields.
+fn matcher_problem(
+    config: &Config,
+    fields: &crate::fields::IncidentFields,
+    pointer: &str,
+    examples: &[Value],
+) -> Option<String> {
+    if pointer == "/ti" || pointer.starts_with("/ti/") {
+        let lists: Vec<String> = config
+            .threat_intel
+            .settings
+            .lists
+            .iter()
+            .map(|l| l.name.clone())
+            .collect();
+        return crate::intel::pointer_problem(pointer, &lists);
+    }
+    fields.pointer_problem(pointer, examples)
+}
+
+/// What `check` says of the threat-intel lists it loaded: entries and memory, per list.
+fn threat_intel_note(config: &Config) -> Vec<String> {
+    let intel = config.threat_intel.current();
+    intel
+        .lists
+        .iter()
+        .map(|l| {
+            let bytes = l.heap_bytes();
+            format!(
+                "threat-intel list {}: {} entries, about {} KiB in memory ({} bytes an entry)",
+                l.name,
+                l.entries,
+                bytes / 1024,
+                bytes.checked_div(l.entries).unwrap_or(0)
+            )
+        })
+        .collect()
+}
+
 /// Partial arguments and matchers that read no field an incident can have (see
 /// [`crate::fields`]): each an error naming the template's file and line, or the matcher's
 /// line in the config, with the field it most likely meant.
@@ -604,7 +648,7 @@ fn check_fields(
 ) {
     for (i, connector) in config.connectors.iter().enumerate() {
         for (j, matcher) in connector.matchers.iter().enumerate() {
-            if let Some(why) = fields.pointer_problem(&matcher.field, examples) {
+            if let Some(why) = matcher_problem(config, fields, &matcher.field, examples) {
                 let field = format!("connectors[{i}].matchers[{j}].field");
                 report
                     .errors
@@ -813,7 +857,7 @@ pub struct Routes {
 /// value), met or not.
 pub fn routes(config_file: &Path, incident_file: &Path) -> Result<Routes, CliError> {
     let config = Config::load(config_file).map_err(crate::Error::from)?;
-    let incident = read_incident(incident_file)?;
+    let mut incident = read_incident(incident_file)?;
     let schema = IncidentSchema::shipped().map_err(crate::Error::from)?;
     let fields = crate::fields::IncidentFields::shipped().map_err(crate::Error::from)?;
     let mut out = String::new();
@@ -831,6 +875,11 @@ pub fn routes(config_file: &Path, incident_file: &Path) -> Result<Routes, CliErr
         for v in &violations {
             let _ = writeln!(out, "  #{}: {}", v.pointer, v.detail);
         }
+    }
+    // Routed as the gateway routes it: with its threat-intel findings.
+    config.threat_intel.enrich(&mut incident);
+    if !config.threat_intel.is_empty() {
+        let _ = writeln!(out, "{}", threat_intel_line(&incident));
     }
     // For the keys of the connectors reached (a template that does not compile is `check`'s
     // to report: the key is left out here).
@@ -937,6 +986,30 @@ fn met_or_not(met: bool) -> &'static str {
     if met { "met" } else { "not met" }
 }
 
+/// `routes`' line on what the lists found: `/ti/matched` and each match.
+fn threat_intel_line(incident: &Value) -> String {
+    let matches: Vec<String> = incident
+        .pointer("/ti/matches")
+        .and_then(Value::as_array)
+        .map(|m| {
+            m.iter()
+                .map(|m| {
+                    format!(
+                        "{} ({} in {})",
+                        m["value"].as_str().unwrap_or(""),
+                        m["field"].as_str().unwrap_or(""),
+                        m["list"].as_str().unwrap_or("")
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    match matches.is_empty() {
+        true => "threat intel: /ti/matched = false (no value is on a list)".into(),
+        false => format!("threat intel: /ti/matched = true: {}", matches.join(", ")),
+    }
+}
+
 /// Renders the exact request `connector` would send for `incident_file`, secrets masked.
 pub fn render(
     config_file: &Path,
@@ -950,7 +1023,8 @@ pub fn render(
     let connector = config
         .connector(connector_name)
         .ok_or_else(|| CliError::UnknownConnector(connector_name.to_string()))?;
-    let incident = read_incident(incident_file)?;
+    let mut incident = read_incident(incident_file)?;
+    config.threat_intel.enrich(&mut incident);
     match preview(&renderer, &incident, connector, event) {
         Ok(Outgoing::Request(mut request)) => {
             // The token is fetched when the request is sent; its place is shown, masked.

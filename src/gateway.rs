@@ -241,6 +241,11 @@ impl Gateway {
                 std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
             )),
         });
+        tokio::spawn(crate::reload::watch_threat_intel(
+            app.live.clone(),
+            app.metrics.clone(),
+            shutdown.clone(),
+        ));
         tokio::spawn(control::read_queue(
             store.clone(),
             app.metrics.clone(),

@@ -360,7 +360,7 @@ fn check_document(
     }
     let document: Value = serde_json::from_slice(bytes).map_err(Problem::malformed_json)?;
 
-    let (incidents, is_batch) = match document {
+    let (mut incidents, is_batch) = match document {
         Value::Array(items) => (items, true),
         single => (vec![single], false),
     };
@@ -392,6 +392,15 @@ fn check_document(
     }
     if let Some(tenants) = tenants {
         foreign_accounts(&incidents, is_batch, tenants)?;
+    }
+    // Findings are stored with the incident: routing, every render and every later reader
+    // see the lists as they were when it arrived.
+    let intel = &generation.config.threat_intel;
+    for incident in &mut incidents {
+        intel.enrich(incident);
+        if incident.pointer("/ti/matched") == Some(&Value::Bool(true)) {
+            crate::metrics::Metrics::inc(&app.metrics.intel_matched);
+        }
     }
     // Correlation keys are templates: they get a delivery's render budget (one that runs
     // over falls back to the incident id, as any key that fails to render does).

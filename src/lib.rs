@@ -19,7 +19,9 @@
 //!    the `Admin` and `Callback` extractors on one constant-time token check.
 //! 5. [`schema`] — validate each incident against `schemas/incident.schema.json`;
 //!    [`fields`] — which paths it declares, that `check` holds templates and matchers to.
-//! 6. [`route`] — pick the connectors whose matchers the incident meets (a tenant's own
+//! 6. [`intel`] — threat-intel enrichment: IOC lists matched against the incident's
+//!    attackers, targets and chosen fields, the findings stored on it as `ti`;
+//!    [`route`] — pick the connectors whose matchers the incident meets (a tenant's own
 //!    where it sets them); [`assign`] — the group and owner its ticket goes to.
 //! 7. [`ticket`] — correlation keys, ticket ids from responses; [`callback`] — the way
 //!    back (`POST /v1/incidents/{id}/complete`); [`mailbox`] — ticket numbers learned from a
@@ -63,6 +65,7 @@ pub mod fields;
 pub mod schema;
 
 pub mod assign;
+pub mod intel;
 pub mod route;
 
 pub mod callback;

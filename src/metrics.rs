@@ -32,6 +32,11 @@ pub struct Metrics {
     pub rejected_4xx: AtomicU64,
     /// Requests refused before sending: a host outside allow_hosts, a forbidden address.
     pub egress_refused: AtomicU64,
+    /// Incidents that matched a threat-intel list at ingest.
+    pub intel_matched: AtomicU64,
+    /// Threat-intel list files read again after a change, and those refused (the old kept).
+    pub intel_reloaded: AtomicU64,
+    pub intel_refused: AtomicU64,
     sources: Family<SourceMetrics>,
     /// Incidents by tenant: a bounded label (the configured tenants, `none`, `other`).
     tenants: Family<SourceMetrics>,
@@ -262,6 +267,54 @@ impl Metrics {
             );
         }
         self.render_connectors(&mut out, configured, now_ms);
+        out
+    }
+
+    /// The threat-intel lists in force (entries and estimated memory, per list), what they
+    /// matched, and how their reloads went.
+    /// `lists`: each list's name, entries and estimated bytes.
+    pub fn render_threat_intel(&self, lists: &[(&str, usize, usize)]) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "# HELP igw_threat_intel_entries IOC entries loaded, by list.\n\
+             # TYPE igw_threat_intel_entries gauge"
+        );
+        for (name, entries, _) in lists {
+            let _ = writeln!(
+                out,
+                "igw_threat_intel_entries{{list=\"{}\"}} {entries}",
+                label_value(name),
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP igw_threat_intel_bytes Estimated heap held by a list's lookup structures.\n\
+             # TYPE igw_threat_intel_bytes gauge"
+        );
+        for (name, _, bytes) in lists {
+            let _ = writeln!(
+                out,
+                "igw_threat_intel_bytes{{list=\"{}\"}} {bytes}",
+                label_value(name),
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP igw_threat_intel_matched_total Incidents that matched a threat-intel list at ingest.\n\
+             # TYPE igw_threat_intel_matched_total counter\n\
+             igw_threat_intel_matched_total {}",
+            self.intel_matched.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP igw_threat_intel_reloads_total List files read again after a change, by outcome (refused: a file did not parse; the lists in force stayed).\n\
+             # TYPE igw_threat_intel_reloads_total counter\n\
+             igw_threat_intel_reloads_total{{outcome=\"success\"}} {}\n\
+             igw_threat_intel_reloads_total{{outcome=\"refused\"}} {}",
+            self.intel_reloaded.load(Ordering::Relaxed),
+            self.intel_refused.load(Ordering::Relaxed)
+        );
         out
     }
 

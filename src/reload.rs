@@ -8,7 +8,8 @@
 //! A send under way finishes on the generation it started with; queued deliveries render with
 //! the new one. What the listeners, the store and the worker pool were built from —
 //! `[server]`, `[storage]`, `[delivery]` — stays as the process started until a restart
-//! (a reload that changes them says so).
+//! (a reload that changes them says so). The threat-intel lists have a watcher of their own
+//! ([`watch_threat_intel`]): a changed IOC file replaces the lists alone, not the generation.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -416,5 +417,46 @@ impl deliver::Supply for Live {
 
     fn paused(&self, kit: &deliver::Kit) -> Vec<String> {
         Live::paused(self, &kit.connectors)
+    }
+}
+/// Looks at the list files of the configuration in force every `refresh`, and swaps in the
+/// lists read again when one changed (the reading runs off the async runtime). A file that
+/// does not parse is logged with its line and counted; the lists in force stay.
+pub async fn watch_threat_intel(
+    live: Arc<Live>,
+    metrics: Arc<crate::metrics::Metrics>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let intel = live.current().config.threat_intel.clone();
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(intel.settings.refresh) => {}
+        }
+        if intel.is_empty() {
+            continue;
+        }
+        let refreshed = {
+            let intel = intel.clone();
+            tokio::task::spawn_blocking(move || intel.refresh()).await
+        };
+        match refreshed {
+            Ok(Ok(false)) => {}
+            Ok(Ok(true)) => {
+                crate::metrics::Metrics::inc(&metrics.intel_reloaded);
+                let now = intel.current();
+                tracing::info!(
+                    lists = now.lists.len(),
+                    entries = now.entries(),
+                    bytes = now.heap_bytes(),
+                    "threat-intel lists read again after a file changed"
+                );
+            }
+            Ok(Err(e)) => {
+                crate::metrics::Metrics::inc(&metrics.intel_refused);
+                tracing::error!(error = %e, "a threat-intel list changed but does not parse: the lists in force stay");
+            }
+            Err(e) => tracing::error!(error = %e, "reading the threat-intel lists failed"),
+        }
     }
 }

@@ -101,7 +101,7 @@ fn certificate(dir: &Path, cert: &str, key: &str) {
 
 /// The sections a config has; any other key of a piece is a connector's (`priorities = …`
 /// in the templates README) and goes on the base's connector.
-const SECTIONS: [&str; 12] = [
+const SECTIONS: [&str; 13] = [
     "server",
     "storage",
     "delivery",
@@ -114,6 +114,7 @@ const SECTIONS: [&str; 12] = [
     "reload",
     "alerts",
     "retention",
+    "threat_intel",
 ];
 
 #[test]
@@ -146,6 +147,8 @@ fn every_config_block_in_the_readme_passes_check() {
         // `check` renders every connector for the incidents beside the config.
         std::os::unix::fs::symlink(repo().join("examples/incidents"), conf.join("incidents"))
             .unwrap();
+        // The example IOC lists the threat-intel blocks name.
+        std::os::unix::fs::symlink(repo().join("examples/intel"), conf.join("intel")).unwrap();
         // Absolute secret files become files of this test's own; TLS files are made here.
         let secret = conf.join("secret");
         std::fs::write(&secret, "a-secret-of-enough-length-123").unwrap();

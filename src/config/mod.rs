@@ -26,6 +26,7 @@ mod span;
 mod storage;
 mod templates;
 pub mod tenants;
+mod threat_intel;
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -109,6 +110,7 @@ fn part_errors(doc: &Document) -> Vec<toml::de::Error> {
             ("reload", None) => reload::RawReload::deserialize(part).err(),
             ("alerts", None) => alerts::RawAlerts::deserialize(part).err(),
             ("retention", None) => retention::RawRetention::deserialize(part).err(),
+            ("threat_intel", None) => threat_intel::RawThreatIntel::deserialize(part).err(),
             ("sources", Some(_)) => sources::RawSource::deserialize(part).err(),
             ("connectors", Some(_)) => connectors::RawConnector::deserialize(part).err(),
             _ => None,
@@ -165,6 +167,8 @@ pub struct Config {
     pub alerts: crate::alert::AlertConfig,
     /// `[retention]`: when delivered (and dead) work is purged.
     pub retention: retention::RetentionConfig,
+    /// `[threat_intel]`: the IOC lists in force (swapped whole when a file changes).
+    pub threat_intel: Arc<crate::intel::ThreatIntel>,
 }
 
 /// The file as written; each section's own form lives with the file that builds it.
@@ -194,6 +198,8 @@ struct RawConfig {
     alerts: alerts::RawAlerts,
     #[serde(default)]
     retention: retention::RawRetention,
+    #[serde(default)]
+    threat_intel: threat_intel::RawThreatIntel,
 }
 
 impl Config {
@@ -374,7 +380,13 @@ impl Validator<'_> {
             .retention(&raw.retention)
             .map_err(|e| errors.push(e))
             .ok();
+        let threat_intel = tenants.as_deref().and_then(|tenants| {
+            self.threat_intel(raw.threat_intel, tenants)
+                .map_err(|e| errors.push(e))
+                .ok()
+        });
         let (
+            Some(threat_intel),
             Some(server),
             Some(storage),
             Some(delivery),
@@ -385,6 +397,7 @@ impl Validator<'_> {
             Some(retention),
             true,
         ) = (
+            threat_intel,
             server,
             storage,
             delivery,
@@ -449,6 +462,7 @@ impl Validator<'_> {
             reload,
             alerts,
             retention,
+            threat_intel: Arc::new(threat_intel),
         })
     }
 

@@ -8,6 +8,14 @@ use serde_json::{Map, Value};
 
 use crate::model::ThreatRating;
 
+/// The incident's member the gateway writes its threat-intel findings to (see `intel`).
+pub const THREAT_INTEL_MEMBER: &str = "ti";
+
+/// `ti` when nothing matched, or no list is configured: what templates read then.
+pub fn no_threat_findings() -> Value {
+    serde_json::json!({ "matched": false, "lists": {}, "matches": [] })
+}
+
 /// The derived fields, by the names templates use.
 pub fn derived(incident: &Value) -> Map<String, Value> {
     let mut out = Map::new();
@@ -29,6 +37,15 @@ pub fn derived(incident: &Value) -> Map<String, Value> {
             .filter(|v| v.is_string())
             .cloned()
             .unwrap_or(Value::Null),
+    );
+    // The gateway's threat-intel findings, stored on the incident at ingest.
+    out.insert(
+        THREAT_INTEL_MEMBER.into(),
+        incident
+            .get(THREAT_INTEL_MEMBER)
+            .filter(|v| v.is_object())
+            .cloned()
+            .unwrap_or_else(no_threat_findings),
     );
     let events = incident
         .get("events")
