@@ -77,6 +77,7 @@ fn route(connector: &str, key: &str) -> Route {
         aggregate_for_ms: None,
         sends_updated: true,
         reopen_within_ms: None,
+        collect_for_ms: None,
     }
 }
 
@@ -335,6 +336,7 @@ async fn an_incident_within_reopen_within_reopens_the_closed_ticket(backend: Bac
     let s = h.store();
     let reopening = |ms| Route {
         reopen_within_ms: Some(ms),
+        collect_for_ms: None,
         ..route("jira", "k")
     };
     ingest_one(s, incident("A", None, "a", &[reopening(60_000)])).await;
