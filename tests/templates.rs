@@ -63,6 +63,7 @@ fn facts_context(config: &Config, incident: &Value, event: Event) -> Value {
                 notes: Some("Expected scanner traffic".into()),
                 status_change_time: "2026-01-02T09:30:00.000Z".into(),
             }),
+            collected: None,
         },
     )
 }
