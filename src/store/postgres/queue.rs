@@ -234,17 +234,24 @@ pub(super) async fn insert_delivery(
     Ok(id)
 }
 
-/// The newest delivery of a line that holds it (`$1` connector, `$2` order key), locked: a
-/// window is open only while it is that one, pending and not yet leased (`collecting`), so
-/// whatever was queued after it (a completion's note, its `completed`) is never overtaken by
-/// incidents that arrive later. A lease under way holds the row, so this waits for it and
-/// then sees the window closed.
+/// The newest delivery of a line that holds it (`$1` connector, `$2` order key): a window is
+/// open only while it is that one, pending and not yet leased (`collecting`), so whatever was
+/// queued after it (a completion's note, its `completed`) is never overtaken by incidents
+/// that arrive later. Read under the line's lock, so no delivery is queued on the line
+/// meanwhile.
 const NEWEST_OF_LINE: &str = concat!(
-    "SELECT seq, delivery_id, event, collecting FROM deliveries
+    "SELECT seq, collecting FROM deliveries
      WHERE connector = $1 AND order_key = $2 AND ",
     blocking!(),
-    " ORDER BY seq DESC LIMIT 1 FOR UPDATE"
+    " ORDER BY seq DESC LIMIT 1"
 );
+
+/// That window (`$1` its seq), locked, if it still collects. A lease holds its row only
+/// while it closes the window, so a locked row is a window closing: skipped, never waited
+/// for (a wait could close a cycle with an attempt being recorded, which takes the row, then
+/// the ticket and the line, which the ingest holds).
+const LOCK_WINDOW: &str = "SELECT seq, delivery_id, event FROM deliveries
+     WHERE seq = $1 AND collecting FOR UPDATE SKIP LOCKED";
 
 /// A collection window open on a line.
 pub(super) struct Window {
@@ -261,12 +268,17 @@ pub(super) async fn open_collection(
     order_key: &str,
 ) -> Result<Option<Window>, StoreError> {
     lock_line(tx, connector, order_key).await?;
-    let Some(row) = query_opt(tx, NEWEST_OF_LINE, &[&connector, &order_key]).await? else {
+    let Some(newest) = query_opt(tx, NEWEST_OF_LINE, &[&connector, &order_key]).await? else {
         return Ok(None);
     };
-    if !row.try_get::<_, bool>("collecting")? {
+    // Once closed, a window never opens again: no lock is needed to see that.
+    if !newest.try_get::<_, bool>("collecting")? {
         return Ok(None);
     }
+    let seq: i64 = newest.try_get("seq")?;
+    let Some(row) = query_opt(tx, LOCK_WINDOW, &[&seq]).await? else {
+        return Ok(None);
+    };
     Ok(Some(Window {
         seq: row.try_get("seq")?,
         delivery_id: row.try_get("delivery_id")?,
@@ -603,7 +615,7 @@ mod tests {
             .await
             .unwrap();
         let busy: Vec<String> = vec!["busy".into()];
-        let statements: [(&str, &str, Vec<Param>); 6] = [
+        let statements: [(&str, &str, Vec<Param>); 7] = [
             (
                 "lease",
                 LEASE_DUE,
@@ -644,6 +656,7 @@ mod tests {
                 NEWEST_OF_LINE,
                 vec![Box::new("hook"), Box::new("ticket:1")],
             ),
+            ("lock a window", LOCK_WINDOW, vec![Box::new(1i64)]),
             (
                 "a window's incidents",
                 COLLECTED_BODIES,
