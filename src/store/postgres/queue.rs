@@ -161,8 +161,9 @@ pub(super) const PROMOTE_HEAD: &str = concat!(
                AND status = 'pending' AND NOT ready"
 );
 
-/// A new delivery, ready when nothing of its line holds it back, due at `$10`; `$11` true
-/// and `$12` 1 when it opens a collection window (which then holds its own incident).
+/// A new delivery, ready when nothing of its line holds it back, due at `$10` (its retry
+/// budget counted from then: a window's wait is not the target's fault); `$11` true and `$12`
+/// 1 when it opens a collection window (which then holds its own incident).
 pub(super) const INSERT_DELIVERY: &str = concat!(
             "INSERT INTO deliveries (delivery_id, incident_id, version_id, connector, event, status,
                                      order_key, ticket_seq, budget_since_ms, next_attempt_ms, due_ms,

@@ -77,7 +77,8 @@ pub(super) struct NewDelivery<'a> {
 }
 
 /// A new delivery, ready when nothing of its line holds it back (an index seek), due at
-/// `?10`; `?11` 1 when it opens a collection window (which then holds its own incident).
+/// `?10` (its retry budget counted from then: a window's wait is not the target's fault);
+/// `?11` 1 when it opens a collection window (which then holds its own incident).
 const INSERT_DELIVERY: &str = concat!(
             "INSERT INTO deliveries (delivery_id, incident_id, version_id, connector, event, status,
                                      order_key, ticket_seq, budget_since_ms, next_attempt_ms, due_ms,
@@ -1135,6 +1136,30 @@ mod tests {
             .map(|d| d.id.as_str())
             .collect();
         assert_eq!(shown, [window.as_str()]);
+    }
+
+    #[test]
+    fn a_file_from_before_collection_windows_is_brought_up_to_date() {
+        let db = TestDb::new();
+        let earlier = db.deliver_one(incident("A").routed(&route("jira", "k", None)), 1_000);
+        db.exec(
+            "DROP TABLE collected_incidents;
+             ALTER TABLE deliveries DROP COLUMN collecting;
+             ALTER TABLE deliveries DROP COLUMN collected;",
+        );
+        super::super::migrate(&db.conn).unwrap();
+        let k = collecting("jira", "k", 1_000);
+        let window = db.deliver_one(incident("B").routed(&k), 1_100);
+        assert_eq!(
+            db.ingest_one(incident("C").routed(&k), 1_200).deliveries[0].id,
+            window
+        );
+        let first = lease_due(&db.conn, 10, LEASE, &[], 5_000).unwrap();
+        assert_eq!(ids(&first), [earlier.as_str()]);
+        assert!(first[0].collected.is_none());
+        assert!(finish(&db, &first[0], NextStep::Delivered, 5_001));
+        let next = lease_due(&db.conn, 10, LEASE, &[], 5_002).unwrap();
+        assert_eq!(carried(&next[0]), (vec!["B".into(), "C".into()], 2));
     }
 
     #[test]
