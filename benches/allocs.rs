@@ -99,6 +99,7 @@ fn main() {
                     reopened: false,
                 },
                 completion: None::<Completion>,
+                collected: None,
             };
             let context = prepare::attempt_context(connector, incident, &facts);
             let (a, b) = count(|| renderer.render(connector, event, &context));
@@ -119,6 +120,7 @@ fn main() {
             received_at_ms: 1_767_225_600_000,
             ticket: TicketFacts::default(),
             completion: None,
+            collected: None,
         };
         let (a, b) = count(|| prepare::attempt_context(connector, incident, &facts));
         println!("{:<44} {a:>10} {b:>14}", format!("context/attempt/{name}"));

@@ -111,6 +111,7 @@ fn facts(incident: &Value, connector: &Connector, event: Event) -> AttemptFacts 
             notes: Some("Closed in the ticketing system: expected scanner traffic".into()),
             status_change_time: "2026-01-02T09:30:00.000Z".into(),
         }),
+        collected: None,
     }
 }
 

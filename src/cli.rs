@@ -115,6 +115,15 @@ pub fn preview_facts(
         notes: Some("Closed from the ticketing system (preview)".into()),
         status_change_time: crate::model::rfc3339(now_ms),
     });
+    // A connector that collects sends the window's incidents: the preview's window holds
+    // this one incident (a completion is never collected).
+    let collected = connector
+        .collect_for(crate::route::account_of(incident))
+        .filter(|_| event != Event::Completed)
+        .map(|_| crate::render::Collected {
+            incidents: vec![incident.clone()],
+            count: 1,
+        });
     AttemptFacts {
         event,
         delivery_id: PREVIEW_DELIVERY_ID.into(),
@@ -122,6 +131,7 @@ pub fn preview_facts(
         received_at_ms: now_ms,
         ticket,
         completion,
+        collected,
     }
 }
 
@@ -913,7 +923,7 @@ pub fn routes(config_file: &Path, incident_file: &Path) -> Result<Routes, CliErr
         if let Some(tenant) = &e.tenant {
             let _ = writeln!(
                 out,
-                "  per_tenant.{tenant}: this tenant's own settings apply (matchers, rating, key, window where it sets them)"
+                "  per_tenant.{tenant}: this tenant's own settings apply (matchers, rating, key, windows where it sets them)"
             );
         }
         if let Some((min, rating, met)) = e.min_threat_rating {
@@ -965,6 +975,14 @@ pub fn routes(config_file: &Path, incident_file: &Path) -> Result<Routes, CliErr
                 "  ticket: correlation key {:?}, takes more incidents {window}",
                 config.secrets.mask(&route.key)
             );
+            if let Some(d) = connector.collect_for(crate::route::account_of(&incident)) {
+                let _ = writeln!(
+                    out,
+                    "  collect_for = {:?}: the key's incidents within {} of the first go as one delivery (`collected` lists them)",
+                    humantime::format_duration(d).to_string(),
+                    humantime::format_duration(d)
+                );
+            }
         }
     }
     let _ = writeln!(

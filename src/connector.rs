@@ -51,6 +51,10 @@ pub struct Connector {
     pub correlation_key: String,
     /// How long a ticket takes further incidents with its key; `None`: until it is completed.
     pub aggregate_for: Option<Duration>,
+    /// A collection window: the first incident of a key waits this long, and the incidents of
+    /// the key that arrive meanwhile go with it as one delivery (seed 004's collection
+    /// interval, Alertmanager's `group_wait`); `None`: each incident is its own delivery.
+    pub collect_for: Option<Duration>,
     /// What completing one of a ticket's incidents does to the ticket.
     pub close_ticket: ClosePolicy,
     /// When the target closes a ticket (its callback completes one incident): whether the
@@ -538,6 +542,7 @@ pub struct TenantSettings {
     /// Its own correlation key template.
     pub correlation_key: Option<String>,
     pub aggregate_for: Option<Duration>,
+    pub collect_for: Option<Duration>,
 }
 
 impl crate::route::Routed for Connector {
@@ -576,6 +581,13 @@ impl Connector {
         self.tenant_settings(account)
             .and_then(|s| s.aggregate_for)
             .or(self.aggregate_for)
+    }
+
+    /// How long an incident of `account` waits for others of its key to go with it.
+    pub fn collect_for(&self, account: Option<i64>) -> Option<Duration> {
+        self.tenant_settings(account)
+            .and_then(|s| s.collect_for)
+            .or(self.collect_for)
     }
 
     /// The lookup the connector declares: an HTTP connector's finds a ticket its `created`

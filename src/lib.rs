@@ -23,7 +23,7 @@
 //!    attackers, targets and chosen fields, the findings stored on it as `ti`;
 //!    [`route`] — pick the connectors whose matchers the incident meets (a tenant's own
 //!    where it sets them); [`assign`] — the group and owner its ticket goes to.
-//! 7. [`ticket`] — correlation keys, ticket ids from responses; [`callback`] — the way
+//! 7. [`ticket`] — correlation keys, collection windows, ticket ids from responses; [`callback`] — the way
 //!    back (`POST /v1/incidents/{id}/complete`); [`mailbox`] — ticket numbers learned from a
 //!    ticketing system's acknowledgement mails (IMAP).
 //! 8. [`store`] — commit the incident and one delivery per connector, then answer 202; one

@@ -5,6 +5,9 @@
 //!   default); incidents with the same key share one ticket while it is open and within its
 //!   `aggregate_for` window. The first delivery of a ticket renders `created`, later ones
 //!   `updated` (the store keeps the tickets and orders their deliveries one at a time).
+//! - Collection: with `collect_for`, a ticket's next delivery waits that long and the
+//!   incidents of its key that arrive meanwhile go with it, listed in `collected` (the store
+//!   keeps the window, so a restart inside it neither loses nor doubles the batch).
 //! - Ticket ids: the `created` response names the ticket (`ticket_id`, `ticket_url` JSON
 //!   pointers); later templates read it as `ticket.id` / `ticket.url`.
 //! - Completion: the reason codes an incident may be completed with.
@@ -124,6 +127,9 @@ fn route_with(
         reopen_within_ms: connector
             .reopen_within
             .map(|d| d.as_millis().min(i64::MAX as u128) as i64),
+        collect_for_ms: connector
+            .collect_for(account)
+            .map(|d| d.as_millis().min(i64::MAX as u128) as i64),
     }
 }
 
@@ -137,6 +143,7 @@ fn key_facts<'a>(connector: &'a Connector, received_at: &'a str) -> DeliveryFact
         received_at,
         ticket: TicketFacts::default(),
         completion: None,
+        collected: None,
     }
 }
 

@@ -275,6 +275,7 @@ fn try_render(
         received_at: "2026-01-01T00:00:00.000Z",
         ticket,
         completion,
+        collected: None,
     };
     renderer.render(connector, event, &render::context(incident, &facts))
 }
@@ -359,6 +360,7 @@ fn renders_sharing_an_incident_context_equal_renders_of_their_own() {
                         received_at: "2026-01-01T00:00:00.000Z",
                         ticket: golden_ticket(&incident, event),
                         completion: golden_completion(event),
+                        collected: None,
                     };
                     // Each rendered the way its target sends: a request, or a mail.
                     let (own, from_shared) = match connector.target {
@@ -1461,6 +1463,7 @@ fn email_renders_every_event_for_every_incident() {
                     received_at: "2026-01-01T00:00:00.000Z",
                     ticket: golden_ticket(&incident, event),
                     completion: golden_completion(event),
+                    collected: None,
                 };
                 let mail = renderer
                     .render_email(connector, event, &render::context(&incident, &facts))

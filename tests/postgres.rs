@@ -30,6 +30,7 @@ fn incident(id: &str, connector: &str) -> NewIncident {
             aggregate_for_ms: None,
             sends_updated: true,
             reopen_within_ms: None,
+            collect_for_ms: None,
         }],
     }
 }

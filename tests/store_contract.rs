@@ -9,12 +9,13 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
+use common::eventually;
 use common::pg::PgDb;
 use incident_gateway::model::{AttemptOutcome, ClosePolicy, Event, now_ms};
 use incident_gateway::store::{
     AttemptRecord, Caller, CompleteOutcome, Completing, DeliveryFilter, IngestOutcome,
-    IngestStatus, Ingested, LeasedDelivery, NewIncident, NextStep, ReplayOutcome, ResolveOutcome,
-    Route, Store, TicketUpdate,
+    IngestStatus, Ingested, LeasedDelivery, NewIncident, NextStep, PurgeRequest, ReplayOutcome,
+    ResolveOutcome, Route, Store, TicketUpdate,
 };
 
 const LEASE: i64 = 30_000;
@@ -68,6 +69,74 @@ impl Harness {
     fn store(&self) -> &Store {
         &self.stores[0]
     }
+
+    /// Every handle closed and the store opened again on the same file or database, as a
+    /// gateway killed and started again would.
+    async fn reopen(&mut self) {
+        let n = self.stores.len();
+        self.stores.clear();
+        match &self.pg {
+            None => {
+                let path = self._dir.path().join("gateway.db");
+                // The file's lock goes with the last handle's writer: wait for it, bounded.
+                let store = eventually(Duration::from_secs(10), || {
+                    let opened = Store::open_sqlite(&path).ok();
+                    async move { opened }
+                })
+                .await
+                .expect("the SQLite file opens again");
+                self.stores = vec![store; n];
+            }
+            Some(pg) => {
+                for _ in 0..n {
+                    self.stores.push(
+                        Store::open_postgres(&common::pg::store_config(&pg.url, 8))
+                            .await
+                            .unwrap(),
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// A route to `connector` under `key` whose incidents wait `window_ms` for others.
+fn collecting(connector: &str, key: &str, window_ms: i64) -> Route {
+    Route {
+        collect_for_ms: Some(window_ms),
+        ..route(connector, key)
+    }
+}
+
+/// The incident ids a leased window carries, in order, and its count.
+fn carried(d: &LeasedDelivery) -> (Vec<String>, u32) {
+    let c = d.collected.as_ref().expect("a collection window");
+    assert_eq!(c.bodies.len(), c.count.min(100) as usize);
+    let ids = c
+        .bodies
+        .iter()
+        .map(|b| {
+            let v: serde_json::Value = serde_json::from_str(b).unwrap();
+            v["incidentId"].as_str().unwrap().to_string()
+        })
+        .collect();
+    (ids, c.count)
+}
+
+/// Leases until `n` deliveries are leased (windows fall due as time passes), bounded.
+async fn lease_when_due(s: &Store, n: usize) -> Vec<LeasedDelivery> {
+    let mut all = Vec::new();
+    let until = std::time::Instant::now() + Duration::from_secs(20);
+    while all.len() < n {
+        assert!(
+            std::time::Instant::now() < until,
+            "{} of {n} leased",
+            all.len()
+        );
+        all.extend(s.lease_due(100, LEASE, vec![]).await.unwrap());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    all
 }
 
 fn route(connector: &str, key: &str) -> Route {
@@ -77,6 +146,7 @@ fn route(connector: &str, key: &str) -> Route {
         aggregate_for_ms: None,
         sends_updated: true,
         reopen_within_ms: None,
+        collect_for_ms: None,
     }
 }
 
@@ -188,7 +258,186 @@ contract!(
     an_aggregated_ticket_closes_by_its_connectors_policy,
     a_target_closing_its_ticket_completes_all_its_incidents,
     an_incident_within_reopen_within_reopens_the_closed_ticket,
+    a_collection_window_gathers_its_keys_incidents_until_it_is_leased,
+    a_restart_inside_a_collection_window_neither_loses_nor_doubles_it,
+    every_incident_lands_in_one_window_while_leases_race_the_joins,
 );
+
+/// A window of 500 ms: its delivery is due when it ends; the key's incidents join it (each
+/// answer names it) until it is leased, another key has its own, and the incident after the
+/// lease opens the ticket's next window. A collected incident is kept by retention while its
+/// window's delivery is.
+async fn a_collection_window_gathers_its_keys_incidents_until_it_is_leased(backend: Backend) {
+    let h = Harness::open(backend, 1).await;
+    let s = h.store();
+    let k = collecting("jira", "k", 500);
+    let first = ingest_one(s, incident("A", None, "a", std::slice::from_ref(&k))).await;
+    let window = first.deliveries[0].id.clone();
+    assert_eq!(first.deliveries[0].event, Event::Created);
+    let view = s.delivery(window.clone()).await.unwrap().unwrap();
+    let at = |t: &str| chrono::DateTime::parse_from_rfc3339(t).unwrap();
+    assert_eq!(
+        at(view.next_attempt_at.as_deref().unwrap()) - at(&view.created_at),
+        chrono::TimeDelta::milliseconds(500),
+        "due when the window ends"
+    );
+    for id in ["B", "C"] {
+        let joined = ingest_one(s, incident(id, None, id, std::slice::from_ref(&k))).await;
+        assert_eq!(joined.deliveries[0].id, window, "{id}");
+    }
+    let other = ingest_one(s, incident("X", None, "x", &[collecting("jira", "x", 500)])).await;
+    assert_ne!(other.deliveries[0].id, window);
+    // B, completed (no note: the connector takes none), is on an open ticket with nothing
+    // of its own queued: only its window's delivery keeps it from retention.
+    let mut request = completing("B", Caller::Source("src".into()), &[], &[]);
+    request.takes_notes.clear();
+    assert!(matches!(
+        s.complete(request).await.unwrap(),
+        CompleteOutcome::Completed { .. }
+    ));
+    let far = now_ms() + 3_600_000;
+    let purge = PurgeRequest {
+        delivered_before_ms: far,
+        dead_before_ms: Some(far),
+        tickets_closed_before_ms: far,
+        batch: 100,
+        after: None,
+    };
+    assert_eq!(s.purge(purge.clone()).await.unwrap().incidents, 0);
+
+    let leased = lease_when_due(s, 2).await;
+    let by_first = |id: &str| {
+        leased
+            .iter()
+            .find(|d| carried(d).0[0] == id)
+            .unwrap_or_else(|| panic!("no window of {id}"))
+    };
+    assert_eq!(by_first("A").id, window);
+    assert_eq!(
+        carried(by_first("A")),
+        (vec!["A".into(), "B".into(), "C".into()], 3)
+    );
+    assert_eq!(carried(by_first("X")), (vec!["X".into()], 1));
+    // Leased, it is closed: D opens the ticket's next window, behind it.
+    let d = ingest_one(s, incident("D", None, "d", std::slice::from_ref(&k))).await;
+    assert_ne!(d.deliveries[0].id, window);
+    assert_eq!(d.deliveries[0].event, Event::Updated);
+    for l in &leased {
+        assert!(finish(s, l, NextStep::Delivered).await);
+    }
+    let next = lease_when_due(s, 1).await;
+    assert_eq!(next[0].id, d.deliveries[0].id);
+    assert_eq!(carried(&next[0]), (vec!["D".into()], 1));
+    assert!(finish(s, &next[0], NextStep::Delivered).await);
+    // Its window delivered, B goes with it (and A, C, X, D stay: their tickets are open).
+    let purged = s.purge(purge).await.unwrap();
+    assert_eq!(purged.incidents, 1);
+    assert!(s.incident("B".into()).await.unwrap().is_none());
+}
+
+/// Two incidents in a window, the store closed and opened again (a gateway restarted), a
+/// third: one delivery, leased once, with all three.
+async fn a_restart_inside_a_collection_window_neither_loses_nor_doubles_it(backend: Backend) {
+    let mut h = Harness::open(backend, 1).await;
+    let k = collecting("jira", "k", 1_000);
+    let first = ingest_one(
+        h.store(),
+        incident("A", None, "a", std::slice::from_ref(&k)),
+    )
+    .await;
+    let window = first.deliveries[0].id.clone();
+    let b = ingest_one(
+        h.store(),
+        incident("B", None, "b", std::slice::from_ref(&k)),
+    )
+    .await;
+    assert_eq!(b.deliveries[0].id, window);
+    h.reopen().await;
+    let s = h.store();
+    let c = ingest_one(s, incident("C", None, "c", std::slice::from_ref(&k))).await;
+    assert_eq!(c.deliveries[0].id, window, "the window survived");
+    let leased = lease_when_due(s, 1).await;
+    assert_eq!(leased.len(), 1);
+    assert_eq!(leased[0].id, window);
+    assert_eq!(
+        carried(&leased[0]),
+        (vec!["A".into(), "B".into(), "C".into()], 3)
+    );
+    assert!(finish(s, &leased[0], NextStep::Delivered).await);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(s.lease_due(100, LEASE, vec![]).await.unwrap().is_empty());
+    assert_eq!(
+        s.deliveries(DeliveryFilter {
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .len(),
+        1
+    );
+}
+
+/// Three instances (on PostgreSQL, three stores: three gateways) post 20 incidents each of one
+/// key while a fourth task leases and delivers whatever falls due (windows of 20 ms): every
+/// incident is in exactly one window, and every window is complete when leased.
+async fn every_incident_lands_in_one_window_while_leases_race_the_joins(backend: Backend) {
+    let h = Harness::open(backend, 3).await;
+    let k = collecting("jira", "k", 20);
+    let posting: Vec<_> = h
+        .stores
+        .iter()
+        .enumerate()
+        .map(|(n, s)| {
+            let (s, k) = (s.clone(), k.clone());
+            tokio::spawn(async move {
+                for i in 0..20 {
+                    let id = format!("I{n}-{i}");
+                    ingest_one(&s, incident(&id, None, &id, std::slice::from_ref(&k))).await;
+                    if i % 4 == 0 {
+                        tokio::time::sleep(Duration::from_millis(7)).await;
+                    }
+                }
+            })
+        })
+        .collect();
+    let posted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let leaser = {
+        let (s, posted) = (h.stores[0].clone(), posted.clone());
+        tokio::spawn(async move {
+            let mut seen: Vec<String> = Vec::new();
+            let mut windows = 0;
+            let until = std::time::Instant::now() + Duration::from_secs(60);
+            loop {
+                assert!(std::time::Instant::now() < until, "not all delivered");
+                let leased = s.lease_due(10, LEASE, vec![]).await.unwrap();
+                for d in &leased {
+                    seen.extend(carried(d).0);
+                    windows += 1;
+                    assert!(finish(&s, d, NextStep::Delivered).await);
+                }
+                if leased.is_empty() {
+                    let done = posted.load(std::sync::atomic::Ordering::SeqCst);
+                    if done && s.next_due_ms(vec![]).await.unwrap().is_none() {
+                        return (seen, windows);
+                    }
+                    tokio::time::sleep(Duration::from_millis(3)).await;
+                }
+            }
+        })
+    };
+    for p in posting {
+        p.await.unwrap();
+    }
+    posted.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (mut seen, windows) = leaser.await.unwrap();
+    assert_eq!(seen.len(), 60, "{windows} windows carried {seen:?}");
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), 60, "an incident was carried twice");
+    assert!(windows >= 1);
+    println!("{backend:?}: 60 incidents in {windows} windows");
+}
 
 /// Records the first attempt of a leased `created` as delivered, naming ticket `id`; whether
 /// the lease was still held.
@@ -335,6 +584,7 @@ async fn an_incident_within_reopen_within_reopens_the_closed_ticket(backend: Bac
     let s = h.store();
     let reopening = |ms| Route {
         reopen_within_ms: Some(ms),
+        collect_for_ms: None,
         ..route("jira", "k")
     };
     ingest_one(s, incident("A", None, "a", &[reopening(60_000)])).await;

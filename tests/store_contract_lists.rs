@@ -84,6 +84,7 @@ fn route(connector: &str) -> Route {
         aggregate_for_ms: None,
         sends_updated: true,
         reopen_within_ms: None,
+        collect_for_ms: None,
     }
 }
 

@@ -56,6 +56,7 @@ fn route(key: &str) -> Route {
         aggregate_for_ms: None,
         sends_updated: true,
         reopen_within_ms: None,
+        collect_for_ms: None,
     }
 }
 

@@ -44,6 +44,15 @@ vars = {{ project = "SEC" }}
 
 fn facts_context(config: &Config, incident: &Value, event: Event) -> Value {
     let connector = config.connector("example").unwrap();
+    // Its collection window gathered a second incident after it.
+    let mut second = sample();
+    second["incidentId"] = "5F04D7E3-000A-8420-0002-757900000001".into();
+    second["humanFriendlyId"] = "ww1k40".into();
+    second["incident"]["summary"] = "Brute force attempt from 5.6.7.8".into();
+    let collected = render::Collected {
+        incidents: vec![incident.clone(), second],
+        count: 2,
+    };
     render::context(
         incident,
         &DeliveryFacts {
@@ -63,6 +72,7 @@ fn facts_context(config: &Config, incident: &Value, event: Event) -> Value {
                 notes: Some("Expected scanner traffic".into()),
                 status_change_time: "2026-01-02T09:30:00.000Z".into(),
             }),
+            collected: Some(&collected),
         },
     )
 }

@@ -20,6 +20,13 @@ use crate::signature::{Signing, WebhookSecret};
 /// The most attempts a retry policy may give one delivery.
 const MAX_RETRY_ATTEMPTS: u32 = 1000;
 
+/// The longest a collection window may be: the first incident of a key waits this long
+/// before anything is sent.
+pub const MAX_COLLECT_FOR: Duration = Duration::from_secs(3600);
+
+/// Why `collect_for` needs a correlation key of the config's own.
+const NO_KEY_TO_COLLECT_BY: &str = "collects the incidents of one correlation key: set correlation_key too (the default, {{incidentId}}, gives every incident a key of its own, so nothing would be collected)";
+
 /// Sends to one connector at once, unless its config says otherwise.
 const DEFAULT_CONNECTOR_CONCURRENCY: usize = 16;
 
@@ -80,6 +87,8 @@ pub(super) struct RawConnector {
     correlation_key: Option<String>,
     #[serde(default, with = "humantime_serde")]
     aggregate_for: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    collect_for: Option<Duration>,
     close_ticket: Option<String>,
     on_target_close: Option<String>,
     #[serde(default, with = "humantime_serde")]
@@ -127,6 +136,8 @@ struct RawTenantSettings {
     correlation_key: Option<String>,
     #[serde(default, with = "humantime_serde")]
     aggregate_for: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    collect_for: Option<Duration>,
 }
 
 #[derive(Deserialize)]
@@ -351,6 +362,18 @@ impl Validator<'_> {
         if matches!(c.aggregate_for, Some(d) if d.is_zero()) {
             return Err(self.invalid(format!("{field}.aggregate_for"), "must be more than 0"));
         }
+        if let Some(d) = c.collect_for {
+            self.collect_window(&format!("{field}.collect_for"), d)?;
+            if c.upstream {
+                return Err(self.invalid(
+                    format!("{field}.collect_for"),
+                    "an upstream connector has no tickets, so nothing to collect by",
+                ));
+            }
+            if c.correlation_key.is_none() {
+                return Err(self.invalid(format!("{field}.collect_for"), NO_KEY_TO_COLLECT_BY));
+            }
+        }
         let (close_ticket, target_close_completes_all) = self.ticket_policies(field, &c)?;
         if c.timeout.is_zero() {
             return Err(self.invalid(format!("{field}.timeout"), "must be more than 0"));
@@ -373,6 +396,16 @@ impl Validator<'_> {
         for (name, raw) in c.per_tenant {
             let at = format!("{field}.per_tenant.{name}");
             let (account, settings) = self.tenant_settings(&at, name, raw, tenants)?;
+            if settings.collect_for.is_some()
+                && (c.upstream
+                    || (settings.correlation_key.is_none() && c.correlation_key.is_none()))
+            {
+                let why = match c.upstream {
+                    true => "an upstream connector has no tickets, so nothing to collect by",
+                    false => NO_KEY_TO_COLLECT_BY,
+                };
+                return Err(self.invalid(format!("{at}.collect_for"), why));
+            }
             if let Some(served) = &served
                 && !served.contains_key(&account)
             {
@@ -417,6 +450,7 @@ impl Validator<'_> {
                 .correlation_key
                 .unwrap_or_else(|| "{{incidentId}}".to_string()),
             aggregate_for: c.aggregate_for,
+            collect_for: c.collect_for,
             close_ticket,
             target_close_completes_all,
             reopen_within: c.reopen_within,
@@ -445,6 +479,9 @@ impl Validator<'_> {
         if matches!(raw.aggregate_for, Some(d) if d.is_zero()) {
             return Err(self.invalid(format!("{at}.aggregate_for"), "must be more than 0"));
         }
+        if let Some(d) = raw.collect_for {
+            self.collect_window(&format!("{at}.collect_for"), d)?;
+        }
         let matchers = match raw.matchers {
             None => None,
             Some(list) => Some(
@@ -460,6 +497,7 @@ impl Validator<'_> {
             min_threat_rating: self.min_threat_rating(at, raw.min_threat_rating.as_deref())?,
             correlation_key: raw.correlation_key,
             aggregate_for: raw.aggregate_for,
+            collect_for: raw.collect_for,
         };
         Ok((account, settings))
     }
@@ -582,6 +620,29 @@ impl Validator<'_> {
             return Err(self.invalid(
                 format!("{field}.requests.created"),
                 "cannot be skipped: updates and completions follow the ticket it opens",
+            ));
+        }
+        Ok(())
+    }
+
+    /// A collection window: more than 0, and short: incidents wait for it before anything is
+    /// sent, so a long one would only delay tickets (`aggregate_for` is what keeps a ticket
+    /// taking incidents for hours).
+    fn collect_window(&self, field: &str, window: Duration) -> Result<(), ConfigError> {
+        if window.is_zero() {
+            return Err(self.invalid(
+                field,
+                "must be more than 0 (leave it out to send each incident at once)",
+            ));
+        }
+        if window > MAX_COLLECT_FOR {
+            return Err(self.invalid(
+                field,
+                format!(
+                    "{} is longer than the most a collection may wait, {}: use aggregate_for to keep a ticket taking incidents for longer",
+                    humantime::format_duration(window),
+                    humantime::format_duration(MAX_COLLECT_FOR)
+                ),
             ));
         }
         Ok(())

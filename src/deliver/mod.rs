@@ -57,16 +57,18 @@ struct Tried {
 }
 
 impl AttemptFacts {
-    /// The facts of the next attempt of a leased delivery.
-    pub fn of(delivery: &LeasedDelivery) -> AttemptFacts {
-        AttemptFacts {
+    /// The facts of the next attempt of a leased delivery (its collected incidents read
+    /// back, which fails only for a stored body that is not JSON).
+    pub fn of(delivery: &LeasedDelivery) -> Result<AttemptFacts, Unprepared> {
+        Ok(AttemptFacts {
             event: delivery.event,
             delivery_id: delivery.id.clone(),
             attempt: delivery.attempts + 1,
             received_at_ms: delivery.received_at_ms,
             ticket: delivery.ticket.clone(),
             completion: delivery.completion.clone(),
-        }
+            collected: prepare::stored_collection(delivery.collected.as_ref())?,
+        })
     }
 }
 
@@ -456,7 +458,7 @@ impl Deliverer {
                 .ok_or_else(|| NotSent::ConnectorGone(delivery.connector.clone()))?;
             render::bounds::with_budget(budget, || {
                 let incident = prepare::stored_incident(&delivery.incident_body)?;
-                let facts = AttemptFacts::of(&delivery);
+                let facts = AttemptFacts::of(&delivery)?;
                 let look_first = (delivery.event == Event::Created && delivery.outcome_unknown)
                     || awaits_number(connector, &delivery);
                 prepare::prepare_looking_first(

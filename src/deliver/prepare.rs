@@ -13,8 +13,8 @@ use serde_json::Value;
 use crate::connector::{Connector, MailThreading, SmtpTarget, Target};
 use crate::model::{self, Completion, Event, TicketFacts};
 use crate::render::{
-    DeliveryFacts, IncidentContext, RenderError, RenderedEmail, RenderedRequest, Renderer,
-    TemplateContext, memo,
+    Collected, DeliveryFacts, IncidentContext, RenderError, RenderedEmail, RenderedRequest,
+    Renderer, TemplateContext, memo,
 };
 use crate::signature;
 
@@ -32,6 +32,8 @@ pub struct AttemptFacts {
     pub received_at_ms: i64,
     pub ticket: TicketFacts,
     pub completion: Option<Completion>,
+    /// The incidents a collection window gathered into the delivery; `None` without one.
+    pub collected: Option<Collected>,
 }
 
 /// What an attempt sends.
@@ -156,6 +158,7 @@ fn delivery_facts<'a>(
         received_at,
         ticket: facts.ticket.clone(),
         completion: facts.completion.clone(),
+        collected: facts.collected.as_ref(),
     }
 }
 
@@ -195,6 +198,24 @@ pub fn thread_in(
 /// The stored incident version, read back for rendering.
 pub fn stored_incident(body: &str) -> Result<Value, Unprepared> {
     serde_json::from_str(body).map_err(Unprepared::StoredIncident)
+}
+
+/// What a collection window gathered, read back for rendering.
+pub fn stored_collection(
+    collected: Option<&crate::store::Collected>,
+) -> Result<Option<Collected>, Unprepared> {
+    let Some(c) = collected else {
+        return Ok(None);
+    };
+    let incidents = c
+        .bodies
+        .iter()
+        .map(|b| stored_incident(b))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Some(Collected {
+        incidents,
+        count: c.count,
+    }))
 }
 
 /// Everything an attempt sends, by the connector's target.
@@ -318,6 +339,11 @@ mod tests {
             "Incident {{incidentId}} ({{event}})\n",
         )
         .unwrap();
+        std::fs::write(
+            dir.path().join("batch.json.hbs"),
+            "{\"count\": {{json collected_count}}, \"ids\": [{{#each collected}}\"{{incidentId}}\"{{#unless @last}}, {{/unless}}{{/each}}]}\n",
+        )
+        .unwrap();
         let toml = format!(
             r#"
 [server]
@@ -351,6 +377,7 @@ api_key = "a-source-key-of-32-characters-xxx"
                 reopened: false,
             },
             completion: None,
+            collected: None,
         }
     }
 
@@ -487,6 +514,56 @@ api_key = "a-source-key-of-32-characters-xxx"
                 }
             }
         }
+    }
+
+    /// `collected` is the delivery's, not the incident version's: the same version rendered
+    /// for two windows (the reused context of [`recent_context`], and what `memo` keeps)
+    /// lists each window's own incidents; without a window it is empty (strict mode).
+    #[test]
+    fn each_delivery_renders_its_own_collection() {
+        let (_dir, config, renderer) = setup(
+            "[[connectors]]\nname = \"b\"\nkind = \"http\"\nurl = \"https://b.example.com/\"\ntemplate = \"batch.json.hbs\"\n",
+        );
+        let connector = config.connector("b").unwrap();
+        let incident = serde_json::json!({"incidentId": "I-1"});
+        let body = |collected: Option<Vec<&str>>| {
+            let mut f = facts(Event::Created, None);
+            f.collected = collected.map(|ids| Collected {
+                count: ids.len() as u32,
+                incidents: ids
+                    .iter()
+                    .map(|id| serde_json::json!({ "incidentId": id }))
+                    .collect(),
+            });
+            match prepare(&renderer, connector, &incident, &f, 0).unwrap() {
+                Outgoing::Request(r) => serde_json::from_str::<Value>(&r.body).unwrap(),
+                Outgoing::Mail { .. } => panic!("an HTTP connector prepares a request"),
+            }
+        };
+        assert_eq!(
+            body(Some(vec!["I-1", "I-2", "I-3"])),
+            serde_json::json!({"count": 3, "ids": ["I-1", "I-2", "I-3"]})
+        );
+        assert_eq!(
+            body(Some(vec!["I-1"])),
+            serde_json::json!({"count": 1, "ids": ["I-1"]})
+        );
+        assert_eq!(body(None), serde_json::json!({"count": 0, "ids": []}));
+        let stored = crate::store::Collected {
+            bodies: vec!["{\"incidentId\":\"I-9\"}".into()],
+            count: 120,
+        };
+        let read = stored_collection(Some(&stored)).unwrap().unwrap();
+        assert_eq!(read.count, 120);
+        assert_eq!(read.incidents, [serde_json::json!({"incidentId": "I-9"})]);
+        let broken = crate::store::Collected {
+            bodies: vec!["{not json".into()],
+            count: 1,
+        };
+        assert!(matches!(
+            stored_collection(Some(&broken)),
+            Err(Unprepared::StoredIncident(_))
+        ));
     }
 
     #[test]

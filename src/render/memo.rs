@@ -5,7 +5,7 @@
 //!
 //! A partial reads nothing but the incident when no template it runs (itself, the partials it
 //! calls or includes) names a fact (`event`, `delivery`, `connector`, `received_at`, `ticket`,
-//! `completion`), reads the whole context (`this` at its top, `@root`, `..`), or calls a
+//! `completion`, `assignment`, `collected`, `collected_count`: [`FACTS`]), reads the whole context (`this` at its top, `@root`, `..`), or calls a
 //! helper that reads the context itself (`priority`, `pointer` without a value to read from).
 //! Read conservatively: a partial that might is rendered every time.
 

@@ -243,12 +243,25 @@ pub struct DeliveryFacts<'a> {
     pub ticket: TicketFacts,
     /// How the incident was completed, for `completed` deliveries.
     pub completion: Option<Completion>,
+    /// The incidents a collection window gathered into this delivery; `None` without one.
+    pub collected: Option<&'a Collected>,
+}
+
+/// What a collection window gathered, as templates read it: `collected`, the incidents in the
+/// order they arrived (each the incident JSON, at its latest version; at most
+/// [`crate::store::rules::COLLECTED_SHOWN`]), and `collected_count`, how many in all.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Collected {
+    pub incidents: Vec<Value>,
+    pub count: u32,
 }
 
 /// The context a template sees: the incident's fields at the top level, then the gateway's
 /// own under names the incident schema does not use: `event`, `delivery` (`id`, `attempt`,
 /// `connector`), `connector` (`name`, `priorities`, `vars`), `ticket` (`key`, `id`, `url`),
-/// `completion` (`reason_code`, `notes`, `status_change_time`, or null), `received_at`,
+/// `completion` (`reason_code`, `notes`, `status_change_time`, or null), `collected` and
+/// `collected_count` (a collection window's incidents and their number; `[]` and 0 without
+/// one), `received_at`,
 /// `payload` (the incident as received, for templates that forward it whole) and the derived
 /// fields of [`derive`].
 pub fn context(incident: &Value, facts: &DeliveryFacts) -> Value {
@@ -258,7 +271,7 @@ pub fn context(incident: &Value, facts: &DeliveryFacts) -> Value {
 }
 
 /// The names of the gateway's facts in a context, in the order they are added.
-pub(crate) const FACTS: [&str; 7] = [
+pub(crate) const FACTS: [&str; 9] = [
     "event",
     "delivery",
     "connector",
@@ -266,6 +279,10 @@ pub(crate) const FACTS: [&str; 7] = [
     "ticket",
     "completion",
     "assignment",
+    // Per delivery, not per incident version: named here so that no part of a template that
+    // reads them is kept per version (`memo`).
+    "collected",
+    "collected_count",
 ];
 
 /// The part of a [`context`] that depends only on the incident version: its fields, the
@@ -351,7 +368,12 @@ impl TemplateContext {
                 false => rules.assign(&facts.connector.name, incident),
             }
         };
-        let values: [Value; 7] = [
+        // Without a window: an empty list (strict mode refuses `{{#each}}` over null).
+        let (collected, collected_count) = match facts.collected {
+            Some(c) => (Value::Array(c.incidents.clone()), Value::from(c.count)),
+            None => (Value::Array(Vec::new()), Value::from(0)),
+        };
+        let values: [Value; 9] = [
             Value::String(facts.event.as_str().into()),
             serde_json::json!({
                 "id": facts.delivery_id,
@@ -367,6 +389,8 @@ impl TemplateContext {
             ticket_value(&facts.connector.name, &facts.ticket),
             serde_json::to_value(&facts.completion).unwrap_or(Value::Null),
             serde_json::json!({ "group": assignment.group, "owner": assignment.owner }),
+            collected,
+            collected_count,
         ];
         let data = self.context.data_mut();
         if !data.is_object() {

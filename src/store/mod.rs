@@ -203,6 +203,10 @@ pub struct Route {
     /// A ticket of the key closed less than this ago (ms) is reopened rather than a new one
     /// opened; `None`: never.
     pub reopen_within_ms: Option<i64>,
+    /// The collection window (ms): the incident's delivery waits this long, and later
+    /// incidents of its ticket join it until it is leased; `None`: a delivery of its own,
+    /// due at once.
+    pub collect_for_ms: Option<i64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -255,6 +259,19 @@ pub struct LeasedDelivery {
     /// timed out, or lost its connection after the request was written): its connector
     /// looks the ticket up before sending it again.
     pub outcome_unknown: bool,
+    /// The incidents a collection window gathered into this delivery; `None` for a delivery
+    /// without one.
+    pub collected: Option<Collected>,
+}
+
+/// What a collection window gathered, as a lease reads it: the incidents in the order they
+/// arrived (each at its latest version), the first [`rules::COLLECTED_SHOWN`] of them, and
+/// how many there are in all.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Collected {
+    /// The incidents' stored bodies (JSON text).
+    pub bodies: Vec<String>,
+    pub count: u32,
 }
 
 /// What one attempt did, as recorded.

@@ -141,6 +141,16 @@ pub fn window_until(now: i64, aggregate_for_ms: Option<i64>) -> Option<i64> {
     aggregate_for_ms.map(|ms| now.saturating_add(ms))
 }
 
+/// The most incidents of a collection a delivery carries to its templates (`collected`);
+/// `collected_count` says how many there were in all. Bounds what one render holds, however
+/// long a window stays open (a paused connector's stays open until it is leased).
+pub const COLLECTED_SHOWN: i64 = 100;
+
+/// When the delivery that opens a collection window at `now` falls due.
+pub fn collection_due(now: i64, collect_for_ms: i64) -> i64 {
+    now.saturating_add(collect_for_ms.max(0))
+}
+
 /// The ticket an incident joined for one connector, and the event that tells its target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Attached {

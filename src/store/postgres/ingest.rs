@@ -8,7 +8,8 @@ use deadpool_postgres::Transaction;
 use super::{Postgres, execute, lock_incident, query_opt, queue, tickets};
 use crate::model::{Event, now_ms};
 use crate::store::rules::{
-    StoredIncident, needs_history, replay_window_ms, same_account, version_status,
+    StoredIncident, collection_due, needs_history, order_key, replay_window_ms, same_account,
+    version_status,
 };
 use crate::store::{
     DeliveryRef, Ingest, IngestOutcome, IngestStatus, Ingested, NewIncident, StoreError,
@@ -232,6 +233,20 @@ async fn ingest_one(
     for route in routes {
         let attached =
             tickets::attach_to_ticket(tx, &inc.incident_id, stored.is_none(), route, now).await?;
+        // An open collection window of the ticket takes the incident instead of a delivery of
+        // its own, in this transaction: a 202 means it is in the batch.
+        if route.collect_for_ms.is_some() {
+            let line = order_key(&inc.incident_id, Some(attached.ticket_seq));
+            if let Some(window) = queue::open_collection(tx, &route.connector, &line).await? {
+                queue::collect(tx, &window, &inc.incident_id, version_id, now).await?;
+                deliveries.push(DeliveryRef {
+                    id: window.delivery_id,
+                    connector: route.connector.clone(),
+                    event: Event::parse(&window.event).unwrap_or(attached.event),
+                });
+                continue;
+            }
+        }
         if attached.event == Event::Updated && !route.sends_updated {
             continue;
         }
@@ -244,6 +259,7 @@ async fn ingest_one(
                 event: attached.event,
                 ticket_seq: Some(attached.ticket_seq),
                 purpose: attached.purpose,
+                collect_until: route.collect_for_ms.map(|ms| collection_due(now, ms)),
             },
             now,
         )

@@ -86,6 +86,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "incidents' accounts, for tenant-scoped admin tokens",
         include_str!("../../../migrations/postgres/0006_accounts.sql"),
     ),
+    (
+        7,
+        "collection windows",
+        include_str!("../../../migrations/postgres/0007_collections.sql"),
+    ),
 ];
 
 /// The newest schema this binary knows: its last migration's.

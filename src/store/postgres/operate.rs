@@ -258,7 +258,8 @@ const PURGE_SCAN: &str = "SELECT updated_ms, incident_id FROM incidents
 /// Of the incidents looked at (`$1`), those whose work is finished: every delivery delivered
 /// before `$2` or dead before `$3` — a dead `created` only when nothing of its line waits
 /// behind it — and every ticket it is on closed before `$4`, or still open with the incident
-/// completed. (SQLite: the same rule, and why.)
+/// completed; an incident another's delivery collected stays as long as that delivery would.
+/// (SQLite: the same rule, and why.)
 const PURGEABLE: &str = "SELECT i.incident_id FROM incidents i
      WHERE i.incident_id = ANY($1)
        AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.incident_id = i.incident_id
@@ -272,10 +273,17 @@ const PURGEABLE: &str = "SELECT i.incident_id FROM incidents i
              JOIN tickets t ON t.ticket_seq = ti.ticket_seq
              WHERE ti.incident_id = i.incident_id
                AND (CASE WHEN t.status = 'open' THEN i.status <> 'completed'
-                     ELSE COALESCE(t.closed_ms, t.updated_ms) >= $4 END))";
+                     ELSE COALESCE(t.closed_ms, t.updated_ms) >= $4 END))
+       AND NOT EXISTS (SELECT 1 FROM collected_incidents c
+             JOIN deliveries d ON d.seq = c.delivery_seq
+             WHERE c.incident_id = i.incident_id AND d.incident_id <> i.incident_id
+               AND NOT ((d.status = 'delivered' AND d.updated_ms < $2)
+                     OR (d.status = 'dead' AND d.updated_ms < $3)))";
 
 /// What goes with the incidents (`$1`), children first.
-const PURGE_DELETES: [&str; 5] = [
+const PURGE_DELETES: [&str; 6] = [
+    "DELETE FROM collected_incidents WHERE incident_id = ANY($1)
+        OR delivery_seq IN (SELECT seq FROM deliveries WHERE incident_id = ANY($1))",
     "DELETE FROM attempts WHERE delivery_id IN
         (SELECT delivery_id FROM deliveries WHERE incident_id = ANY($1))",
     "DELETE FROM deliveries WHERE incident_id = ANY($1)",

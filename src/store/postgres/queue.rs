@@ -11,8 +11,8 @@ use super::{
     Postgres, completion, count, execute, instance, int, lock_line, query_opt, ticket_facts,
 };
 use crate::model::{DeliveryStatus, Event, Purpose, TicketFacts, now_ms};
-use crate::store::rules::{UNREADABLE_DELIVERY, order_key, transition};
-use crate::store::{Attempted, Lease, LeasedDelivery, Queue, ReplayOutcome, StoreError};
+use crate::store::rules::{COLLECTED_SHOWN, UNREADABLE_DELIVERY, order_key, transition};
+use crate::store::{Attempted, Collected, Lease, LeasedDelivery, Queue, ReplayOutcome, StoreError};
 
 #[async_trait]
 impl Queue for Postgres {
@@ -104,8 +104,10 @@ macro_rules! ready_connectors {
 /// A whole lease in one statement (`$1` now, `$2` how many, `$3` busy connectors, `$4` the
 /// lease's end, `$5` the holder): each ready connector's due heads, earliest first, from
 /// `deliveries_ready`; the earliest `$2` of them locked, skipping what another gateway is
-/// taking; leased; and returned with what the attempt needs (the version, the ticket, the
-/// completion). One round trip, where a lease was eight.
+/// taking; leased (which ends a collection window); and returned with what the attempt needs
+/// (the version, the ticket, the completion). One round trip, where a lease was eight; a
+/// window's incidents are read after it ([`COLLECTED_BODIES`]), in a snapshot that has every
+/// join committed before the lease.
 pub(super) const LEASE_DUE: &str = concat!(
     "WITH ",
     ready_connectors!(),
@@ -124,11 +126,11 @@ pub(super) const LEASE_DUE: &str = concat!(
      leased AS (
          UPDATE deliveries d
             SET lease_until_ms = $4, due_ms = $4, lease_holder = $5,
-                lease_token = replace(gen_random_uuid()::text, '-', '')
+                lease_token = replace(gen_random_uuid()::text, '-', ''), collecting = FALSE
          FROM picked WHERE d.seq = picked.seq
          RETURNING d.seq, d.delivery_id, d.incident_id, d.version_id, d.connector, d.event,
                    d.attempts, d.budget_attempts, d.budget_since_ms, d.ticket_seq, d.order_key,
-                   d.lease_token, d.outcome_unknown, d.purpose)
+                   d.lease_token, d.outcome_unknown, d.purpose, d.collected)
      SELECT l.*, v.body, v.received_ms, t.correlation_key, t.ticket_id, t.ticket_url,
             i.status AS incident_status, i.reason_code, i.notes, i.status_change_ms
      FROM leased l JOIN due ON due.seq = l.seq
@@ -159,16 +161,19 @@ pub(super) const PROMOTE_HEAD: &str = concat!(
                AND status = 'pending' AND NOT ready"
 );
 
-/// A new delivery, ready when nothing of its line holds it back.
+/// A new delivery, ready when nothing of its line holds it back, due at `$10` (its retry
+/// budget counted from then: a window's wait is not the target's fault); `$11` true and `$12`
+/// 1 when it opens a collection window (which then holds its own incident).
 pub(super) const INSERT_DELIVERY: &str = concat!(
             "INSERT INTO deliveries (delivery_id, incident_id, version_id, connector, event, status,
                                      order_key, ticket_seq, budget_since_ms, next_attempt_ms, due_ms,
-                                     created_ms, updated_ms, purpose, ready)
-             VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, $8, $8, $8, $8, $8, $9,
+                                     created_ms, updated_ms, purpose, ready, collecting, collected)
+             VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, $10, $10, $10, $8, $8, $9,
                      NOT EXISTS (SELECT 1 FROM deliveries e WHERE e.connector = $4 AND e.order_key = $6
                                  AND ",
             blocking!(),
-            "))"
+            "), $11, $12)
+             RETURNING seq"
         );
 
 /// A delivery to queue.
@@ -179,11 +184,15 @@ pub(super) struct NewDelivery<'a> {
     pub event: Event,
     pub ticket_seq: Option<i64>,
     pub purpose: Purpose,
+    /// It opens a collection window ending then (ms): it is due only then, and later
+    /// incidents of its line join it until it is leased. `None`: due at once.
+    pub collect_until: Option<i64>,
 }
 
-/// Queues one delivery, due at `now`, ready when nothing of its line holds it back; returns
-/// its id. Under the line's lock: a head finishing on another gateway at the same time either
-/// sees this delivery (and makes it ready) or is seen finished by it.
+/// Queues one delivery, due at `now` (or, opening a collection window, when it ends), ready
+/// when nothing of its line holds it back; returns its id. Under the line's lock: a head
+/// finishing on another gateway at the same time either sees this delivery (and makes it
+/// ready) or is seen finished by it.
 pub(super) async fn insert_delivery(
     tx: &Transaction<'_>,
     d: &NewDelivery<'_>,
@@ -192,7 +201,7 @@ pub(super) async fn insert_delivery(
     let id = format!("msg_{}", uuid::Uuid::now_v7().simple());
     let order_key = order_key(d.incident_id, d.ticket_seq);
     lock_line(tx, d.connector, &order_key).await?;
-    execute(
+    let seq: i64 = query_opt(
         tx,
         INSERT_DELIVERY,
         &[
@@ -205,11 +214,126 @@ pub(super) async fn insert_delivery(
             &d.ticket_seq,
             &now,
             &d.purpose.as_stored(),
+            &d.collect_until.unwrap_or(now),
+            &d.collect_until.is_some(),
+            &i32::from(d.collect_until.is_some()),
         ],
     )
-    .await?;
+    .await?
+    .ok_or(StoreError::Missing("delivery"))?
+    .try_get("seq")?;
+    if d.collect_until.is_some() {
+        // The window's first incident is its own: `collected` lists every incident it holds.
+        execute(
+            tx,
+            "INSERT INTO collected_incidents (delivery_seq, position, incident_id, version_id)
+             VALUES ($1, 0, $2, $3)",
+            &[&seq, &d.incident_id, &d.version_id],
+        )
+        .await?;
+    }
     Ok(id)
 }
+
+/// The newest delivery of a line that holds it (`$1` connector, `$2` order key): a window is
+/// open only while it is that one, pending and not yet leased (`collecting`), so whatever was
+/// queued after it (a completion's note, its `completed`) is never overtaken by incidents
+/// that arrive later. Read under the line's lock, so no delivery is queued on the line
+/// meanwhile.
+const NEWEST_OF_LINE: &str = concat!(
+    "SELECT seq, collecting FROM deliveries
+     WHERE connector = $1 AND order_key = $2 AND ",
+    blocking!(),
+    " ORDER BY seq DESC LIMIT 1"
+);
+
+/// That window (`$1` its seq), locked, if it still collects. A lease holds its row only
+/// while it closes the window, so a locked row is a window closing: skipped, never waited
+/// for (a wait could close a cycle with an attempt being recorded, which takes the row, then
+/// the ticket and the line, which the ingest holds).
+const LOCK_WINDOW: &str = "SELECT seq, delivery_id, event FROM deliveries
+     WHERE seq = $1 AND collecting FOR UPDATE SKIP LOCKED";
+
+/// A collection window open on a line.
+pub(super) struct Window {
+    pub seq: i64,
+    pub delivery_id: String,
+    pub event: String,
+}
+
+/// The collection window open on a line, if there is one, locked until the transaction
+/// ends (under the line's lock, as every change of a line is).
+pub(super) async fn open_collection(
+    tx: &Transaction<'_>,
+    connector: &str,
+    order_key: &str,
+) -> Result<Option<Window>, StoreError> {
+    lock_line(tx, connector, order_key).await?;
+    let Some(newest) = query_opt(tx, NEWEST_OF_LINE, &[&connector, &order_key]).await? else {
+        return Ok(None);
+    };
+    // Once closed, a window never opens again: no lock is needed to see that.
+    if !newest.try_get::<_, bool>("collecting")? {
+        return Ok(None);
+    }
+    let seq: i64 = newest.try_get("seq")?;
+    let Some(row) = query_opt(tx, LOCK_WINDOW, &[&seq]).await? else {
+        return Ok(None);
+    };
+    Ok(Some(Window {
+        seq: row.try_get("seq")?,
+        delivery_id: row.try_get("delivery_id")?,
+        event: row.try_get("event")?,
+    }))
+}
+
+/// Puts an incident version into an open window: a new incident after the others; a new
+/// version of one it holds where that one stands (and, for the window's own incident, as
+/// the version the delivery carries). The delivery's row is updated either way, so a lease
+/// that raced this join reads the window only after it is committed.
+pub(super) async fn collect(
+    tx: &Transaction<'_>,
+    window: &Window,
+    incident_id: &str,
+    version_id: i64,
+    now: i64,
+) -> Result<(), StoreError> {
+    let replaced = execute(
+        tx,
+        "UPDATE collected_incidents SET version_id = $3
+         WHERE delivery_seq = $1 AND incident_id = $2",
+        &[&window.seq, &incident_id, &version_id],
+    )
+    .await?;
+    if replaced == 0 {
+        execute(
+            tx,
+            "INSERT INTO collected_incidents (delivery_seq, position, incident_id, version_id)
+             SELECT seq, collected, $2, $3 FROM deliveries WHERE seq = $1",
+            &[&window.seq, &incident_id, &version_id],
+        )
+        .await?;
+    }
+    let added: i32 = i32::from(replaced == 0);
+    execute(
+        tx,
+        "UPDATE deliveries SET collected = collected + $2, updated_ms = $3,
+                version_id = CASE WHEN incident_id = $4 THEN $5 ELSE version_id END
+         WHERE seq = $1",
+        &[&window.seq, &added, &now, &incident_id, &version_id],
+    )
+    .await?;
+    Ok(())
+}
+
+/// The incidents the windows `$1` (delivery seqs) gathered, in arrival order, the first
+/// `$2` of each.
+const COLLECTED_BODIES: &str = "SELECT c.delivery_seq, v.body
+     FROM unnest($1::bigint[]) AS w(seq)
+     CROSS JOIN LATERAL (SELECT delivery_seq, version_id, position FROM collected_incidents
+                         WHERE delivery_seq = w.seq ORDER BY position LIMIT $2) c
+     JOIN incident_versions v ON v.version_id = c.version_id
+     ORDER BY c.delivery_seq, c.position";
 
 /// After a delivery of a line stopped holding it (delivered, or dead and not a `created`),
 /// its new head may go: it becomes ready, if it is pending.
@@ -242,6 +366,8 @@ async fn lease_due(
         .await?;
     drop(client);
     let mut leased = Vec::with_capacity(rows.len());
+    // Each leased delivery's seq, beside it.
+    let mut seqs = Vec::with_capacity(rows.len());
     let mut unreadable = Vec::new();
     for r in rows {
         let body: Option<String> = r.try_get("body")?;
@@ -254,6 +380,7 @@ async fn lease_due(
             ));
             continue;
         };
+        seqs.push(r.try_get::<_, i64>("seq")?);
         let completed = r.try_get::<_, Option<String>>("incident_status")?.is_some();
         let ticket_seq: Option<i64> = r.try_get("ticket_seq")?;
         let purpose = Purpose::from_stored(r.try_get::<_, Option<&str>>("purpose")?);
@@ -288,7 +415,17 @@ async fn lease_due(
                 None
             },
             outcome_unknown: r.try_get("outcome_unknown")?,
+            collected: match count(&r, "collected")? {
+                0 => None,
+                n => Some(Collected {
+                    bodies: Vec::new(),
+                    count: n,
+                }),
+            },
         });
+    }
+    if leased.iter().any(|d| d.collected.is_some()) {
+        read_collected(pg, &mut leased, &seqs).await?;
     }
     if !unreadable.is_empty() {
         transaction!(pg, |tx| {
@@ -307,6 +444,40 @@ async fn lease_due(
         })?;
     }
     Ok(leased)
+}
+
+/// Fills in the incidents of the leased windows (`seqs`: each delivery's seq), in one
+/// statement after the lease: READ COMMITTED gives it a snapshot taken after the lease, so it
+/// sees every join committed before the lease closed the window (the lease itself, one
+/// statement, may have started before the last join committed).
+async fn read_collected(
+    pg: &Postgres,
+    leased: &mut [LeasedDelivery],
+    seqs: &[i64],
+) -> Result<(), StoreError> {
+    let windows: Vec<i64> = leased
+        .iter()
+        .zip(seqs)
+        .filter(|(d, _)| d.collected.is_some())
+        .map(|(_, seq)| *seq)
+        .collect();
+    let client = pg.pool.get().await?;
+    let statement = client.prepare_cached(COLLECTED_BODIES).await?;
+    let rows = client
+        .query(&statement, &[&windows, &COLLECTED_SHOWN])
+        .await?;
+    for r in rows {
+        let seq: i64 = r.try_get("delivery_seq")?;
+        let body: String = r.try_get("body")?;
+        if let Some(Some(c)) = seqs
+            .iter()
+            .position(|s| *s == seq)
+            .map(|i| leased[i].collected.as_mut())
+        {
+            c.bodies.push(body);
+        }
+    }
+    Ok(())
 }
 
 /// [`Queue::record_attempt`] at `now`: `false` (and nothing written) unless the lease is still
@@ -445,7 +616,7 @@ mod tests {
             .await
             .unwrap();
         let busy: Vec<String> = vec!["busy".into()];
-        let statements: [(&str, &str, Vec<Param>); 4] = [
+        let statements: [(&str, &str, Vec<Param>); 7] = [
             (
                 "lease",
                 LEASE_DUE,
@@ -476,7 +647,21 @@ mod tests {
                     Box::new(Some(1i64)),
                     Box::new(0i64),
                     Box::new(None::<String>),
+                    Box::new(0i64),
+                    Box::new(false),
+                    Box::new(0i32),
                 ],
+            ),
+            (
+                "newest of a line",
+                NEWEST_OF_LINE,
+                vec![Box::new("hook"), Box::new("ticket:1")],
+            ),
+            ("lock a window", LOCK_WINDOW, vec![Box::new(1i64)]),
+            (
+                "a window's incidents",
+                COLLECTED_BODIES,
+                vec![Box::new(vec![1i64]), Box::new(100i64)],
             ),
         ];
         for (what, sql, params) in &statements {

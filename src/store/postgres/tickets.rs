@@ -365,6 +365,7 @@ async fn complete_one(
                 event: n.event,
                 ticket_seq: n.ticket_seq,
                 purpose: n.purpose,
+                collect_until: None,
             },
             now,
         )

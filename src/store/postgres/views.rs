@@ -216,7 +216,10 @@ async fn incident_view(
     };
     let deliveries = query_deliveries(
         tx,
-        "WHERE d.incident_id = $1 ORDER BY d.seq",
+        // Its own deliveries, and those of others' that carry it (a collection window's).
+        "WHERE d.incident_id = $1
+            OR d.seq IN (SELECT delivery_seq FROM collected_incidents WHERE incident_id = $1)
+         ORDER BY d.seq",
         &[&incident_id],
         true,
     )

@@ -7,7 +7,9 @@ use rusqlite::{Connection, params};
 
 use super::{Sqlite, optional_row, queue, tickets};
 use crate::model::{Event, now_ms};
-use crate::store::rules::{StoredIncident, replay_window_ms, same_account, version_status};
+use crate::store::rules::{
+    StoredIncident, collection_due, order_key, replay_window_ms, same_account, version_status,
+};
 use crate::store::{
     DeliveryRef, Ingest, IngestOutcome, IngestStatus, Ingested, NewIncident, StoreError,
 };
@@ -212,6 +214,20 @@ fn ingest_one(
     for route in routes {
         let attached =
             tickets::attach_to_ticket(conn, &inc.incident_id, stored.is_none(), &route, now)?;
+        // An open collection window of the ticket takes the incident instead of a delivery of
+        // its own, in this transaction: a 202 means it is in the batch.
+        if route.collect_for_ms.is_some() {
+            let line = order_key(&inc.incident_id, Some(attached.ticket_seq));
+            if let Some(window) = queue::open_collection(conn, &route.connector, &line)? {
+                queue::collect(conn, &window, &inc.incident_id, version_id, now)?;
+                deliveries.push(DeliveryRef {
+                    id: window.delivery_id,
+                    connector: route.connector,
+                    event: Event::parse(&window.event).unwrap_or(attached.event),
+                });
+                continue;
+            }
+        }
         if attached.event == Event::Updated && !route.sends_updated {
             continue;
         }
@@ -224,6 +240,7 @@ fn ingest_one(
                 event: attached.event,
                 ticket_seq: Some(attached.ticket_seq),
                 purpose: attached.purpose,
+                collect_until: route.collect_for_ms.map(|ms| collection_due(now, ms)),
             },
             now,
         )?;

@@ -102,7 +102,9 @@ CREATE TABLE IF NOT EXISTS deliveries (
     updated_ms       INTEGER NOT NULL,
     last_error       TEXT,
     outcome_unknown  INTEGER NOT NULL DEFAULT 0,
-    purpose          TEXT
+    purpose          TEXT,
+    collecting       INTEGER NOT NULL DEFAULT 0,
+    collected        INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS incident_versions_incident ON incident_versions (incident_id);
 CREATE INDEX IF NOT EXISTS deliveries_incident ON deliveries (incident_id);
@@ -126,6 +128,19 @@ CREATE TABLE IF NOT EXISTS ticket_incidents (
     PRIMARY KEY (ticket_seq, incident_id)
 );
 CREATE INDEX IF NOT EXISTS ticket_incidents_incident ON ticket_incidents (incident_id);
+-- A collection window's incidents (`collect_for`), by the delivery that carries them: each
+-- once, in the order they arrived (`position`), at its latest version. The delivery's
+-- `collecting` is 1 while the window takes incidents (until it is leased), `collected` how
+-- many it holds (0: no window).
+CREATE TABLE IF NOT EXISTS collected_incidents (
+    delivery_seq  INTEGER NOT NULL,
+    position      INTEGER NOT NULL,
+    incident_id   TEXT NOT NULL,
+    version_id    INTEGER NOT NULL,
+    PRIMARY KEY (delivery_seq, position),
+    UNIQUE (delivery_seq, incident_id)
+);
+CREATE INDEX IF NOT EXISTS collected_incidents_incident ON collected_incidents (incident_id);
 -- Retention walks incidents oldest change first, from where its last batch stopped.
 CREATE INDEX IF NOT EXISTS incidents_updated ON incidents (updated_ms, incident_id);
 -- Signed requests' webhook-ids, written in the transaction that stores their incidents: the
@@ -162,10 +177,10 @@ CREATE TABLE IF NOT EXISTS attempts (
 
 /// Columns added after the first release, each with what adds it to an older file: whether
 /// a `created`'s outcome is unknown, what the lookup before an attempt found, why a delivery
-/// was queued beside its event, when a ticket closed (for reopening), and an incident's
+/// was queued beside its event, when a ticket closed (for reopening), an incident's
 /// account (its tenant, for scoped admin tokens; an older file's incidents take it from their
-/// current version's body).
-const ADDED_COLUMNS: [(&str, &str, &str); 5] = [
+/// current version's body), and a delivery's collection window (none, in an older file).
+const ADDED_COLUMNS: [(&str, &str, &str); 7] = [
     (
         "deliveries",
         "outcome_unknown",
@@ -194,6 +209,16 @@ const ADDED_COLUMNS: [(&str, &str, &str); 5] = [
              (SELECT json_extract(v.body, '$.accountId') FROM incident_versions v
                WHERE v.version_id = incidents.version_id
                  AND json_type(v.body, '$.accountId') = 'integer')",
+    ),
+    (
+        "deliveries",
+        "collecting",
+        "ALTER TABLE deliveries ADD COLUMN collecting INTEGER NOT NULL DEFAULT 0",
+    ),
+    (
+        "deliveries",
+        "collected",
+        "ALTER TABLE deliveries ADD COLUMN collected INTEGER NOT NULL DEFAULT 0",
     ),
 ];
 

@@ -7,8 +7,10 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{Sqlite, completion_of, json_list, optional_row, rows};
 use crate::model::{DeliveryStatus, Event, Purpose, TicketFacts, now_ms};
-use crate::store::rules::{INTERRUPTED_CREATED, UNREADABLE_DELIVERY, order_key, transition};
-use crate::store::{Attempted, Lease, LeasedDelivery, Queue, ReplayOutcome, StoreError};
+use crate::store::rules::{
+    COLLECTED_SHOWN, INTERRUPTED_CREATED, UNREADABLE_DELIVERY, order_key, transition,
+};
+use crate::store::{Attempted, Collected, Lease, LeasedDelivery, Queue, ReplayOutcome, StoreError};
 
 #[async_trait]
 impl Queue for Sqlite {
@@ -69,21 +71,27 @@ pub(super) struct NewDelivery<'a> {
     pub event: Event,
     pub ticket_seq: Option<i64>,
     pub purpose: Purpose,
+    /// It opens a collection window ending then (ms): it is due only then, and later
+    /// incidents of its line join it until it is leased. `None`: due at once.
+    pub collect_until: Option<i64>,
 }
 
-/// A new delivery, ready when nothing of its line holds it back (an index seek).
+/// A new delivery, ready when nothing of its line holds it back (an index seek), due at
+/// `?10` (its retry budget counted from then: a window's wait is not the target's fault);
+/// `?11` 1 when it opens a collection window (which then holds its own incident).
 const INSERT_DELIVERY: &str = concat!(
             "INSERT INTO deliveries (delivery_id, incident_id, version_id, connector, event, status,
                                      order_key, ticket_seq, budget_since_ms, next_attempt_ms, due_ms,
-                                     created_ms, updated_ms, purpose, ready)
-             VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6, ?7, ?8, ?8, ?8, ?8, ?8, ?9,
+                                     created_ms, updated_ms, purpose, ready, collecting, collected)
+             VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6, ?7, ?10, ?10, ?10, ?8, ?8, ?9,
                      NOT EXISTS (SELECT 1 FROM deliveries e WHERE e.connector = ?4 AND e.order_key = ?6
                                  AND ",
             blocking!(),
-            "))"
+            "), ?11, ?11)"
         );
 
-/// Queues one delivery, due at `now`; returns its id.
+/// Queues one delivery, due at `now` (or, opening a collection window, when it ends);
+/// returns its id.
 pub(super) fn insert_delivery(
     conn: &Connection,
     d: &NewDelivery<'_>,
@@ -99,9 +107,109 @@ pub(super) fn insert_delivery(
         order_key(d.incident_id, d.ticket_seq),
         d.ticket_seq,
         now,
-        d.purpose.as_stored()
+        d.purpose.as_stored(),
+        d.collect_until.unwrap_or(now),
+        d.collect_until.is_some(),
     ])?;
+    if d.collect_until.is_some() {
+        // The window's first incident is its own: `collected` lists every incident it holds.
+        conn.prepare_cached(
+            "INSERT INTO collected_incidents (delivery_seq, position, incident_id, version_id)
+             VALUES (?1, 0, ?2, ?3)",
+        )?
+        .execute(params![
+            conn.last_insert_rowid(),
+            d.incident_id,
+            d.version_id
+        ])?;
+    }
     Ok(id)
+}
+
+from_row! {
+    /// The newest delivery of a line that holds it (a collection window, if `collecting`).
+    pub(super) struct Window {
+        pub seq: i64,
+        pub delivery_id: String,
+        pub event: String,
+        pub collecting: bool,
+    }
+}
+
+/// The newest delivery of a line among those that hold it (an index seek): a window is open
+/// only while it is that one, so whatever was queued after it (a completion's note, its
+/// `completed`) is never overtaken by incidents that arrive later.
+const NEWEST_OF_LINE: &str = concat!(
+    "SELECT seq, delivery_id, event, collecting
+     FROM deliveries INDEXED BY deliveries_blocking
+     WHERE connector = ?1 AND order_key = ?2 AND ",
+    blocking!(),
+    " ORDER BY seq DESC LIMIT 1"
+);
+
+/// The collection window open on a line (`connector`, `order_key`), if there is one: the
+/// line's newest delivery, pending and not yet leased.
+pub(super) fn open_collection(
+    conn: &Connection,
+    connector: &str,
+    order_key: &str,
+) -> Result<Option<Window>, StoreError> {
+    let newest: Option<Window> = optional_row(conn, NEWEST_OF_LINE, params![connector, order_key])?;
+    Ok(newest.filter(|w| w.collecting))
+}
+
+/// Puts an incident version into an open window: a new incident after the others; a new
+/// version of one it holds where that one stands (and, for the window's own incident, as
+/// the version the delivery carries).
+pub(super) fn collect(
+    conn: &Connection,
+    window: &Window,
+    incident_id: &str,
+    version_id: i64,
+    now: i64,
+) -> Result<(), StoreError> {
+    let replaced = conn
+        .prepare_cached(
+            "UPDATE collected_incidents SET version_id = ?3
+             WHERE delivery_seq = ?1 AND incident_id = ?2",
+        )?
+        .execute(params![window.seq, incident_id, version_id])?;
+    if replaced == 0 {
+        conn.prepare_cached(
+            "INSERT INTO collected_incidents (delivery_seq, position, incident_id, version_id)
+             SELECT seq, collected, ?2, ?3 FROM deliveries WHERE seq = ?1",
+        )?
+        .execute(params![window.seq, incident_id, version_id])?;
+    }
+    conn.prepare_cached(
+        "UPDATE deliveries SET collected = collected + ?2, updated_ms = ?3,
+                version_id = CASE WHEN incident_id = ?4 THEN ?5 ELSE version_id END
+         WHERE seq = ?1",
+    )?
+    .execute(params![
+        window.seq,
+        i64::from(replaced == 0),
+        now,
+        incident_id,
+        version_id
+    ])?;
+    Ok(())
+}
+
+/// The incidents a window gathered, in arrival order, the first [`COLLECTED_SHOWN`] of them.
+const COLLECTED_BODIES: &str = "SELECT v.body FROM collected_incidents c
+     CROSS JOIN incident_versions v ON v.version_id = c.version_id
+     WHERE c.delivery_seq = ?1 ORDER BY c.position LIMIT ?2";
+
+fn collected(conn: &Connection, seq: i64, count: u32) -> Result<Option<Collected>, StoreError> {
+    if count == 0 {
+        return Ok(None);
+    }
+    let bodies = conn
+        .prepare_cached(COLLECTED_BODIES)?
+        .query_map(params![seq, COLLECTED_SHOWN], |r| r.get(0))?
+        .collect::<Result<Vec<String>, _>>()?;
+    Ok(Some(Collected { bodies, count }))
 }
 
 from_row! {
@@ -121,6 +229,7 @@ from_row! {
         due_ms: i64,
         outcome_unknown: bool,
         purpose: Option<String>,
+        collected: u32,
     }
 }
 
@@ -139,7 +248,8 @@ fn lease_token() -> String {
 /// A connector's due heads of their lines, earliest first.
 const DUE_HEADS: &str =
     "SELECT seq, delivery_id, incident_id, version_id, connector, event, attempts,
-        budget_attempts, budget_since_ms, ticket_seq, order_key, due_ms, outcome_unknown, purpose
+        budget_attempts, budget_since_ms, ticket_seq, order_key, due_ms, outcome_unknown, purpose,
+        collected
      FROM deliveries INDEXED BY deliveries_ready
      WHERE ready = 1 AND connector = ?1 AND due_ms <= ?2
      ORDER BY due_ms, seq LIMIT ?3";
@@ -192,8 +302,11 @@ pub(super) fn lease_due(
     }
     candidates.sort_by_key(|d| (d.due_ms, d.seq));
     candidates.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+    // A lease ends the delivery's collection window: the next incident of its line opens a
+    // new one.
     let mut take = conn.prepare_cached(
-        "UPDATE deliveries SET lease_until_ms = ?2, lease_token = ?3, due_ms = ?2 WHERE seq = ?1",
+        "UPDATE deliveries SET lease_until_ms = ?2, lease_token = ?3, due_ms = ?2, collecting = 0
+         WHERE seq = ?1",
     )?;
     let mut leased = Vec::with_capacity(candidates.len());
     for due in candidates {
@@ -231,6 +344,7 @@ pub(super) fn lease_due(
         } else {
             None
         };
+        let collected = collected(conn, due.seq, due.collected)?;
         let lease_token = lease_token();
         take.execute(params![due.seq, now.saturating_add(lease_ms), lease_token])?;
         leased.push(LeasedDelivery {
@@ -248,6 +362,7 @@ pub(super) fn lease_due(
             ticket,
             completion,
             outcome_unknown: due.outcome_unknown,
+            collected,
         });
     }
     Ok(leased)
@@ -778,6 +893,7 @@ mod tests {
             ("ready connectors", READY_CONNECTORS, "deliveries_ready"),
             ("promote head", PROMOTE_HEAD, "deliveries_blocking"),
             ("insert", INSERT_DELIVERY, "deliveries_blocking"),
+            ("newest of a line", NEWEST_OF_LINE, "deliveries_blocking"),
         ] {
             let plan = plan(&db.conn, sql);
             println!("{name}:\n{plan}\n");
@@ -884,5 +1000,176 @@ mod tests {
             assert!(next_due_ms(&db.conn, &["other".into()]).unwrap().is_some());
         }
         assert_eq!(reprepared(&db.conn), [], "statements planned again");
+    }
+
+    /// A route to `connector` under `key` whose incidents wait `window` ms for others.
+    fn collecting(connector: &str, key: &str, window: i64) -> crate::store::Route {
+        let mut r = route(connector, key, None);
+        r.collect_for_ms = Some(window);
+        r
+    }
+
+    /// The incident ids (and `v` versions, where a body has one) a leased window carries.
+    fn carried(d: &LeasedDelivery) -> (Vec<String>, u32) {
+        let c = d.collected.as_ref().expect("a collection");
+        let ids = c
+            .bodies
+            .iter()
+            .map(|b| {
+                let v: serde_json::Value = serde_json::from_str(b).unwrap();
+                match v.get("v").and_then(|v| v.as_str()) {
+                    Some(version) => format!("{}/{version}", v["incidentId"].as_str().unwrap()),
+                    None => v["incidentId"].as_str().unwrap().to_string(),
+                }
+            })
+            .collect();
+        (ids, c.count)
+    }
+
+    #[test]
+    fn a_window_gathers_its_keys_incidents_into_one_delivery_until_it_is_leased() {
+        let db = TestDb::new();
+        let k = collecting("jira", "k", 1_000);
+        let first = db.ingest_one(incident("A").routed(&k), 10_000);
+        let window = first.deliveries[0].id.clone();
+        assert_eq!(first.deliveries[0].event, Event::Created);
+        // B and C join it: the answer names the window's delivery, and none is added.
+        for (id, at) in [("B", 10_200), ("C", 10_999)] {
+            let joined = db.ingest_one(incident(id).routed(&k), at);
+            assert_eq!(joined.deliveries.len(), 1);
+            assert_eq!(joined.deliveries[0].id, window, "{id}");
+            assert_eq!(joined.deliveries[0].event, Event::Created);
+        }
+        // Another key has its own window.
+        let other = db.deliver_one(
+            incident("X").routed(&collecting("jira", "x", 1_000)),
+            10_500,
+        );
+        assert_eq!(db.count("deliveries"), 2);
+        // Due when the window ends, not before.
+        assert!(
+            lease_due(&db.conn, 10, LEASE, &[], 10_999)
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(next_due_ms(&db.conn, &[]).unwrap(), Some(11_000));
+        let leased = lease_due(&db.conn, 10, LEASE, &[], 11_000).unwrap();
+        assert_eq!(ids(&leased), [window.as_str()]);
+        assert_eq!(
+            carried(&leased[0]),
+            (vec!["A".into(), "B".into(), "C".into()], 3)
+        );
+        // Leased, the window is closed: D starts the ticket's next one (an `updated`, due a
+        // window later, behind the leased `created`).
+        let d = db.ingest_one(incident("D").routed(&k), 11_100);
+        let next = d.deliveries[0].id.clone();
+        assert_ne!(next, window);
+        assert_eq!(d.deliveries[0].event, Event::Updated);
+        assert_ready_is_the_rule(&db);
+        assert!(finish(&db, &leased[0], NextStep::Delivered, 11_200));
+        let later = lease_due(&db.conn, 10, LEASE, &[], 12_099).unwrap();
+        assert_eq!(ids(&later), [other.as_str()]);
+        assert_eq!(carried(&later[0]), (vec!["X".into()], 1));
+        let last = lease_due(&db.conn, 10, LEASE, &[], 12_100).unwrap();
+        assert_eq!(ids(&last), [next.as_str()]);
+        assert_eq!(carried(&last[0]), (vec!["D".into()], 1));
+        // A route without a window queues at once and carries no collection.
+        let plain = db.deliver_one(incident("P").routed(&route("jira", "p", None)), 13_000);
+        let now = lease_due(&db.conn, 10, LEASE, &[], 13_000).unwrap();
+        assert_eq!(ids(&now), [plain.as_str()]);
+        assert!(now[0].collected.is_none());
+    }
+
+    #[test]
+    fn a_new_version_in_a_window_replaces_its_incident_where_it_stands() {
+        let db = TestDb::new();
+        let k = collecting("jira", "k", 1_000);
+        let window = db.deliver_one(incident_with("A", Some(1.0), "a1").routed(&k), 1_000);
+        db.ingest_one(incident_with("B", Some(1.0), "b1").routed(&k), 1_100);
+        for (id, body) in [("A", "a2"), ("B", "b2")] {
+            let again = db.ingest_one(incident_with(id, Some(2.0), body).routed(&k), 1_200);
+            assert_eq!(again.deliveries[0].id, window);
+        }
+        let leased = lease_due(&db.conn, 10, LEASE, &[], 2_000).unwrap();
+        assert_eq!(carried(&leased[0]), (vec!["A/a2".into(), "B/b2".into()], 2));
+        // The delivery carries its own incident's latest version too.
+        assert!(
+            leased[0].incident_body.contains("a2"),
+            "{}",
+            leased[0].incident_body
+        );
+        assert_eq!(db.count("deliveries"), 1);
+    }
+
+    #[test]
+    fn a_window_ends_when_anything_is_queued_behind_it_and_shows_what_it_holds() {
+        let db = TestDb::new();
+        let k = collecting("jira", "k", 1_000);
+        let window = db.deliver_one(incident("A").routed(&k), 1_000);
+        db.ingest_one(incident("B").routed(&k), 1_100);
+        // A is completed: B keeps the ticket open, so a note is queued behind the window.
+        let request = crate::store::Completing {
+            incident_id: "A".into(),
+            caller: crate::store::Caller::Source("src".into()),
+            reason_code: "other".into(),
+            notes: None,
+            skipping: vec![],
+            upstream: vec![],
+            close_policies: Default::default(),
+            takes_notes: vec!["jira".into()],
+            completes_all: false,
+        };
+        super::super::tickets::complete(&db.conn, &request, 1_200).unwrap();
+        // C arrives after the note: it is not put before it, in a window of its own.
+        let c = db.ingest_one(incident("C").routed(&k), 1_300);
+        assert_ne!(c.deliveries[0].id, window);
+        assert_eq!(db.count("deliveries"), 3);
+        let leased = lease_due(&db.conn, 10, LEASE, &[], 2_000).unwrap();
+        assert_eq!(carried(&leased[0]), (vec!["A".into(), "B".into()], 2));
+        // The admin view of B shows the delivery that carries it.
+        let view = super::super::views::incident_view(&db.conn, "B")
+            .unwrap()
+            .unwrap();
+        let shown: Vec<&str> = view.connectors["jira"]
+            .deliveries
+            .iter()
+            .map(|d| d.id.as_str())
+            .collect();
+        assert_eq!(shown, [window.as_str()]);
+    }
+
+    #[test]
+    fn a_file_from_before_collection_windows_is_brought_up_to_date() {
+        let db = TestDb::new();
+        let earlier = db.deliver_one(incident("A").routed(&route("jira", "k", None)), 1_000);
+        db.exec(
+            "DROP TABLE collected_incidents;
+             ALTER TABLE deliveries DROP COLUMN collecting;
+             ALTER TABLE deliveries DROP COLUMN collected;",
+        );
+        super::super::migrate(&db.conn).unwrap();
+        let k = collecting("jira", "k", 1_000);
+        let window = db.deliver_one(incident("B").routed(&k), 1_100);
+        assert_eq!(
+            db.ingest_one(incident("C").routed(&k), 1_200).deliveries[0].id,
+            window
+        );
+        let first = lease_due(&db.conn, 10, LEASE, &[], 5_000).unwrap();
+        assert_eq!(ids(&first), [earlier.as_str()]);
+        assert!(first[0].collected.is_none());
+        assert!(finish(&db, &first[0], NextStep::Delivered, 5_001));
+        let next = lease_due(&db.conn, 10, LEASE, &[], 5_002).unwrap();
+        assert_eq!(carried(&next[0]), (vec!["B".into(), "C".into()], 2));
+    }
+
+    #[test]
+    fn a_window_delivery_reads_its_incidents_by_index() {
+        let db = TestDb::new();
+        let plan = plan(&db.conn, COLLECTED_BODIES);
+        assert!(
+            plan.contains("USING INDEX") || plan.contains("USING PRIMARY KEY"),
+            "{plan}"
+        );
+        assert!(!plan.contains("SCAN"), "{plan}");
     }
 }

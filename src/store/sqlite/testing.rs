@@ -89,6 +89,7 @@ pub fn route(connector: &str, key: &str, aggregate_for_ms: Option<i64>) -> Route
         aggregate_for_ms,
         sends_updated: true,
         reopen_within_ms: None,
+        collect_for_ms: None,
     }
 }
 

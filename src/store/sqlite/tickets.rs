@@ -349,6 +349,7 @@ fn complete_one(
                 event: n.event,
                 ticket_seq: n.ticket_seq,
                 purpose: n.purpose,
+                collect_until: None,
             },
             now,
         )?;

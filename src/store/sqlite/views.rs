@@ -231,7 +231,10 @@ impl FromRow for AttemptView {
 }
 
 /// [`Views::incident`].
-fn incident_view(conn: &Connection, incident_id: &str) -> Result<Option<IncidentView>, StoreError> {
+pub(super) fn incident_view(
+    conn: &Connection,
+    incident_id: &str,
+) -> Result<Option<IncidentView>, StoreError> {
     let row: Option<IncidentRow> = optional_row(
         conn,
         concat!(incident_view_select!(), " WHERE i.incident_id = ?1"),
@@ -240,9 +243,12 @@ fn incident_view(conn: &Connection, incident_id: &str) -> Result<Option<Incident
     let Some(row) = row else {
         return Ok(None);
     };
+    // Its own deliveries, and those of others' that carry it (a collection window's).
     let deliveries = query_deliveries(
         conn,
-        "WHERE incident_id = ?1 ORDER BY seq",
+        "WHERE incident_id = ?1
+            OR seq IN (SELECT delivery_seq FROM collected_incidents WHERE incident_id = ?1)
+         ORDER BY seq",
         &[&row.incident_id],
         true,
     )?;
