@@ -200,3 +200,30 @@ fn retention_scenario_purges_what_it_filled() {
     );
     assert_no_errors(&report);
 }
+
+#[test]
+fn intel_scenario_measures_ingest_with_and_without_an_ioc_list() {
+    let report = tool(&["intel", "--ioc-entries", "20000"]);
+    let labels: Vec<_> = report.runs.iter().map(|r| r.label.as_str()).collect();
+    for who in ["gateway, no IOC list", "gateway, 20000 IOC entries"] {
+        let run = report
+            .runs
+            .iter()
+            .find(|r| r.label.starts_with(&format!("{who} (round 1/1)")))
+            .unwrap_or_else(|| panic!("no run of {who}: {labels:?}"));
+        assert!(run.rate > 0.0, "{}", run.summary());
+    }
+    for figure in [
+        "ingest rate, 20000 IOC entries",
+        "IOC lookup, 20000 entries",
+        "IOC list, gateway's estimate per entry",
+    ] {
+        let row = report
+            .rows
+            .iter()
+            .find(|r| r.figure == figure)
+            .unwrap_or_else(|| panic!("no row {figure}"));
+        assert!(row.value > 0.0, "{figure}: {}", row.value);
+    }
+    assert_no_errors(&report);
+}

@@ -4,6 +4,7 @@
 pub mod baseline;
 pub mod child;
 pub mod gateway;
+pub mod intel;
 pub mod load;
 pub mod payload;
 pub mod receiver;
@@ -46,6 +47,9 @@ pub enum Scenario {
     /// runs at `--rate` (default 1,000/s): p99 ingest latency before and during the purge, the
     /// purge's duration, and the SQLite file (with its WAL) before and after.
     Retention,
+    /// Ingest with an IOC list of `--ioc-entries` loaded vs without, in `--rounds` rounds;
+    /// the list's memory and one lookup's time (not part of `all`).
+    Intel,
 }
 
 #[derive(Parser, Debug, Clone)]
@@ -115,6 +119,9 @@ pub struct Cli {
     /// connections spread over them in turn (the backlog scenario runs one).
     #[arg(long, default_value_t = 1)]
     pub instances: usize,
+    /// Entries of the IOC list the intel scenario loads.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub ioc_entries: u64,
     /// Run the baselines as threads of this process instead of child processes (for tests).
     #[arg(long, hide = true)]
     pub baselines_in_process: bool,
@@ -227,6 +234,8 @@ struct Bench {
     folders: usize,
     /// PostgreSQL databases made for gateway runs (`--storage`), dropped at the end.
     databases: Vec<String>,
+    /// Config appended to every gateway run's (the intel scenario's list).
+    tail: String,
 }
 
 impl Bench {
@@ -256,6 +265,7 @@ impl Bench {
             rows: Vec::new(),
             folders: 0,
             databases: Vec::new(),
+            tail: String::new(),
         })
     }
 
@@ -303,6 +313,7 @@ impl Bench {
             Scenario::Backlog => self.backlog().await,
             Scenario::Isolation => self.isolation().await,
             Scenario::Retention => self.retention().await,
+            Scenario::Intel => self.intel().await,
         }
     }
 
@@ -440,7 +451,7 @@ impl Bench {
                 storage,
                 elsewhere: Vec::new(),
                 circuit_failures: None,
-                tail: String::new(),
+                tail: self.tail.clone(),
             },
         )?;
         let mut gws = Vec::new();
