@@ -304,6 +304,12 @@ pub fn check(config_file: &Path, incidents_dir: Option<&Path>) -> Result<CheckRe
         .collect();
     check_fields(&config, &place, &renderer, &fields, &examples, &mut report);
     report.notes.extend(threat_intel_note(&config));
+    report.errors.extend(windows_never_read(&config, &place));
+    // The gateway would run without a list that does not parse: the admin is told here.
+    for (i, e) in config.threat_intel.problems() {
+        let field = format!("threat_intel.lists[{i}].file");
+        report.errors.push(format!("{}: {e}", place.field(&field)));
+    }
     if partials_broken {
         report.notes.push(
             "a partial does not compile: nothing was rendered (fix it and run check again)".into(),
@@ -626,6 +632,68 @@ fn matcher_problem(
     fields.pointer_problem(pointer, examples)
 }
 
+/// Connectors with a collection window (`collect_for`, theirs or a tenant's) none of whose
+/// templates reads `collected`, directly or through a partial: the incidents after a
+/// window's first would reach the target nowhere.
+fn windows_never_read(config: &Config, place: &Placer) -> Vec<String> {
+    // The partials that read `collected`, directly or through another partial, by name.
+    let partials: Vec<(String, String)> = config
+        .partials_dir
+        .as_deref()
+        .and_then(|dir| std::fs::read_dir(dir).ok())
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e
+                .file_name()
+                .to_string_lossy()
+                .split('.')
+                .next()?
+                .to_string();
+            Some((name, std::fs::read_to_string(e.path()).ok()?))
+        })
+        .collect();
+    let mut reading: BTreeSet<&str> = BTreeSet::new();
+    loop {
+        let before = reading.len();
+        for (name, text) in &partials {
+            if text.contains("collected") || reading.iter().any(|r| text.contains(r)) {
+                reading.insert(name);
+            }
+        }
+        if reading.len() == before {
+            break;
+        }
+    }
+    let mut errors = Vec::new();
+    for (i, connector) in config.connectors.iter().enumerate() {
+        let windowed = connector.collect_for.is_some()
+            || connector
+                .per_tenant
+                .values()
+                .any(|t| t.collect_for.is_some());
+        if !windowed {
+            continue;
+        }
+        let reads = [Event::Created, Event::Updated, Event::Completed]
+            .into_iter()
+            .flat_map(|event| connector_template_files(connector, event))
+            .filter_map(|file| std::fs::read_to_string(&file.resolved).ok())
+            .any(|text| text.contains("collected") || reading.iter().any(|r| text.contains(r)));
+        if !reads {
+            errors.push(format!(
+                "{}: collect_for is set, but no template of {:?} reads `collected`: the incidents \
+                 after a window's first would reach the target nowhere (use \
+                 templates/generic/batch.json.hbs, or list `collected` in the template)",
+                place.field(&format!("connectors[{i}].collect_for")),
+                connector.name
+            ));
+        }
+    }
+    errors
+}
+
 /// What `check` says of the threat-intel lists it loaded: entries and memory, per list.
 fn threat_intel_note(config: &Config) -> Vec<String> {
     let intel = config.threat_intel.current();
@@ -656,14 +724,43 @@ fn check_fields(
     examples: &[Value],
     report: &mut CheckReport,
 ) {
+    // Every matcher the config has: connectors', tenants' own on a connector, and the
+    // assignment rules' (global, then each tenant's), each by the field it is written as.
+    let mut matchers: Vec<(String, &crate::route::Matcher)> = Vec::new();
     for (i, connector) in config.connectors.iter().enumerate() {
-        for (j, matcher) in connector.matchers.iter().enumerate() {
-            if let Some(why) = matcher_problem(config, fields, &matcher.field, examples) {
-                let field = format!("connectors[{i}].matchers[{j}].field");
-                report
-                    .errors
-                    .push(format!("{}: {why}", place.field(&field)));
+        for (j, m) in connector.matchers.iter().enumerate() {
+            matchers.push((format!("connectors[{i}].matchers[{j}].field"), m));
+        }
+        for settings in connector.per_tenant.values() {
+            for (j, m) in settings.matchers.iter().flatten().enumerate() {
+                let at = format!("connectors[{i}].per_tenant.{}", settings.tenant);
+                matchers.push((format!("{at}.matchers[{j}].field"), m));
             }
+        }
+    }
+    if let Some(rules) = config.connectors.first().map(|c| &*c.assignment) {
+        for (j, rule) in rules.global.iter().enumerate() {
+            for (k, m) in rule.matchers.iter().enumerate() {
+                matchers.push((format!("assignment[{j}].matchers[{k}].field"), m));
+            }
+        }
+        for (account, own) in &rules.per_tenant {
+            let Some(t) = config.tenants.iter().position(|t| t.account_id == *account) else {
+                continue;
+            };
+            for (j, rule) in own.iter().enumerate() {
+                for (k, m) in rule.matchers.iter().enumerate() {
+                    let field = format!("tenants[{t}].assignment[{j}].matchers[{k}].field");
+                    matchers.push((field, m));
+                }
+            }
+        }
+    }
+    for (field, matcher) in matchers {
+        if let Some(why) = matcher_problem(config, fields, &matcher.field, examples) {
+            report
+                .errors
+                .push(format!("{}: {why}", place.field(&field)));
         }
     }
     let bare = serde_json::json!({"incidentId": "x"});
@@ -890,6 +987,9 @@ pub fn routes(config_file: &Path, incident_file: &Path) -> Result<Routes, CliErr
     config.threat_intel.enrich(&mut incident);
     if !config.threat_intel.is_empty() {
         let _ = writeln!(out, "{}", threat_intel_line(&incident));
+        for (_, e) in config.threat_intel.problems() {
+            let _ = writeln!(out, "  not loaded (the gateway would run without it): {e}");
+        }
     }
     // For the keys of the connectors reached (a template that does not compile is `check`'s
     // to report: the key is left out here).
@@ -953,7 +1053,8 @@ pub fn routes(config_file: &Path, incident_file: &Path) -> Result<Routes, CliErr
             );
             // A field missing here may be missing from every incident: a typo.
             if m.actual.is_none()
-                && let Some(why) = fields.pointer_problem(&m.field, std::slice::from_ref(&incident))
+                && let Some(why) =
+                    matcher_problem(&config, &fields, &m.field, std::slice::from_ref(&incident))
             {
                 let _ = writeln!(out, "    {why}");
             }

@@ -185,6 +185,7 @@ impl Gateway {
             GenerationError::Interrupted(e) => Error::Serve(std::io::Error::other(e)),
         })?;
         let config = first.config.clone();
+        crate::reload::log_intel_problems(&config.threat_intel);
         let wake = Arc::new(Notify::new());
         let metrics = Arc::new(metrics::Metrics::default());
         let listener = tokio::net::TcpListener::bind(&config.server.listen)

@@ -21,6 +21,20 @@ use serde_json::{Map, Value};
 /// At most this many matches are kept on an incident (its body stays bounded).
 pub const MAX_MATCHES: usize = 64;
 
+/// A matched value is kept cut to this many characters.
+const MAX_VALUE_CHARS: usize = 512;
+
+/// The longest host name (RFC 1035): a longer value is no domain, and is not looked up.
+const MAX_HOST_LEN: usize = 253;
+
+/// `s`, at most `max` characters.
+fn cut(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
 /// The member of the incident the gateway writes its findings to, and the findings when
 /// nothing matched (the render context's `ti` is one or the other).
 pub use crate::render::derive::{THREAT_INTEL_MEMBER as MEMBER, no_threat_findings as no_findings};
@@ -148,8 +162,17 @@ impl IocList {
                         let line = e.position().map_or(0, |p| p.line() as usize);
                         line_error(line, e.to_string())
                     })?;
-                    let line = record.position().map_or(0, |p| p.line() as usize);
+                    // The record's position can be that of a comment the reader skipped: the
+                    // line is where its value stands.
+                    let start = record.position().map_or(0, |p| p.byte() as usize);
                     let token = record.get(index).map(str::trim).unwrap_or("");
+                    let line = text
+                        .get(start..)
+                        .and_then(|rest| rest.find(token))
+                        .map_or_else(
+                            || line_at(text.as_bytes(), start),
+                            |at| line_at(text.as_bytes(), start + at),
+                        );
                     if token.is_empty() {
                         if record.iter().all(|f| f.trim().is_empty()) {
                             continue;
@@ -241,6 +264,10 @@ impl IocList {
     /// A host name is on the list when it or a parent domain is (`a.evil.example` is caught
     /// by `evil.example`); an address written as a host is looked up as one.
     fn has_host(&self, host: &str) -> bool {
+        // Each parent is hashed: bounded by a host name's length, not the value's.
+        if host.len() > MAX_HOST_LEN + 1 {
+            return false;
+        }
         let host = host.trim_end_matches('.').to_ascii_lowercase();
         if let Ok(ip) = host.trim_start_matches('[').trim_end_matches(']').parse() {
             return self.has_ip(ip);
@@ -346,7 +373,17 @@ fn classify(token: &str) -> Result<Ioc, String> {
                     u128::MAX << (128 - bits)
                 };
                 let start = u128::from(a) & mask;
-                Ok(Ioc::V6(start, start | !mask))
+                let end = start | !mask;
+                // A range inside ::ffff:0:0/96 is IPv4 written as IPv6: lookups of mapped
+                // addresses search the IPv4 ranges.
+                const MAPPED_PREFIX: u128 = 0xffff;
+                Ok(
+                    if start >> 32 == MAPPED_PREFIX && end >> 32 == MAPPED_PREFIX {
+                        Ioc::V4(start as u32, end as u32)
+                    } else {
+                        Ioc::V6(start, end)
+                    },
+                )
             }
             Ok(_) => Err(format!("{token:?}: the prefix length is too long")),
             Err(_) => Err(format!("{token:?} is not a CIDR range")),
@@ -453,21 +490,61 @@ fn normalize_url(s: &str) -> Option<(String, String)> {
 /// The lists in force: what ingest matches against.
 #[derive(Debug, Default)]
 pub struct Intel {
-    pub lists: Vec<IocList>,
+    /// Shared with the next set where a file did not change (or did not parse).
+    pub lists: Vec<Arc<IocList>>,
+}
+
+/// Reads and parses one list's file, naming the line of a problem (a file that is not
+/// UTF-8 included).
+fn read_list(spec: &ListSpec) -> Result<IocList, IntelError> {
+    let bytes = std::fs::read(&spec.file).map_err(|e| IntelError::Read {
+        file: spec.file.clone(),
+        message: e.to_string(),
+    })?;
+    let text = std::str::from_utf8(&bytes).map_err(|e| IntelError::Line {
+        file: spec.file.clone(),
+        line: line_at(&bytes, e.valid_up_to()),
+        message: "not UTF-8 text".into(),
+    })?;
+    IocList::parse(spec, text)
+}
+
+/// The 1-based line of byte `offset`.
+fn line_at(bytes: &[u8], offset: usize) -> usize {
+    bytes[..offset.min(bytes.len())]
+        .iter()
+        .filter(|b| **b == b'\n')
+        .count()
+        + 1
 }
 
 impl Intel {
-    /// Reads and parses every list.
-    pub fn load(specs: &[ListSpec]) -> Result<Intel, IntelError> {
+    /// Reads and parses every list. A list whose file cannot be read or parsed is held
+    /// empty (`previous`: its last good set, where there is one), and its error returned with
+    /// its index: a broken feed file must not stop the gateway, which would lose every
+    /// incident; `check` refuses it.
+    pub fn load(specs: &[ListSpec], previous: Option<&Intel>) -> (Intel, Vec<(usize, IntelError)>) {
         let mut lists = Vec::with_capacity(specs.len());
-        for spec in specs {
-            let text = std::fs::read_to_string(&spec.file).map_err(|e| IntelError::Read {
-                file: spec.file.clone(),
-                message: e.to_string(),
-            })?;
-            lists.push(IocList::parse(spec, &text)?);
+        let mut problems = Vec::new();
+        for (i, spec) in specs.iter().enumerate() {
+            match read_list(spec) {
+                Ok(list) => lists.push(Arc::new(list)),
+                Err(e) => {
+                    problems.push((i, e));
+                    let kept = previous
+                        .and_then(|p| p.lists.iter().find(|l| l.name == spec.name))
+                        .cloned();
+                    lists.push(kept.unwrap_or_else(|| {
+                        Arc::new(IocList {
+                            name: spec.name.clone(),
+                            accounts: spec.accounts.clone(),
+                            ..IocList::default()
+                        })
+                    }));
+                }
+            }
         }
-        Ok(Intel { lists })
+        (Intel { lists }, problems)
     }
 
     pub fn entries(&self) -> usize {
@@ -475,7 +552,7 @@ impl Intel {
     }
 
     pub fn heap_bytes(&self) -> usize {
-        self.lists.iter().map(IocList::heap_bytes).sum()
+        self.lists.iter().map(|l| l.heap_bytes()).sum()
     }
 
     /// The `ti` member for `incident`: every value of its attackers, targets and of
@@ -485,25 +562,31 @@ impl Intel {
         let lists: Vec<&IocList> = self
             .lists
             .iter()
+            .map(Arc::as_ref)
             .filter(|l| l.applies_to(account))
             .collect();
         let mut matches: Vec<Value> = Vec::new();
-        let mut hit: BTreeMap<&str, bool> = BTreeMap::new();
+        // Every list that applies is named, matched or not, so `/ti/lists/NAME` compares
+        // "true" or "false".
+        let mut hit: BTreeMap<&str, bool> =
+            lists.iter().map(|l| (l.name.as_str(), false)).collect();
         let mut looked = HashSet::new();
         let mut look = |field: &str, value: &str| {
-            if matches.len() >= MAX_MATCHES
-                || !looked.insert((field.to_string(), value.to_string()))
-            {
+            if !looked.insert((field.to_string(), value.to_string())) {
                 return;
             }
             for list in &lists {
-                if list.contains(value) && matches.len() < MAX_MATCHES {
+                if list.contains(value) {
                     hit.insert(list.name.as_str(), true);
-                    matches.push(serde_json::json!({
-                        "list": list.name,
-                        "value": value,
-                        "field": field,
-                    }));
+                    // The list of matches is bounded (and each value cut), `lists` is not:
+                    // a storm of one list's values cannot hide another list's match.
+                    if matches.len() < MAX_MATCHES {
+                        matches.push(serde_json::json!({
+                            "list": list.name,
+                            "value": cut(value, MAX_VALUE_CHARS),
+                            "field": field,
+                        }));
+                    }
                 }
             }
         };
@@ -559,18 +642,46 @@ pub struct ThreatIntel {
     pub settings: IntelSettings,
     current: ArcSwap<Intel>,
     seen: std::sync::Mutex<Vec<Seen>>,
+    /// What could not be loaded with the configuration (see [`ThreatIntel::problems`]).
+    problems: Vec<(usize, IntelError)>,
 }
 
 impl ThreatIntel {
-    /// Loads every list (refused whole if one does not parse).
-    pub fn load(settings: IntelSettings) -> Result<ThreatIntel, IntelError> {
+    /// Loads every list; those that cannot be loaded are held empty and named by
+    /// [`ThreatIntel::problems`].
+    pub fn load(settings: IntelSettings) -> ThreatIntel {
         let seen = settings.lists.iter().map(|l| seen(&l.file)).collect();
-        let intel = Intel::load(&settings.lists)?;
-        Ok(ThreatIntel {
+        let (intel, problems) = Intel::load(&settings.lists, None);
+        ThreatIntel {
             settings,
             current: ArcSwap::from_pointee(intel),
             seen: std::sync::Mutex::new(seen),
-        })
+            problems,
+        }
+    }
+
+    /// Holds, for each list that could not be loaded, `old`'s set of the same name where it
+    /// has one (a reload keeps what is in force rather than running without it).
+    pub fn inherit(&self, old: &ThreatIntel) {
+        if self.problems.is_empty() {
+            return;
+        }
+        let old = old.current();
+        let mut lists = self.current().lists.clone();
+        for (i, _) in &self.problems {
+            if let (Some(slot), Some(spec)) = (lists.get_mut(*i), self.settings.lists.get(*i))
+                && let Some(kept) = old.lists.iter().find(|l| l.name == spec.name)
+            {
+                *slot = kept.clone();
+            }
+        }
+        self.current.store(Arc::new(Intel { lists }));
+    }
+
+    /// The lists that could not be loaded when this configuration was, by index in
+    /// `settings.lists`: `check` refuses them; the gateway logs them and runs without them.
+    pub fn problems(&self) -> &[(usize, IntelError)] {
+        &self.problems
     }
 
     /// No lists: nothing is looked up, and `ti` is never set.
@@ -583,6 +694,7 @@ impl ThreatIntel {
             },
             current: ArcSwap::from_pointee(Intel::default()),
             seen: std::sync::Mutex::new(Vec::new()),
+            problems: Vec::new(),
         }
     }
 
@@ -626,22 +738,24 @@ impl ThreatIntel {
             .any(|(l, before)| seen(&l.file) != *before)
     }
 
-    /// Reads the lists again if a file changed: the new set replaces the old whole, or, if a
-    /// file does not parse, nothing changes (the error says which file and line). Blocking:
-    /// run off the async runtime. `Ok(false)`: nothing changed.
-    pub fn refresh(&self) -> Result<bool, IntelError> {
+    /// Reads the lists again if a file changed; the new set replaces the old whole. A list
+    /// whose file does not parse keeps its set in force (the errors say which file and line).
+    /// Blocking: run off the async runtime. `Ok(false)`: nothing changed.
+    pub fn refresh(&self) -> Result<bool, Vec<IntelError>> {
         if !self.changed() {
             return Ok(false);
         }
         let now: Vec<Seen> = self.settings.lists.iter().map(|l| seen(&l.file)).collect();
-        let result = Intel::load(&self.settings.lists);
+        let (intel, problems) = Intel::load(&self.settings.lists, Some(&self.current.load()));
         // A broken file is not read again until it changes once more.
         if let Ok(mut s) = self.seen.lock() {
             *s = now;
         }
-        let intel = result?;
         self.current.store(Arc::new(intel));
-        Ok(true)
+        match problems.is_empty() {
+            true => Ok(true),
+            false => Err(problems.into_iter().map(|(_, e)| e).collect()),
+        }
     }
 }
 
@@ -815,7 +929,7 @@ mod tests {
         own.name = "acme".into();
         own.accounts = Some(vec![7]);
         let intel = Intel {
-            lists: vec![global, own],
+            lists: vec![Arc::new(global), Arc::new(own)],
         };
         let incident = json!({"accountId": 7, "attacker": {"ip": "203.0.113.5"},
             "extra": {"url": "https://files.example/x.exe"}});
@@ -833,6 +947,46 @@ mod tests {
         // Another tenant's incident is not looked up in acme's list.
         let other = json!({"accountId": 8, "extra": {"url": "https://files.example/x.exe"}});
         assert_eq!(intel.findings(&other, &fields)["matched"], json!(false));
+    }
+
+    #[test]
+    fn mapped_ranges_long_hosts_and_csv_comments() {
+        let list = IocList::parse(&spec(Format::Plain), "::ffff:10.0.0.0/104\nevil.example\n")
+            .expect("parses");
+        assert!(list.contains("::ffff:10.1.2.3") && list.contains("10.1.2.3"));
+        assert!(!list.contains("11.0.0.1"));
+        // A host longer than a domain can be is not looked up (its parents are not hashed).
+        let long = format!("{}evil.example", "a.".repeat(200_000));
+        assert!(!list.contains(&long));
+        let csv = spec(Format::Csv {
+            column: Column::Named("ioc".into()),
+        });
+        let err = IocList::parse(&csv, "ioc\n# a comment\n\n300.1.2.3\n").expect_err("bad");
+        assert!(err.to_string().contains("line 4:"), "{err}");
+    }
+
+    #[test]
+    fn one_lists_flood_of_matches_does_not_hide_another_list() {
+        let many: String = (0..100).map(|i| format!("198.51.100.{i}\n")).collect();
+        let mut flood = IocList::parse(&spec(Format::Plain), &many).expect("ok");
+        flood.name = "flood".into();
+        let mut hashes = IocList::parse(
+            &spec(Format::Plain),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855\n",
+        )
+        .expect("ok");
+        hashes.name = "hashes".into();
+        let intel = Intel {
+            lists: vec![Arc::new(flood), Arc::new(hashes)],
+        };
+        let attackers: Vec<Value> = (0..100)
+            .map(|i| json!({"ip": format!("198.51.100.{i}")}))
+            .collect();
+        let incident = json!({"attacker_lset": attackers,
+            "extra": {"hash": "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"}});
+        let ti = intel.findings(&incident, &["/extra/hash".to_string()]);
+        assert_eq!(ti["lists"], json!({"flood": true, "hashes": true}));
+        assert_eq!(ti["matches"].as_array().map(Vec::len), Some(MAX_MATCHES));
     }
 
     #[test]

@@ -275,29 +275,23 @@ impl Metrics {
     /// `lists`: each list's name, entries and estimated bytes.
     pub fn render_threat_intel(&self, lists: &[(&str, usize, usize)]) -> String {
         let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "# HELP igw_threat_intel_entries IOC entries loaded, by list.\n\
-             # TYPE igw_threat_intel_entries gauge"
-        );
-        for (name, entries, _) in lists {
-            let _ = writeln!(
-                out,
-                "igw_threat_intel_entries{{list=\"{}\"}} {entries}",
-                label_value(name),
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP igw_threat_intel_bytes Estimated heap held by a list's lookup structures.\n\
-             # TYPE igw_threat_intel_bytes gauge"
-        );
-        for (name, _, bytes) in lists {
-            let _ = writeln!(
-                out,
-                "igw_threat_intel_bytes{{list=\"{}\"}} {bytes}",
-                label_value(name),
-            );
+        for (metric, help, bytes) in [
+            (
+                "igw_threat_intel_entries",
+                "IOC entries loaded, by list.",
+                false,
+            ),
+            (
+                "igw_threat_intel_bytes",
+                "Estimated heap held by a list's lookup structures.",
+                true,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {metric} {help}\n# TYPE {metric} gauge");
+            for (name, entries, heap) in lists {
+                let value = if bytes { heap } else { entries };
+                let _ = writeln!(out, "{metric}{{list=\"{}\"}} {value}", label_value(name));
+            }
         }
         let _ = writeln!(
             out,

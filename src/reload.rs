@@ -326,6 +326,8 @@ impl Live {
                 "config reloaded, but these sections change only at a restart"
             );
         }
+        new.config.threat_intel.inherit(&old.config.threat_intel);
+        log_intel_problems(&new.config.threat_intel);
         let generation = new.number;
         self.current.store(Arc::new(new));
         self.reloads_ok.fetch_add(1, Ordering::Relaxed);
@@ -419,6 +421,15 @@ impl deliver::Supply for Live {
         Live::paused(self, &kit.connectors)
     }
 }
+/// Logs each threat-intel list a configuration could not load (it runs without it, or with
+/// the set in force before a reload).
+pub fn log_intel_problems(intel: &crate::intel::ThreatIntel) {
+    for (i, e) in intel.problems() {
+        let name = intel.settings.lists.get(*i).map_or("", |l| l.name.as_str());
+        tracing::error!(list = name, error = %e, "a threat-intel list does not parse: the gateway runs without its entries until the file is mended");
+    }
+}
+
 /// Looks at the list files of the configuration in force every `refresh`, and swaps in the
 /// lists read again when one changed (the reading runs off the async runtime). A file that
 /// does not parse is logged with its line and counted; the lists in force stay.
@@ -452,9 +463,11 @@ pub async fn watch_threat_intel(
                     "threat-intel lists read again after a file changed"
                 );
             }
-            Ok(Err(e)) => {
+            Ok(Err(errors)) => {
                 crate::metrics::Metrics::inc(&metrics.intel_refused);
-                tracing::error!(error = %e, "a threat-intel list changed but does not parse: the lists in force stay");
+                for e in errors {
+                    tracing::error!(error = %e, "a threat-intel list changed but does not parse: its entries in force stay");
+                }
             }
             Err(e) => tracing::error!(error = %e, "reading the threat-intel lists failed"),
         }

@@ -295,3 +295,30 @@ fn collect_for_is_checked_at_load_by_field_and_line() {
         assert!(e.contains("line "), "{extra}: {e}");
     }
 }
+
+#[test]
+fn check_refuses_a_window_no_template_reads() {
+    let ws = Workspace::new();
+    ws.add_sample_incident();
+    let config = ws.config(
+        "127.0.0.1:0",
+        &http_connector(
+            "jira",
+            "http://127.0.0.1:9/hook",
+            "correlation_key = \"{{incident_class}}\"\ncollect_for = \"30s\"",
+        ),
+    );
+    let out = check(&config, &[]);
+    let text = output_text(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("connectors[0].collect_for: collect_for is set, but no template of \"jira\" reads `collected`"),
+        "{text}"
+    );
+    // The shipped batch template lists them.
+    edit(&config, |t| {
+        t.replace("generic/incident.json.hbs", "generic/batch.json.hbs")
+    });
+    let out = check(&config, &[]);
+    assert!(out.status.success(), "{}", output_text(&out));
+}

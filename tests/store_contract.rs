@@ -261,7 +261,30 @@ contract!(
     a_collection_window_gathers_its_keys_incidents_until_it_is_leased,
     a_restart_inside_a_collection_window_neither_loses_nor_doubles_it,
     every_incident_lands_in_one_window_while_leases_race_the_joins,
+    a_full_collection_window_closes_so_every_incident_it_takes_is_sent,
 );
+
+/// A window holds at most 100 incidents (what a lease carries): the 101st opens the next
+/// window, so no incident is counted in a window and never sent.
+async fn a_full_collection_window_closes_so_every_incident_it_takes_is_sent(backend: Backend) {
+    let h = Harness::open(backend, 1).await;
+    let s = h.store();
+    let k = collecting("jira", "k", 300);
+    let first = ingest_one(s, incident("I0", None, "i0", std::slice::from_ref(&k))).await;
+    let window = first.deliveries[0].id.clone();
+    for i in 1..100 {
+        let id = format!("I{i}");
+        let joined = ingest_one(s, incident(&id, None, &id, std::slice::from_ref(&k))).await;
+        assert_eq!(joined.deliveries[0].id, window, "{id}");
+    }
+    let last = ingest_one(s, incident("LAST", None, "last", std::slice::from_ref(&k))).await;
+    assert_ne!(last.deliveries[0].id, window);
+    let leased = lease_when_due(s, 1).await;
+    assert_eq!(ids(&leased), [window.as_str()]);
+    let (carried_ids, count) = carried(&leased[0]);
+    assert_eq!((carried_ids.len(), count), (100, 100));
+    assert!(!carried_ids.contains(&"LAST".to_string()));
+}
 
 /// A window of 500 ms: its delivery is due when it ends; the key's incidents join it (each
 /// answer names it) until it is leased, another key has its own, and the incident after the

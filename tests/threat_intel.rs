@@ -15,6 +15,28 @@ use serde_json::{Value, json};
 const BLOCKLIST: &str = "# test list\n203.0.113.66\n198.51.100.0/24\nmalware-drop.example\n";
 const ACME_FEED: &str = "first_seen,indicator\n2026-12-01,192.0.2.77\n";
 
+/// The two lists (the global plain one, acme's CSV) and the source, as the configs name them.
+fn lists() -> String {
+    format!(
+        r#"
+[[threat_intel.lists]]
+name = "blocklist"
+file = "intel/blocklist.txt"
+
+[[threat_intel.lists]]
+name = "acme-feed"
+file = "intel/acme.csv"
+format = "csv"
+column = "indicator"
+tenants = ["acme"]
+
+[[sources]]
+name = "detector"
+api_key = "{SOURCE_KEY}"
+"#
+    )
+}
+
 /// Two connectors: `pager` (the shipped PagerDuty template) takes only incidents an IOC list
 /// matched; `all` (the generic template, the stored incident whole) takes every one.
 fn config(ws: &Workspace, receiver: &Receiver, refresh: &str) -> std::path::PathBuf {
@@ -63,23 +85,9 @@ account_id = 7
 [threat_intel]
 fields = ["/extra/url"]
 refresh = "{refresh}"
-
-[[threat_intel.lists]]
-name = "blocklist"
-file = "intel/blocklist.txt"
-
-[[threat_intel.lists]]
-name = "acme-feed"
-file = "intel/acme.csv"
-format = "csv"
-column = "indicator"
-tenants = ["acme"]
-
-[[sources]]
-name = "detector"
-api_key = "{SOURCE_KEY}"
-"#,
-            partials = repo().join("templates/partials").display()
+{lists}"#,
+            partials = repo().join("templates/partials").display(),
+            lists = lists(),
         ),
     );
     config
@@ -121,14 +129,19 @@ fn metric(text: &str, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// Polls the metrics until `series` reaches `at_least` (the list watcher runs every second).
+/// Polls the metrics until `series` reaches `at_least` (the list watcher runs every second);
+/// fails after 20 s.
 async fn wait_for_metric(base: &str, series: &str, at_least: f64) -> String {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let text = metrics_text(base).await;
-        if metric(&text, series) >= at_least || Instant::now() > deadline {
+        if metric(&text, series) >= at_least {
             return text;
         }
+        assert!(
+            Instant::now() < deadline,
+            "{series} never reached {at_least}:\n{text}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -199,7 +212,7 @@ async fn findings_route_to_the_pager_and_show_in_its_template() {
     let acme = &bodies(&received, "/all", "ACME-HIT")[0]["incident"]["ti"];
     assert_eq!(
         acme,
-        &json!({"matched": true, "lists": {"acme-feed": true},
+        &json!({"matched": true, "lists": {"acme-feed": true, "blocklist": false},
             "matches": [{"list": "acme-feed", "value": "192.0.2.77", "field": "attackers"}]})
     );
     let globex = &bodies(&received, "/all", "GLOBEX-MISS")[0]["incident"]["ti"];
@@ -208,7 +221,7 @@ async fn findings_route_to_the_pager_and_show_in_its_template() {
     let spoofed = &bodies(&received, "/all", "SPOOFED")[0]["incident"]["ti"];
     assert_eq!(
         spoofed,
-        &json!({"matched": false, "lists": {}, "matches": []})
+        &json!({"matched": false, "lists": {"acme-feed": false, "blocklist": false}, "matches": []})
     );
 
     let text = metrics_text(&base).await;
@@ -326,21 +339,8 @@ name = "acme"
 account_id = 2
 
 [threat_intel]
-[[threat_intel.lists]]
-name = "blocklist"
-file = "intel/blocklist.txt"
-
-[[threat_intel.lists]]
-name = "acme-feed"
-file = "intel/acme.csv"
-format = "csv"
-column = "indicator"
-tenants = ["acme"]
-
-[[sources]]
-name = "detector"
-api_key = "{SOURCE_KEY}"
-"#
+{lists}"#,
+            lists = lists()
         ),
     );
     let out = check(&config, &[]);
@@ -379,4 +379,67 @@ api_key = "{SOURCE_KEY}"
         text.contains("threat-intel list acme-feed: 1 entries"),
         "{text}"
     );
+
+    // A tenant's own matchers on a connector and the assignment rules' are held to the same.
+    edit(&config, |t| {
+        t + "\n[connectors.per_tenant.acme]\n[[connectors.per_tenant.acme.matchers]]\n\
+             field = \"/ti/list/acme-feed\"\nequals = \"true\"\n\n\
+             [[assignment]]\ngroup = \"IOC\"\n[[assignment.matchers]]\n\
+             field = \"/ti/lists/blocklst\"\nequals = \"true\"\n"
+    });
+    let out = check(&config, &[]);
+    let text = output_text(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains(
+            "connectors[0].per_tenant.acme.matchers[0].field: \"/ti/list/acme-feed\" reads nothing"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("assignment[0].matchers[0].field: \"/ti/lists/blocklst\" reads nothing"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_list_at_start_is_held_empty_and_the_gateway_runs() {
+    let receiver = Receiver::start().await;
+    let ws = Workspace::new();
+    let config = config(&ws, &receiver, "30s");
+    // The feed fetcher left a bad line behind before the gateway (re)started.
+    ws.write(
+        "intel/acme.csv",
+        "first_seen,indicator\n2026-12-01,192.0.2.77\n2026-12-02,x y z\n",
+    );
+    let (_gw, base) = start_gateway(&config).await;
+    for incident in [
+        incident_from("GLOBAL-HIT", 2, "203.0.113.66"),
+        incident_from("ACME-NOT-LOADED", 2, "192.0.2.77"),
+    ] {
+        assert_eq!(post_incident(&base, &incident).await.status(), 202);
+    }
+    let received = receiver.wait_for(3, Duration::from_secs(15)).await;
+    let paged: Vec<String> = received
+        .iter()
+        .filter(|r| r.path == "/pager")
+        .map(|r| {
+            r.json()["payload"]["custom_details"]["incident_id"]
+                .as_str()
+                .unwrap_or("")
+                .to_string()
+        })
+        .collect();
+    assert_eq!(paged, ["GLOBAL-HIT"]);
+    let text = metrics_text(&base).await;
+    assert_eq!(
+        metric(&text, "igw_threat_intel_entries{list=\"acme-feed\"}"),
+        0.0,
+        "{text}"
+    );
+    // `check` refuses what the gateway runs without, naming the file and line.
+    let out = check(&config, &[]);
+    let shown = output_text(&out);
+    assert!(!out.status.success(), "{shown}");
+    assert!(shown.contains("acme.csv: line 3: \"x y z\""), "{shown}");
 }

@@ -157,22 +157,13 @@ impl Validator<'_> {
                 "no [[threat_intel.lists]] is configured to look them up in",
             ));
         }
-        let paths: Vec<std::path::PathBuf> = lists.iter().map(|l| l.file.clone()).collect();
-        let settings = IntelSettings {
+        // A list file that does not parse is not the config's fault at run time (a feed
+        // is rewritten behind the gateway's back): it is held empty and named, `check`
+        // refuses it, the gateway logs it.
+        Ok(ThreatIntel::load(IntelSettings {
             lists,
             fields: raw.fields,
             refresh,
-        };
-        ThreatIntel::load(settings).map_err(|e| {
-            // Name the list whose file it is, then the file's own line.
-            let (crate::intel::IntelError::Read { file, .. }
-            | crate::intel::IntelError::Line { file, .. }) = &e;
-            let field = paths
-                .iter()
-                .position(|p| p == file)
-                .map(|i| format!("threat_intel.lists[{i}].file"))
-                .unwrap_or_else(|| "threat_intel.lists".into());
-            self.invalid(field, e.to_string())
-        })
+        }))
     }
 }

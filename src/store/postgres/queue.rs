@@ -241,7 +241,7 @@ pub(super) async fn insert_delivery(
 /// that arrive later. Read under the line's lock, so no delivery is queued on the line
 /// meanwhile.
 const NEWEST_OF_LINE: &str = concat!(
-    "SELECT seq, collecting FROM deliveries
+    "SELECT seq, collecting, collected FROM deliveries
      WHERE connector = $1 AND order_key = $2 AND ",
     blocking!(),
     " ORDER BY seq DESC LIMIT 1"
@@ -273,7 +273,10 @@ pub(super) async fn open_collection(
         return Ok(None);
     };
     // Once closed, a window never opens again: no lock is needed to see that.
-    if !newest.try_get::<_, bool>("collecting")? {
+    // A full window is closed too: what it holds is bounded (every incident it takes is sent).
+    if !newest.try_get::<_, bool>("collecting")?
+        || i64::from(newest.try_get::<_, i32>("collected")?) >= COLLECTED_SHOWN
+    {
         return Ok(None);
     }
     let seq: i64 = newest.try_get("seq")?;
@@ -288,8 +291,9 @@ pub(super) async fn open_collection(
 }
 
 /// Puts an incident version into an open window: a new incident after the others; a new
-/// version of one it holds where that one stands (and, for the window's own incident, as
-/// the version the delivery carries). The delivery's row is updated either way, so a lease
+/// version of one it holds where that one stands. The delivery keeps the version it was
+/// queued with (its top-level fields): changing it here could leave a lease that started
+/// before this commit joining a version its snapshot cannot see. The delivery's row is updated either way, so a lease
 /// that raced this join reads the window only after it is committed.
 pub(super) async fn collect(
     tx: &Transaction<'_>,
@@ -317,10 +321,8 @@ pub(super) async fn collect(
     let added: i32 = i32::from(replaced == 0);
     execute(
         tx,
-        "UPDATE deliveries SET collected = collected + $2, updated_ms = $3,
-                version_id = CASE WHEN incident_id = $4 THEN $5 ELSE version_id END
-         WHERE seq = $1",
-        &[&window.seq, &added, &now, &incident_id, &version_id],
+        "UPDATE deliveries SET collected = collected + $2, updated_ms = $3 WHERE seq = $1",
+        &[&window.seq, &added, &now],
     )
     .await?;
     Ok(())

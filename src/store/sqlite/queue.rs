@@ -133,6 +133,7 @@ from_row! {
         pub delivery_id: String,
         pub event: String,
         pub collecting: bool,
+        pub collected: i64,
     }
 }
 
@@ -140,7 +141,7 @@ from_row! {
 /// only while it is that one, so whatever was queued after it (a completion's note, its
 /// `completed`) is never overtaken by incidents that arrive later.
 const NEWEST_OF_LINE: &str = concat!(
-    "SELECT seq, delivery_id, event, collecting
+    "SELECT seq, delivery_id, event, collecting, collected
      FROM deliveries INDEXED BY deliveries_blocking
      WHERE connector = ?1 AND order_key = ?2 AND ",
     blocking!(),
@@ -155,12 +156,13 @@ pub(super) fn open_collection(
     order_key: &str,
 ) -> Result<Option<Window>, StoreError> {
     let newest: Option<Window> = optional_row(conn, NEWEST_OF_LINE, params![connector, order_key])?;
-    Ok(newest.filter(|w| w.collecting))
+    // A full window is closed: what it holds is bounded (every incident it takes is sent).
+    Ok(newest.filter(|w| w.collecting && w.collected < COLLECTED_SHOWN))
 }
 
 /// Puts an incident version into an open window: a new incident after the others; a new
-/// version of one it holds where that one stands (and, for the window's own incident, as
-/// the version the delivery carries).
+/// version of one it holds where that one stands. The delivery keeps the version it was
+/// queued with (its top-level fields; `collected` has the latest), as on PostgreSQL.
 pub(super) fn collect(
     conn: &Connection,
     window: &Window,
@@ -182,17 +184,9 @@ pub(super) fn collect(
         .execute(params![window.seq, incident_id, version_id])?;
     }
     conn.prepare_cached(
-        "UPDATE deliveries SET collected = collected + ?2, updated_ms = ?3,
-                version_id = CASE WHEN incident_id = ?4 THEN ?5 ELSE version_id END
-         WHERE seq = ?1",
+        "UPDATE deliveries SET collected = collected + ?2, updated_ms = ?3 WHERE seq = ?1",
     )?
-    .execute(params![
-        window.seq,
-        i64::from(replaced == 0),
-        now,
-        incident_id,
-        version_id
-    ])?;
+    .execute(params![window.seq, i64::from(replaced == 0), now])?;
     Ok(())
 }
 
@@ -318,7 +312,8 @@ pub(super) fn lease_due(
         let (Some(version), Some(event)) = (version, Event::parse(&due.event)) else {
             // A row this version cannot read must not stop every other delivery.
             conn.execute(
-                "UPDATE deliveries SET status = 'dead', ready = 0, updated_ms = ?2, last_error = ?3
+                "UPDATE deliveries SET status = 'dead', ready = 0, updated_ms = ?2, last_error = ?3,
+                        collecting = 0
                  WHERE seq = ?1",
                 params![due.seq, now, UNREADABLE_DELIVERY],
             )?;
@@ -1081,6 +1076,26 @@ mod tests {
     }
 
     #[test]
+    fn a_full_window_closes_and_the_next_incident_opens_another() {
+        let db = TestDb::new();
+        let k = collecting("jira", "k", 1_000);
+        let window = db.ingest_one(incident("I0").routed(&k), 10_000).deliveries[0]
+            .id
+            .clone();
+        for i in 1..COLLECTED_SHOWN {
+            let joined = db.ingest_one(incident(&format!("I{i}")).routed(&k), 10_001);
+            assert_eq!(joined.deliveries[0].id, window, "incident {i}");
+        }
+        // Every incident a window takes is sent: the 101st goes to the next window.
+        let next = db.ingest_one(incident("LAST").routed(&k), 10_002);
+        assert_ne!(next.deliveries[0].id, window);
+        let leased = lease_due(&db.conn, 10, LEASE, &[], 11_000).unwrap();
+        assert_eq!(ids(&leased), [window.as_str()]);
+        let (carried_ids, count) = carried(&leased[0]);
+        assert_eq!((carried_ids.len(), count), (100, 100));
+    }
+
+    #[test]
     fn a_new_version_in_a_window_replaces_its_incident_where_it_stands() {
         let db = TestDb::new();
         let k = collecting("jira", "k", 1_000);
@@ -1092,9 +1107,9 @@ mod tests {
         }
         let leased = lease_due(&db.conn, 10, LEASE, &[], 2_000).unwrap();
         assert_eq!(carried(&leased[0]), (vec!["A/a2".into(), "B/b2".into()], 2));
-        // The delivery carries its own incident's latest version too.
+        // The delivery keeps the version it opened with; `collected` has the latest.
         assert!(
-            leased[0].incident_body.contains("a2"),
+            leased[0].incident_body.contains("a1"),
             "{}",
             leased[0].incident_body
         );
