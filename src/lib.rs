@@ -25,7 +25,8 @@
 //!    where it sets them); [`assign`] — the group and owner its ticket goes to.
 //! 7. [`ticket`] — correlation keys, collection windows, ticket ids from responses; [`callback`] — the way
 //!    back (`POST /v1/incidents/{id}/complete`); [`mailbox`] — ticket numbers learned from a
-//!    ticketing system's acknowledgement mails (IMAP).
+//!    ticketing system's acknowledgement mails (IMAP); [`sla`] — a ticket's SLA clocks in
+//!    business hours (the calendar and the clock; the watchdog that keeps them is to come).
 //! 8. [`store`] — commit the incident and one delivery per connector, then answer 202; one
 //!    interface by use (ingest, queue, tickets, views), SQLite behind it; [`retention`] —
 //!    a background task purges finished work older than `[retention]` allows; [`backup`] —
@@ -70,6 +71,7 @@ pub mod route;
 
 pub mod callback;
 pub mod mailbox;
+pub mod sla;
 pub mod ticket;
 
 pub mod backup;
