@@ -340,13 +340,12 @@ async fn accept(
 }
 
 /// Limits, parse, validate and route a body: the CPU part of ingest, run on a blocking
-/// thread (see [`accept_document`]). Returns the incidents to store and whether the body was
-/// a batch.
+/// thread (see [`accept_document`]). Returns what it made of the body ([`Checked`]).
 fn check_document(
     app: &App,
     bytes: &[u8],
     tenants: Option<&TenantBinding>,
-) -> Result<(Vec<NewIncident>, bool), Problem> {
+) -> Result<Checked, Problem> {
     let limits = &app.server;
     let generation = app.live.current();
     if json_depth(bytes) > limits.max_json_depth {
@@ -398,10 +397,11 @@ fn check_document(
     let intel = &generation.config.threat_intel;
     for incident in &mut incidents {
         intel.enrich(incident);
-        if incident.pointer("/ti/matched") == Some(&Value::Bool(true)) {
-            crate::metrics::Metrics::inc(&app.metrics.intel_matched);
-        }
     }
+    let matched = incidents
+        .iter()
+        .filter(|i| i.pointer("/ti/matched") == Some(&Value::Bool(true)))
+        .count();
     // Correlation keys are templates: they get a delivery's render budget (one that runs
     // over falls back to the incident id, as any key that fails to render does).
     let batch =
@@ -411,7 +411,19 @@ fn check_document(
                 .map(|incident| prepare(&generation.connectors, &generation.renderer, incident))
                 .collect()
         });
-    Ok((batch, is_batch))
+    Ok(Checked {
+        batch,
+        is_batch,
+        matched,
+    })
+}
+
+/// What [`check_document`] made of a body: the incidents to store, whether it was a batch,
+/// and how many of them matched a threat-intel list (counted once they are stored).
+struct Checked {
+    batch: Vec<NewIncident>,
+    is_batch: bool,
+    matched: usize,
 }
 
 /// Where the `i`th incident of a body starts, as a JSON pointer: `/i` in a batch, the
@@ -502,7 +514,14 @@ async fn accept_document(
         })
         .await
     };
-    let ((batch, is_batch), _budget) = checked.map_err(|e| {
+    let (
+        Checked {
+            batch,
+            is_batch,
+            matched,
+        },
+        _budget,
+    ) = checked.map_err(|e| {
         tracing::error!(error = %e, "checking an incident failed");
         Problem::unavailable("the incident could not be checked; nothing was accepted; try again")
     })??;
@@ -527,6 +546,9 @@ async fn accept_document(
     if outcomes.iter().any(|o| !o.deliveries.is_empty()) {
         app.wake.notify_one();
     }
+    app.metrics
+        .intel_matched
+        .fetch_add(matched as u64, std::sync::atomic::Ordering::Relaxed);
 
     let tenant_names = app.live.current().config.tenant_names.clone();
     for (o, account) in outcomes.iter().zip(&accounts) {

@@ -32,7 +32,7 @@ pub struct Metrics {
     pub rejected_4xx: AtomicU64,
     /// Requests refused before sending: a host outside allow_hosts, a forbidden address.
     pub egress_refused: AtomicU64,
-    /// Incidents that matched a threat-intel list at ingest.
+    /// Incidents stored that matched a threat-intel list at ingest (counted after the commit).
     pub intel_matched: AtomicU64,
     /// Threat-intel list files read again after a change, and those refused (the old kept).
     pub intel_reloaded: AtomicU64,
@@ -295,7 +295,7 @@ impl Metrics {
         }
         let _ = writeln!(
             out,
-            "# HELP igw_threat_intel_matched_total Incidents that matched a threat-intel list at ingest.\n\
+            "# HELP igw_threat_intel_matched_total Incidents stored that matched a threat-intel list at ingest.\n\
              # TYPE igw_threat_intel_matched_total counter\n\
              igw_threat_intel_matched_total {}",
             self.intel_matched.load(Ordering::Relaxed)

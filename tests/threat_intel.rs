@@ -252,18 +252,7 @@ async fn a_changed_list_is_swapped_in_whole_and_a_broken_one_refused() {
         202
     );
     // The feed adds an address: written aside and renamed over, as feed fetchers do.
-    replace_file(&list, &format!("{BLOCKLIST}100.64.1.1\n"));
-    let text = wait_for_metric(
-        &base,
-        "igw_threat_intel_reloads_total{outcome=\"success\"}",
-        1.0,
-    )
-    .await;
-    assert_eq!(
-        metric(&text, "igw_threat_intel_entries{list=\"blocklist\"}"),
-        4.0,
-        "{text}"
-    );
+    swap_list(&base, &list, &format!("{BLOCKLIST}100.64.1.1\n"), "success").await;
     assert_eq!(
         post_incident(&base, &incident_from("AFTER", 7, "100.64.1.1"))
             .await
@@ -272,18 +261,7 @@ async fn a_changed_list_is_swapped_in_whole_and_a_broken_one_refused() {
     );
 
     // A broken file replaces nothing: the address stays on the list in force.
-    replace_file(&list, "100.64.1.1\nnot!an!ioc\n");
-    let text = wait_for_metric(
-        &base,
-        "igw_threat_intel_reloads_total{outcome=\"refused\"}",
-        1.0,
-    )
-    .await;
-    assert_eq!(
-        metric(&text, "igw_threat_intel_entries{list=\"blocklist\"}"),
-        4.0,
-        "{text}"
-    );
+    swap_list(&base, &list, "100.64.1.1\nnot!an!ioc\n", "refused").await;
     assert_eq!(
         post_incident(&base, &incident_from("BROKEN", 7, "100.64.1.1"))
             .await
@@ -309,6 +287,19 @@ async fn a_changed_list_is_swapped_in_whole_and_a_broken_one_refused() {
     let mut paged = paged;
     paged.sort();
     assert_eq!(paged, ["AFTER", "BROKEN"]);
+}
+
+/// Replaces the blocklist with `text` and waits for the watcher's reload with `outcome`;
+/// either way the list in force holds 4 entries after it (the new ones, or the old kept).
+async fn swap_list(base: &str, list: &Path, text: &str, outcome: &str) {
+    replace_file(list, text);
+    let series = format!("igw_threat_intel_reloads_total{{outcome=\"{outcome}\"}}");
+    let text = wait_for_metric(base, &series, 1.0).await;
+    assert_eq!(
+        metric(&text, "igw_threat_intel_entries{list=\"blocklist\"}"),
+        4.0,
+        "{text}"
+    );
 }
 
 /// Writes `text` beside `path` and renames it over (the change is seen whole).
