@@ -101,6 +101,20 @@ fn incident_from(id: &str, account: i64, attacker_ip: &str) -> Value {
     incident
 }
 
+/// The incident ids the pager received (the shipped PagerDuty template's custom details).
+fn paged_ids(received: &[Received]) -> Vec<String> {
+    received
+        .iter()
+        .filter(|r| r.path == "/pager")
+        .map(|r| {
+            r.json()["payload"]["custom_details"]["incident_id"]
+                .as_str()
+                .unwrap_or("")
+                .to_string()
+        })
+        .collect()
+}
+
 fn bodies(received: &[Received], path: &str, id: &str) -> Vec<Value> {
     received
         .iter()
@@ -179,16 +193,7 @@ async fn findings_route_to_the_pager_and_show_in_its_template() {
         received.iter().map(|r| &r.path).collect::<Vec<_>>()
     );
 
-    let paged: Vec<String> = received
-        .iter()
-        .filter(|r| r.path == "/pager")
-        .map(|r| {
-            r.json()["payload"]["custom_details"]["incident_id"]
-                .as_str()
-                .unwrap_or("")
-                .to_string()
-        })
-        .collect();
+    let paged = paged_ids(&received);
     let mut paged_sorted = paged.clone();
     paged_sorted.sort();
     assert_eq!(
@@ -411,16 +416,7 @@ async fn a_broken_list_at_start_is_held_empty_and_the_gateway_runs() {
         assert_eq!(post_incident(&base, &incident).await.status(), 202);
     }
     let received = receiver.wait_for(3, Duration::from_secs(15)).await;
-    let paged: Vec<String> = received
-        .iter()
-        .filter(|r| r.path == "/pager")
-        .map(|r| {
-            r.json()["payload"]["custom_details"]["incident_id"]
-                .as_str()
-                .unwrap_or("")
-                .to_string()
-        })
-        .collect();
+    let paged = paged_ids(&received);
     assert_eq!(paged, ["GLOBAL-HIT"]);
     let text = metrics_text(&base).await;
     assert_eq!(

@@ -304,17 +304,7 @@ impl Validator<'_> {
         names: &mut HashSet<String>,
     ) -> Result<Connector, ConfigError> {
         let field = format!("connectors[{i}]");
-        if c.name.trim().is_empty()
-            || !c
-                .name
-                .chars()
-                .all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch))
-        {
-            return Err(self.invalid(
-                format!("{field}.name"),
-                format!("{:?}: use letters, digits, '-', '_' or '.'", c.name),
-            ));
-        }
+        self.plain_name(format!("{field}.name"), &c.name)?;
         if !names.insert(c.name.clone()) {
             return Err(self.invalid(
                 format!("{field}.name"),

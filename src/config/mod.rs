@@ -513,6 +513,20 @@ impl Validator<'_> {
         }
     }
 
+    /// A name that prefixes keys and labels (a connector's, a tenant's, a list's): letters,
+    /// digits, `-`, `_` or `.`, so that no separator or space can make one name another's
+    /// prefix.
+    fn plain_name(&self, field: String, name: &str) -> Result<(), ConfigError> {
+        let plain = |c: char| c.is_ascii_alphanumeric() || "-_.".contains(c);
+        if name.is_empty() || !name.chars().all(plain) {
+            return Err(self.invalid(
+                field,
+                format!("{name:?}: use letters, digits, '-', '_' or '.'"),
+            ));
+        }
+        Ok(())
+    }
+
     /// Expands the `${VAR}`s of `value`, the value of `field`, in place.
     fn expand(&self, field: &str, value: &mut String) -> Result<(), ConfigError> {
         *value = self

@@ -74,16 +74,7 @@ impl Validator<'_> {
             }
             // It prefixes correlation keys (`acme:…`): no `:` or space may make one prefix
             // another's.
-            if !t
-                .name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-            {
-                return Err(self.invalid(
-                    format!("tenants[{i}].name"),
-                    format!("{:?}: use letters, digits, '-', '_' or '.'", t.name),
-                ));
-            }
+            self.plain_name(format!("tenants[{i}].name"), &t.name)?;
             if RESERVED_NAMES.contains(&t.name.as_str()) {
                 return Err(self.invalid(
                     format!("tenants[{i}].name"),

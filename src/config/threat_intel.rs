@@ -77,17 +77,7 @@ impl Validator<'_> {
         let mut lists = Vec::with_capacity(raw.lists.len());
         for (i, l) in raw.lists.into_iter().enumerate() {
             let at = format!("threat_intel.lists[{i}]");
-            if l.name.is_empty()
-                || !l
-                    .name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-            {
-                return Err(self.invalid(
-                    format!("{at}.name"),
-                    format!("{:?}: use letters, digits, '-', '_' or '.'", l.name),
-                ));
-            }
+            self.plain_name(format!("{at}.name"), &l.name)?;
             if !names.insert(l.name.clone()) {
                 return Err(
                     self.invalid(format!("{at}.name"), format!("{:?} is used twice", l.name))
