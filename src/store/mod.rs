@@ -80,6 +80,7 @@ macro_rules! delivery_views_select {
 pub mod listing;
 pub mod postgres;
 pub mod rules;
+mod sla_tmp;
 pub mod sqlite;
 
 pub use postgres::PostgresConfig;
@@ -726,8 +727,7 @@ pub trait Sla: Send + Sync {
     async fn sla_next_check(&self) -> Result<Option<i64>, StoreError>;
 
     /// The clocks of every ticket the incident is on, by ticket then level.
-    async fn sla_of_incident(&self, incident_id: String)
-    -> Result<Vec<SlaClockRow>, StoreError>;
+    async fn sla_of_incident(&self, incident_id: String) -> Result<Vec<SlaClockRow>, StoreError>;
 
     /// The clocks of one ticket.
     async fn sla_of_ticket(&self, ticket_seq: i64) -> Result<Vec<SlaClockRow>, StoreError>;
