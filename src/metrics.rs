@@ -37,6 +37,9 @@ pub struct Metrics {
     /// Threat-intel list files read again after a change, and those refused (the old kept).
     pub intel_reloaded: AtomicU64,
     pub intel_refused: AtomicU64,
+    /// Ingest requests refused with 503 because the store could not commit them (a full
+    /// disk, an I/O error, the database down).
+    pub store_failures: AtomicU64,
     /// SLA alerts said (queued), by kind: warning, breach, recovery.
     pub sla_alerts: [AtomicU64; 3],
     sources: Family<SourceMetrics>,
@@ -295,6 +298,13 @@ impl Metrics {
                 let _ = writeln!(out, "{metric}{{list=\"{}\"}} {value}", label_value(name));
             }
         }
+        let _ = writeln!(
+            out,
+            "# HELP igw_ingest_store_failures_total Ingest requests refused with 503 because the store could not commit them (full disk, I/O error, database down).\n\
+             # TYPE igw_ingest_store_failures_total counter\n\
+             igw_ingest_store_failures_total {}",
+            self.store_failures.load(Ordering::Relaxed)
+        );
         let _ = writeln!(
             out,
             "# HELP igw_sla_alerts_total SLA warnings, breaches and recoveries this process queued (each once per ticket and level).\n\

@@ -80,7 +80,6 @@ macro_rules! delivery_views_select {
 pub mod listing;
 pub mod postgres;
 pub mod rules;
-mod sla_tmp;
 pub mod sqlite;
 
 pub use postgres::PostgresConfig;
