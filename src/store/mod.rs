@@ -726,8 +726,7 @@ pub trait Sla: Send + Sync {
     async fn sla_next_check(&self) -> Result<Option<i64>, StoreError>;
 
     /// The clocks of every ticket the incident is on, by ticket then level.
-    async fn sla_of_incident(&self, incident_id: String)
-    -> Result<Vec<SlaClockRow>, StoreError>;
+    async fn sla_of_incident(&self, incident_id: String) -> Result<Vec<SlaClockRow>, StoreError>;
 
     /// The clocks of one ticket.
     async fn sla_of_ticket(&self, ticket_seq: i64) -> Result<Vec<SlaClockRow>, StoreError>;
