@@ -27,7 +27,9 @@
 //!    back (`POST /v1/incidents/{id}/complete`); [`mailbox`] — ticket numbers learned from a
 //!    ticketing system's acknowledgement mails (IMAP); [`sla`] — a ticket's SLA clocks in
 //!    business hours (the calendar, the clock, the policies); [`watchdog`] — keeps them
-//!    moving, and queues a warning, breach or recovery to the connectors that hear of them.
+//!    moving, and queues a warning, breach or recovery to the connectors that hear of them;
+//!    [`slas`] — the SLA endpoints (status reports through the back channel and the admin
+//!    API, the clocks' views).
 //! 8. [`store`] — commit the incident and one delivery per connector, then answer 202; one
 //!    interface by use (ingest, queue, tickets, views), SQLite behind it; [`retention`] —
 //!    a background task purges finished work older than `[retention]` allows; [`backup`] —

@@ -255,6 +255,9 @@ pub fn now_ms() -> i64 {
 /// The clock's last reading: the monotonic instant and the microseconds it gave then.
 static CLOCK: std::sync::Mutex<Option<(std::time::Instant, i64)>> = std::sync::Mutex::new(None);
 
+/// The source the gateway's own incidents (its alerts, SLA alerts) are stored under.
+pub const GATEWAY_SOURCE: &str = "incident-gateway";
+
 pub fn rfc3339(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
         .unwrap_or_default()

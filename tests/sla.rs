@@ -482,6 +482,7 @@ complete = "2d"
             "routes",
             "--config",
             config.to_str().unwrap(),
+            "--incident",
             sample_file().to_str().unwrap(),
         ],
         &[],

@@ -164,7 +164,8 @@ pub const SLA_CLOCKS_COLUMNS: &str = "SELECT c.clock_id, c.ticket_seq, c.level, 
         CASE WHEN t.status = 'completed' THEN t.closed_ms END AS closed_ms, c.created_ok_ms";
 
 /// After [`SLA_CLOCKS_COLUMNS`] and the join: newest clock first, at most `limit` within 1 and
-/// [`MAX_LIMIT`] (the caller pages on with the last clock's id, so no extra row is fetched).
+/// one more than [`MAX_LIMIT`] (the caller asks for one row more than its page, to know
+/// whether another page follows, and pages on with the last clock's id).
 /// `breached` is written out rather than bound: both databases read `TRUE`/`FALSE`, and
 /// either way the index on it applies.
 pub fn sla_clocks(listing: &SlaListing, mark: char) -> Clause {
@@ -183,7 +184,7 @@ pub fn sla_clocks(listing: &SlaListing, mark: char) -> Clause {
         );
     }
     b.filter("c.clock_id", "<", listing.before_clock_id.map(Arg::Int));
-    let fetch = i64::try_from(page_size(listing.limit)).unwrap_or(i64::MAX);
+    let fetch = i64::try_from(listing.limit.clamp(1, MAX_LIMIT + 1)).unwrap_or(i64::MAX);
     b.fetching("c.clock_id DESC", fetch)
 }
 

@@ -241,7 +241,7 @@ pub struct SlaClockRow {
 
 /// A clock written back: only if it is still at `revision` (another watchdog, or a status
 /// report, may have moved it meanwhile), and then with its alerts queued as the gateway's own
-/// incidents (source [`crate::alert::SOURCE`]) in the same transaction — so an alert is
+/// incidents (source [`crate::model::GATEWAY_SOURCE`]) in the same transaction — so an alert is
 /// queued exactly when the clock that says it is saved.
 #[derive(Debug, Clone)]
 pub struct SlaSave {

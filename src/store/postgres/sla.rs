@@ -183,7 +183,7 @@ async fn save(tx: &Transaction<'_>, saves: &[SlaSave], now: i64) -> Result<Vec<b
         .await?;
         applied[i] = changed == 1;
         if applied[i] && !s.alerts.is_empty() {
-            ingest::ingest(tx, crate::alert::SOURCE, None, &s.alerts, now).await?;
+            ingest::ingest(tx, crate::model::GATEWAY_SOURCE, None, &s.alerts, now).await?;
         }
     }
     Ok(applied)

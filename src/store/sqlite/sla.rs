@@ -152,7 +152,7 @@ pub(super) fn save(
         ])?;
         let done = changed == 1;
         if done && !s.alerts.is_empty() {
-            ingest::ingest(conn, crate::alert::SOURCE, None, s.alerts, now)?;
+            ingest::ingest(conn, crate::model::GATEWAY_SOURCE, None, s.alerts, now)?;
         }
         applied.push(done);
     }
