@@ -36,7 +36,7 @@ impl Default for AlertConfig {
 }
 
 /// The source the gateway's own incidents are stored under.
-pub const SOURCE: &str = "incident-gateway";
+pub const SOURCE: &str = crate::model::GATEWAY_SOURCE;
 
 /// What an attempt's outcome did to its connector's alert.
 #[derive(Debug, Clone, PartialEq)]

@@ -206,7 +206,8 @@ pub async fn complete(
 }
 
 /// `GET /v1/incidents/{incidentId}/info`: the incident as the gateway sees it — status,
-/// priority, tenant, times, completion — and its tickets with where each is assigned. Scoped
+/// priority, tenant, times, completion — its tickets with where each is assigned, and their
+/// SLA clocks. Scoped
 /// as `complete` is: a source sees its own incidents (with every connector's tickets), a
 /// connector's target those it holds a ticket for (with its own tickets only); any other
 /// incident is, for the caller, a 404.
@@ -260,6 +261,26 @@ pub async fn info(
             })
         })
         .collect();
+    let now = crate::model::now_ms();
+    let sla: Vec<Value> = app
+        .store
+        .sla_of_incident(incident_id.clone())
+        .await
+        .map_err(|e| Problem::store_failed(&e, "the store could not answer; try again"))?
+        .iter()
+        .filter(|row| match &caller {
+            Caller::Source(_) => true,
+            Caller::Connector(own) => &row.connector == own,
+        })
+        .map(|row| {
+            crate::watchdog::clock_view(
+                generation.config.sla.as_deref(),
+                &generation.config.tenant_names,
+                row,
+                now,
+            )
+        })
+        .collect();
     let account = crate::route::account_of(&view.incident);
     let tenant = account.and_then(|a| generation.config.tenant_names.get(&a).cloned());
     let priority = crate::model::ThreatRating::of_incident(&view.incident).map(|r| r.name());
@@ -276,6 +297,8 @@ pub async fn info(
         "completion": view.completion,
         "versions": view.versions,
         "tickets": tickets,
+        // Each of those tickets' SLA clocks (take-over, complete): state and deadlines.
+        "sla": sla,
     })))
 }
 

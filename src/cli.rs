@@ -479,6 +479,7 @@ pub fn check(config_file: &Path, incidents_dir: Option<&Path>) -> Result<CheckRe
             ));
         }
     }
+    sla_checks(&config, &renderer, &mut report);
     if report.incidents > 0 {
         for (name, seen) in traceable {
             if !seen && !failed.contains(name) {
@@ -711,6 +712,54 @@ fn threat_intel_note(config: &Config) -> Vec<String> {
             )
         })
         .collect()
+}
+
+/// `[sla]`: a note on what it holds, and every connector that hears its alerts rendering a
+/// sample one (a breach), so a template that cannot show an SLA alert is found here rather
+/// than at the first breach.
+fn sla_checks(config: &Config, renderer: &Renderer, report: &mut CheckReport) {
+    let Some(sla) = &config.sla else {
+        return;
+    };
+    let mut notify: BTreeSet<&str> = sla.notify.iter().map(String::as_str).collect();
+    notify.extend(
+        sla.policies
+            .iter()
+            .flat_map(|p| p.notify.iter().flatten().map(String::as_str)),
+    );
+    report.notes.push(format!(
+        "sla: clocks on the tickets of {}; {} {}; alerts to {}",
+        sla.connectors.join(", "),
+        sla.policies.len(),
+        if sla.policies.len() == 1 {
+            "policy"
+        } else {
+            "policies"
+        },
+        if notify.is_empty() {
+            "no connector (logged only)".to_string()
+        } else {
+            notify.iter().copied().collect::<Vec<_>>().join(", ")
+        }
+    ));
+    let sample = crate::watchdog::sample_alert(sla);
+    for name in notify {
+        let Some(connector) = config.connector(name) else {
+            continue;
+        };
+        report.renders += 1;
+        match preview(renderer, &sample, connector, Event::Created) {
+            Ok(_) => {}
+            Err(Unprepared::Render(e)) => report.errors.push(format!(
+                "connector {name} cannot send an SLA alert ([sla] notify): {}",
+                e
+            )),
+            Err(e) => report.errors.push(format!(
+                "connector {name} cannot send an SLA alert ([sla] notify): {}",
+                preview_problem(connector, Event::Created, e)
+            )),
+        }
+    }
 }
 
 /// Partial arguments and matchers that read no field an incident can have (see
@@ -1084,6 +1133,9 @@ pub fn routes(config_file: &Path, incident_file: &Path) -> Result<Routes, CliErr
                     humantime::format_duration(d)
                 );
             }
+            if let Some(line) = sla_line(connector, &incident) {
+                let _ = writeln!(out, "  {line}");
+            }
         }
     }
     let _ = writeln!(
@@ -1099,6 +1151,40 @@ pub fn routes(config_file: &Path, incident_file: &Path) -> Result<Routes, CliErr
         text: out,
         refused: !violations.is_empty(),
     })
+}
+
+/// `routes`' line on the SLA clocks a ticket this incident opens starts with.
+fn sla_line(connector: &Connector, incident: &Value) -> Option<String> {
+    let settings = connector.sla.as_ref()?;
+    let Some(start) = connector.sla_start(incident) else {
+        return Some(
+            "sla: no [[sla.policies]] entry applies: its tickets have no SLA clocks".into(),
+        );
+    };
+    let business = |ms: i64| {
+        humantime::format_duration(std::time::Duration::from_millis(
+            u64::try_from(ms).unwrap_or(0),
+        ))
+        .to_string()
+    };
+    let mut clocks = Vec::new();
+    if let Some(ms) = start.take_over_ms {
+        clocks.push(format!("taken over within {}", business(ms)));
+    }
+    if let Some(ms) = start.complete_ms {
+        clocks.push(format!("completed within {}", business(ms)));
+    }
+    let calendar = settings
+        .policy(&start.policy)
+        .map(|p| p.calendar.as_str())
+        .filter(|c| !c.is_empty())
+        .unwrap_or("sla.calendar");
+    Some(format!(
+        "sla: policy {}: {} (business time, calendar {calendar}), warned {} before",
+        start.policy,
+        clocks.join(", "),
+        business(start.warn_before_ms)
+    ))
 }
 
 fn met_or_not(met: bool) -> &'static str {

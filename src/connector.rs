@@ -39,6 +39,8 @@ pub struct Connector {
     /// The config's assignment rules, shared by every connector: templates read where its
     /// ticket goes as `assignment.group` and `assignment.owner`.
     pub assignment: std::sync::Arc<crate::assign::Rules>,
+    /// `[sla]`, when this connector's tickets have SLA clocks (it is in `sla.connectors`).
+    pub sla: Option<std::sync::Arc<crate::sla::SlaSettings>>,
     /// Threat rating (`critical` … `info`, or `default`) → the target's priority, for the
     /// `priority` helper.
     pub priorities: BTreeMap<String, serde_json::Value>,
@@ -581,6 +583,14 @@ impl Connector {
         self.tenant_settings(account)
             .and_then(|s| s.aggregate_for)
             .or(self.aggregate_for)
+    }
+
+    /// The SLA clocks a ticket this incident opens starts with, if any.
+    pub fn sla_start(&self, incident: &serde_json::Value) -> Option<crate::sla::SlaStart> {
+        self.sla.as_ref()?.start_for(
+            crate::route::account_of(incident),
+            ThreatRating::of_incident(incident),
+        )
     }
 
     /// How long an incident of `account` waits for others of its key to go with it.

@@ -41,6 +41,10 @@ fn ingress_routes() -> Router<Arc<App>> {
             post(callback::complete),
         )
         .route("/v1/incidents/{incident_id}/info", get(callback::info))
+        .route(
+            "/v1/incidents/{incident_id}/sla",
+            post(crate::slas::report_for_incident),
+        )
 }
 
 /// What admins call (Bearer `admin_token`): inspect, replay, resolve, metrics.
@@ -49,6 +53,15 @@ fn admin_routes() -> Router<Arc<App>> {
         .route("/metrics", get(admin::metrics))
         .route("/v1/incidents", get(admin::list_incidents))
         .route("/v1/incidents/{incident_id}", get(admin::get_incident))
+        .route(
+            "/v1/incidents/{incident_id}/sla",
+            get(crate::slas::incident_clocks),
+        )
+        .route("/v1/sla", get(crate::slas::list))
+        .route(
+            "/v1/tickets/{ticket}/sla",
+            post(crate::slas::report_for_ticket),
+        )
         .route("/v1/deliveries", get(admin::list_deliveries))
         .route("/v1/deliveries/{delivery_id}", get(admin::get_delivery))
         .route(
@@ -244,6 +257,13 @@ impl Gateway {
         });
         tokio::spawn(crate::reload::watch_threat_intel(
             app.live.clone(),
+            app.metrics.clone(),
+            shutdown.clone(),
+        ));
+        tokio::spawn(crate::watchdog::run(
+            app.live.clone(),
+            store.clone(),
+            app.wake.clone(),
             app.metrics.clone(),
             shutdown.clone(),
         ));

@@ -534,10 +534,15 @@ async fn accept_document(
             StoreError::ForeignAccount { index, incident_id } => {
                 account_changed(is_batch, index, &incident_id)
             }
-            e => Problem::store_failed(
-                &e,
-                "the incident could not be stored; nothing was accepted; try again",
-            ),
+            e => {
+                app.metrics
+                    .store_failures
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Problem::store_failed(
+                    &e,
+                    "the incident could not be stored; nothing was accepted; try again",
+                )
+            }
         })?;
     let outcomes = match ingested {
         crate::store::Ingested::Stored(outcomes) => outcomes,

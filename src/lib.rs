@@ -26,7 +26,10 @@
 //! 7. [`ticket`] — correlation keys, collection windows, ticket ids from responses; [`callback`] — the way
 //!    back (`POST /v1/incidents/{id}/complete`); [`mailbox`] — ticket numbers learned from a
 //!    ticketing system's acknowledgement mails (IMAP); [`sla`] — a ticket's SLA clocks in
-//!    business hours (the calendar and the clock; the watchdog that keeps them is to come).
+//!    business hours (the calendar, the clock, the policies); [`watchdog`] — keeps them
+//!    moving, and queues a warning, breach or recovery to the connectors that hear of them;
+//!    [`slas`] — the SLA endpoints (status reports through the back channel and the admin
+//!    API, the clocks' views).
 //! 8. [`store`] — commit the incident and one delivery per connector, then answer 202; one
 //!    interface by use (ingest, queue, tickets, views), SQLite behind it; [`retention`] —
 //!    a background task purges finished work older than `[retention]` allows; [`backup`] —
@@ -72,7 +75,9 @@ pub mod route;
 pub mod callback;
 pub mod mailbox;
 pub mod sla;
+pub mod slas;
 pub mod ticket;
+pub mod watchdog;
 
 pub mod backup;
 pub mod retention;

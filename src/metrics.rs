@@ -37,6 +37,11 @@ pub struct Metrics {
     /// Threat-intel list files read again after a change, and those refused (the old kept).
     pub intel_reloaded: AtomicU64,
     pub intel_refused: AtomicU64,
+    /// Ingest requests refused with 503 because the store could not commit them (a full
+    /// disk, an I/O error, the database down).
+    pub store_failures: AtomicU64,
+    /// SLA alerts said (queued), by kind: warning, breach, recovery.
+    pub sla_alerts: [AtomicU64; 3],
     sources: Family<SourceMetrics>,
     /// Incidents by tenant: a bounded label (the configured tenants, `none`, `other`).
     tenants: Family<SourceMetrics>,
@@ -293,6 +298,24 @@ impl Metrics {
                 let _ = writeln!(out, "{metric}{{list=\"{}\"}} {value}", label_value(name));
             }
         }
+        let _ = writeln!(
+            out,
+            "# HELP igw_ingest_store_failures_total Ingest requests refused with 503 because the store could not commit them (full disk, I/O error, database down).\n\
+             # TYPE igw_ingest_store_failures_total counter\n\
+             igw_ingest_store_failures_total {}",
+            self.store_failures.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP igw_sla_alerts_total SLA warnings, breaches and recoveries this process queued (each once per ticket and level).\n\
+             # TYPE igw_sla_alerts_total counter\n\
+             igw_sla_alerts_total{{alert=\"warning\"}} {}\n\
+             igw_sla_alerts_total{{alert=\"breach\"}} {}\n\
+             igw_sla_alerts_total{{alert=\"recovery\"}} {}",
+            self.sla_alerts[0].load(Ordering::Relaxed),
+            self.sla_alerts[1].load(Ordering::Relaxed),
+            self.sla_alerts[2].load(Ordering::Relaxed)
+        );
         let _ = writeln!(
             out,
             "# HELP igw_threat_intel_matched_total Incidents stored that matched a threat-intel list at ingest.\n\

@@ -214,7 +214,6 @@ pub const SIGNATURE_TOLERANCE: std::time::Duration = std::time::Duration::from_s
 /// the clock stays acceptable that long), and 2 s more, since timestamps are whole seconds.
 pub const REPLAY_WINDOW: std::time::Duration = std::time::Duration::from_secs(2 * 300 + 2);
 
-/// The clock: milliseconds since the Unix epoch, as the store keeps times.
 /// The rest after a piece of background work that started at `started`: `least`, or three
 /// times as long as the work took, whichever is longer. Background work paced so holds what it
 /// shares (the store's writer) a quarter of the time at most, however slow the disk.
@@ -222,9 +221,42 @@ pub fn rest_after(started: std::time::Instant, least: std::time::Duration) -> st
     least.max(started.elapsed() * 3)
 }
 
+/// The clock: milliseconds since the Unix epoch, as the store keeps times (due times,
+/// leases, SLA deadlines). It follows the wall clock, except that it never steps back: when
+/// the wall clock jumps backwards (an NTP step, an admin's `date`), it runs on at half speed
+/// (by the monotonic clock) until the wall clock catches up. A retry due in 2 s is then sent
+/// within about 4 s, rather than an hour late after a one-hour step back; times stay in order.
+/// A jump forward is followed at once (what was due later is due now: sent early, not lost).
 pub fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
+    let wall_us = chrono::Utc::now().timestamp_micros();
+    let mono = std::time::Instant::now();
+    let Ok(mut last) = CLOCK.lock() else {
+        return wall_us / 1000;
+    };
+    let us = match *last {
+        None => wall_us,
+        Some((then, then_us)) => {
+            let elapsed = i64::try_from(mono.duration_since(then).as_micros()).unwrap_or(i64::MAX);
+            if wall_us >= then_us.saturating_add(elapsed) {
+                wall_us
+            } else {
+                // Behind: the wall clock stepped back. Slew, never below it.
+                then_us
+                    .saturating_add(elapsed / 2)
+                    .max(wall_us)
+                    .max(then_us)
+            }
+        }
+    };
+    *last = Some((mono, us));
+    us / 1000
 }
+
+/// The clock's last reading: the monotonic instant and the microseconds it gave then.
+static CLOCK: std::sync::Mutex<Option<(std::time::Instant, i64)>> = std::sync::Mutex::new(None);
+
+/// The source the gateway's own incidents (its alerts, SLA alerts) are stored under.
+pub const GATEWAY_SOURCE: &str = "incident-gateway";
 
 pub fn rfc3339(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)

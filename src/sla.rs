@@ -5,7 +5,7 @@
 //! Instants are milliseconds since the epoch (the store's unit); the clock is always passed
 //! in, never read here, so tests drive it.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{Datelike, Days, NaiveDate, NaiveDateTime, NaiveTime, TimeZone, Weekday};
 use chrono_tz::Tz;
@@ -132,6 +132,161 @@ fn local_ms(tz: Tz, local: NaiveDateTime) -> Option<i64> {
     })
 }
 
+/// `[sla]`, validated (`config` builds it): which connectors' tickets have clocks, the
+/// calendars they count in, the policies that set their allowances per tenant and priority,
+/// what the back channel's statuses mean, and who hears a warning, breach or recovery.
+#[derive(Debug, Clone)]
+pub struct SlaSettings {
+    /// The ticketing connectors whose tickets have SLA clocks.
+    pub connectors: Vec<String>,
+    /// `[sla.calendar]`: what a policy counts in unless it names another.
+    pub calendar: Calendar,
+    /// `[sla.calendars.NAME]`.
+    pub calendars: BTreeMap<String, Calendar>,
+    /// First match wins.
+    pub policies: Vec<Policy>,
+    /// Connectors a warning, breach or recovery goes to (a policy may name its own).
+    pub notify: Vec<String>,
+    /// What meets a take-over clock.
+    pub take_over_on: TakeOverOn,
+    /// How long a wait lasts when its report names no end, and the longest one may.
+    pub waiting_expires_ms: i64,
+    /// A target's own status names (lower case) → what each means for the clocks.
+    pub statuses: BTreeMap<String, Report>,
+}
+
+/// What meets a ticket's take-over clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TakeOverOn {
+    /// Its first `created` delivered (the ticket exists in the target): nothing better is
+    /// known.
+    Created,
+    /// A status reported through the back channel that means taken over.
+    Status,
+}
+
+/// What a status report asks of a ticket's clocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Report {
+    /// Someone took the ticket: the take-over clock is met.
+    TakenOver,
+    /// Waiting on the customer: the clocks pause until the wait ends.
+    Waiting,
+    /// Suspended: the clocks pause until resumed.
+    Suspended,
+    /// Running again (a wait or suspension ends).
+    Running,
+}
+
+impl Report {
+    /// The names every report answers to, whatever `[sla.statuses]` adds.
+    pub const NAMES: [&'static str; 4] = ["taken_over", "waiting", "suspended", "running"];
+
+    pub fn parse(name: &str) -> Option<Report> {
+        match name {
+            "taken_over" => Some(Report::TakenOver),
+            "waiting" => Some(Report::Waiting),
+            "suspended" => Some(Report::Suspended),
+            "running" => Some(Report::Running),
+            _ => None,
+        }
+    }
+}
+
+/// One `[[sla.policies]]` entry: which tickets it holds (by tenant and priority) and to what.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub name: String,
+    /// Accounts (tenants) it applies to; `None`: every one, and incidents of none.
+    pub accounts: Option<BTreeSet<i64>>,
+    /// Priorities (threat ratings) it applies to; `None`: every one.
+    pub ratings: Option<BTreeSet<crate::model::ThreatRating>>,
+    /// The calendar it counts in (`""`: `[sla.calendar]`).
+    pub calendar: String,
+    pub take_over_ms: Option<i64>,
+    pub complete_ms: Option<i64>,
+    pub warn_before_ms: i64,
+    /// Its own connectors to notify, over `[sla] notify`.
+    pub notify: Option<Vec<String>>,
+}
+
+impl SlaSettings {
+    /// The clocks a ticket opened by an incident of `account` rated `rating` starts with.
+    pub fn start_for(
+        &self,
+        account: Option<i64>,
+        rating: Option<crate::model::ThreatRating>,
+    ) -> Option<SlaStart> {
+        let policy = self.policies.iter().find(|p| {
+            p.accounts
+                .as_ref()
+                .is_none_or(|a| account.is_some_and(|account| a.contains(&account)))
+                && p.ratings
+                    .as_ref()
+                    .is_none_or(|r| rating.is_some_and(|rating| r.contains(&rating)))
+        })?;
+        Some(SlaStart {
+            policy: policy.name.clone(),
+            take_over_ms: policy.take_over_ms,
+            complete_ms: policy.complete_ms,
+            warn_before_ms: policy.warn_before_ms,
+        })
+    }
+
+    pub fn policy(&self, name: &str) -> Option<&Policy> {
+        self.policies.iter().find(|p| p.name == name)
+    }
+
+    /// The calendar policy `name` counts in (the default one when the policy is gone).
+    pub fn calendar_of(&self, policy: &str) -> &Calendar {
+        self.policy(policy)
+            .and_then(|p| self.calendars.get(&p.calendar))
+            .unwrap_or(&self.calendar)
+    }
+
+    /// Who hears policy `name`'s alerts.
+    pub fn notify_of(&self, policy: &str) -> &[String] {
+        self.policy(policy)
+            .and_then(|p| p.notify.as_deref())
+            .unwrap_or(&self.notify)
+    }
+
+    /// What a reported status means: one of [`Report::NAMES`], or a name `[sla.statuses]`
+    /// gives (case-insensitive).
+    pub fn report(&self, status: &str) -> Option<Report> {
+        Report::parse(status).or_else(|| self.statuses.get(&status.to_lowercase()).copied())
+    }
+}
+
+/// The SLA clocks a new ticket starts with (`store::Route::sla`): one per level with an
+/// allowance, started when the ticket opens, in the transaction that opens it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SlaStart {
+    /// The `[[sla.policies]]` entry that chose them, by name.
+    pub policy: String,
+    /// Business time until the ticket is taken over; `None`: no take-over clock.
+    pub take_over_ms: Option<i64>,
+    /// Business time until it is completed; `None`: no completion clock.
+    pub complete_ms: Option<i64>,
+    pub warn_before_ms: i64,
+}
+
+impl SlaStart {
+    /// The clocks it starts at `now`, each with its level.
+    pub fn clocks(&self, now: i64) -> Vec<Clock> {
+        [
+            (Level::TakeOver, self.take_over_ms),
+            (Level::Complete, self.complete_ms),
+        ]
+        .into_iter()
+        .filter_map(|(level, allowed)| {
+            allowed.map(|allowed| Clock::start(level, now, allowed, self.warn_before_ms))
+        })
+        .collect()
+    }
+}
+
 /// The two clocks of a ticket: until the ticketing system takes it over, and until it is
 /// completed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -139,6 +294,23 @@ fn local_ms(tz: Tz, local: NaiveDateTime) -> Option<i64> {
 pub enum Level {
     TakeOver,
     Complete,
+}
+
+impl Level {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::TakeOver => "take_over",
+            Level::Complete => "complete",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Level> {
+        match text {
+            "take_over" => Some(Level::TakeOver),
+            "complete" => Some(Level::Complete),
+            _ => None,
+        }
+    }
 }
 
 /// What a clock says when it crosses a line, once each per clock.
@@ -309,6 +481,16 @@ impl Clock {
             said.push(Alert::Breach);
         }
         said
+    }
+
+    /// `running`, `waiting`, `suspended`, or `met`: what lists filter on.
+    pub fn state(&self) -> &'static str {
+        match (self.met_ms, self.pause) {
+            (Some(_), _) => "met",
+            (None, Pause::Running) => "running",
+            (None, Pause::Waiting { .. }) => "waiting",
+            (None, Pause::Suspended { .. }) => "suspended",
+        }
     }
 
     /// When the watchdog should look at it next: the warning, the breach, or the end of a

@@ -130,6 +130,7 @@ fn route_with(
         collect_for_ms: connector
             .collect_for(account)
             .map(|d| d.as_millis().min(i64::MAX as u128) as i64),
+        sla: connector.sla_start(incident),
     }
 }
 

@@ -31,6 +31,7 @@ fn incident(id: &str, connector: &str) -> NewIncident {
             sends_updated: true,
             reopen_within_ms: None,
             collect_for_ms: None,
+            sla: None,
         }],
     }
 }

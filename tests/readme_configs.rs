@@ -101,7 +101,7 @@ fn certificate(dir: &Path, cert: &str, key: &str) {
 
 /// The sections a config has; any other key of a piece is a connector's (`priorities = …`
 /// in the templates README) and goes on the base's connector.
-const SECTIONS: [&str; 13] = [
+const SECTIONS: [&str; 14] = [
     "server",
     "storage",
     "delivery",
@@ -115,6 +115,7 @@ const SECTIONS: [&str; 13] = [
     "alerts",
     "retention",
     "threat_intel",
+    "sla",
 ];
 
 #[test]

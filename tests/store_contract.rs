@@ -104,6 +104,7 @@ impl Harness {
 fn collecting(connector: &str, key: &str, window_ms: i64) -> Route {
     Route {
         collect_for_ms: Some(window_ms),
+        sla: None,
         ..route(connector, key)
     }
 }
@@ -147,6 +148,7 @@ fn route(connector: &str, key: &str) -> Route {
         sends_updated: true,
         reopen_within_ms: None,
         collect_for_ms: None,
+        sla: None,
     }
 }
 
@@ -608,6 +610,7 @@ async fn an_incident_within_reopen_within_reopens_the_closed_ticket(backend: Bac
     let reopening = |ms| Route {
         reopen_within_ms: Some(ms),
         collect_for_ms: None,
+        sla: None,
         ..route("jira", "k")
     };
     ingest_one(s, incident("A", None, "a", &[reopening(60_000)])).await;

@@ -85,6 +85,7 @@ fn route(connector: &str) -> Route {
         sends_updated: true,
         reopen_within_ms: None,
         collect_for_ms: None,
+        sla: None,
     }
 }
 

@@ -57,6 +57,7 @@ fn route(key: &str) -> Route {
         sends_updated: true,
         reopen_within_ms: None,
         collect_for_ms: None,
+        sla: None,
     }
 }
 

@@ -429,6 +429,7 @@ impl Validator<'_> {
             per_tenant,
             key_scopes: Arc::default(),
             assignment: Arc::default(),
+            sla: None,
             priorities: c
                 .priorities
                 .into_iter()

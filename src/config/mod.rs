@@ -20,6 +20,7 @@ mod http;
 pub mod reload;
 pub mod retention;
 mod server;
+mod sla;
 mod smtp;
 mod sources;
 mod span;
@@ -169,6 +170,8 @@ pub struct Config {
     pub retention: retention::RetentionConfig,
     /// `[threat_intel]`: the IOC lists in force (swapped whole when a file changes).
     pub threat_intel: Arc<crate::intel::ThreatIntel>,
+    /// `[sla]`: the SLA watchdog's settings (`None`: no ticket has SLA clocks).
+    pub sla: Option<Arc<crate::sla::SlaSettings>>,
 }
 
 /// The file as written; each section's own form lives with the file that builds it.
@@ -200,6 +203,8 @@ struct RawConfig {
     retention: retention::RawRetention,
     #[serde(default)]
     threat_intel: threat_intel::RawThreatIntel,
+    #[serde(default)]
+    sla: sla::RawSla,
 }
 
 impl Config {
@@ -434,8 +439,16 @@ impl Validator<'_> {
                 .map_err(|e| vec![e])?,
         );
         let mut connectors = connectors;
+        let sla = self
+            .sla(raw.sla, &connectors, &tenants)
+            .map_err(|e| vec![e])?
+            .map(Arc::new);
         for c in &mut connectors {
             c.assignment = assignment.clone();
+            c.sla = sla
+                .as_ref()
+                .filter(|s| s.connectors.contains(&c.name))
+                .cloned();
         }
         let alerts = self.alerts(&raw.alerts, &connectors).map_err(|e| vec![e])?;
         // Credentials are secrets even when written in the file itself.
@@ -463,6 +476,7 @@ impl Validator<'_> {
             alerts,
             retention,
             threat_intel: Arc::new(threat_intel),
+            sla,
         })
     }
 

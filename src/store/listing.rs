@@ -7,9 +7,11 @@
 //! is a range scan that stops after `limit + 1` rows): `deliveries (created_ms, seq)`,
 //! `(status, created_ms, seq)`, `(connector, created_ms, seq)`; `incidents (received_ms,
 //! incident_id)`, `(source, …)`, `(status, …)`. The incident filter uses `deliveries
-//! (incident_id)`: one incident's deliveries are few, sorted once found.
+//! (incident_id)`: one incident's deliveries are few, sorted once found. SLA clocks are listed
+//! by `clock_id` alone (its primary key, and `sla_clocks (state | breached | account_id,
+//! clock_id)`).
 
-use super::{DeliveryListing, IncidentListing, Page};
+use super::{DeliveryListing, IncidentListing, Page, SlaListing};
 
 /// The most rows a page holds, whatever is asked.
 pub const MAX_LIMIT: usize = 1000;
@@ -61,13 +63,18 @@ impl Builder {
     /// `<exists>` over `column IN (accounts…)`, when the list is narrowed to accounts: the
     /// rows whose incident is one of theirs. (`exists` wraps the test when the incident's row
     /// is not the listed one.)
-    fn accounts(&mut self, accounts: Option<&[i64]>, wrap: impl FnOnce(String) -> String) {
+    fn accounts(
+        &mut self,
+        column: &str,
+        accounts: Option<&[i64]>,
+        wrap: impl FnOnce(String) -> String,
+    ) {
         let Some(accounts) = accounts else { return };
         let test = if accounts.is_empty() {
             "1 = 0".to_string()
         } else {
             let marks: Vec<String> = accounts.iter().map(|a| self.bind(Arg::Int(*a))).collect();
-            format!("i.account_id IN ({})", marks.join(", "))
+            format!("{column} IN ({})", marks.join(", "))
         };
         self.conditions.push(wrap(test));
     }
@@ -80,8 +87,13 @@ impl Builder {
         self.conditions.push(format!("({columns}) < ({t}, {k})"));
     }
 
-    fn finish(mut self, order: &str, limit: usize) -> Clause {
-        let fetch = self.bind(Arg::Int(fetch_limit(limit)));
+    fn finish(self, order: &str, limit: usize) -> Clause {
+        self.fetching(order, fetch_limit(limit))
+    }
+
+    /// The conditions, then `order`, and at most `fetch` rows.
+    fn fetching(mut self, order: &str, fetch: i64) -> Clause {
+        let fetch = self.bind(Arg::Int(fetch));
         let conditions = if self.conditions.is_empty() {
             String::new()
         } else {
@@ -108,7 +120,7 @@ fn fetch_limit(limit: usize) -> i64 {
 pub fn deliveries(listing: &DeliveryListing, mark: char) -> Clause {
     let mut b = Builder::new(mark);
     let text = |v: &Option<String>| v.clone().map(Arg::Text);
-    b.accounts(listing.accounts.as_deref(), |test| {
+    b.accounts("i.account_id", listing.accounts.as_deref(), |test| {
         format!("EXISTS (SELECT 1 FROM incidents i WHERE i.incident_id = d.incident_id AND {test})")
     });
     b.filter("d.incident_id", "=", text(&listing.incident));
@@ -126,7 +138,7 @@ pub fn deliveries(listing: &DeliveryListing, mark: char) -> Clause {
 pub fn incidents(listing: &IncidentListing, mark: char) -> Clause {
     let mut b = Builder::new(mark);
     let text = |v: &Option<String>| v.clone().map(Arg::Text);
-    b.accounts(listing.accounts.as_deref(), |test| test);
+    b.accounts("i.account_id", listing.accounts.as_deref(), |test| test);
     b.filter("i.source", "=", text(&listing.source));
     b.filter("i.status", "=", text(&listing.status));
     b.filter("i.received_ms", ">=", listing.since_ms.map(Arg::Int));
@@ -139,6 +151,41 @@ pub fn incidents(listing: &IncidentListing, mark: char) -> Clause {
         );
     }
     b.finish("i.received_ms DESC, i.incident_id DESC", listing.limit)
+}
+
+/// An SLA clock with what the watchdog and the admin API need of its ticket, as
+/// [`crate::store::SlaClockRow`] reads it: the columns of `sla_clocks c` joined with
+/// `tickets t`. Each backend writes the join (SQLite as a CROSS JOIN, to keep the clocks
+/// leading: every question starts from them), then each use its WHERE and ORDER BY. A
+/// ticket's close time shows only while it is closed (a reopened ticket keeps its last one).
+pub const SLA_CLOCKS_COLUMNS: &str = "SELECT c.clock_id, c.ticket_seq, c.level, c.policy,
+        c.clock, c.revision, c.next_check_ms, t.connector, t.correlation_key, t.ticket_id,
+        t.ticket_url, c.incident_id, c.account_id, t.opened_ms,
+        CASE WHEN t.status = 'completed' THEN t.closed_ms END AS closed_ms, c.created_ok_ms";
+
+/// After [`SLA_CLOCKS_COLUMNS`] and the join: newest clock first, at most `limit` within 1 and
+/// one more than [`MAX_LIMIT`] (the caller asks for one row more than its page, to know
+/// whether another page follows, and pages on with the last clock's id).
+/// `breached` is written out rather than bound: both databases read `TRUE`/`FALSE`, and
+/// either way the index on it applies.
+pub fn sla_clocks(listing: &SlaListing, mark: char) -> Clause {
+    let mut b = Builder::new(mark);
+    b.accounts("c.account_id", listing.accounts.as_deref(), |test| test);
+    b.filter("t.connector", "=", listing.connector.clone().map(Arg::Text));
+    b.filter("c.state", "=", listing.state.clone().map(Arg::Text));
+    if let Some(breached) = listing.breached {
+        b.conditions.push(
+            if breached {
+                "c.breached = TRUE"
+            } else {
+                "c.breached = FALSE"
+            }
+            .to_string(),
+        );
+    }
+    b.filter("c.clock_id", "<", listing.before_clock_id.map(Arg::Int));
+    let fetch = i64::try_from(listing.limit.clamp(1, MAX_LIMIT + 1)).unwrap_or(i64::MAX);
+    b.fetching("c.clock_id DESC", fetch)
 }
 
 /// The page of `rows` (fetched with one row more than `limit`), and the key of its last row
@@ -228,6 +275,45 @@ mod tests {
             '?',
         );
         assert!(nothing.sql.starts_with("WHERE 1 = 0 "), "{}", nothing.sql);
+    }
+
+    #[test]
+    fn an_sla_list_filters_only_what_is_given_and_fetches_the_page_alone() {
+        let none = sla_clocks(&SlaListing::default(), '?');
+        assert_eq!(none.sql, "ORDER BY c.clock_id DESC LIMIT ?1");
+        assert_eq!(none.args, vec![Arg::Int(1)]);
+        let all = sla_clocks(
+            &SlaListing {
+                accounts: Some(vec![3]),
+                connector: Some("jira".into()),
+                state: Some("running".into()),
+                breached: Some(true),
+                before_clock_id: Some(40),
+                limit: 20,
+            },
+            '$',
+        );
+        assert_eq!(
+            all.sql,
+            "WHERE c.account_id IN ($1) AND t.connector = $2 AND c.state = $3 \
+             AND c.breached = TRUE AND c.clock_id < $4 ORDER BY c.clock_id DESC LIMIT $5"
+        );
+        assert_eq!(all.args[4], Arg::Int(20));
+        let nothing = sla_clocks(
+            &SlaListing {
+                accounts: Some(vec![]),
+                breached: Some(false),
+                ..Default::default()
+            },
+            '?',
+        );
+        assert!(
+            nothing
+                .sql
+                .starts_with("WHERE 1 = 0 AND c.breached = FALSE "),
+            "{}",
+            nothing.sql
+        );
     }
 
     #[test]

@@ -207,6 +207,66 @@ pub struct Route {
     /// incidents of its ticket join it until it is leased; `None`: a delivery of its own,
     /// due at once.
     pub collect_for_ms: Option<i64>,
+    /// The SLA a ticket this route opens is held to (`None`: no SLA clocks).
+    pub sla: Option<crate::sla::SlaStart>,
+}
+
+/// One SLA clock as stored, with what the watchdog needs of its ticket.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SlaClockRow {
+    pub clock_id: i64,
+    pub ticket_seq: i64,
+    pub level: crate::sla::Level,
+    /// The `[[sla.policies]]` entry the ticket was held to when it opened, by name.
+    pub policy: String,
+    /// The clock ([`crate::sla::Clock`]) as JSON.
+    pub clock: String,
+    /// Bumped by every save: a save names the revision it read ([`SlaSave`]).
+    pub revision: i64,
+    /// When the watchdog should look at it next (`None`: not until someone acts).
+    pub next_check_ms: Option<i64>,
+    pub connector: String,
+    pub correlation_key: String,
+    pub ticket_id: Option<String>,
+    pub ticket_url: Option<String>,
+    /// The incident that opened the ticket, and its account (tenant).
+    pub incident_id: String,
+    pub account_id: Option<i64>,
+    pub opened_ms: i64,
+    /// When the ticket was closed (completed), while it is.
+    pub closed_ms: Option<i64>,
+    /// When the ticket's `created` was first delivered (or resolved by an admin).
+    pub created_ok_ms: Option<i64>,
+}
+
+/// A clock written back: only if it is still at `revision` (another watchdog, or a status
+/// report, may have moved it meanwhile), and then with its alerts queued as the gateway's own
+/// incidents (source [`crate::model::GATEWAY_SOURCE`]) in the same transaction — so an alert is
+/// queued exactly when the clock that says it is saved.
+#[derive(Debug, Clone)]
+pub struct SlaSave {
+    pub clock_id: i64,
+    pub revision: i64,
+    pub clock: String,
+    pub next_check_ms: Option<i64>,
+    /// `running`, `waiting`, `suspended` or `met`, for lists.
+    pub state: String,
+    pub breached: bool,
+    pub alerts: Vec<NewIncident>,
+}
+
+/// `GET /v1/sla`: which clocks, newest ticket first.
+#[derive(Debug, Clone, Default)]
+pub struct SlaListing {
+    /// Only clocks of these accounts' tickets (a scoped admin token's tenants).
+    pub accounts: Option<Vec<i64>>,
+    pub connector: Option<String>,
+    /// `running`, `waiting`, `suspended` or `met`.
+    pub state: Option<String>,
+    pub breached: Option<bool>,
+    /// The page starts after this clock id (clocks are listed by id, newest first).
+    pub before_clock_id: Option<i64>,
+    pub limit: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -654,6 +714,31 @@ pub trait Tickets: Send + Sync {
     async fn number_ticket(&self, ticket_seq: i64, number: String) -> Result<bool, StoreError>;
 }
 
+/// SLA clocks ([`crate::sla`]): started with their ticket (in [`Ingest::ingest`]), nudged
+/// when the ticket's `created` is delivered or the ticket closes (their `next_check_ms`
+/// becomes now), and moved on by the watchdog and by status reports through [`Sla::sla_save`].
+#[async_trait]
+pub trait Sla: Send + Sync {
+    /// Up to `limit` clocks whose next check is due at `now_ms`, earliest first.
+    async fn sla_due(&self, now_ms: i64, limit: usize) -> Result<Vec<SlaClockRow>, StoreError>;
+
+    /// The earliest next check of any clock.
+    async fn sla_next_check(&self) -> Result<Option<i64>, StoreError>;
+
+    /// The clocks of every ticket the incident is on, by ticket then level.
+    async fn sla_of_incident(&self, incident_id: String) -> Result<Vec<SlaClockRow>, StoreError>;
+
+    /// The clocks of one ticket.
+    async fn sla_of_ticket(&self, ticket_seq: i64) -> Result<Vec<SlaClockRow>, StoreError>;
+
+    /// A page of clocks, newest first.
+    async fn sla_list(&self, listing: SlaListing) -> Result<Vec<SlaClockRow>, StoreError>;
+
+    /// Writes clocks back, in one transaction; per save, whether it applied (`false`: its
+    /// revision had moved on, and neither it nor its alerts were written).
+    async fn sla_save(&self, saves: Vec<SlaSave>) -> Result<Vec<bool>, StoreError>;
+}
+
 /// What the admin API shows: incidents with their tickets and deliveries, and deliveries.
 #[async_trait]
 pub trait Views: Send + Sync {
@@ -803,9 +888,9 @@ pub struct QueueDepth {
     pub oldest_due_ms: Option<i64>,
 }
 
-pub trait Backend: Ingest + Queue + Tickets + Views + Health + Operate {}
+pub trait Backend: Ingest + Queue + Tickets + Views + Health + Operate + Sla {}
 
-impl<T: Ingest + Queue + Tickets + Views + Health + Operate> Backend for T {}
+impl<T: Ingest + Queue + Tickets + Views + Health + Operate + Sla> Backend for T {}
 
 /// The handle callers hold: cheap to clone, whatever the backend.
 #[derive(Clone)]
@@ -1027,6 +1112,39 @@ impl Store {
         listing: DeliveryListing,
     ) -> Result<Page<DeliveryView, DeliveryKey>, StoreError> {
         self.backend.list_deliveries(listing).await
+    }
+
+    /// See [`Sla::sla_due`].
+    pub async fn sla_due(&self, now_ms: i64, limit: usize) -> Result<Vec<SlaClockRow>, StoreError> {
+        self.backend.sla_due(now_ms, limit).await
+    }
+
+    /// See [`Sla::sla_next_check`].
+    pub async fn sla_next_check(&self) -> Result<Option<i64>, StoreError> {
+        self.backend.sla_next_check().await
+    }
+
+    /// See [`Sla::sla_of_incident`].
+    pub async fn sla_of_incident(
+        &self,
+        incident_id: String,
+    ) -> Result<Vec<SlaClockRow>, StoreError> {
+        self.backend.sla_of_incident(incident_id).await
+    }
+
+    /// See [`Sla::sla_of_ticket`].
+    pub async fn sla_of_ticket(&self, ticket_seq: i64) -> Result<Vec<SlaClockRow>, StoreError> {
+        self.backend.sla_of_ticket(ticket_seq).await
+    }
+
+    /// See [`Sla::sla_list`].
+    pub async fn sla_list(&self, listing: SlaListing) -> Result<Vec<SlaClockRow>, StoreError> {
+        self.backend.sla_list(listing).await
+    }
+
+    /// See [`Sla::sla_save`].
+    pub async fn sla_save(&self, saves: Vec<SlaSave>) -> Result<Vec<bool>, StoreError> {
+        self.backend.sla_save(saves).await
     }
 
     /// See [`Views::list_incidents`].

@@ -70,7 +70,8 @@ impl Ingest for Postgres {
     }
 }
 
-async fn ingest(
+/// [`Ingest::ingest`] at `now`, in the caller's transaction.
+pub(super) async fn ingest(
     tx: &Transaction<'_>,
     source: &str,
     webhook_id: Option<&str>,
@@ -231,8 +232,15 @@ async fn ingest_one(
     let routes = if completed { &[][..] } else { &inc.routes[..] };
     let mut deliveries = Vec::with_capacity(routes.len());
     for route in routes {
-        let attached =
-            tickets::attach_to_ticket(tx, &inc.incident_id, stored.is_none(), route, now).await?;
+        let attached = tickets::attach_to_ticket(
+            tx,
+            &inc.incident_id,
+            inc.account_id,
+            stored.is_none(),
+            route,
+            now,
+        )
+        .await?;
         // An open collection window of the ticket takes the incident instead of a delivery of
         // its own, in this transaction: a 202 means it is in the batch.
         if route.collect_for_ms.is_some() {

@@ -91,6 +91,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "collection windows",
         include_str!("../../../migrations/postgres/0007_collections.sql"),
     ),
+    (
+        8,
+        "SLA clocks",
+        include_str!("../../../migrations/postgres/0008_sla.sql"),
+    ),
 ];
 
 /// The newest schema this binary knows: its last migration's.
@@ -152,6 +157,7 @@ mod ingest;
 mod instance;
 mod operate;
 mod queue;
+mod sla;
 mod tickets;
 mod views;
 

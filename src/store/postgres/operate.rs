@@ -233,7 +233,16 @@ impl Operate for Postgres {
                 // The last statement deletes the incidents themselves.
                 incidents = deleted;
             }
-            rows += execute(&tx, PURGE_TICKETS, &[&tickets]).await?;
+            let deleted: Vec<i64> = query(&tx, PURGE_TICKETS, &[&tickets])
+                .await?
+                .iter()
+                .map(|r| r.try_get("ticket_seq"))
+                .collect::<Result<_, _>>()?;
+            rows += deleted.len() as u64;
+            // A deleted ticket's SLA clocks go with it.
+            if !deleted.is_empty() {
+                rows += super::sla::purge_of(&tx, &deleted).await?;
+            }
             Ok(Purged {
                 incidents,
                 rows,
@@ -292,7 +301,9 @@ const PURGE_DELETES: [&str; 6] = [
     "DELETE FROM incidents WHERE incident_id = ANY($1)",
 ];
 
-/// The purged incidents' tickets (`$1`) that are closed and hold no incident any more.
+/// The purged incidents' tickets (`$1`) that are closed and hold no incident any more (their
+/// SLA clocks are deleted after them, by the ids returned).
 const PURGE_TICKETS: &str = "DELETE FROM tickets t
      WHERE t.ticket_seq = ANY($1) AND t.status <> 'open'
-       AND NOT EXISTS (SELECT 1 FROM ticket_incidents ti WHERE ti.ticket_seq = t.ticket_seq)";
+       AND NOT EXISTS (SELECT 1 FROM ticket_incidents ti WHERE ti.ticket_seq = t.ticket_seq)
+     RETURNING t.ticket_seq";

@@ -506,12 +506,12 @@ async fn record_attempt(
                     lease_until_ms = 0, lease_token = NULL, updated_ms = $6, last_error = $7,
                     ready = ready AND $3 = 'pending', outcome_unknown = $14
              WHERE delivery_id = $1 AND lease_token = $2 AND status = 'pending'
-             RETURNING delivery_id, connector, order_key),
+             RETURNING delivery_id, connector, order_key, event, ticket_seq),
          a AS (
              INSERT INTO attempts (delivery_id, attempt, started_ms, latency_ms, status_code,
                                    error, response_body, outcome, lookup)
              SELECT d.delivery_id, $4, $8, $9, $10, $11, $12, $13, $15 FROM d)
-         SELECT connector, order_key FROM d",
+         SELECT connector, order_key, event, ticket_seq FROM d",
         &[
             &lease.delivery_id,
             &lease.token,
@@ -541,6 +541,14 @@ async fn record_attempt(
             &[&t.ticket_seq, &t.id, &t.url, &now],
         )
         .await?;
+    }
+    // The ticket exists in the target now: its SLA clocks learn when (before the line's lock
+    // is taken, the order a completion takes the clocks and the line in).
+    let event: String = line.try_get("event")?;
+    if let (DeliveryStatus::Delivered, Some(ticket_seq)) = (to.status, line.try_get("ticket_seq")?)
+        && event == Event::Created.as_str()
+    {
+        super::sla::created_ok(tx, ticket_seq, now).await?;
     }
     // Delivered, or dead and not a `created` (a dead `created` still holds its ticket's
     // line): the next delivery of the line may go.

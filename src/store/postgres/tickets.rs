@@ -4,7 +4,7 @@
 use async_trait::async_trait;
 use deadpool_postgres::Transaction;
 
-use super::{Postgres, execute, lock_incident, query, query_opt, queue};
+use super::{Postgres, execute, lock_incident, query, query_opt, queue, sla};
 use crate::model::{Event, Purpose, now_ms, rfc3339};
 use crate::store::rules::{
     Attached, OpenTicket, RESOLVED_BY_ADMIN, completion_new, completion_news, completion_old,
@@ -70,12 +70,14 @@ impl Tickets for Postgres {
 }
 
 /// The ticket an incident joins for one connector: the one it is already on, else the open
-/// one with its key whose aggregation window has not ended, else a new one. The ticket found
-/// is locked, so a completion running at the same time either closes it first (and this
-/// incident opens a new one) or waits for this incident to join it.
+/// one with its key whose aggregation window has not ended, else a new one (which starts the
+/// route's SLA clocks, kept with the incident's `account_id`). The ticket found is locked, so
+/// a completion running at the same time either closes it first (and this incident opens a
+/// new one) or waits for this incident to join it.
 pub(super) async fn attach_to_ticket(
     tx: &Transaction<'_>,
     incident_id: &str,
+    account_id: Option<i64>,
     is_new: bool,
     route: &Route,
     now: i64,
@@ -99,7 +101,7 @@ pub(super) async fn attach_to_ticket(
             event: Event::Updated,
             purpose: Purpose::Event,
         },
-        None => join_or_open(tx, route, now).await?,
+        None => join_or_open(tx, incident_id, account_id, route, now).await?,
     };
     execute(
         tx,
@@ -111,11 +113,14 @@ pub(super) async fn attach_to_ticket(
     Ok(attached)
 }
 
-/// The open ticket of the route's key whose window is open, or a new one. Holding the key's
+/// The open ticket of the route's key whose window is open, or a new one (opened by
+/// `incident_id`, of `account_id`, with the route's SLA clocks). Holding the key's
 /// `ticket_heads` row while deciding makes every other gateway with the same key wait, then
 /// find the ticket this one opened.
 async fn join_or_open(
     tx: &Transaction<'_>,
+    incident_id: &str,
+    account_id: Option<i64>,
     route: &Route,
     now: i64,
 ) -> Result<Attached, StoreError> {
@@ -191,6 +196,9 @@ async fn join_or_open(
         &[&route.connector, &route.key, &ticket_seq],
     )
     .await?;
+    if let Some(start) = &route.sla {
+        sla::start(tx, ticket_seq, start, incident_id, account_id, now).await?;
+    }
     Ok(Attached {
         ticket_seq,
         event: Event::Created,
@@ -354,6 +362,8 @@ async fn complete_one(
             &[&ticket_seq, &now],
         )
         .await?;
+        // Its clocks are met (or stop) now: the watchdog looks at once.
+        sla::nudge(tx, ticket_seq, now).await?;
     }
     for n in news {
         let id = queue::insert_delivery(
@@ -410,6 +420,8 @@ async fn resolve(
         &[&ticket_seq, &ticket_id, &ticket_url, &now],
     )
     .await?;
+    // The ticket exists in the target after all: as for a delivered `created`.
+    sla::created_ok(tx, ticket_seq, now).await?;
     let line = query_opt(
         tx,
         "UPDATE deliveries SET status = 'delivered', ready = FALSE, updated_ms = $2, last_error = $3

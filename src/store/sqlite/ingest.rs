@@ -212,8 +212,14 @@ fn ingest_one(
     let routes = if completed { Vec::new() } else { inc.routes };
     let mut deliveries = Vec::with_capacity(routes.len());
     for route in routes {
-        let attached =
-            tickets::attach_to_ticket(conn, &inc.incident_id, stored.is_none(), &route, now)?;
+        let attached = tickets::attach_to_ticket(
+            conn,
+            &inc.incident_id,
+            inc.account_id,
+            stored.is_none(),
+            &route,
+            now,
+        )?;
         // An open collection window of the ticket takes the incident instead of a delivery of
         // its own, in this transaction: a 202 means it is in the batch.
         if route.collect_for_ms.is_some() {

@@ -2,7 +2,7 @@
 //! owner-only. Writes go through one writer thread that commits them in groups
 //! (`writer`); reads use their own connection (WAL lets them run beside the writer). This
 //! file opens the store and holds its schema; the uses are beside it: `ingest`, `queue`,
-//! `tickets`, `views`.
+//! `tickets`, `views`, `sla`.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -41,6 +41,7 @@ macro_rules! from_row {
 mod ingest;
 mod operate;
 mod queue;
+mod sla;
 mod tickets;
 mod views;
 mod writer;
@@ -173,6 +174,34 @@ CREATE TABLE IF NOT EXISTS attempts (
     lookup         TEXT,
     PRIMARY KEY (delivery_id, attempt)
 );
+-- SLA clocks (`crate::sla`): one per ticket and level (`take_over`, `complete`), started in the
+-- transaction that opens the ticket. `clock` is the whole clock as JSON, `revision` what a
+-- save must name to apply (`store::SlaSave`); `state` and `breached` repeat the clock's, for
+-- lists. `incident_id` and `account_id` are those of the incident that opened the ticket
+-- (tenant scoping without a join); `created_ok_ms` when its `created` was first delivered.
+-- The unique key is also the index of a ticket's clocks; each question has its index:
+-- the watchdog's (`next_check_ms`, only of clocks that have one) and each list filter's
+-- (SQLite appends the rowid, `clock_id`, so each ends in the newest-first order).
+CREATE TABLE IF NOT EXISTS sla_clocks (
+    clock_id       INTEGER PRIMARY KEY AUTOINCREMENT,
+    ticket_seq     INTEGER NOT NULL,
+    level          TEXT NOT NULL,
+    policy         TEXT NOT NULL,
+    clock          TEXT NOT NULL,
+    revision       INTEGER NOT NULL DEFAULT 0,
+    next_check_ms  INTEGER,
+    state          TEXT NOT NULL,
+    breached       INTEGER NOT NULL DEFAULT 0,
+    incident_id    TEXT NOT NULL,
+    account_id     INTEGER,
+    created_ok_ms  INTEGER,
+    UNIQUE (ticket_seq, level)
+);
+CREATE INDEX IF NOT EXISTS sla_clocks_next_check ON sla_clocks (next_check_ms)
+    WHERE next_check_ms IS NOT NULL;
+CREATE INDEX IF NOT EXISTS sla_clocks_state ON sla_clocks (state);
+CREATE INDEX IF NOT EXISTS sla_clocks_breached ON sla_clocks (breached);
+CREATE INDEX IF NOT EXISTS sla_clocks_account ON sla_clocks (account_id);
 "#;
 
 /// Columns added after the first release, each with what adds it to an older file: whether

@@ -211,7 +211,7 @@ const PURGEABLE: &str = "SELECT i.incident_id FROM incidents i
                      OR (d.status = 'dead' AND d.updated_ms < ?3)))";
 
 /// What goes with the incidents (`?1`, a JSON list), children first; then their tickets
-/// that are closed and hold no incident any more.
+/// that are closed and hold no incident any more (and those tickets' SLA clocks).
 const PURGE_DELETES: [&str; 6] = [
     "DELETE FROM collected_incidents WHERE incident_id IN (SELECT value FROM json_each(?1))
         OR delivery_seq IN (SELECT seq FROM deliveries
@@ -226,7 +226,8 @@ const PURGE_DELETES: [&str; 6] = [
 
 const PURGE_TICKETS: &str = "DELETE FROM tickets
      WHERE ticket_seq IN (SELECT value FROM json_each(?1)) AND status <> 'open'
-       AND NOT EXISTS (SELECT 1 FROM ticket_incidents ti WHERE ti.ticket_seq = tickets.ticket_seq)";
+       AND NOT EXISTS (SELECT 1 FROM ticket_incidents ti WHERE ti.ticket_seq = tickets.ticket_seq)
+     RETURNING ticket_seq";
 
 /// [`Operate::purge`], in the writer's transaction.
 fn purge(conn: &Connection, request: &PurgeRequest) -> Result<Purged, StoreError> {
@@ -285,7 +286,16 @@ fn purge(conn: &Connection, request: &PurgeRequest) -> Result<Purged, StoreError
         incidents = deleted;
     }
     let tickets = serde_json::to_string(&tickets).unwrap_or_else(|_| "[]".into());
-    rows += conn.prepare_cached(PURGE_TICKETS)?.execute([&tickets])? as u64;
+    let deleted: Vec<i64> = conn
+        .prepare_cached(PURGE_TICKETS)?
+        .query_map([&tickets], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    rows += deleted.len() as u64;
+    // A deleted ticket's SLA clocks go with it.
+    if !deleted.is_empty() {
+        let deleted = serde_json::to_string(&deleted).unwrap_or_else(|_| "[]".into());
+        rows += super::sla::purge_of(conn, &deleted)?;
+    }
     Ok(Purged {
         incidents,
         rows,

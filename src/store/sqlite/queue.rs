@@ -377,13 +377,13 @@ pub(super) fn record_attempt(
         ticket,
     } = attempt;
     let to = transition(record, next);
-    let line: Option<Line> = optional_row(
+    let recorded: Option<Recorded> = optional_row(
         conn,
         "UPDATE deliveries SET status = ?3, attempts = ?4, next_attempt_ms = ?5, due_ms = ?5,
                 lease_until_ms = 0, lease_token = NULL, updated_ms = ?6, last_error = ?7,
                 ready = ready AND ?3 = 'pending', outcome_unknown = ?8
          WHERE delivery_id = ?1 AND lease_token = ?2 AND status = 'pending'
-         RETURNING connector, order_key",
+         RETURNING connector, order_key, event, ticket_seq",
         params![
             lease.delivery_id,
             lease.token,
@@ -395,13 +395,19 @@ pub(super) fn record_attempt(
             record.outcome_unknown
         ],
     )?;
-    let Some(line) = line else {
+    let Some(recorded) = recorded else {
         return Ok(false);
     };
     // Delivered, or dead and not a `created` (a dead `created` still holds its ticket's
     // line): the next delivery of the line may go.
     if to.status != DeliveryStatus::Pending {
-        promote_head(conn, &line.connector, &line.order_key)?;
+        promote_head(conn, &recorded.connector, &recorded.order_key)?;
+    }
+    // The ticket exists in the target now: its SLA clocks learn when.
+    if let (DeliveryStatus::Delivered, Some(ticket_seq)) = (to.status, recorded.ticket_seq)
+        && recorded.event == Event::Created.as_str()
+    {
+        super::sla::created_ok(conn, ticket_seq, now)?;
     }
     if let Some(t) = ticket {
         conn.prepare_cached(
@@ -453,6 +459,16 @@ fn ready_connectors(conn: &Connection) -> Result<Vec<String>, StoreError> {
         .prepare_cached(READY_CONNECTORS)?
         .query_map([], |r| r.get(0))?
         .collect::<Result<Vec<String>, _>>()?)
+}
+
+from_row! {
+    /// What recording an attempt needs of its delivery: its line, and what it was for.
+    struct Recorded {
+        connector: String,
+        order_key: String,
+        event: String,
+        ticket_seq: Option<i64>,
+    }
 }
 
 from_row! {

@@ -90,6 +90,7 @@ pub fn route(connector: &str, key: &str, aggregate_for_ms: Option<i64>) -> Route
         sends_updated: true,
         reopen_within_ms: None,
         collect_for_ms: None,
+        sla: None,
     }
 }
 

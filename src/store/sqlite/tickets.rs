@@ -5,7 +5,7 @@
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{Sqlite, optional_row, queue, rows};
+use super::{Sqlite, optional_row, queue, rows, sla};
 use crate::model::{Event, Purpose, now_ms, rfc3339};
 use crate::store::rules::{
     Attached, OpenTicket, RESOLVED_BY_ADMIN, completion_new, completion_news, completion_old,
@@ -123,11 +123,14 @@ pub(super) const OPEN_TICKETS_OF: &str = "SELECT t.ticket_seq, t.connector FROM 
      WHERE ti.incident_id = ?1 AND t.status = 'open' ORDER BY t.ticket_seq";
 
 /// The ticket an incident joins for one connector: the one it is already on, else the open
-/// one with its key whose aggregation window has not ended, else a new one. (`is_new`: the
-/// incident was stored for the first time just now, so it is on no ticket yet.)
+/// one with its key whose aggregation window has not ended, else a new one — which starts
+/// the route's SLA clocks, if it has any. (`is_new`: the incident was stored for the first
+/// time just now, so it is on no ticket yet; `account_id`: its account, kept with the clocks
+/// of a ticket it opens.)
 pub(super) fn attach_to_ticket(
     conn: &Connection,
     incident_id: &str,
+    account_id: Option<i64>,
     is_new: bool,
     route: &Route,
     now: i64,
@@ -196,8 +199,12 @@ pub(super) fn attach_to_ticket(
                 now,
                 window_until(now, route.aggregate_for_ms)
             ])?;
+            let ticket_seq = conn.last_insert_rowid();
+            if let Some(start) = &route.sla {
+                sla::start(conn, ticket_seq, start, incident_id, account_id, now)?;
+            }
             Attached {
-                ticket_seq: conn.last_insert_rowid(),
+                ticket_seq,
                 event: Event::Created,
                 purpose: Purpose::Event,
             }
@@ -338,6 +345,8 @@ fn complete_one(
     )?;
     for ticket_seq in closing {
         close.execute(params![ticket_seq, now])?;
+        // Its clocks are met (or stop) now: the watchdog looks at once.
+        sla::nudge(conn, ticket_seq, now)?;
     }
     for n in news {
         let id = queue::insert_delivery(
@@ -408,6 +417,8 @@ pub(super) fn resolve(
         "UPDATE tickets SET ticket_id = ?2, ticket_url = ?3, updated_ms = ?4 WHERE ticket_seq = ?1",
     )?
     .execute(params![ticket_seq, ticket_id, ticket_url, now])?;
+    // The ticket exists in the target after all: as for a delivered `created`.
+    sla::created_ok(conn, ticket_seq, now)?;
     Ok(ResolveOutcome::Resolved)
 }
 
