@@ -177,7 +177,7 @@ async fn crash_loop_loses_nothing_acknowledged() {
     let mut recoveries = Vec::new();
     // Kills spread over the load: each after a random pause, while the load runs.
     let spread = if long() {
-        (Duration::from_secs(1), Duration::from_secs(8))
+        (Duration::from_millis(500), Duration::from_millis(2500))
     } else {
         (Duration::from_millis(300), Duration::from_millis(1500))
     };
@@ -216,8 +216,8 @@ async fn crash_loop_loses_nothing_acknowledged() {
     );
     sigkill(&mut child);
     assert_eq!(acked.len(), n, "every incident was acknowledged in the end");
-    assert!(
-        kills_done >= kills.min(3),
+    assert_eq!(
+        kills_done, kills,
         "only {kills_done} kills landed during the load"
     );
     assert!(all_there.is_some() && lost.is_empty(), "lost: {lost:?}");
