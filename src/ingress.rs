@@ -385,6 +385,19 @@ fn check_document(
     }
     for (i, incident) in incidents.iter().enumerate() {
         violations.extend(app.schema.violations(incident, &item_pointer(is_batch, i)));
+        // The gateway's own incidents (its alerts, SLA alerts) have ids of their own: a
+        // source that took one could turn a later alert into a duplicate, or make it fail.
+        if let Some(id) = incident.get("incidentId").and_then(Value::as_str)
+            && id.starts_with(crate::model::GATEWAY_ID_PREFIX)
+        {
+            violations.push(Violation {
+                pointer: item_pointer(is_batch, i) + "/incidentId",
+                detail: format!(
+                    "ids starting {:?} are the gateway's own (its alerts)",
+                    crate::model::GATEWAY_ID_PREFIX
+                ),
+            });
+        }
     }
     if !violations.is_empty() {
         return Err(unprocessable(violations));

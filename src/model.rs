@@ -258,6 +258,9 @@ static CLOCK: std::sync::Mutex<Option<(std::time::Instant, i64)>> = std::sync::M
 /// The source the gateway's own incidents (its alerts, SLA alerts) are stored under.
 pub const GATEWAY_SOURCE: &str = "incident-gateway";
 
+/// How the gateway's own incidents' ids begin; no source may post one.
+pub const GATEWAY_ID_PREFIX: &str = "igw-";
+
 pub fn rfc3339(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
         .unwrap_or_default()

@@ -43,14 +43,20 @@ impl Calendar {
         self.days[date.weekday().num_days_from_monday() as usize] && !self.holidays.contains(&date)
     }
 
-    /// The business hours of local `date` as instants, `None` on a day off. A start that
-    /// falls in a daylight-saving gap is taken as the first instant after it.
+    /// The business hours of local `date` as instants, `None` on a day off. Both ends are
+    /// local wall-clock times (09:00 to 17:00; 00:00 to the next 00:00), so a day that
+    /// crosses a daylight-saving change lasts an hour more or less, and 24-hour days meet
+    /// without overlap or gap. An end that falls in a gap is taken as the first instant after
+    /// it.
     fn hours_of(&self, date: NaiveDate) -> Option<(i64, i64)> {
         if !self.is_business_day(date) {
             return None;
         }
-        let start = local_ms(self.time_zone, date.and_time(self.start))?;
-        Some((start, start.saturating_add(self.day_ms)))
+        let open = date.and_time(self.start);
+        let close = open.checked_add_signed(chrono::TimeDelta::milliseconds(self.day_ms))?;
+        let start = local_ms(self.time_zone, open)?;
+        let end = local_ms(self.time_zone, close)?;
+        Some((start, end.max(start)))
     }
 
     /// The local date of instant `ms`.
@@ -590,6 +596,23 @@ mod tests {
         let mon = rome(2026, 3, 30, 10, 0);
         assert_eq!(c.business_ms_between(fri, mon), 2 * HOUR);
         assert_eq!(c.add_business(fri, 2 * HOUR), Some(mon));
+    }
+
+    #[test]
+    fn twenty_four_hour_days_meet_across_daylight_saving() {
+        let mut c = office();
+        c.days = [true; 7];
+        c.start = NaiveTime::MIN;
+        c.day_ms = 24 * HOUR;
+        // Rome's clocks go forward on 29 March and back on 25 October 2026: those local days
+        // last 23 and 25 hours, and business time is wall time throughout.
+        let (a, b) = (rome(2026, 3, 28, 12, 0), rome(2026, 3, 30, 12, 0));
+        assert_eq!(c.business_ms_between(a, b), b - a);
+        assert_eq!(b - a, 47 * HOUR);
+        assert_eq!(c.add_business(a, 47 * HOUR), Some(b));
+        let (a, b) = (rome(2026, 10, 24, 12, 0), rome(2026, 10, 26, 12, 0));
+        assert_eq!(c.business_ms_between(a, b), 49 * HOUR);
+        assert_eq!(c.add_business(a, 49 * HOUR), Some(b));
     }
 
     const MINUTE: i64 = 60_000;

@@ -141,20 +141,25 @@ fn parse_report(app: &App, body: &[u8]) -> Result<StatusReport, Problem> {
     }
 }
 
-/// The clocks as the answer shows them.
-fn views(app: &App, rows: &[SlaClockRow]) -> Vec<Value> {
+/// The clocks as the answer shows them (calendar walks, off the runtime's threads: a page
+/// may hold a thousand clocks).
+async fn views(app: &App, rows: Vec<SlaClockRow>) -> Result<Vec<Value>, Problem> {
     let generation = app.live.current();
     let now = now_ms();
-    rows.iter()
-        .map(|row| {
-            crate::watchdog::clock_view(
-                generation.config.sla.as_deref(),
-                &generation.config.tenant_names,
-                row,
-                now,
-            )
-        })
-        .collect()
+    tokio::task::spawn_blocking(move || {
+        rows.iter()
+            .map(|row| {
+                crate::watchdog::clock_view(
+                    generation.config.sla.as_deref(),
+                    &generation.config.tenant_names,
+                    row,
+                    now,
+                )
+            })
+            .collect()
+    })
+    .await
+    .map_err(|_| Problem::unavailable("the clocks could not be shown; try again"))
 }
 
 fn no_clocks(what: String) -> Problem {
@@ -220,7 +225,7 @@ pub async fn report_for_incident(
     app.wake.notify_one();
     tracing::info!(incident = %incident_id, by = ?caller, status = ?status.report, "SLA status reported");
     Ok(Json(
-        json!({ "incidentId": incident_id, "sla": views(&app, &rows) }),
+        json!({ "incidentId": incident_id, "sla": views(&app, rows).await? }),
     ))
 }
 
@@ -262,7 +267,7 @@ pub async fn report_for_ticket(
     app.wake.notify_one();
     tracing::info!(ticket = ticket_seq, status = ?status.report, "SLA status set by an admin");
     Ok(Json(
-        json!({ "ticket": ticket_seq, "sla": views(&app, &rows) }),
+        json!({ "ticket": ticket_seq, "sla": views(&app, rows).await? }),
     ))
 }
 
@@ -290,7 +295,7 @@ pub async fn incident_clocks(
         .await
         .map_err(store_failed)?;
     Ok(Json(
-        json!({ "incidentId": incident_id, "sla": views(&app, &rows) }),
+        json!({ "incidentId": incident_id, "sla": views(&app, rows).await? }),
     ))
 }
 
@@ -321,12 +326,13 @@ pub async fn list(
         })
         .await
         .map_err(store_failed)?;
+    let mut rows = rows;
     let more = rows.len() > limit;
-    let rows = &rows[..rows.len().min(limit)];
+    rows.truncate(limit);
     let next = more
         .then(|| rows.last().map(|r| format!("s{}", r.clock_id)))
         .flatten();
     Ok(Json(
-        json!({ "sla": views(&app, rows), "next_cursor": next }),
+        json!({ "sla": views(&app, rows).await?, "next_cursor": next }),
     ))
 }

@@ -27,6 +27,10 @@ const BATCH: usize = 100;
 /// The longest the task sleeps: a new ticket's clocks (due at once) wait at most this long.
 const POLL: Duration = Duration::from_secs(5);
 
+/// The longest a clock goes unlooked-at while it runs: a reload that changes its calendar
+/// reaches it within this.
+const RECHECK_MS: i64 = 3_600_000;
+
 /// Times a report is tried again when a watchdog saved the clock between its read and its
 /// save.
 const REPORT_TRIES: usize = 5;
@@ -110,8 +114,9 @@ pub async fn check_due(
     let renderer = generation.renderer.clone();
     let connectors = generation.connectors.clone();
     // Calendar arithmetic walks days: off the runtime's threads.
-    let (saves, said): (Vec<SlaSave>, Vec<Vec<Alert>>) = tokio::task::spawn_blocking(move || {
-        rows.iter()
+    let (rows, saves, said) = tokio::task::spawn_blocking(move || {
+        let (saves, said): (Vec<SlaSave>, Vec<Vec<Alert>>) = rows
+            .iter()
             .map(|row| {
                 let stepped = advance(&settings, row, now);
                 let said = stepped.as_ref().map(|s| s.said.clone()).unwrap_or_default();
@@ -126,22 +131,43 @@ pub async fn check_due(
                 );
                 (save, said)
             })
-            .unzip()
+            .unzip();
+        (rows, saves, said)
     })
     .await?;
     let applied = store.sla_save(saves).await?;
-    let said: Vec<Alert> = applied
-        .iter()
-        .zip(said)
-        .filter(|(ok, _)| **ok)
-        .flat_map(|(_, said)| said)
-        .collect();
+    let said = log_applied(&generation.config.tenant_names, &rows, &applied, said);
     Ok(Pass {
         looked_at,
         alerts: said.len(),
         said,
         lost: applied.iter().filter(|ok| !**ok).count(),
     })
+}
+
+/// Logs the alerts of the saves that applied (after their commit: a save that lost its
+/// revision said nothing) and returns them.
+fn log_applied(
+    tenants: &std::collections::BTreeMap<i64, String>,
+    rows: &[SlaClockRow],
+    applied: &[bool],
+    said: Vec<Vec<Alert>>,
+) -> Vec<Alert> {
+    let mut all = Vec::new();
+    for ((row, ok), said) in rows.iter().zip(applied).zip(said) {
+        if !ok {
+            continue;
+        }
+        let tenant = row
+            .account_id
+            .and_then(|a| tenants.get(&a))
+            .map(String::as_str);
+        for alert in said {
+            log_alert(row, alert, tenant);
+            all.push(alert);
+        }
+    }
+    all
 }
 
 /// Counts alerts said (after their commit) for `/metrics`.
@@ -232,23 +258,34 @@ fn save_of(
         .map(|alert| {
             let tenant = row.account_id.and_then(|a| tenants.get(&a).cloned());
             let incident = alert_incident(row, &clock, calendar, *alert, tenant.as_deref(), now);
-            log_alert(row, *alert, tenant.as_deref());
             let body = incident.to_string();
+            let mut routes = crate::ticket::routes_for(renderer, notify.iter().copied(), &incident);
+            // An alert is not a ticket held to an SLA: a notify connector that is also an
+            // SLA connector would otherwise start clocks that raise alerts of their own.
+            for route in &mut routes {
+                route.sla = None;
+            }
             NewIncident {
                 incident_id: alert_id(row, *alert),
                 account_id: row.account_id,
                 update_time: incident["updateTime"].as_f64(),
                 body_hash: body_hash(&body),
-                routes: crate::ticket::routes_for(renderer, notify.iter().copied(), &incident),
+                routes,
                 body,
             }
         })
         .collect();
+    if !said.is_empty() && notify.is_empty() {
+        tracing::warn!(ticket = row.ticket_seq, policy = %row.policy,
+            "an SLA alert has no connector to go to (its notify connectors are gone, or none is set): it is logged only");
+    }
     SlaSave {
         clock_id: row.clock_id,
         revision: row.revision,
         clock: serde_json::to_string(&clock).unwrap_or_else(|_| row.clock.clone()),
-        next_check_ms: clock.next_check_ms(calendar, now),
+        next_check_ms: clock
+            .next_check_ms(calendar, now)
+            .map(|at| at.min(now.saturating_add(RECHECK_MS))),
         state: clock.state().into(),
         breached: clock.breached,
         alerts,
@@ -453,20 +490,21 @@ where
     Fut: std::future::Future<Output = Result<Vec<SlaClockRow>, StoreError>>,
 {
     let settings = generation.config.sla.clone().ok_or(ReportError::Off)?;
+    let mut said = Vec::new();
     for _ in 0..REPORT_TRIES {
         let rows = read().await?;
-        let mut said = Vec::new();
+        let mut per_row = Vec::with_capacity(rows.len());
         let saves: Vec<SlaSave> = rows
             .iter()
             .map(|row| {
                 let stepped = clock_of(row).map(|mut clock| {
                     let alerts = apply(&settings, row, &mut clock, status, now);
-                    said.extend(alerts.iter().copied());
                     Stepped {
                         clock,
                         said: alerts,
                     }
                 });
+                per_row.push(stepped.as_ref().map(|s| s.said.clone()).unwrap_or_default());
                 save_of(
                     &settings,
                     &generation.config.tenant_names,
@@ -479,6 +517,13 @@ where
             })
             .collect();
         let applied = store.sla_save(saves).await?;
+        // What applied is committed, alerts and all, whether or not the rest must go again.
+        said.extend(log_applied(
+            &generation.config.tenant_names,
+            &rows,
+            &applied,
+            per_row,
+        ));
         if applied.iter().all(|ok| *ok) {
             return Ok((read().await?, said));
         }

@@ -64,6 +64,26 @@ async fn start_tally() -> (Arc<Tally>, SocketAddr) {
     (t, addr)
 }
 
+/// A config listening on `listen` whose one connector, `hook`, posts to the tally at
+/// `receiver` with fast retries; `storage` replaces the workspace's `storage.url` line.
+fn hook_config(
+    ws: &Workspace,
+    listen: &str,
+    receiver: SocketAddr,
+    storage: Option<String>,
+) -> std::path::PathBuf {
+    let config = ws.config(
+        listen,
+        &http_connector("hook", &format!("http://{receiver}/hook"), fast_retry()),
+    );
+    if let Some(storage) = storage {
+        edit(&config, |t| {
+            t.replace(&format!("url = \"{}\"", ws.storage_url()), &storage)
+        });
+    }
+    config
+}
+
 /// A small PRNG (xorshift), seeded and printed so a run can be repeated.
 struct Rng(u64);
 
@@ -161,10 +181,7 @@ async fn crash_loop_loses_nothing_acknowledged() {
     let (tally, receiver) = start_tally().await;
     let port = free_port();
     let ws = Workspace::new();
-    let config = ws.config(
-        &format!("127.0.0.1:{port}"),
-        &http_connector("hook", &format!("http://{receiver}/hook"), fast_retry()),
-    );
+    let config = hook_config(&ws, &format!("127.0.0.1:{port}"), receiver, None);
     let base = format!("http://127.0.0.1:{port}");
     let (mut child, _) = spawn_binary(&config);
     let started = Instant::now();
@@ -463,16 +480,8 @@ async fn a_full_disk_refuses_with_503_keeps_delivering_and_recovers() {
     let ws = Workspace::new();
     let disk = SmallDisk::mount(&ws.path().join("disk"), "24m");
     let db = disk.path.join("gw.db");
-    let config = ws.config(
-        "127.0.0.1:0",
-        &http_connector("hook", &format!("http://{receiver}/hook"), fast_retry()),
-    );
-    edit(&config, |t| {
-        t.replace(
-            &format!("url = \"{}\"", ws.storage_url()),
-            &format!("url = \"sqlite://{}\"", db.display()),
-        )
-    });
+    let storage = format!("url = \"sqlite://{}\"", db.display());
+    let config = hook_config(&ws, "127.0.0.1:0", receiver, Some(storage));
     let (mut child, base) = spawn_binary(&config);
     let mut acked: HashSet<String> = HashSet::new();
     for i in 0..100 {
@@ -624,16 +633,8 @@ async fn postgres_faults_lose_nothing_acknowledged() {
     let (tally, receiver) = start_tally().await;
     let db = common::pg::PgDb::create();
     let ws = Workspace::new();
-    let config = ws.config(
-        "127.0.0.1:0",
-        &http_connector("hook", &format!("http://{receiver}/hook"), fast_retry()),
-    );
-    edit(&config, |t| {
-        t.replace(
-            &format!("url = \"{}\"", ws.storage_url()),
-            &format!("url = \"{}\"\nstatement_timeout = \"1s\"", db.url),
-        )
-    });
+    let storage = format!("url = \"{}\"\nstatement_timeout = \"1s\"", db.url);
+    let config = hook_config(&ws, "127.0.0.1:0", receiver, Some(storage));
     let (mut child, base) = spawn_binary(&config);
     let deadline = Instant::now() + Duration::from_secs(600);
     let load = {
@@ -699,10 +700,7 @@ async fn failing_fsync_never_turns_into_a_202() {
     let (tally, receiver) = start_tally().await;
     let port = free_port();
     let ws = Workspace::new();
-    let config = ws.config(
-        &format!("127.0.0.1:{port}"),
-        &http_connector("hook", &format!("http://{receiver}/hook"), fast_retry()),
-    );
+    let config = hook_config(&ws, &format!("127.0.0.1:{port}"), receiver, None);
     let log = ws.path().join("gateway.log");
     let (mut child, base) = spawn_binary_logged(&config, "warn", &[], &log);
     let mut acked = HashSet::new();

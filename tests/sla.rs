@@ -348,6 +348,11 @@ async fn a_wait_expires_and_a_suspension_holds_until_resumed() {
 async fn reports_are_checked_and_scoped_as_the_back_channel_is() {
     let (receiver, _ws, _config, _gw, base) = setup().await;
     open_ticket(&receiver, &base, "ACME-3").await;
+    // No source may take an alert's id.
+    let mut taken = incident("igw-sla-1-take_over-breach");
+    taken["accountId"] = json!(2);
+    let p = problem(post_as(&base, HUB_KEY, &taken).await, 422).await;
+    assert_eq!(p["errors"][0]["pointer"], "#/incidentId", "{p}");
     // Another source, or an unknown incident: 404, nothing learned.
     let r = report_as(
         &base,

@@ -7,71 +7,14 @@ mod common;
 
 use std::time::Duration;
 
-use common::pg::PgDb;
+use common::contract::{Backend, Harness};
 use incident_gateway::model::now_ms;
 use incident_gateway::store::{
     Caller, Completing, DeliveryKey, DeliveryListing, DeliveryView, IncidentKey, IncidentListing,
     IncidentSummary, Ingested, NewIncident, NextStep, Page, Route, Store, StoreError,
 };
 
-struct Harness {
-    store: Store,
-    _dir: tempfile::TempDir,
-    _pg: Option<PgDb>,
-}
-
-#[derive(Clone, Copy, Debug)]
-enum Backend {
-    Sqlite,
-    Postgres,
-}
-
-impl Harness {
-    async fn open(backend: Backend) -> Harness {
-        let dir = tempfile::tempdir().unwrap();
-        match backend {
-            Backend::Sqlite => Harness {
-                store: Store::open_sqlite(&dir.path().join("gateway.db")).unwrap(),
-                _dir: dir,
-                _pg: None,
-            },
-            Backend::Postgres => {
-                let pg = PgDb::create();
-                let store = Store::open_postgres(&common::pg::store_config(&pg.url, 4))
-                    .await
-                    .unwrap();
-                Harness {
-                    store,
-                    _dir: dir,
-                    _pg: Some(pg),
-                }
-            }
-        }
-    }
-}
-
-macro_rules! contract {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Backend::Sqlite).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Backend::Postgres).await;
-                }
-            )*
-        }
-    };
-}
-
-contract!(
+crate::contract!(
     deliveries_are_listed_newest_first_filtered_and_paged,
     incidents_are_listed_newest_first_filtered_and_paged,
     an_incidents_account_is_fixed_and_scopes_the_lists,
@@ -359,7 +302,7 @@ fn with_literals(clause: incident_gateway::store::listing::Clause) -> String {
 async fn postgres_answers_every_list_from_an_index_in_order() {
     use incident_gateway::store::listing;
     let h = Harness::open(Backend::Postgres).await;
-    let db = h._pg.as_ref().unwrap();
+    let db = h.pg.as_ref().unwrap();
     let filled = db.query_i64(
         "WITH ins AS (
              INSERT INTO deliveries (delivery_id, incident_id, version_id, connector, event, status,

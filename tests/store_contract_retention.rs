@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::pg::PgDb;
+use common::contract::{Backend, Harness};
 use incident_gateway::model::{AttemptOutcome, ClosePolicy, Event, now_ms};
 use incident_gateway::store::{
     AttemptRecord, Caller, CompleteOutcome, Completing, DeliveryFilter, IngestOutcome, Ingested,
@@ -12,42 +12,6 @@ use incident_gateway::store::{
 };
 
 const LEASE: i64 = 30_000;
-
-struct Harness {
-    store: Store,
-    _dir: tempfile::TempDir,
-    _pg: Option<PgDb>,
-}
-
-#[derive(Clone, Copy, Debug)]
-enum Backend {
-    Sqlite,
-    Postgres,
-}
-
-impl Harness {
-    async fn open(backend: Backend) -> Harness {
-        let dir = tempfile::tempdir().unwrap();
-        match backend {
-            Backend::Sqlite => Harness {
-                store: Store::open_sqlite(&dir.path().join("gateway.db")).unwrap(),
-                _dir: dir,
-                _pg: None,
-            },
-            Backend::Postgres => {
-                let pg = PgDb::create();
-                let store = Store::open_postgres(&common::pg::store_config(&pg.url, 4))
-                    .await
-                    .unwrap();
-                Harness {
-                    store,
-                    _dir: dir,
-                    _pg: Some(pg),
-                }
-            }
-        }
-    }
-}
 
 fn route(key: &str) -> Route {
     Route {
@@ -193,28 +157,7 @@ async fn exists(s: &Store, id: &str) -> bool {
     s.incident(id.into()).await.unwrap().is_some()
 }
 
-macro_rules! contract {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Backend::Sqlite).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Backend::Postgres).await;
-                }
-            )*
-        }
-    };
-}
-
-contract!(
+crate::contract!(
     finished_old_work_is_purged_and_the_rest_kept,
     dead_work_goes_only_with_a_dead_cut_off,
     a_pass_walks_every_old_incident_in_batches,
@@ -352,11 +295,11 @@ async fn a_pass_walks_every_old_incident_in_batches(backend: Backend) {
 async fn sqlite_gives_purged_space_back_to_the_file_system() {
     let h = Harness::open(Backend::Sqlite).await;
     let s = &h.store;
-    let path = h._dir.path().join("gateway.db");
+    let path = h.dir.path().join("gateway.db");
     let size = || {
         ["gateway.db", "gateway.db-wal"]
             .iter()
-            .filter_map(|f| std::fs::metadata(h._dir.path().join(f)).ok())
+            .filter_map(|f| std::fs::metadata(h.dir.path().join(f)).ok())
             .map(|m| m.len())
             .sum::<u64>()
     };

@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::pg::PgDb;
+use common::contract::{Backend, Harness};
 use incident_gateway::model::{AttemptOutcome, ClosePolicy, Event, now_ms};
 use incident_gateway::sla::{Clock, Level, SlaStart};
 use incident_gateway::store::{
@@ -18,64 +18,7 @@ use incident_gateway::store::{
 
 const LEASE: i64 = 30_000;
 
-struct Harness {
-    store: Store,
-    _dir: tempfile::TempDir,
-    _pg: Option<PgDb>,
-}
-
-#[derive(Clone, Copy, Debug)]
-enum Backend {
-    Sqlite,
-    Postgres,
-}
-
-impl Harness {
-    async fn open(backend: Backend) -> Harness {
-        let dir = tempfile::tempdir().unwrap();
-        match backend {
-            Backend::Sqlite => Harness {
-                store: Store::open_sqlite(&dir.path().join("gateway.db")).unwrap(),
-                _dir: dir,
-                _pg: None,
-            },
-            Backend::Postgres => {
-                let pg = PgDb::create();
-                let store = Store::open_postgres(&common::pg::store_config(&pg.url, 4))
-                    .await
-                    .unwrap();
-                Harness {
-                    store,
-                    _dir: dir,
-                    _pg: Some(pg),
-                }
-            }
-        }
-    }
-}
-
-macro_rules! contract {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Backend::Sqlite).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Backend::Postgres).await;
-                }
-            )*
-        }
-    };
-}
-
-contract!(
+crate::contract!(
     a_new_ticket_starts_its_routes_clocks_and_a_joining_incident_none,
     a_delivered_created_notes_when_once_and_nudges_the_clocks,
     a_resolved_created_notes_when_and_nudges_the_clocks,

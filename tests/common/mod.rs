@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod cli;
+pub mod contract;
 pub mod pg;
 pub mod smtp;
 
