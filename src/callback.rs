@@ -261,26 +261,12 @@ pub async fn info(
             })
         })
         .collect();
-    let now = crate::model::now_ms();
-    let sla: Vec<Value> = app
+    let rows = app
         .store
         .sla_of_incident(incident_id.clone())
         .await
-        .map_err(|e| Problem::store_failed(&e, "the store could not answer; try again"))?
-        .iter()
-        .filter(|row| match &caller {
-            Caller::Source(_) => true,
-            Caller::Connector(own) => &row.connector == own,
-        })
-        .map(|row| {
-            crate::watchdog::clock_view(
-                generation.config.sla.as_deref(),
-                &generation.config.tenant_names,
-                row,
-                now,
-            )
-        })
-        .collect();
+        .map_err(|e| Problem::store_failed(&e, "the store could not answer; try again"))?;
+    let sla = crate::slas::views(&app, crate::slas::own_clocks(&caller, rows)).await?;
     let account = crate::route::account_of(&view.incident);
     let tenant = account.and_then(|a| generation.config.tenant_names.get(&a).cloned());
     let priority = crate::model::ThreatRating::of_incident(&view.incident).map(|r| r.name());

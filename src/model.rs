@@ -261,6 +261,11 @@ pub const GATEWAY_SOURCE: &str = "incident-gateway";
 /// How the gateway's own incidents' ids begin; no source may post one.
 pub const GATEWAY_ID_PREFIX: &str = "igw-";
 
+/// A duration in whole milliseconds, as the store counts time (saturating).
+pub fn millis(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
 pub fn rfc3339(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
         .unwrap_or_default()

@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::retention::RetentionConfig;
-use crate::model::{now_ms, rest_after};
+use crate::model::{millis, now_ms, rest_after};
 use crate::store::{PurgeRequest, Purged, Store};
 
 /// Between two batches of a pass, at least (see [`rest_after`]): lets the writes waiting
@@ -44,10 +44,6 @@ pub async fn run(
     }
 }
 
-fn ms(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
-
 /// One pass: every incident old enough looked at once; what was purged.
 async fn pass(
     store: &Store,
@@ -56,12 +52,12 @@ async fn pass(
     shutdown: &CancellationToken,
 ) -> Purged {
     let now = now_ms();
-    let delivered_before_ms = now.saturating_sub(ms(settings.delivered_after));
+    let delivered_before_ms = now.saturating_sub(millis(settings.delivered_after));
     let mut request = PurgeRequest {
         delivered_before_ms,
-        dead_before_ms: settings.dead_after.map(|d| now.saturating_sub(ms(d))),
+        dead_before_ms: settings.dead_after.map(|d| now.saturating_sub(millis(d))),
         tickets_closed_before_ms: delivered_before_ms
-            .min(now.saturating_sub(reopen_within.map_or(0, ms))),
+            .min(now.saturating_sub(reopen_within.map_or(0, millis))),
         batch: settings.batch,
         after: None,
     };

@@ -56,10 +56,7 @@ fn parse_report(app: &App, body: &[u8]) -> Result<StatusReport, Problem> {
     let mut violations = Vec::new();
     let report = match value.get("status") {
         Some(Value::String(status)) => {
-            match settings
-                .and_then(|s| s.report(status))
-                .or(Report::parse(status))
-            {
+            match settings.map_or_else(|| Report::parse(status), |s| s.report(status)) {
                 Some(report) => Some(report),
                 None => {
                     let mut known: Vec<String> =
@@ -143,7 +140,7 @@ fn parse_report(app: &App, body: &[u8]) -> Result<StatusReport, Problem> {
 
 /// The clocks as the answer shows them (calendar walks, off the runtime's threads: a page
 /// may hold a thousand clocks).
-async fn views(app: &App, rows: Vec<SlaClockRow>) -> Result<Vec<Value>, Problem> {
+pub(crate) async fn views(app: &App, rows: Vec<SlaClockRow>) -> Result<Vec<Value>, Problem> {
     let generation = app.live.current();
     let now = now_ms();
     tokio::task::spawn_blocking(move || {
@@ -160,6 +157,15 @@ async fn views(app: &App, rows: Vec<SlaClockRow>) -> Result<Vec<Value>, Problem>
     })
     .await
     .map_err(|_| Problem::unavailable("the clocks could not be shown; try again"))
+}
+
+/// The clocks a back-channel caller may see and report on: a connector's target its own
+/// tickets', a source (entitled to the incident) every ticket's.
+pub(crate) fn own_clocks(caller: &Caller, rows: Vec<SlaClockRow>) -> Vec<SlaClockRow> {
+    match caller {
+        Caller::Connector(name) => rows.into_iter().filter(|r| &r.connector == name).collect(),
+        Caller::Source(_) => rows,
+    }
 }
 
 fn no_clocks(what: String) -> Problem {
@@ -183,12 +189,7 @@ pub async fn report_for_incident(
         .await?;
     let status = parse_report(&app, &body)?;
     let missing = || Problem::not_found(format!("no incident {incident_id:?}"));
-    let own = |rows: Vec<SlaClockRow>| -> Vec<SlaClockRow> {
-        match &caller {
-            Caller::Connector(name) => rows.into_iter().filter(|r| &r.connector == name).collect(),
-            Caller::Source(_) => rows,
-        }
-    };
+    let own = |rows: Vec<SlaClockRow>| own_clocks(&caller, rows);
     if let Caller::Source(name) = &caller {
         let view = app
             .store

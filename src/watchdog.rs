@@ -39,9 +39,7 @@ const REPORT_TRIES: usize = 5;
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Pass {
     pub looked_at: usize,
-    /// Warnings, breaches and recoveries said (and queued).
-    pub alerts: usize,
-    /// Each of them, as saved.
+    /// The warnings, breaches and recoveries said (and queued), as saved.
     pub said: Vec<Alert>,
     /// Clocks another watchdog (or a report) saved first; they are looked at again.
     pub lost: usize,
@@ -63,7 +61,7 @@ pub async fn run(
         } else {
             match check_due(&store, &generation, now_ms()).await {
                 Ok(pass) => {
-                    if pass.alerts > 0 {
+                    if !pass.said.is_empty() {
                         count(&metrics, &pass.said);
                         wake.notify_one();
                     }
@@ -139,7 +137,6 @@ pub async fn check_due(
     let said = log_applied(&generation.config.tenant_names, &rows, &applied, said);
     Ok(Pass {
         looked_at,
-        alerts: said.len(),
         said,
         lost: applied.iter().filter(|ok| !**ok).count(),
     })
@@ -216,12 +213,17 @@ fn met_at(settings: &SlaSettings, row: &SlaClockRow) -> Option<i64> {
 
 fn advance(settings: &SlaSettings, row: &SlaClockRow, now: i64) -> Option<Stepped> {
     let mut clock = clock_of(row)?;
+    let said = bring_to(settings, row, &mut clock, now);
+    Some(Stepped { clock, said })
+}
+
+/// Brings `clock` to `now`: met when its ticket says so (at that time), else stepped.
+fn bring_to(settings: &SlaSettings, row: &SlaClockRow, clock: &mut Clock, now: i64) -> Vec<Alert> {
     let calendar = settings.calendar_of(&row.policy);
-    let said = match met_at(settings, row) {
+    match met_at(settings, row) {
         Some(at) if clock.met_ms.is_none() => clock.meet(calendar, at.min(now)),
         _ => clock.step(calendar, now),
-    };
-    Some(Stepped { clock, said })
+    }
 }
 
 /// The save for a row after a look: the clock, when to look again, and its alerts as the
@@ -540,11 +542,8 @@ fn apply(
     status: StatusReport,
     now: i64,
 ) -> Vec<Alert> {
+    let mut said = bring_to(settings, row, clock, now);
     let calendar = settings.calendar_of(&row.policy);
-    let mut said = match met_at(settings, row) {
-        Some(at) if clock.met_ms.is_none() => clock.meet(calendar, at.min(now)),
-        _ => clock.step(calendar, now),
-    };
     match status.report {
         Report::TakenOver if row.level == Level::TakeOver => {
             said.extend(clock.meet(calendar, now));

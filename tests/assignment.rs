@@ -12,8 +12,6 @@ use std::time::Duration;
 use common::*;
 use serde_json::{Value, json};
 
-const HUB_KEY: &str = "hub-source-key-0123456789";
-
 const RULES: &str = r#"
 [[tenants]]
 name = "acme"

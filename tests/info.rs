@@ -9,9 +9,6 @@ use std::time::Duration;
 use common::*;
 use serde_json::{Value, json};
 
-const HUB_KEY: &str = "hub-source-key-0123456789";
-const HUB_CALLBACK: &str = "hub-callback-token-0123456789";
-const OTHER_CALLBACK: &str = "other-callback-token-0123456789";
 const JIRA_CALLBACK: &str = "jira-callback-token-0123456789";
 const CHAT_CALLBACK: &str = "chat-callback-token-0123456789";
 const PAGER_CALLBACK: &str = "pager-callback-token-0123456789";
@@ -48,6 +45,7 @@ callback_token = "{PAGER_CALLBACK}"
     )
 }
 
+/// Tenants and the like; the sources are `HUB_SOURCES`.
 const SOURCES: &str = r#"
 [[tenants]]
 name = "acme"
@@ -57,15 +55,6 @@ account_id = 2
 group = "SOC Tier 1"
 connectors = ["jira"]
 
-[[sources]]
-name = "hub"
-api_key = "hub-source-key-0123456789"
-callback_token = "hub-callback-token-0123456789"
-
-[[sources]]
-name = "other"
-api_key = "other-source-key-0123456789"
-callback_token = "other-callback-token-0123456789"
 "#;
 
 async fn info(base: &str, id: &str, token: Option<&str>) -> (u16, Value) {
@@ -97,7 +86,7 @@ async fn a_target_reads_what_the_gateway_knows_of_its_incident() {
     ]);
     let ws = Workspace::new();
     let config = ws.config("127.0.0.1:0", &config_text(&receiver));
-    with_sources(&config, SOURCES);
+    with_sources(&config, &format!("{SOURCES}{HUB_SOURCES}"));
     let (_gw, base) = start_gateway(&config).await;
     let mut incident = incident("ACME-1");
     incident["accountId"] = json!(2);

@@ -10,13 +10,11 @@ use std::time::Duration;
 
 use common::*;
 use incident_gateway::Gateway;
+use incident_gateway::model::now_ms;
 use incident_gateway::sla::Report;
 use incident_gateway::watchdog::{self, StatusReport};
 use serde_json::{Value, json};
 
-const HUB_KEY: &str = "hub-source-key-0123456789";
-const HUB_CALLBACK: &str = "hub-callback-token-0123456789";
-const OTHER_CALLBACK: &str = "other-callback-token-0123456789";
 const JIRA_CALLBACK: &str = "jira-callback-token-0123456789";
 const GLOBEX_ADMIN: &str = "globex-admin-token-0123456789";
 
@@ -64,6 +62,7 @@ warn_before = "10m"
     )
 }
 
+/// Tenants and the like; the sources are `HUB_SOURCES`.
 const SOURCES: &str = r#"
 [[tenants]]
 name = "acme"
@@ -78,15 +77,6 @@ name = "globex-desk"
 token = "globex-admin-token-0123456789"
 tenants = ["globex"]
 
-[[sources]]
-name = "hub"
-api_key = "hub-source-key-0123456789"
-callback_token = "hub-callback-token-0123456789"
-
-[[sources]]
-name = "other"
-api_key = "other-source-key-0123456789"
-callback_token = "other-callback-token-0123456789"
 "#;
 
 /// A gateway whose jira answers every `created` with issue key SEC-1.
@@ -95,7 +85,7 @@ async fn setup() -> (Receiver, Workspace, std::path::PathBuf, Gateway, String) {
     receiver.script((0..20).map(|_| Reply::status(201).body(r#"{"key":"SEC-1"}"#)));
     let ws = Workspace::new();
     let config = ws.config("127.0.0.1:0", &connectors(&receiver));
-    with_sources(&config, SOURCES);
+    with_sources(&config, &format!("{SOURCES}{HUB_SOURCES}"));
     let (gw, base) = start_gateway(&config).await;
     (receiver, ws, config, gw, base)
 }
@@ -122,7 +112,7 @@ async fn tick(gw: &Gateway, now: i64) -> usize {
         let pass = watchdog::check_due(&gw.store, &gw.live.current(), now)
             .await
             .expect("a pass");
-        said += pass.alerts;
+        said += pass.said.len();
         if pass.lost == 0 {
             return said;
         }
@@ -166,14 +156,23 @@ async fn clocks(base: &str, id: &str) -> Vec<Value> {
     v["sla"].as_array().expect("a list").clone()
 }
 
+/// `method` on `url` with `token` as bearer and, if given, a JSON body.
+async fn as_token(
+    method: reqwest::Method,
+    url: String,
+    token: &str,
+    body: Option<&Value>,
+) -> reqwest::Response {
+    let mut request = client().request(method, url).bearer_auth(token);
+    if let Some(body) = body {
+        request = request.json(body);
+    }
+    request.send().await.unwrap()
+}
+
 async fn report_as(base: &str, id: &str, token: &str, body: &Value) -> reqwest::Response {
-    client()
-        .post(format!("{base}/v1/incidents/{id}/sla"))
-        .bearer_auth(token)
-        .json(body)
-        .send()
-        .await
-        .unwrap()
+    let url = format!("{base}/v1/incidents/{id}/sla");
+    as_token(reqwest::Method::POST, url, token, Some(body)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -255,12 +254,13 @@ async fn warning_breach_and_recovery_are_paged_once_each_across_a_restart() {
     // The list and the info API show the same clocks.
     let (_, list) = admin_get(&base, "/v1/sla?breached=true").await;
     assert_eq!(pluck(&list["sla"], "level"), ["take_over"]);
-    let r = client()
-        .get(format!("{base}/v1/incidents/ACME-1/info"))
-        .bearer_auth(HUB_CALLBACK)
-        .send()
-        .await
-        .unwrap();
+    let r = as_token(
+        reqwest::Method::GET,
+        format!("{base}/v1/incidents/ACME-1/info"),
+        HUB_CALLBACK,
+        None,
+    )
+    .await;
     let info: Value = r.json().await.unwrap();
     assert_eq!(pluck(&info["sla"], "state"), ["met", "running"]);
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -407,44 +407,42 @@ async fn reports_are_checked_and_scoped_as_the_back_channel_is() {
     assert!(until <= now_ms() + 30 * MINUTE, "{until}");
 
     // An admin token of another tenant sees no clock of acme's, and cannot set one.
-    let r = client()
-        .get(format!("{base}/v1/incidents/ACME-3/sla"))
-        .bearer_auth(GLOBEX_ADMIN)
-        .send()
-        .await
-        .unwrap();
+    let r = as_token(
+        reqwest::Method::GET,
+        format!("{base}/v1/incidents/ACME-3/sla"),
+        GLOBEX_ADMIN,
+        None,
+    )
+    .await;
     problem(r, 404).await;
-    let r = client()
-        .get(format!("{base}/v1/sla"))
-        .bearer_auth(GLOBEX_ADMIN)
-        .send()
-        .await
-        .unwrap();
+    let r = as_token(
+        reqwest::Method::GET,
+        format!("{base}/v1/sla"),
+        GLOBEX_ADMIN,
+        None,
+    )
+    .await;
     assert_eq!(r.json::<Value>().await.unwrap()["sla"], json!([]));
     let seq = v["sla"][0]["ticket"].as_i64().unwrap();
-    let r = client()
-        .post(format!("{base}/v1/tickets/{seq}/sla"))
-        .bearer_auth(GLOBEX_ADMIN)
-        .json(&json!({"status": "running"}))
-        .send()
-        .await
-        .unwrap();
+    let r = as_token(
+        reqwest::Method::POST,
+        format!("{base}/v1/tickets/{seq}/sla"),
+        GLOBEX_ADMIN,
+        Some(&json!({"status": "running"})),
+    )
+    .await;
     problem(r, 404).await;
     // The admin resumes it.
-    let r = client()
-        .post(format!("{base}/v1/tickets/{seq}/sla"))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&json!({"status": "running"}))
-        .send()
-        .await
-        .unwrap();
+    let r = as_token(
+        reqwest::Method::POST,
+        format!("{base}/v1/tickets/{seq}/sla"),
+        ADMIN_TOKEN,
+        Some(&json!({"status": "running"})),
+    )
+    .await;
     assert_eq!(r.status(), 200);
     let v: Value = r.json().await.unwrap();
     assert_eq!(pluck(&v["sla"], "state"), ["running", "running"]);
-}
-
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
 }
 
 #[test]

@@ -9,13 +9,14 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
+use common::contract::attempt;
 use common::eventually;
 use common::pg::PgDb;
 use incident_gateway::model::{AttemptOutcome, ClosePolicy, Event, now_ms};
 use incident_gateway::store::{
-    AttemptRecord, Caller, CompleteOutcome, Completing, DeliveryFilter, IngestOutcome,
-    IngestStatus, Ingested, LeasedDelivery, NewIncident, NextStep, PurgeRequest, ReplayOutcome,
-    ResolveOutcome, Route, Store, TicketUpdate,
+    Caller, CompleteOutcome, Completing, DeliveryFilter, IngestOutcome, IngestStatus, Ingested,
+    LeasedDelivery, NewIncident, NextStep, PurgeRequest, ReplayOutcome, ResolveOutcome, Route,
+    Store, TicketUpdate,
 };
 
 const LEASE: i64 = 30_000;
@@ -187,20 +188,6 @@ async fn ingest_one(store: &Store, inc: NewIncident) -> IngestOutcome {
 
 fn ids(leased: &[LeasedDelivery]) -> Vec<&str> {
     leased.iter().map(|d| d.id.as_str()).collect()
-}
-
-fn attempt(n: u32, outcome: AttemptOutcome) -> AttemptRecord {
-    AttemptRecord {
-        attempt: n,
-        started_at_ms: now_ms(),
-        latency_ms: 3,
-        status_code: Some(200),
-        error: None,
-        response_body: None,
-        outcome,
-        lookup: None,
-        outcome_unknown: false,
-    }
 }
 
 /// Records the next attempt of `d` as ending in `next`; whether the lease was still held.

@@ -7,13 +7,12 @@
 
 mod common;
 
-use common::contract::{Backend, Harness};
+use common::contract::{Backend, Harness, attempt};
 use incident_gateway::model::{AttemptOutcome, ClosePolicy, Event, now_ms};
 use incident_gateway::sla::{Clock, Level, SlaStart};
 use incident_gateway::store::{
-    AttemptRecord, Caller, CompleteOutcome, Completing, Ingested, LeasedDelivery, NewIncident,
-    NextStep, PurgeRequest, ResolveOutcome, Route, SlaClockRow, SlaListing, SlaSave, Store,
-    TicketUpdate,
+    Caller, CompleteOutcome, Completing, Ingested, LeasedDelivery, NewIncident, NextStep,
+    PurgeRequest, ResolveOutcome, Route, SlaClockRow, SlaListing, SlaSave, Store, TicketUpdate,
 };
 
 const LEASE: i64 = 30_000;
@@ -126,17 +125,7 @@ async fn record(s: &Store, d: &LeasedDelivery, token: &str, next: NextStep) -> b
         id: "T-1".into(),
         url: None,
     });
-    let attempt = AttemptRecord {
-        attempt: d.attempts + 1,
-        started_at_ms: now_ms(),
-        latency_ms: 3,
-        status_code: Some(200),
-        error: None,
-        response_body: None,
-        outcome,
-        lookup: None,
-        outcome_unknown: false,
-    };
+    let attempt = attempt(d.attempts + 1, outcome);
     s.record_attempt(d.id.clone(), token.into(), attempt, next, opened)
         .await
         .unwrap()

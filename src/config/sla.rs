@@ -12,7 +12,7 @@ use serde::Deserialize;
 use super::tenants::Tenant;
 use super::{ConfigError, Validator};
 use crate::connector::Connector;
-use crate::model::ThreatRating;
+use crate::model::{ThreatRating, millis};
 use crate::sla::{Calendar, Policy, Report, SlaSettings, TakeOverOn};
 
 /// A wait with no end of its own ends after this unless `waiting_expires` says otherwise.
@@ -75,10 +75,6 @@ struct RawPolicy {
     #[serde(default, with = "humantime_serde")]
     warn_before: Option<Duration>,
     notify: Option<Vec<String>>,
-}
-
-fn ms(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 impl Validator<'_> {
@@ -251,9 +247,9 @@ impl Validator<'_> {
                 accounts,
                 ratings,
                 calendar,
-                take_over_ms: p.take_over.map(ms),
-                complete_ms: p.complete.map(ms),
-                warn_before_ms: ms(warn_before),
+                take_over_ms: p.take_over.map(millis),
+                complete_ms: p.complete.map(millis),
+                warn_before_ms: millis(warn_before),
                 notify: p.notify,
             });
         }
@@ -264,7 +260,7 @@ impl Validator<'_> {
             policies,
             notify: raw.notify,
             take_over_on,
-            waiting_expires_ms: ms(waiting_expires),
+            waiting_expires_ms: millis(waiting_expires),
             statuses,
         }))
     }

@@ -3,7 +3,8 @@
 //! own — and `contract!`, which declares each contract once per backend.
 
 use super::pg::PgDb;
-use incident_gateway::store::Store;
+use incident_gateway::model::{AttemptOutcome, now_ms};
+use incident_gateway::store::{AttemptRecord, Store};
 
 pub struct Harness {
     pub store: Store,
@@ -63,4 +64,19 @@ macro_rules! contract {
             )*
         }
     };
+}
+
+/// Attempt `n` as recorded: a 200 that ended in `outcome`, 3 ms, now.
+pub fn attempt(n: u32, outcome: AttemptOutcome) -> AttemptRecord {
+    AttemptRecord {
+        attempt: n,
+        started_at_ms: now_ms(),
+        latency_ms: 3,
+        status_code: Some(200),
+        error: None,
+        response_body: None,
+        outcome,
+        lookup: None,
+        outcome_unknown: false,
+    }
 }

@@ -478,6 +478,23 @@ pub fn sign(secret: &str, id: &str, timestamp: i64, body: &str) -> String {
     format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()))
 }
 
+/// The hub tests' two sources (tenants, info API, SLA), `hub` and `other`, each with an API
+/// key and a callback token, as a config block (after the workspace's `detector`).
+pub const HUB_SOURCES: &str = r#"
+[[sources]]
+name = "hub"
+api_key = "hub-source-key-0123456789"
+callback_token = "hub-callback-token-0123456789"
+
+[[sources]]
+name = "other"
+api_key = "other-source-key-0123456789"
+callback_token = "other-callback-token-0123456789"
+"#;
+pub const HUB_KEY: &str = "hub-source-key-0123456789";
+pub const HUB_CALLBACK: &str = "hub-callback-token-0123456789";
+pub const OTHER_CALLBACK: &str = "other-callback-token-0123456789";
+
 /// The clock as a webhook timestamp: whole seconds since the epoch.
 pub fn now() -> i64 {
     chrono::Utc::now().timestamp()
