@@ -1036,3 +1036,93 @@ async fn clock_jumps_neither_lose_nor_stall_retries() {
     eprintln!("clock jumps: {}", figures.join("; "));
     sigkill(&mut child);
 }
+
+/// A line of `/etc/hosts` for the test, taken out again when dropped.
+struct HostsEntry {
+    line: String,
+}
+
+impl HostsEntry {
+    fn add(name: &str) -> HostsEntry {
+        let line = format!("127.0.0.1 {name}");
+        let hosts = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
+        std::fs::write("/etc/hosts", format!("{hosts}{line}\n"))
+            .expect("/etc/hosts is writable (the DNS fault needs root)");
+        HostsEntry { line }
+    }
+}
+
+impl Drop for HostsEntry {
+    fn drop(&mut self) {
+        let hosts = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
+        let kept: String = hosts
+            .lines()
+            .filter(|l| *l != self.line)
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let _ = std::fs::write("/etc/hosts", kept);
+    }
+}
+
+/// 4, continued. A name that resolved stops resolving (its `/etc/hosts` line taken out while
+/// the gateway runs): the next attempt fails at once with the DNS error recorded, and a retry
+/// delivers once the name is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_that_stops_resolving_fails_with_its_reason_and_recovers() {
+    // The receiver closes each connection after its answer: a pooled connection would carry
+    // the next delivery without asking the resolver again.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let receiver = listener.local_addr().unwrap();
+    let counted = Arc::new(Tally::default());
+    let closing = axum::middleware::map_response(|mut r: axum::response::Response| async {
+        r.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+        r
+    });
+    let app = axum::Router::new()
+        .fallback(tally)
+        .layer(closing)
+        .with_state(counted.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let name = format!("igw-fault-{}.test", std::process::id());
+    let entry = HostsEntry::add(&name);
+    let ws = Workspace::new();
+    let url = format!("http://{name}:{}/hook", receiver.port());
+    let config = ws.config("127.0.0.1:0", &http_connector("hook", &url, fast_retry()));
+    let (mut child, base) = spawn_binary(&config);
+    assert_eq!(post_incident(&base, &incident("DNS-1")).await.status(), 202);
+    eventually(Duration::from_secs(10), || async {
+        counted.ids().contains("DNS-1").then_some(())
+    })
+    .await
+    .expect("delivered while the name resolves");
+    drop(entry);
+    assert_eq!(post_incident(&base, &incident("DNS-2")).await.status(), 202);
+    let failed = eventually(Duration::from_secs(10), || async {
+        let a = attempts_of(&base, "DNS-2", "hook").await;
+        (!a.is_empty()).then_some(a)
+    })
+    .await
+    .expect("an attempt is recorded");
+    let reason = failed[0]["error"].as_str().unwrap_or_default().to_string();
+    assert!(failed[0]["status_code"].is_null(), "{failed:?}");
+    let latency = failed[0]["latency_ms"].as_i64().unwrap();
+    assert!(reason.contains("dns"), "{reason}");
+    assert!(latency < 5_000, "{latency} ms");
+    let back = HostsEntry::add(&name);
+    let returned = Instant::now();
+    eventually(Duration::from_secs(30), || async {
+        counted.ids().contains("DNS-2").then_some(())
+    })
+    .await
+    .expect("delivered once the name resolves again");
+    eprintln!(
+        "dns: the name stopped resolving: attempt failed after {latency} ms ({reason:.70}); \
+         delivered {:?} after the name came back",
+        returned.elapsed()
+    );
+    drop(back);
+    sigkill(&mut child);
+}
