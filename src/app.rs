@@ -40,6 +40,8 @@ pub struct App {
     /// Permits for ingest's CPU work (parse, validate, route) on blocking threads, one per
     /// core: a burst of large bodies waits its turn instead of spawning a thread each.
     pub checks: Arc<Semaphore>,
+    /// The web console's rate samples and replays under way.
+    pub console: crate::console::ConsoleState,
 }
 
 impl App {

@@ -167,7 +167,53 @@ struct QueueSnapshot {
     took: Duration,
 }
 
+/// Running totals since start, for the console's rates: incidents stored (new versions),
+/// attempts by outcome.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub incidents: u64,
+    pub delivered: u64,
+    pub retried: u64,
+    pub dead: u64,
+}
+
+/// The queue as the background reader last saw it.
+#[derive(Debug, Clone, Default)]
+pub struct QueueView {
+    pub depths: Vec<QueueDepth>,
+    pub dead: Vec<(String, i64)>,
+    /// 0 before the first read.
+    pub read_at_ms: i64,
+}
+
 impl Metrics {
+    /// The totals the console's charts sample (reads only atomics).
+    pub fn totals(&self) -> Totals {
+        let mut t = Totals::default();
+        for (_, s) in self.sources.snapshot() {
+            t.incidents += s.accepted.load(Ordering::Relaxed) + s.updated.load(Ordering::Relaxed);
+        }
+        for (_, c) in self.connectors.snapshot() {
+            t.delivered += c.delivered.load(Ordering::Relaxed);
+            t.retried += c.retry.load(Ordering::Relaxed);
+            t.dead += c.dead.load(Ordering::Relaxed);
+        }
+        t
+    }
+
+    /// The queue snapshot `/metrics` shows (read every [`QUEUE_REFRESH`], not per page view).
+    pub fn queue_view(&self) -> QueueView {
+        let q = match self.queue.lock() {
+            Ok(q) => q,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        QueueView {
+            depths: q.depths.clone(),
+            dead: q.dead.clone(),
+            read_at_ms: q.read_at_ms,
+        }
+    }
+
     pub fn inc(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
     }

@@ -38,7 +38,9 @@ async fn ingest(s: &Store, source: &str, id: &str, connectors: &[&str]) -> Vec<S
         account_id: None,
         incident_id: id.into(),
         update_time: None,
-        body: format!(r#"{{"incidentId":"{id}"}}"#),
+        body: format!(
+            r#"{{"incidentId":"{id}","incident":{{"summary":"Summary of {id}: 50%_off"}}}}"#
+        ),
         body_hash: format!("hash-{id}"),
         routes: connectors.iter().map(|c| route(c)).collect(),
     };
@@ -277,6 +279,38 @@ async fn incidents_are_listed_newest_first_filtered_and_paged(backend: Backend) 
         ..every(100)
     };
     assert_eq!(all_incidents(s, open).await.0, ["D", "B", "A"]);
+
+    // By connector: the incidents with a delivery to it.
+    let to_jira = IncidentListing {
+        connector: Some("jira".into()),
+        ..every(100)
+    };
+    assert_eq!(all_incidents(s, to_jira).await.0, ["C.with dots", "A"]);
+    // The summary shown and searched is the current version's (A's second has none).
+    let listed = s.list_incidents(every(100)).await.unwrap().items;
+    let summaries: Vec<Option<&str>> = listed.iter().map(|i| i.summary.as_deref()).collect();
+    assert_eq!(
+        summaries,
+        [
+            Some("Summary of D: 50%_off"),
+            Some("Summary of C.with dots: 50%_off"),
+            Some("Summary of B: 50%_off"),
+            None
+        ]
+    );
+    let text = |t: &str| IncidentListing {
+        text: Some(t.into()),
+        ..every(100)
+    };
+    assert_eq!(
+        all_incidents(s, text("SUMMARY OF")).await.0,
+        ["D", "C.with dots", "B"]
+    );
+    assert_eq!(all_incidents(s, text("of d")).await.0, ["D"]);
+    // `%` and `_` are the text's own, not wildcards.
+    assert_eq!(all_incidents(s, text("0%_o")).await.0.len(), 3);
+    assert!(all_incidents(s, text("0%o")).await.0.is_empty());
+    assert!(all_incidents(s, text("of_B")).await.0.is_empty());
 }
 
 /// The SQL of a list with its values written in (for EXPLAIN, which the test runs without

@@ -134,7 +134,35 @@ pub fn deliveries(listing: &DeliveryListing, mark: char) -> Clause {
     b.finish("d.created_ms DESC, d.seq DESC", listing.limit)
 }
 
-/// After `FROM incidents i`.
+/// An incident's summary (`/incident/summary`), from its current version (`incident_versions v`), in each
+/// backend's JSON function; and the case-insensitive `LIKE` that searches it.
+pub fn incident_summary(mark: char) -> (&'static str, &'static str) {
+    if mark == '$' {
+        ("(v.body::json -> 'incident' ->> 'summary')", "ILIKE")
+    } else {
+        // SQLite's LIKE ignores ASCII case.
+        ("json_extract(v.body, '$.incident.summary')", "LIKE")
+    }
+}
+
+/// `text` as a `LIKE` pattern that matches it anywhere, its own `%`, `_` and `\` taken
+/// literally (`ESCAPE '\'`).
+fn contains_pattern(text: &str) -> String {
+    let mut pattern = String::with_capacity(text.len() + 2);
+    pattern.push('%');
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    pattern
+}
+
+/// After `FROM incidents i JOIN incident_versions v ON v.version_id = i.version_id`. The
+/// text filter reads each candidate's body (no index serves it): a page stops once it has
+/// its rows, so a search costs at most a scan of the range the other filters leave.
 pub fn incidents(listing: &IncidentListing, mark: char) -> Clause {
     let mut b = Builder::new(mark);
     let text = |v: &Option<String>| v.clone().map(Arg::Text);
@@ -143,6 +171,19 @@ pub fn incidents(listing: &IncidentListing, mark: char) -> Clause {
     b.filter("i.status", "=", text(&listing.status));
     b.filter("i.received_ms", ">=", listing.since_ms.map(Arg::Int));
     b.filter("i.received_ms", "<", listing.until_ms.map(Arg::Int));
+    if let Some(connector) = &listing.connector {
+        let p = b.bind(Arg::Text(connector.clone()));
+        b.conditions.push(format!(
+            "EXISTS (SELECT 1 FROM deliveries d WHERE d.incident_id = i.incident_id \
+             AND d.connector = {p})"
+        ));
+    }
+    if let Some(wanted) = listing.text.as_deref().filter(|t| !t.is_empty()) {
+        let (summary, like) = incident_summary(mark);
+        let p = b.bind(Arg::Text(contains_pattern(wanted)));
+        b.conditions
+            .push(format!("{summary} {like} {p} ESCAPE '\\'"));
+    }
     if let Some(key) = &listing.after {
         b.after(
             "i.received_ms, i.incident_id",

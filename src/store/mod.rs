@@ -571,6 +571,10 @@ pub struct IncidentListing {
     pub since_ms: Option<i64>,
     /// Received before (ms).
     pub until_ms: Option<i64>,
+    /// Only incidents with a delivery to this connector.
+    pub connector: Option<String>,
+    /// Only incidents whose current `incident.summary` contains this text (case-insensitive).
+    pub text: Option<String>,
     pub after: Option<IncidentKey>,
     pub limit: usize,
 }
@@ -600,6 +604,8 @@ pub struct IncidentSummary {
     pub received_at: String,
     pub updated_at: String,
     pub versions: u32,
+    /// The current version's `incident.summary`, when it has one.
+    pub summary: Option<String>,
 }
 
 /// What [`Ingest::ingest`] did.

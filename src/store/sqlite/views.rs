@@ -117,6 +117,7 @@ from_row! {
         received_ms: i64,
         updated_ms: i64,
         versions: u32,
+        summary: Option<String>,
     }
 }
 
@@ -128,8 +129,9 @@ fn list_incidents(
     let clause = listing::incidents(listing, '?');
     let sql = format!(
         "SELECT i.incident_id, i.source, i.status, i.status_change_ms, i.received_ms,
-                i.updated_ms, i.versions
-         FROM incidents i {}",
+                i.updated_ms, i.versions, {} AS summary
+         FROM incidents i JOIN incident_versions v ON v.version_id = i.version_id {}",
+        listing::incident_summary('?').0,
         clause.sql
     );
     let args: Vec<&dyn ToSql> = clause.args.iter().map(|a| a as &dyn ToSql).collect();
@@ -149,6 +151,7 @@ fn list_incidents(
                 received_at: rfc3339(r.received_ms),
                 updated_at: rfc3339(r.updated_ms),
                 versions: r.versions,
+                summary: r.summary,
             };
             (summary, key)
         })
