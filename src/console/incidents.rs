@@ -265,7 +265,11 @@ fn incident(view: &IncidentView, session: &Session) -> Markup {
     let i = &view.incident;
     let fields = [
         ("Summary", text(i, "/incident/summary")),
-        ("Threat rating", text(i, "/incident_threat_rating")),
+        (
+            "Threat rating",
+            crate::model::ThreatRating::of_incident(i)
+                .map_or(String::new(), |r| r.name().to_string()),
+        ),
         ("Class", text(i, "/incident_class")),
         ("Short id", text(i, "/humanFriendlyId")),
         ("Customer", text(i, "/customer")),
