@@ -13,15 +13,7 @@ use std::time::Duration;
 use common::*;
 use serde_json::json;
 
-const TENANTS: &str = r#"
-[[tenants]]
-name = "acme"
-account_id = 2
-
-[[tenants]]
-name = "globex"
-account_id = 7
-
+const ACME_TOKEN: &str = r#"
 [[admin_tokens]]
 name = "acme-customer"
 token = "acme-read-token-0123456789"
@@ -205,35 +197,24 @@ async fn actions_need_the_sessions_csrf_token_and_the_same_origin() {
     let (_, connectors) = admin_get(&base, "/v1/connectors").await;
     assert_eq!(connectors["connectors"][0]["paused"], false);
 
-    // With it, the pause happens, and shows.
-    let (status, body) = action(
-        &base,
-        &cookie,
-        Some(&csrf),
-        "/ui/connectors/hook/pause",
-        &[],
-    )
-    .await;
-    assert_eq!(status, 200);
-    assert!(body.contains("hook paused"), "{body}");
-    let (_, connectors) = admin_get(&base, "/v1/connectors").await;
-    assert_eq!(connectors["connectors"][0]["paused"], true);
-    let (status, body) = action(
-        &base,
-        &cookie,
-        Some(&csrf),
-        "/ui/connectors/hook/resume",
-        &[],
-    )
-    .await;
-    assert_eq!(status, 200);
-    assert!(body.contains("hook resumed"), "{body}");
+    // With it, the pause happens, and shows; then the resume.
+    for (step, said, paused) in [
+        ("pause", "hook paused", true),
+        ("resume", "hook resumed", false),
+    ] {
+        let path = format!("/ui/connectors/hook/{step}");
+        let (status, body) = action(&base, &cookie, Some(&csrf), &path, &[]).await;
+        assert_eq!(status, 200);
+        assert!(body.contains(said), "{body}");
+        let (_, connectors) = admin_get(&base, "/v1/connectors").await;
+        assert_eq!(connectors["connectors"][0]["paused"], paused);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scoped_token_sees_only_its_tenants_and_cannot_pause() {
     let (_receiver, _ws, config) = receiver_and_config("hook", "/hook", "").await;
-    with_sources(&config, &format!("{TENANTS}{HUB_SOURCES}"));
+    with_sources(&config, &format!("{TENANTS}{ACME_TOKEN}{HUB_SOURCES}"));
     let (_gw, base) = start_gateway(&config).await;
     for (id, account) in [("ACME-1", 2), ("GLOBEX-1", 7)] {
         let mut body = incident(id);

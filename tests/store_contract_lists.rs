@@ -407,6 +407,10 @@ async fn postgres_answers_every_list_from_an_index_in_order() {
             until_ms: Some(1_040_000),
             ..Default::default()
         },
+        IncidentListing {
+            connector: text("c3"),
+            ..Default::default()
+        },
     ] {
         shapes.push(format!(
             "SELECT i.incident_id FROM incidents i {}",

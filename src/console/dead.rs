@@ -106,9 +106,7 @@ pub async fn list(
     session: Session,
     RawQuery(raw): RawQuery,
 ) -> Markup {
-    let pairs: Vec<(String, String)> = form_urlencoded::parse(raw.unwrap_or_default().as_bytes())
-        .into_owned()
-        .collect();
+    let pairs = super::query_pairs(raw);
     let f = filter_of(&pairs);
     let generation = app.live.current();
     let page = app.store.list_deliveries(listing(&session, &f, PAGE)).await;

@@ -239,6 +239,13 @@ pub async fn read_form(
     Ok(form_urlencoded::parse(&bytes).into_owned().collect())
 }
 
+/// A query string's pairs (a page's filters), decoded.
+pub fn query_pairs(raw: Option<String>) -> Vec<(String, String)> {
+    form_urlencoded::parse(raw.unwrap_or_default().as_bytes())
+        .into_owned()
+        .collect()
+}
+
 /// The first value of `name` in a form.
 pub fn field<'a>(form: &'a [(String, String)], name: &str) -> Option<&'a str> {
     form.iter()

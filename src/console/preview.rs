@@ -59,9 +59,7 @@ pub async fn page(
     session: Session,
     RawQuery(raw): RawQuery,
 ) -> Markup {
-    let pairs: Vec<(String, String)> = form_urlencoded::parse(raw.unwrap_or_default().as_bytes())
-        .into_owned()
-        .collect();
+    let pairs = super::query_pairs(raw);
     let c = choice(&app, &pairs);
     let generation = app.live.current();
     let incident_text = BUILT_IN_INCIDENTS

@@ -173,9 +173,17 @@ pub fn incidents(listing: &IncidentListing, mark: char) -> Clause {
     b.filter("i.received_ms", "<", listing.until_ms.map(Arg::Int));
     if let Some(connector) = &listing.connector {
         let p = b.bind(Arg::Text(connector.clone()));
+        // Each incident's few deliveries, found by `deliveries (incident_id)`. SQLite, without
+        // statistics, would search the connector's index instead — every delivery of the
+        // connector for each incident (289 ms a page at 100,000): `+` keeps that index out.
+        let column = if mark == '?' {
+            "+d.connector"
+        } else {
+            "d.connector"
+        };
         b.conditions.push(format!(
             "EXISTS (SELECT 1 FROM deliveries d WHERE d.incident_id = i.incident_id \
-             AND d.connector = {p})"
+             AND {column} = {p})"
         ));
     }
     if let Some(wanted) = listing.text.as_deref().filter(|t| !t.is_empty()) {

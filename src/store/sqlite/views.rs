@@ -420,6 +420,10 @@ mod tests {
                 until_ms: Some(9),
                 ..Default::default()
             },
+            IncidentListing {
+                connector: text("jira"),
+                ..Default::default()
+            },
         ];
         for listing in &incidents {
             let clause = listing::incidents(listing, '?');
@@ -451,8 +455,16 @@ mod tests {
                     .any(|d| d.contains("USING") && d.contains("INDEX")),
                 "{sql}: {outer:?}"
             );
+            // The connector filter looks up each incident's deliveries by incident, never
+            // every delivery of the connector for each incident.
+            if sql.contains("EXISTS (SELECT 1 FROM deliveries d") {
+                assert!(
+                    steps.iter().any(|(_, d)| d.contains("deliveries_incident")),
+                    "{sql}: {steps:?}"
+                );
+            }
             // One incident's deliveries are few: they are sorted once its index finds them.
-            let of_one_incident = sql.contains("d.incident_id = ");
+            let of_one_incident = sql.contains("d.incident_id = ?");
             assert!(
                 of_one_incident || !outer.iter().any(|d| d.contains("TEMP B-TREE")),
                 "{sql}: {outer:?}"
