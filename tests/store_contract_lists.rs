@@ -311,6 +311,25 @@ async fn incidents_are_listed_newest_first_filtered_and_paged(backend: Backend) 
     assert_eq!(all_incidents(s, text("0%_o")).await.0.len(), 3);
     assert!(all_incidents(s, text("0%o")).await.0.is_empty());
     assert!(all_incidents(s, text("of_B")).await.0.is_empty());
+
+    // A search reads a window at most: a short page, its cursor where the reading stopped.
+    let first = s.search_incidents(text("of b"), 2).await.unwrap();
+    assert!(first.items.is_empty(), "D and C read, neither matches");
+    let next = first.next.expect("the search goes on past the window");
+    assert_eq!(next.incident_id, "C.with dots");
+    let rest = s
+        .search_incidents(
+            IncidentListing {
+                after: Some(next),
+                ..text("of b")
+            },
+            2,
+        )
+        .await
+        .unwrap();
+    let found: Vec<&str> = rest.items.iter().map(|i| i.incident_id.as_str()).collect();
+    assert_eq!(found, ["B"]);
+    assert!(rest.next.is_none(), "A was the last to read");
 }
 
 /// The SQL of a list with its values written in (for EXPLAIN, which the test runs without

@@ -208,6 +208,9 @@ async fn results(app: &App, session: &Session, f: &Filters) -> Markup {
                     }
                 }
             }
+            @if !f.q.is_empty() && next.is_some() && page.items.len() < PAGE {
+                p.small { "A search reads " (crate::store::SEARCH_WINDOW) " incidents a page, newest first; \u{201c}Next page\u{201d} searches further back." }
+            }
             nav.pager aria-label="Pages" {
                 @if !f.cursor.is_empty() { a href=(format!("/ui/incidents?{}", f.query(None))) { "First page" } }
                 @if let Some(next) = next { " " a href=(format!("/ui/incidents?{}", f.query(Some(&next)))) rel="next" { "Next page" } }

@@ -134,35 +134,18 @@ pub fn deliveries(listing: &DeliveryListing, mark: char) -> Clause {
     b.finish("d.created_ms DESC, d.seq DESC", listing.limit)
 }
 
-/// An incident's summary (`/incident/summary`), from its current version (`incident_versions v`), in each
-/// backend's JSON function; and the case-insensitive `LIKE` that searches it.
-pub fn incident_summary(mark: char) -> (&'static str, &'static str) {
+/// An incident's summary (`/incident/summary`), from its current version
+/// (`incident_versions v`), in each backend's JSON function.
+pub fn incident_summary(mark: char) -> &'static str {
     if mark == '$' {
-        ("(v.body::json -> 'incident' ->> 'summary')", "ILIKE")
+        "(v.body::json -> 'incident' ->> 'summary')"
     } else {
-        // SQLite's LIKE ignores ASCII case.
-        ("json_extract(v.body, '$.incident.summary')", "LIKE")
+        "json_extract(v.body, '$.incident.summary')"
     }
 }
 
-/// `text` as a `LIKE` pattern that matches it anywhere, its own `%`, `_` and `\` taken
-/// literally (`ESCAPE '\'`).
-fn contains_pattern(text: &str) -> String {
-    let mut pattern = String::with_capacity(text.len() + 2);
-    pattern.push('%');
-    for c in text.chars() {
-        if matches!(c, '%' | '_' | '\\') {
-            pattern.push('\\');
-        }
-        pattern.push(c);
-    }
-    pattern.push('%');
-    pattern
-}
-
-/// After `FROM incidents i JOIN incident_versions v ON v.version_id = i.version_id`. The
-/// text filter reads each candidate's body (no index serves it): a page stops once it has
-/// its rows, so a search costs at most a scan of the range the other filters leave.
+/// After `FROM incidents i JOIN incident_versions v ON v.version_id = i.version_id`. (Its
+/// `text` is matched by the store handle, on the summaries these rows carry.)
 pub fn incidents(listing: &IncidentListing, mark: char) -> Clause {
     let mut b = Builder::new(mark);
     let text = |v: &Option<String>| v.clone().map(Arg::Text);
@@ -185,12 +168,6 @@ pub fn incidents(listing: &IncidentListing, mark: char) -> Clause {
             "EXISTS (SELECT 1 FROM deliveries d WHERE d.incident_id = i.incident_id \
              AND {column} = {p})"
         ));
-    }
-    if let Some(wanted) = listing.text.as_deref().filter(|t| !t.is_empty()) {
-        let (summary, like) = incident_summary(mark);
-        let p = b.bind(Arg::Text(contains_pattern(wanted)));
-        b.conditions
-            .push(format!("{summary} {like} {p} ESCAPE '\\'"));
     }
     if let Some(key) = &listing.after {
         b.after(

@@ -131,7 +131,7 @@ fn list_incidents(
         "SELECT i.incident_id, i.source, i.status, i.status_change_ms, i.received_ms,
                 i.updated_ms, i.versions, {} AS summary
          FROM incidents i JOIN incident_versions v ON v.version_id = i.version_id {}",
-        listing::incident_summary('?').0,
+        listing::incident_summary('?'),
         clause.sql
     );
     let args: Vec<&dyn ToSql> = clause.args.iter().map(|a| a as &dyn ToSql).collect();
