@@ -259,7 +259,8 @@ impl Gateway {
             checks: Arc::new(tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
             )),
-            console: crate::console::ConsoleState::default(),
+            trend: crate::metrics::Trend::default(),
+            replays: crate::replays::Replays::default(),
         });
         tokio::spawn(crate::console::overview::sample(
             app.clone(),

@@ -45,7 +45,8 @@
 //!     metric, a notification through another connector); [`metrics`] for Prometheus;
 //!     [`openapi`] — the API contract (`schemas/openapi.yaml`), served at `GET /openapi.json`.
 //!     [`console`] — the web console under `/ui/` (overview, incidents, dead letters,
-//!     template preview), signed in with an admin token.
+//!     template preview), signed in with an admin token; [`replays`] — the replays it
+//!     started, under way.
 //! 12. [`cli`] — `check`, `routes` and `render`, the admin's offline tools; [`operator`] —
 //!     the admin API from a terminal (`deliveries`, `incidents`); `main.rs` only parses the
 //!     command line.
@@ -96,6 +97,7 @@ pub mod control;
 pub mod metrics;
 pub mod openapi;
 pub mod query;
+pub mod replays;
 
 pub mod cli;
 pub mod operator;

@@ -4,9 +4,8 @@
 //! keeps its turns on the store), and its progress — how many are queued again, then how
 //! many were delivered, are pending or died again — refreshes itself until they settle.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use axum::extract::{Path, RawQuery, State};
 use axum::http::HeaderMap;
@@ -16,6 +15,7 @@ use maud::{Markup, html};
 use super::overview::{enc, incident_href};
 use super::session::{self, Session};
 use crate::App;
+use crate::replays::Job;
 use crate::store::{DeliveryListing, ReplayOutcome};
 
 const PAGE: usize = 50;
@@ -23,49 +23,6 @@ const PAGE: usize = 50;
 const MAX_MATCHING: usize = 10_000;
 /// How many of a replay's deliveries its progress looks up each refresh.
 const WATCHED: usize = 200;
-/// A finished replay's progress is kept this long.
-const KEEP_MS: i64 = 3_600_000;
-
-/// One replay: its deliveries and how far it got.
-pub struct Job {
-    who: String,
-    ids: Vec<String>,
-    replayed: AtomicUsize,
-    /// Not replayed: no longer dead, gone, or not this token's to change.
-    skipped: AtomicUsize,
-    finished: AtomicBool,
-    started_ms: i64,
-}
-
-/// The replays under way (and finished within the hour), by number.
-#[derive(Default)]
-pub struct Replays {
-    next: AtomicU64,
-    jobs: Mutex<HashMap<u64, Arc<Job>>>,
-}
-
-impl Replays {
-    fn add(&self, job: Job) -> (u64, Arc<Job>) {
-        let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
-        let job = Arc::new(job);
-        let mut jobs = match self.jobs.lock() {
-            Ok(j) => j,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        let now = crate::model::now_ms();
-        jobs.retain(|_, j| !j.finished.load(Ordering::Relaxed) || now - j.started_ms < KEEP_MS);
-        jobs.insert(id, job.clone());
-        (id, job)
-    }
-
-    fn get(&self, id: u64) -> Option<Arc<Job>> {
-        let jobs = match self.jobs.lock() {
-            Ok(j) => j,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        jobs.get(&id).cloned()
-    }
-}
 
 struct Filter {
     connector: String,
@@ -245,7 +202,7 @@ pub async fn replay(
     if ids.is_empty() {
         return super::notice("Nothing selected to replay.").into_response();
     }
-    let (job_id, job) = app.console.replays.add(Job {
+    let (job_id, job) = app.replays.add(Job {
         who: session.who.clone(),
         ids,
         replayed: AtomicUsize::new(0),
@@ -311,7 +268,7 @@ pub async fn progress(
     session: Session,
     Path(job_id): Path<u64>,
 ) -> Response {
-    match app.console.replays.get(job_id) {
+    match app.replays.get(job_id) {
         Some(job) if job.who == session.who => {
             progress_of(&app, job_id, &job).await.into_response()
         }

@@ -34,16 +34,6 @@ use maud::{DOCTYPE, Markup, html};
 use crate::App;
 use session::Session;
 
-pub use overview::Trend;
-
-/// What the console keeps in memory: the rate samples behind the charts, and the replays
-/// under way.
-#[derive(Default)]
-pub struct ConsoleState {
-    pub trend: Trend,
-    pub replays: dead::Replays,
-}
-
 /// The console's routes, each behind [`guard`].
 pub fn routes(app: &Arc<App>) -> Router<Arc<App>> {
     Router::new()

@@ -7,9 +7,7 @@
 //! never scans the queue). Connector state is the server admin's: a token scoped to tenants
 //! sees its own SLA breaches only.
 
-use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
 
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
@@ -19,85 +17,13 @@ use tokio_util::sync::CancellationToken;
 
 use super::session::{self, Session};
 use crate::App;
-use crate::metrics::Totals;
+use crate::metrics::{Rates, SAMPLE_EVERY};
 use crate::store::SlaListing;
-
-/// How often the rates are sampled.
-pub const SAMPLE_EVERY: Duration = Duration::from_secs(10);
-/// An hour of samples.
-const SAMPLES: usize = 361;
-
-/// The counters' samples, oldest first.
-#[derive(Default)]
-pub struct Trend {
-    samples: Mutex<VecDeque<(i64, Totals)>>,
-}
-
-/// Per-second rates between two samples.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct Rates {
-    pub incidents: f64,
-    pub delivered: f64,
-    pub failed: f64,
-}
-
-fn rates(from: &(i64, Totals), to: &(i64, Totals)) -> Rates {
-    let seconds = ((to.0 - from.0) as f64 / 1000.0).max(0.001);
-    let per_s = |a: u64, b: u64| b.saturating_sub(a) as f64 / seconds;
-    Rates {
-        incidents: per_s(from.1.incidents, to.1.incidents),
-        delivered: per_s(from.1.delivered, to.1.delivered),
-        failed: per_s(from.1.retried + from.1.dead, to.1.retried + to.1.dead),
-    }
-}
-
-impl Trend {
-    pub fn record(&self, at_ms: i64, totals: Totals) {
-        let mut samples = match self.samples.lock() {
-            Ok(s) => s,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        if samples.len() == SAMPLES {
-            samples.pop_front();
-        }
-        samples.push_back((at_ms, totals));
-    }
-
-    /// The rates between consecutive samples, oldest first, each with its end time.
-    pub fn series(&self) -> Vec<(i64, Rates)> {
-        let samples = match self.samples.lock() {
-            Ok(s) => s,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        samples
-            .iter()
-            .zip(samples.iter().skip(1))
-            .map(|(a, b)| (b.0, rates(a, b)))
-            .collect()
-    }
-
-    /// The rates over the last minute (or as much as there is), up to `now` with `current`.
-    pub fn last_minute(&self, now_ms: i64, current: Totals) -> Rates {
-        let samples = match self.samples.lock() {
-            Ok(s) => s,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        let from = samples
-            .iter()
-            .find(|(at, _)| *at >= now_ms - 60_000)
-            .or(samples.back());
-        match from {
-            Some(from) if from.0 < now_ms => rates(from, &(now_ms, current)),
-            _ => Rates::default(),
-        }
-    }
-}
 
 /// Samples the counters every [`SAMPLE_EVERY`] until shutdown.
 pub async fn sample(app: Arc<App>, shutdown: CancellationToken) {
     loop {
-        app.console
-            .trend
+        app.trend
             .record(crate::model::now_ms(), app.metrics.totals());
         tokio::select! {
             () = tokio::time::sleep(SAMPLE_EVERY) => {}
@@ -173,8 +99,8 @@ async fn live_part(app: &App, session: &Session) -> Markup {
         };
     }
     let totals = app.metrics.totals();
-    let rate = app.console.trend.last_minute(now, totals);
-    let series = app.console.trend.series();
+    let rate = app.trend.last_minute(now, totals);
+    let series = app.trend.series();
     let queue = app.metrics.queue_view();
     let generation = app.live.current();
     let alerting = app.alerts.alerting();
@@ -361,33 +287,4 @@ async fn switch(
         Err(p) => p.detail,
     };
     html! { (super::notice(&message)) (live) }.into_response()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rates_are_per_second_between_samples() {
-        let trend = Trend::default();
-        let at = |incidents, delivered| Totals {
-            incidents,
-            delivered,
-            retried: 0,
-            dead: 0,
-        };
-        trend.record(0, at(0, 0));
-        trend.record(10_000, at(50, 20));
-        trend.record(20_000, at(150, 20));
-        let series = trend.series();
-        assert_eq!(series.len(), 2);
-        assert_eq!(series[0].1.incidents, 5.0);
-        assert_eq!(series[1].1.incidents, 10.0);
-        assert_eq!(series[1].1.delivered, 0.0);
-        // The last minute: from the oldest sample within it to now.
-        let r = trend.last_minute(30_000, at(300, 50));
-        assert_eq!(r.incidents, 10.0);
-        // Nothing before: no rate rather than a division by nothing.
-        assert_eq!(Trend::default().last_minute(5, at(1, 1)), Rates::default());
-    }
 }
