@@ -110,14 +110,18 @@ impl Rng {
 
 /// Posts incidents `prefix-0 … prefix-(n-1)`, `concurrency` at a time, each until it is
 /// answered 202 (a platform resends what was not acknowledged); returns the ids answered 202.
-/// Connection errors while the gateway is down are retried after a short pause.
+/// Connection errors while the gateway is down are retried after a short pause. With
+/// `spread`, incident `i` is not posted before `i/n` of it has passed: the load lasts that
+/// long however fast the machine (so the faults it is to meet land within it).
 async fn post_until_acked(
     base: &str,
     prefix: &str,
     n: usize,
     concurrency: usize,
     deadline: Instant,
+    spread: Option<Duration>,
 ) -> HashSet<String> {
+    let t0 = tokio::time::Instant::now();
     use futures_util::StreamExt;
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
@@ -128,7 +132,11 @@ async fn post_until_acked(
         .map(|i| {
             let (client, url) = (client.clone(), url.clone());
             let id = format!("{prefix}-{i}");
+            let not_before = spread.map(|d| t0 + d.mul_f64(i as f64 / n as f64));
             async move {
+                if let Some(at) = not_before {
+                    tokio::time::sleep_until(at).await;
+                }
                 let body = incident(&id).to_string();
                 while Instant::now() < deadline {
                     let sent = client
@@ -186,18 +194,22 @@ async fn crash_loop_loses_nothing_acknowledged() {
     let (mut child, _) = spawn_binary(&config);
     let started = Instant::now();
     let deadline = started + Duration::from_secs(if long() { 3600 } else { 600 });
-    let load = {
-        let base = base.clone();
-        tokio::spawn(async move { post_until_acked(&base, "CL", n, 16, deadline).await })
-    };
-    let mut rng = Rng::seeded();
-    let mut recoveries = Vec::new();
-    // Kills spread over the load: each after a random pause, while the load runs.
+    // Kills spread over the load: each after a random pause, while the load runs; the load
+    // is paced to outlast the longest such series (a fast machine would finish it first).
     let spread = if long() {
         (Duration::from_millis(500), Duration::from_millis(2500))
     } else {
         (Duration::from_millis(300), Duration::from_millis(1500))
     };
+    let lasting = spread.1 * (kills as u32 + 2);
+    let load = {
+        let base = base.clone();
+        tokio::spawn(
+            async move { post_until_acked(&base, "CL", n, 16, deadline, Some(lasting)).await },
+        )
+    };
+    let mut rng = Rng::seeded();
+    let mut recoveries = Vec::new();
     for _ in 0..kills {
         tokio::time::sleep(rng.between(spread.0, spread.1)).await;
         if load.is_finished() {
@@ -639,7 +651,7 @@ async fn postgres_faults_lose_nothing_acknowledged() {
     let deadline = Instant::now() + Duration::from_secs(600);
     let load = {
         let base = base.clone();
-        tokio::spawn(async move { post_until_acked(&base, "PG", n, 8, deadline).await })
+        tokio::spawn(async move { post_until_acked(&base, "PG", n, 8, deadline, None).await })
     };
     let mut recovered = Vec::new();
     tokio::time::sleep(Duration::from_millis(700)).await;
