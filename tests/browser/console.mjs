@@ -386,6 +386,7 @@ async function incidentWithDelivery(ctx) {
   const { page, gateway, receiver } = ctx;
   const older = randomUUID().toUpperCase();
   await postIncident(gateway, older);
+  await sleep(20); // lists order by time received, in ms: no tie
   const id = randomUUID().toUpperCase();
   const delivery = await postIncident(gateway, id);
   console.log(`    incident ${id}, delivery ${delivery.id}`);
