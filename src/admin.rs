@@ -75,7 +75,7 @@ async fn visible_delivery(
 
 /// A delivery a replay or resolve may change: seen by `scope` (else 404), which may write
 /// (else 403).
-async fn changeable_delivery(
+pub(crate) async fn changeable_delivery(
     app: &App,
     scope: &AdminScope,
     delivery_id: &str,
@@ -141,7 +141,7 @@ pub async fn list_deliveries(
 }
 
 /// A delivery cursor: `d<created_ms>.<seq>` (the document's pattern for it says the same).
-fn delivery_key(text: &str) -> Option<DeliveryKey> {
+pub fn delivery_key(text: &str) -> Option<DeliveryKey> {
     let (created_ms, seq) = text.strip_prefix('d')?.split_once('.')?;
     Some(DeliveryKey {
         created_ms: digits(created_ms)?,
@@ -157,8 +157,9 @@ fn digits(text: &str) -> Option<i64> {
         .flatten()
 }
 
-/// `GET /v1/incidents?source=&status=&since=&until=&cursor=&limit=`: a page of incidents
-/// (without bodies), newest received first.
+/// `GET /v1/incidents?source=&status=&connector=&q=&since=&until=&cursor=&limit=`: a page of
+/// incidents (without bodies, with their summary), newest received first; `q` searches the
+/// summary (case-insensitive).
 pub async fn list_incidents(
     State(app): State<Arc<App>>,
     Viewer(scope): Viewer,
@@ -166,12 +167,23 @@ pub async fn list_incidents(
 ) -> Result<Response, Problem> {
     let q = Params::parse(
         raw.as_deref(),
-        &["source", "status", "since", "until", "cursor", "limit"],
+        &[
+            "source",
+            "status",
+            "connector",
+            "q",
+            "since",
+            "until",
+            "cursor",
+            "limit",
+        ],
     )?;
     let listing = IncidentListing {
         accounts: scope.accounts(),
         source: q.text("source"),
         status: q.one_of("status", &["open", "completed"])?,
+        connector: q.text("connector"),
+        text: q.text("q"),
         since_ms: q.time_ms("since")?,
         until_ms: q.time_ms("until")?,
         after: q.cursor(incident_key)?,
@@ -189,7 +201,7 @@ pub async fn list_incidents(
 }
 
 /// An incident cursor: `i<received_ms>.<incident id in hex>`.
-fn incident_key(text: &str) -> Option<IncidentKey> {
+pub fn incident_key(text: &str) -> Option<IncidentKey> {
     let (received_ms, incident_id) = text.strip_prefix('i')?.split_once('.')?;
     Some(IncidentKey {
         received_ms: digits(received_ms)?,

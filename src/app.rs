@@ -40,6 +40,10 @@ pub struct App {
     /// Permits for ingest's CPU work (parse, validate, route) on blocking threads, one per
     /// core: a burst of large bodies waits its turn instead of spawning a thread each.
     pub checks: Arc<Semaphore>,
+    /// The counters' samples behind the console's rates and chart.
+    pub trend: crate::metrics::Trend,
+    /// Replays of dead deliveries the console started, and their progress.
+    pub replays: crate::replays::Replays,
 }
 
 impl App {

@@ -89,6 +89,28 @@ fn admin_scope<S: Callers>(state: &S, headers: &HeaderMap) -> Option<AdminScope>
     state.scoped_admin(headers).map(AdminScope::Tenants)
 }
 
+/// The scope of an admin token typed in rather than sent as a header (the console's
+/// sign-in): the server's `admin_token`, or one of `tokens`; each compared in constant time,
+/// every one of them.
+pub fn admin_scope_of_token(
+    admin_token: Option<&str>,
+    tokens: &[ScopedAdmin],
+    presented: &str,
+) -> Option<AdminScope> {
+    let presented = TokenDigest::new(presented);
+    let is_admin = admin_token.is_some_and(|t| TokenDigest::new(t).matches_digest(&presented));
+    let mut scoped = None;
+    for t in tokens {
+        if TokenDigest::new(&t.token).matches_digest(&presented) {
+            scoped = Some(t);
+        }
+    }
+    if is_admin {
+        return Some(AdminScope::All);
+    }
+    scoped.cloned().map(AdminScope::Tenants)
+}
+
 /// What an admin caller may see and change.
 #[derive(Debug, Clone)]
 pub enum AdminScope {

@@ -159,6 +159,40 @@ pub fn preview(
     prepare::prepare(renderer, connector, incident, &facts, unix_seconds)
 }
 
+/// What a real attempt of `event` would send, as text with the config's secrets masked: the
+/// request line, headers and body, or the SMTP envelope and message (`render` and the
+/// console's preview show this).
+pub fn preview_text(
+    config: &Config,
+    renderer: &Renderer,
+    incident: &Value,
+    connector: &Connector,
+    event: Event,
+) -> Result<String, Unprepared> {
+    match preview(renderer, incident, connector, event)? {
+        Outgoing::Request(mut request) => {
+            // The token is fetched when the request is sent; its place is shown, masked.
+            if matches!(&connector.target, Target::Http(h) if h.oauth2.is_some()) {
+                request
+                    .headers
+                    .insert("authorization".into(), "Bearer (OAuth2 token)".into());
+            }
+            Ok(format_request(&request, config))
+        }
+        Outgoing::Mail { message, .. } => {
+            let text = String::from_utf8_lossy(&message.formatted()).into_owned();
+            let (host, port, from) = match &connector.target {
+                Target::Smtp(smtp) => (smtp.host.as_str(), smtp.port, smtp.from.as_str()),
+                Target::Http(_) => ("", 0, ""),
+            };
+            Ok(format!(
+                "SMTP {host}:{port} (MAIL FROM {from})\n{}",
+                config.secrets.mask(&text)
+            ))
+        }
+    }
+}
+
 /// A preview's failure as `check` reports it: the template's own location, or the message
 /// problem with the connector and event.
 fn preview_problem(connector: &Connector, event: Event, e: Unprepared) -> String {
@@ -1230,27 +1264,8 @@ pub fn render(
         .ok_or_else(|| CliError::UnknownConnector(connector_name.to_string()))?;
     let mut incident = read_incident(incident_file)?;
     config.threat_intel.enrich(&mut incident);
-    match preview(&renderer, &incident, connector, event) {
-        Ok(Outgoing::Request(mut request)) => {
-            // The token is fetched when the request is sent; its place is shown, masked.
-            if matches!(&connector.target, Target::Http(h) if h.oauth2.is_some()) {
-                request
-                    .headers
-                    .insert("authorization".into(), "Bearer (OAuth2 token)".into());
-            }
-            Ok(format_request(&request, &config))
-        }
-        Ok(Outgoing::Mail { message, .. }) => {
-            let text = String::from_utf8_lossy(&message.formatted()).into_owned();
-            let (host, port, from) = match &connector.target {
-                Target::Smtp(smtp) => (smtp.host.as_str(), smtp.port, smtp.from.as_str()),
-                Target::Http(_) => ("", 0, ""),
-            };
-            Ok(format!(
-                "SMTP {host}:{port} (MAIL FROM {from})\n{}",
-                config.secrets.mask(&text)
-            ))
-        }
+    match preview_text(&config, &renderer, &incident, connector, event) {
+        Ok(text) => Ok(text),
         Err(Unprepared::Render(e)) => Err(render_failure(&config, e)),
         Err(e) => Err(CliError::Input {
             file: incident_file.to_path_buf(),

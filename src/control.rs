@@ -167,21 +167,27 @@ pub async fn pause(
         Some(Value::String(r)) if r.chars().count() <= 500 => Some(r.clone()),
         Some(_) => return Err(invalid("/reason", "a string of at most 500 characters")),
     };
-    if app.live.current().connector(&name).is_none() {
-        return Err(no_connector(&name));
+    pause_connector(&app, &name, reason).await?;
+    Ok(Json(json!({ "connector": name, "paused": true })))
+}
+
+/// Pauses `name` on every process sharing the store (the API's and the console's pause).
+pub async fn pause_connector(app: &App, name: &str, reason: Option<String>) -> Result<(), Problem> {
+    if app.live.current().connector(name).is_none() {
+        return Err(no_connector(name));
     }
     let note = PauseNote {
-        connector: name.clone(),
+        connector: name.to_string(),
         since_ms: crate::model::now_ms(),
         reason,
     };
     app.store
-        .set_paused(name.clone(), Some(note))
+        .set_paused(name.to_string(), Some(note))
         .await
         .map_err(store_failed)?;
     app.live.reread_pauses().await.map_err(store_failed)?;
     tracing::warn!(connector = %name, "connector paused by an admin");
-    Ok(Json(json!({ "connector": name, "paused": true })))
+    Ok(())
 }
 
 /// `POST /v1/connectors/{name}/resume`: its queued deliveries go out again. A connector
@@ -192,9 +198,15 @@ pub async fn resume(
     _: NoQuery,
     Name(name): Name,
 ) -> Result<Json<Value>, Problem> {
+    resume_connector(&app, &name).await?;
+    Ok(Json(json!({ "connector": name, "paused": false })))
+}
+
+/// Resumes `name` (the API's and the console's resume); one paused in the config is 409.
+pub async fn resume_connector(app: &App, name: &str) -> Result<(), Problem> {
     let generation = app.live.current();
-    let Some(connector) = generation.connector(&name) else {
-        return Err(no_connector(&name));
+    let Some(connector) = generation.connector(name) else {
+        return Err(no_connector(name));
     };
     if connector.paused {
         return Err(Problem::new(
@@ -206,14 +218,14 @@ pub async fn resume(
     }
     let was = app
         .store
-        .set_paused(name.clone(), None)
+        .set_paused(name.to_string(), None)
         .await
         .map_err(store_failed)?;
     app.live.reread_pauses().await.map_err(store_failed)?;
     if was {
         tracing::info!(connector = %name, "connector resumed by an admin");
     }
-    Ok(Json(json!({ "connector": name, "paused": false })))
+    Ok(())
 }
 
 /// How a dead delivery's last attempt ended, as bulk replay filters it.

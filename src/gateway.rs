@@ -84,14 +84,19 @@ pub fn ingress_router(app: Arc<App>) -> Router {
     finish(ingress_routes(), app)
 }
 
-/// The admin listener (`server.admin_listen`).
+/// The admin listener (`server.admin_listen`), with the console.
 pub fn admin_router(app: Arc<App>) -> Router {
-    finish(admin_routes(), app)
+    finish(admin_routes().merge(crate::console::routes(&app)), app)
 }
 
-/// Both on one listener (when `server.admin_listen` is not set).
+/// Both on one listener (when `server.admin_listen` is not set), with the console.
 pub fn router(app: Arc<App>) -> Router {
-    finish(ingress_routes().merge(admin_routes()), app)
+    finish(
+        ingress_routes()
+            .merge(admin_routes())
+            .merge(crate::console::routes(&app)),
+        app,
+    )
 }
 
 /// What a reserved slot of the shared listener serves: the admin routes alone; anything else
@@ -254,7 +259,13 @@ impl Gateway {
             checks: Arc::new(tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
             )),
+            trend: crate::metrics::Trend::default(),
+            replays: crate::replays::Replays::default(),
         });
+        tokio::spawn(crate::console::overview::sample(
+            app.clone(),
+            shutdown.clone(),
+        ));
         tokio::spawn(crate::reload::watch_threat_intel(
             app.live.clone(),
             app.metrics.clone(),

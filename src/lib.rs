@@ -44,6 +44,9 @@
 //!     dead deliveries in bulk; [`alert`] — a failing destination raises an alert (log,
 //!     metric, a notification through another connector); [`metrics`] for Prometheus;
 //!     [`openapi`] — the API contract (`schemas/openapi.yaml`), served at `GET /openapi.json`.
+//!     [`console`] — the web console under `/ui/` (overview, incidents, dead letters,
+//!     template preview), signed in with an admin token; [`replays`] — the replays it
+//!     started, under way.
 //! 12. [`cli`] — `check`, `routes` and `render`, the admin's offline tools; [`operator`] —
 //!     the admin API from a terminal (`deliveries`, `incidents`); `main.rs` only parses the
 //!     command line.
@@ -89,10 +92,12 @@ pub mod render;
 
 pub mod admin;
 pub mod alert;
+pub mod console;
 pub mod control;
 pub mod metrics;
 pub mod openapi;
 pub mod query;
+pub mod replays;
 
 pub mod cli;
 pub mod operator;

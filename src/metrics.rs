@@ -7,7 +7,7 @@
 //! name (`&str`) under a read lock held for one hash probe, and only a name's first use
 //! allocates. The output is the classic text format `promtool check metrics` reads.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -167,7 +167,124 @@ struct QueueSnapshot {
     took: Duration,
 }
 
+/// Running totals since start, for the console's rates: incidents stored (new versions),
+/// attempts by outcome.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub incidents: u64,
+    pub delivered: u64,
+    pub retried: u64,
+    pub dead: u64,
+}
+
+/// The queue as the background reader last saw it.
+#[derive(Debug, Clone, Default)]
+pub struct QueueView {
+    pub depths: Vec<QueueDepth>,
+    pub dead: Vec<(String, i64)>,
+    /// 0 before the first read.
+    pub read_at_ms: i64,
+}
+
+/// How often the console's rates are sampled.
+pub const SAMPLE_EVERY: Duration = Duration::from_secs(10);
+/// An hour of samples.
+const SAMPLES: usize = 361;
+
+/// The counters' samples, oldest first: the console's rates and its chart of the last hour.
+#[derive(Default)]
+pub struct Trend {
+    samples: Mutex<VecDeque<(i64, Totals)>>,
+}
+
+/// Per-second rates between two samples.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Rates {
+    pub incidents: f64,
+    pub delivered: f64,
+    pub failed: f64,
+}
+
+fn rates(from: &(i64, Totals), to: &(i64, Totals)) -> Rates {
+    let seconds = ((to.0 - from.0) as f64 / 1000.0).max(0.001);
+    let per_s = |a: u64, b: u64| b.saturating_sub(a) as f64 / seconds;
+    Rates {
+        incidents: per_s(from.1.incidents, to.1.incidents),
+        delivered: per_s(from.1.delivered, to.1.delivered),
+        failed: per_s(from.1.retried + from.1.dead, to.1.retried + to.1.dead),
+    }
+}
+
+impl Trend {
+    pub fn record(&self, at_ms: i64, totals: Totals) {
+        let mut samples = match self.samples.lock() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if samples.len() == SAMPLES {
+            samples.pop_front();
+        }
+        samples.push_back((at_ms, totals));
+    }
+
+    /// The rates between consecutive samples, oldest first, each with its end time.
+    pub fn series(&self) -> Vec<(i64, Rates)> {
+        let samples = match self.samples.lock() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        samples
+            .iter()
+            .zip(samples.iter().skip(1))
+            .map(|(a, b)| (b.0, rates(a, b)))
+            .collect()
+    }
+
+    /// The rates over the last minute (or as much as there is), up to `now` with `current`.
+    pub fn last_minute(&self, now_ms: i64, current: Totals) -> Rates {
+        let samples = match self.samples.lock() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let from = samples
+            .iter()
+            .find(|(at, _)| *at >= now_ms - 60_000)
+            .or(samples.back());
+        match from {
+            Some(from) if from.0 < now_ms => rates(from, &(now_ms, current)),
+            _ => Rates::default(),
+        }
+    }
+}
+
 impl Metrics {
+    /// The totals the console's charts sample (reads only atomics).
+    pub fn totals(&self) -> Totals {
+        let mut t = Totals::default();
+        for (_, s) in self.sources.snapshot() {
+            t.incidents += s.accepted.load(Ordering::Relaxed) + s.updated.load(Ordering::Relaxed);
+        }
+        for (_, c) in self.connectors.snapshot() {
+            t.delivered += c.delivered.load(Ordering::Relaxed);
+            t.retried += c.retry.load(Ordering::Relaxed);
+            t.dead += c.dead.load(Ordering::Relaxed);
+        }
+        t
+    }
+
+    /// The queue snapshot `/metrics` shows (read every [`QUEUE_REFRESH`], not per page view).
+    pub fn queue_view(&self) -> QueueView {
+        let q = match self.queue.lock() {
+            Ok(q) => q,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        QueueView {
+            depths: q.depths.clone(),
+            dead: q.dead.clone(),
+            read_at_ms: q.read_at_ms,
+        }
+    }
+
     pub fn inc(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
     }
@@ -564,6 +681,30 @@ pub fn label_value(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rates_are_per_second_between_samples() {
+        let trend = Trend::default();
+        let at = |incidents, delivered| Totals {
+            incidents,
+            delivered,
+            retried: 0,
+            dead: 0,
+        };
+        trend.record(0, at(0, 0));
+        trend.record(10_000, at(50, 20));
+        trend.record(20_000, at(150, 20));
+        let series = trend.series();
+        assert_eq!(series.len(), 2);
+        assert_eq!(series[0].1.incidents, 5.0);
+        assert_eq!(series[1].1.incidents, 10.0);
+        assert_eq!(series[1].1.delivered, 0.0);
+        // The last minute: from the oldest sample within it to now.
+        let r = trend.last_minute(30_000, at(300, 50));
+        assert_eq!(r.incidents, 10.0);
+        // Nothing before: no rate rather than a division by nothing.
+        assert_eq!(Trend::default().last_minute(5, at(1, 1)), Rates::default());
+    }
 
     #[test]
     fn histogram_buckets_are_cumulative_and_count_every_attempt() {

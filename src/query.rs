@@ -147,7 +147,12 @@ impl<S: Send + Sync> FromRequestParts<S> for NoQuery {
 /// Text as lower-case hex: a cursor part that may hold anything, written so that a cursor
 /// needs no escaping in a URL.
 pub fn hex(text: &str) -> String {
-    text.bytes().map(|b| format!("{b:02x}")).collect()
+    hex_bytes(text.as_bytes())
+}
+
+/// Bytes as lower-case hex.
+pub fn hex_bytes(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// [`hex`] read back (bytes that are not UTF-8 are replaced: such a cursor only positions

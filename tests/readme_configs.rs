@@ -101,7 +101,7 @@ fn certificate(dir: &Path, cert: &str, key: &str) {
 
 /// The sections a config has; any other key of a piece is a connector's (`priorities = …`
 /// in the templates README) and goes on the base's connector.
-const SECTIONS: [&str; 14] = [
+const SECTIONS: [&str; 15] = [
     "server",
     "storage",
     "delivery",
@@ -116,6 +116,7 @@ const SECTIONS: [&str; 14] = [
     "retention",
     "threat_intel",
     "sla",
+    "console",
 ];
 
 #[test]

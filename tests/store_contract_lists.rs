@@ -38,7 +38,9 @@ async fn ingest(s: &Store, source: &str, id: &str, connectors: &[&str]) -> Vec<S
         account_id: None,
         incident_id: id.into(),
         update_time: None,
-        body: format!(r#"{{"incidentId":"{id}"}}"#),
+        body: format!(
+            r#"{{"incidentId":"{id}","incident":{{"summary":"Summary of {id}: 50%_off"}}}}"#
+        ),
         body_hash: format!("hash-{id}"),
         routes: connectors.iter().map(|c| route(c)).collect(),
     };
@@ -277,6 +279,57 @@ async fn incidents_are_listed_newest_first_filtered_and_paged(backend: Backend) 
         ..every(100)
     };
     assert_eq!(all_incidents(s, open).await.0, ["D", "B", "A"]);
+
+    // By connector: the incidents with a delivery to it.
+    let to_jira = IncidentListing {
+        connector: Some("jira".into()),
+        ..every(100)
+    };
+    assert_eq!(all_incidents(s, to_jira).await.0, ["C.with dots", "A"]);
+    // The summary shown and searched is the current version's (A's second has none).
+    let listed = s.list_incidents(every(100)).await.unwrap().items;
+    let summaries: Vec<Option<&str>> = listed.iter().map(|i| i.summary.as_deref()).collect();
+    assert_eq!(
+        summaries,
+        [
+            Some("Summary of D: 50%_off"),
+            Some("Summary of C.with dots: 50%_off"),
+            Some("Summary of B: 50%_off"),
+            None
+        ]
+    );
+    let text = |t: &str| IncidentListing {
+        text: Some(t.into()),
+        ..every(100)
+    };
+    assert_eq!(
+        all_incidents(s, text("SUMMARY OF")).await.0,
+        ["D", "C.with dots", "B"]
+    );
+    assert_eq!(all_incidents(s, text("of d")).await.0, ["D"]);
+    // `%` and `_` are the text's own, not wildcards.
+    assert_eq!(all_incidents(s, text("0%_o")).await.0.len(), 3);
+    assert!(all_incidents(s, text("0%o")).await.0.is_empty());
+    assert!(all_incidents(s, text("of_B")).await.0.is_empty());
+
+    // A search reads a window at most: a short page, its cursor where the reading stopped.
+    let first = s.search_incidents(text("of b"), 2).await.unwrap();
+    assert!(first.items.is_empty(), "D and C read, neither matches");
+    let next = first.next.expect("the search goes on past the window");
+    assert_eq!(next.incident_id, "C.with dots");
+    let rest = s
+        .search_incidents(
+            IncidentListing {
+                after: Some(next),
+                ..text("of b")
+            },
+            2,
+        )
+        .await
+        .unwrap();
+    let found: Vec<&str> = rest.items.iter().map(|i| i.incident_id.as_str()).collect();
+    assert_eq!(found, ["B"]);
+    assert!(rest.next.is_none(), "A was the last to read");
 }
 
 /// The SQL of a list with its values written in (for EXPLAIN, which the test runs without
@@ -371,6 +424,10 @@ async fn postgres_answers_every_list_from_an_index_in_order() {
         IncidentListing {
             status: text("completed"),
             until_ms: Some(1_040_000),
+            ..Default::default()
+        },
+        IncidentListing {
+            connector: text("c3"),
             ..Default::default()
         },
     ] {

@@ -17,16 +17,6 @@ use serde_json::{Value, json};
 /// The key of a source bound to no tenant (it posts for every account).
 const HUB_KEY: &str = "hub-source-key-0123456789";
 
-const TENANTS: &str = r#"
-[[tenants]]
-name = "acme"
-account_id = 2
-
-[[tenants]]
-name = "globex"
-account_id = 7
-"#;
-
 fn for_account(id: &str, account: Value) -> Value {
     let mut incident = incident(id);
     incident["accountId"] = account;

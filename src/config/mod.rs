@@ -14,6 +14,7 @@
 mod alerts;
 mod assignment;
 mod connectors;
+pub mod console;
 mod delivery;
 mod env;
 mod http;
@@ -111,6 +112,7 @@ fn part_errors(doc: &Document) -> Vec<toml::de::Error> {
             ("reload", None) => reload::RawReload::deserialize(part).err(),
             ("alerts", None) => alerts::RawAlerts::deserialize(part).err(),
             ("retention", None) => retention::RawRetention::deserialize(part).err(),
+            ("console", None) => console::RawConsole::deserialize(part).err(),
             ("threat_intel", None) => threat_intel::RawThreatIntel::deserialize(part).err(),
             ("sources", Some(_)) => sources::RawSource::deserialize(part).err(),
             ("connectors", Some(_)) => connectors::RawConnector::deserialize(part).err(),
@@ -172,6 +174,8 @@ pub struct Config {
     pub threat_intel: Arc<crate::intel::ThreatIntel>,
     /// `[sla]`: the SLA watchdog's settings (`None`: no ticket has SLA clocks).
     pub sla: Option<Arc<crate::sla::SlaSettings>>,
+    /// `[console]`: the web console under `/ui/`.
+    pub console: console::ConsoleConfig,
 }
 
 /// The file as written; each section's own form lives with the file that builds it.
@@ -203,6 +207,8 @@ struct RawConfig {
     retention: retention::RawRetention,
     #[serde(default)]
     threat_intel: threat_intel::RawThreatIntel,
+    #[serde(default)]
+    console: console::RawConsole,
     #[serde(default)]
     sla: sla::RawSla,
 }
@@ -385,6 +391,7 @@ impl Validator<'_> {
             .retention(&raw.retention)
             .map_err(|e| errors.push(e))
             .ok();
+        let console = self.console(&raw.console).map_err(|e| errors.push(e)).ok();
         let threat_intel = tenants.as_deref().and_then(|tenants| {
             self.threat_intel(raw.threat_intel, tenants)
                 .map_err(|e| errors.push(e))
@@ -400,6 +407,7 @@ impl Validator<'_> {
             Some(partials_dir),
             Some(reload),
             Some(retention),
+            Some(console),
             true,
         ) = (
             threat_intel,
@@ -411,6 +419,7 @@ impl Validator<'_> {
             partials_dir,
             reload,
             retention,
+            console,
             errors.is_empty(),
         )
         else {
@@ -477,6 +486,7 @@ impl Validator<'_> {
             retention,
             threat_intel: Arc::new(threat_intel),
             sla,
+            console,
         })
     }
 

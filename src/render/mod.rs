@@ -876,6 +876,15 @@ impl Renderer {
             .map_err(|e| compile_error(name, &text, e))
     }
 
+    /// The body template `path` (as written in the config) replaced by `text`, as if its
+    /// file said that: the console previews an edit before the admin saves it.
+    pub fn replace_template(&mut self, path: &TemplatePath, text: &str) -> Result<(), RenderError> {
+        let name = &path.as_written;
+        self.body_registry_mut(name)
+            .register_template_string(name, text)
+            .map_err(|e| compile_error(name, text, e))
+    }
+
     /// An email's HTML body, subject, subject tag and recipient templates.
     fn add_mail_parts(
         &mut self,

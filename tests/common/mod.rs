@@ -480,6 +480,17 @@ pub fn sign(secret: &str, id: &str, timestamp: i64, body: &str) -> String {
 
 /// The hub tests' two sources (tenants, info API, SLA), `hub` and `other`, each with an API
 /// key and a callback token, as a config block (after the workspace's `detector`).
+/// Two tenants by account: `acme` (2) and `globex` (7).
+pub const TENANTS: &str = r#"
+[[tenants]]
+name = "acme"
+account_id = 2
+
+[[tenants]]
+name = "globex"
+account_id = 7
+"#;
+
 pub const HUB_SOURCES: &str = r#"
 [[sources]]
 name = "hub"

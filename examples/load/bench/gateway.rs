@@ -13,6 +13,8 @@ use super::child::Child;
 pub const SOURCE_KEY: &str = "load-tool-source-key-0123456789";
 /// The source's callback token (the retention scenario completes what it filled).
 pub const CALLBACK_TOKEN: &str = "load-tool-callback-token-0123456789";
+/// The admin token of the tool's config (the console scenario signs in with it).
+pub const ADMIN_TOKEN: &str = "load-tool-admin-token-0123456789";
 /// How long a SIGTERM may take: the config's `shutdown_grace` and some.
 pub const STOP_GRACE: Duration = Duration::from_secs(10);
 
@@ -92,6 +94,7 @@ pub fn write_config(dir: &Path, setup: &Setup) -> anyhow::Result<PathBuf> {
 # connection limits above the load: the gateway must not throttle what it is measured on.
 [server]
 listen = "127.0.0.1:0"
+admin_token = "{ADMIN_TOKEN}"
 shutdown_grace = "2s"
 max_connections = {slots}
 max_connections_per_client = {slots}

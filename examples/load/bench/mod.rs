@@ -3,6 +3,7 @@
 
 pub mod baseline;
 pub mod child;
+pub mod console;
 pub mod gateway;
 pub mod intel;
 pub mod load;
@@ -50,6 +51,8 @@ pub enum Scenario {
     /// Ingest with an IOC list of `--ioc-entries` loaded vs without, in `--rounds` rounds;
     /// the list's memory and one lookup's time (not part of `all`).
     Intel,
+    /// The web console's pages with `--backlog` incidents stored vs one (not part of `all`).
+    Console,
 }
 
 #[derive(Parser, Debug, Clone)]
@@ -314,6 +317,7 @@ impl Bench {
             Scenario::Isolation => self.isolation().await,
             Scenario::Retention => self.retention().await,
             Scenario::Intel => self.intel().await,
+            Scenario::Console => self.console().await,
         }
     }
 

@@ -103,8 +103,9 @@ impl Views for Postgres {
         let args = bound(&clause.args);
         let sql = format!(
             "SELECT i.incident_id, i.source, i.status, i.status_change_ms, i.received_ms,
-                    i.updated_ms, i.versions
-             FROM incidents i {}",
+                    i.updated_ms, i.versions, {} AS summary
+             FROM incidents i JOIN incident_versions v ON v.version_id = i.version_id {}",
+            listing::incident_summary('$'),
             clause.sql
         );
         transaction!(self, |tx| {
@@ -121,6 +122,7 @@ impl Views for Postgres {
                         received_at: rfc3339(received_ms),
                         updated_at: rfc3339(r.try_get("updated_ms")?),
                         versions: count(&r, "versions")?,
+                        summary: r.try_get("summary")?,
                     },
                     IncidentKey {
                         received_ms,
