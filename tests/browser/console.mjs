@@ -269,6 +269,7 @@ function deliveryWithStatus(gateway, incidentId, deliveryId, status, ms) {
 async function shot(page, name) {
   if (!shotsDir) return;
   fs.mkdirSync(shotsDir, { recursive: true });
+  await page.evaluate(() => window.scrollTo(0, 0)); // a focused field may have scrolled the page
   await page.screenshot({ path: path.join(shotsDir, name) });
   console.log(`    screenshot ${path.join(shotsDir, name)}`);
 }
@@ -294,6 +295,23 @@ async function goByNav(page, link, h1) {
   check((await a.count()) === 1, `expected a link "${link}" in the Console navigation at ${page.url()}, found ${await a.count()}`);
   await a.click();
   await expectH1(page, h1);
+}
+
+/**
+ * Waits until the page has had no request of its own under way (htmx marks the element that
+ * made one with the class `htmx-request`) for half a second, up to 10 s.
+ */
+async function settled(page) {
+  let quietSince = Date.now();
+  await poll(
+    10_000,
+    async () => {
+      if ((await page.locator('.htmx-request').count()) > 0) quietSince = Date.now();
+      return Date.now() - quietSince >= 500;
+    },
+    `the page at ${page.url()} never stopped loading`,
+    100,
+  );
 }
 
 /** The text of every `role=status` element (a live region the console updates). */
@@ -397,7 +415,7 @@ async function incidentWithDelivery(ctx) {
   check((await link.count()) === 1, `expected one link "${id}" on the incidents page, found ${await link.count()}`);
   const href = await link.getAttribute('href');
   check(
-    new URL(href, page.url()).pathname === `/ui/incidents/${encodeURIComponent(id)}`,
+    decodeURIComponent(new URL(href, page.url()).pathname) === `/ui/incidents/${id}`,
     `the incident's link goes to "${href}", expected /ui/incidents/${id}`,
   );
   // Newest first: the incident posted last comes before the one posted just before it.
@@ -517,8 +535,16 @@ async function templatePreview(ctx) {
     const n = await page.getByLabel(label, { exact: true }).count();
     check(n === 1, `expected one control labelled "${label}" on the preview page, found ${n}`);
   }
+  // Each change reloads the form (and the Template) for the choice: wait for that to land,
+  // or an edit typed meanwhile is replaced by the reloaded form.
   await page.getByLabel('Connector', { exact: true }).selectOption(connector);
+  await settled(page);
   await page.getByLabel('Event', { exact: true }).selectOption('created');
+  await settled(page);
+  check(
+    new URL(page.url()).searchParams.get('connector') === connector || !new URL(page.url()).search,
+    `after choosing connector ${connector} the preview's address is ${page.url()}`,
+  );
 
   const templateBox = page.getByLabel('Template', { exact: true });
   const shipped = fs.readFileSync(templatePath, 'utf8');
