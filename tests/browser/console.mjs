@@ -585,6 +585,18 @@ async function signOut(ctx) {
   const { page, gateway } = ctx;
   await page.goto('/ui/');
   await expectH1(page, 'Overview');
+  if (shotsDir) {
+    // The overview again, now with the run's traffic: its rate chart needs a few samples (one
+    // per 10 s), so wait for it, for the screenshot only (up to 30 s; without, the first stays).
+    const chart = page.getByRole('img');
+    const deadline = Date.now() + 30_000;
+    while ((await chart.count()) === 0 && Date.now() < deadline) {
+      await sleep(2000);
+      await page.reload();
+    }
+    if ((await chart.count()) > 0) await shot(page, 'console-overview.png');
+    else console.log('    the overview drew no chart within 30 s: console-overview.png is the one from signing in');
+  }
   await page.getByRole('button', { name: 'Sign out', exact: true }).click();
   await expectH1(page, 'Sign in');
   await page.goto('/ui/incidents');
