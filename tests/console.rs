@@ -330,7 +330,7 @@ async fn a_dead_delivery_replayed_from_the_console_is_delivered_and_the_progress
         "{html}"
     );
     let reason = html
-        .split("<td class=\"error\">")
+        .split("<td class=\"reason\">")
         .nth(1)
         .and_then(|rest| rest.split("</td>").next())
         .unwrap_or_default();

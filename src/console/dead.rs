@@ -109,7 +109,8 @@ pub async fn list(
                 div.field { label for="incident" { "Incident" } input #incident type="text" name="incident" value=(f.incident); }
                 button type="submit" { "Apply" }
             }
-            div #progress aria-live="polite" {}
+            // Its content is a role="status" region, live by itself.
+            div #progress {}
             @match page {
                 Err(e) => { (super::failure(&format!("the store could not list dead deliveries: {e}"))) }
                 Ok(page) if page.items.is_empty() => { p { "No dead delivery matches." } }
@@ -145,7 +146,7 @@ pub async fn list(
                                         td { (d.event) }
                                         td.num { (d.attempt_count) }
                                         td { (super::when(&d.updated_at)) }
-                                        td.error { (d.last_error.as_deref().unwrap_or("")) }
+                                        td.reason { (d.last_error.as_deref().unwrap_or("")) }
                                         @if may_write {
                                             td { button type="button" hx-post="/ui/dead/replay"
                                                 hx-vals=(serde_json::json!({"mode": "one", "id": d.id}).to_string())

@@ -302,6 +302,7 @@ fn incident(view: &IncidentView, session: &Session) -> Markup {
             p { "No connector took this incident (no matcher met)." }
         }
         @for (name, c) in &view.connectors {
+            @let created_delivered = c.deliveries.iter().any(|d| d.event == "created" && d.status == "delivered");
             section.connector aria-labelledby=(format!("c-{}", enc(name))) {
                 h2 #(format!("c-{}", enc(name))) { "Connector " (name) }
                 @for t in &c.tickets {
@@ -310,10 +311,11 @@ fn incident(view: &IncidentView, session: &Session) -> Markup {
                             @match (&t.ticket_id, &t.ticket_url) {
                                 (Some(id), Some(url)) if url.starts_with("https://") || url.starts_with("http://") => { a href=(url) rel="noreferrer" { (id) } }
                                 (Some(id), _) => { (id) }
+                                (None, _) if created_delivered => { "no id (the connector reads none)" }
                                 (None, _) => { "not yet opened" }
                             }
-                            " (" (t.status) ")"
                         } }
+                        div { dt { "Ticket status" } dd { (t.status) } }
                         div { dt { "Correlation key" } dd { code { (t.correlation_key) } } }
                         div { dt { "Opened" } dd { (super::when(&t.opened_at)) } }
                         div { dt { "Incidents on it" } dd { (t.incidents) } }
@@ -334,7 +336,7 @@ fn incident(view: &IncidentView, session: &Session) -> Markup {
                                 td.num { (d.attempt_count) }
                                 td { (super::when(&d.created_at)) }
                                 td { (d.next_attempt_at.as_deref().map(super::when).unwrap_or_default()) @if let Some(w) = &d.waiting_for { " (waits for " code { (w) } ")" } }
-                                td.error { (d.last_error.as_deref().unwrap_or("")) }
+                                td.reason { (d.last_error.as_deref().unwrap_or("")) }
                             }
                             @if let Some(attempts) = d.attempts.as_ref().filter(|a| !a.is_empty()) {
                                 tr.attempts {

@@ -175,6 +175,8 @@ fn head(title: &str) -> Markup {
                 content=r#"{"includeIndicatorStyles":false,"allowEval":false,"allowScriptTags":false,"historyCacheSize":0}"#;
             title { (title) " · incident-gateway" }
             link rel="stylesheet" href="/ui/assets/console.css";
+            // No favicon to fetch (a 404 in every log otherwise).
+            link rel="icon" href="data:,";
             script src="/ui/assets/htmx.min.js" defer {}
             script src="/ui/assets/console.js" defer {}
         }

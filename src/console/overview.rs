@@ -172,9 +172,17 @@ pub fn incident_href(id: &str) -> String {
     format!("/ui/incidents/{}", enc(id))
 }
 
+/// What a path segment or query value escapes: all but the unreserved characters (RFC 3986),
+/// so ids with `-`, `.`, `_` and `~` read in a copied URL as they are.
+const ESCAPED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
 /// A path segment or query value, percent-encoded.
 pub fn enc(text: &str) -> String {
-    percent_encoding::utf8_percent_encode(text, percent_encoding::NON_ALPHANUMERIC).to_string()
+    percent_encoding::utf8_percent_encode(text, ESCAPED).to_string()
 }
 
 fn per_second(rate: f64) -> String {
@@ -212,9 +220,9 @@ fn chart(series: &[(i64, Rates)]) -> Markup {
     };
     let peak_in = series.iter().map(|(_, r)| r.incidents).fold(0.0, f64::max);
     let peak_out = series.iter().map(|(_, r)| r.delivered).fold(0.0, f64::max);
-    let minutes = (span / 60_000.0).round();
+    let covered = super::ago((span / 1000.0).round() as i64);
     let label = format!(
-        "Rates over the last {minutes} minutes: incidents in peaked at {}, deliveries at {}",
+        "Rates over the last {covered}: incidents in peaked at {}, deliveries at {}",
         per_second(peak_in),
         per_second(peak_out)
     );
@@ -230,7 +238,7 @@ fn chart(series: &[(i64, Rates)]) -> Markup {
                 span.key.in { "incidents in" } " "
                 span.key.out { "delivered" } " "
                 span.key.failed { "failed attempts" }
-                " — per second, last " (minutes) " min; top of the chart " (per_second(top))
+                " — per second, the last " (covered) "; top of the chart " (per_second(top))
             }
         }
     }

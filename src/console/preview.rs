@@ -82,11 +82,14 @@ pub async fn page(
         "Template preview",
         html! {
             h1 { "Template preview" }
-            form #choose method="get" action="/ui/preview" aria-label="What to preview"
-                hx-get="/ui/preview" hx-trigger="change" hx-target="#preview" hx-select="#preview" hx-swap="outerHTML" hx-push-url="true" {
+            // A connector or event change brings that template (the incident typed or pasted
+            // stays); an example change brings that incident (the template edited stays).
+            // Either swapped part asks for a render as it arrives.
+            form #choose method="get" action="/ui/preview" aria-label="What to preview" {
                 div.field {
                     label for="connector" { "Connector" }
-                    select #connector name="connector" {
+                    select #connector name="connector" hx-get="/ui/preview" hx-include="#choose" hx-trigger="change"
+                        hx-target="#template-field" hx-select="#template-field" hx-swap="outerHTML" hx-push-url="true" {
                         @for conn in generation.connectors.iter() {
                             option value=(conn.name) selected[conn.name == c.connector] { (conn.name) " (" (conn.target.kind()) ")" }
                         }
@@ -94,13 +97,15 @@ pub async fn page(
                 }
                 div.field {
                     label for="event" { "Event" }
-                    select #event name="event" {
+                    select #event name="event" hx-get="/ui/preview" hx-include="#choose" hx-trigger="change"
+                        hx-target="#template-field" hx-select="#template-field" hx-swap="outerHTML" hx-push-url="true" {
                         @for e in EVENTS { option value=(e.as_str()) selected[e == c.event] { (e.as_str()) } }
                     }
                 }
                 div.field {
                     label for="example" { "Example incident" }
-                    select #example name="example" {
+                    select #example name="example" hx-get="/ui/preview" hx-include="#choose" hx-trigger="change"
+                        hx-target="#incident-field" hx-select="#incident-field" hx-swap="outerHTML" hx-push-url="true" {
                         @for (name, _) in BUILT_IN_INCIDENTS { option value=(name) selected[*name == c.example] { (name) } }
                     }
                 }
@@ -110,13 +115,14 @@ pub async fn page(
                 form #edit.preview method="post" action="/ui/preview/render"
                     hx-post="/ui/preview/render" hx-trigger="input delay:300ms, submit" hx-target="#output" hx-swap="innerHTML" {
                     input type="hidden" name="csrf" value=(session.csrf);
-                    input type="hidden" name="connector" value=(c.connector);
-                    input type="hidden" name="event" value=(c.event.as_str());
-                    div.field {
+                    div.field #incident-field {
                         label for="incident" { "Incident JSON" }
                         textarea #incident name="incident" rows="18" spellcheck="false" { (incident_text) }
+                        (render_on_arrival())
                     }
-                    div.field {
+                    div.field #template-field {
+                        input type="hidden" name="connector" value=(c.connector);
+                        input type="hidden" name="event" value=(c.event.as_str());
                         @match &template {
                             Some((file, text)) => {
                                 label for="template" { "Template" }
@@ -129,6 +135,7 @@ pub async fn page(
                                 textarea #template name="template" rows="4" disabled aria-describedby="template-file" {}
                             }
                         }
+                        (render_on_arrival())
                     }
                     noscript { button type="submit" { "Render" } }
                 }
@@ -136,6 +143,15 @@ pub async fn page(
             }
         },
     )
+}
+
+/// When swapped in (a new template or incident), renders the form again. (It fires on the
+/// page's first load too: one render more, of what the page already shows.)
+fn render_on_arrival() -> Markup {
+    html! {
+        span hx-post="/ui/preview/render" hx-include="#edit" hx-target="#output"
+            hx-swap="innerHTML" hx-trigger="load" {}
+    }
 }
 
 /// `POST /ui/preview/render`: the output part for the form's connector, event, incident and

@@ -156,6 +156,10 @@ async function startGateway(tmp, receiverUrl) {
   check(fs.existsSync(templatePath), `no template at ${templatePath}`);
   const port = await freePort();
   const config = path.join(tmp, 'gateway.toml');
+  // The template beside the config, named relatively, as an admin's would be (the preview
+  // shows the path as the config writes it).
+  fs.mkdirSync(path.join(tmp, 'templates'), { recursive: true });
+  fs.copyFileSync(templatePath, path.join(tmp, 'templates', 'incident.json.hbs'));
   // The connector gives up fast: a 4xx but 408/425/429 is dead at once, and a retry schedule
   // of one second within two keeps anything else from lingering.
   fs.writeFileSync(
@@ -175,7 +179,7 @@ api_key = ${toml(sourceKey)}
 name = ${toml(connector)}
 kind = "http"
 url = ${toml(receiverUrl)}
-template = ${toml(templatePath)}
+template = "templates/incident.json.hbs"
 timeout = "2s"
 [connectors.retry]
 schedule = ["1s"]
