@@ -585,6 +585,33 @@ async function templatePreview(ctx) {
   await shot(page, 'console-preview-error.png');
 }
 
+// Keyboard only: the skip link comes first and lands in the main content; the navigation is
+// reached with Tab and followed with Enter; focus is visible (an outline) on what has it.
+async function keyboardOnly({ page }) {
+  await page.goto('/ui/incidents');
+  await expectH1(page, 'Incidents');
+  const focused = () => page.evaluate(() => {
+    const el = document.activeElement;
+    const style = el ? getComputedStyle(el) : null;
+    return { text: (el?.textContent || '').trim(), id: el?.id || '', outline: style ? style.outlineStyle : 'none' };
+  });
+  await page.keyboard.press('Tab');
+  let f = await focused();
+  check(f.text === 'Skip to content', `the first Tab focused ${JSON.stringify(f.text)}, expected the skip link`);
+  check(f.outline !== 'none', 'the focused skip link shows no outline');
+  await page.keyboard.press('Enter');
+  f = await focused();
+  check(f.id === 'main', `Enter on the skip link focused #${f.id || '(none)'}, expected #main`);
+  await page.goto('/ui/incidents');
+  for (let i = 0; i < 4; i++) await page.keyboard.press('Tab');
+  f = await focused();
+  check(f.text === 'Dead letters', `four Tabs reached ${JSON.stringify(f.text)}, expected the "Dead letters" link`);
+  check(f.outline !== 'none', 'the focused link shows no outline');
+  await page.keyboard.press('Enter');
+  await expectH1(page, 'Dead letters');
+  console.log('    skip link → main, Tab ×4 → "Dead letters", Enter → its page; outlines shown');
+}
+
 async function signOut(ctx) {
   const { page, gateway } = ctx;
   await page.goto('/ui/');
@@ -617,7 +644,8 @@ const steps = [
   ['b. Incident appears with its delivery', incidentWithDelivery],
   ['c. Dead delivery replayed', deadReplayed],
   ['d. Template preview shows the broken line', templatePreview],
-  ['e. Sign out', signOut],
+  ['e. Keyboard only', keyboardOnly],
+  ['f. Sign out', signOut],
 ];
 
 async function main() {
@@ -683,7 +711,8 @@ async function main() {
         }
       }
     }
-    if (consoleErrors.length) console.log(`browser console errors:\n  ${consoleErrors.join('\n  ')}`);
+    // A script error or a Content-Security-Policy refusal is a defect of the pages.
+    if (consoleErrors.length) failures.push(`browser console errors:\n  ${consoleErrors.join('\n  ')}`);
     if (gateway.exited) failures.push(`the gateway exited during the run (${JSON.stringify(gateway.exited)})`);
   } catch (e) {
     failures.push(`setup: ${e instanceof StepFailure ? e.message : e.stack || String(e)}`);
