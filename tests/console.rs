@@ -18,8 +18,15 @@ const ACME_TOKEN: &str = r#"
 name = "acme-customer"
 token = "acme-read-token-0123456789"
 tenants = ["acme"]
+
+[[admin_tokens]]
+name = "acme-soc"
+token = "acme-write-token-0123456789"
+tenants = ["acme"]
+access = "write"
 "#;
 const ACME_READ: &str = "acme-read-token-0123456789";
+const ACME_WRITE: &str = "acme-write-token-0123456789";
 
 /// A client that keeps no cookies and follows no redirects: each step is seen as sent.
 fn browser() -> reqwest::Client {
@@ -248,6 +255,103 @@ async fn a_scoped_token_sees_only_its_tenants_and_cannot_pause() {
     )
     .await;
     assert!(body.contains("access = &quot;read&quot;"), "{body}");
+    // The preview is the server admin's (it shows every connector's settings).
+    let (_, preview) = page(&base, &cookie, "/ui/preview").await;
+    assert!(
+        preview.contains("needs the server&#39;s admin token")
+            || preview.contains("needs the server's admin token"),
+        "{preview}"
+    );
+    assert!(!preview.contains("Rendered request"), "{preview}");
+    let (status, _) = action(
+        &base,
+        &cookie,
+        Some(&csrf_of(&overview)),
+        "/ui/preview/render",
+        &[
+            ("connector", "hook"),
+            ("event", "created"),
+            ("incident", "{}"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 403);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scoped_write_token_replays_only_its_tenants_and_learns_nothing_of_others() {
+    let (receiver, _ws, config) = receiver_and_config("hook", "/hook", "").await;
+    with_sources(&config, &format!("{TENANTS}{ACME_TOKEN}{HUB_SOURCES}"));
+    receiver.script([Reply::status(400), Reply::status(400)]);
+    let (_gw, base) = start_gateway(&config).await;
+    for (id, account) in [("ACME-1", 2), ("GLOBEX-1", 7)] {
+        let mut body = incident(id);
+        body["accountId"] = json!(account);
+        assert_eq!(post_as(&base, HUB_KEY, &body).await.status(), 202);
+    }
+    let dead = eventually(Duration::from_secs(10), || async {
+        let (_, list) = admin_get(&base, "/v1/deliveries?status=dead").await;
+        let rows = list["deliveries"].as_array().cloned().unwrap_or_default();
+        (rows.len() == 2).then_some(rows)
+    })
+    .await
+    .expect("both deliveries die on their 400s");
+    let id_of = |incident: &str| {
+        dead.iter()
+            .find(|d| d["incidentId"] == incident)
+            .and_then(|d| d["id"].as_str())
+            .unwrap()
+            .to_string()
+    };
+    let (acme, globex) = (id_of("ACME-1"), id_of("GLOBEX-1"));
+    let cookie = sign_in(&base, ACME_WRITE).await;
+    let (_, list) = page(&base, &cookie, "/ui/dead").await;
+    assert!(list.contains(&acme) && !list.contains(&globex), "{list}");
+    // A form naming the other tenant's delivery too: only its own is replayed, and the
+    // progress counts only that one.
+    let (status, progress) = action(
+        &base,
+        &cookie,
+        Some(&csrf_of(&list)),
+        "/ui/dead/replay",
+        &[("mode", "selected"), ("id", &globex), ("id", &acme)],
+    )
+    .await;
+    assert_eq!(status, 200, "{progress}");
+    let job = progress
+        .split("/ui/dead/progress/")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .map(str::to_string);
+    let done = eventually(Duration::from_secs(10), || async {
+        let text = match &job {
+            Some(job) => {
+                page(&base, &cookie, &format!("/ui/dead/progress/{job}"))
+                    .await
+                    .1
+            }
+            None => progress.clone(),
+        };
+        text.contains("Done").then_some(text)
+    })
+    .await
+    .expect("the replay settles");
+    assert!(
+        done.contains("Replayed 1 of 2 · delivered 1 · pending 0 · dead 0")
+            && done.contains("1 not replayed"),
+        "{done}"
+    );
+    let (_, other) = admin_get(&base, &format!("/v1/deliveries/{globex}")).await;
+    assert_eq!(
+        other["status"], "dead",
+        "the other tenant's delivery is untouched"
+    );
+    // Another session (the server admin's) cannot read this one's progress.
+    if let Some(job) = &job {
+        let admin = sign_in(&base, ADMIN_TOKEN).await;
+        let (_, theirs) = page(&base, &admin, &format!("/ui/dead/progress/{job}")).await;
+        assert!(theirs.contains("no such replay"), "{theirs}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,7 +5,7 @@
 //! many were delivered, are pending or died again — refreshes itself until they settle.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 
 use axum::extract::{Path, RawQuery, State};
 use axum::http::HeaderMap;
@@ -21,6 +21,8 @@ use crate::store::{DeliveryListing, ReplayOutcome};
 const PAGE: usize = 50;
 /// The most one "replay all matching" takes (the API's bulk replay default).
 const MAX_MATCHING: usize = 10_000;
+/// How long after a replay finished its progress keeps looking (deliveries still retrying).
+const WATCH_FOR_MS: i64 = 5 * 60_000;
 /// How many of a replay's deliveries its progress looks up each refresh.
 const WATCHED: usize = 200;
 
@@ -193,24 +195,18 @@ pub async fn replay(
             Ok(ids) => ids,
             Err(e) => return super::failure(&e).into_response(),
         },
-        _ => form
+        // One: the row's button names it (the page's ticked boxes are not part of it).
+        mode => form
             .iter()
             .filter(|(k, _)| k == "id")
             .map(|(_, v)| v.clone())
-            .take(MAX_MATCHING)
+            .take(if mode == "one" { 1 } else { MAX_MATCHING })
             .collect(),
     };
     if ids.is_empty() {
         return super::notice("Nothing selected to replay.").into_response();
     }
-    let (job_id, job) = app.replays.add(Job {
-        who: session.who.clone(),
-        ids,
-        replayed: AtomicUsize::new(0),
-        skipped: AtomicUsize::new(0),
-        finished: AtomicBool::new(false),
-        started_ms: crate::model::now_ms(),
-    });
+    let (job_id, job) = app.replays.add(Job::new(session.who.clone(), ids));
     tracing::info!(who = %session.who, deliveries = job.ids.len(), "replay from the console");
     let app2 = app.clone();
     let scope = session.scope.clone();
@@ -223,14 +219,12 @@ pub async fn replay(
                     app2.store.replay(id.clone()).await,
                     Ok(ReplayOutcome::Replayed)
                 );
+            running.record(id, replayed);
             if replayed {
-                running.replayed.fetch_add(1, Ordering::Relaxed);
                 app2.wake.notify_one();
-            } else {
-                running.skipped.fetch_add(1, Ordering::Relaxed);
             }
         }
-        running.finished.store(true, Ordering::Relaxed);
+        running.finish();
     });
     progress_of(&app, job_id, &job).await.into_response()
 }
@@ -279,13 +273,13 @@ pub async fn progress(
 
 async fn progress_of(app: &App, job_id: u64, job: &Job) -> Markup {
     let total = job.ids.len();
-    let replayed = job.replayed.load(Ordering::Relaxed);
     let skipped = job.skipped.load(Ordering::Relaxed);
-    let finished = job.finished.load(Ordering::Relaxed);
+    let finished = job.finished_ms();
+    // Only what was replayed is looked at: an id the caller could not change tells it nothing.
+    let (replayed, watched) = job.replayed(WATCHED);
     let (mut delivered, mut pending, mut dead) = (0, 0, 0);
-    let watched = &job.ids[..total.min(WATCHED)];
     for id in watched {
-        if let Ok(Some(d)) = app.store.delivery(id.clone()).await {
+        if let Ok(Some(d)) = app.store.delivery(id).await {
             match d.status.as_str() {
                 "delivered" => delivered += 1,
                 "pending" => pending += 1,
@@ -293,8 +287,11 @@ async fn progress_of(app: &App, job_id: u64, job: &Job) -> Markup {
             }
         }
     }
-    let settled = finished && pending == 0;
-    let sample = if total > WATCHED {
+    // Settled when none is pending; or, with some still retrying (a paused or failing
+    // target), the progress stops asking after a while and says where they stand.
+    let given_up = finished.is_some_and(|at| crate::model::now_ms() - at > WATCH_FOR_MS);
+    let settled = finished.is_some() && (pending == 0 || given_up);
+    let sample = if replayed > WATCHED {
         format!(" (of the first {WATCHED})")
     } else {
         String::new()
@@ -305,10 +302,14 @@ async fn progress_of(app: &App, job_id: u64, job: &Job) -> Markup {
     html! {
         @if settled {
             div.progress role="status" {
-                p { (text) @if skipped > 0 { " · " (skipped) " not replayed (no longer dead, or not this token's)" } " · " strong { "Done" } }
+                p {
+                    (text)
+                    @if skipped > 0 { " · " (skipped) " not replayed (no longer dead, or not this token's)" }
+                    @if pending > 0 { " · still pending: see the incidents' pages" } @else { " · " strong { "Done" } }
+                }
             }
         } @else {
-            div.progress role="status" hx-get=(format!("/ui/dead/progress/{job_id}")) hx-trigger="every 1s" hx-swap="outerHTML" {
+            div.progress role="status" hx-get=(format!("/ui/dead/progress/{job_id}")) hx-trigger="every 2s" hx-swap="outerHTML" {
                 p { (text) @if skipped > 0 { " · " (skipped) " not replayed" } }
                 progress max=(total.max(1)) value=(replayed + skipped) aria-label="Replay progress" {}
             }

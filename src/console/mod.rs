@@ -56,7 +56,7 @@ pub fn routes(app: &Arc<App>) -> Router<Arc<App>> {
 }
 
 /// Every console response: 404 when the console is off; else the page's own answer with
-/// headers that keep it to itself — no framing, no inline script, no referrer, no caching.
+/// headers that keep it to itself — no framing, no inline script, no referrer elsewhere, no caching.
 async fn guard(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
     if !app.live.current().config.console.enabled {
         return crate::problem::Problem::not_found("the console is off ([console] enabled)")
@@ -76,9 +76,11 @@ async fn guard(State(app): State<Arc<App>>, request: Request, next: Next) -> Res
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
+    // same-origin, not no-referrer: under no-referrer a browser sends `Origin: null` with
+    // the pages' own form posts, which the same-origin check refuses.
     h.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        HeaderValue::from_static("same-origin"),
     );
     if !h.contains_key(header::CACHE_CONTROL) {
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));

@@ -87,7 +87,7 @@ async fn live_part(app: &App, session: &Session) -> Markup {
                             }
                         }
                     }
-                    @if rows.len() > 10 { p { "More are breached: " a href="/v1/sla?breached=true" { "the SLA list" } " has them all." } }
+                    @if rows.len() > 10 { p { "More are breached: " code { "GET /v1/sla?breached=true" } " lists them all." } }
                 }
             }
         }

@@ -46,19 +46,45 @@ fn choice(app: &App, pairs: &[(String, String)]) -> Choice {
 
 /// The body template file `event` renders for `connector`, as the config names it, and its
 /// text on disk.
-fn template_of(app: &App, connector: &str, event: Event) -> Option<(String, String)> {
+async fn template_of(app: &App, connector: &str, event: Event) -> Option<(String, String)> {
     let generation = app.live.current();
     let path = generation.connector(connector)?.template(event)?.clone();
-    let text = std::fs::read_to_string(&path.resolved).unwrap_or_default();
+    let text = tokio::fs::read_to_string(&path.resolved)
+        .await
+        .unwrap_or_default();
     Some((path.as_written, text))
 }
+
+/// The preview shows connectors' settings and renders templates an admin types: the server
+/// admin's, as connector health is.
+fn admins_only(session: &Session) -> Markup {
+    super::page(
+        session,
+        "/ui/preview",
+        "Template preview",
+        html! {
+            h1 { "Template preview" }
+            (super::failure("The template preview needs the server's admin token: it shows every connector's settings and renders templates as typed."))
+        },
+    )
+}
+
+/// Previews render one at a time, on a permit of their own: typing cannot take ingest's.
+static PREVIEWS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
 
 /// `GET /ui/preview?connector=&event=&example=`.
 pub async fn page(
     State(app): State<Arc<App>>,
     session: Session,
+    headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Markup {
+    if !session.is_admin() {
+        return admins_only(&session);
+    }
+    // htmx asks for the page to take one part of it (a new template or incident): that part
+    // renders itself as it arrives, so the page's own render is not needed.
+    let swapping = headers.contains_key("hx-request");
     let pairs = super::query_pairs(raw);
     let c = choice(&app, &pairs);
     let generation = app.live.current();
@@ -67,15 +93,19 @@ pub async fn page(
         .find(|(n, _)| *n == c.example)
         .map_or("", |(_, text)| *text)
         .to_string();
-    let template = template_of(&app, &c.connector, c.event);
-    let output = run(
-        &app,
-        &c.connector,
-        c.event,
-        &incident_text,
-        template.as_ref().map(|t| t.1.clone()),
-    )
-    .await;
+    let template = template_of(&app, &c.connector, c.event).await;
+    let output = if swapping {
+        html! {}
+    } else {
+        run(
+            &app,
+            &c.connector,
+            c.event,
+            &incident_text,
+            template.as_ref().map(|t| t.1.clone()),
+        )
+        .await
+    };
     super::page(
         &session,
         "/ui/preview",
@@ -118,7 +148,7 @@ pub async fn page(
                     div.field #incident-field {
                         label for="incident" { "Incident JSON" }
                         textarea #incident name="incident" rows="18" spellcheck="false" { (incident_text) }
-                        (render_on_arrival())
+                        @if swapping { (render_on_arrival()) }
                     }
                     div.field #template-field {
                         input type="hidden" name="connector" value=(c.connector);
@@ -135,7 +165,7 @@ pub async fn page(
                                 textarea #template name="template" rows="4" disabled aria-describedby="template-file" {}
                             }
                         }
-                        (render_on_arrival())
+                        @if swapping { (render_on_arrival()) }
                     }
                     noscript { button type="submit" { "Render" } }
                 }
@@ -145,8 +175,7 @@ pub async fn page(
     )
 }
 
-/// When swapped in (a new template or incident), renders the form again. (It fires on the
-/// page's first load too: one render more, of what the page already shows.)
+/// Swapped in with a new template or incident, renders the form again.
 fn render_on_arrival() -> Markup {
     html! {
         span hx-post="/ui/preview/render" hx-include="#edit" hx-target="#output"
@@ -173,6 +202,10 @@ pub async fn render(
     };
     if let Err(refused) = session::check_action(&session, &headers, super::field(&form, "csrf")) {
         return refused.into_response();
+    }
+    if !session.is_admin() {
+        return session::Refused("the template preview needs the server's admin token")
+            .into_response();
     }
     let c = choice(&app, &form);
     let incident = super::field(&form, "incident").unwrap_or_default();
@@ -201,7 +234,7 @@ async fn run(
     incident: &str,
     template: Option<String>,
 ) -> Markup {
-    let Ok(_permit) = app.checks.clone().acquire_owned().await else {
+    let Ok(_permit) = PREVIEWS.acquire().await else {
         return super::failure("the gateway is stopping");
     };
     let generation = app.live.current();
@@ -249,6 +282,15 @@ fn render_blocking(
         }
     };
     let violations = schema.violations(&incident, "");
+    // The template typed here could print a secret var transformed (split, replaced), past
+    // the output's masking: the vars are masked before it reads them.
+    let mut connector = connector.clone();
+    for value in connector.vars.values_mut() {
+        if config.secrets.contains_any(value) {
+            *value = config.secrets.mask(value);
+        }
+    }
+    let connector = &connector;
     let (mut renderer, compile_errors) = Renderer::build(
         config.partials_dir.as_deref(),
         std::slice::from_ref(connector),

@@ -131,7 +131,11 @@ pub fn set_cookie(value: Option<&str>, max_age_s: i64, secure: bool) -> HeaderVa
 /// Whether the listener the console is on speaks TLS (its cookie is then `Secure`).
 pub fn secure(app: &App) -> bool {
     let s = &app.server;
-    s.tls.is_some() || (s.admin_listen.is_some() && s.admin_tls.is_some())
+    match s.admin_listen {
+        // The admin listener's own TLS (the server's applies to it only when copied there).
+        Some(_) => s.admin_tls.is_some(),
+        None => s.tls.is_some(),
+    }
 }
 
 fn cookie_value(headers: &HeaderMap) -> Option<&str> {
@@ -213,7 +217,8 @@ pub fn same_origin(headers: &HeaderMap) -> Result<(), Refused> {
     }
     if let (Some(origin), Some(host)) = (text("origin"), text("host")) {
         let origin_host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
-        if origin != "null" && origin_host != host {
+        // `null` is a sandboxed frame or a redirect from elsewhere: not this origin.
+        if origin == "null" || origin_host != host {
             return Err(Refused("cross-origin requests are refused"));
         }
     }
@@ -255,6 +260,8 @@ mod tests {
         h.insert("origin", HeaderValue::from_static("http://gw:8080"));
         assert!(same_origin(&h).is_ok());
         h.insert("origin", HeaderValue::from_static("http://evil.example"));
+        assert!(same_origin(&h).is_err());
+        h.insert("origin", HeaderValue::from_static("null"));
         assert!(same_origin(&h).is_err());
     }
 }

@@ -1221,12 +1221,13 @@ impl Store {
                 if !hit {
                     continue;
                 }
+                found.push(item);
                 if found.len() == size {
-                    // One more than the page: the page ends at its last, and goes on.
+                    // A full page: it goes on from its last (the next may find none; reading on
+                    // only to learn that would cost up to a window).
                     let next = found.last().and_then(IncidentSummary::key);
                     return Ok(Page { items: found, next });
                 }
-                found.push(item);
             }
             match page.next {
                 None => {
