@@ -13,21 +13,6 @@ use std::time::Duration;
 use common::*;
 use serde_json::json;
 
-const ACME_TOKEN: &str = r#"
-[[admin_tokens]]
-name = "acme-customer"
-token = "acme-read-token-0123456789"
-tenants = ["acme"]
-
-[[admin_tokens]]
-name = "acme-soc"
-token = "acme-write-token-0123456789"
-tenants = ["acme"]
-access = "write"
-"#;
-const ACME_READ: &str = "acme-read-token-0123456789";
-const ACME_WRITE: &str = "acme-write-token-0123456789";
-
 /// A client that keeps no cookies and follows no redirects: each step is seen as sent.
 fn browser() -> reqwest::Client {
     reqwest::Client::builder()
@@ -71,6 +56,29 @@ async fn page(base: &str, cookie: &str, path: &str) -> (u16, String) {
         .await
         .unwrap();
     (r.status().as_u16(), r.text().await.unwrap())
+}
+
+/// The replay a progress answer names, and its progress once it says "Done".
+async fn settled(base: &str, cookie: &str, progress: &str) -> (Option<String>, String) {
+    let job = progress
+        .split("/ui/dead/progress/")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .map(str::to_string);
+    let done = eventually(Duration::from_secs(10), || async {
+        let text = match &job {
+            Some(job) => {
+                page(base, cookie, &format!("/ui/dead/progress/{job}"))
+                    .await
+                    .1
+            }
+            None => progress.to_string(),
+        };
+        text.contains("Done").then_some(text)
+    })
+    .await
+    .expect("the replay settles");
+    (job, done)
 }
 
 /// The CSRF token a signed-in page carries.
@@ -221,7 +229,7 @@ async fn actions_need_the_sessions_csrf_token_and_the_same_origin() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scoped_token_sees_only_its_tenants_and_cannot_pause() {
     let (_receiver, _ws, config) = receiver_and_config("hook", "/hook", "").await;
-    with_sources(&config, &format!("{TENANTS}{ACME_TOKEN}{HUB_SOURCES}"));
+    with_sources(&config, &format!("{TENANTS}{SCOPED_TOKENS}{HUB_SOURCES}"));
     let (_gw, base) = start_gateway(&config).await;
     for (id, account) in [("ACME-1", 2), ("GLOBEX-1", 7)] {
         let mut body = incident(id);
@@ -281,7 +289,7 @@ async fn a_scoped_token_sees_only_its_tenants_and_cannot_pause() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scoped_write_token_replays_only_its_tenants_and_learns_nothing_of_others() {
     let (receiver, _ws, config) = receiver_and_config("hook", "/hook", "").await;
-    with_sources(&config, &format!("{TENANTS}{ACME_TOKEN}{HUB_SOURCES}"));
+    with_sources(&config, &format!("{TENANTS}{SCOPED_TOKENS}{HUB_SOURCES}"));
     receiver.script([Reply::status(400), Reply::status(400)]);
     let (_gw, base) = start_gateway(&config).await;
     for (id, account) in [("ACME-1", 2), ("GLOBEX-1", 7)] {
@@ -318,24 +326,7 @@ async fn a_scoped_write_token_replays_only_its_tenants_and_learns_nothing_of_oth
     )
     .await;
     assert_eq!(status, 200, "{progress}");
-    let job = progress
-        .split("/ui/dead/progress/")
-        .nth(1)
-        .and_then(|rest| rest.split('"').next())
-        .map(str::to_string);
-    let done = eventually(Duration::from_secs(10), || async {
-        let text = match &job {
-            Some(job) => {
-                page(&base, &cookie, &format!("/ui/dead/progress/{job}"))
-                    .await
-                    .1
-            }
-            None => progress.clone(),
-        };
-        text.contains("Done").then_some(text)
-    })
-    .await
-    .expect("the replay settles");
+    let (job, done) = settled(&base, &cookie, &progress).await;
     assert!(
         done.contains("Replayed 1 of 2 · delivered 1 · pending 0 · dead 0")
             && done.contains("1 not replayed"),
@@ -449,24 +440,7 @@ async fn a_dead_delivery_replayed_from_the_console_is_delivered_and_the_progress
     .await;
     assert_eq!(status, 200);
     assert!(progress.contains("role=\"status\""), "{progress}");
-    let job = progress
-        .split("/ui/dead/progress/")
-        .nth(1)
-        .and_then(|rest| rest.split('"').next())
-        .map(str::to_string);
-    let done = eventually(Duration::from_secs(10), || async {
-        let text = match &job {
-            Some(job) => {
-                page(&base, &cookie, &format!("/ui/dead/progress/{job}"))
-                    .await
-                    .1
-            }
-            None => progress.clone(),
-        };
-        text.contains("Done").then_some(text)
-    })
-    .await
-    .expect("the replay settles");
+    let (_, done) = settled(&base, &cookie, &progress).await;
     assert!(
         done.contains("Replayed 1 of 1 · delivered 1 · pending 0 · dead 0"),
         "{done}"

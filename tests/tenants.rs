@@ -108,22 +108,6 @@ async fn a_source_bound_to_a_tenant_posts_only_for_its_account() {
     assert_eq!(receiver.received().len(), 2);
 }
 
-const ACME_READ: &str = "acme-read-token-0123456789";
-const ACME_WRITE: &str = "acme-write-token-0123456789";
-
-const SCOPED_TOKENS: &str = r#"
-[[admin_tokens]]
-name = "acme-customer"
-token = "acme-read-token-0123456789"
-tenants = ["acme"]
-
-[[admin_tokens]]
-name = "acme-soc"
-token = "acme-write-token-0123456789"
-tenants = ["acme"]
-access = "write"
-"#;
-
 async fn call(method: reqwest::Method, base: &str, path: &str, token: &str) -> (u16, Value) {
     let r = client()
         .request(method, format!("{base}{path}"))

@@ -73,15 +73,7 @@ template = "TEMPLATES/generic/incident.json.hbs"
             r#"
 [templates]
 partials = "{partials}"
-
-[[tenants]]
-name = "acme"
-account_id = 2
-
-[[tenants]]
-name = "globex"
-account_id = 7
-
+{TENANTS}
 [threat_intel]
 fields = ["/extra/url"]
 refresh = "{refresh}"

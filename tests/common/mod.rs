@@ -491,6 +491,23 @@ name = "globex"
 account_id = 7
 "#;
 
+/// Admin tokens scoped to `acme`: `acme-customer` reads ([`ACME_READ`]), `acme-soc` also
+/// replays ([`ACME_WRITE`]).
+pub const SCOPED_TOKENS: &str = r#"
+[[admin_tokens]]
+name = "acme-customer"
+token = "acme-read-token-0123456789"
+tenants = ["acme"]
+
+[[admin_tokens]]
+name = "acme-soc"
+token = "acme-write-token-0123456789"
+tenants = ["acme"]
+access = "write"
+"#;
+pub const ACME_READ: &str = "acme-read-token-0123456789";
+pub const ACME_WRITE: &str = "acme-write-token-0123456789";
+
 pub const HUB_SOURCES: &str = r#"
 [[sources]]
 name = "hub"
