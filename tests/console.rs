@@ -29,14 +29,19 @@ fn encoded(pairs: &[(&str, &str)]) -> String {
 }
 
 /// Signs in with `token`: the session cookie (`name=value`).
-async fn sign_in(base: &str, token: &str) -> String {
-    let r = browser()
+/// The sign-in form posted with `token`, as the gateway answers it.
+async fn post_sign_in(base: &str, token: &str) -> reqwest::Response {
+    browser()
         .post(format!("{base}/ui/signin"))
         .header("content-type", "application/x-www-form-urlencoded")
         .body(encoded(&[("token", token)]))
         .send()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+async fn sign_in(base: &str, token: &str) -> String {
+    let r = post_sign_in(base, token).await;
     assert_eq!(r.status(), 303, "sign-in with a good token");
     assert_eq!(r.headers()["location"], "/ui/");
     let set = r.headers()["set-cookie"].to_str().unwrap().to_string();
@@ -56,6 +61,13 @@ async fn page(base: &str, cookie: &str, path: &str) -> (u16, String) {
         .await
         .unwrap();
     (r.status().as_u16(), r.text().await.unwrap())
+}
+
+/// What pausing `hook` from the console answers, with `csrf` as the action's token.
+async fn pause_status(base: &str, cookie: &str, csrf: Option<&str>) -> u16 {
+    action(base, cookie, csrf, "/ui/connectors/hook/pause", &[])
+        .await
+        .0
 }
 
 /// The replay a progress answer names, and its progress once it says "Done".
@@ -120,13 +132,7 @@ async fn signing_in_sets_a_cookie_that_opens_the_pages_and_a_wrong_token_gets_no
     let csp = r.headers()["content-security-policy"].to_str().unwrap();
     assert!(csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"));
 
-    let wrong = browser()
-        .post(format!("{base}/ui/signin"))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(encoded(&[("token", SOURCE_KEY)]))
-        .send()
-        .await
-        .unwrap();
+    let wrong = post_sign_in(&base, SOURCE_KEY).await;
     assert_eq!(wrong.status(), 401);
     assert!(wrong.headers().get("set-cookie").is_none());
     assert!(wrong.text().await.unwrap().contains("role=\"alert\""));
@@ -177,27 +183,13 @@ async fn actions_need_the_sessions_csrf_token_and_the_same_origin() {
 
     let (status, body) = action(&base, &cookie, None, "/ui/connectors/hook/pause", &[]).await;
     assert_eq!(status, 403, "{body}");
-    let (status, _) = action(
-        &base,
-        &cookie,
-        Some("0".repeat(64).as_str()),
-        "/ui/connectors/hook/pause",
-        &[],
-    )
-    .await;
+    let status = pause_status(&base, &cookie, Some("0".repeat(64).as_str())).await;
     assert_eq!(status, 403);
     // Another session's token is not this one's.
     let other = sign_in(&base, ADMIN_TOKEN).await;
     let (_, other_html) = page(&base, &other, "/ui/").await;
     assert_ne!(csrf_of(&other_html), csrf);
-    let (status, _) = action(
-        &base,
-        &cookie,
-        Some(&csrf_of(&other_html)),
-        "/ui/connectors/hook/pause",
-        &[],
-    )
-    .await;
+    let status = pause_status(&base, &cookie, Some(&csrf_of(&other_html))).await;
     assert_eq!(status, 403);
     // A cross-site request is refused even with the token.
     let r = browser()
@@ -244,14 +236,7 @@ async fn a_scoped_token_sees_only_its_tenants_and_cannot_pause() {
     assert_eq!(page(&base, &cookie, "/ui/incidents/GLOBEX-1").await.0, 404);
     let (_, overview) = page(&base, &cookie, "/ui/").await;
     assert!(overview.contains("Signed in as <strong>token:acme-customer</strong>"));
-    let (status, _) = action(
-        &base,
-        &cookie,
-        Some(&csrf_of(&overview)),
-        "/ui/connectors/hook/pause",
-        &[],
-    )
-    .await;
+    let status = pause_status(&base, &cookie, Some(&csrf_of(&overview))).await;
     assert_eq!(status, 403);
     // A read-only token replays nothing.
     let (_, body) = action(
@@ -469,50 +454,37 @@ async fn the_preview_renders_the_request_and_names_a_broken_templates_line() {
     );
     let csrf = csrf_of(&html);
     let incident = serde_json::to_string(&sample()).unwrap();
-    let render = |template: &'static str| {
-        let (base, cookie, csrf, incident) =
-            (base.clone(), cookie.clone(), csrf.clone(), incident.clone());
+    // The form as the page posts it: this incident, and a template when one is typed.
+    let render = |incident: String, template: Option<&'static str>| {
+        let (base, cookie, csrf) = (base.clone(), cookie.clone(), csrf.clone());
         async move {
-            action(
-                &base,
-                &cookie,
-                Some(&csrf),
-                "/ui/preview/render",
-                &[
-                    ("connector", "hook"),
-                    ("event", "created"),
-                    ("incident", &incident),
-                    ("template", template),
-                ],
-            )
-            .await
+            let mut form = vec![
+                ("connector", "hook"),
+                ("event", "created"),
+                ("incident", incident.as_str()),
+            ];
+            form.extend(template.map(|t| ("template", t)));
+            action(&base, &cookie, Some(&csrf), "/ui/preview/render", &form).await
         }
     };
-    let (status, ok) = render("{\"id\": {{json incidentId}}}").await;
+    let (status, ok) = render(incident.clone(), Some("{\"id\": {{json incidentId}}}")).await;
     assert_eq!(status, 200);
     assert!(ok.contains("&quot;id&quot;: &quot;5F04D7E3"), "{ok}");
-    let (_, unclosed) = render("{\n  \"a\": 1,\n  {{#if incident.summary}}\n}").await;
+    let (_, unclosed) = render(
+        incident.clone(),
+        Some("{\n  \"a\": 1,\n  {{#if incident.summary}}\n}"),
+    )
+    .await;
     assert!(
         unclosed.contains("role=\"alert\"") && unclosed.contains("line 3"),
         "{unclosed}"
     );
-    let (_, missing) = render("{\n  \"a\": {{json incident.nope}}\n}").await;
+    let (_, missing) = render(incident, Some("{\n  \"a\": {{json incident.nope}}\n}")).await;
     assert!(
         missing.contains("line 2") && missing.contains("incident.nope"),
         "{missing}"
     );
-    let (_, not_json) = action(
-        &base,
-        &cookie,
-        Some(&csrf),
-        "/ui/preview/render",
-        &[
-            ("connector", "hook"),
-            ("event", "created"),
-            ("incident", "{\n\"a\": }"),
-        ],
-    )
-    .await;
+    let (_, not_json) = render("{\n\"a\": }".to_string(), None).await;
     assert!(not_json.contains("Incident JSON, line 2"), "{not_json}");
 }
 
@@ -525,12 +497,5 @@ async fn a_console_switched_off_is_not_there() {
         let r = browser().get(format!("{base}{path}")).send().await.unwrap();
         assert_eq!(r.status(), 404, "{path}");
     }
-    let r = browser()
-        .post(format!("{base}/ui/signin"))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(encoded(&[("token", ADMIN_TOKEN)]))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 404);
+    assert_eq!(post_sign_in(&base, ADMIN_TOKEN).await.status(), 404);
 }
