@@ -97,18 +97,13 @@ pub fn admin_scope_of_token(
     tokens: &[ScopedAdmin],
     presented: &str,
 ) -> Option<AdminScope> {
-    let presented = TokenDigest::new(presented);
-    let is_admin = admin_token.is_some_and(|t| TokenDigest::new(t).matches_digest(&presented));
-    let mut scoped = None;
-    for t in tokens {
-        if TokenDigest::new(&t.token).matches_digest(&presented) {
-            scoped = Some(t);
-        }
-    }
+    // Both compared, whichever matches: timing does not tell which kind of token it was.
+    let is_admin = admin_token.is_some_and(|t| TokenDigest::new(t).matches(presented));
+    let scoped = scoped_token(tokens, presented);
     if is_admin {
         return Some(AdminScope::All);
     }
-    scoped.cloned().map(AdminScope::Tenants)
+    scoped.map(AdminScope::Tenants)
 }
 
 /// What an admin caller may see and change.
@@ -183,7 +178,12 @@ impl std::fmt::Debug for ScopedAdmin {
 /// The scoped admin token that is the request's bearer token. Every token is compared,
 /// whichever matches.
 pub fn scoped(tokens: &[ScopedAdmin], headers: &HeaderMap) -> Option<ScopedAdmin> {
-    let presented = TokenDigest::new(bearer(headers)?);
+    scoped_token(tokens, bearer(headers)?)
+}
+
+/// The scoped admin token `presented` is (from a header, or typed into the console).
+pub fn scoped_token(tokens: &[ScopedAdmin], presented: &str) -> Option<ScopedAdmin> {
+    let presented = TokenDigest::new(presented);
     let mut found = None;
     for t in tokens {
         if TokenDigest::new(&t.token).matches_digest(&presented) {

@@ -12,8 +12,8 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use maud::{Markup, html};
 
-use super::overview::{enc, incident_href};
-use super::session::{self, Session};
+use super::session::Session;
+use super::{enc, incident_href};
 use crate::App;
 use crate::replays::Job;
 use crate::store::{DeliveryListing, ReplayOutcome};
@@ -179,13 +179,10 @@ pub async fn replay(
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Response {
-    let form = match super::read_form(&app, &headers, body, super::FORM_LIMIT).await {
+    let form = match super::action_form(&app, &session, &headers, body, super::FORM_LIMIT).await {
         Ok(form) => form,
-        Err(r) => return r.into_response(),
+        Err(refused) => return refused,
     };
-    if let Err(refused) = session::check_action(&session, &headers, super::field(&form, "csrf")) {
-        return refused.into_response();
-    }
     if !session.may_write() {
         return super::failure("this token has access = \"read\": replaying needs \"write\"")
             .into_response();

@@ -9,8 +9,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use maud::{Markup, html};
 
-use super::overview::{enc, incident_href};
 use super::session::Session;
+use super::{enc, incident_href};
 use crate::App;
 use crate::store::{IncidentListing, IncidentView};
 
@@ -29,22 +29,23 @@ struct Filters {
 }
 
 impl Filters {
-    fn parse(raw: Option<&str>) -> Filters {
-        let mut f = Filters::default();
-        for (k, v) in form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
-            let v = v.trim().to_string();
-            match k.as_ref() {
-                "status" => f.status = v,
-                "connector" => f.connector = v,
-                "source" => f.source = v,
-                "since" => f.since = v,
-                "until" => f.until = v,
-                "q" => f.q = v,
-                "cursor" => f.cursor = v,
-                _ => {}
-            }
+    fn parse(raw: Option<String>) -> Filters {
+        let pairs = super::query_pairs(raw);
+        let get = |name| {
+            super::field(&pairs, name)
+                .unwrap_or_default()
+                .trim()
+                .to_string()
+        };
+        Filters {
+            status: get("status"),
+            connector: get("connector"),
+            source: get("source"),
+            since: get("since"),
+            until: get("until"),
+            q: get("q"),
+            cursor: get("cursor"),
         }
-        f
     }
 
     /// The query string of these filters, on the page after `cursor` (the first: `None`).
@@ -97,7 +98,7 @@ pub async fn list(
     session: Session,
     RawQuery(raw): RawQuery,
 ) -> Markup {
-    let f = Filters::parse(raw.as_deref());
+    let f = Filters::parse(raw);
     let generation = app.live.current();
     let connectors: Vec<&str> = generation
         .connectors
@@ -399,7 +400,7 @@ mod tests {
 
     #[test]
     fn a_next_page_keeps_the_filters() {
-        let f = Filters::parse(Some("status=open&q=a+b&cursor=old&junk=1"));
+        let f = Filters::parse(Some("status=open&q=a+b&cursor=old&junk=1".into()));
         assert_eq!(f.status, "open");
         assert_eq!(f.q, "a b");
         assert_eq!(f.query(Some("i1.41")), "status=open&q=a+b&cursor=i1.41");

@@ -240,6 +240,41 @@ pub fn query_pairs(raw: Option<String>) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The form of an action (every POST but the sign-in), read within `limit`, once its CSRF
+/// token and origin are checked ([`session::check_action`]); else the answer to send.
+pub async fn action_form(
+    app: &App,
+    session: &Session,
+    headers: &HeaderMap,
+    body: axum::body::Body,
+    limit: usize,
+) -> Result<Vec<(String, String)>, Response> {
+    let form = read_form(app, headers, body, limit)
+        .await
+        .map_err(IntoResponse::into_response)?;
+    session::check_action(session, headers, field(&form, "csrf"))
+        .map_err(IntoResponse::into_response)?;
+    Ok(form)
+}
+
+/// What a path segment or query value escapes: all but the unreserved characters (RFC 3986),
+/// so ids with `-`, `.`, `_` and `~` read in a copied URL as they are.
+const ESCAPED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// A path segment or query value, percent-encoded.
+pub fn enc(text: &str) -> String {
+    percent_encoding::utf8_percent_encode(text, ESCAPED).to_string()
+}
+
+/// An incident's page.
+pub fn incident_href(id: &str) -> String {
+    format!("/ui/incidents/{}", enc(id))
+}
+
 /// The first value of `name` in a form.
 pub fn field<'a>(form: &'a [(String, String)], name: &str) -> Option<&'a str> {
     form.iter()
@@ -301,12 +336,8 @@ async fn sign_out(
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Response {
-    let form = match read_form(&app, &headers, body, FORM_LIMIT).await {
-        Ok(form) => form,
-        Err(r) => return r.into_response(),
-    };
-    if let Err(refused) = session::check_action(&session, &headers, field(&form, "csrf")) {
-        return refused.into_response();
+    if let Err(refused) = action_form(&app, &session, &headers, body, FORM_LIMIT).await {
+        return refused;
     }
     let mut response = Redirect::to("/ui/signin").into_response();
     response.headers_mut().insert(

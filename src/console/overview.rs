@@ -16,6 +16,7 @@ use maud::{Markup, html};
 use tokio_util::sync::CancellationToken;
 
 use super::session::{self, Session};
+use super::{enc, incident_href};
 use crate::App;
 use crate::metrics::{Rates, SAMPLE_EVERY};
 use crate::store::SlaListing;
@@ -166,23 +167,6 @@ async fn live_part(app: &App, session: &Session) -> Markup {
         }
         (sla)
     }
-}
-
-pub fn incident_href(id: &str) -> String {
-    format!("/ui/incidents/{}", enc(id))
-}
-
-/// What a path segment or query value escapes: all but the unreserved characters (RFC 3986),
-/// so ids with `-`, `.`, `_` and `~` read in a copied URL as they are.
-const ESCAPED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~');
-
-/// A path segment or query value, percent-encoded.
-pub fn enc(text: &str) -> String {
-    percent_encoding::utf8_percent_encode(text, ESCAPED).to_string()
 }
 
 fn per_second(rate: f64) -> String {

@@ -196,13 +196,10 @@ pub async fn render(
         .max_body_bytes
         .saturating_mul(2)
         .max(MAX_TEMPLATE * 2);
-    let form = match super::read_form(&app, &headers, body, limit).await {
+    let form = match super::action_form(&app, &session, &headers, body, limit).await {
         Ok(form) => form,
-        Err(r) => return r.into_response(),
+        Err(refused) => return refused,
     };
-    if let Err(refused) = session::check_action(&session, &headers, super::field(&form, "csrf")) {
-        return refused.into_response();
-    }
     if !session.is_admin() {
         return session::Refused("the template preview needs the server's admin token")
             .into_response();
